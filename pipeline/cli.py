@@ -1,0 +1,212 @@
+"""``vidprobe`` command line: thin wiring of the stages; every error becomes one line and an exit code.
+
+Exit codes: 0 success; 1 runtime error (unreadable store, head, model); 2 bad usage or settings;
+3 extraction finished but some clips failed (they are recorded in the store; see ``vidprobe info``);
+130 interrupted (finished shards are kept; re-run the same command to resume).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from .errors import VidprobeError
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+def _print_json(doc: Any) -> None:
+    json.dump(doc, sys.stdout, indent=2, default=str)
+    sys.stdout.write("\n")
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .extract import extract
+    from .manifest import load_manifest
+
+    overrides = list(args.overrides)
+    if args.encoder:
+        overrides.append(f"encoder={args.encoder}")
+    cfg = load_config(args.config, overrides)
+    manifest = load_manifest(args.source, root=args.root)
+    summary = extract(manifest, args.output, cfg, progress=not args.quiet and not args.json, retry_failed=args.retry_failed)
+    if args.json:
+        _print_json(summary.to_dict())
+    else:
+        rate = summary.frames / summary.seconds if summary.seconds else 0.0
+        for path, message in summary.failures:
+            print(f"failed: {message}" if path in message else f"failed: {path}: {message}", file=sys.stderr)
+        print(f"{summary.done} extracted, {summary.skipped} skipped (already stored), {summary.failed} failed; "
+              f"{summary.frames} frames in {summary.seconds:.1f} s ({rate:.1f} frames/s) -> {summary.store}")
+    return EXIT_PARTIAL if summary.failed else EXIT_OK
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train import train_head
+
+    out = train_head(args.store, args.output, head=args.head, pool=args.pool, seed=args.seed, val_fraction=args.val_fraction, test_fraction=args.test_fraction)
+    if args.json:
+        _print_json(out)
+        return EXIT_OK
+    print(f"head={out['head']} pool={out['pool']} C={out['C']:g} split={out['split_source']} "
+          f"train={out['n_train']} val={out['n_val']} test={out['n_test']} classes={len(out['classes'])}")
+    if "test" in out:
+        m = out["test"]
+        print(f"test: top1={m['top1']:.3f} top5={m['top5']:.3f} mean-class={m['mean_class_acc']:.3f} (n={m['n']})")
+    print(f"saved {args.output} (+ {Path(args.output).with_suffix('.json').name})")
+    return EXIT_OK
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .report import plot_confusion
+    from .train import evaluate_head
+
+    out = evaluate_head(args.store, args.head, split=args.split)
+    if args.confusion:
+        plot_confusion(out["confusion"], out["classes"], args.confusion, title=f"{Path(args.head).stem} on {args.split}")
+    if args.json:
+        _print_json(out)
+        return EXIT_OK
+    print(f"{args.split}: n={out['n']} top1={out['top1']:.3f} top5={out['top5']:.3f} mean-class={out['mean_class_acc']:.3f}")
+    for label, acc in sorted(out["per_class"].items()):
+        print(f"  {label:30s} {acc:.3f}")
+    if args.confusion:
+        print(f"confusion matrix -> {args.confusion}")
+    return EXIT_OK
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .predict import predict_videos
+
+    results = predict_videos(args.head, args.videos, top_k=args.top_k, device=args.device)
+    if args.json:
+        _print_json(results)
+    else:
+        for r in results:
+            if "error" in r:
+                print(f"{r['path']}: error: {r['error']}", file=sys.stderr)
+                continue
+            print(r["path"])
+            for t in r["top"]:
+                print(f"  {t['prob']:.3f}  {t['label']}")
+    return EXIT_PARTIAL if any("error" in r for r in results) else EXIT_OK
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .store import open_store
+
+    store = open_store(args.store)
+    info = store.info()
+    failures = store.failures()
+    if args.json:
+        _print_json({**info, "failure_list": failures})
+        return EXIT_OK
+    for key in ("path", "clips", "frames", "labels", "splits", "shards", "unfinished_shards", "size_bytes", "encoder", "weights_id", "dim", "sampling", "preprocess", "created", "failures"):
+        value = info[key]
+        print(f"{key:18s} {json.dumps(value) if isinstance(value, (dict, list)) else value}")
+    for f in failures[: args.max_failures]:
+        print(f"  failed [{f['stage']}] {f['error']}")
+    if len(failures) > args.max_failures:
+        print(f"  ... {len(failures) - args.max_failures} more (use --json for all)")
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(args.output, per_class=args.per_class, seed=args.seed, quiet=args.quiet)
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    p = argparse.ArgumentParser(
+        prog="vidprobe",
+        description="Video classification the cheap way: a frozen image encoder embeds sampled frames once "
+        "(cached in an HDF5 feature store), then pooling + a logistic-regression or MLP head trains in seconds on CPU.",
+        epilog="Typical flow: vidprobe extract videos/ -o features/mine; vidprobe train features/mine -o heads/mine.joblib; "
+        "vidprobe predict heads/mine.joblib new.mp4.  Exit codes: 0 ok, 1 error, 2 bad usage/settings, 3 some clips failed, 130 interrupted.",
+    )
+    p.add_argument("--version", action="version", version=f"vidprobe {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    e = sub.add_parser("extract", help="embed sampled frames of videos into a feature store (resumable)",
+                       description="Decode sampled frames of every video in SOURCE, embed them with a frozen encoder and append them to "
+                       "the feature store STORE. Clips already in the store (or already recorded as failed) are skipped, so re-running resumes.")
+    e.add_argument("source", help="a folder (root/<label>/<video>), a .csv/.jsonl manifest (path,label[,split][,start,end]), a video, or a quoted glob")
+    e.add_argument("overrides", nargs="*", metavar="key=value", help="setting overrides, e.g. sampling.num_frames=16 extract.batch_size=64")
+    e.add_argument("-o", "--output", required=True, metavar="STORE", help="feature store folder (created if new), e.g. features/ucf101-effnet")
+    e.add_argument("--encoder", metavar="SPEC", help="effnet-lite0 (offline default) | openclip:MODEL[@TAG|@CKPT] | timm:NAME[@CKPT]")
+    e.add_argument("--config", metavar="FILE", help="YAML settings file (see configs/default.yaml)")
+    e.add_argument("--root", metavar="DIR", help="folder that manifest paths are relative to (default: the manifest's folder)")
+    e.add_argument("--retry-failed", action="store_true", help="only retry clips recorded as failed in the store")
+    e.add_argument("--json", action="store_true", help="print the run summary as one JSON document")
+    e.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    e.set_defaults(func=cmd_extract)
+
+    t = sub.add_parser("train", help="fit a head on pooled features of a store",
+                       description="Pool each clip's frame embeddings, pick the regularisation on the validation split, refit on train+val, "
+                       "report test metrics and save the head (.joblib) with a JSON sidecar describing its inputs.")
+    t.add_argument("store", help="feature store folder")
+    t.add_argument("-o", "--output", required=True, metavar="HEAD", help="head file to write (.joblib; sidecar .json beside it)")
+    t.add_argument("--head", default="logreg", choices=["logreg", "mlp"], help="classifier (default: logreg)")
+    t.add_argument("--pool", default="mean", help="mean | max | meanmax | meanstd | center | tdiff | segK (e.g. seg4); default mean")
+    t.add_argument("--seed", type=int, default=0, help="seed of the split made when the manifest has none (default 0)")
+    t.add_argument("--val-fraction", type=float, default=0.2, help="share of train videos held out to choose C when no val split exists")
+    t.add_argument("--test-fraction", type=float, default=0.2, help="share held out for testing when the manifest has no splits")
+    t.add_argument("--json", action="store_true", help="print results as one JSON document")
+    t.set_defaults(func=cmd_train)
+
+    v = sub.add_parser("evaluate", help="score a saved head on a store", description="Score a head on the store's test split (the same split training held out), or another split.")
+    v.add_argument("store")
+    v.add_argument("head", help="head file (.joblib) written by `vidprobe train`")
+    v.add_argument("--split", default="test", choices=["test", "val", "train", "all"], help="which clips to score (default test)")
+    v.add_argument("--confusion", metavar="PNG", help="also write a confusion-matrix plot")
+    v.add_argument("--json", action="store_true", help="print metrics as one JSON document")
+    v.set_defaults(func=cmd_evaluate)
+
+    r = sub.add_parser("predict", help="label new videos with a saved head", description="Extract each video the way the head's training store was extracted and print the top-k labels.")
+    r.add_argument("head", help="head file (.joblib)")
+    r.add_argument("videos", nargs="+", metavar="VIDEO")
+    r.add_argument("-k", "--top-k", type=int, default=5, help="labels to show per video (default 5)")
+    r.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:K")
+    r.add_argument("--json", action="store_true", help="print predictions as one JSON document")
+    r.set_defaults(func=cmd_predict)
+
+    i = sub.add_parser("info", help="describe a feature store", description="Counts, encoder, sampling, size and recorded failures of a store.")
+    i.add_argument("store")
+    i.add_argument("--json", action="store_true", help="one JSON document (includes every failure)")
+    i.add_argument("--max-failures", type=int, default=20, help="failures to list in text mode (default 20)")
+    i.set_defaults(func=cmd_info)
+
+    d = sub.add_parser("demo", help="build a small video set from real photos, extract, train and report (offline)",
+                       description="Render labeled videos from photographs shipped with scikit-image (two tasks: which photo, which camera "
+                       "motion), extract with the offline encoder, train logreg and MLP heads for several poolings, print an accuracy table "
+                       "and write plots.")
+    d.add_argument("-o", "--output", default="demo-out", metavar="DIR", help="output folder (default demo-out)")
+    d.add_argument("--per-class", type=int, default=12, help="videos per class and task (default 12)")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except VidprobeError as exc:
+        print(f"vidprobe {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"vidprobe {args.command}: interrupted; finished work is kept, re-run to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

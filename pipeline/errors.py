@@ -1,0 +1,36 @@
+"""One exception hierarchy, so the CLI can turn any failure into a one-line message and an exit code."""
+from __future__ import annotations
+
+
+class VidprobeError(Exception):
+    """Base of every error vidprobe raises on purpose. Messages name the file/key and what to do."""
+
+    exit_code = 1
+
+
+class ConfigError(VidprobeError):
+    """A setting, spec or command-line value is wrong."""
+
+    exit_code = 2
+
+
+class ManifestError(VidprobeError):
+    """A manifest (folder, CSV, JSONL, split file) cannot be read or names an unsafe path."""
+
+    exit_code = 2
+
+
+class DecodeError(VidprobeError):
+    """A video cannot be opened or the frames asked for cannot be decoded."""
+
+
+class EncoderError(VidprobeError):
+    """An encoder cannot be built or its weights cannot be loaded."""
+
+
+class StoreError(VidprobeError):
+    """A feature store is missing, damaged, or does not match the job that opens it."""
+
+
+class HeadError(VidprobeError):
+    """A trained head cannot be fitted, saved or loaded."""

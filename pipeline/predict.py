@@ -1,0 +1,35 @@
+"""Label new videos with a saved head: rebuild the head's extraction from its sidecar, pool, predict."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .config import SamplingConfig
+from .errors import HeadError, VidprobeError
+from .extract import embed_video
+from .heads import load_head
+from .pooling import get_pool
+
+
+def predict_videos(head_path: str | Path, videos: list[str | Path], *, top_k: int = 5, device: str = "auto", encoder=None) -> list[dict[str, Any]]:
+    """Top-k (label, probability) per video; a video that fails gets an ``error`` instead of ``top``."""
+    from .encoders import create_encoder
+
+    head = load_head(head_path)
+    meta = head.meta
+    encoder = encoder or create_encoder(meta["encoder"], device=device)
+    if encoder.weights_id != meta.get("weights_id"):
+        raise HeadError(f"{head_path}: head expects encoder weights {meta.get('weights_id')} but {meta['encoder']} loaded {encoder.weights_id}")
+    sampling = SamplingConfig(**meta["sampling"])
+    pool = get_pool(meta["pool"])
+    results = []
+    for video in videos:
+        try:
+            clip = embed_video(encoder, video, sampling)
+        except VidprobeError as exc:
+            results.append({"path": str(video), "error": str(exc)})
+            continue
+        proba = head.predict_proba(pool(clip.frames)[None, :])[0]
+        order = proba.argsort()[::-1][:top_k]
+        results.append({"path": str(video), "top": [{"label": head.classes[i], "prob": float(proba[i])} for i in order]})
+    return results

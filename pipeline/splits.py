@@ -1,0 +1,70 @@
+"""Train/val/test assignment of stored clips.
+
+Manifests may carry splits (``train``/``val``/``test``); where they don't, a seeded stratified split is
+made here, and the same seed reproduces it at evaluation time, so a head is never scored on clips it
+saw. Clips of one video stay on one side of every split (windows of a video are near-duplicates).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import ConfigError
+
+
+@dataclass
+class Splits:
+    train: np.ndarray  # indices into the clip table
+    val: np.ndarray
+    test: np.ndarray
+    source: str  # "manifest", "manifest+carved-val" or "random(seed=...)"
+
+
+def _stratified_groups(labels: list[str], groups: list[str], idx: np.ndarray, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Move ~fraction of each label's groups (videos) out of ``idx``; returns (kept, moved)."""
+    moved: list[int] = []
+    by_label: dict[str, list[str]] = {}
+    for i in idx:
+        by_label.setdefault(labels[i], [])
+        if groups[i] not in by_label[labels[i]]:
+            by_label[labels[i]].append(groups[i])
+    chosen: set[str] = set()
+    for label in sorted(by_label):
+        vids = sorted(by_label[label])
+        n = len(vids)
+        k = int(round(n * fraction))
+        if n >= 2:
+            k = min(max(k, 1), n - 1)  # each side keeps at least one video of the class when possible
+        else:
+            k = 0
+        chosen.update(rng.permutation(vids)[:k].tolist())
+    moved = [i for i in idx if groups[i] in chosen]
+    kept = [i for i in idx if groups[i] not in chosen]
+    return np.array(kept, dtype=int), np.array(moved, dtype=int)
+
+
+def make_splits(labels: list[str], splits: list[str], videos: list[str], *, seed: int = 0, val_fraction: float = 0.2, test_fraction: float = 0.2) -> Splits:
+    """Use the manifest's splits where present, carving what is missing from ``train`` by label."""
+    if not 0 < val_fraction < 1 or not 0 <= test_fraction < 1:
+        raise ConfigError("val_fraction must be in (0, 1) and test_fraction in [0, 1)")
+    labeled = np.array([i for i, lab in enumerate(labels) if lab], dtype=int)
+    if labeled.size == 0:
+        raise ConfigError("the store has no labeled clips; extract from a folder-per-class or a manifest with a label column")
+    rng = np.random.default_rng(seed)
+    split_arr = np.array(splits, dtype=object)
+    has = {s for s in split_arr[labeled]}
+    if has & {"train", "val", "test"}:
+        train = labeled[split_arr[labeled] == "train"]
+        val = labeled[split_arr[labeled] == "val"]
+        test = labeled[split_arr[labeled] == "test"]
+        source = "manifest"
+        if train.size == 0:
+            raise ConfigError("the manifest's splits name no 'train' clips")
+        if val.size == 0:
+            train, val = _stratified_groups(labels, videos, train, val_fraction, rng)
+            source = "manifest+carved-val"
+        return Splits(train, val, test, source)
+    rest, test = _stratified_groups(labels, videos, labeled, test_fraction, rng) if test_fraction > 0 else (labeled, np.array([], int))
+    train, val = _stratified_groups(labels, videos, rest, val_fraction / max(1e-9, 1 - test_fraction), rng)
+    return Splits(train, val, test, f"random(seed={seed})")
