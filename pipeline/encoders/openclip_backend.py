@@ -1,0 +1,198 @@
+"""open_clip backend: ``openclip:MODEL[@WEIGHTS]``.
+
+MODEL: an open_clip model name (``ViT-B-32``), ``hf-hub:org/repo``, or a path to a JSON model config
+(``{"embed_dim", "vision_cfg", "text_cfg"}``), registered with ``open_clip.add_model_config`` under the
+file's stem. WEIGHTS: an existing checkpoint file, else a pretrained tag (hub download), or absent for
+random init. The embedding is ``model.encode_image`` *un-normalised* (heads normalise as they need;
+normalising here would throw away the norm for good). ``encode_text`` returns L2-normalised text
+embeddings for zero-shot heads.
+
+Preprocessing is the model's own (``open_clip.get_model_preprocess_cfg``). open_clip only applies a
+tag's preprocessing (mean/std, interpolation, resize mode) when it loads that *tag*; with a local
+checkpoint it falls back to OpenAI CLIP defaults, which is wrong for e.g. SigLIP or MobileCLIP weights.
+So for a local checkpoint of a built-in model we apply the preprocessing all of that model's tags agree
+on (warning when they disagree), and record where it came from.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError, EncoderError
+from .base import Encoder, Preprocess, library_versions, sha256_file
+
+_TAG_KEYS = ("mean", "std", "interpolation", "resize_mode")
+_CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+_REGISTERED: dict[str, str] = {}  # config stem -> JSON path we registered it from
+
+
+class OpenClipEncoder(Encoder):
+    backend = "openclip"
+    supports_text = True
+
+    def __init__(self, **kwargs: Any) -> None:
+        self._tokenizer = None
+        super().__init__(**kwargs)
+
+    def _features(self, x):
+        return self.model.encode_image(x)
+
+    def encode_text(self, texts: list[str] | str) -> np.ndarray:
+        """L2-normalised float32 (len(texts), dim) text embeddings (zero-shot class prompts)."""
+        import open_clip
+        import torch
+        import torch.nn.functional as F
+
+        if isinstance(texts, str):
+            texts = [texts]
+        if self._tokenizer is None:
+            self._tokenizer = open_clip.get_tokenizer(self.model_name)
+        tokens = self._tokenizer(list(texts)).to(self.device)
+        with torch.inference_mode(), self._autocast():
+            z = self.model.encode_text(tokens)
+        return F.normalize(z.float(), dim=-1).cpu().numpy()
+
+
+def _register_config(path: Path, spec: str) -> tuple[str, str]:
+    """Register a JSON model config with open_clip; returns (model name, sha256 of the file)."""
+    import open_clip
+
+    try:
+        raw = path.read_bytes()
+        cfg = json.loads(raw)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"encoder spec {spec!r}: cannot read model config {path} ({exc})") from None
+    if not isinstance(cfg, dict) or not all(k in cfg for k in ("embed_dim", "vision_cfg", "text_cfg")):
+        raise ConfigError(f"encoder spec {spec!r}: {path} is not an open_clip model config (needs embed_dim, vision_cfg, text_cfg)")
+    name = path.stem
+    owner = _REGISTERED.get(name)
+    if owner is None and name in open_clip.list_models():
+        raise ConfigError(f"encoder spec {spec!r}: config name {name!r} clashes with open_clip's built-in model; rename {path}")
+    if owner is not None and owner != str(path):
+        raise ConfigError(f"encoder spec {spec!r}: config name {name!r} is already registered from {owner}; rename {path}")
+    if owner is None or open_clip.get_model_config(name) != cfg:
+        open_clip.add_model_config(path)
+        _REGISTERED[name] = str(path)
+    return name, hashlib.sha256(raw).hexdigest()
+
+
+def _tag_preprocess(name: str) -> tuple[dict[str, Any] | None, str]:
+    """Preprocessing every pretrained tag of ``name`` shares, for weights loaded from a local file."""
+    import open_clip
+
+    tags = open_clip.list_pretrained_tags_by_model(name)
+    found: dict[str, list[str]] = {}
+    for tag in tags:
+        cfg = open_clip.get_pretrained_cfg(name, tag)
+        key = json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items() if k in _TAG_KEYS}, sort_keys=True)
+        found.setdefault(key, []).append(tag)
+    if len(found) == 1:
+        return json.loads(next(iter(found))), f"shared by open_clip tags of {name}"
+    if len(found) > 1:
+        warnings.warn(
+            f"open_clip tags of {name} disagree on preprocessing ({'; '.join(f'{k} ({v[0]}...)' for k, v in found.items())}); "
+            "a local checkpoint gets open_clip's default (OpenAI CLIP) preprocessing",
+            stacklevel=3,
+        )
+    return None, "open_clip default"
+
+
+def _looks_like_path(s: str) -> bool:
+    return "/" in s or "\\" in s or s.startswith((".", "~")) or s.lower().endswith(_CHECKPOINT_SUFFIXES)
+
+
+def _preprocess_from_model(model: Any, spec: str) -> Preprocess:
+    import open_clip
+
+    pc = open_clip.get_model_preprocess_cfg(model)
+    size = pc.get("size", 224)
+    if isinstance(size, (tuple, list)):
+        if len(set(size)) != 1:
+            raise EncoderError(f"encoder spec {spec!r}: non-square input size {tuple(size)} is not supported")
+        size = size[0]
+    mode = pc.get("resize_mode") or "shortest"
+    if mode == "longest" and pc.get("fill_color", 0) != 0:
+        raise EncoderError(f"encoder spec {spec!r}: resize_mode 'longest' with fill_color {pc['fill_color']} is not supported")
+    interpolation = pc.get("interpolation") or "bicubic"
+    return Preprocess(
+        size=int(size),
+        resize_short=int(size),  # open_clip resizes straight to the input size (no crop_pct)
+        mean=tuple(pc["mean"]),
+        std=tuple(pc["std"]),
+        interpolation="bilinear" if interpolation == "bilinear" else "bicubic",  # 'random' means bicubic at eval
+        resize_mode=mode,
+    )
+
+
+def build(spec: str, model_ref: str, weights: str | None, **options: Any) -> OpenClipEncoder:
+    import open_clip
+
+    extra: dict[str, Any] = {}
+    hub = model_ref.startswith("hf-hub:")
+    if model_ref.lower().endswith(".json"):
+        path = Path(model_ref).expanduser().resolve()
+        if not path.is_file():
+            raise ConfigError(f"encoder spec {spec!r}: model config file {str(path)!r} not found")
+        name, extra["model_config_sha256"] = _register_config(path, spec)
+    elif hub:
+        name = model_ref
+        if weights is not None:
+            raise ConfigError(f"encoder spec {spec!r}: hf-hub models bring their own weights; drop '@{weights}'")
+    else:
+        name = model_ref.replace("/", "-")
+        if name not in open_clip.list_models():
+            import difflib
+
+            close = difflib.get_close_matches(name, open_clip.list_models(), n=3, cutoff=0.6)
+            hint = f"did you mean {', '.join(close)}?" if close else "see open_clip.list_models()"
+            raise ConfigError(f"encoder spec {spec!r}: open_clip has no model {name!r} ({hint}), and it is not a .json config path")
+
+    force_pp: dict[str, Any] | None = None
+    tag = None
+    if hub:
+        pretrained, weights_id, source = None, f"pretrained:{name}", "hf-hub config"
+    elif weights is None:
+        pretrained, weights_id, source = None, "random-init", "open_clip default"
+    elif Path(weights).expanduser().is_file():
+        file = Path(weights).expanduser().resolve()
+        pretrained, weights_id = str(file), sha256_file(file)
+        extra["weights_file"] = str(file)
+        force_pp, source = _tag_preprocess(name)
+    elif _looks_like_path(weights):
+        raise ConfigError(f"encoder spec {spec!r}: checkpoint file {weights!r} not found; give an existing file path")
+    elif open_clip.get_pretrained_cfg(name, weights):
+        tag = pretrained = weights
+        weights_id, source = f"pretrained:{weights}", f"open_clip tag {weights}"
+    else:
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        known = f"known tags: {', '.join(tags)}" if tags else f"{name} has no pretrained tags"
+        raise ConfigError(f"encoder spec {spec!r}: {weights!r} is neither a checkpoint file nor a pretrained tag ({known})")
+    extra["preprocess_source"] = source
+
+    try:
+        model = open_clip.create_model(name, pretrained=pretrained, device="cpu", precision="fp32",
+                                       force_preprocess_cfg=force_pp)
+    except Exception as exc:
+        if tag is not None or hub:
+            local = "openclip:MODEL_OR_CONFIG.json@/path/to/weights" if hub else f"openclip:{name}@/path/to/open_clip_model.safetensors"
+            raise EncoderError(
+                f"encoder spec {spec!r}: pretrained weights could not be downloaded ({type(exc).__name__}); "
+                f"without network give a local checkpoint: '{local}'"
+            ) from exc
+        detail = " ".join(str(exc).split())[:300]
+        raise EncoderError(f"encoder spec {spec!r}: cannot build the model or load {pretrained or 'it'} ({type(exc).__name__}: {detail})") from exc
+    return OpenClipEncoder(
+        spec=spec,
+        model=model,
+        model_name=name,
+        preprocess_cfg=_preprocess_from_model(model, spec),
+        weights_id=weights_id,
+        versions=library_versions("open_clip_torch"),
+        extra=extra,
+        **options,
+    )

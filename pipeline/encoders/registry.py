@@ -1,0 +1,102 @@
+"""One registry from spec strings to encoders, in the spirit of open_clip's ``factory.py``.
+
+The spec grammar is documented in ``pipeline.encoders``. Backends import their libraries only when a
+spec of theirs is built, so ``import pipeline.encoders`` stays cheap.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+from ..errors import ConfigError
+from .base import Encoder, resolve_device, resolve_precision
+
+DEFAULT_ENCODER = "effnet-lite0"
+_DEFAULT_ALIASES = ("effnet-lite0", "default")
+_BACKEND_ALIASES = {"open_clip": "openclip"}
+SPEC_FORMS = "effnet-lite0 (or default) | openclip:MODEL[@WEIGHTS] | timm:NAME[@CHECKPOINT]"
+
+Factory = Callable[..., Encoder]  # (spec, model, weights, device=, precision=, channels_last=) -> Encoder
+
+
+def _effnet(*args: Any, **kwargs: Any) -> Encoder:
+    from .effnet_lite import build
+
+    return build(*args, **kwargs)
+
+
+def _openclip(*args: Any, **kwargs: Any) -> Encoder:
+    from .openclip_backend import build
+
+    return build(*args, **kwargs)
+
+
+def _timm(*args: Any, **kwargs: Any) -> Encoder:
+    from .timm_backend import build
+
+    return build(*args, **kwargs)
+
+
+BACKENDS: dict[str, Factory] = {"effnet-lite0": _effnet, "openclip": _openclip, "timm": _timm}
+
+
+def register_backend(name: str, factory: Factory) -> None:
+    """Add a backend reachable as ``name:MODEL[@WEIGHTS]``."""
+    BACKENDS[name.lower()] = factory
+
+
+def parse_spec(spec: str) -> tuple[str, str, str | None]:
+    """``spec`` -> (backend, model, weights or None); ConfigError naming the spec and the allowed forms."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise ConfigError(f"encoder spec {spec!r} is empty; allowed forms: {SPEC_FORMS}")
+    s = spec.strip()
+    if s.lower() in _DEFAULT_ALIASES:
+        return "effnet-lite0", "tf_efficientnet_lite0", None
+    backend, sep, rest = s.partition(":")
+    backend = _BACKEND_ALIASES.get(backend.lower(), backend.lower())
+    if not sep or backend not in BACKENDS or backend == "effnet-lite0":
+        if backend == "effnet-lite0" or s.lower().startswith("effnet-lite0@"):
+            why = "effnet-lite0 takes no model or weights"
+        elif not sep:
+            why = f"no backend given (did you mean openclip:{s} or timm:{s}?)"
+        else:
+            why = f"unknown backend {backend!r}"
+        raise ConfigError(f"encoder spec {spec!r}: {why}; allowed forms: {SPEC_FORMS}")
+    model, at, weights = rest.partition("@")
+    if not model or (at and not weights):
+        raise ConfigError(f"encoder spec {spec!r}: empty {'model' if not model else 'weights'} part; allowed forms: {SPEC_FORMS}")
+    return backend, model, weights if at else None
+
+
+def _absolute_if_path(s: str) -> str:
+    p = Path(s).expanduser()
+    looks_like_path = p.is_file() or "/" in s or "\\" in s or s.startswith((".", "~"))
+    return str(p.resolve()) if looks_like_path and not s.startswith("hf-hub:") else s
+
+
+def canonical_spec(spec: str) -> str:
+    """The spec recorded with embeddings: alias resolved, backend lower-case, file paths absolute."""
+    backend, model, weights = parse_spec(spec)
+    if backend == "effnet-lite0":
+        return "effnet-lite0"
+    if model.lower().endswith(".json"):
+        model = _absolute_if_path(model)
+    out = f"{backend}:{model}"
+    return f"{out}@{_absolute_if_path(weights)}" if weights is not None else out
+
+
+def create_encoder(
+    spec: str = DEFAULT_ENCODER,
+    device: Any = "auto",
+    precision: str = "auto",
+    channels_last: bool | None = None,
+) -> Encoder:
+    """Build a frozen encoder from a spec (see module docstring).
+
+    device: auto (CUDA if available) | cpu | cuda | cuda:K. precision: auto (fp16 on CUDA, fp32 on CPU)
+    | fp32 | fp16 | bf16 (CUDA autocast only). channels_last: None = on for convolutional nets.
+    """
+    backend, model, weights = parse_spec(spec)
+    dev = resolve_device(device)  # validate run options before loading any weights
+    resolve_precision(precision, dev)
+    return BACKENDS[backend](canonical_spec(spec), model, weights, device=dev, precision=precision, channels_last=channels_last)
