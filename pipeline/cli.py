@@ -188,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "motion), extract with the offline encoder, train logreg and MLP heads for several poolings, print an accuracy table "
                        "and write plots.")
     d.add_argument("-o", "--output", default="demo-out", metavar="DIR", help="output folder (default demo-out)")
-    d.add_argument("--per-class", type=int, default=12, help="videos per class and task (default 12)")
+    d.add_argument("--per-class", type=int, default=None, help="videos per class for both tasks (default: 12 for what, 30 for how)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     d.set_defaults(func=cmd_demo)

@@ -20,12 +20,12 @@ from .report import markdown_table, plot_accuracy_bars, plot_confusion
 from .store import open_store
 from .train import train_head
 
-DEMO_POOLS = ("center", "mean", "max", "meanmax", "seg2", "seg4", "tdiff")
+DEMO_POOLS = ("center", "mean", "max", "meanmax", "seg2", "tdiff")
 DEMO_HEADS = ("logreg", "mlp")
-ORDER_AWARE = ("seg2", "seg4", "tdiff")
+ORDER_AWARE = ("seg2", "tdiff")
 
 
-def run_demo(output: str | Path = "demo-out", *, per_class: int = 12, seed: int = 0, quiet: bool = False, encoder: str = "effnet-lite0") -> list[dict[str, Any]]:
+def run_demo(output: str | Path = "demo-out", *, per_class: int | None = None, seed: int = 0, quiet: bool = False, encoder: str = "effnet-lite0") -> list[dict[str, Any]]:
     """Build data, extract both tasks, train every head × pooling, print and write the results."""
     out = Path(output)
     t0 = time.perf_counter()

@@ -17,6 +17,8 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Mapping
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -27,7 +29,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from pipeline.errors import ConfigError
+from .errors import ConfigError
 
 __all__ = [
     "DEMO_PHOTOS",
@@ -253,17 +255,44 @@ class _Video(NamedTuple):
 _TASKS: dict[str, list[str]] = {"what": DEMO_PHOTOS, "how": MOTIONS}
 
 
-def _plan(per_class: int, seed: int) -> dict[str, list[_Video]]:
+# The how-task needs more examples: direction is a subtler signal than identity.
+DEFAULT_PER_CLASS: dict[str, int] = {"what": 12, "how": 30}
+
+
+def _per_task(per_class: int | Mapping[str, int] | None) -> dict[str, int]:
+    if per_class is None:
+        counts = dict(DEFAULT_PER_CLASS)
+    elif isinstance(per_class, Mapping):
+        counts = {**DEFAULT_PER_CLASS, **per_class}
+    else:
+        counts = {task: int(per_class) for task in _TASKS}
+    for task, n in counts.items():
+        if task not in _TASKS:
+            raise ConfigError(f"per_class: unknown task {task!r}; tasks are {', '.join(_TASKS)}")
+        if n < 1:
+            raise ConfigError(f"per_class must be at least 1, got {n} for task {task!r}")
+    return counts
+
+
+def _plan(per_class: dict[str, int], seed: int) -> dict[str, list[_Video]]:
     """Every video of every task, with its split, fixed by the seed."""
     plan: dict[str, list[_Video]] = {}
     for task_id, (task, labels) in enumerate(_TASKS.items()):
         plan[task] = []
+        n = per_class[task]
         for label_id, label in enumerate(labels):
-            splits = _split_names(per_class, np.random.default_rng([seed, task_id, label_id]))
+            splits = _split_names(n, np.random.default_rng([seed, task_id, label_id]))
             for i, split in enumerate(splits):
                 rel = f"videos/{task}/{label}/{label}_{i:03d}.mp4"
-                plan[task].append(_Video(rel, label, split, task, label_id * per_class + i))
+                plan[task].append(_Video(rel, label, split, task, label_id * n + i))
     return plan
+
+
+def _render_and_write(args: tuple[_Video, int, int, int, int, str]) -> None:
+    video, seed, size, num_frames, fps, out = args
+    path = Path(out) / video.rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _encode_mp4(_render_video(video, seed, size, num_frames), path, fps)
 
 
 def _render_video(video: _Video, seed: int, size: int, num_frames: int) -> np.ndarray:
@@ -288,7 +317,7 @@ def _write_csv(path: Path, videos: list[_Video]) -> None:
 def build_demo_videos(
     out_dir: str | Path,
     *,
-    per_class: int = 12,
+    per_class: int | Mapping[str, int] | None = None,
     seed: int = 0,
     size: int = 224,
     num_frames: int = 48,
@@ -300,8 +329,7 @@ def build_demo_videos(
     A JSON stamp of the parameters is written last; when it matches and every file exists the call
     returns at once, so `vidprobe demo` can be rerun without re-encoding.
     """
-    if per_class < 1:
-        raise ConfigError(f"per_class must be at least 1, got {per_class}")
+    counts = _per_task(per_class)
     if size < 16 or size % 2:
         raise ConfigError(f"size must be an even number >= 16 (H.264 4:2:0 needs even sides), got {size}")
     if num_frames < 2:
@@ -312,9 +340,9 @@ def build_demo_videos(
     out = Path(out_dir)
     csvs = {task: out / f"{task}.csv" for task in _TASKS}
     stamp_path = out / _STAMP_NAME
-    stamp = {"version": _STAMP_VERSION, "per_class": per_class, "seed": seed, "size": size,
+    stamp = {"version": _STAMP_VERSION, "per_class": counts, "seed": seed, "size": size,
              "num_frames": num_frames, "fps": fps}
-    plan = _plan(per_class, seed)
+    plan = _plan(counts, seed)
 
     if _is_built(stamp_path, stamp, csvs, out, plan):
         return csvs
@@ -322,10 +350,18 @@ def build_demo_videos(
     out.mkdir(parents=True, exist_ok=True)
     stamp_path.unlink(missing_ok=True)  # a half-finished rebuild must not look complete
     videos = [v for task_videos in plan.values() for v in task_videos]
-    for video in tqdm(videos, desc="demo videos", unit="video", disable=not progress):
-        path = out / video.rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _encode_mp4(_render_video(video, seed, size, num_frames), path, fps)
+    jobs = [(v, seed, size, num_frames, fps, str(out)) for v in videos]
+    workers = max(1, min(len(jobs), os.cpu_count() or 1))
+    bar = tqdm(total=len(jobs), desc="demo videos", unit="video", disable=not progress)
+    if workers == 1:
+        for job in jobs:
+            _render_and_write(job)
+            bar.update(1)
+    else:  # rendering + x264 is CPU-bound per video: one process per core
+        with ProcessPoolExecutor(workers) as pool:
+            for _ in pool.map(_render_and_write, jobs, chunksize=4):
+                bar.update(1)
+    bar.close()
     for task, task_videos in plan.items():
         _write_csv(csvs[task], task_videos)
     stamp_path.write_text(json.dumps(stamp, indent=2) + "\n", encoding="utf-8")

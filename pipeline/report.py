@@ -68,9 +68,9 @@ def plot_accuracy_bars(rows: Sequence[dict], path: str | Path, group: str = "tas
         vals = [next((r[value] for r in rows if r[group] == g and r[series] == name), np.nan) for g in groups]
         ax.bar(np.arange(len(groups)) + (j - (len(names) - 1) / 2) * width, vals, width, label=name)
     ax.set_xticks(range(len(groups)), groups)
-    ax.set_ylim(0, 1)
+    ax.set_ylim(0, 1.02)
     ax.set_ylabel(value)
-    ax.legend(fontsize=8, ncol=min(4, len(names)))
+    ax.legend(fontsize=8, ncol=min(6, len(names)), loc="upper center", bbox_to_anchor=(0.5, -0.1), frameon=False)
     if title:
         ax.set_title(title)
     fig.tight_layout()
