@@ -164,6 +164,7 @@ class WriterLock:
         self.path = self.store_path / LOCK_DIR / f"{self.scope}.lock"
         self.holder: Holder | None = None
         self._fd: int | None = None
+        self._pid = 0  # the process that took the lock; a forked child's copy must never release it
 
     @property
     def held(self) -> bool:
@@ -211,12 +212,12 @@ class WriterLock:
                 os.close(fd)
                 self.path.unlink(missing_ok=True)
                 raise
-            self._fd = fd
+            self._fd, self._pid = fd, os.getpid()
             _HELD[str(self.path.resolve())] = self
         return self
 
     def release(self) -> None:
-        if self._fd is None:
+        if self._fd is None or self._pid != os.getpid():
             return
         with _MUTEX, _guard(self.path.parent):
             _HELD.pop(str(self.path.resolve()), None)

@@ -146,3 +146,17 @@ def test_without_record_locks_the_pid_decides(tmp_path, monkeypatch):
     with store.writer_lock():
         with pytest.raises(StoreBusyError):
             store.writer_lock().acquire()
+
+
+def test_a_forked_copy_of_the_lock_never_releases_it(tmp_path):
+    store = create_or_open(tmp_path / "s", PROV)
+    with store.writer_lock() as lock:
+        pid = os.fork()
+        if pid == 0:  # a decoder worker forked by the job, dropping its copy of the lock object
+            lock.release()
+            del lock
+            os._exit(0)
+        os.waitpid(pid, 0)
+        assert lock.path.exists()
+        with pytest.raises(StoreBusyError):
+            store.writer_lock().acquire()
