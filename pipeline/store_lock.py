@@ -34,7 +34,6 @@ from .errors import ConfigError, StoreBusyError, StoreError
 
 LOCK_DIR = "locks"
 GUARD_FILE = "guard"
-JobShard = "tuple[int, int] | None"  # (shard_id, num_shards) of a sharded job; None = the whole store
 _UNSUPPORTED = {errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL}
 _BUSY = {errno.EACCES, errno.EAGAIN}
 _MUTEX = threading.Lock()
