@@ -2,7 +2,8 @@
 
 Exit codes: 0 success; 1 runtime error (unreadable store, head, model); 2 bad usage or settings;
 3 extraction finished but some clips failed (they are recorded in the store; see ``vidprobe info``);
-130 interrupted (finished shards are kept; re-run the same command to resume).
+75 the store is busy (another job holds its writer lock; retry later); 130 interrupted (finished shards
+are kept; re-run the same command to resume). ``vidprobe verify`` exits 1 when it finds a problem.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from typing import Any, Sequence
 
 from .errors import VidprobeError
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130  # 75: StoreBusyError.exit_code
 
 
 def _print_json(doc: Any) -> None:
@@ -41,6 +42,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
             print(f"failed: {message}" if path in message else f"failed: {path}: {message}", file=sys.stderr)
         print(f"{summary.done} extracted, {summary.skipped} skipped (already stored), {summary.failed} failed; "
               f"{summary.frames} frames in {summary.seconds:.1f} s ({rate:.1f} frames/s) -> {summary.store}")
+        if summary.skipped_failed:
+            print(f"{summary.skipped_failed} of the skipped clips failed in an earlier run; `--retry-failed` tries them again", file=sys.stderr)
     return EXIT_PARTIAL if summary.failed else EXIT_OK
 
 
@@ -95,6 +98,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return EXIT_PARTIAL if any("error" in r for r in results) else EXIT_OK
 
 
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from .store import open_store
 
@@ -104,13 +115,63 @@ def cmd_info(args: argparse.Namespace) -> int:
     if args.json:
         _print_json({**info, "failure_list": failures})
         return EXIT_OK
-    for key in ("path", "clips", "frames", "labels", "splits", "shards", "unfinished_shards", "size_bytes", "encoder", "weights_id", "dim", "sampling", "preprocess", "created", "failures"):
-        value = info[key]
-        print(f"{key:18s} {json.dumps(value) if isinstance(value, (dict, list)) else value}")
+    fpc = info["frames_per_clip"]
+    per_clip = "" if not fpc else f", {fpc['min']} per clip" if fpc["min"] == fpc["max"] else f", {fpc['min']}..{fpc['max']} per clip"
+    labels = ", ".join(f"{k} {v}" for k, v in list(info["label_counts"].items())[:8]) + (" ..." if len(info["label_counts"]) > 8 else "")
+    rows = [
+        ("store", f"{info['path']} ({info['shards']} shard{'' if info['shards'] == 1 else 's'}, {_size(info['size_bytes'])}, {info['dtype']}, compression {'/'.join(info['compression']) or 'none'})"),
+        ("clips", f"{info['clips']} ({info['frames']} frames{per_clip})"),
+        ("labels", f"{info['labels']}: {labels}" if info["labels"] else "0"),
+        ("splits", " · ".join(f"{k} {v}" for k, v in info["splits"].items()) or "-"),
+        ("encoder", f"{info['encoder']} (weights {info['weights_id']}, dim {info['dim']})"),
+        ("sampling", json.dumps(info["sampling"])),
+        ("preprocess", json.dumps(info["preprocess"])),
+        ("created", f"{info['created']}, last write {info['last_write']}"),
+    ]
+    if info["writers"]:
+        rows.append(("writing now", "; ".join(info["writers"])))
+    if info["unfinished_shards"]:
+        rows.append(("unfinished", f"{info['unfinished_shards']} *.h5.tmp shard(s) being written or left by a killed job (ignored)"))
+    if info["superseded_shards"] or info["duplicates"]:
+        rows.append(("to tidy", f"{info['superseded_shards']} superseded shard(s), {info['duplicates']} duplicate clip(s); `vidprobe compact` removes them"))
+    by_stage = ", ".join(f"{k} {v}" for k, v in info["failures_by_stage"].items())
+    rows.append(("failures", f"{info['failures']}" + (f" ({by_stage}); `vidprobe extract ... --retry-failed` retries them" if by_stage else "")))
+    for key, value in rows:
+        print(f"{key:12s} {value}")
     for f in failures[: args.max_failures]:
-        print(f"  failed [{f['stage']}] {f['error']}")
+        print(f"  failed [{f['stage']}] {f['error'] if f['path'] in f['error'] else f['path'] + ': ' + f['error']}")
     if len(failures) > args.max_failures:
         print(f"  ... {len(failures) - args.max_failures} more (use --json for all)")
+    return EXIT_OK
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from .store_tools import verify_store
+
+    report = verify_store(args.store)
+    if args.json:
+        _print_json(report.to_dict())
+    else:
+        for note in report.notes:
+            print(f"note: {note}")
+        for problem in report.problems:
+            print(f"problem: {problem}", file=sys.stderr)
+        verdict = "OK" if report.ok else f"FAILED ({len(report.problems)} problems)"
+        print(f"{verdict}: {report.shards} shards, {report.clips} clips, {report.frames} frames, {report.failures} failure records checked in {report.path}")
+    return EXIT_OK if report.ok else EXIT_ERROR
+
+
+def cmd_compact(args: argparse.Namespace) -> int:
+    from .store_tools import compact_store
+
+    out = compact_store(args.store, compression=args.compression, compression_level=args.level)
+    if args.json:
+        _print_json(out)
+    elif not out["changed"]:
+        print(f"{out['path']}: already compact ({out['shards_after']} shard, {out['clips']} clips)")
+    else:
+        print(f"{out['path']}: {out['shards_before']} shards ({_size(out['size_before'])}) -> 1 shard ({_size(out['size_after'])}), "
+              f"{out['clips']} clips, {out['duplicates_dropped']} duplicates dropped, compression {out['compression']}")
     return EXIT_OK
 
 
@@ -129,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Video classification the cheap way: a frozen image encoder embeds sampled frames once "
         "(cached in an HDF5 feature store), then pooling + a logistic-regression or MLP head trains in seconds on CPU.",
         epilog="Typical flow: vidprobe extract videos/ -o features/mine; vidprobe train features/mine -o heads/mine.joblib; "
-        "vidprobe predict heads/mine.joblib new.mp4.  Exit codes: 0 ok, 1 error, 2 bad usage/settings, 3 some clips failed, 130 interrupted.",
+        "vidprobe predict heads/mine.joblib new.mp4.  Exit codes: 0 ok, 1 error (or verify found a problem), 2 bad usage/settings, 3 some clips failed, 75 store busy, 130 interrupted.",
     )
     p.add_argument("--version", action="version", version=f"vidprobe {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -177,11 +238,30 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--json", action="store_true", help="print predictions as one JSON document")
     r.set_defaults(func=cmd_predict)
 
-    i = sub.add_parser("info", help="describe a feature store", description="Counts, encoder, sampling, size and recorded failures of a store.")
-    i.add_argument("store")
+    i = sub.add_parser("info", help="describe a feature store", description="Counts (clips, frames, labels, splits), encoder, sampling, "
+                       "dtype, compression, size, running writers, leftovers of killed jobs, and the recorded failures of a store.")
+    i.add_argument("store", help="feature store folder (or one shard file)")
     i.add_argument("--json", action="store_true", help="one JSON document (includes every failure)")
     i.add_argument("--max-failures", type=int, default=20, help="failures to list in text mode (default 20)")
     i.set_defaults(func=cmd_info)
+
+    vf = sub.add_parser("verify", help="check a store: shards open, offsets consistent, no duplicates, no NaN/Inf",
+                        description="Open every finished shard and check it against the store's provenance: consistent offsets and "
+                        "lengths, expected dim and dtype, no clip stored twice (within or across shards), only finite values. "
+                        "Safe while an extraction runs. Exit 0 when all is well, 1 when a problem is found (each printed on stderr).")
+    vf.add_argument("store", help="feature store folder (or one shard file)")
+    vf.add_argument("--json", action="store_true", help="print the report as one JSON document")
+    vf.set_defaults(func=cmd_verify)
+
+    cp = sub.add_parser("compact", help="merge all shards of a store into one file, atomically",
+                        description="Write every stored clip (duplicates dropped; failures that were later fixed dropped) into one new "
+                        "shard (tmp, fsync, atomic rename), then delete the old shards and leftover *.tmp files. Refused while another "
+                        "job writes to the store (exit 75). A crash at any point leaves a readable store; re-run to finish.")
+    cp.add_argument("store", help="feature store folder")
+    cp.add_argument("--compression", choices=["none", "gzip", "lzf"], help="compression of the merged shard (default: what most shards use)")
+    cp.add_argument("--level", type=int, default=4, choices=range(1, 10), metavar="1..9", help="gzip level (default 4)")
+    cp.add_argument("--json", action="store_true", help="print the result as one JSON document")
+    cp.set_defaults(func=cmd_compact)
 
     d = sub.add_parser("demo", help="build a small video set from real photos, extract, train and report (offline)",
                        description="Render labeled videos from photographs shipped with scikit-image (two tasks: which photo, which camera "

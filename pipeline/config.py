@@ -61,6 +61,32 @@ class ExtractConfig:
             raise ConfigError(f"extract.decode_threads={self.decode_threads}: must be >= 0")
 
 
+STORE_DTYPES = ("float32", "float16")
+STORE_COMPRESSIONS = ("none", "gzip", "lzf")
+
+
+@dataclass
+class StoreConfig:
+    """How embeddings are written to shard files.
+
+    ``dtype`` is part of a store's identity (float16 halves the size but rounds every value to ~3
+    significant digits, so one store never mixes the two); ``compression`` is lossless, recorded per
+    shard by HDF5 itself, and may differ between runs appending to one store.
+    """
+
+    dtype: str = "float32"  # float32 | float16 (half the size; relative rounding error <= 2**-11)
+    compression: str = "none"  # none | gzip | lzf (lossless; embeddings compress little, see benchmarks/store_read.py)
+    compression_level: int = 4  # gzip level 1..9
+
+    def validate(self) -> None:
+        if self.dtype not in STORE_DTYPES:
+            raise ConfigError(f"store.dtype={self.dtype!r}: allowed values are {', '.join(STORE_DTYPES)}")
+        if self.compression not in STORE_COMPRESSIONS:
+            raise ConfigError(f"store.compression={self.compression!r}: allowed values are {', '.join(STORE_COMPRESSIONS)}")
+        if not 1 <= self.compression_level <= 9:
+            raise ConfigError(f"store.compression_level={self.compression_level}: must be 1..9 (used by gzip)")
+
+
 @dataclass
 class Config:
     """Everything ``vidprobe extract`` needs besides the source and the store path."""
@@ -68,12 +94,14 @@ class Config:
     encoder: str = "effnet-lite0"
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     extract: ExtractConfig = field(default_factory=ExtractConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
 
     def validate(self) -> "Config":
         if not isinstance(self.encoder, str) or not self.encoder:
             raise ConfigError("encoder: must be a non-empty spec string such as effnet-lite0 or openclip:ViT-B-32@openai")
         self.sampling.validate()
         self.extract.validate()
+        self.store.validate()
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -32,5 +32,11 @@ class StoreError(VidprobeError):
     """A feature store is missing, damaged, or does not match the job that opens it."""
 
 
+class StoreBusyError(StoreError):
+    """Another live job holds the store's writer lock; retrying later can succeed (EX_TEMPFAIL)."""
+
+    exit_code = 75
+
+
 class HeadError(VidprobeError):
     """A trained head cannot be fitted, saved or loaded."""

@@ -107,6 +107,7 @@ class ExtractSummary:
     total: int = 0  # clips in the manifest
     done: int = 0  # clips extracted by this run
     skipped: int = 0  # clips already in the store (or already recorded as failed)
+    skipped_failed: int = 0  # of those, clips recorded as failed by an earlier run (see --retry-failed)
     failed: int = 0  # clips that failed in this run (incl. manifest problems)
     frames: int = 0
     seconds: float = 0.0
@@ -128,6 +129,7 @@ def build_provenance(encoder, cfg: Config) -> dict[str, Any]:
         "dim": int(encoder.dim),
         "preprocess": encoder.preprocess_cfg.to_dict(),
         "sampling": sampling_identity(cfg.sampling),
+        "dtype": cfg.store.dtype,
         "encoder_info": encoder.provenance(),
         "versions": {"vidprobe": __version__, "torch": torch.__version__, "h5py": h5py.__version__, "numpy": np.__version__},
     }
@@ -207,22 +209,24 @@ def extract(
     if encoder is None:
         encoder = create_encoder(cfg.encoder, device=cfg.extract.device, precision=cfg.extract.precision)
     store: FeatureStore = create_or_open(store_path, build_provenance(encoder, cfg))
-    summary = ExtractSummary(store=str(store.path), total=len(manifest.items))
-    stored = store.done_keys(include_failed=False)
-    failed_before = store.done_keys(include_failed=True) - stored
-    skip = stored if retry_failed else stored | failed_before
-    todo: list[VideoItem] = []
-    seen = set()
-    for item in manifest.items:
-        if item.key in skip or item.key in seen or (retry_failed and item.key not in failed_before):
-            summary.skipped += 1
-            continue
-        seen.add(item.key)
-        todo.append(item)
-    known_problems = {f["path"] for f in store.failures() if f["stage"] == "manifest"}
-    is_cuda = str(getattr(encoder, "device", "cpu")).startswith("cuda")
-    pre = encoder.preprocess_cfg
-    with ShardWriter(store, shard_size=cfg.extract.shard_size) as writer:
+    # The writer lock comes before reading what is done: a second job on the same work is refused here.
+    with store.writer_lock() as lock, ShardWriter(store, shard_size=cfg.extract.shard_size, compression=cfg.store.compression, compression_level=cfg.store.compression_level, tag=lock.tag) as writer:
+        summary = ExtractSummary(store=str(store.path), total=len(manifest.items))
+        stored = store.done_keys(include_failed=False)
+        failed_before = store.done_keys(include_failed=True) - stored
+        skip = stored if retry_failed else stored | failed_before
+        todo: list[VideoItem] = []
+        seen = set()
+        for item in manifest.items:
+            if item.key in skip or item.key in seen or (retry_failed and item.key not in failed_before):
+                summary.skipped += 1
+                summary.skipped_failed += item.key in failed_before and not retry_failed
+                continue
+            seen.add(item.key)
+            todo.append(item)
+        known_problems = {f["path"] for f in store.failures() if f["stage"] == "manifest"}
+        is_cuda = str(getattr(encoder, "device", "cpu")).startswith("cuda")
+        pre = encoder.preprocess_cfg
         for problem in manifest.problems:
             if problem.path not in known_problems:
                 writer.add_failure(problem.path, None, None, "manifest", problem.error)

@@ -1,0 +1,210 @@
+"""``vidprobe verify`` and ``vidprobe compact``: check a store shard by shard, and merge its shards.
+
+Verify trusts nothing the reader assumes: every finished shard must open, carry the store's identity,
+have consistent offsets and lengths, no duplicate clip (within or across shards) and only finite
+values. Compaction writes all live clips into one new shard by the same tmp → fsync → rename path as
+extraction; that rename is the commit point — the new shard names the shards it replaces
+(``compacted_from``), so readers ignore them even if a crash leaves them behind, and the next
+compaction deletes them.
+"""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .store import (
+    SHARD_DIR,
+    FeatureStore,
+    _fsync_dir,
+    clip_key,
+    describe_differences,
+    identity,
+    open_store,
+    shard_name,
+    write_shard,
+)
+from .store_lock import live_holders
+
+_BLOCK_ROWS = 1 << 16  # rows per read when scanning embeddings for NaN/Inf
+
+
+@dataclass
+class VerifyReport:
+    path: str
+    shards: int = 0
+    clips: int = 0
+    frames: int = 0
+    failures: int = 0
+    problems: list[str] = field(default_factory=list)  # anything here makes `verify` fail
+    notes: list[str] = field(default_factory=list)  # harmless leftovers worth knowing about
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, **self.__dict__}
+
+
+def _check_shard(shard: Path, store: FeatureStore, report: VerifyReport) -> list[tuple] | None:
+    """Problems of one shard go into ``report``; returns its clip keys (None if unreadable)."""
+    import h5py
+
+    name = shard.name
+    dim = store.dim
+    try:
+        with h5py.File(shard, "r") as f:
+            prov = json.loads(f.attrs["provenance"])
+            diffs = describe_differences(store.provenance, prov)
+            if diffs:
+                report.problems.append(f"{name}: written with different settings: " + "; ".join(diffs))
+            emb, ts = f["frames/embedding"], f["frames/timestamp"]
+            c, fl = f["clips"], f["failures"]
+            off = c["offset"][()]
+            n, frames = len(c["video"]), emb.shape[0]
+            if emb.ndim != 2 or emb.shape[1] != dim:
+                report.problems.append(f"{name}: frames/embedding has shape {emb.shape}, expected (F, {dim})")
+            if str(emb.dtype) != identity(store.provenance, "dtype"):
+                report.problems.append(f"{name}: embeddings stored as {emb.dtype}, the store is {identity(store.provenance, 'dtype')}")
+            if ts.shape != (frames,):
+                report.problems.append(f"{name}: frames/timestamp has {ts.shape[0]} rows for {frames} embeddings")
+            if len(off) != n + 1 or off[0] != 0 or off[-1] != frames or np.any(np.diff(off) < 0):
+                report.problems.append(f"{name}: clips/offset inconsistent (len {len(off)} for {n} clips, first {off[:1]}, last {off[-1:]}, {frames} frames)")
+            elif n and np.any(np.diff(off) == 0):
+                report.problems.append(f"{name}: {int(np.sum(np.diff(off) == 0))} clips own no frames")
+            for col in ("start", "end", "label", "split"):
+                if len(c[col]) != n:
+                    report.problems.append(f"{name}: clips/{col} has {len(c[col])} rows for {n} clips")
+            m = len(fl["path"])
+            if any(len(fl[col]) != m for col in ("start", "end", "stage", "error", "time")):
+                report.problems.append(f"{name}: failures columns differ in length")
+            for lo in range(0, frames, _BLOCK_ROWS):
+                if not np.all(np.isfinite(emb[lo : lo + _BLOCK_ROWS])):
+                    report.problems.append(f"{name}: NaN or Inf in frames/embedding rows {lo}..{min(frames, lo + _BLOCK_ROWS) - 1}")
+                    break
+            if frames and not np.all(np.isfinite(ts[()])):
+                report.problems.append(f"{name}: NaN or Inf in frames/timestamp")
+            keys = [clip_key(v, s, e) for v, s, e in zip(c["video"].asstr()[()].tolist() if n else [], c["start"][()], c["end"][()])]
+            report.failures += m
+    except (OSError, KeyError, ValueError, TypeError) as exc:
+        report.problems.append(f"{name}: cannot be read ({exc})")
+        return None
+    dup = [k for k, cnt in Counter(keys).items() if cnt > 1]
+    if dup:
+        report.problems.append(f"{name}: {len(dup)} clips appear more than once, e.g. {dup[0][0]}")
+    report.shards += 1
+    report.clips += len(keys)
+    report.frames += frames
+    return keys
+
+
+def verify_store(path: str | Path) -> VerifyReport:
+    """Check every finished shard of the store at ``path``; the report's ``problems`` say what is wrong."""
+    store = open_store(path)
+    report = VerifyReport(str(store.path))
+    shards = store.shard_paths()
+    replaced: set[str] = set()
+    import h5py
+
+    for shard in shards:  # which shards a compaction replaced (they are ignored, not checked)
+        try:
+            with h5py.File(shard, "r") as f:
+                replaced.update(json.loads(f.attrs.get("compacted_from", "[]")))
+        except (OSError, ValueError):
+            pass  # reported below
+    owner: dict[tuple, str] = {}
+    across = 0
+    example = ""
+    for shard in shards:
+        if shard.name in replaced:
+            report.notes.append(f"{shard.name}: replaced by a compacted shard (a crash interrupted compaction); `vidprobe compact` removes it")
+            continue
+        keys = _check_shard(shard, store, report)
+        for key in keys or []:
+            if key in owner and owner[key] != shard.name:
+                across += 1
+                example = example or f"{key[0]} in {owner[key]} and {shard.name}"
+            owner.setdefault(key, shard.name)
+    if across:
+        report.problems.append(f"{across} clips are stored in more than one shard (readers keep the first), e.g. {example}")
+    tmp = store.unfinished_paths()
+    if tmp:
+        report.notes.append(f"{len(tmp)} unfinished *.h5.tmp shard(s) from a running or killed job (ignored by readers; the next job or compact removes them)")
+    for holder in live_holders(store.path) if store.path.is_dir() else []:
+        report.notes.append(f"a writer is running: {holder.describe()}")
+    if not shards:
+        report.notes.append("no finished shards yet")
+    return report
+
+
+def compact_store(path: str | Path, compression: str | None = None, compression_level: int = 4) -> dict[str, Any]:
+    """Merge all live shards into one (under the whole-store writer lock); returns what changed.
+
+    ``compression=None`` keeps the compression most live shards use. Duplicates are dropped and
+    failures already fixed are dropped; current failures are kept.
+    """
+    store = open_store(path)
+    with store.writer_lock(purpose="compact"):
+        idx = store.index()
+        before = [p for p in store.shard_paths()]
+        size_before = sum(p.stat().st_size for p in before)
+        if compression is None:
+            compression = Counter(m.compression for m in idx.shards).most_common(1)[0][0] if idx.shards else "none"
+        live_compressions = {m.compression for m in idx.shards}
+        if len(before) <= 1 and live_compressions <= {compression}:
+            return {"path": str(store.path), "changed": False, "shards_before": len(before), "shards_after": len(before), "size_before": size_before, "size_after": size_before, "clips": len(idx.video), "compression": compression}
+        import h5py
+
+        def fill(emb_ds, ts_ds) -> None:
+            pos = 0
+            for meta in idx.shards:
+                if not len(meta.kept):
+                    continue
+                with h5py.File(meta.path, "r") as f:
+                    e, t = f["frames/embedding"], f["frames/timestamp"]
+                    if meta.all_kept:
+                        sel = slice(0, meta.n_frames)
+                        n = meta.n_frames
+                    else:
+                        sel = np.concatenate([np.arange(meta.offset[i], meta.offset[i + 1]) for i in meta.kept])
+                        n = len(sel)
+                    for lo in range(0, n, _BLOCK_ROWS):  # bounded memory however big the store
+                        hi = min(n, lo + _BLOCK_ROWS)
+                        rows = slice(sel.start + lo, sel.start + hi) if isinstance(sel, slice) else sel[lo:hi]
+                        emb_ds[pos + lo : pos + hi] = e[rows]
+                        ts_ds[pos + lo : pos + hi] = t[rows]
+                pos += n
+
+        fails = idx.failures
+        merged = write_shard(
+            store.path / SHARD_DIR / shard_name("compact"),
+            store.provenance,
+            {"offset": idx.offset, "video": idx.video, "start": idx.start, "end": idx.end, "label": idx.label, "split": idx.split},
+            {col: [f[col] for f in fails] for col in ("path", "start", "end", "stage", "error", "time")},
+            int(idx.offset[-1]),
+            fill,
+            compression=compression,
+            compression_level=compression_level,
+            attrs={"compacted_from": json.dumps([p.name for p in before])},
+        )
+        for old in before:  # after the commit above these are dead; a crash here leaves them ignored
+            old.unlink(missing_ok=True)
+        _fsync_dir(merged.parent)
+        store.invalidate()
+        return {
+            "path": str(store.path),
+            "changed": True,
+            "shards_before": len(before),
+            "shards_after": 1,
+            "size_before": size_before,
+            "size_after": merged.stat().st_size,
+            "clips": len(idx.video),
+            "duplicates_dropped": idx.duplicates,
+            "compression": compression,
+            "shard": str(merged),
+        }

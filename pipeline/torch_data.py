@@ -1,0 +1,59 @@
+"""A torch ``Dataset`` over a feature store, for training temporal heads (attention, GRU, ...) in torch.
+
+Kept apart from ``pipeline.store`` so that reading a store never needs torch. Items are
+``(frames, label_index)``: ``frames`` a float32 tensor (T, D) — or (D',) with ``pool`` — and
+``label_index`` an int64 index into ``dataset.classes`` (-1 for an unlabeled clip). Clips may have
+different T (fps sampling); ``pad_collate`` batches them with a length vector.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .errors import ConfigError
+from .store import FeatureStore, open_store
+
+
+class ClipDataset(Dataset):
+    """Clips of a store (optionally one split), each as its per-frame embeddings and label index."""
+
+    def __init__(
+        self,
+        store: FeatureStore | str | Path,
+        *,
+        split: str | None = None,
+        pool: Callable[[np.ndarray], np.ndarray] | None = None,
+        classes: Sequence[str] | None = None,
+    ):
+        self.store = store if isinstance(store, FeatureStore) else open_store(store)
+        labels = self.store.labels
+        if split is not None and split not in ("train", "val", "test", ""):
+            raise ConfigError(f"split={split!r}: allowed values are train, val, test, '' (unsplit) or None (all)")
+        self.indices = np.array([i for i, s in enumerate(self.store.splits) if split is None or s == split], dtype=np.int64)
+        self.classes = list(classes) if classes is not None else sorted({x for x in labels if x})
+        lookup = {c: k for k, c in enumerate(self.classes)}
+        self.targets = np.array([lookup.get(labels[i], -1) for i in self.indices], dtype=np.int64)
+        self.pool = pool
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, int]:
+        x = self.store.frames(int(self.indices[k]))
+        if self.pool is not None:
+            x = self.pool(x)
+        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), int(self.targets[k])
+
+
+def pad_collate(batch: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(B, T_max, D) zero-padded frames, (B,) lengths, (B,) label indices."""
+    frames = [b[0] for b in batch]
+    lengths = torch.tensor([len(f) for f in frames], dtype=torch.int64)
+    out = torch.zeros(len(frames), int(lengths.max()) if len(frames) else 0, frames[0].shape[-1] if frames else 0)
+    for i, f in enumerate(frames):
+        out[i, : len(f)] = f
+    return out, lengths, torch.tensor([b[1] for b in batch], dtype=torch.int64)
