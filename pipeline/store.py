@@ -3,7 +3,9 @@
 Layout of a store folder ``STORE/``::
 
     store.json            provenance: encoder spec, weights identity, preprocessing, sampling, dim, versions
-    shards/*.h5           finished shards (each written as *.h5.tmp, fsynced, then renamed atomically)
+    shards/*.h5           finished shards (each written as *.h5.tmp, fsynced, then renamed atomically),
+                          named PREFIX-<time>-<id>.h5; PREFIX says which writer (job shard) wrote them
+    runs/PREFIX.json      last run of each writer: state, clips assigned/done/failed, host (for `info`)
 
 Layout of one shard (readable with plain h5py)::
 
@@ -371,19 +373,128 @@ def open_store(path: str | Path) -> FeatureStore:
     return FeatureStore(p, provenance)
 
 
+def _open_settled(p: Path, wait_s: float = 5.0) -> FeatureStore:
+    """``open_store``, after waiting briefly while a racing creator may still be writing ``store.json``
+    (only where hard links are unsupported; see ``_create_exclusive``)."""
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        try:
+            json.loads((p / PROVENANCE_FILE).read_text(encoding="utf-8"))
+            break
+        except (OSError, ValueError):
+            time.sleep(0.05)
+    return open_store(p)
+
+
+def _create_exclusive(path: Path, text: str) -> bool:
+    """Create ``path`` with ``text`` only if it does not exist, never visible half-written; False if it did.
+
+    The whole file is written and fsynced under a private name, then hard-linked to ``path``: ``link``
+    fails when ``path`` exists, so of several processes creating one store exactly one wins. Where hard
+    links are unsupported, ``O_EXCL`` keeps the exclusivity (readers then retry while it is written).
+    """
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        except OSError:  # no hard links on this filesystem
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(text)
+                fh.flush()
+                os.fsync(fh.fileno())
+        _fsync_dir(path.parent)
+        return True
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _creation_debris(entry: Path) -> bool:
+    """What a concurrent ``create_or_open`` of the same new store may have left so far."""
+    return entry.name in (SHARD_DIR, PROVENANCE_FILE) or (entry.name.startswith(f".{PROVENANCE_FILE}.") and entry.name.endswith(".tmp"))
+
+
 def create_or_open(path: str | Path, provenance: dict[str, Any]) -> FeatureStore:
-    """Open ``path`` for appending with ``provenance``, creating it if new; refuse a mismatch."""
+    """Open ``path`` for appending with ``provenance``, creating it if new; refuse a mismatch.
+
+    Safe when several processes (job shards) create the same new store at once: exactly one writes
+    ``store.json``; the others open it and are refused, naming what differs, if their settings differ.
+    """
     p = Path(path)
     provenance = {**provenance, "schema_version": SCHEMA_VERSION}
-    if (p / PROVENANCE_FILE).is_file():
-        store = open_store(p)
-        diffs = describe_differences(store.provenance, provenance)
-        if diffs:
-            raise StoreError(f"{p}: refusing to append with different settings — " + "; ".join(diffs) + ". Use a new store path.")
-        return store
-    if p.exists() and (not p.is_dir() or any(p.iterdir())):
-        raise StoreError(f"{p}: exists and is not a vidprobe store; choose a new path")
-    (p / SHARD_DIR).mkdir(parents=True, exist_ok=True)
-    provenance.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-    _atomic_write_text(p / PROVENANCE_FILE, json.dumps(provenance, indent=2, sort_keys=True))
-    return FeatureStore(p, provenance)
+    if not (p / PROVENANCE_FILE).is_file():
+        if p.exists() and (not p.is_dir() or not all(_creation_debris(c) for c in p.iterdir())):
+            raise StoreError(f"{p}: exists and is not a vidprobe store; choose a new path")
+        p.mkdir(parents=True, exist_ok=True)
+        provenance.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        if _create_exclusive(p / PROVENANCE_FILE, json.dumps(provenance, indent=2, sort_keys=True)):
+            (p / SHARD_DIR).mkdir(exist_ok=True)
+            return FeatureStore(p, provenance)
+        # another process created it first: append to theirs if the settings agree
+    store = _open_settled(p)
+    diffs = describe_differences(store.provenance, provenance)
+    if diffs:
+        raise StoreError(f"{p}: refusing to append with different settings — " + "; ".join(diffs) + ". Use a new store path.")
+    return store
+
+
+# -- per-writer progress (job shards) ----------------------------------------------------------------
+# Each extraction run writes shard files named ``PREFIX-<time>-<id>.h5`` (PREFIX ``shard`` or, for job
+# shard i of n, ``shardIIIIofNNNN``) and keeps a small record of its last run in ``runs/PREFIX.json``
+# (state running/finished/stopped, clips assigned/done/skipped/failed, host, pid, time). A run killed
+# with SIGKILL stays "running" in its record until it is re-run.
+RUNS_DIR = "runs"
+
+
+def writer_of(shard_name: str) -> str:
+    """The writer prefix of a shard file name (``shard0001of0004-…-….h5`` -> ``shard0001of0004``)."""
+    stem = shard_name[: -len(".h5")] if shard_name.endswith(".h5") else shard_name
+    parts = stem.rsplit("-", 2)
+    return parts[0] if len(parts) == 3 else stem
+
+
+def write_run_record(store: FeatureStore, writer: str, doc: dict[str, Any]) -> None:
+    """Atomically replace the last-run record of ``writer`` (a shard-file prefix)."""
+    d = store.path / RUNS_DIR
+    d.mkdir(exist_ok=True)
+    _atomic_write_text(d / f"{writer}.json", json.dumps(doc, indent=1, sort_keys=True))
+
+
+def writer_progress(store: FeatureStore) -> dict[str, dict[str, Any]]:
+    """Per writer prefix: clips in its finished shard files, its current failures, its shard files,
+    and its last run record (``last_run``, when one exists) — what ``vidprobe info`` shows per shard."""
+    import h5py
+
+    out: dict[str, dict[str, Any]] = {}
+
+    def row(writer: str) -> dict[str, Any]:
+        return out.setdefault(writer, {"clips": 0, "failures": 0, "shard_files": 0})
+
+    for shard in store.shard_paths():
+        try:
+            with h5py.File(shard, "r") as f:
+                clips = len(f["clips/video"])
+        except (OSError, KeyError) as exc:
+            raise StoreError(f"{shard}: unreadable shard ({exc}); run `vidprobe verify {store.path}`") from None
+        r = row(writer_of(shard.name))
+        r["clips"] += clips
+        r["shard_files"] += 1
+    for failure in store.failures():
+        if failure.get("shard"):
+            row(writer_of(failure["shard"]))["failures"] += 1
+    runs = store.path / RUNS_DIR
+    for record in sorted(runs.glob("*.json")) if runs.is_dir() else []:
+        try:
+            row(record.stem)["last_run"] = json.loads(record.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+    return dict(sorted(out.items()))
