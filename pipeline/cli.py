@@ -26,7 +26,6 @@ def cmd_extract(args: argparse.Namespace) -> int:
     from .config import load_config
     from .extract import extract
     from .manifest import load_manifest
-
     from .sharding import resolve_shard
 
     overrides = list(args.overrides)

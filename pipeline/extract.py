@@ -237,14 +237,17 @@ def note_run(store: FeatureStore, prefix: str, summary: ExtractSummary, state: s
 
 
 @contextlib.contextmanager
-def _noting_stop(store: FeatureStore, prefix: str, summary: ExtractSummary) -> Iterator[None]:
-    """A run that ends by an exception (Ctrl-C, store error) is recorded as stopped, then re-raised."""
+def recorded_run(store: FeatureStore, prefix: str, summary: ExtractSummary) -> Iterator[None]:
+    """Record the run under its writer prefix: running, then finished — or stopped if it ends by an
+    exception (Ctrl-C, a store error), which is re-raised. A SIGKILLed run stays "running"."""
+    note_run(store, prefix, summary, "running")
     try:
         yield
     except BaseException:
         with contextlib.suppress(OSError):
             note_run(store, prefix, summary, "stopped")
         raise
+    note_run(store, prefix, summary, "finished")
 
 
 def extract(
@@ -275,8 +278,7 @@ def extract(
     is_cuda = str(getattr(encoder, "device", "cpu")).startswith("cuda")
     pre = encoder.preprocess_cfg
     prefix = writer_prefix(shard)
-    note_run(store, prefix, summary, "running")
-    with _noting_stop(store, prefix, summary), ShardWriter(store, shard_size=cfg.extract.shard_size, prefix=prefix) as writer:
+    with recorded_run(store, prefix, summary), ShardWriter(store, shard_size=cfg.extract.shard_size, prefix=prefix) as writer:
         for problem in problems:
             writer.add_failure(problem.path, None, None, "manifest", problem.error)
             summary.failed += 1
@@ -314,7 +316,6 @@ def extract(
         finish(batcher.drain())
         bar.close()
     summary.seconds = time.perf_counter() - started
-    note_run(store, prefix, summary, "finished")
     return summary
 
 

@@ -30,8 +30,9 @@ from typing import Any
 import numpy as np
 
 from ..config import Config, SamplingConfig
+from ..encoders import parse_spec
 from ..errors import ConfigError, VidprobeError
-from ..extract import ExtractSummary, build_provenance, load_clip, note_run, plan_extraction, writer_prefix
+from ..extract import ExtractSummary, build_provenance, load_clip, plan_extraction, recorded_run, writer_prefix
 from ..manifest import Manifest, VideoItem
 from ..sharding import JobShard
 from ..store import ShardWriter, create_or_open
@@ -181,43 +182,44 @@ def extract_ray(
 
     ``num_encoders`` encoder actors (default: one per GPU in the cluster, or one on CPU).
     """
-    from tqdm.auto import tqdm
-
     started = time.perf_counter()
     if num_encoders is not None and num_encoders < 1:
         raise ConfigError(f"--ray-encoders={num_encoders}: must be >= 1")
+    parse_spec(cfg.encoder)  # a bad spec fails here, before a cluster starts
     ray = _import_ray()
     owns_ray = init_ray(address, num_cpus)
     try:
         use_gpu = _encoder_device(cfg, int(ray.cluster_resources().get("GPU", 0)))
         actor_resources = {"num_cpus": 1, "num_gpus": 1 if use_gpu else 0}
-        provenance = ray.get(ray.remote(**actor_resources)(_provenance).remote(cfg, use_gpu))
+        try:  # built where the encoders run, so it records their device and precision
+            provenance = ray.get(ray.remote(**actor_resources)(_provenance).remote(cfg, use_gpu))
+        except ray.exceptions.RayTaskError as exc:
+            if isinstance(exc.cause, VidprobeError):  # e.g. weights that cannot be loaded: one line, not a remote traceback
+                raise exc.cause from None
+            raise
         store = create_or_open(store_path, provenance)
         summary = ExtractSummary(store=str(store.path), shard=str(shard) if shard else None, engine="ray")
         todo, problems = plan_extraction(manifest, store, summary, shard=shard, retry_failed=retry_failed)
         prefix = writer_prefix(shard)
-        note_run(store, prefix, summary, "running")
-        try:
-            with ShardWriter(store, shard_size=cfg.extract.shard_size, prefix=prefix) as writer:
-                for problem in problems:
-                    writer.add_failure(problem.path, None, None, "manifest", problem.error)
-                    summary.failed += 1
-                    summary.failures.append((problem.path, problem.error))
-                if todo:
-                    _run_pipeline(ray, todo, cfg, use_gpu, num_encoders, actor_resources, writer, summary, tqdm, progress, started)
-        except BaseException:
-            note_run(store, prefix, summary, "stopped")
-            raise
+        with recorded_run(store, prefix, summary), ShardWriter(store, shard_size=cfg.extract.shard_size, prefix=prefix) as writer:
+            for problem in problems:
+                writer.add_failure(problem.path, None, None, "manifest", problem.error)
+                summary.failed += 1
+                summary.failures.append((problem.path, problem.error))
+            if todo:
+                _run_pipeline(ray, todo, cfg, use_gpu, num_encoders, actor_resources, writer, summary, progress, started)
         summary.seconds = time.perf_counter() - started
-        note_run(store, prefix, summary, "finished")
         return summary
     finally:
         if owns_ray:
             ray.shutdown()
 
 
-def _run_pipeline(ray, todo, cfg, use_gpu, num_encoders, actor_resources, writer, summary, tqdm, progress, started) -> None:
+def _run_pipeline(ray, todo: list[VideoItem], cfg: Config, use_gpu: bool, num_encoders: int | None, actor_resources: dict[str, int],
+                  writer: ShardWriter, summary: ExtractSummary, progress: bool, started: float) -> None:
+    """Build the Ray Data pipeline over ``todo`` and write what comes out, in completion order."""
     import ray.data
+    from tqdm.auto import tqdm
 
     from ..encoders import Preprocess
 
@@ -232,7 +234,9 @@ def _run_pipeline(ray, todo, cfg, use_gpu, num_encoders, actor_resources, writer
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # max_retries has no named parameter yet; Ray warns about **ray_remote_args
         ds = ray.data.from_items(rows, override_num_blocks=blocks)
-        ds = ds.map_batches(partial(_decode_rows, sampling=cfg.sampling, preprocess=pre, threads=cfg.extract.decode_threads),
+        # one FFmpeg thread per decode task unless set: Ray already runs one task per core
+        threads = cfg.extract.decode_threads or 1
+        ds = ds.map_batches(partial(_decode_rows, sampling=cfg.sampling, preprocess=pre, threads=threads),
                             batch_size=1, num_cpus=1, max_retries=DECODE_RETRIES)
         ds = ds.map_batches(_actor_class(cfg, use_gpu), batch_size=clips_per_call,
                             compute=ray.data.ActorPoolStrategy(size=encoders), **actor_resources)
@@ -244,6 +248,8 @@ def _run_pipeline(ray, todo, cfg, use_gpu, num_encoders, actor_resources, writer
     bar = tqdm(total=len(todo), unit="clip", desc="extract (ray)", disable=not progress, dynamic_ncols=True)
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
         for j, index in enumerate(batch["index"]):
+            if int(index) in seen:  # never store a clip twice, whatever a retry re-delivers
+                continue
             item = todo[int(index)]
             seen.add(int(index))
             error = str(batch["error"][j])
