@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from .errors import VidprobeError
+from .errors import ConfigError, VidprobeError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130  # 75: StoreBusyError.exit_code
 
@@ -27,20 +27,36 @@ def cmd_extract(args: argparse.Namespace) -> int:
     from .config import load_config
     from .extract import extract
     from .manifest import load_manifest
+    from .sharding import resolve_shard
 
     overrides = list(args.overrides)
     if args.encoder:
         overrides.append(f"encoder={args.encoder}")
+    if args.device:
+        overrides.append(f"extract.device={args.device}")
     cfg = load_config(args.config, overrides)
+    if args.engine != "ray" and (args.address or args.ray_encoders):
+        raise ConfigError("--address and --ray-encoders are for --engine ray")
+    shard = resolve_shard(args.shard_id, args.num_shards)
+    if shard is not None:
+        print(f"vidprobe extract: job shard {shard} (from {shard.source})", file=sys.stderr)
     manifest = load_manifest(args.source, root=args.root)
-    summary = extract(manifest, args.output, cfg, progress=not args.quiet and not args.json, retry_failed=args.retry_failed)
+    progress = not args.quiet and not args.json
+    if args.engine == "ray":
+        from .engines.ray_engine import extract_ray
+
+        summary = extract_ray(manifest, args.output, cfg, address=args.address, num_encoders=args.ray_encoders, shard=shard,
+                              progress=progress, retry_failed=args.retry_failed)
+    else:
+        summary = extract(manifest, args.output, cfg, progress=progress, retry_failed=args.retry_failed, shard=shard)
     if args.json:
         _print_json(summary.to_dict())
     else:
         rate = summary.frames / summary.seconds if summary.seconds else 0.0
         for path, message in summary.failures:
             print(f"failed: {message}" if path in message else f"failed: {path}: {message}", file=sys.stderr)
-        print(f"{summary.done} extracted, {summary.skipped} skipped (already stored), {summary.failed} failed; "
+        print(f"{'shard ' + summary.shard + ': ' if summary.shard else ''}"
+              f"{summary.done} extracted, {summary.skipped} skipped (already stored), {summary.failed} failed; "
               f"{summary.frames} frames in {summary.seconds:.1f} s ({rate:.1f} frames/s) -> {summary.store}")
         if summary.skipped_failed:
             print(f"{summary.skipped_failed} of the skipped clips failed in an earlier run; `--retry-failed` tries them again", file=sys.stderr)
@@ -107,13 +123,14 @@ def _size(n: float) -> str:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from .store import open_store
+    from .store import open_store, writer_progress
 
     store = open_store(args.store)
     info = store.info()
     failures = store.failures()
+    writers = writer_progress(store)
     if args.json:
-        _print_json({**info, "failure_list": failures})
+        _print_json({**info, "failure_list": failures, "per_writer": writers})
         return EXIT_OK
     fpc = info["frames_per_clip"]
     per_clip = "" if not fpc else f", {fpc['min']} per clip" if fpc["min"] == fpc["max"] else f", {fpc['min']}..{fpc['max']} per clip"
@@ -138,6 +155,13 @@ def cmd_info(args: argparse.Namespace) -> int:
     rows.append(("failures", f"{info['failures']}" + (f" ({by_stage}); `vidprobe extract ... --retry-failed` retries them" if by_stage else "")))
     for key, value in rows:
         print(f"{key:12s} {value}")
+    if len(writers) > 1 or any(w != "shard" for w in writers):
+        print("per writer (job shard): clips stored, failures | last run")
+        for name, w in writers.items():
+            run = w.get("last_run")
+            last = (f"{run['state']}: {run['assigned']} clips assigned, {run['done']} done, {run['skipped']} skipped, "
+                    f"{run['failed']} failed ({run['engine']}, {run['host']} pid {run['pid']}, {run['updated']})") if run else "no record"
+            print(f"  {name:18s} {w['clips']:7d} clips {w['failures']:5d} failed | {last}")
     for f in failures[: args.max_failures]:
         print(f"  failed [{f['stage']}] {f['error'] if f['path'] in f['error'] else f['path'] + ': ' + f['error']}")
     if len(failures) > args.max_failures:
@@ -205,6 +229,17 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--config", metavar="FILE", help="YAML settings file (see configs/default.yaml)")
     e.add_argument("--root", metavar="DIR", help="folder that manifest paths are relative to (default: the manifest's folder)")
     e.add_argument("--retry-failed", action="store_true", help="only retry clips recorded as failed in the store")
+    e.add_argument("--device", metavar="DEV", help="auto | cpu | cuda | cuda:K (same as extract.device=DEV); one process per GPU: "
+                   "--device cuda:K --shard-id K --num-shards NUM_GPUS")
+    e.add_argument("--shard-id", type=int, metavar="I", help="extract only job shard I of --num-shards N (clips assigned by a stable hash "
+                   "of their key); shards may run at the same time, on any machines, into one store. Default: from RANK/WORLD_SIZE, "
+                   "then SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT, then SLURM_PROCID/SLURM_NTASKS, else the whole manifest")
+    e.add_argument("--num-shards", type=int, metavar="N", help="number of job shards (with --shard-id)")
+    e.add_argument("--engine", choices=["local", "ray"], default="local", help="local: this process plus decoder workers (default); "
+                   "ray: a Ray Data pipeline (CPU decode tasks -> encoder actors, one per GPU) on a Ray cluster; needs "
+                   "`pip install vidprobe[ray]`")
+    e.add_argument("--address", metavar="ADDR", help="Ray cluster to join (auto, HOST:PORT or ray://HOST:10001); default: start a local one")
+    e.add_argument("--ray-encoders", type=int, metavar="K", help="encoder actors (default: one per GPU in the cluster, or 1 without GPUs)")
     e.add_argument("--json", action="store_true", help="print the run summary as one JSON document")
     e.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     e.set_defaults(func=cmd_extract)

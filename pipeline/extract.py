@@ -7,7 +7,10 @@ failure records and the job goes on.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,9 +21,10 @@ import numpy as np
 from .config import Config, SamplingConfig
 from .decode import DecodedClip, VideoInfo, decode_at
 from .errors import VidprobeError
-from .manifest import Manifest, VideoItem
+from .manifest import Manifest, Problem, VideoItem
 from .sampling import clip_window, sample_timestamps
-from .store import FeatureStore, ShardWriter, create_or_open
+from .sharding import JobShard
+from .store import FeatureStore, ShardWriter, create_or_open, write_run_record
 
 
 def sampling_identity(cfg: SamplingConfig) -> dict[str, Any]:
@@ -104,7 +108,7 @@ def iter_decoded(items: list[VideoItem], sampling: SamplingConfig, preprocess, n
 @dataclass
 class ExtractSummary:
     store: str
-    total: int = 0  # clips in the manifest
+    total: int = 0  # clips in the manifest (in this job shard's part of it, when sharded)
     done: int = 0  # clips extracted by this run
     skipped: int = 0  # clips already in the store (or already recorded as failed)
     skipped_failed: int = 0  # of those, clips recorded as failed by an earlier run (see --retry-failed)
@@ -112,6 +116,8 @@ class ExtractSummary:
     frames: int = 0
     seconds: float = 0.0
     failures: list[tuple[str, str]] = field(default_factory=list)  # (path, message) of this run
+    shard: str | None = None  # "i/n" when this run was job shard i of n
+    engine: str = "local"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -191,6 +197,62 @@ class _Batcher:
         return finished
 
 
+def writer_prefix(shard: JobShard | None) -> str:
+    """File-name prefix of the store shards a run writes: ``shard`` or ``shardIIIIofNNNN``."""
+    return shard.prefix if shard is not None else "shard"
+
+
+def plan_extraction(
+    manifest: Manifest, store: FeatureStore, summary: ExtractSummary, *, shard: JobShard | None = None, retry_failed: bool = False
+) -> tuple[list[VideoItem], list[Problem]]:
+    """Clips this run must extract, and manifest problems it must record (counts go into ``summary``).
+
+    Only what ``shard`` owns (everything when None); clips already stored — or already recorded as
+    failed, unless ``retry_failed`` (which then does only those) — are counted as skipped.
+    """
+    stored = store.done_keys(include_failed=False)
+    failed_before = store.done_keys(include_failed=True) - stored
+    skip = stored if retry_failed else stored | failed_before
+    todo: list[VideoItem] = []
+    seen = set()
+    for item in manifest.items:
+        if shard is not None and not shard.owns(item.key):
+            continue
+        summary.total += 1
+        if item.key in skip or item.key in seen or (retry_failed and item.key not in failed_before):
+            summary.skipped += 1
+            summary.skipped_failed += item.key in failed_before and not retry_failed
+            continue
+        seen.add(item.key)
+        todo.append(item)
+    known = {f["path"] for f in store.failures() if f["stage"] == "manifest"}
+    problems = [p for p in manifest.problems if p.path not in known and (shard is None or shard.owns((p.path, -1.0, -1.0)))]
+    return todo, problems
+
+
+def note_run(store: FeatureStore, prefix: str, summary: ExtractSummary, state: str) -> None:
+    """Record this run's state and counts under its writer prefix (what ``vidprobe info`` shows per shard)."""
+    write_run_record(store, prefix, {
+        "state": state, "shard": summary.shard, "engine": summary.engine, "assigned": summary.total, "done": summary.done,
+        "skipped": summary.skipped, "failed": summary.failed, "host": socket.gethostname(), "pid": os.getpid(),
+        "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    })
+
+
+@contextlib.contextmanager
+def recorded_run(store: FeatureStore, prefix: str, summary: ExtractSummary) -> Iterator[None]:
+    """Record the run under its writer prefix: running, then finished — or stopped if it ends by an
+    exception (Ctrl-C, a store error), which is re-raised. A SIGKILLed run stays "running"."""
+    note_run(store, prefix, summary, "running")
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(OSError):
+            note_run(store, prefix, summary, "stopped")
+        raise
+    note_run(store, prefix, summary, "finished")
+
+
 def extract(
     manifest: Manifest,
     store_path: str | Path,
@@ -199,8 +261,13 @@ def extract(
     encoder=None,
     progress: bool = True,
     retry_failed: bool = False,
+    shard: JobShard | None = None,
 ) -> ExtractSummary:
-    """Extract every clip of ``manifest`` not yet in the store at ``store_path``; returns a summary."""
+    """Extract every clip of ``manifest`` not yet in the store at ``store_path``; returns a summary.
+
+    With ``shard`` (see ``pipeline.sharding``) only the clips that job shard owns are extracted, into
+    shard files named after it, so any number of shard processes can share one store.
+    """
     from tqdm.auto import tqdm
 
     from .encoders import create_encoder
@@ -209,61 +276,54 @@ def extract(
     if encoder is None:
         encoder = create_encoder(cfg.encoder, device=cfg.extract.device, precision=cfg.extract.precision)
     store: FeatureStore = create_or_open(store_path, build_provenance(encoder, cfg))
-    # The writer lock comes before reading what is done: a second job on the same work is refused here.
-    with store.writer_lock() as lock, ShardWriter(store, shard_size=cfg.extract.shard_size, compression=cfg.store.compression, compression_level=cfg.store.compression_level, tag=lock.tag) as writer:
-        summary = ExtractSummary(store=str(store.path), total=len(manifest.items))
-        stored = store.done_keys(include_failed=False)
-        failed_before = store.done_keys(include_failed=True) - stored
-        skip = stored if retry_failed else stored | failed_before
-        todo: list[VideoItem] = []
-        seen = set()
-        for item in manifest.items:
-            if item.key in skip or item.key in seen or (retry_failed and item.key not in failed_before):
-                summary.skipped += 1
-                summary.skipped_failed += item.key in failed_before and not retry_failed
-                continue
-            seen.add(item.key)
-            todo.append(item)
-        known_problems = {f["path"] for f in store.failures() if f["stage"] == "manifest"}
-        is_cuda = str(getattr(encoder, "device", "cpu")).startswith("cuda")
-        pre = encoder.preprocess_cfg
-        for problem in manifest.problems:
-            if problem.path not in known_problems:
+    summary = ExtractSummary(store=str(store.path), shard=str(shard) if shard else None)
+    is_cuda = str(getattr(encoder, "device", "cpu")).startswith("cuda")
+    pre = encoder.preprocess_cfg
+    prefix = writer_prefix(shard)
+    # The writer lock comes before reading what is done: a second job on the same work is refused here;
+    # other shards of the same job may hold their own shard locks at the same time.
+    with store.writer_lock(job_shard=shard.as_tuple() if shard else None) as lock:
+        todo, problems = plan_extraction(manifest, store, summary, shard=shard, retry_failed=retry_failed)
+        with recorded_run(store, prefix, summary), ShardWriter(
+            store, shard_size=cfg.extract.shard_size, prefix=prefix, compression=cfg.store.compression,
+            compression_level=cfg.store.compression_level, tag=lock.tag,
+        ) as writer:
+            for problem in problems:
                 writer.add_failure(problem.path, None, None, "manifest", problem.error)
                 summary.failed += 1
                 summary.failures.append((problem.path, problem.error))
-        batcher = _Batcher(encoder, cfg.extract.batch_size)
-        bar = tqdm(total=len(todo), unit="clip", desc="extract", disable=not progress, dynamic_ncols=True)
+            batcher = _Batcher(encoder, cfg.extract.batch_size)
+            bar = tqdm(total=len(todo), unit="clip", desc="extract", disable=not progress, dynamic_ncols=True)
 
-        def finish(clips: list[dict[str, Any]]) -> None:
-            for clip in clips:
-                item = todo[clip["index"]]
-                if clip.get("error"):
-                    writer.add_failure(item.path, item.start, item.end, "encode", clip["error"])
+            def finish(clips: list[dict[str, Any]]) -> None:
+                for clip in clips:
+                    item = todo[clip["index"]]
+                    if clip.get("error"):
+                        writer.add_failure(item.path, item.start, item.end, "encode", clip["error"])
+                        summary.failed += 1
+                        summary.failures.append((item.path, clip["error"]))
+                    else:
+                        emb = np.concatenate(clip["emb"])
+                        writer.add(item.path, item.start, item.end, item.label, item.split, emb, clip["timestamps"])
+                        summary.done += 1
+                        summary.frames += len(emb)
+                    bar.update(1)
+                if clips:
+                    elapsed = max(time.perf_counter() - started, 1e-9)
+                    bar.set_postfix(frames_s=f"{summary.frames / elapsed:.1f}", failed=summary.failed, refresh=False)
+
+            for sample in iter_decoded(todo, cfg.sampling, pre, cfg.extract.num_workers, cfg.extract.decode_threads, pin_memory=is_cuda):
+                item = todo[sample["index"]]
+                if sample["error"]:
+                    writer.add_failure(item.path, item.start, item.end, "decode", sample["error"])
                     summary.failed += 1
-                    summary.failures.append((item.path, clip["error"]))
-                else:
-                    emb = np.concatenate(clip["emb"])
-                    writer.add(item.path, item.start, item.end, item.label, item.split, emb, clip["timestamps"])
-                    summary.done += 1
-                    summary.frames += len(emb)
-                bar.update(1)
-            if clips:
-                elapsed = max(time.perf_counter() - started, 1e-9)
-                bar.set_postfix(frames_s=f"{summary.frames / elapsed:.1f}", failed=summary.failed, refresh=False)
-
-        for sample in iter_decoded(todo, cfg.sampling, pre, cfg.extract.num_workers, cfg.extract.decode_threads, pin_memory=is_cuda):
-            item = todo[sample["index"]]
-            if sample["error"]:
-                writer.add_failure(item.path, item.start, item.end, "decode", sample["error"])
-                summary.failed += 1
-                summary.failures.append((item.path, sample["error"]))
-                bar.update(1)
-                continue
-            sample["path"] = item.path
-            finish(batcher.add(sample))
-        finish(batcher.drain())
-        bar.close()
+                    summary.failures.append((item.path, sample["error"]))
+                    bar.update(1)
+                    continue
+                sample["path"] = item.path
+                finish(batcher.add(sample))
+            finish(batcher.drain())
+            bar.close()
     summary.seconds = time.perf_counter() - started
     return summary
 

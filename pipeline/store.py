@@ -6,6 +6,7 @@ Layout of a store folder ``STORE/``::
     shards/*.h5         finished shards, each written as *.h5.tmp, fsynced, then renamed atomically
     shards/*.h5.tmp     a shard being written (or left by a killed job); readers ignore it
     locks/*.lock        who is writing now (see ``pipeline.store_lock``)
+    runs/PREFIX.json    last run of each writer (job shard): state, clips assigned/done/failed, host
 
 The ``shards/`` folder is the index: a shard appears there, by one atomic rename, only when it is
 complete, so a directory listing is always a consistent view. A separate index file would have to be
@@ -52,6 +53,7 @@ from .store_lock import WriterLock, live_holders, scope_name
 SCHEMA_VERSION = 1
 PROVENANCE_FILE = "store.json"
 SHARD_DIR = "shards"
+RUNS_DIR = "runs"
 # Provenance keys that must match for two extractions to share a store. ``dtype`` is identity because
 # float16 rounds values: one store never mixes precisions. Compression is lossless and per shard.
 IDENTITY_KEYS = ("schema_version", "encoder", "weights_id", "dim", "preprocess", "sampling", "dtype")
@@ -752,7 +754,11 @@ def open_store(path: str | Path) -> FeatureStore:
 
 
 def create_or_open(path: str | Path, provenance: dict[str, Any]) -> FeatureStore:
-    """Open ``path`` for appending with ``provenance``, creating it if new; refuse a mismatch."""
+    """Open ``path`` for appending with ``provenance``, creating it if new; refuse a mismatch.
+
+    Safe when several processes (job shards) create the same new store at once: exactly one writes
+    ``store.json``; the others open it and are refused, naming what differs, if their settings differ.
+    """
     p = Path(path)
     provenance = {**_DEFAULTS, **provenance, "schema_version": SCHEMA_VERSION}
     if identity(provenance, "dtype") not in DTYPES:
@@ -760,7 +766,7 @@ def create_or_open(path: str | Path, provenance: dict[str, Any]) -> FeatureStore
     if p.is_file():
         raise StoreError(f"{p}: is a file; a store to write to is a folder (choose a new path)")
     if not (p / PROVENANCE_FILE).is_file():
-        if p.exists() and any(x.name not in (SHARD_DIR, "locks") and not x.name.startswith(f".{PROVENANCE_FILE}.") for x in p.iterdir()):
+        if p.exists() and any(x.name not in (SHARD_DIR, "locks", RUNS_DIR, PROVENANCE_FILE) and not x.name.startswith(f".{PROVENANCE_FILE}.") for x in p.iterdir()):
             raise StoreError(f"{p}: exists and is not a vidprobe store; choose a new path")
         (p / SHARD_DIR).mkdir(parents=True, exist_ok=True)
         provenance.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
@@ -772,3 +778,54 @@ def create_or_open(path: str | Path, provenance: dict[str, Any]) -> FeatureStore
     if diffs:
         raise StoreError(f"{p}: refusing to append with different settings — " + "; ".join(diffs) + ". Use a new store path.")
     return store
+
+
+# -- per-writer progress (job shards) ----------------------------------------------------------------
+# Each extraction run writes shard files named ``PREFIX-<time>-<id>.h5`` (PREFIX ``shard`` or, for job
+# shard i of n, ``shardIIIIofNNNN``) and keeps a small record of its last run in ``runs/PREFIX.json``
+# (state running/finished/stopped, clips assigned/done/skipped/failed, host, pid, time). A run killed
+# with SIGKILL stays "running" in its record until it is re-run.
+
+
+def writer_of(shard_name: str) -> str:
+    """The writer prefix of a shard file name (``shard0001of0004-<time>-<tag>-<id>.h5`` -> ``shard0001of0004``)."""
+    m = re.match(r"(.*?)-\d{20}-", shard_name)
+    return m.group(1) if m else shard_name.split("-", 1)[0]
+
+
+def write_run_record(store: FeatureStore, writer: str, doc: dict[str, Any]) -> None:
+    """Atomically replace the last-run record of ``writer`` (a shard-file prefix)."""
+    d = store.path / RUNS_DIR
+    d.mkdir(exist_ok=True)
+    _atomic_write_text(d / f"{writer}.json", json.dumps(doc, indent=1, sort_keys=True))
+
+
+def writer_progress(store: FeatureStore) -> dict[str, dict[str, Any]]:
+    """Per writer prefix: clips in its finished shard files, its current failures, its shard files,
+    and its last run record (``last_run``, when one exists) — what ``vidprobe info`` shows per shard."""
+    import h5py
+
+    out: dict[str, dict[str, Any]] = {}
+
+    def row(writer: str) -> dict[str, Any]:
+        return out.setdefault(writer, {"clips": 0, "failures": 0, "shard_files": 0})
+
+    for shard in store.shard_paths():
+        try:
+            with h5py.File(shard, "r") as f:
+                clips = len(f["clips/video"])
+        except (OSError, KeyError) as exc:
+            raise StoreError(f"{shard}: unreadable shard ({exc}); run `vidprobe verify {store.path}`") from None
+        r = row(writer_of(shard.name))
+        r["clips"] += clips
+        r["shard_files"] += 1
+    for failure in store.failures():
+        if failure.get("shard"):
+            row(writer_of(failure["shard"]))["failures"] += 1
+    runs = store.path / RUNS_DIR
+    for record in sorted(runs.glob("*.json")) if runs.is_dir() else []:
+        try:
+            row(record.stem)["last_run"] = json.loads(record.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+    return dict(sorted(out.items()))

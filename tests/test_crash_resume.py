@@ -149,6 +149,7 @@ def check_no_shard_lost(store: Path, seen: dict[str, str]) -> None:
 
 WRITER = """
 import sys
+import time
 import numpy as np
 from pipeline.store import ShardWriter, create_or_open
 path, n = sys.argv[1], int(sys.argv[2])
@@ -159,6 +160,7 @@ with store.writer_lock() as lock:
     with ShardWriter(store, shard_size=40, tag=lock.tag) as w:
         for i in range(n):
             if (f"v{i:05d}.mp4", -1.0, -1.0) not in done:
+                time.sleep(0.01)  # paced like a real job, so even a quiet machine sees >= 6 kills before the end
                 emb = np.random.default_rng(i).normal(size=(4, 256)).astype(np.float32)
                 w.add(f"v{i:05d}.mp4", None, None, f"l{i % 3}", "", emb, np.arange(4) * 0.25)
 """
