@@ -214,7 +214,7 @@ def run_benchmark(config: BenchmarkConfig | str | Path, output: str | Path | Non
                                       shots=shots, shot_seed=shot_seed, splits_from=entry.splits_from, X_all=features[pool],
                                       encoder=zs_encoder[0] if head.kind == "zeroshot" else None)
             except VidprobeError as exc:
-                row.update(status=f"skipped: {exc}" if head.kind == "zeroshot" else f"error: {exc}", fit_seconds=time.perf_counter() - t0)
+                row.update(status=f"skipped: {exc}" if head.kind == "zeroshot" else f"error: {exc}", fit_seconds=round(time.perf_counter() - t0, 3))
                 return row
             m = rec.get("test") or {}
             row.update(top1=m.get("top1", math.nan), top5=m.get("top5", math.nan), mean_class_acc=m.get("mean_class_acc", math.nan),
@@ -231,7 +231,7 @@ def run_benchmark(config: BenchmarkConfig | str | Path, output: str | Path | Non
                 rows.append(row)
                 say(f"  {entry.dataset:12s} {row['encoder'][:24]:24s} {pool:8s} {head.kind:8s} "
                     + (f"top1={row['top1']:.3f} top5={row['top5']:.3f} mean-class={row['mean_class_acc']:.3f} ({row['fit_seconds']:.1f} s)"
-                       if row.get("status") == "ok" else row.get("status", "")))
+                       if row.get("status") == "ok" else _short(row.get("status", ""))))
         for pool in cfg.fewshot_poolings:
             for head in cfg.fewshot_heads:
                 for k in cfg.fewshot_shots:
@@ -252,6 +252,10 @@ def run_benchmark(config: BenchmarkConfig | str | Path, output: str | Path | Non
     say(summary["markdown"])
     say(f"results: {out}/results.csv, results.md, details.jsonl, plots ({summary['seconds']:.0f} s)")
     return summary
+
+
+def _short(text: str, width: int = 90) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def _versions() -> dict[str, str]:

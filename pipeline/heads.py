@@ -4,7 +4,9 @@ Kinds (``HeadConfig.kind``):
 
 * ``logreg`` — the CLIP linear-probe protocol: standardise, multinomial logistic regression, C chosen
   by a coarse-to-fine sweep on the validation split, refit on train+val (``pipeline.logreg``: torch
-  L-BFGS with warm starts by default; ``solver="sklearn"`` runs scikit-learn's L-BFGS instead);
+  L-BFGS with warm starts by default; ``solver="sklearn"`` runs scikit-learn's L-BFGS instead). The
+  candidate fits of the search stop at a 10x looser gradient tolerance (``sweep_tol``); the chosen C
+  is refit to scikit-learn's default tolerance (``tol`` = 1e-4);
 * ``mlp`` — scikit-learn MLP (one hidden layer), weight decay chosen on val, early stopping;
 * ``knn`` — cosine k-nearest neighbours, k chosen on val;
 * ``zeroshot`` — no training: class prompts ("a video of a person {label}.") through the open_clip
@@ -43,7 +45,7 @@ DEFAULT_C = 1.0  # used when there is no validation split to sweep on (scikit-le
 
 # Which HeadConfig fields each kind reads (the rest must keep their defaults).
 _KIND_FIELDS = {
-    "logreg": ("Cs", "refine", "patience", "solver", "tol", "max_iter", "device"),
+    "logreg": ("Cs", "refine", "patience", "solver", "tol", "sweep_tol", "max_iter", "device"),
     "mlp": ("hidden", "alphas", "max_iter"),
     "knn": ("ks",),
     "zeroshot": ("templates", "device"),
@@ -59,7 +61,8 @@ class HeadConfig:
     refine: tuple[float, ...] = DEFAULT_REFINE  # logreg: log10 steps of the fine search
     patience: int = DEFAULT_PATIENCE  # logreg: stop climbing C after this many worse values (0 = all)
     solver: str = "torch"  # logreg: torch (CPU/CUDA) | sklearn (reference)
-    tol: float = DEFAULT_TOL
+    tol: float = DEFAULT_TOL  # logreg: gradient tolerance of the final fit (scikit-learn's default)
+    sweep_tol: float = 10 * DEFAULT_TOL  # logreg: looser tolerance for the candidate fits of the C search
     max_iter: int = DEFAULT_MAX_ITER
     hidden: int = 256  # mlp: hidden units
     alphas: tuple[float, ...] = (1.0, 1e-2, 1e-4)  # mlp: weight decays tried on val
@@ -84,6 +87,8 @@ class HeadConfig:
             raise ConfigError(f"solver={self.solver!r}: allowed values are torch, sklearn")
         if self.tol <= 0 or self.max_iter < 1 or self.hidden < 1:
             raise ConfigError("tol must be > 0, max_iter and hidden >= 1")
+        if self.sweep_tol < self.tol:
+            raise ConfigError(f"sweep_tol={self.sweep_tol:g}: must be >= tol={self.tol:g} (the search may be looser than the final fit, not tighter)")
         if not self.alphas or any(a < 0 for a in self.alphas):
             raise ConfigError(f"alphas={list(self.alphas)!r}: need one or more weight decays >= 0")
         if not self.ks or any(int(k) != k or k < 1 for k in self.ks):
@@ -187,7 +192,8 @@ def _fit_logreg(cfg: HeadConfig, classes, X_tr, yi_tr, X_va, yi_va, refit: bool)
     solver = make_solver(cfg.solver, scaler.transform(X_tr).astype(np.float32), yi_tr, K, **opts)
     info: dict[str, Any] = {"solver": cfg.solver, "device": str(getattr(solver, "device", "cpu"))}
     if X_va is not None:
-        sweep = sweep_C(solver, scaler.transform(X_va).astype(np.float32), yi_va, coarse=cfg.Cs, refine=cfg.refine, patience=cfg.patience)
+        sweep = sweep_C(solver, scaler.transform(X_va).astype(np.float32), yi_va, coarse=cfg.Cs, refine=cfg.refine,
+                        patience=cfg.patience, tol=cfg.sweep_tol)
         C, fit = sweep.C, sweep.fit
         val_scores = {f"C={c:.4g}": acc for c, (acc, _) in sweep.scores.items()}
         info.update(fits=sweep.fits, iterations=sweep.iterations)
@@ -195,6 +201,7 @@ def _fit_logreg(cfg: HeadConfig, classes, X_tr, yi_tr, X_va, yi_va, refit: bool)
             X_all = np.concatenate([X_tr, X_va])
             scaler = StandardScaler().fit(X_all)
             solver = make_solver(cfg.solver, scaler.transform(X_all).astype(np.float32), np.concatenate([yi_tr, yi_va]), K, **opts)
+        if refit or cfg.sweep_tol > cfg.tol:  # few-shot (no refit): still finish the chosen fit to full tolerance
             fit = solver.fit(C, fit)
             info.update(fits=info["fits"] + 1, iterations=info["iterations"] + fit.n_iter)
     else:

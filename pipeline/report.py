@@ -63,7 +63,7 @@ def plot_accuracy_bars(rows: Sequence[dict], path: str | Path, group: str = "tas
     groups = list(dict.fromkeys(r[group] for r in rows))
     names = list(dict.fromkeys(r[series] for r in rows))
     width = 0.8 / max(1, len(names))
-    fig, ax = plt.subplots(figsize=(max(5, 1.8 * len(groups) * max(1, len(names)) / 3), 4))
+    fig, ax = plt.subplots(figsize=(min(12, max(5, 1.8 * len(groups) * max(1, len(names)) / 3)), 4))
     for j, name in enumerate(names):
         vals = [next((r[value] for r in rows if r[group] == g and r[series] == name), np.nan) for g in groups]
         ax.bar(np.arange(len(groups)) + (j - (len(names) - 1) / 2) * width, vals, width, label=name)

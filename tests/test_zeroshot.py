@@ -158,3 +158,13 @@ def test_spec_option_parsing() -> None:
     for spec in ("effnet-lite0#pre", "timm:resnet18#pre"):
         with pytest.raises(ConfigError, match="#pre"):
             parse_spec(spec)
+
+
+def test_cli_zeroshot_with_prompts(joint_store: Path, tmp_path: Path, capsys) -> None:
+    from pipeline.cli import main
+
+    head = tmp_path / "z.skops"
+    code = main(["train", str(joint_store), "-o", str(head), "--head", "zeroshot", "--prompt", "a clip of {label}.", "--prompt", "{label}", "--json"])
+    assert code == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["hparams"]["templates"] == ["a clip of {label}.", "{label}"] and out["n_test"] == 3
