@@ -40,7 +40,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     shard = resolve_shard(args.shard_id, args.num_shards)
     if shard is not None:
         print(f"vidprobe extract: job shard {shard} (from {shard.source})", file=sys.stderr)
-    manifest = load_manifest(args.source, root=args.root)
+    manifest = load_manifest(args.source, root=args.root, format=args.format, split=args.dataset_split)
     progress = not args.quiet and not args.json
     if args.engine == "ray":
         from .engines.ray_engine import extract_ray
@@ -64,14 +64,26 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from .heads import HeadConfig
     from .train import train_head
 
-    out = train_head(args.store, args.output, head=args.head, pool=args.pool, seed=args.seed, val_fraction=args.val_fraction, test_fraction=args.test_fraction)
+    settings: dict[str, Any] = {"kind": args.head}
+    if args.head == "logreg":
+        settings.update(solver=args.solver, device=args.device)
+    if args.head == "zeroshot":
+        settings["device"] = args.device
+        if args.prompt:
+            settings["templates"] = args.prompt
+    splits_from = {"source": args.splits_from, "split": args.dataset_split} if args.splits_from else None
+    out = train_head(args.store, args.output, head=HeadConfig.from_dict(settings), pool=args.pool, seed=args.seed,
+                     val_fraction=args.val_fraction, test_fraction=args.test_fraction, shots=args.shots, shot_seed=args.shot_seed,
+                     splits_from=splits_from)
     if args.json:
         _print_json(out)
         return EXIT_OK
-    print(f"head={out['head']} pool={out['pool']} C={out['C']:g} split={out['split_source']} "
-          f"train={out['n_train']} val={out['n_val']} test={out['n_test']} classes={len(out['classes'])}")
+    chosen = " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in out["hparams"].items() if k != "example_prompt")
+    print(f"head={out['head']} pool={out['pool']} {chosen} split={out['split_source']} "
+          f"train={out['n_train']}{f' ({args.shots}-shot)' if args.shots else ''} val={out['n_val']} test={out['n_test']} classes={len(out['classes'])}")
     if "test" in out:
         m = out["test"]
         print(f"test: top1={m['top1']:.3f} top5={m['top5']:.3f} mean-class={m['mean_class_acc']:.3f} (n={m['n']})")
@@ -83,15 +95,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .report import plot_confusion
     from .train import evaluate_head
 
-    out = evaluate_head(args.store, args.head, split=args.split)
+    out = evaluate_head(args.store, args.head, split=args.split, trust=args.trust)
     if args.confusion:
         plot_confusion(out["confusion"], out["classes"], args.confusion, title=f"{Path(args.head).stem} on {args.split}")
     if args.json:
         _print_json(out)
         return EXIT_OK
     print(f"{args.split}: n={out['n']} top1={out['top1']:.3f} top5={out['top5']:.3f} mean-class={out['mean_class_acc']:.3f}")
-    for label, acc in sorted(out["per_class"].items()):
-        print(f"  {label:30s} {acc:.3f}")
+    print(f"  {'class':30s} {'prec':>6s} {'recall':>6s} {'f1':>6s} {'n':>5s}")
+    for label, r in sorted(out["report"].items()):
+        if r["support"]:
+            print(f"  {label:30s} {r['precision']:6.3f} {r['recall']:6.3f} {r['f1']:6.3f} {r['support']:5d}")
     if args.confusion:
         print(f"confusion matrix -> {args.confusion}")
     return EXIT_OK
@@ -100,7 +114,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from .predict import predict_videos
 
-    results = predict_videos(args.head, args.videos, top_k=args.top_k, device=args.device)
+    results = predict_videos(args.head, args.videos, top_k=args.top_k, device=args.device, trust=args.trust)
     if args.json:
         _print_json(results)
     else:
@@ -199,6 +213,15 @@ def cmd_compact(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    from .benchmark import run_benchmark
+
+    summary = run_benchmark(args.config, args.output, say=(lambda _: None) if args.quiet or args.json else print, device=args.device)
+    if args.json:
+        _print_json(summary)
+    return EXIT_PARTIAL if summary["errors"] else EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -213,8 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="vidprobe",
         description="Video classification the cheap way: a frozen image encoder embeds sampled frames once "
         "(cached in an HDF5 feature store), then pooling + a logistic-regression or MLP head trains in seconds on CPU.",
-        epilog="Typical flow: vidprobe extract videos/ -o features/mine; vidprobe train features/mine -o heads/mine.joblib; "
-        "vidprobe predict heads/mine.joblib new.mp4.  Exit codes: 0 ok, 1 error (or verify found a problem), 2 bad usage/settings, 3 some clips failed, 75 store busy, 130 interrupted.",
+        epilog="Typical flow: vidprobe extract videos/ -o features/mine; vidprobe train features/mine -o heads/mine.skops; "
+        "vidprobe predict heads/mine.skops new.mp4.  Exit codes: 0 ok, 1 error (or verify found a problem), 2 bad usage/settings, "
+        "3 some clips (or benchmark fits) failed, 75 store busy, 130 interrupted.",
     )
     p.add_argument("--version", action="version", version=f"vidprobe {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -222,12 +246,17 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("extract", help="embed sampled frames of videos into a feature store (resumable)",
                        description="Decode sampled frames of every video in SOURCE, embed them with a frozen encoder and append them to "
                        "the feature store STORE. Clips already in the store (or already recorded as failed) are skipped, so re-running resumes.")
-    e.add_argument("source", help="a folder (root/<label>/<video>), a .csv/.jsonl manifest (path,label[,split][,start,end]), a video, or a quoted glob")
+    e.add_argument("source", help="a folder (root/<label>/<video>), a .csv/.jsonl manifest (path,label[,split][,start,end]), a video, a quoted glob, "
+                   "or official splits: UCF101's ucfTrainTestlist/ folder, HMDB51's split-file folder, a Kinetics CSV (label,youtube_id,time_start,time_end,split)")
     e.add_argument("overrides", nargs="*", metavar="key=value", help="setting overrides, e.g. sampling.num_frames=16 extract.batch_size=64")
     e.add_argument("-o", "--output", required=True, metavar="STORE", help="feature store folder (created if new), e.g. features/ucf101-effnet")
     e.add_argument("--encoder", metavar="SPEC", help="effnet-lite0 (offline default) | openclip:MODEL[@TAG|@CKPT] | timm:NAME[@CKPT]")
     e.add_argument("--config", metavar="FILE", help="YAML settings file (see configs/default.yaml)")
-    e.add_argument("--root", metavar="DIR", help="folder that manifest paths are relative to (default: the manifest's folder)")
+    e.add_argument("--root", metavar="DIR", help="folder that manifest paths are relative to (default: the manifest's folder); "
+                   "for UCF101/HMDB51 the folder holding the class folders")
+    e.add_argument("--format", default="auto", choices=["auto", "folder", "csv", "jsonl", "ucf101", "hmdb51", "kinetics"],
+                   help="how to read SOURCE (default auto: a folder with classInd.txt is UCF101, with *_test_split1.txt HMDB51, a CSV with youtube_id Kinetics)")
+    e.add_argument("--dataset-split", type=int, default=1, choices=[1, 2, 3], help="UCF101/HMDB51 official split to read (default 1)")
     e.add_argument("--retry-failed", action="store_true", help="only retry clips recorded as failed in the store")
     e.add_argument("--device", metavar="DEV", help="auto | cpu | cuda | cuda:K (same as extract.device=DEV); one process per GPU: "
                    "--device cuda:K --shard-id K --num-shards NUM_GPUS")
@@ -245,28 +274,40 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_extract)
 
     t = sub.add_parser("train", help="fit a head on pooled features of a store",
-                       description="Pool each clip's frame embeddings, pick the regularisation on the validation split, refit on train+val, "
-                       "report test metrics and save the head (.joblib) with a JSON sidecar describing its inputs.")
+                       description="Pool each clip's frame embeddings, pick the head's hyperparameter on the validation split (logreg: a "
+                       "coarse-to-fine C sweep, the CLIP protocol), refit on train+val, report test metrics and save the head with a JSON "
+                       "sidecar describing its inputs. Head files: .skops (default; loading runs no code from the file) or .joblib (pickle; "
+                       "evaluate/predict then need --trust).")
     t.add_argument("store", help="feature store folder")
-    t.add_argument("-o", "--output", required=True, metavar="HEAD", help="head file to write (.joblib; sidecar .json beside it)")
-    t.add_argument("--head", default="logreg", choices=["logreg", "mlp"], help="classifier (default: logreg)")
+    t.add_argument("-o", "--output", required=True, metavar="HEAD", help="head file to write: NAME.skops (safe) or NAME.joblib (pickle); sidecar NAME.json beside it")
+    t.add_argument("--head", default="logreg", choices=["logreg", "mlp", "knn", "zeroshot"],
+                   help="logreg (default) | mlp | knn (cosine) | zeroshot (class-name prompts through the store encoder's open_clip text tower; no training)")
     t.add_argument("--pool", default="mean", help="mean | max | meanmax | meanstd | center | tdiff | segK (e.g. seg4); default mean")
-    t.add_argument("--seed", type=int, default=0, help="seed of the split made when the manifest has none (default 0)")
-    t.add_argument("--val-fraction", type=float, default=0.2, help="share of train videos held out to choose C when no val split exists")
+    t.add_argument("--shots", type=int, metavar="K", help="few-shot: train on K clips per class (drawn with --shot-seed); val picks the hyperparameter, no refit")
+    t.add_argument("--shot-seed", type=int, default=0, help="seed of the few-shot draw (default 0)")
+    t.add_argument("--solver", default="torch", choices=["torch", "sklearn"], help="logreg solver: torch L-BFGS (default, CPU or CUDA) or scikit-learn's")
+    t.add_argument("--device", default="auto", help="logreg solver / zeroshot text tower: auto | cpu | cuda | cuda:K")
+    t.add_argument("--prompt", action="append", metavar="TEMPLATE", help="zeroshot prompt template with {label}; repeat to ensemble (default: 'a video of a person {label}.')")
+    t.add_argument("--splits-from", metavar="SOURCE", help="take train/test from another manifest or official split folder (e.g. UCF101 split 2 over a store extracted with split 1)")
+    t.add_argument("--dataset-split", type=int, default=1, choices=[1, 2, 3], help="with --splits-from: UCF101/HMDB51 split number (default 1)")
+    t.add_argument("--seed", type=int, default=0, help="seed of the split made when the manifest has none, and of the head (default 0)")
+    t.add_argument("--val-fraction", type=float, default=0.2, help="share of train videos held out to choose the hyperparameter when no val split exists")
     t.add_argument("--test-fraction", type=float, default=0.2, help="share held out for testing when the manifest has no splits")
     t.add_argument("--json", action="store_true", help="print results as one JSON document")
     t.set_defaults(func=cmd_train)
 
     v = sub.add_parser("evaluate", help="score a saved head on a store", description="Score a head on the store's test split (the same split training held out), or another split.")
     v.add_argument("store")
-    v.add_argument("head", help="head file (.joblib) written by `vidprobe train`")
+    v.add_argument("head", help="head file (.skops or .joblib) written by `vidprobe train`")
+    v.add_argument("--trust", action="store_true", help="allow a .joblib (pickle) head, or types outside skops' trusted list: only for files you trust")
     v.add_argument("--split", default="test", choices=["test", "val", "train", "all"], help="which clips to score (default test)")
     v.add_argument("--confusion", metavar="PNG", help="also write a confusion-matrix plot")
     v.add_argument("--json", action="store_true", help="print metrics as one JSON document")
     v.set_defaults(func=cmd_evaluate)
 
     r = sub.add_parser("predict", help="label new videos with a saved head", description="Extract each video the way the head's training store was extracted and print the top-k labels.")
-    r.add_argument("head", help="head file (.joblib)")
+    r.add_argument("head", help="head file (.skops or .joblib)")
+    r.add_argument("--trust", action="store_true", help="allow a .joblib (pickle) head, or types outside skops' trusted list: only for files you trust")
     r.add_argument("videos", nargs="+", metavar="VIDEO")
     r.add_argument("-k", "--top-k", type=int, default=5, help="labels to show per video (default 5)")
     r.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:K")
@@ -297,6 +338,17 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--level", type=int, default=4, choices=range(1, 10), metavar="1..9", help="gzip level (default 4)")
     cp.add_argument("--json", action="store_true", help="print the result as one JSON document")
     cp.set_defaults(func=cmd_compact)
+
+    b = sub.add_parser("benchmark", help="run encoders x poolings x heads (and few-shot curves) over cached stores",
+                       description="Fit every head on every pooling of every store named in CONFIG (YAML; see configs/demo-bench.yaml), plus "
+                       "few-shot curves (K clips per class, repeated seeds, mean ± std). Writes results.csv (one row per fit, with store, "
+                       "encoder, weights, head settings, chosen hyperparameter and seeds), results.md, details.jsonl and plots.")
+    b.add_argument("config", help="benchmark YAML file, e.g. configs/demo-bench.yaml")
+    b.add_argument("-o", "--output", metavar="DIR", help="results folder (default: the config's output, else bench-out/NAME)")
+    b.add_argument("--device", help="device for the logreg solver and zero-shot text towers (default: each head's setting, auto)")
+    b.add_argument("--json", action="store_true", help="print the summary as one JSON document")
+    b.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    b.set_defaults(func=cmd_benchmark)
 
     d = sub.add_parser("demo", help="build a small video set from real photos, extract, train and report (offline)",
                        description="Render labeled videos from photographs shipped with scikit-image (two tasks: which photo, which camera "

@@ -49,7 +49,7 @@ def run_demo(output: str | Path = "demo-out", *, per_class: int | None = None, s
     for task, store in stores.items():
         for pool in DEMO_POOLS:
             for head in DEMO_HEADS:
-                res = train_head(store.path, out / "heads" / f"{task}-{head}-{pool}.joblib", head=head, pool=pool, seed=seed, store=store)
+                res = train_head(store.path, out / "heads" / f"{task}-{head}-{pool}.skops", head=head, pool=pool, seed=seed, store=store)
                 m = res["test"]
                 row = {"task": task, "pool": pool, "order_aware": pool in ORDER_AWARE, "head": head, "C": res["C"], "top1": m["top1"], "mean_class_acc": m["mean_class_acc"], "n_test": m["n"]}
                 rows.append(row)

@@ -1,4 +1,5 @@
-"""Classification metrics on pooled clip features: top-1, top-5, mean per-class accuracy, confusion."""
+"""Classification metrics on pooled clip features: top-1, top-5, mean per-class accuracy, a per-class
+report (precision, recall, F1, support) and the confusion matrix (rows = true class)."""
 from __future__ import annotations
 
 from typing import Any
@@ -31,16 +32,24 @@ def metrics(proba: np.ndarray, y_true: list[str], classes: list[str]) -> dict[st
     pred = np.argmax(proba, axis=1) if len(proba) else np.zeros(0, int)
     known = y_idx >= 0
     per_class = {}
+    report: dict[str, dict[str, float]] = {}
     for c, i in index.items():
         mask = y_idx == i
         if mask.any():
             per_class[c] = float(np.mean(pred[mask] == i))
+        predicted = pred == i
+        tp = int(np.sum(predicted & mask))
+        precision = tp / int(predicted.sum()) if predicted.any() else 0.0
+        recall = tp / int(mask.sum()) if mask.any() else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        report[c] = {"precision": precision, "recall": recall, "f1": f1, "support": int(mask.sum())}
     out: dict[str, Any] = {
         "n": int(len(y_true)),
         "top1": float(np.mean(pred == y_idx)) if len(y_true) else float("nan"),
         "top5": topk_accuracy(proba, y_idx, 5),
         "mean_class_acc": float(np.mean(list(per_class.values()))) if per_class else float("nan"),
-        "per_class": per_class,
+        "per_class": per_class,  # accuracy (= recall) of each class present in y_true
+        "report": report,
         "confusion": confusion(y_idx[known], pred[known], len(classes)).tolist(),
     }
     return out

@@ -1,121 +1,409 @@
-"""Heads: cheap scikit-learn classifiers on pooled clip features, saved with a JSON sidecar.
+"""Heads: classifiers on pooled clip features, saved without pickle next to a JSON sidecar.
 
-A head file is useless without knowing how its inputs were made, so the sidecar records the encoder
-spec and weights identity, sampling and pooling, label names, versions and metrics. ``predict`` on new
-videos rebuilds exactly that extraction from the sidecar.
+Kinds (``HeadConfig.kind``):
+
+* ``logreg`` — the CLIP linear-probe protocol: standardise, multinomial logistic regression, C chosen
+  by a coarse-to-fine sweep on the validation split, refit on train+val (``pipeline.logreg``: torch
+  L-BFGS with warm starts by default; ``solver="sklearn"`` runs scikit-learn's L-BFGS instead). The
+  candidate fits of the search stop at a 10x looser gradient tolerance (``sweep_tol``); the chosen C
+  is refit to scikit-learn's default tolerance (``tol`` = 1e-4);
+* ``mlp`` — scikit-learn MLP (one hidden layer), weight decay chosen on val, early stopping;
+* ``knn`` — cosine k-nearest neighbours, k chosen on val;
+* ``zeroshot`` — no training: class prompts ("a video of a person {label}.") through the open_clip
+  text tower of the encoder that made the store; probabilities = softmax(logit_scale * cosine).
+
+Every fitted head is a plain scikit-learn estimator (a torch solution is copied into a
+``LogisticRegression``; a zero-shot head *is* a linear classifier on L2-normalised features), so it is
+saved with ``skops.io``, whose loader builds only audited scikit-learn/numpy types and refuses others
+instead of running code. ``joblib`` (pickle) files are written only when asked for (``.joblib``) and
+loaded only with ``trust=True``. The sidecar records the encoder, sampling, pooling, labels, settings,
+metrics and the head file's sha256, so ``predict`` can rebuild the extraction and a swapped file is caught.
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
+import math
 import platform
+import re
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
 from .errors import ConfigError, HeadError
+from .logreg import DEFAULT_COARSE_CS, DEFAULT_MAX_ITER, DEFAULT_PATIENCE, DEFAULT_REFINE, DEFAULT_TOL, make_solver, sweep_C
 
-HEAD_KINDS = ("logreg", "mlp")
-DEFAULT_CS = tuple(float(c) for c in np.logspace(-3, 3, 7))
-MLP_CS = (1.0, 100.0, 10000.0)  # weight decay alpha = 1/C: 1, 1e-2, 1e-4
+HEAD_KINDS = ("logreg", "mlp", "knn", "zeroshot")
+HEAD_FORMATS = {".skops": "skops", ".joblib": "joblib"}
+DEFAULT_TEMPLATES: tuple[str, ...] = ("a video of a person {label}.",)
+DEFAULT_C = 1.0  # used when there is no validation split to sweep on (scikit-learn's default)
+
+# Which HeadConfig fields each kind reads (the rest must keep their defaults).
+_KIND_FIELDS = {
+    "logreg": ("Cs", "refine", "patience", "solver", "tol", "sweep_tol", "max_iter", "device"),
+    "mlp": ("hidden", "alphas", "max_iter"),
+    "knn": ("ks",),
+    "zeroshot": ("templates", "device"),
+}
 
 
-def _estimator(kind: str, C: float, seed: int, max_iter: int):
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.neural_network import MLPClassifier
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+@dataclass
+class HeadConfig:
+    """What to fit; validated up front, and recorded (``to_dict``) with every head and benchmark row."""
 
-    if kind == "logreg":
-        clf = LogisticRegression(C=C, max_iter=max_iter, random_state=seed)
-    elif kind == "mlp":
-        clf = MLPClassifier(hidden_layer_sizes=(256,), alpha=1.0 / C, max_iter=min(max_iter, 300), random_state=seed)
-    else:
-        raise ConfigError(f"head={kind!r}: allowed values are {', '.join(HEAD_KINDS)}")
-    # Standardising makes one C grid fit every encoder, whatever its feature scale.
-    return make_pipeline(StandardScaler(), clf)
+    kind: str = "logreg"
+    Cs: tuple[float, ...] = DEFAULT_COARSE_CS  # logreg: coarse grid of C (scikit-learn's convention)
+    refine: tuple[float, ...] = DEFAULT_REFINE  # logreg: log10 steps of the fine search
+    patience: int = DEFAULT_PATIENCE  # logreg: stop climbing C after this many worse values (0 = all)
+    solver: str = "torch"  # logreg: torch (CPU/CUDA) | sklearn (reference)
+    tol: float = DEFAULT_TOL  # logreg: gradient tolerance of the final fit (scikit-learn's default)
+    sweep_tol: float = 10 * DEFAULT_TOL  # logreg: looser tolerance for the candidate fits of the C search
+    max_iter: int = DEFAULT_MAX_ITER
+    hidden: int = 256  # mlp: hidden units
+    alphas: tuple[float, ...] = (1.0, 1e-2, 1e-4)  # mlp: weight decays tried on val
+    ks: tuple[int, ...] = (1, 3, 5, 10, 20, 50)  # knn: neighbour counts tried on val
+    templates: tuple[str, ...] = DEFAULT_TEMPLATES  # zeroshot: prompts, each with {label}
+    device: str = "auto"  # logreg (torch solver) and zeroshot (text tower): auto | cpu | cuda[:K]
+
+    def validate(self) -> "HeadConfig":
+        if self.kind not in HEAD_KINDS:
+            raise ConfigError(f"head={self.kind!r}: allowed values are {', '.join(HEAD_KINDS)}")
+        defaults = HeadConfig()
+        for f in dataclasses.fields(self):
+            if f.name != "kind" and f.name not in _KIND_FIELDS[self.kind] and getattr(self, f.name) != getattr(defaults, f.name):
+                raise ConfigError(f"head setting {f.name!r} does not apply to head {self.kind!r} (its settings: {', '.join(_KIND_FIELDS[self.kind]) or 'none'})")
+        if not self.Cs or any(not (isinstance(c, (int, float)) and math.isfinite(c) and c > 0) for c in self.Cs):
+            raise ConfigError(f"Cs={list(self.Cs)!r}: need one or more positive numbers")
+        if any(not (isinstance(s, (int, float)) and s > 0) for s in self.refine):
+            raise ConfigError(f"refine={list(self.refine)!r}: log10 steps must be positive")
+        if self.patience < 0:
+            raise ConfigError(f"patience={self.patience}: must be >= 0 (0 = try every C)")
+        if self.solver not in ("torch", "sklearn"):
+            raise ConfigError(f"solver={self.solver!r}: allowed values are torch, sklearn")
+        if self.tol <= 0 or self.max_iter < 1 or self.hidden < 1:
+            raise ConfigError("tol must be > 0, max_iter and hidden >= 1")
+        if self.sweep_tol < self.tol:
+            raise ConfigError(f"sweep_tol={self.sweep_tol:g}: must be >= tol={self.tol:g} (the search may be looser than the final fit, not tighter)")
+        if not self.alphas or any(a < 0 for a in self.alphas):
+            raise ConfigError(f"alphas={list(self.alphas)!r}: need one or more weight decays >= 0")
+        if not self.ks or any(int(k) != k or k < 1 for k in self.ks):
+            raise ConfigError(f"ks={list(self.ks)!r}: need one or more integers >= 1")
+        if not self.templates or any("{label}" not in t for t in self.templates):
+            raise ConfigError(f"templates={list(self.templates)!r}: every prompt template must contain {{label}}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """The kind and the settings it uses (JSON-ready): what the sidecar and results.csv record."""
+        out: dict[str, Any] = {"kind": self.kind}
+        for name in _KIND_FIELDS[self.kind]:
+            v = getattr(self, name)
+            out[name] = list(v) if isinstance(v, tuple) else v
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | str) -> "HeadConfig":
+        """From a head name or a mapping (YAML); unknown keys are errors that name the key."""
+        if isinstance(d, str):
+            return cls(kind=d).validate()
+        if not isinstance(d, dict):
+            raise ConfigError(f"head: expected a name or a mapping of settings, got {d!r}")
+        names = {f.name: f for f in dataclasses.fields(cls)}
+        kw: dict[str, Any] = {}
+        for k, v in d.items():
+            if k not in names:
+                raise ConfigError(f"unknown head setting {k!r}; known: {', '.join(names)}")
+            default = getattr(cls(), k)
+            if isinstance(default, tuple):
+                v = tuple(v) if isinstance(v, (list, tuple)) else (v,)
+            kw[k] = v
+        return cls(**kw).validate()
 
 
 @dataclass
 class FitResult:
     estimator: Any
     classes: list[str]
-    C: float
-    val_scores: dict[str, float] = field(default_factory=dict)  # C (as text) -> validation top-1
+    hparams: dict[str, Any]  # what selection chose (C, alpha, k) or built (templates)
+    val_scores: dict[str, float] = field(default_factory=dict)  # "name=value" -> validation top-1
+    info: dict[str, Any] = field(default_factory=dict)  # fits, solver iterations, seconds, device
+
+    @property
+    def C(self) -> float | None:
+        return self.hparams.get("C")
+
+
+def linear_classifier(W: np.ndarray, b: np.ndarray, classes: Sequence[str], C: float = 1.0):
+    """A fitted scikit-learn ``LogisticRegression`` whose ``predict_proba`` is softmax(X W^T + b).
+
+    Two classes: scikit-learn uses one vector and a sigmoid; sigmoid((w1-w0)x + b1-b0) is the same softmax.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    W, b = np.asarray(W, np.float64), np.asarray(b, np.float64)
+    if W.shape[0] != len(classes) or len(classes) < 2:
+        raise HeadError(f"linear head: {W.shape[0]} weight rows for {len(classes)} classes")
+    lr = LogisticRegression(C=C)
+    if len(classes) == 2:
+        W, b = W[1:] - W[:1], b[1:] - b[:1]
+    lr.coef_, lr.intercept_ = W, b
+    lr.classes_ = np.array(list(classes))
+    lr.n_features_in_ = int(W.shape[1])
+    lr.n_iter_ = np.zeros(1, dtype=np.int32)
+    return lr
+
+
+def _val_rows(classes: list[str], X_val, y_val) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Validation rows whose label the head can predict (a label absent from train cannot be chosen for)."""
+    if X_val is None or y_val is None or not len(y_val):
+        return None, None
+    index = {c: i for i, c in enumerate(classes)}
+    keep = np.array([y in index for y in y_val], bool)
+    if not keep.any():
+        return None, None
+    return np.asarray(X_val)[keep], np.array([index[y] for y, k in zip(y_val, keep) if k])
+
+
+def _select(candidates: Sequence[Any], make, X_tr, y_tr, X_va, y_va, name: str) -> tuple[Any, dict[str, float]]:
+    """Fit ``make(value)`` per candidate on train, score on val; best = first with the highest top-1."""
+    scores: dict[str, float] = {}
+    best, best_acc = candidates[0], -1.0
+    for v in candidates:
+        est = make(v).fit(X_tr, y_tr)
+        acc = float(np.mean(est.predict(X_va) == y_va))
+        scores[f"{name}={v:g}"] = acc
+        if acc > best_acc + 1e-12:
+            best, best_acc = v, acc
+    return best, scores
+
+
+def _fit_logreg(cfg: HeadConfig, classes, X_tr, yi_tr, X_va, yi_va, refit: bool) -> FitResult:
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    t0 = time.perf_counter()
+    K = len(classes)
+    opts = dict(device=cfg.device, tol=cfg.tol, max_iter=cfg.max_iter)
+    scaler = StandardScaler().fit(X_tr)  # one C grid then fits every encoder, whatever its feature scale
+    solver = make_solver(cfg.solver, scaler.transform(X_tr).astype(np.float32), yi_tr, K, **opts)
+    info: dict[str, Any] = {"solver": cfg.solver, "device": str(getattr(solver, "device", "cpu"))}
+    if X_va is not None:
+        sweep = sweep_C(solver, scaler.transform(X_va).astype(np.float32), yi_va, coarse=cfg.Cs, refine=cfg.refine,
+                        patience=cfg.patience, tol=cfg.sweep_tol)
+        C, fit = sweep.C, sweep.fit
+        val_scores = {f"C={c:.4g}": acc for c, (acc, _) in sweep.scores.items()}
+        info.update(fits=sweep.fits, iterations=sweep.iterations)
+        if refit:  # the CLIP protocol: refit on train+val at the chosen C, warm-started from the train fit
+            X_all = np.concatenate([X_tr, X_va])
+            scaler = StandardScaler().fit(X_all)
+            solver = make_solver(cfg.solver, scaler.transform(X_all).astype(np.float32), np.concatenate([yi_tr, yi_va]), K, **opts)
+        if refit or cfg.sweep_tol > cfg.tol:  # few-shot (no refit): still finish the chosen fit to full tolerance
+            fit = solver.fit(C, fit)
+            info.update(fits=info["fits"] + 1, iterations=info["iterations"] + fit.n_iter)
+    else:
+        C, val_scores = DEFAULT_C, {}
+        fit = solver.fit(C)
+        info.update(fits=1, iterations=fit.n_iter)
+    info.update(converged=bool(fit.converged), seconds=time.perf_counter() - t0)
+    est = make_pipeline(scaler, linear_classifier(fit.W, fit.b, classes, C))
+    return FitResult(est, list(classes), {"C": float(C)}, val_scores, info)
+
+
+def _mlp(cfg: HeadConfig, alpha: float, seed: int, n: int):
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    # Early stopping holds out 10% of the training rows; below ~100 rows that is too few to mean anything.
+    return make_pipeline(StandardScaler(), MLPClassifier(hidden_layer_sizes=(cfg.hidden,), alpha=alpha, max_iter=min(cfg.max_iter, 300),
+                                                         early_stopping=n >= 100, n_iter_no_change=10, random_state=seed))
+
+
+def _knn(k: int):
+    from sklearn.neighbors import KNeighborsClassifier
+
+    # brute force: exact cosine neighbours, and no tree object in the saved file
+    return KNeighborsClassifier(n_neighbors=int(k), metric="cosine", algorithm="brute", weights="distance")
+
+
+def _strip_training_state(est) -> None:
+    """Drop optimiser state (not needed to predict; its type is not on skops' trusted list)."""
+    for step in getattr(est, "steps", [("", est)]):
+        if hasattr(step[1], "_optimizer"):
+            step[1]._optimizer = None
 
 
 def fit_head(
-    kind: str,
+    config: HeadConfig | str,
     X_train: np.ndarray,
-    y_train: list[str],
+    y_train: Sequence[str],
     X_val: np.ndarray | None = None,
-    y_val: list[str] | None = None,
+    y_val: Sequence[str] | None = None,
     *,
-    Cs: tuple[float, ...] = DEFAULT_CS,
     seed: int = 0,
-    max_iter: int = 1000,
+    refit: bool = True,
+    classes: Sequence[str] | None = None,
+    encoder: Any = None,
+    encoder_spec: str | None = None,
 ) -> FitResult:
-    """Choose C on the validation split (if given), then refit on train + val with the best C."""
-    import warnings
+    """Fit one head: hyperparameter chosen on (X_val, y_val) when given, then refit on train+val.
 
-    from sklearn.exceptions import ConvergenceWarning
-    from threadpoolctl import threadpool_limits
+    ``refit=False`` keeps the train-only fit (few-shot: the k shots are the whole training set).
+    ``zeroshot`` trains nothing: it needs ``classes`` and the ``encoder`` (or ``encoder_spec``) whose
+    text tower embeds the prompts.
+    """
+    cfg = HeadConfig.from_dict(config) if isinstance(config, str) else config.validate()
+    if cfg.kind == "zeroshot":
+        if not classes:
+            raise HeadError("zeroshot: no class names to build prompts from")
+        return zeroshot_head(list(classes), encoder=encoder, encoder_spec=encoder_spec, templates=cfg.templates, device=cfg.device)
+    y_train = [str(y) for y in y_train]
+    labels = sorted(set(y_train))
+    if len(labels) < 2:
+        raise HeadError(f"training needs at least 2 classes; the train split has {labels}")
+    index = {c: i for i, c in enumerate(labels)}
+    X_tr = np.asarray(X_train, np.float32)
+    yi_tr = np.array([index[y] for y in y_train])
+    X_va, yi_va = _val_rows(labels, X_val, [str(y) for y in y_val] if y_val is not None else None)
+    if cfg.kind == "logreg":
+        return _fit_logreg(cfg, labels, X_tr, yi_tr, X_va, yi_va, refit)
 
-    if kind not in HEAD_KINDS:
-        raise ConfigError(f"head={kind!r}: allowed values are {', '.join(HEAD_KINDS)}")
-    if len(set(y_train)) < 2:
-        raise HeadError(f"training needs at least 2 classes; the train split has {sorted(set(y_train))}")
-    grid = Cs if kind == "logreg" else MLP_CS  # an MLP fit costs ~50 logreg fits: sweep a short grid
+    t0 = time.perf_counter()
+    y_tr = np.array(labels)[yi_tr]
+    y_va = np.array(labels)[yi_va] if X_va is not None else None
+    if cfg.kind == "mlp":
+        name, candidates = "alpha", list(cfg.alphas)
+        make = lambda a: _mlp(cfg, a, seed, len(y_tr) + (len(y_va) if refit and y_va is not None else 0))  # noqa: E731
+    else:  # knn
+        name = "k"
+        candidates = [k for k in cfg.ks if k <= len(y_tr)] or [len(y_tr)]
+        make = _knn
     scores: dict[str, float] = {}
-    best_C = grid[len(grid) // 2]
     # Small problems: multi-threaded BLAS only adds sync cost, and under CPU contention its spinning
     # threads made a 180 x 2560 fit 70x slower (17 s vs 0.24 s measured). Large ones keep all threads.
-    blas_threads = 1 if X_train.size < 4_000_000 else None
-    with warnings.catch_warnings(), threadpool_limits(limits=blas_threads, user_api="blas"):
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        if X_val is not None and y_val is not None and len(y_val) and len(grid) > 1:
-            best = -1.0
-            for C in grid:
-                est = _estimator(kind, C, seed, max_iter).fit(X_train, y_train)
-                acc = float(np.mean(est.predict(X_val) == np.asarray(y_val)))
-                scores[f"{C:g}"] = acc
-                if acc > best + 1e-12:
-                    best, best_C = acc, C
-            X_all = np.concatenate([X_train, X_val])
-            y_all = list(y_train) + list(y_val)
-        else:
-            X_all, y_all = X_train, list(y_train)
-        est = _estimator(kind, best_C, seed, max_iter).fit(X_all, y_all)
-    return FitResult(est, [str(c) for c in est.classes_], float(best_C), scores)
+    from threadpoolctl import threadpool_limits
 
+    blas_threads = 1 if X_tr.size < 4_000_000 else None
+    with warnings.catch_warnings(), threadpool_limits(limits=blas_threads, user_api="blas"):
+        from sklearn.exceptions import ConvergenceWarning
+
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        if X_va is not None and len(candidates) > 1:
+            best, scores = _select(candidates, make, X_tr, y_tr, X_va, y_va, name)
+        else:
+            best = candidates[len(candidates) // 2]
+        if refit and X_va is not None:
+            X_fit, y_fit = np.concatenate([X_tr, X_va]), np.concatenate([y_tr, y_va])
+        else:
+            X_fit, y_fit = X_tr, y_tr
+        est = make(best).fit(X_fit, y_fit)
+    _strip_training_state(est)
+    value = int(best) if name == "k" else float(best)
+    return FitResult(est, labels, {name: value}, scores, {"fits": len(scores) + 1, "seconds": time.perf_counter() - t0})
+
+
+# -- zero-shot ---------------------------------------------------------------------------------
+
+def label_to_text(label: str) -> str:
+    """Class name as words for a prompt: ``ApplyEyeMakeup`` / ``brush_hair`` -> ``apply eye makeup`` / ``brush hair``."""
+    text = re.sub(r"[_\-]+", " ", label)
+    text = re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", " ", text)
+    return " ".join(text.split()).lower()
+
+
+def zeroshot_head(classes: list[str], *, encoder: Any = None, encoder_spec: str | None = None,
+                  templates: Sequence[str] = DEFAULT_TEMPLATES, device: str = "auto") -> FitResult:
+    """Class embeddings = mean over templates of the normalised prompt embeddings, renormalised (CLIP).
+
+    The head is ``Normalizer`` + a linear classifier with weights ``logit_scale * class_embeddings``, so
+    its prediction is the argmax of cosine similarity, and it saves and loads like any other head.
+    """
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import Normalizer
+
+    t0 = time.perf_counter()
+    if encoder is None:
+        encoder = zeroshot_encoder(encoder_spec, device=device)
+    prompts = [[t.format(label=label_to_text(c)) for t in templates] for c in classes]
+    flat = encoder.encode_text([p for ps in prompts for p in ps])  # L2-normalised rows
+    T = flat.reshape(len(classes), len(templates), -1).mean(axis=1)
+    T = T / np.linalg.norm(T, axis=1, keepdims=True)
+    scale = float(getattr(encoder, "logit_scale", 100.0))
+    est = make_pipeline(Normalizer(), linear_classifier(scale * T, np.zeros(len(classes)), classes))
+    hparams = {"templates": list(templates), "logit_scale": scale, "example_prompt": prompts[0][0]}
+    return FitResult(est, list(classes), hparams, {}, {"seconds": time.perf_counter() - t0, "encoder": encoder.spec})
+
+
+def zeroshot_encoder(spec: str | None, *, weights_id: str | None = None, device: str = "auto"):
+    """The store's encoder, rebuilt for its text tower; refused where the text tower cannot match the images."""
+    from .encoders import create_encoder, spec_options
+
+    if not spec:
+        raise HeadError("zeroshot: the store does not record its encoder spec")
+    _, options = spec_options(spec)
+    if "pre" in options:
+        raise HeadError(f"zeroshot: store features are pre-projection ({spec!r}); prompts live in the joint space — use a store extracted without '#pre'")
+    if not spec.startswith("openclip:"):
+        raise HeadError(f"zeroshot: encoder {spec!r} has no text tower; zero-shot needs a store extracted with an openclip:MODEL@WEIGHTS encoder")
+    if weights_id == "random-init":
+        raise HeadError(f"zeroshot: the store was extracted with randomly initialised weights ({spec!r}); its text tower cannot be rebuilt")
+    encoder = create_encoder(spec, device=device)
+    if weights_id is not None and encoder.weights_id != weights_id:
+        raise HeadError(f"zeroshot: {spec!r} now loads weights {encoder.weights_id}, but the store was made with {weights_id}")
+    return encoder
+
+
+# -- files ---------------------------------------------------------------------------------------
 
 def _versions() -> dict[str, str]:
     import sklearn
+    import skops
 
     from . import __version__
 
-    return {"vidprobe": __version__, "scikit-learn": sklearn.__version__, "numpy": np.__version__, "python": platform.python_version()}
+    return {"vidprobe": __version__, "scikit-learn": sklearn.__version__, "skops": skops.__version__, "numpy": np.__version__, "python": platform.python_version()}
 
 
 def sidecar_path(head_path: str | Path) -> Path:
     return Path(head_path).with_suffix(".json")
 
 
-def save_head(path: str | Path, result: FitResult, meta: dict[str, Any]) -> Path:
-    """Write the estimator (joblib) and its JSON sidecar next to each other; returns the sidecar path."""
-    import joblib
-
+def head_format(path: str | Path) -> str:
     p = Path(path)
-    if p.suffix != ".joblib":
-        raise ConfigError(f"{p}: a head file must end in .joblib (its sidecar is written beside it as .json)")
+    if p.suffix not in HEAD_FORMATS:
+        raise ConfigError(f"{p}: a head file must end in .skops (safe, default) or .joblib (pickle; loading it needs --trust)")
+    return HEAD_FORMATS[p.suffix]
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def save_head(path: str | Path, result: FitResult, meta: dict[str, Any]) -> Path:
+    """Write the head (format from the suffix) and its JSON sidecar beside it; returns the sidecar path."""
+    p = Path(path)
+    fmt = head_format(p)
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(p.name + ".tmp")
-    joblib.dump({"estimator": result.estimator, "classes": result.classes}, tmp)
+    blob = {"estimator": result.estimator, "classes": list(result.classes)}
+    if fmt == "skops":
+        import skops.io as sio
+
+        sio.dump(blob, tmp)
+    else:
+        import joblib
+
+        joblib.dump(blob, tmp)
     tmp.replace(p)
-    side = {**meta, "classes": result.classes, "C": result.C, "val_scores": result.val_scores, "versions": _versions(), "saved": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    sidecar_path(p).write_text(json.dumps(side, indent=2, sort_keys=True), encoding="utf-8")
+    side = {**meta, "format": fmt, "head_sha256": _sha256(p), "classes": result.classes, "hparams": result.hparams,
+            "val_scores": [[k, v] for k, v in result.val_scores.items()],  # in the order tried
+            "fit_info": result.info, "versions": _versions(),
+            "saved": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    sidecar_path(p).write_text(json.dumps(side, indent=2, sort_keys=True, default=str), encoding="utf-8")
     return sidecar_path(p)
 
 
@@ -129,19 +417,45 @@ class LoadedHead:
         return self.estimator.predict_proba(X)
 
 
-def load_head(path: str | Path) -> LoadedHead:
-    """Load a head and its sidecar; HeadError names the file when either is missing or unreadable."""
-    import joblib
+def load_head(path: str | Path, *, trust: bool = False) -> LoadedHead:
+    """Load a head and its sidecar without running code from the file (unless ``trust``).
 
+    ``.skops``: only types on skops' trusted list (scikit-learn, numpy, builtins) are built; anything
+    else is refused naming the types. ``.joblib`` is pickle, which runs code while loading: refused
+    unless ``trust=True``. HeadError names the file for every refusal or damage.
+    """
     p = Path(path)
     side = sidecar_path(p)
     if not p.is_file():
         raise HeadError(f"{p}: no such head file; train one with `vidprobe train STORE -o {p}`")
+    fmt = head_format(p)
     if not side.is_file():
         raise HeadError(f"{side}: sidecar missing; a head cannot be used without knowing its encoder and pooling")
     try:
         meta = json.loads(side.read_text(encoding="utf-8"))
-        blob = joblib.load(p)
-    except Exception as exc:  # joblib raises many types for a damaged file
-        raise HeadError(f"{p}: cannot load head ({type(exc).__name__}: {exc})") from None
-    return LoadedHead(blob["estimator"], list(blob["classes"]), meta)
+    except (OSError, ValueError) as exc:
+        raise HeadError(f"{side}: unreadable sidecar ({exc})") from None
+    recorded = meta.get("head_sha256")
+    if recorded and recorded != _sha256(p):
+        raise HeadError(f"{p}: file does not match its sidecar's sha256 (replaced or damaged); retrain or restore the pair")
+    if fmt == "joblib" and not trust:
+        raise HeadError(f"{p}: joblib (pickle) files can run code when loaded; load it only if you trust where it came from, with --trust")
+    try:
+        if fmt == "skops":
+            import skops.io as sio
+
+            untrusted = sio.get_untrusted_types(file=p)
+            if untrusted and not trust:
+                raise HeadError(f"{p}: refusing to load types that are not on the trusted list: {', '.join(untrusted)}; "
+                                "load it only if you trust where it came from, with --trust")
+            blob = sio.load(p, trusted=untrusted or None)
+        else:
+            import joblib
+
+            blob = joblib.load(p)
+        estimator, classes = blob["estimator"], [str(c) for c in blob["classes"]]
+    except HeadError:
+        raise
+    except Exception as exc:  # damaged or foreign files raise many types
+        raise HeadError(f"{p}: cannot load head ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})") from None
+    return LoadedHead(estimator, classes, meta)

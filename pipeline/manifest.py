@@ -1,4 +1,5 @@
-"""What to extract: a list of ``VideoItem`` read from a folder, a CSV/JSONL manifest or a glob.
+"""What to extract: a list of ``VideoItem`` read from a folder, a CSV/JSONL manifest, a glob, or the
+official split files of UCF101, HMDB51 and Kinetics.
 
 Every path is resolved against a root and may not escape it (a manifest is data from somewhere else;
 ``../../etc/passwd`` or an absolute path elsewhere is refused). Rows that cannot be used are returned
@@ -19,6 +20,9 @@ VIDEO_EXTENSIONS = frozenset(
     ".mp4 .m4v .mov .mkv .webm .avi .mpg .mpeg .wmv .flv .ts .mts .m2ts .3gp .ogv .gif".split()
 )
 SPLITS = ("train", "val", "test", "")
+FORMATS = ("auto", "folder", "csv", "jsonl", "ucf101", "hmdb51", "kinetics")
+DATASET_SPLITS = (1, 2, 3)  # UCF101 and HMDB51 each define three train/test splits
+KINETICS_COLUMNS = ("label", "youtube_id", "time_start", "time_end", "split")
 
 
 @dataclass(frozen=True)
@@ -127,7 +131,10 @@ def read_csv(path: Path, root: Path | None = None) -> Manifest:
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
-            if not reader.fieldnames or "path" not in [f.strip() for f in reader.fieldnames]:
+            fields = [f.strip() for f in reader.fieldnames or []]
+            if "youtube_id" in fields and "path" not in fields:
+                return read_kinetics(path, root)
+            if not reader.fieldnames or "path" not in fields:
                 raise ManifestError(f"{path}: CSV manifest needs a header row with a 'path' column (path,label[,split][,start,end])")
             rows = [(f"{path}:{i}", {(k or "").strip(): v for k, v in row.items()}) for i, row in enumerate(reader, start=2)]
     except OSError as exc:
@@ -204,15 +211,209 @@ def read_glob(pattern: str) -> Manifest:
     return manifest
 
 
-def load_manifest(source: str | Path, root: str | Path | None = None) -> Manifest:
-    """Dispatch on what ``source`` is: a folder, a ``.csv``/``.jsonl`` file, a single video, or a glob."""
+# -- official dataset splits ---------------------------------------------------------------------
+
+def _lines(path: Path) -> list[tuple[int, str]]:
+    """Non-empty stripped lines with their numbers; ManifestError naming the file if unreadable."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"{path}: cannot read split file ({getattr(exc, 'strerror', None) or exc})") from None
+    return [(i, line.strip()) for i, line in enumerate(text.splitlines(), start=1) if line.strip()]
+
+
+def _check_split(split: int) -> None:
+    if split not in DATASET_SPLITS:
+        raise ManifestError(f"split={split!r}: UCF101 and HMDB51 define splits 1, 2 and 3")
+
+
+def _finish_dataset(manifest: Manifest, listed_in: str, check_files: bool) -> Manifest:
+    """Listed videos missing on disk become problems; none present at all means the root is wrong."""
+    if not check_files:
+        return manifest
+    present = [it for it in manifest.items if it.abspath.is_file()]
+    if manifest.items and not present:
+        example = manifest.items[0]
+        raise ManifestError(f"none of the {len(manifest.items)} videos listed in {listed_in} is under {manifest.root} "
+                            f"(e.g. {example.path}); pass --root FOLDER, the folder that holds the class folders")
+    missing = [it for it in manifest.items if not it.abspath.is_file()]
+    manifest.problems += [Problem(it.path, f"{it.abspath}: listed in {listed_in} but not found") for it in missing]
+    manifest.items = present
+    return manifest
+
+
+def read_ucf101(split_dir: Path, root: Path | None = None, split: int = 1, check_files: bool = True) -> Manifest:
+    """UCF101 ``ucfTrainTestlist/``: ``classInd.txt`` ("1 ApplyEyeMakeup"), ``trainlist0N.txt``
+    ("ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi 1") and ``testlist0N.txt`` (path only).
+
+    ``root`` holds the class folders; default ``split_dir/../UCF-101`` if present, else ``split_dir/..``.
+    Train/test come from the lists; ``val`` is carved from train later, keeping UCF101's groups whole.
+    """
+    _check_split(split)
+    split_dir = split_dir.resolve()
+    if root is None:
+        root = split_dir.parent / "UCF-101" if (split_dir.parent / "UCF-101").is_dir() else split_dir.parent
+    root = root.resolve()
+    class_file = split_dir / "classInd.txt"
+    classes: dict[int, str] = {}
+    for i, line in _lines(class_file):
+        parts = line.split()
+        if len(parts) != 2 or not parts[0].isdigit():
+            raise ManifestError(f"{class_file}:{i}: expected 'INDEX ClassName', got {line!r}")
+        classes[int(parts[0])] = parts[1]
+    by_name = {name.lower(): name for name in classes.values()}  # folder names differ in case in places
+    manifest = Manifest(root)
+    for split_name, name in (("train", f"trainlist0{split}.txt"), ("test", f"testlist0{split}.txt")):
+        list_file = split_dir / name
+        for i, line in _lines(list_file):
+            where = f"{list_file}:{i}"
+            parts = line.split()
+            path = parts[0] if parts else ""
+            folder = PurePosixPath(path.replace("\\", "/")).parts[0] if "/" in path or "\\" in path else ""
+            try:
+                if len(parts) > 1:
+                    if not parts[1].isdigit() or int(parts[1]) not in classes:
+                        raise ManifestError(f"{where}: class index {parts[1]!r} is not in {class_file.name}")
+                    label = classes[int(parts[1])]
+                elif folder.lower() in by_name:
+                    label = by_name[folder.lower()]
+                else:
+                    raise ManifestError(f"{where}: class folder {folder!r} of {path!r} is not in {class_file.name}")
+                manifest.items.append(VideoItem(safe_relpath(root, path), str(root), label, split_name))
+            except ManifestError as exc:
+                manifest.problems.append(Problem(path or where, str(exc) if where in str(exc) else f"{where}: {exc}"))
+    return _finish_dataset(manifest, f"{split_dir} split {split}", check_files)
+
+
+def read_hmdb51(split_dir: Path, root: Path | None = None, split: int = 1, check_files: bool = True) -> Manifest:
+    """HMDB51 ``testTrainMulti_7030_splits/``: one ``<action>_test_split<N>.txt`` per action, lines
+    "<video>.avi <code>" with code 1 = train, 2 = test, 0 = not used in this split (left out).
+
+    ``root`` holds the action folders (``<root>/<action>/<video>.avi``); default ``split_dir/..``.
+    """
+    _check_split(split)
+    split_dir = split_dir.resolve()
+    root = (root or split_dir.parent).resolve()
+    files = sorted(split_dir.glob(f"*_test_split{split}.txt"))
+    if not files:
+        raise ManifestError(f"{split_dir}: no HMDB51 split files (*_test_split{split}.txt)")
+    manifest = Manifest(root)
+    codes = {"1": "train", "2": "test", "0": None}
+    for f in files:
+        action = f.name[: -len(f"_test_split{split}.txt")]
+        for i, line in _lines(f):
+            parts = line.split()
+            where = f"{f}:{i}"
+            if len(parts) != 2 or parts[1] not in codes:
+                manifest.problems.append(Problem(where, f"{where}: expected '<video>.avi <0|1|2>', got {line!r}"))
+                continue
+            if codes[parts[1]] is None:
+                continue
+            try:
+                manifest.items.append(VideoItem(safe_relpath(root, f"{action}/{parts[0]}"), str(root), action, codes[parts[1]]))
+            except ManifestError as exc:
+                manifest.problems.append(Problem(parts[0], f"{where}: {exc}"))
+    return _finish_dataset(manifest, f"{split_dir} split {split}", check_files)
+
+
+def _video_index(root: Path) -> dict[str, list[str]]:
+    """Video files under ``root`` by file stem (relative POSIX paths), for locating Kinetics clips."""
+    index: dict[str, list[str]] = {}
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            p = Path(dirpath) / name
+            if _is_video(p):
+                index.setdefault(p.stem, []).append(PurePosixPath(*p.relative_to(root).parts).as_posix())
+    return index
+
+
+def read_kinetics(path: Path, root: Path | None = None) -> Manifest:
+    """Kinetics CSV ``label,youtube_id,time_start,time_end,split`` (extra columns ignored).
+
+    Each row is found under ``root`` (default: the CSV's folder) either as a trimmed clip
+    ``<id>_<start:06d>_<end:06d>.<ext>`` (the whole file is the clip) or as the full YouTube video
+    ``<id>.<ext>``, in which case the clip is the ``[time_start, time_end]`` window of it. Rows with no
+    file are problems (Kinetics always has missing videos); ``split`` "validate" means ``val``.
+    """
+    root = (root or path.parent).resolve()
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            fields = [(f or "").strip() for f in reader.fieldnames or []]
+            missing = [c for c in KINETICS_COLUMNS if c not in fields and c != "split"]
+            if missing:
+                raise ManifestError(f"{path}: Kinetics CSV lacks column(s) {', '.join(missing)} (expected {','.join(KINETICS_COLUMNS)})")
+            rows = [(f"{path}:{i}", {(k or "").strip(): (v or "").strip() for k, v in row.items()}) for i, row in enumerate(reader, start=2)]
+    except OSError as exc:
+        raise ManifestError(f"{path}: cannot read manifest ({exc.strerror or exc})") from None
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise ManifestError(f"{path}: not a readable CSV file ({exc})") from None
+    index = _video_index(root)
+    manifest = Manifest(root)
+    split_names = {"train": "train", "val": "val", "validate": "val", "validation": "val", "test": "test", "": ""}
+    for where, row in rows:
+        yid = row.get("youtube_id", "")
+        try:
+            if not yid:
+                raise ManifestError(f"{where}: empty youtube_id")
+            start = _float_or_none(row.get("time_start"), f"{where}: time_start")
+            end = _float_or_none(row.get("time_end"), f"{where}: time_end")
+            if start is None or end is None or end <= start:
+                raise ManifestError(f"{where}: time_start/time_end must be numbers with end > start, got {row.get('time_start')!r}, {row.get('time_end')!r}")
+            split = row.get("split", "").lower()
+            if split not in split_names:
+                raise ManifestError(f"{where}: split={split!r}; allowed: train, val (validate), test")
+            trimmed = f"{yid}_{int(start):06d}_{int(end):06d}"
+            if trimmed in index:
+                rel, window = index[trimmed][0], (None, None)
+            elif yid in index:
+                rel, window = index[yid][0], (start, end)
+            else:
+                raise ManifestError(f"{where}: no video for youtube_id {yid} under {root} (looked for {trimmed}.* and {yid}.*)")
+            manifest.items.append(VideoItem(safe_relpath(root, rel), str(root), row.get("label", ""), split_names[split], *window))
+        except ManifestError as exc:
+            manifest.problems.append(Problem(yid or where, str(exc)))
+    return manifest
+
+
+def _detect(p: Path) -> str:
+    if p.is_dir():
+        if (p / "classInd.txt").is_file():
+            return "ucf101"
+        if any(p.glob("*_test_split1.txt")):
+            return "hmdb51"
+        return "folder"
+    return {".csv": "csv", ".tsv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}.get(p.suffix.lower(), "")
+
+
+def load_manifest(source: str | Path, root: str | Path | None = None, *, format: str = "auto", split: int = 1,
+                  check_files: bool = True) -> Manifest:
+    """Dispatch on what ``source`` is: a folder, a ``.csv``/``.jsonl`` file, a single video, or a glob.
+
+    Official splits: a folder holding ``classInd.txt`` is UCF101's, one holding ``*_test_split1.txt``
+    HMDB51's, a CSV with a ``youtube_id`` column Kinetics' (or say so with ``format``); ``split`` picks
+    UCF101/HMDB51 split 1, 2 or 3; ``root`` is then the folder holding the videos. ``check_files=False``
+    keeps UCF101/HMDB51 entries whose video is gone (re-splitting a store whose videos were deleted).
+    """
+    if format not in FORMATS:
+        raise ManifestError(f"format={format!r}: allowed values are {', '.join(FORMATS)}")
     text = str(source)
     p = Path(text)
+    r = Path(root) if root else None
+    kind = _detect(p) if format == "auto" and p.exists() else format
+    if kind in ("ucf101", "hmdb51"):
+        if not p.is_dir():
+            raise ManifestError(f"{p}: {kind} needs the folder of its split files")
+        return (read_ucf101 if kind == "ucf101" else read_hmdb51)(p, r, split, check_files)
+    if kind == "kinetics":
+        if not p.is_file():
+            raise ManifestError(f"{p}: kinetics needs its CSV file (label,youtube_id,time_start,time_end,split)")
+        return read_kinetics(p, r)
     if p.is_dir():
         return read_folder(p)
     if p.is_file():
         suffix = p.suffix.lower()
-        r = Path(root) if root else None
         if suffix in (".csv", ".tsv"):
             return read_csv(p, r)
         if suffix in (".jsonl", ".ndjson"):

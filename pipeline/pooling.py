@@ -73,5 +73,10 @@ def get_pool(name: str) -> Pool:
     raise ConfigError(f"pool={name!r}: allowed values are {', '.join(POOLS)}, segK (e.g. seg2, seg4)")
 
 
+def is_order_aware(name: str) -> bool:
+    """True for poolings whose output changes when the clip is played backwards (tdiff, segK)."""
+    return name == "tdiff" or bool(re.fullmatch(r"seg\d+", name))
+
+
 def pool_names() -> list[str]:
     return [*POOLS, "seg2", "seg4"]

@@ -11,11 +11,13 @@ from .heads import load_head
 from .pooling import get_pool
 
 
-def predict_videos(head_path: str | Path, videos: list[str | Path], *, top_k: int = 5, device: str = "auto", encoder=None) -> list[dict[str, Any]]:
-    """Top-k (label, probability) per video; a video that fails gets an ``error`` instead of ``top``."""
+def predict_videos(head_path: str | Path, videos: list[str | Path], *, top_k: int = 5, device: str = "auto", encoder=None,
+                   trust: bool = False) -> list[dict[str, Any]]:
+    """Top-k (label, probability) per video; a video that fails gets an ``error`` instead of ``top``.
+    ``trust`` allows pickle (.joblib) heads: see ``heads.load_head``."""
     from .encoders import create_encoder
 
-    head = load_head(head_path)
+    head = load_head(head_path, trust=trust)
     meta = head.meta
     encoder = encoder or create_encoder(meta["encoder"], device=device)
     if encoder.weights_id != meta.get("weights_id"):

@@ -63,7 +63,7 @@ def plot_accuracy_bars(rows: Sequence[dict], path: str | Path, group: str = "tas
     groups = list(dict.fromkeys(r[group] for r in rows))
     names = list(dict.fromkeys(r[series] for r in rows))
     width = 0.8 / max(1, len(names))
-    fig, ax = plt.subplots(figsize=(max(5, 1.8 * len(groups) * max(1, len(names)) / 3), 4))
+    fig, ax = plt.subplots(figsize=(min(12, max(5, 1.8 * len(groups) * max(1, len(names)) / 3)), 4))
     for j, name in enumerate(names):
         vals = [next((r[value] for r in rows if r[group] == g and r[series] == name), np.nan) for g in groups]
         ax.bar(np.arange(len(groups)) + (j - (len(names) - 1) / 2) * width, vals, width, label=name)
@@ -71,6 +71,59 @@ def plot_accuracy_bars(rows: Sequence[dict], path: str | Path, group: str = "tas
     ax.set_ylim(0, 1.02)
     ax.set_ylabel(value)
     ax.legend(fontsize=8, ncol=min(6, len(names)), loc="upper center", bbox_to_anchor=(0.5, -0.1), frameon=False)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def write_csv(rows: Sequence[dict], path: str | Path, columns: Sequence[str] | None = None) -> Path:
+    """Rows as CSV (columns = ``columns`` or the union of keys in first-seen order); dicts/lists as JSON."""
+    import csv
+    import json
+
+    cols = list(columns) if columns else list(dict.fromkeys(k for r in rows for k in r))
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=cols, extrasaction="ignore")
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: json.dumps(v, sort_keys=True) if isinstance(v, (dict, list, tuple)) else ("" if v is None else v) for k, v in r.items()})
+    return out
+
+
+def plot_fewshot(curves: Sequence[dict], path: str | Path, title: str = "", baselines: Sequence[dict] = ()) -> Path:
+    """Few-shot curves: x = shots per class (log2 axis), y = mean test top-1 with a ±1 std band.
+
+    ``curves``: dicts with label, shots, mean, std (lists); ``baselines``: dicts with label, value,
+    drawn as dashed horizontal lines (e.g. zero-shot or the full-data probe).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for c in curves:
+        k, m, s = np.asarray(c["shots"], float), np.asarray(c["mean"], float), np.asarray(c["std"], float)
+        (line,) = ax.plot(k, m, marker="o", label=c["label"])
+        ax.fill_between(k, m - s, m + s, alpha=0.2, color=line.get_color())
+    for b in baselines:
+        ax.axhline(b["value"], linestyle="--", linewidth=1, color="gray")
+        ax.annotate(b["label"], (ax.get_xlim()[0], b["value"]), fontsize=7, va="bottom", color="gray")
+    ax.set_xscale("log", base=2)
+    ks = sorted({int(k) for c in curves for k in c["shots"]})
+    if ks:
+        ax.set_xticks(ks, [str(k) for k in ks])
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("training clips per class")
+    ax.set_ylabel("test top-1 (mean ± std over seeds)")
+    ax.legend(fontsize=8)
     if title:
         ax.set_title(title)
     fig.tight_layout()

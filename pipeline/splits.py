@@ -2,15 +2,29 @@
 
 Manifests may carry splits (``train``/``val``/``test``); where they don't, a seeded stratified split is
 made here, and the same seed reproduces it at evaluation time, so a head is never scored on clips it
-saw. Clips of one video stay on one side of every split (windows of a video are near-duplicates).
+saw. Clips of one *group* stay on one side of every split: a group is a video (its windows are
+near-duplicates), or for UCF101-style names (``v_Class_g08_c03.avi``) the group ``g08`` — clips cut from
+one long recording, which UCF101's own splits also keep together.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Mapping, Sequence
 
 import numpy as np
 
 from .errors import ConfigError
+
+_UCF_GROUP = re.compile(r"^(v_.+_g\d+)_c\d+$", re.IGNORECASE)
+
+
+def video_group(video: str) -> str:
+    """The unit a split must not cut through: UCF101's recording group, else the video itself."""
+    p = PurePosixPath(video)
+    m = _UCF_GROUP.match(p.stem)
+    return str(p.parent / m.group(1)) if m else video
 
 
 @dataclass
@@ -44,14 +58,19 @@ def _stratified_groups(labels: list[str], groups: list[str], idx: np.ndarray, fr
     return np.array(kept, dtype=int), np.array(moved, dtype=int)
 
 
-def make_splits(labels: list[str], splits: list[str], videos: list[str], *, seed: int = 0, val_fraction: float = 0.2, test_fraction: float = 0.2) -> Splits:
-    """Use the manifest's splits where present, carving what is missing from ``train`` by label."""
+def make_splits(labels: list[str], splits: list[str], videos: list[str], *, seed: int = 0, val_fraction: float = 0.2, test_fraction: float = 0.2,
+                require_train: bool = True) -> Splits:
+    """Use the manifest's splits where present, carving what is missing from ``train`` by label.
+
+    ``require_train=False`` accepts a manifest with test clips only (zero-shot needs no training clips).
+    """
     if not 0 < val_fraction < 1 or not 0 <= test_fraction < 1:
         raise ConfigError("val_fraction must be in (0, 1) and test_fraction in [0, 1)")
     labeled = np.array([i for i, lab in enumerate(labels) if lab], dtype=int)
     if labeled.size == 0:
         raise ConfigError("the store has no labeled clips; extract from a folder-per-class or a manifest with a label column")
     rng = np.random.default_rng(seed)
+    videos = [video_group(v) for v in videos]
     split_arr = np.array(splits, dtype=object)
     has = {s for s in split_arr[labeled]}
     if has & {"train", "val", "test"}:
@@ -60,7 +79,9 @@ def make_splits(labels: list[str], splits: list[str], videos: list[str], *, seed
         test = labeled[split_arr[labeled] == "test"]
         source = "manifest"
         if train.size == 0:
-            raise ConfigError("the manifest's splits name no 'train' clips")
+            if require_train:
+                raise ConfigError("the manifest's splits name no 'train' clips")
+            return Splits(train, val, test, source)
         if val.size == 0:
             train, val = _stratified_groups(labels, videos, train, val_fraction, rng)
             source = "manifest+carved-val"
@@ -68,3 +89,34 @@ def make_splits(labels: list[str], splits: list[str], videos: list[str], *, seed
     rest, test = _stratified_groups(labels, videos, labeled, test_fraction, rng) if test_fraction > 0 else (labeled, np.array([], int))
     train, val = _stratified_groups(labels, videos, rest, val_fraction / max(1e-9, 1 - test_fraction), rng)
     return Splits(train, val, test, f"random(seed={seed})")
+
+
+def few_shot(labels: Sequence[str], videos: Sequence[str], train: np.ndarray, shots: int, seed: int) -> np.ndarray:
+    """``shots`` training clips per class, drawn with ``seed``, each from a different group where possible.
+
+    A class with fewer clips keeps all of them (the returned size says how many were used).
+    """
+    if shots < 1:
+        raise ConfigError(f"shots={shots}: must be >= 1")
+    rng = np.random.default_rng([seed, shots])
+    chosen: list[int] = []
+    by_label: dict[str, list[int]] = {}
+    for i in train:
+        by_label.setdefault(labels[i], []).append(int(i))
+    for label in sorted(by_label):
+        idx = rng.permutation(by_label[label])
+        first, seen = [], set()
+        for i in idx:  # one clip per group first, then any
+            g = video_group(videos[i])
+            if g not in seen:
+                seen.add(g)
+                first.append(int(i))
+        taken = set(first)
+        chosen += (first + [int(i) for i in idx if int(i) not in taken])[:shots]
+    return np.array(sorted(chosen), dtype=int)
+
+
+def resplit(keys: Sequence[tuple[str, float, float]], assignment: Mapping[tuple[str, float, float], str]) -> list[str]:
+    """Split of each stored clip taken from another manifest (e.g. UCF101 split 2 over a store made with
+    split 1): clips the manifest does not list get "" and take part in no split."""
+    return [assignment.get(k, "") for k in keys]

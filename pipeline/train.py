@@ -1,7 +1,9 @@
-"""Store → pooled features → head → metrics: what ``vidprobe train`` and ``evaluate`` do.
+"""Store → pooled features → head → metrics: what ``vidprobe train``, ``evaluate`` and ``benchmark`` do.
 
 Training records everything needed to reproduce its split and its inputs in the head's sidecar, so
 ``evaluate`` scores exactly the held-out clips and refuses a store made with a different encoder.
+``fit_on_store`` is the one place a head meets a store; ``train_head`` saves its result and the
+benchmark runs it over many settings without saving.
 """
 from __future__ import annotations
 
@@ -12,75 +14,139 @@ import numpy as np
 
 from .errors import ConfigError, HeadError
 from .evaluate import metrics
-from .heads import DEFAULT_CS, fit_head, load_head, save_head
+from .heads import FitResult, HeadConfig, fit_head, load_head, save_head, zeroshot_encoder
 from .pooling import get_pool
-from .splits import make_splits
+from .splits import Splits, few_shot, make_splits, resplit
 from .store import FeatureStore, open_store
 
 EVAL_SPLITS = ("test", "val", "train", "all")
 
 
-def _features(store: FeatureStore, pool: str, idx: np.ndarray) -> tuple[np.ndarray, list[str]]:
-    t = store.table()
-    X = store.pooled(get_pool(pool), idx.tolist())
-    return X, [t.label[i] for i in idx]
+def split_assignment(resplit_from: dict[str, Any]) -> dict[tuple[str, float, float], str]:
+    """{clip key: split} from another manifest, e.g. ``{"source": "ucfTrainTestlist", "split": 2}``.
+
+    Keys: source (required), format (auto), split (1), root (the folder the store's paths are relative to).
+    Listed videos need not exist any more: the store already holds their features.
+    """
+    from .manifest import load_manifest
+
+    allowed = {"source", "format", "split", "root"}
+    if not isinstance(resplit_from, dict) or "source" not in resplit_from or set(resplit_from) - allowed:
+        raise ConfigError(f"splits_from={resplit_from!r}: expected a mapping with source and optionally format, split, root")
+    m = load_manifest(resplit_from["source"], resplit_from.get("root"), format=resplit_from.get("format", "auto"),
+                      split=int(resplit_from.get("split", 1)), check_files=False)
+    return {it.key: it.split for it in m.items}
 
 
-def _split_of(store: FeatureStore, seed: int, val_fraction: float, test_fraction: float):
+def store_splits(store: FeatureStore, *, seed: int = 0, val_fraction: float = 0.2, test_fraction: float = 0.2,
+                 splits_from: dict[str, Any] | None = None, require_train: bool = True) -> Splits:
+    """Train/val/test of a store's clips: the manifest's splits (or ``splits_from``'s), else a seeded split."""
     t = store.table()
-    return make_splits(t.label, t.split, t.video, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction)
+    splits = t.split if splits_from is None else resplit(t.keys(), split_assignment(splits_from))
+    sp = make_splits(t.label, splits, t.video, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction, require_train=require_train)
+    if splits_from is not None:
+        sp.source = f"{sp.source}:{Path(str(splits_from['source'])).name}#{splits_from.get('split', 1)}"
+    return sp
+
+
+def pooled_features(store: FeatureStore, pool: str) -> np.ndarray:
+    """Every clip of the store pooled once (row i = clip i): the benchmark reuses it across heads."""
+    return store.pooled(get_pool(pool))
+
+
+def fit_on_store(
+    store: FeatureStore,
+    head: HeadConfig | str = "logreg",
+    pool: str = "mean",
+    *,
+    seed: int = 0,
+    val_fraction: float = 0.2,
+    test_fraction: float = 0.2,
+    shots: int | None = None,
+    shot_seed: int = 0,
+    splits_from: dict[str, Any] | None = None,
+    X_all: np.ndarray | None = None,
+    encoder: Any = None,
+) -> tuple[FitResult, dict[str, Any]]:
+    """Fit a head on the store's train split (hyperparameter picked on val, refit on train+val) and
+    score it on test. ``shots``: train on that many clips per class (drawn with ``shot_seed``), keep
+    val for selection only (no refit). Returns the fit and a JSON-ready record of what was done."""
+    cfg = HeadConfig.from_dict(head) if isinstance(head, str) else head.validate()
+    get_pool(pool)  # validate before any work
+    sp = store_splits(store, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction, splits_from=splits_from,
+                      require_train=cfg.kind != "zeroshot")
+    t = store.table()
+    X_all = pooled_features(store, pool) if X_all is None else X_all
+    labels = np.array(t.label, dtype=object)
+    train = sp.train if shots is None else few_shot(t.label, t.video, sp.train, shots, shot_seed)
+    prov = store.provenance
+    if cfg.kind == "zeroshot":
+        classes = sorted({lab for lab in t.label if lab})
+        if X_all.shape[1] != int(prov["dim"]):
+            raise ConfigError(f"zeroshot: pool={pool!r} makes {X_all.shape[1]}-d vectors; prompts need the {prov['dim']}-d "
+                              "embedding itself: use mean, max or center")
+        encoder = encoder or zeroshot_encoder(prov.get("encoder"), weights_id=prov.get("weights_id"), device=cfg.device)
+        result = fit_head(cfg, X_all[:0], [], classes=classes, encoder=encoder)
+    else:
+        val = sp.val if len(sp.val) else None
+        result = fit_head(cfg, X_all[train], labels[train].tolist(), X_all[val] if val is not None else None,
+                          labels[val].tolist() if val is not None else None, seed=seed, refit=shots is None)
+    out: dict[str, Any] = {
+        "head": cfg.kind, "head_settings": cfg.to_dict(), "pool": pool, "seed": seed, "shots": shots,
+        "shot_seed": shot_seed if shots is not None else None, "hparams": result.hparams, "C": result.C,
+        "val_top1": max(result.val_scores.values()) if result.val_scores else None, "split_source": sp.source,
+        "n_train": 0 if cfg.kind == "zeroshot" else int(len(train)), "n_val": int(len(sp.val)), "n_test": int(len(sp.test)),
+        "fit_info": result.info, "classes": result.classes,
+    }
+    if len(sp.test):
+        out["test"] = metrics(result.estimator.predict_proba(X_all[sp.test]), labels[sp.test].tolist(), result.classes)
+    return result, out
 
 
 def train_head(
     store_path: str | Path,
     head_path: str | Path,
     *,
-    head: str = "logreg",
+    head: HeadConfig | str = "logreg",
     pool: str = "mean",
     seed: int = 0,
     val_fraction: float = 0.2,
     test_fraction: float = 0.2,
-    Cs: tuple[float, ...] = DEFAULT_CS,
+    shots: int | None = None,
+    shot_seed: int = 0,
+    splits_from: dict[str, Any] | None = None,
     store: FeatureStore | None = None,
 ) -> dict[str, Any]:
-    """Fit a head on the store's train split (C picked on val, refit on train+val); save; return metrics."""
-    get_pool(pool)  # validate before any work
+    """Fit a head on a store (see ``fit_on_store``), save it with its sidecar, return the record."""
+    from .heads import head_format
+
+    head_format(head_path)  # a bad file name fails before the work
     store = store or open_store(store_path)
-    sp = _split_of(store, seed, val_fraction, test_fraction)
-    X_tr, y_tr = _features(store, pool, sp.train)
-    X_va, y_va = _features(store, pool, sp.val)
-    result = fit_head(head, X_tr, y_tr, X_va if len(sp.val) else None, y_va if len(sp.val) else None, Cs=Cs, seed=seed)
-    out: dict[str, Any] = {"head": head, "pool": pool, "C": result.C, "split_source": sp.source, "n_train": int(len(sp.train)), "n_val": int(len(sp.val)), "n_test": int(len(sp.test))}
-    out["val_top1_at_C"] = result.val_scores.get(f"{result.C:g}")
-    if len(sp.test):
-        X_te, y_te = _features(store, pool, sp.test)
-        out["test"] = metrics(result.estimator.predict_proba(X_te), y_te, result.classes)
+    result, out = fit_on_store(store, head, pool, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction,
+                               shots=shots, shot_seed=shot_seed, splits_from=splits_from)
     prov = store.provenance
     meta = {
-        "head": head,
-        "pool": pool,
-        "seed": seed,
+        **{k: out[k] for k in ("head", "head_settings", "pool", "seed", "shots", "shot_seed", "split_source")},
         "val_fraction": val_fraction,
         "test_fraction": test_fraction,
+        "splits_from": splits_from,
         "store": str(Path(store.path).resolve()),
         "encoder": prov["encoder"],
         "weights_id": prov["weights_id"],
         "dim": prov["dim"],
         "sampling": prov["sampling"],
         "preprocess": prov["preprocess"],
-        "split_source": sp.source,
         "metrics": {k: v for k, v in out.items() if k == "test"},
     }
     save_head(head_path, result, meta)
-    out["classes"] = result.classes
     return out
 
 
-def evaluate_head(store_path: str | Path, head_path: str | Path, *, split: str = "test") -> dict[str, Any]:
-    """Score a saved head on a store's split (reproducing the head's own split seed), or on all clips."""
+def evaluate_head(store_path: str | Path, head_path: str | Path, *, split: str = "test", trust: bool = False) -> dict[str, Any]:
+    """Score a saved head on a store's split (reproducing the head's own split), or on all clips."""
     if split not in EVAL_SPLITS:
         raise ConfigError(f"split={split!r}: allowed values are {', '.join(EVAL_SPLITS)}")
-    head = load_head(head_path)
+    head = load_head(head_path, trust=trust)
     store = open_store(store_path)
     prov, meta = store.provenance, head.meta
     for key in ("encoder", "weights_id", "sampling"):
@@ -90,11 +156,16 @@ def evaluate_head(store_path: str | Path, head_path: str | Path, *, split: str =
     if split == "all":
         idx = np.array([i for i, lab in enumerate(t.label) if lab], dtype=int)
     else:
-        sp = _split_of(store, int(meta.get("seed", 0)), float(meta.get("val_fraction", 0.2)), float(meta.get("test_fraction", 0.2)))
+        sp = store_splits(store, seed=int(meta.get("seed", 0)), val_fraction=float(meta.get("val_fraction", 0.2)),
+                          test_fraction=float(meta.get("test_fraction", 0.2)), splits_from=meta.get("splits_from"),
+                          require_train=meta.get("head") != "zeroshot")
         idx = getattr(sp, split)
     if len(idx) == 0:
         raise ConfigError(f"{store_path}: no labeled clips in split {split!r}; try --split all")
-    X, y = _features(store, meta["pool"], idx)
-    out = metrics(head.predict_proba(X), y, head.classes)
+    X = store.pooled(get_pool(meta["pool"]), idx.tolist())
+    out = metrics(head.predict_proba(X), [t.label[i] for i in idx], head.classes)
     out.update({"split": split, "head": meta.get("head"), "pool": meta.get("pool"), "classes": head.classes})
     return out
+
+
+__all__ = ["EVAL_SPLITS", "evaluate_head", "fit_on_store", "pooled_features", "split_assignment", "store_splits", "train_head"]

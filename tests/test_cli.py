@@ -54,7 +54,7 @@ def test_changed_sampling_is_refused(extracted, labeled_folder, capsys):
 
 def test_train_evaluate_predict_in_fresh_process(extracted, tmp_path, capsys):
     store, _ = extracted
-    head = tmp_path / "h.joblib"
+    head = tmp_path / "h.skops"
     code, out = run_cli("train", store, "-o", head, "--json", "--test-fraction", "0.25", capsys=capsys)
     assert code == 0
     res = json.loads(out.out)
@@ -80,5 +80,5 @@ def test_help_lists_commands(capsys):
         main(["--help"])
     assert e.value.code == 0
     text = capsys.readouterr().out
-    for cmd in ("extract", "train", "evaluate", "predict", "info", "demo"):
+    for cmd in ("extract", "train", "evaluate", "predict", "info", "demo", "benchmark"):
         assert cmd in text

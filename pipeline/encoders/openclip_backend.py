@@ -7,6 +7,12 @@ random init. The embedding is ``model.encode_image`` *un-normalised* (heads norm
 normalising here would throw away the norm for good). ``encode_text`` returns L2-normalised text
 embeddings for zero-shot heads.
 
+``#pre`` (``openclip:ViT-B-32@openai#pre``) embeds with the image tower's output *before* its final
+projection into the joint space — the features the CLIP paper's linear probes used (768-d for
+ViT-B/32 instead of 512). The projection is detached from this encoder's own model copy, so the
+spec (recorded in the store) says which features a store holds; storing both kinds means extracting
+into two stores.
+
 Preprocessing is the model's own (``open_clip.get_model_preprocess_cfg``). open_clip only applies a
 tag's preprocessing (mean/std, interpolation, resize mode) when it loads that *tag*; with a local
 checkpoint it falls back to OpenAI CLIP defaults, which is wrong for e.g. SigLIP or MobileCLIP weights.
@@ -35,9 +41,22 @@ class OpenClipEncoder(Encoder):
     backend = "openclip"
     supports_text = True
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, *, features: str = "joint", **kwargs: Any) -> None:
         self._tokenizer = None
+        self.features = features
+        self.projection = None  # (width, dim) matrix removed for #pre: pre @ projection = joint embedding
+        if features == "pre":
+            self.projection = _detach_projection(kwargs["model"], kwargs["spec"])
+        elif features != "joint":
+            raise ConfigError(f"encoder spec {kwargs['spec']!r}: features={features!r}; allowed: joint, pre")
+        kwargs["extra"] = {**(kwargs.get("extra") or {}), "features": features}
         super().__init__(**kwargs)
+
+    @property
+    def logit_scale(self) -> float:
+        """CLIP's learned temperature (exp of the logit_scale parameter): zero-shot logits = scale * cosine."""
+        scale = getattr(self.model, "logit_scale", None)
+        return float(scale.exp()) if scale is not None else 100.0
 
     def _features(self, x):
         return self.model.encode_image(x)
@@ -56,6 +75,23 @@ class OpenClipEncoder(Encoder):
         with torch.inference_mode(), self._autocast():
             z = self.model.encode_text(tokens)
         return F.normalize(z.float(), dim=-1).cpu().numpy()
+
+
+def _detach_projection(model: Any, spec: str):
+    """Make ``model.encode_image`` return pre-projection features; returns the removed projection."""
+    import torch
+
+    visual = model.visual
+    proj = getattr(visual, "proj", None)
+    if isinstance(proj, torch.nn.Parameter):  # open_clip VisionTransformer: pooled @ proj
+        visual.proj = None
+        return proj.detach().clone()
+    head_proj = getattr(getattr(visual, "head", None), "proj", None)
+    if isinstance(head_proj, torch.nn.Linear) and head_proj.bias is None:  # timm trunk + linear projection
+        visual.head.proj = torch.nn.Identity()
+        return head_proj.weight.detach().T.clone()
+    raise EncoderError(f"encoder spec {spec!r}: #pre is available for open_clip ViT towers and timm trunks with a linear "
+                       f"projection; {type(visual).__name__} has neither (its projection is part of its pooling)")
 
 
 def _register_config(path: Path, spec: str) -> tuple[str, str]:

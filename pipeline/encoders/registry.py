@@ -5,6 +5,7 @@ spec of theirs is built, so ``import pipeline.encoders`` stays cheap.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Callable
 
@@ -14,7 +15,10 @@ from .base import Encoder, resolve_device, resolve_precision
 DEFAULT_ENCODER = "effnet-lite0"
 _DEFAULT_ALIASES = ("effnet-lite0", "default")
 _BACKEND_ALIASES = {"open_clip": "openclip"}
-SPEC_FORMS = "effnet-lite0 (or default) | openclip:MODEL[@WEIGHTS] | timm:NAME[@CHECKPOINT]"
+SPEC_FORMS = "effnet-lite0 (or default) | openclip:MODEL[@WEIGHTS][#pre] | timm:NAME[@CHECKPOINT]"
+# Options appended as ``#NAME``; only a known name at the very end counts, so a '#' inside a path stays put.
+SPEC_OPTIONS = {"pre": "openclip: pre-projection (penultimate) image features instead of the joint embedding"}
+_OPTION_BACKENDS = {"pre": ("openclip",)}
 
 Factory = Callable[..., Encoder]  # (spec, model, weights, device=, precision=, channels_last=) -> Encoder
 
@@ -45,11 +49,28 @@ def register_backend(name: str, factory: Factory) -> None:
     BACKENDS[name.lower()] = factory
 
 
+def spec_options(spec: str) -> tuple[str, frozenset[str]]:
+    """``"openclip:ViT-B-32@openai#pre"`` -> (``"openclip:ViT-B-32@openai"``, {"pre"})."""
+    s, options = spec.strip(), set()
+    while (m := re.fullmatch(r"(.+)#(" + "|".join(SPEC_OPTIONS) + r")", s, flags=re.IGNORECASE)):
+        s = m.group(1)
+        options.add(m.group(2).lower())
+    return s, frozenset(options)
+
+
 def parse_spec(spec: str) -> tuple[str, str, str | None]:
-    """``spec`` -> (backend, model, weights or None); ConfigError naming the spec and the allowed forms."""
+    """``spec`` -> (backend, model, weights or None); ConfigError naming the spec and the allowed forms.
+
+    Options (``#pre``) are not part of the result: see ``spec_options``.
+    """
     if not isinstance(spec, str) or not spec.strip():
         raise ConfigError(f"encoder spec {spec!r} is empty; allowed forms: {SPEC_FORMS}")
-    s = spec.strip()
+    s, options = spec_options(spec)
+    for name in options:
+        backend = s.partition(":")[0].lower()
+        if _BACKEND_ALIASES.get(backend, backend) not in _OPTION_BACKENDS[name]:
+            raise ConfigError(f"encoder spec {spec!r}: option #{name} is only for {', '.join(_OPTION_BACKENDS[name])} encoders "
+                              f"({SPEC_OPTIONS[name]}); timm and effnet-lite0 embeddings already are pre-classifier features")
     if s.lower() in _DEFAULT_ALIASES:
         return "effnet-lite0", "tf_efficientnet_lite0", None
     backend, sep, rest = s.partition(":")
@@ -82,7 +103,8 @@ def canonical_spec(spec: str) -> str:
     if model.lower().endswith(".json"):
         model = _absolute_if_path(model)
     out = f"{backend}:{model}"
-    return f"{out}@{_absolute_if_path(weights)}" if weights is not None else out
+    out = f"{out}@{_absolute_if_path(weights)}" if weights is not None else out
+    return out + "".join(f"#{name}" for name in sorted(spec_options(spec)[1]))
 
 
 def create_encoder(
@@ -99,4 +121,5 @@ def create_encoder(
     backend, model, weights = parse_spec(spec)
     dev = resolve_device(device)  # validate run options before loading any weights
     resolve_precision(precision, dev)
-    return BACKENDS[backend](canonical_spec(spec), model, weights, device=dev, precision=precision, channels_last=channels_last)
+    extra = {"features": "pre"} if "pre" in spec_options(spec)[1] else {}
+    return BACKENDS[backend](canonical_spec(spec), model, weights, device=dev, precision=precision, channels_last=channels_last, **extra)

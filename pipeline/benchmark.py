@@ -1,0 +1,346 @@
+"""``vidprobe benchmark CONFIG``: encoders × poolings × heads (and few-shot curves) over cached stores.
+
+One YAML file names the stores (one per dataset and encoder), the poolings, the heads and the
+few-shot protocol; the run writes ``results.csv`` (one row per fit, with the store, its encoder and
+weights, the head settings, the chosen hyperparameter, the seeds and the split it used: every figure
+can be traced and re-run), ``results.md`` (tables), ``details.jsonl`` (per-class reports and confusion
+matrices), ``benchmark.json`` (the config and versions) and plots (accuracy bars, few-shot curves).
+Nothing is extracted here: features come from the stores, so a benchmark re-runs in minutes.
+
+Config keys (see ``configs/demo-bench.yaml``)::
+
+    name: my-bench                 # used in titles (default: the file's stem)
+    output: bench-out/my-bench     # results folder (default bench-out/<name>; -o overrides)
+    seed: 0                        # split seed (where a store's manifest has no splits) and head seed
+    val_fraction: 0.2              # for carving val (and test) where the manifest has none
+    test_fraction: 0.2
+    stores:                        # paths are relative to the current directory
+      - {dataset: ucf101, path: features/ucf101-b32, encoder: B-32}      # encoder: display name (optional)
+      - {dataset: ucf101-s2, path: features/ucf101-b32, splits_from: {source: data/ucfTrainTestlist, split: 2}}
+    poolings: [center, mean, seg4]
+    heads: [logreg, mlp, knn, zeroshot]   # or mappings: {kind: logreg, solver: sklearn, Cs: [...]}
+    fewshot: {shots: [1, 2, 4, 8, 16], seeds: [0, 1, 2, 3, 4], heads: [logreg], poolings: [mean]}
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .errors import ConfigError, VidprobeError
+from .heads import HeadConfig
+from .pooling import get_pool, is_order_aware
+from .report import markdown_table, plot_accuracy_bars, plot_confusion, plot_fewshot, write_csv
+from .store import open_store
+from .train import fit_on_store, pooled_features
+
+CSV_COLUMNS = (
+    "benchmark", "dataset", "encoder", "pool", "order_aware", "head", "shots", "shot_seed", "seed",
+    "top1", "top5", "mean_class_acc", "val_top1", "hparams", "n_train", "n_val", "n_test", "split_source",
+    "fit_seconds", "status", "store", "encoder_spec", "weights_id", "sampling", "head_settings",
+)
+_TOP_KEYS = {"name", "output", "seed", "val_fraction", "test_fraction", "stores", "poolings", "heads", "fewshot"}
+_STORE_KEYS = {"dataset", "path", "encoder", "splits_from"}
+_FEWSHOT_KEYS = {"shots", "seeds", "heads", "poolings"}
+
+
+@dataclass
+class StoreEntry:
+    dataset: str
+    path: str
+    encoder: str | None = None
+    splits_from: dict[str, Any] | None = None
+
+
+@dataclass
+class BenchmarkConfig:
+    name: str
+    output: str
+    stores: list[StoreEntry]
+    poolings: list[str]
+    heads: list[HeadConfig]
+    seed: int = 0
+    val_fraction: float = 0.2
+    test_fraction: float = 0.2
+    fewshot_shots: list[int] = field(default_factory=list)
+    fewshot_seeds: list[int] = field(default_factory=list)
+    fewshot_heads: list[HeadConfig] = field(default_factory=list)
+    fewshot_poolings: list[str] = field(default_factory=list)
+    raw: dict[str, Any] = field(default_factory=dict)
+
+
+def _list(d: dict, key: str, where: str, default: Any = None) -> list:
+    v = d.get(key, default)
+    if v is None:
+        raise ConfigError(f"{where}: missing {key!r}")
+    if not isinstance(v, list) or not v:
+        raise ConfigError(f"{where}: {key!r} must be a non-empty list")
+    return v
+
+
+def _unknown(d: dict, allowed: set[str], where: str) -> None:
+    bad = sorted(set(d) - allowed)
+    if bad:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(map(repr, bad))}; known: {', '.join(sorted(allowed))}")
+
+
+def load_benchmark_config(path: str | Path) -> BenchmarkConfig:
+    """Read and validate a benchmark YAML file; every error names the file and the key."""
+    import yaml
+
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read benchmark config ({exc.strerror or exc})") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: a benchmark config must be a mapping (see configs/demo-bench.yaml)")
+    _unknown(data, _TOP_KEYS, str(p))
+    stores = []
+    for i, s in enumerate(_list(data, "stores", str(p))):
+        where = f"{p}: stores[{i}]"
+        if not isinstance(s, dict) or "path" not in s or "dataset" not in s:
+            raise ConfigError(f"{where}: needs dataset and path")
+        _unknown(s, _STORE_KEYS, where)
+        stores.append(StoreEntry(str(s["dataset"]), str(s["path"]), s.get("encoder"), s.get("splits_from")))
+    def pools(items: list, where: str) -> list[str]:
+        for pool in items:
+            try:
+                get_pool(str(pool))
+            except ConfigError as exc:
+                raise ConfigError(f"{where}: {exc}") from None
+        return [str(x) for x in items]
+
+    poolings = pools(_list(data, "poolings", str(p)), f"{p}: poolings")
+
+    def heads(items: list, where: str) -> list[HeadConfig]:
+        out = []
+        for h in items:
+            try:
+                out.append(HeadConfig.from_dict(h))
+            except ConfigError as exc:
+                raise ConfigError(f"{where}: {exc}") from None
+        return out
+
+    fs = data.get("fewshot") or {}
+    if not isinstance(fs, dict):
+        raise ConfigError(f"{p}: fewshot must be a mapping with shots, seeds, heads, poolings")
+    _unknown(fs, _FEWSHOT_KEYS, f"{p}: fewshot")
+    shots = [int(k) for k in fs.get("shots", [])]
+    if any(k < 1 for k in shots):
+        raise ConfigError(f"{p}: fewshot.shots must be integers >= 1, got {shots}")
+    name = str(data.get("name") or p.stem)
+    if not re.fullmatch(r"[\w.-]+", name):
+        raise ConfigError(f"{p}: name={name!r}: use letters, digits, '.', '_' or '-'")
+    cfg = BenchmarkConfig(
+        name=name,
+        output=str(data.get("output") or f"bench-out/{name}"),
+        stores=stores,
+        poolings=poolings,
+        heads=heads(_list(data, "heads", str(p)), f"{p}: heads"),
+        seed=int(data.get("seed", 0)),
+        val_fraction=float(data.get("val_fraction", 0.2)),
+        test_fraction=float(data.get("test_fraction", 0.2)),
+        fewshot_shots=shots,
+        fewshot_seeds=[int(s) for s in fs.get("seeds", [0, 1, 2] if shots else [])],
+        fewshot_heads=heads(fs.get("heads", ["logreg"] if shots else []), f"{p}: fewshot.heads"),
+        fewshot_poolings=pools(fs.get("poolings", poolings[:1] if shots else []), f"{p}: fewshot.poolings"),
+        raw=data,
+    )
+    if any(h.kind == "zeroshot" for h in cfg.fewshot_heads):
+        raise ConfigError(f"{p}: fewshot.heads: zeroshot uses no training clips; list it under heads (it is drawn on the few-shot plot)")
+    return cfg
+
+
+def _encoder_name(spec: str) -> str:
+    """A readable encoder name: file paths inside a spec shortened to their file names."""
+    return re.sub(r"(?:[^:@#]*/)+([^:@#/]+)", r"\1", spec)
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    a = np.asarray(values, float)
+    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
+
+
+def run_benchmark(config: BenchmarkConfig | str | Path, output: str | Path | None = None, *,
+                  say: Callable[[str], None] = print, device: str | None = None) -> dict[str, Any]:
+    """Run every (store × pooling × head) fit and the few-shot grid; write results; return a summary."""
+    cfg = config if isinstance(config, BenchmarkConfig) else load_benchmark_config(config)
+    out = Path(output or cfg.output)
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    rows: list[dict[str, Any]] = []
+    details: list[dict[str, Any]] = []
+    n_jobs = len(cfg.stores) * (len(cfg.poolings) * len(cfg.heads)
+                                + len(cfg.fewshot_poolings) * len(cfg.fewshot_heads) * len(cfg.fewshot_shots) * len(cfg.fewshot_seeds))
+    say(f"benchmark {cfg.name}: {len(cfg.stores)} store(s), {n_jobs} fits -> {out}")
+    for entry in cfg.stores:
+        base = {"benchmark": cfg.name, "dataset": entry.dataset, "store": str(Path(entry.path).resolve()), "seed": cfg.seed}
+        try:
+            store = open_store(entry.path)
+            prov = store.provenance
+        except VidprobeError as exc:
+            say(f"  {entry.dataset}: {exc}")
+            rows.append({**base, "encoder": entry.encoder or "?", "status": f"error: {exc}"})
+            continue
+        base.update(encoder=entry.encoder or _encoder_name(prov["encoder"]), encoder_spec=prov["encoder"],
+                    weights_id=prov["weights_id"], sampling=prov["sampling"])
+        features: dict[str, np.ndarray] = {}
+        zs_encoder: list[Any] = []  # built once per store, on first use
+
+        def fit(head: HeadConfig, pool: str, shots: int | None = None, shot_seed: int = 0) -> dict[str, Any]:
+            if device and head.kind in ("logreg", "zeroshot"):
+                head = dataclasses.replace(head, device=device)
+            row = {**base, "pool": pool, "order_aware": is_order_aware(pool), "head": head.kind, "head_settings": head.to_dict(),
+                   "shots": shots, "shot_seed": shot_seed if shots else None}
+            t0 = time.perf_counter()
+            try:
+                if pool not in features:
+                    features[pool] = pooled_features(store, pool)
+                if head.kind == "zeroshot" and not zs_encoder:
+                    from .heads import zeroshot_encoder
+
+                    zs_encoder.append(zeroshot_encoder(prov.get("encoder"), weights_id=prov.get("weights_id"), device=head.device))
+                _, rec = fit_on_store(store, head, pool, seed=cfg.seed, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
+                                      shots=shots, shot_seed=shot_seed, splits_from=entry.splits_from, X_all=features[pool],
+                                      encoder=zs_encoder[0] if head.kind == "zeroshot" else None)
+            except VidprobeError as exc:
+                row.update(status=f"skipped: {exc}" if head.kind == "zeroshot" else f"error: {exc}", fit_seconds=round(time.perf_counter() - t0, 3))
+                return row
+            m = rec.get("test") or {}
+            row.update(top1=m.get("top1", math.nan), top5=m.get("top5", math.nan), mean_class_acc=m.get("mean_class_acc", math.nan),
+                       val_top1=rec["val_top1"], hparams=rec["hparams"], n_train=rec["n_train"], n_val=rec["n_val"], n_test=rec["n_test"],
+                       split_source=rec["split_source"], fit_seconds=round(time.perf_counter() - t0, 3),
+                       status="ok" if m else "no test split")
+            details.append({k: row[k] for k in ("dataset", "encoder", "pool", "head", "shots", "shot_seed")}
+                           | {"classes": rec["classes"], "report": m.get("report"), "confusion": m.get("confusion")})
+            return row
+
+        for pool in cfg.poolings:
+            for head in cfg.heads:
+                row = fit(head, pool)
+                rows.append(row)
+                say(f"  {entry.dataset:12s} {row['encoder'][:24]:24s} {pool:8s} {head.kind:8s} "
+                    + (f"top1={row['top1']:.3f} top5={row['top5']:.3f} mean-class={row['mean_class_acc']:.3f} ({row['fit_seconds']:.1f} s)"
+                       if row.get("status") == "ok" else _short(row.get("status", ""))))
+        for pool in cfg.fewshot_poolings:
+            for head in cfg.fewshot_heads:
+                for k in cfg.fewshot_shots:
+                    accs = []
+                    for s in cfg.fewshot_seeds:
+                        row = fit(head, pool, shots=k, shot_seed=s)
+                        rows.append(row)
+                        if row.get("status") == "ok":
+                            accs.append(row["top1"])
+                    if accs:
+                        mean, std = _mean_std(accs)
+                        say(f"  {entry.dataset:12s} {base['encoder'][:24]:24s} {pool:8s} {head.kind:8s} {k:3d}-shot top1={mean:.3f} ± {std:.3f} (n={len(accs)})")
+    summary = write_results(cfg, out, rows, details)
+    summary["seconds"] = time.perf_counter() - t_start
+    (out / "benchmark.json").write_text(json.dumps({"config": cfg.raw, "name": cfg.name, "seconds": summary["seconds"],
+                                                    "versions": _versions(), "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+                                                   indent=2, default=str), encoding="utf-8")
+    say(summary["markdown"])
+    say(f"results: {out}/results.csv, results.md, details.jsonl, plots ({summary['seconds']:.0f} s)")
+    return summary
+
+
+def _short(text: str, width: int = 90) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {}
+    for name in ("vidprobe", "torch", "scikit-learn", "skops", "numpy", "open_clip_torch"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def _fmt(mean: float, std: float | None = None) -> str:
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "—"
+    return f"{100 * mean:.1f}" if std is None else f"{100 * mean:.1f} ± {100 * std:.1f}"
+
+
+def write_results(cfg: BenchmarkConfig, out: Path, rows: list[dict[str, Any]], details: list[dict[str, Any]]) -> dict[str, Any]:
+    """results.csv, details.jsonl, results.md (full-data table + few-shot table) and the plots."""
+    write_csv(rows, out / "results.csv", CSV_COLUMNS)
+    with open(out / "details.jsonl", "w", encoding="utf-8") as fh:
+        for d in details:
+            fh.write(json.dumps(d, default=str) + "\n")
+    full = [r for r in rows if r.get("shots") is None and "pool" in r]
+    few = [r for r in rows if r.get("shots") is not None and r.get("status") == "ok"]
+    heads = list(dict.fromkeys(r["head"] for r in full))
+    # Full-data table: one row per dataset × encoder × pooling, one column per head (test top-1 %).
+    table_rows = []
+    for key in dict.fromkeys((r["dataset"], r["encoder"], r["pool"]) for r in full):
+        cells = {r["head"]: r for r in full if (r["dataset"], r["encoder"], r["pool"]) == key}
+        tr = {"dataset": key[0], "encoder": key[1], "pool": key[2], "order-aware": "yes" if is_order_aware(key[2]) else ""}
+        for h in heads:
+            r = cells.get(h)
+            tr[h] = _fmt(r["top1"]) if r and r.get("status") == "ok" else "—"
+        ok = [c for c in cells.values() if c.get("status") == "ok"]
+        tr["top-5 (best head)"] = _fmt(max(ok, key=lambda c: c["top1"])["top5"]) if ok else "—"
+        table_rows.append(tr)
+    md = [f"## {cfg.name}: test top-1 (%) by pooling and head", "",
+          markdown_table(table_rows, ["dataset", "encoder", "pool", "order-aware", *heads, "top-5 (best head)"]), ""]
+    # Few-shot table: mean ± std over seeds.
+    groups: dict[tuple, dict[int, list[float]]] = {}
+    for r in few:
+        groups.setdefault((r["dataset"], r["encoder"], r["head"], r["pool"]), {}).setdefault(int(r["shots"]), []).append(r["top1"])
+    shots = sorted({int(r["shots"]) for r in few})
+    fs_rows, curves_by_ds = [], {}
+    for (ds, enc, head, pool), by_k in groups.items():
+        fr = {"dataset": ds, "encoder": enc, "head": head, "pool": pool}
+        curve = {"label": f"{head}/{pool}", "shots": [], "mean": [], "std": []}
+        for k in shots:
+            if k in by_k:
+                m, s = _mean_std(by_k[k])
+                fr[f"{k}-shot"] = _fmt(m, s)
+                curve["shots"].append(k)
+                curve["mean"].append(m)
+                curve["std"].append(s)
+            else:
+                fr[f"{k}-shot"] = "—"
+        fs_rows.append(fr)
+        curves_by_ds.setdefault((ds, enc), []).append(curve)
+    if fs_rows:
+        n_seeds = len(cfg.fewshot_seeds)
+        md += [f"## {cfg.name}: few-shot test top-1 (%), mean ± std over {n_seeds} seeds", "",
+               markdown_table(fs_rows, ["dataset", "encoder", "head", "pool", *[f"{k}-shot" for k in shots]]), ""]
+    markdown = "\n".join(md)
+    (out / "results.md").write_text(markdown + "\n", encoding="utf-8")
+    plots = []
+    for ds, enc in dict.fromkeys((r["dataset"], r["encoder"]) for r in full):
+        sel = [r for r in full if r["dataset"] == ds and r["encoder"] == enc and r.get("status") == "ok"]
+        if not sel:
+            continue
+        slug = re.sub(r"[^\w.-]+", "_", f"{ds}-{enc}")
+        plots.append(plot_accuracy_bars(sel, out / f"accuracy-{slug}.png", group="pool", series="head",
+                                        title=f"{ds} · {enc}: test top-1 by pooling and head"))
+        best = max(sel, key=lambda r: r["top1"])
+        det = next((d for d in details if d["dataset"] == ds and d["encoder"] == enc and d["pool"] == best["pool"]
+                    and d["head"] == best["head"] and d["shots"] is None), None)
+        if det and det["confusion"]:
+            plots.append(plot_confusion(det["confusion"], det["classes"], out / f"confusion-{slug}.png",
+                                        title=f"{ds} · {enc}: {best['head']}/{best['pool']} (best)"))
+        if (ds, enc) in curves_by_ds:
+            zs = [r for r in sel if r["head"] == "zeroshot"]
+            baselines = [{"label": f"zero-shot/{max(zs, key=lambda r: r['top1'])['pool']}", "value": max(r["top1"] for r in zs)}] if zs else []
+            plots.append(plot_fewshot(curves_by_ds[(ds, enc)], out / f"fewshot-{slug}.png", title=f"{ds} · {enc}: few-shot", baselines=baselines))
+    errors = [r for r in rows if str(r.get("status", "")).startswith("error")]
+    return {"rows": len(rows), "errors": len(errors), "markdown": markdown, "plots": [str(p) for p in plots], "output": str(out)}

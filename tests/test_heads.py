@@ -1,0 +1,183 @@
+"""Heads: every kind reproduces its recorded metrics in a fresh process; head files load without running code."""
+from __future__ import annotations
+
+import json
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.cli import main
+from pipeline.errors import ConfigError, HeadError
+from pipeline.heads import FitResult, HeadConfig, fit_head, label_to_text, linear_classifier, load_head, save_head
+from pipeline.store import ShardWriter, create_or_open
+from pipeline.train import train_head
+
+REPO = Path(__file__).resolve().parents[1]
+PROV = {"encoder": "test-enc", "weights_id": "w1", "dim": 8, "preprocess": {}, "sampling": {"strategy": "uniform", "num_frames": 4}}
+
+
+@pytest.fixture(scope="module")
+def store_path(tmp_path_factory) -> Path:
+    """4 overlapping classes (accuracy well above chance, below 100%) of 4-frame clips; manifest splits."""
+    path = tmp_path_factory.mktemp("heads") / "s"
+    rng = np.random.default_rng(0)
+    store = create_or_open(path, PROV)
+    means = rng.normal(size=(4, 8))
+    with ShardWriter(store) as w:
+        for c in range(4):
+            for j in range(30):
+                split = "train" if j < 18 else "val" if j < 24 else "test"
+                frames = 0.5 * means[c] + 1.5 * rng.normal(size=(4, 8))
+                w.add(f"c{c}/v{j}.mp4", None, None, f"class{c}", split, frames.astype(np.float32), np.arange(4) * 0.5)
+    return path
+
+
+def _fresh_process_metrics(store: Path, heads: list[Path], trust: bool = False) -> list[dict]:
+    """Evaluate each head in one new Python process (nothing shared with the training process)."""
+    code = ("import json, sys\nfrom pipeline.train import evaluate_head\n"
+            "print(json.dumps([evaluate_head(sys.argv[1], h, trust=%r) for h in sys.argv[2:]]))" % trust)
+    proc = subprocess.run([sys.executable, "-c", code, str(store), *map(str, heads)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_heads_reproduce_recorded_metrics_in_a_fresh_process(store_path: Path, tmp_path: Path) -> None:
+    kinds = {"logreg": {"C"}, "mlp": {"alpha"}, "knn": {"k"}}
+    heads = [tmp_path / f"{kind}.skops" for kind in kinds] + [tmp_path / "fewshot.skops"]
+    for kind, head in zip(kinds, heads):
+        out = train_head(store_path, head, head=kind, pool="mean")
+        assert 0.35 < out["test"]["top1"] <= 1.0 and out["n_test"] == 24  # 4 classes: chance is 0.25
+        assert set(out["hparams"]) == kinds[kind]
+    few = train_head(store_path, heads[-1], head="logreg", pool="seg2", shots=2, shot_seed=1)
+    assert few["n_train"] == 8 and few["shots"] == 2
+    for head, fresh in zip(heads, _fresh_process_metrics(store_path, heads)):
+        recorded = json.loads(head.with_suffix(".json").read_text())
+        assert recorded["format"] == "skops"
+        for key in ("top1", "top5", "mean_class_acc", "per_class", "report", "confusion", "n"):
+            assert fresh[key] == recorded["metrics"]["test"][key], (head.name, key)
+
+
+def test_logreg_follows_the_clip_protocol(store_path: Path, tmp_path: Path) -> None:
+    out = train_head(store_path, tmp_path / "h.skops", head="logreg", pool="mean")
+    side = json.loads((tmp_path / "h.json").read_text())
+    tried = [float(k.split("=")[1]) for k, _ in side["val_scores"]]
+    assert tried[:3] == [1e-6, 1e-5, 1e-4]  # coarse grid climbed from CLIP's smallest C
+    assert out["C"] == pytest.approx(min(tried, key=lambda c: abs(c - out["C"])), rel=1e-3) and out["val_top1"] == max(v for _, v in side["val_scores"])
+    assert side["fit_info"]["solver"] == "torch" and side["fit_info"]["fits"] == len(tried) + 1  # + refit on train+val
+    # Every candidate solved to scikit-learn's tolerance, both solvers walk the same path to the same C.
+    tight = train_head(store_path, tmp_path / "t.skops", head=HeadConfig(sweep_tol=1e-4), pool="mean")
+    sk = train_head(store_path, tmp_path / "sk.skops", head=HeadConfig(solver="sklearn", sweep_tol=1e-4), pool="mean")
+    assert sk["C"] == pytest.approx(tight["C"]) and sk["val_top1"] == tight["val_top1"]
+    assert abs(sk["test"]["top1"] - tight["test"]["top1"]) <= 1 / 24 + 1e-9  # at most one clip apart
+
+
+def test_knn_is_cosine(store_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    X, y = rng.normal(size=(40, 8)), [f"c{i % 3}" for i in range(40)]
+    a = fit_head(HeadConfig(kind="knn", ks=(3,)), X, y)
+    b = fit_head(HeadConfig(kind="knn", ks=(3,)), X * rng.uniform(0.5, 5, size=(40, 1)), y)  # per-row scale
+    Xq = rng.normal(size=(10, 8))
+    np.testing.assert_allclose(a.estimator.predict_proba(Xq), b.estimator.predict_proba(Xq * 7.0))
+
+
+def test_linear_classifier_is_the_softmax_for_two_and_many_classes() -> None:
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(5, 4))
+    for K in (2, 4):
+        W, b = rng.normal(size=(K, 4)), rng.normal(size=K)
+        z = X @ W.T + b
+        expected = np.exp(z - z.max(1, keepdims=True))
+        expected /= expected.sum(1, keepdims=True)
+        np.testing.assert_allclose(linear_classifier(W, b, [f"k{i}" for i in range(K)]).predict_proba(X), expected, atol=1e-12)
+
+
+def test_joblib_needs_trust_and_skops_refuses_untrusted_types(store_path: Path, tmp_path: Path, capsys) -> None:
+    head = tmp_path / "h.joblib"
+    train_head(store_path, head, head="logreg")
+    with pytest.raises(HeadError, match="--trust"):
+        load_head(head)
+    assert main(["evaluate", str(store_path), str(head), "--json"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "--trust" in err and len(err.splitlines()) == 1
+    assert main(["evaluate", str(store_path), str(head), "--json", "--trust"]) == 0
+    # A skops file holding a type outside the trusted list (a KD-tree) is refused, naming the type.
+    from sklearn.neighbors import KNeighborsClassifier
+
+    est = KNeighborsClassifier(3, algorithm="kd_tree").fit(np.random.default_rng(0).normal(size=(20, 3)), ["a", "b"] * 10)
+    odd = tmp_path / "odd.skops"
+    save_head(odd, FitResult(est, ["a", "b"], {}), {})
+    with pytest.raises(HeadError, match="KDTree"):
+        load_head(odd)
+    assert load_head(odd, trust=True).predict_proba(np.zeros((1, 3))).shape == (1, 2)
+
+
+def test_pickle_payload_never_runs_without_trust(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (Path.write_text, (marker, "ran"))
+
+    head = tmp_path / "evil.joblib"
+    head.write_bytes(pickle.dumps({"estimator": Payload(), "classes": ["a"]}))
+    head.with_suffix(".json").write_text(json.dumps({"encoder": "x"}))
+    with pytest.raises(HeadError, match="--trust"):
+        load_head(head)
+    assert not marker.exists()
+    # the same bytes renamed .skops are not a skops file: refused as damaged, nothing runs
+    fake = tmp_path / "evil.skops"
+    fake.write_bytes(head.read_bytes())
+    fake.with_suffix(".json").write_text("{}")
+    with pytest.raises(HeadError, match="cannot load head"):
+        load_head(fake)
+    assert not marker.exists()
+
+
+def test_replaced_head_file_is_detected(store_path: Path, tmp_path: Path) -> None:
+    a, b = tmp_path / "a.skops", tmp_path / "b.skops"
+    train_head(store_path, a, head="logreg")
+    train_head(store_path, b, head="knn")
+    a.write_bytes(b.read_bytes())
+    with pytest.raises(HeadError, match="sha256"):
+        load_head(a)
+
+
+@pytest.mark.parametrize("settings, needle", [
+    ({"kind": "svm"}, "head='svm'"),
+    ({"kind": "knn", "Cs": [1.0]}, "'Cs' does not apply"),
+    ({"kind": "logreg", "Cs": [0, 1]}, "Cs="),
+    ({"kind": "logreg", "solver": "adam"}, "solver='adam'"),
+    ({"kind": "zeroshot", "templates": ["no placeholder"]}, "{label}"),
+    ({"kind": "logreg", "colour": 1}, "unknown head setting 'colour'"),
+])
+def test_head_settings_are_validated_naming_the_key(settings: dict, needle: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        HeadConfig.from_dict(settings)
+    assert needle in str(info.value)
+
+
+def test_head_file_name_is_checked_before_training(store_path: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"\.skops"):
+        train_head(store_path, tmp_path / "h.pkl")
+
+
+def test_label_to_text() -> None:
+    assert label_to_text("ApplyEyeMakeup") == "apply eye makeup"
+    assert label_to_text("brush_hair") == "brush hair"
+    assert label_to_text("air drumming") == "air drumming"
+    assert label_to_text("YoYo") == "yo yo"
+    assert label_to_text("PlayingDaf") == "playing daf"
+
+
+def test_cli_train_knn_few_shot(store_path: Path, tmp_path: Path, capsys) -> None:
+    head = tmp_path / "k.skops"
+    assert main(["train", str(store_path), "-o", str(head), "--head", "knn", "--shots", "3", "--shot-seed", "2", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["head"] == "knn" and out["n_train"] == 12 and out["hparams"]["k"] <= 12
+    assert main(["evaluate", str(store_path), str(head)]) == 0
+    text = capsys.readouterr().out
+    assert "prec" in text and "class3" in text
