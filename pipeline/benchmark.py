@@ -175,6 +175,10 @@ def run_benchmark(config: BenchmarkConfig | str | Path, output: str | Path | Non
                   say: Callable[[str], None] = print, device: str | None = None) -> dict[str, Any]:
     """Run every (store × pooling × head) fit and the few-shot grid; write results; return a summary."""
     cfg = config if isinstance(config, BenchmarkConfig) else load_benchmark_config(config)
+    if device:
+        from .encoders.base import resolve_device
+
+        resolve_device(device)  # a device that is not there fails here, not once per fit
     out = Path(output or cfg.output)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()

@@ -51,7 +51,7 @@ def run_demo(output: str | Path = "demo-out", *, per_class: int | None = None, s
             for head in DEMO_HEADS:
                 res = train_head(store.path, out / "heads" / f"{task}-{head}-{pool}.skops", head=head, pool=pool, seed=seed, store=store)
                 m = res["test"]
-                row = {"task": task, "pool": pool, "order_aware": pool in ORDER_AWARE, "head": head, "C": res["C"], "top1": m["top1"], "mean_class_acc": m["mean_class_acc"], "n_test": m["n"]}
+                row = {"task": task, "pool": pool, "order_aware": pool in ORDER_AWARE, "head": head, "C": "" if res["C"] is None else f"{res['C']:.3g}", "top1": m["top1"], "mean_class_acc": m["mean_class_acc"], "n_test": m["n"]}
                 rows.append(row)
                 key = f"{task}/{head}/{pool}"
                 best[key] = {**res, "row": row}

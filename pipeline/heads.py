@@ -113,15 +113,34 @@ class HeadConfig:
         if not isinstance(d, dict):
             raise ConfigError(f"head: expected a name or a mapping of settings, got {d!r}")
         names = {f.name: f for f in dataclasses.fields(cls)}
+        defaults = cls()
         kw: dict[str, Any] = {}
         for k, v in d.items():
             if k not in names:
                 raise ConfigError(f"unknown head setting {k!r}; known: {', '.join(names)}")
-            default = getattr(cls(), k)
+            default = getattr(defaults, k)
             if isinstance(default, tuple):
-                v = tuple(v) if isinstance(v, (list, tuple)) else (v,)
-            kw[k] = v
+                kw[k] = tuple(_coerce(x, type(default[0]), k) for x in (v if isinstance(v, (list, tuple)) else [v]))
+            else:
+                kw[k] = _coerce(v, type(default), k)
         return cls(**kw).validate()
+
+
+def _coerce(value: Any, typ: type, key: str) -> Any:
+    """YAML reads ``1e-3`` as a string: numbers given as text are accepted, anything else names the key."""
+    if typ is str:
+        return str(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ConfigError(f"head setting {key}={value!r}: expected {'an integer' if typ is int else 'a number'}")
+    try:
+        number = float(value)
+    except ValueError:
+        raise ConfigError(f"head setting {key}={value!r}: expected {'an integer' if typ is int else 'a number'}") from None
+    if typ is int:
+        if number != int(number):
+            raise ConfigError(f"head setting {key}={value!r}: expected an integer")
+        return int(number)
+    return number
 
 
 @dataclass

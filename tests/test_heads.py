@@ -181,3 +181,13 @@ def test_cli_train_knn_few_shot(store_path: Path, tmp_path: Path, capsys) -> Non
     assert main(["evaluate", str(store_path), str(head)]) == 0
     text = capsys.readouterr().out
     assert "prec" in text and "class3" in text
+
+
+def test_head_settings_from_yaml_numbers() -> None:
+    import yaml
+
+    cfg = HeadConfig.from_dict(yaml.safe_load("{kind: logreg, Cs: [1e-3, 1e-2, 0.1], tol: 1e-5, sweep_tol: 1e-4, patience: 0}"))
+    assert cfg.Cs == (1e-3, 1e-2, 0.1) and cfg.tol == 1e-5 and cfg.patience == 0  # YAML reads 1e-3 as text
+    assert HeadConfig.from_dict(cfg.to_dict()) == cfg  # settings round-trip
+    with pytest.raises(ConfigError, match="ks=1.5"):
+        HeadConfig.from_dict({"kind": "knn", "ks": [1.5]})
