@@ -46,8 +46,10 @@ class SamplingConfig:
             raise ConfigError(f"sampling.every_n={self.every_n}: must be >= 1")
         if self.num_clips < 1:
             raise ConfigError(f"sampling.num_clips={self.num_clips}: must be >= 1")
-        if self.clip_length < 0 or self.stride < 0:
-            raise ConfigError(f"sampling.clip_length={self.clip_length}, sampling.stride={self.stride}: must be >= 0 seconds")
+        for name in ("clip_length", "stride"):
+            value = getattr(self, name)
+            if value != 0 and not value >= 0.01:
+                raise ConfigError(f"sampling.{name}={value}: must be 0 (the default) or >= 0.01 seconds")
         if self.strategy == "sliding" and self.clip_length <= 0:
             raise ConfigError("sampling.clip_length must be > 0 seconds for strategy=sliding (e.g. sampling.clip_length=2)")
         if self.seek_mode not in SEEK_MODES:

@@ -17,6 +17,7 @@ from .config import SamplingConfig
 from .errors import ConfigError
 
 KEY_DECIMALS = 6  # window bounds in the store are rounded to microseconds (stable resume keys)
+MIN_WINDOW = 0.01  # seconds: shortest clip_length / stride accepted (a window is at least a frame or so)
 
 
 def clip_window(duration: float | None, start: float | None, end: float | None) -> tuple[float, float]:
@@ -45,6 +46,8 @@ def multiclip_windows(start: float, end: float, num_clips: int, clip_length: flo
     """
     if num_clips < 1:
         raise ConfigError(f"num_clips={num_clips}: must be >= 1")
+    if 0 < clip_length < MIN_WINDOW:
+        raise ConfigError(f"clip_length={clip_length}: must be 0 (duration / K) or >= {MIN_WINDOW} s")
     span = end - start
     length = span / num_clips if clip_length <= 0 else min(float(clip_length), span)
     room = span - length
@@ -66,8 +69,8 @@ def sliding_windows(start: float, end: float, clip_length: float, stride: float 
     A tail shorter than a window is not embedded; a video shorter than one window gives one window
     covering all of it.
     """
-    if clip_length <= 0:
-        raise ConfigError(f"clip_length={clip_length}: must be > 0 seconds")
+    if clip_length < MIN_WINDOW or 0 < stride < MIN_WINDOW:
+        raise ConfigError(f"clip_length={clip_length}, stride={stride}: must be >= {MIN_WINDOW} s (stride 0 = clip_length)")
     step = float(stride) if stride > 0 else float(clip_length)
     count = int(np.floor((end - start - clip_length) / step + 1e-9)) + 1
     if count < 1:
