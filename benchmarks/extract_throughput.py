@@ -5,7 +5,7 @@ with sensor-like noise, encoded with x264 ``superfast`` so B-frames and CABAC ar
 on this machine, side by side:
 
 1. per workload (dense = ``fps`` sampling, sparse = 8 uniform frames per clip):
-   decode-only frames/s (the engine's decoder processes, one per core, frames discarded),
+   decode-only frames/s (the engine's decoder processes, one per core at normal priority, frames discarded),
    encode-only frames/s (the encoder on already decoded frames, every core),
    end-to-end frames/s (``pipeline.extract`` with default settings into a fresh store),
    and end-to-end / ceiling, where the ceiling is 1/(1/decode + 1/encode) when both stages share the
@@ -123,14 +123,14 @@ def short_clips(root: Path, n: int, distinct: int = 10) -> Manifest:
 # -- workloads ---------------------------------------------------------------------------------------
 
 def workload(videos: dict[str, Path], kind: str, full: bool) -> tuple[Manifest, SamplingConfig]:
-    """dense: every video whole at a fixed fps. sparse: 10 s windows (4 staggered sets), 8 frames each."""
+    """dense: every video whole at a fixed fps. sparse: 10 s windows (staggered sets), 8 frames each."""
     root = Path(next(iter(videos.values()))).parent.resolve()
     items = []
     if kind == "dense":
         for p in videos.values():
             items.append(VideoItem(p.name, str(root)))
-        return Manifest(root, items), SamplingConfig(strategy="fps", fps=4.0 if not full else 8.0)
-    offsets = (0.0, 2.5, 5.0, 7.5) if not full else (0.0, 1.25, 2.5, 3.75, 5.0, 6.25, 7.5, 8.75)
+        return Manifest(root, items), SamplingConfig(strategy="fps", fps=2.0 if not full else 8.0)
+    offsets = (0.0, 5.0) if not full else (0.0, 1.25, 2.5, 3.75, 5.0, 6.25, 7.5, 8.75)
     for p in videos.values():
         with VideoReader(p) as r:
             duration = r.info.duration
@@ -146,7 +146,9 @@ def decode_only(manifest: Manifest, sampling: SamplingConfig, preprocess, worker
     tasks = [ClipTask(i, str(it.abspath), it.start, it.end) for i, it in enumerate(manifest.items)]
     kept, frames = [], 0
     t0 = time.perf_counter()
-    with DecodePool(sampling, preprocess, num_workers=workers, threads=1, timeout=600, chunk=32, max_messages=16) as pool:
+    # The stage alone at normal priority: in the engine decoders are niced below the encoder, which
+    # only matters when something else wants the CPU (here: other users' processes, not ours).
+    with DecodePool(sampling, preprocess, num_workers=workers, threads=1, timeout=600, chunk=32, max_messages=16, nice=0) as pool:
         for msg in pool.messages(tasks):
             if msg[0] == "frames":
                 frames += len(msg[2])
@@ -207,8 +209,8 @@ def sparse_vs_full(path: Path, preprocess, repeats: int = 2) -> dict[str, float]
 
 # -- peak RSS in separate processes -------------------------------------------------------------------
 
-def _tree_rss(root_pid: int) -> int:
-    """Summed RSS (bytes) of ``root_pid`` and all its descendants, from /proc (no psutil)."""
+def _tree_rss(root_pid: int) -> dict[int, int]:
+    """RSS (bytes) of ``root_pid`` and each of its descendants, from /proc (no psutil)."""
     children: dict[int, list[int]] = {}
     rss: dict[int, int] = {}
     for entry in os.listdir("/proc"):
@@ -222,26 +224,28 @@ def _tree_rss(root_pid: int) -> int:
             continue
         children.setdefault(ppid, []).append(int(entry))
         rss[int(entry)] = pages * os.sysconf("SC_PAGE_SIZE")
-    total, stack = 0, [root_pid]
+    out, stack = {}, [root_pid]
     while stack:
         pid = stack.pop()
-        total += rss.get(pid, 0)
+        out[pid] = rss.get(pid, 0)
         stack.extend(children.get(pid, []))
-    return total
+    return out
 
 
 def rss_run(workdir: Path, n: int, device: str) -> dict[str, float]:
     out = workdir / f"rss_{n}.json"
     cmd = [sys.executable, __file__, "--_rss-child", str(n), "--workdir", str(workdir), "--device", device]
     proc = subprocess.Popen(cmd, cwd=REPO)
-    peak_tree = 0
+    peak_tree = peak_other = 0
     while proc.poll() is None:
-        peak_tree = max(peak_tree, _tree_rss(proc.pid))
+        sizes = _tree_rss(proc.pid)
+        peak_tree = max(peak_tree, sum(sizes.values()))
+        peak_other = max([peak_other] + [v for pid, v in sizes.items() if pid != proc.pid])
         time.sleep(0.05)
     if proc.returncode:
         raise RuntimeError(f"RSS child for {n} clips failed with exit code {proc.returncode}")
     child = json.loads(out.read_text())
-    return {"clips": n, "main_peak_mb": child["main_peak_mb"], "workers_peak_mb": child["workers_peak_mb"],
+    return {"clips": n, "main_peak_mb": child["main_peak_mb"], "other_process_peak_mb": peak_other / 2**20,
             "tree_peak_mb": peak_tree / 2**20, "seconds": child["seconds"]}
 
 
@@ -249,12 +253,11 @@ def rss_child(n: int, workdir: Path, device: str) -> None:
     manifest = short_clips(workdir, n)
     store = workdir / f"rss_store_{n}"
     shutil.rmtree(store, ignore_errors=True)
-    cfg = load_config(None, ["sampling.num_frames=2", f"extract.device={device}"])
+    cfg = load_config(None, ["sampling.num_frames=1", f"extract.device={device}"])
     summary = extract(manifest, store, cfg, progress=False)
     assert summary.done == n, summary.failures[:3]
-    me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB on Linux
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    (workdir / f"rss_{n}.json").write_text(json.dumps({"main_peak_mb": me, "workers_peak_mb": kids, "seconds": summary.seconds}))
+    me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB on Linux (exact peak)
+    (workdir / f"rss_{n}.json").write_text(json.dumps({"main_peak_mb": me, "seconds": summary.seconds}))
 
 
 # -- main ----------------------------------------------------------------------------------------------
@@ -270,6 +273,7 @@ def main(argv=None) -> int:
     ap.add_argument("--full", action="store_true", help="the issue's full sizes (more and longer videos; much slower)")
     ap.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "vidprobe-bench"),
                     help="where test videos are made (and reused by later runs) and scratch stores go")
+    ap.add_argument("--rounds", type=int, default=2, help="interleaved measurement rounds per workload (default 2)")
     ap.add_argument("--skip-rss", action="store_true", help="skip the 100 vs 1000 clips peak-RSS runs")
     ap.add_argument("--_rss-child", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -304,19 +308,25 @@ def main(argv=None) -> int:
                      "defaults": rt.__dict__}
     shared = args.device == "cpu"
 
-    print("\n1. throughput (frames/s of sampled frames)")
+    print(f"\n1. throughput (frames/s of sampled frames; mean of {args.rounds} interleaved rounds of decode-only, encode-only, end-to-end)")
     widths = (8, 7, 8, 8, 8, 8, 8)
     print(_fmt_row(("workload", "frames", "decode", "encode", "ceiling", "e2e", "e2e/ceil"), widths))
     for kind in ("dense", "sparse"):
         manifest, sampling = workload(videos, kind, args.full)
-        dec, n, frames = decode_only(manifest, sampling, encoder.preprocess_cfg, workers=cpus, keep=True)
-        enc = encode_only(encoder, frames, rt.batch_size, rt.torch_threads)
+        rounds = []  # stages interleaved, so slow drifts of machine load hit all three alike
+        frames = None
+        for r in range(args.rounds):
+            dec, n, kept = decode_only(manifest, sampling, encoder.preprocess_cfg, workers=cpus, keep=frames is None)
+            frames = frames if frames is not None else kept
+            enc = encode_only(encoder, frames, rt.batch_size, rt.torch_threads)
+            e2e, _, _ = end_to_end(manifest, sampling, encoder, cfg, workdir / f"e2e_{kind}")
+            rounds.append({"decode_fps": dec, "encode_fps": enc, "e2e_fps": e2e, "load_avg": os.getloadavg()[0]})
         del frames
+        dec, enc, e2e = (float(np.mean([x[k] for x in rounds])) for k in ("decode_fps", "encode_fps", "e2e_fps"))
         ceiling = 1 / (1 / dec + 1 / enc) if shared else min(dec, enc)
-        e2e, e2e_frames, summary = end_to_end(manifest, sampling, encoder, cfg, workdir / f"e2e_{kind}")
         row = {"clips": len(manifest.items), "frames": n, "decode_fps": dec, "encode_fps": enc, "ceiling_fps": ceiling,
                "e2e_fps": e2e, "e2e_over_ceiling": e2e / ceiling, "ceiling_rule": "1/(1/decode+1/encode)" if shared else "min(decode, encode)",
-               "sampling": sampling.__dict__}
+               "rounds": rounds, "sampling": sampling.__dict__}
         results[kind] = row
         print(_fmt_row((kind, n, f"{dec:.1f}", f"{enc:.1f}", f"{ceiling:.1f}", f"{e2e:.1f}", f"{e2e / ceiling:.2f}"), widths))
 
@@ -331,11 +341,11 @@ def main(argv=None) -> int:
     results["sparse_vs_full"] = svf
 
     if not args.skip_rss:
-        print("\n3. peak RSS, extraction of N short clips (2 s 320x240, 2 frames each), each in its own process")
+        print("\n3. peak RSS, extraction of N short clips (2 s 320x240, 1 frame each), each in its own process")
         rss = {n: rss_run(workdir, n, args.device) for n in (100, 1000)}
         for n, r in rss.items():
-            print(f"  {n:5d} clips: main process {r['main_peak_mb']:.0f} MiB, largest decoder process {r['workers_peak_mb']:.0f} MiB, "
-                  f"whole tree {r['tree_peak_mb']:.0f} MiB ({r['seconds']:.1f} s)")
+            print(f"  {n:5d} clips: main process {r['main_peak_mb']:.0f} MiB, largest other process (decoder, forkserver) "
+                  f"{r['other_process_peak_mb']:.0f} MiB, whole tree {r['tree_peak_mb']:.0f} MiB ({r['seconds']:.1f} s)")
         growth_main = rss[1000]["main_peak_mb"] / rss[100]["main_peak_mb"] - 1
         growth_tree = rss[1000]["tree_peak_mb"] / rss[100]["tree_peak_mb"] - 1
         print(f"  1000 vs 100 clips: main process {growth_main * 100:+.1f}%, whole tree {growth_tree * 100:+.1f}%")

@@ -72,8 +72,8 @@ class ExtractConfig:
     the README for the measured reasoning).
     """
 
-    batch_size: int | str = AUTO  # frames per encoder call, packed across clips (auto: 32 on CPU, 128 on CUDA)
-    num_workers: int | str = AUTO  # decoder processes; 0 = decode in a thread of the main process
+    batch_size: int | str = AUTO  # frames per encoder call, packed across clips (auto: 16 on CPU, 128 on CUDA)
+    num_workers: int | str = AUTO  # decoder processes (auto: one per core); 0 = decode in a main-process thread
     device: str = "auto"  # auto | cpu | cuda | cuda:K
     precision: str = "auto"  # auto (fp16 on CUDA, fp32 on CPU) | fp32 | fp16 | bf16
     shard_size: int = 512  # clips per shard file; a killed job loses at most one unfinished shard

@@ -35,6 +35,11 @@ from .errors import DecodeError
 from .manifest import Manifest, VideoItem
 from .store import FeatureStore, ShardWriter, create_or_open
 
+# torch's OpenMP threads must not spin while waiting: the cores they would burn belong to the decoder
+# processes (measured: under contention spinning made effnet-lite0 several times slower). Read by
+# libgomp when torch is first imported, which the engine does lazily after this; users may override it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 
 def sampling_identity(cfg: SamplingConfig) -> dict[str, Any]:
     """Exactly the sampling settings that change which frames are embedded (store provenance).
@@ -82,18 +87,22 @@ def cpu_count() -> int:
 
 
 def resolve_runtime(ext: ExtractConfig, device_type: str, cpus: int | None = None) -> Runtime:
-    """Defaults for the machine (measured with ``benchmarks/extract_throughput.py``).
+    """Defaults for the machine (measured with ``benchmarks/extract_throughput.py``; see the README).
 
-    CUDA: decoding is the bottleneck, so one decoder process per core but one (the main process
-    needs it), one FFmpeg thread each, batches of 128. CPU: the encoder is the bottleneck and shares
-    the cores with decoding, whose share is small (effnet-lite0 needs ~5x the CPU time per frame of
-    720p decoding), so one decoder process (per 8 cores) with one FFmpeg thread keeps it fed while torch
-    gets every core: threads that would only wait on the encoder are not worth their context switches.
+    CPU (the encoder is the bottleneck and shares the cores with decoding): torch gets every core,
+    one decoder process per core (up to 16) with one FFmpeg thread each, and batches of 16. Decoder
+    processes run at a lower priority (``decode_pool.DECODER_NICE``), so they only take the cycles
+    the encoder leaves and keeping more of them costs nothing while they wait on a full queue; where
+    decoding is the heavier stage (sparse samples of long-GOP 720p) they get the whole machine. OpenMP
+    threads wait passively (``OMP_WAIT_POLICY``, set at import), else they spin on the decoders' cores.
+    Batches of 16 ran faster than 32 or 64 for effnet-lite0 on a 2-core CPU (cache-resident activations).
+    CUDA (the decoders are the bottleneck): a decoder per core but one (the main process feeds the
+    GPU), batches of 128.
     """
     cpus = cpus or cpu_count()
     cuda = device_type == "cuda"
-    batch = ext.batch_size if ext.batch_size != AUTO else (128 if cuda else 32)
-    workers = ext.num_workers if ext.num_workers != AUTO else (max(1, cpus - 1) if cuda else max(1, cpus // 8))
+    batch = ext.batch_size if ext.batch_size != AUTO else (128 if cuda else 16)
+    workers = ext.num_workers if ext.num_workers != AUTO else (max(1, cpus - 1) if cuda else min(cpus, 16))
     threads = ext.decode_threads if ext.decode_threads != AUTO else 1
     torch_threads = ext.torch_threads if ext.torch_threads != AUTO else (0 if cuda else cpus)
     prefetch = ext.prefetch_frames or 4 * batch

@@ -166,7 +166,7 @@ def test_runtime_defaults_for_the_machine():
     cfg = load_config(None, []).extract
     cpu = resolve_runtime(cfg, "cpu", cpus=2)
     gpu = resolve_runtime(cfg, "cuda", cpus=16)
-    assert cpu.num_workers >= 1 and cpu.batch_size == 32 and cpu.decode_threads == 1
+    assert cpu.num_workers == 2 and cpu.batch_size == 16 and cpu.decode_threads == 1 and cpu.torch_threads == 2
     assert gpu.num_workers == 15 and gpu.batch_size == 128
     set_ = resolve_runtime(load_config(None, ["extract.num_workers=3", "extract.batch_size=5"]).extract, "cpu", cpus=2)
     assert (set_.num_workers, set_.batch_size) == (3, 5)
