@@ -140,12 +140,12 @@ class VideoReader:
         duration = None
         if s.duration:
             duration = float(s.duration * self.tb)
-        elif c.duration:
-            duration = float(c.duration) / 1e6 - max(0.0, offset)  # AV_TIME_BASE; container time includes the offset
+        elif c.duration and abs(offset) < 1e-3:  # a container-level duration is ambiguous about a start offset
+            duration = float(c.duration) / 1e6
         fps = float(s.average_rate) if s.average_rate else (float(s.guessed_rate) if s.guessed_rate else None)
         ctx = s.codec_context
         info = VideoInfo(duration, fps, int(ctx.width or 0), int(ctx.height or 0), offset, ctx.name or "")
-        if info.duration is None or info.duration <= 0:
+        if info.duration is None or info.duration <= 0:  # missing or ambiguous: scan the packets (exact)
             frames, _ = self._packet_table()
             if frames.size:
                 step = float(np.median(np.diff(frames))) if frames.size > 1 else (1.0 / fps if fps else 0.0)

@@ -284,8 +284,10 @@ class DecodePool:
                         break
                     try:
                         w.conn.send(task)
-                    except (OSError, ValueError):  # died before we noticed: its turn comes below
+                    except (OSError, ValueError):  # died before we noticed (e.g. killed while idle)
                         self._requeue.appendleft(task)
+                        w.proc.join(1)
+                        self._retire(w, f"decoder process died ({_death(w.proc)}); the file may be corrupt", ctx)
                         break
                     if not w.assigned:
                         w.since = time.monotonic()

@@ -182,7 +182,7 @@ def plan_tasks(manifest: Manifest, store: FeatureStore, sampling: SamplingConfig
 class _TaskState:
     """Main-process state of one task: its frames' embeddings as they are encoded, then its clips."""
 
-    __slots__ = ("tid", "item", "received", "encoded", "emb", "stamps", "clips", "skipped", "error")
+    __slots__ = ("tid", "item", "received", "encoded", "emb", "stamps", "clips", "skipped", "error", "stage")
 
     def __init__(self, tid: int, item: VideoItem):
         self.tid, self.item = tid, item
@@ -192,7 +192,8 @@ class _TaskState:
         self.stamps: list[np.ndarray] = []
         self.clips: list | None = None  # set by the worker's "done"
         self.skipped = 0
-        self.error = ""
+        self.error = ""  # why it failed, naming the file
+        self.stage = ""  # where it failed: decode | encode
 
     @property
     def finished(self) -> bool:
@@ -256,8 +257,8 @@ class _Batcher:
         self.batches += 1
         pos = 0
         for state, take in owners:
-            if emb is None:
-                state.error = state.error or f"{state.item.abspath}: {error}"
+            if emb is None and not state.error:
+                state.error, state.stage = f"{state.item.abspath}: {error}", "encode"
             else:
                 state.emb.append(emb[pos : pos + take])
                 state.encoded += take
@@ -354,7 +355,7 @@ def extract(
                     elapsed = max(time.perf_counter() - started, 1e-9)
                     bar.set_postfix(frames_s=f"{summary.frames / elapsed:.1f}", failed=summary.failed, refresh=False)
 
-                for msg in pool.messages(task for _, task in todo):
+                for msg in pool.messages(task for _, task in todo) if todo else ():
                     kind, tid = msg[0], msg[1]
                     state = states.get(tid)
                     if state is None:
@@ -369,7 +370,7 @@ def extract(
                         state.clips, state.skipped = msg[2], msg[3]
                         finish([state])
                     else:
-                        state.error = msg[2]
+                        state.error, state.stage = msg[2], "decode"
                         finish([state])
                 while batcher.queued:
                     finish(batcher.encode())
@@ -391,10 +392,9 @@ def _store_task(state: _TaskState, sink: _StoreSink, summary: ExtractSummary) ->
     if not state.error and state.clips:
         emb = np.concatenate(state.emb) if state.emb else np.zeros((0, 0), np.float32)
         if not np.all(np.isfinite(emb)):
-            state.error = f"{item.abspath}: the encoder returned NaN or Inf embeddings; not stored"
+            state.error, state.stage = f"{item.abspath}: the encoder returned NaN or Inf embeddings; not stored", "encode"
     if state.error:
-        stage = "encode" if "encod" in state.error and "decod" not in state.error else "decode"
-        sink.put("add_failure", item.path, item.start, item.end, stage, state.error)
+        sink.put("add_failure", item.path, item.start, item.end, state.stage, state.error)
         summary.failed += 1
         summary.failures.append((item.path, state.error))
         return
