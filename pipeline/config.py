@@ -14,17 +14,24 @@ from typing import Any
 
 from .errors import ConfigError
 
-SAMPLING_STRATEGIES = ("uniform", "fps")
+SAMPLING_STRATEGIES = ("uniform", "fps", "every_n", "keyframes", "multiclip", "sliding")
+WINDOWED_STRATEGIES = ("multiclip", "sliding")  # several clips (windows) per manifest item
+SEEK_MODES = ("exact", "keyframe")
 
 
 @dataclass
 class SamplingConfig:
-    """Which frames of a clip are embedded (see ``pipeline.sampling``)."""
+    """Which frames of a clip are embedded (see ``pipeline.sampling``); all of it is store provenance."""
 
-    strategy: str = "uniform"  # uniform: T frames, one per equal segment (TSN); fps: a fixed rate
-    num_frames: int = 8  # T for ``uniform``
-    fps: float = 1.0  # rate for ``fps``
-    max_frames: int = 0  # cap for ``fps`` (0 = no cap)
+    strategy: str = "uniform"  # one of SAMPLING_STRATEGIES (see configs/default.yaml)
+    num_frames: int = 8  # T for uniform, and frames per window for multiclip / sliding
+    fps: float = 1.0  # rate for fps
+    max_frames: int = 0  # cap for fps / every_n / keyframes, spread evenly over the clip (0 = no cap)
+    every_n: int = 1  # N for every_n: every N-th frame in presentation order
+    num_clips: int = 1  # K for multiclip
+    clip_length: float = 0.0  # window seconds: multiclip (0 = duration / K) and sliding (required)
+    stride: float = 0.0  # sliding: seconds between window starts (0 = clip_length, no overlap)
+    seek_mode: str = "exact"  # exact | keyframe (snap to the nearest keyframe, decode keyframes only)
 
     def validate(self) -> None:
         if self.strategy not in SAMPLING_STRATEGIES:
@@ -35,30 +42,66 @@ class SamplingConfig:
             raise ConfigError(f"sampling.fps={self.fps}: must be > 0")
         if self.max_frames < 0:
             raise ConfigError(f"sampling.max_frames={self.max_frames}: must be >= 0 (0 = no cap)")
+        if self.every_n < 1:
+            raise ConfigError(f"sampling.every_n={self.every_n}: must be >= 1")
+        if self.num_clips < 1:
+            raise ConfigError(f"sampling.num_clips={self.num_clips}: must be >= 1")
+        for name in ("clip_length", "stride"):
+            value = getattr(self, name)
+            if value != 0 and not value >= 0.01:
+                raise ConfigError(f"sampling.{name}={value}: must be 0 (the default) or >= 0.01 seconds")
+        if self.strategy == "sliding" and self.clip_length <= 0:
+            raise ConfigError("sampling.clip_length must be > 0 seconds for strategy=sliding (e.g. sampling.clip_length=2)")
+        if self.seek_mode not in SEEK_MODES:
+            raise ConfigError(f"sampling.seek_mode={self.seek_mode!r}: allowed values are {', '.join(SEEK_MODES)}")
+
+    @property
+    def windowed(self) -> bool:
+        """True when one manifest item expands into several clip windows."""
+        return self.strategy in WINDOWED_STRATEGIES
+
+
+AUTO = "auto"
 
 
 @dataclass
 class ExtractConfig:
-    """How the extraction engine runs; none of this changes the embeddings, so it is not provenance."""
+    """How the extraction engine runs; none of this changes the embeddings, so it is not provenance.
 
-    batch_size: int = 32  # frames per encoder call, packed across clips
-    num_workers: int = 2  # decoder processes (0 = decode in the main process)
+    ``auto`` values are resolved for the machine by ``pipeline.extract.resolve_runtime`` (see there and
+    the README for the measured reasoning).
+    """
+
+    batch_size: int | str = AUTO  # frames per encoder call, packed across clips (auto: 16 on CPU, 128 on CUDA)
+    num_workers: int | str = AUTO  # decoder processes (auto: one per core); 0 = decode in a main-process thread
     device: str = "auto"  # auto | cpu | cuda | cuda:K
     precision: str = "auto"  # auto (fp16 on CUDA, fp32 on CPU) | fp32 | fp16 | bf16
     shard_size: int = 512  # clips per shard file; a killed job loses at most one unfinished shard
-    decode_threads: int = 0  # FFmpeg threads per decoder (0 = let FFmpeg choose)
+    decode_threads: int | str = AUTO  # FFmpeg threads per decoder process (0 = FFmpeg decides)
+    torch_threads: int | str = AUTO  # intra-op threads of the encoder on CPU (0 = torch decides)
+    decode_timeout: float = 120.0  # seconds one clip may take to decode before its worker is replaced
+    prefetch_frames: int = 0  # decoded frames buffered ahead of the encoder (0 = 4 batches)
 
     def validate(self) -> None:
-        if self.batch_size < 1:
-            raise ConfigError(f"extract.batch_size={self.batch_size}: must be >= 1")
-        if self.num_workers < 0:
-            raise ConfigError(f"extract.num_workers={self.num_workers}: must be >= 0")
+        _auto_or_int(self.batch_size, "extract.batch_size", minimum=1)
+        _auto_or_int(self.num_workers, "extract.num_workers", minimum=0)
+        _auto_or_int(self.decode_threads, "extract.decode_threads", minimum=0)
+        _auto_or_int(self.torch_threads, "extract.torch_threads", minimum=0)
         if self.shard_size < 1:
             raise ConfigError(f"extract.shard_size={self.shard_size}: must be >= 1")
         if self.precision not in ("auto", "fp32", "fp16", "bf16"):
             raise ConfigError(f"extract.precision={self.precision!r}: allowed values are auto, fp32, fp16, bf16")
-        if self.decode_threads < 0:
-            raise ConfigError(f"extract.decode_threads={self.decode_threads}: must be >= 0")
+        if not self.decode_timeout > 0:
+            raise ConfigError(f"extract.decode_timeout={self.decode_timeout}: must be > 0 seconds")
+        if self.prefetch_frames < 0:
+            raise ConfigError(f"extract.prefetch_frames={self.prefetch_frames}: must be >= 0 (0 = 4 batches)")
+
+
+def _auto_or_int(value: Any, key: str, minimum: int) -> None:
+    if value == AUTO:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{key}={value!r}: must be auto or an integer >= {minimum}")
 
 
 STORE_DTYPES = ("float32", "float16")
@@ -126,6 +169,10 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
         if typ is int and isinstance(value, float) and value != int(value):
             raise ConfigError(f"{key}={value!r}: expected an integer")
         return number
+    if set(typing.get_args(typ)) == {int, str}:  # "auto" or a count
+        if isinstance(value, str) and value.strip().lower() == AUTO:
+            return AUTO
+        return _coerce(value, int, key)
     if typ is str:
         if isinstance(value, (dict, list)):
             raise ConfigError(f"{key}: expected a single value, got {type(value).__name__}")

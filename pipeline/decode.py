@@ -1,15 +1,31 @@
-"""PyAV decoding of exactly the frames sampling asks for, resized in the decoder.
+"""PyAV decoding of exactly the frames sampling asks for, and no more.
 
-Frames come back as uint8 ``(T, H, W, 3)`` with the presentation time (seconds from the video's first
-frame) of each returned frame, so the store records what was really embedded. Resizing happens in
-FFmpeg's swscale while converting to RGB, which is far cheaper than resizing full-size RGB arrays.
-Every failure becomes a ``DecodeError`` whose message names the file and the cause.
+Cost model (why the decoder looks like this):
+
+* A frame can only be decoded from the keyframe before it, so the cost of a request is the number of
+  frames between the keyframes we start from and the frames we need. ``VideoReader`` keeps a keyframe
+  table (the container's index where it has one: MP4/MOV/AVI at open, Matroska/WebM cues after one
+  seek; otherwise learned while decoding) and, for each wanted time, **seeks** only when a keyframe lies
+  between the current position and that time; otherwise it **decodes through**. It stops right after
+  the last wanted frame.
+* ``keyframes_only`` decodes keyframes alone (``skip_frame=NONKEY``): the approximate
+  ``seek_mode: keyframe`` snaps wanted times to keyframes, ~50x cheaper on long GOPs.
+* Frames are resized inside FFmpeg's swscale while converting to RGB (one cached context per reader),
+  far cheaper than resizing full-size RGB arrays; display rotation (the display-matrix side data
+  phones write) is applied so frames are upright.
+* ``thread_type``: frame threading has a pipeline delay that every seek pays again, so requests that
+  seek often with short decode runs use slice threading; long decode-throughs use AUTO (frame+slice).
+
+Frames come back with the presentation time (seconds from the stream's first frame, start offset
+removed) of each returned frame, so the store records what was really embedded. A frame is "on screen"
+at time t when it is the last frame whose presentation time is <= t. Every failure becomes a
+``DecodeError`` whose message names the file and the cause.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -18,16 +34,19 @@ from .errors import DecodeError
 FrameSize = Callable[[int, int], "tuple[int, int]"]  # (height, width) -> (height, width) to resize to
 FrameCrop = Callable[[np.ndarray], np.ndarray]  # uint8 (N,H,W,3) -> (N,h,w,3)
 
-_INTERPOLATION = {"bicubic": "BICUBIC", "bilinear": "BILINEAR", "area": "AREA", "lanczos": "LANCZOS"}
+_INTERPOLATION = {"bicubic": "BICUBIC", "bilinear": "BILINEAR", "area": "AREA", "lanczos": "LANCZOS", "nearest": "POINT"}
+_TOL = 1e-6  # seconds; timestamps closer than this are the same instant
+_NO_GOP_GUESS = 3.0  # seconds between wanted times beyond which a blind seek is tried (no keyframe table)
+_SEEK_BACKOFF_TRIES = 4
 
 
 @dataclass(frozen=True)
 class VideoInfo:
-    """What the container says about its first video stream (duration may be estimated)."""
+    """What the container says about its first video stream (duration may be estimated or scanned)."""
 
     duration: float | None
     fps: float | None
-    width: int
+    width: int  # coded size (frames are returned upright: a display rotation is applied per frame)
     height: int
     start_offset: float  # presentation time of the stream's start, subtracted from every frame time
     codec: str
@@ -37,6 +56,29 @@ class VideoInfo:
 class DecodedClip:
     frames: np.ndarray  # uint8 (T, H, W, 3)
     timestamps: np.ndarray  # float64 (T,), seconds from the video's start, of the frames actually returned
+
+
+@dataclass
+class FrameChunk:
+    """Consecutive distinct decoded frames, in presentation order."""
+
+    frames: np.ndarray  # uint8 (m, H, W, 3)
+    timestamps: np.ndarray  # float64 (m,)
+
+
+@dataclass
+class DecodeStats:
+    """What a request cost: frames decoded, frames returned, seeks (for benchmarks and tests)."""
+
+    decoded: int = 0
+    returned: int = 0
+    seeks: int = 0
+    thread_type: str = ""
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:200]
 
 
 def _open(path: Path):
@@ -56,41 +98,348 @@ def _open(path: Path):
     return container
 
 
-def _reason(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:200]
+def _quarter_turns(rotation: float) -> int:
+    return int(round(float(rotation or 0) / 90.0)) % 4
 
 
-def _info(container, stream) -> VideoInfo:
-    tb = float(stream.time_base) if stream.time_base else 1e-6
-    offset = float(stream.start_time * tb) if stream.start_time is not None else 0.0
-    duration = None
-    if stream.duration:
-        duration = float(stream.duration * tb)
-    elif container.duration:
-        duration = float(container.duration) / 1e6  # AV_TIME_BASE
-    fps = float(stream.average_rate) if stream.average_rate else (float(stream.guessed_rate) if stream.guessed_rate else None)
-    ctx = stream.codec_context
-    return VideoInfo(duration, fps, int(ctx.width or 0), int(ctx.height or 0), offset, ctx.name or "")
+def _index_len(stream) -> int:
+    try:
+        return len(stream.index_entries)
+    except (SystemError, AttributeError):  # PyAV raises SystemError on an empty index
+        return 0
+
+
+class VideoReader:
+    """One open video: metadata, keyframe/frame tables on demand, and frames at wanted times.
+
+    Use as a context manager. ``threads`` is FFmpeg's thread count for this decoder (0 = FFmpeg
+    decides). Not thread-safe; one reader per worker.
+    """
+
+    def __init__(self, path: str | Path, threads: int = 0):
+        self.path = Path(path)
+        self.container = _open(self.path)
+        self.stream = self.container.streams.video[0]
+        self.threads = int(threads)
+        self.tb = float(self.stream.time_base) if self.stream.time_base else 1e-6
+        self._offset_raw = self.stream.start_time if self.stream.start_time is not None else 0
+        self._scan: tuple[np.ndarray, np.ndarray] | None = None  # (frame times, keyframe times) from demux
+        self._rewind = False  # the demuxer is not at the start any more (after a scan)
+        self._reformatter = None
+        self.stats = DecodeStats()
+        try:
+            self.info = self._read_info()
+        except Exception:
+            self.close()
+            raise
+
+    # -- metadata --------------------------------------------------------------------------------
+    def _read_info(self) -> VideoInfo:
+        s, c = self.stream, self.container
+        offset = float(self._offset_raw * self.tb)
+        duration = None
+        if s.duration:
+            duration = float(s.duration * self.tb)
+        elif c.duration and abs(offset) < 1e-3:  # a container-level duration is ambiguous about a start offset
+            duration = float(c.duration) / 1e6
+        fps = float(s.average_rate) if s.average_rate else (float(s.guessed_rate) if s.guessed_rate else None)
+        ctx = s.codec_context
+        info = VideoInfo(duration, fps, int(ctx.width or 0), int(ctx.height or 0), offset, ctx.name or "")
+        if info.duration is None or info.duration <= 0:  # missing or ambiguous: scan the packets (exact)
+            frames, _ = self._packet_table()
+            if frames.size:
+                step = float(np.median(np.diff(frames))) if frames.size > 1 else (1.0 / fps if fps else 0.0)
+                info = VideoInfo(float(frames[-1]) + step, fps, info.width, info.height, offset, info.codec)
+        return info
+
+    def _packet_table(self) -> tuple[np.ndarray, np.ndarray]:
+        """Presentation times of every frame and of every keyframe, from one demux pass (no decoding)."""
+        if self._scan is None:
+            import av
+
+            frames, keys = [], []
+            try:
+                for packet in self.container.demux(self.stream):
+                    if packet.pts is None or packet.size == 0:
+                        continue
+                    t = float((packet.pts - self._offset_raw) * self.tb)
+                    frames.append(t)
+                    if packet.is_keyframe:
+                        keys.append(t)
+            except av.error.FFmpegError as exc:
+                raise DecodeError(f"{self.path}: reading packets failed ({_reason(exc)})") from None
+            self._rewind = True
+            self._scan = (np.unique(np.array(frames, np.float64)), np.unique(np.array(keys, np.float64)))
+        return self._scan
+
+    def frame_times(self) -> np.ndarray:
+        """Presentation time of every frame (exact; variable frame rate included). Costs one demux pass."""
+        return self._packet_table()[0]
+
+    def keyframe_times(self) -> np.ndarray:
+        """Exact presentation times of the keyframes. Costs one demux pass."""
+        return self._packet_table()[1]
+
+    def _seek_table(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(keyframe times, raw seek timestamps) for planning seeks, cheapest source first; None if unknown.
+
+        MP4 index timestamps are decode times (with B-frames a keyframe is shown a few frames after it is
+        decoded) while seeking compares presentation times; the constant shift is estimated from the
+        first entries, and every seek is verified against the first decoded frame anyway.
+        """
+        if self._scan is not None:
+            keys = self._scan[1]
+            return keys, np.round(keys / self.tb).astype(np.int64) + self._offset_raw
+        n = _index_len(self.stream)
+        if n < 2 and self.container.format.name in ("matroska,webm",):
+            try:  # Matroska reads its cues on the first seek
+                self.container.seek(self._offset_raw, backward=True, stream=self.stream)
+                n = _index_len(self.stream)
+            except Exception:
+                n = 0
+        if n < 2:
+            return None
+        entries = self.stream.index_entries
+        raw = np.array([e.timestamp for e in entries if e.is_keyframe and not e.is_discard], dtype=np.int64)
+        if raw.size < 2:
+            return None
+        first = int(min(e.timestamp for e in entries[:16]))
+        shift = max(0, int(self._offset_raw) - first)
+        raw = np.unique(raw) + shift  # seeking compares presentation times (MP4 included)
+        return (raw - self._offset_raw) * self.tb, raw
+
+    # -- decoding --------------------------------------------------------------------------------
+    def _to_rgb(self, frame, size: FrameSize | None, interpolation: str) -> np.ndarray:
+        turns = _quarter_turns(getattr(frame, "rotation", 0))
+        ch, cw = frame.height, frame.width
+        dh, dw = (cw, ch) if turns % 2 else (ch, cw)
+        th, tw = size(dh, dw) if size is not None else (dh, dw)
+        if turns % 2:
+            th, tw = tw, th
+        if self._reformatter is None:
+            from av.video.reformatter import VideoReformatter
+
+            self._reformatter = VideoReformatter()
+        if (th, tw) == (ch, cw):
+            out = self._reformatter.reformat(frame, format="rgb24")
+        else:
+            out = self._reformatter.reformat(frame, width=tw, height=th, format="rgb24",
+                                             interpolation=_INTERPOLATION.get(interpolation, "BICUBIC"))
+        arr = out.to_ndarray()
+        return np.rot90(arr, turns) if turns else arr
+
+    def _frames(self, keyframes_only: bool = False) -> Iterator:
+        """Decoded frames from the current demuxer position (frames without a timestamp are skipped).
+
+        Keyframes-only: other packets are not even sent to the decoder, and each keyframe is drained
+        at once (a reordering decoder would otherwise hold it back until more frames arrive).
+        """
+        ctx = self.stream.codec_context
+        for packet in self.container.demux(self.stream):
+            if keyframes_only:
+                if not packet.is_keyframe or packet.size == 0:
+                    continue
+                out = self.stream.decode(packet) + self.stream.decode(None)
+                ctx.flush_buffers()
+            else:
+                out = self.stream.decode(packet)
+            for frame in out:
+                if frame.pts is not None:
+                    self.stats.decoded += 1
+                    yield frame
+
+    def _seek(self, raw: int) -> bool:
+        import av
+
+        try:
+            self.container.seek(int(raw), backward=True, any_frame=False, stream=self.stream)
+        except (av.error.FFmpegError, OSError, ValueError):
+            return False
+        self.stats.seeks += 1
+        return True
+
+    def _configure(self, wanted: np.ndarray, table, keyframes_only: bool) -> None:
+        ctx = self.stream.codec_context
+        fps = self.info.fps or 30.0
+        if keyframes_only:
+            thread_type = "SLICE"
+        elif table is None or wanted.size == 0:
+            thread_type = "AUTO"
+        else:  # estimate frames decoded per seek if we seek at every keyframe boundary we can
+            keys = table[0]
+            idx = np.searchsorted(keys, wanted + _TOL, side="right") - 1
+            starts = np.where(idx >= 0, keys[np.clip(idx, 0, None)], 0.0)
+            runs = np.unique(idx).size
+            span = float(np.sum(wanted - starts)) * fps / max(1, runs)
+            thread_type = "SLICE" if span < 8 else "AUTO"
+        try:
+            ctx.thread_type = thread_type
+            if self.threads:
+                ctx.thread_count = self.threads
+            if keyframes_only:
+                ctx.skip_frame = "NONKEY"  # belt and braces: _frames only sends keyframes anyway
+        except Exception:  # already opened: keep what it has
+            pass
+        self.stats.thread_type = thread_type
+
+    def iter_frames(
+        self,
+        times: np.ndarray,
+        *,
+        size: FrameSize | None = None,
+        interpolation: str = "bicubic",
+        keyframes_only: bool = False,
+        chunk: int = 32,
+    ) -> Iterator[FrameChunk]:
+        """The distinct frames on screen at ``times`` (any order, duplicates allowed), in time order.
+
+        Chunks hold at most ``chunk`` frames so memory does not grow with a clip's length. Map each
+        requested time to its frame with ``assign_frames``. ``keyframes_only`` decodes keyframes alone
+        (use with times snapped to ``keyframe_times()``).
+        """
+        import av
+
+        wanted = np.unique(np.asarray(times, dtype=np.float64))
+        if wanted.size == 0:
+            raise DecodeError(f"{self.path}: sampling asked for no frames")
+        table = self._seek_table()
+        self._configure(wanted, table, keyframes_only)
+        fps = self.info.fps or 30.0
+        s = self.stream  # frame durations are trusted only where the stream says its rate is constant
+        cfr_step = 1.0 / float(s.average_rate) if s.average_rate and s.base_rate and s.average_rate == s.base_rate else 0.0
+        out_f: list[np.ndarray] = []
+        out_t: list[float] = []
+        last_emitted: list[float] = []
+        gop_seen = 0.0  # largest keyframe interval observed while decoding (used when there is no table)
+        last_key: float | None = None
+
+        def emit(frame, t: float) -> Iterator[FrameChunk]:
+            if last_emitted and abs(t - last_emitted[0]) <= _TOL:
+                return
+            last_emitted[:] = [t]
+            out_f.append(self._to_rgb(frame, size, interpolation))
+            out_t.append(t)
+            self.stats.returned += 1
+            if len(out_f) >= chunk:
+                yield self._chunk(out_f, out_t)
+
+        def seek_target(w: float, cur: float | None) -> int | None:
+            """Raw timestamp to seek to before decoding toward ``w``, or None to decode through."""
+            if table is not None:
+                keys, raws = table
+                j = int(np.searchsorted(keys, w + _TOL, side="right")) - 1
+                if j < 0:
+                    return None
+                base = keys[0] if cur is None else cur
+                if keyframes_only:  # decoding through costs one decode per keyframe in between
+                    worth = np.any((keys > base + _TOL) & (keys < keys[j] - _TOL))
+                else:  # decoding through costs every frame in between
+                    worth = keys[j] > base + 2.0 / fps
+                return int(raws[j]) if worth else None
+            base = 0.0 if cur is None else cur
+            if w - base > (2 * gop_seen if gop_seen else _NO_GOP_GUESS):
+                return int(round(w / self.tb)) + int(self._offset_raw)
+            return None
+
+        prev = None  # (frame, t): the last decoded frame
+        landing: int | None = None  # raw target of the last seek, until its first frame is checked
+        backoff = 0
+        i, n = 0, wanted.size
+        seeked_for = 0
+        try:
+            target = seek_target(float(wanted[0]), None)
+            if target is not None and self._seek(target):
+                landing = target
+            elif self._rewind:
+                self.container.seek(int(self._offset_raw), backward=True, stream=self.stream)
+            self._rewind = True
+            frames = self._frames(keyframes_only)
+            while i < n:
+                frame = next(frames, None)
+                t = None if frame is None else float((frame.pts - self._offset_raw) * self.tb)
+                if landing is not None:  # first frame after a seek: must be at or before wanted[i]
+                    if (t is None or (t > wanted[i] + _TOL and t > _TOL)) and backoff < _SEEK_BACKOFF_TRIES:
+                        backoff += 1  # landed after it (index times are decode times, or an inexact
+                        # demuxer): back off further, and finally decode from the start
+                        late = (t if t is not None else float(wanted[i])) - float(wanted[i])
+                        landing = landing - int(max(1.0, 2.0 * late) * 2**backoff / self.tb)
+                        if backoff == _SEEK_BACKOFF_TRIES or not self._seek(landing):
+                            self.container.seek(int(self._offset_raw), backward=True, stream=self.stream)
+                        frames, prev = self._frames(keyframes_only), None
+                        continue
+                    landing, backoff = None, 0
+                if frame is None:  # end of stream: later times show the last frame
+                    if prev is None:
+                        raise DecodeError(f"{self.path}: no decodable video frames")
+                    yield from emit(*prev)
+                    break
+                if frame.key_frame and table is None:
+                    if last_key is not None and t > last_key:
+                        gop_seen = max(gop_seen, t - last_key)
+                    last_key = t
+                if t > wanted[i] + _TOL:  # past wanted[i]: the previous frame was on screen then
+                    yield from emit(*(prev if prev is not None else (frame, t)))
+                    while i < n and wanted[i] < t - _TOL:
+                        i += 1
+                    if i == n:
+                        break
+                prev = (frame, t)
+                # Known to be on screen at wanted[i] without decoding the next frame: shown exactly then,
+                # or (constant frame rate only) its duration covers it.
+                dur = float(frame.duration * self.tb) if frame.duration and cfr_step else 0.0
+                covers = t + (dur if abs(dur - cfr_step) <= 1e-3 * cfr_step else 0.0)
+                if abs(t - wanted[i]) <= _TOL or covers > wanted[i] + _TOL:
+                    yield from emit(frame, t)
+                    while i < n and wanted[i] < max(covers, t + _TOL) - _TOL:
+                        i += 1
+                    if i == n:
+                        break
+                target = seek_target(float(wanted[i]), t) if i != seeked_for else None
+                if target is not None:
+                    seeked_for = i  # at most one seek per wanted time: a seek never loops
+                    if self._seek(target):
+                        landing, prev = target, None
+                        frames = self._frames(keyframes_only)
+                    else:  # not seekable: decode through from here on
+                        table, gop_seen = None, float("inf")
+        except DecodeError:
+            raise
+        except (av.error.FFmpegError, OSError, ValueError, RuntimeError, MemoryError) as exc:
+            raise DecodeError(f"{self.path}: decoding failed ({_reason(exc)})") from None
+        if out_f:
+            yield self._chunk(out_f, out_t)
+
+    @staticmethod
+    def _chunk(out_f: list[np.ndarray], out_t: list[float]) -> FrameChunk:
+        c = FrameChunk(np.stack(out_f), np.array(out_t, dtype=np.float64))
+        out_f.clear()
+        out_t.clear()
+        return c
+
+    def close(self) -> None:
+        try:
+            self.container.close()
+        except Exception:  # pragma: no cover - closing a broken container must not mask the real error
+            pass
+
+    def __enter__(self) -> "VideoReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def assign_frames(frame_times: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """Index into ``frame_times`` (the distinct frames returned, ascending) of the frame on screen at
+    each of ``times``: the last frame at or before it, or the first frame for times before it."""
+    idx = np.searchsorted(np.asarray(frame_times), np.asarray(times, dtype=np.float64) + _TOL, side="right") - 1
+    return np.clip(idx, 0, max(len(frame_times) - 1, 0))
 
 
 def probe(path: str | Path) -> VideoInfo:
     """Container metadata of the first video stream (no frames decoded)."""
-    p = Path(path)
-    container = _open(p)
-    try:
-        return _info(container, container.streams.video[0])
-    finally:
-        container.close()
-
-
-def _to_rgb(frame, size: FrameSize | None, interpolation: str) -> np.ndarray:
-    if size is None:
-        return frame.to_ndarray(format="rgb24")
-    h, w = size(frame.height, frame.width)
-    if (h, w) == (frame.height, frame.width):
-        return frame.to_ndarray(format="rgb24")
-    return frame.to_ndarray(format="rgb24", width=w, height=h, interpolation=_INTERPOLATION.get(interpolation, "BICUBIC"))
+    with VideoReader(path) as reader:
+        return reader.info
 
 
 def decode_at(
@@ -101,83 +450,20 @@ def decode_at(
     crop: FrameCrop | None = None,
     interpolation: str = "bicubic",
     threads: int = 0,
+    keyframes_only: bool = False,
 ) -> DecodedClip:
-    """Decode the frames on screen at the times ``times(info)`` returns (seconds, ascending).
+    """Decode the frames on screen at the times ``times(info)`` returns (seconds, any order).
 
     ``times`` receives the probed ``VideoInfo`` so clip windows can be filled in from the real duration.
-    Each requested time maps to the last frame whose presentation time is <= it (the first frame if the
-    time precedes every frame); decoding stops right after the last needed frame.
+    Returns one frame per requested time (repeated where several times share a frame).
     """
-    import av
-
-    p = Path(path)
-    container = _open(p)
-    try:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        if threads:
-            stream.thread_count = threads
-        info = _info(container, stream)
-        if info.duration is None:
-            info = _with_scanned_duration(container, stream, info)
-        wanted = np.asarray(times(info), dtype=np.float64)
-        if wanted.size == 0:
-            raise DecodeError(f"{p}: sampling asked for no frames")
-        order = np.argsort(wanted, kind="stable")
-        tb = float(stream.time_base)
-        first = float(wanted[order[0]])
-        if first > 1.0:  # seek to the keyframe before the first wanted time instead of decoding from 0
-            container.seek(int((first + info.start_offset) / tb), stream=stream, backward=True, any_frame=False)
-        out: list[np.ndarray | None] = [None] * len(wanted)
-        out_t = np.zeros(len(wanted), dtype=np.float64)
-        idx = 0
-        prev = prev_t = prev_arr = None
-        for frame in container.decode(stream):
-            if frame.pts is None:
-                continue
-            t = float(frame.pts * tb) - info.start_offset
-            cur_arr = None
-            while idx < len(order) and t > wanted[order[idx]] + 1e-6:
-                if prev is not None:  # the frame on screen at the wanted time
-                    if prev_arr is None:
-                        prev_arr = _to_rgb(prev, size, interpolation)
-                    out[order[idx]], out_t[order[idx]] = prev_arr, prev_t
-                else:  # wanted time precedes the first frame
-                    if cur_arr is None:
-                        cur_arr = _to_rgb(frame, size, interpolation)
-                    out[order[idx]], out_t[order[idx]] = cur_arr, t
-                idx += 1
-            if idx == len(order):
-                break
-            prev, prev_t, prev_arr = frame, t, cur_arr
-        if idx < len(order):  # times at/after the last frame map to the last frame
-            if prev is None:
-                raise DecodeError(f"{p}: no decodable video frames")
-            if prev_arr is None:
-                prev_arr = _to_rgb(prev, size, interpolation)
-            for j in order[idx:]:
-                out[j], out_t[j] = prev_arr, prev_t
-        frames = out
-        stacked = np.stack(frames)
-        if crop is not None:
-            stacked = crop(stacked)
-        return DecodedClip(np.ascontiguousarray(stacked), out_t)
-    except DecodeError:
-        raise
-    except (av.error.FFmpegError, OSError, ValueError, RuntimeError, MemoryError) as exc:
-        raise DecodeError(f"{p}: decoding failed ({_reason(exc)})") from None
-    finally:
-        container.close()
-
-
-def _with_scanned_duration(container, stream, info: VideoInfo) -> VideoInfo:
-    """Headers without a duration: demux packets (no decoding) to find the last presentation time."""
-    tb = float(stream.time_base)
-    last = None
-    for packet in container.demux(stream):
-        if packet.pts is not None:
-            end = float((packet.pts + (packet.duration or 0)) * tb)
-            last = end if last is None else max(last, end)
-    container.seek(0, stream=stream, backward=True, any_frame=False)
-    duration = None if last is None else last - info.start_offset
-    return VideoInfo(duration, info.fps, info.width, info.height, info.start_offset, info.codec)
+    with VideoReader(path, threads=threads) as reader:
+        wanted = np.asarray(times(reader.info), dtype=np.float64)
+        chunks = list(reader.iter_frames(wanted, size=size, interpolation=interpolation, keyframes_only=keyframes_only))
+    frames = np.concatenate([c.frames for c in chunks])
+    stamps = np.concatenate([c.timestamps for c in chunks])
+    idx = assign_frames(stamps, wanted)
+    out = frames[idx]
+    if crop is not None:
+        out = crop(out)
+    return DecodedClip(np.ascontiguousarray(out), stamps[idx])

@@ -4,9 +4,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .config import SamplingConfig
 from .errors import HeadError, VidprobeError
-from .extract import embed_video
+from .extract import embed_clips
 from .heads import load_head
 from .pooling import get_pool
 
@@ -27,11 +29,12 @@ def predict_videos(head_path: str | Path, videos: list[str | Path], *, top_k: in
     results = []
     for video in videos:
         try:
-            clip = embed_video(encoder, video, sampling)
+            clips = embed_clips(encoder, video, sampling)
         except VidprobeError as exc:
             results.append({"path": str(video), "error": str(exc)})
             continue
-        proba = head.predict_proba(pool(clip.frames)[None, :])[0]
+        # several clips per video (multiclip / sliding sampling): average their probabilities
+        proba = head.predict_proba(np.stack([pool(c.frames) for _, _, c in clips])).mean(axis=0)
         order = proba.argsort()[::-1][:top_k]
         results.append({"path": str(video), "top": [{"label": head.classes[i], "prob": float(proba[i])} for i in order]})
     return results

@@ -34,27 +34,64 @@ def pattern_frames(n: int, height: int = 96, width: int = 128, kind: int = 0, se
     return out
 
 
-def write_video(path: Path, frames: np.ndarray, fps: int = 24, gop: int | None = None) -> Path:
-    """Encode ``frames`` (T,H,W,3 uint8) into ``path``; codec chosen by the suffix (see FORMATS)."""
+def write_video(path: Path, frames: np.ndarray, fps: int = 24, gop: int | None = None, *, bframes: int = 0,
+                pts_ms: list[int] | None = None, rotation: int | None = None, container_options: dict | None = None) -> Path:
+    """Encode ``frames`` (T,H,W,3 uint8) into ``path``; codec chosen by the suffix (see FORMATS).
+
+    bframes: H.264 B-frames (x264 veryfast; 0 = ultrafast, none). pts_ms: explicit presentation times in
+    milliseconds (variable frame rate, start offsets). rotation: display-matrix rotation, degrees
+    counter-clockwise. container_options: muxer options (e.g. Matroska ``live`` writes no duration).
+    """
     codec, pix_fmt = FORMATS[path.suffix.lower()]
     path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), mode="w") as container:
+    with av.open(str(path), mode="w", options=container_options or {}) as container:
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = pix_fmt
+        if pts_ms is not None:
+            stream.time_base = stream.codec_context.time_base = Fraction(1, 1000)
         if gop:
             stream.codec_context.gop_size = gop
         if codec == "libx264":
-            stream.options = {"preset": "ultrafast", "crf": "20"}
+            stream.options = ({"preset": "veryfast", "bf": str(bframes), "crf": "20", "sc_threshold": "0"} if bframes
+                              else {"preset": "ultrafast", "crf": "20"})
+            if gop:
+                stream.options = {**stream.options, "keyint_min": str(gop)}
         elif codec == "libvpx-vp9":
             stream.options = {"deadline": "realtime", "cpu-used": "8"}
+        if rotation is not None:
+            stream.set_display_rotation(rotation)
         for i, arr in enumerate(frames):
             frame = av.VideoFrame.from_ndarray(arr, format="rgb24")
+            if pts_ms is not None:
+                frame.pts, frame.time_base = pts_ms[i], Fraction(1, 1000)
             for packet in stream.encode(frame):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
     return path
+
+
+def index_frames(n: int, height: int = 48, width: int = 64) -> np.ndarray:
+    """Frames whose brightness encodes their index (step 7, mod 256) plus a corner mark: identifiable."""
+    out = np.empty((n, height, width, 3), np.uint8)
+    for i in range(n):
+        out[i] = (i * 7) % 256
+        out[i, :8, :8] = 255 - (i * 7) % 256
+    return out
+
+
+def reference_decode(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Every frame of ``path`` decoded front to back (the slow, obviously right way): (times, frames)."""
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        tb, off = float(s.time_base), s.start_time or 0
+        times, frames = [], []
+        for f in c.decode(s):
+            times.append(float((f.pts - off) * tb))
+            frames.append(f.to_ndarray(format="rgb24"))
+    order = np.argsort(times)
+    return np.array(times)[order], np.stack(frames)[order]
 
 
 def write_audio_only(path: Path, seconds: float = 1.0) -> Path:

@@ -35,10 +35,10 @@ def test_extract_mixed_containers_reports_bad_file_and_stores_the_rest(extracted
 
 def test_second_run_does_no_decoding_work(extracted, labeled_folder, capsys, monkeypatch):
     store, _ = extracted
-    import pipeline.extract as ex
+    import pipeline.decode_pool as pool
 
     calls = []
-    monkeypatch.setattr(ex, "load_clip", lambda *a, **k: calls.append(a) or pytest.fail("decoded again"))
+    monkeypatch.setattr(pool, "decode_task", lambda *a, **k: calls.append(a) or pytest.fail("decoded again"))
     code, out = run_cli("extract", labeled_folder, "-o", store, "--json", "extract.num_workers=0", "sampling.num_frames=4", capsys=capsys)
     summary = json.loads(out.out)
     assert summary["done"] == 0 and summary["skipped"] == 9 and calls == []

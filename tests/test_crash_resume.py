@@ -252,7 +252,7 @@ def test_extraction_killed_at_every_stage_then_resumed_equals_uninterrupted_run(
         ("right after rename", [], lambda new, t: any(x.endswith(".h5") for x in new), None),
         ("decode/encode, with a decoder worker", ["extract.num_workers=1"], after_rename(0.05), None),
         ("shard write, with a decoder worker", ["extract.num_workers=1"], mid_write, None),
-        ("decode/encode, second job refused first", [], after_rename(0.3), second_job_is_refused),
+        ("decode/encode, second job refused first", [], after_rename(0.0), second_job_is_refused),  # at once: the engine finishes 8 clips in well under a second
     ]
     seen: dict[str, str] = {}
     log = []

@@ -32,7 +32,7 @@ import numpy as np
 from ..config import Config, SamplingConfig
 from ..encoders import parse_spec
 from ..errors import ConfigError, VidprobeError
-from ..extract import ExtractSummary, build_provenance, load_clip, plan_extraction, recorded_run, writer_prefix
+from ..extract import ExtractSummary, build_provenance, load_clip, plan_extraction, recorded_run, resolve_runtime, writer_prefix
 from ..manifest import Manifest, VideoItem
 from ..sharding import JobShard
 from ..store import ShardWriter, create_or_open
@@ -128,7 +128,7 @@ class _EncodeClips:
         from ..encoders import create_encoder
 
         self.encoder = create_encoder(cfg.encoder, device="cuda" if use_gpu else "cpu", precision=cfg.extract.precision)
-        self.batch_size = cfg.extract.batch_size
+        self.batch_size = resolve_runtime(cfg.extract, "cuda" if use_gpu else "cpu").batch_size
 
     def _encode(self, frames: np.ndarray) -> np.ndarray:
         parts = [self.encoder.encode(frames[i : i + self.batch_size]) for i in range(0, len(frames), self.batch_size)]
@@ -201,7 +201,7 @@ def extract_ray(
         summary = ExtractSummary(store=str(store.path), shard=str(shard) if shard else None, engine="ray")
         prefix = writer_prefix(shard)
         with store.writer_lock(job_shard=shard.as_tuple() if shard else None) as lock:  # same rule as the local engine
-            todo, problems = plan_extraction(manifest, store, summary, shard=shard, retry_failed=retry_failed)
+            todo, problems = plan_extraction(manifest, store, summary, sampling=cfg.sampling, shard=shard, retry_failed=retry_failed)
             with recorded_run(store, prefix, summary), ShardWriter(
                 store, shard_size=cfg.extract.shard_size, prefix=prefix, compression=cfg.store.compression,
                 compression_level=cfg.store.compression_level, tag=lock.tag,
@@ -229,7 +229,7 @@ def _run_pipeline(ray, todo: list[VideoItem], cfg: Config, use_gpu: bool, num_en
 
     pre = Preprocess.from_dict(writer.store.provenance["preprocess"])
     frames_per_clip = cfg.sampling.num_frames if cfg.sampling.strategy == "uniform" else (cfg.sampling.max_frames or 8)
-    clips_per_call = max(1, round(cfg.extract.batch_size / frames_per_clip))
+    clips_per_call = max(1, round(resolve_runtime(cfg.extract, "cuda" if use_gpu else "cpu").batch_size / frames_per_clip))
     encoders = num_encoders or (int(ray.cluster_resources().get("GPU", 0)) if use_gpu else 1)
     rows = [{"index": i, "path": it.path, "root": it.root, "start": math.nan if it.start is None else float(it.start),
              "end": math.nan if it.end is None else float(it.end)} for i, it in enumerate(todo)]
@@ -239,7 +239,7 @@ def _run_pipeline(ray, todo: list[VideoItem], cfg: Config, use_gpu: bool, num_en
         warnings.simplefilter("ignore")  # max_retries has no named parameter yet; Ray warns about **ray_remote_args
         ds = ray.data.from_items(rows, override_num_blocks=blocks)
         # one FFmpeg thread per decode task unless set: Ray already runs one task per core
-        threads = cfg.extract.decode_threads or 1
+        threads = resolve_runtime(cfg.extract, "cpu").decode_threads or 1  # one FFmpeg thread per decode task
         ds = ds.map_batches(partial(_decode_rows, sampling=cfg.sampling, preprocess=pre, threads=threads),
                             batch_size=1, num_cpus=1, max_retries=DECODE_RETRIES)
         ds = ds.map_batches(_actor_class(cfg, use_gpu), batch_size=clips_per_call,

@@ -1,0 +1,324 @@
+"""Decoder worker processes feeding the encoder: bounded, timed, and isolated from bad files.
+
+Why not a torch ``DataLoader``: one clip that hangs inside FFmpeg must cost that clip (recorded as failed,
+"timeout after N s") and not the job, and a worker killed by a segfault on a corrupt file must be
+replaced while the job goes on; a DataLoader can do neither (its timeout and a dead worker end the
+whole iterator). Here each worker owns a pipe; the scheduler thread in the main process hands out
+tasks, reads results, watches every worker, and feeds one bounded queue that the encoder drains.
+
+Protocol (worker -> main), plain tuples so pickling stays cheap:
+
+* ``("frames", task, frames uint8 (m, S, S, 3), timestamps (m,))`` — the next distinct frames of a task,
+  in time order, at most ``chunk`` at a time (memory does not grow with a clip's length);
+* ``("done", task, clips, skipped)`` — ``clips`` lists ``(start, end, frame_index)`` per clip window
+  (``frame_index`` picks, per sampled time, one of the task's frames: overlapping windows and repeated
+  times share one decoded and encoded frame); ``skipped`` counts windows already stored;
+* ``("error", task, message)`` — the task failed; frames already sent for it must be dropped.
+
+``num_workers=0`` decodes in a thread of the main process instead (no timeout or crash isolation;
+for debugging, or where processes are not allowed).
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import queue
+import signal
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from multiprocessing.connection import wait as wait_ready
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+
+from .config import SamplingConfig
+from .decode import VideoReader, assign_frames
+from .errors import DecodeError, VidprobeError
+from .sampling import clip_window, clip_windows, needs_frame_table, needs_keyframe_table, sample_timestamps, snap_to_keyframes
+
+Message = tuple
+# Decoder processes run at lower CPU priority than the encoder. Where the encoder is the bottleneck
+# (CPU) it then never waits for a core, while decoders fill every gap; where decoding is (GPU, or
+# heavy sparse 4K), the encoder idles on an empty queue and the decoders get the whole machine anyway.
+DECODER_NICE = 10
+
+
+@dataclass(frozen=True)
+class ClipTask:
+    """One manifest item to decode: all its clip windows in one pass over the file."""
+
+    task: int  # the scheduler's id, echoed in every message
+    path: str  # absolute path of the video
+    start: float | None = None  # requested window (None = open)
+    end: float | None = None
+    skip: frozenset = field(default_factory=frozenset)  # (start, end) windows already stored
+
+
+def _with_path(path: str, message: str) -> str:
+    return message if path in message else f"{path}: {message}"
+
+
+def decode_task(task: ClipTask, sampling: SamplingConfig, preprocess: Any, threads: int = 0, chunk: int = 32) -> Iterator[Message]:
+    """Decode one task into protocol messages (runs in a worker process, or in-process for 0 workers)."""
+    try:
+        with VideoReader(task.path, threads=threads) as reader:
+            info = reader.info
+            if sampling.windowed:  # windows are the clips' keys; resume skips the stored ones
+                every = clip_windows(sampling, info.duration, task.start, task.end)
+                windows = keys = [w for w in every if w not in task.skip]
+                skipped = len(every) - len(windows)
+            else:  # one clip, keyed by the window the manifest asked for
+                windows = [clip_window(info.duration, task.start, task.end)]
+                keys, skipped = [(task.start, task.end)], 0
+            if not windows:
+                yield ("done", task.task, [], skipped)
+                return
+            frame_times = reader.frame_times() if needs_frame_table(sampling) else None
+            key_times = reader.keyframe_times() if needs_keyframe_table(sampling) else None
+            per_window = []
+            for s, e in windows:
+                t = sample_timestamps(sampling, s, e, frame_times, key_times)
+                if sampling.seek_mode == "keyframe":
+                    t = snap_to_keyframes(t, key_times)
+                per_window.append(t)
+            wanted = np.concatenate(per_window)
+            keyframes_only = sampling.seek_mode == "keyframe" or sampling.strategy == "keyframes"
+            stamps: list[np.ndarray] = []
+            for c in reader.iter_frames(wanted, size=preprocess.frame_size, interpolation=preprocess.interpolation,
+                                        keyframes_only=keyframes_only, chunk=chunk):
+                stamps.append(c.timestamps)
+                yield ("frames", task.task, np.ascontiguousarray(preprocess.center_crop(c.frames)), c.timestamps)
+            all_ts = np.concatenate(stamps)
+            clips = [(k[0], k[1], assign_frames(all_ts, t).astype(np.int32)) for k, t in zip(keys, per_window)]
+            yield ("done", task.task, clips, skipped)
+    except VidprobeError as exc:
+        yield ("error", task.task, _with_path(task.path, str(exc)))
+    except Exception as exc:  # a decoder bug on one odd file must not end the job
+        yield ("error", task.task, f"{task.path}: {type(exc).__name__}: {exc}")
+
+
+def _worker_main(conn, sampling: SamplingConfig, preprocess: Any, threads: int, chunk: int, nice: int = DECODER_NICE) -> None:
+    """Worker process: decode tasks from ``conn`` until told to stop (None) or the pipe closes."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
+    if nice:
+        try:
+            os.nice(nice)
+        except (AttributeError, OSError):  # pragma: no cover - not permitted / not POSIX
+            pass
+    try:
+        conn.send(("ready",))
+        while True:
+            task = conn.recv()
+            if task is None:
+                return
+            for message in decode_task(task, sampling, preprocess, threads, chunk):
+                conn.send(message)
+    except (EOFError, BrokenPipeError, KeyboardInterrupt):
+        return
+
+
+def _context():
+    methods = mp.get_all_start_methods()
+    if "forkserver" in methods:  # never fork a process with live torch/OpenMP/HDF5 threads
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(["pipeline.decode_pool"])  # workers start with av/numpy imported
+        return ctx
+    return mp.get_context("spawn")
+
+
+def _death(proc) -> str:
+    code = proc.exitcode
+    if code is not None and code < 0:
+        try:
+            return f"signal {-code}, {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit code {code}"
+
+
+class _Worker:
+    def __init__(self, ctx, args: tuple):
+        parent, child = ctx.Pipe(duplex=True)
+        self.proc = ctx.Process(target=_worker_main, args=(child, *args), daemon=True, name="vidprobe-decoder")
+        self.proc.start()
+        child.close()
+        self.conn = parent
+        self.assigned: deque[ClipTask] = deque()
+        self.ready = False  # said hello: a death before that is a broken setup, not a bad file
+        self.since = time.monotonic()  # last sign of progress on the task at the head of ``assigned``
+
+    def kill(self) -> None:
+        if self.proc.is_alive():
+            self.proc.kill()
+        self.proc.join(5)
+        self.conn.close()
+
+
+class DecodePool:
+    """Decodes tasks in ``num_workers`` processes (0 = a thread) into one bounded message queue.
+
+    Iterate ``messages(tasks)`` from the consuming (encoder) thread. ``max_messages`` bounds what is
+    decoded ahead of the consumer (each message holds at most ``chunk`` frames). ``timeout`` is how
+    long a worker may go without delivering anything for its current clip before it is killed and
+    replaced and the clip recorded as failed ("timeout after N s").
+    """
+
+    def __init__(self, sampling: SamplingConfig, preprocess: Any, *, num_workers: int, threads: int = 1,
+                 timeout: float = 120.0, chunk: int = 32, max_messages: int = 8, tasks_per_worker: int = 2,
+                 nice: int = DECODER_NICE):
+        self.sampling, self.preprocess = sampling, preprocess
+        self.num_workers, self.threads, self.timeout, self.chunk = num_workers, threads, float(timeout), chunk
+        self.tasks_per_worker, self.nice = tasks_per_worker, nice
+        self.queue: queue.Queue = queue.Queue(maxsize=max(2, max_messages))
+        self.stop = threading.Event()
+        self.workers: list[_Worker] = []
+        self.replaced = 0  # workers killed (timeout) or found dead (crash) and replaced
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    # -- consumer side ----------------------------------------------------------------------------
+    def messages(self, tasks: Iterable[ClipTask]) -> Iterator[Message]:
+        """Messages for ``tasks`` as they are decoded (tasks interleave; each task's frames stay in order)."""
+        target = self._run_workers if self.num_workers > 0 else self._run_inline
+        self._thread = threading.Thread(target=self._guard, args=(target, iter(tasks)), name="vidprobe-decode-scheduler", daemon=True)
+        self._thread.start()
+        while True:
+            msg = self.queue.get()
+            if msg is None:
+                break
+            yield msg
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def close(self) -> None:
+        """Stop the scheduler and every worker (safe to call more than once, and on error paths)."""
+        self.stop.set()
+        while True:  # unblock a scheduler waiting on a full queue
+            try:
+                self.queue.get_nowait()
+            except queue.Empty:
+                break
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(10)
+        for w in self.workers:
+            try:
+                w.conn.send(None)
+            except (OSError, ValueError):
+                pass
+        deadline = time.monotonic() + 5
+        for w in self.workers:
+            w.proc.join(max(0.0, deadline - time.monotonic()))
+            w.kill()
+        self.workers.clear()
+
+    def __enter__(self) -> "DecodePool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- scheduler thread ---------------------------------------------------------------------------
+    def _put(self, msg: Message | None) -> bool:
+        while not self.stop.is_set():
+            try:
+                self.queue.put(msg, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _guard(self, target, tasks: Iterator[ClipTask]) -> None:
+        try:
+            target(tasks)
+        except BaseException as exc:  # surfaced in the consumer thread
+            self._error = exc
+        finally:
+            self._put(None)
+
+    def _run_inline(self, tasks: Iterator[ClipTask]) -> None:
+        for task in tasks:
+            for msg in decode_task(task, self.sampling, self.preprocess, self.threads, self.chunk):
+                if not self._put(msg):
+                    return
+
+    def _spawn(self, ctx) -> _Worker:
+        w = _Worker(ctx, (self.sampling, self.preprocess, self.threads, self.chunk, self.nice))
+        self.workers.append(w)
+        return w
+
+    def _retire(self, w: _Worker, reason: str, ctx) -> None:
+        """``w`` is stuck or dead: fail its current task, hand its queued tasks to others, replace it."""
+        if not w.ready:
+            w.kill()
+            raise DecodeError(
+                f"a decoder worker process could not start ({_death(w.proc)}); see its error above. When calling "
+                "pipeline.extract from a script, put the call under `if __name__ == '__main__':`, or use extract.num_workers=0")
+        failed = w.assigned.popleft() if w.assigned else None
+        rest = list(w.assigned)
+        w.assigned.clear()
+        w.kill()
+        self.workers.remove(w)
+        self.replaced += 1
+        if failed is not None:
+            self._put(("error", failed.task, f"{failed.path}: {reason}"))
+        self._requeue.extendleft(reversed(rest))
+        if not self.stop.is_set():
+            self._spawn(ctx)
+
+    def _run_workers(self, tasks: Iterator[ClipTask]) -> None:
+        ctx = _context()
+        for _ in range(self.num_workers):
+            self._spawn(ctx)
+        self._requeue: deque[ClipTask] = deque()
+        exhausted = False
+        while not self.stop.is_set():
+            # 1. keep every worker supplied (one task running, one queued, so it never idles)
+            for w in list(self.workers):
+                while len(w.assigned) < self.tasks_per_worker:
+                    task = self._requeue.popleft() if self._requeue else (None if exhausted else next(tasks, None))
+                    if task is None:
+                        exhausted = True
+                        break
+                    try:
+                        w.conn.send(task)
+                    except (OSError, ValueError):  # died before we noticed (e.g. killed while idle)
+                        self._requeue.appendleft(task)
+                        w.proc.join(1)
+                        self._retire(w, f"decoder process died ({_death(w.proc)}); the file may be corrupt", ctx)
+                        break
+                    if not w.assigned:
+                        w.since = time.monotonic()
+                    w.assigned.append(task)
+            busy = [w for w in self.workers if w.assigned]
+            if not busy and exhausted and not self._requeue:
+                return
+            # 2. wait for output or a death, but never past the earliest timeout
+            now = time.monotonic()
+            wait_s = min([max(0.0, w.since + self.timeout - now) for w in busy] + [0.5])
+            ready = wait_ready([w.conn for w in busy] + [w.proc.sentinel for w in busy], timeout=wait_s)
+            for w in busy:
+                if w.conn in ready:
+                    try:
+                        msg = w.conn.recv()
+                    except (EOFError, OSError):  # the process died mid-message
+                        w.proc.join(1)
+                        self._retire(w, f"decoder process died ({_death(w.proc)}); the file may be corrupt", ctx)
+                        continue
+                    w.since = time.monotonic()
+                    if msg[0] == "ready":
+                        w.ready = True
+                        continue
+                    if msg[0] in ("done", "error") and w.assigned:
+                        w.assigned.popleft()
+                    if not self._put(msg):
+                        return
+                elif w.proc.sentinel in ready or not w.proc.is_alive():
+                    if w.conn.poll():  # read what it sent before dying first
+                        continue
+                    w.proc.join(1)
+                    self._retire(w, f"decoder process died ({_death(w.proc)}); the file may be corrupt", ctx)
+                elif w.ready and time.monotonic() - w.since > self.timeout and not w.conn.poll():
+                    self._retire(w, f"timeout after {self.timeout:g} s (decoder stuck; worker replaced)", ctx)
