@@ -21,7 +21,6 @@ videos of every kind, longer workloads). The last line printed is one JSON objec
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import resource
@@ -29,7 +28,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -265,7 +263,7 @@ def _fmt_row(cells, widths) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the encoder runs (default cpu)")
     ap.add_argument("--encoder", default="effnet-lite0", help="encoder spec (default effnet-lite0, offline)")
     ap.add_argument("--full", action="store_true", help="the issue's full sizes (more and longer videos; much slower)")
