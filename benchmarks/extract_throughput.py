@@ -5,7 +5,7 @@ with sensor-like noise, encoded with x264 ``superfast`` so B-frames and CABAC ar
 on this machine, side by side:
 
 1. per workload (dense = ``fps`` sampling, sparse = 8 uniform frames per clip):
-   decode-only frames/s (the engine's decoder processes, one per core at normal priority, frames discarded),
+   decode-only frames/s (the engine's decoder processes, one per core, frames discarded),
    encode-only frames/s (the encoder on already decoded frames, every core),
    end-to-end frames/s (``pipeline.extract`` with default settings into a fresh store),
    and end-to-end / ceiling, where the ceiling is 1/(1/decode + 1/encode) when both stages share the
@@ -21,7 +21,6 @@ videos of every kind, longer workloads). The last line printed is one JSON objec
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import resource
@@ -29,7 +28,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -146,9 +144,7 @@ def decode_only(manifest: Manifest, sampling: SamplingConfig, preprocess, worker
     tasks = [ClipTask(i, str(it.abspath), it.start, it.end) for i, it in enumerate(manifest.items)]
     kept, frames = [], 0
     t0 = time.perf_counter()
-    # The stage alone at normal priority: in the engine decoders are niced below the encoder, which
-    # only matters when something else wants the CPU (here: other users' processes, not ours).
-    with DecodePool(sampling, preprocess, num_workers=workers, threads=1, timeout=600, chunk=32, max_messages=16, nice=0) as pool:
+    with DecodePool(sampling, preprocess, num_workers=workers, threads=1, timeout=600, chunk=32, max_messages=16) as pool:
         for msg in pool.messages(tasks):
             if msg[0] == "frames":
                 frames += len(msg[2])
@@ -267,7 +263,7 @@ def _fmt_row(cells, widths) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the encoder runs (default cpu)")
     ap.add_argument("--encoder", default="effnet-lite0", help="encoder spec (default effnet-lite0, offline)")
     ap.add_argument("--full", action="store_true", help="the issue's full sizes (more and longer videos; much slower)")

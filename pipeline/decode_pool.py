@@ -21,7 +21,6 @@ for debugging, or where processes are not allowed).
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
 import queue
 import signal
 import threading
@@ -39,10 +38,6 @@ from .errors import DecodeError, VidprobeError
 from .sampling import clip_window, clip_windows, needs_frame_table, needs_keyframe_table, sample_timestamps, snap_to_keyframes
 
 Message = tuple
-# Decoder processes run at lower CPU priority than the encoder. Where the encoder is the bottleneck
-# (CPU) it then never waits for a core, while decoders fill every gap; where decoding is (GPU, or
-# heavy sparse 4K), the encoder idles on an empty queue and the decoders get the whole machine anyway.
-DECODER_NICE = 10
 
 
 @dataclass(frozen=True)
@@ -99,14 +94,9 @@ def decode_task(task: ClipTask, sampling: SamplingConfig, preprocess: Any, threa
         yield ("error", task.task, f"{task.path}: {type(exc).__name__}: {exc}")
 
 
-def _worker_main(conn, sampling: SamplingConfig, preprocess: Any, threads: int, chunk: int, nice: int = DECODER_NICE) -> None:
+def _worker_main(conn, sampling: SamplingConfig, preprocess: Any, threads: int, chunk: int) -> None:
     """Worker process: decode tasks from ``conn`` until told to stop (None) or the pipe closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
-    if nice:
-        try:
-            os.nice(nice)
-        except (AttributeError, OSError):  # pragma: no cover - not permitted / not POSIX
-            pass
     try:
         conn.send(("ready",))
         while True:
@@ -166,11 +156,10 @@ class DecodePool:
     """
 
     def __init__(self, sampling: SamplingConfig, preprocess: Any, *, num_workers: int, threads: int = 1,
-                 timeout: float = 120.0, chunk: int = 32, max_messages: int = 8, tasks_per_worker: int = 2,
-                 nice: int = DECODER_NICE):
+                 timeout: float = 120.0, chunk: int = 32, max_messages: int = 8, tasks_per_worker: int = 2):
         self.sampling, self.preprocess = sampling, preprocess
         self.num_workers, self.threads, self.timeout, self.chunk = num_workers, threads, float(timeout), chunk
-        self.tasks_per_worker, self.nice = tasks_per_worker, nice
+        self.tasks_per_worker = tasks_per_worker
         self.queue: queue.Queue = queue.Queue(maxsize=max(2, max_messages))
         self.stop = threading.Event()
         self.workers: list[_Worker] = []
@@ -245,7 +234,7 @@ class DecodePool:
                     return
 
     def _spawn(self, ctx) -> _Worker:
-        w = _Worker(ctx, (self.sampling, self.preprocess, self.threads, self.chunk, self.nice))
+        w = _Worker(ctx, (self.sampling, self.preprocess, self.threads, self.chunk))
         self.workers.append(w)
         return w
 

@@ -92,15 +92,14 @@ def cpu_count() -> int:
 def resolve_runtime(ext: ExtractConfig, device_type: str, cpus: int | None = None) -> Runtime:
     """Defaults for the machine (measured with ``benchmarks/extract_throughput.py``; see the README).
 
-    CPU (the encoder is the bottleneck and shares the cores with decoding): torch gets every core,
-    one decoder process per core (up to 16) with one FFmpeg thread each, and batches of 16. Decoder
-    processes run at a lower priority (``decode_pool.DECODER_NICE``), so they only take the cycles
-    the encoder leaves and keeping more of them costs nothing while they wait on a full queue; where
-    decoding is the heavier stage (sparse samples of long-GOP 720p) they get the whole machine. OpenMP
-    threads wait passively (``OMP_WAIT_POLICY``, set at import), else they spin on the decoders' cores.
-    Batches of 16 ran faster than 32 or 64 for effnet-lite0 on a 2-core CPU (cache-resident activations).
-    CUDA (the decoders are the bottleneck): a decoder per core but one (the main process feeds the
-    GPU), batches of 128.
+    CPU (the encoder is usually the bottleneck and shares the cores with decoding): torch gets every
+    core, one decoder process per core (up to 16) with one FFmpeg thread each, batches of 16. Idle
+    decoders cost nothing (they block on the bounded queue), and where decoding is the heavier stage
+    (sparse samples of long-GOP 720p) they can take the whole machine. OpenMP threads wait passively
+    (``OMP_WAIT_POLICY``, set at import): spinning waits burned the decoders' cores and made the
+    encoder 2x slower end to end. Batches of 16 ran faster than 32 or 64 for effnet-lite0 on a 2-core
+    CPU (activations stay in cache). CUDA (the decoders are the bottleneck): a decoder per core but
+    one (the main process feeds the GPU), batches of 128.
     """
     cpus = cpus or cpu_count()
     cuda = device_type == "cuda"

@@ -19,7 +19,7 @@ from pipeline.decode_pool import ClipTask, DecodePool
 from pipeline.encoders import create_encoder
 from pipeline.errors import StoreError
 from pipeline.extract import extract, resolve_runtime
-from pipeline.manifest import Manifest, VideoItem, load_manifest
+from pipeline.manifest import Manifest, load_manifest
 from pipeline.store import open_store
 
 REPO = Path(__file__).resolve().parents[1]
