@@ -51,14 +51,14 @@ def run_demo(output: str | Path = "demo-out", *, per_class: int | None = None, s
             for head in DEMO_HEADS:
                 res = train_head(store.path, out / "heads" / f"{task}-{head}-{pool}.skops", head=head, pool=pool, seed=seed, store=store)
                 m = res["test"]
-                row = {"task": task, "pool": pool, "order_aware": pool in ORDER_AWARE, "head": head, "C": "" if res["C"] is None else f"{res['C']:.3g}", "top1": m["top1"], "mean_class_acc": m["mean_class_acc"], "n_test": m["n"]}
+                row = {"task": task, "pool": pool, "order_aware": pool in ORDER_AWARE, "head": head, "chosen": ", ".join(f"{k}={v:.3g}" for k, v in res["hparams"].items()), "top1": m["top1"], "mean_class_acc": m["mean_class_acc"], "n_test": m["n"]}
                 rows.append(row)
                 key = f"{task}/{head}/{pool}"
                 best[key] = {**res, "row": row}
     say("[4/4] results")
     report_dir = out / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
-    table = markdown_table(rows, ["task", "pool", "order_aware", "head", "C", "top1", "mean_class_acc", "n_test"])
+    table = markdown_table(rows, ["task", "pool", "order_aware", "head", "chosen", "top1", "mean_class_acc", "n_test"])
     say(table)
     (report_dir / "results.md").write_text(table + "\n", encoding="utf-8")
     with open(report_dir / "results.csv", "w", newline="", encoding="utf-8") as fh:
