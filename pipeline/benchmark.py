@@ -34,6 +34,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .config import read_yaml_mapping
 from .errors import ConfigError, VidprobeError
 from .heads import HeadConfig
 from .pooling import get_pool, is_order_aware
@@ -93,17 +94,8 @@ def _unknown(d: dict, allowed: set[str], where: str) -> None:
 
 def load_benchmark_config(path: str | Path) -> BenchmarkConfig:
     """Read and validate a benchmark YAML file; every error names the file and the key."""
-    import yaml
-
     p = Path(path)
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"{p}: cannot read benchmark config ({exc.strerror or exc})") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{p}: a benchmark config must be a mapping (see configs/demo-bench.yaml)")
+    data = read_yaml_mapping(p, "benchmark config (see configs/demo-bench.yaml)")
     _unknown(data, _TOP_KEYS, str(p))
     stores = []
     for i, s in enumerate(_list(data, "stores", str(p))):

@@ -16,13 +16,15 @@ from .config import load_config
 from .demo_data import build_demo_videos
 from .extract import extract
 from .manifest import load_manifest
+from .pooling import is_order_aware
 from .report import markdown_table, plot_accuracy_bars, plot_confusion
 from .store import open_store
 from .train import train_head
 
 DEMO_POOLS = ("center", "mean", "max", "meanmax", "seg2", "tdiff")
 DEMO_HEADS = ("logreg", "mlp")
-ORDER_AWARE = ("seg2", "tdiff")
+ORDER_AWARE = tuple(p for p in DEMO_POOLS if is_order_aware(p))
+ORDER_BLIND = tuple(p for p in DEMO_POOLS if not is_order_aware(p))
 
 
 def run_demo(output: str | Path = "demo-out", *, per_class: int | None = None, seed: int = 0, quiet: bool = False, encoder: str = "effnet-lite0") -> list[dict[str, Any]]:
@@ -51,7 +53,7 @@ def run_demo(output: str | Path = "demo-out", *, per_class: int | None = None, s
             for head in DEMO_HEADS:
                 res = train_head(store.path, out / "heads" / f"{task}-{head}-{pool}.skops", head=head, pool=pool, seed=seed, store=store)
                 m = res["test"]
-                row = {"task": task, "pool": pool, "order_aware": pool in ORDER_AWARE, "head": head, "chosen": ", ".join(f"{k}={v:.3g}" for k, v in res["hparams"].items()), "top1": m["top1"], "mean_class_acc": m["mean_class_acc"], "n_test": m["n"]}
+                row = {"task": task, "pool": pool, "order_aware": is_order_aware(pool), "head": head, "chosen": ", ".join(f"{k}={v:.3g}" for k, v in res["hparams"].items()), "top1": m["top1"], "mean_class_acc": m["mean_class_acc"], "n_test": m["n"]}
                 rows.append(row)
                 key = f"{task}/{head}/{pool}"
                 best[key] = {**res, "row": row}
@@ -83,7 +85,7 @@ def _lesson(rows: list[dict[str, Any]]) -> str:
         return max(r["top1"] for r in rows if r["task"] == task and r["pool"] in pools)
 
     what = top("what", DEMO_POOLS)
-    blind = top("how", ("mean", "max", "meanmax", "center"))
+    blind = top("how", ORDER_BLIND)
     aware = top("how", ORDER_AWARE)
     return (f"what-task best top-1 {what:.2f}. how-task: best order-blind pooling {blind:.2f} vs best order-aware pooling {aware:.2f} "
             f"— mean/max pooling cannot tell a camera motion from its reverse; keeping temporal order can.")

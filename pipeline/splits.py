@@ -37,7 +37,6 @@ class Splits:
 
 def _stratified_groups(labels: list[str], groups: list[str], idx: np.ndarray, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Move ~fraction of each label's groups (videos) out of ``idx``; returns (kept, moved)."""
-    moved: list[int] = []
     by_label: dict[str, list[str]] = {}
     for i in idx:
         by_label.setdefault(labels[i], [])
