@@ -7,7 +7,7 @@ on this machine, side by side:
 1. per workload (dense = ``fps`` sampling, sparse = 8 uniform frames per clip):
    decode-only frames/s (the engine's decoder processes, one per core, frames discarded),
    encode-only frames/s (the encoder on already decoded frames, every core),
-   end-to-end frames/s (``pipeline.extract`` with default settings into a fresh store),
+   end-to-end frames/s (``pipeline.extract.local`` with default settings into a fresh store),
    and end-to-end / ceiling, where the ceiling is 1/(1/decode + 1/encode) when both stages share the
    CPU and min(decode, encode) when the encoder runs on a GPU;
 2. one 60 s 720p GOP-30 clip: 8 sampled frames (exact, and ``seek_mode: keyframe``) vs decoding all its
@@ -37,11 +37,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pipeline.config import Config, SamplingConfig, load_config  # noqa: E402
-from pipeline.decode import VideoReader  # noqa: E402
-from pipeline.decode_pool import ClipTask, DecodePool  # noqa: E402
-from pipeline.extract import cpu_count, extract, resolve_runtime  # noqa: E402
-from pipeline.manifest import Manifest, VideoItem  # noqa: E402
-from pipeline.sampling import snap_to_keyframes, uniform_timestamps  # noqa: E402
+from pipeline.extract.decode import VideoReader  # noqa: E402
+from pipeline.extract.workers import ClipTask, DecodePool  # noqa: E402
+from pipeline.extract.local import cpu_count, extract, resolve_runtime  # noqa: E402
+from pipeline.data.manifest import Manifest, VideoItem  # noqa: E402
+from pipeline.data.sampling import snap_to_keyframes, uniform_timestamps  # noqa: E402
 
 RENDER_VERSION = 1
 

@@ -31,10 +31,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pipeline.config import load_config  # noqa: E402
-from pipeline.demo_data import build_demo_videos  # noqa: E402
+from pipeline.demo.videos import build_demo_videos  # noqa: E402
 from pipeline.encoders import create_encoder  # noqa: E402
-from pipeline.extract import load_clip  # noqa: E402
-from pipeline.manifest import load_manifest  # noqa: E402
+from pipeline.extract.local import load_clip  # noqa: E402
+from pipeline.data.manifest import load_manifest  # noqa: E402
 from pipeline.store import ShardWriter, create_or_open  # noqa: E402
 
 SETTINGS = ["sampling.num_frames=8"]

@@ -29,9 +29,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.pooling import get_pool  # noqa: E402
+from pipeline.probe.pooling import get_pool  # noqa: E402
 from pipeline.store import ShardWriter, create_or_open, open_store  # noqa: E402
-from pipeline.store_tools import compact_store  # noqa: E402
+from pipeline.store.tools import compact_store  # noqa: E402
 
 OPTIONS = [("float32", "none"), ("float32", "lzf"), ("float32", "gzip"), ("float16", "none"), ("float16", "lzf"), ("float16", "gzip")]
 

@@ -25,9 +25,9 @@ def _print_json(doc: Any) -> None:
 
 def cmd_extract(args: argparse.Namespace) -> int:
     from .config import load_config
-    from .extract import extract
-    from .manifest import load_manifest
-    from .sharding import resolve_shard
+    from .extract.local import extract
+    from .data.manifest import load_manifest
+    from .extract.sharding import resolve_shard
 
     overrides = list(args.overrides)
     if args.encoder:
@@ -43,7 +43,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     manifest = load_manifest(args.source, root=args.root, format=args.format, split=args.dataset_split)
     progress = not args.quiet and not args.json
     if args.engine == "ray":
-        from .engines.ray_engine import extract_ray
+        from .extract.ray_engine import extract_ray
 
         summary = extract_ray(manifest, args.output, cfg, address=args.address, num_encoders=args.ray_encoders, shard=shard,
                               progress=progress, retry_failed=args.retry_failed)
@@ -64,8 +64,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .heads import HeadConfig
-    from .train import train_head
+    from .probe.heads import HeadConfig
+    from .probe.train import train_head
 
     settings: dict[str, Any] = {"kind": args.head}
     if args.head == "logreg":
@@ -92,8 +92,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .report import plot_confusion
-    from .train import evaluate_head
+    from .probe.report import plot_confusion
+    from .probe.train import evaluate_head
 
     out = evaluate_head(args.store, args.head, split=args.split, trust=args.trust)
     if args.confusion:
@@ -112,7 +112,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .predict import predict_videos
+    from .probe.predict import predict_videos
 
     results = predict_videos(args.head, args.videos, top_k=args.top_k, device=args.device, trust=args.trust)
     if args.json:
@@ -184,7 +184,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from .store_tools import verify_store
+    from .store.tools import verify_store
 
     report = verify_store(args.store)
     if args.json:
@@ -200,7 +200,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_compact(args: argparse.Namespace) -> int:
-    from .store_tools import compact_store
+    from .store.tools import compact_store
 
     out = compact_store(args.store, compression=args.compression, compression_level=args.level)
     if args.json:
@@ -214,7 +214,7 @@ def cmd_compact(args: argparse.Namespace) -> int:
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
-    from .benchmark import run_benchmark
+    from .probe.benchmark import run_benchmark
 
     summary = run_benchmark(args.config, args.output, say=(lambda _: None) if args.quiet or args.json else print, device=args.device)
     if args.json:
@@ -223,7 +223,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .demo.run import run_demo
 
     run_demo(args.output, per_class=args.per_class, seed=args.seed, quiet=args.quiet)
     return EXIT_OK

@@ -21,7 +21,7 @@ SEEK_MODES = ("exact", "keyframe")
 
 @dataclass
 class SamplingConfig:
-    """Which frames of a clip are embedded (see ``pipeline.sampling``); all of it is store provenance."""
+    """Which frames of a clip are embedded (see ``pipeline.data.sampling``); all of it is store provenance."""
 
     strategy: str = "uniform"  # one of SAMPLING_STRATEGIES (see configs/default.yaml)
     num_frames: int = 8  # T for uniform, and frames per window for multiclip / sliding

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline.benchmark import load_benchmark_config
+from pipeline.probe.benchmark import load_benchmark_config
 from pipeline.cli import main
 from pipeline.errors import ConfigError
 from pipeline.store import ShardWriter, create_or_open
@@ -115,9 +115,9 @@ def test_plots_and_details(bench) -> None:
 
 def test_rerunning_a_row_reproduces_it(bench) -> None:
     """A results.csv row has what it takes to re-run that fit and get the same number."""
-    from pipeline.heads import HeadConfig
+    from pipeline.probe.heads import HeadConfig
     from pipeline.store import open_store
-    from pipeline.train import fit_on_store
+    from pipeline.probe.train import fit_on_store
 
     out, _, _ = bench
     row = next(r for r in _rows(out) if r["shots"] == "2" and r["shot_seed"] == "1" and r["pool"] == "seg2" and r["encoder"] == "B")

@@ -15,7 +15,7 @@ from media import pattern_frames, write_audio_only, write_video
 
 from pipeline.cli import main
 from pipeline.store import open_store
-from pipeline.store_tools import verify_store
+from pipeline.store.tools import verify_store
 
 REPO = Path(__file__).resolve().parents[1]
 UNICODE = "ünï cødé dir/clip with spaces ✓.mp4"
@@ -110,7 +110,7 @@ def test_broken_and_odd_inputs_are_extracted_or_recorded(tmp_path, capsys):
 UNREADABLE = """
 import os, sys
 import av  # imported before dropping root: the interpreter's own files are not readable by nobody
-from pipeline.decode import decode_at
+from pipeline.extract.decode import decode_at
 from pipeline.errors import DecodeError
 os.setgid(65534); os.setuid(65534)  # drop root, which reads mode-000 files regardless
 try:
@@ -129,7 +129,7 @@ def test_unreadable_file_is_a_decode_error(tmp_path):
         path = write_video(folder / "locked.mp4", pattern_frames(6, 32, 32), fps=6)
         os.chmod(path, 0)
         if os.geteuid() != 0:
-            from pipeline.decode import decode_at
+            from pipeline.extract.decode import decode_at
             from pipeline.errors import DecodeError
 
             with pytest.raises(DecodeError, match="permission denied"):

@@ -35,7 +35,7 @@ def test_extract_mixed_containers_reports_bad_file_and_stores_the_rest(extracted
 
 def test_second_run_does_no_decoding_work(extracted, labeled_folder, capsys, monkeypatch):
     store, _ = extracted
-    import pipeline.decode_pool as pool
+    import pipeline.extract.workers as pool
 
     calls = []
     monkeypatch.setattr(pool, "decode_task", lambda *a, **k: calls.append(a) or pytest.fail("decoded again"))

@@ -26,10 +26,10 @@ from media import pattern_frames, write_video
 from pipeline.cli import main
 from pipeline.config import load_config
 from pipeline.errors import StoreBusyError
-from pipeline.extract import extract
-from pipeline.manifest import load_manifest
+from pipeline.extract.local import extract
+from pipeline.data.manifest import load_manifest
 from pipeline.store import open_store
-from pipeline.store_tools import verify_store
+from pipeline.store.tools import verify_store
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -78,7 +78,7 @@ def popen(args):
 ZYGOTE = r"""
 import json, os, sys
 import av, h5py, timm, torch  # the slow imports, paid once
-import pipeline.encoders.effnet_lite, pipeline.extract
+import pipeline.encoders.effnet_lite, pipeline.extract.local
 from pipeline.cli import main
 for line in sys.stdin:
     pid = os.fork()

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from pipeline.errors import ManifestError
-from pipeline.manifest import load_manifest
-from pipeline.splits import few_shot, make_splits, video_group
+from pipeline.data.manifest import load_manifest
+from pipeline.data.splits import few_shot, make_splits, video_group
 from pipeline.store import ShardWriter, create_or_open, open_store
-from pipeline.train import store_splits
+from pipeline.probe.train import store_splits
 
 FIXTURES = Path(__file__).parent / "fixtures"
 UCF = FIXTURES / "ucfTrainTestlist"

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from media import FORMATS, pattern_frames, write_audio_only, write_video
 
-from pipeline.decode import decode_at, probe
+from pipeline.extract.decode import decode_at, probe
 from pipeline.errors import DecodeError
 
 
@@ -71,8 +71,8 @@ def test_missing_file(tmp_path):
 
 from media import index_frames, reference_decode  # noqa: E402
 
-from pipeline.decode import VideoReader, assign_frames  # noqa: E402
-from pipeline.sampling import snap_to_keyframes  # noqa: E402
+from pipeline.extract.decode import VideoReader, assign_frames  # noqa: E402
+from pipeline.data.sampling import snap_to_keyframes  # noqa: E402
 
 
 def _expected(ref_times: np.ndarray, wanted: np.ndarray) -> np.ndarray:

@@ -12,7 +12,7 @@ import pytest
 from skimage.registration import phase_cross_correlation
 from skimage.transform import rotate
 
-from pipeline.demo_data import (
+from pipeline.demo.videos import (
     DEMO_PHOTOS,
     MOTIONS,
     MotionParams,

@@ -15,11 +15,11 @@ import pytest
 from media import index_frames, pattern_frames, write_video
 
 from pipeline.config import load_config
-from pipeline.decode_pool import ClipTask, DecodePool
+from pipeline.extract.workers import ClipTask, DecodePool
 from pipeline.encoders import create_encoder
 from pipeline.errors import StoreError
-from pipeline.extract import extract, resolve_runtime
-from pipeline.manifest import Manifest, load_manifest
+from pipeline.extract.local import extract, resolve_runtime
+from pipeline.data.manifest import Manifest, load_manifest
 from pipeline.store import open_store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,7 +66,7 @@ def test_embeddings_identical_with_0_or_n_workers_and_any_batch_size(videos, tmp
             np.testing.assert_array_equal(other[key][1], ts)
             np.testing.assert_allclose(other[key][0], emb, rtol=1e-4, atol=1e-4)
     # and they are the encoder's embeddings of the frames the decoder shows at those times
-    from pipeline.decode import decode_at
+    from pipeline.extract.decode import decode_at
 
     key = ("a/v0.mp4", -1.0, -1.0)
     clip = decode_at(videos / "a" / "v0.mp4", lambda _: ref[key][1], size=effnet.preprocess_cfg.frame_size, crop=effnet.preprocess_cfg.center_crop)

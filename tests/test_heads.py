@@ -12,9 +12,9 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.errors import ConfigError, HeadError
-from pipeline.heads import FitResult, HeadConfig, fit_head, label_to_text, linear_classifier, load_head, save_head
+from pipeline.probe.heads import FitResult, HeadConfig, fit_head, label_to_text, linear_classifier, load_head, save_head
 from pipeline.store import ShardWriter, create_or_open
-from pipeline.train import train_head
+from pipeline.probe.train import train_head
 
 REPO = Path(__file__).resolve().parents[1]
 PROV = {"encoder": "test-enc", "weights_id": "w1", "dim": 8, "preprocess": {}, "sampling": {"strategy": "uniform", "num_frames": 4}}
@@ -38,7 +38,7 @@ def store_path(tmp_path_factory) -> Path:
 
 def _fresh_process_metrics(store: Path, heads: list[Path], trust: bool = False) -> list[dict]:
     """Evaluate each head in one new Python process (nothing shared with the training process)."""
-    code = ("import json, sys\nfrom pipeline.train import evaluate_head\n"
+    code = ("import json, sys\nfrom pipeline.probe.train import evaluate_head\n"
             "print(json.dumps([evaluate_head(sys.argv[1], h, trust=%r) for h in sys.argv[2:]]))" % trust)
     proc = subprocess.run([sys.executable, "-c", code, str(store), *map(str, heads)], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr

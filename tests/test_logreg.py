@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from pipeline.errors import ConfigError
-from pipeline.logreg import SklearnSolver, TorchSolver, score, sweep_C
+from pipeline.probe.logreg import SklearnSolver, TorchSolver, score, sweep_C
 
 
 def _problem(K: int, n: int = 400, D: int = 16, seed: int = 0, noise: float = 1.5):

@@ -4,7 +4,7 @@ import os
 import pytest
 
 from pipeline.errors import ManifestError
-from pipeline.manifest import load_manifest, safe_relpath
+from pipeline.data.manifest import load_manifest, safe_relpath
 
 
 def _touch(p):

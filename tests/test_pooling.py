@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from pipeline.errors import ConfigError
-from pipeline.pooling import get_pool
+from pipeline.probe.pooling import get_pool
 
 
 @pytest.mark.parametrize("name, width", [("mean", 4), ("max", 4), ("meanmax", 8), ("meanstd", 8), ("center", 4), ("tdiff", 8), ("seg2", 8), ("seg4", 16)])

@@ -3,7 +3,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.config import SamplingConfig
-from pipeline.sampling import clip_window, fps_timestamps, sample_timestamps, uniform_timestamps
+from pipeline.data.sampling import clip_window, fps_timestamps, sample_timestamps, uniform_timestamps
 
 windows = st.tuples(st.floats(0, 1000), st.floats(0.01, 500)).map(lambda t: (t[0], t[0] + t[1]))
 
@@ -46,8 +46,8 @@ import dataclasses  # noqa: E402
 
 import pytest  # noqa: E402
 
-from pipeline.extract import sampling_identity  # noqa: E402
-from pipeline.sampling import (  # noqa: E402
+from pipeline.extract.local import sampling_identity  # noqa: E402
+from pipeline.data.sampling import (  # noqa: E402
     KEY_DECIMALS,
     clip_windows,
     every_n_timestamps,

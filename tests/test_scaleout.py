@@ -18,9 +18,9 @@ from media import pattern_frames, write_video
 from pipeline.cli import main
 from pipeline.config import load_config
 from pipeline.encoders import create_encoder
-from pipeline.extract import extract
-from pipeline.manifest import load_manifest
-from pipeline.sharding import JobShard, shard_of
+from pipeline.extract.local import extract
+from pipeline.data.manifest import load_manifest
+from pipeline.extract.sharding import JobShard, shard_of
 from pipeline.store import clip_key, open_store, writer_progress
 
 REPO = Path(__file__).resolve().parents[1]
@@ -187,7 +187,7 @@ def ray_cluster():
     pytest.importorskip("ray")
     import ray
 
-    from pipeline.engines.ray_engine import init_ray
+    from pipeline.extract.ray_engine import init_ray
 
     assert init_ray(num_cpus=2)
     yield ray
@@ -196,7 +196,7 @@ def ray_cluster():
 
 @pytest.mark.slow
 def test_ray_engine_store_equals_the_single_process_store(ray_cluster, videos, reference, tmp_path, capsys):
-    from pipeline.engines.ray_engine import extract_ray
+    from pipeline.extract.ray_engine import extract_ray
 
     store = tmp_path / "store"
     summary = extract_ray(load_manifest(str(videos)), store, load_config(None, SETTINGS), progress=False)
@@ -215,7 +215,7 @@ def test_ray_engine_store_equals_the_single_process_store(ray_cluster, videos, r
 
 @pytest.mark.slow
 def test_ray_and_local_engines_share_one_store_as_shards(ray_cluster, videos, encoder, reference, tmp_path):
-    from pipeline.engines.ray_engine import extract_ray
+    from pipeline.extract.ray_engine import extract_ray
 
     store, cfg, manifest = tmp_path / "store", load_config(None, SETTINGS), load_manifest(str(videos))
     ray_part = extract_ray(manifest, store, cfg, progress=False, shard=JobShard(0, 2))

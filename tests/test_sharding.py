@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import ConfigError, StoreError
-from pipeline.sharding import JobShard, resolve_shard, shard_of
+from pipeline.extract.sharding import JobShard, resolve_shard, shard_of
 from pipeline.store import PROVENANCE_FILE, create_or_open, open_store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,7 +27,7 @@ def test_every_clip_has_exactly_one_shard_and_shards_are_balanced():
 
 def test_assignment_is_the_same_in_every_process_and_ignores_manifest_order():
     here = [shard_of(k, 5) for k in KEYS[:300]]
-    code = ("import json, sys; from pipeline.sharding import shard_of; keys = json.load(sys.stdin); "
+    code = ("import json, sys; from pipeline.extract.sharding import shard_of; keys = json.load(sys.stdin); "
             "print(json.dumps([shard_of(tuple(k), 5) for k in keys]))")
     for seed in ("1", "2"):  # salted str hash differs between these processes; our assignment must not
         proc = subprocess.run([sys.executable, "-c", code], input=json.dumps(KEYS[:300]), capture_output=True, text=True,

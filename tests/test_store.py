@@ -157,7 +157,7 @@ def test_single_shard_file_opens_read_only(tmp_path):
 
 def test_torch_dataset_items_and_padding(tmp_path):
     torch = pytest.importorskip("torch")
-    from pipeline.torch_data import pad_collate
+    from pipeline.store.torch_dataset import pad_collate
 
     store = create_or_open(tmp_path / "s", PROV)
     with ShardWriter(store) as w:
@@ -195,7 +195,7 @@ def test_failures_latest_record_counts_and_fixed_ones_disappear(tmp_path):
 # --- verify and compact -------------------------------------------------------------------------
 
 def test_verify_passes_on_a_good_store_and_finds_each_kind_of_damage(tmp_path):
-    from pipeline.store_tools import verify_store
+    from pipeline.store.tools import verify_store
 
     store = create_or_open(tmp_path / "s", PROV)
     w = _fill(store, 6)
@@ -217,7 +217,7 @@ def test_verify_passes_on_a_good_store_and_finds_each_kind_of_damage(tmp_path):
 
 
 def test_verify_reports_foreign_provenance_in_a_shard(tmp_path):
-    from pipeline.store_tools import verify_store
+    from pipeline.store.tools import verify_store
 
     store = create_or_open(tmp_path / "s", PROV)
     w = _fill(store, 2)
@@ -228,7 +228,7 @@ def test_verify_reports_foreign_provenance_in_a_shard(tmp_path):
 
 
 def test_compact_merges_dedups_keeps_current_failures_and_is_idempotent(tmp_path):
-    from pipeline.store_tools import compact_store, verify_store
+    from pipeline.store.tools import compact_store, verify_store
 
     store = create_or_open(tmp_path / "s", PROV)
     _fill(store, 5)
@@ -259,7 +259,7 @@ def unlink(self, missing_ok=False):
         os.kill(os.getpid(), signal.SIGKILL)
     return real(self, missing_ok=missing_ok)
 pathlib.Path.unlink = unlink
-from pipeline.store_tools import compact_store
+from pipeline.store.tools import compact_store
 compact_store(sys.argv[1])
 """
 
@@ -269,7 +269,7 @@ def test_kill_during_compaction_cleanup_leaves_a_consistent_store(tmp_path):
     import subprocess
     import sys
 
-    from pipeline.store_tools import compact_store, verify_store
+    from pipeline.store.tools import compact_store, verify_store
 
     store = create_or_open(tmp_path / "s", PROV)
     _fill(store, 5)
@@ -290,7 +290,7 @@ def test_readme_plain_h5py_example_reads_what_open_store_reads(tmp_path):
     """The README's h5py/numpy snippet, run against a real store (with a duplicate and a compaction leftover)."""
     import re
 
-    from pipeline.store_tools import compact_store
+    from pipeline.store.tools import compact_store
 
     store = create_or_open(tmp_path / "s", PROV)
     _fill(store, 5)

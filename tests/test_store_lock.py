@@ -7,17 +7,17 @@ import subprocess
 import sys
 import pytest
 
-import pipeline.store_lock as store_lock
+import pipeline.store.lock as store_lock
 from pipeline.cli import main
 from pipeline.errors import StoreBusyError
 from pipeline.store import create_or_open
-from pipeline.store_lock import WriterLock, live_holders
+from pipeline.store.lock import WriterLock, live_holders
 
 PROV = {"encoder": "test-enc", "weights_id": "w1", "dim": 4, "preprocess": {}, "sampling": {"strategy": "uniform", "num_frames": 3}}
 
 HOLD = """
 import os, sys, time
-from pipeline.store_lock import WriterLock
+from pipeline.store.lock import WriterLock
 shard = None if sys.argv[2] == "all" else tuple(int(x) for x in sys.argv[2].split("/"))
 WriterLock(sys.argv[1], shard).acquire()
 if len(sys.argv) > 3:  # fork a 'decoder worker' that outlives us, then die without cleanup

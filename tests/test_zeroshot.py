@@ -19,11 +19,11 @@ from media import pattern_frames, write_video
 from pipeline.config import load_config
 from pipeline.encoders import create_encoder
 from pipeline.errors import ConfigError, HeadError
-from pipeline.extract import extract
-from pipeline.heads import DEFAULT_TEMPLATES, label_to_text
-from pipeline.manifest import load_manifest
+from pipeline.extract.local import extract
+from pipeline.probe.heads import DEFAULT_TEMPLATES, label_to_text
+from pipeline.data.manifest import load_manifest
 from pipeline.store import ShardWriter, create_or_open, open_store
-from pipeline.train import train_head
+from pipeline.probe.train import train_head
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {
@@ -88,7 +88,7 @@ def test_zeroshot_head_is_argmax_cosine_to_prompt_embeddings(joint_store: Path, 
     assert images.shape == (9, TINY["embed_dim"])
     cos = (images / np.linalg.norm(images, axis=1, keepdims=True)) @ text.T
 
-    from pipeline.heads import load_head
+    from pipeline.probe.heads import load_head
 
     loaded = load_head(head)
     normalizer, linear = loaded.estimator.steps[0][1], loaded.estimator.steps[-1][1]
@@ -110,7 +110,7 @@ def test_zeroshot_head_is_argmax_cosine_to_prompt_embeddings(joint_store: Path, 
 
 
 def test_prompt_ensemble(joint_store: Path, tmp_path: Path) -> None:
-    from pipeline.heads import HeadConfig
+    from pipeline.probe.heads import HeadConfig
 
     out = train_head(joint_store, tmp_path / "e.skops", head=HeadConfig(kind="zeroshot", templates=("a video of {label}.", "a photo of a person {label}.")))
     assert len(out["hparams"]["templates"]) == 2

@@ -15,7 +15,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 _UCF_GROUP = re.compile(r"^(v_.+_g\d+)_c\d+$", re.IGNORECASE)
 

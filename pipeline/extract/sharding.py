@@ -26,7 +26,7 @@ import os
 from dataclasses import dataclass
 from typing import Mapping
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 Key = tuple[str, float, float]
 

@@ -1,21 +1,22 @@
 """A torch ``Dataset`` over a feature store, for training temporal heads (attention, GRU, ...) in torch.
 
-Kept apart from ``pipeline.store`` so that reading a store never needs torch. Items are
+Kept apart from the reader so that reading a store never needs torch. Items are
 ``(frames, label_index)``: ``frames`` a float32 tensor (T, D) — or (D',) with ``pool`` — and
 ``label_index`` an int64 index into ``dataset.classes`` (-1 for an unlabeled clip). Clips may have
 different T (fps sampling); ``pad_collate`` batches them with a length vector.
 """
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .errors import ConfigError
-from .store import FeatureStore, open_store
+from ..errors import ConfigError
+
+if TYPE_CHECKING:  # a store is passed in: this module never opens one, so ``reader`` need not import it
+    from .reader import FeatureStore
 
 
 class ClipDataset(Dataset):
@@ -23,13 +24,13 @@ class ClipDataset(Dataset):
 
     def __init__(
         self,
-        store: FeatureStore | str | Path,
+        store: FeatureStore,
         *,
         split: str | None = None,
         pool: Callable[[np.ndarray], np.ndarray] | None = None,
         classes: Sequence[str] | None = None,
     ):
-        self.store = store if isinstance(store, FeatureStore) else open_store(store)
+        self.store = store
         labels = self.store.labels
         if split is not None and split not in ("train", "val", "test", ""):
             raise ConfigError(f"split={split!r}: allowed values are train, val, test, '' (unsplit) or None (all)")

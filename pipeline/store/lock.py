@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
 
-from .errors import ConfigError, StoreBusyError, StoreError
+from ..errors import ConfigError, StoreBusyError, StoreError
 
 LOCK_DIR = "locks"
 GUARD_FILE = "guard"

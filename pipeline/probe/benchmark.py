@@ -34,12 +34,12 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .config import read_yaml_mapping
-from .errors import ConfigError, VidprobeError
+from ..config import read_yaml_mapping
+from ..errors import ConfigError, VidprobeError
 from .heads import HeadConfig
 from .pooling import get_pool, is_order_aware
 from .report import markdown_table, plot_accuracy_bars, plot_confusion, plot_fewshot, write_csv
-from .store import open_store
+from ..store import open_store
 from .train import fit_on_store, pooled_features
 
 CSV_COLUMNS = (
@@ -168,7 +168,7 @@ def run_benchmark(config: BenchmarkConfig | str | Path, output: str | Path | Non
     """Run every (store × pooling × head) fit and the few-shot grid; write results; return a summary."""
     cfg = config if isinstance(config, BenchmarkConfig) else load_benchmark_config(config)
     if device:
-        from .encoders.base import resolve_device
+        from ..encoders.base import resolve_device
 
         resolve_device(device)  # a device that is not there fails here, not once per fit
     out = Path(output or cfg.output)

@@ -25,7 +25,7 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-from .errors import ConfigError, HeadError
+from ..errors import ConfigError, HeadError
 
 # CLIP's range (1e-6 .. 1e6); the sweep stops climbing once larger C keeps scoring worse (``patience``).
 DEFAULT_COARSE_CS: tuple[float, ...] = tuple(float(10.0**e) for e in range(-6, 7))
@@ -92,7 +92,7 @@ class TorchSolver:
                  tol: float = DEFAULT_TOL, max_iter: int = DEFAULT_MAX_ITER, history_size: int = 10) -> None:
         import torch
 
-        from .encoders.base import resolve_device
+        from ..encoders.base import resolve_device
 
         if dtype not in ("float32", "float64"):
             raise ConfigError(f"dtype={dtype!r}: allowed values are float32, float64")
@@ -240,7 +240,7 @@ def sweep_C(solver: Solver, X_val: np.ndarray, y_val: np.ndarray, *, coarse: Seq
 
     ``tol``: gradient tolerance of these candidate fits (default: the solver's). Ranking C values by
     validation accuracy does not need each candidate solved to the last digit; the caller refits the
-    chosen C at full tolerance (``pipeline.heads`` does: 10x looser during the search, then 1e-4).
+    chosen C at full tolerance (``pipeline.probe.heads`` does: 10x looser during the search, then 1e-4).
     """
     grid = sorted({_check_C(c) for c in coarse})
     if not grid:

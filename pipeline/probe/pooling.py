@@ -12,7 +12,7 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 Pool = Callable[[np.ndarray], np.ndarray]
 

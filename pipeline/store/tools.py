@@ -17,18 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from .store import (
-    SHARD_DIR,
-    FeatureStore,
-    _fsync_dir,
-    clip_key,
-    describe_differences,
-    identity,
-    open_store,
-    shard_name,
-    write_shard,
-)
-from .store_lock import live_holders
+from .layout import SHARD_DIR, clip_key, describe_differences, fsync_dir, identity, shard_name
+from .lock import live_holders
+from .reader import FeatureStore, open_store
+from .writer import write_shard
 
 _BLOCK_ROWS = 1 << 16  # rows per read when scanning embeddings for NaN/Inf
 
@@ -194,7 +186,7 @@ def compact_store(path: str | Path, compression: str | None = None, compression_
         )
         for old in before:  # after the commit above these are dead; a crash here leaves them ignored
             old.unlink(missing_ok=True)
-        _fsync_dir(merged.parent)
+        fsync_dir(merged.parent)
         store.invalidate()
         return {
             "path": str(store.path),

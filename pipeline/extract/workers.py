@@ -32,10 +32,10 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from .config import SamplingConfig
+from ..config import SamplingConfig
 from .decode import VideoReader, assign_frames
-from .errors import DecodeError, VidprobeError
-from .sampling import clip_window, clip_windows, needs_frame_table, needs_keyframe_table, sample_timestamps, snap_to_keyframes
+from ..errors import DecodeError, VidprobeError
+from ..data.sampling import clip_window, clip_windows, needs_frame_table, needs_keyframe_table, sample_timestamps, snap_to_keyframes
 
 Message = tuple
 
@@ -113,7 +113,7 @@ def _context():
     methods = mp.get_all_start_methods()
     if "forkserver" in methods:  # never fork a process with live torch/OpenMP/HDF5 threads
         ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(["pipeline.decode_pool"])  # workers start with av/numpy imported
+        ctx.set_forkserver_preload(["pipeline.extract.workers"])  # workers start with av/numpy imported
         return ctx
     return mp.get_context("spawn")
 
@@ -244,7 +244,7 @@ class DecodePool:
             w.kill()
             raise DecodeError(
                 f"a decoder worker process could not start ({_death(w.proc)}); see its error above. When calling "
-                "pipeline.extract from a script, put the call under `if __name__ == '__main__':`, or use extract.num_workers=0")
+                "pipeline.extract.local from a script, put the call under `if __name__ == '__main__':`, or use extract.num_workers=0")
         failed = w.assigned.popleft() if w.assigned else None
         rest = list(w.assigned)
         w.assigned.clear()

@@ -3,7 +3,7 @@
 Three stages run at once and meet in bounded queues, so memory stays flat however many or long the
 videos are:
 
-* ``DecodePool`` (``pipeline.decode_pool``): worker processes decode each manifest item's sampled
+* ``DecodePool`` (``pipeline.extract.workers``): worker processes decode each manifest item's sampled
   frames, resized and cropped to the encoder input, in chunks; a stuck or crashed worker costs one clip.
 * this module's main loop packs frames of many clips into full encoder batches (one pinned staging
   buffer on CUDA, so host-to-device copies are non-blocking; the encoder applies AMP there; fp32 and
@@ -30,13 +30,13 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .config import AUTO, Config, ExtractConfig, SamplingConfig
+from ..config import AUTO, Config, ExtractConfig, SamplingConfig
 from .decode import DecodedClip
-from .decode_pool import ClipTask, DecodePool, decode_task
-from .errors import DecodeError
-from .manifest import Manifest, Problem, VideoItem
+from .workers import ClipTask, DecodePool, decode_task
+from ..errors import DecodeError
+from ..data.manifest import Manifest, Problem, VideoItem
 from .sharding import JobShard
-from .store import FeatureStore, ShardWriter, create_or_open, write_run_record
+from ..store import FeatureStore, ShardWriter, create_or_open, write_run_record
 
 # torch's OpenMP threads must not spin while waiting: the cores they would burn belong to the decoder
 # processes (measured: under contention spinning made effnet-lite0 several times slower). Read by
@@ -124,7 +124,7 @@ class ExtractSummary:
     frames: int = 0  # frame embeddings stored by this run
     seconds: float = 0.0
     workers_replaced: int = 0  # decoder processes killed after a timeout or found dead
-    shard: str | None = None  # job shard "i/n" when sharded (see pipeline.sharding)
+    shard: str | None = None  # job shard "i/n" when sharded (see pipeline.extract.sharding)
     engine: str = "local"  # local | ray
     failures: list[tuple[str, str]] = field(default_factory=list)  # (path, message) of this run
 
@@ -136,7 +136,7 @@ def build_provenance(encoder, cfg: Config) -> dict[str, Any]:
     import h5py
     import torch
 
-    from . import __version__
+    from .. import __version__
 
     return {
         "encoder": encoder.spec,
@@ -204,7 +204,7 @@ def plan_extraction(
 ) -> tuple[list[VideoItem], list[Problem]]:
     """``plan_tasks`` for engines that handle one clip per item (the Ray engine): windowed sampling,
     which expands a video into several clips, is refused there."""
-    from .errors import ConfigError
+    from ..errors import ConfigError
 
     if sampling.windowed:
         raise ConfigError(f"sampling.strategy={sampling.strategy!r} makes several clips per video; use the local engine for it")
@@ -375,10 +375,10 @@ def extract(
 ) -> ExtractSummary:
     """Extract every clip of ``manifest`` not yet in the store at ``store_path``; returns a summary.
 
-    With ``shard`` (see ``pipeline.sharding``) only the clips that job shard owns are extracted, into
+    With ``shard`` (see ``pipeline.extract.sharding``) only the clips that job shard owns are extracted, into
     shard files named after it, under that shard's writer lock, so shard processes can share one store.
     """
-    from .encoders import create_encoder
+    from ..encoders import create_encoder
 
     started = time.perf_counter()
     if encoder is None:

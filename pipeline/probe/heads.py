@@ -3,7 +3,7 @@
 Kinds (``HeadConfig.kind``):
 
 * ``logreg`` — the CLIP linear-probe protocol: standardise, multinomial logistic regression, C chosen
-  by a coarse-to-fine sweep on the validation split, refit on train+val (``pipeline.logreg``: torch
+  by a coarse-to-fine sweep on the validation split, refit on train+val (``pipeline.probe.logreg``: torch
   L-BFGS with warm starts by default; ``solver="sklearn"`` runs scikit-learn's L-BFGS instead). The
   candidate fits of the search stop at a 10x looser gradient tolerance (``sweep_tol``); the chosen C
   is refit to scikit-learn's default tolerance (``tol`` = 1e-4);
@@ -35,7 +35,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .errors import ConfigError, HeadError
+from ..errors import ConfigError, HeadError
 from .logreg import DEFAULT_COARSE_CS, DEFAULT_MAX_ITER, DEFAULT_PATIENCE, DEFAULT_REFINE, DEFAULT_TOL, make_solver, sweep_C
 
 HEAD_KINDS = ("logreg", "mlp", "knn", "zeroshot")
@@ -359,7 +359,7 @@ def zeroshot_head(classes: list[str], *, encoder: Any = None, encoder_spec: str 
 
 def zeroshot_encoder(spec: str | None, *, weights_id: str | None = None, device: str = "auto"):
     """The store's encoder, rebuilt for its text tower; refused where the text tower cannot match the images."""
-    from .encoders import create_encoder, spec_options
+    from ..encoders import create_encoder, spec_options
 
     if not spec:
         raise HeadError("zeroshot: the store does not record its encoder spec")
@@ -382,7 +382,7 @@ def _versions() -> dict[str, str]:
     import sklearn
     import skops
 
-    from . import __version__
+    from .. import __version__
 
     return {"vidprobe": __version__, "scikit-learn": sklearn.__version__, "skops": skops.__version__, "numpy": np.__version__, "python": platform.python_version()}
 

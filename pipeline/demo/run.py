@@ -12,14 +12,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .config import load_config
-from .demo_data import build_demo_videos
-from .extract import extract
-from .manifest import load_manifest
-from .pooling import is_order_aware
-from .report import markdown_table, plot_accuracy_bars, plot_confusion
-from .store import open_store
-from .train import train_head
+from ..config import load_config
+from .videos import build_demo_videos
+from ..extract.local import extract
+from ..data.manifest import load_manifest
+from ..probe.pooling import is_order_aware
+from ..probe.report import markdown_table, plot_accuracy_bars, plot_confusion
+from ..store import open_store
+from ..probe.train import train_head
 
 DEMO_POOLS = ("center", "mean", "max", "meanmax", "seg2", "tdiff")
 DEMO_HEADS = ("logreg", "mlp")
@@ -39,7 +39,7 @@ def run_demo(output: str | Path = "demo-out", *, per_class: int | None = None, s
     stores = {}
     for task, csv_path in manifests.items():
         say(f"[2/4] extracting task '{task}' with {encoder} ({cfg.sampling.num_frames} frames/clip)")
-        from .encoders import create_encoder
+        from ..encoders import create_encoder
 
         encoder_obj = encoder_obj or create_encoder(cfg.encoder, device=cfg.extract.device, precision=cfg.extract.precision)
         summary = extract(load_manifest(csv_path), out / "features" / task, cfg, encoder=encoder_obj, progress=not quiet)

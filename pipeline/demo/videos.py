@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 __all__ = [
     "DEMO_PHOTOS",

@@ -6,9 +6,9 @@ from typing import Any
 
 import numpy as np
 
-from .config import SamplingConfig
-from .errors import HeadError, VidprobeError
-from .extract import embed_clips
+from ..config import SamplingConfig
+from ..errors import HeadError, VidprobeError
+from ..extract.local import embed_clips
 from .heads import load_head
 from .pooling import get_pool
 
@@ -17,7 +17,7 @@ def predict_videos(head_path: str | Path, videos: list[str | Path], *, top_k: in
                    trust: bool = False) -> list[dict[str, Any]]:
     """Top-k (label, probability) per video; a video that fails gets an ``error`` instead of ``top``.
     ``trust`` allows pickle (.joblib) heads: see ``heads.load_head``."""
-    from .encoders import create_encoder
+    from ..encoders import create_encoder
 
     head = load_head(head_path, trust=trust)
     meta = head.meta

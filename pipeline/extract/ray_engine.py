@@ -32,9 +32,9 @@ import numpy as np
 from ..config import Config, SamplingConfig
 from ..encoders import parse_spec
 from ..errors import ConfigError, VidprobeError
-from ..extract import ExtractSummary, build_provenance, load_clip, plan_extraction, recorded_run, resolve_runtime, writer_prefix
-from ..manifest import Manifest, VideoItem
-from ..sharding import JobShard
+from .local import ExtractSummary, build_provenance, load_clip, plan_extraction, recorded_run, resolve_runtime, writer_prefix
+from ..data.manifest import Manifest, VideoItem
+from .sharding import JobShard
 from ..store import ShardWriter, create_or_open
 
 # Quiet, offline Ray: no usage reporting (it would try the internet), de-duplicated worker logs.

@@ -12,12 +12,12 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError, HeadError
-from .evaluate import metrics
+from ..errors import ConfigError, HeadError
+from .metrics import metrics
 from .heads import FitResult, HeadConfig, fit_head, load_head, save_head, zeroshot_encoder
 from .pooling import get_pool
-from .splits import Splits, few_shot, make_splits, resplit
-from .store import FeatureStore, open_store
+from ..data.splits import Splits, few_shot, make_splits, resplit
+from ..store import FeatureStore, open_store
 
 EVAL_SPLITS = ("test", "val", "train", "all")
 
@@ -28,7 +28,7 @@ def split_assignment(resplit_from: dict[str, Any]) -> dict[tuple[str, float, flo
     Keys: source (required), format (auto), split (1), root (the folder the store's paths are relative to).
     Listed videos need not exist any more: the store already holds their features.
     """
-    from .manifest import load_manifest
+    from ..data.manifest import load_manifest
 
     allowed = {"source", "format", "split", "root"}
     if not isinstance(resplit_from, dict) or "source" not in resplit_from or set(resplit_from) - allowed:

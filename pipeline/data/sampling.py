@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .config import SamplingConfig
-from .errors import ConfigError
+from ..config import SamplingConfig
+from ..errors import ConfigError
 
 KEY_DECIMALS = 6  # window bounds in the store are rounded to microseconds (stable resume keys)
 MIN_WINDOW = 0.01  # seconds: shortest clip_length / stride accepted (a window is at least a frame or so)

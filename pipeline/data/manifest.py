@@ -14,7 +14,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from .errors import ManifestError
+from ..errors import ManifestError
+from .keys import Key, clip_key
 
 VIDEO_EXTENSIONS = frozenset(
     ".mp4 .m4v .mov .mkv .webm .avi .mpg .mpeg .wmv .flv .ts .mts .m2ts .3gp .ogv .gif".split()
@@ -41,9 +42,9 @@ class VideoItem:
         return Path(self.root) / self.path
 
     @property
-    def key(self) -> tuple[str, float, float]:
-        """Identity used for resume and de-duplication (start/end -1 mean open)."""
-        return (self.path, -1.0 if self.start is None else float(self.start), -1.0 if self.end is None else float(self.end))
+    def key(self) -> Key:
+        """Identity used for resume, de-duplication and job sharding (see ``keys.clip_key``)."""
+        return clip_key(self.path, self.start, self.end)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""The offline demo: render labeled videos from photographs, extract, train and report."""

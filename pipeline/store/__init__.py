@@ -1,0 +1,15 @@
+"""Stage 4, the HDF5 feature store: layout, crash-safe shard writing, locks, reading, verify/compact.
+
+Nothing here imports torch (``torch_dataset`` does, on demand). The read API::
+
+    from pipeline.store import open_store
+"""
+from __future__ import annotations
+
+from .layout import PROVENANCE_FILE, clip_key
+from .reader import FeatureStore, create_or_open, open_store
+from .runs import write_run_record, writer_progress
+from .writer import ShardWriter
+
+__all__ = ["PROVENANCE_FILE", "FeatureStore", "ShardWriter", "clip_key", "create_or_open", "open_store", "write_run_record",
+           "writer_progress"]

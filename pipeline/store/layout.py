@@ -1,0 +1,160 @@
+"""HDF5 feature store: per-frame embeddings in crash-safe shard files under one folder.
+
+Layout of a store folder ``STORE/``::
+
+    store.json          provenance: encoder spec, weights identity, preprocessing, sampling, dim, dtype, versions
+    shards/*.h5         finished shards, each written as *.h5.tmp, fsynced, then renamed atomically
+    shards/*.h5.tmp     a shard being written (or left by a killed job); readers ignore it
+    locks/*.lock        who is writing now (see ``pipeline.store.lock``)
+    runs/PREFIX.json    last run of each writer (job shard): state, clips assigned/done/failed, host
+
+The ``shards/`` folder is the index: a shard appears there, by one atomic rename, only when it is
+complete, so a directory listing is always a consistent view. A separate index file would have to be
+kept in step with the shards and could itself be torn by a kill between the two writes; parallel
+writers (issue 6) also need no coordination beyond unique file names.
+
+Layout of one shard (readable with plain h5py)::
+
+    frames/embedding (F, D) float32|float16    frames/timestamp (F,) float64 seconds
+    clips/offset (N+1,) int64   clip i owns frames offset[i]:offset[i+1]
+    clips/video (N,) str        path relative to the manifest root (the clip's identity)
+    clips/start, clips/end (N,) float64 seconds requested by the manifest (NaN = open end)
+    clips/label, clips/split (N,) str
+    failures/{path,stage,error} (M,) str, failures/{start,end,time} (M,) float64
+    attrs: provenance (JSON), schema_version, compacted_from (JSON list; only on a compacted shard)
+
+Reading: a clip is identified by (video, start, end); if several finished shards hold it, the
+earliest finished wins (shard names carry a nanosecond time stamp: ``PREFIX-TIME-SCOPE-RANDOM.h5``). A compacted shard lists the shards it replaces in
+``compacted_from``; those are ignored even if a crash left them on disk. A failure record is shown
+only while its clip has no stored embeddings (a later fix makes it history) and only its latest one.
+Nothing here imports torch: the store is readable on any machine with h5py and numpy.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..data.keys import Key, clip_key
+from ..errors import StoreError
+
+__all__ = ["SCHEMA_VERSION", "PROVENANCE_FILE", "SHARD_DIR", "RUNS_DIR", "IDENTITY_KEYS", "Key", "clip_key", "identity",
+           "describe_differences", "shard_name", "shard_paths", "atomic_write_text", "fsync_dir", "read_provenance_file"]
+
+SCHEMA_VERSION = 1
+PROVENANCE_FILE = "store.json"
+SHARD_DIR = "shards"
+RUNS_DIR = "runs"
+# Provenance keys that must match for two extractions to share a store. ``dtype`` is identity because
+# float16 rounds values: one store never mixes precisions. Compression is lossless and per shard.
+IDENTITY_KEYS = ("schema_version", "encoder", "weights_id", "dim", "preprocess", "sampling", "dtype")
+IDENTITY_DEFAULTS = {"dtype": "float32"}  # stores written before a key existed hold its default
+
+
+def nan_if_none(x: float | None) -> float:
+    return float("nan") if x is None else float(x)
+
+
+def write_str_dataset(group, name: str, values: Sequence[str]) -> None:
+    import h5py
+
+    group.create_dataset(name, data=np.array(list(values), dtype=object), dtype=h5py.string_dtype("utf-8"))
+
+
+def read_str(ds) -> list[str]:
+    return ds.asstr()[()].tolist() if len(ds) else []
+
+
+def atomic_write_text(path: Path, text: str, exclusive: bool = False) -> bool:
+    """Write ``text`` to ``path`` atomically; with ``exclusive`` only if ``path`` does not exist yet."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    try:
+        if exclusive:
+            try:
+                os.link(tmp, path)  # atomic create-if-absent: two jobs creating one store cannot both win
+            except FileExistsError:
+                return False
+            except OSError as exc:
+                if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+                    raise
+                if path.exists():  # no hard links on this filesystem: best effort
+                    return False
+                os.replace(tmp, path)
+        else:
+            os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(path.parent)
+    return True
+
+
+def fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def identity(provenance: dict[str, Any], key: str) -> Any:
+    return provenance.get(key, IDENTITY_DEFAULTS.get(key))
+
+
+def describe_differences(old: dict, new: dict) -> list[str]:
+    """Human-readable list of identity keys whose values differ."""
+    diffs = []
+    for key in IDENTITY_KEYS:
+        a, b = identity(old, key), identity(new, key)
+        if json.dumps(a, sort_keys=True) != json.dumps(b, sort_keys=True):
+            diffs.append(f"{key}: store has {json.dumps(a, sort_keys=True)}, this job has {json.dumps(b, sort_keys=True)}")
+    return diffs
+
+
+def shard_name(prefix: str = "shard", tag: str = "all") -> str:
+    """Unique, finish-time-sortable shard file name; ``tag`` is the writer's lock scope."""
+    return f"{prefix}-{time.time_ns():020d}-{tag}-{uuid.uuid4().hex[:8]}.h5"
+
+
+
+_FINISHED_AT = re.compile(r"-(\d{20})-")
+
+
+def shard_paths(path: Path) -> list[Path]:
+    """Finished shard files in the order they were finished (the time stamp in their names)."""
+    if path.is_file():
+        return [path]
+    d = path / SHARD_DIR
+    if not d.is_dir():
+        return []
+
+    def finished(p: Path) -> tuple[str, str]:
+        m = _FINISHED_AT.search(p.name)
+        return (m.group(1) if m else "", p.name)
+
+    return sorted(d.glob("*.h5"), key=finished)
+
+
+
+def read_provenance_file(p: Path) -> dict[str, Any]:
+    prov_file = p / PROVENANCE_FILE
+    try:
+        return json.loads(prov_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise StoreError(f"{prov_file}: unreadable provenance ({exc})") from None
+

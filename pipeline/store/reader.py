@@ -1,0 +1,471 @@
+"""Reading a store: the clip index of all live shards (first finished wins; superseded shards
+ignored), ``FeatureStore`` (the read API), ``open_store`` and ``create_or_open``. See ``layout``."""
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+from ..config import STORE_DTYPES as DTYPES
+from ..errors import StoreError
+from .layout import (
+    IDENTITY_DEFAULTS,
+    PROVENANCE_FILE,
+    RUNS_DIR,
+    SCHEMA_VERSION,
+    SHARD_DIR,
+    Key,
+    read_str,
+    atomic_write_text,
+    clip_key,
+    describe_differences,
+    identity,
+    read_provenance_file,
+    shard_paths,
+)
+from .lock import WriterLock, live_holders, scope_name
+from .writer import ShardWriter
+
+__all__ = ["FeatureStore", "StoreIndex", "ShardMeta", "ClipTable", "open_store", "create_or_open", "ShardWriter", "clip_key",
+           "PROVENANCE_FILE"]
+
+
+@dataclass
+class ShardMeta:
+    """One finished shard as the reader sees it: which of its clips count, and where their frames are."""
+
+    path: Path
+    offset: np.ndarray  # local (n+1,) offsets
+    kept: np.ndarray  # local clip rows that are not duplicates of an earlier shard
+    n_clips: int
+    n_frames: int
+    dtype: str
+    compression: str
+    compacted_from: list[str]
+
+    @property
+    def all_kept(self) -> bool:
+        return len(self.kept) == self.n_clips
+
+
+@dataclass
+class StoreIndex:
+    """Clip metadata of all live shards (no embeddings): what resume, ``info`` and readers need first."""
+
+    shards: list[ShardMeta]
+    video: list[str]
+    start: np.ndarray
+    end: np.ndarray
+    label: list[str]
+    split: list[str]
+    offset: np.ndarray  # (N+1,) global offsets into the concatenated frames
+    failures: list[dict[str, Any]]
+    duplicates: int  # clips held by more than one live shard (read once)
+    superseded: list[Path]  # shards a compacted shard replaces, left by a crash during compaction
+
+    def keys(self) -> list[Key]:
+        return [clip_key(v, s, e) for v, s, e in zip(self.video, self.start, self.end)]
+
+
+@dataclass
+class ClipTable:
+    """All clips of a store in memory, de-duplicated by key (first finished shard wins)."""
+
+    video: list[str]
+    start: np.ndarray
+    end: np.ndarray
+    label: list[str]
+    split: list[str]
+    offset: np.ndarray  # (N+1,)
+    embedding: np.ndarray  # (F, D) float32
+    timestamp: np.ndarray  # (F,)
+
+    def __len__(self) -> int:
+        return len(self.video)
+
+    def frames(self, i: int) -> np.ndarray:
+        return self.embedding[self.offset[i] : self.offset[i + 1]]
+
+    def keys(self) -> list[Key]:
+        return [clip_key(v, s, e) for v, s, e in zip(self.video, self.start, self.end)]
+
+
+def _compression_of(ds) -> str:
+    return ds.compression or "none"
+
+
+
+
+def _build_index(path: Path, dim: int) -> StoreIndex:
+    import h5py
+
+    rows: list[tuple[ShardMeta, list[str], np.ndarray, np.ndarray, list[str], list[str]]] = []
+    replaced: set[str] = set()
+    raw_failures: list[dict[str, Any]] = []
+    for shard in shard_paths(path):
+        try:
+            with h5py.File(shard, "r") as f:
+                c = f["clips"]
+                off = c["offset"][()]
+                v, s, e = read_str(c["video"]), c["start"][()], c["end"][()]
+                lab, spl = read_str(c["label"]), read_str(c["split"])
+                emb = f["frames/embedding"]
+                emb_shape = emb.shape
+                meta = ShardMeta(shard, off, np.arange(len(v)), len(v), int(emb.shape[0]), str(emb.dtype), _compression_of(emb), json.loads(f.attrs.get("compacted_from", "[]")))
+                fl = f["failures"]
+                fcols = (read_str(fl["path"]), fl["start"][()], fl["end"][()], read_str(fl["stage"]), read_str(fl["error"]), fl["time"][()])
+        except FileNotFoundError:
+            raise  # removed by a compaction after the listing; the caller lists again
+        except (OSError, KeyError, ValueError) as exc:
+            raise StoreError(f"{shard}: unreadable shard ({exc}); run `vidprobe verify {path}`") from None
+        if len(off) != len(v) + 1 or (len(v) and (off[0] != 0 or off[-1] != meta.n_frames)) or emb_shape[1:] != (dim,):
+            raise StoreError(f"{shard}: inconsistent shard (offsets/frames/dim); run `vidprobe verify {path}`")
+        replaced.update(meta.compacted_from)
+        rows.append((meta, v, s, e, lab, spl))
+        raw_failures += [dict(path=r[0], start=float(r[1]), end=float(r[2]), stage=r[3], error=r[4], time=float(r[5]), shard=shard.name) for r in zip(*fcols)]
+    videos: list[str] = []
+    labels: list[str] = []
+    splits: list[str] = []
+    starts, ends, lengths = [], [], []
+    seen: set[Key] = set()
+    shards, superseded, duplicates = [], [], 0
+    for meta, v, s, e, lab, spl in rows:
+        if meta.path.name in replaced:
+            superseded.append(meta.path)
+            continue
+        keep = []
+        for i in range(meta.n_clips):
+            key = clip_key(v[i], s[i], e[i])
+            if key in seen:
+                duplicates += 1
+                continue
+            seen.add(key)
+            keep.append(i)
+        meta.kept = np.asarray(keep, dtype=np.int64)
+        shards.append(meta)
+        if meta.all_kept:
+            videos += v
+            labels += lab
+            splits += spl
+            starts.append(s)
+            ends.append(e)
+            lengths.append(np.diff(meta.offset))
+        else:
+            videos += [v[i] for i in keep]
+            labels += [lab[i] for i in keep]
+            splits += [spl[i] for i in keep]
+            starts.append(s[meta.kept])
+            ends.append(e[meta.kept])
+            lengths.append(np.diff(meta.offset)[meta.kept])
+    superseded_names = {p.name for p in superseded}
+    latest: dict[Key, dict[str, Any]] = {}
+    for fail in raw_failures:
+        if fail["shard"] in superseded_names:
+            continue
+        key = clip_key(fail["path"], fail["start"], fail["end"])
+        # A failure that a later run fixed is history, not a current failure; of repeats, the latest counts.
+        if key not in seen and (key not in latest or fail["time"] >= latest[key]["time"]):
+            latest[key] = fail
+    offset = np.zeros(len(videos) + 1, dtype=np.int64)
+    if lengths:
+        np.cumsum(np.concatenate(lengths), out=offset[1:])
+    return StoreIndex(
+        shards,
+        videos,
+        np.concatenate(starts) if starts else np.zeros(0),
+        np.concatenate(ends) if ends else np.zeros(0),
+        labels,
+        splits,
+        offset,
+        sorted(latest.values(), key=lambda f: f["time"]),
+        duplicates,
+        superseded,
+    )
+
+
+def _read_frames(index: StoreIndex, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """All live frames as one float32 (F, D) matrix plus timestamps, read straight into place."""
+    import h5py
+
+    total = int(index.offset[-1])
+    emb = np.empty((total, dim), dtype=np.float32)
+    ts = np.empty(total, dtype=np.float64)
+    pos = 0
+    for meta in index.shards:
+        if not len(meta.kept):
+            continue
+        with h5py.File(meta.path, "r") as f:
+            e, t = f["frames/embedding"], f["frames/timestamp"]
+            if meta.all_kept:
+                n = meta.n_frames
+                if n and e.dtype == np.float32:
+                    e.read_direct(emb, dest_sel=np.s_[pos : pos + n])
+                elif n:
+                    emb[pos : pos + n] = e[()]  # numpy widens float16 3x faster than HDF5's conversion
+                if n:
+                    t.read_direct(ts, dest_sel=np.s_[pos : pos + n])
+            else:
+                sel = np.concatenate([np.arange(meta.offset[i], meta.offset[i + 1]) for i in meta.kept])
+                n = len(sel)
+                emb[pos : pos + n] = e[()][sel]
+                ts[pos : pos + n] = t[()][sel]
+        pos += n
+    return emb, ts
+
+
+class FeatureStore:
+    """A store (folder, or one shard file) read as one table of clips; see the module doc for layout.
+
+    Read API: ``len(store)``, ``videos``, ``labels``, ``splits``, ``starts``/``ends``, ``keys()``,
+    ``frames(i)`` → (T, D) float32, ``timestamps(i)``, ``embeddings``/``offsets`` (all frames),
+    ``pooled(pool)`` → (N, D'), ``failures()``, ``info()``, and ``torch_dataset()``. Metadata is read
+    without touching embeddings; embeddings are loaded (as float32) on first use and cached.
+    """
+
+    def __init__(self, path: Path, provenance: dict[str, Any]):
+        self.path = path
+        self.provenance = provenance
+        self._index: StoreIndex | None = None
+        self._table: ClipTable | None = None
+
+    # -- discovery -----------------------------------------------------------------------------
+    @property
+    def dim(self) -> int:
+        return int(self.provenance["dim"])
+
+    @property
+    def dtype(self) -> str:
+        return identity(self.provenance, "dtype")
+
+    def shard_paths(self) -> list[Path]:
+        """Finished shard files (including any a compaction has superseded)."""
+        return shard_paths(self.path)
+
+    def unfinished_paths(self) -> list[Path]:
+        d = self.path / SHARD_DIR
+        return sorted(d.glob("*.h5.tmp")) if self.path.is_dir() and d.is_dir() else []
+
+    def invalidate(self) -> None:
+        self._index = None
+        self._table = None
+
+    def index(self) -> StoreIndex:
+        if self._index is None:
+            for attempt in range(5):
+                try:
+                    self._index = _build_index(self.path, self.dim)
+                    break
+                except FileNotFoundError:  # a concurrent compaction removed a listed shard: list again
+                    if attempt == 4:
+                        raise StoreError(f"{self.path}: shards keep disappearing while reading; is a compaction running?") from None
+        return self._index
+
+    # -- reading -------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.index().video)
+
+    @property
+    def videos(self) -> list[str]:
+        return self.index().video
+
+    @property
+    def labels(self) -> list[str]:
+        return self.index().label
+
+    @property
+    def splits(self) -> list[str]:
+        return self.index().split
+
+    @property
+    def starts(self) -> np.ndarray:
+        return self.index().start
+
+    @property
+    def ends(self) -> np.ndarray:
+        return self.index().end
+
+    @property
+    def offsets(self) -> np.ndarray:
+        return self.index().offset
+
+    def keys(self) -> list[Key]:
+        return self.index().keys()
+
+    def table(self) -> ClipTable:
+        if self._table is None:
+            for attempt in range(5):
+                idx = self.index()
+                try:
+                    emb, ts = _read_frames(idx, self.dim)
+                    break
+                except FileNotFoundError:
+                    self._index = None
+                    if attempt == 4:
+                        raise StoreError(f"{self.path}: shards keep disappearing while reading; is a compaction running?") from None
+            self._table = ClipTable(idx.video, idx.start, idx.end, idx.label, idx.split, idx.offset, emb, ts)
+        return self._table
+
+    @property
+    def embeddings(self) -> np.ndarray:
+        """All frames (F, D) float32; clip i owns rows ``offsets[i]:offsets[i+1]``."""
+        return self.table().embedding
+
+    def frames(self, i: int) -> np.ndarray:
+        """Clip ``i``'s per-frame embeddings, (T, D) float32."""
+        return self.table().frames(i)
+
+    def timestamps(self, i: int) -> np.ndarray:
+        t = self.table()
+        return t.timestamp[t.offset[i] : t.offset[i + 1]]
+
+    def failures(self) -> list[dict]:
+        """Current failures (path, start, end, stage, error, time, shard), oldest first."""
+        return self.index().failures
+
+    def done_keys(self, include_failed: bool = True) -> set[Key]:
+        """Clips resume should skip: stored ones, and (by default) ones already recorded as failed."""
+        keys = set(self.keys())
+        if include_failed:
+            keys |= {clip_key(f["path"], f["start"], f["end"]) for f in self.failures()}
+        return keys
+
+    def pooled(self, pool: Callable[[np.ndarray], np.ndarray], indices: Iterable[int] | None = None) -> np.ndarray:
+        """One row per clip: ``pool`` (e.g. ``pipeline.probe.pooling.get_pool("mean")``) of its (T, D) frames."""
+        t = self.table()
+        idx = range(len(t)) if indices is None else indices
+        rows = [pool(t.frames(i)) for i in idx]
+        if not rows:
+            return np.zeros((0, 0), np.float32)
+        return np.stack(rows).astype(np.float32, copy=False)
+
+    def torch_dataset(self, **kwargs: Any):
+        """A ``torch.utils.data.Dataset`` over this store (see ``pipeline.store.torch_dataset.ClipDataset``)."""
+        from .torch_dataset import ClipDataset  # torch stays out of this module
+
+        return ClipDataset(self, **kwargs)
+
+    # -- writing -------------------------------------------------------------------------------
+    def writer_lock(self, job_shard: tuple[int, int] | None = None, purpose: str = "extract") -> WriterLock:
+        """The lock a job takes before reading what is done and writing shards (see ``store_lock``).
+
+        ``job_shard=(i, n)``: shard ``i`` of a job split into ``n``; other shards of the same ``n`` may
+        write concurrently. Taking the whole-store lock also removes ``.tmp`` files of dead writers.
+        """
+        if self.path.is_file():
+            raise StoreError(f"{self.path}: a single shard file is read-only; write to a store folder")
+        lock = _StoreWriterLock(self, job_shard, purpose)
+        return lock
+
+    def info(self) -> dict[str, Any]:
+        idx = self.index()
+        shards = self.shard_paths()
+        lengths = np.diff(idx.offset)
+        by_stage = Counter(f["stage"] for f in idx.failures)
+        size = sum(p.stat().st_size for p in shards if p.exists())
+        last = max((p.stat().st_mtime for p in shards if p.exists()), default=None)
+        writers = live_holders(self.path) if self.path.is_dir() else []
+        return {
+            "path": str(self.path),
+            "clips": len(idx.video),
+            "frames": int(idx.offset[-1]),
+            "frames_per_clip": {"min": int(lengths.min()), "max": int(lengths.max()), "mean": float(lengths.mean())} if len(lengths) else None,
+            "labels": len({x for x in idx.label if x}),
+            "label_counts": dict(sorted(Counter(x or "(none)" for x in idx.label).items())),
+            "splits": {s or "(none)": n for s, n in sorted(Counter(idx.split).items())},
+            "failures": len(idx.failures),
+            "failures_by_stage": dict(sorted(by_stage.items())),
+            "shards": len(idx.shards),
+            "unfinished_shards": len(self.unfinished_paths()),
+            "superseded_shards": len(idx.superseded),
+            "duplicates": idx.duplicates,
+            "size_bytes": size,
+            "dtype": self.dtype,
+            "compression": sorted({m.compression for m in idx.shards}),
+            "encoder": self.provenance.get("encoder"),
+            "weights_id": self.provenance.get("weights_id"),
+            "dim": self.provenance.get("dim"),
+            "sampling": self.provenance.get("sampling"),
+            "preprocess": self.provenance.get("preprocess"),
+            "versions": self.provenance.get("versions"),
+            "created": self.provenance.get("created"),
+            "last_write": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(last)) if last else None,
+            "writers": [h.describe() for h in writers],
+        }
+
+
+class _StoreWriterLock(WriterLock):
+    """``WriterLock`` that, once taken, clears the ``.tmp`` files its scope's dead writers left."""
+
+    def __init__(self, store: FeatureStore, job_shard: tuple[int, int] | None, purpose: str):
+        super().__init__(store.path, job_shard, purpose)
+        self.store = store
+
+    @property
+    def tag(self) -> str:
+        """Scope tag to pass to ``ShardWriter(tag=...)``: names this writer's shard files."""
+        return scope_name(self.job_shard)
+
+    def acquire(self) -> "_StoreWriterLock":
+        super().acquire()
+        for tmp in self.store.unfinished_paths():
+            # Whole-store lock: no other writer can be live. Shard lock: only files tagged with our scope.
+            if self.job_shard is None or f"-{self.tag}-" in tmp.name:
+                tmp.unlink(missing_ok=True)
+        self.store.invalidate()  # what is done is read after the lock is taken
+        return self
+
+
+
+
+def open_store(path: str | Path) -> FeatureStore:
+    """Open an existing store for reading: a store folder, or one shard file (e.g. after ``compact``)."""
+    p = Path(path)
+    if p.is_file():
+        import h5py
+
+        try:
+            with h5py.File(p, "r") as f:
+                provenance = json.loads(f.attrs["provenance"])
+        except (OSError, KeyError, ValueError) as exc:
+            raise StoreError(f"{p}: not a vidprobe store folder or shard file ({exc})") from None
+    elif (p / PROVENANCE_FILE).is_file():
+        provenance = read_provenance_file(p)
+    else:
+        raise StoreError(f"{p}: no feature store here (missing {PROVENANCE_FILE}); create one with `vidprobe extract SOURCE -o {p}`")
+    if provenance.get("schema_version") != SCHEMA_VERSION:
+        raise StoreError(f"{p}: schema version {provenance.get('schema_version')} is not supported (this vidprobe reads {SCHEMA_VERSION})")
+    return FeatureStore(p, provenance)
+
+
+def create_or_open(path: str | Path, provenance: dict[str, Any]) -> FeatureStore:
+    """Open ``path`` for appending with ``provenance``, creating it if new; refuse a mismatch.
+
+    Safe when several processes (job shards) create the same new store at once: exactly one writes
+    ``store.json``; the others open it and are refused, naming what differs, if their settings differ.
+    """
+    p = Path(path)
+    provenance = {**IDENTITY_DEFAULTS, **provenance, "schema_version": SCHEMA_VERSION}
+    if identity(provenance, "dtype") not in DTYPES:
+        raise StoreError(f"dtype={provenance['dtype']!r}: allowed values are {', '.join(DTYPES)}")
+    if p.is_file():
+        raise StoreError(f"{p}: is a file; a store to write to is a folder (choose a new path)")
+    if not (p / PROVENANCE_FILE).is_file():
+        if p.exists() and any(x.name not in (SHARD_DIR, "locks", RUNS_DIR, PROVENANCE_FILE) and not x.name.startswith(f".{PROVENANCE_FILE}.") for x in p.iterdir()):
+            raise StoreError(f"{p}: exists and is not a vidprobe store; choose a new path")
+        (p / SHARD_DIR).mkdir(parents=True, exist_ok=True)
+        provenance.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        if atomic_write_text(p / PROVENANCE_FILE, json.dumps(provenance, indent=2, sort_keys=True), exclusive=True):
+            return FeatureStore(p, provenance)
+        # another job created it a moment ago: fall through and compare with what it wrote
+    store = open_store(p)
+    diffs = describe_differences(store.provenance, provenance)
+    if diffs:
+        raise StoreError(f"{p}: refusing to append with different settings — " + "; ".join(diffs) + ". Use a new store path.")
+    return store
+
+

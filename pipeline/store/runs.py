@@ -1,0 +1,65 @@
+"""Per-writer progress (job shards).
+
+Each extraction run writes shard files named ``PREFIX-<time>-<tag>-<id>.h5`` (PREFIX ``shard`` or, for job
+shard i of n, ``shardIIIIofNNNN``) and keeps a small record of its last run in ``runs/PREFIX.json``
+(state running/finished/stopped, clips assigned/done/skipped/failed, host, pid, time). A run killed
+with SIGKILL stays "running" in its record until it is re-run.
+"""
+from __future__ import annotations
+
+import json
+import re
+from typing import TYPE_CHECKING, Any
+
+from ..errors import StoreError
+from .layout import RUNS_DIR, atomic_write_text
+
+if TYPE_CHECKING:
+    from .reader import FeatureStore
+
+__all__ = ["writer_of", "write_run_record", "writer_progress"]
+
+
+def writer_of(shard_name: str) -> str:
+    """The writer prefix of a shard file name (``shard0001of0004-<time>-<tag>-<id>.h5`` -> ``shard0001of0004``)."""
+    m = re.match(r"(.*?)-\d{20}-", shard_name)
+    return m.group(1) if m else shard_name.split("-", 1)[0]
+
+
+def write_run_record(store: FeatureStore, writer: str, doc: dict[str, Any]) -> None:
+    """Atomically replace the last-run record of ``writer`` (a shard-file prefix)."""
+    d = store.path / RUNS_DIR
+    d.mkdir(exist_ok=True)
+    atomic_write_text(d / f"{writer}.json", json.dumps(doc, indent=1, sort_keys=True))
+
+
+def writer_progress(store: FeatureStore) -> dict[str, dict[str, Any]]:
+    """Per writer prefix: clips in its finished shard files, its current failures, its shard files,
+    and its last run record (``last_run``, when one exists) — what ``vidprobe info`` shows per shard."""
+    import h5py
+
+    out: dict[str, dict[str, Any]] = {}
+
+    def row(writer: str) -> dict[str, Any]:
+        return out.setdefault(writer, {"clips": 0, "failures": 0, "shard_files": 0})
+
+    for shard in store.shard_paths():
+        try:
+            with h5py.File(shard, "r") as f:
+                clips = len(f["clips/video"])
+        except (OSError, KeyError) as exc:
+            raise StoreError(f"{shard}: unreadable shard ({exc}); run `vidprobe verify {store.path}`") from None
+        r = row(writer_of(shard.name))
+        r["clips"] += clips
+        r["shard_files"] += 1
+    for failure in store.failures():
+        if failure.get("shard"):
+            row(writer_of(failure["shard"]))["failures"] += 1
+    runs = store.path / RUNS_DIR
+    for record in sorted(runs.glob("*.json")) if runs.is_dir() else []:
+        try:
+            row(record.stem)["last_run"] = json.loads(record.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+    return dict(sorted(out.items()))
+
