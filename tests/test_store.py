@@ -287,7 +287,7 @@ def test_kill_during_compaction_cleanup_leaves_a_consistent_store(tmp_path):
 
 
 def test_readme_plain_h5py_example_reads_what_open_store_reads(tmp_path):
-    """The README's h5py/numpy snippet, run against a real store (with a duplicate and a compaction leftover)."""
+    """The docs' h5py/numpy snippet, run against a real store (with a duplicate and a compaction leftover)."""
     import re
 
     from pipeline.store.tools import compact_store
@@ -295,7 +295,7 @@ def test_readme_plain_h5py_example_reads_what_open_store_reads(tmp_path):
     store = create_or_open(tmp_path / "s", PROV)
     _fill(store, 5)
     _fill(store, 2)  # duplicates: the first stored wins
-    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    readme = (Path(__file__).parents[1] / "docs" / "store-format.md").read_text(encoding="utf-8")
     snippet = re.search(r"With plain h5py and numpy.*?```python\n(.*?)```", readme, re.S).group(1)
     scope: dict = {}
     exec(snippet.replace("features/mine", str(tmp_path / "s")), scope)
