@@ -22,14 +22,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import ConfigError, EncoderError
+from ..config import PRECISIONS
+from ..errors import ConfigError, EncoderError, check_choice
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
 RESIZE_MODES = ("shortest", "squash", "longest")
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
 
 def _center_crop_geometry(h: int, w: int, size: int) -> tuple[tuple[int, int, int, int], int, int]:
@@ -164,8 +164,7 @@ def resolve_device(device: Any = "auto") -> torch.device:
 def resolve_precision(precision: str, device: torch.device) -> str:
     """'auto' -> fp16 on CUDA, fp32 on CPU. Reduced precision on CPU is refused: bf16 autocast was ~8x
     slower than fp32 on the reference CPU, and fp16 conv kernels are missing or slow there."""
-    if precision not in PRECISIONS:
-        raise ConfigError(f"precision={precision!r}; allowed: {', '.join(PRECISIONS)}")
+    check_choice(precision, PRECISIONS, "precision")
     if precision == "auto":
         return "fp16" if device.type == "cuda" else "fp32"
     if device.type == "cpu" and precision != "fp32":
