@@ -64,6 +64,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from .data.splits import SplitsFrom, SplitSpec
     from .probe.heads import HeadConfig
     from .probe.train import train_head
 
@@ -74,10 +75,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         settings["device"] = args.device
         if args.prompt:
             settings["templates"] = args.prompt
-    splits_from = {"source": args.splits_from, "split": args.dataset_split} if args.splits_from else None
-    out = train_head(args.store, args.output, head=HeadConfig.from_dict(settings), pool=args.pool, seed=args.seed,
-                     val_fraction=args.val_fraction, test_fraction=args.test_fraction, shots=args.shots, shot_seed=args.shot_seed,
-                     splits_from=splits_from)
+    split = SplitSpec(seed=args.seed, val_fraction=args.val_fraction, test_fraction=args.test_fraction, shots=args.shots,
+                      shot_seed=args.shot_seed,
+                      splits_from=SplitsFrom(args.splits_from, split=args.dataset_split) if args.splits_from else None)
+    out = train_head(args.store, args.output, head=HeadConfig.from_dict(settings), pool=args.pool, split=split.validate())
     if args.json:
         _print_json(out)
         return EXIT_OK
