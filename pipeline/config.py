@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, TypeVar
 
-from .errors import ConfigError, allowed_values, check_choice  # noqa: F401 (check_choice: re-exported)
+from .errors import ConfigError, allowed_values
 
 SAMPLING_STRATEGIES = ("uniform", "fps", "every_n", "keyframes", "multiclip", "sliding")
 WINDOWED_STRATEGIES = ("multiclip", "sliding")  # several clips (windows) per manifest item
@@ -55,7 +55,7 @@ class Rule:
             text = f"{self.min:g}..{self.max:g}"
         else:
             bounds = (("min", ">="), ("gt", ">"), ("max", "<="), ("lt", "<"))
-            text = " and ".join(f"{op} {getattr(self, name):g}" for name, op in bounds if getattr(self, name) is not None)
+            text = " and ".join(f"{op} {getattr(self, n):g}" for n, op in bounds if getattr(self, n) is not None)
         if self.auto:
             text = f"auto or an integer {text}"
         elif self.finite:
@@ -126,7 +126,8 @@ def check_known(data: Mapping[str, Any], known: Iterable[str], *, prefix: str = 
     bad = [k for k in data if k not in known]
     if bad:
         names = ", ".join(repr(f"{prefix}{k}") for k in bad)
-        raise ConfigError(f"unknown {what}{'s' if len(bad) > 1 else ''} {names}; known: {', '.join(sorted(prefix + n for n in known))}")
+        listed = ", ".join(sorted(prefix + n for n in known))
+        raise ConfigError(f"unknown {what}{'s' if len(bad) > 1 else ''} {names}; known: {listed}")
 
 
 def _number(value: Any, typ: type, key: str) -> int | float:
@@ -147,7 +148,7 @@ def _number(value: Any, typ: type, key: str) -> int | float:
 
 
 def coerce(value: Any, typ: Any, key: str) -> Any:
-    """The one coercer: a YAML, JSON or command-line value as the field type ``typ``, naming ``key`` when it cannot be."""
+    """The one coercer: a YAML, JSON or command-line value as the field type ``typ``, naming ``key`` if it cannot."""
     origin, args = typing.get_origin(typ), typing.get_args(typ)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
@@ -200,7 +201,7 @@ class SamplingConfig:
     """Which frames of a clip are embedded (see ``pipeline.data.sampling``); all of it is store provenance."""
 
     strategy: str = field(default="uniform", metadata=rule(choices=SAMPLING_STRATEGIES))  # see configs/default.yaml
-    num_frames: int = field(default=8, metadata=rule(min=1))  # T for uniform, and frames per window for multiclip / sliding
+    num_frames: int = field(default=8, metadata=rule(min=1))  # T for uniform, frames per window for multiclip / sliding
     fps: float = field(default=1.0, metadata=rule(gt=0))  # rate for fps
     # cap for fps / every_n / keyframes, spread evenly over the clip (0 = no cap)
     max_frames: int = field(default=0, metadata=rule(min=0, note="(0 = no cap)"))
@@ -219,7 +220,8 @@ class SamplingConfig:
 
     def _check(self, prefix: str) -> None:
         if self.strategy == "sliding" and self.clip_length <= 0:
-            raise ConfigError(f"{prefix}clip_length must be > 0 seconds for strategy=sliding (e.g. {prefix}clip_length=2)")
+            raise ConfigError(f"{prefix}clip_length must be > 0 seconds for strategy=sliding "
+                              f"(e.g. {prefix}clip_length=2)")
 
     @property
     def windowed(self) -> bool:
@@ -240,7 +242,7 @@ class ExtractConfig:
     # decoder processes (auto: one per core); 0 = decode in a main-process thread
     num_workers: int | str = field(default=AUTO, metadata=rule(auto=True, min=0))
     device: str = "auto"  # auto | cpu | cuda | cuda:K
-    precision: str = field(default="auto", metadata=rule(choices=PRECISIONS))  # auto (fp16 on CUDA, fp32 on CPU) | fp32 | ...
+    precision: str = field(default="auto", metadata=rule(choices=PRECISIONS))  # auto: fp16 on CUDA, fp32 on CPU
     # clips per shard file; a killed job loses at most one unfinished shard
     shard_size: int = field(default=512, metadata=rule(min=1))
     # FFmpeg threads per decoder process (0 = FFmpeg decides)
@@ -296,7 +298,8 @@ class Config:
 
     def _check(self, prefix: str) -> None:
         if not self.encoder:
-            raise ConfigError("encoder: must be a non-empty spec string such as effnet-lite0 or openclip:ViT-B-32@openai")
+            raise ConfigError("encoder: must be a non-empty spec string such as effnet-lite0 "
+                              "or openclip:ViT-B-32@openai")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

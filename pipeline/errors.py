@@ -48,6 +48,6 @@ def allowed_values(choices: tuple) -> str:
 
 
 def check_choice(value: object, choices: tuple | list, key: str, error: type[VidprobeError] = ConfigError) -> None:
-    """The one hand-called choice check, for values outside a settings dataclass: ``key=value: allowed values are ...``."""
+    """The one hand-called choice check (values outside a settings dataclass): ``key=value: allowed values are ...``."""
     if value not in choices:
         raise error(f"{key}={value!r}: {allowed_values(tuple(choices))}")

@@ -123,7 +123,8 @@ def test_rerunning_a_row_reproduces_it(bench) -> None:
     out, _, _ = bench
     row = next(r for r in _rows(out) if r["shots"] == "2" and r["shot_seed"] == "1" and r["pool"] == "seg2" and r["encoder"] == "B")
     split = SplitSpec(seed=int(row["seed"]), shots=int(row["shots"]), shot_seed=int(row["shot_seed"]))
-    _, rec = fit_on_store(open_store(row["store"]), HeadConfig.from_dict(json.loads(row["head_settings"])), row["pool"], split=split)
+    head = HeadConfig.from_dict(json.loads(row["head_settings"]))
+    _, rec = fit_on_store(open_store(row["store"]), head, row["pool"], split=split)
     assert rec["test"]["top1"] == pytest.approx(float(row["top1"]), abs=1e-12)
 
 

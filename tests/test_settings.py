@@ -12,7 +12,8 @@ from pipeline.data.splits import SplitsFrom, SplitSpec
 from pipeline.errors import ConfigError, ManifestError
 from pipeline.store import ShardWriter, create_or_open
 
-PROV = {"encoder": "test-enc", "weights_id": "w1", "dim": 4, "preprocess": {}, "sampling": {"strategy": "uniform", "num_frames": 2}}
+PROV = {"encoder": "test-enc", "weights_id": "w1", "dim": 4, "preprocess": {},
+        "sampling": {"strategy": "uniform", "num_frames": 2}}
 
 
 @dataclass
@@ -80,13 +81,16 @@ def store_path(tmp_path):
     with ShardWriter(store) as w:
         for c in range(2):
             for j in range(10):
-                w.add(f"c{c}/v{j}.mp4", None, None, f"class{c}", "", (c + 0.1 * rng.normal(size=(2, 4))).astype(np.float32), np.arange(2.0))
+                frames = (c + 0.1 * rng.normal(size=(2, 4))).astype(np.float32)
+                w.add(f"c{c}/v{j}.mp4", None, None, f"class{c}", "", frames, np.arange(2.0))
     return tmp_path / "s"
 
 
 def test_cli_train_records_the_split_and_evaluate_reuses_it(store_path, tmp_path, capsys):
     head = tmp_path / "h.skops"
-    assert main(["train", str(store_path), "-o", str(head), "--head", "knn", "--seed", "5", "--test-fraction", "0.3", "--json"]) == 0
+    args = ["train", str(store_path), "-o", str(head), "--head", "knn", "--seed", "5", "--test-fraction", "0.3",
+            "--json"]
+    assert main(args) == 0
     trained = json.loads(capsys.readouterr().out)
     side = json.loads(head.with_suffix(".json").read_text())
     assert {k: side[k] for k in ("seed", "val_fraction", "test_fraction", "shots", "splits_from")} == \

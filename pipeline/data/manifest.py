@@ -389,7 +389,7 @@ def _detect(p: Path) -> str:
 
 
 def _check_format(p: Path, format: str) -> None:
-    """An explicit folder/csv/jsonl ``format`` must fit what ``p`` is; a file whose suffix says nothing is read as told."""
+    """An explicit folder/csv/jsonl ``format`` must fit what ``p`` is; a file whose suffix says nothing is read so."""
     if p.is_dir():
         found, fits = "a folder", format == "folder"
     else:

@@ -65,10 +65,8 @@ class Preprocess:
             raise ConfigError(f"Preprocess: size and resize_short must be positive, got {self.size}, {self.resize_short}")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise ConfigError(f"Preprocess: mean/std need 3 values (std > 0), got mean={self.mean} std={self.std}")
-        if self.interpolation not in INTERPOLATIONS:
-            raise ConfigError(f"Preprocess: interpolation={self.interpolation!r}; allowed: {', '.join(INTERPOLATIONS)}")
-        if self.resize_mode not in RESIZE_MODES:
-            raise ConfigError(f"Preprocess: resize_mode={self.resize_mode!r}; allowed: {', '.join(RESIZE_MODES)}")
+        check_choice(self.interpolation, INTERPOLATIONS, "Preprocess: interpolation")
+        check_choice(self.resize_mode, RESIZE_MODES, "Preprocess: resize_mode")
 
     def frame_size(self, height: int, width: int) -> tuple[int, int]:
         """(h, w) the decoder should resize a ``height`` x ``width`` frame to (torchvision rounding)."""

@@ -63,7 +63,7 @@ class StoreEntry:
 
 @dataclass
 class FewshotSettings:
-    """``fewshot:`` of a benchmark file; with shots given, seeds default to 0..2, heads to logreg, poolings to the first."""
+    """``fewshot:`` of a benchmark file; with shots, seeds default to 0..2, heads to logreg, poolings to the first."""
 
     shots: tuple[int, ...] = field(default=(), metadata=rule(min=1))
     seeds: tuple[int, ...] | None = None
@@ -143,11 +143,13 @@ def _parse_benchmark(data: dict[str, Any], stem: str) -> BenchmarkConfig:
         fewshot_shots=shots,
         fewshot_seeds=list(fs.seeds if fs.seeds is not None else (0, 1, 2) if shots else ()),
         fewshot_heads=_heads(fs.heads if fs.heads is not None else ("logreg",) if shots else (), "fewshot.heads"),
-        fewshot_poolings=_pools(fs.poolings if fs.poolings is not None else poolings[:1] if shots else (), "fewshot.poolings"),
+        fewshot_poolings=_pools(fs.poolings if fs.poolings is not None else poolings[:1] if shots else (),
+                                "fewshot.poolings"),
         raw=data,
     )
     if any(h.kind == "zeroshot" for h in cfg.fewshot_heads):
-        raise ConfigError("fewshot.heads: zeroshot uses no training clips; list it under heads (it is drawn on the few-shot plot)")
+        raise ConfigError("fewshot.heads: zeroshot uses no training clips; list it under heads "
+                          "(it is drawn on the few-shot plot)")
     return cfg
 
 

@@ -36,7 +36,8 @@ import numpy as np
 
 from ..config import build, check_settings, rule
 from ..errors import ConfigError, HeadError
-from .logreg import DEFAULT_COARSE_CS, DEFAULT_MAX_ITER, DEFAULT_PATIENCE, DEFAULT_REFINE, DEFAULT_TOL, SOLVERS, make_solver, sweep_C
+from .logreg import (DEFAULT_COARSE_CS, DEFAULT_MAX_ITER, DEFAULT_PATIENCE, DEFAULT_REFINE, DEFAULT_TOL, SOLVERS,
+                     make_solver, sweep_C)
 
 HEAD_KINDS = ("logreg", "mlp", "knn", "zeroshot")
 HEAD_FORMATS = {".skops": "skops", ".joblib": "joblib"}
@@ -59,10 +60,11 @@ class HeadConfig:
     kind: str = field(default="logreg", metadata=rule(choices=HEAD_KINDS, key="head"))
     # logreg: coarse grid of C (scikit-learn's convention)
     Cs: tuple[float, ...] = field(default=DEFAULT_COARSE_CS, metadata=rule(gt=0, finite=True, nonempty=True))
-    refine: tuple[float, ...] = field(default=DEFAULT_REFINE, metadata=rule(gt=0))  # logreg: log10 steps of the fine search
+    # logreg: log10 steps of the fine search
+    refine: tuple[float, ...] = field(default=DEFAULT_REFINE, metadata=rule(gt=0))
     # logreg: stop climbing C after this many worse values (0 = all)
     patience: int = field(default=DEFAULT_PATIENCE, metadata=rule(min=0, note="(0 = try every C)"))
-    solver: str = field(default="torch", metadata=rule(choices=SOLVERS))  # logreg: torch (CPU/CUDA) | sklearn (reference)
+    solver: str = field(default="torch", metadata=rule(choices=SOLVERS))  # logreg: torch (CPU/CUDA) | sklearn
     # logreg: gradient tolerance of the final fit (scikit-learn's default)
     tol: float = field(default=DEFAULT_TOL, metadata=rule(gt=0))
     # logreg: looser tolerance for the candidate fits of the C search

@@ -24,7 +24,8 @@ def split_assignment(splits_from: SplitsFrom) -> dict[tuple[str, float, float], 
     """{clip key: split} from another manifest, e.g. ``SplitsFrom("ucfTrainTestlist", split=2)``."""
     from ..data.manifest import load_manifest
 
-    m = load_manifest(splits_from.source, splits_from.root, format=splits_from.format, split=splits_from.split, check_files=False)
+    src = splits_from
+    m = load_manifest(src.source, src.root, format=src.format, split=src.split, check_files=False)
     return {it.key: it.split for it in m.items}
 
 
@@ -34,8 +35,8 @@ def store_splits(store: FeatureStore, spec: SplitSpec | None = None, *, require_
     src = spec.splits_from
     t = store.table()
     splits = t.split if src is None else resplit(t.keys(), split_assignment(src))
-    sp = make_splits(t.label, splits, t.video, seed=spec.seed, val_fraction=spec.val_fraction, test_fraction=spec.test_fraction,
-                     require_train=require_train)
+    sp = make_splits(t.label, splits, t.video, seed=spec.seed, val_fraction=spec.val_fraction,
+                     test_fraction=spec.test_fraction, require_train=require_train)
     if src is not None:
         sp.source = f"{sp.source}:{Path(src.source).name}#{src.split}"
     return sp
@@ -147,5 +148,5 @@ def evaluate_head(store_path: str | Path, head_path: str | Path, *, split: str =
     return out
 
 
-__all__ = ["EVAL_SPLITS", "SplitSpec", "SplitsFrom", "evaluate_head", "fit_on_store", "pooled_features", "split_assignment",
-           "store_splits", "train_head"]
+__all__ = ["EVAL_SPLITS", "SplitSpec", "SplitsFrom", "evaluate_head", "fit_on_store", "pooled_features",
+           "split_assignment", "store_splits", "train_head"]
