@@ -64,6 +64,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from .data.splits import SplitsFrom, SplitSpec
     from .probe.heads import HeadConfig
     from .probe.train import train_head
 
@@ -74,10 +75,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         settings["device"] = args.device
         if args.prompt:
             settings["templates"] = args.prompt
-    splits_from = {"source": args.splits_from, "split": args.dataset_split} if args.splits_from else None
-    out = train_head(args.store, args.output, head=HeadConfig.from_dict(settings), pool=args.pool, seed=args.seed,
-                     val_fraction=args.val_fraction, test_fraction=args.test_fraction, shots=args.shots, shot_seed=args.shot_seed,
-                     splits_from=splits_from)
+    splits_from = SplitsFrom(args.splits_from, split=args.dataset_split) if args.splits_from else None
+    split = SplitSpec(seed=args.seed, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
+                      shots=args.shots, shot_seed=args.shot_seed, splits_from=splits_from).validate()
+    out = train_head(args.store, args.output, head=HeadConfig.from_dict(settings), pool=args.pool, split=split)
     if args.json:
         _print_json(out)
         return EXIT_OK
@@ -231,6 +232,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
+    from .config import STORE_COMPRESSIONS
+    from .data.manifest import DATASET_SPLITS, FORMATS
+    from .data.splits import EVAL_SPLITS
+    from .probe.heads import HEAD_KINDS
+    from .probe.logreg import SOLVERS
 
     p = argparse.ArgumentParser(
         prog="vidprobe",
@@ -254,9 +260,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--config", metavar="FILE", help="YAML settings file (see configs/default.yaml)")
     e.add_argument("--root", metavar="DIR", help="folder that manifest paths are relative to (default: the manifest's folder); "
                    "for UCF101/HMDB51 the folder holding the class folders")
-    e.add_argument("--format", default="auto", choices=["auto", "folder", "csv", "jsonl", "ucf101", "hmdb51", "kinetics"],
+    e.add_argument("--format", default="auto", choices=FORMATS,
                    help="how to read SOURCE (default auto: a folder with classInd.txt is UCF101, with *_test_split1.txt HMDB51, a CSV with youtube_id Kinetics)")
-    e.add_argument("--dataset-split", type=int, default=1, choices=[1, 2, 3], help="UCF101/HMDB51 official split to read (default 1)")
+    e.add_argument("--dataset-split", type=int, default=1, choices=DATASET_SPLITS,
+                   help="UCF101/HMDB51 official split to read (default 1)")
     e.add_argument("--retry-failed", action="store_true", help="only retry clips recorded as failed in the store")
     e.add_argument("--device", metavar="DEV", help="auto | cpu | cuda | cuda:K (same as extract.device=DEV); one process per GPU: "
                    "--device cuda:K --shard-id K --num-shards NUM_GPUS")
@@ -280,16 +287,18 @@ def build_parser() -> argparse.ArgumentParser:
                        "evaluate/predict then need --trust).")
     t.add_argument("store", help="feature store folder")
     t.add_argument("-o", "--output", required=True, metavar="HEAD", help="head file to write: NAME.skops (safe) or NAME.joblib (pickle); sidecar NAME.json beside it")
-    t.add_argument("--head", default="logreg", choices=["logreg", "mlp", "knn", "zeroshot"],
+    t.add_argument("--head", default="logreg", choices=HEAD_KINDS,
                    help="logreg (default) | mlp | knn (cosine) | zeroshot (class-name prompts through the store encoder's open_clip text tower; no training)")
     t.add_argument("--pool", default="mean", help="mean | max | meanmax | meanstd | center | tdiff | segK (e.g. seg4); default mean")
     t.add_argument("--shots", type=int, metavar="K", help="few-shot: train on K clips per class (drawn with --shot-seed); val picks the hyperparameter, no refit")
     t.add_argument("--shot-seed", type=int, default=0, help="seed of the few-shot draw (default 0)")
-    t.add_argument("--solver", default="torch", choices=["torch", "sklearn"], help="logreg solver: torch L-BFGS (default, CPU or CUDA) or scikit-learn's")
+    t.add_argument("--solver", default="torch", choices=SOLVERS,
+                   help="logreg solver: torch L-BFGS (default, CPU or CUDA) or scikit-learn's")
     t.add_argument("--device", default="auto", help="logreg solver / zeroshot text tower: auto | cpu | cuda | cuda:K")
     t.add_argument("--prompt", action="append", metavar="TEMPLATE", help="zeroshot prompt template with {label}; repeat to ensemble (default: 'a video of a person {label}.')")
     t.add_argument("--splits-from", metavar="SOURCE", help="take train/test from another manifest or official split folder (e.g. UCF101 split 2 over a store extracted with split 1)")
-    t.add_argument("--dataset-split", type=int, default=1, choices=[1, 2, 3], help="with --splits-from: UCF101/HMDB51 split number (default 1)")
+    t.add_argument("--dataset-split", type=int, default=1, choices=DATASET_SPLITS,
+                   help="with --splits-from: UCF101/HMDB51 split number (default 1)")
     t.add_argument("--seed", type=int, default=0, help="seed of the split made when the manifest has none, and of the head (default 0)")
     t.add_argument("--val-fraction", type=float, default=0.2, help="share of train videos held out to choose the hyperparameter when no val split exists")
     t.add_argument("--test-fraction", type=float, default=0.2, help="share held out for testing when the manifest has no splits")
@@ -300,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("store")
     v.add_argument("head", help="head file (.skops or .joblib) written by `vidprobe train`")
     v.add_argument("--trust", action="store_true", help="allow a .joblib (pickle) head, or types outside skops' trusted list: only for files you trust")
-    v.add_argument("--split", default="test", choices=["test", "val", "train", "all"], help="which clips to score (default test)")
+    v.add_argument("--split", default="test", choices=EVAL_SPLITS, help="which clips to score (default test)")
     v.add_argument("--confusion", metavar="PNG", help="also write a confusion-matrix plot")
     v.add_argument("--json", action="store_true", help="print metrics as one JSON document")
     v.set_defaults(func=cmd_evaluate)
@@ -334,7 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "shard (tmp, fsync, atomic rename), then delete the old shards and leftover *.tmp files. Refused while another "
                         "job writes to the store (exit 75). A crash at any point leaves a readable store; re-run to finish.")
     cp.add_argument("store", help="feature store folder")
-    cp.add_argument("--compression", choices=["none", "gzip", "lzf"], help="compression of the merged shard (default: what most shards use)")
+    cp.add_argument("--compression", choices=STORE_COMPRESSIONS,
+                    help="compression of the merged shard (default: what most shards use)")
     cp.add_argument("--level", type=int, default=4, choices=range(1, 10), metavar="1..9", help="gzip level (default 4)")
     cp.add_argument("--json", action="store_true", help="print the result as one JSON document")
     cp.set_defaults(func=cmd_compact)

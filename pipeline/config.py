@@ -1,67 +1,232 @@
-"""Extraction settings: dataclasses loaded from YAML with ``key=value`` overrides.
+"""Extraction settings: dataclasses loaded from YAML with ``key=value`` overrides, and the one settings machinery.
 
 Settings are plain data so they can be recorded in a store's provenance and compared: a store refuses
 to grow with different sampling or encoder settings. Unknown keys are errors that name the key, so a
 typo never silently falls back to a default.
+
+Every settings dataclass of vidprobe (these, ``HeadConfig``, ``SplitSpec``, the benchmark's entries)
+declares what each field may hold next to the field (``field(..., metadata=rule(min=1))``), and one
+walker (``check_settings``) coerces and checks them all, naming the dotted key in every message;
+``build`` makes one from a mapping with the one coercer (``coerce``) and unknown-key check (``check_known``).
 """
 from __future__ import annotations
 
 import dataclasses
+import math
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Mapping, TypeVar
 
-from .errors import ConfigError
+from .errors import ConfigError, allowed_values
 
 SAMPLING_STRATEGIES = ("uniform", "fps", "every_n", "keyframes", "multiclip", "sliding")
 WINDOWED_STRATEGIES = ("multiclip", "sliding")  # several clips (windows) per manifest item
 SEEK_MODES = ("exact", "keyframe")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")  # encoder precision (auto: fp16 on CUDA, fp32 on CPU)
+AUTO = "auto"
 
+T = TypeVar("T")
+
+
+# -- declared rules, one validator, one coercer ----------------------------------------------------
+
+@dataclass(frozen=True)
+class Rule:
+    """What one setting may hold; a sequence setting applies it to each of its values."""
+
+    choices: tuple = ()
+    min: float | None = None  # value >= min
+    gt: float | None = None  # value > gt
+    max: float | None = None  # value <= max
+    lt: float | None = None  # value < lt
+    zero_or_min: float | None = None  # 0 (off, the default) or >= this
+    auto: bool = False  # "auto" is also allowed (int | str fields)
+    finite: bool = False
+    nonempty: bool = False  # sequences: at least one value
+    key: str | None = None  # name in messages where it is not the field's name
+    note: str = ""  # said after the range, e.g. "(0 = no cap)" or "seconds"
+
+    def _range(self) -> str:
+        if self.zero_or_min is not None:
+            text = f"0 (the default) or >= {self.zero_or_min:g}"
+        elif self.min is not None and self.max is not None:
+            text = f"{self.min:g}..{self.max:g}"
+        else:
+            bounds = (("min", ">="), ("gt", ">"), ("max", "<="), ("lt", "<"))
+            text = " and ".join(f"{op} {getattr(self, n):g}" for n, op in bounds if getattr(self, n) is not None)
+        if self.auto:
+            text = f"auto or an integer {text}"
+        elif self.finite:
+            text = f"a finite number {text}"
+        return f"must be {text}" + (f" {self.note}" if self.note else "")
+
+    def _ok(self, v: Any) -> bool:
+        if self.choices:
+            return v in self.choices
+        if self.auto and v == AUTO:
+            return True
+        if self.finite and not math.isfinite(v):
+            return False
+        if self.zero_or_min is not None:
+            return v == 0 or v >= self.zero_or_min
+        return ((self.min is None or v >= self.min) and (self.gt is None or v > self.gt)
+                and (self.max is None or v <= self.max) and (self.lt is None or v < self.lt))
+
+    def problem(self, value: Any) -> str | None:
+        """Why ``value`` breaks the rule (the text after ``key=value: ``), or None when it does not."""
+        if value is None:
+            return None
+        if isinstance(value, tuple):
+            if self.nonempty and not value:
+                return "need one or more values"
+            bad = [v for v in value if not self._ok(v)]
+            return None if not bad else allowed_values(self.choices) if self.choices else f"each value {self._range()}"
+        if self._ok(value):
+            return None
+        return allowed_values(self.choices) if self.choices else self._range()
+
+
+_NO_RULE = Rule()
+
+
+def rule(**kw: Any) -> dict[str, Rule]:
+    """Field metadata declaring a setting's allowed values: ``field(default=1, metadata=rule(min=1))``."""
+    return {"rule": Rule(**kw)}
+
+
+def _shown(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def check_settings(obj: Any, prefix: str = "") -> None:
+    """Coerce every field of the settings dataclass ``obj`` to its type and check its rule (nested ones too),
+    then the class's own cross-field check (``_check(prefix)``, if any); ConfigError names the dotted key."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        r = f.metadata.get("rule", _NO_RULE)
+        key = prefix + (r.key or f.name)
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            check_settings(value, key + ".")
+            continue
+        value = coerce(value, hints[f.name], key)
+        setattr(obj, f.name, value)
+        problem = r.problem(value)
+        if problem:
+            raise ConfigError(f"{key}={_shown(value)!r}: {problem}")
+    if hasattr(obj, "_check"):
+        obj._check(prefix)
+
+
+def check_known(data: Mapping[str, Any], known: Iterable[str], *, prefix: str = "", what: str = "setting") -> None:
+    """The one unknown-key check: a typo is an error naming the dotted key and the known ones."""
+    known = list(known)
+    bad = [k for k in data if k not in known]
+    if bad:
+        names = ", ".join(repr(f"{prefix}{k}") for k in bad)
+        listed = ", ".join(sorted(prefix + n for n in known))
+        raise ConfigError(f"unknown {what}{'s' if len(bad) > 1 else ''} {names}; known: {listed}")
+
+
+def _number(value: Any, typ: type, key: str) -> int | float:
+    expected = "an integer" if typ is int else "a number"
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ConfigError(f"{key}={value!r}: expected {expected}")
+    if isinstance(value, int):
+        return typ(value)
+    try:
+        number = float(value)  # YAML reads 1e-3 as text
+    except ValueError:
+        raise ConfigError(f"{key}={value!r}: expected {expected}") from None
+    if typ is int:
+        if not number.is_integer():
+            raise ConfigError(f"{key}={value!r}: expected an integer")
+        return int(number)
+    return number
+
+
+def coerce(value: Any, typ: Any, key: str) -> Any:
+    """The one coercer: a YAML, JSON or command-line value as the field type ``typ``, naming ``key`` if it cannot."""
+    origin, args = typing.get_origin(typ), typing.get_args(typ)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        rest = [a for a in args if a is not type(None)]
+        if set(rest) == {int, str}:  # "auto" or a count
+            if isinstance(value, str) and value.strip().lower() == AUTO:
+                return AUTO
+            return _number(value, int, key)
+        return coerce(value, rest[0], key) if len(rest) == 1 else value
+    if origin is tuple:  # tuple[X, ...]: a YAML list, or one value
+        return tuple(coerce(v, args[0], key) for v in (value if isinstance(value, (list, tuple)) else [value]))
+    if isinstance(typ, type) and dataclasses.is_dataclass(typ):
+        return value if isinstance(value, typ) else build(typ, value, prefix=key + ".")
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"{key}={value!r}: expected true or false")
+    if typ in (int, float):
+        return _number(value, typ, key)
+    if typ is str:
+        if isinstance(value, (dict, list, tuple)):
+            raise ConfigError(f"{key}: expected a single value, got {type(value).__name__}")
+        return str(value)
+    return value
+
+
+def build(cls: type[T], data: Any, *, prefix: str = "", what: str = "setting") -> T:
+    """A settings dataclass from a mapping: unknown keys, missing required keys, types and rules are checked."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{prefix.rstrip('.') or what}: expected a mapping of settings")
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    check_known(data, fields, prefix=prefix, what=what)
+    missing = [n for n, f in fields.items()
+               if n not in data and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(f"missing {what} {prefix + missing[0]!r}")
+    hints = typing.get_type_hints(cls)
+    obj = cls(**{k: coerce(v, hints[k], prefix + k) for k, v in data.items()})
+    check_settings(obj, prefix)
+    return obj
+
+
+# -- extraction settings ------------------------------------------------------------------------------
 
 @dataclass
 class SamplingConfig:
     """Which frames of a clip are embedded (see ``pipeline.data.sampling``); all of it is store provenance."""
 
-    strategy: str = "uniform"  # one of SAMPLING_STRATEGIES (see configs/default.yaml)
-    num_frames: int = 8  # T for uniform, and frames per window for multiclip / sliding
-    fps: float = 1.0  # rate for fps
-    max_frames: int = 0  # cap for fps / every_n / keyframes, spread evenly over the clip (0 = no cap)
-    every_n: int = 1  # N for every_n: every N-th frame in presentation order
-    num_clips: int = 1  # K for multiclip
-    clip_length: float = 0.0  # window seconds: multiclip (0 = duration / K) and sliding (required)
-    stride: float = 0.0  # sliding: seconds between window starts (0 = clip_length, no overlap)
-    seek_mode: str = "exact"  # exact | keyframe (snap to the nearest keyframe, decode keyframes only)
+    strategy: str = field(default="uniform", metadata=rule(choices=SAMPLING_STRATEGIES))  # see configs/default.yaml
+    num_frames: int = field(default=8, metadata=rule(min=1))  # T for uniform, frames per window for multiclip / sliding
+    fps: float = field(default=1.0, metadata=rule(gt=0))  # rate for fps
+    # cap for fps / every_n / keyframes, spread evenly over the clip (0 = no cap)
+    max_frames: int = field(default=0, metadata=rule(min=0, note="(0 = no cap)"))
+    every_n: int = field(default=1, metadata=rule(min=1))  # N for every_n: every N-th frame in presentation order
+    num_clips: int = field(default=1, metadata=rule(min=1))  # K for multiclip
+    # window seconds: multiclip (0 = duration / K) and sliding (required)
+    clip_length: float = field(default=0.0, metadata=rule(zero_or_min=0.01, note="seconds"))
+    # sliding: seconds between window starts (0 = clip_length, no overlap)
+    stride: float = field(default=0.0, metadata=rule(zero_or_min=0.01, note="seconds"))
+    # exact | keyframe (snap to the nearest keyframe, decode keyframes only)
+    seek_mode: str = field(default="exact", metadata=rule(choices=SEEK_MODES))
 
-    def validate(self) -> None:
-        if self.strategy not in SAMPLING_STRATEGIES:
-            raise ConfigError(f"sampling.strategy={self.strategy!r}: allowed values are {', '.join(SAMPLING_STRATEGIES)}")
-        if self.num_frames < 1:
-            raise ConfigError(f"sampling.num_frames={self.num_frames}: must be >= 1")
-        if self.fps <= 0:
-            raise ConfigError(f"sampling.fps={self.fps}: must be > 0")
-        if self.max_frames < 0:
-            raise ConfigError(f"sampling.max_frames={self.max_frames}: must be >= 0 (0 = no cap)")
-        if self.every_n < 1:
-            raise ConfigError(f"sampling.every_n={self.every_n}: must be >= 1")
-        if self.num_clips < 1:
-            raise ConfigError(f"sampling.num_clips={self.num_clips}: must be >= 1")
-        for name in ("clip_length", "stride"):
-            value = getattr(self, name)
-            if value != 0 and not value >= 0.01:
-                raise ConfigError(f"sampling.{name}={value}: must be 0 (the default) or >= 0.01 seconds")
+    def validate(self) -> "SamplingConfig":
+        check_settings(self, "sampling.")
+        return self
+
+    def _check(self, prefix: str) -> None:
         if self.strategy == "sliding" and self.clip_length <= 0:
-            raise ConfigError("sampling.clip_length must be > 0 seconds for strategy=sliding (e.g. sampling.clip_length=2)")
-        if self.seek_mode not in SEEK_MODES:
-            raise ConfigError(f"sampling.seek_mode={self.seek_mode!r}: allowed values are {', '.join(SEEK_MODES)}")
+            raise ConfigError(f"{prefix}clip_length must be > 0 seconds for strategy=sliding "
+                              f"(e.g. {prefix}clip_length=2)")
 
     @property
     def windowed(self) -> bool:
         """True when one manifest item expands into several clip windows."""
         return self.strategy in WINDOWED_STRATEGIES
-
-
-AUTO = "auto"
 
 
 @dataclass
@@ -72,36 +237,26 @@ class ExtractConfig:
     the README for the measured reasoning).
     """
 
-    batch_size: int | str = AUTO  # frames per encoder call, packed across clips (auto: 16 on CPU, 128 on CUDA)
-    num_workers: int | str = AUTO  # decoder processes (auto: one per core); 0 = decode in a main-process thread
+    # frames per encoder call, packed across clips (auto: 16 on CPU, 128 on CUDA)
+    batch_size: int | str = field(default=AUTO, metadata=rule(auto=True, min=1))
+    # decoder processes (auto: one per core); 0 = decode in a main-process thread
+    num_workers: int | str = field(default=AUTO, metadata=rule(auto=True, min=0))
     device: str = "auto"  # auto | cpu | cuda | cuda:K
-    precision: str = "auto"  # auto (fp16 on CUDA, fp32 on CPU) | fp32 | fp16 | bf16
-    shard_size: int = 512  # clips per shard file; a killed job loses at most one unfinished shard
-    decode_threads: int | str = AUTO  # FFmpeg threads per decoder process (0 = FFmpeg decides)
-    torch_threads: int | str = AUTO  # intra-op threads of the encoder on CPU (0 = torch decides)
-    decode_timeout: float = 120.0  # seconds one clip may take to decode before its worker is replaced
-    prefetch_frames: int = 0  # decoded frames buffered ahead of the encoder (0 = 4 batches)
+    precision: str = field(default="auto", metadata=rule(choices=PRECISIONS))  # auto: fp16 on CUDA, fp32 on CPU
+    # clips per shard file; a killed job loses at most one unfinished shard
+    shard_size: int = field(default=512, metadata=rule(min=1))
+    # FFmpeg threads per decoder process (0 = FFmpeg decides)
+    decode_threads: int | str = field(default=AUTO, metadata=rule(auto=True, min=0))
+    # intra-op threads of the encoder on CPU (0 = torch decides)
+    torch_threads: int | str = field(default=AUTO, metadata=rule(auto=True, min=0))
+    # seconds one clip may take to decode before its worker is replaced
+    decode_timeout: float = field(default=120.0, metadata=rule(gt=0, note="seconds"))
+    # decoded frames buffered ahead of the encoder (0 = 4 batches)
+    prefetch_frames: int = field(default=0, metadata=rule(min=0, note="(0 = 4 batches)"))
 
-    def validate(self) -> None:
-        _auto_or_int(self.batch_size, "extract.batch_size", minimum=1)
-        _auto_or_int(self.num_workers, "extract.num_workers", minimum=0)
-        _auto_or_int(self.decode_threads, "extract.decode_threads", minimum=0)
-        _auto_or_int(self.torch_threads, "extract.torch_threads", minimum=0)
-        if self.shard_size < 1:
-            raise ConfigError(f"extract.shard_size={self.shard_size}: must be >= 1")
-        if self.precision not in ("auto", "fp32", "fp16", "bf16"):
-            raise ConfigError(f"extract.precision={self.precision!r}: allowed values are auto, fp32, fp16, bf16")
-        if not self.decode_timeout > 0:
-            raise ConfigError(f"extract.decode_timeout={self.decode_timeout}: must be > 0 seconds")
-        if self.prefetch_frames < 0:
-            raise ConfigError(f"extract.prefetch_frames={self.prefetch_frames}: must be >= 0 (0 = 4 batches)")
-
-
-def _auto_or_int(value: Any, key: str, minimum: int) -> None:
-    if value == AUTO:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{key}={value!r}: must be auto or an integer >= {minimum}")
+    def validate(self) -> "ExtractConfig":
+        check_settings(self, "extract.")
+        return self
 
 
 STORE_DTYPES = ("float32", "float16")
@@ -117,17 +272,15 @@ class StoreConfig:
     shard by HDF5 itself, and may differ between runs appending to one store.
     """
 
-    dtype: str = "float32"  # float32 | float16 (half the size; relative rounding error <= 2**-11)
-    compression: str = "none"  # none | gzip | lzf (lossless; embeddings compress little, see benchmarks/store_read.py)
-    compression_level: int = 4  # gzip level 1..9
+    # float32 | float16 (half the size; relative rounding error <= 2**-11)
+    dtype: str = field(default="float32", metadata=rule(choices=STORE_DTYPES))
+    # none | gzip | lzf (lossless; embeddings compress little, see benchmarks/store_read.py)
+    compression: str = field(default="none", metadata=rule(choices=STORE_COMPRESSIONS))
+    compression_level: int = field(default=4, metadata=rule(min=1, max=9, note="(used by gzip)"))  # gzip level 1..9
 
-    def validate(self) -> None:
-        if self.dtype not in STORE_DTYPES:
-            raise ConfigError(f"store.dtype={self.dtype!r}: allowed values are {', '.join(STORE_DTYPES)}")
-        if self.compression not in STORE_COMPRESSIONS:
-            raise ConfigError(f"store.compression={self.compression!r}: allowed values are {', '.join(STORE_COMPRESSIONS)}")
-        if not 1 <= self.compression_level <= 9:
-            raise ConfigError(f"store.compression_level={self.compression_level}: must be 1..9 (used by gzip)")
+    def validate(self) -> "StoreConfig":
+        check_settings(self, "store.")
+        return self
 
 
 @dataclass
@@ -140,60 +293,16 @@ class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
 
     def validate(self) -> "Config":
-        if not isinstance(self.encoder, str) or not self.encoder:
-            raise ConfigError("encoder: must be a non-empty spec string such as effnet-lite0 or openclip:ViT-B-32@openai")
-        self.sampling.validate()
-        self.extract.validate()
-        self.store.validate()
+        check_settings(self)
         return self
+
+    def _check(self, prefix: str) -> None:
+        if not self.encoder:
+            raise ConfigError("encoder: must be a non-empty spec string such as effnet-lite0 "
+                              "or openclip:ViT-B-32@openai")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def _coerce(value: Any, typ: Any, key: str) -> Any:
-    """Convert a YAML or command-line value to the field's type, naming the key when it cannot."""
-    if typ is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-            return value.lower() in ("true", "1", "yes")
-        raise ConfigError(f"{key}={value!r}: expected true or false")
-    if typ in (int, float):
-        if isinstance(value, bool):
-            raise ConfigError(f"{key}={value!r}: expected a number")
-        try:
-            number = typ(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{key}={value!r}: expected {'an integer' if typ is int else 'a number'}") from None
-        if typ is int and isinstance(value, float) and value != int(value):
-            raise ConfigError(f"{key}={value!r}: expected an integer")
-        return number
-    if set(typing.get_args(typ)) == {int, str}:  # "auto" or a count
-        if isinstance(value, str) and value.strip().lower() == AUTO:
-            return AUTO
-        return _coerce(value, int, key)
-    if typ is str:
-        if isinstance(value, (dict, list)):
-            raise ConfigError(f"{key}: expected a single value, got {type(value).__name__}")
-        return str(value)
-    return value
-
-
-def _apply(obj: Any, data: dict[str, Any], prefix: str = "") -> None:
-    hints = typing.get_type_hints(type(obj))
-    names = {f.name for f in dataclasses.fields(obj)}
-    for key, value in data.items():
-        dotted = f"{prefix}{key}"
-        if key not in names:
-            raise ConfigError(f"unknown setting {dotted!r}; known: {', '.join(sorted(prefix + n for n in names))}")
-        current = getattr(obj, key)
-        if dataclasses.is_dataclass(current):
-            if not isinstance(value, dict):
-                raise ConfigError(f"{dotted}: expected a mapping of settings")
-            _apply(current, value, prefix=dotted + ".")
-        else:
-            setattr(obj, key, _coerce(value, hints[key], dotted))
 
 
 def _parse_override(text: str) -> tuple[list[str], Any]:
@@ -227,13 +336,13 @@ def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Defaults, then the YAML file (if any), then ``key=value`` overrides; validated."""
-    cfg = Config()
-    if path is not None:
-        _apply(cfg, read_yaml_mapping(path, "config file"))
+    data: dict[str, Any] = read_yaml_mapping(path, "config file") if path is not None else {}
     for text in overrides:
         keys, value = _parse_override(text)
-        nested: dict[str, Any] = {keys[-1]: value}
-        for k in reversed(keys[:-1]):
-            nested = {k: nested}
-        _apply(cfg, nested)
-    return cfg.validate()
+        node = data
+        for k in keys[:-1]:
+            if not isinstance(node.get(k), dict):
+                node[k] = {}
+            node = node[k]
+        node[keys[-1]] = value
+    return build(Config, data)

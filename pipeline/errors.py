@@ -40,3 +40,14 @@ class StoreBusyError(StoreError):
 
 class HeadError(VidprobeError):
     """A trained head cannot be fitted, saved or loaded."""
+
+
+def allowed_values(choices: tuple) -> str:
+    """The one wording of a choice error's tail: ``allowed values are a, b``."""
+    return f"allowed values are {', '.join(map(str, choices))}"
+
+
+def check_choice(value: object, choices: tuple | list, key: str, error: type[VidprobeError] = ConfigError) -> None:
+    """The one hand-called choice check (values outside a settings dataclass): ``key=value: allowed values are ...``."""
+    if value not in choices:
+        raise error(f"{key}={value!r}: {allowed_values(tuple(choices))}")

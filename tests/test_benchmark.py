@@ -117,12 +117,14 @@ def test_rerunning_a_row_reproduces_it(bench) -> None:
     """A results.csv row has what it takes to re-run that fit and get the same number."""
     from pipeline.probe.heads import HeadConfig
     from pipeline.store import open_store
+    from pipeline.data.splits import SplitSpec
     from pipeline.probe.train import fit_on_store
 
     out, _, _ = bench
     row = next(r for r in _rows(out) if r["shots"] == "2" and r["shot_seed"] == "1" and r["pool"] == "seg2" and r["encoder"] == "B")
-    _, rec = fit_on_store(open_store(row["store"]), HeadConfig.from_dict(json.loads(row["head_settings"])), row["pool"],
-                          seed=int(row["seed"]), shots=int(row["shots"]), shot_seed=int(row["shot_seed"]))
+    split = SplitSpec(seed=int(row["seed"]), shots=int(row["shots"]), shot_seed=int(row["shot_seed"]))
+    head = HeadConfig.from_dict(json.loads(row["head_settings"]))
+    _, rec = fit_on_store(open_store(row["store"]), head, row["pool"], split=split)
     assert rec["test"]["top1"] == pytest.approx(float(row["top1"]), abs=1e-12)
 
 

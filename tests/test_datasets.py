@@ -10,7 +10,7 @@ import pytest
 
 from pipeline.errors import ManifestError
 from pipeline.data.manifest import load_manifest
-from pipeline.data.splits import few_shot, make_splits, video_group
+from pipeline.data.splits import SplitsFrom, SplitSpec, few_shot, make_splits, video_group
 from pipeline.store import ShardWriter, create_or_open, open_store
 from pipeline.probe.train import store_splits
 
@@ -136,7 +136,7 @@ def test_resplit_store_with_another_official_split(tmp_path: Path) -> None:
             w.add(it.path, it.start, it.end, it.label, it.split, np.zeros((1, 2), np.float32), np.zeros(1))
     s = open_store(tmp_path / "s")
     t = s.table()
-    sp = store_splits(s, splits_from={"source": str(UCF), "split": 2})
+    sp = store_splits(s, SplitSpec(splits_from=SplitsFrom(str(UCF), split=2)))
     assert {t.video[i] for i in sp.test} == set(_listed(UCF / "testlist02.txt"))
     assert sp.source.endswith("ucfTrainTestlist#2")
     assert not {video_group(t.video[i]) for i in sp.train} & {video_group(t.video[i]) for i in sp.val}

@@ -14,6 +14,7 @@ from pipeline.cli import main
 from pipeline.errors import ConfigError, HeadError
 from pipeline.probe.heads import FitResult, HeadConfig, fit_head, label_to_text, linear_classifier, load_head, save_head
 from pipeline.store import ShardWriter, create_or_open
+from pipeline.data.splits import SplitSpec
 from pipeline.probe.train import train_head
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,7 +53,7 @@ def test_heads_reproduce_recorded_metrics_in_a_fresh_process(store_path: Path, t
         out = train_head(store_path, head, head=kind, pool="mean")
         assert 0.35 < out["test"]["top1"] <= 1.0 and out["n_test"] == 24  # 4 classes: chance is 0.25
         assert set(out["hparams"]) == kinds[kind]
-    few = train_head(store_path, heads[-1], head="logreg", pool="seg2", shots=2, shot_seed=1)
+    few = train_head(store_path, heads[-1], head="logreg", pool="seg2", split=SplitSpec(shots=2, shot_seed=1))
     assert few["n_train"] == 8 and few["shots"] == 2
     for head, fresh in zip(heads, _fresh_process_metrics(store_path, heads)):
         recorded = json.loads(head.with_suffix(".json").read_text())

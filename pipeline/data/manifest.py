@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from ..errors import ManifestError
+from ..errors import ManifestError, check_choice
 from .keys import Key, clip_key
 
 VIDEO_EXTENSIONS = frozenset(
@@ -388,6 +388,17 @@ def _detect(p: Path) -> str:
     return {".csv": "csv", ".tsv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}.get(p.suffix.lower(), "")
 
 
+def _check_format(p: Path, format: str) -> None:
+    """An explicit folder/csv/jsonl ``format`` must fit what ``p`` is; a file whose suffix says nothing is read so."""
+    if p.is_dir():
+        found, fits = "a folder", format == "folder"
+    else:
+        found = f"a {p.suffix.lower()} file" if p.suffix else "a file"
+        fits = format != "folder" and _detect(p) in ("", format) and not _is_video(p)
+    if not fits:
+        raise ManifestError(f"{p}: --format {format} does not match {found}; pass the format it is, or --format auto")
+
+
 def load_manifest(source: str | Path, root: str | Path | None = None, *, format: str = "auto", split: int = 1,
                   check_files: bool = True) -> Manifest:
     """Dispatch on what ``source`` is: a folder, a ``.csv``/``.jsonl`` file, a single video, or a glob.
@@ -397,8 +408,7 @@ def load_manifest(source: str | Path, root: str | Path | None = None, *, format:
     UCF101/HMDB51 split 1, 2 or 3; ``root`` is then the folder holding the videos. ``check_files=False``
     keeps UCF101/HMDB51 entries whose video is gone (re-splitting a store whose videos were deleted).
     """
-    if format not in FORMATS:
-        raise ManifestError(f"format={format!r}: allowed values are {', '.join(FORMATS)}")
+    check_choice(format, FORMATS, "format", ManifestError)
     text = str(source)
     p = Path(text)
     r = Path(root) if root else None
@@ -411,13 +421,14 @@ def load_manifest(source: str | Path, root: str | Path | None = None, *, format:
         if not p.is_file():
             raise ManifestError(f"{p}: kinetics needs its CSV file (label,youtube_id,time_start,time_end,split)")
         return read_kinetics(p, r)
+    if format != "auto" and p.exists():
+        _check_format(p, format)
     if p.is_dir():
         return read_folder(p)
     if p.is_file():
-        suffix = p.suffix.lower()
-        if suffix in (".csv", ".tsv"):
+        if kind == "csv":
             return read_csv(p, r)
-        if suffix in (".jsonl", ".ndjson"):
+        if kind == "jsonl":
             return read_jsonl(p, r)
         if _is_video(p):
             base = (r or p.parent).resolve()

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..config import SamplingConfig
-from ..errors import ConfigError
+from ..config import SAMPLING_STRATEGIES, SamplingConfig
+from ..errors import ConfigError, allowed_values
 
 KEY_DECIMALS = 6  # window bounds in the store are rounded to microseconds (stable resume keys)
 MIN_WINDOW = 0.01  # seconds: shortest clip_length / stride accepted (a window is at least a frame or so)
@@ -181,4 +181,4 @@ def sample_timestamps(
         if keyframe_times is None:
             raise ConfigError("sampling.strategy=keyframes needs the video's keyframe times")
         return keyframe_timestamps(keyframe_times, start, end, cfg.max_frames)
-    raise ConfigError(f"sampling.strategy={s!r}: allowed values are uniform, fps, every_n, keyframes, multiclip, sliding")
+    raise ConfigError(f"sampling.strategy={s!r}: {allowed_values(SAMPLING_STRATEGIES)}")

@@ -8,14 +8,57 @@ one long recording, which UCF101's own splits also keep together.
 """
 from __future__ import annotations
 
+import dataclasses
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import PurePosixPath
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from ..config import build, check_settings, rule
 from ..errors import ConfigError
+from .manifest import DATASET_SPLITS, FORMATS
+
+EVAL_SPLITS = ("test", "val", "train", "all")  # what ``evaluate`` can score
+
+
+@dataclass
+class SplitsFrom:
+    """Train/val/test taken from another manifest or official split folder (e.g. UCF101 split 2 over a store
+    extracted with split 1). Listed videos need not exist any more: the store already holds their features."""
+
+    source: str
+    split: int = field(default=1, metadata=rule(choices=DATASET_SPLITS))  # UCF101/HMDB51 split number
+    format: str = field(default="auto", metadata=rule(choices=FORMATS))
+    root: str | None = None  # the folder the store's paths are relative to
+
+
+@dataclass
+class SplitSpec:
+    """How one fit splits a store's clips: the one definition ``train``, ``evaluate``, ``benchmark`` and the CLI
+    share. Its keys are recorded flat in the head sidecar (as they always were), so ``evaluate`` reproduces it."""
+
+    seed: int = 0  # seed of the split made where the manifest has none (and of the head)
+    val_fraction: float = field(default=0.2, metadata=rule(gt=0, lt=1))  # carved from train where there is no val
+    test_fraction: float = field(default=0.2, metadata=rule(min=0, lt=1))  # held out where the manifest has no splits
+    shots: int | None = field(default=None, metadata=rule(min=1))  # few-shot: training clips per class
+    shot_seed: int = 0  # seed of the few-shot draw
+    splits_from: SplitsFrom | None = None
+
+    def validate(self) -> "SplitSpec":
+        check_settings(self)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], *, prefix: str = "") -> "SplitSpec":
+        """Its keys out of a larger mapping (a head sidecar, a benchmark file); absent or null keys keep the default."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        return build(cls, {k: d[k] for k in names if d.get(k) is not None}, prefix=prefix)
+
 
 _UCF_GROUP = re.compile(r"^(v_.+_g\d+)_c\d+$", re.IGNORECASE)
 
@@ -63,8 +106,7 @@ def make_splits(labels: list[str], splits: list[str], videos: list[str], *, seed
 
     ``require_train=False`` accepts a manifest with test clips only (zero-shot needs no training clips).
     """
-    if not 0 < val_fraction < 1 or not 0 <= test_fraction < 1:
-        raise ConfigError("val_fraction must be in (0, 1) and test_fraction in [0, 1)")
+    SplitSpec(seed=seed, val_fraction=val_fraction, test_fraction=test_fraction).validate()
     labeled = np.array([i for i, lab in enumerate(labels) if lab], dtype=int)
     if labeled.size == 0:
         raise ConfigError("the store has no labeled clips; extract from a folder-per-class or a manifest with a label column")
@@ -95,8 +137,7 @@ def few_shot(labels: Sequence[str], videos: Sequence[str], train: np.ndarray, sh
 
     A class with fewer clips keeps all of them (the returned size says how many were used).
     """
-    if shots < 1:
-        raise ConfigError(f"shots={shots}: must be >= 1")
+    SplitSpec(shots=shots, shot_seed=seed).validate()
     rng = np.random.default_rng([seed, shots])
     chosen: list[int] = []
     by_label: dict[str, list[int]] = {}

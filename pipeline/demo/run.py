@@ -19,6 +19,7 @@ from ..data.manifest import load_manifest
 from ..probe.pooling import is_order_aware
 from ..probe.report import markdown_table, plot_accuracy_bars, plot_confusion
 from ..store import open_store
+from ..data.splits import SplitSpec
 from ..probe.train import train_head
 
 DEMO_POOLS = ("center", "mean", "max", "meanmax", "seg2", "tdiff")
@@ -51,7 +52,8 @@ def run_demo(output: str | Path = "demo-out", *, per_class: int | None = None, s
     for task, store in stores.items():
         for pool in DEMO_POOLS:
             for head in DEMO_HEADS:
-                res = train_head(store.path, out / "heads" / f"{task}-{head}-{pool}.skops", head=head, pool=pool, seed=seed, store=store)
+                res = train_head(store.path, out / "heads" / f"{task}-{head}-{pool}.skops", head=head, pool=pool,
+                                 split=SplitSpec(seed=seed), store=store)
                 m = res["test"]
                 row = {"task": task, "pool": pool, "order_aware": is_order_aware(pool), "head": head, "chosen": ", ".join(f"{k}={v:.3g}" for k, v in res["hparams"].items()), "top1": m["top1"], "mean_class_acc": m["mean_class_acc"], "n_test": m["n"]}
                 rows.append(row)

@@ -22,14 +22,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import ConfigError, EncoderError
+from ..config import PRECISIONS
+from ..errors import ConfigError, EncoderError, check_choice
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
 RESIZE_MODES = ("shortest", "squash", "longest")
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
 
 def _center_crop_geometry(h: int, w: int, size: int) -> tuple[tuple[int, int, int, int], int, int]:
@@ -65,10 +65,8 @@ class Preprocess:
             raise ConfigError(f"Preprocess: size and resize_short must be positive, got {self.size}, {self.resize_short}")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise ConfigError(f"Preprocess: mean/std need 3 values (std > 0), got mean={self.mean} std={self.std}")
-        if self.interpolation not in INTERPOLATIONS:
-            raise ConfigError(f"Preprocess: interpolation={self.interpolation!r}; allowed: {', '.join(INTERPOLATIONS)}")
-        if self.resize_mode not in RESIZE_MODES:
-            raise ConfigError(f"Preprocess: resize_mode={self.resize_mode!r}; allowed: {', '.join(RESIZE_MODES)}")
+        check_choice(self.interpolation, INTERPOLATIONS, "Preprocess: interpolation")
+        check_choice(self.resize_mode, RESIZE_MODES, "Preprocess: resize_mode")
 
     def frame_size(self, height: int, width: int) -> tuple[int, int]:
         """(h, w) the decoder should resize a ``height`` x ``width`` frame to (torchvision rounding)."""
@@ -164,8 +162,7 @@ def resolve_device(device: Any = "auto") -> torch.device:
 def resolve_precision(precision: str, device: torch.device) -> str:
     """'auto' -> fp16 on CUDA, fp32 on CPU. Reduced precision on CPU is refused: bf16 autocast was ~8x
     slower than fp32 on the reference CPU, and fp16 conv kernels are missing or slow there."""
-    if precision not in PRECISIONS:
-        raise ConfigError(f"precision={precision!r}; allowed: {', '.join(PRECISIONS)}")
+    check_choice(precision, PRECISIONS, "precision")
     if precision == "auto":
         return "fp16" if device.type == "cuda" else "fp32"
     if device.type == "cpu" and precision != "fp32":

@@ -34,7 +34,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..config import read_yaml_mapping
+from ..config import build, check_known, read_yaml_mapping, rule
+from ..data.splits import SplitsFrom, SplitSpec
 from ..errors import ConfigError, VidprobeError
 from .heads import HeadConfig
 from .pooling import get_pool, is_order_aware
@@ -47,17 +48,27 @@ CSV_COLUMNS = (
     "top1", "top5", "mean_class_acc", "val_top1", "hparams", "n_train", "n_val", "n_test", "split_source",
     "fit_seconds", "status", "store", "encoder_spec", "weights_id", "sampling", "head_settings",
 )
-_TOP_KEYS = {"name", "output", "seed", "val_fraction", "test_fraction", "stores", "poolings", "heads", "fewshot"}
-_STORE_KEYS = {"dataset", "path", "encoder", "splits_from"}
-_FEWSHOT_KEYS = {"shots", "seeds", "heads", "poolings"}
+_TOP_KEYS = ("name", "output", "seed", "val_fraction", "test_fraction", "stores", "poolings", "heads", "fewshot")
 
 
 @dataclass
 class StoreEntry:
+    """``stores[i]`` of a benchmark file."""
+
     dataset: str
     path: str
-    encoder: str | None = None
-    splits_from: dict[str, Any] | None = None
+    encoder: str | None = None  # display name (default: from the store's encoder spec)
+    splits_from: SplitsFrom | None = None  # train/test from another manifest, e.g. UCF101 split 2
+
+
+@dataclass
+class FewshotSettings:
+    """``fewshot:`` of a benchmark file; with shots, seeds default to 0..2, heads to logreg, poolings to the first."""
+
+    shots: tuple[int, ...] = field(default=(), metadata=rule(min=1))
+    seeds: tuple[int, ...] | None = None
+    heads: tuple[Any, ...] | None = None  # names or mappings, as under heads
+    poolings: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -67,9 +78,7 @@ class BenchmarkConfig:
     stores: list[StoreEntry]
     poolings: list[str]
     heads: list[HeadConfig]
-    seed: int = 0
-    val_fraction: float = 0.2
-    test_fraction: float = 0.2
+    split: SplitSpec = field(default_factory=SplitSpec)  # seed, val_fraction, test_fraction (top-level keys)
     fewshot_shots: list[int] = field(default_factory=list)
     fewshot_seeds: list[int] = field(default_factory=list)
     fewshot_heads: list[HeadConfig] = field(default_factory=list)
@@ -77,79 +86,70 @@ class BenchmarkConfig:
     raw: dict[str, Any] = field(default_factory=dict)
 
 
-def _list(d: dict, key: str, where: str, default: Any = None) -> list:
-    v = d.get(key, default)
+def _list(d: dict, key: str) -> list:
+    v = d.get(key)
     if v is None:
-        raise ConfigError(f"{where}: missing {key!r}")
+        raise ConfigError(f"missing {key!r}")
     if not isinstance(v, list) or not v:
-        raise ConfigError(f"{where}: {key!r} must be a non-empty list")
+        raise ConfigError(f"{key!r} must be a non-empty list")
     return v
 
 
-def _unknown(d: dict, allowed: set[str], where: str) -> None:
-    bad = sorted(set(d) - allowed)
-    if bad:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(map(repr, bad))}; known: {', '.join(sorted(allowed))}")
+def _pools(items: Any, where: str) -> list[str]:
+    for pool in items:
+        try:
+            get_pool(str(pool))
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+    return [str(x) for x in items]
+
+
+def _heads(items: Any, where: str) -> list[HeadConfig]:
+    out = []
+    for i, h in enumerate(items):
+        try:
+            out.append(HeadConfig.from_dict(h))
+        except ConfigError as exc:
+            raise ConfigError(f"{where}[{i}]: {exc}") from None
+    return out
 
 
 def load_benchmark_config(path: str | Path) -> BenchmarkConfig:
-    """Read and validate a benchmark YAML file; every error names the file and the key."""
+    """Read and validate a benchmark YAML file; every error names the file and the dotted key."""
     p = Path(path)
     data = read_yaml_mapping(p, "benchmark config (see configs/demo-bench.yaml)")
-    _unknown(data, _TOP_KEYS, str(p))
-    stores = []
-    for i, s in enumerate(_list(data, "stores", str(p))):
-        where = f"{p}: stores[{i}]"
-        if not isinstance(s, dict) or "path" not in s or "dataset" not in s:
-            raise ConfigError(f"{where}: needs dataset and path")
-        _unknown(s, _STORE_KEYS, where)
-        stores.append(StoreEntry(str(s["dataset"]), str(s["path"]), s.get("encoder"), s.get("splits_from")))
-    def pools(items: list, where: str) -> list[str]:
-        for pool in items:
-            try:
-                get_pool(str(pool))
-            except ConfigError as exc:
-                raise ConfigError(f"{where}: {exc}") from None
-        return [str(x) for x in items]
+    try:
+        return _parse_benchmark(data, p.stem)
+    except ConfigError as exc:
+        raise ConfigError(f"{p}: {exc}") from None
 
-    poolings = pools(_list(data, "poolings", str(p)), f"{p}: poolings")
 
-    def heads(items: list, where: str) -> list[HeadConfig]:
-        out = []
-        for h in items:
-            try:
-                out.append(HeadConfig.from_dict(h))
-            except ConfigError as exc:
-                raise ConfigError(f"{where}: {exc}") from None
-        return out
-
-    fs = data.get("fewshot") or {}
-    if not isinstance(fs, dict):
-        raise ConfigError(f"{p}: fewshot must be a mapping with shots, seeds, heads, poolings")
-    _unknown(fs, _FEWSHOT_KEYS, f"{p}: fewshot")
-    shots = [int(k) for k in fs.get("shots", [])]
-    if any(k < 1 for k in shots):
-        raise ConfigError(f"{p}: fewshot.shots must be integers >= 1, got {shots}")
-    name = str(data.get("name") or p.stem)
+def _parse_benchmark(data: dict[str, Any], stem: str) -> BenchmarkConfig:
+    check_known(data, _TOP_KEYS, what="key")
+    stores = [build(StoreEntry, s, prefix=f"stores[{i}].") for i, s in enumerate(_list(data, "stores"))]
+    poolings = _pools(_list(data, "poolings"), "poolings")
+    fs = build(FewshotSettings, data.get("fewshot") or {}, prefix="fewshot.")
+    shots = list(fs.shots)
+    name = str(data.get("name") or stem)
     if not re.fullmatch(r"[\w.-]+", name):
-        raise ConfigError(f"{p}: name={name!r}: use letters, digits, '.', '_' or '-'")
+        raise ConfigError(f"name={name!r}: use letters, digits, '.', '_' or '-'")
     cfg = BenchmarkConfig(
         name=name,
         output=str(data.get("output") or f"bench-out/{name}"),
         stores=stores,
         poolings=poolings,
-        heads=heads(_list(data, "heads", str(p)), f"{p}: heads"),
-        seed=int(data.get("seed", 0)),
-        val_fraction=float(data.get("val_fraction", 0.2)),
-        test_fraction=float(data.get("test_fraction", 0.2)),
+        heads=_heads(_list(data, "heads"), "heads"),
+        split=SplitSpec.from_dict(data),
         fewshot_shots=shots,
-        fewshot_seeds=[int(s) for s in fs.get("seeds", [0, 1, 2] if shots else [])],
-        fewshot_heads=heads(fs.get("heads", ["logreg"] if shots else []), f"{p}: fewshot.heads"),
-        fewshot_poolings=pools(fs.get("poolings", poolings[:1] if shots else []), f"{p}: fewshot.poolings"),
+        fewshot_seeds=list(fs.seeds if fs.seeds is not None else (0, 1, 2) if shots else ()),
+        fewshot_heads=_heads(fs.heads if fs.heads is not None else ("logreg",) if shots else (), "fewshot.heads"),
+        fewshot_poolings=_pools(fs.poolings if fs.poolings is not None else poolings[:1] if shots else (),
+                                "fewshot.poolings"),
         raw=data,
     )
     if any(h.kind == "zeroshot" for h in cfg.fewshot_heads):
-        raise ConfigError(f"{p}: fewshot.heads: zeroshot uses no training clips; list it under heads (it is drawn on the few-shot plot)")
+        raise ConfigError("fewshot.heads: zeroshot uses no training clips; list it under heads "
+                          "(it is drawn on the few-shot plot)")
     return cfg
 
 
@@ -180,7 +180,8 @@ def run_benchmark(config: BenchmarkConfig | str | Path, output: str | Path | Non
                                 + len(cfg.fewshot_poolings) * len(cfg.fewshot_heads) * len(cfg.fewshot_shots) * len(cfg.fewshot_seeds))
     say(f"benchmark {cfg.name}: {len(cfg.stores)} store(s), {n_jobs} fits -> {out}")
     for entry in cfg.stores:
-        base = {"benchmark": cfg.name, "dataset": entry.dataset, "store": str(Path(entry.path).resolve()), "seed": cfg.seed}
+        base = {"benchmark": cfg.name, "dataset": entry.dataset, "store": str(Path(entry.path).resolve()),
+                "seed": cfg.split.seed}
         try:
             store = open_store(entry.path)
             prov = store.provenance
@@ -206,8 +207,8 @@ def run_benchmark(config: BenchmarkConfig | str | Path, output: str | Path | Non
                     from .heads import zeroshot_encoder
 
                     zs_encoder.append(zeroshot_encoder(prov.get("encoder"), weights_id=prov.get("weights_id"), device=head.device))
-                _, rec = fit_on_store(store, head, pool, seed=cfg.seed, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
-                                      shots=shots, shot_seed=shot_seed, splits_from=entry.splits_from, X_all=features[pool],
+                split = dataclasses.replace(cfg.split, shots=shots, shot_seed=shot_seed, splits_from=entry.splits_from)
+                _, rec = fit_on_store(store, head, pool, split=split, X_all=features[pool],
                                       encoder=zs_encoder[0] if head.kind == "zeroshot" else None)
             except VidprobeError as exc:
                 row.update(status=f"skipped: {exc}" if head.kind == "zeroshot" else f"error: {exc}", fit_seconds=round(time.perf_counter() - t0, 3))

@@ -24,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import platform
 import re
 import time
@@ -35,8 +34,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..config import build, check_settings, rule
 from ..errors import ConfigError, HeadError
-from .logreg import DEFAULT_COARSE_CS, DEFAULT_MAX_ITER, DEFAULT_PATIENCE, DEFAULT_REFINE, DEFAULT_TOL, make_solver, sweep_C
+from .logreg import (DEFAULT_COARSE_CS, DEFAULT_MAX_ITER, DEFAULT_PATIENCE, DEFAULT_REFINE, DEFAULT_TOL, SOLVERS,
+                     make_solver, sweep_C)
 
 HEAD_KINDS = ("logreg", "mlp", "knn", "zeroshot")
 HEAD_FORMATS = {".skops": "skops", ".joblib": "joblib"}
@@ -56,46 +57,44 @@ _KIND_FIELDS = {
 class HeadConfig:
     """What to fit; validated up front, and recorded (``to_dict``) with every head and benchmark row."""
 
-    kind: str = "logreg"
-    Cs: tuple[float, ...] = DEFAULT_COARSE_CS  # logreg: coarse grid of C (scikit-learn's convention)
-    refine: tuple[float, ...] = DEFAULT_REFINE  # logreg: log10 steps of the fine search
-    patience: int = DEFAULT_PATIENCE  # logreg: stop climbing C after this many worse values (0 = all)
-    solver: str = "torch"  # logreg: torch (CPU/CUDA) | sklearn (reference)
-    tol: float = DEFAULT_TOL  # logreg: gradient tolerance of the final fit (scikit-learn's default)
-    sweep_tol: float = 10 * DEFAULT_TOL  # logreg: looser tolerance for the candidate fits of the C search
-    max_iter: int = DEFAULT_MAX_ITER
-    hidden: int = 256  # mlp: hidden units
-    alphas: tuple[float, ...] = (1.0, 1e-2, 1e-4)  # mlp: weight decays tried on val
-    ks: tuple[int, ...] = (1, 3, 5, 10, 20, 50)  # knn: neighbour counts tried on val
-    templates: tuple[str, ...] = DEFAULT_TEMPLATES  # zeroshot: prompts, each with {label}
+    kind: str = field(default="logreg", metadata=rule(choices=HEAD_KINDS, key="head"))
+    # logreg: coarse grid of C (scikit-learn's convention)
+    Cs: tuple[float, ...] = field(default=DEFAULT_COARSE_CS, metadata=rule(gt=0, finite=True, nonempty=True))
+    # logreg: log10 steps of the fine search
+    refine: tuple[float, ...] = field(default=DEFAULT_REFINE, metadata=rule(gt=0))
+    # logreg: stop climbing C after this many worse values (0 = all)
+    patience: int = field(default=DEFAULT_PATIENCE, metadata=rule(min=0, note="(0 = try every C)"))
+    solver: str = field(default="torch", metadata=rule(choices=SOLVERS))  # logreg: torch (CPU/CUDA) | sklearn
+    # logreg: gradient tolerance of the final fit (scikit-learn's default)
+    tol: float = field(default=DEFAULT_TOL, metadata=rule(gt=0))
+    # logreg: looser tolerance for the candidate fits of the C search
+    sweep_tol: float = field(default=10 * DEFAULT_TOL, metadata=rule(gt=0))
+    max_iter: int = field(default=DEFAULT_MAX_ITER, metadata=rule(min=1))
+    hidden: int = field(default=256, metadata=rule(min=1))  # mlp: hidden units
+    # mlp: weight decays tried on val
+    alphas: tuple[float, ...] = field(default=(1.0, 1e-2, 1e-4), metadata=rule(min=0, nonempty=True))
+    # knn: neighbour counts tried on val
+    ks: tuple[int, ...] = field(default=(1, 3, 5, 10, 20, 50), metadata=rule(min=1, nonempty=True))
+    # zeroshot: prompts, each with {label}
+    templates: tuple[str, ...] = field(default=DEFAULT_TEMPLATES, metadata=rule(nonempty=True))
     device: str = "auto"  # logreg (torch solver) and zeroshot (text tower): auto | cpu | cuda[:K]
 
     def validate(self) -> "HeadConfig":
-        if self.kind not in HEAD_KINDS:
-            raise ConfigError(f"head={self.kind!r}: allowed values are {', '.join(HEAD_KINDS)}")
+        check_settings(self)
+        return self
+
+    def _check(self, prefix: str) -> None:
+        """What the field rules cannot say: which settings a kind reads, and how they relate."""
         defaults = HeadConfig()
         for f in dataclasses.fields(self):
             if f.name != "kind" and f.name not in _KIND_FIELDS[self.kind] and getattr(self, f.name) != getattr(defaults, f.name):
-                raise ConfigError(f"head setting {f.name!r} does not apply to head {self.kind!r} (its settings: {', '.join(_KIND_FIELDS[self.kind]) or 'none'})")
-        if not self.Cs or any(not (isinstance(c, (int, float)) and math.isfinite(c) and c > 0) for c in self.Cs):
-            raise ConfigError(f"Cs={list(self.Cs)!r}: need one or more positive numbers")
-        if any(not (isinstance(s, (int, float)) and s > 0) for s in self.refine):
-            raise ConfigError(f"refine={list(self.refine)!r}: log10 steps must be positive")
-        if self.patience < 0:
-            raise ConfigError(f"patience={self.patience}: must be >= 0 (0 = try every C)")
-        if self.solver not in ("torch", "sklearn"):
-            raise ConfigError(f"solver={self.solver!r}: allowed values are torch, sklearn")
-        if self.tol <= 0 or self.max_iter < 1 or self.hidden < 1:
-            raise ConfigError("tol must be > 0, max_iter and hidden >= 1")
+                raise ConfigError(f"head setting {f.name!r} does not apply to head {self.kind!r} "
+                                  f"(its settings: {', '.join(_KIND_FIELDS[self.kind]) or 'none'})")
         if self.sweep_tol < self.tol:
-            raise ConfigError(f"sweep_tol={self.sweep_tol:g}: must be >= tol={self.tol:g} (the search may be looser than the final fit, not tighter)")
-        if not self.alphas or any(a < 0 for a in self.alphas):
-            raise ConfigError(f"alphas={list(self.alphas)!r}: need one or more weight decays >= 0")
-        if not self.ks or any(int(k) != k or k < 1 for k in self.ks):
-            raise ConfigError(f"ks={list(self.ks)!r}: need one or more integers >= 1")
-        if not self.templates or any("{label}" not in t for t in self.templates):
+            raise ConfigError(f"sweep_tol={self.sweep_tol:g}: must be >= tol={self.tol:g} "
+                              "(the search may be looser than the final fit, not tighter)")
+        if any("{label}" not in t for t in self.templates):
             raise ConfigError(f"templates={list(self.templates)!r}: every prompt template must contain {{label}}")
-        return self
 
     def to_dict(self) -> dict[str, Any]:
         """The kind and the settings it uses (JSON-ready): what the sidecar and results.csv record."""
@@ -112,35 +111,7 @@ class HeadConfig:
             return cls(kind=d).validate()
         if not isinstance(d, dict):
             raise ConfigError(f"head: expected a name or a mapping of settings, got {d!r}")
-        names = {f.name: f for f in dataclasses.fields(cls)}
-        defaults = cls()
-        kw: dict[str, Any] = {}
-        for k, v in d.items():
-            if k not in names:
-                raise ConfigError(f"unknown head setting {k!r}; known: {', '.join(names)}")
-            default = getattr(defaults, k)
-            if isinstance(default, tuple):
-                kw[k] = tuple(_coerce(x, type(default[0]), k) for x in (v if isinstance(v, (list, tuple)) else [v]))
-            else:
-                kw[k] = _coerce(v, type(default), k)
-        return cls(**kw).validate()
-
-
-def _coerce(value: Any, typ: type, key: str) -> Any:
-    """YAML reads ``1e-3`` as a string: numbers given as text are accepted, anything else names the key."""
-    if typ is str:
-        return str(value)
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ConfigError(f"head setting {key}={value!r}: expected {'an integer' if typ is int else 'a number'}")
-    try:
-        number = float(value)
-    except ValueError:
-        raise ConfigError(f"head setting {key}={value!r}: expected {'an integer' if typ is int else 'a number'}") from None
-    if typ is int:
-        if number != int(number):
-            raise ConfigError(f"head setting {key}={value!r}: expected an integer")
-        return int(number)
-    return number
+        return build(cls, d, what="head setting")
 
 
 @dataclass

@@ -25,7 +25,7 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-from ..errors import ConfigError, HeadError
+from ..errors import ConfigError, HeadError, check_choice
 
 # CLIP's range (1e-6 .. 1e6); the sweep stops climbing once larger C keeps scoring worse (``patience``).
 DEFAULT_COARSE_CS: tuple[float, ...] = tuple(float(10.0**e) for e in range(-6, 7))
@@ -33,6 +33,7 @@ DEFAULT_REFINE: tuple[float, ...] = (0.5, 0.25)  # log10 steps of the fine searc
 DEFAULT_PATIENCE = 2
 DEFAULT_TOL = 1e-4
 DEFAULT_MAX_ITER = 1000
+SOLVERS = ("torch", "sklearn")  # torch L-BFGS (CPU or CUDA) | scikit-learn's (the reference)
 # Below this many multiply-adds per matmul a CPU fit runs on one thread: for small problems thread
 # start-up and barriers cost more than they save (on a busy 2-core box, 70x more).
 _SINGLE_THREAD_BELOW = 1 << 26
@@ -94,8 +95,7 @@ class TorchSolver:
 
         from ..encoders.base import resolve_device
 
-        if dtype not in ("float32", "float64"):
-            raise ConfigError(f"dtype={dtype!r}: allowed values are float32, float64")
+        check_choice(dtype, ("float32", "float64"), "dtype")
         self.device = resolve_device(device)
         self.dtype = getattr(torch, dtype)
         self.X = torch.as_tensor(np.ascontiguousarray(X), device=self.device).to(self.dtype)
@@ -202,11 +202,10 @@ class SklearnSolver:
 
 def make_solver(name: str, X: np.ndarray, y: np.ndarray, n_classes: int, **kwargs) -> Solver:
     """``name`` = torch (default, CPU or CUDA) | sklearn (reference)."""
-    if name == "torch":
-        return TorchSolver(X, y, n_classes, **kwargs)
+    check_choice(name, SOLVERS, "solver")
     if name == "sklearn":
         return SklearnSolver(X, y, n_classes, **{k: v for k, v in kwargs.items() if k in ("tol", "max_iter", "warm")})
-    raise ConfigError(f"solver={name!r}: allowed values are torch, sklearn")
+    return TorchSolver(X, y, n_classes, **kwargs)
 
 
 def score(fit: LinearFit, X: np.ndarray, y: np.ndarray) -> tuple[float, float]:

@@ -12,40 +12,33 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError, HeadError
+from ..errors import ConfigError, HeadError, check_choice
 from .metrics import metrics
-from .heads import FitResult, HeadConfig, fit_head, load_head, save_head, zeroshot_encoder
+from .heads import FitResult, HeadConfig, fit_head, load_head, save_head, sidecar_path, zeroshot_encoder
 from .pooling import get_pool
-from ..data.splits import Splits, few_shot, make_splits, resplit
+from ..data.splits import EVAL_SPLITS, Splits, SplitsFrom, SplitSpec, few_shot, make_splits, resplit
 from ..store import FeatureStore, open_store
 
-EVAL_SPLITS = ("test", "val", "train", "all")
 
-
-def split_assignment(resplit_from: dict[str, Any]) -> dict[tuple[str, float, float], str]:
-    """{clip key: split} from another manifest, e.g. ``{"source": "ucfTrainTestlist", "split": 2}``.
-
-    Keys: source (required), format (auto), split (1), root (the folder the store's paths are relative to).
-    Listed videos need not exist any more: the store already holds their features.
-    """
+def split_assignment(splits_from: SplitsFrom) -> dict[tuple[str, float, float], str]:
+    """{clip key: split} from another manifest, e.g. ``SplitsFrom("ucfTrainTestlist", split=2)``."""
     from ..data.manifest import load_manifest
 
-    allowed = {"source", "format", "split", "root"}
-    if not isinstance(resplit_from, dict) or "source" not in resplit_from or set(resplit_from) - allowed:
-        raise ConfigError(f"splits_from={resplit_from!r}: expected a mapping with source and optionally format, split, root")
-    m = load_manifest(resplit_from["source"], resplit_from.get("root"), format=resplit_from.get("format", "auto"),
-                      split=int(resplit_from.get("split", 1)), check_files=False)
+    src = splits_from
+    m = load_manifest(src.source, src.root, format=src.format, split=src.split, check_files=False)
     return {it.key: it.split for it in m.items}
 
 
-def store_splits(store: FeatureStore, *, seed: int = 0, val_fraction: float = 0.2, test_fraction: float = 0.2,
-                 splits_from: dict[str, Any] | None = None, require_train: bool = True) -> Splits:
-    """Train/val/test of a store's clips: the manifest's splits (or ``splits_from``'s), else a seeded split."""
+def store_splits(store: FeatureStore, spec: SplitSpec | None = None, *, require_train: bool = True) -> Splits:
+    """Train/val/test of a store's clips: the manifest's splits (or ``spec.splits_from``'s), else a seeded split."""
+    spec = (spec or SplitSpec()).validate()
+    src = spec.splits_from
     t = store.table()
-    splits = t.split if splits_from is None else resplit(t.keys(), split_assignment(splits_from))
-    sp = make_splits(t.label, splits, t.video, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction, require_train=require_train)
-    if splits_from is not None:
-        sp.source = f"{sp.source}:{Path(str(splits_from['source'])).name}#{splits_from.get('split', 1)}"
+    splits = t.split if src is None else resplit(t.keys(), split_assignment(src))
+    sp = make_splits(t.label, splits, t.video, seed=spec.seed, val_fraction=spec.val_fraction,
+                     test_fraction=spec.test_fraction, require_train=require_train)
+    if src is not None:
+        sp.source = f"{sp.source}:{Path(src.source).name}#{src.split}"
     return sp
 
 
@@ -59,26 +52,22 @@ def fit_on_store(
     head: HeadConfig | str = "logreg",
     pool: str = "mean",
     *,
-    seed: int = 0,
-    val_fraction: float = 0.2,
-    test_fraction: float = 0.2,
-    shots: int | None = None,
-    shot_seed: int = 0,
-    splits_from: dict[str, Any] | None = None,
+    split: SplitSpec | None = None,
     X_all: np.ndarray | None = None,
     encoder: Any = None,
 ) -> tuple[FitResult, dict[str, Any]]:
     """Fit a head on the store's train split (hyperparameter picked on val, refit on train+val) and
-    score it on test. ``shots``: train on that many clips per class (drawn with ``shot_seed``), keep
-    val for selection only (no refit). Returns the fit and a JSON-ready record of what was done."""
+    score it on test. ``split.shots``: train on that many clips per class (drawn with ``split.shot_seed``),
+    keep val for selection only (no refit). Returns the fit and a JSON-ready record of what was done."""
     cfg = HeadConfig.from_dict(head) if isinstance(head, str) else head.validate()
     get_pool(pool)  # validate before any work
-    sp = store_splits(store, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction, splits_from=splits_from,
-                      require_train=cfg.kind != "zeroshot")
+    spec = (split or SplitSpec()).validate()
+    seed, shots = spec.seed, spec.shots
+    sp = store_splits(store, spec, require_train=cfg.kind != "zeroshot")
     t = store.table()
     X_all = pooled_features(store, pool) if X_all is None else X_all
     labels = np.array(t.label, dtype=object)
-    train = sp.train if shots is None else few_shot(t.label, t.video, sp.train, shots, shot_seed)
+    train = sp.train if shots is None else few_shot(t.label, t.video, sp.train, shots, spec.shot_seed)
     prov = store.provenance
     if cfg.kind == "zeroshot":
         classes = sorted({lab for lab in t.label if lab})
@@ -93,7 +82,7 @@ def fit_on_store(
                           labels[val].tolist() if val is not None else None, seed=seed, refit=shots is None)
     out: dict[str, Any] = {
         "head": cfg.kind, "head_settings": cfg.to_dict(), "pool": pool, "seed": seed, "shots": shots,
-        "shot_seed": shot_seed if shots is not None else None, "hparams": result.hparams, "C": result.C,
+        "shot_seed": spec.shot_seed if shots is not None else None, "hparams": result.hparams, "C": result.C,
         "val_top1": max(result.val_scores.values()) if result.val_scores else None, "split_source": sp.source,
         "n_train": 0 if cfg.kind == "zeroshot" else int(len(train)), "n_val": int(len(sp.val)), "n_test": int(len(sp.test)),
         "fit_info": result.info, "classes": result.classes,
@@ -109,12 +98,7 @@ def train_head(
     *,
     head: HeadConfig | str = "logreg",
     pool: str = "mean",
-    seed: int = 0,
-    val_fraction: float = 0.2,
-    test_fraction: float = 0.2,
-    shots: int | None = None,
-    shot_seed: int = 0,
-    splits_from: dict[str, Any] | None = None,
+    split: SplitSpec | None = None,
     store: FeatureStore | None = None,
 ) -> dict[str, Any]:
     """Fit a head on a store (see ``fit_on_store``), save it with its sidecar, return the record."""
@@ -122,14 +106,12 @@ def train_head(
 
     head_format(head_path)  # a bad file name fails before the work
     store = store or open_store(store_path)
-    result, out = fit_on_store(store, head, pool, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction,
-                               shots=shots, shot_seed=shot_seed, splits_from=splits_from)
+    spec = (split or SplitSpec()).validate()
+    result, out = fit_on_store(store, head, pool, split=spec)
     prov = store.provenance
     meta = {
-        **{k: out[k] for k in ("head", "head_settings", "pool", "seed", "shots", "shot_seed", "split_source")},
-        "val_fraction": val_fraction,
-        "test_fraction": test_fraction,
-        "splits_from": splits_from,
+        **{k: out[k] for k in ("head", "head_settings", "pool", "split_source")},
+        **spec.to_dict(),  # seed, val_fraction, test_fraction, shots, shot_seed, splits_from: what evaluate reproduces
         "store": str(Path(store.path).resolve()),
         "encoder": prov["encoder"],
         "weights_id": prov["weights_id"],
@@ -144,8 +126,7 @@ def train_head(
 
 def evaluate_head(store_path: str | Path, head_path: str | Path, *, split: str = "test", trust: bool = False) -> dict[str, Any]:
     """Score a saved head on a store's split (reproducing the head's own split), or on all clips."""
-    if split not in EVAL_SPLITS:
-        raise ConfigError(f"split={split!r}: allowed values are {', '.join(EVAL_SPLITS)}")
+    check_choice(split, EVAL_SPLITS, "split")
     head = load_head(head_path, trust=trust)
     store = open_store(store_path)
     prov, meta = store.provenance, head.meta
@@ -156,9 +137,8 @@ def evaluate_head(store_path: str | Path, head_path: str | Path, *, split: str =
     if split == "all":
         idx = np.array([i for i, lab in enumerate(t.label) if lab], dtype=int)
     else:
-        sp = store_splits(store, seed=int(meta.get("seed", 0)), val_fraction=float(meta.get("val_fraction", 0.2)),
-                          test_fraction=float(meta.get("test_fraction", 0.2)), splits_from=meta.get("splits_from"),
-                          require_train=meta.get("head") != "zeroshot")
+        spec = SplitSpec.from_dict(meta, prefix=f"{sidecar_path(head_path)}: ")  # old sidecars hold the same keys
+        sp = store_splits(store, spec, require_train=meta.get("head") != "zeroshot")
         idx = getattr(sp, split)
     if len(idx) == 0:
         raise ConfigError(f"{store_path}: no labeled clips in split {split!r}; try --split all")
@@ -168,4 +148,5 @@ def evaluate_head(store_path: str | Path, head_path: str | Path, *, split: str =
     return out
 
 
-__all__ = ["EVAL_SPLITS", "evaluate_head", "fit_on_store", "pooled_features", "split_assignment", "store_splits", "train_head"]
+__all__ = ["EVAL_SPLITS", "SplitSpec", "SplitsFrom", "evaluate_head", "fit_on_store", "pooled_features",
+           "split_assignment", "store_splits", "train_head"]
