@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from ..errors import ConfigError
+from ..store.runs import writer_prefix
 
 Key = tuple[str, float, float]
 
@@ -61,7 +62,7 @@ class JobShard:
     @property
     def prefix(self) -> str:
         """Name prefix of the store shard files this job shard writes: they say who wrote them."""
-        return f"shard{self.index:04d}of{self.count:04d}"
+        return writer_prefix(self.as_tuple())
 
     def as_tuple(self) -> tuple[int, int]:
         return self.index, self.count

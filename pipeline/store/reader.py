@@ -28,7 +28,7 @@ from .layout import (
     read_provenance_file,
     shard_paths,
 )
-from .lock import WriterLock, live_holders, scope_name
+from .lock import WriterLock, live_holders, parse_scope, scope_name
 from .writer import ShardWriter
 
 __all__ = ["FeatureStore", "StoreIndex", "ShardMeta", "ClipTable", "open_store", "create_or_open", "ShardWriter", "clip_key",
@@ -398,6 +398,15 @@ class FeatureStore:
         }
 
 
+def _tag_scope(name: str) -> tuple[int, int] | None | str:
+    """The job shard a shard file's tag names (``PREFIX-TIME-TAG-ID.h5[.tmp]``), "?" if none is readable."""
+    parts = name.rsplit("-", 2)
+    try:
+        return parse_scope(parts[1]) if len(parts) == 3 else "?"
+    except ValueError:
+        return "?"
+
+
 class _StoreWriterLock(WriterLock):
     """``WriterLock`` that, once taken, clears the ``.tmp`` files its scope's dead writers left."""
 
@@ -414,7 +423,7 @@ class _StoreWriterLock(WriterLock):
         super().acquire()
         for tmp in self.store.unfinished_paths():
             # Whole-store lock: no other writer can be live. Shard lock: only files tagged with our scope.
-            if self.job_shard is None or f"-{self.tag}-" in tmp.name:
+            if self.job_shard is None or _tag_scope(tmp.name) == self.job_shard:
                 tmp.unlink(missing_ok=True)
         self.store.invalidate()  # what is done is read after the lock is taken
         return self
