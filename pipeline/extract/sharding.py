@@ -26,10 +26,9 @@ import os
 from dataclasses import dataclass
 from typing import Mapping
 
+from ..data.keys import Key
 from ..errors import ConfigError
 from ..store.runs import writer_prefix
-
-Key = tuple[str, float, float]
 
 
 def shard_of(key: Key, num_shards: int) -> int:
