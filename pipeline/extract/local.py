@@ -12,7 +12,8 @@ videos are:
   the encoder.
 
 On a CPU the encoder is the bottleneck and shares the cores with decoding; on a GPU the decoders are.
-``resolve_runtime`` picks worker/thread/batch defaults for either (see its docstring for why).
+``resolve_runtime`` picks worker/thread/batch defaults for either (see its docstring for why). The store
+side (provenance, lock, plan, run record, writer) is the ``ExtractionJob`` the Ray engine uses too.
 """
 from __future__ import annotations
 
@@ -111,7 +112,7 @@ class _TaskState:
 class _Batcher:
     """Packs frames of many tasks into full batches through one staging buffer (pinned on CUDA)."""
 
-    def __init__(self, encoder, batch_size: int):
+    def __init__(self, encoder: FrameEncoder, batch_size: int):
         self.encoder, self.batch_size = encoder, batch_size
         self.pending: deque[list] = deque()  # [state, frames, first frame not yet taken]
         self.queued = 0
@@ -341,7 +342,8 @@ def load_clip(item: VideoItem, sampling: SamplingConfig, preprocess, threads: in
     return DecodedClip(frames[idx], stamps[idx])
 
 
-def embed_clips(encoder, path: str | Path, sampling: SamplingConfig, start: float | None = None, end: float | None = None) -> list[tuple[float | None, float | None, DecodedClip]]:
+def embed_clips(encoder: FrameEncoder, path: str | Path, sampling: SamplingConfig, start: float | None = None,
+                end: float | None = None) -> list[tuple[float | None, float | None, DecodedClip]]:
     """Frame embeddings of every clip of one video, in-process (what ``predict`` uses for new videos).
 
     Runs the engine's own per-video decode (``decode_task``), so new videos are sampled exactly as

@@ -149,20 +149,16 @@ def _build_index(path: Path, dim: int) -> StoreIndex:
             keep.append(i)
         meta.kept = np.asarray(keep, dtype=np.int64)
         shards.append(meta)
-        if meta.all_kept:
-            videos += v
-            labels += lab
-            splits += spl
-            starts.append(s)
-            ends.append(e)
-            lengths.append(np.diff(meta.offset))
-        else:
-            videos += [v[i] for i in keep]
-            labels += [lab[i] for i in keep]
-            splits += [spl[i] for i in keep]
-            starts.append(s[meta.kept])
-            ends.append(e[meta.kept])
-            lengths.append(np.diff(meta.offset)[meta.kept])
+        n_frames = np.diff(meta.offset)
+        if not meta.all_kept:  # leave out the clips an earlier shard holds
+            v, lab, spl = ([x[i] for i in keep] for x in (v, lab, spl))
+            s, e, n_frames = s[meta.kept], e[meta.kept], n_frames[meta.kept]
+        videos += v
+        labels += lab
+        splits += spl
+        starts.append(s)
+        ends.append(e)
+        lengths.append(n_frames)
     superseded_names = {p.name for p in superseded}
     latest: dict[Key, dict[str, Any]] = {}
     for fail in raw_failures:
