@@ -55,8 +55,13 @@ def cmd_extract(args: argparse.Namespace) -> int:
         rate = summary.frames / summary.seconds if summary.seconds else 0.0
         for path, message in summary.failures:
             print(f"failed: {message}" if path in message else f"failed: {path}: {message}", file=sys.stderr)
+        left_out, many = summary.ignored, len(summary.ignored) > 1
+        names = ", ".join(left_out[:3]) + (", …" if len(left_out) > 3 else "")
+        ignored = (f"{len(left_out)} file{'s' if many else ''} ignored "
+                   f"(not {'videos' if many else 'a video'} by extension: {names}); " if left_out else "")
         print(f"{'shard ' + summary.shard + ': ' if summary.shard else ''}"
               f"{summary.done} extracted, {summary.skipped} skipped (already stored), {summary.failed} failed; "
+              f"{ignored}"
               f"{summary.frames} frames in {summary.seconds:.1f} s ({rate:.1f} frames/s) -> {summary.store}")
         if summary.skipped_failed:
             print(f"{summary.skipped_failed} of the skipped clips failed in an earlier run; `--retry-failed` tries them again", file=sys.stderr)

@@ -46,7 +46,7 @@ import dataclasses  # noqa: E402
 
 import pytest  # noqa: E402
 
-from pipeline.extract.local import sampling_identity  # noqa: E402
+from pipeline.data.sampling import sampling_identity  # noqa: E402
 from pipeline.data.sampling import (  # noqa: E402
     KEY_DECIMALS,
     clip_windows,

@@ -60,6 +60,7 @@ class Manifest:
     root: Path
     items: list[VideoItem] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)  # files of a source folder left out: not videos by extension
 
     @property
     def labels(self) -> list[str]:
@@ -175,7 +176,8 @@ def _is_video(p: Path) -> bool:
 
 
 def read_folder(root: Path) -> Manifest:
-    """``root/<label>/<video>`` (folder per class); videos directly in ``root`` are unlabeled."""
+    """``root/<label>/<video>`` (folder per class); videos directly in ``root`` are unlabeled. Other files
+    (audio, text, ...) are listed in ``Manifest.ignored`` so the user sees what was left out."""
     root = root.resolve()
     manifest = Manifest(root)
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
@@ -190,6 +192,8 @@ def read_folder(root: Path) -> Manifest:
                     manifest.items.append(VideoItem(safe_relpath(root, str(p)), str(root), label))
                 except ManifestError as exc:
                     manifest.problems.append(Problem(str(p), str(exc)))
+            elif not name.startswith("."):  # hidden files (.DS_Store, ._x.mp4) are left out without a word
+                manifest.ignored.append(PurePosixPath(*p.relative_to(root).parts).as_posix())
     return manifest
 
 

@@ -11,6 +11,8 @@ same on every run: resume compares them exactly.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from ..config import SAMPLING_STRATEGIES, SamplingConfig
@@ -182,3 +184,28 @@ def sample_timestamps(
             raise ConfigError("sampling.strategy=keyframes needs the video's keyframe times")
         return keyframe_timestamps(keyframe_times, start, end, cfg.max_frames)
     raise ConfigError(f"sampling.strategy={s!r}: {allowed_values(SAMPLING_STRATEGIES)}")
+
+
+def sampling_identity(cfg: SamplingConfig) -> dict[str, Any]:
+    """Exactly the sampling settings that change which frames are embedded (store provenance).
+
+    Settings a strategy ignores are left out, and equivalent spellings are normalised (a sliding
+    stride of 0 means the clip length), so two configs that embed the same frames compare equal.
+    """
+    s = cfg.strategy
+    out: dict[str, Any] = {"strategy": s}
+    if s in ("uniform", "multiclip", "sliding"):
+        out["num_frames"] = cfg.num_frames
+    if s == "fps":
+        out["fps"] = cfg.fps
+    if s == "every_n":
+        out["every_n"] = cfg.every_n
+    if s in ("fps", "every_n", "keyframes"):
+        out["max_frames"] = cfg.max_frames
+    if s == "multiclip":
+        out.update(num_clips=cfg.num_clips, clip_length=cfg.clip_length)
+    if s == "sliding":
+        out.update(clip_length=cfg.clip_length, stride=cfg.stride if cfg.stride > 0 else cfg.clip_length)
+    if s != "keyframes":  # keyframe sampling decodes keyframes whatever the seek mode
+        out["seek_mode"] = cfg.seek_mode
+    return out

@@ -16,14 +16,14 @@ import functools
 import hashlib
 import os
 from dataclasses import asdict, dataclass
-from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from ..config import PRECISIONS
 from ..errors import ConfigError, EncoderError, check_choice
+from ..versions import versions
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -128,13 +128,8 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 
 def library_versions(*dists: str) -> dict[str, str]:
-    out = {}
-    for name in ("torch", "torchvision", *dists):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
+    """Versions an encoder's provenance records: torch, torchvision and its backend's ``dists``."""
+    return versions("torch", "torchvision", *dists)
 
 
 def resolve_device(device: Any = "auto") -> torch.device:
@@ -175,6 +170,24 @@ def is_conv_net(model: Any) -> bool:
     import torch
 
     return sum(isinstance(m, torch.nn.Conv2d) for m in model.modules()) > 1
+
+
+class FrameEncoder(Protocol):
+    """What extraction needs of an encoder (``Encoder`` is one; a test may pass its own)."""
+
+    spec: str
+    weights_id: str
+    dim: int
+    device: Any  # a torch.device (or its name): where ``encode`` runs
+    preprocess_cfg: Preprocess
+
+    def encode(self, frames: np.ndarray | torch.Tensor) -> np.ndarray:
+        """uint8 (N, H, W, 3) -> float32 (N, dim)."""
+        ...
+
+    def provenance(self) -> dict[str, Any]:
+        """What produced the embeddings (stored with them)."""
+        ...
 
 
 class Encoder:

@@ -12,61 +12,36 @@ videos are:
   the encoder.
 
 On a CPU the encoder is the bottleneck and shares the cores with decoding; on a GPU the decoders are.
-``resolve_runtime`` picks worker/thread/batch defaults for either (see its docstring for why).
+``resolve_runtime`` picks worker/thread/batch defaults for either (see its docstring for why). The store
+side (provenance, lock, plan, run record, writer) is the ``ExtractionJob`` the Ray engine uses too.
 """
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import os
 import queue
-import socket
 import threading
 import time
-from collections import defaultdict, deque
-from dataclasses import dataclass, field
+from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
 from ..config import AUTO, Config, ExtractConfig, SamplingConfig
 from .decode import DecodedClip
+from .job import ExtractionJob, ExtractSummary, build_provenance
 from .workers import ClipTask, DecodePool, decode_task
+from ..encoders.base import FrameEncoder
 from ..errors import DecodeError
-from ..data.manifest import Manifest, Problem, VideoItem
+from ..data.manifest import Manifest, VideoItem
 from .sharding import JobShard
-from ..store import FeatureStore, ShardWriter, create_or_open, write_run_record
+from ..store import ShardWriter
 
 # torch's OpenMP threads must not spin while waiting: the cores they would burn belong to the decoder
 # processes (measured: under contention spinning made effnet-lite0 several times slower). Read by
 # libgomp when torch is first imported, which the engine does lazily after this; users may override it.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-
-def sampling_identity(cfg: SamplingConfig) -> dict[str, Any]:
-    """Exactly the sampling settings that change which frames are embedded (store provenance).
-
-    Settings a strategy ignores are left out, and equivalent spellings are normalised (a sliding
-    stride of 0 means the clip length), so two configs that embed the same frames compare equal.
-    """
-    s = cfg.strategy
-    out: dict[str, Any] = {"strategy": s}
-    if s in ("uniform", "multiclip", "sliding"):
-        out["num_frames"] = cfg.num_frames
-    if s == "fps":
-        out["fps"] = cfg.fps
-    if s == "every_n":
-        out["every_n"] = cfg.every_n
-    if s in ("fps", "every_n", "keyframes"):
-        out["max_frames"] = cfg.max_frames
-    if s == "multiclip":
-        out.update(num_clips=cfg.num_clips, clip_length=cfg.clip_length)
-    if s == "sliding":
-        out.update(clip_length=cfg.clip_length, stride=cfg.stride if cfg.stride > 0 else cfg.clip_length)
-    if s != "keyframes":  # keyframe sampling decodes keyframes whatever the seek mode
-        out["seek_mode"] = cfg.seek_mode
-    return out
 
 
 # -- runtime defaults -------------------------------------------------------------------------------
@@ -111,130 +86,6 @@ def resolve_runtime(ext: ExtractConfig, device_type: str, cpus: int | None = Non
     return Runtime(int(batch), int(workers), int(threads), int(torch_threads), int(prefetch))
 
 
-# -- summary and provenance --------------------------------------------------------------------------
-
-@dataclass
-class ExtractSummary:
-    store: str
-    total: int = 0  # items in the manifest (in this job shard's part of it, when sharded)
-    done: int = 0  # clips extracted by this run (windowed strategies: one per window)
-    skipped: int = 0  # clips already in the store (or already recorded as failed)
-    skipped_failed: int = 0  # of those, clips recorded as failed by an earlier run (see --retry-failed)
-    failed: int = 0  # items that failed in this run (incl. manifest problems)
-    frames: int = 0  # frame embeddings stored by this run
-    seconds: float = 0.0
-    workers_replaced: int = 0  # decoder processes killed after a timeout or found dead
-    shard: str | None = None  # job shard "i/n" when sharded (see pipeline.extract.sharding)
-    engine: str = "local"  # local | ray
-    failures: list[tuple[str, str]] = field(default_factory=list)  # (path, message) of this run
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-def build_provenance(encoder, cfg: Config) -> dict[str, Any]:
-    import h5py
-    import torch
-
-    from .. import __version__
-
-    return {
-        "encoder": encoder.spec,
-        "weights_id": encoder.weights_id,
-        "dim": int(encoder.dim),
-        "preprocess": encoder.preprocess_cfg.to_dict(),
-        "sampling": sampling_identity(cfg.sampling),
-        "dtype": cfg.store.dtype,
-        "encoder_info": encoder.provenance(),
-        "versions": {"vidprobe": __version__, "torch": torch.__version__, "h5py": h5py.__version__, "numpy": np.__version__},
-    }
-
-
-# -- planning ---------------------------------------------------------------------------------------
-
-def writer_prefix(shard: JobShard | None) -> str:
-    """File-name prefix of the store shards a run writes: ``shard`` or ``shardIIIIofNNNN``."""
-    return shard.prefix if shard is not None else "shard"
-
-
-def plan_tasks(
-    manifest: Manifest, store: FeatureStore, sampling: SamplingConfig, summary: ExtractSummary, *,
-    shard: JobShard | None = None, retry_failed: bool = False,
-) -> tuple[list[tuple[VideoItem, ClipTask]], list[Problem]]:
-    """(item, task) pairs still to do and manifest problems to record; counts go into ``summary``.
-
-    Only what ``shard`` owns (everything when None). Single-clip strategies skip an item whose key is
-    stored (or recorded as failed, unless ``retry_failed``, which then does only those). Windowed
-    strategies cannot know a video's windows without opening it, so each task carries the windows of
-    that video already stored and the worker decodes only the missing ones (a resume after a kill
-    finishes half-done videos).
-    """
-    stored = store.done_keys(include_failed=False)
-    failed_before = store.done_keys(include_failed=True) - stored
-    windows: dict[str, set[tuple[float, float]]] = defaultdict(set)
-    if sampling.windowed:
-        for video, start, end in stored:
-            windows[video].add((start, end))
-    todo: list[tuple[VideoItem, ClipTask]] = []
-    seen: set = set()
-    for item in manifest.items:
-        key = item.key
-        if shard is not None and not shard.owns(key):
-            continue
-        summary.total += 1
-        if key in seen or (key in failed_before) != retry_failed or (not sampling.windowed and key in stored):
-            summary.skipped += 1
-            summary.skipped_failed += key in failed_before and not retry_failed
-            continue
-        seen.add(key)
-        skip: frozenset = frozenset()
-        if sampling.windowed and windows.get(item.path):
-            lo = -np.inf if item.start is None else item.start - 1e-6
-            hi = np.inf if item.end is None else item.end + 1e-6
-            skip = frozenset(w for w in windows[item.path] if w[0] >= lo and w[1] <= hi)
-        todo.append((item, ClipTask(len(todo), str(item.abspath), item.start, item.end, skip)))
-    known = {f["path"] for f in store.failures() if f["stage"] == "manifest"}
-    problems = [p for p in manifest.problems if p.path not in known and (shard is None or shard.owns((p.path, -1.0, -1.0)))]
-    return todo, problems
-
-
-def plan_extraction(
-    manifest: Manifest, store: FeatureStore, summary: ExtractSummary, *, sampling: SamplingConfig,
-    shard: JobShard | None = None, retry_failed: bool = False,
-) -> tuple[list[VideoItem], list[Problem]]:
-    """``plan_tasks`` for engines that handle one clip per item (the Ray engine): windowed sampling,
-    which expands a video into several clips, is refused there."""
-    from ..errors import ConfigError
-
-    if sampling.windowed:
-        raise ConfigError(f"sampling.strategy={sampling.strategy!r} makes several clips per video; use the local engine for it")
-    todo, problems = plan_tasks(manifest, store, sampling, summary, shard=shard, retry_failed=retry_failed)
-    return [item for item, _ in todo], problems
-
-
-def note_run(store: FeatureStore, prefix: str, summary: ExtractSummary, state: str) -> None:
-    """Record this run's state and counts under its writer prefix (what ``vidprobe info`` shows per shard)."""
-    write_run_record(store, prefix, {
-        "state": state, "shard": summary.shard, "engine": summary.engine, "assigned": summary.total, "done": summary.done,
-        "skipped": summary.skipped, "failed": summary.failed, "host": socket.gethostname(), "pid": os.getpid(),
-        "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    })
-
-
-@contextlib.contextmanager
-def recorded_run(store: FeatureStore, prefix: str, summary: ExtractSummary) -> Iterator[None]:
-    """Record the run under its writer prefix: running, then finished — or stopped if it ends by an
-    exception (Ctrl-C, a store error), which is re-raised. A SIGKILLed run stays "running"."""
-    note_run(store, prefix, summary, "running")
-    try:
-        yield
-    except BaseException:
-        with contextlib.suppress(OSError):
-            note_run(store, prefix, summary, "stopped")
-        raise
-    note_run(store, prefix, summary, "finished")
-
-
 # -- batching ---------------------------------------------------------------------------------------
 
 class _TaskState:
@@ -261,7 +112,7 @@ class _TaskState:
 class _Batcher:
     """Packs frames of many tasks into full batches through one staging buffer (pinned on CUDA)."""
 
-    def __init__(self, encoder, batch_size: int):
+    def __init__(self, encoder: FrameEncoder, batch_size: int):
         self.encoder, self.batch_size = encoder, batch_size
         self.pending: deque[list] = deque()  # [state, frames, first frame not yet taken]
         self.queued = 0
@@ -327,7 +178,9 @@ class _Batcher:
 # -- writing ----------------------------------------------------------------------------------------
 
 class _StoreSink:
-    """Writes finished clips and failures from a thread, so shard flushes never stall the encoder."""
+    """Writes finished clips and failures from a thread, so shard flushes never stall the encoder.
+
+    A ``ClipSink`` (``pipeline.extract.job``): the job writes through it while it is open."""
 
     def __init__(self, writer: ShardWriter, maxsize: int = 1024):
         self.writer = writer
@@ -354,6 +207,12 @@ class _StoreSink:
             raise self.error
         self.queue.put((method, args))
 
+    def add(self, *args: Any) -> None:
+        self.put("add", *args)
+
+    def add_failure(self, *args: Any) -> None:
+        self.put("add_failure", *args)
+
     def close(self) -> None:
         self.queue.put(None)
         self.thread.join()
@@ -368,7 +227,7 @@ def extract(
     store_path: str | Path,
     cfg: Config,
     *,
-    encoder=None,
+    encoder: FrameEncoder | None = None,
     progress: bool = True,
     retry_failed: bool = False,
     shard: JobShard | None = None,
@@ -385,25 +244,19 @@ def extract(
         encoder = create_encoder(cfg.encoder, device=cfg.extract.device, precision=cfg.extract.precision)
     device_type = str(getattr(encoder, "device", "cpu")).split(":")[0]
     rt = resolve_runtime(cfg.extract, device_type)
-    store: FeatureStore = create_or_open(store_path, build_provenance(encoder, cfg))
-    summary = ExtractSummary(store=str(store.path), shard=str(shard) if shard else None)
-    prefix = writer_prefix(shard)
-    # The writer lock comes before reading what is done: a second job on the same work is refused here;
-    # other shards of the same job may hold their own shard locks at the same time.
-    with store.writer_lock(job_shard=shard.as_tuple() if shard else None) as lock:
-        todo, problems = plan_tasks(manifest, store, cfg.sampling, summary, shard=shard, retry_failed=retry_failed)
-        with recorded_run(store, prefix, summary):
-            _run_engine(encoder, cfg, rt, device_type, store, todo, problems, summary, progress, started, prefix, lock.tag)
-    summary.seconds = time.perf_counter() - started
-    return summary
+    job = ExtractionJob(manifest, store_path, cfg, build_provenance(encoder, cfg), shard=shard,
+                        retry_failed=retry_failed, started=started)
+    with job:
+        _run_engine(encoder, job, rt, device_type, progress)
+    return job.summary
 
 
-def _run_engine(encoder, cfg: Config, rt: Runtime, device_type: str, store: FeatureStore, todo: list[tuple[VideoItem, ClipTask]],
-                problems: list[Problem], summary: ExtractSummary, progress: bool, started: float, prefix: str, tag: str) -> None:
-    """Decoder pool → batched encoder → writer thread, for the planned tasks (see the module docstring)."""
+def _run_engine(encoder: FrameEncoder, job: ExtractionJob, rt: Runtime, device_type: str, progress: bool) -> None:
+    """Decoder pool → batched encoder → writer thread, for the job's planned tasks (see the module docstring)."""
     import torch
     from tqdm.auto import tqdm
 
+    cfg, summary, todo = job.cfg, job.summary, job.todo
     states = {task.task: _TaskState(task.task, item) for item, task in todo}
     old_threads = torch.get_num_threads()
     if device_type == "cpu" and rt.torch_threads:
@@ -413,69 +266,59 @@ def _run_engine(encoder, cfg: Config, rt: Runtime, device_type: str, store: Feat
     batcher = _Batcher(encoder, rt.batch_size)
     bar = tqdm(total=len(todo), unit="video" if cfg.sampling.windowed else "clip", desc="extract", disable=not progress, dynamic_ncols=True)
     try:
-        with ShardWriter(store, shard_size=cfg.extract.shard_size, prefix=prefix, compression=cfg.store.compression,
-                         compression_level=cfg.store.compression_level, tag=tag) as writer:
-            sink = _StoreSink(writer)
-            try:
-                for problem in problems:
-                    sink.put("add_failure", problem.path, None, None, "manifest", problem.error)
-                    summary.failed += 1
-                    summary.failures.append((problem.path, problem.error))
+        sink = job.sink = _StoreSink(job.writer)
+        try:
+            def finish(touched: list[_TaskState]) -> None:
+                for state in dict.fromkeys(touched):
+                    if state.finished and states.pop(state.tid, None) is not None:
+                        _store_task(state, job)
+                        bar.update(1)
+                elapsed = max(time.perf_counter() - job.started, 1e-9)
+                bar.set_postfix(frames_s=f"{summary.frames / elapsed:.1f}", failed=summary.failed, refresh=False)
 
-                def finish(touched: list[_TaskState]) -> None:
-                    for state in dict.fromkeys(touched):
-                        if state.finished and states.pop(state.tid, None) is not None:
-                            _store_task(state, sink, summary)
-                            bar.update(1)
-                    elapsed = max(time.perf_counter() - started, 1e-9)
-                    bar.set_postfix(frames_s=f"{summary.frames / elapsed:.1f}", failed=summary.failed, refresh=False)
-
-                for msg in pool.messages(task for _, task in todo) if todo else ():
-                    kind, tid = msg[0], msg[1]
-                    state = states.get(tid)
-                    if state is None:
-                        continue
-                    if kind == "frames":
-                        batcher.add(state, msg[2])
-                        state.received += len(msg[2])
-                        state.stamps.append(msg[3])
-                        while batcher.full:
-                            finish(batcher.encode())
-                    elif kind == "done":
-                        state.clips, state.skipped = msg[2], msg[3]
-                        finish([state])
-                    else:
-                        state.error, state.stage = msg[2], "decode"
-                        finish([state])
-                while batcher.queued:
-                    finish(batcher.encode())
-                summary.workers_replaced = pool.replaced
-            finally:
-                pool.close()
-                sink.close()
+            for msg in pool.messages(task for _, task in todo) if todo else ():
+                kind, tid = msg[0], msg[1]
+                state = states.get(tid)
+                if state is None:
+                    continue
+                if kind == "frames":
+                    batcher.add(state, msg[2])
+                    state.received += len(msg[2])
+                    state.stamps.append(msg[3])
+                    while batcher.full:
+                        finish(batcher.encode())
+                elif kind == "done":
+                    state.clips, state.skipped = msg[2], msg[3]
+                    finish([state])
+                else:
+                    state.error, state.stage = msg[2], "decode"
+                    finish([state])
+            while batcher.queued:
+                finish(batcher.encode())
+            summary.workers_replaced = pool.replaced
+        finally:
+            pool.close()
+            job.sink = job.writer
+            sink.close()
     finally:
         bar.close()
         torch.set_num_threads(old_threads)
 
 
-def _store_task(state: _TaskState, sink: _StoreSink, summary: ExtractSummary) -> None:
-    """Hand a finished task's clips (or its failure) to the writer and count them."""
+def _store_task(state: _TaskState, job: ExtractionJob) -> None:
+    """Hand a finished task's clips (or its failure) to the job, which writes and counts them."""
     item = state.item
-    summary.skipped += state.skipped
+    job.summary.skipped += state.skipped
     if not state.error and state.clips:
         emb = np.concatenate(state.emb) if state.emb else np.zeros((0, 0), np.float32)
         if not np.all(np.isfinite(emb)):
             state.error, state.stage = f"{item.abspath}: the encoder returned NaN or Inf embeddings; not stored", "encode"
     if state.error:
-        sink.put("add_failure", item.path, item.start, item.end, state.stage, state.error)
-        summary.failed += 1
-        summary.failures.append((item.path, state.error))
+        job.add_failure(item.path, item.start, item.end, state.stage, state.error)
         return
     stamps = np.concatenate(state.stamps) if state.stamps else np.zeros(0)
     for start, end, idx in state.clips:
-        sink.put("add", item.path, start, end, item.label, item.split, emb[idx], stamps[idx])
-        summary.done += 1
-        summary.frames += len(idx)
+        job.add_clip(item, start, end, emb[idx], stamps[idx])
 
 
 def _decode_whole(task: ClipTask, sampling: SamplingConfig, preprocess, threads: int, transform=None):
@@ -499,7 +342,8 @@ def load_clip(item: VideoItem, sampling: SamplingConfig, preprocess, threads: in
     return DecodedClip(frames[idx], stamps[idx])
 
 
-def embed_clips(encoder, path: str | Path, sampling: SamplingConfig, start: float | None = None, end: float | None = None) -> list[tuple[float | None, float | None, DecodedClip]]:
+def embed_clips(encoder: FrameEncoder, path: str | Path, sampling: SamplingConfig, start: float | None = None,
+                end: float | None = None) -> list[tuple[float | None, float | None, DecodedClip]]:
     """Frame embeddings of every clip of one video, in-process (what ``predict`` uses for new videos).
 
     Runs the engine's own per-video decode (``decode_task``), so new videos are sampled exactly as
@@ -508,12 +352,3 @@ def embed_clips(encoder, path: str | Path, sampling: SamplingConfig, start: floa
     task = ClipTask(0, str(Path(path).absolute()), start, end)
     emb, ts, clips = _decode_whole(task, sampling, encoder.preprocess_cfg, 0, transform=encoder.encode)
     return [(s, e, DecodedClip(emb[idx], ts[idx])) for s, e, idx in clips]
-
-
-def embed_video(encoder, path: str | Path, sampling: SamplingConfig, start: float | None = None, end: float | None = None) -> DecodedClip:
-    """Frame embeddings of one video (or window) in-process; windowed strategies: all windows' frames
-    concatenated in time order (use ``embed_clips`` to keep the windows apart)."""
-    clips = embed_clips(encoder, path, sampling, start, end)
-    if len(clips) == 1:
-        return clips[0][2]
-    return DecodedClip(np.concatenate([c.frames for _, _, c in clips]), np.concatenate([c.timestamps for _, _, c in clips]))

@@ -32,10 +32,10 @@ import numpy as np
 from ..config import Config, SamplingConfig
 from ..encoders import parse_spec
 from ..errors import ConfigError, VidprobeError
-from .local import ExtractSummary, build_provenance, load_clip, plan_extraction, recorded_run, resolve_runtime, writer_prefix
+from .job import ExtractionJob, ExtractSummary, build_provenance
+from .local import load_clip, resolve_runtime
 from ..data.manifest import Manifest, VideoItem
 from .sharding import JobShard
-from ..store import ShardWriter, create_or_open
 
 # Quiet, offline Ray: no usage reporting (it would try the internet), de-duplicated worker logs.
 RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_DEDUP_LOGS": "1"}
@@ -185,6 +185,9 @@ def extract_ray(
     started = time.perf_counter()
     if num_encoders is not None and num_encoders < 1:
         raise ConfigError(f"--ray-encoders={num_encoders}: must be >= 1")
+    if cfg.sampling.windowed:  # the pipeline maps one row to one clip; a windowed video makes several
+        raise ConfigError(f"sampling.strategy={cfg.sampling.strategy!r} makes several clips per video; "
+                          "use the local engine for it")
     parse_spec(cfg.encoder)  # a bad spec fails here, before a cluster starts
     ray = _import_ray()
     owns_ray = init_ray(address, num_cpus)
@@ -197,37 +200,28 @@ def extract_ray(
             if isinstance(exc.cause, VidprobeError):  # e.g. weights that cannot be loaded: one line, not a remote traceback
                 raise exc.cause from None
             raise
-        store = create_or_open(store_path, provenance)
-        summary = ExtractSummary(store=str(store.path), shard=str(shard) if shard else None, engine="ray")
-        prefix = writer_prefix(shard)
-        with store.writer_lock(job_shard=shard.as_tuple() if shard else None) as lock:  # same rule as the local engine
-            todo, problems = plan_extraction(manifest, store, summary, sampling=cfg.sampling, shard=shard, retry_failed=retry_failed)
-            with recorded_run(store, prefix, summary), ShardWriter(
-                store, shard_size=cfg.extract.shard_size, prefix=prefix, compression=cfg.store.compression,
-                compression_level=cfg.store.compression_level, tag=lock.tag,
-            ) as writer:
-                for problem in problems:
-                    writer.add_failure(problem.path, None, None, "manifest", problem.error)
-                    summary.failed += 1
-                    summary.failures.append((problem.path, problem.error))
-                if todo:
-                    _run_pipeline(ray, todo, cfg, use_gpu, num_encoders, actor_resources, writer, summary, progress, started)
-        summary.seconds = time.perf_counter() - started
-        return summary
+        job = ExtractionJob(manifest, store_path, cfg, provenance, engine="ray", shard=shard, retry_failed=retry_failed,
+                            started=started)
+        with job:  # the same store, lock, plan, run record and writer as the local engine
+            if job.todo:
+                _run_pipeline(ray, job, use_gpu, num_encoders, actor_resources, progress)
+        return job.summary
     finally:
         if owns_ray:
             ray.shutdown()
 
 
-def _run_pipeline(ray, todo: list[VideoItem], cfg: Config, use_gpu: bool, num_encoders: int | None, actor_resources: dict[str, int],
-                  writer: ShardWriter, summary: ExtractSummary, progress: bool, started: float) -> None:
-    """Build the Ray Data pipeline over ``todo`` and write what comes out, in completion order."""
+def _run_pipeline(ray, job: ExtractionJob, use_gpu: bool, num_encoders: int | None, actor_resources: dict[str, int],
+                  progress: bool) -> None:
+    """Build the Ray Data pipeline over the job's planned items; hand what comes out to the job, as it comes."""
     import ray.data
     from tqdm.auto import tqdm
 
     from ..encoders import Preprocess
 
-    pre = Preprocess.from_dict(writer.store.provenance["preprocess"])
+    cfg, summary = job.cfg, job.summary
+    todo = [item for item, _ in job.todo]
+    pre = Preprocess.from_dict(job.store.provenance["preprocess"])
     frames_per_clip = cfg.sampling.num_frames if cfg.sampling.strategy == "uniform" else (cfg.sampling.max_frames or 8)
     clips_per_call = max(1, round(resolve_runtime(cfg.extract, "cuda" if use_gpu else "cpu").batch_size / frames_per_clip))
     encoders = num_encoders or (int(ray.cluster_resources().get("GPU", 0)) if use_gpu else 1)
@@ -258,22 +252,16 @@ def _run_pipeline(ray, todo: list[VideoItem], cfg: Config, use_gpu: bool, num_en
             seen.add(int(index))
             error = str(batch["error"][j])
             if error:
-                writer.add_failure(item.path, item.start, item.end, str(batch["stage"][j]), error)
-                summary.failed += 1
-                summary.failures.append((item.path, error))
+                job.add_failure(item.path, item.start, item.end, str(batch["stage"][j]), error)
             else:
                 emb = np.asarray(batch["embedding"][j], np.float32)
-                writer.add(item.path, item.start, item.end, item.label, item.split, emb, np.asarray(batch["timestamps"][j], np.float64))
-                summary.done += 1
-                summary.frames += len(emb)
+                job.add_clip(item, item.start, item.end, emb, np.asarray(batch["timestamps"][j], np.float64))
             bar.update(1)
-        elapsed = max(time.perf_counter() - started, 1e-9)
+        elapsed = max(time.perf_counter() - job.started, 1e-9)
         bar.set_postfix(frames_s=f"{summary.frames / elapsed:.1f}", failed=summary.failed, refresh=False)
     bar.close()
     for i, item in enumerate(todo):
         if i not in seen:
             error = f"{item.abspath}: no result from the Ray pipeline (its worker died; see the Ray logs); retry with --retry-failed"
-            writer.add_failure(item.path, item.start, item.end, "worker", error)
-            summary.failed += 1
-            summary.failures.append((item.path, error))
+            job.add_failure(item.path, item.start, item.end, "worker", error)
 

@@ -26,9 +26,9 @@ import os
 from dataclasses import dataclass
 from typing import Mapping
 
+from ..data.keys import Key
 from ..errors import ConfigError
-
-Key = tuple[str, float, float]
+from ..store.runs import writer_prefix
 
 
 def shard_of(key: Key, num_shards: int) -> int:
@@ -61,7 +61,7 @@ class JobShard:
     @property
     def prefix(self) -> str:
         """Name prefix of the store shard files this job shard writes: they say who wrote them."""
-        return f"shard{self.index:04d}of{self.count:04d}"
+        return writer_prefix(self.as_tuple())
 
     def as_tuple(self) -> tuple[int, int]:
         return self.index, self.count

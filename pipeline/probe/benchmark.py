@@ -41,6 +41,7 @@ from .heads import HeadConfig
 from .pooling import get_pool, is_order_aware
 from .report import markdown_table, plot_accuracy_bars, plot_confusion, plot_fewshot, write_csv
 from ..store import open_store
+from ..versions import versions
 from .train import fit_on_store, pooled_features
 
 CSV_COLUMNS = (
@@ -244,7 +245,8 @@ def run_benchmark(config: BenchmarkConfig | str | Path, output: str | Path | Non
     summary = write_results(cfg, out, rows, details)
     summary["seconds"] = time.perf_counter() - t_start
     (out / "benchmark.json").write_text(json.dumps({"config": cfg.raw, "name": cfg.name, "seconds": summary["seconds"],
-                                                    "versions": _versions(), "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+                                                    "versions": versions(*_VERSIONS),
+                                                    "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
                                                    indent=2, default=str), encoding="utf-8")
     say(summary["markdown"])
     say(f"results: {out}/results.csv, results.md, details.jsonl, plots ({summary['seconds']:.0f} s)")
@@ -255,16 +257,7 @@ def _short(text: str, width: int = 90) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def _versions() -> dict[str, str]:
-    from importlib import metadata
-
-    out = {}
-    for name in ("vidprobe", "torch", "scikit-learn", "skops", "numpy", "open_clip_torch"):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
+_VERSIONS = ("vidprobe", "torch", "scikit-learn", "skops", "numpy", "open_clip_torch")  # recorded in benchmark.json
 
 
 def _fmt(mean: float, std: float | None = None) -> str:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import platform
 import re
 import time
 import warnings
@@ -36,6 +35,7 @@ import numpy as np
 
 from ..config import build, check_settings, rule
 from ..errors import ConfigError, HeadError
+from ..versions import versions
 from .logreg import (DEFAULT_COARSE_CS, DEFAULT_MAX_ITER, DEFAULT_PATIENCE, DEFAULT_REFINE, DEFAULT_TOL, SOLVERS,
                      make_solver, sweep_C)
 
@@ -349,15 +349,6 @@ def zeroshot_encoder(spec: str | None, *, weights_id: str | None = None, device:
 
 # -- files ---------------------------------------------------------------------------------------
 
-def _versions() -> dict[str, str]:
-    import sklearn
-    import skops
-
-    from .. import __version__
-
-    return {"vidprobe": __version__, "scikit-learn": sklearn.__version__, "skops": skops.__version__, "numpy": np.__version__, "python": platform.python_version()}
-
-
 def sidecar_path(head_path: str | Path) -> Path:
     return Path(head_path).with_suffix(".json")
 
@@ -391,7 +382,7 @@ def save_head(path: str | Path, result: FitResult, meta: dict[str, Any]) -> Path
     tmp.replace(p)
     side = {**meta, "format": fmt, "head_sha256": _sha256(p), "classes": result.classes, "hparams": result.hparams,
             "val_scores": [[k, v] for k, v in result.val_scores.items()],  # in the order tried
-            "fit_info": result.info, "versions": _versions(),
+            "fit_info": result.info, "versions": versions("vidprobe", "scikit-learn", "skops", "numpy", "python"),
             "saved": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     sidecar_path(p).write_text(json.dumps(side, indent=2, sort_keys=True, default=str), encoding="utf-8")
     return sidecar_path(p)

@@ -60,7 +60,6 @@ def segments(k: int) -> Pool:
 
 
 POOLS: dict[str, Pool] = {"mean": mean, "max": max_, "meanmax": meanmax, "meanstd": meanstd, "center": center, "tdiff": tdiff}
-ORDER_AWARE = ("tdiff", "segK")
 
 
 def get_pool(name: str) -> Pool:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from .layout import PROVENANCE_FILE, clip_key
 from .reader import FeatureStore, create_or_open, open_store
-from .runs import write_run_record, writer_progress
+from .runs import write_run_record, writer_prefix, writer_progress
 from .writer import ShardWriter
 
 __all__ = ["PROVENANCE_FILE", "FeatureStore", "ShardWriter", "clip_key", "create_or_open", "open_store", "write_run_record",
-           "writer_progress"]
+           "writer_prefix", "writer_progress"]

@@ -43,14 +43,16 @@ _HELD: dict[str, "WriterLock"] = {}
 
 
 def scope_name(job_shard: tuple[int, int] | None) -> str:
-    """File-name scope of a lock (and tag in shard names): ``all`` or ``00003of00008``."""
+    """The one job-shard label: ``all`` or ``0003of0008``. It names the lock file, tags the shard files
+    a writer makes, and prefixed with ``shard`` is the writer prefix (``runs.writer_prefix``)."""
     if job_shard is None:
         return "all"
     i, n = job_shard
-    return f"{i:05d}of{n:05d}"
+    return f"{i:04d}of{n:04d}"
 
 
 def parse_scope(name: str) -> tuple[int, int] | None:
+    """Inverse of ``scope_name``; also reads the five-digit spelling older versions wrote."""
     if name == "all":
         return None
     i, _, n = name.partition("of")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -28,10 +28,10 @@ from .layout import (
     read_provenance_file,
     shard_paths,
 )
-from .lock import WriterLock, live_holders, scope_name
+from .lock import WriterLock, live_holders, parse_scope, scope_name
 from .writer import ShardWriter
 
-__all__ = ["FeatureStore", "StoreIndex", "ShardMeta", "ClipTable", "open_store", "create_or_open", "ShardWriter", "clip_key",
+__all__ = ["FeatureStore", "StoreIndex", "ShardMeta", "ClipTable", "kept_frames", "open_store", "create_or_open", "ShardWriter", "clip_key",
            "PROVENANCE_FILE"]
 
 
@@ -51,6 +51,12 @@ class ShardMeta:
     @property
     def all_kept(self) -> bool:
         return len(self.kept) == self.n_clips
+
+    def kept_rows(self) -> slice | np.ndarray:
+        """Rows of ``frames/*`` that belong to the kept clips, in order: a slice when all are kept."""
+        if self.all_kept:
+            return slice(0, self.n_frames)
+        return np.concatenate([np.arange(self.offset[i], self.offset[i + 1]) for i in self.kept])
 
 
 @dataclass
@@ -73,26 +79,21 @@ class StoreIndex:
 
 
 @dataclass
-class ClipTable:
-    """All clips of a store in memory, de-duplicated by key (first finished shard wins)."""
+class ClipTable(StoreIndex):
+    """A ``StoreIndex`` with all its clips' frames in memory (de-duplicated: first finished shard wins)."""
 
-    video: list[str]
-    start: np.ndarray
-    end: np.ndarray
-    label: list[str]
-    split: list[str]
-    offset: np.ndarray  # (N+1,)
     embedding: np.ndarray  # (F, D) float32
     timestamp: np.ndarray  # (F,)
+
+    @classmethod
+    def of(cls, index: StoreIndex, embedding: np.ndarray, timestamp: np.ndarray) -> "ClipTable":
+        return cls(**{f.name: getattr(index, f.name) for f in fields(StoreIndex)}, embedding=embedding, timestamp=timestamp)
 
     def __len__(self) -> int:
         return len(self.video)
 
     def frames(self, i: int) -> np.ndarray:
         return self.embedding[self.offset[i] : self.offset[i + 1]]
-
-    def keys(self) -> list[Key]:
-        return [clip_key(v, s, e) for v, s, e in zip(self.video, self.start, self.end)]
 
 
 def _compression_of(ds) -> str:
@@ -148,20 +149,16 @@ def _build_index(path: Path, dim: int) -> StoreIndex:
             keep.append(i)
         meta.kept = np.asarray(keep, dtype=np.int64)
         shards.append(meta)
-        if meta.all_kept:
-            videos += v
-            labels += lab
-            splits += spl
-            starts.append(s)
-            ends.append(e)
-            lengths.append(np.diff(meta.offset))
-        else:
-            videos += [v[i] for i in keep]
-            labels += [lab[i] for i in keep]
-            splits += [spl[i] for i in keep]
-            starts.append(s[meta.kept])
-            ends.append(e[meta.kept])
-            lengths.append(np.diff(meta.offset)[meta.kept])
+        n_frames = np.diff(meta.offset)
+        if not meta.all_kept:  # leave out the clips an earlier shard holds
+            v, lab, spl = ([x[i] for i in keep] for x in (v, lab, spl))
+            s, e, n_frames = s[meta.kept], e[meta.kept], n_frames[meta.kept]
+        videos += v
+        labels += lab
+        splits += spl
+        starts.append(s)
+        ends.append(e)
+        lengths.append(n_frames)
     superseded_names = {p.name for p in superseded}
     latest: dict[Key, dict[str, Any]] = {}
     for fail in raw_failures:
@@ -188,33 +185,39 @@ def _build_index(path: Path, dim: int) -> StoreIndex:
     )
 
 
-def _read_frames(index: StoreIndex, dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """All live frames as one float32 (F, D) matrix plus timestamps, read straight into place."""
+def kept_frames(shards: list[ShardMeta]) -> Iterator[tuple[Any, Any, slice | np.ndarray, int, int]]:
+    """Per live shard with kept clips, opened in turn: its ``frames/embedding`` and ``frames/timestamp``
+    datasets, the kept rows (``ShardMeta.kept_rows``), how many, and where they go in the store's frames."""
     import h5py
 
+    pos = 0
+    for meta in shards:
+        if not len(meta.kept):
+            continue
+        rows = meta.kept_rows()
+        n = meta.n_frames if isinstance(rows, slice) else len(rows)
+        with h5py.File(meta.path, "r") as f:
+            yield f["frames/embedding"], f["frames/timestamp"], rows, n, pos
+        pos += n
+
+
+def _read_frames(index: StoreIndex, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """All live frames as one float32 (F, D) matrix plus timestamps, read straight into place."""
     total = int(index.offset[-1])
     emb = np.empty((total, dim), dtype=np.float32)
     ts = np.empty(total, dtype=np.float64)
-    pos = 0
-    for meta in index.shards:
-        if not len(meta.kept):
+    for e, t, rows, n, pos in kept_frames(index.shards):
+        if not n:
             continue
-        with h5py.File(meta.path, "r") as f:
-            e, t = f["frames/embedding"], f["frames/timestamp"]
-            if meta.all_kept:
-                n = meta.n_frames
-                if n and e.dtype == np.float32:
-                    e.read_direct(emb, dest_sel=np.s_[pos : pos + n])
-                elif n:
-                    emb[pos : pos + n] = e[()]  # numpy widens float16 3x faster than HDF5's conversion
-                if n:
-                    t.read_direct(ts, dest_sel=np.s_[pos : pos + n])
+        if isinstance(rows, slice):
+            if e.dtype == np.float32:
+                e.read_direct(emb, dest_sel=np.s_[pos : pos + n])
             else:
-                sel = np.concatenate([np.arange(meta.offset[i], meta.offset[i + 1]) for i in meta.kept])
-                n = len(sel)
-                emb[pos : pos + n] = e[()][sel]
-                ts[pos : pos + n] = t[()][sel]
-        pos += n
+                emb[pos : pos + n] = e[()]  # numpy widens float16 3x faster than HDF5's conversion
+            t.read_direct(ts, dest_sel=np.s_[pos : pos + n])
+        else:
+            emb[pos : pos + n] = e[()][rows]
+            ts[pos : pos + n] = t[()][rows]
     return emb, ts
 
 
@@ -307,7 +310,7 @@ class FeatureStore:
                     self._index = None
                     if attempt == 4:
                         raise StoreError(f"{self.path}: shards keep disappearing while reading; is a compaction running?") from None
-            self._table = ClipTable(idx.video, idx.start, idx.end, idx.label, idx.split, idx.offset, emb, ts)
+            self._table = ClipTable.of(idx, emb, ts)
         return self._table
 
     @property
@@ -398,6 +401,15 @@ class FeatureStore:
         }
 
 
+def _tag_scope(name: str) -> tuple[int, int] | None | str:
+    """The job shard a shard file's tag names (``PREFIX-TIME-TAG-ID.h5[.tmp]``), "?" if none is readable."""
+    parts = name.rsplit("-", 2)
+    try:
+        return parse_scope(parts[1]) if len(parts) == 3 else "?"
+    except ValueError:
+        return "?"
+
+
 class _StoreWriterLock(WriterLock):
     """``WriterLock`` that, once taken, clears the ``.tmp`` files its scope's dead writers left."""
 
@@ -414,7 +426,7 @@ class _StoreWriterLock(WriterLock):
         super().acquire()
         for tmp in self.store.unfinished_paths():
             # Whole-store lock: no other writer can be live. Shard lock: only files tagged with our scope.
-            if self.job_shard is None or f"-{self.tag}-" in tmp.name:
+            if self.job_shard is None or _tag_scope(tmp.name) == self.job_shard:
                 tmp.unlink(missing_ok=True)
         self.store.invalidate()  # what is done is read after the lock is taken
         return self

@@ -13,11 +13,18 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import StoreError
 from .layout import RUNS_DIR, atomic_write_text
+from .lock import scope_name
 
 if TYPE_CHECKING:
     from .reader import FeatureStore
 
-__all__ = ["writer_of", "write_run_record", "writer_progress"]
+__all__ = ["writer_prefix", "writer_of", "write_run_record", "writer_progress"]
+
+
+def writer_prefix(job_shard: tuple[int, int] | None) -> str:
+    """File-name prefix of the shards (and name of the run record) of a writer: ``shard``, or for job
+    shard i of n ``shard`` + its label (``shard0003of0008``, see ``lock.scope_name``)."""
+    return "shard" if job_shard is None else "shard" + scope_name(job_shard)
 
 
 def writer_of(shard_name: str) -> str:

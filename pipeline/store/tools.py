@@ -19,7 +19,7 @@ import numpy as np
 
 from .layout import SHARD_DIR, clip_key, describe_differences, fsync_dir, identity, shard_name
 from .lock import live_holders
-from .reader import FeatureStore, open_store
+from .reader import FeatureStore, kept_frames, open_store
 from .writer import write_shard
 
 _BLOCK_ROWS = 1 << 16  # rows per read when scanning embeddings for NaN/Inf
@@ -150,27 +150,14 @@ def compact_store(path: str | Path, compression: str | None = None, compression_
         live_compressions = {m.compression for m in idx.shards}
         if len(before) <= 1 and live_compressions <= {compression}:
             return {"path": str(store.path), "changed": False, "shards_before": len(before), "shards_after": len(before), "size_before": size_before, "size_after": size_before, "clips": len(idx.video), "compression": compression}
-        import h5py
 
         def fill(emb_ds, ts_ds) -> None:
-            pos = 0
-            for meta in idx.shards:
-                if not len(meta.kept):
-                    continue
-                with h5py.File(meta.path, "r") as f:
-                    e, t = f["frames/embedding"], f["frames/timestamp"]
-                    if meta.all_kept:
-                        sel = slice(0, meta.n_frames)
-                        n = meta.n_frames
-                    else:
-                        sel = np.concatenate([np.arange(meta.offset[i], meta.offset[i + 1]) for i in meta.kept])
-                        n = len(sel)
-                    for lo in range(0, n, _BLOCK_ROWS):  # bounded memory however big the store
-                        hi = min(n, lo + _BLOCK_ROWS)
-                        rows = slice(sel.start + lo, sel.start + hi) if isinstance(sel, slice) else sel[lo:hi]
-                        emb_ds[pos + lo : pos + hi] = e[rows]
-                        ts_ds[pos + lo : pos + hi] = t[rows]
-                pos += n
+            for e, t, sel, n, pos in kept_frames(idx.shards):
+                for lo in range(0, n, _BLOCK_ROWS):  # bounded memory however big the store
+                    hi = min(n, lo + _BLOCK_ROWS)
+                    rows = slice(sel.start + lo, sel.start + hi) if isinstance(sel, slice) else sel[lo:hi]
+                    emb_ds[pos + lo : pos + hi] = e[rows]
+                    ts_ds[pos + lo : pos + hi] = t[rows]
 
         fails = idx.failures
         merged = write_shard(

@@ -1,0 +1,204 @@
+"""One extraction job: everything the local and the Ray engine share, so they differ only in how they
+decode and encode.
+
+``ExtractionJob`` is a context manager that, in this order, creates or opens the store with the
+encoder's provenance (a mismatch is refused before anything runs), takes the writer lock of its job
+shard (before reading what is done, so a second job on the same work is refused), plans what is left
+(``plan_tasks``), records the run (running, then finished or stopped, under the writer prefix), opens
+the ``ShardWriter`` and records the manifest's problems as failures. Engines hand it finished clips
+(``add_clip``) and failures (``add_failure``), which it writes and counts in its ``ExtractSummary``.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import socket
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Protocol
+
+import numpy as np
+
+from ..config import Config, SamplingConfig
+from ..data.keys import clip_key
+from ..data.manifest import Manifest, Problem, VideoItem
+from ..data.sampling import sampling_identity
+from ..encoders.base import FrameEncoder
+from ..store import FeatureStore, ShardWriter, create_or_open, write_run_record, writer_prefix
+from ..versions import versions
+from .sharding import JobShard
+from .workers import ClipTask
+
+__all__ = ["ExtractSummary", "ExtractionJob", "build_provenance", "plan_tasks", "note_run", "recorded_run"]
+
+
+@dataclass
+class ExtractSummary:
+    store: str
+    total: int = 0  # items in the manifest (in this job shard's part of it, when sharded)
+    done: int = 0  # clips extracted by this run (windowed strategies: one per window)
+    skipped: int = 0  # clips already in the store (or already recorded as failed)
+    skipped_failed: int = 0  # of those, clips recorded as failed by an earlier run (see --retry-failed)
+    failed: int = 0  # items that failed in this run (incl. manifest problems)
+    frames: int = 0  # frame embeddings stored by this run
+    seconds: float = 0.0
+    workers_replaced: int = 0  # decoder processes killed after a timeout or found dead
+    shard: str | None = None  # job shard "i/n" when sharded (see pipeline.extract.sharding)
+    engine: str = "local"  # local | ray
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (path, message) of this run
+    ignored: list[str] = field(default_factory=list)  # source files left out: not videos by extension
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def build_provenance(encoder: FrameEncoder, cfg: Config) -> dict[str, Any]:
+    """What the store records about how its embeddings were made (identity keys: see store.layout)."""
+    return {
+        "encoder": encoder.spec,
+        "weights_id": encoder.weights_id,
+        "dim": int(encoder.dim),
+        "preprocess": encoder.preprocess_cfg.to_dict(),
+        "sampling": sampling_identity(cfg.sampling),
+        "dtype": cfg.store.dtype,
+        "encoder_info": encoder.provenance(),
+        "versions": versions("vidprobe", "torch", "h5py", "numpy"),
+    }
+
+
+def plan_tasks(
+    manifest: Manifest, store: FeatureStore, sampling: SamplingConfig, summary: ExtractSummary, *,
+    shard: JobShard | None = None, retry_failed: bool = False,
+) -> tuple[list[tuple[VideoItem, ClipTask]], list[Problem]]:
+    """(item, task) pairs still to do and manifest problems to record; counts go into ``summary``.
+
+    Only what ``shard`` owns (everything when None). Single-clip strategies skip an item whose key is
+    stored (or recorded as failed, unless ``retry_failed``, which then does only those). Windowed
+    strategies cannot know a video's windows without opening it, so each task carries the windows of
+    that video already stored and the worker decodes only the missing ones (a resume after a kill
+    finishes half-done videos).
+    """
+    stored = store.done_keys(include_failed=False)
+    failed_before = store.done_keys(include_failed=True) - stored
+    windows: dict[str, set[tuple[float, float]]] = defaultdict(set)
+    if sampling.windowed:
+        for video, start, end in stored:
+            windows[video].add((start, end))
+    todo: list[tuple[VideoItem, ClipTask]] = []
+    seen: set = set()
+    for item in manifest.items:
+        key = item.key
+        if shard is not None and not shard.owns(key):
+            continue
+        summary.total += 1
+        if key in seen or (key in failed_before) != retry_failed or (not sampling.windowed and key in stored):
+            summary.skipped += 1
+            summary.skipped_failed += key in failed_before and not retry_failed
+            continue
+        seen.add(key)
+        skip: frozenset = frozenset()
+        if sampling.windowed and windows.get(item.path):
+            lo = -np.inf if item.start is None else item.start - 1e-6
+            hi = np.inf if item.end is None else item.end + 1e-6
+            skip = frozenset(w for w in windows[item.path] if w[0] >= lo and w[1] <= hi)
+        todo.append((item, ClipTask(len(todo), str(item.abspath), item.start, item.end, skip)))
+    known = {f["path"] for f in store.failures() if f["stage"] == "manifest"}
+    problems = [p for p in manifest.problems
+                if p.path not in known and (shard is None or shard.owns(clip_key(p.path, None, None)))]
+    return todo, problems
+
+
+def note_run(store: FeatureStore, prefix: str, summary: ExtractSummary, state: str) -> None:
+    """Record this run's state and counts under its writer prefix (what ``vidprobe info`` shows per shard)."""
+    write_run_record(store, prefix, {
+        "state": state, "shard": summary.shard, "engine": summary.engine, "assigned": summary.total,
+        "done": summary.done, "skipped": summary.skipped, "failed": summary.failed, "host": socket.gethostname(),
+        "pid": os.getpid(), "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    })
+
+
+@contextlib.contextmanager
+def recorded_run(store: FeatureStore, prefix: str, summary: ExtractSummary) -> Iterator[None]:
+    """Record the run under its writer prefix: running, then finished — or stopped if it ends by an
+    exception (Ctrl-C, a store error), which is re-raised. A SIGKILLed run stays "running"."""
+    note_run(store, prefix, summary, "running")
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(OSError):
+            note_run(store, prefix, summary, "stopped")
+        raise
+    note_run(store, prefix, summary, "finished")
+
+
+class ClipSink(Protocol):
+    """Where finished clips go: the ``ShardWriter`` itself, or a thread in front of it (local engine)."""
+
+    def add(self, video: str, start: float | None, end: float | None, label: str, split: str, embeddings: np.ndarray,
+            timestamps: np.ndarray) -> None: ...
+
+    def add_failure(self, video: str, start: float | None, end: float | None, stage: str, error: str) -> None: ...
+
+
+class ExtractionJob:
+    """One run of one extraction into one store (see the module doc); a context manager.
+
+    Inside the ``with``: ``store``, ``summary``, ``prefix``, ``writer`` and ``todo`` (the planned (item,
+    task) pairs). ``sink`` is where ``add_clip``/``add_failure`` write: the writer, unless an engine
+    puts a writer thread in front of it (then only that thread may touch the writer until it is closed).
+    ``summary.seconds`` counts from ``started`` (default: when the job was made) to the end of the run.
+    """
+
+    def __init__(self, manifest: Manifest, store_path: str | Path, cfg: Config, provenance: dict[str, Any], *,
+                 engine: str = "local", shard: JobShard | None = None, retry_failed: bool = False,
+                 started: float | None = None) -> None:
+        self.manifest, self.store_path, self.cfg, self.provenance = manifest, store_path, cfg, provenance
+        self.engine, self.shard, self.retry_failed = engine, shard, retry_failed
+        self.started = time.perf_counter() if started is None else started
+        self.prefix = writer_prefix(shard.as_tuple() if shard else None)
+        self._stack: contextlib.ExitStack | None = None
+
+    def __enter__(self) -> "ExtractionJob":
+        cfg, shard = self.cfg, self.shard
+        self.store: FeatureStore = create_or_open(self.store_path, self.provenance)
+        self.summary = ExtractSummary(store=str(self.store.path), shard=str(shard) if shard else None,
+                                      engine=self.engine, ignored=list(self.manifest.ignored))
+        with contextlib.ExitStack() as stack:
+            # The lock comes before reading what is done: a second job on the same work is refused here;
+            # other shards of the same job may hold their own shard locks at the same time.
+            lock = stack.enter_context(self.store.writer_lock(job_shard=shard.as_tuple() if shard else None))
+            self.todo, problems = plan_tasks(self.manifest, self.store, cfg.sampling, self.summary, shard=shard,
+                                             retry_failed=self.retry_failed)
+            stack.enter_context(recorded_run(self.store, self.prefix, self.summary))
+            self.writer = stack.enter_context(ShardWriter(
+                self.store, shard_size=cfg.extract.shard_size, prefix=self.prefix, compression=cfg.store.compression,
+                compression_level=cfg.store.compression_level, tag=lock.tag,
+            ))
+            self.sink: ClipSink = self.writer
+            for problem in problems:
+                self.add_failure(problem.path, None, None, "manifest", problem.error)
+            self._stack = stack.pop_all()
+        return self
+
+    def __exit__(self, *exc: Any) -> bool | None:
+        assert self._stack is not None
+        try:
+            return self._stack.__exit__(*exc)
+        finally:
+            self.summary.seconds = time.perf_counter() - self.started
+
+    def add_clip(self, item: VideoItem, start: float | None, end: float | None, embeddings: np.ndarray,
+                 timestamps: np.ndarray) -> None:
+        """Store one finished clip (``item``'s window ``start``..``end``) and count it."""
+        self.sink.add(item.path, start, end, item.label, item.split, embeddings, timestamps)
+        self.summary.done += 1
+        self.summary.frames += len(timestamps)
+
+    def add_failure(self, path: str, start: float | None, end: float | None, stage: str, error: str) -> None:
+        """Record a failed clip (``error`` names the file and what went wrong) and count it."""
+        self.sink.add_failure(path, start, end, stage, error)
+        self.summary.failed += 1
+        self.summary.failures.append((path, error))
