@@ -22,6 +22,7 @@ Both libraries get the same thread count (``--threads``, default 1; every BLAS/O
 limited): on this shared 2-core machine two OpenMP threads under load were several times *slower*
 than one. The last line is one JSON object with every figure printed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,7 +38,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def make_features(n_classes: int = 101, dim: int = 512, per_class: tuple[int, int, int] = (80, 20, 50), sigma: float = 1.5, seed: int = 0):
+def make_features(
+    n_classes: int = 101,
+    dim: int = 512,
+    per_class: tuple[int, int, int] = (80, 20, 50),
+    sigma: float = 1.5,
+    seed: int = 0,
+):
     """(X, y) for train, val, test: class centres + within-class, nuisance and isotropic noise."""
     rng = np.random.default_rng(seed)
     r, q = 32, 64
@@ -70,11 +77,18 @@ def _timed(fn):
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--threads", type=int, default=1, help="threads for torch and for scikit-learn/BLAS/OpenMP (same for both; default 1)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="threads for torch and for scikit-learn/BLAS/OpenMP (same for both; default 1)",
+    )
     p.add_argument("--classes", type=int, default=101)
     p.add_argument("--dim", type=int, default=512)
     p.add_argument("--per-class", type=int, nargs=3, default=(80, 20, 50), metavar=("TRAIN", "VAL", "TEST"))
-    p.add_argument("--repeats", type=int, default=2, help="alternating repeats of the two main runs; best of each is reported")
+    p.add_argument(
+        "--repeats", type=int, default=2, help="alternating repeats of the two main runs; best of each is reported"
+    )
     p.add_argument("--device", default="cpu", help="torch solver device (cpu | cuda); scikit-learn always runs on CPU")
     p.add_argument("--no-ablation", action="store_true", help="skip the ablation runs")
     p.add_argument("--seed", type=int, default=0)
@@ -94,20 +108,39 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     limits = threadpool_limits(args.threads)
     pools = sorted({f"{i['internal_api']}={i['num_threads']}" for i in threadpool_info()})
-    figures: dict = {"threads": args.threads, "device": args.device, "cpu_count": os.cpu_count(), "torch": torch.__version__,
-                     "python": platform.python_version(), "loadavg_before": loadavg(), "repeats": args.repeats}
+    figures: dict = {
+        "threads": args.threads,
+        "device": args.device,
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "loadavg_before": loadavg(),
+        "repeats": args.repeats,
+    }
     (Xtr, ytr), (Xva, yva), (Xte, yte) = make_features(args.classes, args.dim, tuple(args.per_class), seed=args.seed)
     figures.update(n_train=len(ytr), n_val=len(yva), n_test=len(yte), dim=args.dim, classes=args.classes)
-    print(f"data: {args.classes} classes, {args.dim}-d; train {len(ytr)} + val {len(yva)} (= {len(ytr) + len(yva)} sweep rows), test {len(yte)}")
-    print(f"threads: torch {torch.get_num_threads()}, thread pools {', '.join(pools)}, scikit-learn OpenMP {_openmp_effective_n_threads()}; "
-          f"torch device {args.device}; load average before: {figures['loadavg_before']}")
+    print(
+        f"data: {args.classes} classes, {args.dim}-d; train {len(ytr)} + val "
+        f"{len(yva)} (= {len(ytr) + len(yva)} sweep rows), test {len(yte)}"
+    )
+    print(
+        f"threads: torch {torch.get_num_threads()}, thread pools {', '.join(pools)}, scikit-learn OpenMP "
+        f"{_openmp_effective_n_threads()}; torch device {args.device}; load average before: {figures['loadavg_before']}"
+    )
 
     # Warm-up: imports and torch.optim's first use (it imports torch._dynamo, ~3 s) before any clock runs.
-    (_, warm_s, _) = _timed(lambda: [fit_head(HeadConfig(solver=s, Cs=(1.0,), refine=()), Xtr[:400], ytr[:400], Xva[:100], yva[:100]) for s in ("torch", "sklearn")])
+    (_, warm_s, _) = _timed(
+        lambda: [
+            fit_head(HeadConfig(solver=s, Cs=(1.0,), refine=()), Xtr[:400], ytr[:400], Xva[:100], yva[:100])
+            for s in ("torch", "sklearn")
+        ]
+    )
     figures["warmup_seconds"] = warm_s
 
-    configs = {"ours": HeadConfig(kind="logreg", device=args.device),
-               "sklearn": HeadConfig(kind="logreg", solver="sklearn", sweep_tol=1e-4)}
+    configs = {
+        "ours": HeadConfig(kind="logreg", device=args.device),
+        "sklearn": HeadConfig(kind="logreg", solver="sklearn", sweep_tol=1e-4),
+    }
     runs: dict[str, dict] = {}
     for rep in range(args.repeats):
         for name, cfg in configs.items():
@@ -115,10 +148,19 @@ def main(argv: list[str] | None = None) -> dict:
             r = runs.setdefault(name, {"wall": [], "cpu": []})
             r["wall"].append(wall)
             r["cpu"].append(cpu)
-            r.update(C=res.C, val_top1=max(res.val_scores.values()), test_top1=float(np.mean(res.estimator.predict(Xte) == yte)),
-                     fits=res.info["fits"], iterations=res.info["iterations"], trace=res.val_scores)
-            print(f"  run {rep + 1}/{args.repeats} {name:8s} {wall:6.1f} s wall {cpu:6.1f} s cpu  fits={res.info['fits']:2d} "
-                  f"iterations={res.info['iterations']:4d}  C={res.C:.4g}  test top-1={r['test_top1']:.4f}")
+            r.update(
+                C=res.C,
+                val_top1=max(res.val_scores.values()),
+                test_top1=float(np.mean(res.estimator.predict(Xte) == yte)),
+                fits=res.info["fits"],
+                iterations=res.info["iterations"],
+                trace=res.val_scores,
+            )
+            print(
+                f"  run {rep + 1}/{args.repeats} {name:8s} {wall:6.1f} s wall {cpu:6.1f} s cpu  "
+                f"fits={res.info['fits']:2d} iterations={res.info['iterations']:4d}  C={res.C:.4g}  test "
+                f"top-1={r['test_top1']:.4f}"
+            )
     for r in runs.values():
         r["seconds"], r["cpu_seconds"] = min(r["wall"]), min(r["cpu"])
     t, s = runs["ours"], runs["sklearn"]
@@ -150,27 +192,66 @@ def main(argv: list[str] | None = None) -> dict:
         return e / e.sum(1, keepdims=True)
 
     pa, pb = proba(a, Zte), proba(b, Zte)
-    figures.update(xcheck_C=C, xcheck_max_abs_proba_diff=float(np.abs(pa - pb).max()),
-                   xcheck_prediction_agreement=float(np.mean(pa.argmax(1) == pb.argmax(1))),
-                   xcheck_test_top1_torch=score(a, Zte, yi_te)[0], xcheck_test_top1_sklearn=score(b, Zte, yi_te)[0],
-                   xcheck_iterations_torch=a.n_iter, xcheck_iterations_sklearn=b.n_iter,
-                   xcheck_seconds_torch=a.seconds, xcheck_seconds_sklearn=b.seconds)
-    print(f"\ncross-check at C={C:.4g} (train split, both from zero, tol 1e-4): max |p_torch - p_sklearn| = {figures['xcheck_max_abs_proba_diff']:.2e}, "
-          f"same prediction on {100 * figures['xcheck_prediction_agreement']:.2f}% of test clips, test top-1 {figures['xcheck_test_top1_torch']:.4f} vs "
-          f"{figures['xcheck_test_top1_sklearn']:.4f}; one fit {a.seconds:.1f} s ({a.n_iter} it) vs {b.seconds:.1f} s ({b.n_iter} it)")
+    figures.update(
+        xcheck_C=C,
+        xcheck_max_abs_proba_diff=float(np.abs(pa - pb).max()),
+        xcheck_prediction_agreement=float(np.mean(pa.argmax(1) == pb.argmax(1))),
+        xcheck_test_top1_torch=score(a, Zte, yi_te)[0],
+        xcheck_test_top1_sklearn=score(b, Zte, yi_te)[0],
+        xcheck_iterations_torch=a.n_iter,
+        xcheck_iterations_sklearn=b.n_iter,
+        xcheck_seconds_torch=a.seconds,
+        xcheck_seconds_sklearn=b.seconds,
+    )
+    print(
+        f"\ncross-check at C={C:.4g} (train split, both from zero, tol 1e-4): max |p_torch - p_sklearn| = "
+        f"{figures['xcheck_max_abs_proba_diff']:.2e}, same prediction on "
+        f"{100 * figures['xcheck_prediction_agreement']:.2f}% of test clips, test top-1 "
+        f"{figures['xcheck_test_top1_torch']:.4f} vs {figures['xcheck_test_top1_sklearn']:.4f}; one fit "
+        f"{a.seconds:.1f} s ({a.n_iter} it) vs {b.seconds:.1f} s ({b.n_iter} it)"
+    )
 
-    rows = [("ours: torch, warm starts, search tol 1e-3, refit 1e-4", t["seconds"], t["cpu_seconds"], t["iterations"], t["C"], t["test_top1"]),
-            ("scikit-learn, every fit from zero, tol 1e-4 (baseline)", s["seconds"], s["cpu_seconds"], s["iterations"], s["C"], s["test_top1"])]
+    rows = [
+        (
+            "ours: torch, warm starts, search tol 1e-3, refit 1e-4",
+            t["seconds"],
+            t["cpu_seconds"],
+            t["iterations"],
+            t["C"],
+            t["test_top1"],
+        ),
+        (
+            "scikit-learn, every fit from zero, tol 1e-4 (baseline)",
+            s["seconds"],
+            s["cpu_seconds"],
+            s["iterations"],
+            s["C"],
+            s["test_top1"],
+        ),
+    ]
     if not args.no_ablation:
-        res, wall, cpu = _timed(lambda: fit_head(HeadConfig(kind="logreg", sweep_tol=1e-4, device=args.device), Xtr, ytr, Xva, yva))
-        rows.append(("ablation: torch, warm starts, tol 1e-4 throughout", wall, cpu, res.info["iterations"], res.C,
-                     float(np.mean(res.estimator.predict(Xte) == yte))))
+        res, wall, cpu = _timed(
+            lambda: fit_head(HeadConfig(kind="logreg", sweep_tol=1e-4, device=args.device), Xtr, ytr, Xva, yva)
+        )
+        rows.append(
+            (
+                "ablation: torch, warm starts, tol 1e-4 throughout",
+                wall,
+                cpu,
+                res.info["iterations"],
+                res.C,
+                float(np.mean(res.estimator.predict(Xte) == yte)),
+            )
+        )
         scaler_all = StandardScaler().fit(np.concatenate([Xtr, Xva]))
         Zall = scaler_all.transform(np.concatenate([Xtr, Xva])).astype(np.float32)
         Zte_all = scaler_all.transform(Xte).astype(np.float32)
         yall = np.concatenate([yi_tr, yi_va])
-        for label, sweep_tol in (("ablation: scikit-learn, warm starts, tol 1e-4 throughout", 1e-4),
-                                 ("ablation: scikit-learn running our schedule (warm, 1e-3 then 1e-4)", 1e-3)):
+        for label, sweep_tol in (
+            ("ablation: scikit-learn, warm starts, tol 1e-4 throughout", 1e-4),
+            ("ablation: scikit-learn running our schedule (warm, 1e-3 then 1e-4)", 1e-3),
+        ):
+
             def job():
                 sw = sweep_C(SklearnSolver(Ztr, yi_tr, len(classes), warm=True), Zva, yi_va, tol=sweep_tol)
                 return sw, SklearnSolver(Zall, yall, len(classes), warm=True).fit(sw.C, sw.fit)
@@ -178,22 +259,29 @@ def main(argv: list[str] | None = None) -> dict:
             (sw, refit), wall, cpu = _timed(job)
             rows.append((label, wall, cpu, sw.iterations + refit.n_iter, sw.C, score(refit, Zte_all, yi_te)[0]))
         for label, wall, cpu, it, c, acc in rows[2:]:
-            key = "ablation_" + "_".join(label.split(":")[1].replace(",", "").replace("(", "").replace(")", "").split()[:6])
+            key = "ablation_" + "_".join(
+                label.split(":")[1].replace(",", "").replace("(", "").replace(")", "").split()[:6]
+            )
             figures.update({f"{key}_seconds": wall, f"{key}_cpu_seconds": cpu, f"{key}_iterations": it, f"{key}_C": c})
             if acc is not None:
                 figures[f"{key}_test_top1"] = acc
 
     figures["loadavg_after"] = loadavg()
     limits.restore_original_limits()
-    print(f"\n| run | sweep + refit wall (s) | CPU (s) | L-BFGS iterations | chosen C | test top-1 |")
+    print("\n| run | sweep + refit wall (s) | CPU (s) | L-BFGS iterations | chosen C | test top-1 |")
     print("|---|---|---|---|---|---|")
     for label, wall, cpu, it, c, acc in rows:
         print(f"| {label} | {wall:.1f} | {cpu:.1f} | {it} | {c:.4g} | {'' if acc is None else f'{100 * acc:.2f}%'} |")
     met = speedup >= 3 and abs(diff) <= 0.5
-    print(f"\nspeedup (baseline / ours, same sweep, same {args.threads} thread(s), best of {args.repeats}): {speedup:.2f}x wall, {cpu_speedup:.2f}x CPU; "
-          f"test top-1 difference {diff:+.2f} points; target >= 3x and within 0.5 points: {'MET' if met else 'NOT MET'}")
-    print(f"load average before / after: {figures['loadavg_before']} / {figures['loadavg_after']} (shared machine: timings are noisy; "
-          f"ratios come from runs alternated side by side); warm-up (excluded) {warm_s:.1f} s")
+    print(
+        f"\nspeedup (baseline / ours, same sweep, same {args.threads} thread(s), best of {args.repeats}): "
+        f"{speedup:.2f}x wall, {cpu_speedup:.2f}x CPU; test top-1 difference {diff:+.2f} points; target >= 3x and "
+        f"within 0.5 points: {'MET' if met else 'NOT MET'}"
+    )
+    print(
+        f"load average before / after: {figures['loadavg_before']} / {figures['loadavg_after']} (shared machine: "
+        f"timings are noisy; ratios come from runs alternated side by side); warm-up (excluded) {warm_s:.1f} s"
+    )
     figures["target_met"] = bool(met)
     print(json.dumps(figures, sort_keys=True, default=float))
     return figures

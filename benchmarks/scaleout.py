@@ -13,6 +13,7 @@ The scaling model uses per-stage rates measured here (decode per CPU core, the d
 and the encoder rate of one GPU: measured when this runs on a GPU (``--device cuda``), otherwise the
 ``--gpu-fps`` you pass (printed as an assumption). The last line is one JSON object with every figure.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,10 +32,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pipeline.config import load_config  # noqa: E402
+from pipeline.data.manifest import load_manifest  # noqa: E402
 from pipeline.demo.videos import build_demo_videos  # noqa: E402
 from pipeline.encoders import create_encoder  # noqa: E402
 from pipeline.extract.local import load_clip  # noqa: E402
-from pipeline.data.manifest import load_manifest  # noqa: E402
 from pipeline.store import ShardWriter, create_or_open  # noqa: E402
 
 SETTINGS = ["sampling.num_frames=8"]
@@ -63,8 +64,23 @@ def run_cli(manifest: Path, root: Path, store: Path, engine: str) -> dict:
     import h5py
 
     shutil.rmtree(store, ignore_errors=True)
-    cmd = [sys.executable, "-m", "pipeline", "extract", str(manifest), "--root", str(root), "-o", str(store), "--json", "-q",
-           "--engine", engine, *SETTINGS, f"extract.shard_size={SHARD_CLIPS}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipeline",
+        "extract",
+        str(manifest),
+        "--root",
+        str(root),
+        "-o",
+        str(store),
+        "--json",
+        "-q",
+        "--engine",
+        engine,
+        *SETTINGS,
+        f"extract.shard_size={SHARD_CLIPS}",
+    ]
     t_start, t0 = time.time(), time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     wall = time.perf_counter() - t0
@@ -79,8 +95,14 @@ def run_cli(manifest: Path, root: Path, store: Path, engine: str) -> dict:
     steady_clips = sum(n for _, n in shards[1:])
     span = shards[-1][0] - shards[0][0] if len(shards) > 1 else float("nan")
     fpc = summary["frames"] / max(summary["done"], 1)
-    return {"wall_s": wall, "clips": summary["done"], "frames": summary["frames"], "first_shard_s": shards[0][0] - t_start,
-            "steady_clips_per_s": steady_clips / span, "steady_frames_per_s": steady_clips * fpc / span}
+    return {
+        "wall_s": wall,
+        "clips": summary["done"],
+        "frames": summary["frames"],
+        "first_shard_s": shards[0][0] - t_start,
+        "steady_clips_per_s": steady_clips / span,
+        "steady_frames_per_s": steady_clips * fpc / span,
+    }
 
 
 def stage_rates(manifest: Path, root: Path, device: str, batch: int) -> dict:
@@ -97,6 +119,7 @@ def stage_rates(manifest: Path, root: Path, device: str, batch: int) -> dict:
     encoder.encode(frames[:batch])  # warm-up
     if encoder.device.type == "cuda":
         torch.cuda.synchronize()
+
     def encode_rate() -> float:
         t0 = time.perf_counter()
         for i in range(0, len(frames), batch):
@@ -126,7 +149,9 @@ def stage_rates(manifest: Path, root: Path, device: str, batch: int) -> dict:
 
 def write_rate(tmp: Path, dim: int, frames_per_clip: int, n: int = 2000) -> float:
     """Clips/s one driver stores through ShardWriter (what bounds the Ray driver)."""
-    store = create_or_open(tmp / "write-bench", {"encoder": "bench", "weights_id": "x", "dim": dim, "preprocess": {}, "sampling": {}})
+    store = create_or_open(
+        tmp / "write-bench", {"encoder": "bench", "weights_id": "x", "dim": dim, "preprocess": {}, "sampling": {}}
+    )
     emb = np.random.default_rng(0).normal(size=(frames_per_clip, dim)).astype(np.float32)
     ts = np.arange(frames_per_clip, dtype=np.float64)
     t0 = time.perf_counter()
@@ -139,15 +164,24 @@ def write_rate(tmp: Path, dim: int, frames_per_clip: int, n: int = 2000) -> floa
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clips", type=int, default=64, help="videos to extract in each run")
-    ap.add_argument("--videos", type=Path, help="a CSV manifest of your own videos to measure on (default: rendered demo videos)")
+    ap.add_argument(
+        "--videos", type=Path, help="a CSV manifest of your own videos to measure on (default: rendered demo videos)"
+    )
     ap.add_argument("--device", default="auto", help="device for the encoder stage measurement (auto|cpu|cuda)")
-    ap.add_argument("--gpu-fps", type=float, default=4000.0, help="encoder frames/s of one GPU for the model when not measured here")
+    ap.add_argument(
+        "--gpu-fps", type=float, default=4000.0, help="encoder frames/s of one GPU for the model when not measured here"
+    )
     ap.add_argument("--gpus-per-node", type=int, default=8)
     ap.add_argument("--cores-per-node", type=int, default=64)
     ap.add_argument("--skip-ray", action="store_true", help="only the single-process engine (no Ray installed)")
     args = ap.parse_args()
 
-    figures: dict = {"cpus": os.cpu_count(), "load_avg_start": os.getloadavg()[0], "clips": args.clips, "frames_per_clip_setting": 8}
+    figures: dict = {
+        "cpus": os.cpu_count(),
+        "load_avg_start": os.getloadavg()[0],
+        "clips": args.clips,
+        "frames_per_clip_setting": 8,
+    }
     with tempfile.TemporaryDirectory(prefix="vidprobe-scaleout-") as tmpdir:
         tmp = Path(tmpdir)
         (tmp / "videos").mkdir()
@@ -155,38 +189,59 @@ def main() -> None:
         set_name = str(args.videos) if args.videos else "360x360 H.264 demo videos (2 s)"
         engines = ["local"] + ([] if args.skip_ray else ["ray"])
 
-        print(f"# engines on this machine ({os.cpu_count()} CPUs, load {figures['load_avg_start']:.1f}): effnet-lite0, T=8, "
-              f"{args.clips} clips of {set_name}; whole CLI runs, alternating")
-        print(f"{'engine':8s} {'run':>3s} {'wall s':>7s} {'clips/s':>8s} {'first shard s':>14s} {'steady clips/s':>15s} {'steady frames/s':>16s}")
+        print(
+            f"# engines on this machine ({os.cpu_count()} CPUs, load {figures['load_avg_start']:.1f}): "
+            f"effnet-lite0, T=8, {args.clips} clips of {set_name}; whole CLI runs, alternating"
+        )
+        print(
+            f"{'engine':8s} {'run':>3s} {'wall s':>7s} {'clips/s':>8s} "
+            f"{'first shard s':>14s} {'steady clips/s':>15s} {'steady frames/s':>16s}"
+        )
         runs: dict[str, list[dict]] = {e: [] for e in engines}
         for rep in range(2):
             for engine in engines:
                 r = run_cli(full, root, tmp / f"store-{engine}-{rep}", engine)
                 runs[engine].append(r)
-                print(f"{engine:8s} {rep + 1:3d} {r['wall_s']:7.1f} {r['clips'] / r['wall_s']:8.2f} {r['first_shard_s']:14.1f} "
-                      f"{r['steady_clips_per_s']:15.2f} {r['steady_frames_per_s']:16.1f}")
+                print(
+                    f"{engine:8s} {rep + 1:3d} {r['wall_s']:7.1f} {r['clips'] / r['wall_s']:8.2f} "
+                    f"{r['first_shard_s']:14.1f} {r['steady_clips_per_s']:15.2f} {r['steady_frames_per_s']:16.1f}"
+                )
                 for key in ("wall_s", "first_shard_s", "steady_clips_per_s", "steady_frames_per_s"):
                     figures[f"{engine}_run{rep + 1}_{key}"] = round(r[key], 3)
         for engine in engines:
-            figures[f"{engine}_steady_clips_per_s"] = round(float(np.mean([r["steady_clips_per_s"] for r in runs[engine]])), 3)
+            figures[f"{engine}_steady_clips_per_s"] = round(
+                float(np.mean([r["steady_clips_per_s"] for r in runs[engine]])), 3
+            )
             figures[f"{engine}_wall_s"] = round(float(np.mean([r["wall_s"] for r in runs[engine]])), 2)
         if not args.skip_ray:
-            figures["ray_over_local_steady"] = round(figures["ray_steady_clips_per_s"] / figures["local_steady_clips_per_s"], 3)
+            figures["ray_over_local_steady"] = round(
+                figures["ray_steady_clips_per_s"] / figures["local_steady_clips_per_s"], 3
+            )
             figures["ray_over_local_whole_run"] = round(figures["local_wall_s"] / figures["ray_wall_s"], 3)
-            print(f"ray/local throughput (mean of the runs): steady {figures['ray_over_local_steady']:.2f}x, "
-                  f"whole run of {args.clips} clips {figures['ray_over_local_whole_run']:.2f}x")
+            print(
+                f"ray/local throughput (mean of the runs): steady {figures['ray_over_local_steady']:.2f}x, "
+                f"whole run of {args.clips} clips {figures['ray_over_local_whole_run']:.2f}x"
+            )
 
         stages = stage_rates(full, root, args.device, batch=32)
         w_rate = write_rate(tmp, stages["dim"], int(round(stages["frames_per_clip"])))
     figures.update({k: (round(v, 2) if isinstance(v, float) else v) for k, v in stages.items()})
     figures["driver_write_clips_per_s"] = round(w_rate, 1)
     print("\n# stages alone, in one process")
-    print(f"decode, 1 core (FFmpeg threads=1): {stages['decode_clips_per_s_per_core']:.2f} clips/s = "
-          f"{stages['decode_frames_per_s_per_core']:.1f} sampled frames/s")
-    print(f"encode on {stages['encode_device']} ({stages['encode_threads']} threads, batch 32): {stages['encode_frames_per_s']:.1f} frames/s")
+    print(
+        f"decode, 1 core (FFmpeg threads=1): {stages['decode_clips_per_s_per_core']:.2f} clips/s = "
+        f"{stages['decode_frames_per_s_per_core']:.1f} sampled frames/s"
+    )
+    print(
+        f"encode on {stages['encode_device']} ({stages['encode_threads']} "
+        f"threads, batch 32): {stages['encode_frames_per_s']:.1f} frames/s"
+    )
     if stages["encode_frames_per_s_1_thread"]:
         print(f"encode on cpu (1 thread, as in a Ray CPU actor): {stages['encode_frames_per_s_1_thread']:.1f} frames/s")
-    print(f"driver store writes (ShardWriter, T={int(round(stages['frames_per_clip']))} x {stages['dim']} float32): {w_rate:.0f} clips/s")
+    print(
+        f"driver store writes (ShardWriter, T={int(round(stages['frames_per_clip']))} "
+        f"x {stages['dim']} float32): {w_rate:.0f} clips/s"
+    )
 
     # -- the scaling model --------------------------------------------------------------------------
     measured_gpu = stages["encode_device"] == "cuda"
@@ -196,18 +251,40 @@ def main() -> None:
     cores_per_gpu = gpu_fps / d
     g, c = args.gpus_per_node, args.cores_per_node
     writer_fps = w_rate * fpc
-    figures.update({"model_gpu_fps": gpu_fps, "model_gpu_fps_measured": measured_gpu, "model_decode_cores_per_gpu": round(cores_per_gpu, 1),
-                    "model_gpus_per_node": g, "model_cores_per_node": c, "model_object_store_MB_s_per_gpu": round(gpu_fps * FRAME_BYTES / 1e6, 1)})
-    print(f"\n# scaling model: throughput = min(GPUs x encode, decode cores x decode/core, one driver's writes)")
-    print(f"GPU encode rate {gpu_fps:.0f} frames/s ({'measured here' if measured_gpu else 'ASSUMED (--gpu-fps); run this on a GPU node to measure it'})")
-    print(f"decode cores needed per GPU = {gpu_fps:.0f} / {d:.1f} = {cores_per_gpu:.1f} (decode cost depends on the videos: "
-          f"measure on yours with --videos); frames into each GPU's actor: "
-          f"{figures['model_object_store_MB_s_per_gpu']:.0f} MB/s through Ray's object store")
-    print(f"one driver writes {writer_fps:.0f} frames/s = the store-side ceiling of one Ray job (beyond it: job shards, one Ray job each)")
-    print(f"{'nodes':>5s} {'GPUs':>5s} {'frames/s':>10s} {'bound by':>9s} {'650k clips (K700) at this decode cost':>38s}")
+    figures.update(
+        {
+            "model_gpu_fps": gpu_fps,
+            "model_gpu_fps_measured": measured_gpu,
+            "model_decode_cores_per_gpu": round(cores_per_gpu, 1),
+            "model_gpus_per_node": g,
+            "model_cores_per_node": c,
+            "model_object_store_MB_s_per_gpu": round(gpu_fps * FRAME_BYTES / 1e6, 1),
+        }
+    )
+    print("\n# scaling model: throughput = min(GPUs x encode, decode cores x decode/core, one driver's writes)")
+    print(
+        f"GPU encode rate {gpu_fps:.0f} frames/s "
+        f"({'measured here' if measured_gpu else 'ASSUMED (--gpu-fps); run this on a GPU node to measure it'})"
+    )
+    print(
+        f"decode cores needed per GPU = {gpu_fps:.0f} / {d:.1f} = {cores_per_gpu:.1f} (decode cost depends on the "
+        "videos: measure on yours with --videos); frames into each GPU's actor: "
+        f"{figures['model_object_store_MB_s_per_gpu']:.0f} MB/s through Ray's object store"
+    )
+    print(
+        f"one driver writes {writer_fps:.0f} frames/s = the store-side "
+        "ceiling of one Ray job (beyond it: job shards, one Ray job each)"
+    )
+    print(
+        f"{'nodes':>5s} {'GPUs':>5s} {'frames/s':>10s} {'bound by':>9s} {'650k clips (K700) at this decode cost':>38s}"
+    )
     model_rows = []
     for n in (1, 2, 4, 8, 16, 32):
-        limits = {"GPU": n * g * gpu_fps, "decode": n * max(c - g, 1) * d, "driver": writer_fps}  # one core per encoder actor
+        limits = {
+            "GPU": n * g * gpu_fps,
+            "decode": n * max(c - g, 1) * d,
+            "driver": writer_fps,
+        }  # one core per encoder actor
         bound = min(limits, key=limits.get)
         fps = limits[bound]
         hours = 650_000 * fpc / fps / 3600

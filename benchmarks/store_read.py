@@ -14,6 +14,7 @@ holding every figure.
 
     python benchmarks/store_read.py [--clips 10000 --frames 8 --dim 512 --repeat 3]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,7 +34,14 @@ from pipeline.probe.pooling import get_pool  # noqa: E402
 from pipeline.store import ShardWriter, create_or_open, open_store  # noqa: E402
 from pipeline.store.tools import compact_store  # noqa: E402
 
-OPTIONS = [("float32", "none"), ("float32", "lzf"), ("float32", "gzip"), ("float16", "none"), ("float16", "lzf"), ("float16", "gzip")]
+OPTIONS = [
+    ("float32", "none"),
+    ("float32", "lzf"),
+    ("float32", "gzip"),
+    ("float16", "none"),
+    ("float16", "lzf"),
+    ("float16", "gzip"),
+]
 
 
 def synthetic(n: int, t: int, d: int, classes: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -47,13 +55,28 @@ def synthetic(n: int, t: int, d: int, classes: int, seed: int = 0) -> tuple[np.n
 
 
 def write_store(path: Path, frames: np.ndarray, y: np.ndarray, dtype: str, compression: str) -> float:
-    prov = {"encoder": "synthetic", "weights_id": "none", "dim": frames.shape[2], "preprocess": {}, "sampling": {"strategy": "uniform", "num_frames": frames.shape[1]}, "dtype": dtype}
+    prov = {
+        "encoder": "synthetic",
+        "weights_id": "none",
+        "dim": frames.shape[2],
+        "preprocess": {},
+        "sampling": {"strategy": "uniform", "num_frames": frames.shape[1]},
+        "dtype": dtype,
+    }
     ts = np.arange(frames.shape[1], dtype=np.float64) / 2
     t0 = time.perf_counter()
     store = create_or_open(path, prov)
     with ShardWriter(store, shard_size=512, compression=compression) as w:
         for i in range(len(frames)):
-            w.add(f"videos/c{y[i]:02d}/clip{i:06d}.mp4", None, None, f"c{y[i]:02d}", "train" if i % 2 else "test", frames[i], ts)
+            w.add(
+                f"videos/c{y[i]:02d}/clip{i:06d}.mp4",
+                None,
+                None,
+                f"c{y[i]:02d}",
+                "train" if i % 2 else "test",
+                frames[i],
+                ts,
+            )
     return time.perf_counter() - t0
 
 
@@ -103,13 +126,26 @@ def main() -> None:
     work = Path(args.workdir or tempfile.mkdtemp(prefix="vidprobe-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     n, t, d = args.clips, args.frames, args.dim
-    out: dict = {"clips": n, "frames_per_clip": t, "dim": d, "raw_float32_bytes": n * t * d * 4, "load_avg_start": os.getloadavg()[0], "options": {}}
-    print(f"store of {n} clips x {t} frames x {d} dims ({n * t * d * 4 / 2**20:.0f} MiB as float32), shards of 512 clips; load avg {os.getloadavg()[0]:.1f}")
+    out: dict = {
+        "clips": n,
+        "frames_per_clip": t,
+        "dim": d,
+        "raw_float32_bytes": n * t * d * 4,
+        "load_avg_start": os.getloadavg()[0],
+        "options": {},
+    }
+    print(
+        f"store of {n} clips x {t} frames x {d} dims ({n * t * d * 4 / 2**20:.0f} "
+        f"MiB as float32), shards of 512 clips; load avg {os.getloadavg()[0]:.1f}"
+    )
     frames, y = synthetic(n, t, d, args.classes)
     pooled_ref = None
     uncompressed: dict[str, np.ndarray] = {}
     try:
-        print(f"{'storage':16s} {'size MiB':>9s} {'ratio':>6s} {'write s':>8s} {'read warm s':>12s} {'(index':>7s} {'emb':>6s} {'pool)':>6s} {'read cold s':>12s}")
+        print(
+            f"{'storage':16s} {'size MiB':>9s} {'ratio':>6s} {'write s':>8s} "
+            f"{'read warm s':>12s} {'(index':>7s} {'emb':>6s} {'pool)':>6s} {'read cold s':>12s}"
+        )
         for dtype, comp in OPTIONS:
             path = work / f"{dtype}-{comp}"
             shutil.rmtree(path, ignore_errors=True)
@@ -124,21 +160,38 @@ def main() -> None:
             if dtype == "float32" and comp == "none":
                 pooled_ref = X
             key = f"{dtype}/{comp}"
-            out["options"][key] = {"size_bytes": size, "ratio_vs_raw_float32": size / out["raw_float32_bytes"], "write_s": write_s,
-                                   "read_pooled_warm_s": total, "index_s": idx_s, "embeddings_s": emb_s, "pool_s": total - idx_s - emb_s,
-                                   "read_pooled_cold_s": cold_s}
+            out["options"][key] = {
+                "size_bytes": size,
+                "ratio_vs_raw_float32": size / out["raw_float32_bytes"],
+                "write_s": write_s,
+                "read_pooled_warm_s": total,
+                "index_s": idx_s,
+                "embeddings_s": emb_s,
+                "pool_s": total - idx_s - emb_s,
+                "read_pooled_cold_s": cold_s,
+            }
             if comp == "none":
                 uncompressed[dtype] = X
             out["options"][key]["same_values_as_uncompressed"] = bool(np.array_equal(X, uncompressed[dtype]))
-            print(f"{key:16s} {size / 2**20:9.1f} {size / out['raw_float32_bytes']:6.2f} {write_s:8.2f} {total:12.3f} {idx_s:7.3f} {emb_s:6.3f} {total - idx_s - emb_s:6.3f} {cold_s:12.3f}")
+            print(
+                f"{key:16s} {size / 2**20:9.1f} {size / out['raw_float32_bytes']:6.2f} {write_s:8.2f} "
+                f"{total:12.3f} {idx_s:7.3f} {emb_s:6.3f} {total - idx_s - emb_s:6.3f} {cold_s:12.3f}"
+            )
             if key == "float32/none":
                 t0 = time.perf_counter()
                 compact_store(path)
                 compact_s = time.perf_counter() - t0
                 total_c = sorted(time_read(path, cold=False)[0] for _ in range(args.repeat))[args.repeat // 2]
                 cold_c = time_read(path, cold=True)[0]
-                out["compacted_float32"] = {"compact_s": compact_s, "read_pooled_warm_s": total_c, "read_pooled_cold_s": cold_c}
-                print(f"{'  compacted':16s} {'':9s} {'':6s} {compact_s:8.2f} {total_c:12.3f} {'':7s} {'':6s} {'':6s} {cold_c:12.3f}   (one shard; compact time in the write column)")
+                out["compacted_float32"] = {
+                    "compact_s": compact_s,
+                    "read_pooled_warm_s": total_c,
+                    "read_pooled_cold_s": cold_c,
+                }
+                print(
+                    f"{'  compacted':16s} {'':9s} {'':6s} {compact_s:8.2f} {total_c:12.3f} {'':7s} "
+                    f"{'':6s} {'':6s} {cold_c:12.3f}   (one shard; compact time in the write column)"
+                )
             shutil.rmtree(path, ignore_errors=True)
 
         # float16 accuracy, against the exact float32 values
@@ -154,18 +207,32 @@ def main() -> None:
         y_test = y[len(y) // 2 :]
         acc32, acc16 = float(np.mean(pred32 == y_test)), float(np.mean(pred16 == y_test))
         disagree = float(np.mean(pred32 != pred16))
-        out["float16_accuracy"] = {"max_abs_error": float(err.max()), "mean_abs_error": float(err.mean()), "max_rel_error_values_gt_1e-3": float(rel.max()),
-                                   "value_abs_max": float(np.abs(frames).max()), "pooled_cosine_min": float(cos.min()), "pooled_cosine_mean": float(cos.mean()),
-                                   "probe_top1_float32": acc32, "probe_top1_float16": acc16, "probe_predictions_differing": disagree}
-        print(f"float16 cost: max |error| {err.max():.2e} (values up to {np.abs(frames).max():.3f}), mean {err.mean():.2e}, "
-              f"max relative {rel.max():.2e} (2^-11 = {2**-11:.2e}); pooled cosine min {cos.min():.7f} mean {cos.mean():.8f}; "
-              f"logistic probe top-1 float32 {acc32:.4f} vs float16 {acc16:.4f}, {disagree:.2%} of test predictions differ")
+        out["float16_accuracy"] = {
+            "max_abs_error": float(err.max()),
+            "mean_abs_error": float(err.mean()),
+            "max_rel_error_values_gt_1e-3": float(rel.max()),
+            "value_abs_max": float(np.abs(frames).max()),
+            "pooled_cosine_min": float(cos.min()),
+            "pooled_cosine_mean": float(cos.mean()),
+            "probe_top1_float32": acc32,
+            "probe_top1_float16": acc16,
+            "probe_predictions_differing": disagree,
+        }
+        print(
+            f"float16 cost: max |error| {err.max():.2e} (values up to {np.abs(frames).max():.3f}), mean "
+            f"{err.mean():.2e}, max relative {rel.max():.2e} (2^-11 = {2**-11:.2e}); pooled cosine min {cos.min():.7f} "
+            f"mean {cos.mean():.8f}; logistic probe top-1 float32 {acc32:.4f} vs float16 {acc16:.4f}, {disagree:.2%} "
+            "of test predictions differ"
+        )
         target = out["options"]["float32/none"]["read_pooled_warm_s"]
         out["target_read_pooled_s"] = 2.0
         out["target_met"] = bool(max(target, out["options"]["float32/none"]["read_pooled_cold_s"]) < 2.0)
         out["load_avg_end"] = os.getloadavg()[0]
-        print(f"full pooled read of the float32 store: {target:.3f} s warm, {out['options']['float32/none']['read_pooled_cold_s']:.3f} s cold "
-              f"(target < 2 s: {'met' if out['target_met'] else 'NOT met'}); load avg at end {out['load_avg_end']:.1f}")
+        print(
+            f"full pooled read of the float32 store: {target:.3f} s warm, "
+            f"{out['options']['float32/none']['read_pooled_cold_s']:.3f} s cold (target < 2 s: "
+            f"{'met' if out['target_met'] else 'NOT met'}); load avg at end {out['load_avg_end']:.1f}"
+        )
     finally:
         if not args.workdir:
             shutil.rmtree(work, ignore_errors=True)

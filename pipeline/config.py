@@ -9,17 +9,22 @@ declares what each field may hold next to the field (``field(..., metadata=rule(
 walker (``check_settings``) coerces and checks them all, naming the dotted key in every message;
 ``build`` makes one from a mapping with the one coercer (``coerce``) and unknown-key check (``check_known``).
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
 import types
 import typing
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .errors import ConfigError, allowed_values
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 SAMPLING_STRATEGIES = ("uniform", "fps", "every_n", "keyframes", "multiclip", "sliding")
 WINDOWED_STRATEGIES = ("multiclip", "sliding")  # several clips (windows) per manifest item
@@ -27,10 +32,11 @@ SEEK_MODES = ("exact", "keyframe")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")  # encoder precision (auto: fp16 on CUDA, fp32 on CPU)
 AUTO = "auto"
 
-T = TypeVar("T")
+T = TypeVar("T", bound="DataclassInstance")  # the settings classes are dataclasses
 
 
 # -- declared rules, one validator, one coercer ----------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Rule:
@@ -71,8 +77,12 @@ class Rule:
             return False
         if self.zero_or_min is not None:
             return v == 0 or v >= self.zero_or_min
-        return ((self.min is None or v >= self.min) and (self.gt is None or v > self.gt)
-                and (self.max is None or v <= self.max) and (self.lt is None or v < self.lt))
+        return (
+            (self.min is None or v >= self.min)
+            and (self.gt is None or v > self.gt)
+            and (self.max is None or v <= self.max)
+            and (self.lt is None or v < self.lt)
+        )
 
     def problem(self, value: Any) -> str | None:
         """Why ``value`` breaks the rule (the text after ``key=value: ``), or None when it does not."""
@@ -184,8 +194,11 @@ def build(cls: type[T], data: Any, *, prefix: str = "", what: str = "setting") -
         raise ConfigError(f"{prefix.rstrip('.') or what}: expected a mapping of settings")
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     check_known(data, fields, prefix=prefix, what=what)
-    missing = [n for n, f in fields.items()
-               if n not in data and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [
+        n
+        for n, f in fields.items()
+        if n not in data and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
     if missing:
         raise ConfigError(f"missing {what} {prefix + missing[0]!r}")
     hints = typing.get_type_hints(cls)
@@ -195,6 +208,7 @@ def build(cls: type[T], data: Any, *, prefix: str = "", what: str = "setting") -
 
 
 # -- extraction settings ------------------------------------------------------------------------------
+
 
 @dataclass
 class SamplingConfig:
@@ -214,14 +228,15 @@ class SamplingConfig:
     # exact | keyframe (snap to the nearest keyframe, decode keyframes only)
     seek_mode: str = field(default="exact", metadata=rule(choices=SEEK_MODES))
 
-    def validate(self) -> "SamplingConfig":
+    def validate(self) -> SamplingConfig:
         check_settings(self, "sampling.")
         return self
 
     def _check(self, prefix: str) -> None:
         if self.strategy == "sliding" and self.clip_length <= 0:
-            raise ConfigError(f"{prefix}clip_length must be > 0 seconds for strategy=sliding "
-                              f"(e.g. {prefix}clip_length=2)")
+            raise ConfigError(
+                f"{prefix}clip_length must be > 0 seconds for strategy=sliding (e.g. {prefix}clip_length=2)"
+            )
 
     @property
     def windowed(self) -> bool:
@@ -254,7 +269,7 @@ class ExtractConfig:
     # decoded frames buffered ahead of the encoder (0 = 4 batches)
     prefetch_frames: int = field(default=0, metadata=rule(min=0, note="(0 = 4 batches)"))
 
-    def validate(self) -> "ExtractConfig":
+    def validate(self) -> ExtractConfig:
         check_settings(self, "extract.")
         return self
 
@@ -278,7 +293,7 @@ class StoreConfig:
     compression: str = field(default="none", metadata=rule(choices=STORE_COMPRESSIONS))
     compression_level: int = field(default=4, metadata=rule(min=1, max=9, note="(used by gzip)"))  # gzip level 1..9
 
-    def validate(self) -> "StoreConfig":
+    def validate(self) -> StoreConfig:
         check_settings(self, "store.")
         return self
 
@@ -292,14 +307,15 @@ class Config:
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
 
-    def validate(self) -> "Config":
+    def validate(self) -> Config:
         check_settings(self)
         return self
 
     def _check(self, prefix: str) -> None:
         if not self.encoder:
-            raise ConfigError("encoder: must be a non-empty spec string such as effnet-lite0 "
-                              "or openclip:ViT-B-32@openai")
+            raise ConfigError(
+                "encoder: must be a non-empty spec string such as effnet-lite0 or openclip:ViT-B-32@openai"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -1,4 +1,5 @@
 """One exception hierarchy, so the CLI can turn any failure into a one-line message and an exit code."""
+
 from __future__ import annotations
 
 

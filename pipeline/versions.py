@@ -3,6 +3,7 @@
 One helper, so a store, a head file and a benchmark record versions the same way. Versions come from
 the installed distributions' metadata: asking needs no import of the (slow) libraries themselves.
 """
+
 from __future__ import annotations
 
 import platform

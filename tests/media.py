@@ -1,4 +1,5 @@
 """Real encoded test videos made with PyAV (no fixtures checked in)."""
+
 from __future__ import annotations
 
 from fractions import Fraction
@@ -34,8 +35,17 @@ def pattern_frames(n: int, height: int = 96, width: int = 128, kind: int = 0, se
     return out
 
 
-def write_video(path: Path, frames: np.ndarray, fps: int = 24, gop: int | None = None, *, bframes: int = 0,
-                pts_ms: list[int] | None = None, rotation: int | None = None, container_options: dict | None = None) -> Path:
+def write_video(
+    path: Path,
+    frames: np.ndarray,
+    fps: int = 24,
+    gop: int | None = None,
+    *,
+    bframes: int = 0,
+    pts_ms: list[int] | None = None,
+    rotation: int | None = None,
+    container_options: dict | None = None,
+) -> Path:
     """Encode ``frames`` (T,H,W,3 uint8) into ``path``; codec chosen by the suffix (see FORMATS).
 
     bframes: H.264 B-frames (x264 veryfast; 0 = ultrafast, none). pts_ms: explicit presentation times in
@@ -53,8 +63,11 @@ def write_video(path: Path, frames: np.ndarray, fps: int = 24, gop: int | None =
         if gop:
             stream.codec_context.gop_size = gop
         if codec == "libx264":
-            stream.options = ({"preset": "veryfast", "bf": str(bframes), "crf": "20", "sc_threshold": "0"} if bframes
-                              else {"preset": "ultrafast", "crf": "20"})
+            stream.options = (
+                {"preset": "veryfast", "bf": str(bframes), "crf": "20", "sc_threshold": "0"}
+                if bframes
+                else {"preset": "ultrafast", "crf": "20"}
+            )
             if gop:
                 stream.options = {**stream.options, "keyint_min": str(gop)}
         elif codec == "libvpx-vp9":
@@ -102,7 +115,9 @@ def write_audio_only(path: Path, seconds: float = 1.0) -> Path:
         data = (0.2 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None, :]
         chunk = 1024
         for s in range(0, samples - chunk, chunk):
-            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(data[:, s : s + chunk]), format="fltp", layout="mono")
+            frame = av.AudioFrame.from_ndarray(
+                np.ascontiguousarray(data[:, s : s + chunk]), format="fltp", layout="mono"
+            )
             frame.sample_rate = 16000
             frame.pts = s
             frame.time_base = Fraction(1, 16000)

@@ -27,7 +27,7 @@ PACKAGE = REPO / "pipeline"
 
 # The stages, declared as data: which stages each one may import (its own modules always).
 STAGE_RULE: dict[str, set[str]] = {
-    "base": set(),  # pipeline/__init__.py, errors, config: the rule between them is BASE_RULE
+    "base": set(),  # pipeline/__init__.py, errors, config, versions: the rule between them is BASE_RULE
     "data": {"base"},
     "encoders": {"base", "data"},
     "store": {"base", "data"},
@@ -36,11 +36,17 @@ STAGE_RULE: dict[str, set[str]] = {
     "demo": {"base", "data", "encoders", "store", "extract", "probe", "cli"},
     "cli": {"base", "data", "encoders", "store", "extract", "probe", "demo"},
 }
-BASE_RULE: dict[str, set[str]] = {"pipeline": set(), "pipeline.errors": set(), "pipeline.config": {"pipeline.errors"}}
+BASE_RULE: dict[str, set[str]] = {
+    "pipeline": set(),
+    "pipeline.errors": set(),
+    "pipeline.config": {"pipeline.errors"},
+    "pipeline.versions": {"pipeline"},
+}
 TOP_LEVEL_STAGES = {
     "pipeline": "base",
     "pipeline.errors": "base",
     "pipeline.config": "base",
+    "pipeline.versions": "base",
     "pipeline.cli": "cli",
     "pipeline.__main__": "cli",
 }

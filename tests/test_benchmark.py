@@ -1,4 +1,5 @@
 """`vidprobe benchmark CONFIG` over real HDF5 stores: tables, traceable CSV rows, few-shot curves, plots."""
+
 from __future__ import annotations
 
 import csv
@@ -11,9 +12,9 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline.probe.benchmark import load_benchmark_config
 from pipeline.cli import main
 from pipeline.errors import ConfigError
+from pipeline.probe.benchmark import load_benchmark_config
 from pipeline.store import ShardWriter, create_or_open
 
 REPO = Path(__file__).resolve().parents[1]
@@ -22,7 +23,16 @@ REPO = Path(__file__).resolve().parents[1]
 def _store(path: Path, encoder: str, reversed_pair: bool, seed: int) -> Path:
     """3 classes x 24 clips of 6 frames; with ``reversed_pair`` class 2 is class 1 played backwards."""
     rng = np.random.default_rng(seed)
-    store = create_or_open(path, {"encoder": encoder, "weights_id": f"w-{encoder}", "dim": 5, "preprocess": {}, "sampling": {"strategy": "uniform", "num_frames": 6}})
+    store = create_or_open(
+        path,
+        {
+            "encoder": encoder,
+            "weights_id": f"w-{encoder}",
+            "dim": 5,
+            "preprocess": {},
+            "sampling": {"strategy": "uniform", "num_frames": 6},
+        },
+    )
     base = rng.normal(size=(3, 5))
     ramp = np.linspace(-1, 1, 6)[:, None]
     with ShardWriter(store) as w:
@@ -46,8 +56,12 @@ def bench(tmp_path_factory) -> tuple[Path, Path, dict]:
     cfg = {
         "name": "unit-bench",
         "seed": 0,
-        "stores": [{"dataset": "what", "path": str(d / "what")}, {"dataset": "how", "path": str(d / "how")},
-                   {"dataset": "how", "path": str(d / "how-b"), "encoder": "B"}, {"dataset": "gone", "path": str(d / "missing")}],
+        "stores": [
+            {"dataset": "what", "path": str(d / "what")},
+            {"dataset": "how", "path": str(d / "how")},
+            {"dataset": "how", "path": str(d / "how-b"), "encoder": "B"},
+            {"dataset": "gone", "path": str(d / "missing")},
+        ],
         "poolings": ["center", "mean", "seg2"],
         "heads": ["logreg", {"kind": "knn", "ks": [1, 3]}, "zeroshot"],
         "fewshot": {"shots": [1, 2, 4], "seeds": [0, 1, 2], "heads": ["logreg"], "poolings": ["seg2"]},
@@ -73,7 +87,11 @@ def test_results_csv_rows_are_traceable(bench) -> None:
     ok = [r for r in full if r["status"] == "ok"]
     assert {r["head"] for r in ok} == {"logreg", "knn"}
     for r in ok:
-        assert Path(r["store"]).is_dir() and r["weights_id"].startswith("w-enc") and json.loads(r["sampling"])["num_frames"] == 6
+        assert (
+            Path(r["store"]).is_dir()
+            and r["weights_id"].startswith("w-enc")
+            and json.loads(r["sampling"])["num_frames"] == 6
+        )
         assert json.loads(r["head_settings"])["kind"] == r["head"] and r["seed"] == "0"
         assert r["split_source"] == "manifest" and int(r["n_test"]) == 12
         assert set(json.loads(r["hparams"])) == ({"C"} if r["head"] == "logreg" else {"k"})
@@ -85,14 +103,22 @@ def test_results_csv_rows_are_traceable(bench) -> None:
 
 def test_order_aware_pooling_wins_on_the_reversal_task(bench) -> None:
     out, _, _ = bench
-    top1 = {(r["dataset"], r["encoder"], r["pool"], r["head"]): float(r["top1"]) for r in _rows(out) if r["status"] == "ok" and not r["shots"]}
+    top1 = {
+        (r["dataset"], r["encoder"], r["pool"], r["head"]): float(r["top1"])
+        for r in _rows(out)
+        if r["status"] == "ok" and not r["shots"]
+    }
     assert top1[("how", "enc-a", "seg2", "logreg")] >= top1[("how", "enc-a", "mean", "logreg")] + 0.25
     assert top1[("what", "enc-a", "mean", "logreg")] >= 0.9
 
 
 def test_few_shot_rows_and_table(bench) -> None:
     out, _, _ = bench
-    few = [r for r in _rows(out) if r["shots"] and r["dataset"] == "how" and r["encoder"] == "enc-a" and r["pool"] == "seg2"]
+    few = [
+        r
+        for r in _rows(out)
+        if r["shots"] and r["dataset"] == "how" and r["encoder"] == "enc-a" and r["pool"] == "seg2"
+    ]
     assert sorted((int(r["shots"]), int(r["shot_seed"])) for r in few) == [(k, s) for k in (1, 2, 4) for s in (0, 1, 2)]
     assert all(int(r["n_train"]) == 3 * int(r["shots"]) for r in few)
     md = (out / "results.md").read_text()
@@ -115,26 +141,33 @@ def test_plots_and_details(bench) -> None:
 
 def test_rerunning_a_row_reproduces_it(bench) -> None:
     """A results.csv row has what it takes to re-run that fit and get the same number."""
-    from pipeline.probe.heads import HeadConfig
-    from pipeline.store import open_store
     from pipeline.data.splits import SplitSpec
+    from pipeline.probe.heads import HeadConfig
     from pipeline.probe.train import fit_on_store
+    from pipeline.store import open_store
 
     out, _, _ = bench
-    row = next(r for r in _rows(out) if r["shots"] == "2" and r["shot_seed"] == "1" and r["pool"] == "seg2" and r["encoder"] == "B")
+    row = next(
+        r
+        for r in _rows(out)
+        if r["shots"] == "2" and r["shot_seed"] == "1" and r["pool"] == "seg2" and r["encoder"] == "B"
+    )
     split = SplitSpec(seed=int(row["seed"]), shots=int(row["shots"]), shot_seed=int(row["shot_seed"]))
     head = HeadConfig.from_dict(json.loads(row["head_settings"]))
     _, rec = fit_on_store(open_store(row["store"]), head, row["pool"], split=split)
     assert rec["test"]["top1"] == pytest.approx(float(row["top1"]), abs=1e-12)
 
 
-@pytest.mark.parametrize("patch, needle", [
-    ({"poolings": ["median"]}, "pool='median'"),
-    ({"heads": [{"kind": "logreg", "colour": 1}]}, "colour"),
-    ({"stores": [{"path": "x"}]}, "stores[0]"),
-    ({"bogus": 1}, "'bogus'"),
-    ({"fewshot": {"shots": [0]}}, "fewshot.shots"),
-])
+@pytest.mark.parametrize(
+    "patch, needle",
+    [
+        ({"poolings": ["median"]}, "pool='median'"),
+        ({"heads": [{"kind": "logreg", "colour": 1}]}, "colour"),
+        ({"stores": [{"path": "x"}]}, "stores[0]"),
+        ({"bogus": 1}, "'bogus'"),
+        ({"fewshot": {"shots": [0]}}, "fewshot.shots"),
+    ],
+)
 def test_config_errors_name_the_key(bench, tmp_path: Path, patch: dict, needle: str) -> None:
     _, path, _ = bench
     cfg = {**yaml.safe_load(path.read_text()), **patch}
@@ -154,11 +187,38 @@ def test_shipped_demo_config_is_valid() -> None:
 @pytest.mark.slow
 def test_linear_probe_benchmark_script_runs_and_ends_with_json() -> None:
     """A tiny run of benchmarks/linear_probe.py (no timing asserted): its last line is one JSON object."""
-    proc = subprocess.run([sys.executable, "benchmarks/linear_probe.py", "--classes", "5", "--dim", "16", "--per-class", "20", "10", "10",
-                           "--repeats", "1", "--no-ablation"],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/linear_probe.py",
+            "--classes",
+            "5",
+            "--dim",
+            "16",
+            "--per-class",
+            "20",
+            "10",
+            "10",
+            "--repeats",
+            "1",
+            "--no-ablation",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     last = json.loads(proc.stdout.strip().splitlines()[-1])
-    for key in ("speedup", "cpu_speedup", "ours_seconds", "sklearn_seconds", "ours_test_top1", "sklearn_test_top1", "test_top1_diff_points", "xcheck_max_abs_proba_diff"):
+    for key in (
+        "speedup",
+        "cpu_speedup",
+        "ours_seconds",
+        "sklearn_seconds",
+        "ours_test_top1",
+        "sklearn_test_top1",
+        "test_top1_diff_points",
+        "xcheck_max_abs_proba_diff",
+    ):
         assert key in last
     assert f"{last['speedup']:.2f}x wall" in proc.stdout

@@ -3,6 +3,7 @@
 The extraction runs as a real ``python -m pipeline extract`` process with a time limit, so a decoder
 crash or hang fails the test instead of taking pytest down with it.
 """
+
 import json
 import os
 import subprocess
@@ -68,8 +69,20 @@ def test_broken_and_odd_inputs_are_extracted_or_recorded(tmp_path, capsys):
     manifest = root / "manifest.csv"
     manifest.write_text("path,label\n" + "".join(f'"{p}",x\n' for p in expect), encoding="utf-8")
     store = tmp_path / "store"
-    args = ["extract", str(manifest), "-o", str(store), "--json", "-q", "sampling.num_frames=2", "extract.batch_size=8", "extract.num_workers=1"]
-    proc = subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=REPO, capture_output=True, text=True, timeout=300)
+    args = [
+        "extract",
+        str(manifest),
+        "-o",
+        str(store),
+        "--json",
+        "-q",
+        "sampling.num_frames=2",
+        "extract.batch_size=8",
+        "extract.num_workers=1",
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline", *args], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 3, proc.stderr  # finished; some clips failed
     summary = json.loads(proc.stdout)
     assert summary["done"] + summary["failed"] == len(expect) and summary["skipped"] == 0
@@ -96,10 +109,16 @@ def test_broken_and_odd_inputs_are_extracted_or_recorded(tmp_path, capsys):
     n_failed = len(failed)
     code = main([*args[:-1], "extract.num_workers=0", "--retry-failed"])
     retry = json.loads(capsys.readouterr().out)
-    assert code == 3 and retry["done"] == 1 and retry["skipped"] == len(stored) and retry["failed"] == n_failed - 2  # not the manifest row
+    assert (
+        code == 3 and retry["done"] == 1 and retry["skipped"] == len(stored) and retry["failed"] == n_failed - 2
+    )  # not the manifest row
     info_code = main(["info", str(store), "--json"])
     info = json.loads(capsys.readouterr().out)
-    assert info_code == 0 and info["failures"] == n_failed - 1 and "zero.mp4" not in [f["path"] for f in info["failure_list"]]
+    assert (
+        info_code == 0
+        and info["failures"] == n_failed - 1
+        and "zero.mp4" not in [f["path"] for f in info["failure_list"]]
+    )
     assert info["clips"] == len(stored) + 1
     # Without --retry-failed nothing is tried again, and the summary says why.
     assert main(args[:-1] + ["extract.num_workers=0"]) == 0
@@ -129,13 +148,15 @@ def test_unreadable_file_is_a_decode_error(tmp_path):
         path = write_video(folder / "locked.mp4", pattern_frames(6, 32, 32), fps=6)
         os.chmod(path, 0)
         if os.geteuid() != 0:
-            from pipeline.extract.decode import decode_at
             from pipeline.errors import DecodeError
+            from pipeline.extract.decode import decode_at
 
             with pytest.raises(DecodeError, match="permission denied"):
                 decode_at(path, lambda info: [0.0])
             return
-        proc = subprocess.run([sys.executable, "-c", UNREADABLE, str(path)], cwd=REPO, capture_output=True, text=True, timeout=60)
+        proc = subprocess.run(
+            [sys.executable, "-c", UNREADABLE, str(path)], cwd=REPO, capture_output=True, text=True, timeout=60
+        )
         if proc.returncode != 0 and "Operation not permitted" in proc.stderr:
             pytest.skip("running as root without CAP_SETUID: cannot make a file unreadable to this process")
         assert proc.returncode == 0, proc.stderr

@@ -1,4 +1,5 @@
 """End to end through the public CLI with real videos, real HDF5 and the real offline encoder."""
+
 import json
 import subprocess
 import sys
@@ -18,7 +19,9 @@ def run_cli(*args, capsys=None):
 @pytest.fixture(scope="module")
 def extracted(labeled_folder, tmp_path_factory):
     store = tmp_path_factory.mktemp("feat") / "store"
-    code = main(["extract", str(labeled_folder), "-o", str(store), "-q", "extract.num_workers=1", "sampling.num_frames=4"])
+    code = main(
+        ["extract", str(labeled_folder), "-o", str(store), "-q", "extract.num_workers=1", "sampling.num_frames=4"]
+    )
     return store, code
 
 
@@ -39,7 +42,16 @@ def test_second_run_does_no_decoding_work(extracted, labeled_folder, capsys, mon
 
     calls = []
     monkeypatch.setattr(pool, "decode_task", lambda *a, **k: calls.append(a) or pytest.fail("decoded again"))
-    code, out = run_cli("extract", labeled_folder, "-o", store, "--json", "extract.num_workers=0", "sampling.num_frames=4", capsys=capsys)
+    code, out = run_cli(
+        "extract",
+        labeled_folder,
+        "-o",
+        store,
+        "--json",
+        "extract.num_workers=0",
+        "sampling.num_frames=4",
+        capsys=capsys,
+    )
     summary = json.loads(out.out)
     assert summary["done"] == 0 and summary["skipped"] == 9 and calls == []
     assert code == 0
@@ -59,11 +71,17 @@ def test_train_evaluate_predict_in_fresh_process(extracted, tmp_path, capsys):
     assert code == 0
     res = json.loads(out.out)
     assert res["classes"] == ["stripes_h", "stripes_v"]
-    code, out = run_cli("evaluate", store, head, "--split", "all", "--json", "--confusion", tmp_path / "cm.png", capsys=capsys)
+    code, out = run_cli(
+        "evaluate", store, head, "--split", "all", "--json", "--confusion", tmp_path / "cm.png", capsys=capsys
+    )
     assert code == 0 and json.loads(out.out)["top1"] >= 0.75
     assert (tmp_path / "cm.png").stat().st_size > 1000
     new = write_video(tmp_path / "new.mp4", pattern_frames(30, kind=1, seed=99), fps=12)
-    proc = subprocess.run([sys.executable, "-m", "pipeline", "predict", str(head), str(new), "--json", "-k", "2"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline", "predict", str(head), str(new), "--json", "-k", "2"],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     pred = json.loads(proc.stdout)
     assert pred[0]["top"][0]["label"] == "stripes_v"

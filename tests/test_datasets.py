@@ -1,5 +1,6 @@
 """Official split files (UCF101, HMDB51, Kinetics) read from fixtures in the released formats, and the
 split logic that uses them: groups kept whole, re-splitting a store, few-shot draws."""
+
 from __future__ import annotations
 
 import shutil
@@ -8,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.errors import ManifestError
 from pipeline.data.manifest import load_manifest
 from pipeline.data.splits import SplitsFrom, SplitSpec, few_shot, make_splits, video_group
-from pipeline.store import ShardWriter, create_or_open, open_store
+from pipeline.errors import ManifestError
 from pipeline.probe.train import store_splits
+from pipeline.store import ShardWriter, create_or_open, open_store
 
 FIXTURES = Path(__file__).parent / "fixtures"
 UCF = FIXTURES / "ucfTrainTestlist"
@@ -76,7 +77,9 @@ def test_ucf101_bad_lines_name_file_and_line(tmp_path: Path, ucf_root: Path) -> 
         load_manifest(UCF, root=ucf_root, split=4)
 
 
-@pytest.mark.parametrize("split, expected", [(1, {"train": 6, "test": 2}), (2, {"train": 6, "test": 2}), (3, {"train": 6, "test": 2})])
+@pytest.mark.parametrize(
+    "split, expected", [(1, {"train": 6, "test": 2}), (2, {"train": 6, "test": 2}), (3, {"train": 6, "test": 2})]
+)
 def test_hmdb51_codes(tmp_path: Path, split: int, expected: dict[str, int]) -> None:
     root = tmp_path / "hmdb51"
     for f in HMDB.glob(f"*_test_split{split}.txt"):
@@ -87,7 +90,12 @@ def test_hmdb51_codes(tmp_path: Path, split: int, expected: dict[str, int]) -> N
     assert not m.problems
     counts = {s: sum(1 for it in m.items if it.split == s) for s in ("train", "test")}
     assert counts == expected  # code 0 (unused in this split) is left out
-    unused = [line.split()[0] for f in HMDB.glob(f"*_test_split{split}.txt") for line in f.read_text().splitlines() if line.split()[1] == "0"]
+    unused = [
+        line.split()[0]
+        for f in HMDB.glob(f"*_test_split{split}.txt")
+        for line in f.read_text().splitlines()
+        if line.split()[1] == "0"
+    ]
     assert unused and not {it.path.split("/")[1] for it in m.items} & set(unused)
     assert {it.label for it in m.items} == {"brush_hair", "cartwheel"}
     assert all(it.path.startswith(it.label + "/") for it in m.items)
@@ -130,7 +138,9 @@ def test_groups_stay_on_one_side_of_carved_val() -> None:
 def test_resplit_store_with_another_official_split(tmp_path: Path) -> None:
     """A store extracted with UCF101 split 1 is re-split to split 2 without re-extracting."""
     m1 = load_manifest(UCF, root=tmp_path, check_files=False)
-    store = create_or_open(tmp_path / "s", {"encoder": "e", "weights_id": "w", "dim": 2, "preprocess": {}, "sampling": {}})
+    store = create_or_open(
+        tmp_path / "s", {"encoder": "e", "weights_id": "w", "dim": 2, "preprocess": {}, "sampling": {}}
+    )
     with ShardWriter(store) as w:
         for it in m1.items:
             w.add(it.path, it.start, it.end, it.label, it.split, np.zeros((1, 2), np.float32), np.zeros(1))

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from media import FORMATS, pattern_frames, write_audio_only, write_video
 
-from pipeline.extract.decode import decode_at, probe
 from pipeline.errors import DecodeError
+from pipeline.extract.decode import decode_at, probe
 
 
 @pytest.mark.parametrize("suffix", list(FORMATS))
@@ -71,8 +71,8 @@ def test_missing_file(tmp_path):
 
 from media import index_frames, reference_decode  # noqa: E402
 
-from pipeline.extract.decode import VideoReader, assign_frames  # noqa: E402
 from pipeline.data.sampling import snap_to_keyframes  # noqa: E402
+from pipeline.extract.decode import VideoReader, assign_frames  # noqa: E402
 
 
 def _expected(ref_times: np.ndarray, wanted: np.ndarray) -> np.ndarray:
@@ -89,8 +89,10 @@ def _frames_at(path, wanted, **kw):
     return times[idx], frames[idx], stats
 
 
-@pytest.mark.parametrize("suffix, gop, bframes", [(".mp4", 12, 2), (".mp4", 60, 2), (".mkv", 12, 2), (".webm", 12, 0),
-                                                  (".avi", 12, 0), (".mov", 12, 2)])
+@pytest.mark.parametrize(
+    "suffix, gop, bframes",
+    [(".mp4", 12, 2), (".mp4", 60, 2), (".mkv", 12, 2), (".webm", 12, 0), (".avi", 12, 0), (".mov", 12, 2)],
+)
 def test_gop_aware_decoding_is_pixel_exact(tmp_path, suffix, gop, bframes):
     """Random sparse and dense requests give exactly the frames a front-to-back decode shows then."""
     path = write_video(tmp_path / f"v{suffix}", index_frames(120), fps=24, gop=gop, bframes=bframes)

@@ -1,4 +1,5 @@
 """The demo set must be real, decodable H.264 with sound manifests, and its motion pairs exact time-reversals."""
+
 from __future__ import annotations
 
 import csv
@@ -78,8 +79,9 @@ def test_bad_size_is_a_config_error(tmp_path: Path) -> None:
         build_demo_videos(tmp_path, size=95, progress=False)
 
 
-@pytest.mark.parametrize("forward,backward", [("pan_right", "pan_left"), ("zoom_in", "zoom_out"),
-                                               ("rotate_cw", "rotate_ccw")])
+@pytest.mark.parametrize(
+    "forward,backward", [("pan_right", "pan_left"), ("zoom_in", "zoom_out"), ("rotate_cw", "rotate_ccw")]
+)
 def test_direction_pairs_are_exact_time_reversals(forward: str, backward: str) -> None:
     photo = load_photo("chelsea", SIZE)
     params = sample_motion_params(np.random.default_rng(7), forward.split("_")[0])
@@ -94,8 +96,13 @@ def test_motion_family_must_match_params() -> None:
 
 
 def test_pan_right_is_visible_and_moves_content_left() -> None:
-    clip = render_motion(load_photo("astronaut", SIZE), "pan_right",
-                         sample_motion_params(np.random.default_rng(1), "pan"), size=SIZE, num_frames=FRAMES)
+    clip = render_motion(
+        load_photo("astronaut", SIZE),
+        "pan_right",
+        sample_motion_params(np.random.default_rng(1), "pan"),
+        size=SIZE,
+        num_frames=FRAMES,
+    )
     gray = clip.astype(np.float64).mean(axis=-1)
     assert np.abs(gray[0] - gray[-1]).mean() > 20.0  # far beyond noise/compression levels
     (dy, dx), *_ = phase_cross_correlation(gray[0], gray[1])

@@ -1,4 +1,5 @@
 """The extraction engine end to end: real videos, the real offline encoder, real HDF5 stores."""
+
 from __future__ import annotations
 
 import os
@@ -15,11 +16,11 @@ import pytest
 from media import index_frames, pattern_frames, write_video
 
 from pipeline.config import load_config
-from pipeline.extract.workers import ClipTask, DecodePool
+from pipeline.data.manifest import Manifest, load_manifest
 from pipeline.encoders import create_encoder
 from pipeline.errors import StoreError
 from pipeline.extract.local import extract, resolve_runtime
-from pipeline.data.manifest import Manifest, load_manifest
+from pipeline.extract.workers import ClipTask, DecodePool
 from pipeline.store import open_store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,7 +43,7 @@ def videos(tmp_path_factory) -> Path:
 
 def _table(store: Path) -> dict:
     t = open_store(store).table()
-    return {k: (t.frames(i), t.timestamp[t.offset[i]:t.offset[i + 1]]) for i, k in enumerate(t.keys())}
+    return {k: (t.frames(i), t.timestamp[t.offset[i] : t.offset[i + 1]]) for i, k in enumerate(t.keys())}
 
 
 def _run(manifest: Manifest, store: Path, encoder, *overrides: str):
@@ -52,8 +53,11 @@ def _run(manifest: Manifest, store: Path, encoder, *overrides: str):
 
 def test_embeddings_identical_with_0_or_n_workers_and_any_batch_size(videos, tmp_path, effnet):
     manifest = load_manifest(videos)
-    runs = [("extract.num_workers=0", "extract.batch_size=3"), ("extract.num_workers=2", "extract.batch_size=32"),
-            ("extract.num_workers=1", "extract.batch_size=7")]
+    runs = [
+        ("extract.num_workers=0", "extract.batch_size=3"),
+        ("extract.num_workers=2", "extract.batch_size=32"),
+        ("extract.num_workers=1", "extract.batch_size=7"),
+    ]
     tables = []
     for i, run in enumerate(runs):
         summary = _run(manifest, tmp_path / f"s{i}", effnet, "sampling.num_frames=5", *run)
@@ -69,20 +73,31 @@ def test_embeddings_identical_with_0_or_n_workers_and_any_batch_size(videos, tmp
     from pipeline.extract.decode import decode_at
 
     key = ("a/v0.mp4", -1.0, -1.0)
-    clip = decode_at(videos / "a" / "v0.mp4", lambda _: ref[key][1], size=effnet.preprocess_cfg.frame_size, crop=effnet.preprocess_cfg.center_crop)
+    clip = decode_at(
+        videos / "a" / "v0.mp4",
+        lambda _: ref[key][1],
+        size=effnet.preprocess_cfg.frame_size,
+        crop=effnet.preprocess_cfg.center_crop,
+    )
     np.testing.assert_allclose(effnet.encode(clip.frames), ref[key][0], rtol=1e-4, atol=1e-4)
 
 
 def test_sliding_windows_resume_only_the_missing_windows(videos, tmp_path, effnet):
     manifest = load_manifest(videos)
-    opts = ("sampling.strategy=sliding", "sampling.clip_length=1.5", "sampling.stride=1", "sampling.num_frames=3",
-            "extract.num_workers=1", "extract.shard_size=1")
+    opts = (
+        "sampling.strategy=sliding",
+        "sampling.clip_length=1.5",
+        "sampling.stride=1",
+        "sampling.num_frames=3",
+        "extract.num_workers=1",
+        "extract.shard_size=1",
+    )
     full = _run(manifest, tmp_path / "full", effnet, *opts)
     # 4 s, 4 s and 2 s videos -> windows start at 0, 1, 2 (, 3 won't fit before 4.0 - 1.5 = 2.5): 3 + 3 + 1
     assert full.done == 7 and full.frames == 21
     table = _table(tmp_path / "full")
     assert ("a/v0.mp4", 1.0, 2.5) in table and ("b/v2.mp4", 0.0, 1.5) in table
-    for (video, start, end), (_, ts) in table.items():
+    for (_video, start, end), (_, ts) in table.items():
         assert start <= ts.min() and ts.max() < end  # every frame lies inside its window
     # simulate a killed job: only some shards (one clip each) survived
     store = tmp_path / "partial"
@@ -95,7 +110,7 @@ def test_sliding_windows_resume_only_the_missing_windows(videos, tmp_path, effne
     assert resumed.skipped == kept and resumed.done == 7 - kept
     again = _table(store)
     assert again.keys() == table.keys()
-    for key, (emb, ts) in table.items():
+    for key, (emb, _ts) in table.items():
         np.testing.assert_allclose(again[key][0], emb, rtol=1e-4, atol=1e-4)
     # a third run decodes nothing
     assert extract(manifest, store, load_config(None, list(opts)), encoder=effnet, progress=False).done == 0
@@ -105,19 +120,36 @@ def test_multiclip_every_n_keyframes_and_keyframe_seeking(tmp_path, effnet):
     root = tmp_path / "v"
     write_video(root / "ramp.mp4", index_frames(96), fps=24, gop=12, bframes=2)  # 4 s, keyframes every 0.5 s
     manifest = load_manifest(root)
-    multi = _run(manifest, tmp_path / "m", effnet, "sampling.strategy=multiclip", "sampling.num_clips=3",
-                 "sampling.clip_length=1", "sampling.num_frames=2", "extract.num_workers=0")
+    multi = _run(
+        manifest,
+        tmp_path / "m",
+        effnet,
+        "sampling.strategy=multiclip",
+        "sampling.num_clips=3",
+        "sampling.clip_length=1",
+        "sampling.num_frames=2",
+        "extract.num_workers=0",
+    )
     assert multi.done == 3 and sorted(k[1:] for k in _table(tmp_path / "m")) == [(0.0, 1.0), (1.5, 2.5), (3.0, 4.0)]
-    every = _run(manifest, tmp_path / "e", effnet, "sampling.strategy=every_n", "sampling.every_n=10", "extract.num_workers=1")
-    (_, ts), = _table(tmp_path / "e").values()
+    every = _run(
+        manifest, tmp_path / "e", effnet, "sampling.strategy=every_n", "sampling.every_n=10", "extract.num_workers=1"
+    )
+    ((_, ts),) = _table(tmp_path / "e").values()
     np.testing.assert_allclose(ts, np.arange(0, 96, 10) / 24, atol=1e-9)
     assert every.frames == 10
     keys = _run(manifest, tmp_path / "k", effnet, "sampling.strategy=keyframes", "extract.num_workers=1")
-    (_, ts), = _table(tmp_path / "k").values()
+    ((_, ts),) = _table(tmp_path / "k").values()
     np.testing.assert_allclose(ts, np.arange(8) * 0.5, atol=1e-9)
     assert keys.frames == 8
-    snapped = _run(manifest, tmp_path / "s", effnet, "sampling.num_frames=4", "sampling.seek_mode=keyframe", "extract.num_workers=1")
-    (_, ts), = _table(tmp_path / "s").values()
+    snapped = _run(
+        manifest,
+        tmp_path / "s",
+        effnet,
+        "sampling.num_frames=4",
+        "sampling.seek_mode=keyframe",
+        "extract.num_workers=1",
+    )
+    ((_, ts),) = _table(tmp_path / "s").values()
     np.testing.assert_allclose(ts, [0.5, 1.5, 2.5, 3.5], atol=1e-9)  # centres 0.5, 1.5, .. are keyframes
     assert snapped.frames == 4
     with pytest.raises(StoreError, match="seek_mode"):  # the approximate mode never mixes into an exact store
@@ -128,8 +160,14 @@ def test_stuck_decoder_times_out_and_the_job_goes_on(videos, tmp_path, effnet):
     root = tmp_path / "mixed"
     shutil.copytree(videos, root)
     os.mkfifo(root / "a" / "stuck.mp4")  # opening a FIFO nobody writes to blocks forever: a real hang
-    summary = _run(load_manifest(root), tmp_path / "s", effnet, "sampling.num_frames=2", "extract.num_workers=1",
-                   "extract.decode_timeout=2")
+    summary = _run(
+        load_manifest(root),
+        tmp_path / "s",
+        effnet,
+        "sampling.num_frames=2",
+        "extract.num_workers=1",
+        "extract.decode_timeout=2",
+    )
     assert summary.done == 3 and summary.failed == 1 and summary.workers_replaced == 1
     (failure,) = open_store(tmp_path / "s").failures()
     assert failure["path"] == "a/stuck.mp4" and failure["stage"] == "decode" and "timeout after 2 s" in failure["error"]
@@ -143,6 +181,7 @@ def test_crashed_decoder_process_fails_only_its_clip(videos, tmp_path, effnet):
     tasks = [ClipTask(0, good[0]), ClipTask(1, str(fifo)), ClipTask(2, good[1]), ClipTask(3, good[2])]
     sampling = load_config(None, ["sampling.num_frames=2"]).sampling
     with DecodePool(sampling, effnet.preprocess_cfg, num_workers=2, timeout=60, tasks_per_worker=1) as pool:
+
         def segfault_the_stuck_worker():
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:
@@ -177,6 +216,11 @@ def test_benchmark_cuda_path_fails_clearly_without_a_gpu():
 
     if torch.cuda.is_available():
         pytest.skip("a GPU is present: the CUDA path runs instead")
-    out = subprocess.run([sys.executable, "benchmarks/extract_throughput.py", "--device", "cuda"], cwd=REPO,
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "benchmarks/extract_throughput.py", "--device", "cuda"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 2 and "CUDA is not available" in out.stderr and len(out.stderr.strip().splitlines()) == 1

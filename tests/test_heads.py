@@ -1,4 +1,5 @@
 """Heads: every kind reproduces its recorded metrics in a fresh process; head files load without running code."""
+
 from __future__ import annotations
 
 import json
@@ -11,14 +12,20 @@ import numpy as np
 import pytest
 
 from pipeline.cli import main
+from pipeline.data.splits import SplitSpec
 from pipeline.errors import ConfigError, HeadError
 from pipeline.probe.heads import FitResult, HeadConfig, fit_head, label_to_text, linear_classifier, load_head, save_head
-from pipeline.store import ShardWriter, create_or_open
-from pipeline.data.splits import SplitSpec
 from pipeline.probe.train import train_head
+from pipeline.store import ShardWriter, create_or_open
 
 REPO = Path(__file__).resolve().parents[1]
-PROV = {"encoder": "test-enc", "weights_id": "w1", "dim": 8, "preprocess": {}, "sampling": {"strategy": "uniform", "num_frames": 4}}
+PROV = {
+    "encoder": "test-enc",
+    "weights_id": "w1",
+    "dim": 8,
+    "preprocess": {},
+    "sampling": {"strategy": "uniform", "num_frames": 4},
+}
 
 
 @pytest.fixture(scope="module")
@@ -39,9 +46,17 @@ def store_path(tmp_path_factory) -> Path:
 
 def _fresh_process_metrics(store: Path, heads: list[Path], trust: bool = False) -> list[dict]:
     """Evaluate each head in one new Python process (nothing shared with the training process)."""
-    code = ("import json, sys\nfrom pipeline.probe.train import evaluate_head\n"
-            "print(json.dumps([evaluate_head(sys.argv[1], h, trust=%r) for h in sys.argv[2:]]))" % trust)
-    proc = subprocess.run([sys.executable, "-c", code, str(store), *map(str, heads)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    code = (
+        "import json, sys\nfrom pipeline.probe.train import evaluate_head\n"
+        f"print(json.dumps([evaluate_head(sys.argv[1], h, trust={trust!r}) for h in sys.argv[2:]]))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(store), *map(str, heads)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
 
@@ -67,7 +82,9 @@ def test_logreg_follows_the_clip_protocol(store_path: Path, tmp_path: Path) -> N
     side = json.loads((tmp_path / "h.json").read_text())
     tried = [float(k.split("=")[1]) for k, _ in side["val_scores"]]
     assert tried[:3] == [1e-6, 1e-5, 1e-4]  # coarse grid climbed from CLIP's smallest C
-    assert out["C"] == pytest.approx(min(tried, key=lambda c: abs(c - out["C"])), rel=1e-3) and out["val_top1"] == max(v for _, v in side["val_scores"])
+    assert out["C"] == pytest.approx(min(tried, key=lambda c: abs(c - out["C"])), rel=1e-3) and out["val_top1"] == max(
+        v for _, v in side["val_scores"]
+    )
     assert side["fit_info"]["solver"] == "torch" and side["fit_info"]["fits"] == len(tried) + 1  # + refit on train+val
     # Every candidate solved to scikit-learn's tolerance, both solvers walk the same path to the same C.
     tight = train_head(store_path, tmp_path / "t.skops", head=HeadConfig(sweep_tol=1e-4), pool="mean")
@@ -93,7 +110,9 @@ def test_linear_classifier_is_the_softmax_for_two_and_many_classes() -> None:
         z = X @ W.T + b
         expected = np.exp(z - z.max(1, keepdims=True))
         expected /= expected.sum(1, keepdims=True)
-        np.testing.assert_allclose(linear_classifier(W, b, [f"k{i}" for i in range(K)]).predict_proba(X), expected, atol=1e-12)
+        np.testing.assert_allclose(
+            linear_classifier(W, b, [f"k{i}" for i in range(K)]).predict_proba(X), expected, atol=1e-12
+        )
 
 
 def test_joblib_needs_trust_and_skops_refuses_untrusted_types(store_path: Path, tmp_path: Path, capsys) -> None:
@@ -108,7 +127,9 @@ def test_joblib_needs_trust_and_skops_refuses_untrusted_types(store_path: Path, 
     # A skops file holding a type outside the trusted list (a KD-tree) is refused, naming the type.
     from sklearn.neighbors import KNeighborsClassifier
 
-    est = KNeighborsClassifier(3, algorithm="kd_tree").fit(np.random.default_rng(0).normal(size=(20, 3)), ["a", "b"] * 10)
+    est = KNeighborsClassifier(3, algorithm="kd_tree").fit(
+        np.random.default_rng(0).normal(size=(20, 3)), ["a", "b"] * 10
+    )
     odd = tmp_path / "odd.skops"
     save_head(odd, FitResult(est, ["a", "b"], {}), {})
     with pytest.raises(HeadError, match="KDTree"):
@@ -147,14 +168,17 @@ def test_replaced_head_file_is_detected(store_path: Path, tmp_path: Path) -> Non
         load_head(a)
 
 
-@pytest.mark.parametrize("settings, needle", [
-    ({"kind": "svm"}, "head='svm'"),
-    ({"kind": "knn", "Cs": [1.0]}, "'Cs' does not apply"),
-    ({"kind": "logreg", "Cs": [0, 1]}, "Cs="),
-    ({"kind": "logreg", "solver": "adam"}, "solver='adam'"),
-    ({"kind": "zeroshot", "templates": ["no placeholder"]}, "{label}"),
-    ({"kind": "logreg", "colour": 1}, "unknown head setting 'colour'"),
-])
+@pytest.mark.parametrize(
+    "settings, needle",
+    [
+        ({"kind": "svm"}, "head='svm'"),
+        ({"kind": "knn", "Cs": [1.0]}, "'Cs' does not apply"),
+        ({"kind": "logreg", "Cs": [0, 1]}, "Cs="),
+        ({"kind": "logreg", "solver": "adam"}, "solver='adam'"),
+        ({"kind": "zeroshot", "templates": ["no placeholder"]}, "{label}"),
+        ({"kind": "logreg", "colour": 1}, "unknown head setting 'colour'"),
+    ],
+)
 def test_head_settings_are_validated_naming_the_key(settings: dict, needle: str) -> None:
     with pytest.raises(ConfigError) as info:
         HeadConfig.from_dict(settings)
@@ -176,7 +200,10 @@ def test_label_to_text() -> None:
 
 def test_cli_train_knn_few_shot(store_path: Path, tmp_path: Path, capsys) -> None:
     head = tmp_path / "k.skops"
-    assert main(["train", str(store_path), "-o", str(head), "--head", "knn", "--shots", "3", "--shot-seed", "2", "--json"]) == 0
+    assert (
+        main(["train", str(store_path), "-o", str(head), "--head", "knn", "--shots", "3", "--shot-seed", "2", "--json"])
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert out["head"] == "knn" and out["n_train"] == 12 and out["hparams"]["k"] <= 12
     assert main(["evaluate", str(store_path), str(head)]) == 0
@@ -187,7 +214,9 @@ def test_cli_train_knn_few_shot(store_path: Path, tmp_path: Path, capsys) -> Non
 def test_head_settings_from_yaml_numbers() -> None:
     import yaml
 
-    cfg = HeadConfig.from_dict(yaml.safe_load("{kind: logreg, Cs: [1e-3, 1e-2, 0.1], tol: 1e-5, sweep_tol: 1e-4, patience: 0}"))
+    cfg = HeadConfig.from_dict(
+        yaml.safe_load("{kind: logreg, Cs: [1e-3, 1e-2, 0.1], tol: 1e-5, sweep_tol: 1e-4, patience: 0}")
+    )
     assert cfg.Cs == (1e-3, 1e-2, 0.1) and cfg.tol == 1e-5 and cfg.patience == 0  # YAML reads 1e-3 as text
     assert HeadConfig.from_dict(cfg.to_dict()) == cfg  # settings round-trip
     with pytest.raises(ConfigError, match="ks=1.5"):

@@ -1,4 +1,5 @@
 """Files of a source folder that are not videos by extension are left out, and the user is told which."""
+
 import json
 
 from media import pattern_frames, write_video
@@ -36,5 +37,10 @@ def test_extract_summary_says_how_many_files_were_ignored(tmp_path, capsys):
 def test_no_note_without_left_out_files(tmp_path, capsys):
     src = tmp_path / "src"
     write_video(src / "only.mp4", pattern_frames(12, kind=2, seed=3), fps=12)
-    assert main(["extract", str(src), "-o", str(tmp_path / "store"), "-q", "extract.num_workers=0", "sampling.num_frames=2"]) == 0
+    assert (
+        main(
+            ["extract", str(src), "-o", str(tmp_path / "store"), "-q", "extract.num_workers=0", "sampling.num_frames=2"]
+        )
+        == 0
+    )
     assert "ignored (" not in capsys.readouterr().out

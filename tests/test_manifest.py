@@ -3,8 +3,8 @@ import os
 
 import pytest
 
-from pipeline.errors import ManifestError
 from pipeline.data.manifest import load_manifest, safe_relpath
+from pipeline.errors import ManifestError
 
 
 def _touch(p):
@@ -35,14 +35,21 @@ def test_csv_with_splits_windows_and_bad_rows(tmp_path):
         "v/d.mp4,run,train,4,2\n"
     )
     m = load_manifest(tmp_path / "m.csv")
-    assert [(i.path, i.label, i.split, i.start, i.end) for i in m.items] == [("v/a.mp4", "run", "train", None, None), ("v/b.mp4", "walk", "test", 1.5, 3.0)]
+    assert [(i.path, i.label, i.split, i.start, i.end) for i in m.items] == [
+        ("v/a.mp4", "run", "train", None, None),
+        ("v/b.mp4", "walk", "test", 1.5, 3.0),
+    ]
     errors = " | ".join(p.error for p in m.problems)
     assert len(m.problems) == 4
     assert "escapes" in errors and "holdout" in errors and "after start" in errors
 
 
 def test_jsonl_and_bad_line(tmp_path):
-    lines = [json.dumps({"path": "x.mp4", "label": "a"}), "{not json", json.dumps({"path": "y.mp4", "label": "b", "split": "val"})]
+    lines = [
+        json.dumps({"path": "x.mp4", "label": "a"}),
+        "{not json",
+        json.dumps({"path": "y.mp4", "label": "b", "split": "val"}),
+    ]
     (tmp_path / "m.jsonl").write_text("\n".join(lines) + "\n")
     m = load_manifest(tmp_path / "m.jsonl")
     assert [(i.path, i.label, i.split) for i in m.items] == [("x.mp4", "a", ""), ("y.mp4", "b", "val")]

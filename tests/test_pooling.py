@@ -5,7 +5,10 @@ from pipeline.errors import ConfigError
 from pipeline.probe.pooling import get_pool
 
 
-@pytest.mark.parametrize("name, width", [("mean", 4), ("max", 4), ("meanmax", 8), ("meanstd", 8), ("center", 4), ("tdiff", 8), ("seg2", 8), ("seg4", 16)])
+@pytest.mark.parametrize(
+    "name, width",
+    [("mean", 4), ("max", 4), ("meanmax", 8), ("meanstd", 8), ("center", 4), ("tdiff", 8), ("seg2", 8), ("seg4", 16)],
+)
 def test_shapes(name, width):
     x = np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32)
     assert get_pool(name)(x).shape == (width,)

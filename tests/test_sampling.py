@@ -46,13 +46,13 @@ import dataclasses  # noqa: E402
 
 import pytest  # noqa: E402
 
-from pipeline.data.sampling import sampling_identity  # noqa: E402
 from pipeline.data.sampling import (  # noqa: E402
     KEY_DECIMALS,
     clip_windows,
     every_n_timestamps,
     keyframe_timestamps,
     multiclip_windows,
+    sampling_identity,  # noqa: E402
     sliding_windows,
     snap_to_keyframes,
 )
@@ -69,7 +69,7 @@ def test_multiclip_windows_spread_evenly_inside(window, k, length):
     ws = multiclip_windows(start, end, k, length)
     assert 1 <= len(ws) <= k and ws == multiclip_windows(start, end, k, length)  # deterministic
     assert len(set(ws)) == len(ws)
-    tol = 10.0 ** -KEY_DECIMALS
+    tol = 10.0**-KEY_DECIMALS
     for s, e in ws:
         assert start - tol <= s < e <= end + tol
     lengths = [e - s for s, e in ws]
@@ -91,7 +91,7 @@ def test_sliding_windows_cover_with_stride(window, length, stride):
     start, end = window
     ws = sliding_windows(start, end, length, stride)
     step = stride if stride > 0 else length
-    tol = 10.0 ** -KEY_DECIMALS
+    tol = 10.0**-KEY_DECIMALS
     if end - start < length:
         assert ws == [(round(start, KEY_DECIMALS), round(end, KEY_DECIMALS))]
         return
@@ -104,7 +104,10 @@ def test_sliding_windows_cover_with_stride(window, length, stride):
 
 def test_clip_windows_per_strategy():
     assert clip_windows(SamplingConfig(), 10.0) == [(0.0, 10.0)]
-    assert clip_windows(SamplingConfig(strategy="sliding", clip_length=4, stride=3), 10.0, 1.0, None) == [(1.0, 5.0), (4.0, 8.0)]
+    assert clip_windows(SamplingConfig(strategy="sliding", clip_length=4, stride=3), 10.0, 1.0, None) == [
+        (1.0, 5.0),
+        (4.0, 8.0),
+    ]
     assert len(clip_windows(SamplingConfig(strategy="multiclip", num_clips=5, clip_length=2), 10.0)) == 5
 
 
@@ -124,7 +127,9 @@ def test_keyframes_and_snapping():
     keys = np.array([0.0, 2.0, 4.5, 9.0])
     np.testing.assert_array_equal(keyframe_timestamps(keys, 1.0, 9.0), [2.0, 4.5])
     np.testing.assert_array_equal(keyframe_timestamps(keys, 5.0, 6.0), [4.5])  # none inside: nearest to the centre
-    np.testing.assert_array_equal(snap_to_keyframes(np.array([0.9, 1.0, 3.3, 8.0, 20.0]), keys), [0.0, 0.0, 4.5, 9.0, 9.0])
+    np.testing.assert_array_equal(
+        snap_to_keyframes(np.array([0.9, 1.0, 3.3, 8.0, 20.0]), keys), [0.0, 0.0, 4.5, 9.0, 9.0]
+    )
 
 
 @given(st.lists(st.floats(0, 100), min_size=1, max_size=30), st.lists(st.floats(0, 100), min_size=1, max_size=30))
@@ -144,7 +149,16 @@ def test_sampling_identity_holds_exactly_what_changes_frames():
         "multiclip": {"num_frames", "num_clips", "clip_length", "seek_mode"},
         "sliding": {"num_frames", "clip_length", "stride", "seek_mode"},
     }
-    changed = {"num_frames": 3, "fps": 7.0, "max_frames": 5, "every_n": 4, "num_clips": 3, "clip_length": 1.5, "stride": 0.5, "seek_mode": "keyframe"}
+    changed = {
+        "num_frames": 3,
+        "fps": 7.0,
+        "max_frames": 5,
+        "every_n": 4,
+        "num_clips": 3,
+        "clip_length": 1.5,
+        "stride": 0.5,
+        "seek_mode": "keyframe",
+    }
     assert set(changed) | {"strategy"} == {f.name for f in dataclasses.fields(SamplingConfig)}
     for strategy, used in uses.items():
         base = SamplingConfig(strategy=strategy, clip_length=2.0)
@@ -154,14 +168,20 @@ def test_sampling_identity_holds_exactly_what_changes_frames():
             other = sampling_identity(dataclasses.replace(base, **{name: value}))
             assert (other != ident) == (name in used), (strategy, name)
     # equivalent spellings are equal: a sliding stride of 0 means the clip length
-    assert sampling_identity(SamplingConfig(strategy="sliding", clip_length=2.0)) == sampling_identity(SamplingConfig(strategy="sliding", clip_length=2.0, stride=2.0))
+    assert sampling_identity(SamplingConfig(strategy="sliding", clip_length=2.0)) == sampling_identity(
+        SamplingConfig(strategy="sliding", clip_length=2.0, stride=2.0)
+    )
 
 
 def test_strategy_settings_are_validated():
     from pipeline.config import load_config
     from pipeline.errors import ConfigError
 
-    for override, needle in [("sampling.strategy=sliding", "clip_length"), ("sampling.every_n=0", "every_n"),
-                             ("sampling.seek_mode=fast", "seek_mode"), ("sampling.num_clips=0", "num_clips")]:
+    for override, needle in [
+        ("sampling.strategy=sliding", "clip_length"),
+        ("sampling.every_n=0", "every_n"),
+        ("sampling.seek_mode=fast", "seek_mode"),
+        ("sampling.num_clips=0", "num_clips"),
+    ]:
         with pytest.raises(ConfigError, match=needle):
             load_config(None, [override])

@@ -1,5 +1,6 @@
 """Scale-out: job shards (in-process, and as concurrent processes killed and re-run) and the Ray engine
 must all give the store a single process gives — same clips, same embeddings, same failures."""
+
 from __future__ import annotations
 
 import json
@@ -17,9 +18,9 @@ from media import pattern_frames, write_video
 
 from pipeline.cli import main
 from pipeline.config import load_config
+from pipeline.data.manifest import load_manifest
 from pipeline.encoders import create_encoder
 from pipeline.extract.local import extract
-from pipeline.data.manifest import load_manifest
 from pipeline.extract.sharding import JobShard, shard_of
 from pipeline.store import clip_key, open_store, writer_progress
 
@@ -67,7 +68,9 @@ def check_store(path: Path) -> None:
             off, emb, ts = f["clips/offset"][()], f["frames/embedding"][()], f["frames/timestamp"][()]
             videos = [v.decode() for v in f["clips/video"][()]]
             keys = [clip_key(v, s, e) for v, s, e in zip(videos, f["clips/start"][()], f["clips/end"][()])]
-        assert off[0] == 0 and np.all(np.diff(off) >= 0) and off[-1] == len(emb) == len(ts) and len(off) == len(keys) + 1, shard
+        assert (
+            off[0] == 0 and np.all(np.diff(off) >= 0) and off[-1] == len(emb) == len(ts) and len(off) == len(keys) + 1
+        ), shard
         assert np.isfinite(emb).all(), shard
         assert not seen & set(keys), f"{shard}: clips stored twice"
         seen |= set(keys)
@@ -76,7 +79,10 @@ def check_store(path: Path) -> None:
 def contents(path: Path) -> tuple[dict, list]:
     store = open_store(path)
     t = store.table()
-    clips = {k: (t.frames(i), t.timestamp[t.offset[i] : t.offset[i + 1]], t.label[i], t.split[i]) for i, k in enumerate(t.keys())}
+    clips = {
+        k: (t.frames(i), t.timestamp[t.offset[i] : t.offset[i + 1]], t.label[i], t.split[i])
+        for i, k in enumerate(t.keys())
+    }
     failures = sorted((f["path"], f["stage"]) for f in store.failures())
     return clips, failures
 
@@ -100,14 +106,21 @@ def shard_files(store: Path) -> list[str]:
 
 # -- job shards in one process ------------------------------------------------------------------------
 
-def test_three_shards_make_the_single_process_store_and_rerunning_is_idempotent(videos, encoder, reference, tmp_path, capsys):
+
+def test_three_shards_make_the_single_process_store_and_rerunning_is_idempotent(
+    videos, encoder, reference, tmp_path, capsys
+):
     store, cfg, manifest = tmp_path / "store", load_config(None, SETTINGS), load_manifest(str(videos))
     summaries = [extract(manifest, store, cfg, encoder=encoder, progress=False, shard=JobShard(i, 3)) for i in range(3)]
     assert sum(s.total for s in summaries) == 17 and sum(s.done for s in summaries) == 16
     assert sum(s.failed for s in summaries) == 1  # the corrupt file is recorded once, by the shard that owns it
     assert [s.shard for s in summaries] == ["0/3", "1/3", "2/3"]
     assert_same_store(store, reference)
-    assert {name.split("-")[0] for name in shard_files(store)} == {"shard0000of0003", "shard0001of0003", "shard0002of0003"}
+    assert {name.split("-")[0] for name in shard_files(store)} == {
+        "shard0000of0003",
+        "shard0001of0003",
+        "shard0002of0003",
+    }
 
     before = shard_files(store)
     for i in (2, 0, 1):
@@ -142,10 +155,27 @@ def test_shard_flags_and_env_reach_extract_through_the_cli(videos, tmp_path, cap
 
 # -- job shards as concurrent processes, one killed -----------------------------------------------------
 
+
 def _shard_cmd(videos: Path, store: Path, i: int) -> list[str]:
     # one clip per encoder batch and per store shard file, so clips finish one by one and a kill lands mid-shard
-    return [sys.executable, "-m", "pipeline", "extract", str(videos), "-o", str(store), "-q", "--json",
-            "--shard-id", str(i), "--num-shards", "4", *SETTINGS, "extract.batch_size=3", "extract.shard_size=1"]
+    return [
+        sys.executable,
+        "-m",
+        "pipeline",
+        "extract",
+        str(videos),
+        "-o",
+        str(store),
+        "-q",
+        "--json",
+        "--shard-id",
+        str(i),
+        "--num-shards",
+        "4",
+        *SETTINGS,
+        "extract.batch_size=3",
+        "extract.shard_size=1",
+    ]
 
 
 @pytest.mark.slow
@@ -154,8 +184,12 @@ def test_four_concurrent_shard_processes_one_killed_and_rerun_equal_one_process(
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE") and not k.startswith("SLURM_")}
     keys = [item.key for item in load_manifest(str(videos)).items]
     victim = max(range(4), key=lambda i: sum(shard_of(k, 4) == i for k in keys))  # the shard with the most clips
-    procs = [subprocess.Popen(_shard_cmd(videos, store, i), cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for i in range(4)]
+    procs = [
+        subprocess.Popen(
+            _shard_cmd(videos, store, i), cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for i in range(4)
+    ]
     deadline = time.monotonic() + 240
     while not list((store / "shards").glob(f"shard{victim:04d}of0004-*.h5")):  # the victim has finished some work
         assert procs[victim].poll() is None, "victim finished before it could be killed"
@@ -171,16 +205,22 @@ def test_four_concurrent_shard_processes_one_killed_and_rerun_equal_one_process(
     assert killed["last_run"]["state"] == "running" and 0 < killed["clips"] < killed["last_run"]["assigned"]
     check_store(store)  # what the kill left is consistent: only whole shard files are visible
 
-    rerun = subprocess.run(_shard_cmd(videos, store, victim), cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    rerun = subprocess.run(
+        _shard_cmd(videos, store, victim), cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
     assert rerun.returncode in (0, 3), rerun.stderr
     summary = json.loads(rerun.stdout)
     finished_before = killed["clips"] + killed["failures"]
-    assert summary["skipped"] == finished_before and summary["done"] + summary["failed"] == summary["total"] - finished_before
+    assert (
+        summary["skipped"] == finished_before
+        and summary["done"] + summary["failed"] == summary["total"] - finished_before
+    )
     assert_same_store(store, reference)
     assert writer_progress(open_store(store))[f"shard{victim:04d}of0004"]["last_run"]["state"] == "finished"
 
 
 # -- the Ray engine ---------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def ray_cluster():

@@ -1,4 +1,5 @@
 """Declared settings rules, the one coercer and unknown-key check, SplitSpec in the sidecar, and --format."""
+
 import json
 from dataclasses import dataclass, field
 
@@ -12,8 +13,13 @@ from pipeline.data.splits import SplitsFrom, SplitSpec
 from pipeline.errors import ConfigError, ManifestError
 from pipeline.store import ShardWriter, create_or_open
 
-PROV = {"encoder": "test-enc", "weights_id": "w1", "dim": 4, "preprocess": {},
-        "sampling": {"strategy": "uniform", "num_frames": 2}}
+PROV = {
+    "encoder": "test-enc",
+    "weights_id": "w1",
+    "dim": 4,
+    "preprocess": {},
+    "sampling": {"strategy": "uniform", "num_frames": 2},
+}
 
 
 @dataclass
@@ -31,18 +37,21 @@ class _Outer:
     inner: _Inner = field(default_factory=_Inner)
 
 
-@pytest.mark.parametrize("data, message", [
-    ({"name": "x", "mode": "c"}, "mode='c': allowed values are a, b"),
-    ({"name": "x", "rate": "0"}, "rate=0.0: must be > 0 seconds"),
-    ({"name": "x", "workers": -1}, "workers=-1: must be auto or an integer >= 0"),
-    ({"name": "x", "sizes": []}, "sizes=[]: need one or more values"),
-    ({"name": "x", "sizes": [2, 0]}, "sizes=[2, 0]: each value must be >= 1"),
-    ({"name": "x", "sizes": [1.5]}, "sizes=1.5: expected an integer"),
-    ({"name": "x", "inner": {"level": 10}}, "inner.level=10: must be 1..9"),
-    ({"name": "x", "inner": {"lvl": 1}}, "unknown setting 'inner.lvl'; known: inner.level"),
-    ({"name": "x", "inner": 3}, "inner: expected a mapping of settings"),
-    ({"mode": "a"}, "missing setting 'name'"),
-])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"name": "x", "mode": "c"}, "mode='c': allowed values are a, b"),
+        ({"name": "x", "rate": "0"}, "rate=0.0: must be > 0 seconds"),
+        ({"name": "x", "workers": -1}, "workers=-1: must be auto or an integer >= 0"),
+        ({"name": "x", "sizes": []}, "sizes=[]: need one or more values"),
+        ({"name": "x", "sizes": [2, 0]}, "sizes=[2, 0]: each value must be >= 1"),
+        ({"name": "x", "sizes": [1.5]}, "sizes=1.5: expected an integer"),
+        ({"name": "x", "inner": {"level": 10}}, "inner.level=10: must be 1..9"),
+        ({"name": "x", "inner": {"lvl": 1}}, "unknown setting 'inner.lvl'; known: inner.level"),
+        ({"name": "x", "inner": 3}, "inner: expected a mapping of settings"),
+        ({"mode": "a"}, "missing setting 'name'"),
+    ],
+)
 def test_one_validator_names_the_dotted_key(data, message):
     with pytest.raises(ConfigError) as info:
         build(_Outer, data)
@@ -69,8 +78,16 @@ def test_split_spec_rules_and_sidecar_keys():
     spec = SplitSpec(seed=3, shots=2, splits_from=SplitsFrom("lists", split=2))
     assert SplitSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
     # an old sidecar: the same flat keys, shot_seed null without shots, splits_from with source and split only
-    old = {"seed": 1, "val_fraction": 0.25, "test_fraction": 0.2, "shots": None, "shot_seed": None,
-           "splits_from": {"source": "lists", "split": 2}, "head": "logreg", "pool": "mean"}
+    old = {
+        "seed": 1,
+        "val_fraction": 0.25,
+        "test_fraction": 0.2,
+        "shots": None,
+        "shot_seed": None,
+        "splits_from": {"source": "lists", "split": 2},
+        "head": "logreg",
+        "pool": "mean",
+    }
     assert SplitSpec.from_dict(old) == SplitSpec(seed=1, val_fraction=0.25, splits_from=SplitsFrom("lists", split=2))
 
 
@@ -88,13 +105,29 @@ def store_path(tmp_path):
 
 def test_cli_train_records_the_split_and_evaluate_reuses_it(store_path, tmp_path, capsys):
     head = tmp_path / "h.skops"
-    args = ["train", str(store_path), "-o", str(head), "--head", "knn", "--seed", "5", "--test-fraction", "0.3",
-            "--json"]
+    args = [
+        "train",
+        str(store_path),
+        "-o",
+        str(head),
+        "--head",
+        "knn",
+        "--seed",
+        "5",
+        "--test-fraction",
+        "0.3",
+        "--json",
+    ]
     assert main(args) == 0
     trained = json.loads(capsys.readouterr().out)
     side = json.loads(head.with_suffix(".json").read_text())
-    assert {k: side[k] for k in ("seed", "val_fraction", "test_fraction", "shots", "splits_from")} == \
-        {"seed": 5, "val_fraction": 0.2, "test_fraction": 0.3, "shots": None, "splits_from": None}
+    assert {k: side[k] for k in ("seed", "val_fraction", "test_fraction", "shots", "splits_from")} == {
+        "seed": 5,
+        "val_fraction": 0.2,
+        "test_fraction": 0.3,
+        "shots": None,
+        "splits_from": None,
+    }
     assert main(["evaluate", str(store_path), str(head), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["n"] == trained["n_test"]
     # a sidecar written before SplitSpec (shot_seed null, no new keys) still loads and gives the same split
@@ -114,6 +147,7 @@ def test_cli_train_split_settings_are_checked(store_path, tmp_path, capsys):
 
 # -- --format -----------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def sources(tmp_path):
     (tmp_path / "v").mkdir()
@@ -125,10 +159,17 @@ def sources(tmp_path):
     return tmp_path
 
 
-@pytest.mark.parametrize("name, fmt, found", [
-    ("m.csv", "jsonl", "a .csv file"), ("m.jsonl", "csv", "a .jsonl file"), ("m.csv", "folder", "a .csv file"),
-    ("v", "csv", "a folder"), ("v", "jsonl", "a folder"), ("v/a.mp4", "csv", "a .mp4 file"),
-])
+@pytest.mark.parametrize(
+    "name, fmt, found",
+    [
+        ("m.csv", "jsonl", "a .csv file"),
+        ("m.jsonl", "csv", "a .jsonl file"),
+        ("m.csv", "folder", "a .csv file"),
+        ("v", "csv", "a folder"),
+        ("v", "jsonl", "a folder"),
+        ("v/a.mp4", "csv", "a .mp4 file"),
+    ],
+)
 def test_extract_format_mismatch_is_one_line_usage_error(sources, tmp_path, capsys, name, fmt, found):
     code = main(["extract", str(sources / name), "--format", fmt, "-o", str(tmp_path / "S"), "-q"])
     err = capsys.readouterr().err

@@ -1,4 +1,5 @@
 """Deterministic job sharding: the assignment, where the shard comes from, and a race-free store creation."""
+
 import json
 import multiprocessing
 import os
@@ -14,7 +15,9 @@ from pipeline.extract.sharding import JobShard, resolve_shard, shard_of
 from pipeline.store import PROVENANCE_FILE, create_or_open, open_store
 
 REPO = Path(__file__).resolve().parents[1]
-KEYS = [(f"class{i % 7}/video {i:05d}.mp4", -1.0, -1.0) for i in range(2000)] + [("long.mp4", float(s), float(s + 10)) for s in range(0, 500, 10)]
+KEYS = [(f"class{i % 7}/video {i:05d}.mp4", -1.0, -1.0) for i in range(2000)] + [
+    ("long.mp4", float(s), float(s + 10)) for s in range(0, 500, 10)
+]
 
 
 def test_every_clip_has_exactly_one_shard_and_shards_are_balanced():
@@ -27,11 +30,20 @@ def test_every_clip_has_exactly_one_shard_and_shards_are_balanced():
 
 def test_assignment_is_the_same_in_every_process_and_ignores_manifest_order():
     here = [shard_of(k, 5) for k in KEYS[:300]]
-    code = ("import json, sys; from pipeline.extract.sharding import shard_of; keys = json.load(sys.stdin); "
-            "print(json.dumps([shard_of(tuple(k), 5) for k in keys]))")
+    code = (
+        "import json, sys; from pipeline.extract.sharding import shard_of; keys = json.load(sys.stdin); "
+        "print(json.dumps([shard_of(tuple(k), 5) for k in keys]))"
+    )
     for seed in ("1", "2"):  # salted str hash differs between these processes; our assignment must not
-        proc = subprocess.run([sys.executable, "-c", code], input=json.dumps(KEYS[:300]), capture_output=True, text=True,
-                              cwd=REPO, env={**os.environ, "PYTHONHASHSEED": seed}, check=True)
+        proc = subprocess.run(
+            [sys.executable, "-c", code],
+            input=json.dumps(KEYS[:300]),
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            check=True,
+        )
         assert json.loads(proc.stdout) == here
     assert [shard_of(k, 5) for k in reversed(KEYS[:300])] == here[::-1]  # depends on the clip, not its position
 
@@ -41,7 +53,14 @@ def test_windows_of_one_video_are_distinct_clips():
 
 
 def test_resolve_precedence_flags_then_rank_then_slurm_array_then_procid():
-    env = {"RANK": "3", "WORLD_SIZE": "8", "SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_COUNT": "10", "SLURM_PROCID": "1", "SLURM_NTASKS": "2"}
+    env = {
+        "RANK": "3",
+        "WORLD_SIZE": "8",
+        "SLURM_ARRAY_TASK_ID": "5",
+        "SLURM_ARRAY_TASK_COUNT": "10",
+        "SLURM_PROCID": "1",
+        "SLURM_NTASKS": "2",
+    }
     assert resolve_shard(1, 4, env=env) == JobShard(1, 4, "--shard-id/--num-shards")
     assert resolve_shard(env=env).as_tuple() == (3, 8)
     del env["RANK"]
@@ -56,19 +75,27 @@ def test_resolve_precedence_flags_then_rank_then_slurm_array_then_procid():
 
 
 def test_slurm_array_ranges_that_do_not_start_at_zero():
-    env = {"SLURM_ARRAY_TASK_ID": "7", "SLURM_ARRAY_TASK_COUNT": "4", "SLURM_ARRAY_TASK_MIN": "1", "SLURM_ARRAY_TASK_STEP": "2"}
+    env = {
+        "SLURM_ARRAY_TASK_ID": "7",
+        "SLURM_ARRAY_TASK_COUNT": "4",
+        "SLURM_ARRAY_TASK_MIN": "1",
+        "SLURM_ARRAY_TASK_STEP": "2",
+    }
     assert resolve_shard(env=env).as_tuple() == (3, 4)  # --array=1-7:2 -> 1,3,5,7
     with pytest.raises(ConfigError, match="SLURM_ARRAY_TASK_ID=6"):
         resolve_shard(env={**env, "SLURM_ARRAY_TASK_ID": "6"})
 
 
-@pytest.mark.parametrize("args, env, match", [
-    ((2, None), {}, "go together"),
-    ((4, 4), {}, "must be in 0..3"),
-    ((0, 0), {}, ">= 1"),
-    ((None, None), {"RANK": "x", "WORLD_SIZE": "2"}, "RANK='x'"),
-    ((None, None), {"RANK": "2", "WORLD_SIZE": "2"}, "RANK/WORLD_SIZE"),
-])
+@pytest.mark.parametrize(
+    "args, env, match",
+    [
+        ((2, None), {}, "go together"),
+        ((4, 4), {}, "must be in 0..3"),
+        ((0, 0), {}, ">= 1"),
+        ((None, None), {"RANK": "x", "WORLD_SIZE": "2"}, "RANK='x'"),
+        ((None, None), {"RANK": "2", "WORLD_SIZE": "2"}, "RANK/WORLD_SIZE"),
+    ],
+)
 def test_bad_shard_settings_are_named(args, env, match):
     with pytest.raises(ConfigError, match=match):
         resolve_shard(*args, env=env)
@@ -80,7 +107,13 @@ def test_prefix_names_the_writer():
 
 # -- several processes creating one new store at the same moment ------------------------------------
 
-PROV = {"encoder": "e", "weights_id": "w", "dim": 4, "preprocess": {"size": 8}, "sampling": {"strategy": "uniform", "num_frames": 3}}
+PROV = {
+    "encoder": "e",
+    "weights_id": "w",
+    "dim": 4,
+    "preprocess": {"size": 8},
+    "sampling": {"strategy": "uniform", "num_frames": 3},
+}
 
 
 def _create(path: str, num_frames: int, barrier, results) -> None:

@@ -8,14 +8,28 @@ import pytest
 from pipeline.errors import StoreError
 from pipeline.store import ShardWriter, create_or_open, open_store
 
-PROV = {"encoder": "test-enc", "weights_id": "w1", "dim": 4, "preprocess": {"size": 8}, "sampling": {"strategy": "uniform", "num_frames": 3}}
+PROV = {
+    "encoder": "test-enc",
+    "weights_id": "w1",
+    "dim": 4,
+    "preprocess": {"size": 8},
+    "sampling": {"strategy": "uniform", "num_frames": 3},
+}
 
 
 def _fill(store, n, shard_size=2, offset=0):
     rng = np.random.default_rng(offset)
     with ShardWriter(store, shard_size=shard_size) as w:
         for i in range(offset, offset + n):
-            w.add(f"v{i}.mp4", None, None, f"l{i % 2}", "train", rng.normal(size=(3, 4)).astype(np.float32), np.array([0.1, 0.2, 0.3]))
+            w.add(
+                f"v{i}.mp4",
+                None,
+                None,
+                f"l{i % 2}",
+                "train",
+                rng.normal(size=(3, 4)).astype(np.float32),
+                np.array([0.1, 0.2, 0.3]),
+            )
         w.add_failure("bad.mp4", None, None, "decode", "bad.mp4: cannot open")
     return w
 
@@ -79,11 +93,14 @@ def test_open_missing_store_says_how_to_make_one(tmp_path):
 
 # --- dtype, compression, provenance ------------------------------------------------------------
 
+
 def _clip(i, t=3, d=4):
     return np.random.default_rng(i).normal(size=(t, d)).astype(np.float32) * (i + 1)
 
 
-@pytest.mark.parametrize("dtype, compression", [("float32", "gzip"), ("float32", "lzf"), ("float16", "none"), ("float16", "gzip")])
+@pytest.mark.parametrize(
+    "dtype, compression", [("float32", "gzip"), ("float32", "lzf"), ("float16", "none"), ("float16", "gzip")]
+)
 def test_dtype_and_compression_roundtrip(tmp_path, dtype, compression):
     store = create_or_open(tmp_path / "s", {**PROV, "dtype": dtype})
     with ShardWriter(store, shard_size=3, compression=compression) as w:
@@ -128,12 +145,21 @@ def test_float16_overflow_is_refused(tmp_path):
 
 # --- read API -----------------------------------------------------------------------------------
 
+
 def test_read_api_labels_splits_frames_pooled_without_loading_for_metadata(tmp_path):
     store = create_or_open(tmp_path / "s", PROV)
     with ShardWriter(store, shard_size=2) as w:
         for i in range(5):
             t = 2 + i % 2  # variable T per clip
-            w.add(f"v{i}.mp4", float(i), float(i + 1), f"l{i % 2}", ["train", "val", "test"][i % 3], _clip(i, t=t), np.arange(t) * 0.5)
+            w.add(
+                f"v{i}.mp4",
+                float(i),
+                float(i + 1),
+                f"l{i % 2}",
+                ["train", "val", "test"][i % 3],
+                _clip(i, t=t),
+                np.arange(t) * 0.5,
+            )
     s = open_store(tmp_path / "s")
     assert s.labels == ["l0", "l1", "l0", "l1", "l0"]
     assert s.splits == ["train", "val", "test", "train", "val"]
@@ -162,7 +188,15 @@ def test_torch_dataset_items_and_padding(tmp_path):
     store = create_or_open(tmp_path / "s", PROV)
     with ShardWriter(store) as w:
         for i in range(4):
-            w.add(f"v{i}.mp4", None, None, ["b", "a", "", "a"][i], "train" if i < 3 else "test", _clip(i, t=2 + i), np.arange(2.0 + i))
+            w.add(
+                f"v{i}.mp4",
+                None,
+                None,
+                ["b", "a", "", "a"][i],
+                "train" if i < 3 else "test",
+                _clip(i, t=2 + i),
+                np.arange(2.0 + i),
+            )
     ds = open_store(tmp_path / "s").torch_dataset(split="train")
     assert len(ds) == 3 and ds.classes == ["a", "b"]
     x, y = ds[0]
@@ -176,6 +210,7 @@ def test_torch_dataset_items_and_padding(tmp_path):
 
 
 # --- failures -----------------------------------------------------------------------------------
+
 
 def test_failures_latest_record_counts_and_fixed_ones_disappear(tmp_path):
     store = create_or_open(tmp_path / "s", PROV)
@@ -193,6 +228,7 @@ def test_failures_latest_record_counts_and_fixed_ones_disappear(tmp_path):
 
 
 # --- verify and compact -------------------------------------------------------------------------
+
 
 def test_verify_passes_on_a_good_store_and_finds_each_kind_of_damage(tmp_path):
     from pipeline.store.tools import verify_store
@@ -274,7 +310,9 @@ def test_kill_during_compaction_cleanup_leaves_a_consistent_store(tmp_path):
     store = create_or_open(tmp_path / "s", PROV)
     _fill(store, 5)
     n_old = len(list((tmp_path / "s" / "shards").glob("*.h5")))
-    proc = subprocess.run([sys.executable, "-c", KILL_AT_FIRST_DELETE, str(tmp_path / "s")], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-c", KILL_AT_FIRST_DELETE, str(tmp_path / "s")], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert len(list((tmp_path / "s" / "shards").glob("*.h5"))) == n_old + 1  # merged shard + every old one
     s = open_store(tmp_path / "s")

@@ -1,10 +1,12 @@
 """Writer locks between real processes: refusal with a clear message, shards of one job side by side,
 stale locks after kill -9 taken over, forked workers never keeping a store locked."""
+
 import json
 import os
 import signal
 import subprocess
 import sys
+
 import pytest
 
 import pipeline.store.lock as store_lock
@@ -13,7 +15,13 @@ from pipeline.errors import StoreBusyError
 from pipeline.store import create_or_open
 from pipeline.store.lock import WriterLock, live_holders
 
-PROV = {"encoder": "test-enc", "weights_id": "w1", "dim": 4, "preprocess": {}, "sampling": {"strategy": "uniform", "num_frames": 3}}
+PROV = {
+    "encoder": "test-enc",
+    "weights_id": "w1",
+    "dim": 4,
+    "preprocess": {},
+    "sampling": {"strategy": "uniform", "num_frames": 3},
+}
 
 HOLD = """
 import os, sys, time
@@ -71,7 +79,11 @@ def test_declared_shards_of_one_job_run_side_by_side(tmp_path):
     try:
         with store.writer_lock((1, 4)), store.writer_lock((3, 4)):  # other shards of the same job
             pass
-        for shard, needle in [((0, 4), "shard 0 of 4 is already being written"), (None, "another job"), ((1, 2), "split into 4 shards")]:
+        for shard, needle in [
+            ((0, 4), "shard 0 of 4 is already being written"),
+            (None, "another job"),
+            ((1, 2), "split into 4 shards"),
+        ]:
             with pytest.raises(StoreBusyError, match=needle):
                 store.writer_lock(shard).acquire()
     finally:
@@ -105,7 +117,11 @@ def test_a_forked_worker_outliving_its_job_does_not_hold_the_lock(tmp_path):
 def test_stale_tmp_shards_are_removed_by_the_next_whole_store_writer_only_in_scope(tmp_path):
     store = create_or_open(tmp_path / "s", PROV)
     shards = store.path / "shards"
-    dead = [shards / "shard-1-all-aa.h5.tmp", shards / "shard-2-00001of00004-bb.h5.tmp", shards / "shard-3-00002of00004-cc.h5.tmp"]
+    dead = [
+        shards / "shard-1-all-aa.h5.tmp",
+        shards / "shard-2-00001of00004-bb.h5.tmp",
+        shards / "shard-3-00002of00004-cc.h5.tmp",
+    ]
     for p in dead:
         p.write_bytes(b"\0")
     with store.writer_lock((1, 4)):
@@ -135,17 +151,18 @@ def test_without_record_locks_the_pid_decides(tmp_path, monkeypatch):
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         me = store_lock.Holder.me("extract", "all")
-        for pid, host, busy in [(sleeper.pid, me.host, True), (sleeper.pid, "other-node", True)]:
-            lock_file.write_text(json.dumps({**me.__dict__, "pid": pid, "host": host, "proc_start": store_lock._proc_start(pid)}))
+        for pid, host, _busy in [(sleeper.pid, me.host, True), (sleeper.pid, "other-node", True)]:
+            lock_file.write_text(
+                json.dumps({**me.__dict__, "pid": pid, "host": host, "proc_start": store_lock._proc_start(pid)})
+            )
             with pytest.raises(StoreBusyError, match="delete .*all.lock"):
                 store.writer_lock().acquire()
     finally:
         kill(sleeper)
     # same host, process gone: stale
     lock_file.write_text(json.dumps({**me.__dict__, "pid": sleeper.pid}))
-    with store.writer_lock():
-        with pytest.raises(StoreBusyError):
-            store.writer_lock().acquire()
+    with store.writer_lock(), pytest.raises(StoreBusyError):
+        store.writer_lock().acquire()
 
 
 def test_a_forked_copy_of_the_lock_never_releases_it(tmp_path):

@@ -5,13 +5,19 @@ import sys
 import numpy as np
 import pytest
 
+from pipeline.data.splits import make_splits
 from pipeline.errors import HeadError
 from pipeline.probe.metrics import metrics, topk_accuracy
-from pipeline.data.splits import make_splits
-from pipeline.store import ShardWriter, create_or_open
 from pipeline.probe.train import evaluate_head, train_head
+from pipeline.store import ShardWriter, create_or_open
 
-PROV = {"encoder": "test-enc", "weights_id": "w1", "dim": 6, "preprocess": {}, "sampling": {"strategy": "uniform", "num_frames": 4}}
+PROV = {
+    "encoder": "test-enc",
+    "weights_id": "w1",
+    "dim": 6,
+    "preprocess": {},
+    "sampling": {"strategy": "uniform", "num_frames": 4},
+}
 
 
 @pytest.fixture
@@ -39,9 +45,14 @@ def test_train_evaluate_roundtrip_in_fresh_process(store_path, tmp_path):
     assert out["n_train"] + out["n_val"] + out["n_test"] == 60
     assert out["test"]["top1"] >= 0.9
     side = json.loads(head.with_suffix(".json").read_text())
-    assert side["pool"] == "seg2" and side["encoder"] == "test-enc" and side["classes"] == ["class0", "class1", "class2"]
+    assert (
+        side["pool"] == "seg2" and side["encoder"] == "test-enc" and side["classes"] == ["class0", "class1", "class2"]
+    )
     # a fresh process reproduces the recorded test metrics exactly
-    code = f"from pipeline.probe.train import evaluate_head; import json; print(json.dumps(evaluate_head({str(store_path)!r}, {str(head)!r})['top1']))"
+    code = (
+        "from pipeline.probe.train import evaluate_head; import json; "
+        f"print(json.dumps(evaluate_head({str(store_path)!r}, {str(head)!r})['top1']))"
+    )
     top1 = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
     assert top1 == out["test"]["top1"]
 

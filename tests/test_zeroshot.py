@@ -4,6 +4,7 @@ checkpoint, so the text tower rebuilt from the store's spec is the one that embe
 Random weights say nothing about accuracy — no pretrained CLIP can be loaded offline — so these tests
 check the plumbing: shapes, normalisation, prediction = argmax of cosine, provenance, refusals.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,13 +18,13 @@ import torch
 from media import pattern_frames, write_video
 
 from pipeline.config import load_config
+from pipeline.data.manifest import load_manifest
 from pipeline.encoders import create_encoder
 from pipeline.errors import ConfigError, HeadError
 from pipeline.extract.local import extract
 from pipeline.probe.heads import DEFAULT_TEMPLATES, label_to_text
-from pipeline.data.manifest import load_manifest
-from pipeline.store import ShardWriter, create_or_open, open_store
 from pipeline.probe.train import train_head
+from pipeline.store import ShardWriter, create_or_open, open_store
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {
@@ -92,7 +93,9 @@ def test_zeroshot_head_is_argmax_cosine_to_prompt_embeddings(joint_store: Path, 
 
     loaded = load_head(head)
     normalizer, linear = loaded.estimator.steps[0][1], loaded.estimator.steps[-1][1]
-    np.testing.assert_allclose(np.linalg.norm(normalizer.transform(images), axis=1), 1.0, atol=1e-6)  # images normalised
+    np.testing.assert_allclose(
+        np.linalg.norm(normalizer.transform(images), axis=1), 1.0, atol=1e-6
+    )  # images normalised
     np.testing.assert_allclose(linear.coef_ / enc.logit_scale, text, atol=1e-5)
     proba = loaded.predict_proba(images)
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-9)
@@ -101,18 +104,29 @@ def test_zeroshot_head_is_argmax_cosine_to_prompt_embeddings(joint_store: Path, 
     np.testing.assert_allclose(proba, expected / expected.sum(axis=1, keepdims=True), atol=1e-5)
 
     # and it reproduces its recorded metrics in a fresh process
-    proc = subprocess.run([sys.executable, "-m", "pipeline", "evaluate", str(joint_store), str(head), "--json"],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline", "evaluate", str(joint_store), str(head), "--json"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     recorded = json.loads(head.with_suffix(".json").read_text())["metrics"]["test"]
     fresh = json.loads(proc.stdout)
-    assert {k: fresh[k] for k in ("top1", "top5", "confusion")} == {k: recorded[k] for k in ("top1", "top5", "confusion")}
+    assert {k: fresh[k] for k in ("top1", "top5", "confusion")} == {
+        k: recorded[k] for k in ("top1", "top5", "confusion")
+    }
 
 
 def test_prompt_ensemble(joint_store: Path, tmp_path: Path) -> None:
     from pipeline.probe.heads import HeadConfig
 
-    out = train_head(joint_store, tmp_path / "e.skops", head=HeadConfig(kind="zeroshot", templates=("a video of {label}.", "a photo of a person {label}.")))
+    out = train_head(
+        joint_store,
+        tmp_path / "e.skops",
+        head=HeadConfig(kind="zeroshot", templates=("a video of {label}.", "a photo of a person {label}.")),
+    )
     assert len(out["hparams"]["templates"]) == 2
 
 
@@ -139,8 +153,14 @@ def test_pre_projection_features(tiny_spec: str, videos: Path, joint_store: Path
 def test_zeroshot_refusals(joint_store: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="mean, max or center"):
         train_head(joint_store, tmp_path / "a.skops", head="zeroshot", pool="seg2")
-    for encoder, weights, needle in (("effnet-lite0", "abc", "no text tower"), ("openclip:ViT-B-32", "random-init", "randomly initialised")):
-        s = create_or_open(tmp_path / encoder.replace(":", "_"), {"encoder": encoder, "weights_id": weights, "dim": 4, "preprocess": {}, "sampling": {}})
+    for encoder, weights, needle in (
+        ("effnet-lite0", "abc", "no text tower"),
+        ("openclip:ViT-B-32", "random-init", "randomly initialised"),
+    ):
+        s = create_or_open(
+            tmp_path / encoder.replace(":", "_"),
+            {"encoder": encoder, "weights_id": weights, "dim": 4, "preprocess": {}, "sampling": {}},
+        )
         with ShardWriter(s) as w:
             for i in range(4):
                 w.add(f"v{i}.mp4", None, None, f"l{i % 2}", "test", np.ones((2, 4), np.float32), np.zeros(2))
@@ -164,7 +184,21 @@ def test_cli_zeroshot_with_prompts(joint_store: Path, tmp_path: Path, capsys) ->
     from pipeline.cli import main
 
     head = tmp_path / "z.skops"
-    code = main(["train", str(joint_store), "-o", str(head), "--head", "zeroshot", "--prompt", "a clip of {label}.", "--prompt", "{label}", "--json"])
+    code = main(
+        [
+            "train",
+            str(joint_store),
+            "-o",
+            str(head),
+            "--head",
+            "zeroshot",
+            "--prompt",
+            "a clip of {label}.",
+            "--prompt",
+            "{label}",
+            "--json",
+        ]
+    )
     assert code == 0
     out = json.loads(capsys.readouterr().out)
     assert out["hparams"]["templates"] == ["a clip of {label}.", "{label}"] and out["n_test"] == 3

@@ -3,6 +3,7 @@
 Resume, de-duplication, job sharding and the store's reader all compare clips by this key, so it is
 defined once, here, where both the manifest and the store can use it.
 """
+
 from __future__ import annotations
 
 import math

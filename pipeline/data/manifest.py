@@ -5,6 +5,7 @@ Every path is resolved against a root and may not escape it (a manifest is data 
 ``../../etc/passwd`` or an absolute path elsewhere is refused). Rows that cannot be used are returned
 as ``Problem`` records instead of aborting, so one bad line never costs the rest of a job.
 """
+
 from __future__ import annotations
 
 import csv
@@ -18,7 +19,24 @@ from ..errors import ManifestError, check_choice
 from .keys import Key, clip_key
 
 VIDEO_EXTENSIONS = frozenset(
-    ".mp4 .m4v .mov .mkv .webm .avi .mpg .mpeg .wmv .flv .ts .mts .m2ts .3gp .ogv .gif".split()
+    [
+        ".mp4",
+        ".m4v",
+        ".mov",
+        ".mkv",
+        ".webm",
+        ".avi",
+        ".mpg",
+        ".mpeg",
+        ".wmv",
+        ".flv",
+        ".ts",
+        ".mts",
+        ".m2ts",
+        ".3gp",
+        ".ogv",
+        ".gif",
+    ]
 )
 SPLITS = ("train", "val", "test", "")
 FORMATS = ("auto", "folder", "csv", "jsonl", "ucf101", "hmdb51", "kinetics")
@@ -137,8 +155,12 @@ def read_csv(path: Path, root: Path | None = None) -> Manifest:
             if "youtube_id" in fields and "path" not in fields:
                 return read_kinetics(path, root)
             if not reader.fieldnames or "path" not in fields:
-                raise ManifestError(f"{path}: CSV manifest needs a header row with a 'path' column (path,label[,split][,start,end])")
-            rows = [(f"{path}:{i}", {(k or "").strip(): v for k, v in row.items()}) for i, row in enumerate(reader, start=2)]
+                raise ManifestError(
+                    f"{path}: CSV manifest needs a header row with a 'path' column (path,label[,split][,start,end])"
+                )
+            rows = [
+                (f"{path}:{i}", {(k or "").strip(): v for k, v in row.items()}) for i, row in enumerate(reader, start=2)
+            ]
     except OSError as exc:
         raise ManifestError(f"{path}: cannot read manifest ({exc.strerror or exc})") from None
     except (UnicodeDecodeError, csv.Error) as exc:
@@ -218,6 +240,7 @@ def read_glob(pattern: str) -> Manifest:
 
 # -- official dataset splits ---------------------------------------------------------------------
 
+
 def _lines(path: Path) -> list[tuple[int, str]]:
     """Non-empty stripped lines with their numbers; ManifestError naming the file if unreadable."""
     try:
@@ -239,8 +262,10 @@ def _finish_dataset(manifest: Manifest, listed_in: str, check_files: bool) -> Ma
     present = [it for it in manifest.items if it.abspath.is_file()]
     if manifest.items and not present:
         example = manifest.items[0]
-        raise ManifestError(f"none of the {len(manifest.items)} videos listed in {listed_in} is under {manifest.root} "
-                            f"(e.g. {example.path}); pass --root FOLDER, the folder that holds the class folders")
+        raise ManifestError(
+            f"none of the {len(manifest.items)} videos listed in {listed_in} is under {manifest.root} "
+            f"(e.g. {example.path}); pass --root FOLDER, the folder that holds the class folders"
+        )
     missing = [it for it in manifest.items if not it.abspath.is_file()]
     manifest.problems += [Problem(it.path, f"{it.abspath}: listed in {listed_in} but not found") for it in missing]
     manifest.items = present
@@ -312,10 +337,13 @@ def read_hmdb51(split_dir: Path, root: Path | None = None, split: int = 1, check
             if len(parts) != 2 or parts[1] not in codes:
                 manifest.problems.append(Problem(where, f"{where}: expected '<video>.avi <0|1|2>', got {line!r}"))
                 continue
-            if codes[parts[1]] is None:
+            split_name = codes[parts[1]]
+            if split_name is None:
                 continue
             try:
-                manifest.items.append(VideoItem(safe_relpath(root, f"{action}/{parts[0]}"), str(root), action, codes[parts[1]]))
+                manifest.items.append(
+                    VideoItem(safe_relpath(root, f"{action}/{parts[0]}"), str(root), action, split_name)
+                )
             except ManifestError as exc:
                 manifest.problems.append(Problem(parts[0], f"{where}: {exc}"))
     return _finish_dataset(manifest, f"{split_dir} split {split}", check_files)
@@ -348,8 +376,13 @@ def read_kinetics(path: Path, root: Path | None = None) -> Manifest:
             fields = [(f or "").strip() for f in reader.fieldnames or []]
             missing = [c for c in KINETICS_COLUMNS if c not in fields and c != "split"]
             if missing:
-                raise ManifestError(f"{path}: Kinetics CSV lacks column(s) {', '.join(missing)} (expected {','.join(KINETICS_COLUMNS)})")
-            rows = [(f"{path}:{i}", {(k or "").strip(): (v or "").strip() for k, v in row.items()}) for i, row in enumerate(reader, start=2)]
+                raise ManifestError(
+                    f"{path}: Kinetics CSV lacks column(s) {', '.join(missing)} (expected {','.join(KINETICS_COLUMNS)})"
+                )
+            rows = [
+                (f"{path}:{i}", {(k or "").strip(): (v or "").strip() for k, v in row.items()})
+                for i, row in enumerate(reader, start=2)
+            ]
     except OSError as exc:
         raise ManifestError(f"{path}: cannot read manifest ({exc.strerror or exc})") from None
     except (UnicodeDecodeError, csv.Error) as exc:
@@ -365,18 +398,26 @@ def read_kinetics(path: Path, root: Path | None = None) -> Manifest:
             start = _float_or_none(row.get("time_start"), f"{where}: time_start")
             end = _float_or_none(row.get("time_end"), f"{where}: time_end")
             if start is None or end is None or end <= start:
-                raise ManifestError(f"{where}: time_start/time_end must be numbers with end > start, got {row.get('time_start')!r}, {row.get('time_end')!r}")
+                raise ManifestError(
+                    f"{where}: time_start/time_end must be numbers with end > "
+                    f"start, got {row.get('time_start')!r}, {row.get('time_end')!r}"
+                )
             split = row.get("split", "").lower()
             if split not in split_names:
                 raise ManifestError(f"{where}: split={split!r}; allowed: train, val (validate), test")
             trimmed = f"{yid}_{int(start):06d}_{int(end):06d}"
+            window: tuple[float | None, float | None]  # None, None: the file is already trimmed to the clip
             if trimmed in index:
                 rel, window = index[trimmed][0], (None, None)
             elif yid in index:
                 rel, window = index[yid][0], (start, end)
             else:
-                raise ManifestError(f"{where}: no video for youtube_id {yid} under {root} (looked for {trimmed}.* and {yid}.*)")
-            manifest.items.append(VideoItem(safe_relpath(root, rel), str(root), row.get("label", ""), split_names[split], *window))
+                raise ManifestError(
+                    f"{where}: no video for youtube_id {yid} under {root} (looked for {trimmed}.* and {yid}.*)"
+                )
+            manifest.items.append(
+                VideoItem(safe_relpath(root, rel), str(root), row.get("label", ""), split_names[split], *window)
+            )
         except ManifestError as exc:
             manifest.problems.append(Problem(yid or where, str(exc)))
     return manifest
@@ -403,8 +444,14 @@ def _check_format(p: Path, format: str) -> None:
         raise ManifestError(f"{p}: --format {format} does not match {found}; pass the format it is, or --format auto")
 
 
-def load_manifest(source: str | Path, root: str | Path | None = None, *, format: str = "auto", split: int = 1,
-                  check_files: bool = True) -> Manifest:
+def load_manifest(
+    source: str | Path,
+    root: str | Path | None = None,
+    *,
+    format: str = "auto",
+    split: int = 1,
+    check_files: bool = True,
+) -> Manifest:
     """Dispatch on what ``source`` is: a folder, a ``.csv``/``.jsonl`` file, a single video, or a glob.
 
     Official splits: a folder holding ``classInd.txt`` is UCF101's, one holding ``*_test_split1.txt``

@@ -9,6 +9,7 @@ K for ``multiclip``, many for ``sliding``), then ``sample_timestamps`` picks the
 Window bounds are rounded to microseconds so a window's key (video, start, end) in the store is the
 same on every run: resume compares them exactly.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -72,7 +73,9 @@ def sliding_windows(start: float, end: float, clip_length: float, stride: float 
     covering all of it.
     """
     if clip_length < MIN_WINDOW or 0 < stride < MIN_WINDOW:
-        raise ConfigError(f"clip_length={clip_length}, stride={stride}: must be >= {MIN_WINDOW} s (stride 0 = clip_length)")
+        raise ConfigError(
+            f"clip_length={clip_length}, stride={stride}: must be >= {MIN_WINDOW} s (stride 0 = clip_length)"
+        )
     step = float(stride) if stride > 0 else float(clip_length)
     count = int(np.floor((end - start - clip_length) / step + 1e-9)) + 1
     if count < 1:
@@ -80,7 +83,9 @@ def sliding_windows(start: float, end: float, clip_length: float, stride: float 
     return [(_key(start + i * step), _key(start + i * step + clip_length)) for i in range(count)]
 
 
-def clip_windows(cfg: SamplingConfig, duration: float | None, start: float | None = None, end: float | None = None) -> list[tuple[float, float]]:
+def clip_windows(
+    cfg: SamplingConfig, duration: float | None, start: float | None = None, end: float | None = None
+) -> list[tuple[float, float]]:
     """The clip windows of one manifest item (its requested [start, end], open ends from ``duration``)."""
     s, e = clip_window(duration, start, end)
     if cfg.strategy == "multiclip":

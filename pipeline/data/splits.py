@@ -6,13 +6,15 @@ saw. Clips of one *group* stay on one side of every split: a group is a video (i
 near-duplicates), or for UCF101-style names (``v_Class_g08_c03.avi``) the group ``g08`` — clips cut from
 one long recording, which UCF101's own splits also keep together.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -46,7 +48,7 @@ class SplitSpec:
     shot_seed: int = 0  # seed of the few-shot draw
     splits_from: SplitsFrom | None = None
 
-    def validate(self) -> "SplitSpec":
+    def validate(self) -> SplitSpec:
         check_settings(self)
         return self
 
@@ -54,7 +56,7 @@ class SplitSpec:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], *, prefix: str = "") -> "SplitSpec":
+    def from_dict(cls, d: Mapping[str, Any], *, prefix: str = "") -> SplitSpec:
         """Its keys out of a larger mapping (a head sidecar, a benchmark file); absent or null keys keep the default."""
         names = [f.name for f in dataclasses.fields(cls)]
         return build(cls, {k: d[k] for k in names if d.get(k) is not None}, prefix=prefix)
@@ -78,7 +80,9 @@ class Splits:
     source: str  # "manifest", "manifest+carved-val" or "random(seed=...)"
 
 
-def _stratified_groups(labels: list[str], groups: list[str], idx: np.ndarray, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _stratified_groups(
+    labels: list[str], groups: list[str], idx: np.ndarray, fraction: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """Move ~fraction of each label's groups (videos) out of ``idx``; returns (kept, moved)."""
     by_label: dict[str, list[str]] = {}
     for i in idx:
@@ -100,8 +104,16 @@ def _stratified_groups(labels: list[str], groups: list[str], idx: np.ndarray, fr
     return np.array(kept, dtype=int), np.array(moved, dtype=int)
 
 
-def make_splits(labels: list[str], splits: list[str], videos: list[str], *, seed: int = 0, val_fraction: float = 0.2, test_fraction: float = 0.2,
-                require_train: bool = True) -> Splits:
+def make_splits(
+    labels: list[str],
+    splits: list[str],
+    videos: list[str],
+    *,
+    seed: int = 0,
+    val_fraction: float = 0.2,
+    test_fraction: float = 0.2,
+    require_train: bool = True,
+) -> Splits:
     """Use the manifest's splits where present, carving what is missing from ``train`` by label.
 
     ``require_train=False`` accepts a manifest with test clips only (zero-shot needs no training clips).
@@ -109,7 +121,9 @@ def make_splits(labels: list[str], splits: list[str], videos: list[str], *, seed
     SplitSpec(seed=seed, val_fraction=val_fraction, test_fraction=test_fraction).validate()
     labeled = np.array([i for i, lab in enumerate(labels) if lab], dtype=int)
     if labeled.size == 0:
-        raise ConfigError("the store has no labeled clips; extract from a folder-per-class or a manifest with a label column")
+        raise ConfigError(
+            "the store has no labeled clips; extract from a folder-per-class or a manifest with a label column"
+        )
     rng = np.random.default_rng(seed)
     videos = [video_group(v) for v in videos]
     split_arr = np.array(splits, dtype=object)
@@ -127,7 +141,11 @@ def make_splits(labels: list[str], splits: list[str], videos: list[str], *, seed
             train, val = _stratified_groups(labels, videos, train, val_fraction, rng)
             source = "manifest+carved-val"
         return Splits(train, val, test, source)
-    rest, test = _stratified_groups(labels, videos, labeled, test_fraction, rng) if test_fraction > 0 else (labeled, np.array([], int))
+    rest, test = (
+        _stratified_groups(labels, videos, labeled, test_fraction, rng)
+        if test_fraction > 0
+        else (labeled, np.array([], int))
+    )
     train, val = _stratified_groups(labels, videos, rest, val_fraction / max(1e-9, 1 - test_fraction), rng)
     return Splits(train, val, test, f"random(seed={seed})")
 

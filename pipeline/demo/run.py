@@ -4,6 +4,7 @@ Two tasks over the same machinery: *what* (which photo is filmed) is solved by a
 features; *how* (which camera motion) separates order-blind poolings, which cannot tell a motion from
 its reverse, from order-aware ones. The table and plots make that lesson visible.
 """
+
 from __future__ import annotations
 
 import csv
@@ -13,14 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from ..config import load_config
-from .videos import build_demo_videos
-from ..extract.local import extract
 from ..data.manifest import load_manifest
+from ..data.splits import SplitSpec
+from ..extract.local import extract
 from ..probe.pooling import is_order_aware
 from ..probe.report import markdown_table, plot_accuracy_bars, plot_confusion
-from ..store import open_store
-from ..data.splits import SplitSpec
 from ..probe.train import train_head
+from ..store import open_store
+from .videos import build_demo_videos
 
 DEMO_POOLS = ("center", "mean", "max", "meanmax", "seg2", "tdiff")
 DEMO_HEADS = ("logreg", "mlp")
@@ -28,7 +29,14 @@ ORDER_AWARE = tuple(p for p in DEMO_POOLS if is_order_aware(p))
 ORDER_BLIND = tuple(p for p in DEMO_POOLS if not is_order_aware(p))
 
 
-def run_demo(output: str | Path = "demo-out", *, per_class: int | None = None, seed: int = 0, quiet: bool = False, encoder: str = "effnet-lite0") -> list[dict[str, Any]]:
+def run_demo(
+    output: str | Path = "demo-out",
+    *,
+    per_class: int | None = None,
+    seed: int = 0,
+    quiet: bool = False,
+    encoder: str = "effnet-lite0",
+) -> list[dict[str, Any]]:
     """Build data, extract both tasks, train every head × pooling, print and write the results."""
     out = Path(output)
     t0 = time.perf_counter()
@@ -42,9 +50,16 @@ def run_demo(output: str | Path = "demo-out", *, per_class: int | None = None, s
         say(f"[2/4] extracting task '{task}' with {encoder} ({cfg.sampling.num_frames} frames/clip)")
         from ..encoders import create_encoder
 
-        encoder_obj = encoder_obj or create_encoder(cfg.encoder, device=cfg.extract.device, precision=cfg.extract.precision)
-        summary = extract(load_manifest(csv_path), out / "features" / task, cfg, encoder=encoder_obj, progress=not quiet)
-        say(f"      {summary.done} extracted, {summary.skipped} already stored, {summary.failed} failed ({summary.seconds:.1f} s)")
+        encoder_obj = encoder_obj or create_encoder(
+            cfg.encoder, device=cfg.extract.device, precision=cfg.extract.precision
+        )
+        summary = extract(
+            load_manifest(csv_path), out / "features" / task, cfg, encoder=encoder_obj, progress=not quiet
+        )
+        say(
+            f"      {summary.done} extracted, {summary.skipped} already "
+            f"stored, {summary.failed} failed ({summary.seconds:.1f} s)"
+        )
         stores[task] = open_store(out / "features" / task)
     say("[3/4] training heads (C chosen on the val split, refit on train+val, scored on test)")
     rows: list[dict[str, Any]] = []
@@ -52,10 +67,25 @@ def run_demo(output: str | Path = "demo-out", *, per_class: int | None = None, s
     for task, store in stores.items():
         for pool in DEMO_POOLS:
             for head in DEMO_HEADS:
-                res = train_head(store.path, out / "heads" / f"{task}-{head}-{pool}.skops", head=head, pool=pool,
-                                 split=SplitSpec(seed=seed), store=store)
+                res = train_head(
+                    store.path,
+                    out / "heads" / f"{task}-{head}-{pool}.skops",
+                    head=head,
+                    pool=pool,
+                    split=SplitSpec(seed=seed),
+                    store=store,
+                )
                 m = res["test"]
-                row = {"task": task, "pool": pool, "order_aware": is_order_aware(pool), "head": head, "chosen": ", ".join(f"{k}={v:.3g}" for k, v in res["hparams"].items()), "top1": m["top1"], "mean_class_acc": m["mean_class_acc"], "n_test": m["n"]}
+                row = {
+                    "task": task,
+                    "pool": pool,
+                    "order_aware": is_order_aware(pool),
+                    "head": head,
+                    "chosen": ", ".join(f"{k}={v:.3g}" for k, v in res["hparams"].items()),
+                    "top1": m["top1"],
+                    "mean_class_acc": m["mean_class_acc"],
+                    "n_test": m["n"],
+                }
                 rows.append(row)
                 key = f"{task}/{head}/{pool}"
                 best[key] = {**res, "row": row}
@@ -70,14 +100,27 @@ def run_demo(output: str | Path = "demo-out", *, per_class: int | None = None, s
         writer.writeheader()
         writer.writerows(rows)
     for head in DEMO_HEADS:
-        plot_accuracy_bars([r for r in rows if r["head"] == head], report_dir / f"accuracy-{head}.png", group="task", series="pool", title=f"test top-1 by pooling ({head} head)")
+        plot_accuracy_bars(
+            [r for r in rows if r["head"] == head],
+            report_dir / f"accuracy-{head}.png",
+            group="task",
+            series="pool",
+            title=f"test top-1 by pooling ({head} head)",
+        )
     for task in stores:
         for pool in ("mean", "seg2"):
             res = best[f"{task}/logreg/{pool}"]
-            plot_confusion(res["test"]["confusion"], res["classes"], report_dir / f"confusion-{task}-{pool}.png", title=f"{task} task, logreg, {pool} pooling")
+            plot_confusion(
+                res["test"]["confusion"],
+                res["classes"],
+                report_dir / f"confusion-{task}-{pool}.png",
+                title=f"{task} task, logreg, {pool} pooling",
+            )
     lesson = _lesson(rows)
     say(lesson)
-    (report_dir / "summary.json").write_text(json.dumps({"rows": rows, "lesson": lesson, "seconds": time.perf_counter() - t0}, indent=2), encoding="utf-8")
+    (report_dir / "summary.json").write_text(
+        json.dumps({"rows": rows, "lesson": lesson, "seconds": time.perf_counter() - t0}, indent=2), encoding="utf-8"
+    )
     say(f"report: {report_dir}/results.md, accuracy-*.png, confusion-*.png  ({time.perf_counter() - t0:.0f} s)")
     return rows
 
@@ -89,5 +132,7 @@ def _lesson(rows: list[dict[str, Any]]) -> str:
     what = top("what", DEMO_POOLS)
     blind = top("how", ORDER_BLIND)
     aware = top("how", ORDER_AWARE)
-    return (f"what-task best top-1 {what:.2f}. how-task: best order-blind pooling {blind:.2f} vs best order-aware pooling {aware:.2f} "
-            f"— mean/max pooling cannot tell a camera motion from its reverse; keeping temporal order can.")
+    return (
+        f"what-task best top-1 {what:.2f}. how-task: best order-blind pooling {blind:.2f} vs best order-aware pooling "
+        f"{aware:.2f} — mean/max pooling cannot tell a camera motion from its reverse; keeping temporal order can."
+    )

@@ -12,6 +12,7 @@ Two tasks, each with its own videos and CSV manifest (`path,label,split`):
   for the other. The *set* of frames therefore says nothing about direction, so order-blind mean pooling
   stays at chance within a pair while order-aware pooling (first half vs. second half) separates it.
 """
+
 from __future__ import annotations
 
 import json
@@ -95,7 +96,11 @@ def sample_motion_params(rng: np.random.Generator, motion_family: str) -> Motion
         return MotionParams("zoom", float(rng.uniform(0.7, 0.95)), float(rng.uniform(1.6, 2.0)), float(u), float(v))
     if motion_family == "rotate":
         return MotionParams(
-            "rotate", float(rng.uniform(0.45, 0.6)), float(rng.uniform(30.0, 45.0)), float(u), float(v),
+            "rotate",
+            float(rng.uniform(0.45, 0.6)),
+            float(rng.uniform(30.0, 45.0)),
+            float(u),
+            float(v),
             tilt=float(rng.uniform(-3.0, 3.0)),
         )
     raise ConfigError(f"unknown motion family {motion_family!r}; expected one of {', '.join(MOTION_FAMILIES)}")
@@ -171,8 +176,12 @@ def render_motion(
 
 def _upright_view(image: Image.Image, cx: float, cy: float, side: float, angle: float, size: int) -> Image.Image:
     """Unrotated window by crop-and-resize: separable and antialiased, twice as fast as the general warp."""
-    box = (max(cx - side / 2, 0.0), max(cy - side / 2, 0.0),
-           min(cx + side / 2, image.width), min(cy + side / 2, image.height))
+    box = (
+        max(cx - side / 2, 0.0),
+        max(cy - side / 2, 0.0),
+        min(cx + side / 2, image.width),
+        min(cy + side / 2, image.height),
+    )
     return image.resize((size, size), Image.Resampling.BICUBIC, box=box)
 
 
@@ -249,7 +258,7 @@ class _Video(NamedTuple):
     label: str
     split: str
     task: str
-    index: int  # task-local; seeds this video's own generator
+    seed_index: int  # task-local; seeds this video's own generator (not `index`: that is tuple.index)
 
 
 _TASKS: dict[str, list[str]] = {"what": DEMO_PHOTOS, "how": MOTIONS}
@@ -297,7 +306,7 @@ def _render_and_write(args: tuple[_Video, int, int, int, int, str]) -> None:
 
 def _render_video(video: _Video, seed: int, size: int, num_frames: int) -> np.ndarray:
     """Frames of one demo video; its own generator makes every video reproducible on its own."""
-    rng = np.random.default_rng([seed, list(_TASKS).index(video.task), video.index, 1])
+    rng = np.random.default_rng([seed, list(_TASKS).index(video.task), video.seed_index, 1])
     if video.task == "what":
         photo, motion = video.label, MOTIONS[rng.integers(len(MOTIONS))]
     else:
@@ -340,8 +349,14 @@ def build_demo_videos(
     out = Path(out_dir)
     csvs = {task: out / f"{task}.csv" for task in _TASKS}
     stamp_path = out / _STAMP_NAME
-    stamp = {"version": _STAMP_VERSION, "per_class": counts, "seed": seed, "size": size,
-             "num_frames": num_frames, "fps": fps}
+    stamp = {
+        "version": _STAMP_VERSION,
+        "per_class": counts,
+        "seed": seed,
+        "size": size,
+        "num_frames": num_frames,
+        "fps": fps,
+    }
     plan = _plan(counts, seed)
 
     if _is_built(stamp_path, stamp, csvs, out, plan):

@@ -16,9 +16,19 @@ The backend name is case-insensitive and ``@`` splits at its first occurrence. `
 canonical form (alias resolved, file paths absolute). See ``base`` for the preprocessing contract with
 the decoder. Importing this package imports neither torch nor timm nor open_clip; building an encoder does.
 """
+
 from __future__ import annotations
 
 from .base import Encoder, Preprocess
 from .registry import DEFAULT_ENCODER, canonical_spec, create_encoder, parse_spec, register_backend, spec_options
 
-__all__ = ["DEFAULT_ENCODER", "Encoder", "Preprocess", "canonical_spec", "create_encoder", "parse_spec", "register_backend", "spec_options"]
+__all__ = [
+    "DEFAULT_ENCODER",
+    "Encoder",
+    "Preprocess",
+    "canonical_spec",
+    "create_encoder",
+    "parse_spec",
+    "register_backend",
+    "spec_options",
+]

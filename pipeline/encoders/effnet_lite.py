@@ -6,6 +6,7 @@ itself (``models/`` next to its ``__init__.py``) and exposes the path as
 names; they map one-to-one (296 tensors, same order and shapes) onto timm's ``tf_efficientnet_lite0``,
 whose TF-"same" padding matches the original. Embedding: the 1280-d pooled pre-logits feature.
 """
+
 from __future__ import annotations
 
 import re
@@ -22,8 +23,14 @@ NUM_KEYS = 296
 STAGE_DEPTHS = (1, 2, 2, 3, 3, 4, 1)  # flat blocks 0..15 -> timm blocks.<stage>.<index>
 _TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
 _FIRST_BLOCK = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
-_BLOCK = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
-          "_project_conv": "conv_pwl", "_bn2": "bn3"}
+_BLOCK = {
+    "_expand_conv": "conv_pw",
+    "_bn0": "bn1",
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn2",
+    "_project_conv": "conv_pwl",
+    "_bn2": "bn3",
+}
 _BLOCK_KEY = re.compile(r"_blocks\.(\d+)\.(\w+)\.(\w+)$")
 
 
@@ -59,7 +66,9 @@ def remap_state_dict(state_dict: dict[str, Any]) -> dict[str, Any]:
                 layer, param = key.split(".", 1)
                 new = f"{_TOP[layer]}.{param}"
         except (KeyError, IndexError, ValueError):
-            raise EncoderError(f"effnet-lite0 weights: unexpected key {key!r}; is this the {PACKAGE} checkpoint?") from None
+            raise EncoderError(
+                f"effnet-lite0 weights: unexpected key {key!r}; is this the {PACKAGE} checkpoint?"
+            ) from None
         out[new] = value
     return out
 

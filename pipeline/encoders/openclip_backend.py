@@ -19,11 +19,13 @@ checkpoint it falls back to OpenAI CLIP defaults, which is wrong for e.g. SigLIP
 So for a local checkpoint of a built-in model we apply the preprocessing all of that model's tags agree
 on (warning when they disagree), and record where it came from.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +44,7 @@ class OpenClipEncoder(Encoder):
     supports_text = True
 
     def __init__(self, *, features: str = "joint", **kwargs: Any) -> None:
-        self._tokenizer = None
+        self._tokenizer: Callable[..., Any] | None = None  # open_clip tokenizer, built on first use
         self.features = features
         self.projection = None  # (width, dim) matrix removed for #pre: pre @ projection = joint embedding
         if features == "pre":
@@ -90,8 +92,10 @@ def _detach_projection(model: Any, spec: str):
     if isinstance(head_proj, torch.nn.Linear) and head_proj.bias is None:  # timm trunk + linear projection
         visual.head.proj = torch.nn.Identity()
         return head_proj.weight.detach().T.clone()
-    raise EncoderError(f"encoder spec {spec!r}: #pre is available for open_clip ViT towers and timm trunks with a linear "
-                       f"projection; {type(visual).__name__} has neither (its projection is part of its pooling)")
+    raise EncoderError(
+        f"encoder spec {spec!r}: #pre is available for open_clip ViT towers and timm trunks with a linear "
+        f"projection; {type(visual).__name__} has neither (its projection is part of its pooling)"
+    )
 
 
 def _register_config(path: Path, spec: str) -> tuple[str, str]:
@@ -104,13 +108,19 @@ def _register_config(path: Path, spec: str) -> tuple[str, str]:
     except (OSError, ValueError) as exc:
         raise ConfigError(f"encoder spec {spec!r}: cannot read model config {path} ({exc})") from None
     if not isinstance(cfg, dict) or not all(k in cfg for k in ("embed_dim", "vision_cfg", "text_cfg")):
-        raise ConfigError(f"encoder spec {spec!r}: {path} is not an open_clip model config (needs embed_dim, vision_cfg, text_cfg)")
+        raise ConfigError(
+            f"encoder spec {spec!r}: {path} is not an open_clip model config (needs embed_dim, vision_cfg, text_cfg)"
+        )
     name = path.stem
     owner = _REGISTERED.get(name)
     if owner is None and name in open_clip.list_models():
-        raise ConfigError(f"encoder spec {spec!r}: config name {name!r} clashes with open_clip's built-in model; rename {path}")
+        raise ConfigError(
+            f"encoder spec {spec!r}: config name {name!r} clashes with open_clip's built-in model; rename {path}"
+        )
     if owner is not None and owner != str(path):
-        raise ConfigError(f"encoder spec {spec!r}: config name {name!r} is already registered from {owner}; rename {path}")
+        raise ConfigError(
+            f"encoder spec {spec!r}: config name {name!r} is already registered from {owner}; rename {path}"
+        )
     if owner is None or open_clip.get_model_config(name) != cfg:
         open_clip.add_model_config(path)
         _REGISTERED[name] = str(path)
@@ -125,14 +135,17 @@ def _tag_preprocess(name: str) -> tuple[dict[str, Any] | None, str]:
     found: dict[str, list[str]] = {}
     for tag in tags:
         cfg = open_clip.get_pretrained_cfg(name, tag)
-        key = json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items() if k in _TAG_KEYS}, sort_keys=True)
+        key = json.dumps(
+            {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items() if k in _TAG_KEYS}, sort_keys=True
+        )
         found.setdefault(key, []).append(tag)
     if len(found) == 1:
         return json.loads(next(iter(found))), f"shared by open_clip tags of {name}"
     if len(found) > 1:
         warnings.warn(
-            f"open_clip tags of {name} disagree on preprocessing ({'; '.join(f'{k} ({v[0]}...)' for k, v in found.items())}); "
-            "a local checkpoint gets open_clip's default (OpenAI CLIP) preprocessing",
+            f"open_clip tags of {name} disagree on preprocessing "
+            f"({'; '.join(f'{k} ({v[0]}...)' for k, v in found.items())}); a local checkpoint gets open_clip's default "
+            "(OpenAI CLIP) preprocessing",
             stacklevel=3,
         )
     return None, "open_clip default"
@@ -153,7 +166,9 @@ def _preprocess_from_model(model: Any, spec: str) -> Preprocess:
         size = size[0]
     mode = pc.get("resize_mode") or "shortest"
     if mode == "longest" and pc.get("fill_color", 0) != 0:
-        raise EncoderError(f"encoder spec {spec!r}: resize_mode 'longest' with fill_color {pc['fill_color']} is not supported")
+        raise EncoderError(
+            f"encoder spec {spec!r}: resize_mode 'longest' with fill_color {pc['fill_color']} is not supported"
+        )
     interpolation = pc.get("interpolation") or "bicubic"
     return Preprocess(
         size=int(size),
@@ -186,7 +201,9 @@ def build(spec: str, model_ref: str, weights: str | None, **options: Any) -> Ope
 
             close = difflib.get_close_matches(name, open_clip.list_models(), n=3, cutoff=0.6)
             hint = f"did you mean {', '.join(close)}?" if close else "see open_clip.list_models()"
-            raise ConfigError(f"encoder spec {spec!r}: open_clip has no model {name!r} ({hint}), and it is not a .json config path")
+            raise ConfigError(
+                f"encoder spec {spec!r}: open_clip has no model {name!r} ({hint}), and it is not a .json config path"
+            )
 
     force_pp: dict[str, Any] | None = None
     tag = None
@@ -207,21 +224,31 @@ def build(spec: str, model_ref: str, weights: str | None, **options: Any) -> Ope
     else:
         tags = open_clip.list_pretrained_tags_by_model(name)
         known = f"known tags: {', '.join(tags)}" if tags else f"{name} has no pretrained tags"
-        raise ConfigError(f"encoder spec {spec!r}: {weights!r} is neither a checkpoint file nor a pretrained tag ({known})")
+        raise ConfigError(
+            f"encoder spec {spec!r}: {weights!r} is neither a checkpoint file nor a pretrained tag ({known})"
+        )
     extra["preprocess_source"] = source
 
     try:
-        model = open_clip.create_model(name, pretrained=pretrained, device="cpu", precision="fp32",
-                                       force_preprocess_cfg=force_pp)
+        model = open_clip.create_model(
+            name, pretrained=pretrained, device="cpu", precision="fp32", force_preprocess_cfg=force_pp
+        )
     except Exception as exc:
         if tag is not None or hub:
-            local = "openclip:MODEL_OR_CONFIG.json@/path/to/weights" if hub else f"openclip:{name}@/path/to/open_clip_model.safetensors"
+            local = (
+                "openclip:MODEL_OR_CONFIG.json@/path/to/weights"
+                if hub
+                else f"openclip:{name}@/path/to/open_clip_model.safetensors"
+            )
             raise EncoderError(
                 f"encoder spec {spec!r}: pretrained weights could not be downloaded ({type(exc).__name__}); "
                 f"without network give a local checkpoint: '{local}'"
             ) from exc
         detail = " ".join(str(exc).split())[:300]
-        raise EncoderError(f"encoder spec {spec!r}: cannot build the model or load {pretrained or 'it'} ({type(exc).__name__}: {detail})") from exc
+        raise EncoderError(
+            f"encoder spec {spec!r}: cannot build the model or load "
+            f"{pretrained or 'it'} ({type(exc).__name__}: {detail})"
+        ) from exc
     return OpenClipEncoder(
         spec=spec,
         model=model,

@@ -4,6 +4,7 @@ The embedding is timm's pre-logits feature (``forward_head(..., pre_logits=True)
 gives with ``num_classes=0``; the classifier is kept when the checkpoint has one so ``classify`` works.
 Preprocessing comes from ``timm.data.resolve_data_config``, the same config timm's eval transform uses.
 """
+
 from __future__ import annotations
 
 import math
@@ -80,7 +81,8 @@ def model_for_checkpoint(name: str, state_dict: dict) -> Any:
     """Build ``name`` with a head that fits the checkpoint: same class count, or none at all."""
     import timm
 
-    model = timm.create_model(name, pretrained=False)
+    # Any: create_model is typed nn.Module, but timm models also carry reset_classifier/num_classes/pretrained_cfg
+    model: Any = timm.create_model(name, pretrained=False)
     heads = [k for k in classifier_keys(model) if f"{k}.weight" in state_dict]
     if not heads:
         model.reset_classifier(0)
@@ -100,11 +102,12 @@ def build(spec: str, name: str, weights: str | None, **options: Any) -> TimmEnco
         raise ConfigError(f"encoder spec {spec!r}: timm has no model {name!r}{hint}")
     if weights is None:
         try:
-            model = timm.create_model(name, pretrained=True)
+            model: Any = timm.create_model(name, pretrained=True)  # a timm model (see model_for_checkpoint)
         except Exception as exc:
             raise EncoderError(
                 f"encoder spec {spec!r}: pretrained weights for timm model {name!r} could not be downloaded "
-                f"({type(exc).__name__}); without network give a local checkpoint: 'timm:{name}@/path/to/weights.safetensors'"
+                f"({type(exc).__name__}); without network give a local checkpoint: "
+                f"'timm:{name}@/path/to/weights.safetensors'"
             ) from exc
         cfg = model.pretrained_cfg
         weights_id = f"pretrained:{cfg.get('hf_hub_id') or name + '.' + str(cfg.get('tag', ''))}"
@@ -114,11 +117,16 @@ def build(spec: str, name: str, weights: str | None, **options: Any) -> TimmEnco
 
         path = Path(weights).expanduser()
         if not path.is_file():
-            raise ConfigError(f"encoder spec {spec!r}: checkpoint file {str(path)!r} not found; give an existing .pth/.safetensors path")
+            raise ConfigError(
+                f"encoder spec {spec!r}: checkpoint file {str(path)!r} "
+                "not found; give an existing .pth/.safetensors path"
+            )
         try:
             state_dict = load_state_dict(str(path), weights_only=True)
         except Exception as exc:
-            raise EncoderError(f"encoder spec {spec!r}: cannot read checkpoint {path} ({type(exc).__name__}: {exc})") from None
+            raise EncoderError(
+                f"encoder spec {spec!r}: cannot read checkpoint {path} ({type(exc).__name__}: {exc})"
+            ) from None
         model = model_for_checkpoint(name, state_dict)
         load_strict(model, state_dict, str(path), spec)
         weights_id = sha256_file(path)

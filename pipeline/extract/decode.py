@@ -21,20 +21,31 @@ removed) of each returned frame, so the store records what was really embedded. 
 at time t when it is the last frame whose presentation time is <= t. Every failure becomes a
 ``DecodeError`` whose message names the file and the cause.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import DecodeError
 
+if TYPE_CHECKING:
+    from av.video.reformatter import VideoReformatter
+
 FrameSize = Callable[[int, int], "tuple[int, int]"]  # (height, width) -> (height, width) to resize to
 FrameCrop = Callable[[np.ndarray], np.ndarray]  # uint8 (N,H,W,3) -> (N,h,w,3)
 
-_INTERPOLATION = {"bicubic": "BICUBIC", "bilinear": "BILINEAR", "area": "AREA", "lanczos": "LANCZOS", "nearest": "POINT"}
+_INTERPOLATION = {
+    "bicubic": "BICUBIC",
+    "bilinear": "BILINEAR",
+    "area": "AREA",
+    "lanczos": "LANCZOS",
+    "nearest": "POINT",
+}
 _TOL = 1e-6  # seconds; timestamps closer than this are the same instant
 _NO_GOP_GUESS = 3.0  # seconds between wanted times beyond which a blind seek is tried (no keyframe table)
 _SEEK_BACKOFF_TRIES = 4
@@ -125,7 +136,7 @@ class VideoReader:
         self._offset_raw = self.stream.start_time if self.stream.start_time is not None else 0
         self._scan: tuple[np.ndarray, np.ndarray] | None = None  # (frame times, keyframe times) from demux
         self._rewind = False  # the demuxer is not at the start any more (after a scan)
-        self._reformatter = None
+        self._reformatter: VideoReformatter | None = None
         self.stats = DecodeStats()
         try:
             self.info = self._read_info()
@@ -223,8 +234,9 @@ class VideoReader:
         if (th, tw) == (ch, cw):
             out = self._reformatter.reformat(frame, format="rgb24")
         else:
-            out = self._reformatter.reformat(frame, width=tw, height=th, format="rgb24",
-                                             interpolation=_INTERPOLATION.get(interpolation, "BICUBIC"))
+            out = self._reformatter.reformat(
+                frame, width=tw, height=th, format="rgb24", interpolation=_INTERPOLATION.get(interpolation, "BICUBIC")
+            )
         arr = out.to_ndarray()
         return np.rot90(arr, turns) if turns else arr
 
@@ -306,7 +318,9 @@ class VideoReader:
         self._configure(wanted, table, keyframes_only)
         fps = self.info.fps or 30.0
         s = self.stream  # frame durations are trusted only where the stream says its rate is constant
-        cfr_step = 1.0 / float(s.average_rate) if s.average_rate and s.base_rate and s.average_rate == s.base_rate else 0.0
+        cfr_step = (
+            1.0 / float(s.average_rate) if s.average_rate and s.base_rate and s.average_rate == s.base_rate else 0.0
+        )
         out_f: list[np.ndarray] = []
         out_t: list[float] = []
         last_emitted: list[float] = []
@@ -341,7 +355,7 @@ class VideoReader:
                 return int(round(w / self.tb)) + int(self._offset_raw)
             return None
 
-        prev = None  # (frame, t): the last decoded frame
+        prev: tuple[Any, float] | None = None  # (frame, t): the last decoded frame
         landing: int | None = None  # raw target of the last seek, until its first frame is checked
         backoff = 0
         i, n = 0, wanted.size
@@ -368,7 +382,7 @@ class VideoReader:
                         frames, prev = self._frames(keyframes_only), None
                         continue
                     landing, backoff = None, 0
-                if frame is None:  # end of stream: later times show the last frame
+                if frame is None or t is None:  # end of stream (t is None only then): later times show the last frame
                     if prev is None:
                         raise DecodeError(f"{self.path}: no decodable video frames")
                     yield from emit(*prev)
@@ -422,7 +436,7 @@ class VideoReader:
         except Exception:  # pragma: no cover - closing a broken container must not mask the real error
             pass
 
-    def __enter__(self) -> "VideoReader":
+    def __enter__(self) -> VideoReader:
         return self
 
     def __exit__(self, *exc) -> None:

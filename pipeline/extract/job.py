@@ -8,6 +8,7 @@ shard (before reading what is done, so a second job on the same work is refused)
 the ``ShardWriter`` and records the manifest's problems as failures. Engines hand it finished clips
 (``add_clip``) and failures (``add_failure``), which it writes and counts in its ``ExtractSummary``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -16,9 +17,10 @@ import os
 import socket
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -70,8 +72,13 @@ def build_provenance(encoder: FrameEncoder, cfg: Config) -> dict[str, Any]:
 
 
 def plan_tasks(
-    manifest: Manifest, store: FeatureStore, sampling: SamplingConfig, summary: ExtractSummary, *,
-    shard: JobShard | None = None, retry_failed: bool = False,
+    manifest: Manifest,
+    store: FeatureStore,
+    sampling: SamplingConfig,
+    summary: ExtractSummary,
+    *,
+    shard: JobShard | None = None,
+    retry_failed: bool = False,
 ) -> tuple[list[tuple[VideoItem, ClipTask]], list[Problem]]:
     """(item, task) pairs still to do and manifest problems to record; counts go into ``summary``.
 
@@ -106,18 +113,32 @@ def plan_tasks(
             skip = frozenset(w for w in windows[item.path] if w[0] >= lo and w[1] <= hi)
         todo.append((item, ClipTask(len(todo), str(item.abspath), item.start, item.end, skip)))
     known = {f["path"] for f in store.failures() if f["stage"] == "manifest"}
-    problems = [p for p in manifest.problems
-                if p.path not in known and (shard is None or shard.owns(clip_key(p.path, None, None)))]
+    problems = [
+        p
+        for p in manifest.problems
+        if p.path not in known and (shard is None or shard.owns(clip_key(p.path, None, None)))
+    ]
     return todo, problems
 
 
 def note_run(store: FeatureStore, prefix: str, summary: ExtractSummary, state: str) -> None:
     """Record this run's state and counts under its writer prefix (what ``vidprobe info`` shows per shard)."""
-    write_run_record(store, prefix, {
-        "state": state, "shard": summary.shard, "engine": summary.engine, "assigned": summary.total,
-        "done": summary.done, "skipped": summary.skipped, "failed": summary.failed, "host": socket.gethostname(),
-        "pid": os.getpid(), "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    })
+    write_run_record(
+        store,
+        prefix,
+        {
+            "state": state,
+            "shard": summary.shard,
+            "engine": summary.engine,
+            "assigned": summary.total,
+            "done": summary.done,
+            "skipped": summary.skipped,
+            "failed": summary.failed,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        },
+    )
 
 
 @contextlib.contextmanager
@@ -137,8 +158,16 @@ def recorded_run(store: FeatureStore, prefix: str, summary: ExtractSummary) -> I
 class ClipSink(Protocol):
     """Where finished clips go: the ``ShardWriter`` itself, or a thread in front of it (local engine)."""
 
-    def add(self, video: str, start: float | None, end: float | None, label: str, split: str, embeddings: np.ndarray,
-            timestamps: np.ndarray) -> None: ...
+    def add(
+        self,
+        video: str,
+        start: float | None,
+        end: float | None,
+        label: str,
+        split: str,
+        embeddings: np.ndarray,
+        timestamps: np.ndarray,
+    ) -> None: ...
 
     def add_failure(self, video: str, start: float | None, end: float | None, stage: str, error: str) -> None: ...
 
@@ -152,31 +181,51 @@ class ExtractionJob:
     ``summary.seconds`` counts from ``started`` (default: when the job was made) to the end of the run.
     """
 
-    def __init__(self, manifest: Manifest, store_path: str | Path, cfg: Config, provenance: dict[str, Any], *,
-                 engine: str = "local", shard: JobShard | None = None, retry_failed: bool = False,
-                 started: float | None = None) -> None:
+    def __init__(
+        self,
+        manifest: Manifest,
+        store_path: str | Path,
+        cfg: Config,
+        provenance: dict[str, Any],
+        *,
+        engine: str = "local",
+        shard: JobShard | None = None,
+        retry_failed: bool = False,
+        started: float | None = None,
+    ) -> None:
         self.manifest, self.store_path, self.cfg, self.provenance = manifest, store_path, cfg, provenance
         self.engine, self.shard, self.retry_failed = engine, shard, retry_failed
         self.started = time.perf_counter() if started is None else started
         self.prefix = writer_prefix(shard.as_tuple() if shard else None)
         self._stack: contextlib.ExitStack | None = None
 
-    def __enter__(self) -> "ExtractionJob":
+    def __enter__(self) -> ExtractionJob:
         cfg, shard = self.cfg, self.shard
         self.store: FeatureStore = create_or_open(self.store_path, self.provenance)
-        self.summary = ExtractSummary(store=str(self.store.path), shard=str(shard) if shard else None,
-                                      engine=self.engine, ignored=list(self.manifest.ignored))
+        self.summary = ExtractSummary(
+            store=str(self.store.path),
+            shard=str(shard) if shard else None,
+            engine=self.engine,
+            ignored=list(self.manifest.ignored),
+        )
         with contextlib.ExitStack() as stack:
             # The lock comes before reading what is done: a second job on the same work is refused here;
             # other shards of the same job may hold their own shard locks at the same time.
             lock = stack.enter_context(self.store.writer_lock(job_shard=shard.as_tuple() if shard else None))
-            self.todo, problems = plan_tasks(self.manifest, self.store, cfg.sampling, self.summary, shard=shard,
-                                             retry_failed=self.retry_failed)
+            self.todo, problems = plan_tasks(
+                self.manifest, self.store, cfg.sampling, self.summary, shard=shard, retry_failed=self.retry_failed
+            )
             stack.enter_context(recorded_run(self.store, self.prefix, self.summary))
-            self.writer = stack.enter_context(ShardWriter(
-                self.store, shard_size=cfg.extract.shard_size, prefix=self.prefix, compression=cfg.store.compression,
-                compression_level=cfg.store.compression_level, tag=lock.tag,
-            ))
+            self.writer = stack.enter_context(
+                ShardWriter(
+                    self.store,
+                    shard_size=cfg.extract.shard_size,
+                    prefix=self.prefix,
+                    compression=cfg.store.compression,
+                    compression_level=cfg.store.compression_level,
+                    tag=lock.tag,
+                )
+            )
             self.sink: ClipSink = self.writer
             for problem in problems:
                 self.add_failure(problem.path, None, None, "manifest", problem.error)
@@ -190,8 +239,9 @@ class ExtractionJob:
         finally:
             self.summary.seconds = time.perf_counter() - self.started
 
-    def add_clip(self, item: VideoItem, start: float | None, end: float | None, embeddings: np.ndarray,
-                 timestamps: np.ndarray) -> None:
+    def add_clip(
+        self, item: VideoItem, start: float | None, end: float | None, embeddings: np.ndarray, timestamps: np.ndarray
+    ) -> None:
         """Store one finished clip (``item``'s window ``start``..``end``) and count it."""
         self.sink.add(item.path, start, end, item.label, item.split, embeddings, timestamps)
         self.summary.done += 1

@@ -16,6 +16,7 @@ either engine. Per-clip decode/encode errors travel as rows and become failure r
 worker died (e.g. a segfault in a decoder) after retries is skipped by Ray and its clips are recorded
 as failed with stage ``worker`` — ``--retry-failed`` tries them again.
 """
+
 from __future__ import annotations
 
 import logging
@@ -30,11 +31,11 @@ from typing import Any
 import numpy as np
 
 from ..config import Config, SamplingConfig
+from ..data.manifest import Manifest, VideoItem
 from ..encoders import parse_spec
 from ..errors import ConfigError, VidprobeError
 from .job import ExtractionJob, ExtractSummary, build_provenance
 from .local import load_clip, resolve_runtime
-from ..data.manifest import Manifest, VideoItem
 from .sharding import JobShard
 
 # Quiet, offline Ray: no usage reporting (it would try the internet), de-duplicated worker logs.
@@ -77,7 +78,10 @@ def _encoder_device(cfg: Config, gpus: int) -> bool:
     """True if encoder actors should take a GPU each; refuses device settings Ray cannot honour."""
     device = cfg.extract.device
     if device.startswith("cuda:"):
-        raise ConfigError(f"extract.device={device}: with --engine ray each encoder actor gets its GPU from Ray; use device=auto or cuda")
+        raise ConfigError(
+            f"extract.device={device}: with --engine ray each encoder "
+            "actor gets its GPU from Ray; use device=auto or cuda"
+        )
     if device == "cuda" and gpus == 0:
         raise ConfigError("extract.device=cuda but the Ray cluster has no GPUs; use device=auto or cpu")
     return gpus > 0 and device != "cpu"
@@ -97,12 +101,19 @@ def _objects(values: list) -> np.ndarray:
     return out
 
 
-def _decode_rows(batch: dict[str, np.ndarray], sampling: SamplingConfig, preprocess: Any, threads: int) -> dict[str, np.ndarray]:
+def _decode_rows(
+    batch: dict[str, np.ndarray], sampling: SamplingConfig, preprocess: Any, threads: int
+) -> dict[str, np.ndarray]:
     """Decode stage (a CPU task): each row's sampled frames, or the error that stopped them."""
     frames, stamps, errors = [], [], []
     size = preprocess.size
     for path, root, start, end in zip(batch["path"], batch["root"], batch["start"], batch["end"]):
-        item = VideoItem(str(path), str(root), start=None if np.isnan(start) else float(start), end=None if np.isnan(end) else float(end))
+        item = VideoItem(
+            str(path),
+            str(root),
+            start=None if np.isnan(start) else float(start),
+            end=None if np.isnan(end) else float(end),
+        )
         try:
             clip = load_clip(item, sampling, preprocess, threads)
             frames.append(clip.frames)
@@ -113,8 +124,14 @@ def _decode_rows(batch: dict[str, np.ndarray], sampling: SamplingConfig, preproc
             frames.append(np.zeros((0, size, size, 3), np.uint8))
             stamps.append(np.zeros(0, np.float64))
             errors.append(msg)
-    return {"index": batch["index"], "path": batch["path"], "frames": _objects(frames), "timestamps": _objects(stamps),
-            "error": np.array(errors, dtype=object), "stage": np.array(["decode" if e else "" for e in errors], dtype=object)}
+    return {
+        "index": batch["index"],
+        "path": batch["path"],
+        "frames": _objects(frames),
+        "timestamps": _objects(stamps),
+        "error": np.array(errors, dtype=object),
+        "stage": np.array(["decode" if e else "" for e in errors], dtype=object),
+    }
 
 
 class _EncodeClips:
@@ -141,7 +158,11 @@ class _EncodeClips:
         ok = [i for i in range(n) if not errors[i]]
         frames = [np.asarray(batch["frames"][i]) for i in range(n)]
         try:
-            packed = self._encode(np.concatenate([frames[i] for i in ok])) if ok else None
+            packed = (
+                self._encode(np.concatenate([frames[i] for i in ok]))
+                if ok
+                else np.zeros((0, self.encoder.dim), np.float32)
+            )
             bounds = np.cumsum([0] + [len(frames[i]) for i in ok])
             for j, i in enumerate(ok):
                 embs[i] = packed[bounds[j] : bounds[j + 1]]
@@ -150,9 +171,17 @@ class _EncodeClips:
                 try:
                     embs[i] = self._encode(frames[i])
                 except Exception as exc:
-                    errors[i], stages[i] = f"{batch['path'][i]}: encoding failed ({type(exc).__name__}: {exc})", "encode"
-        return {"index": batch["index"], "embedding": _objects(embs), "timestamps": batch["timestamps"],
-                "error": np.array(errors, dtype=object), "stage": np.array(stages, dtype=object)}
+                    errors[i], stages[i] = (
+                        f"{batch['path'][i]}: encoding failed ({type(exc).__name__}: {exc})",
+                        "encode",
+                    )
+        return {
+            "index": batch["index"],
+            "embedding": _objects(embs),
+            "timestamps": batch["timestamps"],
+            "error": np.array(errors, dtype=object),
+            "stage": np.array(stages, dtype=object),
+        }
 
 
 def _actor_class(cfg: Config, use_gpu: bool) -> type:
@@ -186,8 +215,9 @@ def extract_ray(
     if num_encoders is not None and num_encoders < 1:
         raise ConfigError(f"--ray-encoders={num_encoders}: must be >= 1")
     if cfg.sampling.windowed:  # the pipeline maps one row to one clip; a windowed video makes several
-        raise ConfigError(f"sampling.strategy={cfg.sampling.strategy!r} makes several clips per video; "
-                          "use the local engine for it")
+        raise ConfigError(
+            f"sampling.strategy={cfg.sampling.strategy!r} makes several clips per video; use the local engine for it"
+        )
     parse_spec(cfg.encoder)  # a bad spec fails here, before a cluster starts
     ray = _import_ray()
     owns_ray = init_ray(address, num_cpus)
@@ -197,11 +227,14 @@ def extract_ray(
         try:  # built where the encoders run, so it records their device and precision
             provenance = ray.get(ray.remote(**actor_resources)(_provenance).remote(cfg, use_gpu))
         except ray.exceptions.RayTaskError as exc:
-            if isinstance(exc.cause, VidprobeError):  # e.g. weights that cannot be loaded: one line, not a remote traceback
+            if isinstance(
+                exc.cause, VidprobeError
+            ):  # e.g. weights that cannot be loaded: one line, not a remote traceback
                 raise exc.cause from None
             raise
-        job = ExtractionJob(manifest, store_path, cfg, provenance, engine="ray", shard=shard, retry_failed=retry_failed,
-                            started=started)
+        job = ExtractionJob(
+            manifest, store_path, cfg, provenance, engine="ray", shard=shard, retry_failed=retry_failed, started=started
+        )
         with job:  # the same store, lock, plan, run record and writer as the local engine
             if job.todo:
                 _run_pipeline(ray, job, use_gpu, num_encoders, actor_resources, progress)
@@ -211,8 +244,9 @@ def extract_ray(
             ray.shutdown()
 
 
-def _run_pipeline(ray, job: ExtractionJob, use_gpu: bool, num_encoders: int | None, actor_resources: dict[str, int],
-                  progress: bool) -> None:
+def _run_pipeline(
+    ray, job: ExtractionJob, use_gpu: bool, num_encoders: int | None, actor_resources: dict[str, int], progress: bool
+) -> None:
     """Build the Ray Data pipeline over the job's planned items; hand what comes out to the job, as it comes."""
     import ray.data
     from tqdm.auto import tqdm
@@ -223,10 +257,20 @@ def _run_pipeline(ray, job: ExtractionJob, use_gpu: bool, num_encoders: int | No
     todo = [item for item, _ in job.todo]
     pre = Preprocess.from_dict(job.store.provenance["preprocess"])
     frames_per_clip = cfg.sampling.num_frames if cfg.sampling.strategy == "uniform" else (cfg.sampling.max_frames or 8)
-    clips_per_call = max(1, round(resolve_runtime(cfg.extract, "cuda" if use_gpu else "cpu").batch_size / frames_per_clip))
+    clips_per_call = max(
+        1, round(resolve_runtime(cfg.extract, "cuda" if use_gpu else "cpu").batch_size / frames_per_clip)
+    )
     encoders = num_encoders or (int(ray.cluster_resources().get("GPU", 0)) if use_gpu else 1)
-    rows = [{"index": i, "path": it.path, "root": it.root, "start": math.nan if it.start is None else float(it.start),
-             "end": math.nan if it.end is None else float(it.end)} for i, it in enumerate(todo)]
+    rows = [
+        {
+            "index": i,
+            "path": it.path,
+            "root": it.root,
+            "start": math.nan if it.start is None else float(it.start),
+            "end": math.nan if it.end is None else float(it.end),
+        }
+        for i, it in enumerate(todo)
+    ]
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
     blocks = min(len(rows), max(4 * cpus, math.ceil(len(rows) / ROWS_PER_BLOCK)))
     with warnings.catch_warnings():
@@ -234,10 +278,18 @@ def _run_pipeline(ray, job: ExtractionJob, use_gpu: bool, num_encoders: int | No
         ds = ray.data.from_items(rows, override_num_blocks=blocks)
         # one FFmpeg thread per decode task unless set: Ray already runs one task per core
         threads = resolve_runtime(cfg.extract, "cpu").decode_threads or 1  # one FFmpeg thread per decode task
-        ds = ds.map_batches(partial(_decode_rows, sampling=cfg.sampling, preprocess=pre, threads=threads),
-                            batch_size=1, num_cpus=1, max_retries=DECODE_RETRIES)
-        ds = ds.map_batches(_actor_class(cfg, use_gpu), batch_size=clips_per_call,
-                            compute=ray.data.ActorPoolStrategy(size=encoders), **actor_resources)
+        ds = ds.map_batches(
+            partial(_decode_rows, sampling=cfg.sampling, preprocess=pre, threads=threads),
+            batch_size=1,
+            num_cpus=1,
+            max_retries=DECODE_RETRIES,
+        )
+        ds = ds.map_batches(
+            _actor_class(cfg, use_gpu),
+            batch_size=clips_per_call,
+            compute=ray.data.ActorPoolStrategy(size=encoders),
+            **actor_resources,
+        )
     ctx = ds.context
     ctx.max_errored_blocks = -1  # a block whose worker died is skipped; its clips are recorded below
     ctx.enable_progress_bars = False
@@ -262,6 +314,8 @@ def _run_pipeline(ray, job: ExtractionJob, use_gpu: bool, num_encoders: int | No
     bar.close()
     for i, item in enumerate(todo):
         if i not in seen:
-            error = f"{item.abspath}: no result from the Ray pipeline (its worker died; see the Ray logs); retry with --retry-failed"
+            error = (
+                f"{item.abspath}: no result from the Ray pipeline (its "
+                "worker died; see the Ray logs); retry with --retry-failed"
+            )
             job.add_failure(item.path, item.start, item.end, "worker", error)
-

@@ -19,12 +19,13 @@ Where the shard comes from (first match wins; see ``resolve_shard``):
 
 A count of 1 from any source means "not sharded".
 """
+
 from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 from ..data.keys import Key
 from ..errors import ConfigError
@@ -53,7 +54,9 @@ class JobShard:
         if self.count < 1:
             raise ConfigError(f"number of shards {self.count} (from {self.source}): must be >= 1")
         if not 0 <= self.index < self.count:
-            raise ConfigError(f"shard id {self.index} (from {self.source}): must be in 0..{self.count - 1} for {self.count} shards")
+            raise ConfigError(
+                f"shard id {self.index} (from {self.source}): must be in 0..{self.count - 1} for {self.count} shards"
+            )
 
     def owns(self, key: Key) -> bool:
         return shard_of(key, self.count) == self.index
@@ -91,23 +94,31 @@ def _from_env(env: Mapping[str, str]) -> tuple[int, int, str] | None:
         index, rest = divmod(task - low, max(step, 1))
         if rest or not 0 <= index < count:
             raise ConfigError(
-                f"SLURM_ARRAY_TASK_ID={task} is not on an evenly stepped array range (min {low}, step {step}, count {count}); "
-                "use --array=0-(N-1) or pass --shard-id/--num-shards explicitly"
+                f"SLURM_ARRAY_TASK_ID={task} is not on an evenly stepped array range (min {low}, step "
+                f"{step}, count {count}); use --array=0-(N-1) or pass --shard-id/--num-shards explicitly"
             )
         source = "SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT"
         if has("SLURM_PROCID", "SLURM_NTASKS") and _env_int(env, "SLURM_NTASKS") > 1:
             ntasks = _env_int(env, "SLURM_NTASKS")
-            return index * ntasks + _env_int(env, "SLURM_PROCID"), count * ntasks, source + " x SLURM_PROCID/SLURM_NTASKS"
+            return (
+                index * ntasks + _env_int(env, "SLURM_PROCID"),
+                count * ntasks,
+                source + " x SLURM_PROCID/SLURM_NTASKS",
+            )
         return index, count, source
     if has("SLURM_PROCID", "SLURM_NTASKS"):
         return _env_int(env, "SLURM_PROCID"), _env_int(env, "SLURM_NTASKS"), "SLURM_PROCID/SLURM_NTASKS"
     return None
 
 
-def resolve_shard(shard_id: int | None = None, num_shards: int | None = None, env: Mapping[str, str] | None = None) -> JobShard | None:
+def resolve_shard(
+    shard_id: int | None = None, num_shards: int | None = None, env: Mapping[str, str] | None = None
+) -> JobShard | None:
     """The job shard this process extracts (None = the whole manifest); precedence in the module doc."""
     if (shard_id is None) != (num_shards is None):
-        raise ConfigError("--shard-id and --num-shards go together: give both (e.g. --shard-id 0 --num-shards 4) or neither")
+        raise ConfigError(
+            "--shard-id and --num-shards go together: give both (e.g. --shard-id 0 --num-shards 4) or neither"
+        )
     if shard_id is not None and num_shards is not None:
         found: tuple[int, int, str] | None = (int(shard_id), int(num_shards), "--shard-id/--num-shards")
     else:

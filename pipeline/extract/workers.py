@@ -18,6 +18,7 @@ Protocol (worker -> main), plain tuples so pickling stays cheap:
 ``num_workers=0`` decodes in a thread of the main process instead (no timeout or crash isolation;
 for debugging, or where processes are not allowed).
 """
+
 from __future__ import annotations
 
 import multiprocessing as mp
@@ -26,16 +27,24 @@ import signal
 import threading
 import time
 from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait as wait_ready
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 
 from ..config import SamplingConfig
-from .decode import VideoReader, assign_frames
+from ..data.sampling import (
+    clip_window,
+    clip_windows,
+    needs_frame_table,
+    needs_keyframe_table,
+    sample_timestamps,
+    snap_to_keyframes,
+)
 from ..errors import DecodeError, VidprobeError
-from ..data.sampling import clip_window, clip_windows, needs_frame_table, needs_keyframe_table, sample_timestamps, snap_to_keyframes
+from .decode import VideoReader, assign_frames
 
 Message = tuple
 
@@ -55,14 +64,18 @@ def _with_path(path: str, message: str) -> str:
     return message if path in message else f"{path}: {message}"
 
 
-def decode_task(task: ClipTask, sampling: SamplingConfig, preprocess: Any, threads: int = 0, chunk: int = 32) -> Iterator[Message]:
+def decode_task(
+    task: ClipTask, sampling: SamplingConfig, preprocess: Any, threads: int = 0, chunk: int = 32
+) -> Iterator[Message]:
     """Decode one task into protocol messages (runs in a worker process, or in-process for 0 workers)."""
     try:
         with VideoReader(task.path, threads=threads) as reader:
             info = reader.info
+            keys: Sequence[tuple[float | None, float | None]]  # the clips' store keys
             if sampling.windowed:  # windows are the clips' keys; resume skips the stored ones
                 every = clip_windows(sampling, info.duration, task.start, task.end)
-                windows = keys = [w for w in every if w not in task.skip]
+                windows = [w for w in every if w not in task.skip]
+                keys = windows
                 skipped = len(every) - len(windows)
             else:  # one clip, keyed by the window the manifest asked for
                 windows = [clip_window(info.duration, task.start, task.end)]
@@ -75,14 +88,19 @@ def decode_task(task: ClipTask, sampling: SamplingConfig, preprocess: Any, threa
             per_window = []
             for s, e in windows:
                 t = sample_timestamps(sampling, s, e, frame_times, key_times)
-                if sampling.seek_mode == "keyframe":
+                if sampling.seek_mode == "keyframe" and key_times is not None:  # keyframe seeking reads the table
                     t = snap_to_keyframes(t, key_times)
                 per_window.append(t)
             wanted = np.concatenate(per_window)
             keyframes_only = sampling.seek_mode == "keyframe" or sampling.strategy == "keyframes"
             stamps: list[np.ndarray] = []
-            for c in reader.iter_frames(wanted, size=preprocess.frame_size, interpolation=preprocess.interpolation,
-                                        keyframes_only=keyframes_only, chunk=chunk):
+            for c in reader.iter_frames(
+                wanted,
+                size=preprocess.frame_size,
+                interpolation=preprocess.interpolation,
+                keyframes_only=keyframes_only,
+                chunk=chunk,
+            ):
                 stamps.append(c.timestamps)
                 yield ("frames", task.task, np.ascontiguousarray(preprocess.center_crop(c.frames)), c.timestamps)
             all_ts = np.concatenate(stamps)
@@ -155,8 +173,18 @@ class DecodePool:
     replaced and the clip recorded as failed ("timeout after N s").
     """
 
-    def __init__(self, sampling: SamplingConfig, preprocess: Any, *, num_workers: int, threads: int = 1,
-                 timeout: float = 120.0, chunk: int = 32, max_messages: int = 8, tasks_per_worker: int = 2):
+    def __init__(
+        self,
+        sampling: SamplingConfig,
+        preprocess: Any,
+        *,
+        num_workers: int,
+        threads: int = 1,
+        timeout: float = 120.0,
+        chunk: int = 32,
+        max_messages: int = 8,
+        tasks_per_worker: int = 2,
+    ):
         self.sampling, self.preprocess = sampling, preprocess
         self.num_workers, self.threads, self.timeout, self.chunk = num_workers, threads, float(timeout), chunk
         self.tasks_per_worker = tasks_per_worker
@@ -171,7 +199,9 @@ class DecodePool:
     def messages(self, tasks: Iterable[ClipTask]) -> Iterator[Message]:
         """Messages for ``tasks`` as they are decoded (tasks interleave; each task's frames stay in order)."""
         target = self._run_workers if self.num_workers > 0 else self._run_inline
-        self._thread = threading.Thread(target=self._guard, args=(target, iter(tasks)), name="vidprobe-decode-scheduler", daemon=True)
+        self._thread = threading.Thread(
+            target=self._guard, args=(target, iter(tasks)), name="vidprobe-decode-scheduler", daemon=True
+        )
         self._thread.start()
         while True:
             msg = self.queue.get()
@@ -203,7 +233,7 @@ class DecodePool:
             w.kill()
         self.workers.clear()
 
-    def __enter__(self) -> "DecodePool":
+    def __enter__(self) -> DecodePool:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -244,7 +274,9 @@ class DecodePool:
             w.kill()
             raise DecodeError(
                 f"a decoder worker process could not start ({_death(w.proc)}); see its error above. When calling "
-                "pipeline.extract.local from a script, put the call under `if __name__ == '__main__':`, or use extract.num_workers=0")
+                "pipeline.extract.local from a script, put the call under `if __name__ == '__main__':`, or use "
+                "extract.num_workers=0"
+            )
         failed = w.assigned.popleft() if w.assigned else None
         rest = list(w.assigned)
         w.assigned.clear()

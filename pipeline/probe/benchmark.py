@@ -21,6 +21,7 @@ Config keys (see ``configs/demo-bench.yaml``)::
     heads: [logreg, mlp, knn, zeroshot]   # or mappings: {kind: logreg, solver: sklearn, Cs: [...]}
     fewshot: {shots: [1, 2, 4, 8, 16], seeds: [0, 1, 2, 3, 4], heads: [logreg], poolings: [mean]}
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -28,26 +29,49 @@ import json
 import math
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from ..config import build, check_known, read_yaml_mapping, rule
 from ..data.splits import SplitsFrom, SplitSpec
 from ..errors import ConfigError, VidprobeError
+from ..store import open_store
+from ..versions import versions
 from .heads import HeadConfig
 from .pooling import get_pool, is_order_aware
 from .report import markdown_table, plot_accuracy_bars, plot_confusion, plot_fewshot, write_csv
-from ..store import open_store
-from ..versions import versions
 from .train import fit_on_store, pooled_features
 
 CSV_COLUMNS = (
-    "benchmark", "dataset", "encoder", "pool", "order_aware", "head", "shots", "shot_seed", "seed",
-    "top1", "top5", "mean_class_acc", "val_top1", "hparams", "n_train", "n_val", "n_test", "split_source",
-    "fit_seconds", "status", "store", "encoder_spec", "weights_id", "sampling", "head_settings",
+    "benchmark",
+    "dataset",
+    "encoder",
+    "pool",
+    "order_aware",
+    "head",
+    "shots",
+    "shot_seed",
+    "seed",
+    "top1",
+    "top5",
+    "mean_class_acc",
+    "val_top1",
+    "hparams",
+    "n_train",
+    "n_val",
+    "n_test",
+    "split_source",
+    "fit_seconds",
+    "status",
+    "store",
+    "encoder_spec",
+    "weights_id",
+    "sampling",
+    "head_settings",
 )
 _TOP_KEYS = ("name", "output", "seed", "val_fraction", "test_fraction", "stores", "poolings", "heads", "fewshot")
 
@@ -144,13 +168,15 @@ def _parse_benchmark(data: dict[str, Any], stem: str) -> BenchmarkConfig:
         fewshot_shots=shots,
         fewshot_seeds=list(fs.seeds if fs.seeds is not None else (0, 1, 2) if shots else ()),
         fewshot_heads=_heads(fs.heads if fs.heads is not None else ("logreg",) if shots else (), "fewshot.heads"),
-        fewshot_poolings=_pools(fs.poolings if fs.poolings is not None else poolings[:1] if shots else (),
-                                "fewshot.poolings"),
+        fewshot_poolings=_pools(
+            fs.poolings if fs.poolings is not None else poolings[:1] if shots else (), "fewshot.poolings"
+        ),
         raw=data,
     )
     if any(h.kind == "zeroshot" for h in cfg.fewshot_heads):
-        raise ConfigError("fewshot.heads: zeroshot uses no training clips; list it under heads "
-                          "(it is drawn on the few-shot plot)")
+        raise ConfigError(
+            "fewshot.heads: zeroshot uses no training clips; list it under heads (it is drawn on the few-shot plot)"
+        )
     return cfg
 
 
@@ -164,8 +190,13 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
 
 
-def run_benchmark(config: BenchmarkConfig | str | Path, output: str | Path | None = None, *,
-                  say: Callable[[str], None] = print, device: str | None = None) -> dict[str, Any]:
+def run_benchmark(
+    config: BenchmarkConfig | str | Path,
+    output: str | Path | None = None,
+    *,
+    say: Callable[[str], None] = print,
+    device: str | None = None,
+) -> dict[str, Any]:
     """Run every (store × pooling × head) fit and the few-shot grid; write results; return a summary."""
     cfg = config if isinstance(config, BenchmarkConfig) else load_benchmark_config(config)
     if device:
@@ -177,12 +208,18 @@ def run_benchmark(config: BenchmarkConfig | str | Path, output: str | Path | Non
     t_start = time.perf_counter()
     rows: list[dict[str, Any]] = []
     details: list[dict[str, Any]] = []
-    n_jobs = len(cfg.stores) * (len(cfg.poolings) * len(cfg.heads)
-                                + len(cfg.fewshot_poolings) * len(cfg.fewshot_heads) * len(cfg.fewshot_shots) * len(cfg.fewshot_seeds))
+    n_jobs = len(cfg.stores) * (
+        len(cfg.poolings) * len(cfg.heads)
+        + len(cfg.fewshot_poolings) * len(cfg.fewshot_heads) * len(cfg.fewshot_shots) * len(cfg.fewshot_seeds)
+    )
     say(f"benchmark {cfg.name}: {len(cfg.stores)} store(s), {n_jobs} fits -> {out}")
     for entry in cfg.stores:
-        base = {"benchmark": cfg.name, "dataset": entry.dataset, "store": str(Path(entry.path).resolve()),
-                "seed": cfg.split.seed}
+        base: dict[str, Any] = {
+            "benchmark": cfg.name,
+            "dataset": entry.dataset,
+            "store": str(Path(entry.path).resolve()),
+            "seed": cfg.split.seed,
+        }
         try:
             store = open_store(entry.path)
             prov = store.provenance
@@ -190,16 +227,27 @@ def run_benchmark(config: BenchmarkConfig | str | Path, output: str | Path | Non
             say(f"  {entry.dataset}: {exc}")
             rows.append({**base, "encoder": entry.encoder or "?", "status": f"error: {exc}"})
             continue
-        base.update(encoder=entry.encoder or _encoder_name(prov["encoder"]), encoder_spec=prov["encoder"],
-                    weights_id=prov["weights_id"], sampling=prov["sampling"])
+        base.update(
+            encoder=entry.encoder or _encoder_name(prov["encoder"]),
+            encoder_spec=prov["encoder"],
+            weights_id=prov["weights_id"],
+            sampling=prov["sampling"],
+        )
         features: dict[str, np.ndarray] = {}
         zs_encoder: list[Any] = []  # built once per store, on first use
 
         def fit(head: HeadConfig, pool: str, shots: int | None = None, shot_seed: int = 0) -> dict[str, Any]:
             if device and head.kind in ("logreg", "zeroshot"):
                 head = dataclasses.replace(head, device=device)
-            row = {**base, "pool": pool, "order_aware": is_order_aware(pool), "head": head.kind, "head_settings": head.to_dict(),
-                   "shots": shots, "shot_seed": shot_seed if shots else None}
+            row = {
+                **base,
+                "pool": pool,
+                "order_aware": is_order_aware(pool),
+                "head": head.kind,
+                "head_settings": head.to_dict(),
+                "shots": shots,
+                "shot_seed": shot_seed if shots else None,
+            }
             t0 = time.perf_counter()
             try:
                 if pool not in features:
@@ -207,29 +255,57 @@ def run_benchmark(config: BenchmarkConfig | str | Path, output: str | Path | Non
                 if head.kind == "zeroshot" and not zs_encoder:
                     from .heads import zeroshot_encoder
 
-                    zs_encoder.append(zeroshot_encoder(prov.get("encoder"), weights_id=prov.get("weights_id"), device=head.device))
+                    zs_encoder.append(
+                        zeroshot_encoder(prov.get("encoder"), weights_id=prov.get("weights_id"), device=head.device)
+                    )
                 split = dataclasses.replace(cfg.split, shots=shots, shot_seed=shot_seed, splits_from=entry.splits_from)
-                _, rec = fit_on_store(store, head, pool, split=split, X_all=features[pool],
-                                      encoder=zs_encoder[0] if head.kind == "zeroshot" else None)
+                _, rec = fit_on_store(
+                    store,
+                    head,
+                    pool,
+                    split=split,
+                    X_all=features[pool],
+                    encoder=zs_encoder[0] if head.kind == "zeroshot" else None,
+                )
             except VidprobeError as exc:
-                row.update(status=f"skipped: {exc}" if head.kind == "zeroshot" else f"error: {exc}", fit_seconds=round(time.perf_counter() - t0, 3))
+                row.update(
+                    status=f"skipped: {exc}" if head.kind == "zeroshot" else f"error: {exc}",
+                    fit_seconds=round(time.perf_counter() - t0, 3),
+                )
                 return row
             m = rec.get("test") or {}
-            row.update(top1=m.get("top1", math.nan), top5=m.get("top5", math.nan), mean_class_acc=m.get("mean_class_acc", math.nan),
-                       val_top1=rec["val_top1"], hparams=rec["hparams"], n_train=rec["n_train"], n_val=rec["n_val"], n_test=rec["n_test"],
-                       split_source=rec["split_source"], fit_seconds=round(time.perf_counter() - t0, 3),
-                       status="ok" if m else "no test split")
-            details.append({k: row[k] for k in ("dataset", "encoder", "pool", "head", "shots", "shot_seed")}
-                           | {"classes": rec["classes"], "report": m.get("report"), "confusion": m.get("confusion")})
+            row.update(
+                top1=m.get("top1", math.nan),
+                top5=m.get("top5", math.nan),
+                mean_class_acc=m.get("mean_class_acc", math.nan),
+                val_top1=rec["val_top1"],
+                hparams=rec["hparams"],
+                n_train=rec["n_train"],
+                n_val=rec["n_val"],
+                n_test=rec["n_test"],
+                split_source=rec["split_source"],
+                fit_seconds=round(time.perf_counter() - t0, 3),
+                status="ok" if m else "no test split",
+            )
+            details.append(
+                {k: row[k] for k in ("dataset", "encoder", "pool", "head", "shots", "shot_seed")}
+                | {"classes": rec["classes"], "report": m.get("report"), "confusion": m.get("confusion")}
+            )
             return row
 
         for pool in cfg.poolings:
             for head in cfg.heads:
                 row = fit(head, pool)
                 rows.append(row)
-                say(f"  {entry.dataset:12s} {row['encoder'][:24]:24s} {pool:8s} {head.kind:8s} "
-                    + (f"top1={row['top1']:.3f} top5={row['top5']:.3f} mean-class={row['mean_class_acc']:.3f} ({row['fit_seconds']:.1f} s)"
-                       if row.get("status") == "ok" else _short(row.get("status", ""))))
+                say(
+                    f"  {entry.dataset:12s} {row['encoder'][:24]:24s} {pool:8s} {head.kind:8s} "
+                    + (
+                        f"top1={row['top1']:.3f} top5={row['top5']:.3f} "
+                        f"mean-class={row['mean_class_acc']:.3f} ({row['fit_seconds']:.1f} s)"
+                        if row.get("status") == "ok"
+                        else _short(row.get("status", ""))
+                    )
+                )
         for pool in cfg.fewshot_poolings:
             for head in cfg.fewshot_heads:
                 for k in cfg.fewshot_shots:
@@ -241,13 +317,26 @@ def run_benchmark(config: BenchmarkConfig | str | Path, output: str | Path | Non
                             accs.append(row["top1"])
                     if accs:
                         mean, std = _mean_std(accs)
-                        say(f"  {entry.dataset:12s} {base['encoder'][:24]:24s} {pool:8s} {head.kind:8s} {k:3d}-shot top1={mean:.3f} ± {std:.3f} (n={len(accs)})")
+                        say(
+                            f"  {entry.dataset:12s} {base['encoder'][:24]:24s} {pool:8s} "
+                            f"{head.kind:8s} {k:3d}-shot top1={mean:.3f} ± {std:.3f} (n={len(accs)})"
+                        )
     summary = write_results(cfg, out, rows, details)
     summary["seconds"] = time.perf_counter() - t_start
-    (out / "benchmark.json").write_text(json.dumps({"config": cfg.raw, "name": cfg.name, "seconds": summary["seconds"],
-                                                    "versions": versions(*_VERSIONS),
-                                                    "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
-                                                   indent=2, default=str), encoding="utf-8")
+    (out / "benchmark.json").write_text(
+        json.dumps(
+            {
+                "config": cfg.raw,
+                "name": cfg.name,
+                "seconds": summary["seconds"],
+                "versions": versions(*_VERSIONS),
+                "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            },
+            indent=2,
+            default=str,
+        ),
+        encoding="utf-8",
+    )
     say(summary["markdown"])
     say(f"results: {out}/results.csv, results.md, details.jsonl, plots ({summary['seconds']:.0f} s)")
     return summary
@@ -266,7 +355,9 @@ def _fmt(mean: float, std: float | None = None) -> str:
     return f"{100 * mean:.1f}" if std is None else f"{100 * mean:.1f} ± {100 * std:.1f}"
 
 
-def write_results(cfg: BenchmarkConfig, out: Path, rows: list[dict[str, Any]], details: list[dict[str, Any]]) -> dict[str, Any]:
+def write_results(
+    cfg: BenchmarkConfig, out: Path, rows: list[dict[str, Any]], details: list[dict[str, Any]]
+) -> dict[str, Any]:
     """results.csv, details.jsonl, results.md (full-data table + few-shot table) and the plots."""
     write_csv(rows, out / "results.csv", CSV_COLUMNS)
     with open(out / "details.jsonl", "w", encoding="utf-8") as fh:
@@ -279,24 +370,36 @@ def write_results(cfg: BenchmarkConfig, out: Path, rows: list[dict[str, Any]], d
     table_rows = []
     for key in dict.fromkeys((r["dataset"], r["encoder"], r["pool"]) for r in full):
         cells = {r["head"]: r for r in full if (r["dataset"], r["encoder"], r["pool"]) == key}
-        tr = {"dataset": key[0], "encoder": key[1], "pool": key[2], "order-aware": "yes" if is_order_aware(key[2]) else ""}
+        tr = {
+            "dataset": key[0],
+            "encoder": key[1],
+            "pool": key[2],
+            "order-aware": "yes" if is_order_aware(key[2]) else "",
+        }
         for h in heads:
             r = cells.get(h)
             tr[h] = _fmt(r["top1"]) if r and r.get("status") == "ok" else "—"
         ok = [c for c in cells.values() if c.get("status") == "ok"]
         tr["top-5 (best head)"] = _fmt(max(ok, key=lambda c: c["top1"])["top5"]) if ok else "—"
         table_rows.append(tr)
-    md = [f"## {cfg.name}: test top-1 (%) by pooling and head", "",
-          markdown_table(table_rows, ["dataset", "encoder", "pool", "order-aware", *heads, "top-5 (best head)"]), ""]
+    md = [
+        f"## {cfg.name}: test top-1 (%) by pooling and head",
+        "",
+        markdown_table(table_rows, ["dataset", "encoder", "pool", "order-aware", *heads, "top-5 (best head)"]),
+        "",
+    ]
     # Few-shot table: mean ± std over seeds.
     groups: dict[tuple, dict[int, list[float]]] = {}
     for r in few:
-        groups.setdefault((r["dataset"], r["encoder"], r["head"], r["pool"]), {}).setdefault(int(r["shots"]), []).append(r["top1"])
+        groups.setdefault((r["dataset"], r["encoder"], r["head"], r["pool"]), {}).setdefault(
+            int(r["shots"]), []
+        ).append(r["top1"])
     shots = sorted({int(r["shots"]) for r in few})
-    fs_rows, curves_by_ds = [], {}
+    fs_rows: list[dict[str, Any]] = []
+    curves_by_ds: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for (ds, enc, head, pool), by_k in groups.items():
         fr = {"dataset": ds, "encoder": enc, "head": head, "pool": pool}
-        curve = {"label": f"{head}/{pool}", "shots": [], "mean": [], "std": []}
+        curve: dict[str, Any] = {"label": f"{head}/{pool}", "shots": [], "mean": [], "std": []}
         for k in shots:
             if k in by_k:
                 m, s = _mean_std(by_k[k])
@@ -310,8 +413,12 @@ def write_results(cfg: BenchmarkConfig, out: Path, rows: list[dict[str, Any]], d
         curves_by_ds.setdefault((ds, enc), []).append(curve)
     if fs_rows:
         n_seeds = len(cfg.fewshot_seeds)
-        md += [f"## {cfg.name}: few-shot test top-1 (%), mean ± std over {n_seeds} seeds", "",
-               markdown_table(fs_rows, ["dataset", "encoder", "head", "pool", *[f"{k}-shot" for k in shots]]), ""]
+        md += [
+            f"## {cfg.name}: few-shot test top-1 (%), mean ± std over {n_seeds} seeds",
+            "",
+            markdown_table(fs_rows, ["dataset", "encoder", "head", "pool", *[f"{k}-shot" for k in shots]]),
+            "",
+        ]
     markdown = "\n".join(md)
     (out / "results.md").write_text(markdown + "\n", encoding="utf-8")
     plots = []
@@ -320,17 +427,62 @@ def write_results(cfg: BenchmarkConfig, out: Path, rows: list[dict[str, Any]], d
         if not sel:
             continue
         slug = re.sub(r"[^\w.-]+", "_", f"{ds}-{enc}")
-        plots.append(plot_accuracy_bars(sel, out / f"accuracy-{slug}.png", group="pool", series="head",
-                                        title=f"{ds} · {enc}: test top-1 by pooling and head"))
+        plots.append(
+            plot_accuracy_bars(
+                sel,
+                out / f"accuracy-{slug}.png",
+                group="pool",
+                series="head",
+                title=f"{ds} · {enc}: test top-1 by pooling and head",
+            )
+        )
         best = max(sel, key=lambda r: r["top1"])
-        det = next((d for d in details if d["dataset"] == ds and d["encoder"] == enc and d["pool"] == best["pool"]
-                    and d["head"] == best["head"] and d["shots"] is None), None)
+        det = next(
+            (
+                d
+                for d in details
+                if d["dataset"] == ds
+                and d["encoder"] == enc
+                and d["pool"] == best["pool"]
+                and d["head"] == best["head"]
+                and d["shots"] is None
+            ),
+            None,
+        )
         if det and det["confusion"]:
-            plots.append(plot_confusion(det["confusion"], det["classes"], out / f"confusion-{slug}.png",
-                                        title=f"{ds} · {enc}: {best['head']}/{best['pool']} (best)"))
+            plots.append(
+                plot_confusion(
+                    det["confusion"],
+                    det["classes"],
+                    out / f"confusion-{slug}.png",
+                    title=f"{ds} · {enc}: {best['head']}/{best['pool']} (best)",
+                )
+            )
         if (ds, enc) in curves_by_ds:
             zs = [r for r in sel if r["head"] == "zeroshot"]
-            baselines = [{"label": f"zero-shot/{max(zs, key=lambda r: r['top1'])['pool']}", "value": max(r["top1"] for r in zs)}] if zs else []
-            plots.append(plot_fewshot(curves_by_ds[(ds, enc)], out / f"fewshot-{slug}.png", title=f"{ds} · {enc}: few-shot", baselines=baselines))
+            baselines = (
+                [
+                    {
+                        "label": f"zero-shot/{max(zs, key=lambda r: r['top1'])['pool']}",
+                        "value": max(r["top1"] for r in zs),
+                    }
+                ]
+                if zs
+                else []
+            )
+            plots.append(
+                plot_fewshot(
+                    curves_by_ds[(ds, enc)],
+                    out / f"fewshot-{slug}.png",
+                    title=f"{ds} · {enc}: few-shot",
+                    baselines=baselines,
+                )
+            )
     errors = [r for r in rows if str(r.get("status", "")).startswith("error")]
-    return {"rows": len(rows), "errors": len(errors), "markdown": markdown, "plots": [str(p) for p in plots], "output": str(out)}
+    return {
+        "rows": len(rows),
+        "errors": len(errors),
+        "markdown": markdown,
+        "plots": [str(p) for p in plots],
+        "output": str(out),
+    }

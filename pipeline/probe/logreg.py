@@ -14,14 +14,16 @@ on the device between fits (CPU or CUDA through the same code), and warm starts 
 each fit starts from the previous solution. ``SklearnSolver`` runs scikit-learn's L-BFGS behind the
 same interface: the reference the torch solver is cross-checked and benchmarked against.
 """
+
 from __future__ import annotations
 
 import contextlib
 import math
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 
@@ -89,8 +91,18 @@ class TorchSolver:
 
     name = "torch"
 
-    def __init__(self, X: np.ndarray, y: np.ndarray, n_classes: int, *, device: str = "auto", dtype: str = "float32",
-                 tol: float = DEFAULT_TOL, max_iter: int = DEFAULT_MAX_ITER, history_size: int = 10) -> None:
+    def __init__(
+        self,
+        X: np.ndarray,
+        y: np.ndarray,
+        n_classes: int,
+        *,
+        device: str = "auto",
+        dtype: str = "float32",
+        tol: float = DEFAULT_TOL,
+        max_iter: int = DEFAULT_MAX_ITER,
+        history_size: int = 10,
+    ) -> None:
         import torch
 
         from ..encoders.base import resolve_device
@@ -144,9 +156,16 @@ class TorchSolver:
         W.requires_grad_(True)
         b.requires_grad_(True)
         # Stop on the gradient (as scikit-learn) or when float arithmetic makes no more progress.
-        opt = torch.optim.LBFGS([W, b], lr=1.0, max_iter=self.max_iter, max_eval=int(self.max_iter * 1.5) + 10,
-                                tolerance_grad=tol, tolerance_change=1e-12, history_size=self.history_size,
-                                line_search_fn="strong_wolfe")
+        opt = torch.optim.LBFGS(
+            [W, b],
+            lr=1.0,
+            max_iter=self.max_iter,
+            max_eval=int(self.max_iter * 1.5) + 10,
+            tolerance_grad=tol,
+            tolerance_change=1e-12,
+            history_size=self.history_size,
+            line_search_fn="strong_wolfe",
+        )
 
         def closure():
             with torch.no_grad():
@@ -157,8 +176,14 @@ class TorchSolver:
         opt.step(closure)
         n_iter = int(opt.state[opt._params[0]].get("n_iter", 0))
         # converged = stopped before max_iter (scikit-learn's meaning): gradient small, or no more progress possible
-        return LinearFit(W.detach().cpu().numpy().astype(np.float32), b.detach().cpu().numpy().astype(np.float32),
-                         C, n_iter, n_iter < self.max_iter, time.perf_counter() - t0)
+        return LinearFit(
+            W.detach().cpu().numpy().astype(np.float32),
+            b.detach().cpu().numpy().astype(np.float32),
+            C,
+            n_iter,
+            n_iter < self.max_iter,
+            time.perf_counter() - t0,
+        )
 
 
 class SklearnSolver:
@@ -170,8 +195,17 @@ class SklearnSolver:
 
     name = "sklearn"
 
-    def __init__(self, X: np.ndarray, y: np.ndarray, n_classes: int, *, tol: float = DEFAULT_TOL,
-                 max_iter: int = DEFAULT_MAX_ITER, warm: bool = False, **_: object) -> None:
+    def __init__(
+        self,
+        X: np.ndarray,
+        y: np.ndarray,
+        n_classes: int,
+        *,
+        tol: float = DEFAULT_TOL,
+        max_iter: int = DEFAULT_MAX_ITER,
+        warm: bool = False,
+        **_: object,
+    ) -> None:
         self.X = np.ascontiguousarray(X, dtype=np.float64)  # scikit-learn converts anyway; do it once
         self.y = np.asarray(y)
         self.K = int(n_classes)
@@ -185,8 +219,16 @@ class SklearnSolver:
 
         C = _check_C(C)
         t0 = time.perf_counter()
-        binary = self.K == 2  # scikit-learn fits one vector u; the symmetric 2-class form at C is u at 2C, W = [-u/2, u/2]
-        lr = LogisticRegression(C=2 * C if binary else C, tol=self.tol if tol is None else float(tol), max_iter=self.max_iter, solver="lbfgs", warm_start=self.warm)
+        binary = (
+            self.K == 2
+        )  # scikit-learn fits one vector u; the symmetric 2-class form at C is u at 2C, W = [-u/2, u/2]
+        lr = LogisticRegression(
+            C=2 * C if binary else C,
+            tol=self.tol if tol is None else float(tol),
+            max_iter=self.max_iter,
+            solver="lbfgs",
+            warm_start=self.warm,
+        )
         if self.warm and init is not None:
             W0, b0 = init.W.astype(np.float64), init.b.astype(np.float64)
             lr.coef_, lr.intercept_ = ((W0[1:] - W0[:1]), (b0[1:] - b0[:1])) if binary else (W0, b0)
@@ -197,7 +239,9 @@ class SklearnSolver:
         if binary:
             W, b = np.concatenate([-W, W]) / 2, np.concatenate([-b, b]) / 2
         n_iter = int(np.max(lr.n_iter_))
-        return LinearFit(W.astype(np.float32), b.astype(np.float32), C, n_iter, n_iter < self.max_iter, time.perf_counter() - t0)
+        return LinearFit(
+            W.astype(np.float32), b.astype(np.float32), C, n_iter, n_iter < self.max_iter, time.perf_counter() - t0
+        )
 
 
 def make_solver(name: str, X: np.ndarray, y: np.ndarray, n_classes: int, **kwargs) -> Solver:
@@ -221,14 +265,24 @@ def score(fit: LinearFit, X: np.ndarray, y: np.ndarray) -> tuple[float, float]:
 class SweepResult:
     C: float  # chosen
     fit: LinearFit  # the training-split fit at C
-    scores: dict[float, tuple[float, float]] = field(default_factory=dict)  # C -> (val accuracy, val loss), in order tried
+    scores: dict[float, tuple[float, float]] = field(
+        default_factory=dict
+    )  # C -> (val accuracy, val loss), in order tried
     fits: int = 0
     iterations: int = 0
     seconds: float = 0.0
 
 
-def sweep_C(solver: Solver, X_val: np.ndarray, y_val: np.ndarray, *, coarse: Sequence[float] = DEFAULT_COARSE_CS,
-            refine: Sequence[float] = DEFAULT_REFINE, patience: int = DEFAULT_PATIENCE, tol: float | None = None) -> SweepResult:
+def sweep_C(
+    solver: Solver,
+    X_val: np.ndarray,
+    y_val: np.ndarray,
+    *,
+    coarse: Sequence[float] = DEFAULT_COARSE_CS,
+    refine: Sequence[float] = DEFAULT_REFINE,
+    patience: int = DEFAULT_PATIENCE,
+    tol: float | None = None,
+) -> SweepResult:
     """Coarse-to-fine search of C on a validation split (the CLIP linear-probe protocol).
 
     Coarse: C in increasing order, each fit warm-started from the previous one; stop climbing after
@@ -266,12 +320,18 @@ def sweep_C(solver: Solver, X_val: np.ndarray, y_val: np.ndarray, *, coarse: Seq
             break
     for step in refine:
         centre = max(result, key=key)
-        for c in (centre * 10.0 ** -step, centre * 10.0 ** step):
+        for c in (centre * 10.0**-step, centre * 10.0**step):
             if any(math.isclose(c, done, rel_tol=1e-9) for done in result):
                 continue
             nearest = min(result, key=lambda d: abs(math.log10(d) - math.log10(c)))
             run(c, result[nearest][0])
     best = max(result, key=key)
     fits = [f for f, _ in result.values()]
-    return SweepResult(best, result[best][0], {c: s for c, (_, s) in result.items()}, len(fits),
-                       sum(f.n_iter for f in fits), time.perf_counter() - t0)
+    return SweepResult(
+        best,
+        result[best][0],
+        {c: s for c, (_, s) in result.items()},
+        len(fits),
+        sum(f.n_iter for f in fits),
+        time.perf_counter() - t0,
+    )

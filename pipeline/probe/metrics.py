@@ -1,5 +1,6 @@
 """Classification metrics on pooled clip features: top-1, top-5, mean per-class accuracy, a per-class
 report (precision, recall, F1, support) and the confusion matrix (rows = true class)."""
+
 from __future__ import annotations
 
 from typing import Any

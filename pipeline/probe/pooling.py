@@ -5,10 +5,11 @@ order-blind poolings (mean, max, meanmax, meanstd) cannot tell a clip from its r
 (means of K consecutive segments, concatenated) and ``tdiff`` (mean plus late-minus-early difference)
 keep temporal order, which is what motion-direction tasks need.
 """
+
 from __future__ import annotations
 
 import re
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -59,7 +60,14 @@ def segments(k: int) -> Pool:
     return pool
 
 
-POOLS: dict[str, Pool] = {"mean": mean, "max": max_, "meanmax": meanmax, "meanstd": meanstd, "center": center, "tdiff": tdiff}
+POOLS: dict[str, Pool] = {
+    "mean": mean,
+    "max": max_,
+    "meanmax": meanmax,
+    "meanstd": meanstd,
+    "center": center,
+    "tdiff": tdiff,
+}
 
 
 def get_pool(name: str) -> Pool:

@@ -1,8 +1,9 @@
 """Human-facing output: accuracy tables (Markdown/text) and confusion-matrix plots."""
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -43,12 +44,27 @@ def plot_confusion(cm: np.ndarray | list, classes: Sequence[str], path: str | Pa
         for i in range(n):
             for j in range(n):
                 if cm[i, j]:
-                    ax.text(j, i, f"{int(cm[i, j])}", ha="center", va="center", color="white" if norm[i, j] > 0.5 else "black", fontsize=8)
+                    ax.text(
+                        j,
+                        i,
+                        f"{int(cm[i, j])}",
+                        ha="center",
+                        va="center",
+                        color="white" if norm[i, j] > 0.5 else "black",
+                        fontsize=8,
+                    )
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of true class")
     return _save(fig, path)
 
 
-def plot_accuracy_bars(rows: Sequence[dict], path: str | Path, group: str = "task", series: str = "pool", value: str = "top1", title: str = "") -> Path:
+def plot_accuracy_bars(
+    rows: Sequence[dict],
+    path: str | Path,
+    group: str = "task",
+    series: str = "pool",
+    value: str = "top1",
+    title: str = "",
+) -> Path:
     """Grouped bar chart (one group per ``group`` value, one bar per ``series`` value)."""
     import matplotlib
 
@@ -83,7 +99,12 @@ def write_csv(rows: Sequence[dict], path: str | Path, columns: Sequence[str] | N
         writer = csv.DictWriter(fh, fieldnames=cols, extrasaction="ignore")
         writer.writeheader()
         for r in rows:
-            writer.writerow({k: json.dumps(v, sort_keys=True) if isinstance(v, (dict, list, tuple)) else ("" if v is None else v) for k, v in r.items()})
+            writer.writerow(
+                {
+                    k: json.dumps(v, sort_keys=True) if isinstance(v, (dict, list, tuple)) else ("" if v is None else v)
+                    for k, v in r.items()
+                }
+            )
     return out
 
 

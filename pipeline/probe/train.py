@@ -5,6 +5,7 @@ Training records everything needed to reproduce its split and its inputs in the 
 ``fit_on_store`` is the one place a head meets a store; ``train_head`` saves its result and the
 benchmark runs it over many settings without saving.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,12 +13,12 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError, HeadError, check_choice
-from .metrics import metrics
-from .heads import FitResult, HeadConfig, fit_head, load_head, save_head, sidecar_path, zeroshot_encoder
-from .pooling import get_pool
 from ..data.splits import EVAL_SPLITS, Splits, SplitsFrom, SplitSpec, few_shot, make_splits, resplit
+from ..errors import ConfigError, HeadError, check_choice
 from ..store import FeatureStore, open_store
+from .heads import FitResult, HeadConfig, fit_head, load_head, save_head, sidecar_path, zeroshot_encoder
+from .metrics import metrics
+from .pooling import get_pool
 
 
 def split_assignment(splits_from: SplitsFrom) -> dict[tuple[str, float, float], str]:
@@ -35,8 +36,15 @@ def store_splits(store: FeatureStore, spec: SplitSpec | None = None, *, require_
     src = spec.splits_from
     t = store.table()
     splits = t.split if src is None else resplit(t.keys(), split_assignment(src))
-    sp = make_splits(t.label, splits, t.video, seed=spec.seed, val_fraction=spec.val_fraction,
-                     test_fraction=spec.test_fraction, require_train=require_train)
+    sp = make_splits(
+        t.label,
+        splits,
+        t.video,
+        seed=spec.seed,
+        val_fraction=spec.val_fraction,
+        test_fraction=spec.test_fraction,
+        require_train=require_train,
+    )
     if src is not None:
         sp.source = f"{sp.source}:{Path(src.source).name}#{src.split}"
     return sp
@@ -72,20 +80,39 @@ def fit_on_store(
     if cfg.kind == "zeroshot":
         classes = sorted({lab for lab in t.label if lab})
         if X_all.shape[1] != int(prov["dim"]):
-            raise ConfigError(f"zeroshot: pool={pool!r} makes {X_all.shape[1]}-d vectors; prompts need the {prov['dim']}-d "
-                              "embedding itself: use mean, max or center")
+            raise ConfigError(
+                f"zeroshot: pool={pool!r} makes {X_all.shape[1]}-d vectors; prompts need the {prov['dim']}-d "
+                "embedding itself: use mean, max or center"
+            )
         encoder = encoder or zeroshot_encoder(prov.get("encoder"), weights_id=prov.get("weights_id"), device=cfg.device)
         result = fit_head(cfg, X_all[:0], [], classes=classes, encoder=encoder)
     else:
         val = sp.val if len(sp.val) else None
-        result = fit_head(cfg, X_all[train], labels[train].tolist(), X_all[val] if val is not None else None,
-                          labels[val].tolist() if val is not None else None, seed=seed, refit=shots is None)
+        result = fit_head(
+            cfg,
+            X_all[train],
+            labels[train].tolist(),
+            X_all[val] if val is not None else None,
+            labels[val].tolist() if val is not None else None,
+            seed=seed,
+            refit=shots is None,
+        )
     out: dict[str, Any] = {
-        "head": cfg.kind, "head_settings": cfg.to_dict(), "pool": pool, "seed": seed, "shots": shots,
-        "shot_seed": spec.shot_seed if shots is not None else None, "hparams": result.hparams, "C": result.C,
-        "val_top1": max(result.val_scores.values()) if result.val_scores else None, "split_source": sp.source,
-        "n_train": 0 if cfg.kind == "zeroshot" else int(len(train)), "n_val": int(len(sp.val)), "n_test": int(len(sp.test)),
-        "fit_info": result.info, "classes": result.classes,
+        "head": cfg.kind,
+        "head_settings": cfg.to_dict(),
+        "pool": pool,
+        "seed": seed,
+        "shots": shots,
+        "shot_seed": spec.shot_seed if shots is not None else None,
+        "hparams": result.hparams,
+        "C": result.C,
+        "val_top1": max(result.val_scores.values()) if result.val_scores else None,
+        "split_source": sp.source,
+        "n_train": 0 if cfg.kind == "zeroshot" else int(len(train)),
+        "n_val": int(len(sp.val)),
+        "n_test": int(len(sp.test)),
+        "fit_info": result.info,
+        "classes": result.classes,
     }
     if len(sp.test):
         out["test"] = metrics(result.estimator.predict_proba(X_all[sp.test]), labels[sp.test].tolist(), result.classes)
@@ -124,7 +151,9 @@ def train_head(
     return out
 
 
-def evaluate_head(store_path: str | Path, head_path: str | Path, *, split: str = "test", trust: bool = False) -> dict[str, Any]:
+def evaluate_head(
+    store_path: str | Path, head_path: str | Path, *, split: str = "test", trust: bool = False
+) -> dict[str, Any]:
     """Score a saved head on a store's split (reproducing the head's own split), or on all clips."""
     check_choice(split, EVAL_SPLITS, "split")
     head = load_head(head_path, trust=trust)
@@ -132,7 +161,10 @@ def evaluate_head(store_path: str | Path, head_path: str | Path, *, split: str =
     prov, meta = store.provenance, head.meta
     for key in ("encoder", "weights_id", "sampling"):
         if prov.get(key) != meta.get(key):
-            raise HeadError(f"{head_path}: head was trained on features with {key}={meta.get(key)!r} but {store_path} has {prov.get(key)!r}")
+            raise HeadError(
+                f"{head_path}: head was trained on features with "
+                f"{key}={meta.get(key)!r} but {store_path} has {prov.get(key)!r}"
+            )
     t = store.table()
     if split == "all":
         idx = np.array([i for i, lab in enumerate(t.label) if lab], dtype=int)
@@ -148,5 +180,14 @@ def evaluate_head(store_path: str | Path, head_path: str | Path, *, split: str =
     return out
 
 
-__all__ = ["EVAL_SPLITS", "SplitSpec", "SplitsFrom", "evaluate_head", "fit_on_store", "pooled_features",
-           "split_assignment", "store_splits", "train_head"]
+__all__ = [
+    "EVAL_SPLITS",
+    "SplitSpec",
+    "SplitsFrom",
+    "evaluate_head",
+    "fit_on_store",
+    "pooled_features",
+    "split_assignment",
+    "store_splits",
+    "train_head",
+]

@@ -4,6 +4,7 @@ Nothing here imports torch (``torch_dataset`` does, on demand). The read API::
 
     from pipeline.store import open_store
 """
+
 from __future__ import annotations
 
 from .layout import PROVENANCE_FILE, clip_key
@@ -11,5 +12,14 @@ from .reader import FeatureStore, create_or_open, open_store
 from .runs import write_run_record, writer_prefix, writer_progress
 from .writer import ShardWriter
 
-__all__ = ["PROVENANCE_FILE", "FeatureStore", "ShardWriter", "clip_key", "create_or_open", "open_store", "write_run_record",
-           "writer_prefix", "writer_progress"]
+__all__ = [
+    "PROVENANCE_FILE",
+    "FeatureStore",
+    "ShardWriter",
+    "clip_key",
+    "create_or_open",
+    "open_store",
+    "write_run_record",
+    "writer_prefix",
+    "writer_progress",
+]

@@ -15,6 +15,7 @@ Where the filesystem has no record locks (ENOLCK/ENOSYS/EOPNOTSUPP, e.g. Lustre 
 ``flock``) the lock file alone is the lock: one written on this host whose process is gone is
 stale; one from another host is trusted, and the message names the file to remove if that job died.
 """
+
 from __future__ import annotations
 
 import errno
@@ -25,10 +26,10 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
 
 from ..errors import ConfigError, StoreBusyError, StoreError
 
@@ -39,7 +40,7 @@ _BUSY = {errno.EACCES, errno.EAGAIN}
 _MUTEX = threading.Lock()
 # Lock files this process holds, by resolved path. Never opened a second time: closing *any* fd of a
 # file drops this process's POSIX locks on it.
-_HELD: dict[str, "WriterLock"] = {}
+_HELD: dict[str, WriterLock] = {}
 
 
 def scope_name(job_shard: tuple[int, int] | None) -> str:
@@ -92,13 +93,14 @@ class Holder:
     proc_start: str | None = None
 
     @classmethod
-    def me(cls, purpose: str, scope: str) -> "Holder":
+    def me(cls, purpose: str, scope: str) -> Holder:
         pid = os.getpid()
         return cls(pid, socket.gethostname(), time.time(), " ".join(sys.argv)[:300], purpose, scope, _proc_start(pid))
 
     def describe(self) -> str:
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.started))
-        what = "the whole store" if self.scope == "all" else "shard {} of {}".format(*parse_scope(self.scope))
+        shard = parse_scope(self.scope)  # None only for the whole-store scope "all"
+        what = "the whole store" if shard is None else "shard {} of {}".format(*shard)
         return f"{self.purpose} of {what} by pid {self.pid} on {self.host} since {since}"
 
     def alive_by_pid(self) -> bool:
@@ -146,7 +148,9 @@ def _guard(lock_dir: Path, wait_s: float = 30.0) -> Iterator[None]:
             if got is None or got:
                 break  # no record locks here: best effort without a guard
             if time.monotonic() > deadline:
-                raise StoreBusyError(f"{lock_dir}: could not take {GUARD_FILE} within {wait_s:.0f} s (a stuck vidprobe process?)")
+                raise StoreBusyError(
+                    f"{lock_dir}: could not take {GUARD_FILE} within {wait_s:.0f} s (a stuck vidprobe process?)"
+                )
             time.sleep(0.01)
         yield
     finally:
@@ -168,6 +172,11 @@ class WriterLock:
         self._pid = 0  # the process that took the lock; a forked child's copy must never release it
 
     @property
+    def tag(self) -> str:
+        """Scope tag to pass to ``ShardWriter(tag=...)``: names this writer's shard files."""
+        return scope_name(self.job_shard)
+
+    @property
     def held(self) -> bool:
         return self._fd is not None
 
@@ -177,12 +186,15 @@ class WriterLock:
         if self.job_shard is None or theirs is None:
             return "another job is writing to this store"
         if theirs[1] != self.job_shard[1]:
-            return f"a job split into {theirs[1]} shards is writing to this store (this one is split into {self.job_shard[1]})"
+            return (
+                f"a job split into {theirs[1]} shards is writing to "
+                f"this store (this one is split into {self.job_shard[1]})"
+            )
         if theirs[0] == self.job_shard[0]:
             return f"shard {theirs[0]} of {theirs[1]} is already being written"
         return None
 
-    def acquire(self) -> "WriterLock":
+    def acquire(self) -> WriterLock:
         if self.held:
             raise StoreError(f"{self.path}: this lock object is already held")
         lock_dir = self.path.parent
@@ -190,22 +202,29 @@ class WriterLock:
             lock_dir.mkdir(parents=True, exist_ok=True)
             os.close(os.open(lock_dir / GUARD_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666))
         except OSError as exc:
-            raise StoreError(f"{self.store_path}: cannot write its lock folder ({exc.strerror or exc}); is the store read-only?") from None
+            raise StoreError(
+                f"{self.store_path}: cannot write its lock folder ({exc.strerror or exc}); is the store read-only?"
+            ) from None
         with _MUTEX, _guard(lock_dir):
             for other in _live_holders(self.store_path, remove_stale=True):
                 why = self.conflict(other)
                 if why:
                     raise StoreBusyError(
                         f"{self.store_path}: {why} ({other.describe()}); wait for it to finish, or run declared shards "
-                        f"of one job with --shard-id/--num-shards. If that process is certainly gone, delete {lock_dir / (other.scope + '.lock')}"
+                        "of one job with --shard-id/--num-shards. If that process is certainly gone, delete "
+                        f"{lock_dir / (other.scope + '.lock')}"
                     )
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
             except FileExistsError:
-                raise StoreBusyError(f"{self.store_path}: {self.path.name} was taken at the same moment by another process; retry") from None
+                raise StoreBusyError(
+                    f"{self.store_path}: {self.path.name} was taken at the same moment by another process; retry"
+                ) from None
             try:
                 if _try_lockf(fd) is False:
-                    raise StoreBusyError(f"{self.store_path}: {self.path.name} was taken at the same moment by another process; retry")
+                    raise StoreBusyError(
+                        f"{self.store_path}: {self.path.name} was taken at the same moment by another process; retry"
+                    )
                 self.holder = Holder.me(self.purpose, self.scope)
                 os.write(fd, json.dumps(asdict(self.holder)).encode())
                 os.fsync(fd)
@@ -226,7 +245,7 @@ class WriterLock:
             os.close(self._fd)
             self._fd = None
 
-    def __enter__(self) -> "WriterLock":
+    def __enter__(self) -> WriterLock:
         return self.acquire()
 
     def __exit__(self, *exc: object) -> None:

@@ -1,13 +1,15 @@
 """Reading a store: the clip index of all live shards (first finished wins; superseded shards
 ignored), ``FeatureStore`` (the read API), ``open_store`` and ``create_or_open``. See ``layout``."""
+
 from __future__ import annotations
 
 import json
 import time
 from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -20,19 +22,29 @@ from .layout import (
     SCHEMA_VERSION,
     SHARD_DIR,
     Key,
-    read_str,
     atomic_write_text,
     clip_key,
     describe_differences,
     identity,
     read_provenance_file,
+    read_str,
     shard_paths,
 )
-from .lock import WriterLock, live_holders, parse_scope, scope_name
+from .lock import WriterLock, live_holders, parse_scope
 from .writer import ShardWriter
 
-__all__ = ["FeatureStore", "StoreIndex", "ShardMeta", "ClipTable", "kept_frames", "open_store", "create_or_open", "ShardWriter", "clip_key",
-           "PROVENANCE_FILE"]
+__all__ = [
+    "FeatureStore",
+    "StoreIndex",
+    "ShardMeta",
+    "ClipTable",
+    "kept_frames",
+    "open_store",
+    "create_or_open",
+    "ShardWriter",
+    "clip_key",
+    "PROVENANCE_FILE",
+]
 
 
 @dataclass
@@ -86,8 +98,10 @@ class ClipTable(StoreIndex):
     timestamp: np.ndarray  # (F,)
 
     @classmethod
-    def of(cls, index: StoreIndex, embedding: np.ndarray, timestamp: np.ndarray) -> "ClipTable":
-        return cls(**{f.name: getattr(index, f.name) for f in fields(StoreIndex)}, embedding=embedding, timestamp=timestamp)
+    def of(cls, index: StoreIndex, embedding: np.ndarray, timestamp: np.ndarray) -> ClipTable:
+        return cls(
+            **{f.name: getattr(index, f.name) for f in fields(StoreIndex)}, embedding=embedding, timestamp=timestamp
+        )
 
     def __len__(self) -> int:
         return len(self.video)
@@ -98,8 +112,6 @@ class ClipTable(StoreIndex):
 
 def _compression_of(ds) -> str:
     return ds.compression or "none"
-
-
 
 
 def _build_index(path: Path, dim: int) -> StoreIndex:
@@ -117,9 +129,25 @@ def _build_index(path: Path, dim: int) -> StoreIndex:
                 lab, spl = read_str(c["label"]), read_str(c["split"])
                 emb = f["frames/embedding"]
                 emb_shape = emb.shape
-                meta = ShardMeta(shard, off, np.arange(len(v)), len(v), int(emb.shape[0]), str(emb.dtype), _compression_of(emb), json.loads(f.attrs.get("compacted_from", "[]")))
+                meta = ShardMeta(
+                    shard,
+                    off,
+                    np.arange(len(v)),
+                    len(v),
+                    int(emb.shape[0]),
+                    str(emb.dtype),
+                    _compression_of(emb),
+                    json.loads(f.attrs.get("compacted_from", "[]")),
+                )
                 fl = f["failures"]
-                fcols = (read_str(fl["path"]), fl["start"][()], fl["end"][()], read_str(fl["stage"]), read_str(fl["error"]), fl["time"][()])
+                fcols = (
+                    read_str(fl["path"]),
+                    fl["start"][()],
+                    fl["end"][()],
+                    read_str(fl["stage"]),
+                    read_str(fl["error"]),
+                    fl["time"][()],
+                )
         except FileNotFoundError:
             raise  # removed by a compaction after the listing; the caller lists again
         except (OSError, KeyError, ValueError) as exc:
@@ -128,7 +156,18 @@ def _build_index(path: Path, dim: int) -> StoreIndex:
             raise StoreError(f"{shard}: inconsistent shard (offsets/frames/dim); run `vidprobe verify {path}`")
         replaced.update(meta.compacted_from)
         rows.append((meta, v, s, e, lab, spl))
-        raw_failures += [dict(path=r[0], start=float(r[1]), end=float(r[2]), stage=r[3], error=r[4], time=float(r[5]), shard=shard.name) for r in zip(*fcols)]
+        raw_failures += [
+            dict(
+                path=r[0],
+                start=float(r[1]),
+                end=float(r[2]),
+                stage=r[3],
+                error=r[4],
+                time=float(r[5]),
+                shard=shard.name,
+            )
+            for r in zip(*fcols)
+        ]
     videos: list[str] = []
     labels: list[str] = []
     splits: list[str] = []
@@ -265,7 +304,10 @@ class FeatureStore:
                     break
                 except FileNotFoundError:  # a concurrent compaction removed a listed shard: list again
                     if attempt == 4:
-                        raise StoreError(f"{self.path}: shards keep disappearing while reading; is a compaction running?") from None
+                        raise StoreError(
+                            f"{self.path}: shards keep disappearing while reading; is a compaction running?"
+                        ) from None
+        assert self._index is not None  # the loop either built it or raised
         return self._index
 
     # -- reading -------------------------------------------------------------------------------
@@ -309,7 +351,9 @@ class FeatureStore:
                 except FileNotFoundError:
                     self._index = None
                     if attempt == 4:
-                        raise StoreError(f"{self.path}: shards keep disappearing while reading; is a compaction running?") from None
+                        raise StoreError(
+                            f"{self.path}: shards keep disappearing while reading; is a compaction running?"
+                        ) from None
             self._table = ClipTable.of(idx, emb, ts)
         return self._table
 
@@ -376,7 +420,9 @@ class FeatureStore:
             "path": str(self.path),
             "clips": len(idx.video),
             "frames": int(idx.offset[-1]),
-            "frames_per_clip": {"min": int(lengths.min()), "max": int(lengths.max()), "mean": float(lengths.mean())} if len(lengths) else None,
+            "frames_per_clip": {"min": int(lengths.min()), "max": int(lengths.max()), "mean": float(lengths.mean())}
+            if len(lengths)
+            else None,
             "labels": len({x for x in idx.label if x}),
             "label_counts": dict(sorted(Counter(x or "(none)" for x in idx.label).items())),
             "splits": {s or "(none)": n for s, n in sorted(Counter(idx.split).items())},
@@ -417,12 +463,7 @@ class _StoreWriterLock(WriterLock):
         super().__init__(store.path, job_shard, purpose)
         self.store = store
 
-    @property
-    def tag(self) -> str:
-        """Scope tag to pass to ``ShardWriter(tag=...)``: names this writer's shard files."""
-        return scope_name(self.job_shard)
-
-    def acquire(self) -> "_StoreWriterLock":
+    def acquire(self) -> _StoreWriterLock:
         super().acquire()
         for tmp in self.store.unfinished_paths():
             # Whole-store lock: no other writer can be live. Shard lock: only files tagged with our scope.
@@ -430,8 +471,6 @@ class _StoreWriterLock(WriterLock):
                 tmp.unlink(missing_ok=True)
         self.store.invalidate()  # what is done is read after the lock is taken
         return self
-
-
 
 
 def open_store(path: str | Path) -> FeatureStore:
@@ -448,9 +487,14 @@ def open_store(path: str | Path) -> FeatureStore:
     elif (p / PROVENANCE_FILE).is_file():
         provenance = read_provenance_file(p)
     else:
-        raise StoreError(f"{p}: no feature store here (missing {PROVENANCE_FILE}); create one with `vidprobe extract SOURCE -o {p}`")
+        raise StoreError(
+            f"{p}: no feature store here (missing {PROVENANCE_FILE}); create one with `vidprobe extract SOURCE -o {p}`"
+        )
     if provenance.get("schema_version") != SCHEMA_VERSION:
-        raise StoreError(f"{p}: schema version {provenance.get('schema_version')} is not supported (this vidprobe reads {SCHEMA_VERSION})")
+        raise StoreError(
+            f"{p}: schema version {provenance.get('schema_version')} "
+            f"is not supported (this vidprobe reads {SCHEMA_VERSION})"
+        )
     return FeatureStore(p, provenance)
 
 
@@ -467,7 +511,11 @@ def create_or_open(path: str | Path, provenance: dict[str, Any]) -> FeatureStore
     if p.is_file():
         raise StoreError(f"{p}: is a file; a store to write to is a folder (choose a new path)")
     if not (p / PROVENANCE_FILE).is_file():
-        if p.exists() and any(x.name not in (SHARD_DIR, "locks", RUNS_DIR, PROVENANCE_FILE) and not x.name.startswith(f".{PROVENANCE_FILE}.") for x in p.iterdir()):
+        if p.exists() and any(
+            x.name not in (SHARD_DIR, "locks", RUNS_DIR, PROVENANCE_FILE)
+            and not x.name.startswith(f".{PROVENANCE_FILE}.")
+            for x in p.iterdir()
+        ):
             raise StoreError(f"{p}: exists and is not a vidprobe store; choose a new path")
         (p / SHARD_DIR).mkdir(parents=True, exist_ok=True)
         provenance.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
@@ -477,7 +525,7 @@ def create_or_open(path: str | Path, provenance: dict[str, Any]) -> FeatureStore
     store = open_store(p)
     diffs = describe_differences(store.provenance, provenance)
     if diffs:
-        raise StoreError(f"{p}: refusing to append with different settings — " + "; ".join(diffs) + ". Use a new store path.")
+        raise StoreError(
+            f"{p}: refusing to append with different settings — " + "; ".join(diffs) + ". Use a new store path."
+        )
     return store
-
-

@@ -5,6 +5,7 @@ shard i of n, ``shardIIIIofNNNN``) and keeps a small record of its last run in `
 (state running/finished/stopped, clips assigned/done/skipped/failed, host, pid, time). A run killed
 with SIGKILL stays "running" in its record until it is re-run.
 """
+
 from __future__ import annotations
 
 import json
@@ -69,4 +70,3 @@ def writer_progress(store: FeatureStore) -> dict[str, dict[str, Any]]:
         except (OSError, ValueError):
             continue
     return dict(sorted(out.items()))
-

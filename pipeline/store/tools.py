@@ -7,6 +7,7 @@ extraction; that rename is the commit point — the new shard names the shards i
 (``compacted_from``), so readers ignore them even if a crash leaves them behind, and the next
 compaction deletes them.
 """
+
 from __future__ import annotations
 
 import json
@@ -62,11 +63,16 @@ def _check_shard(shard: Path, store: FeatureStore, report: VerifyReport) -> list
             if emb.ndim != 2 or emb.shape[1] != dim:
                 report.problems.append(f"{name}: frames/embedding has shape {emb.shape}, expected (F, {dim})")
             if str(emb.dtype) != identity(store.provenance, "dtype"):
-                report.problems.append(f"{name}: embeddings stored as {emb.dtype}, the store is {identity(store.provenance, 'dtype')}")
+                report.problems.append(
+                    f"{name}: embeddings stored as {emb.dtype}, the store is {identity(store.provenance, 'dtype')}"
+                )
             if ts.shape != (frames,):
                 report.problems.append(f"{name}: frames/timestamp has {ts.shape[0]} rows for {frames} embeddings")
             if len(off) != n + 1 or off[0] != 0 or off[-1] != frames or np.any(np.diff(off) < 0):
-                report.problems.append(f"{name}: clips/offset inconsistent (len {len(off)} for {n} clips, first {off[:1]}, last {off[-1:]}, {frames} frames)")
+                report.problems.append(
+                    f"{name}: clips/offset inconsistent (len {len(off)} for {n} "
+                    f"clips, first {off[:1]}, last {off[-1:]}, {frames} frames)"
+                )
             elif n and np.any(np.diff(off) == 0):
                 report.problems.append(f"{name}: {int(np.sum(np.diff(off) == 0))} clips own no frames")
             for col in ("start", "end", "label", "split"):
@@ -77,11 +83,16 @@ def _check_shard(shard: Path, store: FeatureStore, report: VerifyReport) -> list
                 report.problems.append(f"{name}: failures columns differ in length")
             for lo in range(0, frames, _BLOCK_ROWS):
                 if not np.all(np.isfinite(emb[lo : lo + _BLOCK_ROWS])):
-                    report.problems.append(f"{name}: NaN or Inf in frames/embedding rows {lo}..{min(frames, lo + _BLOCK_ROWS) - 1}")
+                    report.problems.append(
+                        f"{name}: NaN or Inf in frames/embedding rows {lo}..{min(frames, lo + _BLOCK_ROWS) - 1}"
+                    )
                     break
             if frames and not np.all(np.isfinite(ts[()])):
                 report.problems.append(f"{name}: NaN or Inf in frames/timestamp")
-            keys = [clip_key(v, s, e) for v, s, e in zip(c["video"].asstr()[()].tolist() if n else [], c["start"][()], c["end"][()])]
+            keys = [
+                clip_key(v, s, e)
+                for v, s, e in zip(c["video"].asstr()[()].tolist() if n else [], c["start"][()], c["end"][()])
+            ]
             report.failures += m
     except (OSError, KeyError, ValueError, TypeError) as exc:
         report.problems.append(f"{name}: cannot be read ({exc})")
@@ -114,7 +125,10 @@ def verify_store(path: str | Path) -> VerifyReport:
     example = ""
     for shard in shards:
         if shard.name in replaced:
-            report.notes.append(f"{shard.name}: replaced by a compacted shard (a crash interrupted compaction); `vidprobe compact` removes it")
+            report.notes.append(
+                f"{shard.name}: replaced by a compacted shard (a crash "
+                "interrupted compaction); `vidprobe compact` removes it"
+            )
             continue
         keys = _check_shard(shard, store, report)
         for key in keys or []:
@@ -123,10 +137,15 @@ def verify_store(path: str | Path) -> VerifyReport:
                 example = example or f"{key[0]} in {owner[key]} and {shard.name}"
             owner.setdefault(key, shard.name)
     if across:
-        report.problems.append(f"{across} clips are stored in more than one shard (readers keep the first), e.g. {example}")
+        report.problems.append(
+            f"{across} clips are stored in more than one shard (readers keep the first), e.g. {example}"
+        )
     tmp = store.unfinished_paths()
     if tmp:
-        report.notes.append(f"{len(tmp)} unfinished *.h5.tmp shard(s) from a running or killed job (ignored by readers; the next job or compact removes them)")
+        report.notes.append(
+            f"{len(tmp)} unfinished *.h5.tmp shard(s) from a running or killed "
+            "job (ignored by readers; the next job or compact removes them)"
+        )
     for holder in live_holders(store.path) if store.path.is_dir() else []:
         report.notes.append(f"a writer is running: {holder.describe()}")
     if not shards:
@@ -149,7 +168,16 @@ def compact_store(path: str | Path, compression: str | None = None, compression_
             compression = Counter(m.compression for m in idx.shards).most_common(1)[0][0] if idx.shards else "none"
         live_compressions = {m.compression for m in idx.shards}
         if len(before) <= 1 and live_compressions <= {compression}:
-            return {"path": str(store.path), "changed": False, "shards_before": len(before), "shards_after": len(before), "size_before": size_before, "size_after": size_before, "clips": len(idx.video), "compression": compression}
+            return {
+                "path": str(store.path),
+                "changed": False,
+                "shards_before": len(before),
+                "shards_after": len(before),
+                "size_before": size_before,
+                "size_after": size_before,
+                "clips": len(idx.video),
+                "compression": compression,
+            }
 
         def fill(emb_ds, ts_ds) -> None:
             for e, t, sel, n, pos in kept_frames(idx.shards):
@@ -163,7 +191,14 @@ def compact_store(path: str | Path, compression: str | None = None, compression_
         merged = write_shard(
             store.path / SHARD_DIR / shard_name("compact"),
             store.provenance,
-            {"offset": idx.offset, "video": idx.video, "start": idx.start, "end": idx.end, "label": idx.label, "split": idx.split},
+            {
+                "offset": idx.offset,
+                "video": idx.video,
+                "start": idx.start,
+                "end": idx.end,
+                "label": idx.label,
+                "split": idx.split,
+            },
             {col: [f[col] for f in fails] for col in ("path", "start", "end", "stage", "error", "time")},
             int(idx.offset[-1]),
             fill,

@@ -5,9 +5,11 @@ Kept apart from the reader so that reading a store never needs torch. Items are
 ``label_index`` an int64 index into ``dataset.classes`` (-1 for an unlabeled clip). Clips may have
 different T (fps sampling); ``pad_collate`` batches them with a length vector.
 """
+
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -34,7 +36,9 @@ class ClipDataset(Dataset):
         labels = self.store.labels
         if split is not None and split not in ("train", "val", "test", ""):
             raise ConfigError(f"split={split!r}: allowed values are train, val, test, '' (unsplit) or None (all)")
-        self.indices = np.array([i for i, s in enumerate(self.store.splits) if split is None or s == split], dtype=np.int64)
+        self.indices = np.array(
+            [i for i, s in enumerate(self.store.splits) if split is None or s == split], dtype=np.int64
+        )
         self.classes = list(classes) if classes is not None else sorted({x for x in labels if x})
         lookup = {c: k for k, c in enumerate(self.classes)}
         self.targets = np.array([lookup.get(labels[i], -1) for i in self.indices], dtype=np.int64)

@@ -1,19 +1,21 @@
 """Writing shards: ``write_shard`` is the only way a shard comes to be (``*.h5.tmp`` → fsync → atomic
 rename), and ``ShardWriter`` buffers finished clips into whole shards so a kill loses at most one."""
+
 from __future__ import annotations
 
 import json
 import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..config import STORE_COMPRESSIONS as COMPRESSIONS
 from ..errors import StoreError
-from .layout import SCHEMA_VERSION, SHARD_DIR, nan_if_none, write_str_dataset, fsync_dir, identity, shard_name
+from .layout import SCHEMA_VERSION, SHARD_DIR, fsync_dir, identity, nan_if_none, shard_name, write_str_dataset
 
 if TYPE_CHECKING:
     from .reader import FeatureStore
@@ -65,7 +67,12 @@ def write_shard(
             for k, v in (attrs or {}).items():
                 f.attrs[k] = v
             frames = f.create_group("frames")
-            emb = frames.create_dataset("embedding", shape=(n_frames, dim), dtype=dtype, **_embedding_layout(n_frames, dim, dtype, compression, compression_level))
+            emb = frames.create_dataset(
+                "embedding",
+                shape=(n_frames, dim),
+                dtype=dtype,
+                **_embedding_layout(n_frames, dim, dtype, compression, compression_level),
+            )
             ts = frames.create_dataset("timestamp", shape=(n_frames,), dtype=np.float64)
             if n_frames:
                 fill(emb, ts)
@@ -117,7 +124,7 @@ class ShardWriter:
 
     def __init__(
         self,
-        store: "FeatureStore",
+        store: FeatureStore,
         shard_size: int = 512,
         max_frames: int = 1 << 16,
         *,
@@ -137,15 +144,28 @@ class ShardWriter:
         self.pending = _Pending()
         self.written: list[Path] = []
 
-    def add(self, video: str, start: float | None, end: float | None, label: str, split: str, embeddings: np.ndarray, timestamps: np.ndarray) -> None:
+    def add(
+        self,
+        video: str,
+        start: float | None,
+        end: float | None,
+        label: str,
+        split: str,
+        embeddings: np.ndarray,
+        timestamps: np.ndarray,
+    ) -> None:
         if embeddings.ndim != 2 or embeddings.shape[0] != len(timestamps):
             raise StoreError(f"{video}: embeddings {embeddings.shape} do not match {len(timestamps)} timestamps")
         if embeddings.shape[1] != int(self.store.provenance["dim"]):
-            raise StoreError(f"{video}: embeddings have {embeddings.shape[1]} dims, the store holds {self.store.provenance['dim']}")
+            raise StoreError(
+                f"{video}: embeddings have {embeddings.shape[1]} dims, the store holds {self.store.provenance['dim']}"
+            )
         if not np.all(np.isfinite(embeddings)):
             raise StoreError(f"{video}: embeddings contain NaN or Inf; not stored")
         if self.dtype == np.float16 and np.abs(embeddings).max(initial=0.0) > _FLOAT16_MAX:
-            raise StoreError(f"{video}: embedding values exceed the float16 range; use a store with store.dtype=float32")
+            raise StoreError(
+                f"{video}: embedding values exceed the float16 range; use a store with store.dtype=float32"
+            )
         p = self.pending
         p.videos.append(video)
         p.starts.append(nan_if_none(start))
@@ -179,11 +199,18 @@ class ShardWriter:
             emb_ds[...] = np.concatenate(p.embeddings)
             ts_ds[...] = np.concatenate(p.timestamps)
 
-        cols = list(zip(*p.failures)) if p.failures else [[]] * 6
+        cols: list[Sequence[Any]] = list(zip(*p.failures)) if p.failures else [[]] * 6
         final = write_shard(
             shard_dir / shard_name(self.prefix, self.tag),
             self.store.provenance,
-            {"offset": offsets, "video": p.videos, "start": p.starts, "end": p.ends, "label": p.labels, "split": p.splits},
+            {
+                "offset": offsets,
+                "video": p.videos,
+                "start": p.starts,
+                "end": p.ends,
+                "label": p.labels,
+                "split": p.splits,
+            },
             dict(zip(("path", "start", "end", "stage", "error", "time"), cols)),
             int(offsets[-1]),
             fill,
@@ -198,11 +225,9 @@ class ShardWriter:
     def close(self) -> None:
         self.flush()
 
-    def __enter__(self) -> "ShardWriter":
+    def __enter__(self) -> ShardWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
         # Finished clips are kept even when the job stops on an error or Ctrl-C.
         self.flush()
-
-
