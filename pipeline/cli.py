@@ -138,9 +138,10 @@ def _size(n: float) -> str:
 
 def cmd_info(args: argparse.Namespace) -> int:
     from .store import open_store, writer_progress
+    from .store.layout import identity
 
     store = open_store(args.store)
-    info = store.info()
+    info = {**store.info(), "precision": identity(store.provenance, "precision")}
     failures = store.failures()
     writers = writer_progress(store)
     if args.json:
@@ -154,7 +155,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         ("clips", f"{info['clips']} ({info['frames']} frames{per_clip})"),
         ("labels", f"{info['labels']}: {labels}" if info["labels"] else "0"),
         ("splits", " · ".join(f"{k} {v}" for k, v in info["splits"].items()) or "-"),
-        ("encoder", f"{info['encoder']} (weights {info['weights_id']}, dim {info['dim']})"),
+        ("encoder", f"{info['encoder']} (weights {info['weights_id']}, dim {info['dim']}, {info['precision']})"),
         ("sampling", json.dumps(info["sampling"])),
         ("preprocess", json.dumps(info["preprocess"])),
         ("created", f"{info['created']}, last write {info['last_write']}"),

@@ -145,6 +145,7 @@ def build_provenance(encoder, cfg: Config) -> dict[str, Any]:
         "preprocess": encoder.preprocess_cfg.to_dict(),
         "sampling": sampling_identity(cfg.sampling),
         "dtype": cfg.store.dtype,
+        "precision": encoder.precision,  # what the encoder actually ran (auto resolved): changes the values
         "encoder_info": encoder.provenance(),
         "versions": {"vidprobe": __version__, "torch": torch.__version__, "h5py": h5py.__version__, "numpy": np.__version__},
     }
