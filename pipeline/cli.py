@@ -120,7 +120,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     else:
         for r in results:
             if "error" in r:
-                print(f"{r['path']}: error: {r['error']}", file=sys.stderr)
+                msg = r["error"] if r["path"] in r["error"] else f"{r['path']}: {r['error']}"
+                print(f"vidprobe predict: error: {msg}", file=sys.stderr)
                 continue
             print(r["path"])
             for t in r["top"]:

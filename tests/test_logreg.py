@@ -39,8 +39,13 @@ def test_same_optimum_as_scikit_learn(K: int, C: float) -> None:
     ours = TorchSolver(X, y, K, dtype="float64", tol=1e-9, max_iter=5000).fit(C)
     ref = SklearnSolver(X, y, K, tol=1e-9, max_iter=5000).fit(C)
     assert ours.converged and ref.converged
-    np.testing.assert_allclose(ours.W, ref.W, atol=2e-5)
-    np.testing.assert_allclose(_proba(ours, X), _proba(ref, X), atol=2e-5)
+    # Same optimum: the objective agrees to ~1e-11 everywhere. W and the probabilities only to where each
+    # L-BFGS path stopped (scipy's also stops on relative change): at K=5, C=1 (|W| ~ 1.4, weakest
+    # regularisation) they differed by 1.87e-5 and 1.4e-5 on AMD AVX2, too near the old 2e-5 for a
+    # path that another CPU's float64 rounding may bend; 1e-4 still catches any wrong objective.
+    assert abs(_objective(ours, X, y) - _objective(ref, X, y)) <= 1e-9
+    np.testing.assert_allclose(ours.W, ref.W, atol=1e-4)
+    np.testing.assert_allclose(_proba(ours, X), _proba(ref, X), atol=1e-4)
     if K == 2:
         np.testing.assert_allclose(ours.W[0], -ours.W[1], atol=1e-5)  # symmetric two-class form
 
