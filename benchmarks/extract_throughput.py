@@ -145,26 +145,29 @@ def workload(videos: dict[str, Path], kind: str, full: bool) -> tuple[Manifest, 
 
 
 def _cpu_now() -> float:
-    """CPU seconds of this process (all threads) plus its finished children (the decoder processes)."""
-    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return time.process_time() + ru.ru_utime + ru.ru_stime
+    """CPU seconds of this process (all threads) and its live descendants (decoder processes, which the
+    forkserver starts: not our children, so getrusage(RUSAGE_CHILDREN) would miss them)."""
+    return sum(cpu for _, cpu in _tree_stats(os.getpid()).values())
 
 
 def decode_only(manifest: Manifest, sampling: SamplingConfig, preprocess, workers: int, keep: bool) -> tuple[float, int, list[np.ndarray], float]:
     """(frames/s, frames, kept frames, CPU seconds per frame of the whole decode stage)."""
     tasks = [ClipTask(i, str(it.abspath), it.start, it.end) for i, it in enumerate(manifest.items)]
     kept, frames = [], 0
-    t0, c0 = time.perf_counter(), _cpu_now()
+    t0 = time.perf_counter()
     with DecodePool(sampling, preprocess, num_workers=workers, threads=1, timeout=600, chunk=32, max_messages=16) as pool:
+        c0 = None
         for msg in pool.messages(tasks):
             if msg[0] == "frames":
+                if c0 is None:  # from the first frames on: worker start-up is not a per-frame cost
+                    c0, n0 = _cpu_now(), frames + len(msg[2])
                 frames += len(msg[2])
                 if keep:
                     kept.append(msg[2])
             elif msg[0] == "error":
                 raise RuntimeError(msg[2])
-        wall = time.perf_counter() - t0
-    return frames / wall, frames, kept, (_cpu_now() - c0) / max(frames, 1)
+        wall, c1 = time.perf_counter() - t0, _cpu_now()  # before the workers exit
+    return frames / wall, frames, kept, (c1 - c0) / max(frames - n0, 1) if c0 is not None else float("nan")
 
 
 def encode_only(encoder, frames: list[np.ndarray] | np.ndarray, batch: int, threads: int) -> tuple[float, float]:
@@ -253,27 +256,32 @@ def sparse_vs_full(path: Path, preprocess, repeats: int = 2) -> dict[str, float]
 
 # -- peak RSS in separate processes -------------------------------------------------------------------
 
-def _tree_rss(root_pid: int) -> dict[int, int]:
-    """RSS (bytes) of ``root_pid`` and each of its descendants, from /proc (no psutil)."""
+def _tree_stats(root_pid: int) -> dict[int, tuple[int, float]]:
+    """(RSS bytes, CPU seconds) of ``root_pid`` and each of its descendants, from /proc (no psutil)."""
     children: dict[int, list[int]] = {}
-    rss: dict[int, int] = {}
+    stats: dict[int, tuple[int, float]] = {}
+    tick = os.sysconf("SC_CLK_TCK")
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/stat") as fh:
                 fields = fh.read().rsplit(")", 1)[1].split()
-            ppid, pages = int(fields[1]), int(fields[21])
+            ppid, pages, cpu = int(fields[1]), int(fields[21]), (int(fields[11]) + int(fields[12])) / tick
         except (OSError, IndexError, ValueError):
             continue
         children.setdefault(ppid, []).append(int(entry))
-        rss[int(entry)] = pages * os.sysconf("SC_PAGE_SIZE")
+        stats[int(entry)] = (pages * os.sysconf("SC_PAGE_SIZE"), cpu)
     out, stack = {}, [root_pid]
     while stack:
         pid = stack.pop()
-        out[pid] = rss.get(pid, 0)
+        out[pid] = stats.get(pid, (0, 0.0))
         stack.extend(children.get(pid, []))
     return out
+
+
+def _tree_rss(root_pid: int) -> dict[int, int]:
+    return {pid: rss for pid, (rss, _) in _tree_stats(root_pid).items()}
 
 
 def rss_run(workdir: Path, n: int, device: str) -> dict[str, float]:
