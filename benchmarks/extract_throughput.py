@@ -7,15 +7,19 @@ on this machine, side by side:
 1. per workload (dense = ``fps`` sampling, sparse = 8 uniform frames per clip):
    decode-only frames/s (the engine's decoder processes, one per core, frames discarded),
    encode-only frames/s (the encoder on already decoded frames, every core),
-   end-to-end frames/s (``pipeline.extract.local`` with default settings into a fresh store),
-   and end-to-end / ceiling, where the ceiling is 1/(1/decode + 1/encode) when both stages share the
-   CPU and min(decode, encode) when the encoder runs on a GPU;
+   end-to-end frames/s (``pipeline.extract.local`` with default settings, ``precision: auto``, into a
+   fresh store; and with fp32 where auto chose bf16), each stage's CPU seconds per frame alone, and
+   end-to-end against the bound ``cores / (decode CPU-s + encode CPU-s per frame)`` (a real upper bound
+   when both stages share the CPU; 1/(1/decode + 1/encode) is not one) and against min(decode, encode)
+   (the bound when the encoder runs on a GPU); which native bf16 support (AMX-BF16, AVX512-BF16) the
+   CPU has, and the encoder alone in fp32 and bf16 (effnet-lite0, open_clip ViT-B-32 with random
+   weights) side by side with their cosine;
 2. one 60 s 720p GOP-30 clip: 8 sampled frames (exact, and ``seek_mode: keyframe``) vs decoding all its
    frames, and the same on the long-GOP clip;
 3. peak RSS of an extraction of 100 vs 1000 short clips (each run in its own process; main process
    peak from getrusage, whole process tree from /proc samples).
 
-Default sizes keep the run under ~10 minutes on a 2-core CPU; ``--full`` uses the issue's sizes (10-60 s
+Default sizes keep the run to a few minutes on a 2-core CPU; ``--full`` uses the issue's sizes (10-60 s
 videos of every kind, longer workloads). The last line printed is one JSON object with every figure.
 """
 from __future__ import annotations
@@ -140,36 +144,83 @@ def workload(videos: dict[str, Path], kind: str, full: bool) -> tuple[Manifest, 
     return Manifest(root, items), SamplingConfig(strategy="uniform", num_frames=8)
 
 
-def decode_only(manifest: Manifest, sampling: SamplingConfig, preprocess, workers: int, keep: bool) -> tuple[float, int, list[np.ndarray]]:
+def _cpu_now() -> float:
+    """CPU seconds of this process (all threads) and its live descendants (decoder processes, which the
+    forkserver starts: not our children, so getrusage(RUSAGE_CHILDREN) would miss them)."""
+    return sum(cpu for _, cpu in _tree_stats(os.getpid()).values())
+
+
+def decode_only(manifest: Manifest, sampling: SamplingConfig, preprocess, workers: int, keep: bool) -> tuple[float, int, list[np.ndarray], float]:
+    """(frames/s, frames, kept frames, CPU seconds per frame of the whole decode stage)."""
     tasks = [ClipTask(i, str(it.abspath), it.start, it.end) for i, it in enumerate(manifest.items)]
     kept, frames = [], 0
     t0 = time.perf_counter()
     with DecodePool(sampling, preprocess, num_workers=workers, threads=1, timeout=600, chunk=32, max_messages=16) as pool:
+        c0 = None
         for msg in pool.messages(tasks):
             if msg[0] == "frames":
+                if c0 is None:  # from the first frames on: worker start-up is not a per-frame cost
+                    c0, n0 = _cpu_now(), frames + len(msg[2])
                 frames += len(msg[2])
                 if keep:
                     kept.append(msg[2])
             elif msg[0] == "error":
                 raise RuntimeError(msg[2])
-    return frames / (time.perf_counter() - t0), frames, kept
+        wall, c1 = time.perf_counter() - t0, _cpu_now()  # before the workers exit
+    return frames / wall, frames, kept, (c1 - c0) / max(frames - n0, 1) if c0 is not None else float("nan")
 
 
-def encode_only(encoder, frames: list[np.ndarray], batch: int, threads: int) -> float:
+def encode_only(encoder, frames: list[np.ndarray] | np.ndarray, batch: int, threads: int) -> tuple[float, float]:
+    """(frames/s, CPU seconds per frame) of the encoder alone on already decoded frames."""
     import torch
 
-    allf = np.concatenate(frames)
+    allf = np.concatenate(frames) if isinstance(frames, list) else frames
     old = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     try:
         encoder.encode(allf[:batch])  # warm-up (allocator, oneDNN kernels)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for i in range(0, len(allf), batch):
             encoder.encode(allf[i : i + batch])
-        return len(allf) / (time.perf_counter() - t0)
+        return len(allf) / (time.perf_counter() - t0), (time.process_time() - c0) / len(allf)
     finally:
         torch.set_num_threads(old)
+
+
+def precision_pair(spec: str, frames: np.ndarray, batch: int, threads: int, budget_s: float = 20.0) -> dict:
+    """The encoder's fp32 and bf16 (weights and inputs) rates side by side, and bf16 vs fp32 cosine.
+
+    Same random weights for both (seeded) when the spec has none. bf16 without native support can be
+    10x+ slower, so frames are capped to what fits ``budget_s`` at the measured first-batch rate.
+    """
+    import warnings
+
+    import torch
+
+    from pipeline.encoders import create_encoder
+
+    out: dict = {"spec": spec}
+    embs = {}
+    for prec in ("fp32", "bf16"):
+        torch.manual_seed(0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the slow-bf16 warning: this is what we measure
+            enc = create_encoder(spec, device="cpu", precision=prec)
+        x = frames  # the encoder resizes/crops frames not already at its input size
+        t0 = time.perf_counter()
+        enc.encode(x[:batch])
+        first = (time.perf_counter() - t0) / min(batch, len(x))
+        n = int(max(batch, min(len(x), budget_s / max(first, 1e-6)) // batch * batch))
+        rate, cpu = encode_only(enc, x[:n], batch, threads)
+        embs[prec] = enc.encode(x[: min(len(x), 16)])
+        out[prec] = {"img_per_s": rate, "cpu_s_per_img": cpu, "frames": n}
+        del enc
+    a, b = embs["fp32"], embs["bf16"]
+    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    out["bf16_over_fp32"] = out["bf16"]["img_per_s"] / out["fp32"]["img_per_s"]
+    out["min_cosine_bf16_fp32"] = float(cos.min())
+    return out
 
 
 def end_to_end(manifest: Manifest, sampling: SamplingConfig, encoder, cfg: Config, store: Path) -> tuple[float, int, dict]:
@@ -205,27 +256,32 @@ def sparse_vs_full(path: Path, preprocess, repeats: int = 2) -> dict[str, float]
 
 # -- peak RSS in separate processes -------------------------------------------------------------------
 
-def _tree_rss(root_pid: int) -> dict[int, int]:
-    """RSS (bytes) of ``root_pid`` and each of its descendants, from /proc (no psutil)."""
+def _tree_stats(root_pid: int) -> dict[int, tuple[int, float]]:
+    """(RSS bytes, CPU seconds) of ``root_pid`` and each of its descendants, from /proc (no psutil)."""
     children: dict[int, list[int]] = {}
-    rss: dict[int, int] = {}
+    stats: dict[int, tuple[int, float]] = {}
+    tick = os.sysconf("SC_CLK_TCK")
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/stat") as fh:
                 fields = fh.read().rsplit(")", 1)[1].split()
-            ppid, pages = int(fields[1]), int(fields[21])
+            ppid, pages, cpu = int(fields[1]), int(fields[21]), (int(fields[11]) + int(fields[12])) / tick
         except (OSError, IndexError, ValueError):
             continue
         children.setdefault(ppid, []).append(int(entry))
-        rss[int(entry)] = pages * os.sysconf("SC_PAGE_SIZE")
+        stats[int(entry)] = (pages * os.sysconf("SC_PAGE_SIZE"), cpu)
     out, stack = {}, [root_pid]
     while stack:
         pid = stack.pop()
-        out[pid] = rss.get(pid, 0)
+        out[pid] = stats.get(pid, (0, 0.0))
         stack.extend(children.get(pid, []))
     return out
+
+
+def _tree_rss(root_pid: int) -> dict[int, int]:
+    return {pid: rss for pid, (rss, _) in _tree_stats(root_pid).items()}
 
 
 def rss_run(workdir: Path, n: int, device: str) -> dict[str, float]:
@@ -258,6 +314,16 @@ def rss_child(n: int, workdir: Path, device: str) -> None:
 
 # -- main ----------------------------------------------------------------------------------------------
 
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "unknown")
+    except OSError:
+        import platform
+
+        return platform.processor() or "unknown"
+
+
 def _fmt_row(cells, widths) -> str:
     return " | ".join(str(c).rjust(w) for c, w in zip(cells, widths))
 
@@ -269,8 +335,11 @@ def main(argv=None) -> int:
     ap.add_argument("--full", action="store_true", help="the issue's full sizes (more and longer videos; much slower)")
     ap.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "vidprobe-bench"),
                     help="where test videos are made (and reused by later runs) and scratch stores go")
-    ap.add_argument("--rounds", type=int, default=2, help="interleaved measurement rounds per workload (default 2)")
+    ap.add_argument("--rounds", type=int, default=1, help="interleaved measurement rounds per workload (default 1)")
     ap.add_argument("--skip-rss", action="store_true", help="skip the 100 vs 1000 clips peak-RSS runs")
+    ap.add_argument("--skip-precision", action="store_true", help="skip the fp32 vs bf16 encoder comparison")
+    ap.add_argument("--precision-encoders", nargs="*", default=["effnet-lite0", "openclip:ViT-B-32"],
+                    help="encoders for the fp32 vs bf16 comparison (default effnet-lite0, openclip:ViT-B-32 random weights)")
     ap.add_argument("--_rss-child", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     workdir = Path(args.workdir)
@@ -304,27 +373,63 @@ def main(argv=None) -> int:
                      "defaults": rt.__dict__}
     shared = args.device == "cpu"
 
+    from pipeline.encoders.base import cpu_bf16_support
+
+    bf16 = cpu_bf16_support()
+    results["machine"].update(cpu=_cpu_model(), bf16_support=list(bf16) or "none", auto_precision=encoder.precision)
+    print(f"CPU {results['machine']['cpu']}; native bf16: {', '.join(bf16) or 'none'} -> precision auto = {encoder.precision}")
+
     print(f"\n1. throughput (frames/s of sampled frames; mean of {args.rounds} interleaved rounds of decode-only, encode-only, end-to-end)")
-    widths = (8, 7, 8, 8, 8, 8, 8)
-    print(_fmt_row(("workload", "frames", "decode", "encode", "ceiling", "e2e", "e2e/ceil"), widths))
+    print("   bound = cores / (decode CPU-s + encode CPU-s per frame), each stage measured alone; also min(decode, encode)")
+    widths = (8, 7, 8, 8, 8, 8, 8, 8, 9)
+    print(_fmt_row(("workload", "frames", "decode", "encode", "bound", "min", "e2e", "e2e/bnd", "e2e fp32"), widths))
+    fp32_encoder = None
+    if shared and encoder.precision != "fp32":
+        fp32_encoder = create_encoder(args.encoder, device=args.device, precision="fp32")
+    kept_frames = None
     for kind in ("dense", "sparse"):
         manifest, sampling = workload(videos, kind, args.full)
         rounds = []  # stages interleaved, so slow drifts of machine load hit all three alike
         frames = None
         for r in range(args.rounds):
-            dec, n, kept = decode_only(manifest, sampling, encoder.preprocess_cfg, workers=cpus, keep=frames is None)
+            dec, n, kept, dec_cpu = decode_only(manifest, sampling, encoder.preprocess_cfg, workers=cpus, keep=frames is None)
             frames = frames if frames is not None else kept
-            enc = encode_only(encoder, frames, rt.batch_size, rt.torch_threads)
+            enc, enc_cpu = encode_only(encoder, frames, rt.batch_size, rt.torch_threads)
             e2e, _, _ = end_to_end(manifest, sampling, encoder, cfg, workdir / f"e2e_{kind}")
-            rounds.append({"decode_fps": dec, "encode_fps": enc, "e2e_fps": e2e, "load_avg": os.getloadavg()[0]})
+            e2e32 = end_to_end(manifest, sampling, fp32_encoder, cfg, workdir / f"e2e_{kind}")[0] if fp32_encoder else e2e
+            rounds.append({"decode_fps": dec, "encode_fps": enc, "e2e_fps": e2e, "e2e_fp32_fps": e2e32, "decode_cpu_s_per_frame": dec_cpu,
+                           "encode_cpu_s_per_frame": enc_cpu, "load_avg": os.getloadavg()[0]})
+        if kept_frames is None:
+            kept_frames = np.concatenate(frames)[:: max(1, n // 256)]
         del frames
-        dec, enc, e2e = (float(np.mean([x[k] for x in rounds])) for k in ("decode_fps", "encode_fps", "e2e_fps"))
-        ceiling = 1 / (1 / dec + 1 / enc) if shared else min(dec, enc)
-        row = {"clips": len(manifest.items), "frames": n, "decode_fps": dec, "encode_fps": enc, "ceiling_fps": ceiling,
-               "e2e_fps": e2e, "e2e_over_ceiling": e2e / ceiling, "ceiling_rule": "1/(1/decode+1/encode)" if shared else "min(decode, encode)",
+        keys = ("decode_fps", "encode_fps", "e2e_fps", "e2e_fp32_fps", "decode_cpu_s_per_frame", "encode_cpu_s_per_frame")
+        dec, enc, e2e, e2e32, dec_cpu, enc_cpu = (float(np.mean([x[k] for x in rounds])) for k in keys)
+        # Not 1/(1/decode + 1/encode): neither stage alone need fill every core (measured 1.58x above it).
+        bound = cpus / (dec_cpu + enc_cpu) if shared else min(dec, enc)
+        row = {"clips": len(manifest.items), "frames": n, "decode_fps": dec, "encode_fps": enc, "bound_fps": bound,
+               "min_stage_fps": min(dec, enc), "decode_cpu_s_per_frame": dec_cpu, "encode_cpu_s_per_frame": enc_cpu,
+               "e2e_fps": e2e, "e2e_over_bound": e2e / bound, "e2e_over_min_stage": e2e / min(dec, enc),
+               "bound_rule": "cores/(decode_cpu_s+encode_cpu_s)" if shared else "min(decode, encode)",
+               "precision": encoder.precision, "e2e_fp32_fps": e2e32, "e2e_auto_over_fp32": e2e / e2e32,
                "rounds": rounds, "sampling": sampling.__dict__}
         results[kind] = row
-        print(_fmt_row((kind, n, f"{dec:.1f}", f"{enc:.1f}", f"{ceiling:.1f}", f"{e2e:.1f}", f"{e2e / ceiling:.2f}"), widths))
+        print(_fmt_row((kind, n, f"{dec:.1f}", f"{enc:.1f}", f"{bound:.1f}", f"{min(dec, enc):.1f}", f"{e2e:.1f}",
+                        f"{e2e / bound:.2f}", f"{e2e32:.1f}"), widths))
+    del fp32_encoder
+
+    if shared and not args.skip_precision:
+        print(f"\n1b. encoder alone, fp32 vs bf16 weights+inputs ({len(kept_frames)} decoded frames at most; bf16 capped by time)")
+        pairs = {}
+        for spec in args.precision_encoders:
+            try:
+                r = pairs[spec] = precision_pair(spec, kept_frames, rt.batch_size, rt.torch_threads)
+            except Exception as exc:  # e.g. open_clip missing: report, keep the rest
+                pairs[spec] = {"spec": spec, "error": f"{type(exc).__name__}: {exc}"}
+                print(f"  {spec}: skipped ({type(exc).__name__}: {exc})")
+                continue
+            print(f"  {spec}: fp32 {r['fp32']['img_per_s']:.1f} img/s, bf16 {r['bf16']['img_per_s']:.1f} img/s "
+                  f"({r['bf16_over_fp32']:.2f}x), min cosine bf16 vs fp32 {r['min_cosine_bf16_fp32']:.5f}")
+        results["precision"] = pairs
 
     print("\n2. sparse vs full decode (one process, 1 FFmpeg thread, frames resized to the encoder input)")
     svf = {}

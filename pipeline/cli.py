@@ -126,7 +126,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     else:
         for r in results:
             if "error" in r:
-                print(f"{r['path']}: error: {r['error']}", file=sys.stderr)
+                msg = r["error"] if r["path"] in r["error"] else f"{r['path']}: {r['error']}"
+                print(f"vidprobe predict: error: {msg}", file=sys.stderr)
                 continue
             print(r["path"])
             for t in r["top"]:
@@ -144,9 +145,10 @@ def _size(n: float) -> str:
 
 def cmd_info(args: argparse.Namespace) -> int:
     from .store import open_store, writer_progress
+    from .store.layout import identity
 
     store = open_store(args.store)
-    info = store.info()
+    info = {**store.info(), "precision": identity(store.provenance, "precision")}
     failures = store.failures()
     writers = writer_progress(store)
     if args.json:
@@ -160,7 +162,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         ("clips", f"{info['clips']} ({info['frames']} frames{per_clip})"),
         ("labels", f"{info['labels']}: {labels}" if info["labels"] else "0"),
         ("splits", " · ".join(f"{k} {v}" for k, v in info["splits"].items()) or "-"),
-        ("encoder", f"{info['encoder']} (weights {info['weights_id']}, dim {info['dim']})"),
+        ("encoder", f"{info['encoder']} (weights {info['weights_id']}, dim {info['dim']}, {info['precision']})"),
         ("sampling", json.dumps(info["sampling"])),
         ("preprocess", json.dumps(info["preprocess"])),
         ("created", f"{info['created']}, last write {info['last_write']}"),

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -8,6 +9,10 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))  # tests/media.py
 
 from media import pattern_frames, write_video  # noqa: E402
+
+# precision=auto means bf16 on a CPU with AMX/AVX512-BF16 and fp32 elsewhere: the suite pins the fp32
+# verdict so its tolerances mean the same on every CPU (subprocesses inherit it); bf16 tests force theirs.
+os.environ.setdefault("VIDPROBE_CPU_BF16", "0")
 
 
 @pytest.fixture(scope="session")

@@ -60,7 +60,8 @@ def run_and_kill(start, store: Path, trigger, timeout: float = 180.0, on_trigger
                     on_trigger(proc)
                 os.kill(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=30)
-                tmp = any(n.endswith(".tmp") for n in set(os.listdir(shards)) - before)
+                # on a loaded machine a timed kill can land before the store (and shards/) exists
+                tmp = shards.is_dir() and any(n.endswith(".tmp") for n in set(os.listdir(shards)) - before)
                 return True, tmp, proc.returncode
             assert time.monotonic() - t0 < timeout, "extraction hung"
             time.sleep(0.0002)

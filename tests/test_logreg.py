@@ -21,6 +21,15 @@ def _proba(fit, X):
     return p / p.sum(1, keepdims=True)
 
 
+def _objective(fit, X, y) -> float:
+    """The solver's objective (mean CE + ||W||^2 / (2 C n)) in float64, whatever precision fit it."""
+    W, b, X = fit.W.astype(np.float64), fit.b.astype(np.float64), X.astype(np.float64)
+    z = X @ W.T + b
+    z -= z.max(1, keepdims=True)
+    ce = np.log(np.exp(z).sum(1)) - z[np.arange(len(y)), y]
+    return float(ce.mean() + 0.5 / (fit.C * len(y)) * (W**2).sum())
+
+
 @pytest.mark.parametrize("K", [2, 5])
 @pytest.mark.parametrize("C", [0.01, 1.0])
 def test_same_optimum_as_scikit_learn(K: int, C: float) -> None:
@@ -30,8 +39,13 @@ def test_same_optimum_as_scikit_learn(K: int, C: float) -> None:
     ours = TorchSolver(X, y, K, dtype="float64", tol=1e-9, max_iter=5000).fit(C)
     ref = SklearnSolver(X, y, K, tol=1e-9, max_iter=5000).fit(C)
     assert ours.converged and ref.converged
-    np.testing.assert_allclose(ours.W, ref.W, atol=2e-5)
-    np.testing.assert_allclose(_proba(ours, X), _proba(ref, X), atol=2e-5)
+    # Same optimum: the objective agrees to ~1e-11 everywhere. W and the probabilities only to where each
+    # L-BFGS path stopped (scipy's also stops on relative change): at K=5, C=1 (|W| ~ 1.4, weakest
+    # regularisation) they differed by 1.87e-5 and 1.4e-5 on AMD AVX2, too near the old 2e-5 for a
+    # path that another CPU's float64 rounding may bend; 1e-4 still catches any wrong objective.
+    assert abs(_objective(ours, X, y) - _objective(ref, X, y)) <= 1e-9
+    np.testing.assert_allclose(ours.W, ref.W, atol=1e-4)
+    np.testing.assert_allclose(_proba(ours, X), _proba(ref, X), atol=1e-4)
     if K == 2:
         np.testing.assert_allclose(ours.W[0], -ours.W[1], atol=1e-5)  # symmetric two-class form
 
@@ -51,7 +65,16 @@ def test_warm_start_saves_iterations() -> None:
     previous = solver.fit(0.1)
     cold, warm = solver.fit(0.3), solver.fit(0.3, previous)
     assert warm.n_iter < cold.n_iter
-    np.testing.assert_allclose(_proba(warm, X), _proba(cold, X), atol=1e-3)
+    # Both stop where max |gradient| <= 1e-6 in float32, so they reach the same optimum only up to what
+    # the CPU's kernels round (warm vs cold probabilities differ by ~0.9e-3 on AMD AVX2, 1.01e-3 on Intel
+    # AVX-512): compare the objective (1e-5 relative: 100x its float32 spread, 1000x below the 1.3e-2
+    # a C=0.1 start is away) and the predictions wherever the top two classes are not a near tie.
+    f_cold, f_warm = _objective(cold, X, y), _objective(warm, X, y)
+    assert abs(f_warm - f_cold) <= 1e-5 * f_cold
+    p = np.sort(_proba(cold, X), axis=1)
+    clear = p[:, -1] - p[:, -2] > 1e-2
+    assert clear.mean() > 0.95
+    np.testing.assert_array_equal(warm.logits(X).argmax(1)[clear], cold.logits(X).argmax(1)[clear])
 
 
 def test_sweep_is_the_same_search_for_both_solvers() -> None:

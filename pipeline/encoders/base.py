@@ -15,6 +15,7 @@ import contextlib
 import functools
 import hashlib
 import os
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -154,14 +155,63 @@ def resolve_device(device: Any = "auto") -> torch.device:
     return dev
 
 
+BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo flags of a native bf16 matmul
+BF16_ENV = "VIDPROBE_CPU_BF16"  # "1" / "0" overrides the detection (tests; a CPU whose flags mislead)
+_warned_slow_bf16 = False
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_bf16_support() -> tuple[str, ...]:
+    """The native bf16 matmul features of this CPU (``BF16_CPU_FLAGS`` present), () if none.
+
+    Read from /proc/cpuinfo, which costs no torch import (and is what oneDNN dispatches on: it ignores
+    ``ATEN_CPU_CAPABILITY``); elsewhere from torch's own CPU checks.
+    """
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), None)
+    except OSError:
+        flags = None
+    if flags is not None:
+        return tuple(x for x in BF16_CPU_FLAGS if x in flags)
+    try:
+        import torch.cpu as tc
+
+        found = {"amx_bf16": tc._is_amx_tile_supported(), "avx512_bf16": tc._is_avx512_bf16_supported()}
+    except (ImportError, AttributeError):
+        return ()
+    return tuple(x for x in BF16_CPU_FLAGS if found[x])
+
+
+def cpu_has_native_bf16(override: bool | None = None) -> bool:
+    """True where bf16 matmuls run natively (AMX-BF16 or AVX512-BF16): there bf16 weights were 2.4-2.6x
+    faster than fp32; without them 8-18x slower. ``override``, else ``$VIDPROBE_CPU_BF16`` (1/0), wins."""
+    if override is not None:
+        return bool(override)
+    env = os.environ.get(BF16_ENV, "").strip().lower()
+    if env in ("1", "true", "yes", "0", "false", "no"):
+        return env in ("1", "true", "yes")
+    return bool(cpu_bf16_support())
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """'auto' -> fp16 on CUDA, fp32 on CPU. Reduced precision on CPU is refused: bf16 autocast was ~8x
-    slower than fp32 on the reference CPU, and fp16 conv kernels are missing or slow there."""
+    """'auto' -> fp16 (autocast) on CUDA; on CPU bf16 where it is native (``cpu_has_native_bf16``), else fp32.
+
+    On CPU reduced precision means bf16 weights and inputs, not autocast (0.61x fp32 on an AMX CPU);
+    fp16 is refused there (conv kernels missing or slow), forced bf16 without native support warns once.
+    """
+    global _warned_slow_bf16
     check_choice(precision, PRECISIONS, "precision")
+    if device.type == "cuda":
+        return "fp16" if precision == "auto" else precision
     if precision == "auto":
-        return "fp16" if device.type == "cuda" else "fp32"
-    if device.type == "cpu" and precision != "fp32":
-        raise ConfigError(f"precision={precision!r} is for CUDA only; on CPU use precision=auto or fp32")
+        return "bf16" if cpu_has_native_bf16() else "fp32"
+    if precision == "fp16":
+        raise ConfigError("precision='fp16' is for CUDA only; on CPU use precision=auto, fp32 or bf16")
+    if precision == "bf16" and not cpu_has_native_bf16() and not _warned_slow_bf16:
+        _warned_slow_bf16 = True
+        warnings.warn("precision=bf16 on a CPU without AMX-BF16/AVX512-BF16: expect it to be several times slower "
+                      "than fp32; precision=auto picks the fast one", stacklevel=2)
     return precision
 
 
@@ -180,6 +230,7 @@ class FrameEncoder(Protocol):
     dim: int
     device: Any  # a torch.device (or its name): where ``encode`` runs
     preprocess_cfg: Preprocess
+    precision: str  # fp32 | bf16 | fp16, as resolved: part of the store's identity
 
     def encode(self, frames: np.ndarray | torch.Tensor) -> np.ndarray:
         """uint8 (N, H, W, 3) -> float32 (N, dim)."""
@@ -228,8 +279,10 @@ class Encoder:
         self._versions = versions or library_versions()
         self._extra = extra or {}
 
+        # CPU bf16: weights and inputs converted (autocast there was slower than fp32); CUDA: autocast.
+        self._convert = self.device.type == "cpu" and self.precision != "fp32"
         model.eval().requires_grad_(False)
-        model.to(self.device)
+        model.to(self.device, dtype=self.dtype if self._convert else None)
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
         self.model = model
@@ -314,7 +367,7 @@ class Encoder:
 
         if self.device.type == "cuda" and self.precision != "fp32":
             return torch.autocast("cuda", dtype=self.dtype)
-        return contextlib.nullcontext()  # never autocast on CPU (bf16 there is ~8x slower)
+        return contextlib.nullcontext()  # never autocast on CPU: bf16 there means bf16 weights (``_convert``)
 
     def _run(self, frames: Any, fn: Any, dim_attr: str | None) -> np.ndarray:
         import torch
@@ -323,7 +376,8 @@ class Encoder:
         if x.shape[0] == 0 and dim_attr is not None and hasattr(self, dim_attr):
             return np.zeros((0, getattr(self, dim_attr)), np.float32)
         with torch.inference_mode(), self._autocast():
-            out = fn(self.preprocess(x))
+            x = self.preprocess(x)
+            out = fn(x.to(self.dtype) if self._convert else x)
         return out.float().cpu().numpy()
 
     def _as_tensor(self, frames: Any) -> torch.Tensor:

@@ -115,8 +115,9 @@ def create_encoder(
 ) -> Encoder:
     """Build a frozen encoder from a spec (see module docstring).
 
-    device: auto (CUDA if available) | cpu | cuda | cuda:K. precision: auto (fp16 on CUDA, fp32 on CPU)
-    | fp32 | fp16 | bf16 (CUDA autocast only). channels_last: None = on for convolutional nets.
+    device: auto (CUDA if available) | cpu | cuda | cuda:K. precision: auto (fp16 autocast on CUDA; on CPU
+    bf16 weights where the CPU computes bf16 natively, else fp32) | fp32 | fp16 (CUDA only) | bf16.
+    channels_last: None = on for convolutional nets. Embeddings are float32 whatever the precision.
     """
     backend, model, weights = parse_spec(spec)
     dev = resolve_device(device)  # validate run options before loading any weights

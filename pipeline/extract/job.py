@@ -66,6 +66,7 @@ def build_provenance(encoder: FrameEncoder, cfg: Config) -> dict[str, Any]:
         "preprocess": encoder.preprocess_cfg.to_dict(),
         "sampling": sampling_identity(cfg.sampling),
         "dtype": cfg.store.dtype,
+        "precision": encoder.precision,  # what the encoder actually ran (auto resolved): changes the values
         "encoder_info": encoder.provenance(),
         "versions": versions("vidprobe", "torch", "h5py", "numpy"),
     }

@@ -398,13 +398,9 @@ class LoadedHead:
         return self.estimator.predict_proba(X)
 
 
-def load_head(path: str | Path, *, trust: bool = False) -> LoadedHead:
-    """Load a head and its sidecar without running code from the file (unless ``trust``).
-
-    ``.skops``: only types on skops' trusted list (scikit-learn, numpy, builtins) are built; anything
-    else is refused naming the types. ``.joblib`` is pickle, which runs code while loading: refused
-    unless ``trust=True``. HeadError names the file for every refusal or damage.
-    """
+def load_head_meta(path: str | Path, *, trust: bool = False) -> dict[str, Any]:
+    """The checks of ``load_head`` that need no scikit-learn (which imports torch through skops' type
+    list): head file and sidecar exist, the sidecar parses and its sha256 matches, pickle is trusted."""
     p = Path(path)
     side = sidecar_path(p)
     if not p.is_file():
@@ -421,6 +417,19 @@ def load_head(path: str | Path, *, trust: bool = False) -> LoadedHead:
         raise HeadError(f"{p}: file does not match its sidecar's sha256 (replaced or damaged); retrain or restore the pair")
     if fmt == "joblib" and not trust:
         raise HeadError(f"{p}: joblib (pickle) files can run code when loaded; load it only if you trust where it came from, with --trust")
+    return meta
+
+
+def load_head(path: str | Path, *, trust: bool = False) -> LoadedHead:
+    """Load a head and its sidecar without running code from the file (unless ``trust``).
+
+    ``.skops``: only types on skops' trusted list (scikit-learn, numpy, builtins) are built; anything
+    else is refused naming the types. ``.joblib`` is pickle, which runs code while loading: refused
+    unless ``trust=True``. HeadError names the file for every refusal or damage.
+    """
+    p = Path(path)
+    meta = load_head_meta(p, trust=trust)
+    fmt = head_format(p)
     try:
         if fmt == "skops":
             import skops.io as sio

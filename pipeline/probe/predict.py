@@ -8,26 +8,39 @@ import numpy as np
 
 from ..config import SamplingConfig
 from ..errors import HeadError, VidprobeError
-from ..extract.local import embed_clips
-from .heads import load_head
+from .heads import load_head, load_head_meta
 from .pooling import get_pool
 
 
 def predict_videos(head_path: str | Path, videos: list[str | Path], *, top_k: int = 5, device: str = "auto", encoder=None,
                    trust: bool = False) -> list[dict[str, Any]]:
     """Top-k (label, probability) per video; a video that fails gets an ``error`` instead of ``top``.
-    ``trust`` allows pickle (.joblib) heads: see ``heads.load_head``."""
-    from ..encoders import create_encoder
+    ``trust`` allows pickle (.joblib) heads: see ``heads.load_head``.
 
-    head = load_head(head_path, trust=trust)
-    meta = head.meta
-    encoder = encoder or create_encoder(meta["encoder"], device=device)
-    if encoder.weights_id != meta.get("weights_id"):
-        raise HeadError(f"{head_path}: head expects encoder weights {meta.get('weights_id')} but {meta['encoder']} loaded {encoder.weights_id}")
+    Everything that can be checked without the model is checked first (head, sidecar, its sampling and
+    pooling, that the videos exist), so a mistake costs no torch import; the encoder is built once, and
+    only if some video can be read."""
+    meta = load_head_meta(head_path, trust=trust)
     sampling = SamplingConfig(**meta["sampling"])
     pool = get_pool(meta["pool"])
+    missing = {str(v) for v in videos if not Path(v).is_file()}
+    results = [{"path": str(v), "error": f"{v}: file not found"} for v in videos if str(v) in missing]
+    if len(missing) == len(videos):
+        return results
+    from ..extract.local import embed_clips
+
+    head = load_head(head_path, trust=trust)  # skops' type list imports scikit-learn, and with it torch
+    if encoder is None:
+        from ..encoders import create_encoder
+
+        encoder = create_encoder(meta["encoder"], device=device)
+    if encoder.weights_id != meta.get("weights_id"):
+        raise HeadError(f"{head_path}: head expects encoder weights {meta.get('weights_id')} but {meta['encoder']} loaded {encoder.weights_id}")
     results = []
     for video in videos:
+        if str(video) in missing:
+            results.append({"path": str(video), "error": f"{video}: file not found"})
+            continue
         try:
             clips = embed_clips(encoder, video, sampling)
         except VidprobeError as exc:

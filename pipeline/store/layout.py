@@ -53,9 +53,10 @@ PROVENANCE_FILE = "store.json"
 SHARD_DIR = "shards"
 RUNS_DIR = "runs"
 # Provenance keys that must match for two extractions to share a store. ``dtype`` is identity because
-# float16 rounds values: one store never mixes precisions. Compression is lossless and per shard.
-IDENTITY_KEYS = ("schema_version", "encoder", "weights_id", "dim", "preprocess", "sampling", "dtype")
-IDENTITY_DEFAULTS = {"dtype": "float32"}  # stores written before a key existed hold its default
+# float16 rounds values: one store never mixes precisions. So is the encoder's ``precision`` (fp32 /
+# bf16 / fp16 computation changes the values). Compression is lossless and per shard.
+IDENTITY_KEYS = ("schema_version", "encoder", "weights_id", "dim", "preprocess", "sampling", "dtype", "precision")
+IDENTITY_DEFAULTS = {"dtype": "float32", "precision": "fp32"}  # stores written before a key existed hold its default
 
 
 def nan_if_none(x: float | None) -> float:
@@ -113,6 +114,8 @@ def fsync_dir(path: Path) -> None:
 
 
 def identity(provenance: dict[str, Any], key: str) -> Any:
+    if key == "precision" and key not in provenance:  # older stores: what their encoder recorded (CUDA: fp16)
+        return ((provenance.get("encoder_info") or {}).get("runtime") or {}).get("precision", IDENTITY_DEFAULTS[key])
     return provenance.get(key, IDENTITY_DEFAULTS.get(key))
 
 
