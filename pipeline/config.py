@@ -29,7 +29,8 @@ if TYPE_CHECKING:
 SAMPLING_STRATEGIES = ("uniform", "fps", "every_n", "keyframes", "multiclip", "sliding")
 WINDOWED_STRATEGIES = ("multiclip", "sliding")  # several clips (windows) per manifest item
 SEEK_MODES = ("exact", "keyframe")
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")  # encoder precision (auto: fp16 on CUDA, fp32 on CPU)
+# encoder precision; auto: fp16 on CUDA, bf16 on CPUs with native bf16, else fp32 (encoders.base.resolve_precision)
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 AUTO = "auto"
 
 T = TypeVar("T", bound="DataclassInstance")  # the settings classes are dataclasses
@@ -257,7 +258,7 @@ class ExtractConfig:
     # decoder processes (auto: one per core); 0 = decode in a main-process thread
     num_workers: int | str = field(default=AUTO, metadata=rule(auto=True, min=0))
     device: str = "auto"  # auto | cpu | cuda | cuda:K
-    precision: str = field(default="auto", metadata=rule(choices=PRECISIONS))  # auto: fp16 on CUDA, fp32 on CPU
+    precision: str = field(default="auto", metadata=rule(choices=PRECISIONS))  # auto: per device
     # clips per shard file; a killed job loses at most one unfinished shard
     shard_size: int = field(default=512, metadata=rule(min=1))
     # FFmpeg threads per decoder process (0 = FFmpeg decides)
