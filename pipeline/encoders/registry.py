@@ -3,11 +3,13 @@
 The spec grammar is documented in ``pipeline.encoders``. Backends import their libraries only when a
 spec of theirs is built, so ``import pipeline.encoders`` stays cheap.
 """
+
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import ConfigError
 from .base import Encoder, resolve_device, resolve_precision
@@ -52,7 +54,7 @@ def register_backend(name: str, factory: Factory) -> None:
 def spec_options(spec: str) -> tuple[str, frozenset[str]]:
     """``"openclip:ViT-B-32@openai#pre"`` -> (``"openclip:ViT-B-32@openai"``, {"pre"})."""
     s, options = spec.strip(), set()
-    while (m := re.fullmatch(r"(.+)#(" + "|".join(SPEC_OPTIONS) + r")", s, flags=re.IGNORECASE)):
+    while m := re.fullmatch(r"(.+)#(" + "|".join(SPEC_OPTIONS) + r")", s, flags=re.IGNORECASE):
         s = m.group(1)
         options.add(m.group(2).lower())
     return s, frozenset(options)
@@ -69,8 +71,10 @@ def parse_spec(spec: str) -> tuple[str, str, str | None]:
     for name in options:
         backend = s.partition(":")[0].lower()
         if _BACKEND_ALIASES.get(backend, backend) not in _OPTION_BACKENDS[name]:
-            raise ConfigError(f"encoder spec {spec!r}: option #{name} is only for {', '.join(_OPTION_BACKENDS[name])} encoders "
-                              f"({SPEC_OPTIONS[name]}); timm and effnet-lite0 embeddings already are pre-classifier features")
+            raise ConfigError(
+                f"encoder spec {spec!r}: option #{name} is only for {', '.join(_OPTION_BACKENDS[name])} encoders "
+                f"({SPEC_OPTIONS[name]}); timm and effnet-lite0 embeddings already are pre-classifier features"
+            )
     if s.lower() in _DEFAULT_ALIASES:
         return "effnet-lite0", "tf_efficientnet_lite0", None
     backend, sep, rest = s.partition(":")
@@ -85,7 +89,9 @@ def parse_spec(spec: str) -> tuple[str, str, str | None]:
         raise ConfigError(f"encoder spec {spec!r}: {why}; allowed forms: {SPEC_FORMS}")
     model, at, weights = rest.partition("@")
     if not model or (at and not weights):
-        raise ConfigError(f"encoder spec {spec!r}: empty {'model' if not model else 'weights'} part; allowed forms: {SPEC_FORMS}")
+        raise ConfigError(
+            f"encoder spec {spec!r}: empty {'model' if not model else 'weights'} part; allowed forms: {SPEC_FORMS}"
+        )
     return backend, model, weights if at else None
 
 
@@ -123,4 +129,6 @@ def create_encoder(
     dev = resolve_device(device)  # validate run options before loading any weights
     resolve_precision(precision, dev)
     extra = {"features": "pre"} if "pre" in spec_options(spec)[1] else {}
-    return BACKENDS[backend](canonical_spec(spec), model, weights, device=dev, precision=precision, channels_last=channels_last, **extra)
+    return BACKENDS[backend](
+        canonical_spec(spec), model, weights, device=dev, precision=precision, channels_last=channels_last, **extra
+    )

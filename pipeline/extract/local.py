@@ -15,6 +15,7 @@ On a CPU the encoder is the bottleneck and shares the cores with decoding; on a 
 ``resolve_runtime`` picks worker/thread/batch defaults for either (see its docstring for why). The store
 side (provenance, lock, plan, run record, writer) is the ``ExtractionJob`` the Ray engine uses too.
 """
+
 from __future__ import annotations
 
 import os
@@ -24,19 +25,22 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..config import AUTO, Config, ExtractConfig, SamplingConfig
-from .decode import DecodedClip
-from .job import ExtractionJob, ExtractSummary, build_provenance
-from .workers import ClipTask, DecodePool, decode_task
+from ..data.manifest import Manifest, VideoItem
 from ..encoders.base import FrameEncoder
 from ..errors import DecodeError
-from ..data.manifest import Manifest, VideoItem
-from .sharding import JobShard
 from ..store import ShardWriter
+from .decode import DecodedClip
+from .job import ExtractionJob, ExtractSummary, build_provenance
+from .sharding import JobShard
+from .workers import ClipTask, DecodePool, decode_task
+
+if TYPE_CHECKING:
+    import torch
 
 # torch's OpenMP threads must not spin while waiting: the cores they would burn belong to the decoder
 # processes (measured: under contention spinning made effnet-lite0 several times slower). Read by
@@ -45,6 +49,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 # -- runtime defaults -------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Runtime:
@@ -88,6 +93,7 @@ def resolve_runtime(ext: ExtractConfig, device_type: str, cpus: int | None = Non
 
 # -- batching ---------------------------------------------------------------------------------------
 
+
 class _TaskState:
     """Main-process state of one task: its frames' embeddings as they are encoded, then its clips."""
 
@@ -116,7 +122,7 @@ class _Batcher:
         self.encoder, self.batch_size = encoder, batch_size
         self.pending: deque[list] = deque()  # [state, frames, first frame not yet taken]
         self.queued = 0
-        self.staging = None
+        self.staging: torch.Tensor | None = None  # made on first use (torch is imported lazily)
         self.cuda = str(getattr(encoder, "device", "cpu")).startswith("cuda")
         self.batches = 0
 
@@ -150,24 +156,26 @@ class _Batcher:
         self.queued -= n
         if not n:
             return []
-        if self.staging is None:
+        staging = self.staging
+        if staging is None:
             shape = (self.batch_size, *parts[0].shape[1:])
-            self.staging = torch.empty(shape, dtype=torch.uint8, pin_memory=self.cuda)
-        view = self.staging.numpy()
+            staging = self.staging = torch.empty(shape, dtype=torch.uint8, pin_memory=self.cuda)
+        view = staging.numpy()
         pos = 0
         for p in parts:
             view[pos : pos + len(p)] = p
             pos += len(p)
         try:
-            emb = self.encoder.encode(self.staging[:n])
+            emb = self.encoder.encode(staging[:n])
             error = ""
         except Exception as exc:  # one bad batch fails its clips, not the job
             emb, error = None, f"encoding failed ({type(exc).__name__}: {exc})"
         self.batches += 1
         pos = 0
         for state, take in owners:
-            if emb is None and not state.error:
-                state.error, state.stage = f"{state.item.abspath}: {error}", "encode"
+            if emb is None:
+                if not state.error:  # a task with several parts in this batch fails once
+                    state.error, state.stage = f"{state.item.abspath}: {error}", "encode"
             else:
                 state.emb.append(emb[pos : pos + take])
                 state.encoded += take
@@ -176,6 +184,7 @@ class _Batcher:
 
 
 # -- writing ----------------------------------------------------------------------------------------
+
 
 class _StoreSink:
     """Writes finished clips and failures from a thread, so shard flushes never stall the encoder.
@@ -222,6 +231,7 @@ class _StoreSink:
 
 # -- the engine -------------------------------------------------------------------------------------
 
+
 def extract(
     manifest: Manifest,
     store_path: str | Path,
@@ -244,8 +254,15 @@ def extract(
         encoder = create_encoder(cfg.encoder, device=cfg.extract.device, precision=cfg.extract.precision)
     device_type = str(getattr(encoder, "device", "cpu")).split(":")[0]
     rt = resolve_runtime(cfg.extract, device_type)
-    job = ExtractionJob(manifest, store_path, cfg, build_provenance(encoder, cfg), shard=shard,
-                        retry_failed=retry_failed, started=started)
+    job = ExtractionJob(
+        manifest,
+        store_path,
+        cfg,
+        build_provenance(encoder, cfg),
+        shard=shard,
+        retry_failed=retry_failed,
+        started=started,
+    )
     with job:
         _run_engine(encoder, job, rt, device_type, progress)
     return job.summary
@@ -261,13 +278,27 @@ def _run_engine(encoder: FrameEncoder, job: ExtractionJob, rt: Runtime, device_t
     old_threads = torch.get_num_threads()
     if device_type == "cpu" and rt.torch_threads:
         torch.set_num_threads(rt.torch_threads)
-    pool = DecodePool(cfg.sampling, encoder.preprocess_cfg, num_workers=rt.num_workers, threads=rt.decode_threads,
-                      timeout=cfg.extract.decode_timeout, chunk=rt.batch_size, max_messages=max(2, rt.prefetch_frames // rt.batch_size))
+    pool = DecodePool(
+        cfg.sampling,
+        encoder.preprocess_cfg,
+        num_workers=rt.num_workers,
+        threads=rt.decode_threads,
+        timeout=cfg.extract.decode_timeout,
+        chunk=rt.batch_size,
+        max_messages=max(2, rt.prefetch_frames // rt.batch_size),
+    )
     batcher = _Batcher(encoder, rt.batch_size)
-    bar = tqdm(total=len(todo), unit="video" if cfg.sampling.windowed else "clip", desc="extract", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(
+        total=len(todo),
+        unit="video" if cfg.sampling.windowed else "clip",
+        desc="extract",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
     try:
         sink = job.sink = _StoreSink(job.writer)
         try:
+
             def finish(touched: list[_TaskState]) -> None:
                 for state in dict.fromkeys(touched):
                     if state.finished and states.pop(state.tid, None) is not None:
@@ -312,10 +343,14 @@ def _store_task(state: _TaskState, job: ExtractionJob) -> None:
     if not state.error and state.clips:
         emb = np.concatenate(state.emb) if state.emb else np.zeros((0, 0), np.float32)
         if not np.all(np.isfinite(emb)):
-            state.error, state.stage = f"{item.abspath}: the encoder returned NaN or Inf embeddings; not stored", "encode"
+            state.error, state.stage = (
+                f"{item.abspath}: the encoder returned NaN or Inf embeddings; not stored",
+                "encode",
+            )
     if state.error:
         job.add_failure(item.path, item.start, item.end, state.stage, state.error)
         return
+    assert state.clips is not None  # finished without an error: the worker's "done" has set the clips
     stamps = np.concatenate(state.stamps) if state.stamps else np.zeros(0)
     for start, end, idx in state.clips:
         job.add_clip(item, start, end, emb[idx], stamps[idx])
@@ -337,13 +372,20 @@ def _decode_whole(task: ClipTask, sampling: SamplingConfig, preprocess, threads:
 
 def load_clip(item: VideoItem, sampling: SamplingConfig, preprocess, threads: int = 0) -> DecodedClip:
     """Decoded, resized and cropped frames of one single-clip item (the Ray engine's decode stage)."""
-    frames, stamps, clips = _decode_whole(ClipTask(0, str(item.abspath), item.start, item.end), sampling, preprocess, threads)
+    frames, stamps, clips = _decode_whole(
+        ClipTask(0, str(item.abspath), item.start, item.end), sampling, preprocess, threads
+    )
     idx = np.concatenate([i for _, _, i in clips]) if clips else np.arange(len(frames))
     return DecodedClip(frames[idx], stamps[idx])
 
 
-def embed_clips(encoder: FrameEncoder, path: str | Path, sampling: SamplingConfig, start: float | None = None,
-                end: float | None = None) -> list[tuple[float | None, float | None, DecodedClip]]:
+def embed_clips(
+    encoder: FrameEncoder,
+    path: str | Path,
+    sampling: SamplingConfig,
+    start: float | None = None,
+    end: float | None = None,
+) -> list[tuple[float | None, float | None, DecodedClip]]:
     """Frame embeddings of every clip of one video, in-process (what ``predict`` uses for new videos).
 
     Runs the engine's own per-video decode (``decode_task``), so new videos are sampled exactly as

@@ -1,4 +1,5 @@
 """Label new videos with a saved head: rebuild the head's extraction from its sidecar, pool, predict."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,8 +13,15 @@ from .heads import load_head, load_head_meta
 from .pooling import get_pool
 
 
-def predict_videos(head_path: str | Path, videos: list[str | Path], *, top_k: int = 5, device: str = "auto", encoder=None,
-                   trust: bool = False) -> list[dict[str, Any]]:
+def predict_videos(
+    head_path: str | Path,
+    videos: list[str | Path],
+    *,
+    top_k: int = 5,
+    device: str = "auto",
+    encoder=None,
+    trust: bool = False,
+) -> list[dict[str, Any]]:
     """Top-k (label, probability) per video; a video that fails gets an ``error`` instead of ``top``.
     ``trust`` allows pickle (.joblib) heads: see ``heads.load_head``.
 
@@ -24,7 +32,9 @@ def predict_videos(head_path: str | Path, videos: list[str | Path], *, top_k: in
     sampling = SamplingConfig(**meta["sampling"])
     pool = get_pool(meta["pool"])
     missing = {str(v) for v in videos if not Path(v).is_file()}
-    results = [{"path": str(v), "error": f"{v}: file not found"} for v in videos if str(v) in missing]
+    results: list[dict[str, Any]] = [
+        {"path": str(v), "error": f"{v}: file not found"} for v in videos if str(v) in missing
+    ]
     if len(missing) == len(videos):
         return results
     from ..extract.local import embed_clips
@@ -35,7 +45,10 @@ def predict_videos(head_path: str | Path, videos: list[str | Path], *, top_k: in
 
         encoder = create_encoder(meta["encoder"], device=device)
     if encoder.weights_id != meta.get("weights_id"):
-        raise HeadError(f"{head_path}: head expects encoder weights {meta.get('weights_id')} but {meta['encoder']} loaded {encoder.weights_id}")
+        raise HeadError(
+            f"{head_path}: head expects encoder weights {meta.get('weights_id')} but {meta['encoder']} loaded "
+            f"{encoder.weights_id}"
+        )
     results = []
     for video in videos:
         if str(video) in missing:
@@ -49,5 +62,7 @@ def predict_videos(head_path: str | Path, videos: list[str | Path], *, top_k: in
         # several clips per video (multiclip / sliding sampling): average their probabilities
         proba = head.predict_proba(np.stack([pool(c.frames) for _, _, c in clips])).mean(axis=0)
         order = proba.argsort()[::-1][:top_k]
-        results.append({"path": str(video), "top": [{"label": head.classes[i], "prob": float(proba[i])} for i in order]})
+        results.append(
+            {"path": str(video), "top": [{"label": head.classes[i], "prob": float(proba[i])} for i in order]}
+        )
     return results

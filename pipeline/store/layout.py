@@ -24,11 +24,13 @@ Layout of one shard (readable with plain h5py)::
     attrs: provenance (JSON), schema_version, compacted_from (JSON list; only on a compacted shard)
 
 Reading: a clip is identified by (video, start, end); if several finished shards hold it, the
-earliest finished wins (shard names carry a nanosecond time stamp: ``PREFIX-TIME-SCOPE-RANDOM.h5``). A compacted shard lists the shards it replaces in
-``compacted_from``; those are ignored even if a crash left them on disk. A failure record is shown
-only while its clip has no stored embeddings (a later fix makes it history) and only its latest one.
+earliest finished wins (shard names carry a nanosecond time stamp: ``PREFIX-TIME-SCOPE-RANDOM.h5``).
+A compacted shard lists the shards it replaces in ``compacted_from``; those are ignored even if a crash
+left them on disk. A failure record is shown only while its clip has no stored embeddings (a later fix makes
+it history) and only its latest one.
 Nothing here imports torch: the store is readable on any machine with h5py and numpy.
 """
+
 from __future__ import annotations
 
 import errno
@@ -37,16 +39,31 @@ import os
 import re
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from ..data.keys import Key, clip_key
 from ..errors import StoreError
 
-__all__ = ["SCHEMA_VERSION", "PROVENANCE_FILE", "SHARD_DIR", "RUNS_DIR", "IDENTITY_KEYS", "Key", "clip_key", "identity",
-           "describe_differences", "shard_name", "shard_paths", "atomic_write_text", "fsync_dir", "read_provenance_file"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "PROVENANCE_FILE",
+    "SHARD_DIR",
+    "RUNS_DIR",
+    "IDENTITY_KEYS",
+    "Key",
+    "clip_key",
+    "identity",
+    "describe_differences",
+    "shard_name",
+    "shard_paths",
+    "atomic_write_text",
+    "fsync_dir",
+    "read_provenance_file",
+]
 
 SCHEMA_VERSION = 1
 PROVENANCE_FILE = "store.json"
@@ -125,14 +142,15 @@ def describe_differences(old: dict, new: dict) -> list[str]:
     for key in IDENTITY_KEYS:
         a, b = identity(old, key), identity(new, key)
         if json.dumps(a, sort_keys=True) != json.dumps(b, sort_keys=True):
-            diffs.append(f"{key}: store has {json.dumps(a, sort_keys=True)}, this job has {json.dumps(b, sort_keys=True)}")
+            diffs.append(
+                f"{key}: store has {json.dumps(a, sort_keys=True)}, this job has {json.dumps(b, sort_keys=True)}"
+            )
     return diffs
 
 
 def shard_name(prefix: str = "shard", tag: str = "all") -> str:
     """Unique, finish-time-sortable shard file name; ``tag`` is the writer's lock scope."""
     return f"{prefix}-{time.time_ns():020d}-{tag}-{uuid.uuid4().hex[:8]}.h5"
-
 
 
 _FINISHED_AT = re.compile(r"-(\d{20})-")
@@ -153,11 +171,9 @@ def shard_paths(path: Path) -> list[Path]:
     return sorted(d.glob("*.h5"), key=finished)
 
 
-
 def read_provenance_file(p: Path) -> dict[str, Any]:
     prov_file = p / PROVENANCE_FILE
     try:
         return json.loads(prov_file.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise StoreError(f"{prov_file}: unreadable provenance ({exc})") from None
-
