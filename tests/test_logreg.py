@@ -1,4 +1,5 @@
 """The torch L-BFGS logistic regression against scikit-learn's, and the C sweep they share."""
+
 from __future__ import annotations
 
 import numpy as np

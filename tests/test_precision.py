@@ -1,5 +1,6 @@
 """precision=auto per machine: bf16 weights and inputs on a CPU with native bf16, fp32 elsewhere; the
 precision used is store identity. The CPU's verdict is forced both ways, so this runs on any CPU."""
+
 from __future__ import annotations
 
 import json
@@ -77,7 +78,7 @@ def test_bf16_encoder_runs_bf16_and_stays_close_to_fp32(tiny_json, monkeypatch):
 def test_store_precision_is_identity_and_old_stores_read_fp32(tmp_path):
     store = create_or_open(tmp_path / "s", {**PROV, "precision": "fp32"})
     assert store.provenance["precision"] == "fp32"
-    with pytest.raises(StoreError, match="precision: store has \"fp32\", this job has \"bf16\""):
+    with pytest.raises(StoreError, match='precision: store has "fp32", this job has "bf16"'):
         create_or_open(tmp_path / "s", {**PROV, "precision": "bf16"})
     prov = json.loads((tmp_path / "s" / "store.json").read_text())
     del prov["precision"]  # a store written before precision was recorded
