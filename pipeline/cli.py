@@ -318,11 +318,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
-    from .config import STORE_COMPRESSIONS
+    from .config import EVAL_SPLITS, HEAD_KINDS, SOLVERS, STORE_COMPRESSIONS
     from .data.manifest import DATASET_SPLITS, FORMATS
-    from .data.splits import EVAL_SPLITS
-    from .probe.heads import HEAD_KINDS
-    from .probe.logreg import SOLVERS
 
     p = argparse.ArgumentParser(
         prog="vidprobe",

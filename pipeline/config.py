@@ -31,6 +31,10 @@ WINDOWED_STRATEGIES = ("multiclip", "sliding")  # several clips (windows) per ma
 SEEK_MODES = ("exact", "keyframe")
 # encoder precision; auto: fp16 on CUDA, bf16 on CPUs with native bf16, else fp32 (encoders.base.resolve_precision)
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+# Choices of the probe stage, here so that `vidprobe --help` builds its parser without importing numpy.
+HEAD_KINDS = ("logreg", "mlp", "knn", "zeroshot")
+SOLVERS = ("torch", "sklearn")  # torch L-BFGS (CPU or CUDA) | scikit-learn's (the reference)
+EVAL_SPLITS = ("test", "val", "train", "all")  # what ``evaluate`` can score
 AUTO = "auto"
 
 T = TypeVar("T", bound="DataclassInstance")  # the settings classes are dataclasses

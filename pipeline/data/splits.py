@@ -22,8 +22,6 @@ from ..config import build, check_settings, rule
 from ..errors import ConfigError
 from .manifest import DATASET_SPLITS, FORMATS
 
-EVAL_SPLITS = ("test", "val", "train", "all")  # what ``evaluate`` can score
-
 
 @dataclass
 class SplitsFrom:

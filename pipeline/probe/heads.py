@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import build, check_settings, rule
+from ..config import HEAD_KINDS, SOLVERS, build, check_settings, rule
 from ..errors import ConfigError, HeadError
 from ..versions import versions
 from .logreg import (
@@ -44,12 +44,10 @@ from .logreg import (
     DEFAULT_PATIENCE,
     DEFAULT_REFINE,
     DEFAULT_TOL,
-    SOLVERS,
     make_solver,
     sweep_C,
 )
 
-HEAD_KINDS = ("logreg", "mlp", "knn", "zeroshot")
 HEAD_FORMATS = {".skops": "skops", ".joblib": "joblib"}
 DEFAULT_TEMPLATES: tuple[str, ...] = ("a video of a person {label}.",)
 DEFAULT_C = 1.0  # used when there is no validation split to sweep on (scikit-learn's default)

@@ -27,6 +27,7 @@ from typing import Protocol
 
 import numpy as np
 
+from ..config import SOLVERS
 from ..errors import ConfigError, HeadError, check_choice
 
 # CLIP's range (1e-6 .. 1e6); the sweep stops climbing once larger C keeps scoring worse (``patience``).
@@ -35,7 +36,6 @@ DEFAULT_REFINE: tuple[float, ...] = (0.5, 0.25)  # log10 steps of the fine searc
 DEFAULT_PATIENCE = 2
 DEFAULT_TOL = 1e-4
 DEFAULT_MAX_ITER = 1000
-SOLVERS = ("torch", "sklearn")  # torch L-BFGS (CPU or CUDA) | scikit-learn's (the reference)
 # Below this many multiply-adds per matmul a CPU fit runs on one thread: for small problems thread
 # start-up and barriers cost more than they save (on a busy 2-core box, 70x more).
 _SINGLE_THREAD_BELOW = 1 << 26

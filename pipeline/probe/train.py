@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from ..data.splits import EVAL_SPLITS, Splits, SplitsFrom, SplitSpec, few_shot, make_splits, resplit
+from ..config import EVAL_SPLITS
+from ..data.splits import Splits, SplitsFrom, SplitSpec, few_shot, make_splits, resplit
 from ..errors import ConfigError, HeadError, check_choice
 from ..store import FeatureStore, open_store
 from .heads import FitResult, HeadConfig, fit_head, load_head, save_head, sidecar_path, zeroshot_encoder
