@@ -51,6 +51,7 @@ class VerifyReport:
     failures: int = 0
     problems: list[str] = field(default_factory=list)  # anything here makes `verify` fail
     notes: list[str] = field(default_factory=list)  # harmless leftovers worth knowing about
+    compactable: list[str] = field(default_factory=list)  # of the problems, those `compact` resolves (duplicates)
 
     @property
     def ok(self) -> bool:
@@ -222,6 +223,7 @@ def verify_store(path: str | Path) -> VerifyReport:
         report.problems.append(
             f"{across} clips are stored in more than one shard (readers keep the first), e.g. {example}"
         )
+        report.compactable.append(report.problems[-1])
     tmp = store.unfinished_paths()
     if tmp:
         report.notes.append(
@@ -243,11 +245,14 @@ def compact_store(path: str | Path, compression: str | None = None, compression_
     """
     store = open_store(path)
     with store.writer_lock(purpose="compact"):
-        report = verify_store(store.path)  # under the lock: nothing changes between the check and the merge
-        if not report.ok:
+        # Under the lock: nothing changes between the check and the merge. Duplicates across shards are
+        # what compaction is for (the first finished is kept, as readers do); any other problem is damage.
+        report = verify_store(store.path)
+        damage = [p for p in report.problems if p not in report.compactable]
+        if damage:
             raise StoreError(
-                f"{store.path}: refusing to compact a store that fails verify ({len(report.problems)} problem(s), "
-                f"first: {report.problems[0]}); run `vidprobe verify {store.path}`, remove or re-extract the "
+                f"{store.path}: refusing to compact a store that fails verify ({len(damage)} problem(s), "
+                f"first: {damage[0]}); run `vidprobe verify {store.path}`, remove or re-extract the "
                 "damaged shards, then compact"
             )
         idx = store.index()
