@@ -38,6 +38,7 @@ earliest finished wins (shard names carry a nanosecond time stamp: ``PREFIX-TIME
 only while its clip has no stored embeddings (a later fix makes it history) and only its latest one.
 Nothing here imports torch: the store is readable on any machine with h5py and numpy.
 """
+
 from __future__ import annotations
 
 import errno
@@ -55,9 +56,26 @@ import numpy as np
 from ..data.keys import Key, clip_key
 from ..errors import StoreError
 
-__all__ = ["SCHEMA_VERSION", "PROVENANCE_FILE", "SHARD_DIR", "RUNS_DIR", "IDENTITY_KEYS", "Key", "clip_key", "identity",
-           "describe_differences", "shard_name", "shard_paths", "atomic_write_text", "fsync_dir",
-           "read_provenance_file", "Digest", "digest", "CHECKSUMS_ATTR", "disk_error"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "PROVENANCE_FILE",
+    "SHARD_DIR",
+    "RUNS_DIR",
+    "IDENTITY_KEYS",
+    "Key",
+    "clip_key",
+    "identity",
+    "describe_differences",
+    "shard_name",
+    "shard_paths",
+    "atomic_write_text",
+    "fsync_dir",
+    "read_provenance_file",
+    "Digest",
+    "digest",
+    "CHECKSUMS_ATTR",
+    "disk_error",
+]
 
 SCHEMA_VERSION = 1
 PROVENANCE_FILE = "store.json"
@@ -98,9 +116,14 @@ def digest(values: Any) -> str:
     return Digest().update(values).hexdigest()
 
 
-_DISK_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EROFS: "read-only filesystem",
-                errno.EDQUOT: "disk quota exceeded", errno.EACCES: "permission denied", errno.EPERM: "not permitted",
-                errno.EIO: "input/output error"}
+_DISK_ERRNOS = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EROFS: "read-only filesystem",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "not permitted",
+    errno.EIO: "input/output error",
+}
 
 
 def disk_error(path: Path, what: str, exc: OSError) -> StoreError:
@@ -193,7 +216,6 @@ def shard_name(prefix: str = "shard", tag: str = "all") -> str:
     return f"{prefix}-{time.time_ns():020d}-{tag}-{uuid.uuid4().hex[:8]}.h5"
 
 
-
 _FINISHED_AT = re.compile(r"-(\d{20})-")
 
 
@@ -212,11 +234,9 @@ def shard_paths(path: Path) -> list[Path]:
     return sorted(d.glob("*.h5"), key=finished)
 
 
-
 def read_provenance_file(p: Path) -> dict[str, Any]:
     prov_file = p / PROVENANCE_FILE
     try:
         return json.loads(prov_file.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise StoreError(f"{prov_file}: unreadable provenance ({exc})") from None
-
