@@ -9,8 +9,10 @@ error, cosine of pooled vectors, and a logistic-regression probe trained on each
 
 The embeddings are synthetic but shaped like real ones: clips of K classes, frames of a clip
 correlated, every frame L2-normalised (as CLIP embeddings are). Float noise compresses poorly, as
-real embeddings do. Target: the full pooled read < 2 s. The last line printed is one JSON object
-holding every figure.
+real embeddings do. Target: the full pooled read < 2 s. Every read checks the shards' SHA-256
+checksums (issue 13); each option is also read with ``FeatureStore.check_checksums`` off, side by side,
+to show what checking costs (target: the checked full pooled read within 1.3x of the unchecked one).
+The last line printed is one JSON object holding every figure.
 
     python benchmarks/store_read.py [--clips 10000 --frames 8 --dim 512 --repeat 3]
 """
@@ -90,13 +92,14 @@ def evict(path: Path) -> None:
             os.close(fd)
 
 
-def time_read(path: Path, cold: bool) -> tuple[float, float, float, np.ndarray]:
+def time_read(path: Path, cold: bool, check: bool = True) -> tuple[float, float, float, np.ndarray]:
     """(total, metadata index, embeddings, pooled matrix) seconds for open_store(path).pooled(mean)."""
     if cold:
         evict(path)
     pool = get_pool("mean")
     t0 = time.perf_counter()
     store = open_store(path)
+    store.check_checksums = check
     store.index()
     t1 = time.perf_counter()
     store.table()
@@ -144,18 +147,21 @@ def main() -> None:
     try:
         print(
             f"{'storage':16s} {'size MiB':>9s} {'ratio':>6s} {'write s':>8s} "
-            f"{'read warm s':>12s} {'(index':>7s} {'emb':>6s} {'pool)':>6s} {'read cold s':>12s}"
+            f"{'read warm s':>12s} {'(index':>7s} {'emb':>6s} {'pool)':>6s} {'read cold s':>12s} "
+            f"{'unchecked warm s':>17s} {'checked/unchecked':>18s}"
         )
         for dtype, comp in OPTIONS:
             path = work / f"{dtype}-{comp}"
             shutil.rmtree(path, ignore_errors=True)
             write_s = write_store(path, frames, y, dtype, comp)
             size = sum(p.stat().st_size for p in (path / "shards").glob("*.h5"))
-            warm = []
-            for _ in range(args.repeat):
+            warm, unchecked = [], []
+            for _ in range(args.repeat):  # alternated, so a change in the machine's load hits both alike
                 warm.append(time_read(path, cold=False))
+                unchecked.append(time_read(path, cold=False, check=False)[0])
             warm.sort(key=lambda r: r[0])
             total, idx_s, emb_s, X = warm[len(warm) // 2]
+            plain = sorted(unchecked)[len(unchecked) // 2]
             cold_s = time_read(path, cold=True)[0]
             if dtype == "float32" and comp == "none":
                 pooled_ref = X
@@ -169,13 +175,16 @@ def main() -> None:
                 "embeddings_s": emb_s,
                 "pool_s": total - idx_s - emb_s,
                 "read_pooled_cold_s": cold_s,
+                "read_pooled_warm_unchecked_s": plain,
+                "checked_over_unchecked": total / plain,
             }
             if comp == "none":
                 uncompressed[dtype] = X
             out["options"][key]["same_values_as_uncompressed"] = bool(np.array_equal(X, uncompressed[dtype]))
             print(
                 f"{key:16s} {size / 2**20:9.1f} {size / out['raw_float32_bytes']:6.2f} {write_s:8.2f} "
-                f"{total:12.3f} {idx_s:7.3f} {emb_s:6.3f} {total - idx_s - emb_s:6.3f} {cold_s:12.3f}"
+                f"{total:12.3f} {idx_s:7.3f} {emb_s:6.3f} {total - idx_s - emb_s:6.3f} {cold_s:12.3f} "
+                f"{plain:17.3f} {total / plain:17.2f}x"
             )
             if key == "float32/none":
                 t0 = time.perf_counter()
@@ -227,11 +236,16 @@ def main() -> None:
         target = out["options"]["float32/none"]["read_pooled_warm_s"]
         out["target_read_pooled_s"] = 2.0
         out["target_met"] = bool(max(target, out["options"]["float32/none"]["read_pooled_cold_s"]) < 2.0)
+        ratio = out["options"]["float32/none"]["checked_over_unchecked"]
+        out["target_checksum_ratio"] = 1.3
+        out["checksum_target_met"] = bool(ratio <= 1.3)
         out["load_avg_end"] = os.getloadavg()[0]
         print(
             f"full pooled read of the float32 store: {target:.3f} s warm, "
             f"{out['options']['float32/none']['read_pooled_cold_s']:.3f} s cold (target < 2 s: "
-            f"{'met' if out['target_met'] else 'NOT met'}); load avg at end {out['load_avg_end']:.1f}"
+            f"{'met' if out['target_met'] else 'NOT met'}); with checksums checked {ratio:.2f}x the unchecked read "
+            f"(target <= 1.3x: {'met' if out['checksum_target_met'] else 'NOT met'}); "
+            f"load avg at end {out['load_avg_end']:.1f}"
         )
     finally:
         if not args.workdir:

@@ -29,6 +29,7 @@ from ..data.keys import clip_key
 from ..data.manifest import Manifest, Problem, VideoItem
 from ..data.sampling import sampling_identity
 from ..encoders.base import FrameEncoder
+from ..errors import StoreError
 from ..store import FeatureStore, ShardWriter, create_or_open, write_run_record, writer_prefix
 from ..versions import versions
 from .sharding import JobShard
@@ -150,7 +151,7 @@ def recorded_run(store: FeatureStore, prefix: str, summary: ExtractSummary) -> I
     try:
         yield
     except BaseException:
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, StoreError):  # e.g. the disk is full: the error says so
             note_run(store, prefix, summary, "stopped")
         raise
     note_run(store, prefix, summary, "finished")
@@ -217,6 +218,7 @@ class ExtractionJob:
                 self.manifest, self.store, cfg.sampling, self.summary, shard=shard, retry_failed=self.retry_failed
             )
             stack.enter_context(recorded_run(self.store, self.prefix, self.summary))
+            stack.push(self._count_stored)  # runs after the writer's last flush, before the run record
             self.writer = stack.enter_context(
                 ShardWriter(
                     self.store,
@@ -239,6 +241,17 @@ class ExtractionJob:
             return self._stack.__exit__(*exc)
         finally:
             self.summary.seconds = time.perf_counter() - self.started
+
+    def _count_stored(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+        """On a stop by an exception, count only what finished shards hold (a full disk loses the buffer)."""
+        w = getattr(self, "writer", None)
+        if exc_type is not None and w is not None:
+            self.summary.done, self.summary.frames, self.summary.failed = (
+                w.stored_clips,
+                w.stored_frames,
+                w.stored_failures,
+            )
+        return False
 
     def add_clip(
         self, item: VideoItem, start: float | None, end: float | None, embeddings: np.ndarray, timestamps: np.ndarray

@@ -21,7 +21,16 @@ Layout of one shard (readable with plain h5py)::
     clips/start, clips/end (N,) float64 seconds requested by the manifest (NaN = open end)
     clips/label, clips/split (N,) str
     failures/{path,stage,error} (M,) str, failures/{start,end,time} (M,) float64
-    attrs: provenance (JSON), schema_version, compacted_from (JSON list; only on a compacted shard)
+    attrs: provenance (JSON), schema_version, compacted_from (JSON list; only on a compacted shard),
+           checksums (JSON: dataset path -> "sha256:HEX" of its values; shards written before it have none)
+
+Checksums: SHA-256 of each dataset's values (numbers: their little-endian bytes in the stored dtype;
+strings: the JSON list of them), so any edit after writing shows, through h5py or on the raw bytes.
+Chosen over HDF5's Fletcher32 filter, which costs the same to read (measured on a 10k x 8 x 512 float32
+store, AMD EPYC: 160 MiB read 0.106 s plain, 0.229 s with SHA-256, 0.230 s chunked with Fletcher32) but
+needs chunked datasets and is recomputed by HDF5 itself when a value is rewritten through h5py. Readers
+check the checksums of what they read whole (the clip columns when indexing, the frames when loading
+them); ``vidprobe verify`` checks every dataset.
 
 Reading: a clip is identified by (video, start, end); if several finished shards hold it, the
 earliest finished wins (shard names carry a nanosecond time stamp: ``PREFIX-TIME-SCOPE-RANDOM.h5``).
@@ -34,6 +43,7 @@ Nothing here imports torch: the store is readable on any machine with h5py and n
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import re
@@ -63,6 +73,10 @@ __all__ = [
     "atomic_write_text",
     "fsync_dir",
     "read_provenance_file",
+    "Digest",
+    "digest",
+    "CHECKSUMS_ATTR",
+    "disk_error",
 ]
 
 SCHEMA_VERSION = 1
@@ -74,6 +88,52 @@ RUNS_DIR = "runs"
 # bf16 / fp16 computation changes the values). Compression is lossless and per shard.
 IDENTITY_KEYS = ("schema_version", "encoder", "weights_id", "dim", "preprocess", "sampling", "dtype", "precision")
 IDENTITY_DEFAULTS = {"dtype": "float32", "precision": "fp32"}  # stores written before a key existed hold its default
+
+
+CHECKSUMS_ATTR = "checksums"
+
+
+class Digest:
+    """Incremental SHA-256 of one dataset's values (blocks of rows in order give the digest of the whole)."""
+
+    def __init__(self) -> None:
+        self._h = hashlib.sha256()
+
+    def update(self, values: Any) -> Digest:
+        """Numbers (an array): their bytes; strings (a list, or an array of str/bytes): the JSON list."""
+        a = np.asarray(values, dtype=object) if isinstance(values, (list, tuple)) else np.asarray(values)
+        if a.dtype.kind in "OUS":
+            items = [x.decode("utf-8") if isinstance(x, bytes) else str(x) for x in a.tolist()]
+            self._h.update(json.dumps(items, ensure_ascii=False).encode("utf-8"))
+        else:
+            a = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<"))
+            self._h.update(a.reshape(-1).data.cast("B"))
+        return self
+
+    def hexdigest(self) -> str:
+        return "sha256:" + self._h.hexdigest()
+
+
+def digest(values: Any) -> str:
+    """The checksum of one dataset's values as stored in a shard's ``checksums`` attribute."""
+    return Digest().update(values).hexdigest()
+
+
+_DISK_ERRNOS = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EROFS: "read-only filesystem",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "not permitted",
+    errno.EIO: "input/output error",
+}
+
+
+def disk_error(path: Path, what: str, exc: OSError) -> StoreError:
+    """One-line ``StoreError`` for a failed write: names the path, the reason, and what to do."""
+    reason = _DISK_ERRNOS.get(exc.errno or 0) or exc.strerror or str(exc).splitlines()[0]
+    hint = "free some space and re-run" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "check the path and re-run"
+    return StoreError(f"{path}: cannot {what} ({reason}); {hint} (finished shards are kept)")
 
 
 def nan_if_none(x: float | None) -> float:
@@ -91,13 +151,16 @@ def read_str(ds) -> list[str]:
 
 
 def atomic_write_text(path: Path, text: str, exclusive: bool = False) -> bool:
-    """Write ``text`` to ``path`` atomically; with ``exclusive`` only if ``path`` does not exist yet."""
+    """Write ``text`` to ``path`` atomically; with ``exclusive`` only if ``path`` does not exist yet.
+
+    A failed write (full disk, read-only filesystem) leaves no temporary file and raises one ``StoreError``.
+    """
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
     try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
         if exclusive:
             try:
                 os.link(tmp, path)  # atomic create-if-absent: two jobs creating one store cannot both win
@@ -111,8 +174,13 @@ def atomic_write_text(path: Path, text: str, exclusive: bool = False) -> bool:
                 os.replace(tmp, path)
         else:
             os.replace(tmp, path)
+    except OSError as exc:
+        raise disk_error(path, "write", exc) from None
     finally:
-        tmp.unlink(missing_ok=True)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
     fsync_dir(path.parent)
     return True
 
@@ -136,14 +204,15 @@ def identity(provenance: dict[str, Any], key: str) -> Any:
     return provenance.get(key, IDENTITY_DEFAULTS.get(key))
 
 
-def describe_differences(old: dict, new: dict) -> list[str]:
-    """Human-readable list of identity keys whose values differ."""
+def describe_differences(old: dict, new: dict, names: tuple[str, str] = ("store", "this job")) -> list[str]:
+    """Human-readable list of identity keys whose values differ (``names`` says whose each side is)."""
     diffs = []
     for key in IDENTITY_KEYS:
         a, b = identity(old, key), identity(new, key)
         if json.dumps(a, sort_keys=True) != json.dumps(b, sort_keys=True):
             diffs.append(
                 f"{key}: store has {json.dumps(a, sort_keys=True)}, this job has {json.dumps(b, sort_keys=True)}"
+                f"{key}: {names[0]} has {json.dumps(a, sort_keys=True)}, {names[1]} has {json.dumps(b, sort_keys=True)}"
             )
     return diffs
 

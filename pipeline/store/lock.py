@@ -38,6 +38,7 @@ GUARD_FILE = "guard"
 _UNSUPPORTED = {errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL}
 _BUSY = {errno.EACCES, errno.EAGAIN}
 _MUTEX = threading.Lock()
+_READ_ONLY = (errno.EACCES, errno.EPERM, errno.EROFS)  # the guard cannot be created or opened for writing
 # Lock files this process holds, by resolved path. Never opened a second time: closing *any* fd of a
 # file drops this process's POSIX locks on it.
 _HELD: dict[str, WriterLock] = {}
@@ -267,7 +268,9 @@ def live_holders(store_path: str | Path) -> list[Holder]:
     try:
         with _MUTEX, _guard(lock_dir):
             return _live_holders(store_path, remove_stale=True)
-    except PermissionError:  # a read-only copy of a store: nobody can be writing through it from here
+    except OSError as exc:  # a read-only copy of a store: nobody can be writing through it from here
+        if exc.errno not in _READ_ONLY:
+            raise
         return _live_holders(store_path, remove_stale=False)
 
 

@@ -7,7 +7,7 @@ import json
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ import numpy as np
 from ..config import STORE_DTYPES as DTYPES
 from ..errors import StoreError
 from .layout import (
+    CHECKSUMS_ATTR,
     IDENTITY_DEFAULTS,
     PROVENANCE_FILE,
     RUNS_DIR,
@@ -25,6 +26,8 @@ from .layout import (
     atomic_write_text,
     clip_key,
     describe_differences,
+    digest,
+    disk_error,
     identity,
     read_provenance_file,
     read_str,
@@ -59,6 +62,7 @@ class ShardMeta:
     dtype: str
     compression: str
     compacted_from: list[str]
+    checksums: dict[str, str] = field(default_factory=dict)  # dataset -> "sha256:HEX" (none: an old shard)
 
     @property
     def all_kept(self) -> bool:
@@ -114,9 +118,39 @@ def _compression_of(ds) -> str:
     return ds.compression or "none"
 
 
-def _build_index(path: Path, dim: int) -> StoreIndex:
+def _mismatch(shard: Path, store: Path, dataset: str) -> StoreError:
+    return StoreError(
+        f"{shard}: {dataset} does not match its checksum (changed after it was written); "
+        f"run `vidprobe verify {store}` and re-extract the clips of that shard"
+    )
+
+
+def _check_sum(meta: ShardMeta, store: Path, dataset: str, values: Any) -> None:
+    expected = meta.checksums.get(dataset)
+    if expected is not None and digest(values) != expected:
+        raise _mismatch(meta.path, store, dataset)
+
+
+def _foreign(shard: Path, store: Path, provenance: dict[str, Any], attrs: Any) -> StoreError | None:
+    """The refusal for a shard whose identity differs from the store's (None when it matches)."""
+    try:
+        theirs = json.loads(attrs["provenance"])
+    except (KeyError, ValueError, TypeError):
+        return StoreError(f"{shard}: no readable provenance; run `vidprobe verify {store}`")
+    diffs = describe_differences(provenance, theirs, names=(PROVENANCE_FILE, "the shard"))
+    if not diffs:
+        return None
+    return StoreError(
+        f"{shard}: written with other settings than {PROVENANCE_FILE} ({'; '.join(diffs)}); a store never mixes "
+        "extractions: move the shard to a store of its own, or restore store.json"
+    )
+
+
+def _build_index(path: Path, provenance: dict[str, Any], check: bool = True) -> StoreIndex:
+    """Clip metadata of every live shard; refuses a shard of other provenance or with a damaged clip table."""
     import h5py
 
+    dim = int(provenance["dim"])
     rows: list[tuple[ShardMeta, list[str], np.ndarray, np.ndarray, list[str], list[str]]] = []
     replaced: set[str] = set()
     raw_failures: list[dict[str, Any]] = []
@@ -138,7 +172,9 @@ def _build_index(path: Path, dim: int) -> StoreIndex:
                     str(emb.dtype),
                     _compression_of(emb),
                     json.loads(f.attrs.get("compacted_from", "[]")),
+                    json.loads(f.attrs.get(CHECKSUMS_ATTR, "{}")),
                 )
+                foreign = _foreign(shard, path, provenance, f.attrs)
                 fl = f["failures"]
                 fcols = (
                     read_str(fl["path"]),
@@ -150,8 +186,20 @@ def _build_index(path: Path, dim: int) -> StoreIndex:
                 )
         except FileNotFoundError:
             raise  # removed by a compaction after the listing; the caller lists again
-        except (OSError, KeyError, ValueError) as exc:
+        except (OSError, KeyError, ValueError, TypeError) as exc:
             raise StoreError(f"{shard}: unreadable shard ({exc}); run `vidprobe verify {path}`") from None
+        if foreign is not None:
+            raise foreign
+        if check:  # the clip table is small: check it whole (a shifted offset would move frames between clips)
+            for name, values in (
+                ("offset", off),
+                ("video", v),
+                ("start", s),
+                ("end", e),
+                ("label", lab),
+                ("split", spl),
+            ):
+                _check_sum(meta, path, f"clips/{name}", values)
         if len(off) != len(v) + 1 or (len(v) and (off[0] != 0 or off[-1] != meta.n_frames)) or emb_shape[1:] != (dim,):
             raise StoreError(f"{shard}: inconsistent shard (offsets/frames/dim); run `vidprobe verify {path}`")
         replaced.update(meta.compacted_from)
@@ -240,23 +288,35 @@ def kept_frames(shards: list[ShardMeta]) -> Iterator[tuple[Any, Any, slice | np.
         pos += n
 
 
-def _read_frames(index: StoreIndex, dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """All live frames as one float32 (F, D) matrix plus timestamps, read straight into place."""
+def _read_frames(index: StoreIndex, dim: int, store: Path, check: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """All live frames as one float32 (F, D) matrix plus timestamps, read straight into place.
+
+    Each shard's frames are read whole, so with ``check`` their checksums are verified on the way."""
     total = int(index.offset[-1])
     emb = np.empty((total, dim), dtype=np.float32)
     ts = np.empty(total, dtype=np.float64)
+    metas = iter([m for m in index.shards if len(m.kept)])
     for e, t, rows, n, pos in kept_frames(index.shards):
+        meta = next(metas)
         if not n:
             continue
-        if isinstance(rows, slice):
-            if e.dtype == np.float32:
-                e.read_direct(emb, dest_sel=np.s_[pos : pos + n])
-            else:
-                emb[pos : pos + n] = e[()]  # numpy widens float16 3x faster than HDF5's conversion
+        if isinstance(rows, slice) and e.dtype == np.float32:
+            e.read_direct(emb, dest_sel=np.s_[pos : pos + n])
             t.read_direct(ts, dest_sel=np.s_[pos : pos + n])
+            if check:
+                _check_sum(meta, store, "frames/embedding", emb[pos : pos + n])
+                _check_sum(meta, store, "frames/timestamp", ts[pos : pos + n])
+            continue
+        e_all, t_all = e[()], t[()]
+        if check:
+            _check_sum(meta, store, "frames/embedding", e_all)
+            _check_sum(meta, store, "frames/timestamp", t_all)
+        if isinstance(rows, slice):
+            emb[pos : pos + n] = e_all  # numpy widens float16 3x faster than HDF5's conversion
+            ts[pos : pos + n] = t_all
         else:
-            emb[pos : pos + n] = e[()][rows]
-            ts[pos : pos + n] = t[()][rows]
+            emb[pos : pos + n] = e_all[rows]
+            ts[pos : pos + n] = t_all[rows]
     return emb, ts
 
 
@@ -267,7 +327,12 @@ class FeatureStore:
     ``frames(i)`` → (T, D) float32, ``timestamps(i)``, ``embeddings``/``offsets`` (all frames),
     ``pooled(pool)`` → (N, D'), ``failures()``, ``info()``, and ``torch_dataset()``. Metadata is read
     without touching embeddings; embeddings are loaded (as float32) on first use and cached.
+
+    Every shard must carry the identity in ``store.json`` (a foreign shard is refused, never mixed in),
+    and what is read is checked against the shard's checksums (``check_checksums``; see ``layout``).
     """
+
+    check_checksums = True  # the benchmark turns it off to measure what checking costs
 
     def __init__(self, path: Path, provenance: dict[str, Any]):
         self.path = path
@@ -300,7 +365,7 @@ class FeatureStore:
         if self._index is None:
             for attempt in range(5):
                 try:
-                    self._index = _build_index(self.path, self.dim)
+                    self._index = _build_index(self.path, self.provenance, self.check_checksums)
                     break
                 except FileNotFoundError:  # a concurrent compaction removed a listed shard: list again
                     if attempt == 4:
@@ -346,7 +411,7 @@ class FeatureStore:
             for attempt in range(5):
                 idx = self.index()
                 try:
-                    emb, ts = _read_frames(idx, self.dim)
+                    emb, ts = _read_frames(idx, self.dim, self.path, self.check_checksums)
                     break
                 except FileNotFoundError:
                     self._index = None
@@ -517,7 +582,10 @@ def create_or_open(path: str | Path, provenance: dict[str, Any]) -> FeatureStore
             for x in p.iterdir()
         ):
             raise StoreError(f"{p}: exists and is not a vidprobe store; choose a new path")
-        (p / SHARD_DIR).mkdir(parents=True, exist_ok=True)
+        try:
+            (p / SHARD_DIR).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise disk_error(p / SHARD_DIR, "create the store", exc) from None
         provenance.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
         if atomic_write_text(p / PROVENANCE_FILE, json.dumps(provenance, indent=2, sort_keys=True), exclusive=True):
             return FeatureStore(p, provenance)

@@ -13,7 +13,7 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from ..errors import StoreError
-from .layout import RUNS_DIR, atomic_write_text
+from .layout import RUNS_DIR, atomic_write_text, disk_error
 from .lock import scope_name
 
 if TYPE_CHECKING:
@@ -37,7 +37,10 @@ def writer_of(shard_name: str) -> str:
 def write_run_record(store: FeatureStore, writer: str, doc: dict[str, Any]) -> None:
     """Atomically replace the last-run record of ``writer`` (a shard-file prefix)."""
     d = store.path / RUNS_DIR
-    d.mkdir(exist_ok=True)
+    try:
+        d.mkdir(exist_ok=True)
+    except OSError as exc:
+        raise disk_error(d, "create the run records folder", exc) from None
     atomic_write_text(d / f"{writer}.json", json.dumps(doc, indent=1, sort_keys=True))
 
 

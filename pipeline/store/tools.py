@@ -1,8 +1,13 @@
 """``vidprobe verify`` and ``vidprobe compact``: check a store shard by shard, and merge its shards.
 
 Verify trusts nothing the reader assumes: every finished shard must open, carry the store's identity,
-have consistent offsets and lengths, no duplicate clip (within or across shards) and only finite
-values. Compaction writes all live clips into one new shard by the same tmp → fsync → rename path as
+match the checksum of every dataset (shards written before checksums existed are noted), have
+consistent offsets and lengths, as many frames per clip as the sampling identity allows (uniform:
+exactly ``num_frames``), timestamps in order within each clip (a shifted offset breaks both), no
+duplicate clip (within or across shards) and only finite values. Compaction runs verify first and
+refuses a store that fails it, so it never launders damage into a clean-looking shard.
+
+Compaction writes all live clips into one new shard by the same tmp → fsync → rename path as
 extraction; that rename is the commit point — the new shard names the shards it replaces
 (``compacted_from``), so readers ignore them even if a crash leaves them behind, and the next
 compaction deletes them.
@@ -18,7 +23,18 @@ from typing import Any
 
 import numpy as np
 
-from .layout import SHARD_DIR, clip_key, describe_differences, fsync_dir, identity, shard_name
+from ..errors import StoreError
+from .layout import (
+    CHECKSUMS_ATTR,
+    SHARD_DIR,
+    Digest,
+    clip_key,
+    describe_differences,
+    digest,
+    fsync_dir,
+    identity,
+    shard_name,
+)
 from .lock import live_holders
 from .reader import FeatureStore, kept_frames, open_store
 from .writer import write_shard
@@ -35,6 +51,7 @@ class VerifyReport:
     failures: int = 0
     problems: list[str] = field(default_factory=list)  # anything here makes `verify` fail
     notes: list[str] = field(default_factory=list)  # harmless leftovers worth knowing about
+    compactable: list[str] = field(default_factory=list)  # of the problems, those `compact` resolves (duplicates)
 
     @property
     def ok(self) -> bool:
@@ -42,6 +59,49 @@ class VerifyReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, **self.__dict__}
+
+
+def frames_per_clip_problem(sampling: dict[str, Any], lengths: np.ndarray) -> str | None:
+    """What is wrong with these clips' frame counts under the sampling identity (None: nothing)."""
+    strategy = sampling.get("strategy")
+    if strategy in ("uniform", "multiclip", "sliding") and "num_frames" in sampling:
+        bad = lengths != int(sampling["num_frames"])
+        if np.any(bad):
+            i = int(np.argmax(bad))
+            return (
+                f"{int(bad.sum())} clips do not have num_frames={sampling['num_frames']} frames "
+                f"({strategy} sampling), e.g. clip {i} has {int(lengths[i])}"
+            )
+    elif sampling.get("max_frames"):
+        bad = lengths > int(sampling["max_frames"])
+        if np.any(bad):
+            return f"{int(bad.sum())} clips have more than max_frames={sampling['max_frames']} frames"
+    return None
+
+
+def _dataset_digest(ds) -> str:
+    if ds.ndim and ds.shape[0] > _BLOCK_ROWS:
+        d = Digest()
+        for lo in range(0, ds.shape[0], _BLOCK_ROWS):
+            d.update(ds[lo : lo + _BLOCK_ROWS])
+        return d.hexdigest()
+    return digest(ds[()])
+
+
+def _bad_checksums(f, name: str, report: VerifyReport) -> list[str]:
+    """Datasets whose values no longer match the shard's checksums; notes a shard that has none."""
+    sums = json.loads(f.attrs.get(CHECKSUMS_ATTR, "{}"))
+    if not sums:
+        report.notes.append(f"{name}: carries no checksums (written before vidprobe stored them); values unchecked")
+        return []
+    bad = [ds for ds, expected in sorted(sums.items()) if ds not in f or _dataset_digest(f[ds]) != expected]
+
+    def visit(path: str, obj) -> None:
+        if hasattr(obj, "shape") and path not in sums:
+            bad.append(path)  # a dataset added after writing
+
+    f.visititems(visit)
+    return bad
 
 
 def _check_shard(shard: Path, store: FeatureStore, report: VerifyReport) -> list[tuple] | None:
@@ -53,9 +113,11 @@ def _check_shard(shard: Path, store: FeatureStore, report: VerifyReport) -> list
     try:
         with h5py.File(shard, "r") as f:
             prov = json.loads(f.attrs["provenance"])
-            diffs = describe_differences(store.provenance, prov)
+            diffs = describe_differences(store.provenance, prov, names=("store.json", "the shard"))
             if diffs:
                 report.problems.append(f"{name}: written with different settings: " + "; ".join(diffs))
+            bad_sums = _bad_checksums(f, name, report)
+            found = len(report.problems)
             emb, ts = f["frames/embedding"], f["frames/timestamp"]
             c, fl = f["clips"], f["failures"]
             off = c["offset"][()]
@@ -75,6 +137,20 @@ def _check_shard(shard: Path, store: FeatureStore, report: VerifyReport) -> list
                 )
             elif n and np.any(np.diff(off) == 0):
                 report.problems.append(f"{name}: {int(np.sum(np.diff(off) == 0))} clips own no frames")
+            elif n:
+                lengths = np.diff(off)
+                wrong = frames_per_clip_problem(identity(store.provenance, "sampling") or {}, lengths)
+                if wrong:
+                    report.problems.append(f"{name}: clips/offset: {wrong}")
+                elif ts.shape == (frames,) and frames and np.all(np.isfinite(t := ts[()])):
+                    step = np.diff(t)
+                    step[off[1:-1] - 1] = 0  # the step from one clip's last frame to the next clip's first
+                    if np.any(step < 0):
+                        clip = int(np.searchsorted(off, int(np.argmax(step < 0)), side="right") - 1)
+                        report.problems.append(
+                            f"{name}: clips/offset does not match frames/timestamp: clip {clip} "
+                            "has timestamps out of order (its frames belong to another clip?)"
+                        )
             for col in ("start", "end", "label", "split"):
                 if len(c[col]) != n:
                     report.problems.append(f"{name}: clips/{col} has {len(c[col])} rows for {n} clips")
@@ -94,6 +170,13 @@ def _check_shard(shard: Path, store: FeatureStore, report: VerifyReport) -> list
                 for v, s, e in zip(c["video"].asstr()[()].tolist() if n else [], c["start"][()], c["end"][()])
             ]
             report.failures += m
+            for ds in bad_sums:  # one line per damaged dataset: extend a problem already naming it
+                hit = next((i for i in range(found, len(report.problems)) if ds in report.problems[i]), None)
+                what = "does not match its checksum (changed after it was written)"
+                if hit is None:
+                    report.problems.append(f"{name}: {ds} {what}")
+                else:
+                    report.problems[hit] += f"; {ds} {what}"
     except (OSError, KeyError, ValueError, TypeError) as exc:
         report.problems.append(f"{name}: cannot be read ({exc})")
         return None
@@ -140,6 +223,7 @@ def verify_store(path: str | Path) -> VerifyReport:
         report.problems.append(
             f"{across} clips are stored in more than one shard (readers keep the first), e.g. {example}"
         )
+        report.compactable.append(report.problems[-1])
     tmp = store.unfinished_paths()
     if tmp:
         report.notes.append(
@@ -161,6 +245,16 @@ def compact_store(path: str | Path, compression: str | None = None, compression_
     """
     store = open_store(path)
     with store.writer_lock(purpose="compact"):
+        # Under the lock: nothing changes between the check and the merge. Duplicates across shards are
+        # what compaction is for (the first finished is kept, as readers do); any other problem is damage.
+        report = verify_store(store.path)
+        damage = [p for p in report.problems if p not in report.compactable]
+        if damage:
+            raise StoreError(
+                f"{store.path}: refusing to compact a store that fails verify ({len(damage)} problem(s), "
+                f"first: {damage[0]}); run `vidprobe verify {store.path}`, remove or re-extract the "
+                "damaged shards, then compact"
+            )
         idx = store.index()
         before = [p for p in store.shard_paths()]
         size_before = sum(p.stat().st_size for p in before)

@@ -15,7 +15,19 @@ import numpy as np
 
 from ..config import STORE_COMPRESSIONS as COMPRESSIONS
 from ..errors import StoreError
-from .layout import SCHEMA_VERSION, SHARD_DIR, fsync_dir, identity, nan_if_none, shard_name, write_str_dataset
+from .layout import (
+    CHECKSUMS_ATTR,
+    SCHEMA_VERSION,
+    SHARD_DIR,
+    Digest,
+    digest,
+    disk_error,
+    fsync_dir,
+    identity,
+    nan_if_none,
+    shard_name,
+    write_str_dataset,
+)
 
 if TYPE_CHECKING:
     from .reader import FeatureStore
@@ -24,6 +36,26 @@ __all__ = ["ShardWriter", "write_shard"]
 
 _CHUNK_BYTES = 1 << 20  # compressed embeddings are chunked in ~1 MiB row blocks
 _FLOAT16_MAX = float(np.finfo(np.float16).max)
+_DIGEST_ROWS = 1 << 16  # rows per read when checksumming what was written
+
+
+def _checksums(f) -> dict[str, str]:
+    """``checksums`` of every dataset in an open shard, computed from what the file holds."""
+    out: dict[str, str] = {}
+
+    def visit(name: str, obj) -> None:
+        if not hasattr(obj, "shape"):
+            return
+        if obj.ndim and obj.shape[0] > _DIGEST_ROWS:
+            d = Digest()
+            for lo in range(0, obj.shape[0], _DIGEST_ROWS):
+                d.update(obj[lo : lo + _DIGEST_ROWS])
+            out[name] = d.hexdigest()
+        else:
+            out[name] = digest(obj[()])
+
+    f.visititems(visit)
+    return out
 
 
 def _embedding_layout(n_frames: int, dim: int, dtype: np.dtype, compression: str, level: int) -> dict[str, Any]:
@@ -52,6 +84,8 @@ def write_shard(
 
     ``clips`` holds offset/video/start/end/label/split, ``failures`` path/start/end/stage/error/time;
     ``fill(embedding_ds, timestamp_ds)`` writes the (n_frames, D) frames so a caller can stream them.
+    Every dataset's checksum goes into the ``checksums`` attribute (see ``layout``). A full disk or a
+    read-only folder raises one ``StoreError`` naming the shard and leaves no ``.tmp`` behind.
     """
     import h5py
 
@@ -87,12 +121,18 @@ def write_shard(
                 write_str_dataset(fl, name, failures[name])
             for name in ("start", "end", "time"):
                 fl.create_dataset(name, data=np.asarray(failures[name], dtype=np.float64))
+            f.attrs[CHECKSUMS_ATTR] = json.dumps(_checksums(f), sort_keys=True)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, final)
         fsync_dir(final.parent)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+    except BaseException as exc:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        if isinstance(exc, OSError):
+            raise disk_error(final.parent, f"write shard {final.name}", exc) from None
         raise
     return final
 
@@ -143,6 +183,9 @@ class ShardWriter:
         self.prefix, self.tag = prefix, tag
         self.pending = _Pending()
         self.written: list[Path] = []
+        # What finished shards hold (a run record counts these, not what was handed in: a full disk
+        # loses the buffered clips, and the record must not claim them).
+        self.stored_clips = self.stored_frames = self.stored_failures = 0
 
     def add(
         self,
@@ -191,7 +234,10 @@ class ShardWriter:
             return None
         p = self.pending
         shard_dir = self.store.path / SHARD_DIR
-        shard_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            shard_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise disk_error(shard_dir, "create the shard folder", exc) from None
         offsets = np.zeros(len(p.videos) + 1, dtype=np.int64)
         offsets[1:] = np.cumsum([len(t) for t in p.timestamps]) if p.timestamps else []
 
@@ -217,6 +263,9 @@ class ShardWriter:
             compression=self.compression,
             compression_level=self.compression_level,
         )
+        self.stored_clips += len(p.videos)
+        self.stored_frames += p.frames
+        self.stored_failures += len(p.failures)
         self.pending = _Pending()
         self.written.append(final)
         self.store.invalidate()
