@@ -19,6 +19,7 @@ instead of running code. ``joblib`` (pickle) files are written only when asked f
 loaded only with ``trust=True``. The sidecar records the encoder, sampling, pooling, labels, settings,
 metrics and the head file's sha256, so ``predict`` can rebuild the extraction and a swapped file is caught.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -36,8 +37,16 @@ import numpy as np
 from ..config import build, check_settings, rule
 from ..errors import ConfigError, HeadError
 from ..versions import versions
-from .logreg import (DEFAULT_COARSE_CS, DEFAULT_MAX_ITER, DEFAULT_PATIENCE, DEFAULT_REFINE, DEFAULT_TOL, SOLVERS,
-                     make_solver, sweep_C)
+from .logreg import (
+    DEFAULT_COARSE_CS,
+    DEFAULT_MAX_ITER,
+    DEFAULT_PATIENCE,
+    DEFAULT_REFINE,
+    DEFAULT_TOL,
+    SOLVERS,
+    make_solver,
+    sweep_C,
+)
 
 HEAD_KINDS = ("logreg", "mlp", "knn", "zeroshot")
 HEAD_FORMATS = {".skops": "skops", ".joblib": "joblib"}
@@ -87,12 +96,20 @@ class HeadConfig:
         """What the field rules cannot say: which settings a kind reads, and how they relate."""
         defaults = HeadConfig()
         for f in dataclasses.fields(self):
-            if f.name != "kind" and f.name not in _KIND_FIELDS[self.kind] and getattr(self, f.name) != getattr(defaults, f.name):
-                raise ConfigError(f"head setting {f.name!r} does not apply to head {self.kind!r} "
-                                  f"(its settings: {', '.join(_KIND_FIELDS[self.kind]) or 'none'})")
+            if (
+                f.name != "kind"
+                and f.name not in _KIND_FIELDS[self.kind]
+                and getattr(self, f.name) != getattr(defaults, f.name)
+            ):
+                raise ConfigError(
+                    f"head setting {f.name!r} does not apply to head {self.kind!r} "
+                    f"(its settings: {', '.join(_KIND_FIELDS[self.kind]) or 'none'})"
+                )
         if self.sweep_tol < self.tol:
-            raise ConfigError(f"sweep_tol={self.sweep_tol:g}: must be >= tol={self.tol:g} "
-                              "(the search may be looser than the final fit, not tighter)")
+            raise ConfigError(
+                f"sweep_tol={self.sweep_tol:g}: must be >= tol={self.tol:g} "
+                "(the search may be looser than the final fit, not tighter)"
+            )
         if any("{label}" not in t for t in self.templates):
             raise ConfigError(f"templates={list(self.templates)!r}: every prompt template must contain {{label}}")
 
@@ -182,15 +199,24 @@ def _fit_logreg(cfg: HeadConfig, classes, X_tr, yi_tr, X_va, yi_va, refit: bool)
     solver = make_solver(cfg.solver, scaler.transform(X_tr).astype(np.float32), yi_tr, K, **opts)
     info: dict[str, Any] = {"solver": cfg.solver, "device": str(getattr(solver, "device", "cpu"))}
     if X_va is not None:
-        sweep = sweep_C(solver, scaler.transform(X_va).astype(np.float32), yi_va, coarse=cfg.Cs, refine=cfg.refine,
-                        patience=cfg.patience, tol=cfg.sweep_tol)
+        sweep = sweep_C(
+            solver,
+            scaler.transform(X_va).astype(np.float32),
+            yi_va,
+            coarse=cfg.Cs,
+            refine=cfg.refine,
+            patience=cfg.patience,
+            tol=cfg.sweep_tol,
+        )
         C, fit = sweep.C, sweep.fit
         val_scores = {f"C={c:.4g}": acc for c, (acc, _) in sweep.scores.items()}
         info.update(fits=sweep.fits, iterations=sweep.iterations)
         if refit:  # the CLIP protocol: refit on train+val at the chosen C, warm-started from the train fit
             X_all = np.concatenate([X_tr, X_va])
             scaler = StandardScaler().fit(X_all)
-            solver = make_solver(cfg.solver, scaler.transform(X_all).astype(np.float32), np.concatenate([yi_tr, yi_va]), K, **opts)
+            solver = make_solver(
+                cfg.solver, scaler.transform(X_all).astype(np.float32), np.concatenate([yi_tr, yi_va]), K, **opts
+            )
         if refit or cfg.sweep_tol > cfg.tol:  # few-shot (no refit): still finish the chosen fit to full tolerance
             fit = solver.fit(C, fit)
             info.update(fits=info["fits"] + 1, iterations=info["iterations"] + fit.n_iter)
@@ -209,8 +235,17 @@ def _mlp(cfg: HeadConfig, alpha: float, seed: int, n: int):
     from sklearn.preprocessing import StandardScaler
 
     # Early stopping holds out 10% of the training rows; below ~100 rows that is too few to mean anything.
-    return make_pipeline(StandardScaler(), MLPClassifier(hidden_layer_sizes=(cfg.hidden,), alpha=alpha, max_iter=min(cfg.max_iter, 300),
-                                                         early_stopping=n >= 100, n_iter_no_change=10, random_state=seed))
+    return make_pipeline(
+        StandardScaler(),
+        MLPClassifier(
+            hidden_layer_sizes=(cfg.hidden,),
+            alpha=alpha,
+            max_iter=min(cfg.max_iter, 300),
+            early_stopping=n >= 100,
+            n_iter_no_change=10,
+            random_state=seed,
+        ),
+    )
 
 
 def _knn(k: int):
@@ -250,7 +285,9 @@ def fit_head(
     if cfg.kind == "zeroshot":
         if not classes:
             raise HeadError("zeroshot: no class names to build prompts from")
-        return zeroshot_head(list(classes), encoder=encoder, encoder_spec=encoder_spec, templates=cfg.templates, device=cfg.device)
+        return zeroshot_head(
+            list(classes), encoder=encoder, encoder_spec=encoder_spec, templates=cfg.templates, device=cfg.device
+        )
     y_train = [str(y) for y in y_train]
     labels = sorted(set(y_train))
     if len(labels) < 2:
@@ -298,6 +335,7 @@ def fit_head(
 
 # -- zero-shot ---------------------------------------------------------------------------------
 
+
 def label_to_text(label: str) -> str:
     """Class name as words for a prompt: ``ApplyEyeMakeup`` / ``brush_hair`` -> ``apply eye makeup`` / ``brush hair``."""
     text = re.sub(r"[_\-]+", " ", label)
@@ -305,8 +343,14 @@ def label_to_text(label: str) -> str:
     return " ".join(text.split()).lower()
 
 
-def zeroshot_head(classes: list[str], *, encoder: Any = None, encoder_spec: str | None = None,
-                  templates: Sequence[str] = DEFAULT_TEMPLATES, device: str = "auto") -> FitResult:
+def zeroshot_head(
+    classes: list[str],
+    *,
+    encoder: Any = None,
+    encoder_spec: str | None = None,
+    templates: Sequence[str] = DEFAULT_TEMPLATES,
+    device: str = "auto",
+) -> FitResult:
     """Class embeddings = mean over templates of the normalised prompt embeddings, renormalised (CLIP).
 
     The head is ``Normalizer`` + a linear classifier with weights ``logit_scale * class_embeddings``, so
@@ -336,18 +380,27 @@ def zeroshot_encoder(spec: str | None, *, weights_id: str | None = None, device:
         raise HeadError("zeroshot: the store does not record its encoder spec")
     _, options = spec_options(spec)
     if "pre" in options:
-        raise HeadError(f"zeroshot: store features are pre-projection ({spec!r}); prompts live in the joint space — use a store extracted without '#pre'")
+        raise HeadError(
+            f"zeroshot: store features are pre-projection ({spec!r}); prompts live in the joint space — use a store extracted without '#pre'"
+        )
     if not spec.startswith("openclip:"):
-        raise HeadError(f"zeroshot: encoder {spec!r} has no text tower; zero-shot needs a store extracted with an openclip:MODEL@WEIGHTS encoder")
+        raise HeadError(
+            f"zeroshot: encoder {spec!r} has no text tower; zero-shot needs a store extracted with an openclip:MODEL@WEIGHTS encoder"
+        )
     if weights_id == "random-init":
-        raise HeadError(f"zeroshot: the store was extracted with randomly initialised weights ({spec!r}); its text tower cannot be rebuilt")
+        raise HeadError(
+            f"zeroshot: the store was extracted with randomly initialised weights ({spec!r}); its text tower cannot be rebuilt"
+        )
     encoder = create_encoder(spec, device=device)
     if weights_id is not None and encoder.weights_id != weights_id:
-        raise HeadError(f"zeroshot: {spec!r} now loads weights {encoder.weights_id}, but the store was made with {weights_id}")
+        raise HeadError(
+            f"zeroshot: {spec!r} now loads weights {encoder.weights_id}, but the store was made with {weights_id}"
+        )
     return encoder
 
 
 # -- files ---------------------------------------------------------------------------------------
+
 
 def sidecar_path(head_path: str | Path) -> Path:
     return Path(head_path).with_suffix(".json")
@@ -356,7 +409,9 @@ def sidecar_path(head_path: str | Path) -> Path:
 def head_format(path: str | Path) -> str:
     p = Path(path)
     if p.suffix not in HEAD_FORMATS:
-        raise ConfigError(f"{p}: a head file must end in .skops (safe, default) or .joblib (pickle; loading it needs --trust)")
+        raise ConfigError(
+            f"{p}: a head file must end in .skops (safe, default) or .joblib (pickle; loading it needs --trust)"
+        )
     return HEAD_FORMATS[p.suffix]
 
 
@@ -380,10 +435,17 @@ def save_head(path: str | Path, result: FitResult, meta: dict[str, Any]) -> Path
 
         joblib.dump(blob, tmp)
     tmp.replace(p)
-    side = {**meta, "format": fmt, "head_sha256": _sha256(p), "classes": result.classes, "hparams": result.hparams,
-            "val_scores": [[k, v] for k, v in result.val_scores.items()],  # in the order tried
-            "fit_info": result.info, "versions": versions("vidprobe", "scikit-learn", "skops", "numpy", "python"),
-            "saved": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    side = {
+        **meta,
+        "format": fmt,
+        "head_sha256": _sha256(p),
+        "classes": result.classes,
+        "hparams": result.hparams,
+        "val_scores": [[k, v] for k, v in result.val_scores.items()],  # in the order tried
+        "fit_info": result.info,
+        "versions": versions("vidprobe", "scikit-learn", "skops", "numpy", "python"),
+        "saved": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     sidecar_path(p).write_text(json.dumps(side, indent=2, sort_keys=True, default=str), encoding="utf-8")
     return sidecar_path(p)
 
@@ -418,17 +480,23 @@ def load_head(path: str | Path, *, trust: bool = False) -> LoadedHead:
         raise HeadError(f"{side}: unreadable sidecar ({exc})") from None
     recorded = meta.get("head_sha256")
     if recorded and recorded != _sha256(p):
-        raise HeadError(f"{p}: file does not match its sidecar's sha256 (replaced or damaged); retrain or restore the pair")
+        raise HeadError(
+            f"{p}: file does not match its sidecar's sha256 (replaced or damaged); retrain or restore the pair"
+        )
     if fmt == "joblib" and not trust:
-        raise HeadError(f"{p}: joblib (pickle) files can run code when loaded; load it only if you trust where it came from, with --trust")
+        raise HeadError(
+            f"{p}: joblib (pickle) files can run code when loaded; load it only if you trust where it came from, with --trust"
+        )
     try:
         if fmt == "skops":
             import skops.io as sio
 
             untrusted = sio.get_untrusted_types(file=p)
             if untrusted and not trust:
-                raise HeadError(f"{p}: refusing to load types that are not on the trusted list: {', '.join(untrusted)}; "
-                                "load it only if you trust where it came from, with --trust")
+                raise HeadError(
+                    f"{p}: refusing to load types that are not on the trusted list: {', '.join(untrusted)}; "
+                    "load it only if you trust where it came from, with --trust"
+                )
             blob = sio.load(p, trusted=untrusted or None)
         else:
             import joblib
@@ -440,6 +508,8 @@ def load_head(path: str | Path, *, trust: bool = False) -> LoadedHead:
     except Exception as exc:  # damaged or foreign files raise many types
         raise HeadError(f"{p}: cannot load head ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})") from None
     if not callable(getattr(estimator, "predict_proba", None)):
-        raise HeadError(f"{p}: holds a {type(estimator).__name__}, not a classifier with predict_proba; "
-                        "retrain it with `vidprobe train`")
+        raise HeadError(
+            f"{p}: holds a {type(estimator).__name__}, not a classifier with predict_proba; "
+            "retrain it with `vidprobe train`"
+        )
     return LoadedHead(estimator, classes, meta)
