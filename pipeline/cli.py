@@ -100,6 +100,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         settings["device"] = args.device
         if args.prompt:
             settings["templates"] = args.prompt
+    _notice_live_writers(args)
     splits_from = SplitsFrom(args.splits_from, split=args.dataset_split) if args.splits_from else None
     split = SplitSpec(
         seed=args.seed,
@@ -123,16 +124,50 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     if "test" in out:
         m = out["test"]
-        print(f"test: top1={m['top1']:.3f} top5={m['top5']:.3f} mean-class={m['mean_class_acc']:.3f} (n={m['n']})")
+        print(f"test: top1={m['top1']:.3f}{_top5(m)} mean-class={m['mean_class_acc']:.3f} (n={m['n']})")
     print(f"saved {args.output} (+ {Path(args.output).with_suffix('.json').name})")
     return EXIT_OK
+
+
+def _top5(m: dict[str, Any]) -> str:
+    """`` top5=...``, or nothing where it is omitted (5 classes or fewer: always 1.0)."""
+    return "" if m.get("top5") is None else f" top5={m['top5']:.3f}"
+
+
+def _notice_live_writers(args: argparse.Namespace) -> None:
+    """A notice when a job is extracting into the store right now: training sees only its finished shards."""
+    from .store.lock import live_holders
+
+    holders = live_holders(args.store) if Path(args.store).is_dir() else []
+    if holders:
+        who = "; ".join(f"{h.purpose} pid {h.pid} on {h.host}" for h in holders)
+        print(
+            f"vidprobe {args.command}: notice: {args.store} is being written now ({who}); "
+            "this uses the shards finished so far",
+            file=sys.stderr,
+        )
+
+
+PLOT_SUFFIXES = (".png", ".pdf", ".svg")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .probe.report import plot_confusion
     from .probe.train import evaluate_head
 
+    if args.confusion and Path(args.confusion).suffix.lower() not in PLOT_SUFFIXES:
+        raise ConfigError(
+            f"--confusion {args.confusion}: the plot is written as {', '.join(PLOT_SUFFIXES)}; "
+            f"name the file e.g. {Path(args.confusion).with_suffix('.png').name}"
+        )
     out = evaluate_head(args.store, args.head, split=args.split, trust=args.trust)
+    if out["unseen_classes"]:
+        names = ", ".join(out["unseen_classes"][:10]) + (" ..." if len(out["unseen_classes"]) > 10 else "")
+        print(
+            f"vidprobe evaluate: warning: {len(out['unseen_classes'])} class(es) of the store were never seen "
+            f"by the head ({names}); their clips count as wrong",
+            file=sys.stderr,
+        )
     if args.confusion:
         plot_confusion(
             out["confusion"], out["classes"], args.confusion, title=f"{Path(args.head).stem} on {args.split}"
@@ -140,10 +175,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(out)
         return EXIT_OK
-    print(
-        f"{args.split}: n={out['n']} top1={out['top1']:.3f} top5={out['top5']:.3f} "
-        f"mean-class={out['mean_class_acc']:.3f}"
-    )
+    print(f"{args.split}: n={out['n']} top1={out['top1']:.3f}{_top5(out)} mean-class={out['mean_class_acc']:.3f}")
     print(f"  {'class':30s} {'prec':>6s} {'recall':>6s} {'f1':>6s} {'n':>5s}")
     for label, r in sorted(out["report"].items()):
         if r["support"]:
@@ -156,6 +188,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from .probe.predict import predict_videos
 
+    if args.top_k < 1:
+        raise ConfigError(f"-k/--top-k={args.top_k}: must be >= 1 (labels to show per video)")
     results = predict_videos(args.head, args.videos, top_k=args.top_k, device=args.device, trust=args.trust)
     if args.json:
         _print_json(results)

@@ -36,6 +36,16 @@ HEAD_KINDS = ("logreg", "mlp", "knn", "zeroshot")
 SOLVERS = ("torch", "sklearn")  # torch L-BFGS (CPU or CUDA) | scikit-learn's (the reference)
 EVAL_SPLITS = ("test", "val", "train", "all")  # what ``evaluate`` can score
 AUTO = "auto"
+# Caps that bound memory. One clip's frames are decoded, held and embedded together: 4096 frames are
+# ~600 MiB of 224x224 RGB uint8 and 21 MiB of 1280-d float32 embeddings, far above any clip model's
+# input (8-64 frames) yet small enough that a typo (num_frames=1000000000) cannot exhaust the machine.
+MAX_FRAMES_PER_CLIP = 4096
+# One video's windows (multiclip / sliding) are planned and their embeddings held until the video is
+# done: 4096 windows x 8 frames x 1280-d float32 is ~170 MiB; a stride of 0.01 s over an hour is 360k.
+MAX_WINDOWS_PER_VIDEO = 4096
+# A YAML document may name a value once and reuse it by alias; safe_load expands aliases into shared
+# references, so a few lines can stand for 10**9 values. Settings files are small: refuse more values.
+MAX_YAML_VALUES = 100_000
 
 T = TypeVar("T", bound="DataclassInstance")  # the settings classes are dataclasses
 
@@ -90,9 +100,14 @@ class Rule:
         )
 
     def problem(self, value: Any) -> str | None:
-        """Why ``value`` breaks the rule (the text after ``key=value: ``), or None when it does not."""
+        """Why ``value`` breaks the rule (the text after ``key=value: ``), or None when it does not.
+        A float setting is always finite: NaN or Infinity would be written into provenance and fail later."""
         if value is None:
             return None
+        if any(
+            isinstance(v, float) and not math.isfinite(v) for v in (value if isinstance(value, tuple) else (value,))
+        ):
+            return "must be a finite number"
         if isinstance(value, tuple):
             if self.nonempty and not value:
                 return "need one or more values"
@@ -220,12 +235,14 @@ class SamplingConfig:
     """Which frames of a clip are embedded (see ``pipeline.data.sampling``); all of it is store provenance."""
 
     strategy: str = field(default="uniform", metadata=rule(choices=SAMPLING_STRATEGIES))  # see configs/default.yaml
-    num_frames: int = field(default=8, metadata=rule(min=1))  # T for uniform, frames per window for multiclip / sliding
-    fps: float = field(default=1.0, metadata=rule(gt=0))  # rate for fps
+    # T for uniform, frames per window for multiclip / sliding
+    num_frames: int = field(default=8, metadata=rule(min=1, max=MAX_FRAMES_PER_CLIP))
+    # rate for fps (at most 1000: no camera in use films faster, and it bounds the times planned per clip)
+    fps: float = field(default=1.0, metadata=rule(gt=0, max=1000))
     # cap for fps / every_n / keyframes, spread evenly over the clip (0 = no cap)
-    max_frames: int = field(default=0, metadata=rule(min=0, note="(0 = no cap)"))
+    max_frames: int = field(default=0, metadata=rule(min=0, max=MAX_FRAMES_PER_CLIP, note="(0 = no cap)"))
     every_n: int = field(default=1, metadata=rule(min=1))  # N for every_n: every N-th frame in presentation order
-    num_clips: int = field(default=1, metadata=rule(min=1))  # K for multiclip
+    num_clips: int = field(default=1, metadata=rule(min=1, max=MAX_WINDOWS_PER_VIDEO))  # K for multiclip
     # window seconds: multiclip (0 = duration / K) and sliding (required)
     clip_length: float = field(default=0.0, metadata=rule(zero_or_min=0.01, note="seconds"))
     # sliding: seconds between window starts (0 = clip_length, no overlap)
@@ -336,7 +353,27 @@ def _parse_override(text: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw) if raw else ""
     except yaml.YAMLError:
         value = raw
+    check_yaml_size(value, f"override {key.strip()}")
     return key.strip().split("."), value
+
+
+def check_yaml_size(data: Any, where: str, limit: int = MAX_YAML_VALUES) -> None:
+    """Refuse a loaded YAML document holding more than ``limit`` values once its aliases are expanded
+    (an alias bomb); the walk stops at the limit, so it costs at most ``limit`` steps."""
+    count, stack = 0, [data]
+    while stack:
+        node = stack.pop()
+        count += 1
+        if count > limit:
+            raise ConfigError(
+                f"{where}: the YAML expands to more than {limit} values (aliases repeating anchors?); "
+                "a settings file is small: write the values out"
+            )
+        if isinstance(node, dict):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, (list, tuple)):
+            stack.extend(node)
 
 
 def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
@@ -348,8 +385,13 @@ def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
         data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
     except OSError as exc:
         raise ConfigError(f"{p}: cannot read {what} ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{p}: not a UTF-8 text file (byte {exc.start}); save the {what} as UTF-8") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    except RecursionError:
+        raise ConfigError(f"{p}: YAML nested too deeply to be a {what}") from None
+    check_yaml_size(data, str(p))
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: a {what} must be a mapping of settings")
     return data

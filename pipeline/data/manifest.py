@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import glob
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -89,6 +90,8 @@ def safe_relpath(root: Path, entry: str) -> str:
     """``entry`` (relative or absolute) as a POSIX path inside ``root``; ManifestError if it escapes."""
     if not entry.strip():
         raise ManifestError("empty path")
+    if "\0" in entry:
+        raise ManifestError(f"{entry!r}: a path cannot contain a NUL byte")
     root = root.resolve()
     candidate = Path(entry)
     full = candidate if candidate.is_absolute() else root / candidate
@@ -98,7 +101,10 @@ def safe_relpath(root: Path, entry: str) -> str:
         rel = lexical.relative_to(root)
     except ValueError:
         raise ManifestError(f"{entry}: path escapes the manifest root {root}") from None
-    resolved = lexical.resolve()
+    try:
+        resolved = lexical.resolve()
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop (Python < 3.13)
+        raise ManifestError(f"{entry}: cannot resolve the path ({getattr(exc, 'strerror', None) or exc})") from None
     if resolved.exists():
         try:
             resolved.relative_to(root)
@@ -114,6 +120,8 @@ def _float_or_none(value: object, what: str) -> float | None:
         number = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         raise ManifestError(f"{what}={value!r} is not a number of seconds") from None
+    if not math.isfinite(number):
+        raise ManifestError(f"{what}={value!r} is not a finite number of seconds")
     if number < 0:
         raise ManifestError(f"{what}={value!r} is negative")
     return number
@@ -136,21 +144,37 @@ def _item_from_row(root: Path, row: dict, where: str) -> VideoItem:
 
 
 def _rows_to_manifest(root: Path, rows: list[tuple[str, dict]]) -> Manifest:
+    """Items of the rows; a bad row, or a repeat of a clip with another label (a conflict: the first row
+    is kept), becomes a ``Problem``. A conflict's problem is filed under its row (``file:line``), not the
+    clip's path, so it never marks the kept clip as failed."""
     manifest = Manifest(root)
+    first: dict[Key, tuple[str, str]] = {}  # clip key -> (where, label) of its first row
     for where, row in rows:
         try:
-            manifest.items.append(_item_from_row(root, row, where))
+            item = _item_from_row(root, row, where)
         except ManifestError as exc:
-            manifest.problems.append(Problem(str(row.get("path") or where), str(exc)))
+            path = str(row.get("path") or where)
+            manifest.problems.append(Problem(path if "\0" not in path else where, str(exc)))
+            continue
+        seen = first.setdefault(item.key, (where, item.label))
+        if seen[1] != item.label:
+            message = (
+                f"{where}: {item.path} is listed again with label {item.label!r} ({seen[0]} says {seen[1]!r}); "
+                "conflicting labels: the first row is kept, fix the manifest"
+            )
+            manifest.problems.append(Problem(where, message))
+            continue
+        manifest.items.append(item)
     return manifest
 
 
 def read_csv(path: Path, root: Path | None = None) -> Manifest:
-    """CSV with a header containing at least ``path``; optional ``label, split, start, end``."""
+    """CSV with a header containing at least ``path``; optional ``label, split, start, end``.
+    A ``.tsv`` file is the same with tab-separated columns."""
     root = (root or path.parent).resolve()
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
+            reader = csv.DictReader(fh, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
             fields = [f.strip() for f in reader.fieldnames or []]
             if "youtube_id" in fields and "path" not in fields:
                 return read_kinetics(path, root)
@@ -186,6 +210,9 @@ def read_jsonl(path: Path, root: Path | None = None) -> Manifest:
                 raise ValueError("not an object")
         except ValueError as exc:
             problems.append(Problem(f"{path}:{i}", f"{path}:{i}: not a JSON object ({exc})"))
+            continue
+        except RecursionError:
+            problems.append(Problem(f"{path}:{i}", f"{path}:{i}: JSON nested too deeply to be a manifest row"))
             continue
         rows.append((f"{path}:{i}", row))
     manifest = _rows_to_manifest(root, rows)
@@ -372,7 +399,7 @@ def read_kinetics(path: Path, root: Path | None = None) -> Manifest:
     root = (root or path.parent).resolve()
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
+            reader = csv.DictReader(fh, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
             fields = [(f or "").strip() for f in reader.fieldnames or []]
             missing = [c for c in KINETICS_COLUMNS if c not in fields and c != "split"]
             if missing:

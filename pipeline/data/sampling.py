@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import SAMPLING_STRATEGIES, SamplingConfig
+from ..config import MAX_FRAMES_PER_CLIP, MAX_WINDOWS_PER_VIDEO, SAMPLING_STRATEGIES, SamplingConfig
 from ..errors import ConfigError, allowed_values
 
 KEY_DECIMALS = 6  # window bounds in the store are rounded to microseconds (stable resume keys)
@@ -86,12 +86,19 @@ def sliding_windows(start: float, end: float, clip_length: float, stride: float 
 def clip_windows(
     cfg: SamplingConfig, duration: float | None, start: float | None = None, end: float | None = None
 ) -> list[tuple[float, float]]:
-    """The clip windows of one manifest item (its requested [start, end], open ends from ``duration``)."""
+    """The clip windows of one manifest item (its requested [start, end], open ends from ``duration``);
+    more than ``MAX_WINDOWS_PER_VIDEO`` is refused (the video fails, naming the setting)."""
     s, e = clip_window(duration, start, end)
     if cfg.strategy == "multiclip":
         return multiclip_windows(s, e, cfg.num_clips, cfg.clip_length)
     if cfg.strategy == "sliding":
-        return sliding_windows(s, e, cfg.clip_length, cfg.stride)
+        windows = sliding_windows(s, e, cfg.clip_length, cfg.stride)
+        if len(windows) > MAX_WINDOWS_PER_VIDEO:
+            raise ConfigError(
+                f"sampling.strategy=sliding: {len(windows)} windows of {cfg.clip_length:g} s in this {e - s:.1f} s "
+                f"video exceed the cap of {MAX_WINDOWS_PER_VIDEO} per video; raise sampling.stride"
+            )
+        return windows
     return [(s, e)]
 
 
@@ -115,7 +122,9 @@ def fps_timestamps(start: float, end: float, fps: float, max_frames: int = 0) ->
     if fps <= 0:
         raise ConfigError(f"fps={fps}: must be > 0")
     count = max(1, int(np.ceil((end - start) * fps - 1e-9)))
-    return _cap(start + np.arange(count, dtype=np.float64) / fps, max_frames)
+    if max_frames and count > max_frames:  # the capped pick of _cap, without materialising every time first
+        return start + np.linspace(0, count - 1, max_frames).round() / fps
+    return start + np.arange(count, dtype=np.float64) / fps
 
 
 def _in_window(table: np.ndarray, start: float, end: float) -> np.ndarray:
@@ -174,7 +183,24 @@ def sample_timestamps(
     frame_times: np.ndarray | None = None,
     keyframe_times: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Timestamps for one clip window under ``cfg`` (before keyframe snapping; see ``snap_to_keyframes``)."""
+    """Timestamps for one clip window under ``cfg`` (before keyframe snapping; see ``snap_to_keyframes``).
+    More than ``MAX_FRAMES_PER_CLIP`` is refused (the clip fails, naming the setting), never cut silently."""
+    times = _sample(cfg, start, end, frame_times, keyframe_times)
+    if len(times) > MAX_FRAMES_PER_CLIP:
+        raise ConfigError(
+            f"sampling.strategy={cfg.strategy}: this {end - start:.1f} s clip would take {len(times)} frames, more "
+            f"than the cap of {MAX_FRAMES_PER_CLIP} per clip; set sampling.max_frames (<= {MAX_FRAMES_PER_CLIP})"
+        )
+    return times
+
+
+def _sample(
+    cfg: SamplingConfig,
+    start: float,
+    end: float,
+    frame_times: np.ndarray | None,
+    keyframe_times: np.ndarray | None,
+) -> np.ndarray:
     s = cfg.strategy
     if s in ("uniform", "multiclip", "sliding"):
         return uniform_timestamps(start, end, cfg.num_frames)

@@ -276,7 +276,7 @@ def run_benchmark(
             m = rec.get("test") or {}
             row.update(
                 top1=m.get("top1", math.nan),
-                top5=m.get("top5", math.nan),
+                top5=math.nan if m.get("top5") is None else m["top5"],  # None: 5 classes or fewer
                 mean_class_acc=m.get("mean_class_acc", math.nan),
                 val_top1=rec["val_top1"],
                 hparams=rec["hparams"],

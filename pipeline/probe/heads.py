@@ -522,4 +522,9 @@ def load_head(path: str | Path, *, trust: bool = False) -> LoadedHead:
         raise
     except Exception as exc:  # damaged or foreign files raise many types
         raise HeadError(f"{p}: cannot load head ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})") from None
+    if not callable(getattr(estimator, "predict_proba", None)):
+        raise HeadError(
+            f"{p}: holds a {type(estimator).__name__}, not a classifier with predict_proba; "
+            "retrain it with `vidprobe train`"
+        )
     return LoadedHead(estimator, classes, meta)

@@ -1,5 +1,6 @@
-"""Classification metrics on pooled clip features: top-1, top-5, mean per-class accuracy, a per-class
-report (precision, recall, F1, support) and the confusion matrix (rows = true class)."""
+"""Classification metrics on pooled clip features: top-1, top-5 (None for 5 classes or fewer, where it
+is 1.0 by construction), mean per-class accuracy, a per-class report (precision, recall, F1, support)
+and the confusion matrix (rows = true class)."""
 
 from __future__ import annotations
 
@@ -47,7 +48,8 @@ def metrics(proba: np.ndarray, y_true: list[str], classes: list[str]) -> dict[st
     out: dict[str, Any] = {
         "n": int(len(y_true)),
         "top1": float(np.mean(pred == y_idx)) if len(y_true) else float("nan"),
-        "top5": topk_accuracy(proba, y_idx, 5),
+        # with 5 classes or fewer every true class is in the top 5: None (omitted), as CLIP_benchmark does
+        "top5": topk_accuracy(proba, y_idx, 5) if len(classes) > 5 else None,
         "mean_class_acc": float(np.mean(list(per_class.values()))) if per_class else float("nan"),
         "per_class": per_class,  # accuracy (= recall) of each class present in y_true
         "report": report,

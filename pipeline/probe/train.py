@@ -130,9 +130,7 @@ def train_head(
     store: FeatureStore | None = None,
 ) -> dict[str, Any]:
     """Fit a head on a store (see ``fit_on_store``), save it with its sidecar, return the record."""
-    from .heads import head_format
-
-    head_format(head_path)  # a bad file name fails before the work
+    check_head_output(head_path)  # a bad file name or folder fails before the work
     store = store or open_store(store_path)
     spec = (split or SplitSpec()).validate()
     result, out = fit_on_store(store, head, pool, split=spec)
@@ -148,8 +146,34 @@ def train_head(
         "preprocess": prov["preprocess"],
         "metrics": {k: v for k, v in out.items() if k == "test"},
     }
-    save_head(head_path, result, meta)
+    try:
+        save_head(head_path, result, meta)
+    except OSError as exc:
+        raise HeadError(f"{head_path}: cannot write the head ({exc.strerror or exc}); choose another -o") from None
     return out
+
+
+def check_head_output(head_path: str | Path) -> None:
+    """Refuse, before any work, a head path that cannot be written: a wrong suffix, a folder that cannot be
+    created, or the name of another head's sidecar. ``x.skops`` and ``x.joblib`` would share ``x.json``:
+    writing one would break the other's checksum, so the second is refused naming both."""
+    from .heads import HEAD_FORMATS, head_format
+
+    p = Path(head_path)
+    head_format(p)
+    for suffix in HEAD_FORMATS:
+        other = p.with_suffix(suffix)
+        if suffix != p.suffix and other.exists() and sidecar_path(p).exists():
+            raise HeadError(
+                f"{p}: its sidecar {sidecar_path(p).name} belongs to the existing head {other}; "
+                f"choose another name, or delete {other.name} and {sidecar_path(p).name} first"
+            )
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise HeadError(
+            f"{p}: cannot create its folder {p.parent} ({exc.strerror or exc}); choose another -o"
+        ) from None
 
 
 def evaluate_head(
@@ -176,8 +200,11 @@ def evaluate_head(
     if len(idx) == 0:
         raise ConfigError(f"{store_path}: no labeled clips in split {split!r}; try --split all")
     X = store.pooled(get_pool(meta["pool"]), idx.tolist())
-    out = metrics(head.predict_proba(X), [t.label[i] for i in idx], head.classes)
+    y = [t.label[i] for i in idx]
+    out = metrics(head.predict_proba(X), y, head.classes)
     out.update({"split": split, "head": meta.get("head"), "pool": meta.get("pool"), "classes": head.classes})
+    # labels the head never saw count as wrong (metrics); the caller warns, naming them
+    out["unseen_classes"] = sorted(set(y) - set(head.classes))
     return out
 
 
@@ -190,5 +217,6 @@ __all__ = [
     "pooled_features",
     "split_assignment",
     "store_splits",
+    "check_head_output",
     "train_head",
 ]

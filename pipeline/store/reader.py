@@ -555,6 +555,11 @@ def open_store(path: str | Path) -> FeatureStore:
         raise StoreError(
             f"{p}: no feature store here (missing {PROVENANCE_FILE}); create one with `vidprobe extract SOURCE -o {p}`"
         )
+    if not isinstance(provenance, dict):
+        raise StoreError(
+            f"{p}: provenance is a JSON {type(provenance).__name__}, not an object; the store is damaged "
+            "(restore store.json or re-extract)"
+        )
     if provenance.get("schema_version") != SCHEMA_VERSION:
         raise StoreError(
             f"{p}: schema version {provenance.get('schema_version')} "
