@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import SamplingConfig
+from ..config import ExtractConfig, SamplingConfig
 from ..errors import HeadError, VidprobeError
 from ..extract.local import embed_clips
 from .heads import load_head
@@ -14,9 +14,10 @@ from .pooling import get_pool
 
 
 def predict_videos(head_path: str | Path, videos: list[str | Path], *, top_k: int = 5, device: str = "auto", encoder=None,
-                   trust: bool = False) -> list[dict[str, Any]]:
+                   trust: bool = False, decode_timeout: float | None = None) -> list[dict[str, Any]]:
     """Top-k (label, probability) per video; a video that fails gets an ``error`` instead of ``top``.
-    ``trust`` allows pickle (.joblib) heads: see ``heads.load_head``."""
+    ``trust`` allows pickle (.joblib) heads: see ``heads.load_head``. ``decode_timeout``: seconds a video's
+    decoder may go without progress (default: extraction's ``extract.decode_timeout``)."""
     from ..encoders import create_encoder
 
     head = load_head(head_path, trust=trust)
@@ -29,7 +30,8 @@ def predict_videos(head_path: str | Path, videos: list[str | Path], *, top_k: in
     results = []
     for video in videos:
         try:
-            clips = embed_clips(encoder, video, sampling)
+            timeout = ExtractConfig().decode_timeout if decode_timeout is None else decode_timeout
+            clips = embed_clips(encoder, video, sampling, timeout=timeout)
         except VidprobeError as exc:
             results.append({"path": str(video), "error": str(exc)})
             continue
