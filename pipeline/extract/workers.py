@@ -67,17 +67,18 @@ def _with_path(path: str, message: str) -> str:
     return message if path in message else f"{path}: {message}"
 
 
-def _shared_frames(task: ClipTask, clips: list, ended_at: float | None) -> list[str]:
-    """A warning per clip that stores one decoded frame for several of its sampled times (the video
-    has fewer frames in the window than sampling asks for, or its stream ended early)."""
+def _shared_frames(task: ClipTask, clips: list, per_window: list, ended_at: float | None) -> list[str]:
+    """A warning per clip that stores one decoded frame for several of its distinct sampled times (the
+    video has fewer frames in the window than sampling asks for, or its stream ended early). Times that
+    are equal already (keyframe snapping) are the settings' choice, not a surprise."""
     out = []
-    for start, end, idx in clips:
-        distinct = int(np.unique(idx).size)
-        if distinct < len(idx):
+    for (start, end, idx), times in zip(clips, per_window):
+        distinct, asked = int(np.unique(idx).size), int(np.unique(times).size)
+        if distinct < asked:
             where = "" if start is None and end is None else f" (window {start}..{end} s)"
             why = f"; the stream ended at {ended_at:.3f} s" if ended_at is not None else ""
             out.append(
-                f"{task.path}{where}: {len(idx) - distinct} of {len(idx)} sampled times share a decoded frame "
+                f"{task.path}{where}: {asked - distinct} of {len(idx)} sampled times share a decoded frame "
                 f"with another (fewer frames than sampled{why}); stored as they are"
             )
     return out
@@ -124,7 +125,13 @@ def decode_task(
                 yield ("frames", task.task, np.ascontiguousarray(preprocess.center_crop(c.frames)), c.timestamps)
             all_ts = np.concatenate(stamps)
             clips = [(k[0], k[1], assign_frames(all_ts, t).astype(np.int32)) for k, t in zip(keys, per_window)]
-            yield ("done", task.task, clips, skipped, reader.warnings + _shared_frames(task, clips, reader.ended_at))
+            yield (
+                "done",
+                task.task,
+                clips,
+                skipped,
+                reader.warnings + _shared_frames(task, clips, per_window, reader.ended_at),
+            )
     except VidprobeError as exc:
         yield ("error", task.task, _with_path(task.path, str(exc)))
     except Exception as exc:  # a decoder bug on one odd file must not end the job
