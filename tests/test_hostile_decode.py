@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from media import index_frames, pattern_frames, write_video
+from media import index_frames, patch_avi_frame_count, pattern_frames, write_video
 
 from pipeline.cli import main
 from pipeline.config import load_config
@@ -36,23 +35,6 @@ def effnet():
     return create_encoder("effnet-lite0", device="cpu")
 
 
-def patch_avi_length(data: bytes, factor: float) -> bytes:
-    """The AVI with its frame counts (avih dwTotalFrames, strh dwLength, odml dmlh) scaled by ``factor``."""
-    out = bytearray(data)
-    for tag, offset in ((b"avih", 16), (b"strh", 32), (b"dmlh", 0)):
-        at = out.find(tag)
-        if at < 0:
-            assert tag == b"dmlh", f"no {tag!r} chunk"
-            continue
-        field = at + 8 + offset
-        true = struct.unpack_from("<I", out, field)[0]
-        if tag == b"dmlh" and true == 0:  # written only for OpenDML files (over 1 GiB)
-            continue
-        assert true == FRAMES, (tag, true)
-        struct.pack_into("<I", out, field, max(1, round(true * factor)))
-    return bytes(out)
-
-
 @pytest.fixture(scope="module")
 def lying_avis(tmp_path_factory) -> Path:
     """root/honest/v.avi (the truth), root/long/v.avi (header says 1000x), root/short/v.avi (1/50)."""
@@ -60,7 +42,7 @@ def lying_avis(tmp_path_factory) -> Path:
     real = write_video(root / "honest" / "v.avi", index_frames(FRAMES), fps=FPS, gop=10)
     for name, factor in (("long", 1000.0), ("short", 1 / 50)):
         (root / name).mkdir()
-        (root / name / "v.avi").write_bytes(patch_avi_length(real.read_bytes(), factor))
+        (root / name / "v.avi").write_bytes(patch_avi_frame_count(real.read_bytes(), factor))
     return root
 
 
