@@ -6,6 +6,7 @@ Exit codes: 0 success; 1 runtime error (unreadable store, head, model); 2 bad us
 SIGTERM (what Slurm sends at a time limit; finished clips are kept; re-run the same command to resume).
 ``vidprobe verify`` exits 1 when it finds a problem.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,8 +60,16 @@ def cmd_extract(args: argparse.Namespace) -> int:
     if args.engine == "ray":
         from .extract.ray_engine import extract_ray
 
-        summary = extract_ray(manifest, args.output, cfg, address=args.address, num_encoders=args.ray_encoders, shard=shard,
-                              progress=progress, retry_failed=args.retry_failed)
+        summary = extract_ray(
+            manifest,
+            args.output,
+            cfg,
+            address=args.address,
+            num_encoders=args.ray_encoders,
+            shard=shard,
+            progress=progress,
+            retry_failed=args.retry_failed,
+        )
     else:
         summary = extract(manifest, args.output, cfg, progress=progress, retry_failed=args.retry_failed, shard=shard)
     if args.json:
@@ -73,14 +82,23 @@ def cmd_extract(args: argparse.Namespace) -> int:
             print(f"warning: {message}" if path in message else f"warning: {path}: {message}", file=sys.stderr)
         left_out, many = summary.ignored, len(summary.ignored) > 1
         names = ", ".join(left_out[:3]) + (", …" if len(left_out) > 3 else "")
-        ignored = (f"{len(left_out)} file{'s' if many else ''} ignored "
-                   f"(not {'videos' if many else 'a video'} by extension: {names}); " if left_out else "")
-        print(f"{'shard ' + summary.shard + ': ' if summary.shard else ''}"
-              f"{summary.done} extracted, {summary.skipped} skipped (already stored), {summary.failed} failed; "
-              f"{ignored}"
-              f"{summary.frames} frames in {summary.seconds:.1f} s ({rate:.1f} frames/s) -> {summary.store}")
+        ignored = (
+            f"{len(left_out)} file{'s' if many else ''} ignored "
+            f"(not {'videos' if many else 'a video'} by extension: {names}); "
+            if left_out
+            else ""
+        )
+        print(
+            f"{'shard ' + summary.shard + ': ' if summary.shard else ''}"
+            f"{summary.done} extracted, {summary.skipped} skipped (already stored), {summary.failed} failed; "
+            f"{ignored}"
+            f"{summary.frames} frames in {summary.seconds:.1f} s ({rate:.1f} frames/s) -> {summary.store}"
+        )
         if summary.skipped_failed:
-            print(f"{summary.skipped_failed} of the skipped clips failed in an earlier run; `--retry-failed` tries them again", file=sys.stderr)
+            print(
+                f"{summary.skipped_failed} of the skipped clips failed in an earlier run; `--retry-failed` tries them again",
+                file=sys.stderr,
+            )
     return EXIT_PARTIAL if summary.failed else EXIT_OK
 
 
@@ -97,15 +115,25 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.prompt:
             settings["templates"] = args.prompt
     splits_from = SplitsFrom(args.splits_from, split=args.dataset_split) if args.splits_from else None
-    split = SplitSpec(seed=args.seed, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
-                      shots=args.shots, shot_seed=args.shot_seed, splits_from=splits_from).validate()
+    split = SplitSpec(
+        seed=args.seed,
+        val_fraction=args.val_fraction,
+        test_fraction=args.test_fraction,
+        shots=args.shots,
+        shot_seed=args.shot_seed,
+        splits_from=splits_from,
+    ).validate()
     out = train_head(args.store, args.output, head=HeadConfig.from_dict(settings), pool=args.pool, split=split)
     if args.json:
         _print_json(out)
         return EXIT_OK
-    chosen = " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in out["hparams"].items() if k != "example_prompt")
-    print(f"head={out['head']} pool={out['pool']} {chosen} split={out['split_source']} "
-          f"train={out['n_train']}{f' ({args.shots}-shot)' if args.shots else ''} val={out['n_val']} test={out['n_test']} classes={len(out['classes'])}")
+    chosen = " ".join(
+        f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in out["hparams"].items() if k != "example_prompt"
+    )
+    print(
+        f"head={out['head']} pool={out['pool']} {chosen} split={out['split_source']} "
+        f"train={out['n_train']}{f' ({args.shots}-shot)' if args.shots else ''} val={out['n_val']} test={out['n_test']} classes={len(out['classes'])}"
+    )
     if "test" in out:
         m = out["test"]
         print(f"test: top1={m['top1']:.3f} top5={m['top5']:.3f} mean-class={m['mean_class_acc']:.3f} (n={m['n']})")
@@ -119,11 +147,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     out = evaluate_head(args.store, args.head, split=args.split, trust=args.trust)
     if args.confusion:
-        plot_confusion(out["confusion"], out["classes"], args.confusion, title=f"{Path(args.head).stem} on {args.split}")
+        plot_confusion(
+            out["confusion"], out["classes"], args.confusion, title=f"{Path(args.head).stem} on {args.split}"
+        )
     if args.json:
         _print_json(out)
         return EXIT_OK
-    print(f"{args.split}: n={out['n']} top1={out['top1']:.3f} top5={out['top5']:.3f} mean-class={out['mean_class_acc']:.3f}")
+    print(
+        f"{args.split}: n={out['n']} top1={out['top1']:.3f} top5={out['top5']:.3f} mean-class={out['mean_class_acc']:.3f}"
+    )
     print(f"  {'class':30s} {'prec':>6s} {'recall':>6s} {'f1':>6s} {'n':>5s}")
     for label, r in sorted(out["report"].items()):
         if r["support"]:
@@ -136,8 +168,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from .probe.predict import predict_videos
 
-    results = predict_videos(args.head, args.videos, top_k=args.top_k, device=args.device, trust=args.trust,
-                             decode_timeout=args.decode_timeout)
+    results = predict_videos(
+        args.head,
+        args.videos,
+        top_k=args.top_k,
+        device=args.device,
+        trust=args.trust,
+        decode_timeout=args.decode_timeout,
+    )
     if args.json:
         _print_json(results)
     else:
@@ -170,10 +208,21 @@ def cmd_info(args: argparse.Namespace) -> int:
         _print_json({**info, "failure_list": failures, "per_writer": writers})
         return EXIT_OK
     fpc = info["frames_per_clip"]
-    per_clip = "" if not fpc else f", {fpc['min']} per clip" if fpc["min"] == fpc["max"] else f", {fpc['min']}..{fpc['max']} per clip"
-    labels = ", ".join(f"{k} {v}" for k, v in list(info["label_counts"].items())[:8]) + (" ..." if len(info["label_counts"]) > 8 else "")
+    per_clip = (
+        ""
+        if not fpc
+        else f", {fpc['min']} per clip"
+        if fpc["min"] == fpc["max"]
+        else f", {fpc['min']}..{fpc['max']} per clip"
+    )
+    labels = ", ".join(f"{k} {v}" for k, v in list(info["label_counts"].items())[:8]) + (
+        " ..." if len(info["label_counts"]) > 8 else ""
+    )
     rows = [
-        ("store", f"{info['path']} ({info['shards']} shard{'' if info['shards'] == 1 else 's'}, {_size(info['size_bytes'])}, {info['dtype']}, compression {'/'.join(info['compression']) or 'none'})"),
+        (
+            "store",
+            f"{info['path']} ({info['shards']} shard{'' if info['shards'] == 1 else 's'}, {_size(info['size_bytes'])}, {info['dtype']}, compression {'/'.join(info['compression']) or 'none'})",
+        ),
         ("clips", f"{info['clips']} ({info['frames']} frames{per_clip})"),
         ("labels", f"{info['labels']}: {labels}" if info["labels"] else "0"),
         ("splits", " · ".join(f"{k} {v}" for k, v in info["splits"].items()) or "-"),
@@ -185,19 +234,41 @@ def cmd_info(args: argparse.Namespace) -> int:
     if info["writers"]:
         rows.append(("writing now", "; ".join(info["writers"])))
     if info["unfinished_shards"]:
-        rows.append(("unfinished", f"{info['unfinished_shards']} *.h5.tmp shard(s) being written or left by a killed job (ignored)"))
+        rows.append(
+            (
+                "unfinished",
+                f"{info['unfinished_shards']} *.h5.tmp shard(s) being written or left by a killed job (ignored)",
+            )
+        )
     if info["superseded_shards"] or info["duplicates"]:
-        rows.append(("to tidy", f"{info['superseded_shards']} superseded shard(s), {info['duplicates']} duplicate clip(s); `vidprobe compact` removes them"))
+        rows.append(
+            (
+                "to tidy",
+                f"{info['superseded_shards']} superseded shard(s), {info['duplicates']} duplicate clip(s); `vidprobe compact` removes them",
+            )
+        )
     by_stage = ", ".join(f"{k} {v}" for k, v in info["failures_by_stage"].items())
-    rows.append(("failures", f"{info['failures']}" + (f" ({by_stage}); `vidprobe extract ... --retry-failed` retries them" if by_stage else "")))
+    rows.append(
+        (
+            "failures",
+            f"{info['failures']}"
+            + (f" ({by_stage}); `vidprobe extract ... --retry-failed` retries them" if by_stage else ""),
+        )
+    )
     for key, value in rows:
         print(f"{key:12s} {value}")
     if len(writers) > 1 or any(w != "shard" for w in writers):
         print("per writer (job shard): clips stored, failures | last run")
         for name, w in writers.items():
             run = w.get("last_run")
-            last = (f"{run['state']}: {run['assigned']} clips assigned, {run['done']} done, {run['skipped']} skipped, "
-                    f"{run['failed']} failed ({run['engine']}, {run['host']} pid {run['pid']}, {run['updated']})") if run else "no record"
+            last = (
+                (
+                    f"{run['state']}: {run['assigned']} clips assigned, {run['done']} done, {run['skipped']} skipped, "
+                    f"{run['failed']} failed ({run['engine']}, {run['host']} pid {run['pid']}, {run['updated']})"
+                )
+                if run
+                else "no record"
+            )
             print(f"  {name:18s} {w['clips']:7d} clips {w['failures']:5d} failed | {last}")
     for name, w in writers.items():
         run = w.get("last_run") or {}
@@ -226,7 +297,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
         for problem in report.problems:
             print(f"problem: {problem}", file=sys.stderr)
         verdict = "OK" if report.ok else f"FAILED ({len(report.problems)} problems)"
-        print(f"{verdict}: {report.shards} shards, {report.clips} clips, {report.frames} frames, {report.failures} failure records checked in {report.path}")
+        print(
+            f"{verdict}: {report.shards} shards, {report.clips} clips, {report.frames} frames, {report.failures} failure records checked in {report.path}"
+        )
     return EXIT_OK if report.ok else EXIT_ERROR
 
 
@@ -239,15 +312,19 @@ def cmd_compact(args: argparse.Namespace) -> int:
     elif not out["changed"]:
         print(f"{out['path']}: already compact ({out['shards_after']} shard, {out['clips']} clips)")
     else:
-        print(f"{out['path']}: {out['shards_before']} shards ({_size(out['size_before'])}) -> 1 shard ({_size(out['size_after'])}), "
-              f"{out['clips']} clips, {out['duplicates_dropped']} duplicates dropped, compression {out['compression']}")
+        print(
+            f"{out['path']}: {out['shards_before']} shards ({_size(out['size_before'])}) -> 1 shard ({_size(out['size_after'])}), "
+            f"{out['clips']} clips, {out['duplicates_dropped']} duplicates dropped, compression {out['compression']}"
+        )
     return EXIT_OK
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
     from .probe.benchmark import run_benchmark
 
-    summary = run_benchmark(args.config, args.output, say=(lambda _: None) if args.quiet or args.json else print, device=args.device)
+    summary = run_benchmark(
+        args.config, args.output, say=(lambda _: None) if args.quiet or args.json else print, device=args.device
+    )
     if args.json:
         _print_json(summary)
     return EXIT_PARTIAL if summary["errors"] else EXIT_OK
@@ -279,126 +356,280 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"vidprobe {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    e = sub.add_parser("extract", help="embed sampled frames of videos into a feature store (resumable)",
-                       description="Decode sampled frames of every video in SOURCE, embed them with a frozen encoder and append them to "
-                       "the feature store STORE. Clips already in the store (or already recorded as failed) are skipped, so re-running resumes.")
-    e.add_argument("source", help="a folder (root/<label>/<video>), a .csv/.jsonl manifest (path,label[,split][,start,end]), a video, a quoted glob, "
-                   "or official splits: UCF101's ucfTrainTestlist/ folder, HMDB51's split-file folder, a Kinetics CSV (label,youtube_id,time_start,time_end,split)")
-    e.add_argument("overrides", nargs="*", metavar="key=value", help="setting overrides, e.g. sampling.num_frames=16 extract.batch_size=64")
-    e.add_argument("-o", "--output", required=True, metavar="STORE", help="feature store folder (created if new), e.g. features/ucf101-effnet")
-    e.add_argument("--encoder", metavar="SPEC", help="effnet-lite0 (offline default) | openclip:MODEL[@TAG|@CKPT] | timm:NAME[@CKPT]")
+    e = sub.add_parser(
+        "extract",
+        help="embed sampled frames of videos into a feature store (resumable)",
+        description="Decode sampled frames of every video in SOURCE, embed them with a frozen encoder and append them to "
+        "the feature store STORE. Clips already in the store (or already recorded as failed) are skipped, so re-running resumes.",
+    )
+    e.add_argument(
+        "source",
+        help="a folder (root/<label>/<video>), a .csv/.jsonl manifest (path,label[,split][,start,end]), a video, a quoted glob, "
+        "or official splits: UCF101's ucfTrainTestlist/ folder, HMDB51's split-file folder, a Kinetics CSV (label,youtube_id,time_start,time_end,split)",
+    )
+    e.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="setting overrides, e.g. sampling.num_frames=16 extract.batch_size=64",
+    )
+    e.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="STORE",
+        help="feature store folder (created if new), e.g. features/ucf101-effnet",
+    )
+    e.add_argument(
+        "--encoder",
+        metavar="SPEC",
+        help="effnet-lite0 (offline default) | openclip:MODEL[@TAG|@CKPT] | timm:NAME[@CKPT]",
+    )
     e.add_argument("--config", metavar="FILE", help="YAML settings file (see configs/default.yaml)")
-    e.add_argument("--root", metavar="DIR", help="folder that manifest paths are relative to (default: the manifest's folder); "
-                   "for UCF101/HMDB51 the folder holding the class folders")
-    e.add_argument("--format", default="auto", choices=FORMATS,
-                   help="how to read SOURCE (default auto: a folder with classInd.txt is UCF101, with *_test_split1.txt HMDB51, a CSV with youtube_id Kinetics)")
-    e.add_argument("--dataset-split", type=int, default=1, choices=DATASET_SPLITS,
-                   help="UCF101/HMDB51 official split to read (default 1)")
+    e.add_argument(
+        "--root",
+        metavar="DIR",
+        help="folder that manifest paths are relative to (default: the manifest's folder); "
+        "for UCF101/HMDB51 the folder holding the class folders",
+    )
+    e.add_argument(
+        "--format",
+        default="auto",
+        choices=FORMATS,
+        help="how to read SOURCE (default auto: a folder with classInd.txt is UCF101, with *_test_split1.txt HMDB51, a CSV with youtube_id Kinetics)",
+    )
+    e.add_argument(
+        "--dataset-split",
+        type=int,
+        default=1,
+        choices=DATASET_SPLITS,
+        help="UCF101/HMDB51 official split to read (default 1)",
+    )
     e.add_argument("--retry-failed", action="store_true", help="only retry clips recorded as failed in the store")
-    e.add_argument("--device", metavar="DEV", help="auto | cpu | cuda | cuda:K (same as extract.device=DEV); one process per GPU: "
-                   "--device cuda:K --shard-id K --num-shards NUM_GPUS")
-    e.add_argument("--shard-id", type=int, metavar="I", help="extract only job shard I of --num-shards N (clips assigned by a stable hash "
-                   "of their key); shards may run at the same time, on any machines, into one store. Default: from RANK/WORLD_SIZE, "
-                   "then SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT, then SLURM_PROCID/SLURM_NTASKS, else the whole manifest")
+    e.add_argument(
+        "--device",
+        metavar="DEV",
+        help="auto | cpu | cuda | cuda:K (same as extract.device=DEV); one process per GPU: "
+        "--device cuda:K --shard-id K --num-shards NUM_GPUS",
+    )
+    e.add_argument(
+        "--shard-id",
+        type=int,
+        metavar="I",
+        help="extract only job shard I of --num-shards N (clips assigned by a stable hash "
+        "of their key); shards may run at the same time, on any machines, into one store. Default: from RANK/WORLD_SIZE, "
+        "then SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT, then SLURM_PROCID/SLURM_NTASKS, else the whole manifest",
+    )
     e.add_argument("--num-shards", type=int, metavar="N", help="number of job shards (with --shard-id)")
-    e.add_argument("--engine", choices=["local", "ray"], default="local", help="local: this process plus decoder workers (default); "
-                   "ray: a Ray Data pipeline (CPU decode tasks -> encoder actors, one per GPU) on a Ray cluster; needs "
-                   "`pip install vidprobe[ray]`")
-    e.add_argument("--address", metavar="ADDR", help="Ray cluster to join (auto, HOST:PORT or ray://HOST:10001); default: start a local one")
-    e.add_argument("--ray-encoders", type=int, metavar="K", help="encoder actors (default: one per GPU in the cluster, or 1 without GPUs)")
+    e.add_argument(
+        "--engine",
+        choices=["local", "ray"],
+        default="local",
+        help="local: this process plus decoder workers (default); "
+        "ray: a Ray Data pipeline (CPU decode tasks -> encoder actors, one per GPU) on a Ray cluster; needs "
+        "`pip install vidprobe[ray]`",
+    )
+    e.add_argument(
+        "--address",
+        metavar="ADDR",
+        help="Ray cluster to join (auto, HOST:PORT or ray://HOST:10001); default: start a local one",
+    )
+    e.add_argument(
+        "--ray-encoders",
+        type=int,
+        metavar="K",
+        help="encoder actors (default: one per GPU in the cluster, or 1 without GPUs)",
+    )
     e.add_argument("--json", action="store_true", help="print the run summary as one JSON document")
     e.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     e.set_defaults(func=cmd_extract)
 
-    t = sub.add_parser("train", help="fit a head on pooled features of a store",
-                       description="Pool each clip's frame embeddings, pick the head's hyperparameter on the validation split (logreg: a "
-                       "coarse-to-fine C sweep, the CLIP protocol), refit on train+val, report test metrics and save the head with a JSON "
-                       "sidecar describing its inputs. Head files: .skops (default; loading runs no code from the file) or .joblib (pickle; "
-                       "evaluate/predict then need --trust).")
+    t = sub.add_parser(
+        "train",
+        help="fit a head on pooled features of a store",
+        description="Pool each clip's frame embeddings, pick the head's hyperparameter on the validation split (logreg: a "
+        "coarse-to-fine C sweep, the CLIP protocol), refit on train+val, report test metrics and save the head with a JSON "
+        "sidecar describing its inputs. Head files: .skops (default; loading runs no code from the file) or .joblib (pickle; "
+        "evaluate/predict then need --trust).",
+    )
     t.add_argument("store", help="feature store folder")
-    t.add_argument("-o", "--output", required=True, metavar="HEAD", help="head file to write: NAME.skops (safe) or NAME.joblib (pickle); sidecar NAME.json beside it")
-    t.add_argument("--head", default="logreg", choices=HEAD_KINDS,
-                   help="logreg (default) | mlp | knn (cosine) | zeroshot (class-name prompts through the store encoder's open_clip text tower; no training)")
-    t.add_argument("--pool", default="mean", help="mean | max | meanmax | meanstd | center | tdiff | segK (e.g. seg4); default mean")
-    t.add_argument("--shots", type=int, metavar="K", help="few-shot: train on K clips per class (drawn with --shot-seed); val picks the hyperparameter, no refit")
+    t.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="HEAD",
+        help="head file to write: NAME.skops (safe) or NAME.joblib (pickle); sidecar NAME.json beside it",
+    )
+    t.add_argument(
+        "--head",
+        default="logreg",
+        choices=HEAD_KINDS,
+        help="logreg (default) | mlp | knn (cosine) | zeroshot (class-name prompts through the store encoder's open_clip text tower; no training)",
+    )
+    t.add_argument(
+        "--pool",
+        default="mean",
+        help="mean | max | meanmax | meanstd | center | tdiff | segK (e.g. seg4); default mean",
+    )
+    t.add_argument(
+        "--shots",
+        type=int,
+        metavar="K",
+        help="few-shot: train on K clips per class (drawn with --shot-seed); val picks the hyperparameter, no refit",
+    )
     t.add_argument("--shot-seed", type=int, default=0, help="seed of the few-shot draw (default 0)")
-    t.add_argument("--solver", default="torch", choices=SOLVERS,
-                   help="logreg solver: torch L-BFGS (default, CPU or CUDA) or scikit-learn's")
+    t.add_argument(
+        "--solver",
+        default="torch",
+        choices=SOLVERS,
+        help="logreg solver: torch L-BFGS (default, CPU or CUDA) or scikit-learn's",
+    )
     t.add_argument("--device", default="auto", help="logreg solver / zeroshot text tower: auto | cpu | cuda | cuda:K")
-    t.add_argument("--prompt", action="append", metavar="TEMPLATE", help="zeroshot prompt template with {label}; repeat to ensemble (default: 'a video of a person {label}.')")
-    t.add_argument("--splits-from", metavar="SOURCE", help="take train/test from another manifest or official split folder (e.g. UCF101 split 2 over a store extracted with split 1)")
-    t.add_argument("--dataset-split", type=int, default=1, choices=DATASET_SPLITS,
-                   help="with --splits-from: UCF101/HMDB51 split number (default 1)")
-    t.add_argument("--seed", type=int, default=0, help="seed of the split made when the manifest has none, and of the head (default 0)")
-    t.add_argument("--val-fraction", type=float, default=0.2, help="share of train videos held out to choose the hyperparameter when no val split exists")
-    t.add_argument("--test-fraction", type=float, default=0.2, help="share held out for testing when the manifest has no splits")
+    t.add_argument(
+        "--prompt",
+        action="append",
+        metavar="TEMPLATE",
+        help="zeroshot prompt template with {label}; repeat to ensemble (default: 'a video of a person {label}.')",
+    )
+    t.add_argument(
+        "--splits-from",
+        metavar="SOURCE",
+        help="take train/test from another manifest or official split folder (e.g. UCF101 split 2 over a store extracted with split 1)",
+    )
+    t.add_argument(
+        "--dataset-split",
+        type=int,
+        default=1,
+        choices=DATASET_SPLITS,
+        help="with --splits-from: UCF101/HMDB51 split number (default 1)",
+    )
+    t.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the split made when the manifest has none, and of the head (default 0)",
+    )
+    t.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.2,
+        help="share of train videos held out to choose the hyperparameter when no val split exists",
+    )
+    t.add_argument(
+        "--test-fraction", type=float, default=0.2, help="share held out for testing when the manifest has no splits"
+    )
     t.add_argument("--json", action="store_true", help="print results as one JSON document")
     t.set_defaults(func=cmd_train)
 
-    v = sub.add_parser("evaluate", help="score a saved head on a store", description="Score a head on the store's test split (the same split training held out), or another split.")
+    v = sub.add_parser(
+        "evaluate",
+        help="score a saved head on a store",
+        description="Score a head on the store's test split (the same split training held out), or another split.",
+    )
     v.add_argument("store")
     v.add_argument("head", help="head file (.skops or .joblib) written by `vidprobe train`")
-    v.add_argument("--trust", action="store_true", help="allow a .joblib (pickle) head, or types outside skops' trusted list: only for files you trust")
+    v.add_argument(
+        "--trust",
+        action="store_true",
+        help="allow a .joblib (pickle) head, or types outside skops' trusted list: only for files you trust",
+    )
     v.add_argument("--split", default="test", choices=EVAL_SPLITS, help="which clips to score (default test)")
     v.add_argument("--confusion", metavar="PNG", help="also write a confusion-matrix plot")
     v.add_argument("--json", action="store_true", help="print metrics as one JSON document")
     v.set_defaults(func=cmd_evaluate)
 
-    r = sub.add_parser("predict", help="label new videos with a saved head", description="Extract each video the way the head's training store was extracted and print the top-k labels.")
+    r = sub.add_parser(
+        "predict",
+        help="label new videos with a saved head",
+        description="Extract each video the way the head's training store was extracted and print the top-k labels.",
+    )
     r.add_argument("head", help="head file (.skops or .joblib)")
-    r.add_argument("--trust", action="store_true", help="allow a .joblib (pickle) head, or types outside skops' trusted list: only for files you trust")
+    r.add_argument(
+        "--trust",
+        action="store_true",
+        help="allow a .joblib (pickle) head, or types outside skops' trusted list: only for files you trust",
+    )
     r.add_argument("videos", nargs="+", metavar="VIDEO")
     r.add_argument("-k", "--top-k", type=int, default=5, help="labels to show per video (default 5)")
     r.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:K")
-    r.add_argument("--decode-timeout", type=float, metavar="S",
-                   help="seconds a video's decoder may go without progress before it is stopped and the video reported "
-                   "as failed (default: extract.decode_timeout's default, 120)")
+    r.add_argument(
+        "--decode-timeout",
+        type=float,
+        metavar="S",
+        help="seconds a video's decoder may go without progress before it is stopped and the video reported "
+        "as failed (default: extract.decode_timeout's default, 120)",
+    )
     r.add_argument("--json", action="store_true", help="print predictions as one JSON document")
     r.set_defaults(func=cmd_predict)
 
-    i = sub.add_parser("info", help="describe a feature store", description="Counts (clips, frames, labels, splits), encoder, sampling, "
-                       "dtype, compression, size, running writers, leftovers of killed jobs, and the recorded failures of a store.")
+    i = sub.add_parser(
+        "info",
+        help="describe a feature store",
+        description="Counts (clips, frames, labels, splits), encoder, sampling, "
+        "dtype, compression, size, running writers, leftovers of killed jobs, and the recorded failures of a store.",
+    )
     i.add_argument("store", help="feature store folder (or one shard file)")
     i.add_argument("--json", action="store_true", help="one JSON document (includes every failure)")
     i.add_argument("--max-failures", type=int, default=20, help="failures to list in text mode (default 20)")
     i.set_defaults(func=cmd_info)
 
-    vf = sub.add_parser("verify", help="check a store: shards open, offsets consistent, no duplicates, no NaN/Inf",
-                        description="Open every finished shard and check it against the store's provenance: consistent offsets and "
-                        "lengths, expected dim and dtype, no clip stored twice (within or across shards), only finite values. "
-                        "Safe while an extraction runs. Exit 0 when all is well, 1 when a problem is found (each printed on stderr).")
+    vf = sub.add_parser(
+        "verify",
+        help="check a store: shards open, offsets consistent, no duplicates, no NaN/Inf",
+        description="Open every finished shard and check it against the store's provenance: consistent offsets and "
+        "lengths, expected dim and dtype, no clip stored twice (within or across shards), only finite values. "
+        "Safe while an extraction runs. Exit 0 when all is well, 1 when a problem is found (each printed on stderr).",
+    )
     vf.add_argument("store", help="feature store folder (or one shard file)")
     vf.add_argument("--json", action="store_true", help="print the report as one JSON document")
     vf.set_defaults(func=cmd_verify)
 
-    cp = sub.add_parser("compact", help="merge all shards of a store into one file, atomically",
-                        description="Write every stored clip (duplicates dropped; failures that were later fixed dropped) into one new "
-                        "shard (tmp, fsync, atomic rename), then delete the old shards and leftover *.tmp files. Refused while another "
-                        "job writes to the store (exit 75). A crash at any point leaves a readable store; re-run to finish.")
+    cp = sub.add_parser(
+        "compact",
+        help="merge all shards of a store into one file, atomically",
+        description="Write every stored clip (duplicates dropped; failures that were later fixed dropped) into one new "
+        "shard (tmp, fsync, atomic rename), then delete the old shards and leftover *.tmp files. Refused while another "
+        "job writes to the store (exit 75). A crash at any point leaves a readable store; re-run to finish.",
+    )
     cp.add_argument("store", help="feature store folder")
-    cp.add_argument("--compression", choices=STORE_COMPRESSIONS,
-                    help="compression of the merged shard (default: what most shards use)")
+    cp.add_argument(
+        "--compression",
+        choices=STORE_COMPRESSIONS,
+        help="compression of the merged shard (default: what most shards use)",
+    )
     cp.add_argument("--level", type=int, default=4, choices=range(1, 10), metavar="1..9", help="gzip level (default 4)")
     cp.add_argument("--json", action="store_true", help="print the result as one JSON document")
     cp.set_defaults(func=cmd_compact)
 
-    b = sub.add_parser("benchmark", help="run encoders x poolings x heads (and few-shot curves) over cached stores",
-                       description="Fit every head on every pooling of every store named in CONFIG (YAML; see configs/demo-bench.yaml), plus "
-                       "few-shot curves (K clips per class, repeated seeds, mean ± std). Writes results.csv (one row per fit, with store, "
-                       "encoder, weights, head settings, chosen hyperparameter and seeds), results.md, details.jsonl and plots.")
+    b = sub.add_parser(
+        "benchmark",
+        help="run encoders x poolings x heads (and few-shot curves) over cached stores",
+        description="Fit every head on every pooling of every store named in CONFIG (YAML; see configs/demo-bench.yaml), plus "
+        "few-shot curves (K clips per class, repeated seeds, mean ± std). Writes results.csv (one row per fit, with store, "
+        "encoder, weights, head settings, chosen hyperparameter and seeds), results.md, details.jsonl and plots.",
+    )
     b.add_argument("config", help="benchmark YAML file, e.g. configs/demo-bench.yaml")
-    b.add_argument("-o", "--output", metavar="DIR", help="results folder (default: the config's output, else bench-out/NAME)")
-    b.add_argument("--device", help="device for the logreg solver and zero-shot text towers (default: each head's setting, auto)")
+    b.add_argument(
+        "-o", "--output", metavar="DIR", help="results folder (default: the config's output, else bench-out/NAME)"
+    )
+    b.add_argument(
+        "--device", help="device for the logreg solver and zero-shot text towers (default: each head's setting, auto)"
+    )
     b.add_argument("--json", action="store_true", help="print the summary as one JSON document")
     b.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     b.set_defaults(func=cmd_benchmark)
 
-    d = sub.add_parser("demo", help="build a small video set from real photos, extract, train and report (offline)",
-                       description="Render labeled videos from photographs shipped with scikit-image (two tasks: which photo, which camera "
-                       "motion), extract with the offline encoder, train logreg and MLP heads for several poolings, print an accuracy table "
-                       "and write plots.")
+    d = sub.add_parser(
+        "demo",
+        help="build a small video set from real photos, extract, train and report (offline)",
+        description="Render labeled videos from photographs shipped with scikit-image (two tasks: which photo, which camera "
+        "motion), extract with the offline encoder, train logreg and MLP heads for several poolings, print an accuracy table "
+        "and write plots.",
+    )
     d.add_argument("-o", "--output", default="demo-out", metavar="DIR", help="output folder (default demo-out)")
-    d.add_argument("--per-class", type=int, default=None, help="videos per class for both tasks (default: 12 for what, 30 for how)")
+    d.add_argument(
+        "--per-class", type=int, default=None, help="videos per class for both tasks (default: 12 for what, 30 for how)"
+    )
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     d.set_defaults(func=cmd_demo)
@@ -422,8 +653,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"vidprobe {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except Terminated:
-        print(f"vidprobe {args.command}: terminated (SIGTERM); finished work is kept, re-run to resume",
-              file=sys.stderr)
+        print(
+            f"vidprobe {args.command}: terminated (SIGTERM); finished work is kept, re-run to resume", file=sys.stderr
+        )
         return EXIT_TERMINATED
     except KeyboardInterrupt:
         print(f"vidprobe {args.command}: interrupted; finished work is kept, re-run to resume", file=sys.stderr)

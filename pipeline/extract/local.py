@@ -15,6 +15,7 @@ On a CPU the encoder is the bottleneck and shares the cores with decoding; on a 
 ``resolve_runtime`` picks worker/thread/batch defaults for either (see its docstring for why). The store
 side (provenance, lock, plan, run record, writer) is the ``ExtractionJob`` the Ray engine uses too.
 """
+
 from __future__ import annotations
 
 import os
@@ -45,6 +46,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 # -- runtime defaults -------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Runtime:
@@ -88,11 +90,23 @@ def resolve_runtime(ext: ExtractConfig, device_type: str, cpus: int | None = Non
 
 # -- batching ---------------------------------------------------------------------------------------
 
+
 class _TaskState:
     """Main-process state of one task: its frames' embeddings as they are encoded, then its clips."""
 
-    __slots__ = ("tid", "item", "received", "encoded", "emb", "stamps", "clips", "skipped", "error", "stage",
-                 "warnings")
+    __slots__ = (
+        "tid",
+        "item",
+        "received",
+        "encoded",
+        "emb",
+        "stamps",
+        "clips",
+        "skipped",
+        "error",
+        "stage",
+        "warnings",
+    )
 
     def __init__(self, tid: int, item: VideoItem):
         self.tid, self.item = tid, item
@@ -179,6 +193,7 @@ class _Batcher:
 
 # -- writing ----------------------------------------------------------------------------------------
 
+
 class _StoreSink:
     """Writes finished clips and failures from a thread, so shard flushes never stall the encoder.
 
@@ -224,6 +239,7 @@ class _StoreSink:
 
 # -- the engine -------------------------------------------------------------------------------------
 
+
 def extract(
     manifest: Manifest,
     store_path: str | Path,
@@ -246,8 +262,15 @@ def extract(
         encoder = create_encoder(cfg.encoder, device=cfg.extract.device, precision=cfg.extract.precision)
     device_type = str(getattr(encoder, "device", "cpu")).split(":")[0]
     rt = resolve_runtime(cfg.extract, device_type)
-    job = ExtractionJob(manifest, store_path, cfg, build_provenance(encoder, cfg), shard=shard,
-                        retry_failed=retry_failed, started=started)
+    job = ExtractionJob(
+        manifest,
+        store_path,
+        cfg,
+        build_provenance(encoder, cfg),
+        shard=shard,
+        retry_failed=retry_failed,
+        started=started,
+    )
     with job:
         _run_engine(encoder, job, rt, device_type, progress)
     return job.summary
@@ -263,13 +286,27 @@ def _run_engine(encoder: FrameEncoder, job: ExtractionJob, rt: Runtime, device_t
     old_threads = torch.get_num_threads()
     if device_type == "cpu" and rt.torch_threads:
         torch.set_num_threads(rt.torch_threads)
-    pool = DecodePool(cfg.sampling, encoder.preprocess_cfg, num_workers=rt.num_workers, threads=rt.decode_threads,
-                      timeout=cfg.extract.decode_timeout, chunk=rt.batch_size, max_messages=max(2, rt.prefetch_frames // rt.batch_size))
+    pool = DecodePool(
+        cfg.sampling,
+        encoder.preprocess_cfg,
+        num_workers=rt.num_workers,
+        threads=rt.decode_threads,
+        timeout=cfg.extract.decode_timeout,
+        chunk=rt.batch_size,
+        max_messages=max(2, rt.prefetch_frames // rt.batch_size),
+    )
     batcher = _Batcher(encoder, rt.batch_size)
-    bar = tqdm(total=len(todo), unit="video" if cfg.sampling.windowed else "clip", desc="extract", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(
+        total=len(todo),
+        unit="video" if cfg.sampling.windowed else "clip",
+        desc="extract",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
     try:
         sink = job.sink = _StoreSink(job.writer)
         try:
+
             def finish(touched: list[_TaskState]) -> None:
                 for state in dict.fromkeys(touched):
                     if state.finished and states.pop(state.tid, None) is not None:
@@ -314,7 +351,10 @@ def _store_task(state: _TaskState, job: ExtractionJob) -> None:
     if not state.error and state.clips:
         emb = np.concatenate(state.emb) if state.emb else np.zeros((0, 0), np.float32)
         if not np.all(np.isfinite(emb)):
-            state.error, state.stage = f"{item.abspath}: the encoder returned NaN or Inf embeddings; not stored", "encode"
+            state.error, state.stage = (
+                f"{item.abspath}: the encoder returned NaN or Inf embeddings; not stored",
+                "encode",
+            )
     if state.error:
         job.add_failure(item.path, item.start, item.end, state.stage, state.error)
         return
@@ -325,8 +365,9 @@ def _store_task(state: _TaskState, job: ExtractionJob) -> None:
         job.add_warning(item.path, warning)
 
 
-def _decode_whole(task: ClipTask, sampling: SamplingConfig, preprocess, threads: int, transform=None,
-                  timeout: float | None = None):
+def _decode_whole(
+    task: ClipTask, sampling: SamplingConfig, preprocess, threads: int, transform=None, timeout: float | None = None
+):
     """Run the engine's per-video decode: (frames or their transform, timestamps, clips, warnings).
 
     In-process, or with ``timeout`` in one decoder worker process that is killed when it delivers
@@ -361,9 +402,15 @@ def load_clip(item: VideoItem, sampling: SamplingConfig, preprocess, threads: in
     return DecodedClip(frames[idx], stamps[idx], warnings)
 
 
-def embed_clips(encoder: FrameEncoder, path: str | Path, sampling: SamplingConfig, start: float | None = None,
-                end: float | None = None, *, timeout: float | None = None
-                ) -> list[tuple[float | None, float | None, DecodedClip]]:
+def embed_clips(
+    encoder: FrameEncoder,
+    path: str | Path,
+    sampling: SamplingConfig,
+    start: float | None = None,
+    end: float | None = None,
+    *,
+    timeout: float | None = None,
+) -> list[tuple[float | None, float | None, DecodedClip]]:
     """Frame embeddings of every clip of one video (what ``predict`` uses for new videos).
 
     Runs the engine's own per-video decode (``decode_task``), so new videos are sampled exactly as
@@ -372,6 +419,7 @@ def embed_clips(encoder: FrameEncoder, path: str | Path, sampling: SamplingConfi
     clip) per clip window; ``DecodeError`` on failure (a timeout included).
     """
     task = ClipTask(0, str(Path(path).absolute()), start, end)
-    emb, ts, clips, warnings = _decode_whole(task, sampling, encoder.preprocess_cfg, 0, transform=encoder.encode,
-                                             timeout=timeout)
+    emb, ts, clips, warnings = _decode_whole(
+        task, sampling, encoder.preprocess_cfg, 0, transform=encoder.encode, timeout=timeout
+    )
     return [(s, e, DecodedClip(emb[idx], ts[idx], warnings)) for s, e, idx in clips]

@@ -1,4 +1,5 @@
 """Label new videos with a saved head: rebuild the head's extraction from its sidecar, pool, predict."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,8 +14,16 @@ from .heads import load_head
 from .pooling import get_pool
 
 
-def predict_videos(head_path: str | Path, videos: list[str | Path], *, top_k: int = 5, device: str = "auto", encoder=None,
-                   trust: bool = False, decode_timeout: float | None = None) -> list[dict[str, Any]]:
+def predict_videos(
+    head_path: str | Path,
+    videos: list[str | Path],
+    *,
+    top_k: int = 5,
+    device: str = "auto",
+    encoder=None,
+    trust: bool = False,
+    decode_timeout: float | None = None,
+) -> list[dict[str, Any]]:
     """Top-k (label, probability) per video; a video that fails gets an ``error`` instead of ``top``.
     ``trust`` allows pickle (.joblib) heads: see ``heads.load_head``. ``decode_timeout``: seconds a video's
     decoder may go without progress (default: extraction's ``extract.decode_timeout``)."""
@@ -24,7 +33,9 @@ def predict_videos(head_path: str | Path, videos: list[str | Path], *, top_k: in
     meta = head.meta
     encoder = encoder or create_encoder(meta["encoder"], device=device)
     if encoder.weights_id != meta.get("weights_id"):
-        raise HeadError(f"{head_path}: head expects encoder weights {meta.get('weights_id')} but {meta['encoder']} loaded {encoder.weights_id}")
+        raise HeadError(
+            f"{head_path}: head expects encoder weights {meta.get('weights_id')} but {meta['encoder']} loaded {encoder.weights_id}"
+        )
     sampling = SamplingConfig(**meta["sampling"])
     pool = get_pool(meta["pool"])
     results = []
@@ -38,5 +49,7 @@ def predict_videos(head_path: str | Path, videos: list[str | Path], *, top_k: in
         # several clips per video (multiclip / sliding sampling): average their probabilities
         proba = head.predict_proba(np.stack([pool(c.frames) for _, _, c in clips])).mean(axis=0)
         order = proba.argsort()[::-1][:top_k]
-        results.append({"path": str(video), "top": [{"label": head.classes[i], "prob": float(proba[i])} for i in order]})
+        results.append(
+            {"path": str(video), "top": [{"label": head.classes[i], "prob": float(proba[i])} for i in order]}
+        )
     return results
