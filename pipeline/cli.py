@@ -2,15 +2,18 @@
 
 Exit codes: 0 success; 1 runtime error (unreadable store, head, model); 2 bad usage or settings;
 3 extraction finished but some clips failed (they are recorded in the store; see ``vidprobe info``);
-75 the store is busy (another job holds its writer lock; retry later); 130 interrupted (finished shards
-are kept; re-run the same command to resume). ``vidprobe verify`` exits 1 when it finds a problem.
+75 the store is busy (another job holds its writer lock; retry later); 130 interrupted by Ctrl-C, 143 by
+SIGTERM (what Slurm sends at a time limit; finished clips are kept; re-run the same command to resume).
+``vidprobe verify`` exits 1 when it finds a problem.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +21,17 @@ from typing import Any
 from .errors import ConfigError, VidprobeError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130  # 75: StoreBusyError.exit_code
+EXIT_TERMINATED = 143  # 128 + SIGTERM
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C's KeyboardInterrupt, so every path that keeps finished
+    work on Ctrl-C (flush the open shard, run record "stopped", release the lock) does so on SIGTERM too."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: a second SIGTERM must not interrupt the cleanup
+    raise Terminated()
 
 
 def _print_json(doc: Any) -> None:
@@ -65,6 +79,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
         rate = summary.frames / summary.seconds if summary.seconds else 0.0
         for path, message in summary.failures:
             print(f"failed: {message}" if path in message else f"failed: {path}: {message}", file=sys.stderr)
+        for path, message in summary.warnings:
+            print(f"warning: {message}" if path in message else f"warning: {path}: {message}", file=sys.stderr)
         left_out, many = summary.ignored, len(summary.ignored) > 1
         names = ", ".join(left_out[:3]) + (", …" if len(left_out) > 3 else "")
         ignored = (
@@ -190,7 +206,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     if args.top_k < 1:
         raise ConfigError(f"-k/--top-k={args.top_k}: must be >= 1 (labels to show per video)")
-    results = predict_videos(args.head, args.videos, top_k=args.top_k, device=args.device, trust=args.trust)
+    results = predict_videos(
+        args.head,
+        args.videos,
+        top_k=args.top_k,
+        device=args.device,
+        trust=args.trust,
+        decode_timeout=args.decode_timeout,
+    )
     if args.json:
         _print_json(results)
     else:
@@ -289,6 +312,14 @@ def cmd_info(args: argparse.Namespace) -> int:
                 else "no record"
             )
             print(f"  {name:18s} {w['clips']:7d} clips {w['failures']:5d} failed | {last}")
+    for name, w in writers.items():
+        run = w.get("last_run") or {}
+        shown = run.get("warnings") or []
+        for message in shown[: args.max_failures]:
+            print(f"  warning ({name} last run) {message}")
+        more = int(run.get("warnings_total", len(shown))) - min(len(shown), args.max_failures)
+        if more > 0:
+            print(f"  ... {more} more warning(s) of {name}'s last run (use --json for the recorded ones)")
     for f in failures[: args.max_failures]:
         print(f"  failed [{f['stage']}] {f['error'] if f['path'] in f['error'] else f['path'] + ': ' + f['error']}")
     if len(failures) > args.max_failures:
@@ -361,7 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
         "(cached in an HDF5 feature store), then pooling + a logistic-regression or MLP head trains in seconds on CPU.",
         epilog="Typical flow: vidprobe extract videos/ -o features/mine; vidprobe train features/mine -o "
         "heads/mine.skops; vidprobe predict heads/mine.skops new.mp4.  Exit codes: 0 ok, 1 error (or verify found a "
-        "problem), 2 bad usage/settings, 3 some clips (or benchmark fits) failed, 75 store busy, 130 interrupted.",
+        "problem), 2 bad usage/settings, 3 some clips (or benchmark fits) failed, 75 store busy, 130 interrupted, "
+        "143 terminated (SIGTERM).",
     )
     p.add_argument("--version", action="version", version=f"vidprobe {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -566,6 +598,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("videos", nargs="+", metavar="VIDEO")
     r.add_argument("-k", "--top-k", type=int, default=5, help="labels to show per video (default 5)")
     r.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:K")
+    r.add_argument(
+        "--decode-timeout",
+        type=float,
+        metavar="S",
+        help="seconds a video's decoder may go without progress before it is stopped and the video reported "
+        "as failed (default: extract.decode_timeout's default, 120)",
+    )
     r.add_argument("--json", action="store_true", help="print predictions as one JSON document")
     r.set_defaults(func=cmd_predict)
 
@@ -653,14 +692,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(bad)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
+    main_thread = threading.current_thread() is threading.main_thread()  # signals are the main thread's
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
     try:
         return args.func(args)
     except VidprobeError as exc:
         print(f"vidprobe {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except Terminated:
+        print(
+            f"vidprobe {args.command}: terminated (SIGTERM); finished work is kept, re-run to resume", file=sys.stderr
+        )
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
         print(f"vidprobe {args.command}: interrupted; finished work is kept, re-run to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -126,3 +126,23 @@ def write_audio_only(path: Path, seconds: float = 1.0) -> Path:
         for packet in stream.encode():
             container.mux(packet)
     return path
+
+
+def patch_avi_frame_count(data: bytes, factor: float) -> bytes:
+    """An AVI's bytes with the frame counts of its header (avih dwTotalFrames, strh dwLength, and the OpenDML
+    dmlh count where one is written) scaled by ``factor``: a header that lies about the length (the idx1
+    index and the frames stay true)."""
+    import struct
+
+    out = bytearray(data)
+    for tag, offset in ((b"avih", 16), (b"strh", 32), (b"dmlh", 0)):
+        at = out.find(tag)
+        if at < 0:
+            assert tag == b"dmlh", f"no {tag!r} chunk"
+            continue
+        field = at + 8 + offset
+        true = struct.unpack_from("<I", out, field)[0]
+        if tag == b"dmlh" and true == 0:  # written only for OpenDML files (over 1 GiB)
+            continue
+        struct.pack_into("<I", out, field, max(1, round(true * factor)))
+    return bytes(out)

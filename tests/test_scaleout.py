@@ -14,7 +14,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from media import pattern_frames, write_video
+from media import index_frames, patch_avi_frame_count, pattern_frames, write_video
 
 from pipeline.cli import main
 from pipeline.config import load_config
@@ -251,6 +251,21 @@ def test_ray_engine_store_equals_the_single_process_store(ray_cluster, videos, r
     again = json.loads(capsys.readouterr().out)
     assert code == 0 and again["done"] == 0 and again["skipped"] == 17 and again["engine"] == "ray"
     assert shard_files(store) == before
+
+
+@pytest.mark.slow
+def test_ray_engine_samples_a_lying_header_within_the_real_duration_and_says_so(ray_cluster, tmp_path):
+    from pipeline.extract.ray_engine import extract_ray
+
+    real = write_video(tmp_path / "v" / "honest.avi", index_frames(100), fps=25, gop=10)  # 4.0 s
+    (tmp_path / "v" / "long.avi").write_bytes(patch_avi_frame_count(real.read_bytes(), 1000.0))
+    manifest, cfg = load_manifest(str(tmp_path / "v")), load_config(None, SETTINGS)
+    summary = extract_ray(manifest, tmp_path / "s", cfg, progress=False)
+    assert summary.done == 2 and [p for p, _ in summary.warnings] == ["long.avi"]
+    store = open_store(tmp_path / "s")
+    ts = {v: store.timestamps(i) for i, v in enumerate(store.videos)}
+    np.testing.assert_array_equal(ts["long.avi"], ts["honest.avi"])
+    assert np.unique(ts["long.avi"]).size == 3 and ts["long.avi"].max() < 4.0
 
 
 @pytest.mark.slow

@@ -24,8 +24,9 @@ at time t when it is the last frame whose presentation time is <= t. Every failu
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -67,6 +68,7 @@ class VideoInfo:
 class DecodedClip:
     frames: np.ndarray  # uint8 (T, H, W, 3)
     timestamps: np.ndarray  # float64 (T,), seconds from the video's start, of the frames actually returned
+    warnings: list[str] = field(default_factory=list)  # what the decoder worked around (see VideoReader)
 
 
 @dataclass
@@ -92,13 +94,26 @@ def _reason(exc: BaseException) -> str:
     return text.splitlines()[0][:200]
 
 
-def _open(path: Path):
+def _contained(path: Path, root: str | Path | None) -> Path:
+    """The path to open: ``path`` resolved now (at open time, not when the manifest was planned), refused
+    when it leads outside ``root`` (a link whose target appeared after planning). Opening the resolved
+    path means the file opened is the one checked."""
+    if root is None:
+        return path
+    real, top = Path(os.path.realpath(path)), Path(os.path.realpath(root))
+    if real != top and top not in real.parents:
+        raise DecodeError(f"{path}: path resolves (through a link) outside the manifest root {top}; not opened")
+    return real
+
+
+def _open(path: Path, root: str | Path | None = None):
     import av
 
     if not path.exists():
         raise DecodeError(f"{path}: file not found")
+    real = _contained(path, root)
     try:
-        container = av.open(str(path), mode="r", metadata_errors="ignore")
+        container = av.open(str(real), mode="r", metadata_errors="ignore")
     except PermissionError:
         raise DecodeError(f"{path}: permission denied") from None
     except (av.error.FFmpegError, OSError, ValueError) as exc:
@@ -124,12 +139,18 @@ class VideoReader:
     """One open video: metadata, keyframe/frame tables on demand, and frames at wanted times.
 
     Use as a context manager. ``threads`` is FFmpeg's thread count for this decoder (0 = FFmpeg
-    decides). Not thread-safe; one reader per worker.
+    decides). Not thread-safe; one reader per worker. With ``root``, the path is re-resolved when
+    it is opened and refused if it leads outside ``root``.
+
+    The header's duration is checked against the stream's own index where it has a complete one (AVI,
+    MP4/MOV): a header whose frame count lies is corrected to the real end and said in ``warnings``.
+    ``ended_at`` is set when decoding met the end of the stream before a wanted time (the header's
+    duration ran past the frames and could not be checked up front).
     """
 
-    def __init__(self, path: str | Path, threads: int = 0):
+    def __init__(self, path: str | Path, threads: int = 0, *, root: str | Path | None = None):
         self.path = Path(path)
-        self.container = _open(self.path)
+        self.container = _open(self.path, root)
         self.stream = self.container.streams.video[0]
         self.threads = int(threads)
         self.tb = float(self.stream.time_base) if self.stream.time_base else 1e-6
@@ -138,6 +159,8 @@ class VideoReader:
         self._rewind = False  # the demuxer is not at the start any more (after a scan)
         self._reformatter: VideoReformatter | None = None
         self.stats = DecodeStats()
+        self.warnings: list[str] = []  # what was found wrong with the file but worked around
+        self.ended_at: float | None = None  # last frame's time, when the stream ended before a wanted time
         try:
             self.info = self._read_info()
         except Exception:
@@ -161,7 +184,41 @@ class VideoReader:
             if frames.size:
                 step = float(np.median(np.diff(frames))) if frames.size > 1 else (1.0 / fps if fps else 0.0)
                 info = VideoInfo(float(frames[-1]) + step, fps, info.width, info.height, offset, info.codec)
-        return info
+        return self._checked_duration(info)
+
+    def _index_end(self) -> float | None:
+        """End of the last frame by the stream's index, where the index lists every frame (AVI, MP4/MOV:
+        an index of keyframes only, like Matroska cues, gives no end); None otherwise."""
+        n = _index_len(self.stream)
+        if n < 2:
+            return None
+        entries = self.stream.index_entries
+        tail = [entries[i] for i in range(max(0, n - 32), n)]
+        complete = self.container.format.name in ("avi", "mov,mp4,m4a,3gp,3g2,mj2") or any(
+            not e.is_keyframe for e in tail
+        )
+        if not complete:
+            return None
+        first = int(min(entries[i].timestamp for i in range(min(n, 16))))
+        shift = max(0, int(self._offset_raw) - first)  # index times may be decode times (see _seek_table)
+        last = max(e.timestamp for e in tail) + shift
+        step = max(float(tail[-1].timestamp - tail[-2].timestamp) * self.tb, 0.0) if len(tail) > 1 else 0.0
+        return float((last - self._offset_raw) * self.tb) + step
+
+    def _checked_duration(self, info: VideoInfo) -> VideoInfo:
+        """``info`` with the duration the frames really cover, when the header's is off by more than a few
+        frames (a header that lies: its frame count says 1000x, or 1/50, of what the file holds)."""
+        real = self._index_end()
+        if real is None or real <= 0 or info.duration is None:
+            return info
+        step = 1.0 / info.fps if info.fps else 0.04
+        if abs(info.duration - real) <= max(3 * step, 0.02 * real):
+            return info
+        self.warnings.append(
+            f"{self.path}: the header says the video lasts {info.duration:.3f} s but its frames end at "
+            f"{real:.3f} s; sampled within the real {real:.3f} s"
+        )
+        return VideoInfo(real, info.fps, info.width, info.height, info.start_offset, info.codec)
 
     def _packet_table(self) -> tuple[np.ndarray, np.ndarray]:
         """Presentation times of every frame and of every keyframe, from one demux pass (no decoding)."""
@@ -385,6 +442,7 @@ class VideoReader:
                 if frame is None or t is None:  # end of stream (t is None only then): later times show the last frame
                     if prev is None:
                         raise DecodeError(f"{self.path}: no decodable video frames")
+                    self.ended_at = prev[1]
                     yield from emit(*prev)
                     break
                 if frame.key_frame and table is None:
@@ -474,10 +532,11 @@ def decode_at(
     with VideoReader(path, threads=threads) as reader:
         wanted = np.asarray(times(reader.info), dtype=np.float64)
         chunks = list(reader.iter_frames(wanted, size=size, interpolation=interpolation, keyframes_only=keyframes_only))
+        warnings = list(reader.warnings)
     frames = np.concatenate([c.frames for c in chunks])
     stamps = np.concatenate([c.timestamps for c in chunks])
     idx = assign_frames(stamps, wanted)
     out = frames[idx]
     if crop is not None:
         out = crop(out)
-    return DecodedClip(np.ascontiguousarray(out), stamps[idx])
+    return DecodedClip(np.ascontiguousarray(out), stamps[idx], warnings)

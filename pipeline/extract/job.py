@@ -35,6 +35,8 @@ from ..versions import versions
 from .sharding import JobShard
 from .workers import ClipTask
 
+MAX_RECORDED_WARNINGS = 200  # warnings kept in a run record (the count is always complete)
+
 __all__ = ["ExtractSummary", "ExtractionJob", "build_provenance", "plan_tasks", "note_run", "recorded_run"]
 
 
@@ -53,6 +55,9 @@ class ExtractSummary:
     engine: str = "local"  # local | ray
     failures: list[tuple[str, str]] = field(default_factory=list)  # (path, message) of this run
     ignored: list[str] = field(default_factory=list)  # source files left out: not videos by extension
+    # (path, message): clips stored but worked around or not as sampled (a header that lies about the
+    # duration; one decoded frame for several sampled times); kept in the run record, shown by `info`
+    warnings: list[tuple[str, str]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -113,7 +118,7 @@ def plan_tasks(
             lo = -np.inf if item.start is None else item.start - 1e-6
             hi = np.inf if item.end is None else item.end + 1e-6
             skip = frozenset(w for w in windows[item.path] if w[0] >= lo and w[1] <= hi)
-        todo.append((item, ClipTask(len(todo), str(item.abspath), item.start, item.end, skip)))
+        todo.append((item, ClipTask(len(todo), str(item.abspath), item.start, item.end, skip, item.root)))
     known = {f["path"] for f in store.failures() if f["stage"] == "manifest"}
     problems = [
         p
@@ -136,6 +141,8 @@ def note_run(store: FeatureStore, prefix: str, summary: ExtractSummary, state: s
             "done": summary.done,
             "skipped": summary.skipped,
             "failed": summary.failed,
+            "warnings": [message for _, message in summary.warnings[:MAX_RECORDED_WARNINGS]],
+            "warnings_total": len(summary.warnings),
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -260,6 +267,10 @@ class ExtractionJob:
         self.sink.add(item.path, start, end, item.label, item.split, embeddings, timestamps)
         self.summary.done += 1
         self.summary.frames += len(timestamps)
+
+    def add_warning(self, path: str, message: str) -> None:
+        """Record that a stored clip of ``path`` was worked around (``message`` names the file and how)."""
+        self.summary.warnings.append((path, message))
 
     def add_failure(self, path: str, start: float | None, end: float | None, stage: str, error: str) -> None:
         """Record a failed clip (``error`` names the file and what went wrong) and count it."""

@@ -97,7 +97,19 @@ def resolve_runtime(ext: ExtractConfig, device_type: str, cpus: int | None = Non
 class _TaskState:
     """Main-process state of one task: its frames' embeddings as they are encoded, then its clips."""
 
-    __slots__ = ("tid", "item", "received", "encoded", "emb", "stamps", "clips", "skipped", "error", "stage")
+    __slots__ = (
+        "tid",
+        "item",
+        "received",
+        "encoded",
+        "emb",
+        "stamps",
+        "clips",
+        "skipped",
+        "error",
+        "stage",
+        "warnings",
+    )
 
     def __init__(self, tid: int, item: VideoItem):
         self.tid, self.item = tid, item
@@ -109,6 +121,7 @@ class _TaskState:
         self.skipped = 0
         self.error = ""  # why it failed, naming the file
         self.stage = ""  # where it failed: decode | encode
+        self.warnings: list[str] = []  # the decoder's warnings (kept with the clips; see ExtractSummary.warnings)
 
     @property
     def finished(self) -> bool:
@@ -319,7 +332,7 @@ def _run_engine(encoder: FrameEncoder, job: ExtractionJob, rt: Runtime, device_t
                     while batcher.full:
                         finish(batcher.encode())
                 elif kind == "done":
-                    state.clips, state.skipped = msg[2], msg[3]
+                    state.clips, state.skipped, state.warnings = msg[2], msg[3], msg[4]
                     finish([state])
                 else:
                     state.error, state.stage = msg[2], "decode"
@@ -354,29 +367,45 @@ def _store_task(state: _TaskState, job: ExtractionJob) -> None:
     stamps = np.concatenate(state.stamps) if state.stamps else np.zeros(0)
     for start, end, idx in state.clips:
         job.add_clip(item, start, end, emb[idx], stamps[idx])
+    for warning in state.warnings:
+        job.add_warning(item.path, warning)
 
 
-def _decode_whole(task: ClipTask, sampling: SamplingConfig, preprocess, threads: int, transform=None):
-    """Run the engine's per-video decode in-process: (frames or their transform, timestamps, clips)."""
-    out, stamps, clips = [], [], None
-    for msg in decode_task(task, sampling, preprocess, threads=threads):
-        if msg[0] == "frames":
-            out.append(transform(msg[2]) if transform else msg[2])
-            stamps.append(msg[3])
-        elif msg[0] == "done":
-            clips = msg[2]
-        else:
-            raise DecodeError(msg[2])
-    return np.concatenate(out), np.concatenate(stamps), clips
+def _decode_whole(
+    task: ClipTask, sampling: SamplingConfig, preprocess, threads: int, transform=None, timeout: float | None = None
+):
+    """Run the engine's per-video decode: (frames or their transform, timestamps, clips, warnings).
+
+    In-process, or with ``timeout`` in one decoder worker process that is killed when it delivers
+    nothing for ``timeout`` s (a FIFO, a stalled network mount): the same timeout as extraction."""
+    out, stamps, clips, warnings = [], [], None, []
+    if timeout is None:
+        messages = decode_task(task, sampling, preprocess, threads=threads)
+        pool = None
+    else:
+        pool = DecodePool(sampling, preprocess, num_workers=1, threads=threads, timeout=timeout, tasks_per_worker=1)
+        messages = pool.messages([task])
+    try:
+        for msg in messages:
+            if msg[0] == "frames":
+                out.append(transform(msg[2]) if transform else msg[2])
+                stamps.append(msg[3])
+            elif msg[0] == "done":
+                clips, warnings = msg[2], msg[4]
+            else:
+                raise DecodeError(msg[2])
+    finally:
+        if pool is not None:
+            pool.close()
+    return np.concatenate(out), np.concatenate(stamps), clips, warnings
 
 
 def load_clip(item: VideoItem, sampling: SamplingConfig, preprocess, threads: int = 0) -> DecodedClip:
     """Decoded, resized and cropped frames of one single-clip item (the Ray engine's decode stage)."""
-    frames, stamps, clips = _decode_whole(
-        ClipTask(0, str(item.abspath), item.start, item.end), sampling, preprocess, threads
-    )
+    task = ClipTask(0, str(item.abspath), item.start, item.end, root=item.root)
+    frames, stamps, clips, warnings = _decode_whole(task, sampling, preprocess, threads)
     idx = np.concatenate([i for _, _, i in clips]) if clips else np.arange(len(frames))
-    return DecodedClip(frames[idx], stamps[idx])
+    return DecodedClip(frames[idx], stamps[idx], warnings)
 
 
 def embed_clips(
@@ -385,12 +414,18 @@ def embed_clips(
     sampling: SamplingConfig,
     start: float | None = None,
     end: float | None = None,
+    *,
+    timeout: float | None = None,
 ) -> list[tuple[float | None, float | None, DecodedClip]]:
-    """Frame embeddings of every clip of one video, in-process (what ``predict`` uses for new videos).
+    """Frame embeddings of every clip of one video (what ``predict`` uses for new videos).
 
     Runs the engine's own per-video decode (``decode_task``), so new videos are sampled exactly as
-    the training store was. Returns (start, end, clip) per clip window; ``DecodeError`` on failure.
+    the training store was: in-process, or with ``timeout`` (extraction's ``extract.decode_timeout``)
+    in a decoder worker process killed after ``timeout`` s without progress. Returns (start, end,
+    clip) per clip window; ``DecodeError`` on failure (a timeout included).
     """
     task = ClipTask(0, str(Path(path).absolute()), start, end)
-    emb, ts, clips = _decode_whole(task, sampling, encoder.preprocess_cfg, 0, transform=encoder.encode)
-    return [(s, e, DecodedClip(emb[idx], ts[idx])) for s, e, idx in clips]
+    emb, ts, clips, warnings = _decode_whole(
+        task, sampling, encoder.preprocess_cfg, 0, transform=encoder.encode, timeout=timeout
+    )
+    return [(s, e, DecodedClip(emb[idx], ts[idx], warnings)) for s, e, idx in clips]

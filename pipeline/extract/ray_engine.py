@@ -105,7 +105,7 @@ def _decode_rows(
     batch: dict[str, np.ndarray], sampling: SamplingConfig, preprocess: Any, threads: int
 ) -> dict[str, np.ndarray]:
     """Decode stage (a CPU task): each row's sampled frames, or the error that stopped them."""
-    frames, stamps, errors = [], [], []
+    frames, stamps, errors, warnings = [], [], [], []
     size = preprocess.size
     for path, root, start, end in zip(batch["path"], batch["root"], batch["start"], batch["end"]):
         item = VideoItem(
@@ -119,11 +119,13 @@ def _decode_rows(
             frames.append(clip.frames)
             stamps.append(np.asarray(clip.timestamps, np.float64))
             errors.append("")
+            warnings.append("\n".join(clip.warnings))
         except Exception as exc:  # a decoder bug on one odd file must not end the job
             msg = str(exc) if isinstance(exc, VidprobeError) else f"{item.abspath}: {type(exc).__name__}: {exc}"
             frames.append(np.zeros((0, size, size, 3), np.uint8))
             stamps.append(np.zeros(0, np.float64))
             errors.append(msg)
+            warnings.append("")
     return {
         "index": batch["index"],
         "path": batch["path"],
@@ -131,6 +133,7 @@ def _decode_rows(
         "timestamps": _objects(stamps),
         "error": np.array(errors, dtype=object),
         "stage": np.array(["decode" if e else "" for e in errors], dtype=object),
+        "warnings": np.array(warnings, dtype=object),  # the decoder's warnings, one per line
     }
 
 
@@ -181,6 +184,7 @@ class _EncodeClips:
             "timestamps": batch["timestamps"],
             "error": np.array(errors, dtype=object),
             "stage": np.array(stages, dtype=object),
+            "warnings": batch["warnings"],
         }
 
 
@@ -308,6 +312,8 @@ def _run_pipeline(
             else:
                 emb = np.asarray(batch["embedding"][j], np.float32)
                 job.add_clip(item, item.start, item.end, emb, np.asarray(batch["timestamps"][j], np.float64))
+                for warning in filter(None, str(batch["warnings"][j]).split("\n")):
+                    job.add_warning(item.path, warning)
             bar.update(1)
         elapsed = max(time.perf_counter() - job.started, 1e-9)
         bar.set_postfix(frames_s=f"{summary.frames / elapsed:.1f}", failed=summary.failed, refresh=False)

@@ -10,9 +10,11 @@ Protocol (worker -> main), plain tuples so pickling stays cheap:
 
 * ``("frames", task, frames uint8 (m, S, S, 3), timestamps (m,))`` — the next distinct frames of a task,
   in time order, at most ``chunk`` at a time (memory does not grow with a clip's length);
-* ``("done", task, clips, skipped)`` — ``clips`` lists ``(start, end, frame_index)`` per clip window
-  (``frame_index`` picks, per sampled time, one of the task's frames: overlapping windows and repeated
-  times share one decoded and encoded frame); ``skipped`` counts windows already stored;
+* ``("done", task, clips, skipped, warnings)`` — ``clips`` lists ``(start, end, frame_index)`` per clip
+  window (``frame_index`` picks, per sampled time, one of the task's frames: overlapping windows and
+  repeated times share one decoded and encoded frame); ``skipped`` counts windows already stored;
+  ``warnings`` says what was worked around (a header that lies about the duration) or is stored as it
+  is (one decoded frame stored for several sampled times of a clip);
 * ``("error", task, message)`` — the task failed; frames already sent for it must be dropped.
 
 ``num_workers=0`` decodes in a thread of the main process instead (no timeout or crash isolation;
@@ -58,10 +60,28 @@ class ClipTask:
     start: float | None = None  # requested window (None = open)
     end: float | None = None
     skip: frozenset = field(default_factory=frozenset)  # (start, end) windows already stored
+    root: str | None = None  # the manifest root: the path is re-checked against it when the file is opened
 
 
 def _with_path(path: str, message: str) -> str:
     return message if path in message else f"{path}: {message}"
+
+
+def _shared_frames(task: ClipTask, clips: list, per_window: list, ended_at: float | None) -> list[str]:
+    """A warning per clip that stores one decoded frame for several of its distinct sampled times (the
+    video has fewer frames in the window than sampling asks for, or its stream ended early). Times that
+    are equal already (keyframe snapping) are the settings' choice, not a surprise."""
+    out = []
+    for (start, end, idx), times in zip(clips, per_window):
+        distinct, asked = int(np.unique(idx).size), int(np.unique(times).size)
+        if distinct < asked:
+            where = "" if start is None and end is None else f" (window {start}..{end} s)"
+            why = f"; the stream ended at {ended_at:.3f} s" if ended_at is not None else ""
+            out.append(
+                f"{task.path}{where}: {asked - distinct} of {len(idx)} sampled times share a decoded frame "
+                f"with another (fewer frames than sampled{why}); stored as they are"
+            )
+    return out
 
 
 def decode_task(
@@ -69,7 +89,7 @@ def decode_task(
 ) -> Iterator[Message]:
     """Decode one task into protocol messages (runs in a worker process, or in-process for 0 workers)."""
     try:
-        with VideoReader(task.path, threads=threads) as reader:
+        with VideoReader(task.path, threads=threads, root=task.root) as reader:
             info = reader.info
             keys: Sequence[tuple[float | None, float | None]]  # the clips' store keys
             if sampling.windowed:  # windows are the clips' keys; resume skips the stored ones
@@ -81,7 +101,7 @@ def decode_task(
                 windows = [clip_window(info.duration, task.start, task.end)]
                 keys, skipped = [(task.start, task.end)], 0
             if not windows:
-                yield ("done", task.task, [], skipped)
+                yield ("done", task.task, [], skipped, list(reader.warnings))
                 return
             frame_times = reader.frame_times() if needs_frame_table(sampling) else None
             key_times = reader.keyframe_times() if needs_keyframe_table(sampling) else None
@@ -105,7 +125,13 @@ def decode_task(
                 yield ("frames", task.task, np.ascontiguousarray(preprocess.center_crop(c.frames)), c.timestamps)
             all_ts = np.concatenate(stamps)
             clips = [(k[0], k[1], assign_frames(all_ts, t).astype(np.int32)) for k, t in zip(keys, per_window)]
-            yield ("done", task.task, clips, skipped)
+            yield (
+                "done",
+                task.task,
+                clips,
+                skipped,
+                reader.warnings + _shared_frames(task, clips, per_window, reader.ended_at),
+            )
     except VidprobeError as exc:
         yield ("error", task.task, _with_path(task.path, str(exc)))
     except Exception as exc:  # a decoder bug on one odd file must not end the job
@@ -114,7 +140,10 @@ def decode_task(
 
 def _worker_main(conn, sampling: SamplingConfig, preprocess: Any, threads: int, chunk: int) -> None:
     """Worker process: decode tasks from ``conn`` until told to stop (None) or the pipe closes."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
+    # Ctrl-C and SIGTERM (Slurm sends it to every process of a job) are the main process's to handle: it
+    # stops the workers itself, after keeping what they finished.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
         conn.send(("ready",))
         while True:

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import SamplingConfig
+from ..config import ExtractConfig, SamplingConfig
 from ..errors import HeadError, VidprobeError
 from .heads import load_head, load_head_meta
 from .pooling import get_pool
@@ -21,9 +21,11 @@ def predict_videos(
     device: str = "auto",
     encoder=None,
     trust: bool = False,
+    decode_timeout: float | None = None,
 ) -> list[dict[str, Any]]:
     """Top-k (label, probability) per video; a video that fails gets an ``error`` instead of ``top``.
-    ``trust`` allows pickle (.joblib) heads: see ``heads.load_head``.
+    ``trust`` allows pickle (.joblib) heads: see ``heads.load_head``. ``decode_timeout``: seconds a video's
+    decoder may go without progress (default: extraction's ``extract.decode_timeout``).
 
     Everything that can be checked without the model is checked first (head, sidecar, its sampling and
     pooling, that the videos exist), so a mistake costs no torch import; the encoder is built once, and
@@ -55,7 +57,8 @@ def predict_videos(
             results.append({"path": str(video), "error": f"{video}: file not found"})
             continue
         try:
-            clips = embed_clips(encoder, video, sampling)
+            timeout = ExtractConfig().decode_timeout if decode_timeout is None else decode_timeout
+            clips = embed_clips(encoder, video, sampling, timeout=timeout)
         except VidprobeError as exc:
             results.append({"path": str(video), "error": str(exc)})
             continue
