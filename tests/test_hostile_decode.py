@@ -126,7 +126,7 @@ def test_predict_on_a_fifo_times_out_instead_of_hanging(labeled_folder, tmp_path
         timeout=300,  # a hang fails here instead of blocking the suite
     )
     assert proc.returncode == 3, proc.stderr
-    assert f"{fifo}: error: " in proc.stderr and "timeout after 3 s" in proc.stderr
+    assert f"error: {fifo}: " in proc.stderr and "timeout after 3 s" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert str(good) in proc.stdout  # the next video is still labeled
 

@@ -33,7 +33,7 @@ def predict_videos(
     meta = load_head_meta(head_path, trust=trust)
     sampling = SamplingConfig(**meta["sampling"])
     pool = get_pool(meta["pool"])
-    missing = {str(v) for v in videos if not Path(v).is_file()}
+    missing = {str(v) for v in videos if not Path(v).exists()}  # a FIFO goes on: the decode timeout covers it
     results: list[dict[str, Any]] = [
         {"path": str(v), "error": f"{v}: file not found"} for v in videos if str(v) in missing
     ]
