@@ -28,3 +28,11 @@ def labeled_folder(tmp_path_factory) -> Path:
             write_video(root / label / f"clip{j}{suffix}", pattern_frames(36, kind=kind, seed=j), fps=12)
     (root / "stripes_h" / "broken.mp4").write_bytes(b"this is not a video at all\n" * 20)
     return root
+
+
+@pytest.fixture(scope="session")
+def effnet():
+    """The offline default encoder on CPU, built once for the whole run (it is frozen: tests only read it)."""
+    from pipeline.encoders import create_encoder
+
+    return create_encoder("effnet-lite0", device="cpu")

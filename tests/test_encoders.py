@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from skimage import data as skdata
 
-from pipeline.encoders import DEFAULT_ENCODER, Preprocess, create_encoder, parse_spec
+from pipeline.encoders import Preprocess, create_encoder, parse_spec
 from pipeline.errors import ConfigError, EncoderError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,11 +39,6 @@ def decoder_resize(img: np.ndarray, pre: Preprocess) -> np.ndarray:
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
-
-
-@pytest.fixture(scope="module")
-def effnet():
-    return create_encoder(DEFAULT_ENCODER, device="cpu")
 
 
 @pytest.fixture(scope="module")

@@ -17,18 +17,12 @@ from media import index_frames, pattern_frames, write_video
 
 from pipeline.config import load_config
 from pipeline.data.manifest import Manifest, load_manifest
-from pipeline.encoders import create_encoder
 from pipeline.errors import StoreError
 from pipeline.extract.local import extract, resolve_runtime
 from pipeline.extract.workers import ClipTask, DecodePool
 from pipeline.store import open_store
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def effnet():
-    return create_encoder("effnet-lite0", device="cpu")
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,6 @@ from media import index_frames, patch_avi_frame_count, pattern_frames, write_vid
 from pipeline.cli import main
 from pipeline.config import load_config
 from pipeline.data.manifest import load_manifest
-from pipeline.encoders import create_encoder
 from pipeline.extract.decode import probe
 from pipeline.extract.local import embed_clips, extract
 from pipeline.store import open_store
@@ -28,11 +27,6 @@ from pipeline.store.tools import verify_store
 
 REPO = Path(__file__).resolve().parents[1]
 FPS, FRAMES = 25, 100  # the real video: 100 frames, 4.0 s
-
-
-@pytest.fixture(scope="module")
-def effnet():
-    return create_encoder("effnet-lite0", device="cpu")
 
 
 @pytest.fixture(scope="module")
