@@ -391,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Video classification the cheap way: a frozen image encoder embeds sampled frames once "
         "(cached in an HDF5 feature store), then pooling + a logistic-regression or MLP head trains in seconds on CPU.",
         epilog="Typical flow: vidprobe extract videos/ -o features/mine; vidprobe train features/mine -o "
-        "heads/mine.skops; vidprobe predict heads/mine.skops new.mp4.  Exit codes: 0 ok, 1 error (or verify found a "
+        "heads/mine.npz; vidprobe predict heads/mine.npz new.mp4.  Exit codes: 0 ok, 1 error (or verify found a "
         "problem), 2 bad usage/settings, 3 some clips (or benchmark fits) failed, 75 store busy, 130 interrupted, "
         "143 terminated (SIGTERM).",
     )
@@ -493,8 +493,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="fit a head on pooled features of a store",
         description="Pool each clip's frame embeddings, pick the head's hyperparameter on the validation split "
         "(logreg: a coarse-to-fine C sweep, the CLIP protocol), refit on train+val, report test metrics and save the "
-        "head with a JSON sidecar describing its inputs. Head files: .skops (default; loading runs no code from the "
-        "file) or .joblib (pickle; evaluate/predict then need --trust).",
+        "head with a JSON sidecar describing its inputs. Head files: .npz (recommended: plain arrays, loaded without "
+        "pickle or scikit-learn), .skops (audited scikit-learn types) or .joblib (pickle; evaluate/predict then "
+        "need --trust).",
     )
     t.add_argument("store", help="feature store folder")
     t.add_argument(
@@ -502,7 +503,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--output",
         required=True,
         metavar="HEAD",
-        help="head file to write: NAME.skops (safe) or NAME.joblib (pickle); sidecar NAME.json beside it",
+        help="head file to write: NAME.npz (recommended), NAME.skops or NAME.joblib (pickle); sidecar NAME.json "
+        "beside it",
     )
     t.add_argument(
         "--head",
@@ -573,7 +575,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Score a head on the store's test split (the same split training held out), or another split.",
     )
     v.add_argument("store")
-    v.add_argument("head", help="head file (.skops or .joblib) written by `vidprobe train`")
+    v.add_argument("head", help="head file (.npz, .skops or .joblib) written by `vidprobe train`")
     v.add_argument(
         "--trust",
         action="store_true",
@@ -589,7 +591,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="label new videos with a saved head",
         description="Extract each video the way the head's training store was extracted and print the top-k labels.",
     )
-    r.add_argument("head", help="head file (.skops or .joblib)")
+    r.add_argument("head", help="head file (.npz, .skops or .joblib) written by `vidprobe train`")
     r.add_argument(
         "--trust",
         action="store_true",

@@ -24,8 +24,8 @@ def _head(tmp_path: Path) -> Path:
         "sampling": {"strategy": "uniform", "num_frames": 2},
         "pool": "mean",
     }
-    save_head(tmp_path / "h.skops", result, meta)
-    return tmp_path / "h.skops"
+    save_head(tmp_path / "h.npz", result, meta)
+    return tmp_path / "h.npz"
 
 
 def _predict_in_fresh_process(*args: str) -> tuple[subprocess.CompletedProcess, list[str]]:

@@ -69,7 +69,7 @@ def run_demo(
             for head in DEMO_HEADS:
                 res = train_head(
                     store.path,
-                    out / "heads" / f"{task}-{head}-{pool}.skops",
+                    out / "heads" / f"{task}-{head}-{pool}.npz",
                     head=head,
                     pool=pool,
                     split=SplitSpec(seed=seed),

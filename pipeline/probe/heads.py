@@ -13,11 +13,16 @@ Kinds (``HeadConfig.kind``):
   text tower of the encoder that made the store; probabilities = softmax(logit_scale * cosine).
 
 Every fitted head is a plain scikit-learn estimator (a torch solution is copied into a
-``LogisticRegression``; a zero-shot head *is* a linear classifier on L2-normalised features), so it is
-saved with ``skops.io``, whose loader builds only audited scikit-learn/numpy types and refuses others
-instead of running code. ``joblib`` (pickle) files are written only when asked for (``.joblib``) and
-loaded only with ``trust=True``. The sidecar records the encoder, sampling, pooling, labels, settings,
-metrics and the head file's sha256, so ``predict`` can rebuild the extraction and a swapped file is caught.
+``LogisticRegression``; a zero-shot head *is* a linear classifier on L2-normalised features). Files:
+
+* ``.npz`` (default): the estimator's arrays (``pipeline.probe.native_heads``), its architecture in the
+  sidecar's ``model`` entry; loaded by numpy with ``allow_pickle=False`` and predicted without
+  scikit-learn, so ``vidprobe predict`` needs neither scikit-learn nor skops;
+* ``.skops``: ``skops.io``, whose loader builds only audited scikit-learn/numpy types and refuses others;
+* ``.joblib`` (pickle): written only when asked for, loaded only with ``trust=True``.
+
+The sidecar records the encoder, sampling, pooling, labels, settings, metrics and the head file's
+sha256, so ``predict`` can rebuild the extraction and a swapped file is caught.
 """
 
 from __future__ import annotations
@@ -47,8 +52,9 @@ from .logreg import (
     make_solver,
     sweep_C,
 )
+from .native_heads import predictor_from_arrays, to_native
 
-HEAD_FORMATS = {".skops": "skops", ".joblib": "joblib"}
+HEAD_FORMATS = {".npz": "npz", ".skops": "skops", ".joblib": "joblib"}
 DEFAULT_TEMPLATES: tuple[str, ...] = ("a video of a person {label}.",)
 DEFAULT_C = 1.0  # used when there is no validation split to sweep on (scikit-learn's default)
 
@@ -415,7 +421,8 @@ def head_format(path: str | Path) -> str:
     p = Path(path)
     if p.suffix not in HEAD_FORMATS:
         raise ConfigError(
-            f"{p}: a head file must end in .skops (safe, default) or .joblib (pickle; loading it needs --trust)"
+            f"{p}: a head file must end in .npz (default: plain arrays), .skops (scikit-learn objects, audited "
+            "types) or .joblib (pickle; loading it needs --trust)"
         )
     return HEAD_FORMATS[p.suffix]
 
@@ -431,7 +438,12 @@ def save_head(path: str | Path, result: FitResult, meta: dict[str, Any]) -> Path
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(p.name + ".tmp")
     blob = {"estimator": result.estimator, "classes": list(result.classes)}
-    if fmt == "skops":
+    model = None
+    if fmt == "npz":
+        arrays, model = to_native(result.estimator)
+        with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a name
+            np.savez(f, **arrays, classes=np.array([str(c) for c in result.classes]))  # type: ignore[arg-type]
+    elif fmt == "skops":
         import skops.io as sio
 
         sio.dump(blob, tmp)
@@ -443,6 +455,7 @@ def save_head(path: str | Path, result: FitResult, meta: dict[str, Any]) -> Path
     side = {
         **meta,
         "format": fmt,
+        **({"model": model} if model is not None else {}),
         "head_sha256": _sha256(p),
         "classes": result.classes,
         "hparams": result.hparams,
@@ -466,8 +479,8 @@ class LoadedHead:
 
 
 def load_head_meta(path: str | Path, *, trust: bool = False) -> dict[str, Any]:
-    """The checks of ``load_head`` that need no scikit-learn (which imports torch through skops' type
-    list): head file and sidecar exist, the sidecar parses and its sha256 matches, pickle is trusted."""
+    """The checks of ``load_head`` that need no scikit-learn (which a .skops file imports broadly): head
+    file and sidecar exist, the sidecar parses and its sha256 matches, pickle is trusted."""
     p = Path(path)
     side = sidecar_path(p)
     if not p.is_file():
@@ -495,13 +508,18 @@ def load_head_meta(path: str | Path, *, trust: bool = False) -> dict[str, Any]:
 def load_head(path: str | Path, *, trust: bool = False) -> LoadedHead:
     """Load a head and its sidecar without running code from the file (unless ``trust``).
 
-    ``.skops``: only types on skops' trusted list (scikit-learn, numpy, builtins) are built; anything
-    else is refused naming the types. ``.joblib`` is pickle, which runs code while loading: refused
-    unless ``trust=True``. HeadError names the file for every refusal or damage.
+    ``.npz``: numpy arrays only (``allow_pickle=False``), rebuilt as the numpy predictor that the
+    sidecar's ``model`` entry names; no scikit-learn is imported. ``.skops``: only types on skops' trusted
+    list (scikit-learn, numpy, builtins) are built; anything else is refused naming the types. ``.joblib``
+    is pickle, which runs code while loading: refused unless ``trust=True``. HeadError names the file for
+    every refusal or damage.
     """
     p = Path(path)
     meta = load_head_meta(p, trust=trust)
     fmt = head_format(p)
+    if fmt == "npz":
+        predictor = _load_npz(p, meta)
+        return LoadedHead(predictor, list(predictor.classes), meta)
     try:
         if fmt == "skops":
             import skops.io as sio
@@ -528,3 +546,21 @@ def load_head(path: str | Path, *, trust: bool = False) -> LoadedHead:
             "retrain it with `vidprobe train`"
         )
     return LoadedHead(estimator, classes, meta)
+
+
+def _load_npz(p: Path, meta: dict[str, Any]):
+    """The numpy predictor of an .npz head; every damage is a HeadError naming the file."""
+    model = meta.get("model")
+    if not isinstance(model, dict):
+        raise HeadError(
+            f"{sidecar_path(p)}: no 'model' entry describing the .npz head; retrain it with `vidprobe train`"
+        )
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        classes = arrays.pop("classes")
+        return predictor_from_arrays(arrays, model, classes.tolist())
+    except HeadError as exc:
+        raise HeadError(f"{p}: {exc}") from None
+    except Exception as exc:  # not a zip, object arrays (pickle refused), bad shapes
+        raise HeadError(f"{p}: cannot load head ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})") from None

@@ -155,7 +155,7 @@ def train_head(
 
 def check_head_output(head_path: str | Path) -> None:
     """Refuse, before any work, a head path that cannot be written: a wrong suffix, a folder that cannot be
-    created, or the name of another head's sidecar. ``x.skops`` and ``x.joblib`` would share ``x.json``:
+    created, or the name of another head's sidecar. ``x.npz``, ``x.skops`` and ``x.joblib`` share ``x.json``:
     writing one would break the other's checksum, so the second is refused naming both."""
     from .heads import HEAD_FORMATS, head_format
 
