@@ -202,10 +202,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from .config import check_device
     from .probe.predict import predict_videos
 
     if args.top_k < 1:
         raise ConfigError(f"-k/--top-k={args.top_k}: must be >= 1 (labels to show per video)")
+    check_device(args.device, "--device")
     results = predict_videos(
         args.head,
         args.videos,
@@ -364,8 +366,11 @@ def cmd_compact(args: argparse.Namespace) -> int:
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
+    from .config import check_device
     from .probe.benchmark import run_benchmark
 
+    if args.device is not None:
+        check_device(args.device, "--device")
     summary = run_benchmark(
         args.config, args.output, say=(lambda _: None) if args.quiet or args.json else print, device=args.device
     )

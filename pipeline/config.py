@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -53,6 +54,10 @@ T = TypeVar("T", bound="DataclassInstance")  # the settings classes are dataclas
 # -- declared rules, one validator, one coercer ----------------------------------------------------
 
 
+DEVICE_FORMS = "auto, cpu, cuda or cuda:K"
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
 @dataclass(frozen=True)
 class Rule:
     """What one setting may hold; a sequence setting applies it to each of its values."""
@@ -66,10 +71,13 @@ class Rule:
     auto: bool = False  # "auto" is also allowed (int | str fields)
     finite: bool = False
     nonempty: bool = False  # sequences: at least one value
+    device: bool = False  # a device name (auto | cpu | cuda | cuda:K), checked without torch
     key: str | None = None  # name in messages where it is not the field's name
     note: str = ""  # said after the range, e.g. "(0 = no cap)" or "seconds"
 
     def _range(self) -> str:
+        if self.device:
+            return f"must be {DEVICE_FORMS}"
         if self.zero_or_min is not None:
             text = f"0 (the default) or >= {self.zero_or_min:g}"
         elif self.min is not None and self.max is not None:
@@ -84,6 +92,8 @@ class Rule:
         return f"must be {text}" + (f" {self.note}" if self.note else "")
 
     def _ok(self, v: Any) -> bool:
+        if self.device:
+            return isinstance(v, str) and _DEVICE.fullmatch(v) is not None
         if self.choices:
             return v in self.choices
         if self.auto and v == AUTO:
@@ -128,6 +138,13 @@ def rule(**kw: Any) -> dict[str, Rule]:
 
 def _shown(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
+
+
+def check_device(value: Any, key: str = "device") -> None:
+    """A device name as the settings check it (no torch import: CUDA's presence is checked when used)."""
+    problem = Rule(device=True).problem(value)
+    if problem:
+        raise ConfigError(f"{key}={value!r}: {problem}")
 
 
 def check_settings(obj: Any, prefix: str = "") -> None:
@@ -278,7 +295,7 @@ class ExtractConfig:
     batch_size: int | str = field(default=AUTO, metadata=rule(auto=True, min=1))
     # decoder processes (auto: one per core); 0 = decode in a main-process thread
     num_workers: int | str = field(default=AUTO, metadata=rule(auto=True, min=0))
-    device: str = "auto"  # auto | cpu | cuda | cuda:K
+    device: str = field(default="auto", metadata=rule(device=True))  # auto | cpu | cuda | cuda:K
     precision: str = field(default="auto", metadata=rule(choices=PRECISIONS))  # auto: per device
     # clips per shard file; a killed job loses at most one unfinished shard
     shard_size: int = field(default=512, metadata=rule(min=1))

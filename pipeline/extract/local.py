@@ -23,6 +23,7 @@ import queue
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,9 +32,10 @@ import numpy as np
 
 from ..config import AUTO, Config, ExtractConfig, SamplingConfig
 from ..data.manifest import Manifest, VideoItem
+from ..data.sampling import sampling_identity
 from ..encoders.base import FrameEncoder
 from ..errors import DecodeError
-from ..store import ShardWriter
+from ..store import ShardWriter, check_appendable
 from .decode import DecodedClip
 from .job import ExtractionJob, ExtractSummary, build_provenance
 from .sharding import JobShard
@@ -260,10 +262,13 @@ def extract(
     With ``shard`` (see ``pipeline.extract.sharding``) only the clips that job shard owns are extracted, into
     shard files named after it, under that shard's writer lock, so shard processes can share one store.
     """
-    from ..encoders import create_encoder
+    from ..encoders import canonical_spec, create_encoder
 
     started = time.perf_counter()
     if encoder is None:
+        # what can be refused without the model is refused before building it (torch costs seconds)
+        identity = {"encoder": canonical_spec(cfg.encoder), "sampling": sampling_identity(cfg.sampling)}
+        check_appendable(store_path, {**identity, "dtype": cfg.store.dtype})
         encoder = create_encoder(cfg.encoder, device=cfg.extract.device, precision=cfg.extract.precision)
     device_type = str(getattr(encoder, "device", "cpu")).split(":")[0]
     rt = resolve_runtime(cfg.extract, device_type)
@@ -371,32 +376,17 @@ def _store_task(state: _TaskState, job: ExtractionJob) -> None:
         job.add_warning(item.path, warning)
 
 
-def _decode_whole(
-    task: ClipTask, sampling: SamplingConfig, preprocess, threads: int, transform=None, timeout: float | None = None
-):
-    """Run the engine's per-video decode: (frames or their transform, timestamps, clips, warnings).
-
-    In-process, or with ``timeout`` in one decoder worker process that is killed when it delivers
-    nothing for ``timeout`` s (a FIFO, a stalled network mount): the same timeout as extraction."""
+def _decode_whole(task: ClipTask, sampling: SamplingConfig, preprocess, threads: int):
+    """Run the engine's per-video decode in this thread: (frames, timestamps, clips, warnings)."""
     out, stamps, clips, warnings = [], [], None, []
-    if timeout is None:
-        messages = decode_task(task, sampling, preprocess, threads=threads)
-        pool = None
-    else:
-        pool = DecodePool(sampling, preprocess, num_workers=1, threads=threads, timeout=timeout, tasks_per_worker=1)
-        messages = pool.messages([task])
-    try:
-        for msg in messages:
-            if msg[0] == "frames":
-                out.append(transform(msg[2]) if transform else msg[2])
-                stamps.append(msg[3])
-            elif msg[0] == "done":
-                clips, warnings = msg[2], msg[4]
-            else:
-                raise DecodeError(msg[2])
-    finally:
-        if pool is not None:
-            pool.close()
+    for msg in decode_task(task, sampling, preprocess, threads=threads):
+        if msg[0] == "frames":
+            out.append(msg[2])
+            stamps.append(msg[3])
+        elif msg[0] == "done":
+            clips, warnings = msg[2], msg[4]
+        else:
+            raise DecodeError(msg[2])
     return np.concatenate(out), np.concatenate(stamps), clips, warnings
 
 
@@ -408,6 +398,62 @@ def load_clip(item: VideoItem, sampling: SamplingConfig, preprocess, threads: in
     return DecodedClip(frames[idx], stamps[idx], warnings)
 
 
+Clips = list[tuple[float | None, float | None, DecodedClip]]  # (start, end, clip) per clip window
+
+
+class VideoDecoder:
+    """Decode videos in order, in the background, from the moment it is made (``predict`` decodes while
+    torch imports and the model is built), with the engine's own per-video decode (``decode_task``), so
+    new videos are sampled exactly as a training store was.
+
+    With ``timeout`` (extraction's ``extract.decode_timeout``): one decoder worker process for all the
+    videos, killed and replaced after ``timeout`` s without progress (that video fails, the rest go on);
+    without: a thread of this process. What is decoded ahead is bounded (``DecodePool``'s queue).
+    """
+
+    def __init__(
+        self,
+        videos: Sequence[tuple[str | Path, float | None, float | None]],
+        sampling: SamplingConfig,
+        preprocess: Any,
+        *,
+        timeout: float | None = None,
+    ) -> None:
+        self._tasks = [ClipTask(i, str(Path(p).absolute()), s, e) for i, (p, s, e) in enumerate(videos)]
+        workers = 0 if timeout is None else 1
+        self._pool = DecodePool(sampling, preprocess, num_workers=workers, threads=0, timeout=timeout or 0.0)
+        self._pool.start(self._tasks)
+
+    def embedded(self, transform) -> Iterator[Clips | DecodeError]:
+        """Per video, in order: its clips with frames through ``transform`` (e.g. ``encoder.encode``), or
+        the DecodeError that stopped it (a timeout included)."""
+        out: dict[int, tuple[list, list]] = {}
+        for msg in self._pool.messages():
+            frames, stamps = out.setdefault(msg[1], ([], []))
+            if msg[0] == "frames":
+                frames.append(transform(msg[2]))
+                stamps.append(msg[3])
+                continue
+            del out[msg[1]]
+            if msg[0] == "error":
+                yield DecodeError(msg[2])
+                continue
+            if not frames:  # nothing sampled (every window empty): no clips either
+                yield []
+                continue
+            emb, ts = np.concatenate(frames), np.concatenate(stamps)
+            yield [(s, e, DecodedClip(emb[idx], ts[idx], msg[4])) for s, e, idx in msg[2]]
+
+    def close(self) -> None:
+        self._pool.close()
+
+    def __enter__(self) -> VideoDecoder:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
 def embed_clips(
     encoder: FrameEncoder,
     path: str | Path,
@@ -416,16 +462,10 @@ def embed_clips(
     end: float | None = None,
     *,
     timeout: float | None = None,
-) -> list[tuple[float | None, float | None, DecodedClip]]:
-    """Frame embeddings of every clip of one video (what ``predict`` uses for new videos).
-
-    Runs the engine's own per-video decode (``decode_task``), so new videos are sampled exactly as
-    the training store was: in-process, or with ``timeout`` (extraction's ``extract.decode_timeout``)
-    in a decoder worker process killed after ``timeout`` s without progress. Returns (start, end,
-    clip) per clip window; ``DecodeError`` on failure (a timeout included).
-    """
-    task = ClipTask(0, str(Path(path).absolute()), start, end)
-    emb, ts, clips, warnings = _decode_whole(
-        task, sampling, encoder.preprocess_cfg, 0, transform=encoder.encode, timeout=timeout
-    )
-    return [(s, e, DecodedClip(emb[idx], ts[idx], warnings)) for s, e, idx in clips]
+) -> Clips:
+    """Frame embeddings of every clip of one video (see ``VideoDecoder``); ``DecodeError`` on failure."""
+    with VideoDecoder([(path, start, end)], sampling, encoder.preprocess_cfg, timeout=timeout) as decoder:
+        (result,) = decoder.embedded(encoder.encode)
+    if isinstance(result, DecodeError):
+        raise result
+    return result

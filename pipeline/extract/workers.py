@@ -225,13 +225,21 @@ class DecodePool:
         self._error: BaseException | None = None
 
     # -- consumer side ----------------------------------------------------------------------------
-    def messages(self, tasks: Iterable[ClipTask]) -> Iterator[Message]:
-        """Messages for ``tasks`` as they are decoded (tasks interleave; each task's frames stay in order)."""
+    def start(self, tasks: Iterable[ClipTask]) -> None:
+        """Begin decoding ``tasks`` now, ahead of the consumer (``messages()`` then drains them): predict
+        decodes while torch imports. Up to ``max_messages`` messages wait in the queue."""
         target = self._run_workers if self.num_workers > 0 else self._run_inline
         self._thread = threading.Thread(
             target=self._guard, args=(target, iter(tasks)), name="vidprobe-decode-scheduler", daemon=True
         )
         self._thread.start()
+
+    def messages(self, tasks: Iterable[ClipTask] | None = None) -> Iterator[Message]:
+        """Messages for ``tasks`` (or those given to ``start``) as they are decoded (tasks interleave; each
+        task's frames stay in order; with one worker, tasks come one after another in order)."""
+        if self._thread is None:
+            self.start(tasks or ())
+        assert self._thread is not None
         while True:
             msg = self.queue.get()
             if msg is None:

@@ -91,7 +91,8 @@ class HeadConfig:
     ks: tuple[int, ...] = field(default=(1, 3, 5, 10, 20, 50), metadata=rule(min=1, nonempty=True))
     # zeroshot: prompts, each with {label}
     templates: tuple[str, ...] = field(default=DEFAULT_TEMPLATES, metadata=rule(nonempty=True))
-    device: str = "auto"  # logreg (torch solver) and zeroshot (text tower): auto | cpu | cuda[:K]
+    # logreg (torch solver) and zeroshot (text tower): auto | cpu | cuda[:K]
+    device: str = field(default="auto", metadata=rule(device=True))
 
     def validate(self) -> HeadConfig:
         check_settings(self)

@@ -28,44 +28,55 @@ def predict_videos(
     decoder may go without progress (default: extraction's ``extract.decode_timeout``).
 
     Everything that can be checked without the model is checked first (head, sidecar, its sampling and
-    pooling, that the videos exist), so a mistake costs no torch import; the encoder is built once, and
-    only if some video can be read."""
+    pooling, that the videos exist; an .npz head is loaded in full), so a mistake costs no torch import.
+    The videos are then decoded in the background (one decoder worker process for all) while the encoder
+    is built, once, and only if some video exists."""
     meta = load_head_meta(head_path, trust=trust)
     sampling = SamplingConfig(**meta["sampling"])
     pool = get_pool(meta["pool"])
     missing = {str(v) for v in videos if not Path(v).exists()}  # a FIFO goes on: the decode timeout covers it
-    results: list[dict[str, Any]] = [
-        {"path": str(v), "error": f"{v}: file not found"} for v in videos if str(v) in missing
-    ]
     if len(missing) == len(videos):
-        return results
-    from ..extract.local import embed_clips
+        return [{"path": str(v), "error": f"{v}: file not found"} for v in videos]
+    head = load_head(head_path, trust=trust)  # .npz: numpy only (a .skops file imports scikit-learn broadly)
+    from ..encoders.base import Preprocess
+    from ..extract.local import VideoDecoder
 
-    head = load_head(head_path, trust=trust)  # skops' type list imports scikit-learn, and with it torch
-    if encoder is None:
-        from ..encoders import create_encoder
-
-        encoder = create_encoder(meta["encoder"], device=device)
-    if encoder.weights_id != meta.get("weights_id"):
-        raise HeadError(
-            f"{head_path}: head expects encoder weights {meta.get('weights_id')} but {meta['encoder']} loaded "
-            f"{encoder.weights_id}"
-        )
-    results = []
-    for video in videos:
-        if str(video) in missing:
-            results.append({"path": str(video), "error": f"{video}: file not found"})
-            continue
-        try:
-            timeout = ExtractConfig().decode_timeout if decode_timeout is None else decode_timeout
-            clips = embed_clips(encoder, video, sampling, timeout=timeout)
-        except VidprobeError as exc:
-            results.append({"path": str(video), "error": str(exc)})
+    timeout = ExtractConfig().decode_timeout if decode_timeout is None else decode_timeout
+    readable = [str(v) for v in videos if str(v) not in missing]
+    if encoder is None and not meta.get("preprocess"):  # an old sidecar: the encoder says how to prepare frames
+        encoder = _build_encoder(meta, device)
+    try:
+        preprocess = encoder.preprocess_cfg if encoder is not None else Preprocess.from_dict(meta["preprocess"])
+    except (TypeError, ValueError) as exc:
+        raise HeadError(f"{head_path}: sidecar's preprocess entry is unusable ({exc})") from None
+    # Decoding starts now, in a worker process, and runs while torch imports and the model is built.
+    with VideoDecoder([(v, None, None) for v in readable], sampling, preprocess, timeout=timeout) as decoder:
+        encoder = encoder or _build_encoder(meta, device)
+        if encoder.weights_id != meta.get("weights_id"):
+            raise HeadError(
+                f"{head_path}: head expects encoder weights {meta.get('weights_id')} but {meta['encoder']} loaded "
+                f"{encoder.weights_id}"
+            )
+        if encoder.preprocess_cfg != preprocess:
+            raise HeadError(
+                f"{head_path}: head was trained on frames preprocessed as {meta['preprocess']}, but "
+                f"{meta['encoder']} now expects {encoder.preprocess_cfg.to_dict()}"
+            )
+        done = dict(zip(readable, decoder.embedded(encoder.encode)))
+    results: list[dict[str, Any]] = []
+    for video in map(str, videos):
+        clips = done.get(video)
+        if clips is None or isinstance(clips, VidprobeError):
+            results.append({"path": video, "error": str(clips) if clips is not None else f"{video}: file not found"})
             continue
         # several clips per video (multiclip / sliding sampling): average their probabilities
         proba = head.predict_proba(np.stack([pool(c.frames) for _, _, c in clips])).mean(axis=0)
         order = proba.argsort()[::-1][:top_k]
-        results.append(
-            {"path": str(video), "top": [{"label": head.classes[i], "prob": float(proba[i])} for i in order]}
-        )
+        results.append({"path": video, "top": [{"label": head.classes[i], "prob": float(proba[i])} for i in order]})
     return results
+
+
+def _build_encoder(meta: dict[str, Any], device: str):
+    from ..encoders import create_encoder
+
+    return create_encoder(meta["encoder"], device=device)

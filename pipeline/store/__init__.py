@@ -8,7 +8,7 @@ Nothing here imports torch (``torch_dataset`` does, on demand). The read API::
 from __future__ import annotations
 
 from .layout import PROVENANCE_FILE, clip_key
-from .reader import FeatureStore, create_or_open, open_store
+from .reader import FeatureStore, check_appendable, create_or_open, open_store
 from .runs import write_run_record, writer_prefix, writer_progress
 from .writer import ShardWriter
 
@@ -17,6 +17,7 @@ __all__ = [
     "FeatureStore",
     "ShardWriter",
     "clip_key",
+    "check_appendable",
     "create_or_open",
     "open_store",
     "write_run_record",

@@ -204,14 +204,15 @@ def identity(provenance: dict[str, Any], key: str) -> Any:
     return provenance.get(key, IDENTITY_DEFAULTS.get(key))
 
 
-def describe_differences(old: dict, new: dict, names: tuple[str, str] = ("store", "this job")) -> list[str]:
-    """Human-readable list of identity keys whose values differ (``names`` says whose each side is)."""
+def describe_differences(
+    old: dict, new: dict, names: tuple[str, str] = ("store", "this job"), keys: tuple[str, ...] = IDENTITY_KEYS
+) -> list[str]:
+    """Human-readable list of identity ``keys`` whose values differ (``names`` says whose each side is)."""
     diffs = []
-    for key in IDENTITY_KEYS:
+    for key in keys:
         a, b = identity(old, key), identity(new, key)
         if json.dumps(a, sort_keys=True) != json.dumps(b, sort_keys=True):
             diffs.append(
-                f"{key}: store has {json.dumps(a, sort_keys=True)}, this job has {json.dumps(b, sort_keys=True)}"
                 f"{key}: {names[0]} has {json.dumps(a, sort_keys=True)}, {names[1]} has {json.dumps(b, sort_keys=True)}"
             )
     return diffs

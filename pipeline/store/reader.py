@@ -18,6 +18,7 @@ from ..errors import StoreError
 from .layout import (
     CHECKSUMS_ATTR,
     IDENTITY_DEFAULTS,
+    IDENTITY_KEYS,
     PROVENANCE_FILE,
     RUNS_DIR,
     SCHEMA_VERSION,
@@ -578,15 +579,7 @@ def create_or_open(path: str | Path, provenance: dict[str, Any]) -> FeatureStore
     provenance = {**IDENTITY_DEFAULTS, **provenance, "schema_version": SCHEMA_VERSION}
     if identity(provenance, "dtype") not in DTYPES:
         raise StoreError(f"dtype={provenance['dtype']!r}: allowed values are {', '.join(DTYPES)}")
-    if p.is_file():
-        raise StoreError(f"{p}: is a file; a store to write to is a folder (choose a new path)")
-    if not (p / PROVENANCE_FILE).is_file():
-        if p.exists() and any(
-            x.name not in (SHARD_DIR, "locks", RUNS_DIR, PROVENANCE_FILE)
-            and not x.name.startswith(f".{PROVENANCE_FILE}.")
-            for x in p.iterdir()
-        ):
-            raise StoreError(f"{p}: exists and is not a vidprobe store; choose a new path")
+    if not _writable_store_path(p):
         try:
             (p / SHARD_DIR).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -596,9 +589,38 @@ def create_or_open(path: str | Path, provenance: dict[str, Any]) -> FeatureStore
             return FeatureStore(p, provenance)
         # another job created it a moment ago: fall through and compare with what it wrote
     store = open_store(p)
-    diffs = describe_differences(store.provenance, provenance)
+    _refuse_differences(store, provenance, IDENTITY_KEYS)
+    return store
+
+
+def check_appendable(path: str | Path, provenance: dict[str, Any]) -> None:
+    """What ``create_or_open`` would refuse, judged on the identity keys given (e.g. encoder spec, sampling,
+    dtype), writing nothing: lets ``extract`` fail on a wrong path or settings before it builds a model."""
+    p = Path(path)
+    if _writable_store_path(p):
+        keys = tuple(k for k in IDENTITY_KEYS if k in provenance)
+        _refuse_differences(open_store(p), {**IDENTITY_DEFAULTS, **provenance}, keys)
+
+
+def _writable_store_path(p: Path) -> bool:
+    """True if ``p`` is an existing store; False if it is free to create one; StoreError otherwise."""
+    if p.is_file():
+        raise StoreError(f"{p}: is a file; a store to write to is a folder (choose a new path)")
+    if (p / PROVENANCE_FILE).is_file():
+        return True
+    if p.exists() and any(
+        x.name not in (SHARD_DIR, "locks", RUNS_DIR, PROVENANCE_FILE) and not x.name.startswith(f".{PROVENANCE_FILE}.")
+        for x in p.iterdir()
+    ):
+        raise StoreError(f"{p}: exists and is not a vidprobe store; choose a new path")
+    return False
+
+
+def _refuse_differences(store: FeatureStore, provenance: dict[str, Any], keys: tuple[str, ...]) -> None:
+    diffs = describe_differences(store.provenance, provenance, keys=keys)
     if diffs:
         raise StoreError(
-            f"{p}: refusing to append with different settings — " + "; ".join(diffs) + ". Use a new store path."
+            f"{store.path}: refusing to append with different settings — "
+            + "; ".join(diffs)
+            + ". Use a new store path."
         )
-    return store

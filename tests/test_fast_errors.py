@@ -1,0 +1,109 @@
+"""Every command checks its arguments and inputs before importing the model stack: a mistake costs no torch.
+
+All the mistakes run in ONE fresh interpreter, one after another through ``pipeline.cli.main``; after each,
+the wrapper records the exit code, what reached stderr, and whether torch (or timm/open_clip) has been
+imported by then, so the first command that imports too early is named. No timing is asserted.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.probe.heads import HeadConfig, fit_head, save_head
+from pipeline.store import ShardWriter, create_or_open
+
+REPO = Path(__file__).resolve().parents[1]
+WRAPPER = """
+import contextlib, io, json, sys
+from pipeline.cli import main
+out = []
+for argv in json.loads(sys.argv[1]):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            rc = main(argv)
+        except SystemExit as exc:  # argparse usage errors
+            rc = exc.code
+    heavy = [m for m in ("torch", "timm", "open_clip") if m in sys.modules]
+    out.append([argv, rc, err.getvalue().strip().splitlines(), heavy])
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> dict[str, Path]:
+    """A real store (random 8-d embeddings) and an .npz head trained for it."""
+    base = tmp_path_factory.mktemp("fast")
+    prov = {
+        "encoder": "effnet-lite0",
+        "weights_id": "w",
+        "dim": 8,
+        "preprocess": {},
+        "sampling": {"strategy": "uniform", "num_frames": 2},
+    }
+    store = create_or_open(base / "store", prov)
+    rng = np.random.default_rng(0)
+    with ShardWriter(store) as w:
+        for j in range(12):
+            w.add(f"v{j}.mp4", None, None, "ab"[j % 2], "", rng.normal(size=(2, 8)).astype(np.float32), np.arange(2))
+    result = fit_head(HeadConfig(kind="knn", ks=(1,)), rng.normal(size=(6, 8)), ["a", "b"] * 3)
+    save_head(base / "h.npz", result, {**prov, "pool": "mean", "head": "knn"})
+    (base / "videos").mkdir()
+    (base / "videos" / "x.mp4").write_bytes(b"not decoded: the command fails before")
+    (base / "bench.yaml").write_text("stores:\n  - {dataset: x, path: nope}\npoolings: [nosuch]\n")
+    return {"base": base, "store": base / "store", "head": base / "h.npz", "videos": base / "videos"}
+
+
+def _mistakes(s: dict[str, Path]) -> list[tuple[list[str], int, str]]:
+    """(argv, expected exit code, text the one-line error must contain)."""
+    base, store, head, videos = s["base"], str(s["store"]), str(s["head"]), str(s["videos"])
+    nostore, nohead = str(base / "nostore"), str(base / "nohead.npz")
+    return [
+        (["extract", str(base / "novideos"), "-o", str(base / "o1")], 2, "novideos"),
+        (["extract", videos, "-o", str(base / "o2"), "sampling.num_frames=0"], 2, "num_frames"),
+        (["extract", videos, "-o", str(base / "o3"), "--encoder", "nosuch:model"], 2, "nosuch"),
+        (["extract", videos, "-o", str(base / "o4"), "extract.device=tpu"], 2, "tpu"),
+        (["extract", videos, "-o", store, "-q"], 1, "sampling"),  # the store was made with other settings
+        (["extract", videos, "-o", head], 1, "h.npz"),  # a file, not a store folder
+        (["train", nostore, "-o", str(base / "t.npz")], 1, "nostore"),
+        (["train", store, "-o", str(base / "t.txt")], 2, ".npz"),
+        (["train", store, "-o", str(base / "t.npz"), "--pool", "nosuch"], 2, "nosuch"),
+        (["train", store, "-o", str(base / "t.npz"), "--val-fraction", "1.5"], 2, "val_fraction"),
+        (["train", store, "-o", str(base / "t.npz"), "--device", "tpu"], 2, "tpu"),
+        (["evaluate", nostore, head], 1, "nostore"),
+        (["evaluate", store, nohead], 1, "nohead.npz"),
+        (["evaluate", store, head, "--confusion", str(base / "cm.txt")], 2, "cm.txt"),
+        (["predict", nohead, videos + "/x.mp4"], 1, "nohead.npz"),
+        (["predict", head, str(base / "missing.mp4")], 3, "missing.mp4"),
+        (["predict", head, videos + "/x.mp4", "-k", "0"], 2, "top-k"),
+        (["predict", head, videos + "/x.mp4", "--device", "tpu"], 2, "tpu"),
+        (["benchmark", str(base / "nobench.yaml")], 2, "nobench.yaml"),
+        (["benchmark", str(base / "bench.yaml")], 2, "nosuch"),
+        (["benchmark", str(base / "bench.yaml"), "--device", "tpu"], 2, "tpu"),
+        (["info", nostore], 1, "nostore"),
+        (["verify", nostore], 1, "nostore"),
+        (["compact", nostore], 1, "nostore"),
+    ]
+
+
+def test_mistakes_fail_in_one_line_before_torch_is_imported(setup) -> None:
+    cases = _mistakes(setup)
+    proc = subprocess.run(
+        [sys.executable, "-c", WRAPPER, json.dumps([argv for argv, _, _ in cases])],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    for (argv, code, needle), (_, rc, err, heavy) in zip(cases, results):
+        assert heavy == [], f"{argv}: imported {heavy} before failing ({err})"
+        assert rc == code, (argv, rc, err)
+        assert len(err) == 1 and needle in err[0] and "Traceback" not in err[0], (argv, err)
