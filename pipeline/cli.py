@@ -141,6 +141,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     if "test" in out:
         m = out["test"]
         print(f"test: top1={m['top1']:.3f}{_top5(m)} mean-class={m['mean_class_acc']:.3f} (n={m['n']})")
+    sec = out["seconds"]
+    fits = out["fit_info"].get("fits")
+    print(
+        f"time: {sec['total']:.1f} s (index {sec['index']:.1f} s, pooling {sec['pool']:.1f} s, "
+        f"{out['head']} fit {sec['fit']:.1f} s{f' over {fits} fits' if fits else ''}, test {sec['test']:.1f} s)"
+    )
     print(f"saved {args.output} (+ {Path(args.output).with_suffix('.json').name})")
     return EXIT_OK
 
@@ -289,6 +295,13 @@ def cmd_info(args: argparse.Namespace) -> int:
                 "`vidprobe compact` removes them",
             )
         )
+    for c in info["caches"]:
+        what = (
+            f"pooled {c.get('pool')} {'x'.join(map(str, c.get('shape', [])))}"
+            if c.get("kind") == "pooled"
+            else (f"clip index ({c.get('clips')} clips)" if c.get("kind") == "index" else c["file"])
+        )
+        rows.append(("cache", f"{what}, {_size(c['size_bytes'])}, {c['state']} (cache/{c['file']})"))
     by_stage = ", ".join(f"{k} {v}" for k, v in info["failures_by_stage"].items())
     rows.append(
         (
@@ -683,6 +696,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _one_line_warnings(command: str) -> Any:
+    """Library warnings (e.g. a damaged cache being rebuilt) as one line each, like the CLI's other messages;
+    returns the previous handler."""
+    import warnings
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        print(f"vidprobe {command}: warning: {message}", file=sys.stderr)
+
+    previous, warnings.showwarning = warnings.showwarning, show
+    return previous
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     # key=value overrides may stand anywhere after `extract SOURCE`, even between options.
@@ -692,6 +717,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(bad)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
+    import warnings
+
+    shown = _one_line_warnings(args.command)
     main_thread = threading.current_thread() is threading.main_thread()  # signals are the main thread's
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
     try:
@@ -708,6 +736,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"vidprobe {args.command}: interrupted; finished work is kept, re-run to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:
+        warnings.showwarning = shown
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
 
