@@ -359,6 +359,27 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return EXIT_OK if report.ok else EXIT_ERROR
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .probe.pooling import get_pool
+    from .store.export import export_store
+
+    fmt = args.format or ("parquet" if Path(args.output).suffix.lower() == ".parquet" else None)
+    if fmt is None:
+        raise ConfigError(
+            f"-o {args.output}: name a .parquet file, or pass --format npy to write a folder of .npy files"
+        )
+    pool = None if args.frames else get_pool(args.pool or "mean")
+    out = export_store(
+        args.store, args.output, pool=pool, frames=args.frames, format=fmt, row_group=args.row_group, progress=True
+    )
+    if args.json:
+        _print_json(out)
+    else:
+        what = "per-frame embeddings" if out["frames"] else f"{out['pool']}-pooled vectors"
+        print(f"exported {out['clips']} clips ({what}) to {out['path']} ({fmt})")
+    return EXIT_OK
+
+
 def cmd_compact(args: argparse.Namespace) -> int:
     from .store.tools import compact_store
 
@@ -659,6 +680,30 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--level", type=int, default=4, choices=range(1, 10), metavar="1..9", help="gzip level (default 4)")
     cp.add_argument("--json", action="store_true", help="print the result as one JSON document")
     cp.set_defaults(func=cmd_compact)
+
+    ex = sub.add_parser(
+        "export",
+        help="write a store's clips as Parquet (pandas, pyarrow, Hugging Face datasets) or .npy files",
+        description="One row per clip: video, start, end (null: open end), label, split and embedding, a fixed-size "
+        "float32 list: the pooled vector (--pool, default mean; read through the store's pooled cache) or, with "
+        "--frames, the clip's per-frame vectors plus their timestamps. Parquet is written in row groups (bounded "
+        "memory) and opens with pandas.read_parquet, pyarrow and datasets.load_dataset('parquet', data_files=...). "
+        "--format npy writes a folder: one .npy per video and index.json. Written to a temporary name and renamed: "
+        "never a half-written output; an existing output is refused.",
+    )
+    ex.add_argument("store", help="feature store folder (or one shard file)")
+    ex.add_argument(
+        "-o", "--output", required=True, metavar="OUT", help="OUT.parquet, or a new folder with --format npy"
+    )
+    how = ex.add_mutually_exclusive_group()
+    how.add_argument("--pool", metavar="NAME", help="pooling of each clip's frames (default mean; e.g. max, seg4)")
+    how.add_argument("--frames", action="store_true", help="every frame's embedding and timestamp instead of a pool")
+    ex.add_argument("--format", choices=("parquet", "npy"), help="default: parquet when OUT ends in .parquet")
+    ex.add_argument(
+        "--row-group", type=int, default=65536, metavar="N", help="clips per Parquet row group (default 65536)"
+    )
+    ex.add_argument("--json", action="store_true", help="print the result as one JSON document")
+    ex.set_defaults(func=cmd_export)
 
     b = sub.add_parser(
         "benchmark",

@@ -11,6 +11,7 @@ writes — is checked before any of its rows is handed out.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,51 +51,58 @@ def _clip_ranges(offset: np.ndarray, block: int) -> Iterator[tuple[int, int]]:
 
 
 def iter_blocks(
-    shards: list[Any], store: Path, *, check: bool = True, timestamps: bool = False, block: int = BLOCK_FRAMES
+    shards: list[Any], store: Path, *, check: bool = True, timestamps: bool = False, block: int | None = None
 ) -> Iterator[Block]:
     """Blocks of every live shard's kept clips, in the store's clip order (see the module doc)."""
     import h5py
 
+    block = block or BLOCK_FRAMES
+
     lo = 0
-    for k, meta in enumerate(shards):
-        if not len(meta.kept):
-            continue
-        kept = np.zeros(meta.n_clips, bool)
-        kept[meta.kept] = True
-        expected = meta.checksums.get("frames/embedding") if check else None
-        expected_t = meta.checksums.get("frames/timestamp") if check and timestamps else None
-        d, dt = Digest(), Digest()
-        ranges = list(_clip_ranges(meta.offset, block))
-        with h5py.File(meta.path, "r") as f:
-            e, t = f["frames/embedding"], f["frames/timestamp"]
-            for r, (c0, c1) in enumerate(ranges):
-                a, b = int(meta.offset[c0]), int(meta.offset[c1])
-                raw = e[a:b]
-                raw_t = t[a:b] if timestamps else None
-                if expected is not None:
-                    d.update(raw)
-                if expected_t is not None:
-                    dt.update(raw_t)
-                if r == len(ranges) - 1:  # the shard is fully read: check it before handing out its last rows
-                    if expected is not None and d.hexdigest() != expected:
-                        raise checksum_mismatch(meta.path, store, "frames/embedding")
-                    if expected_t is not None and dt.hexdigest() != expected_t:
-                        raise checksum_mismatch(meta.path, store, "frames/timestamp")
-                local = meta.offset[c0 : c1 + 1] - a
-                sel = kept[c0:c1]
-                if sel.all():
-                    frames, off, ts = raw.astype(np.float32, copy=False), local, raw_t
-                else:
-                    clips = np.flatnonzero(sel)
-                    if not len(clips):
-                        continue
-                    lengths = local[clips + 1] - local[clips]
-                    rows = np.concatenate([np.arange(local[i], local[i + 1]) for i in clips])
-                    frames = raw[rows].astype(np.float32, copy=False)
-                    ts = raw_t[rows] if raw_t is not None else None
-                    off = np.concatenate([[0], np.cumsum(lengths)])
-                yield Block(lo, frames, off, ts, k)
-                lo += len(off) - 1
+    # SHA-256 runs in a helper thread (hashlib releases the GIL), overlapping the float16 -> float32 widening and
+    # the pooling of the same block on another core; one worker keeps the updates in order.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vidprobe-sha256") as hasher:
+        for k, meta in enumerate(shards):
+            if not len(meta.kept):
+                continue
+            kept = np.zeros(meta.n_clips, bool)
+            kept[meta.kept] = True
+            expected = meta.checksums.get("frames/embedding") if check else None
+            expected_t = meta.checksums.get("frames/timestamp") if check and timestamps else None
+            d, dt = Digest(), Digest()
+            pending: list[Future] = []
+            ranges = list(_clip_ranges(meta.offset, block))
+            with h5py.File(meta.path, "r") as f:
+                e, t = f["frames/embedding"], f["frames/timestamp"]
+                for r, (c0, c1) in enumerate(ranges):
+                    a, b = int(meta.offset[c0]), int(meta.offset[c1])
+                    raw = e[a:b]
+                    raw_t = t[a:b] if timestamps else None
+                    if expected is not None:
+                        pending.append(hasher.submit(d.update, raw))
+                    if expected_t is not None:
+                        dt.update(raw_t)
+                    local = meta.offset[c0 : c1 + 1] - a
+                    sel = kept[c0:c1]
+                    if sel.all():
+                        frames, off, ts = raw.astype(np.float32, copy=False), local, raw_t
+                    else:
+                        clips = np.flatnonzero(sel)
+                        lengths = local[clips + 1] - local[clips]
+                        rows = np.concatenate([np.arange(local[i], local[i + 1]) for i in clips] or [[]]).astype(int)
+                        frames = raw[rows].astype(np.float32, copy=False)
+                        ts = raw_t[rows] if raw_t is not None else None
+                        off = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+                    if r == len(ranges) - 1:  # the shard is fully read: check it before handing out its last rows
+                        for job in pending:
+                            job.result()
+                        if expected is not None and d.hexdigest() != expected:
+                            raise checksum_mismatch(meta.path, store, "frames/embedding")
+                        if expected_t is not None and dt.hexdigest() != expected_t:
+                            raise checksum_mismatch(meta.path, store, "frames/timestamp")
+                    if len(off) > 1:
+                        yield Block(lo, frames, off, ts, k)
+                        lo += len(off) - 1
 
 
 def pool_blocks(
