@@ -89,7 +89,9 @@ def iter_blocks(
                     else:
                         clips = np.flatnonzero(sel)
                         lengths = local[clips + 1] - local[clips]
-                        rows = np.concatenate([np.arange(local[i], local[i + 1]) for i in clips] or [[]]).astype(int)
+                        rows = np.concatenate(
+                            [np.arange(local[i], local[i + 1]) for i in clips] or [np.zeros(0, np.int64)]
+                        )
                         frames = raw[rows].astype(np.float32, copy=False)
                         ts = raw_t[rows] if raw_t is not None else None
                         off = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
