@@ -46,8 +46,8 @@ from .layout import (
     shard_paths,
 )
 
-if TYPE_CHECKING:
-    from .reader import ShardMeta, StoreIndex
+if TYPE_CHECKING:  # types only: the reader imports this module
+    from .reader import StoreIndex
 
 __all__ = [
     "CACHE_VERSION",
@@ -254,10 +254,9 @@ def save_index(store: Path, key: dict[str, Any], index: StoreIndex) -> None:
     _write(cache_dir(store) / INDEX_FILE, "index", key, datasets, {"meta": json.dumps(meta, sort_keys=True)})
 
 
-def load_index(store: Path, key: dict[str, Any]) -> StoreIndex | None:
-    """The cached index if its key is ``key`` and it is intact, else None."""
-    from .reader import ShardMeta, StoreIndex
-
+def load_index(store: Path, key: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]] | None:
+    """The cached index, if its key is ``key`` and it is intact: the fields of each ``ShardMeta`` and of the
+    ``StoreIndex`` (plain values: the reader builds the objects, so this module never imports it); else None."""
     got = _open_checked(cache_dir(store) / INDEX_FILE, "index", key, _INDEX_DATA)
     if got is None:
         return None
@@ -265,41 +264,38 @@ def load_index(store: Path, key: dict[str, Any]) -> StoreIndex | None:
     path = cache_dir(store) / INDEX_FILE
     try:
         meta = json.loads(attrs["meta"])
-        shards: list[ShardMeta] = []
+        shards: list[dict[str, Any]] = []
         a = b = 0
         for s in meta["shards"]:
-            off = d["offsets"][a : a + s["n_clips"] + 1]
-            kept = d["kept"][b : b + s["n_kept"]]
-            a, b = a + s["n_clips"] + 1, b + s["n_kept"]
             shards.append(
-                ShardMeta(
-                    store / SHARD_DIR / s["name"],
-                    off,
-                    kept,
-                    s["n_clips"],
-                    s["n_frames"],
-                    s["dtype"],
-                    s["compression"],
-                    s["compacted_from"],
-                    s["checksums"],
-                )
+                {
+                    "path": store / SHARD_DIR / s["name"],
+                    "offset": d["offsets"][a : a + s["n_clips"] + 1],
+                    "kept": d["kept"][b : b + s["n_kept"]],
+                    "n_clips": s["n_clips"],
+                    "n_frames": s["n_frames"],
+                    "dtype": s["dtype"],
+                    "compression": s["compression"],
+                    "compacted_from": s["compacted_from"],
+                    "checksums": s["checksums"],
+                }
             )
+            a, b = a + s["n_clips"] + 1, b + s["n_kept"]
         video, label, split = (json.loads(d[k].tobytes().decode("utf-8")) for k in ("video", "label", "split"))
         n = len(video)
         if not (len(label) == len(split) == len(d["start"]) == len(d["end"]) == n == len(d["offset"]) - 1):
             raise ValueError("columns differ in length")
-        return StoreIndex(
-            shards,
-            video,
-            d["start"],
-            d["end"],
-            label,
-            split,
-            d["offset"],
-            meta["failures"],
-            int(meta["duplicates"]),
-            [store / SHARD_DIR / name for name in meta["superseded"]],
-        )
+        return shards, {
+            "video": video,
+            "start": d["start"],
+            "end": d["end"],
+            "label": label,
+            "split": split,
+            "offset": d["offset"],
+            "failures": meta["failures"],
+            "duplicates": int(meta["duplicates"]),
+            "superseded": [store / SHARD_DIR / name for name in meta["superseded"]],
+        }
     except (KeyError, ValueError, TypeError) as exc:
         _damaged(path, str(exc))
         return None

@@ -443,7 +443,8 @@ class FeatureStore:
             return _build_index(self.path, self.provenance, self.check_checksums)
         key: dict[str, Any] | None = cache.index_key(self.provenance, cache.shard_stamps(self.path))
         assert key is not None
-        idx = cache.load_index(self.path, key)
+        parts = cache.load_index(self.path, key)
+        idx = StoreIndex([ShardMeta(**m) for m in parts[0]], **parts[1]) if parts is not None else None
         if idx is None:
             idx = _build_index(self.path, self.provenance, self.check_checksums)
             if cache.index_key(self.provenance, cache.shard_stamps(self.path)) == key:  # no writer in between

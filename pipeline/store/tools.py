@@ -259,11 +259,13 @@ def _check_caches(store: FeatureStore, report: VerifyReport) -> None:
         if problem is None and stored is not None and stored.get("version") != cache.CACHE_VERSION:
             problem = f"cache version {stored.get('version')!r}, this vidprobe writes {cache.CACHE_VERSION}"
         if problem is None and kind == "index" and stored == key and fresh is not None:
-            held = cache.load_index(store.path, key)
+            parts = cache.load_index(store.path, key)
+            held = parts[1] if parts is not None else None
             if (
                 held is None
-                or (held.video, held.label, held.split) != (fresh.video, fresh.label, fresh.split)
-                or not (np.array_equal(held.offset, fresh.offset))
+                or (held["video"], held["label"], held["split"]) != (fresh.video, fresh.label, fresh.split)
+                or not np.array_equal(held["offset"], fresh.offset)
+                or [m["path"].name for m in (parts[0] if parts else [])] != [m.path.name for m in fresh.shards]
             ):
                 problem = "its clip table differs from the shards'"
         if problem is None and kind == "pooled" and stored is not None:
