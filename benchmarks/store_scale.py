@@ -93,6 +93,7 @@ def child(mode: str, path: str) -> None:
     pool = get_pool("mean")
     t0 = time.perf_counter()
     store = open_store(path)
+    store.use_cache = mode != "old"  # the old read had no cache: it builds the clip index from the shards too
     store.index()
     t1 = time.perf_counter()
     if mode == "old":  # before issue 11: every frame as float32, then one Python call per clip
