@@ -141,6 +141,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     if "test" in out:
         m = out["test"]
         print(f"test: top1={m['top1']:.3f}{_top5(m)} mean-class={m['mean_class_acc']:.3f} (n={m['n']})")
+    sec = out["seconds"]
+    fits = out["fit_info"].get("fits")
+    print(
+        f"time: {sec['total']:.1f} s (index {sec['index']:.1f} s, pooling {sec['pool']:.1f} s, "
+        f"{out['head']} fit {sec['fit']:.1f} s{f' over {fits} fits' if fits else ''}, test {sec['test']:.1f} s)"
+    )
     print(f"saved {args.output} (+ {Path(args.output).with_suffix('.json').name})")
     return EXIT_OK
 
@@ -291,6 +297,13 @@ def cmd_info(args: argparse.Namespace) -> int:
                 "`vidprobe compact` removes them",
             )
         )
+    for c in info["caches"]:
+        what = (
+            f"pooled {c.get('pool')} {'x'.join(map(str, c.get('shape', [])))}"
+            if c.get("kind") == "pooled"
+            else (f"clip index ({c.get('clips')} clips)" if c.get("kind") == "index" else c["file"])
+        )
+        rows.append(("cache", f"{what}, {_size(c['size_bytes'])}, {c['state']} (cache/{c['file']})"))
     by_stage = ", ".join(f"{k} {v}" for k, v in info["failures_by_stage"].items())
     rows.append(
         (
@@ -346,6 +359,27 @@ def cmd_verify(args: argparse.Namespace) -> int:
             f"{report.failures} failure records checked in {report.path}"
         )
     return EXIT_OK if report.ok else EXIT_ERROR
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .probe.pooling import get_pool
+    from .store.export import export_store
+
+    fmt = args.format or ("parquet" if Path(args.output).suffix.lower() == ".parquet" else None)
+    if fmt is None:
+        raise ConfigError(
+            f"-o {args.output}: name a .parquet file, or pass --format npy to write a folder of .npy files"
+        )
+    pool = None if args.frames else get_pool(args.pool or "mean")
+    out = export_store(
+        args.store, args.output, pool=pool, frames=args.frames, format=fmt, row_group=args.row_group, progress=True
+    )
+    if args.json:
+        _print_json(out)
+    else:
+        what = "per-frame embeddings" if out["frames"] else f"{out['pool']}-pooled vectors"
+        print(f"exported {out['clips']} clips ({what}) to {out['path']} ({fmt})")
+    return EXIT_OK
 
 
 def cmd_compact(args: argparse.Namespace) -> int:
@@ -654,6 +688,30 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--json", action="store_true", help="print the result as one JSON document")
     cp.set_defaults(func=cmd_compact)
 
+    ex = sub.add_parser(
+        "export",
+        help="write a store's clips as Parquet (pandas, pyarrow, Hugging Face datasets) or .npy files",
+        description="One row per clip: video, start, end (null: open end), label, split and embedding, a fixed-size "
+        "float32 list: the pooled vector (--pool, default mean; read through the store's pooled cache) or, with "
+        "--frames, the clip's per-frame vectors plus their timestamps. Parquet is written in row groups (bounded "
+        "memory) and opens with pandas.read_parquet, pyarrow and datasets.load_dataset('parquet', data_files=...). "
+        "--format npy writes a folder: one .npy per video and index.json. Written to a temporary name and renamed: "
+        "never a half-written output; an existing output is refused.",
+    )
+    ex.add_argument("store", help="feature store folder (or one shard file)")
+    ex.add_argument(
+        "-o", "--output", required=True, metavar="OUT", help="OUT.parquet, or a new folder with --format npy"
+    )
+    how = ex.add_mutually_exclusive_group()
+    how.add_argument("--pool", metavar="NAME", help="pooling of each clip's frames (default mean; e.g. max, seg4)")
+    how.add_argument("--frames", action="store_true", help="every frame's embedding and timestamp instead of a pool")
+    ex.add_argument("--format", choices=("parquet", "npy"), help="default: parquet when OUT ends in .parquet")
+    ex.add_argument(
+        "--row-group", type=int, default=65536, metavar="N", help="clips per Parquet row group (default 65536)"
+    )
+    ex.add_argument("--json", action="store_true", help="print the result as one JSON document")
+    ex.set_defaults(func=cmd_export)
+
     b = sub.add_parser(
         "benchmark",
         help="run encoders x poolings x heads (and few-shot curves) over cached stores",
@@ -690,6 +748,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _one_line_warnings(command: str) -> Any:
+    """Library warnings (e.g. a damaged cache being rebuilt) as one line each, like the CLI's other messages;
+    returns the previous handler."""
+    import warnings
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        print(f"vidprobe {command}: warning: {message}", file=sys.stderr)
+
+    previous, warnings.showwarning = warnings.showwarning, show
+    return previous
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     # key=value overrides may stand anywhere after `extract SOURCE`, even between options.
@@ -699,6 +769,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(bad)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
+    import warnings
+
+    shown = _one_line_warnings(args.command)
     main_thread = threading.current_thread() is threading.main_thread()  # signals are the main thread's
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
     try:
@@ -715,6 +788,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"vidprobe {args.command}: interrupted; finished work is kept, re-run to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:
+        warnings.showwarning = shown
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
 

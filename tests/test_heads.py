@@ -222,3 +222,36 @@ def test_head_settings_from_yaml_numbers() -> None:
     assert HeadConfig.from_dict(cfg.to_dict()) == cfg  # settings round-trip
     with pytest.raises(ConfigError, match="ks=1.5"):
         HeadConfig.from_dict({"kind": "knn", "ks": [1.5]})
+
+
+def test_knn_choice_of_k_equals_scikit_learn_predictions() -> None:
+    """The blocked top-k search (small blocks, so several train and query blocks) scores each k exactly as
+    scikit-learn's brute KNeighborsClassifier predictions do, and picks the same k."""
+    from sklearn.neighbors import KNeighborsClassifier
+
+    from pipeline.probe.heads import _select
+    from pipeline.probe.knn_topk import cosine_topk, predict_from_neighbours, select_k
+
+    rng = np.random.default_rng(4)
+    centers = rng.normal(size=(5, 16))
+    y = rng.integers(0, 5, 700)
+    X = (0.6 * centers[y] + rng.normal(size=(700, 16))).astype(np.float32)
+    labels = np.array([f"c{i}" for i in y])
+    X_tr, y_tr, X_va, y_va = X[:500], labels[:500], X[500:], labels[500:]
+    ks = [1, 3, 5, 10, 20, 50]
+
+    def make(k):
+        return KNeighborsClassifier(n_neighbors=k, metric="cosine", algorithm="brute", weights="distance")
+
+    idx, dist = cosine_topk(X_tr, X_va, 50, query_block=64, train_block=128)
+    classes, yi = np.unique(y_tr, return_inverse=True)
+    for k in ks:
+        ours = classes[predict_from_neighbours(yi, idx, dist, k, len(classes))]
+        assert np.array_equal(ours, make(k).fit(X_tr, y_tr).predict(X_va)), k
+    assert select_k(ks, X_tr, y_tr, X_va, y_va) == _select(ks, make, X_tr, y_tr, X_va, y_va, "k")
+    # an exact duplicate of a training row: only the exact match votes, as in scikit-learn
+    q = X_tr[:3].copy()
+    i2, d2 = cosine_topk(X_tr, q, 5)
+    assert np.array_equal(
+        classes[predict_from_neighbours(yi, i2, d2, 5, len(classes))], make(5).fit(X_tr, y_tr).predict(q)
+    )

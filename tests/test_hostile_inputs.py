@@ -326,6 +326,11 @@ def test_no_cli_command_prints_a_traceback_over_the_hostile_set(hostile, tmp_pat
         (["predict", h["head"], v0, "-k", "0"], (2,)),
         (["predict", h["head"], v0, "-k", "-1"], (2,)),
         (["predict", h["array_head"], v0], (1,)),
+        (["export", h["list_store"], "-o", out / "e.parquet"], (1,)),
+        (["export", h["store"], "-o", h["a_file"]], (2,)),
+        (["export", h["store"], "-o", h["a_file"], "--format", "npy"], (1,)),
+        (["export", h["store"], "-o", out / "e.parquet", "--pool", "seg99"], (2,)),
+        (["export", h["store"], "-o", h["a_file"] / "x.parquet"], (1,)),
     ]
 
     def run(args: list) -> subprocess.CompletedProcess:

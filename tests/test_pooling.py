@@ -31,3 +31,19 @@ def test_segments_with_fewer_frames_than_segments():
 def test_unknown_pool_names_allowed_values():
     with pytest.raises(ConfigError, match="pool='median'.*mean"):
         get_pool("median")
+
+
+@pytest.mark.parametrize("name", ["mean", "max", "meanmax", "meanstd", "center", "tdiff", "seg2", "seg4", "seg7"])
+def test_batched_pooling_equals_the_per_clip_function(name):
+    """``batch`` over clips of mixed lengths (1 frame, fewer frames than segments, many) = one call per clip."""
+    rng = np.random.default_rng(3)
+    lengths = np.array([1, 2, 3, 8, 5, 16, 4, 7, 1, 9])
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    frames = rng.normal(size=(int(offsets[-1]), 6)).astype(np.float32)
+    pool = get_pool(name)
+    per_clip = np.stack([pool(frames[a:b]) for a, b in zip(offsets[:-1], offsets[1:])])
+    batched = pool.batch(frames, offsets)
+    assert batched.shape == per_clip.shape and batched.dtype == np.float32
+    assert np.allclose(batched, per_clip, rtol=1e-5, atol=1e-5)
+    # a block that starts inside a larger frame array (the store pools a shard's kept rows)
+    assert np.allclose(pool.batch(frames, offsets[3:]), per_clip[3:], rtol=1e-5, atol=1e-5)

@@ -316,6 +316,7 @@ def fit_head(
         candidates = [k for k in cfg.ks if k <= len(y_tr)] or [len(y_tr)]
         make = _knn
     scores: dict[str, float] = {}
+    best: Any
     # Small problems: multi-threaded BLAS only adds sync cost, and under CPU contention its spinning
     # threads made a 180 x 2560 fit 70x slower (17 s vs 0.24 s measured). Large ones keep all threads.
     from threadpoolctl import threadpool_limits
@@ -325,7 +326,11 @@ def fit_head(
         from sklearn.exceptions import ConvergenceWarning
 
         warnings.simplefilter("ignore", ConvergenceWarning)
-        if X_va is not None and len(candidates) > 1:
+        if X_va is not None and y_va is not None and len(candidates) > 1 and cfg.kind == "knn":
+            from .knn_topk import select_k  # one blocked neighbour search scores every k
+
+            best, scores = select_k([int(k) for k in candidates], X_tr, y_tr, X_va, y_va)
+        elif X_va is not None and len(candidates) > 1:
             best, scores = _select(candidates, make, X_tr, y_tr, X_va, y_va, name)
         else:
             best = candidates[len(candidates) // 2]

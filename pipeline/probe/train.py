@@ -8,6 +8,7 @@ benchmark runs it over many settings without saving.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ def store_splits(store: FeatureStore, spec: SplitSpec | None = None, *, require_
     """Train/val/test of a store's clips: the manifest's splits (or ``spec.splits_from``'s), else a seeded split."""
     spec = (spec or SplitSpec()).validate()
     src = spec.splits_from
-    t = store.table()
+    t = store.index()
     splits = t.split if src is None else resplit(t.keys(), split_assignment(src))
     sp = make_splits(
         t.label,
@@ -53,7 +54,7 @@ def store_splits(store: FeatureStore, spec: SplitSpec | None = None, *, require_
 
 def pooled_features(store: FeatureStore, pool: str) -> np.ndarray:
     """Every clip of the store pooled once (row i = clip i): the benchmark reuses it across heads."""
-    return store.pooled(get_pool(pool))
+    return store.pooled(get_pool(pool), progress=True)
 
 
 def fit_on_store(
@@ -72,9 +73,12 @@ def fit_on_store(
     get_pool(pool)  # validate before any work
     spec = (split or SplitSpec()).validate()
     seed, shots = spec.seed, spec.shots
+    t0 = time.perf_counter()
     sp = store_splits(store, spec, require_train=cfg.kind != "zeroshot")
-    t = store.table()
+    t = store.index()
+    t_index = time.perf_counter()
     X_all = pooled_features(store, pool) if X_all is None else X_all
+    t_pool = time.perf_counter()
     labels = np.array(t.label, dtype=object)
     train = sp.train if shots is None else few_shot(t.label, t.video, sp.train, shots, spec.shot_seed)
     prov = store.provenance
@@ -115,8 +119,17 @@ def fit_on_store(
         "fit_info": result.info,
         "classes": result.classes,
     }
+    t_fit = time.perf_counter()
     if len(sp.test):
         out["test"] = metrics(result.estimator.predict_proba(X_all[sp.test]), labels[sp.test].tolist(), result.classes)
+    # where the time went (``vidprobe train`` prints it): index + splits, pooling (or its cache), fit, test scoring
+    out["seconds"] = {
+        "index": t_index - t0,
+        "pool": t_pool - t_index,
+        "fit": t_fit - t_pool,
+        "test": time.perf_counter() - t_fit,
+        "total": time.perf_counter() - t0,
+    }
     return result, out
 
 
@@ -190,7 +203,7 @@ def evaluate_head(
                 f"{head_path}: head was trained on features with "
                 f"{key}={meta.get(key)!r} but {store_path} has {prov.get(key)!r}"
             )
-    t = store.table()
+    t = store.index()
     if split == "all":
         idx = np.array([i for i, lab in enumerate(t.label) if lab], dtype=int)
     else:

@@ -49,7 +49,8 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -71,18 +72,22 @@ __all__ = [
     "shard_name",
     "shard_paths",
     "atomic_write_text",
+    "atomic_h5",
+    "CACHE_DIR",
     "fsync_dir",
     "read_provenance_file",
     "Digest",
     "digest",
     "CHECKSUMS_ATTR",
     "disk_error",
+    "checksum_mismatch",
 ]
 
 SCHEMA_VERSION = 1
 PROVENANCE_FILE = "store.json"
 SHARD_DIR = "shards"
 RUNS_DIR = "runs"
+CACHE_DIR = "cache"  # derived files (clip index, pooled features), keyed by the shards they were built from
 # Provenance keys that must match for two extractions to share a store. ``dtype`` is identity because
 # float16 rounds values: one store never mixes precisions. So is the encoder's ``precision`` (fp32 /
 # bf16 / fp16 computation changes the values). Compression is lossless and per shard.
@@ -136,6 +141,14 @@ def disk_error(path: Path, what: str, exc: OSError) -> StoreError:
     return StoreError(f"{path}: cannot {what} ({reason}); {hint} (finished shards are kept)")
 
 
+def checksum_mismatch(shard: Path, store: Path, dataset: str) -> StoreError:
+    """The refusal for a dataset whose values no longer match the shard's checksum."""
+    return StoreError(
+        f"{shard}: {dataset} does not match its checksum (changed after it was written); "
+        f"run `vidprobe verify {store}` and re-extract the clips of that shard"
+    )
+
+
 def nan_if_none(x: float | None) -> float:
     return float("nan") if x is None else float(x)
 
@@ -183,6 +196,33 @@ def atomic_write_text(path: Path, text: str, exclusive: bool = False) -> bool:
             pass
     fsync_dir(path.parent)
     return True
+
+
+@contextmanager
+def atomic_h5(final: Path, what: str, *, unique_tmp: bool = False) -> Iterator[Any]:
+    """An HDF5 file written as ``final.tmp``, fsynced, then renamed to ``final``: how shards and caches come to be.
+
+    ``unique_tmp``: a random temporary name, for files that two processes may write at once (a cache).
+    A failed write (full disk, read-only folder) leaves no temporary file and raises one ``StoreError``.
+    """
+    import h5py
+
+    tmp = final.with_name(final.name + (f".{uuid.uuid4().hex[:8]}.tmp" if unique_tmp else ".tmp"))
+    try:
+        with h5py.File(tmp, "w") as f:
+            yield f
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+        fsync_dir(final.parent)
+    except BaseException as exc:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        if isinstance(exc, OSError):
+            raise disk_error(final.parent, what, exc) from None
+        raise
 
 
 def fsync_dir(path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, fields
@@ -15,7 +16,9 @@ import numpy as np
 
 from ..config import STORE_DTYPES as DTYPES
 from ..errors import StoreError
+from . import cache, stream
 from .layout import (
+    CACHE_DIR,
     CHECKSUMS_ATTR,
     IDENTITY_DEFAULTS,
     IDENTITY_KEYS,
@@ -25,6 +28,7 @@ from .layout import (
     SHARD_DIR,
     Key,
     atomic_write_text,
+    checksum_mismatch,
     clip_key,
     describe_differences,
     digest,
@@ -35,6 +39,7 @@ from .layout import (
     shard_paths,
 )
 from .lock import WriterLock, live_holders, parse_scope
+from .stream import Block, iter_blocks, pool_blocks
 from .writer import ShardWriter
 
 __all__ = [
@@ -42,6 +47,7 @@ __all__ = [
     "StoreIndex",
     "ShardMeta",
     "ClipTable",
+    "Batch",
     "kept_frames",
     "open_store",
     "create_or_open",
@@ -119,17 +125,10 @@ def _compression_of(ds) -> str:
     return ds.compression or "none"
 
 
-def _mismatch(shard: Path, store: Path, dataset: str) -> StoreError:
-    return StoreError(
-        f"{shard}: {dataset} does not match its checksum (changed after it was written); "
-        f"run `vidprobe verify {store}` and re-extract the clips of that shard"
-    )
-
-
 def _check_sum(meta: ShardMeta, store: Path, dataset: str, values: Any) -> None:
     expected = meta.checksums.get(dataset)
     if expected is not None and digest(values) != expected:
-        raise _mismatch(meta.path, store, dataset)
+        raise checksum_mismatch(meta.path, store, dataset)
 
 
 def _foreign(shard: Path, store: Path, provenance: dict[str, Any], attrs: Any) -> StoreError | None:
@@ -177,13 +176,18 @@ def _build_index(path: Path, provenance: dict[str, Any], check: bool = True) -> 
                 )
                 foreign = _foreign(shard, path, provenance, f.attrs)
                 fl = f["failures"]
-                fcols = (
-                    read_str(fl["path"]),
-                    fl["start"][()],
-                    fl["end"][()],
-                    read_str(fl["stage"]),
-                    read_str(fl["error"]),
-                    fl["time"][()],
+                fpath = fl["path"]
+                fcols = (  # most shards have none: skip reading five empty datasets (the index of 1M clips)
+                    (
+                        read_str(fpath),
+                        fl["start"][()],
+                        fl["end"][()],
+                        read_str(fl["stage"]),
+                        read_str(fl["error"]),
+                        fl["time"][()],
+                    )
+                    if fpath.shape[0]
+                    else ()
                 )
         except FileNotFoundError:
             raise  # removed by a compaction after the listing; the caller lists again
@@ -227,14 +231,19 @@ def _build_index(path: Path, provenance: dict[str, Any], check: bool = True) -> 
         if meta.path.name in replaced:
             superseded.append(meta.path)
             continue
-        keep = []
-        for i in range(meta.n_clips):
-            key = clip_key(v[i], s[i], e[i])
-            if key in seen:
-                duplicates += 1
-                continue
-            seen.add(key)
-            keep.append(i)
+        # clip_key of every clip at once (NaN, an open end, as -1); the common case has no repeats at all
+        keys = list(zip(v, np.where(np.isnan(s), -1.0, s).tolist(), np.where(np.isnan(e), -1.0, e).tolist()))
+        if seen.isdisjoint(keys) and len(set(keys)) == len(keys):
+            keep = list(range(meta.n_clips))
+            seen.update(keys)
+        else:
+            keep = []
+            for i, key in enumerate(keys):
+                if key in seen:
+                    duplicates += 1
+                    continue
+                seen.add(key)
+                keep.append(i)
         meta.kept = np.asarray(keep, dtype=np.int64)
         shards.append(meta)
         n_frames = np.diff(meta.offset)
@@ -321,25 +330,80 @@ def _read_frames(index: StoreIndex, dim: int, store: Path, check: bool = True) -
     return emb, ts
 
 
+@dataclass
+class Batch:
+    """Clips ``indices`` of a store: their frames (F_b, D) float32 with ``offsets`` (B+1,), labels, splits,
+    and with a pooling their pooled (B, D') rows; ``timestamps`` (F_b,) when asked for."""
+
+    indices: np.ndarray
+    frames: np.ndarray
+    offsets: np.ndarray
+    labels: list[str]
+    splits: list[str]
+    pooled: np.ndarray | None = None
+    timestamps: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def _batches(
+    blocks: Iterator[Block],
+    idx: StoreIndex,
+    splits: np.ndarray,
+    size: int,
+    split: str | None,
+    pool: Callable[[np.ndarray], np.ndarray] | None,
+) -> Iterator[Batch]:
+    for blk in blocks:
+        rows = np.arange(blk.lo, blk.lo + len(blk))
+        local = np.arange(len(blk))
+        if split is not None:
+            local = local[splits[rows] == split]
+        for s0 in range(0, len(local), size):
+            sel = local[s0 : s0 + size]
+            lengths = blk.offsets[sel + 1] - blk.offsets[sel]
+            off = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+            if sel[-1] - sel[0] == len(sel) - 1:  # consecutive clips: a view, no copy
+                take: slice | np.ndarray = slice(int(blk.offsets[sel[0]]), int(blk.offsets[sel[-1] + 1]))
+            else:
+                take = np.concatenate([np.arange(blk.offsets[i], blk.offsets[i + 1]) for i in sel])
+            fr = blk.frames[take]
+            ts = blk.timestamps[take] if blk.timestamps is not None else None
+            g = rows[sel]
+            out = Batch(g, fr, off, [idx.label[i] for i in g], [idx.split[i] for i in g], None, ts)
+            if pool is not None:
+                out.pooled = pool_blocks(iter([Block(0, fr, off, None, 0)]), len(sel), pool)
+            yield out
+
+
 class FeatureStore:
     """A store (folder, or one shard file) read as one table of clips; see the module doc for layout.
 
     Read API: ``len(store)``, ``videos``, ``labels``, ``splits``, ``starts``/``ends``, ``keys()``,
-    ``frames(i)`` → (T, D) float32, ``timestamps(i)``, ``embeddings``/``offsets`` (all frames),
-    ``pooled(pool)`` → (N, D'), ``failures()``, ``info()``, and ``torch_dataset()``. Metadata is read
-    without touching embeddings; embeddings are loaded (as float32) on first use and cached.
+    ``frames(i)`` → (T, D) float32, ``timestamps(i)``, ``pooled(pool)`` → (N, D'), ``iter_batches(...)``,
+    ``embeddings``/``offsets`` (all frames), ``failures()``, ``info()``, and ``torch_dataset()``.
+
+    Reads stream: metadata comes from the clip index (no embeddings; cached in ``cache/index.h5``);
+    ``pooled`` reads the shards block by block and keeps only its (N, D') result, cached in
+    ``cache/pooled-NAME.h5`` (see ``pipeline.store.cache``); ``frames(i)`` reads one clip, keeping at most
+    one shard's frames; only ``embeddings`` loads every frame (as float32), for those who ask for it.
 
     Every shard must carry the identity in ``store.json`` (a foreign shard is refused, never mixed in),
     and what is read is checked against the shard's checksums (``check_checksums``; see ``layout``).
     """
 
     check_checksums = True  # the benchmark turns it off to measure what checking costs
+    use_cache = True  # read and write ``cache/`` (a store folder only); off: always read the shards
 
     def __init__(self, path: Path, provenance: dict[str, Any]):
         self.path = path
         self.provenance = provenance
         self._index: StoreIndex | None = None
+        self._index_key: dict[str, Any] | None = None
         self._table: ClipTable | None = None
+        self._home: tuple[np.ndarray, np.ndarray] | None = None  # per clip: live shard number, local clip row
+        self._shard_frames: tuple[int, np.ndarray, np.ndarray] | None = None  # one shard's frames, read whole
 
     # -- discovery -----------------------------------------------------------------------------
     @property
@@ -359,14 +423,44 @@ class FeatureStore:
         return sorted(d.glob("*.h5.tmp")) if self.path.is_dir() and d.is_dir() else []
 
     def invalidate(self) -> None:
-        self._index = None
+        self._index = self._index_key = None
         self._table = None
+        self._home = self._shard_frames = None
+
+    def _caching(self) -> bool:
+        return self.use_cache and self.check_checksums and self.path.is_dir()
+
+    def _save_cache(self, save: Callable[[], None]) -> None:
+        """Write a cache file; a store we may not write to (read-only, full disk) is still read, with one warning."""
+        try:
+            save()
+        except StoreError as exc:
+            warnings.warn(f"{exc} (the cache is skipped; reads work without it)", RuntimeWarning, stacklevel=3)
+
+    def _indexed(self) -> StoreIndex:
+        """The clip index: from ``cache/index.h5`` when its key is the shard listing now, else built and cached."""
+        if not self._caching():
+            self._index_key = None
+            return _build_index(self.path, self.provenance, self.check_checksums)
+        key: dict[str, Any] | None = cache.index_key(self.provenance, cache.shard_stamps(self.path))
+        assert key is not None
+        parts = cache.load_index(self.path, key)
+        idx = StoreIndex([ShardMeta(**m) for m in parts[0]], **parts[1]) if parts is not None else None
+        if idx is None:
+            idx = _build_index(self.path, self.provenance, self.check_checksums)
+            if cache.index_key(self.provenance, cache.shard_stamps(self.path)) == key:  # no writer in between
+                built, k = idx, key
+                self._save_cache(lambda: cache.save_index(self.path, k, built))
+            else:
+                key = None  # built from a listing that changed meanwhile: use it, cache nothing derived from it
+        self._index_key = key
+        return idx
 
     def index(self) -> StoreIndex:
         if self._index is None:
             for attempt in range(5):
                 try:
-                    self._index = _build_index(self.path, self.provenance, self.check_checksums)
+                    self._index = self._indexed()
                     break
                 except FileNotFoundError:  # a concurrent compaction removed a listed shard: list again
                     if attempt == 4:
@@ -428,13 +522,95 @@ class FeatureStore:
         """All frames (F, D) float32; clip i owns rows ``offsets[i]:offsets[i+1]``."""
         return self.table().embedding
 
+    def _locate(self, i: int) -> tuple[ShardMeta, int, int]:
+        """(live shard, its number among the live shards, local clip row) of clip ``i``."""
+        idx = self.index()
+        n = len(idx.video)
+        if not 0 <= i < n:
+            raise IndexError(f"clip {i} out of range for a store of {n} clips")
+        home = self._homes()
+        k = int(home[0][i])
+        return idx.shards[k], k, int(home[1][i])
+
+    def _homes(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._home is None:
+            metas = self.index().shards
+            empty = [np.zeros(0, np.int64)]
+            self._home = (
+                np.concatenate([np.full(len(m.kept), k, np.int64) for k, m in enumerate(metas)] or empty),
+                np.concatenate([np.asarray(m.kept, np.int64) for m in metas] or empty),
+            )
+        return self._home
+
+    def clip_shards(self) -> np.ndarray:
+        """(N,) the live shard each clip is read from: visit clips grouped by it to read each shard once."""
+        return self._homes()[0]
+
+    def _clip_rows(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Clip ``i``'s float32 frames and timestamps. A shard that fits in one block (every shard extraction
+        writes) is read whole, checked, and kept until a clip of another shard is asked for; a larger one
+        (compacted) is read clip by clip, unchecked (``vidprobe verify`` checks it whole)."""
+        if self._table is not None:
+            t = self._table
+            return t.frames(i), t.timestamp[t.offset[i] : t.offset[i + 1]]
+        import h5py
+
+        for attempt in range(5):
+            meta, k, j = self._locate(i)
+            a, b = int(meta.offset[j]), int(meta.offset[j + 1])
+            if self._shard_frames is not None and self._shard_frames[0] == k:
+                return self._shard_frames[1][a:b], self._shard_frames[2][a:b]
+            try:
+                with h5py.File(meta.path, "r") as f:
+                    e, t = f["frames/embedding"], f["frames/timestamp"]
+                    if meta.n_frames > stream.BLOCK_FRAMES:
+                        return e[a:b].astype(np.float32), t[a:b]
+                    emb, ts = e[()], t[()]
+                break
+            except FileNotFoundError:  # compacted meanwhile: index again and read the new shard
+                self.invalidate()
+                if attempt == 4:
+                    raise StoreError(f"{self.path}: shards keep disappearing while reading") from None
+            except OSError as exc:
+                raise StoreError(f"{meta.path}: unreadable shard ({exc}); run `vidprobe verify {self.path}`") from None
+        if self.check_checksums:
+            _check_sum(meta, self.path, "frames/embedding", emb)
+            _check_sum(meta, self.path, "frames/timestamp", ts)
+        self._shard_frames = (k, emb.astype(np.float32, copy=False), ts)
+        return self._shard_frames[1][a:b], ts[a:b]
+
     def frames(self, i: int) -> np.ndarray:
-        """Clip ``i``'s per-frame embeddings, (T, D) float32."""
-        return self.table().frames(i)
+        """Clip ``i``'s per-frame embeddings, (T, D) float32 (reads one shard at most, not the store)."""
+        return self._clip_rows(i)[0]
 
     def timestamps(self, i: int) -> np.ndarray:
-        t = self.table()
-        return t.timestamp[t.offset[i] : t.offset[i + 1]]
+        return self._clip_rows(i)[1]
+
+    def _blocks(self, timestamps: bool = False) -> Iterator[Block]:
+        return iter_blocks(self.index().shards, self.path, check=self.check_checksums, timestamps=timestamps)
+
+    def iter_batches(
+        self,
+        batch_size: int = 1024,
+        *,
+        split: str | None = None,
+        pool: Callable[[np.ndarray], np.ndarray] | None = None,
+        timestamps: bool = False,
+    ) -> Iterator[Batch]:
+        """Clips in store order, ``batch_size`` at a time; a batch never spans two shards, so a pass reads
+        each shard once. ``split``: only that split's clips; ``pool``: with their pooled rows too.
+        Memory: one block of frames (``pipeline.store.stream``)."""
+        if batch_size < 1:
+            raise StoreError(f"batch_size={batch_size}: must be at least 1")
+        idx = self.index()
+        splits = np.asarray(idx.split, dtype=object)
+        try:
+            yield from _batches(self._blocks(timestamps), idx, splits, batch_size, split, pool)
+        except FileNotFoundError:
+            self.invalidate()
+            raise StoreError(
+                f"{self.path}: a shard was removed while reading (a compaction ran?); start the pass again"
+            ) from None
 
     def failures(self) -> list[dict]:
         """Current failures (path, start, end, stage, error, time, shard), oldest first."""
@@ -447,14 +623,65 @@ class FeatureStore:
             keys |= {clip_key(f["path"], f["start"], f["end"]) for f in self.failures()}
         return keys
 
-    def pooled(self, pool: Callable[[np.ndarray], np.ndarray], indices: Iterable[int] | None = None) -> np.ndarray:
-        """One row per clip: ``pool`` (e.g. ``pipeline.probe.pooling.get_pool("mean")``) of its (T, D) frames."""
-        t = self.table()
-        idx = range(len(t)) if indices is None else indices
-        rows = [pool(t.frames(i)) for i in idx]
-        if not rows:
-            return np.zeros((0, 0), np.float32)
-        return np.stack(rows).astype(np.float32, copy=False)
+    def pooled(
+        self,
+        pool: Callable[[np.ndarray], np.ndarray],
+        indices: Iterable[int] | None = None,
+        *,
+        progress: bool = False,
+    ) -> np.ndarray:
+        """One row per clip: ``pool`` (e.g. ``pipeline.probe.pooling.get_pool("mean")``) of its (T, D) frames.
+
+        Streams the shards (peak memory: the result plus about one shard) and pools a block at a time
+        with ``pool.batch`` when the pooling has one. A named pooling (``pool.name``) is cached in the
+        store (``cache/pooled-NAME.h5``) and reused until the shards change. ``indices``: only those rows.
+        """
+        X = self._pooled_all(pool, progress)
+        return X if indices is None else X[np.asarray(list(indices), dtype=np.int64)]
+
+    def _pooled_all(self, pool: Callable[[np.ndarray], np.ndarray], progress: bool) -> np.ndarray:
+        name = getattr(pool, "name", None)
+        for attempt in range(5):
+            idx = self.index()
+            base = self._index_key
+            key = cache.pooled_key(base, idx, name, self.dtype) if name and base is not None else None
+            if key is not None and name:
+                hit = cache.load_pooled(self.path, name, key)
+                if hit is not None:
+                    return hit
+            if self._table is not None:  # every frame is in memory already
+                t = self._table
+                X = pool_blocks(iter([Block(0, t.embedding, t.offset, None, 0)]), len(t), pool)
+            else:
+                try:
+                    X = self._pool_stream(pool, len(idx.video), progress, name or "pool")
+                except FileNotFoundError:  # a compaction replaced the shards: list again
+                    self.invalidate()
+                    if attempt == 4:
+                        raise StoreError(
+                            f"{self.path}: shards keep disappearing while reading; is a compaction running?"
+                        ) from None
+                    continue
+            still = cache.index_key(self.provenance, cache.shard_stamps(self.path)) == base if key else False
+            if key is not None and name and self._caching() and still:  # no writer added a shard meanwhile
+                self._save_cache(lambda: cache.save_pooled(self.path, name, key, X))
+            return X
+        raise AssertionError("unreachable")
+
+    def _pool_stream(self, pool: Callable[[np.ndarray], np.ndarray], n: int, progress: bool, name: str) -> np.ndarray:
+        if not progress:
+            return pool_blocks(self._blocks(), n, pool)
+        from tqdm import tqdm
+
+        with tqdm(total=n, desc=f"pooling ({name})", unit="clip", leave=False) as bar:
+            return pool_blocks(self._blocks(), n, pool, bar)
+
+    def caches(self) -> list[dict[str, Any]]:
+        """The store's cache files and whether each is current (``vidprobe info`` lists them)."""
+        if not self.path.is_dir():
+            return []
+        idx = self.index()
+        return cache.describe_caches(self.path, self._index_key, idx, self.dtype)
 
     def torch_dataset(self, **kwargs: Any):
         """A ``torch.utils.data.Dataset`` over this store (see ``pipeline.store.torch_dataset.ClipDataset``)."""
@@ -510,6 +737,7 @@ class FeatureStore:
             "created": self.provenance.get("created"),
             "last_write": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(last)) if last else None,
             "writers": [h.describe() for h in writers],
+            "caches": self.caches(),
         }
 
 
@@ -609,7 +837,8 @@ def _writable_store_path(p: Path) -> bool:
     if (p / PROVENANCE_FILE).is_file():
         return True
     if p.exists() and any(
-        x.name not in (SHARD_DIR, "locks", RUNS_DIR, PROVENANCE_FILE) and not x.name.startswith(f".{PROVENANCE_FILE}.")
+        x.name not in (SHARD_DIR, "locks", RUNS_DIR, CACHE_DIR, PROVENANCE_FILE)
+        and not x.name.startswith(f".{PROVENANCE_FILE}.")
         for x in p.iterdir()
     ):
         raise StoreError(f"{p}: exists and is not a vidprobe store; choose a new path")

@@ -24,7 +24,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import StoreError
+from . import cache
 from .layout import (
+    CACHE_DIR,
     CHECKSUMS_ATTR,
     SHARD_DIR,
     Digest,
@@ -234,7 +236,56 @@ def verify_store(path: str | Path) -> VerifyReport:
         report.notes.append(f"a writer is running: {holder.describe()}")
     if not shards:
         report.notes.append("no finished shards yet")
+    if store.path.is_dir():
+        _check_caches(store, report)
     return report
+
+
+def _check_caches(store: FeatureStore, report: VerifyReport) -> None:
+    """Each cache file must be intact, and a current one must match what the shards hold now."""
+    from .reader import _build_index
+
+    files = cache.cache_files(store.path)
+    if not files:
+        return
+    key = cache.index_key(store.provenance, cache.shard_stamps(store.path))
+    try:
+        fresh = _build_index(store.path, store.provenance, True)
+    except (StoreError, OSError):
+        fresh = None  # the shards' own problems are reported above
+    for p in files:
+        where = f"{CACHE_DIR}/{p.name}"
+        kind, stored, problem = cache.check_cache(p)
+        if problem is None and stored is not None and stored.get("version") != cache.CACHE_VERSION:
+            problem = f"cache version {stored.get('version')!r}, this vidprobe writes {cache.CACHE_VERSION}"
+        if problem is None and kind == "index" and stored == key and fresh is not None:
+            parts = cache.load_index(store.path, key)
+            held = parts[1] if parts is not None else None
+            if (
+                held is None
+                or (held["video"], held["label"], held["split"]) != (fresh.video, fresh.label, fresh.split)
+                or not np.array_equal(held["offset"], fresh.offset)
+                or [m["path"].name for m in (parts[0] if parts else [])] != [m.path.name for m in fresh.shards]
+            ):
+                problem = "its clip table differs from the shards'"
+        if problem is None and kind == "pooled" and stored is not None:
+            base = {k: stored.get(k) for k in ("version", "identity", "shards")}
+            if base == key and fresh is not None:
+                want = cache.pooled_key(key, fresh, str(stored.get("pool")), identity(store.provenance, "dtype"))
+                if json.dumps(want, sort_keys=True) != json.dumps(stored, sort_keys=True):
+                    problem = "built from shards whose checksums differ from the shards on disk"
+            elif base != key:
+                report.notes.append(f"{where}: stale (the shards changed since); the next read rebuilds it")
+                continue
+        if problem is None and kind == "index" and stored != key:
+            report.notes.append(f"{where}: stale (the shards changed since); the next read rebuilds it")
+            continue
+        if problem is not None:
+            report.problems.append(
+                f"{where}: damaged cache ({problem}); it is never used as it is: delete it or run "
+                f"`vidprobe compact {store.path}` (the next read rebuilds it)"
+            )
+            report.compactable.append(report.problems[-1])
 
 
 def compact_store(path: str | Path, compression: str | None = None, compression_level: int = 4) -> dict[str, Any]:
@@ -262,6 +313,8 @@ def compact_store(path: str | Path, compression: str | None = None, compression_
             compression = Counter(m.compression for m in idx.shards).most_common(1)[0][0] if idx.shards else "none"
         live_compressions = {m.compression for m in idx.shards}
         if len(before) <= 1 and live_compressions <= {compression}:
+            if any(CACHE_DIR in p for p in report.compactable):
+                cache.remove_caches(store.path)  # a damaged cache: dropped, the next read rebuilds it
             return {
                 "path": str(store.path),
                 "changed": False,
@@ -302,6 +355,7 @@ def compact_store(path: str | Path, compression: str | None = None, compression_
         )
         for old in before:  # after the commit above these are dead; a crash here leaves them ignored
             old.unlink(missing_ok=True)
+        cache.remove_caches(store.path)  # keyed by the old shards: stale now (the next read rebuilds them)
         fsync_dir(merged.parent)
         store.invalidate()
         return {

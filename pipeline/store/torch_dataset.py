@@ -4,6 +4,9 @@ Kept apart from the reader so that reading a store never needs torch. Items are
 ``(frames, label_index)``: ``frames`` a float32 tensor (T, D) — or (D',) with ``pool`` — and
 ``label_index`` an int64 index into ``dataset.classes`` (-1 for an unlabeled clip). Clips may have
 different T (fps sampling); ``pad_collate`` batches them with a length vector.
+
+Items are read lazily (``FeatureStore.frames``: one shard in memory at a time). ``ShardOrderSampler``
+shuffles shards, then clips within each shard, so an epoch reads each shard once instead of once per clip.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from ..errors import ConfigError
 
@@ -52,6 +55,31 @@ class ClipDataset(Dataset):
         if self.pool is not None:
             x = self.pool(x)
         return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), int(self.targets[k])
+
+
+class ShardOrderSampler(Sampler[int]):
+    """Dataset positions in a shuffled shard order, shuffled within each shard (a new order per epoch)."""
+
+    def __init__(self, dataset: ClipDataset, *, shuffle: bool = True, seed: int = 0):
+        self.dataset, self.shuffle, self.seed, self.epoch = dataset, shuffle, seed, 0
+        self.shard = dataset.store.clip_shards()[dataset.indices] if len(dataset) else np.zeros(0, np.int64)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __iter__(self):
+        rng = np.random.default_rng([self.seed, self.epoch])
+        shards = np.unique(self.shard)
+        if self.shuffle:
+            rng.shuffle(shards)
+        for s in shards:
+            pos = np.flatnonzero(self.shard == s)
+            if self.shuffle:
+                rng.shuffle(pos)
+            yield from (int(p) for p in pos)
 
 
 def pad_collate(batch: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -4,7 +4,6 @@ rename), and ``ShardWriter`` buffers finished clips into whole shards so a kill 
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -20,9 +19,9 @@ from .layout import (
     SCHEMA_VERSION,
     SHARD_DIR,
     Digest,
+    atomic_h5,
     digest,
     disk_error,
-    fsync_dir,
     identity,
     nan_if_none,
     shard_name,
@@ -87,53 +86,37 @@ def write_shard(
     Every dataset's checksum goes into the ``checksums`` attribute (see ``layout``). A full disk or a
     read-only folder raises one ``StoreError`` naming the shard and leaves no ``.tmp`` behind.
     """
-    import h5py
-
     if compression not in COMPRESSIONS:
         raise StoreError(f"compression={compression!r}: allowed values are {', '.join(COMPRESSIONS)}")
     dim = int(provenance["dim"])
     dtype = np.dtype(identity(provenance, "dtype"))
-    tmp = final.with_name(final.name + ".tmp")
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.attrs["schema_version"] = SCHEMA_VERSION
-            f.attrs["provenance"] = json.dumps(provenance, sort_keys=True)
-            for k, v in (attrs or {}).items():
-                f.attrs[k] = v
-            frames = f.create_group("frames")
-            emb = frames.create_dataset(
-                "embedding",
-                shape=(n_frames, dim),
-                dtype=dtype,
-                **_embedding_layout(n_frames, dim, dtype, compression, compression_level),
-            )
-            ts = frames.create_dataset("timestamp", shape=(n_frames,), dtype=np.float64)
-            if n_frames:
-                fill(emb, ts)
-            c = f.create_group("clips")
-            c.create_dataset("offset", data=np.asarray(clips["offset"], dtype=np.int64))
-            for name in ("video", "label", "split"):
-                write_str_dataset(c, name, clips[name])
-            for name in ("start", "end"):
-                c.create_dataset(name, data=np.asarray(clips[name], dtype=np.float64))
-            fl = f.create_group("failures")
-            for name in ("path", "stage", "error"):
-                write_str_dataset(fl, name, failures[name])
-            for name in ("start", "end", "time"):
-                fl.create_dataset(name, data=np.asarray(failures[name], dtype=np.float64))
-            f.attrs[CHECKSUMS_ATTR] = json.dumps(_checksums(f), sort_keys=True)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, final)
-        fsync_dir(final.parent)
-    except BaseException as exc:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
-        if isinstance(exc, OSError):
-            raise disk_error(final.parent, f"write shard {final.name}", exc) from None
-        raise
+    with atomic_h5(final, f"write shard {final.name}") as f:
+        f.attrs["schema_version"] = SCHEMA_VERSION
+        f.attrs["provenance"] = json.dumps(provenance, sort_keys=True)
+        for k, v in (attrs or {}).items():
+            f.attrs[k] = v
+        frames = f.create_group("frames")
+        emb = frames.create_dataset(
+            "embedding",
+            shape=(n_frames, dim),
+            dtype=dtype,
+            **_embedding_layout(n_frames, dim, dtype, compression, compression_level),
+        )
+        ts = frames.create_dataset("timestamp", shape=(n_frames,), dtype=np.float64)
+        if n_frames:
+            fill(emb, ts)
+        c = f.create_group("clips")
+        c.create_dataset("offset", data=np.asarray(clips["offset"], dtype=np.int64))
+        for name in ("video", "label", "split"):
+            write_str_dataset(c, name, clips[name])
+        for name in ("start", "end"):
+            c.create_dataset(name, data=np.asarray(clips[name], dtype=np.float64))
+        fl = f.create_group("failures")
+        for name in ("path", "stage", "error"):
+            write_str_dataset(fl, name, failures[name])
+        for name in ("start", "end", "time"):
+            fl.create_dataset(name, data=np.asarray(failures[name], dtype=np.float64))
+        f.attrs[CHECKSUMS_ATTR] = json.dumps(_checksums(f), sort_keys=True)
     return final
 
 

@@ -1,0 +1,319 @@
+"""Streaming reads, the clip-index and pooled-feature caches, and exports (issue 11), on real HDF5 stores."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+
+import h5py
+import numpy as np
+import pytest
+
+from pipeline.cli import main
+from pipeline.errors import StoreError
+from pipeline.probe.pooling import get_pool
+from pipeline.store import ShardWriter, create_or_open, open_store, stream
+from pipeline.store.tools import compact_store, verify_store
+
+D = 6
+PROV = {"encoder": "test-enc", "weights_id": "w1", "dim": D, "preprocess": {}, "sampling": {"strategy": "fps"}}
+POOLS = ["mean", "max", "meanstd", "center", "tdiff", "seg4"]
+
+
+def _write(store, start: int, n: int, seed: int, shard_size: int = 4, dup_of: list[int] | None = None):
+    """n clips of 1..9 frames; ``dup_of``: also store these earlier clips again (readers keep the first)."""
+    rng = np.random.default_rng(seed)
+    with ShardWriter(store, shard_size=shard_size) as w:
+        for i in [*(dup_of or []), *range(start, start + n)]:
+            t = 1 + (i * 7) % 9
+            emb = rng.normal(size=(t, D)).astype(np.float32)
+            split = ("train", "train", "val", "test")[i % 4]
+            w.add(f"dir/v{i:03d}.mp4", None, None, f"c{i % 3}", split, emb, np.arange(t) / 4 + i)
+    return w.written
+
+
+def _reference(path, pool):
+    """The pre-streaming read: every frame in memory, one call per clip."""
+    t = open_store(path).table()
+    return np.stack([pool(t.frames(i)) for i in range(len(t))])
+
+
+@pytest.fixture
+def store_path(tmp_path):
+    path = tmp_path / "s"
+    store = create_or_open(path, PROV)
+    _write(store, 0, 18, seed=1)
+    _write(store, 18, 9, seed=2, dup_of=[3, 5])  # clips 3 and 5 again: a shard with rows readers skip
+    return path
+
+
+@pytest.mark.parametrize("name", POOLS)
+def test_streamed_pooled_equals_the_whole_store_read(store_path, name):
+    pool = get_pool(name)
+    store = open_store(store_path)
+    X = store.pooled(pool)
+    assert store._table is None  # streamed: the frames were never loaded as one matrix
+    assert np.allclose(X, _reference(store_path, pool), rtol=1e-5, atol=1e-6)
+    # the per-clip function alone (no ``batch``) gives the same, block by block
+    assert np.allclose(open_store(store_path).pooled(lambda x: pool(x)), X, rtol=1e-5, atol=1e-6)
+
+
+def test_blocks_smaller_than_a_compacted_shard_are_hashed_as_they_stream(store_path, monkeypatch):
+    ref = _reference(store_path, get_pool("mean"))
+    compact_store(store_path)
+    monkeypatch.setattr(stream, "BLOCK_FRAMES", 10)  # the one shard is read in many blocks
+    store = open_store(store_path)
+    store.use_cache = False
+    assert np.allclose(store.pooled(get_pool("mean")), ref, rtol=1e-5, atol=1e-6)
+    assert np.array_equal(store.frames(7), open_store(store_path).table().frames(7))
+    (shard,) = store.shard_paths()
+    with h5py.File(shard, "r+") as f:  # an edit after writing, in the last rows
+        f["frames/embedding"][-1, 0] += 1.0
+    with pytest.raises(StoreError, match="frames/embedding does not match its checksum"):
+        open_store(store_path).pooled(get_pool("mean"))
+
+
+def test_frames_of_one_clip_read_one_shard(store_path):
+    store = open_store(store_path)
+    ref = open_store(store_path).table()
+    for i in (0, 25, 4, 24):
+        assert np.array_equal(store.frames(i), ref.frames(i))
+        assert np.array_equal(store.timestamps(i), ref.timestamp[ref.offset[i] : ref.offset[i + 1]])
+    assert store._table is None
+    with pytest.raises(IndexError):
+        store.frames(len(store))
+
+
+def test_iter_batches_visit_each_clip_once_in_shard_order(store_path):
+    store = open_store(store_path)
+    pool = get_pool("meanstd")
+    X = store.pooled(pool)
+    seen = []
+    for b in store.iter_batches(3, pool=pool, timestamps=True):
+        assert len(b) <= 3 and len(set(store.clip_shards()[b.indices])) == 1  # never spans two shards
+        assert b.pooled is not None and np.allclose(b.pooled, X[b.indices], rtol=1e-5, atol=1e-6)
+        for k, i in enumerate(b.indices):
+            assert np.array_equal(b.frames[b.offsets[k] : b.offsets[k + 1]], store.frames(i))
+        assert b.labels == [store.labels[i] for i in b.indices]
+        seen += b.indices.tolist()
+    assert seen == list(range(len(store)))
+    val = [i for b in store.iter_batches(2, split="val") for i in b.indices]
+    assert val == [i for i, s in enumerate(store.splits) if s == "val"]
+
+
+def test_cache_is_reused_until_a_shard_is_added_or_compacted(store_path):
+    pool = get_pool("mean")
+    X = open_store(store_path).pooled(pool)
+    files = sorted(p.name for p in (store_path / "cache").iterdir())
+    assert files == ["index.h5", "pooled-mean.h5"]
+    assert [c["state"] for c in open_store(store_path).info()["caches"]] == ["current", "current"]
+    assert np.array_equal(open_store(store_path).pooled(pool), X)  # served from the cache: bit for bit
+
+    _write(open_store(store_path), 27, 3, seed=3)  # a new shard: the cache must not be served
+    store = open_store(store_path)
+    Y = store.pooled(pool)
+    assert len(Y) == len(X) + 3 and np.array_equal(Y[: len(X)], X)
+    assert np.allclose(Y, _reference(store_path, pool), rtol=1e-5, atol=1e-6)
+
+    compact_store(store_path)
+    assert not (store_path / "cache").exists() or not list((store_path / "cache").glob("*.h5"))
+    assert np.allclose(open_store(store_path).pooled(pool), Y, rtol=1e-5, atol=1e-6)
+    assert verify_store(store_path).ok
+
+
+def test_removed_shard_invalidates_the_cache(store_path):
+    pool = get_pool("max")
+    open_store(store_path).pooled(pool)
+    store = open_store(store_path)
+    store.shard_paths()[0].unlink()  # a shard removed by hand
+    store = open_store(store_path)
+    assert np.array_equal(store.pooled(pool), _reference(store_path, pool))
+    assert len(store) == 27 - 4 + 1  # its clips 0..3 are gone but 3, stored again in a later shard
+
+
+def test_damaged_or_foreign_cache_is_never_trusted(store_path, tmp_path, capsys):
+    pool = get_pool("mean")
+    X = open_store(store_path).pooled(pool)
+    cached = store_path / "cache" / "pooled-mean.h5"
+    with h5py.File(cached, "r+") as f:
+        f["pooled"][0, 0] += 1.0
+    with pytest.warns(RuntimeWarning, match="pooled-mean.h5: cache ignored and rebuilt .*checksum"):
+        assert np.array_equal(open_store(store_path).pooled(pool), X)
+    with h5py.File(cached, "r") as f:  # rebuilt in place
+        assert np.array_equal(f["pooled"][()], X)
+
+    other = tmp_path / "other"  # same identity, other clips: its cache is keyed by its own shards
+    _write(create_or_open(other, PROV), 100, 10, seed=9)
+    open_store(other).pooled(pool)
+    shutil.copy(other / "cache" / "pooled-mean.h5", cached)
+    shutil.copy(other / "cache" / "index.h5", store_path / "cache" / "index.h5")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a foreign cache is stale, not damage: silently rebuilt
+        store = open_store(store_path)
+        assert np.array_equal(store.pooled(pool), X)
+        assert store.videos[0] == "dir/v000.mp4"
+
+    with h5py.File(cached, "r+") as f:
+        f.attrs["kind"] = "pooled"
+        del f["pooled"]
+        f["pooled"] = np.zeros((3, 2), np.float32)  # a cache that lies about its data
+    report = verify_store(store_path)
+    assert not report.ok and any("cache/pooled-mean.h5: damaged cache" in p for p in report.problems)
+    code = main(["verify", str(store_path)])
+    assert code == 1 and "damaged cache" in capsys.readouterr().err
+    compact_store(store_path)  # drops the caches; everything else is fine
+    assert verify_store(store_path).ok
+
+
+def test_cache_not_written_when_a_writer_adds_a_shard_meanwhile(store_path):
+    base = get_pool("mean")
+    wrote = []
+
+    class Racing:
+        name = "mean"
+
+        def __call__(self, x):
+            return base(x)
+
+        def batch(self, frames, offsets):
+            if not wrote:  # a concurrent extraction finishes a shard while we read
+                wrote.append(_write(open_store(store_path), 200, 2, seed=5))
+            return base.batch(frames, offsets)
+
+    store = open_store(store_path)
+    X = store.pooled(Racing())
+    assert len(X) == 27  # what the index saw
+    assert not (store_path / "cache" / "pooled-mean.h5").exists()
+    assert len(open_store(store_path).pooled(base)) == 29
+
+
+def test_read_only_store_is_read_without_a_cache(store_path):
+    (store_path / "cache").mkdir()
+    (store_path / "cache").chmod(0o500)
+    try:
+        if (store_path / "cache" / "probe").exists() or _writable(store_path / "cache"):
+            pytest.skip("running as a user who can write to read-only folders")
+        with pytest.warns(RuntimeWarning, match="cache is skipped"):
+            X = open_store(store_path).pooled(get_pool("mean"))
+        assert np.allclose(X, _reference(store_path, get_pool("mean")), rtol=1e-5, atol=1e-6)
+    finally:
+        (store_path / "cache").chmod(0o700)
+
+
+def _writable(folder):
+    try:
+        (folder / "probe").write_text("x")
+        (folder / "probe").unlink()
+        return True
+    except OSError:
+        return False
+
+
+def test_info_lists_caches(store_path, capsys):
+    open_store(store_path).pooled(get_pool("seg4"))
+    assert main(["info", str(store_path)]) == 0
+    out = capsys.readouterr().out
+    assert "pooled seg4 27x24" in out and "current" in out and "clip index (27 clips)" in out
+
+
+def test_torch_dataset_in_shard_order_reads_each_shard_once(store_path, monkeypatch):
+    from pipeline.store.torch_dataset import ShardOrderSampler
+
+    ref = open_store(store_path).table()
+    store = open_store(store_path)
+    ds = store.torch_dataset(split=None)
+    store.index()
+    opened = []
+    real = h5py.File
+
+    def counting(path, *a, **k):
+        opened.append(str(path))
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(h5py, "File", counting)
+    order = list(ShardOrderSampler(ds, seed=0))
+    assert sorted(order) == list(range(len(ds))) and order != sorted(order)  # shuffled, every clip once
+    for k in order:
+        x, y = ds[k]
+        assert np.array_equal(x.numpy(), ref.frames(int(ds.indices[k])))
+    assert sorted(opened) == sorted(str(m.path) for m in store.index().shards)  # each shard opened once
+
+
+# -- exports -------------------------------------------------------------------------------------------------
+def test_parquet_export_opens_with_pandas_and_datasets(store_path, tmp_path, monkeypatch):
+    pd = pytest.importorskip("pandas")
+    datasets = pytest.importorskip("datasets")
+    out = tmp_path / "clips.parquet"
+    assert main(["export", str(store_path), "-o", str(out), "--row-group", "5"]) == 0
+    store = open_store(store_path)
+    X = store.pooled(get_pool("mean"))
+
+    df = pd.read_parquet(out)
+    assert list(df.columns) == ["video", "start", "end", "label", "split", "embedding"]
+    assert df["video"].tolist() == store.videos and df["label"].tolist() == store.labels
+    assert df["start"].isna().all()  # open ends are null
+    assert np.array_equal(np.stack(df["embedding"].to_numpy()).astype(np.float32), X)
+
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(out)
+    assert pf.metadata.num_row_groups == 6  # 27 rows in groups of 5
+    meta = json.loads(pf.schema_arrow.metadata[b"vidprobe"])
+    assert meta["pool"] == "mean" and meta["provenance"]["encoder"] == "test-enc"
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    ds = datasets.load_dataset(
+        "parquet", data_files=str(out), split="train", cache_dir=str(tmp_path / "hf-cache")
+    ).with_format("numpy")
+    assert np.array_equal(np.asarray(ds["embedding"], dtype=np.float32), X)
+    assert list(ds["split"]) == store.splits
+
+
+def test_parquet_export_of_frames(store_path, tmp_path):
+    pd = pytest.importorskip("pandas")
+    out = tmp_path / "frames.parquet"
+    assert main(["export", str(store_path), "-o", str(out), "--frames"]) == 0
+    df = pd.read_parquet(out)
+    store = open_store(store_path)
+    for i in (0, 8, 26):
+        assert np.array_equal(np.stack(df["embedding"][i]).astype(np.float32), store.frames(i))
+        assert np.array_equal(df["timestamps"][i], store.timestamps(i))
+        assert df["num_frames"][i] == len(store.frames(i))
+
+
+def test_npy_export_one_file_per_video(store_path, tmp_path):
+    out = tmp_path / "npy"
+    assert main(["export", str(store_path), "-o", str(out), "--format", "npy", "--pool", "max"]) == 0
+    index = json.loads((out / "index.json").read_text())
+    store = open_store(store_path)
+    X = store.pooled(get_pool("max"))
+    assert len(index["videos"]) == len(store) and index["pool"] == "max"
+    for v in index["videos"]:
+        arr = np.load(out / v["file"], allow_pickle=False)
+        i = store.videos.index(v["video"])
+        assert np.array_equal(arr[v["clips"][0]["rows"][0]], X[i])
+        assert v["clips"][0]["label"] == store.labels[i]
+    out2 = tmp_path / "npy-frames"
+    assert main(["export", str(store_path), "-o", str(out2), "--format", "npy", "--frames"]) == 0
+    index = json.loads((out2 / "index.json").read_text())
+    v = index["videos"][3]
+    i = store.videos.index(v["video"])
+    a, b = v["clips"][0]["rows"]
+    assert np.array_equal(np.load(out2 / v["file"])[a:b], store.frames(i))
+    assert v["clips"][0]["timestamps"] == store.timestamps(i).tolist()
+
+
+def test_export_refusals_are_one_line(store_path, tmp_path, capsys):
+    out = tmp_path / "x.parquet"
+    out.write_text("keep me")
+    assert main(["export", str(store_path), "-o", str(out)]) != 0
+    err = capsys.readouterr().err
+    assert "exists" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert out.read_text() == "keep me"
+    assert main(["export", str(store_path), "-o", str(tmp_path / "y.csv")]) != 0
+    assert "--format npy" in capsys.readouterr().err
+    assert main(["export", str(store_path), "-o", str(tmp_path / "z.parquet"), "--pool", "median"]) != 0
+    assert "pool='median'" in capsys.readouterr().err
+    assert not (tmp_path / "z.parquet").exists()
