@@ -42,15 +42,16 @@ def _print_json(doc: Any) -> None:
 def cmd_extract(args: argparse.Namespace) -> int:
     from .config import load_config
     from .data.manifest import load_manifest
-    from .extract.local import extract
+    from .extract.local import extract_all
     from .extract.sharding import resolve_shard
 
     overrides = list(args.overrides)
-    if args.encoder:
-        overrides.append(f"encoder={args.encoder}")
     if args.device:
         overrides.append(f"extract.device={args.device}")
     cfg = load_config(args.config, overrides)
+    if args.encoder:  # the command line wins over the config file and key=value overrides
+        cfg.encoder = args.encoder[0] if len(args.encoder) == 1 else tuple(args.encoder)
+        cfg.validate()
     if args.engine != "ray" and (args.address or args.ray_encoders):
         raise ConfigError("--address and --ray-encoders are for --engine ray")
     shard = resolve_shard(args.shard_id, args.num_shards)
@@ -59,9 +60,9 @@ def cmd_extract(args: argparse.Namespace) -> int:
     manifest = load_manifest(args.source, root=args.root, format=args.format, split=args.dataset_split)
     progress = not args.quiet and not args.json
     if args.engine == "ray":
-        from .extract.ray_engine import extract_ray
+        from .extract.ray_engine import extract_ray_all
 
-        summary = extract_ray(
+        summaries = extract_ray_all(
             manifest,
             args.output,
             cfg,
@@ -72,36 +73,45 @@ def cmd_extract(args: argparse.Namespace) -> int:
             retry_failed=args.retry_failed,
         )
     else:
-        summary = extract(manifest, args.output, cfg, progress=progress, retry_failed=args.retry_failed, shard=shard)
-    if args.json:
-        _print_json(summary.to_dict())
+        summaries = extract_all(
+            manifest, args.output, cfg, progress=progress, retry_failed=args.retry_failed, shard=shard
+        )
+    if args.json:  # one encoder: its summary; several: a list of them, one per store
+        _print_json(summaries[0].to_dict() if len(summaries) == 1 else [s.to_dict() for s in summaries])
     else:
-        rate = summary.frames / summary.seconds if summary.seconds else 0.0
-        for path, message in summary.failures:
+        # per-clip lines once: the stores of one run share a decode, so mostly the same failures
+        for path, message in dict.fromkeys(f for s in summaries for f in s.failures):
             print(f"failed: {message}" if path in message else f"failed: {path}: {message}", file=sys.stderr)
-        for path, message in summary.warnings:
+        for path, message in dict.fromkeys(w for s in summaries for w in s.warnings):
             print(f"warning: {message}" if path in message else f"warning: {path}: {message}", file=sys.stderr)
-        left_out, many = summary.ignored, len(summary.ignored) > 1
-        names = ", ".join(left_out[:3]) + (", …" if len(left_out) > 3 else "")
-        ignored = (
-            f"{len(left_out)} file{'s' if many else ''} ignored "
-            f"(not {'videos' if many else 'a video'} by extension: {names}); "
-            if left_out
-            else ""
-        )
+        for summary in summaries:
+            _print_extract_summary(summary)
+    return EXIT_PARTIAL if any(s.failed for s in summaries) else EXIT_OK
+
+
+def _print_extract_summary(summary: Any) -> None:
+    """One line per store: what this run did to it."""
+    rate = summary.frames / summary.seconds if summary.seconds else 0.0
+    left_out, many = summary.ignored, len(summary.ignored) > 1
+    names = ", ".join(left_out[:3]) + (", …" if len(left_out) > 3 else "")
+    ignored = (
+        f"{len(left_out)} file{'s' if many else ''} ignored "
+        f"(not {'videos' if many else 'a video'} by extension: {names}); "
+        if left_out
+        else ""
+    )
+    print(
+        f"{'shard ' + summary.shard + ': ' if summary.shard else ''}"
+        f"{summary.done} extracted, {summary.skipped} skipped (already stored), {summary.failed} failed; "
+        f"{ignored}"
+        f"{summary.frames} frames in {summary.seconds:.1f} s ({rate:.1f} frames/s) -> {summary.store}"
+    )
+    if summary.skipped_failed:
         print(
-            f"{'shard ' + summary.shard + ': ' if summary.shard else ''}"
-            f"{summary.done} extracted, {summary.skipped} skipped (already stored), {summary.failed} failed; "
-            f"{ignored}"
-            f"{summary.frames} frames in {summary.seconds:.1f} s ({rate:.1f} frames/s) -> {summary.store}"
+            f"{summary.skipped_failed} of the skipped clips failed in an earlier run; "
+            "`--retry-failed` tries them again",
+            file=sys.stderr,
         )
-        if summary.skipped_failed:
-            print(
-                f"{summary.skipped_failed} of the skipped clips failed in an earlier run; "
-                "`--retry-failed` tries them again",
-                file=sys.stderr,
-            )
-    return EXIT_PARTIAL if summary.failed else EXIT_OK
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -466,7 +476,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--encoder",
         metavar="SPEC",
-        help="effnet-lite0 (offline default) | openclip:MODEL[@TAG|@CKPT] | timm:NAME[@CKPT]",
+        action="append",
+        help="effnet-lite0 (offline default) | openclip:MODEL[@TAG|@CKPT][#pre] | timm:NAME[@CKPT]. Repeat it to "
+        "run several encoders over one decode, one store each under STORE/<name>/ (e.g. STORE/effnet-lite0); "
+        "openclip:M and openclip:M#pre together share one forward pass",
     )
     e.add_argument("--config", metavar="FILE", help="YAML settings file (see configs/default.yaml)")
     e.add_argument(

@@ -341,7 +341,8 @@ class StoreConfig:
 class Config:
     """Everything ``vidprobe extract`` needs besides the source and the store path."""
 
-    encoder: str = "effnet-lite0"
+    # one spec, or a list of them: one decode feeds every encoder, each writing its own store
+    encoder: str | tuple[str, ...] = "effnet-lite0"
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
@@ -351,10 +352,20 @@ class Config:
         return self
 
     def _check(self, prefix: str) -> None:
-        if not self.encoder:
+        many = isinstance(self.encoder, (list, tuple))
+        specs: list[Any] = list(self.encoder) if many else [self.encoder]
+        if not specs or not all(isinstance(s, str) and s.strip() for s in specs):
             raise ConfigError(
-                "encoder: must be a non-empty spec string such as effnet-lite0 or openclip:ViT-B-32@openai"
+                "encoder: must be a non-empty spec string such as effnet-lite0 or openclip:ViT-B-32@openai, "
+                "or a list of them"
             )
+        if many:
+            self.encoder = tuple(specs)
+
+    @property
+    def encoders(self) -> tuple[str, ...]:
+        """The encoder specs of this extraction (one, or several sharing one decode)."""
+        return self.encoder if isinstance(self.encoder, tuple) else (self.encoder,)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

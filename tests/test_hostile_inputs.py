@@ -314,6 +314,36 @@ def test_no_cli_command_prints_a_traceback_over_the_hostile_set(hostile, tmp_pat
         (["extract", h["videos"], "-o", out / "s7", "--config", h["latin1_cfg"]], (2,)),
         (["extract", h["videos"], "-o", out / "s8", "--config", h["bomb_cfg"]], (2,)),
         (["extract", h["videos"], "-o", out / "s9", "sampling.fps=inf", "sampling.strategy=fps"], (2,)),
+        # several encoders: a bad row is recorded in both stores; a spec named twice, or two specs that
+        # would write the same store folder, are refused before anything is built
+        (
+            [
+                "extract",
+                h["nan_csv"],
+                "-o",
+                out / "m1",
+                "--encoder",
+                "effnet-lite0",
+                "--encoder",
+                "openclip:ViT-B-32",
+                *q,
+            ],
+            (3,),
+        ),
+        (["extract", h["videos"], "-o", out / "m2", "--encoder", "effnet-lite0", "--encoder", "default", *q], (2,)),
+        (
+            [
+                "extract",
+                h["videos"],
+                "-o",
+                out / "m3",
+                "--encoder",
+                "timm:resnet18@/a/w.pt",
+                "--encoder",
+                "timm:resnet18@/b/w.pt",
+            ],
+            (2,),
+        ),
         (["info", h["list_store"]], (1,)),
         (["verify", h["list_store"]], (1,)),
         (["compact", h["list_store"]], (1,)),

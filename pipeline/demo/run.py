@@ -51,7 +51,7 @@ def run_demo(
         from ..encoders import create_encoder
 
         encoder_obj = encoder_obj or create_encoder(
-            cfg.encoder, device=cfg.extract.device, precision=cfg.extract.precision
+            cfg.encoders[0], device=cfg.extract.device, precision=cfg.extract.precision
         )
         summary = extract(
             load_manifest(csv_path), out / "features" / task, cfg, encoder=encoder_obj, progress=not quiet

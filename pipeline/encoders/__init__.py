@@ -12,6 +12,9 @@ Spec grammar (``parse_spec`` -> (backend, model, weights | None))::
     timm:NAME[@CHECKPOINT]            NAME = timm model; CHECKPOINT = local .pth/.safetensors file,
                                       absent = timm's pretrained weights (downloads)
 
+Several specs in one extraction (``create_encoders``) share what they can: the joint and the ``#pre``
+output of one open_clip model come from one forward pass (see ``group``).
+
 The backend name is case-insensitive and ``@`` splits at its first occurrence. ``Encoder.spec`` is the
 canonical form (alias resolved, file paths absolute). See ``base`` for the preprocessing contract with
 the decoder. Importing this package imports neither torch nor timm nor open_clip; building an encoder does.
@@ -20,14 +23,18 @@ the decoder. Importing this package imports neither torch nor timm nor open_clip
 from __future__ import annotations
 
 from .base import Encoder, Preprocess
+from .group import EncoderGroup, create_encoders, group_outputs
 from .registry import DEFAULT_ENCODER, canonical_spec, create_encoder, parse_spec, register_backend, spec_options
 
 __all__ = [
     "DEFAULT_ENCODER",
     "Encoder",
+    "EncoderGroup",
     "Preprocess",
     "canonical_spec",
     "create_encoder",
+    "create_encoders",
+    "group_outputs",
     "parse_spec",
     "register_backend",
     "spec_options",

@@ -310,6 +310,10 @@ class Encoder:
     def encode_text(self, texts: list[str]) -> np.ndarray:
         raise EncoderError(f"encoder {self.spec!r} has no text tower; zero-shot needs an openclip:MODEL spec")
 
+    def _derive(self, features: torch.Tensor, name: str) -> torch.Tensor:
+        """Another output computed from this forward's ``features`` (``encode_outputs``); none by default."""
+        raise EncoderError(f"encoder {self.spec!r} has no output {name!r} besides its embedding")
+
     # -- public API ---------------------------------------------------------------------------
     def preprocess(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 (N, H, W, 3) on any device -> normalised float32 (N, 3, size, size) on ``self.device``.
@@ -350,6 +354,21 @@ class Encoder:
         """uint8 (N, H, W, 3) -> float32 (N, dim) embeddings (not L2-normalised)."""
         return self._run(frames, self._features, "dim")
 
+    def encode_outputs(self, frames: np.ndarray | torch.Tensor, derived: tuple[str, ...] = ()) -> list[np.ndarray]:
+        """[the embeddings, then each ``derived`` output], all from one forward pass.
+
+        How several stores share one model (``pipeline.encoders.group``): a ``#pre`` open_clip encoder
+        derives the joint embedding by applying the projection it detached, as the model itself would.
+        """
+        if not derived:
+            return [self.encode(frames)]
+
+        def forward(x: torch.Tensor) -> list[torch.Tensor]:
+            features = self._features(x)
+            return [features, *(self._derive(features, name) for name in derived)]
+
+        return self._run(frames, forward, None)
+
     def classify(self, frames: np.ndarray | torch.Tensor) -> np.ndarray:
         """uint8 (N, H, W, 3) -> float32 (N, num_classes) logits, where the model has a classifier."""
         return self._run(frames, self._logits, None)
@@ -380,7 +399,8 @@ class Encoder:
             return torch.autocast("cuda", dtype=self.dtype)
         return contextlib.nullcontext()  # never autocast on CPU: bf16 there means bf16 weights (``_convert``)
 
-    def _run(self, frames: Any, fn: Any, dim_attr: str | None) -> np.ndarray:
+    def _run(self, frames: Any, fn: Any, dim_attr: str | None) -> Any:
+        """``fn`` on the preprocessed batch: one float32 array, or a list of them if ``fn`` returns a list."""
         import torch
 
         x = self._as_tensor(frames)
@@ -389,6 +409,8 @@ class Encoder:
         with torch.inference_mode(), self._autocast():
             x = self.preprocess(x)
             out = fn(x.to(self.dtype) if self._convert else x)
+        if isinstance(out, (list, tuple)):
+            return [o.float().cpu().numpy() for o in out]
         return out.float().cpu().numpy()
 
     def _as_tensor(self, frames: Any) -> torch.Tensor:

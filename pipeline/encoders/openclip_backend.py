@@ -10,8 +10,10 @@ embeddings for zero-shot heads.
 ``#pre`` (``openclip:ViT-B-32@openai#pre``) embeds with the image tower's output *before* its final
 projection into the joint space — the features the CLIP paper's linear probes used (768-d for
 ViT-B/32 instead of 512). The projection is detached from this encoder's own model copy, so the
-spec (recorded in the store) says which features a store holds; storing both kinds means extracting
-into two stores.
+spec (recorded in the store) says which features a store holds. Both kinds from one forward pass:
+name both specs in one extraction (``--encoder openclip:M@W --encoder openclip:M@W#pre``); the
+``#pre`` model then also derives the joint embedding (``encode_outputs(frames, ("joint",))``: its
+features times the detached projection, in the model's own precision), see ``pipeline.encoders.group``.
 
 Preprocessing is the model's own (``open_clip.get_model_preprocess_cfg``). open_clip only applies a
 tag's preprocessing (mean/std, interpolation, resize mode) when it loads that *tag*; with a local
@@ -47,6 +49,7 @@ class OpenClipEncoder(Encoder):
         self._tokenizer: Callable[..., Any] | None = None  # open_clip tokenizer, built on first use
         self.features = features
         self.projection = None  # (width, dim) matrix removed for #pre: pre @ projection = joint embedding
+        self._projection_here = None  # the projection on the model's device and dtype (``_derive``)
         if features == "pre":
             self.projection = _detach_projection(kwargs["model"], kwargs["spec"])
         elif features != "joint":
@@ -62,6 +65,14 @@ class OpenClipEncoder(Encoder):
 
     def _features(self, x):
         return self.model.encode_image(x)
+
+    def _derive(self, features, name: str):
+        """``joint`` from ``#pre`` features: the detached projection applied as the tower applies it."""
+        if name != "joint" or self.projection is None:
+            return super()._derive(features, name)
+        if self._projection_here is None:  # on the model's device and in its dtype (bf16 weights on CPU)
+            self._projection_here = self.projection.to(self.device, dtype=features.dtype)
+        return features @ self._projection_here
 
     def encode_text(self, texts: list[str] | str) -> np.ndarray:
         """L2-normalised float32 (len(texts), dim) text embeddings (zero-shot class prompts)."""

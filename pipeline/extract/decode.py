@@ -10,8 +10,9 @@ Cost model (why the decoder looks like this):
   the last wanted frame.
 * ``keyframes_only`` decodes keyframes alone (``skip_frame=NONKEY``): the approximate
   ``seek_mode: keyframe`` snaps wanted times to keyframes, ~50x cheaper on long GOPs.
-* Frames are resized inside FFmpeg's swscale while converting to RGB (one cached context per reader),
-  far cheaper than resizing full-size RGB arrays; display rotation (the display-matrix side data
+* Frames are resized inside FFmpeg's swscale while converting to RGB (one cached context per output
+  size), far cheaper than resizing full-size RGB arrays. One decoded frame can be resized to several
+  sizes (``iter_frames(views=...)``: several encoders fed by one decode); display rotation (the display-matrix side data
   phones write) is applied so frames are upright.
 * ``thread_type``: frame threading has a pipeline delay that every seek pays again, so requests that
   seek often with short decode runs use slice threading; long decode-throughs use AUTO (frame+slice).
@@ -25,7 +26,7 @@ at time t when it is the last frame whose presentation time is <= t. Every failu
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
 
 FrameSize = Callable[[int, int], "tuple[int, int]"]  # (height, width) -> (height, width) to resize to
 FrameCrop = Callable[[np.ndarray], np.ndarray]  # uint8 (N,H,W,3) -> (N,h,w,3)
+FrameView = tuple["FrameSize | None", str]  # one output of a decode: (size, interpolation)
 
 _INTERPOLATION = {
     "bicubic": "BICUBIC",
@@ -75,8 +77,9 @@ class DecodedClip:
 class FrameChunk:
     """Consecutive distinct decoded frames, in presentation order."""
 
-    frames: np.ndarray  # uint8 (m, H, W, 3)
+    frames: np.ndarray  # uint8 (m, H, W, 3): the first view
     timestamps: np.ndarray  # float64 (m,)
+    views: tuple[np.ndarray, ...] = ()  # every requested view of the same frames (``iter_frames(views=...)``)
 
 
 @dataclass
@@ -157,7 +160,7 @@ class VideoReader:
         self._offset_raw = self.stream.start_time if self.stream.start_time is not None else 0
         self._scan: tuple[np.ndarray, np.ndarray] | None = None  # (frame times, keyframe times) from demux
         self._rewind = False  # the demuxer is not at the start any more (after a scan)
-        self._reformatter: VideoReformatter | None = None
+        self._reformatters: dict[tuple[int, int, str], VideoReformatter] = {}  # one swscale context per size
         self.stats = DecodeStats()
         self.warnings: list[str] = []  # what was found wrong with the file but worked around
         self.ended_at: float | None = None  # last frame's time, when the stream ended before a wanted time
@@ -284,14 +287,15 @@ class VideoReader:
         th, tw = size(dh, dw) if size is not None else (dh, dw)
         if turns % 2:
             th, tw = tw, th
-        if self._reformatter is None:
+        reformatter = self._reformatters.get((th, tw, interpolation))
+        if reformatter is None:  # several sizes per frame must not rebuild one context at every call
             from av.video.reformatter import VideoReformatter
 
-            self._reformatter = VideoReformatter()
+            reformatter = self._reformatters[(th, tw, interpolation)] = VideoReformatter()
         if (th, tw) == (ch, cw):
-            out = self._reformatter.reformat(frame, format="rgb24")
+            out = reformatter.reformat(frame, format="rgb24")
         else:
-            out = self._reformatter.reformat(
+            out = reformatter.reformat(
                 frame, width=tw, height=th, format="rgb24", interpolation=_INTERPOLATION.get(interpolation, "BICUBIC")
             )
         arr = out.to_ndarray()
@@ -359,14 +363,19 @@ class VideoReader:
         interpolation: str = "bicubic",
         keyframes_only: bool = False,
         chunk: int = 32,
+        views: Sequence[FrameView] = (),
     ) -> Iterator[FrameChunk]:
         """The distinct frames on screen at ``times`` (any order, duplicates allowed), in time order.
 
         Chunks hold at most ``chunk`` frames so memory does not grow with a clip's length. Map each
         requested time to its frame with ``assign_frames``. ``keyframes_only`` decodes keyframes alone
-        (use with times snapped to ``keyframe_times()``).
+        (use with times snapped to ``keyframe_times()``). ``views`` (default: the one ``(size,
+        interpolation)``) resizes each decoded frame once per view, into ``FrameChunk.views``: encoders
+        with different inputs share one decode.
         """
         import av
+
+        views = tuple(views) or ((size, interpolation),)
 
         wanted = np.unique(np.asarray(times, dtype=np.float64))
         if wanted.size == 0:
@@ -378,7 +387,7 @@ class VideoReader:
         cfr_step = (
             1.0 / float(s.average_rate) if s.average_rate and s.base_rate and s.average_rate == s.base_rate else 0.0
         )
-        out_f: list[np.ndarray] = []
+        out_f: list[list[np.ndarray]] = []  # per frame, one array per view
         out_t: list[float] = []
         last_emitted: list[float] = []
         gop_seen = 0.0  # largest keyframe interval observed while decoding (used when there is no table)
@@ -388,7 +397,7 @@ class VideoReader:
             if last_emitted and abs(t - last_emitted[0]) <= _TOL:
                 return
             last_emitted[:] = [t]
-            out_f.append(self._to_rgb(frame, size, interpolation))
+            out_f.append([self._to_rgb(frame, s, interp) for s, interp in views])
             out_t.append(t)
             self.stats.returned += 1
             if len(out_f) >= chunk:
@@ -482,8 +491,9 @@ class VideoReader:
             yield self._chunk(out_f, out_t)
 
     @staticmethod
-    def _chunk(out_f: list[np.ndarray], out_t: list[float]) -> FrameChunk:
-        c = FrameChunk(np.stack(out_f), np.array(out_t, dtype=np.float64))
+    def _chunk(out_f: list[list[np.ndarray]], out_t: list[float]) -> FrameChunk:
+        stacked = tuple(np.stack(v) for v in zip(*out_f))
+        c = FrameChunk(stacked[0], np.array(out_t, dtype=np.float64), stacked)
         out_f.clear()
         out_t.clear()
         return c

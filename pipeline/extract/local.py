@@ -4,16 +4,23 @@ Three stages run at once and meet in bounded queues, so memory stays flat howeve
 videos are:
 
 * ``DecodePool`` (``pipeline.extract.workers``): worker processes decode each manifest item's sampled
-  frames, resized and cropped to the encoder input, in chunks; a stuck or crashed worker costs one clip.
-* this module's main loop packs frames of many clips into full encoder batches (one pinned staging
-  buffer on CUDA, so host-to-device copies are non-blocking; the encoder applies AMP there; fp32 and
-  channels_last on CPU), encodes each distinct frame once, and assembles clips as they complete;
-* a writer thread hands finished clips to the store's ``ShardWriter``, so a shard flush never stalls
-  the encoder.
+  frames, resized and cropped to each distinct encoder input, in chunks; a stuck or crashed worker
+  costs one clip.
+* this module's main loop packs frames of many clips into full encoder batches, one batcher per model
+  (one pinned staging buffer on CUDA, so host-to-device copies are non-blocking; the encoder applies
+  AMP there; fp32 and channels_last on CPU), encodes each distinct frame once per model, and
+  assembles clips as they complete;
+* a writer thread per store hands finished clips to its ``ShardWriter``, so a shard flush never
+  stalls the encoder.
+
+Several encoders (``extract_all``, ``vidprobe extract --encoder A --encoder B``) share the decode: a
+clip is decoded once for all the stores that lack it (``pipeline.extract.targets``), and one model's
+outputs (open_clip joint and ``#pre``) come from one forward (``pipeline.encoders.group``). One
+encoder is the case K=1 of the same loop.
 
 On a CPU the encoder is the bottleneck and shares the cores with decoding; on a GPU the decoders are.
 ``resolve_runtime`` picks worker/thread/batch defaults for either (see its docstring for why). The store
-side (provenance, lock, plan, run record, writer) is the ``ExtractionJob`` the Ray engine uses too.
+side (provenance, lock, plan, run record, writer) is one ``ExtractionJob`` per store, as in the Ray engine.
 """
 
 from __future__ import annotations
@@ -34,15 +41,18 @@ from ..config import AUTO, Config, ExtractConfig, SamplingConfig
 from ..data.manifest import Manifest, VideoItem
 from ..data.sampling import sampling_identity
 from ..encoders.base import FrameEncoder
-from ..errors import DecodeError
+from ..errors import ConfigError, DecodeError
 from ..store import ShardWriter, check_appendable
 from .decode import DecodedClip
 from .job import ExtractionJob, ExtractSummary, build_provenance
 from .sharding import JobShard
+from .targets import ExtractionJobs, UnionTask, decode_views, store_paths
 from .workers import ClipTask, DecodePool, decode_task
 
 if TYPE_CHECKING:
     import torch
+
+    from ..encoders import EncoderGroup
 
 # torch's OpenMP threads must not spin while waiting: the cores they would burn belong to the decoder
 # processes (measured: under contention spinning made effnet-lite0 several times slower). Read by
@@ -97,11 +107,17 @@ def resolve_runtime(ext: ExtractConfig, device_type: str, cpus: int | None = Non
 
 
 class _TaskState:
-    """Main-process state of one task: its frames' embeddings as they are encoded, then its clips."""
+    """Main-process state of one task: its frames' embeddings as they are encoded, then its clips.
+
+    ``groups`` are the models whose stores need this task; each encodes the task's frames once
+    (``encoded[g]``, ``emb[g]``: per batch part, one array per output of that model)."""
 
     __slots__ = (
         "tid",
         "item",
+        "targets",
+        "skips",
+        "groups",
         "received",
         "encoded",
         "emb",
@@ -110,35 +126,40 @@ class _TaskState:
         "skipped",
         "error",
         "stage",
+        "failed",
         "warnings",
     )
 
-    def __init__(self, tid: int, item: VideoItem):
-        self.tid, self.item = tid, item
+    def __init__(self, unit: UnionTask, groups: tuple[int, ...]):
+        self.tid, self.item, self.targets, self.skips = unit.task.task, unit.item, unit.targets, unit.skips
+        self.groups = groups
         self.received = 0
-        self.encoded = 0
-        self.emb: list[np.ndarray] = []
+        self.encoded = dict.fromkeys(groups, 0)
+        self.emb: dict[int, list[list[np.ndarray]]] = {g: [] for g in groups}
         self.stamps: list[np.ndarray] = []
         self.clips: list | None = None  # set by the worker's "done"
         self.skipped = 0
-        self.error = ""  # why it failed, naming the file
-        self.stage = ""  # where it failed: decode | encode
+        self.error = ""  # why decoding failed, naming the file (fails every target)
+        self.stage = ""  # decode
+        self.failed: dict[int, str] = {}  # model -> why its encoding failed (fails that model's targets)
         self.warnings: list[str] = []  # the decoder's warnings (kept with the clips; see ExtractSummary.warnings)
 
     @property
     def finished(self) -> bool:
-        return bool(self.error) or (self.clips is not None and self.encoded == self.received)
+        if self.error:
+            return True
+        return self.clips is not None and all(g in self.failed or self.encoded[g] == self.received for g in self.groups)
 
 
 class _Batcher:
-    """Packs frames of many tasks into full batches through one staging buffer (pinned on CUDA)."""
+    """Packs frames of many tasks into full batches for one model, through one staging buffer (pinned on CUDA)."""
 
-    def __init__(self, encoder: FrameEncoder, batch_size: int):
-        self.encoder, self.batch_size = encoder, batch_size
+    def __init__(self, group: EncoderGroup, index: int, batch_size: int):
+        self.group, self.index, self.batch_size = group, index, batch_size
         self.pending: deque[list] = deque()  # [state, frames, first frame not yet taken]
         self.queued = 0
         self.staging: torch.Tensor | None = None  # made on first use (torch is imported lazily)
-        self.cuda = str(getattr(encoder, "device", "cpu")).startswith("cuda")
+        self.cuda = str(getattr(group, "device", "cpu")).startswith("cuda")
         self.batches = 0
 
     def add(self, state: _TaskState, frames: np.ndarray) -> None:
@@ -153,11 +174,12 @@ class _Batcher:
         """Encode one batch (full if enough frames are queued); returns the tasks it touched."""
         import torch
 
+        g = self.index
         parts, owners, n = [], [], 0
         while self.pending and n < self.batch_size:
             entry = self.pending[0]
             state, frames, pos = entry
-            if state.error:  # its task failed meanwhile: drop its frames
+            if state.error or g in state.failed:  # its task failed meanwhile: drop its frames
                 self.queued -= len(frames) - pos
                 self.pending.popleft()
                 continue
@@ -181,19 +203,18 @@ class _Batcher:
             view[pos : pos + len(p)] = p
             pos += len(p)
         try:
-            emb = self.encoder.encode(staging[:n])
+            outs: list[np.ndarray] | None = self.group.encode(staging[:n])
             error = ""
         except Exception as exc:  # one bad batch fails its clips, not the job
-            emb, error = None, f"encoding failed ({type(exc).__name__}: {exc})"
+            outs, error = None, f"encoding failed ({type(exc).__name__}: {exc})"
         self.batches += 1
         pos = 0
         for state, take in owners:
-            if emb is None:
-                if not state.error:  # a task with several parts in this batch fails once
-                    state.error, state.stage = f"{state.item.abspath}: {error}", "encode"
+            if outs is None:
+                state.failed.setdefault(g, f"{state.item.abspath}: {error}")  # once per task
             else:
-                state.emb.append(emb[pos : pos + take])
-                state.encoded += take
+                state.emb[g].append([o[pos : pos + take] for o in outs])
+                state.encoded[g] += take
             pos += take
         return [s for s, _ in owners]
 
@@ -261,51 +282,95 @@ def extract(
 
     With ``shard`` (see ``pipeline.extract.sharding``) only the clips that job shard owns are extracted, into
     shard files named after it, under that shard's writer lock, so shard processes can share one store.
+    One encoder (``encoder``, else ``cfg.encoder``); ``extract_all`` runs several over one decode.
     """
-    from ..encoders import canonical_spec, create_encoder
+    if encoder is None and len(cfg.encoders) > 1:
+        raise ConfigError(f"encoder: {len(cfg.encoders)} specs; extract() writes one store, extract_all() several")
+    encoders = None if encoder is None else [encoder]
+    (summary,) = extract_all(
+        manifest, store_path, cfg, encoders=encoders, progress=progress, retry_failed=retry_failed, shard=shard
+    )
+    return summary
+
+
+def extract_all(
+    manifest: Manifest,
+    output: str | Path,
+    cfg: Config,
+    *,
+    encoders: list[FrameEncoder] | None = None,
+    progress: bool = True,
+    retry_failed: bool = False,
+    shard: JobShard | None = None,
+) -> list[ExtractSummary]:
+    """Every encoder of ``cfg.encoder`` (or ``encoders``, e.g. from ``create_encoders``) over one decode of
+    ``manifest``: one store each.
+
+    The stores are ``store_paths(output, specs)`` (``output`` itself for one encoder, ``output/<name>``
+    for several); each is its own job (plan, lock, run record, failures, resume), so a clip already in
+    one store is decoded only for the others. Returns one summary per store, in spec order.
+    """
+    from ..encoders import canonical_spec, create_encoders, group_outputs
 
     started = time.perf_counter()
-    if encoder is None:
-        # what can be refused without the model is refused before building it (torch costs seconds)
-        identity = {"encoder": canonical_spec(cfg.encoder), "sampling": sampling_identity(cfg.sampling)}
-        check_appendable(store_path, {**identity, "dtype": cfg.store.dtype})
-        encoder = create_encoder(cfg.encoder, device=cfg.extract.device, precision=cfg.extract.precision)
-    device_type = str(getattr(encoder, "device", "cpu")).split(":")[0]
+    paths = store_paths(output, cfg.encoders if encoders is None else [e.spec for e in encoders])  # before loading
+    if encoders is None:
+        # what can be refused without the models is refused before building them (torch costs seconds)
+        for path, spec in zip(paths, cfg.encoders):
+            identity = {"encoder": canonical_spec(spec), "sampling": sampling_identity(cfg.sampling)}
+            check_appendable(path, {**identity, "dtype": cfg.store.dtype})
+        encoders = create_encoders(cfg.encoders, device=cfg.extract.device, precision=cfg.extract.precision)
+    groups, where = group_outputs(encoders)  # one forward per model, whatever number of outputs it feeds
+    outputs = [groups[g].outputs[j] for g, j in where]
+    device_type = str(getattr(groups[0], "device", "cpu")).split(":")[0]
     rt = resolve_runtime(cfg.extract, device_type)
-    job = ExtractionJob(
+    jobs = ExtractionJobs(
         manifest,
-        store_path,
+        paths,
         cfg,
-        build_provenance(encoder, cfg),
+        [build_provenance(o, cfg) for o in outputs],
         shard=shard,
         retry_failed=retry_failed,
         started=started,
     )
-    with job:
-        _run_engine(encoder, job, rt, device_type, progress)
-    return job.summary
+    with jobs:
+        _run_engine(groups, [g for g, _ in where], [j for _, j in where], jobs, rt, device_type, progress)
+    return [job.summary for job in jobs.jobs]
 
 
-def _run_engine(encoder: FrameEncoder, job: ExtractionJob, rt: Runtime, device_type: str, progress: bool) -> None:
-    """Decoder pool → batched encoder → writer thread, for the job's planned tasks (see the module docstring)."""
+def _run_engine(
+    groups: list[EncoderGroup],
+    group_of: list[int],
+    output_of: list[int],
+    jobs: ExtractionJobs,
+    rt: Runtime,
+    device_type: str,
+    progress: bool,
+) -> None:
+    """Decoder pool → one batcher per model → writer threads, for the jobs' merged plan (module docstring).
+
+    Store ``t`` is output ``output_of[t]`` of model ``group_of[t]``."""
     import torch
     from tqdm.auto import tqdm
 
-    cfg, summary, todo = job.cfg, job.summary, job.todo
-    states = {task.task: _TaskState(task.task, item) for item, task in todo}
+    first = jobs.jobs[0]
+    cfg = first.cfg
+    views, view_of_group = decode_views([g.preprocess_cfg for g in groups])
+    todo = jobs.plan([view_of_group[g] for g in group_of])
+    states = {u.task.task: _TaskState(u, tuple(sorted({group_of[t] for t in u.targets}))) for u in todo}
     old_threads = torch.get_num_threads()
     if device_type == "cpu" and rt.torch_threads:
         torch.set_num_threads(rt.torch_threads)
     pool = DecodePool(
         cfg.sampling,
-        encoder.preprocess_cfg,
+        views,
         num_workers=rt.num_workers,
         threads=rt.decode_threads,
         timeout=cfg.extract.decode_timeout,
         chunk=rt.batch_size,
         max_messages=max(2, rt.prefetch_frames // rt.batch_size),
     )
-    batcher = _Batcher(encoder, rt.batch_size)
+    batchers = [_Batcher(group, i, rt.batch_size) for i, group in enumerate(groups)]
     bar = tqdm(
         total=len(todo),
         unit="video" if cfg.sampling.windowed else "clip",
@@ -313,71 +378,91 @@ def _run_engine(encoder: FrameEncoder, job: ExtractionJob, rt: Runtime, device_t
         disable=not progress,
         dynamic_ncols=True,
     )
+    sinks: list[_StoreSink] = []
     try:
-        sink = job.sink = _StoreSink(job.writer)
+        for job in jobs.jobs:
+            sinks.append(_StoreSink(job.writer))
+            job.sink = sinks[-1]
         try:
 
             def finish(touched: list[_TaskState]) -> None:
                 for state in dict.fromkeys(touched):
                     if state.finished and states.pop(state.tid, None) is not None:
-                        _store_task(state, job)
+                        _store_task(state, jobs.jobs, group_of, output_of)
                         bar.update(1)
-                elapsed = max(time.perf_counter() - job.started, 1e-9)
-                bar.set_postfix(frames_s=f"{summary.frames / elapsed:.1f}", failed=summary.failed, refresh=False)
+                elapsed = max(time.perf_counter() - first.started, 1e-9)
+                frames = sum(job.summary.frames for job in jobs.jobs)
+                failed = sum(job.summary.failed for job in jobs.jobs)
+                bar.set_postfix(frames_s=f"{frames / elapsed:.1f}", failed=failed, refresh=False)
 
-            for msg in pool.messages(task for _, task in todo) if todo else ():
+            for msg in pool.messages(u.task for u in todo) if todo else ():
                 kind, tid = msg[0], msg[1]
                 state = states.get(tid)
                 if state is None:
                     continue
                 if kind == "frames":
-                    batcher.add(state, msg[2])
-                    state.received += len(msg[2])
+                    for g in state.groups:
+                        batchers[g].add(state, msg[2][view_of_group[g]])
+                    state.received += len(msg[3])
                     state.stamps.append(msg[3])
-                    while batcher.full:
-                        finish(batcher.encode())
+                    for batcher in batchers:
+                        while batcher.full:
+                            finish(batcher.encode())
                 elif kind == "done":
                     state.clips, state.skipped, state.warnings = msg[2], msg[3], msg[4]
                     finish([state])
                 else:
                     state.error, state.stage = msg[2], "decode"
                     finish([state])
-            while batcher.queued:
-                finish(batcher.encode())
-            summary.workers_replaced = pool.replaced
+            for batcher in batchers:
+                while batcher.queued:
+                    finish(batcher.encode())
+            for job in jobs.jobs:
+                job.summary.workers_replaced = pool.replaced
         finally:
             pool.close()
-            job.sink = job.writer
-            sink.close()
+            errors = []
+            for job, sink in zip(jobs.jobs, sinks):
+                job.sink = job.writer
+                try:
+                    sink.close()
+                except BaseException as exc:  # every store's writer thread is stopped before one error is raised
+                    errors.append(exc)
+            if errors:
+                raise errors[0]
     finally:
         bar.close()
         torch.set_num_threads(old_threads)
 
 
-def _store_task(state: _TaskState, job: ExtractionJob) -> None:
-    """Hand a finished task's clips (or its failure) to the job, which writes and counts them."""
+def _store_task(state: _TaskState, jobs: list[ExtractionJob], group_of: list[int], output_of: list[int]) -> None:
+    """Hand a finished task's clips (or its failure) to each job that needs it, which writes and counts them."""
     item = state.item
-    job.summary.skipped += state.skipped
-    if not state.error and state.clips:
-        emb = np.concatenate(state.emb) if state.emb else np.zeros((0, 0), np.float32)
-        if not np.all(np.isfinite(emb)):
-            state.error, state.stage = (
-                f"{item.abspath}: the encoder returned NaN or Inf embeddings; not stored",
-                "encode",
-            )
-    if state.error:
-        job.add_failure(item.path, item.start, item.end, state.stage, state.error)
-        return
-    assert state.clips is not None  # finished without an error: the worker's "done" has set the clips
-    stamps = np.concatenate(state.stamps) if state.stamps else np.zeros(0)
-    for start, end, idx in state.clips:
-        job.add_clip(item, start, end, emb[idx], stamps[idx])
-    for warning in state.warnings:
-        job.add_warning(item.path, warning)
+    for t, have in zip(state.targets, state.skips):
+        job, g = jobs[t], group_of[t]
+        clips = [c for c in state.clips or () if (c[0], c[1]) not in have]  # windows this store already has
+        job.summary.skipped += state.skipped + len(state.clips or ()) - len(clips)
+        error, stage = (state.error, state.stage) if state.error else (state.failed.get(g, ""), "encode")
+        if not error and clips:
+            parts = [p[output_of[t]] for p in state.emb[g]]
+            emb = np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+            if not np.all(np.isfinite(emb)):
+                error, stage = f"{item.abspath}: the encoder returned NaN or Inf embeddings; not stored", "encode"
+        if error:
+            job.add_failure(item.path, item.start, item.end, stage, error)
+            continue
+        stamps = np.concatenate(state.stamps) if state.stamps else np.zeros(0)
+        for start, end, idx in clips:
+            job.add_clip(item, start, end, emb[idx], stamps[idx])
+        for warning in state.warnings:
+            job.add_warning(item.path, warning)
 
 
 def _decode_whole(task: ClipTask, sampling: SamplingConfig, preprocess, threads: int):
-    """Run the engine's per-video decode in this thread: (frames, timestamps, clips, warnings)."""
+    """Run the engine's per-video decode in this thread: (frames, timestamps, clips, warnings).
+
+    With a sequence of preprocessings the frames are a tuple, one array per preprocessing (None for
+    those ``task.views`` leaves out)."""
     out, stamps, clips, warnings = [], [], None, []
     for msg in decode_task(task, sampling, preprocess, threads=threads):
         if msg[0] == "frames":
@@ -387,15 +472,29 @@ def _decode_whole(task: ClipTask, sampling: SamplingConfig, preprocess, threads:
             clips, warnings = msg[2], msg[4]
         else:
             raise DecodeError(msg[2])
-    return np.concatenate(out), np.concatenate(stamps), clips, warnings
+    if isinstance(out[0], tuple):
+        frames: Any = tuple(None if v[0] is None else np.concatenate(v) for v in zip(*out))
+    else:
+        frames = np.concatenate(out)
+    return frames, np.concatenate(stamps), clips, warnings
+
+
+def load_views(
+    item: VideoItem, sampling: SamplingConfig, views: list, need: tuple[int, ...] | None = None, threads: int = 0
+) -> tuple[list[np.ndarray | None], np.ndarray, list[str]]:
+    """One decode of a single-clip item, resized once per preprocessing in ``views`` that ``need`` names:
+    (frames per view, one per sampled time; None where not needed), timestamps, warnings."""
+    task = ClipTask(0, str(item.abspath), item.start, item.end, root=item.root, views=need)
+    frames, stamps, clips, warnings = _decode_whole(task, sampling, list(views), threads)
+    idx = np.concatenate([i for _, _, i in clips]) if clips else np.arange(len(stamps))
+    return [None if f is None else f[idx] for f in frames], stamps[idx], warnings
 
 
 def load_clip(item: VideoItem, sampling: SamplingConfig, preprocess, threads: int = 0) -> DecodedClip:
-    """Decoded, resized and cropped frames of one single-clip item (the Ray engine's decode stage)."""
-    task = ClipTask(0, str(item.abspath), item.start, item.end, root=item.root)
-    frames, stamps, clips, warnings = _decode_whole(task, sampling, preprocess, threads)
-    idx = np.concatenate([i for _, _, i in clips]) if clips else np.arange(len(frames))
-    return DecodedClip(frames[idx], stamps[idx], warnings)
+    """Decoded, resized and cropped frames of one single-clip item (``load_views`` with one view)."""
+    (frames,), stamps, warnings = load_views(item, sampling, [preprocess], threads=threads)
+    assert frames is not None
+    return DecodedClip(frames, stamps, warnings)
 
 
 Clips = list[tuple[float | None, float | None, DecodedClip]]  # (start, end, clip) per clip window

@@ -1,8 +1,13 @@
 """Ray Data engine: CPU decode tasks stream frames to encoder actors (one per GPU), the driver writes.
 
-    clips (from the plan)  ──►  map_batches(decode)       CPU tasks, our PyAV ``load_clip``, 1 clip per call
+    clips (from the plan)  ──►  map_batches(decode)       CPU tasks, our PyAV ``load_views``, 1 clip per call
                            ──►  map_batches(EncodeClips)  actors: one per GPU (num_gpus=1), else CPU
                            ──►  driver: iter_batches ──► ShardWriter ──► the same store layout
+
+Several encoders (``extract_ray_all``): the plan is the stores' merged plan (``pipeline.extract.targets``),
+the decode stage resizes each clip once per distinct encoder input, and one encoder actor pool per
+model follows another (each adds its stores' embeddings to the rows; a model's joint and ``#pre``
+outputs come from one forward), so each clip is decoded once for every store that lacks it.
 
 Ray's streaming executor runs the stages concurrently with back-pressure, so decoding on every CPU of
 every node keeps the encoders busy, and frames never pile up past the object store's budget.
@@ -32,11 +37,13 @@ import numpy as np
 
 from ..config import Config, SamplingConfig
 from ..data.manifest import Manifest, VideoItem
-from ..encoders import parse_spec
+from ..encoders import Preprocess
+from ..encoders.group import group_specs
 from ..errors import ConfigError, VidprobeError
-from .job import ExtractionJob, ExtractSummary, build_provenance
-from .local import load_clip, resolve_runtime
+from .job import ExtractSummary, build_provenance
+from .local import load_views, resolve_runtime
 from .sharding import JobShard
+from .targets import ExtractionJobs, UnionTask, decode_views, store_paths
 
 # Quiet, offline Ray: no usage reporting (it would try the internet), de-duplicated worker logs.
 RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_DEDUP_LOGS": "1"}
@@ -87,11 +94,12 @@ def _encoder_device(cfg: Config, gpus: int) -> bool:
     return gpus > 0 and device != "cpu"
 
 
-def _provenance(cfg: Config, use_gpu: bool) -> dict[str, Any]:
-    from ..encoders import create_encoder
+def _provenances(cfg: Config, use_gpu: bool) -> list[dict[str, Any]]:
+    """Each encoder's store provenance, built where the encoders run (their device and precision)."""
+    from ..encoders import create_encoders
 
-    encoder = create_encoder(cfg.encoder, device="cuda" if use_gpu else "cpu", precision=cfg.extract.precision)
-    return build_provenance(encoder, cfg)
+    encoders = create_encoders(cfg.encoders, device="cuda" if use_gpu else "cpu", precision=cfg.extract.precision)
+    return [build_provenance(e, cfg) for e in encoders]
 
 
 def _objects(values: list) -> np.ndarray:
@@ -102,99 +110,130 @@ def _objects(values: list) -> np.ndarray:
 
 
 def _decode_rows(
-    batch: dict[str, np.ndarray], sampling: SamplingConfig, preprocess: Any, threads: int
+    batch: dict[str, np.ndarray], sampling: SamplingConfig, views: list[Any], view_of: list[int], threads: int
 ) -> dict[str, np.ndarray]:
-    """Decode stage (a CPU task): each row's sampled frames, or the error that stopped them."""
-    frames, stamps, errors, warnings = [], [], [], []
-    size = preprocess.size
-    for path, root, start, end in zip(batch["path"], batch["root"], batch["start"], batch["end"]):
+    """Decode stage (a CPU task): each row's sampled frames once per view its stores need, or the error
+    that stopped them (then every store of the row records it)."""
+    frames: list[list[np.ndarray]] = [[] for _ in views]
+    stamps, errors, warnings = [], [], []
+    for path, root, start, end, mask in zip(
+        batch["path"], batch["root"], batch["start"], batch["end"], batch["targets"]
+    ):
         item = VideoItem(
             str(path),
             str(root),
             start=None if np.isnan(start) else float(start),
             end=None if np.isnan(end) else float(end),
         )
+        need = tuple(sorted({view_of[t] for t in _targets(int(mask), len(view_of))}))
         try:
-            clip = load_clip(item, sampling, preprocess, threads)
-            frames.append(clip.frames)
-            stamps.append(np.asarray(clip.timestamps, np.float64))
+            got, ts, warned = load_views(item, sampling, views, need, threads)
             errors.append("")
-            warnings.append("\n".join(clip.warnings))
+            warnings.append("\n".join(warned))
         except Exception as exc:  # a decoder bug on one odd file must not end the job
             msg = str(exc) if isinstance(exc, VidprobeError) else f"{item.abspath}: {type(exc).__name__}: {exc}"
-            frames.append(np.zeros((0, size, size, 3), np.uint8))
-            stamps.append(np.zeros(0, np.float64))
+            got, ts = [None] * len(views), np.zeros(0, np.float64)
             errors.append(msg)
             warnings.append("")
-    return {
+        stamps.append(np.asarray(ts, np.float64))
+        for v, f in enumerate(got):
+            size = views[v].size
+            frames[v].append(f if f is not None else np.zeros((0, size, size, 3), np.uint8))
+    out = {
         "index": batch["index"],
         "path": batch["path"],
-        "frames": _objects(frames),
+        "targets": batch["targets"],
         "timestamps": _objects(stamps),
-        "error": np.array(errors, dtype=object),
-        "stage": np.array(["decode" if e else "" for e in errors], dtype=object),
         "warnings": np.array(warnings, dtype=object),  # the decoder's warnings, one per line
     }
+    for v, per_view in enumerate(frames):
+        out[f"frames_{v}"] = _objects(per_view)
+    for t in range(len(view_of)):  # per store: why its clip failed ("" = not failed)
+        out[f"error_{t}"] = np.array(errors, dtype=object)
+        out[f"stage_{t}"] = np.array(["decode" if e else "" for e in errors], dtype=object)
+    return out
+
+
+def _targets(mask: int, count: int) -> list[int]:
+    return [t for t in range(count) if mask >> t & 1]
 
 
 class _EncodeClips:
-    """Encoder stage (an actor holding the frozen model): frames of a batch of clips -> embeddings.
+    """Encoder stage (an actor holding one frozen model): frames of a batch of clips -> embeddings for
+    each store that model feeds (``members``: store indices, one forward for all of them).
 
     Frames of all clips in the call are packed into encoder batches of ``extract.batch_size``; if a
     packed batch fails, each clip is encoded alone so only the clips that really fail are recorded.
+    Columns this stage does not read pass through, except frames no later stage needs (``keep``).
     """
 
-    def __init__(self, cfg: Config, use_gpu: bool):
-        from ..encoders import create_encoder
+    def __init__(self, cfg: Config, use_gpu: bool, members: list[int], view: int, keep: list[str]):
+        from ..encoders import create_encoders, group_outputs
 
-        self.encoder = create_encoder(cfg.encoder, device="cuda" if use_gpu else "cpu", precision=cfg.extract.precision)
+        encoders = create_encoders(
+            [cfg.encoders[t] for t in members], device="cuda" if use_gpu else "cpu", precision=cfg.extract.precision
+        )
+        groups, where = group_outputs(encoders)
+        (self.group,) = groups  # the members share one model (pipeline.encoders.group)
+        self.members, self.output = members, [j for _, j in where]
+        self.view, self.keep = view, keep
         self.batch_size = resolve_runtime(cfg.extract, "cuda" if use_gpu else "cpu").batch_size
 
-    def _encode(self, frames: np.ndarray) -> np.ndarray:
-        parts = [self.encoder.encode(frames[i : i + self.batch_size]) for i in range(0, len(frames), self.batch_size)]
-        return np.concatenate(parts) if parts else np.zeros((0, self.encoder.dim), np.float32)
+    def _encode(self, frames: np.ndarray) -> list[np.ndarray]:
+        parts = [self.group.encode(frames[i : i + self.batch_size]) for i in range(0, len(frames), self.batch_size)]
+        if not parts:
+            return [np.zeros((0, o.dim), np.float32) for o in self.group.outputs]
+        return [np.concatenate(p) for p in zip(*parts)]
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["index"])
-        errors, stages = list(batch["error"]), list(batch["stage"])
-        embs: list[np.ndarray] = [np.zeros((0, self.encoder.dim), np.float32)] * n
-        ok = [i for i in range(n) if not errors[i]]
-        frames = [np.asarray(batch["frames"][i]) for i in range(n)]
+        mine = self.members
+        out: dict[str, np.ndarray] = {k: v for k, v in batch.items() if not k.startswith("frames_") or k in self.keep}
+        errors = {t: list(batch[f"error_{t}"]) for t in mine}
+        stages = {t: list(batch[f"stage_{t}"]) for t in mine}
+        embs: dict[int, list[np.ndarray]] = {
+            t: [np.zeros((0, self.group.outputs[j].dim), np.float32)] * n for t, j in zip(mine, self.output)
+        }
+        frames = [np.asarray(f) for f in batch[f"frames_{self.view}"]]
+        ok = [
+            i
+            for i in range(n)
+            if any(int(batch["targets"][i]) >> t & 1 for t in mine) and not errors[mine[0]][i]  # decode errors: all
+        ]
+
+        def put(i: int, encoded: list[np.ndarray]) -> None:
+            for t, j in zip(mine, self.output):
+                embs[t][i] = encoded[j]
+
         try:
-            packed = (
-                self._encode(np.concatenate([frames[i] for i in ok]))
-                if ok
-                else np.zeros((0, self.encoder.dim), np.float32)
-            )
+            packed = self._encode(np.concatenate([frames[i] for i in ok])) if ok else self._encode(frames[0][:0])
             bounds = np.cumsum([0] + [len(frames[i]) for i in ok])
-            for j, i in enumerate(ok):
-                embs[i] = packed[bounds[j] : bounds[j + 1]]
+            for k, i in enumerate(ok):
+                put(i, [p[bounds[k] : bounds[k + 1]] for p in packed])
         except Exception:
             for i in ok:
                 try:
-                    embs[i] = self._encode(frames[i])
+                    put(i, self._encode(frames[i]))
                 except Exception as exc:
-                    errors[i], stages[i] = (
-                        f"{batch['path'][i]}: encoding failed ({type(exc).__name__}: {exc})",
-                        "encode",
-                    )
-        return {
-            "index": batch["index"],
-            "embedding": _objects(embs),
-            "timestamps": batch["timestamps"],
-            "error": np.array(errors, dtype=object),
-            "stage": np.array(stages, dtype=object),
-            "warnings": batch["warnings"],
-        }
+                    for t in mine:
+                        errors[t][i], stages[t][i] = (
+                            f"{batch['path'][i]}: encoding failed ({type(exc).__name__}: {exc})",
+                            "encode",
+                        )
+        for t in mine:
+            out[f"embedding_{t}"] = _objects(embs[t])
+            out[f"error_{t}"] = np.array(errors[t], dtype=object)
+            out[f"stage_{t}"] = np.array(stages[t], dtype=object)
+        return out
 
 
-def _actor_class(cfg: Config, use_gpu: bool) -> type:
+def _actor_class(cfg: Config, use_gpu: bool, members: list[int], view: int, keep: list[str]) -> type:
     """The encoder actor with its settings bound in the class (not passed as constructor arguments,
     which Ray would keep in the object store for actor restarts)."""
 
     class EncodeClips(_EncodeClips):
         def __init__(self) -> None:
-            super().__init__(cfg, use_gpu)
+            super().__init__(cfg, use_gpu, members, view, keep)
 
     return EncodeClips
 
@@ -213,7 +252,43 @@ def extract_ray(
 ) -> ExtractSummary:
     """``extract`` on a Ray cluster (``address``, or a local one of ``num_cpus``): same plan, same store.
 
-    ``num_encoders`` encoder actors (default: one per GPU in the cluster, or one on CPU).
+    ``num_encoders`` encoder actors (default: one per GPU in the cluster, or one on CPU). One encoder;
+    ``extract_ray_all`` runs several over one decode.
+    """
+    if len(cfg.encoders) > 1:
+        raise ConfigError(
+            f"encoder: {len(cfg.encoders)} specs; extract_ray() writes one store, extract_ray_all() several"
+        )
+    (summary,) = extract_ray_all(
+        manifest,
+        store_path,
+        cfg,
+        address=address,
+        num_encoders=num_encoders,
+        shard=shard,
+        progress=progress,
+        retry_failed=retry_failed,
+        num_cpus=num_cpus,
+    )
+    return summary
+
+
+def extract_ray_all(
+    manifest: Manifest,
+    output: str | Path,
+    cfg: Config,
+    *,
+    address: str | None = None,
+    num_encoders: int | None = None,
+    shard: JobShard | None = None,
+    progress: bool = True,
+    retry_failed: bool = False,
+    num_cpus: int | None = None,
+) -> list[ExtractSummary]:
+    """``extract_all`` on a Ray cluster: one decode stage feeding one encoder actor pool per model.
+
+    ``num_encoders`` actors per model (default: one per GPU in the cluster, or one on CPU); on GPUs each
+    actor takes 1/K of a GPU for K models, so every GPU holds one actor of each model.
     """
     started = time.perf_counter()
     if num_encoders is not None and num_encoders < 1:
@@ -222,44 +297,58 @@ def extract_ray(
         raise ConfigError(
             f"sampling.strategy={cfg.sampling.strategy!r} makes several clips per video; use the local engine for it"
         )
-    parse_spec(cfg.encoder)  # a bad spec fails here, before a cluster starts
+    members = group_specs(cfg.encoders)  # a bad or repeated spec fails here, before a cluster starts
+    paths = store_paths(output, cfg.encoders)
     ray = _import_ray()
     owns_ray = init_ray(address, num_cpus)
     try:
         use_gpu = _encoder_device(cfg, int(ray.cluster_resources().get("GPU", 0)))
         actor_resources = {"num_cpus": 1, "num_gpus": 1 if use_gpu else 0}
         try:  # built where the encoders run, so it records their device and precision
-            provenance = ray.get(ray.remote(**actor_resources)(_provenance).remote(cfg, use_gpu))
+            provenances = ray.get(ray.remote(**actor_resources)(_provenances).remote(cfg, use_gpu))
         except ray.exceptions.RayTaskError as exc:
             if isinstance(
                 exc.cause, VidprobeError
             ):  # e.g. weights that cannot be loaded: one line, not a remote traceback
                 raise exc.cause from None
             raise
-        job = ExtractionJob(
-            manifest, store_path, cfg, provenance, engine="ray", shard=shard, retry_failed=retry_failed, started=started
+        jobs = ExtractionJobs(
+            manifest, paths, cfg, provenances, engine="ray", shard=shard, retry_failed=retry_failed, started=started
         )
-        with job:  # the same store, lock, plan, run record and writer as the local engine
-            if job.todo:
-                _run_pipeline(ray, job, use_gpu, num_encoders, actor_resources, progress)
-        return job.summary
+        with jobs:  # the same stores, locks, plans, run records and writers as the local engine
+            pres = [Preprocess.from_dict(job.store.provenance["preprocess"]) for job in jobs.jobs]
+            views, view_of = decode_views(pres)
+            todo = jobs.plan(view_of)
+            if todo:
+                if use_gpu:
+                    actor_resources = {"num_cpus": 1, "num_gpus": 1 / len(members)}  # type: ignore[dict-item]
+                _run_pipeline(
+                    ray, jobs, todo, members, views, view_of, use_gpu, num_encoders, actor_resources, progress
+                )
+        return [job.summary for job in jobs.jobs]
     finally:
         if owns_ray:
             ray.shutdown()
 
 
 def _run_pipeline(
-    ray, job: ExtractionJob, use_gpu: bool, num_encoders: int | None, actor_resources: dict[str, int], progress: bool
+    ray,
+    jobs: ExtractionJobs,
+    todo: list[UnionTask],
+    members: list[list[int]],
+    views: list[Any],
+    view_of: list[int],
+    use_gpu: bool,
+    num_encoders: int | None,
+    actor_resources: dict[str, Any],
+    progress: bool,
 ) -> None:
-    """Build the Ray Data pipeline over the job's planned items; hand what comes out to the job, as it comes."""
+    """Build the Ray Data pipeline over the merged plan; hand what comes out to each store's job, as it comes."""
     import ray.data
     from tqdm.auto import tqdm
 
-    from ..encoders import Preprocess
-
-    cfg, summary = job.cfg, job.summary
-    todo = [item for item, _ in job.todo]
-    pre = Preprocess.from_dict(job.store.provenance["preprocess"])
+    first = jobs.jobs[0]
+    cfg = first.cfg
     frames_per_clip = cfg.sampling.num_frames if cfg.sampling.strategy == "uniform" else (cfg.sampling.max_frames or 8)
     clips_per_call = max(
         1, round(resolve_runtime(cfg.extract, "cuda" if use_gpu else "cpu").batch_size / frames_per_clip)
@@ -268,12 +357,13 @@ def _run_pipeline(
     rows = [
         {
             "index": i,
-            "path": it.path,
-            "root": it.root,
-            "start": math.nan if it.start is None else float(it.start),
-            "end": math.nan if it.end is None else float(it.end),
+            "path": u.item.path,
+            "root": u.item.root,
+            "start": math.nan if u.item.start is None else float(u.item.start),
+            "end": math.nan if u.item.end is None else float(u.item.end),
+            "targets": sum(1 << t for t in u.targets),  # the stores that lack this clip
         }
-        for i, it in enumerate(todo)
+        for i, u in enumerate(todo)
     ]
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
     blocks = min(len(rows), max(4 * cpus, math.ceil(len(rows) / ROWS_PER_BLOCK)))
@@ -283,17 +373,19 @@ def _run_pipeline(
         # one FFmpeg thread per decode task unless set: Ray already runs one task per core
         threads = resolve_runtime(cfg.extract, "cpu").decode_threads or 1  # one FFmpeg thread per decode task
         ds = ds.map_batches(
-            partial(_decode_rows, sampling=cfg.sampling, preprocess=pre, threads=threads),
+            partial(_decode_rows, sampling=cfg.sampling, views=views, view_of=view_of, threads=threads),
             batch_size=1,
             num_cpus=1,
             max_retries=DECODE_RETRIES,
         )
-        ds = ds.map_batches(
-            _actor_class(cfg, use_gpu),
-            batch_size=clips_per_call,
-            compute=ray.data.ActorPoolStrategy(size=encoders),
-            **actor_resources,
-        )
+        for g, group in enumerate(members):  # one actor pool per model, chained; frames pass on while needed
+            later = {view_of[t] for rest in members[g + 1 :] for t in rest}
+            ds = ds.map_batches(
+                _actor_class(cfg, use_gpu, group, view_of[group[0]], [f"frames_{v}" for v in sorted(later)]),
+                batch_size=clips_per_call,
+                compute=ray.data.ActorPoolStrategy(size=encoders),
+                **actor_resources,
+            )
     ctx = ds.context
     ctx.max_errored_blocks = -1  # a block whose worker died is skipped; its clips are recorded below
     ctx.enable_progress_bars = False
@@ -304,24 +396,31 @@ def _run_pipeline(
         for j, index in enumerate(batch["index"]):
             if int(index) in seen:  # never store a clip twice, whatever a retry re-delivers
                 continue
-            item = todo[int(index)]
+            unit = todo[int(index)]
+            item = unit.item
             seen.add(int(index))
-            error = str(batch["error"][j])
-            if error:
-                job.add_failure(item.path, item.start, item.end, str(batch["stage"][j]), error)
-            else:
-                emb = np.asarray(batch["embedding"][j], np.float32)
+            for t in unit.targets:
+                job = jobs.jobs[t]
+                error = str(batch[f"error_{t}"][j])
+                if error:
+                    job.add_failure(item.path, item.start, item.end, str(batch[f"stage_{t}"][j]), error)
+                    continue
+                emb = np.asarray(batch[f"embedding_{t}"][j], np.float32)
                 job.add_clip(item, item.start, item.end, emb, np.asarray(batch["timestamps"][j], np.float64))
                 for warning in filter(None, str(batch["warnings"][j]).split("\n")):
                     job.add_warning(item.path, warning)
             bar.update(1)
-        elapsed = max(time.perf_counter() - job.started, 1e-9)
-        bar.set_postfix(frames_s=f"{summary.frames / elapsed:.1f}", failed=summary.failed, refresh=False)
+        elapsed = max(time.perf_counter() - first.started, 1e-9)
+        frames = sum(job.summary.frames for job in jobs.jobs)
+        failed = sum(job.summary.failed for job in jobs.jobs)
+        bar.set_postfix(frames_s=f"{frames / elapsed:.1f}", failed=failed, refresh=False)
     bar.close()
-    for i, item in enumerate(todo):
+    for i, unit in enumerate(todo):
         if i not in seen:
+            item = unit.item
             error = (
                 f"{item.abspath}: no result from the Ray pipeline (its "
                 "worker died; see the Ray logs); retry with --retry-failed"
             )
-            job.add_failure(item.path, item.start, item.end, "worker", error)
+            for t in unit.targets:
+                jobs.jobs[t].add_failure(item.path, item.start, item.end, "worker", error)

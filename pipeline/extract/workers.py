@@ -9,7 +9,10 @@ tasks, reads results, watches every worker, and feeds one bounded queue that the
 Protocol (worker -> main), plain tuples so pickling stays cheap:
 
 * ``("frames", task, frames uint8 (m, S, S, 3), timestamps (m,))`` — the next distinct frames of a task,
-  in time order, at most ``chunk`` at a time (memory does not grow with a clip's length);
+  in time order, at most ``chunk`` at a time (memory does not grow with a clip's length). A pool made
+  with a sequence of preprocessings (several encoders sharing one decode) sends a tuple instead: the
+  same frames resized and cropped once per preprocessing, ``None`` for those the task does not need
+  (``ClipTask.views``);
 * ``("done", task, clips, skipped, warnings)`` — ``clips`` lists ``(start, end, frame_index)`` per clip
   window (``frame_index`` picks, per sampled time, one of the task's frames: overlapping windows and
   repeated times share one decoded and encoded frame); ``skipped`` counts windows already stored;
@@ -61,6 +64,7 @@ class ClipTask:
     end: float | None = None
     skip: frozenset = field(default_factory=frozenset)  # (start, end) windows already stored
     root: str | None = None  # the manifest root: the path is re-checked against it when the file is opened
+    views: tuple[int, ...] | None = None  # which of the pool's preprocessings this task needs (None: all)
 
 
 def _with_path(path: str, message: str) -> str:
@@ -84,10 +88,24 @@ def _shared_frames(task: ClipTask, clips: list, per_window: list, ended_at: floa
     return out
 
 
+def _views(preprocess: Any, task: ClipTask) -> list[Any]:
+    """The preprocessings to produce for ``task``: one (a single ``Preprocess``), or those it needs, else None."""
+    if not isinstance(preprocess, (tuple, list)):
+        return [preprocess]
+    return [p if task.views is None or i in task.views else None for i, p in enumerate(preprocess)]
+
+
 def decode_task(
     task: ClipTask, sampling: SamplingConfig, preprocess: Any, threads: int = 0, chunk: int = 32
 ) -> Iterator[Message]:
-    """Decode one task into protocol messages (runs in a worker process, or in-process for 0 workers)."""
+    """Decode one task into protocol messages (runs in a worker process, or in-process for 0 workers).
+
+    ``preprocess``: one ``Preprocess``, or a sequence of them (one per distinct encoder input): each
+    decoded frame is then resized once per preprocessing the task needs, and "frames" carries a tuple.
+    """
+    many = isinstance(preprocess, (tuple, list))
+    views = _views(preprocess, task)
+    wanted_views = [p for p in views if p is not None]
     try:
         with VideoReader(task.path, threads=threads, root=task.root) as reader:
             info = reader.info
@@ -116,13 +134,14 @@ def decode_task(
             stamps: list[np.ndarray] = []
             for c in reader.iter_frames(
                 wanted,
-                size=preprocess.frame_size,
-                interpolation=preprocess.interpolation,
+                views=[(p.frame_size, p.interpolation) for p in wanted_views],
                 keyframes_only=keyframes_only,
                 chunk=chunk,
             ):
                 stamps.append(c.timestamps)
-                yield ("frames", task.task, np.ascontiguousarray(preprocess.center_crop(c.frames)), c.timestamps)
+                made = iter(np.ascontiguousarray(p.center_crop(v)) for p, v in zip(wanted_views, c.views))
+                out = tuple(None if p is None else next(made) for p in views)
+                yield ("frames", task.task, out if many else out[0], c.timestamps)
             all_ts = np.concatenate(stamps)
             clips = [(k[0], k[1], assign_frames(all_ts, t).astype(np.int32)) for k, t in zip(keys, per_window)]
             yield (

@@ -17,6 +17,8 @@ Config keys (see ``configs/demo-bench.yaml``)::
     stores:                        # paths are relative to the current directory
       - {dataset: ucf101, path: features/ucf101-b32, encoder: B-32}      # encoder: display name (optional)
       - {dataset: ucf101-s2, path: features/ucf101-b32, splits_from: {source: data/ucfTrainTestlist, split: 2}}
+      - {dataset: ucf101, path: features/ucf101}   # a folder of stores (extract -o DIR --encoder A --encoder B):
+                                                   # one entry per store in it, DIR/<name>/
     poolings: [center, mean, seg4]
     heads: [logreg, mlp, knn, zeroshot]   # or mappings: {kind: logreg, solver: sklearn, Cs: [...]}
     fewshot: {shots: [1, 2, 4, 8, 16], seeds: [0, 1, 2, 3, 4], heads: [logreg], poolings: [mean]}
@@ -39,7 +41,7 @@ import numpy as np
 from ..config import build, check_known, read_yaml_mapping, rule
 from ..data.splits import SplitsFrom, SplitSpec
 from ..errors import ConfigError, VidprobeError
-from ..store import open_store
+from ..store import PROVENANCE_FILE, open_store
 from ..versions import versions
 from .heads import HeadConfig
 from .pooling import get_pool, is_order_aware
@@ -180,6 +182,22 @@ def _parse_benchmark(data: dict[str, Any], stem: str) -> BenchmarkConfig:
     return cfg
 
 
+def expand_stores(entries: list[StoreEntry]) -> list[StoreEntry]:
+    """An entry whose path is not a store but holds stores (``vidprobe extract -o DIR --encoder A --encoder
+    B`` writes ``DIR/<name>/``) stands for each of them, in name order; other entries stay as they are."""
+    out = []
+    for entry in entries:
+        p = Path(entry.path)
+        inner = (
+            sorted(d for d in p.iterdir() if (d / PROVENANCE_FILE).is_file())
+            if p.is_dir() and not (p / PROVENANCE_FILE).exists()
+            else []
+        )
+        named = (lambda d: f"{entry.encoder}/{d.name}") if entry.encoder else (lambda d: None)
+        out += [dataclasses.replace(entry, path=str(d), encoder=named(d)) for d in inner] or [entry]
+    return out
+
+
 def _encoder_name(spec: str) -> str:
     """A readable encoder name: file paths inside a spec shortened to their file names."""
     return re.sub(r"(?:[^:@#]*/)+([^:@#/]+)", r"\1", spec)
@@ -206,6 +224,7 @@ def run_benchmark(
     out = Path(output or cfg.output)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
+    cfg = dataclasses.replace(cfg, stores=expand_stores(cfg.stores))
     rows: list[dict[str, Any]] = []
     details: list[dict[str, Any]] = []
     n_jobs = len(cfg.stores) * (

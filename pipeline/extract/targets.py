@@ -1,0 +1,143 @@
+"""Several stores from one decode: where each encoder's store goes, and what each still needs.
+
+``vidprobe extract SOURCE -o STORE --encoder A --encoder B`` writes one ordinary store per encoder:
+with one encoder the store *is* ``STORE`` (as always), with several it is ``STORE/<name>/``
+(``store_name``: ``effnet-lite0``, ``openclip-ViT-B-32-openai``, ``openclip-ViT-B-32-openai-pre``, ...).
+Each store has its own ``ExtractionJob`` (provenance, lock, plan, run record, writer, failures);
+``ExtractionJobs`` enters them together and merges their plans (``UnionTask``): a clip is decoded once
+if any store still lacks it, and handed only to the stores that lack it. Encoders whose inputs are
+resized alike (same size, resize and interpolation) share one resize (``decode_views``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..config import Config
+from ..data.manifest import Manifest, VideoItem
+from ..encoders import Preprocess, parse_spec, spec_options
+from ..errors import ConfigError
+from .job import ExtractionJob
+from .sharding import JobShard
+from .workers import ClipTask
+
+__all__ = ["ExtractionJobs", "UnionTask", "decode_views", "store_name", "store_paths"]
+
+
+def store_name(spec: str) -> str:
+    """Folder name of ``spec``'s store in a several-encoder run: backend, model, weights (a file's stem), pre."""
+    backend, model, weights = parse_spec(spec)
+    if backend == "effnet-lite0":
+        return "effnet-lite0"
+    parts = [backend, Path(model).stem if model.lower().endswith(".json") else model]
+    if weights is not None:
+        parts.append(Path(weights).stem if "/" in weights or "\\" in weights or Path(weights).is_file() else weights)
+    parts += sorted(spec_options(spec)[1])
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", "-".join(parts)).strip("._") or backend
+
+
+def store_paths(output: str | Path, specs: Sequence[str]) -> list[Path]:
+    """The store of each spec: ``output`` itself for one encoder, ``output/<store_name>`` for several."""
+    if len(specs) == 1:
+        return [Path(output)]
+    names: dict[str, str] = {}
+    for spec in specs:
+        name = store_name(spec)
+        if name in names:
+            raise ConfigError(
+                f"encoders {names[name]!r} and {spec!r} would both write {Path(output) / name}; "
+                "extract them in separate runs with their own -o"
+            )
+        names[name] = spec
+    return [Path(output) / name for name in names]
+
+
+def decode_views(preprocesses: Sequence[Preprocess]) -> tuple[list[Preprocess], list[int]]:
+    """(distinct decoder geometries, which one each input uses): mean/std are the encoder's business,
+    so encoders that resize and crop alike share one resized frame."""
+    views: list[Preprocess] = []
+    keys: list[tuple] = []
+    index = []
+    for p in preprocesses:
+        key = (p.size, p.resize_short, p.resize_mode, p.interpolation)
+        if key not in keys:
+            keys.append(key)
+            views.append(p)
+        index.append(keys.index(key))
+    return views, index
+
+
+@dataclass(frozen=True)
+class UnionTask:
+    """One decode for the stores that lack (part of) a manifest item."""
+
+    item: VideoItem
+    task: ClipTask  # skip: windows every target store has; views: the decoder geometries the targets need
+    targets: tuple[int, ...]  # indices of the jobs that get this item's clips
+    skips: tuple[frozenset, ...]  # per target: windows that store already has (windowed strategies)
+
+
+class ExtractionJobs:
+    """One ``ExtractionJob`` per store, entered together (see the module doc); a context manager.
+
+    Inside the ``with``: ``jobs`` (one per store, in the order given). ``plan(views_of)`` merges their
+    plans; ``views_of[t]`` is the decoder geometry store ``t``'s encoder needs (``decode_views``).
+    """
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        store_paths: Sequence[str | Path],
+        cfg: Config,
+        provenances: Sequence[dict[str, Any]],
+        *,
+        engine: str = "local",
+        shard: JobShard | None = None,
+        retry_failed: bool = False,
+        started: float | None = None,
+    ) -> None:
+        self.manifest = manifest
+        self._jobs = [
+            ExtractionJob(
+                manifest, path, cfg, prov, engine=engine, shard=shard, retry_failed=retry_failed, started=started
+            )
+            for path, prov in zip(store_paths, provenances, strict=True)
+        ]
+        self._stack: contextlib.ExitStack | None = None
+
+    def __enter__(self) -> ExtractionJobs:
+        with contextlib.ExitStack() as stack:
+            self.jobs = [stack.enter_context(job) for job in self._jobs]
+            self._stack = stack.pop_all()
+        return self
+
+    def __exit__(self, *exc: Any) -> bool | None:
+        assert self._stack is not None
+        return self._stack.__exit__(*exc)
+
+    def plan(self, views_of: Sequence[int]) -> list[UnionTask]:
+        """Every item some store still needs, in manifest order, with the stores that need it."""
+        planned = [{item.key: task for item, task in job.todo} for job in self.jobs]
+        out: list[UnionTask] = []
+        seen: set = set()
+        for item in self.manifest.items:
+            key = item.key
+            targets = tuple(t for t, tasks in enumerate(planned) if key in tasks)
+            if key in seen or not targets:
+                continue
+            seen.add(key)
+            skips = tuple(planned[t][key].skip for t in targets)
+            task = dataclasses.replace(
+                planned[targets[0]][key],
+                task=len(out),
+                skip=frozenset.intersection(*skips),
+                views=tuple(sorted({views_of[t] for t in targets})),
+            )
+            out.append(UnionTask(item, task, targets, skips))
+        return out
