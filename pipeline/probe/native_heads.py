@@ -73,6 +73,8 @@ def to_native(estimator: Any) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
             f"(native kinds: {', '.join(NATIVE_KINDS)})"
         )
     arrays, settings = NATIVE_KINDS[name].to_arrays(estimator)
+    if "classes" in arrays:  # the file's own entry: the class names, written by save_head
+        raise HeadError(f"native kind {name!r}: array name 'classes' is reserved for the class names")
     return arrays, {"kind": name, **settings}
 
 
