@@ -452,7 +452,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="embed sampled frames of videos into a feature store (resumable)",
         description="Decode sampled frames of every video in SOURCE, embed them with a frozen encoder and append them "
         "to the feature store STORE. Clips already in the store (or already recorded as failed) are skipped, so "
-        "re-running resumes.",
+        "re-running resumes. With several --encoder options each clip is decoded once for all of them and each "
+        "encoder writes its own store, STORE/<name>/.",
     )
     e.add_argument(
         "source",
@@ -534,7 +535,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--ray-encoders",
         type=int,
         metavar="K",
-        help="encoder actors (default: one per GPU in the cluster, or 1 without GPUs)",
+        help="encoder actors per model (default: one per GPU in the cluster, or 1 without GPUs)",
     )
     e.add_argument("--json", action="store_true", help="print the run summary as one JSON document")
     e.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

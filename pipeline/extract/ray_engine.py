@@ -287,8 +287,9 @@ def extract_ray_all(
 ) -> list[ExtractSummary]:
     """``extract_all`` on a Ray cluster: one decode stage feeding one encoder actor pool per model.
 
-    ``num_encoders`` actors per model (default: one per GPU in the cluster, or one on CPU); on GPUs each
-    actor takes 1/K of a GPU for K models, so every GPU holds one actor of each model.
+    ``num_encoders`` actors per model (default: one per GPU in the cluster, or one on CPU); each actor
+    takes 1/K of a CPU (and of a GPU) for K models, so every GPU holds one actor of each model and the
+    decode tasks keep the CPUs they had with one model.
     """
     started = time.perf_counter()
     if num_encoders is not None and num_encoders < 1:
@@ -319,12 +320,9 @@ def extract_ray_all(
             pres = [Preprocess.from_dict(job.store.provenance["preprocess"]) for job in jobs.jobs]
             views, view_of = decode_views(pres)
             todo = jobs.plan(view_of)
-            if todo:
-                if use_gpu:
-                    actor_resources = {"num_cpus": 1, "num_gpus": 1 / len(members)}  # type: ignore[dict-item]
-                _run_pipeline(
-                    ray, jobs, todo, members, views, view_of, use_gpu, num_encoders, actor_resources, progress
-                )
+            if todo:  # K models: each actor takes 1/K of a CPU (and of a GPU), as one model's actor takes one
+                share = {k: v / len(members) for k, v in actor_resources.items()}
+                _run_pipeline(ray, jobs, todo, members, views, view_of, use_gpu, num_encoders, share, progress)
         return [job.summary for job in jobs.jobs]
     finally:
         if owns_ray:
