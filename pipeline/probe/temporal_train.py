@@ -1,7 +1,8 @@
 """Training the temporal heads: one recipe from a hundred clips to a million, and a parallel lr x wd sweep.
 
 The recipe (every part a ``HeadConfig`` setting): inputs standardised per dimension on the training
-frames; dropout; AdamW with decoupled weight decay on the weight matrices, linear warm-up then cosine
+clips (``temporal_numpy.input_features``: by default each frame's deviation from its clip mean beside
+the clip mean); dropout; AdamW with decoupled weight decay on the weight matrices, linear warm-up then cosine
 decay; label smoothing; augmentation among the cached frames (each frame dropped with
 ``frame_dropout``, the kept ones keep their order and clip-relative times, which are jittered by up to
 ``time_jitter`` of a frame spacing), so nothing is re-extracted; early stopping on val accuracy.
