@@ -157,7 +157,7 @@ def main() -> None:
             yi = np.array([classes.index(c) for c in labels])
             train = (seqs[idx["train"]], yi[idx["train"]])
             val = (seqs[idx["val"]], yi[idx["val"]])
-            stats = input_stats(train[0], cfg.inputs)
+            stats = input_stats(train[0], cfg.inputs, arch["components"])
             t0 = time.perf_counter()
             together = train_candidates(arch, recipe, recipe.candidates, train, val, stats, seed=0)
             t_par = time.perf_counter() - t0

@@ -69,7 +69,8 @@ def _random_seqs(n: int = 5, T: int = 7, dim: int = D, seed: int = 0) -> FrameSe
     "settings",
     [
         {"kind": "attn", "depth": 2, "queries": 3, "num_heads": 2, "width": 8},
-        {"kind": "attn", "inputs": "frames", "queries": 1},
+        {"kind": "attn", "inputs": "frames", "queries": 1, "components": 0},
+        {"kind": "attn", "components": 6, "width": 8, "num_heads": 2},
         {"kind": "gru", "width": 8},
         {"kind": "gru", "width": 8, "bidirectional": False, "inputs": "frames"},
     ],
@@ -78,7 +79,7 @@ def test_numpy_predictor_is_the_torch_module(settings: dict) -> None:
     cfg = HeadConfig.from_dict(settings)
     arch = temporal_arch(cfg, D, 3)
     seqs = _random_seqs()
-    stats = input_stats(seqs, cfg.inputs)
+    stats = input_stats(seqs, cfg.inputs, arch["components"])
     torch.manual_seed(0)
     model = build_model(arch).eval()
     head = TemporalHead(
@@ -103,7 +104,7 @@ def test_padding_changes_nothing(kind: str) -> None:
     arch = temporal_arch(cfg, D, 2)
     torch.manual_seed(1)
     weights = {k: v.detach().numpy() for k, v in build_model(arch).state_dict().items()}
-    head = TemporalHead(arch, {**weights, **input_stats(seqs, cfg.inputs)}, ["a", "b"])
+    head = TemporalHead(arch, {**weights, **input_stats(seqs, cfg.inputs, arch["components"])}, ["a", "b"])
     np.testing.assert_allclose(head.predict_proba(longer), head.predict_proba(seqs), rtol=1e-5, atol=1e-7)
 
 
@@ -130,7 +131,7 @@ def test_batched_sweep_equals_the_candidates_fitted_one_by_one(tmp_path: Path) -
     arch = temporal_arch(cfg, D, 4)
     arch["dropout"] = 0.0  # randomness is drawn per candidate batch; the arithmetic is what is compared
     recipe = Recipe(lrs=(3e-3, 1e-3), wds=(0.01, 0.4), epochs=4, batch_size=16, frame_dropout=0, time_jitter=0)
-    stats = input_stats(S[np.flatnonzero(tr)], cfg.inputs)
+    stats = input_stats(S[np.flatnonzero(tr)], cfg.inputs, arch["components"])
     data = (S[np.flatnonzero(tr)], y[tr]), (S[np.flatnonzero(va)], y[va])
     together = train_candidates(arch, recipe, recipe.candidates, *data, stats, seed=0)
     for g, cand in enumerate(recipe.candidates):
@@ -147,7 +148,7 @@ def test_a_seed_fixes_the_weights(tmp_path: Path, kind: str) -> None:
     cfg = HeadConfig(kind=kind, width=8, num_heads=2)
     arch = temporal_arch(cfg, D, 4)
     recipe = Recipe(lrs=(1e-3,), wds=(0.1,), epochs=2, batch_size=16)
-    stats = input_stats(S[tr], cfg.inputs)
+    stats = input_stats(S[tr], cfg.inputs, arch["components"])
     runs = [train_candidates(arch, recipe, recipe.candidates, (S[tr], y[tr]), None, stats, seed=s) for s in (0, 0, 1)]
     for name in runs[0].states[0]:
         assert np.array_equal(runs[0].states[0][name], runs[1].states[0][name]), name

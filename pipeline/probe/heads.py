@@ -58,7 +58,7 @@ from .logreg import (
 )
 from .native_heads import predictor_from_arrays, to_native
 from .sequences import FrameSequences, HeadInput
-from .temporal_numpy import TemporalHead  # registers the attn and gru native kinds
+from .temporal_numpy import TemporalHead, input_width  # (registers the attn and gru native kinds)
 
 HEAD_FORMATS = {".npz": "npz", ".skops": "skops", ".joblib": "joblib"}
 DEFAULT_TEMPLATES: tuple[str, ...] = ("a video of a person {label}.",)
@@ -72,8 +72,18 @@ _KIND_FIELDS = {
     "zeroshot": ("templates", "device"),
 }
 _TRAINING = ("lrs", "wds", "epochs", "batch_size", "dropout", "frame_dropout", "time_jitter", "label_smoothing")
-_KIND_FIELDS["attn"] = ("inputs", "width", "depth", "queries", "num_heads", *_TRAINING, "early_stop", "device")
-_KIND_FIELDS["gru"] = ("inputs", "width", "bidirectional", *_TRAINING, "early_stop", "device")
+_KIND_FIELDS["attn"] = (
+    "inputs",
+    "components",
+    "width",
+    "depth",
+    "queries",
+    "num_heads",
+    *_TRAINING,
+    "early_stop",
+    "device",
+)
+_KIND_FIELDS["gru"] = ("inputs", "components", "width", "bidirectional", *_TRAINING, "early_stop", "device")
 
 
 @dataclass
@@ -103,6 +113,8 @@ class HeadConfig:
     device: str = "auto"  # logreg (torch solver), zeroshot (text tower), attn, gru: auto | cpu | cuda[:K]
     # attn, gru: per frame, its deviation from the clip mean + the clip mean (residual) or the frame itself
     inputs: str = field(default="residual", metadata=rule(choices=TEMPORAL_INPUTS))
+    # attn, gru: inputs PCA-whitened onto this many directions (per part; 0 = standardise each dimension)
+    components: int = field(default=128, metadata=rule(min=0))
     width: int = field(default=128, metadata=rule(min=1))  # attn: embedding width; gru: hidden units
     depth: int = field(default=1, metadata=rule(min=1, max=12))  # attn: blocks (depth - 1 self-attention first)
     queries: int = field(default=4, metadata=rule(min=1, max=64))  # attn: learnable queries
@@ -268,10 +280,12 @@ def _fit_logreg(cfg: HeadConfig, classes, X_tr, yi_tr, X_va, yi_va, refit: bool)
 
 def temporal_arch(cfg: HeadConfig, dim: int, n_classes: int) -> dict[str, Any]:
     """The architecture record (sidecar ``model``) of an attn / gru head on ``dim``-d frame embeddings."""
+    components = min(cfg.components, dim)
     arch: dict[str, Any] = {
         "kind": cfg.kind,
         "inputs": cfg.inputs,
-        "dim": dim * (2 if cfg.inputs == "residual" else 1),  # residual: deviation and clip mean side by side
+        "dim": input_width(cfg.inputs, dim, components),  # what the module reads per frame
+        "components": components,
         "embedding_dim": dim,
         "n_classes": n_classes,
         "width": cfg.width,

@@ -112,38 +112,70 @@ def clip_means(seqs: FrameSequences) -> np.ndarray:
     return (np.where(m, seqs.x, 0).sum(axis=1) / np.maximum(m.sum(axis=1), 1)).astype(np.float32)
 
 
+def _apply(x: np.ndarray, stats: dict[str, np.ndarray], part: str) -> np.ndarray:
+    shifted = x - stats[f"input.{part}.shift"]
+    if f"input.{part}.proj" in stats:
+        return shifted @ stats[f"input.{part}.proj"]
+    return shifted / stats[f"input.{part}.scale"]
+
+
 def input_features(seqs: FrameSequences, stats: dict[str, np.ndarray], inputs: str) -> np.ndarray:
     """What the module reads per frame (N, T, D'), padding zeroed.
 
     ``frames``: the standardised embedding. ``residual`` (the default): the frame's deviation from its
-    clip's mean, standardised on its own, next to the standardised clip mean (D' = 2D). The deviations
-    are small beside what the clip's frames share (the filmed object), so standardising them apart
-    makes motion as visible to the head as identity; the mean half keeps what mean pooling sees.
+    clip's mean, standardised on its own, next to the standardised clip mean. The deviations are small
+    beside what a clip's frames share (the filmed object), so standardising them apart makes motion as
+    visible to the head as identity; the mean half keeps what mean pooling sees. Standardised means
+    PCA-whitened onto the top ``components`` directions when the head has them (``input_stats``), else
+    per dimension.
     """
     m = seqs.mask[..., None]
     if inputs == "frames":
-        x = (seqs.x - stats["input.mean"]) / stats["input.std"]
+        x = _apply(seqs.x, stats, "frame")
     else:
         mu = clip_means(seqs)
-        r = (seqs.x - mu[:, None]) / stats["input.rstd"]
-        c = (mu - stats["input.mean"]) / stats["input.std"]
-        x = np.concatenate([r, np.broadcast_to(c[:, None], r.shape)], axis=-1)
+        r = _apply(seqs.x - mu[:, None], stats, "residual")
+        c = _apply(mu, stats, "mean")
+        x = np.concatenate([r, np.broadcast_to(c[:, None], (*r.shape[:2], c.shape[-1]))], axis=-1)
     return np.where(m, x, 0).astype(np.float32)
 
 
-def input_stats(seqs: FrameSequences, inputs: str) -> dict[str, np.ndarray]:
-    """The standardisation of ``input_features``, fitted on training sequences (std floored: constant
-    dimensions stay finite)."""
+def _fit_part(a: np.ndarray, part: str, components: int) -> dict[str, np.ndarray]:
+    """Shift and scale (per dimension) or whitening projection (top ``components`` principal directions,
+    each scaled to unit variance; directions with no variance in the training data get weight 0)."""
+    a = a.astype(np.float64)
+    shift = a.mean(axis=0)
+    out = {f"input.{part}.shift": shift.astype(np.float32)}
+    if not components:
+        floor = 1e-6 * max(1.0, float(np.abs(a).max(initial=0.0)))
+        out[f"input.{part}.scale"] = np.maximum(a.std(axis=0), floor).astype(np.float32)
+        return out
+    centred = a - shift
+    cov = centred.T @ centred / max(len(a) - 1, 1)
+    vals, vecs = np.linalg.eigh(cov)
+    order = np.argsort(vals)[::-1][:components]
+    vals, vecs = vals[order], vecs[:, order]
+    keep = vals > 1e-9 * max(float(vals.max(initial=0.0)), 1e-30)
+    proj = np.where(keep, vecs / np.sqrt(np.where(keep, vals, 1.0)), 0.0)
+    if proj.shape[1] < components:  # fewer dimensions than components: pad, so the width is fixed
+        proj = np.pad(proj, [(0, 0), (0, components - proj.shape[1])])
+    out[f"input.{part}.proj"] = proj.astype(np.float32)
+    return out
 
-    def std(a: np.ndarray) -> np.ndarray:
-        return np.maximum(a.std(axis=0), 1e-6 * max(1.0, float(np.abs(a).max(initial=0.0)))).astype(np.float32)
 
+def input_stats(seqs: FrameSequences, inputs: str, components: int = 0) -> dict[str, np.ndarray]:
+    """The standardisation of ``input_features``, fitted on training sequences."""
     if inputs == "frames":
-        frames = seqs.x[seqs.mask].astype(np.float64)
-        return {"input.mean": frames.mean(axis=0).astype(np.float32), "input.std": std(frames)}
-    mu = clip_means(seqs).astype(np.float64)
-    r = (seqs.x - mu[:, None].astype(np.float32))[seqs.mask].astype(np.float64)
-    return {"input.mean": mu.mean(axis=0).astype(np.float32), "input.std": std(mu), "input.rstd": std(r)}
+        return _fit_part(seqs.x[seqs.mask], "frame", components)
+    mu = clip_means(seqs)
+    r = (seqs.x - mu[:, None])[seqs.mask]
+    return {**_fit_part(r, "residual", components), **_fit_part(mu, "mean", components)}
+
+
+def input_width(inputs: str, dim: int, components: int) -> int:
+    """D' of ``input_features`` for ``dim``-d embeddings."""
+    part = components or dim
+    return part * (2 if inputs == "residual" else 1)
 
 
 class TemporalHead:
@@ -218,4 +250,4 @@ def _native(kind: str) -> NativeKind:
 for _kind in _FORWARD:
     register_native_kind(_kind, _native(_kind))
 
-__all__ = ["TemporalHead", "clip_means", "input_features", "input_stats"]
+__all__ = ["TemporalHead", "clip_means", "input_features", "input_stats", "input_width"]

@@ -265,7 +265,8 @@ def fit_temporal(
     """Sweep lr x wd on val, keep the best, refit it on train+val; returns (head, hparams, val_scores, info)."""
     cands = recipe.candidates
     inputs = arch.get("inputs", "frames")
-    stats = input_stats(train[0], inputs)
+    components = int(arch.get("components", 0))
+    stats = input_stats(train[0], inputs, components)
     if val is None or not len(val[0]):  # nothing to select on: the middle candidate, all epochs
         g = len(cands) // 2
         sw = train_candidates(arch, recipe, [cands[g]], train, None, stats, seed=seed)
@@ -291,7 +292,7 @@ def fit_temporal(
     if refit:
         both = FrameSequences.concat([train[0], val[0]])
         y_all = np.concatenate([train[1], val[1]])
-        stats = input_stats(both, inputs)
+        stats = input_stats(both, inputs, components)
         rf = train_candidates(arch, recipe, [cands[g]], (both, y_all), None, stats, seed=seed, stop_after=epochs)
         state = rf.states[0]
         info.update(refit_epochs=epochs, refit_seconds=round(rf.seconds, 3))
