@@ -122,6 +122,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     settings: dict[str, Any] = {"kind": args.head}
     if args.head == "logreg":
         settings.update(solver=args.solver, device=args.device)
+    if args.head in ("attn", "gru"):
+        settings["device"] = args.device
     if args.head == "zeroshot":
         settings["device"] = args.device
         if args.prompt:
@@ -224,6 +226,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.top_k < 1:
         raise ConfigError(f"-k/--top-k={args.top_k}: must be >= 1 (labels to show per video)")
     check_device(args.device, "--device")
+    plot_dir = None
+    if args.explain:
+        plot_dir = Path(args.explain_dir)
+        try:
+            plot_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"--explain-dir {plot_dir}: cannot create it ({exc.strerror or exc})") from None
     results = predict_videos(
         args.head,
         args.videos,
@@ -231,6 +240,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         device=args.device,
         trust=args.trust,
         decode_timeout=args.decode_timeout,
+        explain=args.explain,
+        plot_dir=plot_dir,
     )
     if args.json:
         _print_json(results)
@@ -243,6 +254,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
             print(r["path"])
             for t in r["top"]:
                 print(f"  {t['prob']:.3f}  {t['label']}")
+            for c in r.get("clips", []):
+                frames = " ".join(f"{f['time']:.2f}s:{f['weight']:.3f}" for f in c["frames"])
+                print(f"  frame weights ({r['explained_by']}, P={c['top_prob']:.3f}): {frames}")
+            if "plot" in r:
+                print(f"  timeline -> {r['plot']}")
     return EXIT_PARTIAL if any("error" in r for r in results) else EXIT_OK
 
 
@@ -564,12 +580,15 @@ def build_parser() -> argparse.ArgumentParser:
         default="logreg",
         choices=HEAD_KINDS,
         help="logreg (default) | mlp | knn (cosine) | zeroshot (class-name prompts through the store encoder's "
-        "open_clip text tower; no training)",
+        "open_clip text tower; no training) | attn (attentive probe over the frames) | gru (bidirectional GRU "
+        "over the frames); attn and gru read every frame (no --pool), choose lr x weight decay on val in one "
+        "batched sweep, and are saved as .npz",
     )
     t.add_argument(
         "--pool",
-        default="mean",
-        help="mean | max | meanmax | meanstd | center | tdiff | segK (e.g. seg4); default mean",
+        default=None,
+        help="mean | max | meanmax | meanstd | center | tdiff | segK (e.g. seg4); default mean (attn and gru read "
+        "the frames themselves: pool 'frames')",
     )
     t.add_argument(
         "--shots",
@@ -659,6 +678,18 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="seconds a video's decoder may go without progress before it is stopped and the video reported "
         "as failed (default: extract.decode_timeout's default, 120)",
+    )
+    r.add_argument(
+        "--explain",
+        action="store_true",
+        help="per clip, each sampled frame's time and weight: an attn head's attention (sums to 1 per clip) or, "
+        "for logreg on mean pooling, the frame's share of the winning logit; plus a timeline PNG per video",
+    )
+    r.add_argument(
+        "--explain-dir",
+        default=".",
+        metavar="DIR",
+        help="folder for the --explain timelines, VIDEO-explain.png (default: the current folder)",
     )
     r.add_argument("--json", action="store_true", help="print predictions as one JSON document")
     r.set_defaults(func=cmd_predict)
@@ -754,7 +785,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     d.add_argument("-o", "--output", default="demo-out", metavar="DIR", help="output folder (default demo-out)")
     d.add_argument(
-        "--per-class", type=int, default=None, help="videos per class for both tasks (default: 12 for what, 30 for how)"
+        "--per-class", type=int, default=None, help="videos per class for both tasks (default: 12 for what, 60 for how)"
     )
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("-q", "--quiet", action="store_true", help="no progress bars")

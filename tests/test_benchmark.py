@@ -222,3 +222,26 @@ def test_linear_probe_benchmark_script_runs_and_ends_with_json() -> None:
     ):
         assert key in last
     assert f"{last['speedup']:.2f}x wall" in proc.stdout
+
+
+def test_temporal_heads_get_one_row_per_store_and_few_shot(tmp_path: Path) -> None:
+    _store(tmp_path / "how", "enc-a", True, 1)
+    attn = {"kind": "attn", "width": 8, "num_heads": 2, "epochs": 2, "lrs": [1e-3], "wds": [0.1]}
+    cfg = {
+        "name": "temporal",
+        "stores": [{"dataset": "how", "path": str(tmp_path / "how")}],
+        "poolings": ["mean", "seg2"],
+        "heads": ["logreg", attn],
+        "fewshot": {"shots": [2], "seeds": [0], "heads": [attn]},
+    }
+    path = tmp_path / "b.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["benchmark", str(path), "-o", str(tmp_path / "out"), "-q"]) == 0
+    rows = _rows(tmp_path / "out")
+    assert [(r["pool"], r["head"], r["shots"]) for r in rows] == [
+        ("mean", "logreg", ""),
+        ("seg2", "logreg", ""),
+        ("frames", "attn", ""),
+        ("frames", "attn", "2"),
+    ]
+    assert all(r["status"] == "ok" for r in rows) and json.loads(rows[2]["hparams"]).keys() == {"lr", "wd"}

@@ -20,7 +20,8 @@ Config keys (see ``configs/demo-bench.yaml``)::
       - {dataset: ucf101, path: features/ucf101}   # a folder of stores (extract -o DIR --encoder A --encoder B):
                                                    # one entry per store in it, DIR/<name>/
     poolings: [center, mean, seg4]
-    heads: [logreg, mlp, knn, zeroshot]   # or mappings: {kind: logreg, solver: sklearn, Cs: [...]}
+    heads: [logreg, mlp, knn, zeroshot, attn, gru]   # or mappings: {kind: attn, depth: 2, lrs: [...]}
+                                   # attn / gru read the frames: one row each (pool "frames"), not one per pooling
     fewshot: {shots: [1, 2, 4, 8, 16], seeds: [0, 1, 2, 3, 4], heads: [logreg], poolings: [mean]}
 """
 
@@ -38,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import build, check_known, read_yaml_mapping, rule
+from ..config import TEMPORAL_HEADS, build, check_known, read_yaml_mapping, rule
 from ..data.splits import SplitsFrom, SplitSpec
 from ..errors import ConfigError, VidprobeError
 from ..store import PROVENANCE_FILE, open_store
@@ -46,6 +47,7 @@ from ..versions import versions
 from .heads import HeadConfig
 from .pooling import get_pool, is_order_aware
 from .report import markdown_table, plot_accuracy_bars, plot_confusion, plot_fewshot, write_csv
+from .sequences import SEQUENCE_POOL, HeadInput
 from .train import fit_on_store, pooled_features
 
 CSV_COLUMNS = (
@@ -208,6 +210,12 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
 
 
+def head_grid(poolings: list[str], heads: list[HeadConfig]) -> list[tuple[str, HeadConfig]]:
+    """(pool, head) fits: every pooling x every pooled head, then each temporal head once on the frames."""
+    grid = [(pool, h) for pool in poolings for h in heads if h.kind not in TEMPORAL_HEADS]
+    return grid + [(SEQUENCE_POOL, h) for h in heads if h.kind in TEMPORAL_HEADS]
+
+
 def run_benchmark(
     config: BenchmarkConfig | str | Path,
     output: str | Path | None = None,
@@ -227,10 +235,9 @@ def run_benchmark(
     cfg = dataclasses.replace(cfg, stores=expand_stores(cfg.stores))
     rows: list[dict[str, Any]] = []
     details: list[dict[str, Any]] = []
-    n_jobs = len(cfg.stores) * (
-        len(cfg.poolings) * len(cfg.heads)
-        + len(cfg.fewshot_poolings) * len(cfg.fewshot_heads) * len(cfg.fewshot_shots) * len(cfg.fewshot_seeds)
-    )
+    grid = head_grid(cfg.poolings, cfg.heads)
+    fewshot_grid = head_grid(cfg.fewshot_poolings, cfg.fewshot_heads)
+    n_jobs = len(cfg.stores) * (len(grid) + len(fewshot_grid) * len(cfg.fewshot_shots) * len(cfg.fewshot_seeds))
     say(f"benchmark {cfg.name}: {len(cfg.stores)} store(s), {n_jobs} fits -> {out}")
     for entry in cfg.stores:
         base: dict[str, Any] = {
@@ -252,11 +259,11 @@ def run_benchmark(
             weights_id=prov["weights_id"],
             sampling=prov["sampling"],
         )
-        features: dict[str, np.ndarray] = {}
+        features: dict[str, HeadInput] = {}
         zs_encoder: list[Any] = []  # built once per store, on first use
 
         def fit(head: HeadConfig, pool: str, shots: int | None = None, shot_seed: int = 0) -> dict[str, Any]:
-            if device and head.kind in ("logreg", "zeroshot"):
+            if device and head.kind in ("logreg", "zeroshot", *TEMPORAL_HEADS):
                 head = dataclasses.replace(head, device=device)
             row = {
                 **base,
@@ -312,34 +319,32 @@ def run_benchmark(
             )
             return row
 
-        for pool in cfg.poolings:
-            for head in cfg.heads:
-                row = fit(head, pool)
-                rows.append(row)
-                say(
-                    f"  {entry.dataset:12s} {row['encoder'][:24]:24s} {pool:8s} {head.kind:8s} "
-                    + (
-                        f"top1={row['top1']:.3f} top5={row['top5']:.3f} "
-                        f"mean-class={row['mean_class_acc']:.3f} ({row['fit_seconds']:.1f} s)"
-                        if row.get("status") == "ok"
-                        else _short(row.get("status", ""))
-                    )
+        for pool, head in grid:
+            row = fit(head, pool)
+            rows.append(row)
+            say(
+                f"  {entry.dataset:12s} {row['encoder'][:24]:24s} {pool:8s} {head.kind:8s} "
+                + (
+                    f"top1={row['top1']:.3f} top5={row['top5']:.3f} "
+                    f"mean-class={row['mean_class_acc']:.3f} ({row['fit_seconds']:.1f} s)"
+                    if row.get("status") == "ok"
+                    else _short(row.get("status", ""))
                 )
-        for pool in cfg.fewshot_poolings:
-            for head in cfg.fewshot_heads:
-                for k in cfg.fewshot_shots:
-                    accs = []
-                    for s in cfg.fewshot_seeds:
-                        row = fit(head, pool, shots=k, shot_seed=s)
-                        rows.append(row)
-                        if row.get("status") == "ok":
-                            accs.append(row["top1"])
-                    if accs:
-                        mean, std = _mean_std(accs)
-                        say(
-                            f"  {entry.dataset:12s} {base['encoder'][:24]:24s} {pool:8s} "
-                            f"{head.kind:8s} {k:3d}-shot top1={mean:.3f} ± {std:.3f} (n={len(accs)})"
-                        )
+            )
+        for pool, head in fewshot_grid:
+            for k in cfg.fewshot_shots:
+                accs = []
+                for s in cfg.fewshot_seeds:
+                    row = fit(head, pool, shots=k, shot_seed=s)
+                    rows.append(row)
+                    if row.get("status") == "ok":
+                        accs.append(row["top1"])
+                if accs:
+                    mean, std = _mean_std(accs)
+                    say(
+                        f"  {entry.dataset:12s} {base['encoder'][:24]:24s} {pool:8s} "
+                        f"{head.kind:8s} {k:3d}-shot top1={mean:.3f} ± {std:.3f} (n={len(accs)})"
+                    )
     summary = write_results(cfg, out, rows, details)
     summary["seconds"] = time.perf_counter() - t_start
     (out / "benchmark.json").write_text(

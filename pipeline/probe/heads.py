@@ -10,7 +10,11 @@ Kinds (``HeadConfig.kind``):
 * ``mlp`` — scikit-learn MLP (one hidden layer), weight decay chosen on val, early stopping;
 * ``knn`` — cosine k-nearest neighbours, k chosen on val;
 * ``zeroshot`` — no training: class prompts ("a video of a person {label}.") through the open_clip
-  text tower of the encoder that made the store; probabilities = softmax(logit_scale * cosine).
+  text tower of the encoder that made the store; probabilities = softmax(logit_scale * cosine);
+* ``attn`` — the attentive probe over a clip's frames (``temporal_models.AttentiveProbe``), and
+* ``gru`` — a (bi)GRU over the frames: both read ``FrameSequences`` (pool ``frames``) instead of pooled
+  vectors, are trained in torch with lr x weight decay chosen on val by one batched sweep and refit on
+  train+val (``temporal_train``), and predict with numpy (``temporal_numpy.TemporalHead``); ``.npz`` only.
 
 Every fitted head is a plain scikit-learn estimator (a torch solution is copied into a
 ``LogisticRegression``; a zero-shot head *is* a linear classifier on L2-normalised features). Files:
@@ -40,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import HEAD_KINDS, SOLVERS, build, check_settings, rule
+from ..config import HEAD_KINDS, SOLVERS, TEMPORAL_HEADS, TEMPORAL_INPUTS, build, check_settings, rule
 from ..errors import ConfigError, HeadError
 from ..versions import versions
 from .logreg import (
@@ -53,6 +57,8 @@ from .logreg import (
     sweep_C,
 )
 from .native_heads import predictor_from_arrays, to_native
+from .sequences import FrameSequences, HeadInput
+from .temporal_numpy import TemporalHead, input_width  # (registers the attn and gru native kinds)
 
 HEAD_FORMATS = {".npz": "npz", ".skops": "skops", ".joblib": "joblib"}
 DEFAULT_TEMPLATES: tuple[str, ...] = ("a video of a person {label}.",)
@@ -65,6 +71,19 @@ _KIND_FIELDS = {
     "knn": ("ks",),
     "zeroshot": ("templates", "device"),
 }
+_TRAINING = ("lrs", "wds", "epochs", "batch_size", "dropout", "frame_dropout", "time_jitter", "label_smoothing")
+_KIND_FIELDS["attn"] = (
+    "inputs",
+    "components",
+    "width",
+    "depth",
+    "queries",
+    "num_heads",
+    *_TRAINING,
+    "early_stop",
+    "device",
+)
+_KIND_FIELDS["gru"] = ("inputs", "components", "width", "bidirectional", *_TRAINING, "early_stop", "device")
 
 
 @dataclass
@@ -91,8 +110,30 @@ class HeadConfig:
     ks: tuple[int, ...] = field(default=(1, 3, 5, 10, 20, 50), metadata=rule(min=1, nonempty=True))
     # zeroshot: prompts, each with {label}
     templates: tuple[str, ...] = field(default=DEFAULT_TEMPLATES, metadata=rule(nonempty=True))
-    # logreg (torch solver) and zeroshot (text tower): auto | cpu | cuda[:K]
+    # logreg (torch solver), zeroshot (text tower), attn, gru: auto | cpu | cuda[:K]
     device: str = field(default="auto", metadata=rule(device=True))
+    # attn, gru: per frame, its deviation from the clip mean + the clip mean (residual) or the frame itself
+    inputs: str = field(default="residual", metadata=rule(choices=TEMPORAL_INPUTS))
+    # attn, gru: inputs PCA-whitened onto this many directions (per part; 0 = standardise each dimension)
+    components: int = field(default=128, metadata=rule(min=0))
+    width: int = field(default=128, metadata=rule(min=1))  # attn: embedding width; gru: hidden units
+    depth: int = field(default=1, metadata=rule(min=1, max=12))  # attn: blocks (depth - 1 self-attention first)
+    queries: int = field(default=4, metadata=rule(min=1, max=64))  # attn: learnable queries
+    num_heads: int = field(default=4, metadata=rule(min=1))  # attn: attention heads (must divide width)
+    bidirectional: bool = True  # gru: also read the clip backwards
+    # attn, gru: learning rates and weight decays swept together on val (one batched model)
+    lrs: tuple[float, ...] = field(default=(3e-3, 1e-3, 3e-4), metadata=rule(gt=0, finite=True, nonempty=True))
+    wds: tuple[float, ...] = field(default=(0.01, 0.1, 0.4), metadata=rule(min=0, nonempty=True))
+    epochs: int = field(default=40, metadata=rule(min=1))  # attn, gru: most epochs (early stopping on val)
+    batch_size: int = field(default=64, metadata=rule(min=1))  # attn, gru: clips per step
+    dropout: float = field(default=0.1, metadata=rule(min=0, lt=1))  # attn, gru
+    # attn, gru: each cached frame left out of a training clip with this probability (augmentation)
+    frame_dropout: float = field(default=0.25, metadata=rule(min=0, lt=1))
+    # attn, gru: random shift of each frame's clip-relative time, in frame spacings (augmentation)
+    time_jitter: float = field(default=0.5, metadata=rule(min=0, max=1))
+    label_smoothing: float = field(default=0.1, metadata=rule(min=0, lt=1))  # attn, gru
+    # attn, gru: stop after this many epochs without a better val score for any candidate (0 = never)
+    early_stop: int = field(default=10, metadata=rule(min=0))
 
     def validate(self) -> HeadConfig:
         check_settings(self)
@@ -116,6 +157,8 @@ class HeadConfig:
                 f"sweep_tol={self.sweep_tol:g}: must be >= tol={self.tol:g} "
                 "(the search may be looser than the final fit, not tighter)"
             )
+        if self.width % self.num_heads:
+            raise ConfigError(f"num_heads={self.num_heads}: must divide width={self.width}")
         if any("{label}" not in t for t in self.templates):
             raise ConfigError(f"templates={list(self.templates)!r}: every prompt template must contain {{label}}")
 
@@ -170,7 +213,7 @@ def linear_classifier(W: np.ndarray, b: np.ndarray, classes: Sequence[str], C: f
     return lr
 
 
-def _val_rows(classes: list[str], X_val, y_val) -> tuple[np.ndarray | None, np.ndarray | None]:
+def _val_rows(classes: list[str], X_val, y_val) -> tuple[Any, np.ndarray | None]:
     """Validation rows whose label the head can predict (a label absent from train cannot be chosen for)."""
     if X_val is None or y_val is None or not len(y_val):
         return None, None
@@ -178,7 +221,8 @@ def _val_rows(classes: list[str], X_val, y_val) -> tuple[np.ndarray | None, np.n
     keep = np.array([y in index for y in y_val], bool)
     if not keep.any():
         return None, None
-    return np.asarray(X_val)[keep], np.array([index[y] for y, k in zip(y_val, keep) if k])
+    X_keep = X_val[np.flatnonzero(keep)] if isinstance(X_val, FrameSequences) else np.asarray(X_val)[keep]
+    return X_keep, np.array([index[y] for y, k in zip(y_val, keep) if k])
 
 
 def _select(candidates: Sequence[Any], make, X_tr, y_tr, X_va, y_va, name: str) -> tuple[Any, dict[str, float]]:
@@ -235,6 +279,41 @@ def _fit_logreg(cfg: HeadConfig, classes, X_tr, yi_tr, X_va, yi_va, refit: bool)
     return FitResult(est, list(classes), {"C": float(C)}, val_scores, info)
 
 
+def temporal_arch(cfg: HeadConfig, dim: int, n_classes: int) -> dict[str, Any]:
+    """The architecture record (sidecar ``model``) of an attn / gru head on ``dim``-d frame embeddings."""
+    components = min(cfg.components, dim)
+    arch: dict[str, Any] = {
+        "kind": cfg.kind,
+        "inputs": cfg.inputs,
+        "dim": input_width(cfg.inputs, dim, components),  # what the module reads per frame
+        "components": components,
+        "embedding_dim": dim,
+        "n_classes": n_classes,
+        "width": cfg.width,
+        "dropout": cfg.dropout,
+    }
+    if cfg.kind == "attn":
+        arch.update(depth=cfg.depth, queries=cfg.queries, num_heads=cfg.num_heads, time_bins=16)
+    else:
+        arch.update(bidirectional=cfg.bidirectional)
+    return arch
+
+
+def _fit_temporal(cfg: HeadConfig, classes, S_tr, yi_tr, S_va, yi_va, seed: int, refit: bool) -> FitResult:
+    from .temporal_train import Recipe, fit_temporal
+
+    if not isinstance(S_tr, FrameSequences):
+        raise HeadError(f"{cfg.kind}: reads each clip's frames (FrameSequences), not pooled vectors (pool 'frames')")
+    t0 = time.perf_counter()
+    fields_ = ("lrs", "wds", "epochs", "batch_size", "frame_dropout", "time_jitter", "label_smoothing")
+    recipe = Recipe(**{k: getattr(cfg, k) for k in fields_}, early_stop=cfg.early_stop, device=cfg.device)
+    arch = temporal_arch(cfg, int(S_tr.x.shape[2]), len(classes))
+    val = (S_va, yi_va) if S_va is not None else None
+    head, hparams, scores, info = fit_temporal(arch, recipe, list(classes), (S_tr, yi_tr), val, seed=seed, refit=refit)
+    info["seconds"] = time.perf_counter() - t0
+    return FitResult(head, list(classes), hparams, scores, info)
+
+
 def _mlp(cfg: HeadConfig, alpha: float, seed: int, n: int):
     from sklearn.neural_network import MLPClassifier
     from sklearn.pipeline import make_pipeline
@@ -270,9 +349,9 @@ def _strip_training_state(est) -> None:
 
 def fit_head(
     config: HeadConfig | str,
-    X_train: np.ndarray,
+    X_train: HeadInput,
     y_train: Sequence[str],
-    X_val: np.ndarray | None = None,
+    X_val: HeadInput | None = None,
     y_val: Sequence[str] | None = None,
     *,
     seed: int = 0,
@@ -299,9 +378,11 @@ def fit_head(
     if len(labels) < 2:
         raise HeadError(f"training needs at least 2 classes; the train split has {labels}")
     index = {c: i for i, c in enumerate(labels)}
-    X_tr = np.asarray(X_train, np.float32)
     yi_tr = np.array([index[y] for y in y_train])
     X_va, yi_va = _val_rows(labels, X_val, [str(y) for y in y_val] if y_val is not None else None)
+    if cfg.kind in TEMPORAL_HEADS:
+        return _fit_temporal(cfg, labels, X_train, yi_tr, X_va, yi_va, seed, refit)
+    X_tr = np.asarray(X_train, np.float32)
     if cfg.kind == "logreg":
         return _fit_logreg(cfg, labels, X_tr, yi_tr, X_va, yi_va, refit)
 
@@ -444,6 +525,8 @@ def save_head(path: str | Path, result: FitResult, meta: dict[str, Any]) -> Path
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(p.name + ".tmp")
     blob = {"estimator": result.estimator, "classes": list(result.classes)}
+    if isinstance(result.estimator, TemporalHead) and fmt != "npz":
+        raise HeadError(f"{p}: a {result.estimator.arch['kind']} head is saved as plain arrays; name the file NAME.npz")
     model = None
     if fmt == "npz":
         arrays, model = to_native(result.estimator)
@@ -480,7 +563,7 @@ class LoadedHead:
     classes: list[str]
     meta: dict[str, Any]
 
-    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+    def predict_proba(self, X: HeadInput) -> np.ndarray:
         return self.estimator.predict_proba(X)
 
 

@@ -1,4 +1,8 @@
-"""Label new videos with a saved head: rebuild the head's extraction from its sidecar, pool, predict."""
+"""Label new videos with a saved head: rebuild the head's extraction from its sidecar, pool, predict.
+
+Temporal heads (pool ``frames``) read each clip's frame sequence instead of a pooled vector.
+``explain=True`` adds per-clip, per-frame weights (``pipeline.probe.explain``) and, with ``plot_dir``,
+writes one timeline PNG per video."""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from ..config import ExtractConfig, SamplingConfig
 from ..errors import HeadError, VidprobeError
 from .heads import load_head, load_head_meta
 from .pooling import get_pool
+from .sequences import SEQUENCE_POOL, FrameSequences
 
 
 def predict_videos(
@@ -22,10 +27,14 @@ def predict_videos(
     encoder=None,
     trust: bool = False,
     decode_timeout: float | None = None,
+    explain: bool = False,
+    plot_dir: str | Path | None = None,
 ) -> list[dict[str, Any]]:
     """Top-k (label, probability) per video; a video that fails gets an ``error`` instead of ``top``.
     ``trust`` allows pickle (.joblib) heads: see ``heads.load_head``. ``decode_timeout``: seconds a video's
-    decoder may go without progress (default: extraction's ``extract.decode_timeout``).
+    decoder may go without progress (default: extraction's ``extract.decode_timeout``). ``explain``: also
+    ``explained_by`` and ``clips`` (window, the top label's probability, each frame's time and weight),
+    and with ``plot_dir`` a ``<video>-explain.png`` timeline per video (its path under ``plot``).
 
     Everything that can be checked without the model is checked first (head, sidecar, its sampling and
     pooling, that the videos exist; an .npz head is loaded in full), so a mistake costs no torch import.
@@ -33,7 +42,13 @@ def predict_videos(
     is built, once, and only if some video exists."""
     meta = load_head_meta(head_path, trust=trust)
     sampling = SamplingConfig(**meta["sampling"])
-    pool = get_pool(meta["pool"])
+    sequences = meta["pool"] == SEQUENCE_POOL
+    pool = None if sequences else get_pool(meta["pool"])
+    how = None
+    if explain:
+        from .explain import check_explainable
+
+        how = check_explainable(meta)
     missing = {str(v) for v in videos if not Path(v).exists()}  # a FIFO goes on: the decode timeout covers it
     if len(missing) == len(videos):
         return [{"path": str(v), "error": f"{v}: file not found"} for v in videos]
@@ -70,9 +85,29 @@ def predict_videos(
             results.append({"path": video, "error": str(clips) if clips is not None else f"{video}: file not found"})
             continue
         # several clips per video (multiclip / sliding sampling): average their probabilities
-        proba = head.predict_proba(np.stack([pool(c.frames) for _, _, c in clips])).mean(axis=0)
+        if pool is None:
+            X: Any = FrameSequences.from_clips([(c.frames, c.timestamps) for _, _, c in clips])
+        else:
+            X = np.stack([pool(c.frames) for _, _, c in clips])
+        per_clip = head.predict_proba(X)
+        proba = per_clip.mean(axis=0)
         order = proba.argsort()[::-1][:top_k]
-        results.append({"path": video, "top": [{"label": head.classes[i], "prob": float(proba[i])} for i in order]})
+        result: dict[str, Any] = {
+            "path": video,
+            "top": [{"label": head.classes[i], "prob": float(proba[i])} for i in order],
+        }
+        if how is not None:
+            from .explain import explain_clips
+
+            result["explained_by"] = how
+            windows = [(s, e, c.frames, c.timestamps) for s, e, c in clips]
+            result["clips"] = explain_clips(head.estimator, how, windows, per_clip, int(order[0]))
+            if plot_dir is not None:
+                from .report import plot_timeline
+
+                png = Path(plot_dir) / f"{Path(video).stem}-explain.png"
+                result["plot"] = str(plot_timeline({**result, "label": head.classes[order[0]]}, png))
+        results.append(result)
     return results
 
 

@@ -140,6 +140,35 @@ def plot_fewshot(curves: Sequence[dict], path: str | Path, title: str = "", base
     return _save(fig, path)
 
 
+def plot_timeline(explained: dict, path: str | Path, title: str = "") -> Path:
+    """One video's explanation over time: each frame's weight (bars, one colour per clip window) and the
+    winning class's probability per clip window (steps over the window's sampled span)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    clips = explained["clips"]
+    fig, ax = plt.subplots(figsize=(8, 3.2))
+    times = np.array([f["time"] for c in clips for f in c["frames"]], float)
+    gaps = np.diff(np.unique(times))
+    width = 0.8 * (gaps.min() if len(gaps) else 1.0)
+    for i, c in enumerate(clips):
+        t = [f["time"] for f in c["frames"]]
+        ax.bar(t, [f["weight"] for f in c["frames"]], width=width, color=f"C{i % 10}", alpha=0.8)
+    ax.axhline(0, color="black", linewidth=0.5)
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel(f"frame weight ({explained['explained_by']})")
+    twin = ax.twinx()
+    for c in clips:
+        t = [f["time"] for f in c["frames"]]
+        twin.plot([min(t), max(t)], [c["top_prob"]] * 2, color="black", linewidth=2)
+    twin.set_ylim(0, 1.02)
+    twin.set_ylabel(f"P({explained['label']})")
+    ax.set_title(title or f"{Path(explained['path']).name}: {explained['label']}")
+    return _save(fig, path)
+
+
 def _save(fig, path: str | Path) -> Path:
     """Lay out, write as PNG (folders created) and free the figure."""
     import matplotlib.pyplot as plt

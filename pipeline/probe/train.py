@@ -14,13 +14,14 @@ from typing import Any
 
 import numpy as np
 
-from ..config import EVAL_SPLITS
+from ..config import EVAL_SPLITS, TEMPORAL_HEADS
 from ..data.splits import Splits, SplitsFrom, SplitSpec, few_shot, make_splits, resplit
 from ..errors import ConfigError, HeadError, check_choice
 from ..store import FeatureStore, open_store
 from .heads import FitResult, HeadConfig, fit_head, load_head, save_head, sidecar_path, zeroshot_encoder
 from .metrics import metrics
 from .pooling import get_pool
+from .sequences import SEQUENCE_POOL, FrameSequences, store_sequences
 
 
 def split_assignment(splits_from: SplitsFrom) -> dict[tuple[str, float, float], str]:
@@ -52,25 +53,51 @@ def store_splits(store: FeatureStore, spec: SplitSpec | None = None, *, require_
     return sp
 
 
-def pooled_features(store: FeatureStore, pool: str) -> np.ndarray:
-    """Every clip of the store pooled once (row i = clip i): the benchmark reuses it across heads."""
-    return store.pooled(get_pool(pool), progress=True)
+def pooled_features(store: FeatureStore, pool: str) -> np.ndarray | FrameSequences:
+    """Every clip of the store pooled once (row i = clip i): the benchmark reuses it across heads.
+    ``pool="frames"`` (the temporal heads' input): every clip's frame sequence instead."""
+    return clip_inputs(store, pool)
+
+
+def clip_inputs(store: FeatureStore, pool: str, indices: list[int] | None = None) -> np.ndarray | FrameSequences:
+    """What a head reads for the store's clips (all, or ``indices``): pooled rows, or frame sequences."""
+    if pool == SEQUENCE_POOL:
+        return store_sequences(store, indices)
+    return store.pooled(get_pool(pool), indices, progress=indices is None)
+
+
+def head_pool(kind: str, pool: str | None) -> str:
+    """The pooling a head kind reads: temporal heads read the frames themselves; others default to mean."""
+    if kind in TEMPORAL_HEADS:
+        if pool not in (None, SEQUENCE_POOL):
+            raise ConfigError(
+                f"pool={pool!r}: head {kind!r} reads every frame of a clip; leave the pooling out (or pool=frames)"
+            )
+        return SEQUENCE_POOL
+    if pool == SEQUENCE_POOL:
+        raise ConfigError(
+            f"pool={pool!r}: only the temporal heads ({', '.join(TEMPORAL_HEADS)}) read frames; "
+            f"head {kind!r} needs a pooling"
+        )
+    pool = pool or "mean"
+    get_pool(pool)  # validate before any work
+    return pool
 
 
 def fit_on_store(
     store: FeatureStore,
     head: HeadConfig | str = "logreg",
-    pool: str = "mean",
+    pool: str | None = None,
     *,
     split: SplitSpec | None = None,
-    X_all: np.ndarray | None = None,
+    X_all: np.ndarray | FrameSequences | None = None,
     encoder: Any = None,
 ) -> tuple[FitResult, dict[str, Any]]:
     """Fit a head on the store's train split (hyperparameter picked on val, refit on train+val) and
     score it on test. ``split.shots``: train on that many clips per class (drawn with ``split.shot_seed``),
     keep val for selection only (no refit). Returns the fit and a JSON-ready record of what was done."""
     cfg = HeadConfig.from_dict(head) if isinstance(head, str) else head.validate()
-    get_pool(pool)  # validate before any work
+    pool = head_pool(cfg.kind, pool)
     spec = (split or SplitSpec()).validate()
     seed, shots = spec.seed, spec.shots
     t0 = time.perf_counter()
@@ -138,12 +165,15 @@ def train_head(
     head_path: str | Path,
     *,
     head: HeadConfig | str = "logreg",
-    pool: str = "mean",
+    pool: str | None = None,
     split: SplitSpec | None = None,
     store: FeatureStore | None = None,
 ) -> dict[str, Any]:
     """Fit a head on a store (see ``fit_on_store``), save it with its sidecar, return the record."""
     check_head_output(head_path)  # a bad file name or folder fails before the work
+    kind = head if isinstance(head, str) else head.kind
+    if kind in TEMPORAL_HEADS and Path(head_path).suffix != ".npz":
+        raise ConfigError(f"{head_path}: a {kind} head is saved as plain arrays; name the file NAME.npz")
     store = store or open_store(store_path)
     spec = (split or SplitSpec()).validate()
     result, out = fit_on_store(store, head, pool, split=spec)
@@ -212,7 +242,7 @@ def evaluate_head(
         idx = getattr(sp, split)
     if len(idx) == 0:
         raise ConfigError(f"{store_path}: no labeled clips in split {split!r}; try --split all")
-    X = store.pooled(get_pool(meta["pool"]), idx.tolist())
+    X = clip_inputs(store, meta["pool"], idx.tolist())
     y = [t.label[i] for i in idx]
     out = metrics(head.predict_proba(X), y, head.classes)
     out.update({"split": split, "head": meta.get("head"), "pool": meta.get("pool"), "classes": head.classes})
@@ -227,6 +257,8 @@ __all__ = [
     "SplitsFrom",
     "evaluate_head",
     "fit_on_store",
+    "clip_inputs",
+    "head_pool",
     "pooled_features",
     "split_assignment",
     "store_splits",

@@ -1,0 +1,263 @@
+"""Temporal heads (attn, gru): the numpy predictor is the torch module, padding changes nothing, the batched
+sweep is the candidates trained one by one, a seed fixes the weights, order is learned where pooling is blind,
+saved heads reproduce their metrics in a fresh process without torch, and explanations sum as documented."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from media import pattern_frames, write_video
+
+from pipeline.cli import main
+from pipeline.data.splits import SplitSpec
+from pipeline.errors import ConfigError
+from pipeline.probe.heads import HeadConfig, load_head, temporal_arch
+from pipeline.probe.predict import predict_videos
+from pipeline.probe.sequences import FrameSequences, relative_times
+from pipeline.probe.temporal_models import build_model
+from pipeline.probe.temporal_numpy import TemporalHead, input_features, input_stats
+from pipeline.probe.temporal_train import Recipe, train_candidates
+from pipeline.probe.train import evaluate_head, train_head
+from pipeline.store import ShardWriter, create_or_open
+
+REPO = Path(__file__).resolve().parents[1]
+D = 16
+
+
+def _order_store(path: Path, n_per_class: int = 40, T: int = 6, seed: int = 0, prov: dict | None = None) -> Path:
+    """4 classes = 2 frame sets x 2 directions: a class and its partner hold the same frames in reverse order,
+    so any order-blind pooling is at chance within a pair. Clip lengths vary (T-2..T frames): padding is real."""
+    rng = np.random.default_rng(seed)
+    prov = prov or {
+        "encoder": "test-enc",
+        "weights_id": "w1",
+        "dim": D,
+        "preprocess": {},
+        "sampling": {"strategy": "fps"},
+    }
+    store = create_or_open(path, prov)
+    a, b = rng.normal(size=(2, 2, prov["dim"]))  # per frame set: a start and an end point
+    with ShardWriter(store) as w:
+        for c in range(4):
+            start, end = a if c < 2 else b
+            for j in range(n_per_class):
+                split = "train" if j < 0.6 * n_per_class else "val" if j < 0.8 * n_per_class else "test"
+                k = int(rng.integers(T - 2, T + 1))
+                s = np.linspace(0, 1, k)[:, None]
+                frames = (1 - s) * start + s * end + 0.6 * rng.normal(size=(k, prov["dim"]))
+                if c % 2:
+                    frames = frames[::-1]  # the partner class: the same clip played backwards
+                ts = np.sort(rng.uniform(0, 4, size=k))
+                w.add(f"c{c}/v{j}.mp4", None, None, f"class{c}", split, frames.astype(np.float32), ts)
+    return path
+
+
+def _random_seqs(n: int = 5, T: int = 7, dim: int = D, seed: int = 0) -> FrameSequences:
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, T + 1, size=n)
+    clips = [(rng.normal(size=(k, dim)).astype(np.float32), np.sort(rng.uniform(0, 3, k))) for k in lengths]
+    return FrameSequences.from_clips(clips)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"kind": "attn", "depth": 2, "queries": 3, "num_heads": 2, "width": 8},
+        {"kind": "attn", "inputs": "frames", "queries": 1, "components": 0},
+        {"kind": "attn", "components": 6, "width": 8, "num_heads": 2},
+        {"kind": "gru", "width": 8},
+        {"kind": "gru", "width": 8, "bidirectional": False, "inputs": "frames"},
+    ],
+)
+def test_numpy_predictor_is_the_torch_module(settings: dict) -> None:
+    cfg = HeadConfig.from_dict(settings)
+    arch = temporal_arch(cfg, D, 3)
+    seqs = _random_seqs()
+    stats = input_stats(seqs, cfg.inputs, arch["components"])
+    torch.manual_seed(0)
+    model = build_model(arch).eval()
+    head = TemporalHead(
+        arch, {**{k: v.detach().numpy() for k, v in model.state_dict().items()}, **stats}, ["a", "b", "c"]
+    )
+    x = torch.from_numpy(input_features(seqs, stats, cfg.inputs))
+    with torch.no_grad():
+        expected = model(x, torch.from_numpy(seqs.t), torch.from_numpy(seqs.mask)).numpy()
+    np.testing.assert_allclose(head.decision_function(seqs), expected, rtol=1e-4, atol=1e-5)
+    if cfg.kind == "attn":
+        w = head.explain(seqs)
+        np.testing.assert_allclose(w.sum(axis=1), 1.0, rtol=1e-5)
+        assert (w[~seqs.mask] == 0).all()
+
+
+@pytest.mark.parametrize("kind", ["attn", "gru"])
+def test_padding_changes_nothing(kind: str) -> None:
+    seqs = _random_seqs(n=4, T=5)
+    longer = FrameSequences.concat([seqs, _random_seqs(n=1, T=9, seed=3)])[:4]  # same clips, padded to 9
+    assert longer.x.shape[1] > seqs.x.shape[1]
+    cfg = HeadConfig(kind=kind, width=8, num_heads=2)
+    arch = temporal_arch(cfg, D, 2)
+    torch.manual_seed(1)
+    weights = {k: v.detach().numpy() for k, v in build_model(arch).state_dict().items()}
+    head = TemporalHead(arch, {**weights, **input_stats(seqs, cfg.inputs, arch["components"])}, ["a", "b"])
+    np.testing.assert_allclose(head.predict_proba(longer), head.predict_proba(seqs), rtol=1e-5, atol=1e-7)
+
+
+def test_relative_times_need_no_fixed_frame_count() -> None:
+    np.testing.assert_allclose(relative_times(np.array([2.0, 3.0, 6.0])), [0.0, 0.25, 1.0])
+    assert relative_times(np.array([5.0])).tolist() == [0.5]
+
+
+def _seqs_and_labels(tmp_path: Path):
+    from pipeline.probe.sequences import store_sequences
+    from pipeline.store import open_store
+
+    store = open_store(_order_store(tmp_path / "s", n_per_class=20))
+    S = store_sequences(store)
+    y = np.array([int(lab[-1]) for lab in store.labels])
+    split = np.array(store.splits)
+    return S, y, split
+
+
+def test_batched_sweep_equals_the_candidates_fitted_one_by_one(tmp_path: Path) -> None:
+    S, y, split = _seqs_and_labels(tmp_path)
+    tr, va = split == "train", split == "val"
+    cfg = HeadConfig(kind="attn", width=8, num_heads=2, queries=2)
+    arch = temporal_arch(cfg, D, 4)
+    arch["dropout"] = 0.0  # randomness is drawn per candidate batch; the arithmetic is what is compared
+    recipe = Recipe(lrs=(3e-3, 1e-3), wds=(0.01, 0.4), epochs=4, batch_size=16, frame_dropout=0, time_jitter=0)
+    stats = input_stats(S[np.flatnonzero(tr)], cfg.inputs, arch["components"])
+    data = (S[np.flatnonzero(tr)], y[tr]), (S[np.flatnonzero(va)], y[va])
+    together = train_candidates(arch, recipe, recipe.candidates, *data, stats, seed=0)
+    for g, cand in enumerate(recipe.candidates):
+        alone = train_candidates(arch, recipe, [cand], *data, stats, seed=0)
+        assert alone.best_epoch[0] == together.best_epoch[g]
+        for name, value in alone.states[0].items():
+            np.testing.assert_allclose(together.states[g][name], value, rtol=1e-3, atol=1e-4, err_msg=name)
+
+
+@pytest.mark.parametrize("kind", ["attn", "gru"])
+def test_a_seed_fixes_the_weights(tmp_path: Path, kind: str) -> None:
+    S, y, split = _seqs_and_labels(tmp_path)
+    tr = np.flatnonzero(split == "train")
+    cfg = HeadConfig(kind=kind, width=8, num_heads=2)
+    arch = temporal_arch(cfg, D, 4)
+    recipe = Recipe(lrs=(1e-3,), wds=(0.1,), epochs=2, batch_size=16)
+    stats = input_stats(S[tr], cfg.inputs, arch["components"])
+    runs = [train_candidates(arch, recipe, recipe.candidates, (S[tr], y[tr]), None, stats, seed=s) for s in (0, 0, 1)]
+    for name in runs[0].states[0]:
+        assert np.array_equal(runs[0].states[0][name], runs[1].states[0][name]), name
+    assert any(not np.array_equal(runs[0].states[0][k], runs[2].states[0][k]) for k in runs[0].states[0])
+
+
+def _fresh_process(code: str, *args: str) -> str:
+    proc = subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip().splitlines()[-1]
+
+
+def test_temporal_heads_learn_order_and_reproduce_their_metrics_in_a_fresh_process(tmp_path: Path) -> None:
+    store = _order_store(tmp_path / "order")
+    pooled = train_head(store, tmp_path / "mean.npz", head="logreg", pool="mean")
+    small = {"width": 32, "lrs": [3e-3, 1e-3], "wds": [0.01, 0.1], "epochs": 30, "batch_size": 16}
+    heads = {kind: tmp_path / f"{kind}.npz" for kind in ("attn", "gru")}
+    for kind, path in heads.items():
+        out = train_head(store, path, head=HeadConfig.from_dict({"kind": kind, **small}))
+        assert out["pool"] == "frames" and set(out["hparams"]) == {"lr", "wd"} and out["n_test"] == 32
+        # order decides half the label: mean pooling is at chance within each pair (~0.5), these are not
+        assert out["test"]["top1"] >= 0.85 > pooled["test"]["top1"] + 0.2, (kind, out["test"]["top1"])
+        side = json.loads(path.with_suffix(".json").read_text())
+        assert side["format"] == "npz" and side["model"]["kind"] == kind and side["pool"] == "frames"
+        assert len(side["val_scores"]) == 4 and side["fit_info"]["fits"] == 5  # 4 candidates + the refit
+    code = (
+        "import json, sys\nfrom pipeline.probe.train import evaluate_head\n"
+        "out = [evaluate_head(sys.argv[1], h) for h in sys.argv[2:]]\n"
+        "print(json.dumps([out, 'torch' in sys.modules]))"
+    )
+    fresh, torch_loaded = json.loads(_fresh_process(code, str(store), *map(str, heads.values())))
+    assert not torch_loaded  # a saved temporal head predicts with numpy alone
+    for path, metrics in zip(heads.values(), fresh):
+        recorded = json.loads(path.with_suffix(".json").read_text())["metrics"]["test"]
+        for key in ("top1", "mean_class_acc", "per_class", "report", "confusion", "n"):
+            assert metrics[key] == recorded[key], (path.name, key)
+    few = train_head(
+        store, tmp_path / "few.npz", head=HeadConfig.from_dict({"kind": "attn", **small}), split=SplitSpec(shots=4)
+    )
+    assert few["n_train"] == 16 and few["fit_info"]["fits"] == 4  # few-shot: val selects, no refit
+    assert evaluate_head(store, tmp_path / "few.npz")["top1"] == few["test"]["top1"]
+
+
+def test_temporal_settings_are_checked_before_any_work(tmp_path: Path) -> None:
+    store = _order_store(tmp_path / "s", n_per_class=5)
+    with pytest.raises(ConfigError, match="reads every frame"):
+        train_head(store, tmp_path / "a.npz", head="attn", pool="seg2")
+    with pytest.raises(ConfigError, match="NAME.npz"):
+        train_head(store, tmp_path / "a.skops", head="attn")
+    with pytest.raises(ConfigError, match="only the temporal heads"):
+        train_head(store, tmp_path / "l.npz", head="logreg", pool="frames")
+    with pytest.raises(ConfigError, match="must divide width"):
+        HeadConfig.from_dict({"kind": "attn", "width": 10, "num_heads": 4})
+    with pytest.raises(ConfigError, match="does not apply to head 'gru'"):
+        HeadConfig.from_dict({"kind": "gru", "queries": 2})
+    with pytest.raises(ConfigError, match="frame_dropout"):
+        HeadConfig.from_dict({"kind": "attn", "frame_dropout": 1.0})
+
+
+def test_damaged_temporal_head_is_one_error_naming_the_file(tmp_path: Path) -> None:
+    from pipeline.errors import HeadError
+
+    store = _order_store(tmp_path / "s", n_per_class=5)
+    head = tmp_path / "g.npz"
+    train_head(store, head, head=HeadConfig(kind="gru", width=4, epochs=1, lrs=(1e-3,), wds=(0.1,)))
+    side = head.with_suffix(".json")
+    meta = json.loads(side.read_text())
+    meta["model"]["width"] = 8  # the sidecar no longer describes the arrays
+    side.write_text(json.dumps(meta))
+    with pytest.raises(HeadError, match="g.npz"):
+        load_head(head)
+
+
+def test_predict_explain_on_a_real_video(tmp_path: Path, effnet) -> None:
+    prov = {
+        "encoder": "effnet-lite0",
+        "weights_id": effnet.weights_id,
+        "dim": 1280,
+        "preprocess": {},
+        "sampling": {"strategy": "uniform", "num_frames": 6},
+    }
+    store = _order_store(tmp_path / "s", n_per_class=8, prov=prov)
+    attn, logreg = tmp_path / "attn.npz", tmp_path / "mean.npz"
+    train_head(store, attn, head=HeadConfig(kind="attn", width=16, epochs=2, lrs=(1e-3,), wds=(0.1,)))
+    train_head(store, logreg, head="logreg", pool="mean")
+    video = tmp_path / "real.mp4"
+    write_video(video, pattern_frames(36, kind=1), fps=12)  # 3 s
+    (out,) = predict_videos(attn, [video], encoder=effnet, explain=True, plot_dir=tmp_path / "plots")
+    assert out["explained_by"] == "attention" and Path(out["plot"]).stat().st_size > 1000
+    (clip,) = out["clips"]
+    times = [f["time"] for f in clip["frames"]]
+    assert len(times) == 6 and times == sorted(times) and times[0] >= 0 and times[-1] <= 3.0
+    assert sum(f["weight"] for f in clip["frames"]) == pytest.approx(1.0, abs=1e-5)
+    assert clip["top_prob"] == pytest.approx(out["top"][0]["prob"])
+    # logreg on mean pooling: the frames' contributions add up to the winning logit minus its bias
+    (lin,) = predict_videos(logreg, [video], encoder=effnet, explain=True)
+    from pipeline.config import SamplingConfig
+    from pipeline.extract.local import embed_clips
+
+    ((_, _, decoded),) = embed_clips(effnet, video, SamplingConfig(**prov["sampling"]))
+    est = load_head(logreg).estimator
+    winner = est.classes.index(lin["top"][0]["label"])
+    logits = est.decision_function(decoded.frames.mean(axis=0, keepdims=True))[0]
+    total = sum(f["weight"] for f in lin["clips"][0]["frames"])
+    assert total == pytest.approx(logits[winner] - est.b[winner], rel=1e-4, abs=1e-6)
+    assert "plot" not in lin
+    # the JSON the CLI prints, and a head without a per-frame explanation refused in one line
+    gru = tmp_path / "gru.npz"
+    train_head(store, gru, head=HeadConfig(kind="gru", width=4, epochs=1, lrs=(1e-3,), wds=(0.1,)))
+    with pytest.raises(ConfigError, match="no per-frame explanation"):
+        predict_videos(gru, [video], encoder=effnet, explain=True)
+    assert main(["predict", str(gru), str(video), "--explain"]) == 2
