@@ -216,7 +216,7 @@ def test_damaged_temporal_head_is_one_error_naming_the_file(tmp_path: Path) -> N
     train_head(store, head, head=HeadConfig(kind="gru", width=4, epochs=1, lrs=(1e-3,), wds=(0.1,)))
     side = head.with_suffix(".json")
     meta = json.loads(side.read_text())
-    meta["model"]["width"] = 8  # the sidecar no longer describes the arrays
+    meta["model"]["bidirectional"] = False  # the sidecar no longer describes the arrays
     side.write_text(json.dumps(meta))
     with pytest.raises(HeadError, match="g.npz"):
         load_head(head)

@@ -35,6 +35,10 @@ from .sequences import FrameSequences
 from .temporal_numpy import TemporalHead, input_features, input_stats
 
 TRAIN_THREADS = max(1, min(8, os.cpu_count() or 1))  # fixed, so a seed gives the same weights run after run
+# Below this many multiply-adds per step (the input projection of all candidates) a CPU sweep runs on one
+# thread, like logreg's small fits: on this busy 2-core box two threads made a 216-clip demo sweep 5x slower
+# and the input PCA 19x slower (measured; spinning OpenMP threads fight the other jobs).
+_SINGLE_THREAD_BELOW = 1 << 28
 _EVAL_CHUNK = 1024
 
 
@@ -72,17 +76,21 @@ class SweepResult:
     history: list[list[float]] = field(default_factory=list)  # per epoch: val accuracy per candidate
 
 
-def _threads(device):
+def _threads(device, work: int):
     import contextlib
 
     import torch
+    from threadpoolctl import threadpool_limits
+
+    n = 1 if work < _SINGLE_THREAD_BELOW else TRAIN_THREADS
 
     @contextlib.contextmanager
     def pinned():
         before = torch.get_num_threads()
-        torch.set_num_threads(TRAIN_THREADS)
+        torch.set_num_threads(n)
         try:
-            yield
+            with threadpool_limits(limits=n, user_api="blas"):
+                yield
         finally:
             torch.set_num_threads(before)
 
@@ -116,7 +124,8 @@ def train_candidates(
     G = len(candidates)
     S_tr, y_tr = train
     n = len(S_tr)
-    with _threads(device), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    bs_work = min(recipe.batch_size, n) * S_tr.x.shape[1] * int(arch["dim"]) * int(arch["width"]) * G
+    with _threads(device, bs_work), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         model = build_model(arch)
         models = [copy.deepcopy(model) for _ in range(G)]  # one initialisation for every candidate
@@ -252,6 +261,14 @@ def head_from_state(arch: dict[str, Any], state: dict[str, np.ndarray], stats, c
     return TemporalHead(arch, {**state, **stats}, classes)
 
 
+def _stats(seqs: FrameSequences, inputs: str, components: int) -> dict[str, np.ndarray]:
+    """``input_stats``; one BLAS thread for small sets (see ``_SINGLE_THREAD_BELOW``)."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1 if seqs.x.size < 4_000_000 else None, user_api="blas"):
+        return input_stats(seqs, inputs, components)
+
+
 def fit_temporal(
     arch: dict[str, Any],
     recipe: Recipe,
@@ -266,7 +283,7 @@ def fit_temporal(
     cands = recipe.candidates
     inputs = arch.get("inputs", "frames")
     components = int(arch.get("components", 0))
-    stats = input_stats(train[0], inputs, components)
+    stats = _stats(train[0], inputs, components)
     if val is None or not len(val[0]):  # nothing to select on: the middle candidate, all epochs
         g = len(cands) // 2
         sw = train_candidates(arch, recipe, [cands[g]], train, None, stats, seed=seed)
@@ -286,13 +303,12 @@ def fit_temporal(
         "sweep_steps": sw.steps,
         "best_epoch": epochs,
         "val_loss": float(sw.val_loss[g]),
-        "threads": TRAIN_THREADS,
     }
     state = sw.states[g]
     if refit:
         both = FrameSequences.concat([train[0], val[0]])
         y_all = np.concatenate([train[1], val[1]])
-        stats = input_stats(both, inputs, components)
+        stats = _stats(both, inputs, components)
         rf = train_candidates(arch, recipe, [cands[g]], (both, y_all), None, stats, seed=seed, stop_after=epochs)
         state = rf.states[0]
         info.update(refit_epochs=epochs, refit_seconds=round(rf.seconds, 3))
