@@ -70,9 +70,12 @@ def run_demo(
     grid += [(SEQUENCE_POOL, head) for head in TEMPORAL_DEMO_HEADS]  # they read the frames: one row each
     for task, store in stores.items():
         for pool, head in grid:
+            head_path = out / "heads" / f"{task}-{head}-{pool}.npz"
+            for old in (head_path.with_suffix(".skops"), head_path.with_suffix(".joblib")):
+                old.unlink(missing_ok=True)  # an older demo's head of this row: it shares the sidecar name
             res = train_head(
                 store.path,
-                out / "heads" / f"{task}-{head}-{pool}.npz",
+                head_path,
                 head=head,
                 pool=pool,
                 split=SplitSpec(seed=seed),
