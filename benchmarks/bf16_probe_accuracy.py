@@ -40,14 +40,7 @@ from pipeline.encoders.base import cpu_bf16_support  # noqa: E402
 from pipeline.extract.local import extract  # noqa: E402
 from pipeline.probe.train import fit_on_store, store_splits  # noqa: E402
 from pipeline.store import open_store  # noqa: E402
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "unknown")
-    except OSError:
-        return "unknown"
+from pipeline.versions import cpu_model  # noqa: E402
 
 
 def _aligned(a, b) -> list[int]:
@@ -121,7 +114,7 @@ def main() -> None:
                         "mean_frame_cosine": float(cos.mean()),
                     }
                 )
-    cpu = _cpu_model()
+    cpu = cpu_model()
     print(f"CPU: {cpu} ({os.cpu_count()} cores), native bf16: {', '.join(cpu_bf16_support()) or 'none'}")
     print(f"extraction: fp32 {rates['fp32']:.1f} frames/s, bf16 {rates['bf16']:.1f} frames/s (whole pipeline)")
     print(f"{'task':5s} {'pool':8s} {'n':>4s} {'fp32':>6s} {'bf16':>6s} {'diff pt':>8s} {'agree':>6s} {'min cos':>8s}")

@@ -47,6 +47,7 @@ from pipeline.data.sampling import snap_to_keyframes, uniform_timestamps  # noqa
 from pipeline.extract.decode import VideoReader  # noqa: E402
 from pipeline.extract.local import cpu_count, extract, resolve_runtime  # noqa: E402
 from pipeline.extract.workers import ClipTask, DecodePool  # noqa: E402
+from pipeline.versions import cpu_model  # noqa: E402
 
 RENDER_VERSION = 1
 
@@ -347,16 +348,6 @@ def rss_child(n: int, workdir: Path, device: str) -> None:
 # -- main ----------------------------------------------------------------------------------------------
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "unknown")
-    except OSError:
-        import platform
-
-        return platform.processor() or "unknown"
-
-
 def _fmt_row(cells, widths) -> str:
     return " | ".join(str(c).rjust(w) for c, w in zip(cells, widths))
 
@@ -429,7 +420,7 @@ def main(argv=None) -> int:
     from pipeline.encoders.base import cpu_bf16_support
 
     bf16 = cpu_bf16_support()
-    results["machine"].update(cpu=_cpu_model(), bf16_support=list(bf16) or "none", auto_precision=encoder.precision)
+    results["machine"].update(cpu=cpu_model(), bf16_support=list(bf16) or "none", auto_precision=encoder.precision)
     print(
         f"CPU {results['machine']['cpu']}; native bf16: {', '.join(bf16) or 'none'} -> precision auto = "
         f"{encoder.precision}"

@@ -30,10 +30,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from extract_throughput import _cpu_model, video_set, workload  # noqa: E402
+from extract_throughput import video_set, workload  # noqa: E402
 
 from pipeline.config import Config, load_config  # noqa: E402
 from pipeline.extract.local import cpu_count, extract_all  # noqa: E402
+from pipeline.versions import cpu_model  # noqa: E402
 
 PAIRS = {
     "effnet+vit": ("effnet-lite0", "openclip:ViT-B-32"),
@@ -84,7 +85,7 @@ def main(argv=None) -> int:
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     load = os.getloadavg()[0]
-    cpu = _cpu_model()
+    cpu = cpu_model()
     print(f"machine: {cpu}, {cpu_count()} cores, device {args.device}, load average {load:.2f}")
     videos = video_set(workdir, full=False)
     if args.quick:

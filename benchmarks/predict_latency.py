@@ -33,6 +33,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from pipeline.versions import cpu_model  # noqa: E402
+
 BREAKDOWN = r"""
 import json, sys, time
 t0 = time.perf_counter()
@@ -79,14 +81,6 @@ print(json.dumps({
     "total_in_process_s": t7 - t0, "decode_alone_in_process_s": decode_alone, "frames": int(len(clips[0][2].frames)),
 }))
 """
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "unknown")
-    except OSError:
-        return "unknown"
 
 
 def _render(path: Path, photo: str, seed: int, frames: int = 48, size: tuple[int, int] = (320, 240)) -> Path:
@@ -177,7 +171,7 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in runs.items()}
     med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
     breakdown = {k: statistics.median(p[k] for p in parts) for k in parts[0]}
-    cpu = _cpu_model()
+    cpu = cpu_model()
     print(f"CPU: {cpu}, {os.cpu_count()} cores; load average {load_before[0]:.1f} before, {load_after[0]:.1f} after")
     print(f"median of {repeats} fresh-process run(s): wall s, CPU s (process and its decoder worker)")
     notes = {"missing": "(target < 1 s)", "one_clip": "(target <= 5 s)", "four_clips": "(model built once)"}

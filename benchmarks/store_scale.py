@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import shutil
 import subprocess
@@ -38,18 +37,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from pipeline.versions import cpu_model  # noqa: E402
+
 OLD_FIGURE = {"seconds": 12.3, "peak_rss_gb": 4.1}  # issue 11, 200k x 8 x 512 float16, before streaming
 GB = 1e9
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def build(path: Path, n: int, t: int, d: int, classes: int = 50, seed: int = 0) -> float:
@@ -173,7 +164,7 @@ def main() -> None:
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     result: dict = {
-        "cpu": cpu_name(),
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "load_avg_start": os.getloadavg()[0],
         "frames": args.frames,

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -40,6 +39,7 @@ from pipeline.probe.pooling import get_pool  # noqa: E402
 from pipeline.probe.sequences import FrameSequences  # noqa: E402
 from pipeline.probe.temporal_numpy import input_stats  # noqa: E402
 from pipeline.probe.temporal_train import Recipe, train_candidates  # noqa: E402
+from pipeline.versions import cpu_model
 
 N_PAIRS = 5
 
@@ -65,16 +65,6 @@ def make_clips(n: int, T: int, dim: int, seed: int = 0):
     return seqs, np.array([f"class{c}" for c in y]), split
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clips", type=int, default=10_000)
@@ -92,14 +82,14 @@ def main() -> None:
     import torch
 
     print(
-        f"CPU: {cpu_name()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
+        f"CPU: {cpu_model()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
         f"load average {os.getloadavg()[0]:.1f} (timings on a shared machine are noisy)"
     )
     seqs, labels, split = make_clips(args.clips, args.frames, args.dim, args.seed)
     idx = {s: np.flatnonzero(split == s) for s in ("train", "val", "test")}
     print(f"data: {args.clips} clips x {args.frames} frames x {args.dim}, 10 classes (order decides half the label)")
     out: dict = {
-        "cpu": cpu_name(),
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "load_average": round(os.getloadavg()[0], 2),
         "clips": args.clips,

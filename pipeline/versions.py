@@ -11,7 +11,7 @@ from importlib import metadata
 
 from . import __version__
 
-__all__ = ["versions"]
+__all__ = ["cpu_model", "versions"]
 
 
 def versions(*dists: str) -> dict[str, str]:
@@ -28,3 +28,14 @@ def versions(*dists: str) -> dict[str, str]:
             except metadata.PackageNotFoundError:
                 out[name] = "not installed"
     return out
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; else what ``platform`` knows): every figure names its CPU,
+    since results and speed differ between the machines of one kind (AVX2 vs AVX-512/AMX)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        name = ""
+    return name or platform.processor() or platform.machine() or "unknown"
