@@ -1,8 +1,6 @@
 """``python -m pipeline`` is the ``vidprobe`` command."""
 
-import sys
-
-from .cli import main
+from .cli import run
 
 if __name__ == "__main__":  # decoder processes (forkserver) must not re-run the command
-    sys.exit(main())
+    run()
