@@ -594,17 +594,19 @@ def load_head_meta(path: str | Path, *, trust: bool = False) -> dict[str, Any]:
     return meta
 
 
-def load_head(path: str | Path, *, trust: bool = False) -> LoadedHead:
+def load_head(path: str | Path, *, trust: bool = False, meta: dict[str, Any] | None = None) -> LoadedHead:
     """Load a head and its sidecar without running code from the file (unless ``trust``).
 
     ``.npz``: numpy arrays only (``allow_pickle=False``), rebuilt as the numpy predictor that the
     sidecar's ``model`` entry names; no scikit-learn is imported. ``.skops``: only types on skops' trusted
     list (scikit-learn, numpy, builtins) are built; anything else is refused naming the types. ``.joblib``
     is pickle, which runs code while loading: refused unless ``trust=True``. HeadError names the file for
-    every refusal or damage.
+    every refusal or damage. ``meta``: what ``load_head_meta`` already returned for this file (its checks
+    are then not repeated: a large kNN head is not read and hashed twice).
     """
     p = Path(path)
-    meta = load_head_meta(p, trust=trust)
+    if meta is None:
+        meta = load_head_meta(p, trust=trust)
     fmt = head_format(p)
     if fmt == "npz":
         predictor = _load_npz(p, meta)

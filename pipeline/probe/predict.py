@@ -52,7 +52,7 @@ def predict_videos(
     missing = {str(v) for v in videos if not Path(v).exists()}  # a FIFO goes on: the decode timeout covers it
     if len(missing) == len(videos):
         return [{"path": str(v), "error": f"{v}: file not found"} for v in videos]
-    head = load_head(head_path, trust=trust)  # .npz: numpy only (a .skops file imports scikit-learn broadly)
+    head = load_head(head_path, trust=trust, meta=meta)  # .npz: numpy only (a .skops file imports scikit-learn broadly)
     from ..encoders.base import Preprocess
     from ..extract.local import VideoDecoder
 
