@@ -164,6 +164,56 @@ def test_joint_and_pre_come_from_one_forward_and_equal_separate_extractions(vide
     assert open_store(out / store_name(tiny + "#pre")).provenance["encoder_info"]["features"] == "pre"
 
 
+@pytest.fixture(scope="module")
+def resnet(tmp_path_factory) -> str:
+    """timm resnet18 with fixed random weights in a checkpoint file (no hub): levels 0..4 = stem, layer1..4."""
+    import timm
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("resnet") / "r18.pth"
+    torch.save(timm.create_model("resnet18", pretrained=False).state_dict(), path)
+    return f"timm:resnet18@{path}"
+
+
+def test_timm_levels_come_from_one_forward_and_equal_separate_extractions(videos, resnet, tmp_path):
+    """timm:M, timm:M#block2 and timm:M#block3 named together: one model, one pass through the trunk per batch,
+    three stores equal to three separate runs; a level is the spatial mean of that stage's output."""
+    specs = [resnet, resnet + "#block2", resnet + "#block3"]
+    groups, where = group_outputs(create_encoders(specs, device="cpu"))
+    assert len(groups) == 1 and sorted(where) == [(0, 0), (0, 1), (0, 2)]
+    (group,) = groups
+    trunk = group.model.model
+    seen: dict[str, torch.Tensor] = {}
+    hooks = [
+        getattr(trunk, name).register_forward_hook(lambda m, i, o, name=name: seen.setdefault(name, o))
+        for name in ("conv1", "layer2", "layer3")
+    ]
+    frames = np.random.default_rng(0).integers(0, 256, (3, 224, 224, 3), dtype=np.uint8)
+    outs = group.encode(frames)
+    for h in hooks:
+        h.remove()
+    assert len(seen) == 3  # one pass: each hooked module ran (setdefault keeps the first call only)
+    np.testing.assert_allclose(outs[1], seen["layer2"].mean(dim=(2, 3)).numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(outs[2], seen["layer3"].mean(dim=(2, 3)).numpy(), rtol=1e-5, atol=1e-6)
+    alone = [create_encoder(spec, device="cpu") for spec in specs]
+    assert [o.dim for o in group.outputs] == [e.dim for e in alone] == [512, 128, 256]
+    for o, e in zip(group.outputs, alone):
+        assert o.provenance() == e.provenance()
+        np.testing.assert_allclose(outs[group.outputs.index(o)], e.encode(frames), rtol=1e-4, atol=1e-5)
+
+    out = tmp_path / "levels"
+    manifest = load_manifest(str(videos))
+    summaries = extract_all(manifest, out, _cfg(*specs), progress=False)
+    assert [(s.done, s.failed) for s in summaries] == [(6, 1)] * 3
+    for spec in specs:
+        ref = tmp_path / "ref" / store_name(spec)
+        extract(manifest, ref, _cfg(spec), progress=False)
+        assert_same_store(out / store_name(spec), ref)
+    assert open_store(out / store_name(specs[2])).provenance["encoder_info"]["features"] == "block3"
+    with pytest.raises(ConfigError, match=r"#block9 is out of range; the levels are 0=act1"):
+        create_encoder(resnet + "#block9", device="cpu")
+
+
 def test_a_clip_stored_for_one_encoder_is_decoded_only_for_the_other(videos, tiny, separate, tmp_path, monkeypatch):
     """A store that has half the clips gets the rest; the other store gets all; a clip both have is not decoded."""
     out = tmp_path / "grow"

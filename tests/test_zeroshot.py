@@ -178,6 +178,11 @@ def test_spec_option_parsing() -> None:
     for spec in ("effnet-lite0#pre", "timm:resnet18#pre"):
         with pytest.raises(ConfigError, match="#pre"):
             parse_spec(spec)
+    assert spec_options("timm:resnet18@/w/r#1.pth#BLOCK02") == ("timm:resnet18@/w/r#1.pth", frozenset({"block2"}))
+    assert canonical_spec("timm:resnet18@/w/r.pth#block02") == "timm:resnet18@/w/r.pth#block2"
+    for spec, needle in (("effnet-lite0#block1", "only for timm"), ("timm:resnet18#block1#block2", "one #blockK")):
+        with pytest.raises(ConfigError, match=needle):
+            parse_spec(spec)
 
 
 def test_cli_zeroshot_with_prompts(joint_store: Path, tmp_path: Path, capsys) -> None:

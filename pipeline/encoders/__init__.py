@@ -9,11 +9,12 @@ Spec grammar (``parse_spec`` -> (backend, model, weights | None))::
                                       pretrained tag (downloads), absent = random init; #pre = the image
                                       tower's pre-projection (penultimate) features, as the CLIP paper's
                                       linear probes used, instead of the joint image-text embedding
-    timm:NAME[@CHECKPOINT]            NAME = timm model; CHECKPOINT = local .pth/.safetensors file,
-                                      absent = timm's pretrained weights (downloads)
+    timm:NAME[@CHECKPOINT][#blockK]   NAME = timm model; CHECKPOINT = local .pth/.safetensors file,
+                                      absent = timm's pretrained weights (downloads); #blockK = feature
+                                      level K (forward_intermediates index), spatially averaged
 
 Several specs in one extraction (``create_encoders``) share what they can: the joint and the ``#pre``
-output of one open_clip model come from one forward pass (see ``group``).
+output of one open_clip model come from one forward pass, and so do a timm model's levels (see ``group``).
 
 The backend name is case-insensitive and ``@`` splits at its first occurrence. ``Encoder.spec`` is the
 canonical form (alias resolved, file paths absolute). See ``base`` for the preprocessing contract with

@@ -314,6 +314,13 @@ class Encoder:
         """Another output computed from this forward's ``features`` (``encode_outputs``); none by default."""
         raise EncoderError(f"encoder {self.spec!r} has no output {name!r} besides its embedding")
 
+    def _outputs(self, x: torch.Tensor, derived: tuple[str, ...]) -> list[torch.Tensor]:
+        """[embedding, *derived outputs] of one forward over the preprocessed batch ``x``: by default the
+        embedding, then each output computed from it (``_derive``); a backend whose other outputs come from
+        inside the network (timm's ``#blockK``) overrides this."""
+        features = self._features(x)
+        return [features, *(self._derive(features, name) for name in derived)]
+
     # -- public API ---------------------------------------------------------------------------
     def preprocess(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 (N, H, W, 3) on any device -> normalised float32 (N, 3, size, size) on ``self.device``.
@@ -358,16 +365,12 @@ class Encoder:
         """[the embeddings, then each ``derived`` output], all from one forward pass.
 
         How several stores share one model (``pipeline.encoders.group``): a ``#pre`` open_clip encoder
-        derives the joint embedding by applying the projection it detached, as the model itself would.
+        derives the joint embedding by applying the projection it detached, as the model itself would; a
+        timm encoder takes its ``#blockK`` levels from the same pass through the trunk.
         """
         if not derived:
             return [self.encode(frames)]
-
-        def forward(x: torch.Tensor) -> list[torch.Tensor]:
-            features = self._features(x)
-            return [features, *(self._derive(features, name) for name in derived)]
-
-        return self._run(frames, forward, None)
+        return self._run(frames, lambda x: self._outputs(x, derived), None)
 
     def classify(self, frames: np.ndarray | torch.Tensor) -> np.ndarray:
         """uint8 (N, H, W, 3) -> float32 (N, num_classes) logits, where the model has a classifier."""

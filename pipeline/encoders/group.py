@@ -2,7 +2,9 @@
 
 An extraction that writes K stores (one per spec) runs each *model* once per batch. Specs that name
 the same open_clip model with and without ``#pre`` share one: it is built as the ``#pre`` encoder
-and also derives the joint embedding from the same forward pass (``Encoder.encode_outputs``). Every
+and also derives the joint embedding from the same forward pass (``Encoder.encode_outputs``). Specs
+that name the same timm model (and checkpoint) with and without ``#blockK`` share one too: it is built
+as the plain spec (else the first level named) and gives the other levels from the same pass. Every
 other spec is its own model. One spec is the K=1 case: one group with one output.
 
 ``create_encoders(specs)`` gives one ``FrameEncoder`` per spec, with the spec, dim and provenance that
@@ -21,6 +23,8 @@ import numpy as np
 from ..errors import ConfigError
 from .base import FrameEncoder, Preprocess
 from .registry import canonical_spec, create_encoder, parse_spec, spec_options
+
+_SHARED = ("openclip", "timm")  # backends whose spec options are further outputs of the same model
 
 __all__ = ["DerivedOutput", "EncoderGroup", "create_encoders", "group_outputs", "group_specs"]
 
@@ -90,7 +94,7 @@ def group_specs(specs: Sequence[str]) -> list[list[int]]:
             )
         seen[canon] = i
         backend = parse_spec(spec)[0]
-        key = spec_options(canon)[0] if backend == "openclip" else canon  # joint and #pre share the model
+        key = spec_options(canon)[0] if backend in _SHARED else canon  # e.g. joint and #pre share the model
         groups.setdefault(key, []).append(i)
     return list(groups.values())
 
@@ -101,20 +105,36 @@ def create_encoders(
     """One encoder per spec, sharing models where they can (``group_outputs`` finds the shared forwards)."""
     out: list[Any] = [None] * len(specs)
     for members in group_specs(specs):
-        pre = [i for i in members if "pre" in spec_options(specs[i])[1]]
-        joint = [i for i in members if i not in pre]
-        if pre and joint:  # one open_clip model: the #pre encoder, deriving the joint embedding
-            model = create_encoder(specs[pre[0]], device=device, precision=precision, channels_last=channels_last)
-            info = model.provenance()
-            size = model.preprocess_cfg.size  # one real forward gives the joint size, as Encoder does for dim
-            dim = model.encode_outputs(np.zeros((1, size, size, 3), np.uint8), ("joint",))[1].shape[1]
-            spec = canonical_spec(specs[joint[0]])
-            info.update(spec=spec, dim=int(dim), features="joint")
-            out[pre[0]], out[joint[0]] = model, DerivedOutput(model, "joint", spec, dim, info)
+        if len(members) == 1:
+            out[members[0]] = create_encoder(
+                specs[members[0]], device=device, precision=precision, channels_last=channels_last
+            )
             continue
-        for i in members:
-            out[i] = create_encoder(specs[i], device=device, precision=precision, channels_last=channels_last)
+        first, names = _shared_model(specs, members)
+        model = create_encoder(specs[first], device=device, precision=precision, channels_last=channels_last)
+        out[first] = model
+        size = model.preprocess_cfg.size  # one real forward gives each output's size, as Encoder does for dim
+        for i, name in names.items():
+            dim = model.encode_outputs(np.zeros((1, size, size, 3), np.uint8), (name,))[1].shape[1]
+            spec = canonical_spec(specs[i])
+            info = model.provenance()
+            info.update(spec=spec, dim=int(dim), features=name)  # what that spec's own encoder records
+            out[i] = DerivedOutput(model, name, spec, dim, info)
     return out
+
+
+def _shared_model(specs: Sequence[str], members: list[int]) -> tuple[int, dict[int, str]]:
+    """(the member whose encoder runs the forward, {other member: the output it derives}) for one model's specs.
+
+    open_clip: the ``#pre`` spec runs (the joint embedding is derived from its features). timm: the plain
+    spec runs, else the first ``#blockK`` spec; the other specs are their levels.
+    """
+    options = {i: spec_options(specs[i])[1] for i in members}
+    if parse_spec(specs[members[0]])[0] == "openclip":  # group_specs: at most the joint and the #pre spec
+        first = next(i for i in members if "pre" in options[i])
+        return first, {i: "joint" for i in members if i != first}
+    first = next((i for i in members if not options[i]), members[0])
+    return first, {i: next(iter(options[i])) for i in members if i != first}
 
 
 def group_outputs(outputs: Sequence[FrameEncoder]) -> tuple[list[EncoderGroup], list[tuple[int, int]]]:

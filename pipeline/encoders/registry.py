@@ -17,10 +17,15 @@ from .base import Encoder, resolve_device, resolve_precision
 DEFAULT_ENCODER = "effnet-lite0"
 _DEFAULT_ALIASES = ("effnet-lite0", "default")
 _BACKEND_ALIASES = {"open_clip": "openclip"}
-SPEC_FORMS = "effnet-lite0 (or default) | openclip:MODEL[@WEIGHTS][#pre] | timm:NAME[@CHECKPOINT]"
+SPEC_FORMS = "effnet-lite0 (or default) | openclip:MODEL[@WEIGHTS][#pre] | timm:NAME[@CHECKPOINT][#blockK]"
 # Options appended as ``#NAME``; only a known name at the very end counts, so a '#' inside a path stays put.
-SPEC_OPTIONS = {"pre": "openclip: pre-projection (penultimate) image features instead of the joint embedding"}
-_OPTION_BACKENDS = {"pre": ("openclip",)}
+SPEC_OPTIONS = {
+    "pre": "openclip: pre-projection (penultimate) image features instead of the joint embedding",
+    "blockK": "timm: the global average of feature level K (timm's forward_intermediates index) instead of the "
+    "pre-logits features",
+}
+_OPTION_PATTERNS = {"pre": "pre", "blockK": r"block\d+"}  # option key -> what its spelling matches
+_OPTION_BACKENDS = {"pre": ("openclip",), "blockK": ("timm",)}
 
 Factory = Callable[..., Encoder]  # (spec, model, weights, device=, precision=, channels_last=) -> Encoder
 
@@ -52,12 +57,24 @@ def register_backend(name: str, factory: Factory) -> None:
 
 
 def spec_options(spec: str) -> tuple[str, frozenset[str]]:
-    """``"openclip:ViT-B-32@openai#pre"`` -> (``"openclip:ViT-B-32@openai"``, {"pre"})."""
+    """``"openclip:ViT-B-32@openai#pre"`` -> (``"openclip:ViT-B-32@openai"``, {"pre"}); ``#block2`` -> {"block2"}."""
     s, options = spec.strip(), set()
-    while m := re.fullmatch(r"(.+)#(" + "|".join(SPEC_OPTIONS) + r")", s, flags=re.IGNORECASE):
-        s = m.group(1)
-        options.add(m.group(2).lower())
+    alternatives = "|".join(_OPTION_PATTERNS.values())
+    while m := re.fullmatch(r"(.+)#(" + alternatives + r")", s, flags=re.IGNORECASE):
+        s, name = m.group(1), m.group(2).lower()
+        options.add(f"block{int(name[5:])}" if name.startswith("block") else name)  # #block02 is #block2
     return s, frozenset(options)
+
+
+def option_key(name: str) -> str:
+    """The ``SPEC_OPTIONS`` key an option spelling belongs to: ``"block2"`` -> ``"blockK"``."""
+    return next(k for k, pattern in _OPTION_PATTERNS.items() if re.fullmatch(pattern, name))
+
+
+def block_option(spec: str) -> int | None:
+    """K of a ``#blockK`` option in ``spec``, None without one."""
+    blocks = [int(o[5:]) for o in spec_options(spec)[1] if option_key(o) == "blockK"]
+    return blocks[0] if blocks else None
 
 
 def parse_spec(spec: str) -> tuple[str, str, str | None]:
@@ -70,11 +87,15 @@ def parse_spec(spec: str) -> tuple[str, str, str | None]:
     s, options = spec_options(spec)
     for name in options:
         backend = s.partition(":")[0].lower()
-        if _BACKEND_ALIASES.get(backend, backend) not in _OPTION_BACKENDS[name]:
+        key = option_key(name)
+        if _BACKEND_ALIASES.get(backend, backend) not in _OPTION_BACKENDS[key]:
+            why = "; timm and effnet-lite0 embeddings already are pre-classifier features" if key == "pre" else ""
             raise ConfigError(
-                f"encoder spec {spec!r}: option #{name} is only for {', '.join(_OPTION_BACKENDS[name])} encoders "
-                f"({SPEC_OPTIONS[name]}); timm and effnet-lite0 embeddings already are pre-classifier features"
+                f"encoder spec {spec!r}: option #{name} is only for {', '.join(_OPTION_BACKENDS[key])} encoders "
+                f"({SPEC_OPTIONS[key]}){why}"
             )
+    if sum(option_key(o) == "blockK" for o in options) > 1:
+        raise ConfigError(f"encoder spec {spec!r}: one #blockK per spec; name each level as its own encoder")
     if s.lower() in _DEFAULT_ALIASES:
         return "effnet-lite0", "tf_efficientnet_lite0", None
     backend, sep, rest = s.partition(":")
@@ -128,7 +149,9 @@ def create_encoder(
     backend, model, weights = parse_spec(spec)
     dev = resolve_device(device)  # validate run options before loading any weights
     resolve_precision(precision, dev)
-    extra = {"features": "pre"} if "pre" in spec_options(spec)[1] else {}
+    extra: dict[str, Any] = {"features": "pre"} if "pre" in spec_options(spec)[1] else {}
+    if (block := block_option(spec)) is not None:
+        extra = {"block": block}
     return BACKENDS[backend](
         canonical_spec(spec), model, weights, device=dev, precision=precision, channels_last=channels_last, **extra
     )

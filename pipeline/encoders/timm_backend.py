@@ -3,6 +3,11 @@
 The embedding is timm's pre-logits feature (``forward_head(..., pre_logits=True)``), i.e. what the model
 gives with ``num_classes=0``; the classifier is kept when the checkpoint has one so ``classify`` works.
 Preprocessing comes from ``timm.data.resolve_data_config``, the same config timm's eval transform uses.
+
+``timm:NAME[@CHECKPOINT]#blockK`` embeds with feature level K instead (timm's ``forward_intermediates``
+index, as ``model.feature_info`` lists the levels: e.g. resnet18's 0..4 = stem, layer1..layer4), averaged
+over its spatial positions (ViT levels: over the patch tokens). Named beside the plain spec (or beside
+other levels) in one extraction, every level comes from the same forward pass (``Encoder.encode_outputs``).
 """
 
 from __future__ import annotations
@@ -42,18 +47,60 @@ def timm_preprocess(model: Any) -> Preprocess:
 class TimmEncoder(Encoder):
     backend = "timm"
 
-    def __init__(self, *, model: Any, **kwargs: Any) -> None:
+    def __init__(self, *, model: Any, block: int | None = None, **kwargs: Any) -> None:
+        self.block = None if block is None else _check_block(model, int(block), kwargs["spec"])
+        if self.block is not None:
+            kwargs["extra"] = {**(kwargs.get("extra") or {}), "features": f"block{self.block}"}
         kwargs.setdefault("preprocess_cfg", timm_preprocess(model))
         kwargs.setdefault("versions", library_versions("timm"))
         super().__init__(model=model, **kwargs)
 
     def _features(self, x):
-        return self.model.forward_head(self.model.forward_features(x), pre_logits=True)
+        if self.block is None:
+            return self.model.forward_head(self.model.forward_features(x), pre_logits=True)
+        return self._outputs(x, ())[0]
+
+    def _outputs(self, x, derived: tuple[str, ...]) -> list:
+        """This encoder's output and each derived ``blockK`` level, from one pass through the trunk (it stops
+        after the deepest level when the pre-logits features are not among them)."""
+        wanted = [self.block, *(_block_of(name, self.spec) for name in derived)]  # None: pre-logits features
+        levels = sorted({k for k in wanted if k is not None})
+        if None in wanted:
+            if levels:
+                final, maps = self.model.forward_intermediates(x, indices=levels)
+            else:
+                final, maps = self.model.forward_features(x), []
+            final = self.model.forward_head(final, pre_logits=True)
+        else:
+            final = None
+            maps = self.model.forward_intermediates(x, indices=levels, intermediates_only=True, stop_early=True)
+        pooled = {k: m.mean(dim=(2, 3)) for k, m in zip(levels, maps)}  # NCHW maps: the spatial average
+        return [final if k is None else pooled[k] for k in wanted]
 
     def _logits(self, x):
         if not getattr(self.model, "num_classes", 0):
             return super()._logits(x)
         return self.model.forward_head(self.model.forward_features(x))
+
+
+def _block_of(name: str, spec: str) -> int:
+    if not name.startswith("block") or not name[5:].isdigit():
+        raise EncoderError(f"encoder {spec!r} has no output {name!r}; a timm encoder gives #blockK levels")
+    return int(name[5:])
+
+
+def _check_block(model: Any, block: int, spec: str) -> int:
+    """``block`` if the model can give feature level ``block``; else one error naming the levels it has."""
+    levels = list(getattr(model, "feature_info", None) or [])
+    if not hasattr(model, "forward_intermediates") or not levels:
+        raise EncoderError(
+            f"encoder spec {spec!r}: timm model {type(model).__name__} has no forward_intermediates, so #blockK "
+            "is not available for it"
+        )
+    if not 0 <= block < len(levels):
+        named = ", ".join(f"{i}={lv.get('module', '?')} ({lv.get('num_chs', '?')}-d)" for i, lv in enumerate(levels))
+        raise ConfigError(f"encoder spec {spec!r}: #block{block} is out of range; the levels are {named}")
+    return block
 
 
 def classifier_keys(model: Any) -> list[str]:
