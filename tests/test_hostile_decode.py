@@ -93,6 +93,20 @@ def test_lying_header_is_sampled_within_the_real_duration(lying_videos, tmp_path
     assert f"short/v{suffix}: the header says the video lasts 0.080 s" in out
 
 
+@pytest.mark.parametrize("factor", [1000.0, 1 / 50])
+def test_a_lying_matroska_header_without_cues_is_corrected_too(lying_videos, tmp_path, factor):
+    """No cues: the packets are demuxed from the last keyframe the demuxer has seen (while probing) to the end."""
+    from pipeline.extract.decode import VideoReader
+
+    path = tmp_path / "v.mkv"
+    path.write_bytes(patch_mkv_duration((lying_videos / "honest" / "v.mkv").read_bytes(), factor, drop_cues=True))
+    with VideoReader(path) as reader:
+        assert reader.info.duration == pytest.approx(4.0)
+        assert len(reader.warnings) == 1 and "but its frames end at 4.000 s" in reader.warnings[0]
+        ts = np.concatenate([c.timestamps for c in reader.iter_frames(np.linspace(0, 4.0, 8, endpoint=False))])
+    assert np.unique(ts).size == 8 and ts.max() < 4.0 and reader.ended_at is None
+
+
 def test_an_honest_matroska_file_is_read_as_before(lying_videos):
     """The check reads the packets after the last cued keyframe: an honest file keeps its header's duration,
     no warning, and exactly the frames a front-to-back decode has at the sampled times."""

@@ -211,8 +211,9 @@ class VideoReader:
 
     def _demuxed_end(self, fps: float | None) -> float | None:
         """End of the last frame where the index lists keyframes only (Matroska/WebM cues): one seek to the
-        last indexed keyframe and a demux (no decoding) of its packets to the end of the file; None where
-        there is no index (nothing cheap to read: the decode then meets the end, see ``ended_at``)."""
+        last indexed keyframe and a demux (no decoding) of its packets to the end of the file (without
+        cues: from the last keyframe the demuxer saw while probing). None where there is no index at all
+        (the decode then meets the end, see ``ended_at``)."""
         import av
 
         table = self._seek_table()  # loads Matroska cues
