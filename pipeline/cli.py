@@ -23,6 +23,7 @@ from .errors import ConfigError, VidprobeError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130  # 75: StoreBusyError.exit_code
 EXIT_TERMINATED = 143  # 128 + SIGTERM
+MAX_WARNINGS_SHOWN = 5  # decoder warnings `info` lists in text mode (--json: all)
 
 
 class Terminated(KeyboardInterrupt):
@@ -252,6 +253,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 msg = r["error"] if r["path"] in r["error"] else f"{r['path']}: {r['error']}"
                 print(f"vidprobe predict: error: {msg}", file=sys.stderr)
                 continue
+            for message in r.get("warnings", []):
+                print(f"vidprobe predict: warning: {message}", file=sys.stderr)
             print(r["path"])
             for t in r["top"]:
                 print(f"  {t['prob']:.3f}  {t['label']}")
@@ -279,8 +282,17 @@ def cmd_info(args: argparse.Namespace) -> int:
     info = {**store.info(), "precision": identity(store.provenance, "precision")}
     failures = store.failures()
     writers = writer_progress(store)
+    # What the decoder worked around, every run's: kept in the shards with the clips (the last run record
+    # adds those of a store written before shards kept them).
+    said = list(
+        dict.fromkeys(
+            m
+            for w in writers.values()
+            for m in [*w.get("warnings", []), *(w.get("last_run") or {}).get("warnings", [])]
+        )
+    )
     if args.json:
-        _print_json({**info, "failure_list": failures, "per_writer": writers})
+        _print_json({**info, "warnings": said, "failure_list": failures, "per_writer": writers})
         return EXIT_OK
     fpc = info["frames_per_clip"]
     per_clip = (
@@ -339,6 +351,8 @@ def cmd_info(args: argparse.Namespace) -> int:
             + (f" ({by_stage}); `vidprobe extract ... --retry-failed` retries them" if by_stage else ""),
         )
     )
+    if said:
+        rows.append(("warnings", f"{len(said)} (what decoding worked around, kept across runs; --json lists all)"))
     for key, value in rows:
         print(f"{key:12s} {value}")
     if len(writers) > 1 or any(w != "shard" for w in writers):
@@ -354,14 +368,10 @@ def cmd_info(args: argparse.Namespace) -> int:
                 else "no record"
             )
             print(f"  {name:18s} {w['clips']:7d} clips {w['failures']:5d} failed | {last}")
-    for name, w in writers.items():
-        run = w.get("last_run") or {}
-        shown = run.get("warnings") or []
-        for message in shown[: args.max_failures]:
-            print(f"  warning ({name} last run) {message}")
-        more = int(run.get("warnings_total", len(shown))) - min(len(shown), args.max_failures)
-        if more > 0:
-            print(f"  ... {more} more warning(s) of {name}'s last run (use --json for the recorded ones)")
+    for message in said[:MAX_WARNINGS_SHOWN]:
+        print(f"  warning {message}")
+    if len(said) > MAX_WARNINGS_SHOWN:
+        print(f"  ... {len(said) - MAX_WARNINGS_SHOWN} more warning(s) (use --json for all)")
     for f in failures[: args.max_failures]:
         print(f"  failed [{f['stage']}] {f['error'] if f['path'] in f['error'] else f['path'] + ': ' + f['error']}")
     if len(failures) > args.max_failures:

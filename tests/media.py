@@ -146,3 +146,17 @@ def patch_avi_frame_count(data: bytes, factor: float) -> bytes:
             continue
         struct.pack_into("<I", out, field, max(1, round(true * factor)))
     return bytes(out)
+
+
+def patch_mkv_duration(data: bytes, factor: float, *, drop_cues: bool = False) -> bytes:
+    """A Matroska/WebM file's bytes with its Segment Info Duration (EBML ID 0x4489, an 8-byte big-endian
+    float) scaled by ``factor``: a header that lies about the length (the cues and the frames stay true).
+    ``drop_cues``: the Cues element's ID (0x1C53BB6B) made unknown, so demuxers skip it (no index)."""
+    import struct
+
+    out = bytearray(data.replace(b"\x1c\x53\xbb\x6b", b"\x1c\x53\xbb\x6c") if drop_cues else data)
+    at = out.find(b"\x44\x89\x88")  # the ID, then the size byte of an 8-byte element
+    assert at >= 0, "no 8-byte Duration element"
+    true = struct.unpack_from(">d", out, at + 3)[0]
+    struct.pack_into(">d", out, at + 3, true * factor)
+    return bytes(out)

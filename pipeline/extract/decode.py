@@ -145,10 +145,11 @@ class VideoReader:
     decides). Not thread-safe; one reader per worker. With ``root``, the path is re-resolved when
     it is opened and refused if it leads outside ``root``.
 
-    The header's duration is checked against the stream's own index where it has a complete one (AVI,
-    MP4/MOV): a header whose frame count lies is corrected to the real end and said in ``warnings``.
-    ``ended_at`` is set when decoding met the end of the stream before a wanted time (the header's
-    duration ran past the frames and could not be checked up front).
+    The header's duration is checked against the frames up front: by the stream's own index where it is
+    complete (AVI, MP4/MOV), by the packets after the last indexed keyframe where the index lists
+    keyframes only (Matroska/WebM cues). A header that lies (too long or too short) is corrected to the
+    real end and said in ``warnings``. ``ended_at`` is set when decoding met the end of the stream
+    before a wanted time (a file without any index, whose duration could not be checked up front).
     """
 
     def __init__(self, path: str | Path, threads: int = 0, *, root: str | Path | None = None):
@@ -208,11 +209,43 @@ class VideoReader:
         step = max(float(tail[-1].timestamp - tail[-2].timestamp) * self.tb, 0.0) if len(tail) > 1 else 0.0
         return float((last - self._offset_raw) * self.tb) + step
 
+    def _demuxed_end(self, fps: float | None) -> float | None:
+        """End of the last frame where the index lists keyframes only (Matroska/WebM cues): one seek to the
+        last indexed keyframe and a demux (no decoding) of its packets to the end of the file (without
+        cues: from the last keyframe the demuxer saw while probing). None where there is no index at all
+        (the decode then meets the end, see ``ended_at``)."""
+        import av
+
+        table = self._seek_table()  # loads Matroska cues
+        if table is None:
+            return None
+        try:
+            self.container.seek(int(table[1][-1]), backward=True, any_frame=False, stream=self.stream)
+            self._rewind = True
+            pts, last_dur = None, 0
+            for packet in self.container.demux(self.stream):
+                if packet.pts is None or packet.size == 0:
+                    continue
+                if pts is None or packet.pts >= pts:
+                    pts, last_dur = packet.pts, packet.duration or 0
+        except (av.error.FFmpegError, OSError, ValueError):
+            return None
+        if pts is None:
+            return None
+        step = float(last_dur * self.tb) if last_dur else (1.0 / fps if fps else 0.0)
+        return float((pts - self._offset_raw) * self.tb) + step
+
     def _checked_duration(self, info: VideoInfo) -> VideoInfo:
         """``info`` with the duration the frames really cover, when the header's is off by more than a few
-        frames (a header that lies: its frame count says 1000x, or 1/50, of what the file holds)."""
+        frames (a header that lies: its frame count or duration says 1000x, or 1/50, of what the file
+        holds). Where the index is complete (AVI, MP4/MOV) it gives the end; where it lists keyframes only
+        (Matroska/WebM) the packets after the last keyframe do (see ``_demuxed_end``)."""
+        if info.duration is None or self._scan is not None:  # scanned: exact already
+            return info
         real = self._index_end()
-        if real is None or real <= 0 or info.duration is None:
+        if real is None:
+            real = self._demuxed_end(info.fps)
+        if real is None or real <= 0:
             return info
         step = 1.0 / info.fps if info.fps else 0.04
         if abs(info.duration - real) <= max(3 * step, 0.02 * real):

@@ -56,7 +56,8 @@ class ExtractSummary:
     failures: list[tuple[str, str]] = field(default_factory=list)  # (path, message) of this run
     ignored: list[str] = field(default_factory=list)  # source files left out: not videos by extension
     # (path, message): clips stored but worked around or not as sampled (a header that lies about the
-    # duration; one decoded frame for several sampled times); kept in the run record, shown by `info`
+    # duration; one decoded frame for several sampled times); kept in the run record and, across runs,
+    # in the shards with the clips; shown by `info`
     warnings: list[tuple[str, str]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -178,6 +179,8 @@ class ClipSink(Protocol):
         timestamps: np.ndarray,
     ) -> None: ...
 
+    def add_warning(self, video: str, message: str) -> None: ...
+
     def add_failure(self, video: str, start: float | None, end: float | None, stage: str, error: str) -> None: ...
 
 
@@ -269,7 +272,9 @@ class ExtractionJob:
         self.summary.frames += len(timestamps)
 
     def add_warning(self, path: str, message: str) -> None:
-        """Record that a stored clip of ``path`` was worked around (``message`` names the file and how)."""
+        """Record that a clip of ``path`` was worked around (``message`` names the file and how): in the
+        summary and run record, and in the shard that holds the clips added next (call it before them)."""
+        self.sink.add_warning(path, message)
         self.summary.warnings.append((path, message))
 
     def add_failure(self, path: str, start: float | None, end: float | None, stage: str, error: str) -> None:

@@ -255,6 +255,9 @@ class _StoreSink:
     def add(self, *args: Any) -> None:
         self.put("add", *args)
 
+    def add_warning(self, *args: Any) -> None:
+        self.put("add_warning", *args)
+
     def add_failure(self, *args: Any) -> None:
         self.put("add_failure", *args)
 
@@ -452,10 +455,10 @@ def _store_task(state: _TaskState, jobs: list[ExtractionJob], group_of: list[int
             job.add_failure(item.path, item.start, item.end, stage, error)
             continue
         stamps = np.concatenate(state.stamps) if state.stamps else np.zeros(0)
+        for warning in state.warnings if clips else ():  # first: they go into the shard that takes the clips
+            job.add_warning(item.path, warning)
         for start, end, idx in clips:
             job.add_clip(item, start, end, emb[idx], stamps[idx])
-        for warning in state.warnings:
-            job.add_warning(item.path, warning)
 
 
 def _decode_whole(task: ClipTask, sampling: SamplingConfig, preprocess, threads: int):

@@ -404,9 +404,10 @@ def _run_pipeline(
                     job.add_failure(item.path, item.start, item.end, str(batch[f"stage_{t}"][j]), error)
                     continue
                 emb = np.asarray(batch[f"embedding_{t}"][j], np.float32)
-                job.add_clip(item, item.start, item.end, emb, np.asarray(batch["timestamps"][j], np.float64))
+                # the warnings first: the shard that takes the clip keeps them
                 for warning in filter(None, str(batch["warnings"][j]).split("\n")):
                     job.add_warning(item.path, warning)
+                job.add_clip(item, item.start, item.end, emb, np.asarray(batch["timestamps"][j], np.float64))
             bar.update(1)
         elapsed = max(time.perf_counter() - first.started, 1e-9)
         frames = sum(job.summary.frames for job in jobs.jobs)

@@ -30,7 +30,8 @@ def predict_videos(
     explain: bool = False,
     plot_dir: str | Path | None = None,
 ) -> list[dict[str, Any]]:
-    """Top-k (label, probability) per video; a video that fails gets an ``error`` instead of ``top``.
+    """Top-k (label, probability) per video; a video that fails gets an ``error`` instead of ``top``, one
+    the decoder worked around (a header that lies about the duration) also ``warnings``.
     ``trust`` allows pickle (.joblib) heads: see ``heads.load_head``. ``decode_timeout``: seconds a video's
     decoder may go without progress (default: extraction's ``extract.decode_timeout``). ``explain``: also
     ``explained_by`` and ``clips`` (window, the top label's probability, each frame's time and weight),
@@ -96,6 +97,9 @@ def predict_videos(
             "path": video,
             "top": [{"label": head.classes[i], "prob": float(proba[i])} for i in order],
         }
+        said = list(dict.fromkeys(w for _, _, c in clips for w in c.warnings))  # e.g. a header that lies
+        if said:
+            result["warnings"] = said
         if how is not None:
             from .explain import explain_clips
 

@@ -6,7 +6,7 @@ Layout of a store folder ``STORE/``::
     shards/*.h5         finished shards, each written as *.h5.tmp, fsynced, then renamed atomically
     shards/*.h5.tmp     a shard being written (or left by a killed job); readers ignore it
     locks/*.lock        who is writing now (see ``pipeline.store.lock``)
-    runs/PREFIX.json    last run of each writer (job shard): state, clips assigned/done/failed, host
+    runs/PREFIX.json    last run of each writer (job shard): state, clips assigned/done/failed, host, warnings
 
 The ``shards/`` folder is the index: a shard appears there, by one atomic rename, only when it is
 complete, so a directory listing is always a consistent view. A separate index file would have to be
@@ -21,6 +21,10 @@ Layout of one shard (readable with plain h5py)::
     clips/start, clips/end (N,) float64 seconds requested by the manifest (NaN = open end)
     clips/label, clips/split (N,) str
     failures/{path,stage,error} (M,) str, failures/{start,end,time} (M,) float64
+    warnings/{video,message} (W,) str   only where the decoder worked around something for clips of this
+                                        shard (a header that lies about the duration; one decoded frame
+                                        for several sampled times): kept with the clips, so every run's
+                                        warnings outlive the run record the next run replaces
     attrs: provenance (JSON), schema_version, compacted_from (JSON list; only on a compacted shard),
            checksums (JSON: dataset path -> "sha256:HEX" of its values; shards written before it have none)
 
@@ -79,6 +83,8 @@ __all__ = [
     "Digest",
     "digest",
     "CHECKSUMS_ATTR",
+    "WARNINGS_GROUP",
+    "read_warnings",
     "disk_error",
     "checksum_mismatch",
 ]
@@ -96,6 +102,7 @@ IDENTITY_DEFAULTS = {"dtype": "float32", "precision": "fp32"}  # stores written 
 
 
 CHECKSUMS_ATTR = "checksums"
+WARNINGS_GROUP = "warnings"  # optional group of a shard: warnings/video, warnings/message (str)
 
 
 class Digest:
@@ -161,6 +168,14 @@ def write_str_dataset(group, name: str, values: Sequence[str]) -> None:
 
 def read_str(ds) -> list[str]:
     return ds.asstr()[()].tolist() if len(ds) else []
+
+
+def read_warnings(f) -> list[tuple[str, str]]:
+    """(video, message) of an open shard's ``warnings`` group; none for a shard without one."""
+    if WARNINGS_GROUP not in f:
+        return []
+    g = f[WARNINGS_GROUP]
+    return list(zip(read_str(g["video"]), read_str(g["message"])))
 
 
 def atomic_write_text(path: Path, text: str, exclusive: bool = False) -> bool:

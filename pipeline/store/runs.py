@@ -3,7 +3,8 @@
 Each extraction run writes shard files named ``PREFIX-<time>-<tag>-<id>.h5`` (PREFIX ``shard`` or, for job
 shard i of n, ``shardIIIIofNNNN``) and keeps a small record of its last run in ``runs/PREFIX.json``
 (state running/finished/stopped, clips assigned/done/skipped/failed, host, pid, time). A run killed
-with SIGKILL stays "running" in its record until it is re-run.
+with SIGKILL stays "running" in its record until it is re-run. The next run replaces the record, so the
+decoder's warnings are kept in the shards with their clips (``warnings/*``, see ``layout``), not only here.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from ..errors import StoreError
-from .layout import RUNS_DIR, atomic_write_text, disk_error
+from .layout import RUNS_DIR, atomic_write_text, disk_error, read_warnings
 from .lock import scope_name
 
 if TYPE_CHECKING:
@@ -45,24 +46,32 @@ def write_run_record(store: FeatureStore, writer: str, doc: dict[str, Any]) -> N
 
 
 def writer_progress(store: FeatureStore) -> dict[str, dict[str, Any]]:
-    """Per writer prefix: clips in its finished shard files, its current failures, its shard files,
+    """Per writer prefix: clips in its finished shard files, its current failures, its shard files, the
+    warnings its live shards keep (``warnings``: every run's, oldest first, one per line, repeats once),
     and its last run record (``last_run``, when one exists) — what ``vidprobe info`` shows per shard."""
     import h5py
 
     out: dict[str, dict[str, Any]] = {}
 
     def row(writer: str) -> dict[str, Any]:
-        return out.setdefault(writer, {"clips": 0, "failures": 0, "shard_files": 0})
+        return out.setdefault(writer, {"clips": 0, "failures": 0, "shard_files": 0, "warnings": []})
 
+    superseded = {p.name for p in store.index().superseded}  # their warnings live on in the compacted shard
+    said_by: dict[str, dict[str, None]] = {}  # writer -> its warnings, in order, each once
     for shard in store.shard_paths():
         try:
             with h5py.File(shard, "r") as f:
                 clips = len(f["clips/video"])
+                said = [message for _, message in read_warnings(f)]
         except (OSError, KeyError) as exc:
             raise StoreError(f"{shard}: unreadable shard ({exc}); run `vidprobe verify {store.path}`") from None
         r = row(writer_of(shard.name))
         r["clips"] += clips
         r["shard_files"] += 1
+        if shard.name not in superseded:
+            said_by.setdefault(writer_of(shard.name), {}).update(dict.fromkeys(said))
+    for writer, said_once in said_by.items():
+        row(writer)["warnings"] = list(said_once)
     for failure in store.failures():
         if failure.get("shard"):
             row(writer_of(failure["shard"]))["failures"] += 1

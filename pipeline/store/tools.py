@@ -35,6 +35,7 @@ from .layout import (
     digest,
     fsync_dir,
     identity,
+    read_warnings,
     shard_name,
 )
 from .lock import live_holders
@@ -292,8 +293,10 @@ def compact_store(path: str | Path, compression: str | None = None, compression_
     """Merge all live shards into one (under the whole-store writer lock); returns what changed.
 
     ``compression=None`` keeps the compression most live shards use. Duplicates are dropped and
-    failures already fixed are dropped; current failures are kept.
+    failures already fixed are dropped; current failures are kept, and so are the live shards' warnings.
     """
+    import h5py
+
     store = open_store(path)
     with store.writer_lock(purpose="compact"):
         # Under the lock: nothing changes between the check and the merge. Duplicates across shards are
@@ -335,6 +338,10 @@ def compact_store(path: str | Path, compression: str | None = None, compression_
                     ts_ds[pos + lo : pos + hi] = t[rows]
 
         fails = idx.failures
+        said: dict[tuple[str, str], None] = {}  # the live shards' warnings, in order, each once
+        for meta in idx.shards:
+            with h5py.File(meta.path, "r") as f:
+                said.update(dict.fromkeys(read_warnings(f)))
         merged = write_shard(
             store.path / SHARD_DIR / shard_name("compact"),
             store.provenance,
@@ -352,6 +359,7 @@ def compact_store(path: str | Path, compression: str | None = None, compression_
             compression=compression,
             compression_level=compression_level,
             attrs={"compacted_from": json.dumps([p.name for p in before])},
+            warnings=list(said),
         )
         for old in before:  # after the commit above these are dead; a crash here leaves them ignored
             old.unlink(missing_ok=True)

@@ -18,6 +18,7 @@ from .layout import (
     CHECKSUMS_ATTR,
     SCHEMA_VERSION,
     SHARD_DIR,
+    WARNINGS_GROUP,
     Digest,
     atomic_h5,
     digest,
@@ -78,11 +79,14 @@ def write_shard(
     compression: str = "none",
     compression_level: int = 4,
     attrs: dict[str, Any] | None = None,
+    warnings: Sequence[tuple[str, str]] = (),
 ) -> Path:
     """Write one shard as ``final.tmp``, fsync, rename to ``final``: the only way shards come to be.
 
     ``clips`` holds offset/video/start/end/label/split, ``failures`` path/start/end/stage/error/time;
     ``fill(embedding_ds, timestamp_ds)`` writes the (n_frames, D) frames so a caller can stream them.
+    ``warnings`` (video, message) go into ``warnings/video|message`` (only when there are any): what the
+    decoder worked around for clips of this shard, kept with them across runs (see ``layout``).
     Every dataset's checksum goes into the ``checksums`` attribute (see ``layout``). A full disk or a
     read-only folder raises one ``StoreError`` naming the shard and leaves no ``.tmp`` behind.
     """
@@ -116,6 +120,10 @@ def write_shard(
             write_str_dataset(fl, name, failures[name])
         for name in ("start", "end", "time"):
             fl.create_dataset(name, data=np.asarray(failures[name], dtype=np.float64))
+        if warnings:
+            w = f.create_group(WARNINGS_GROUP)
+            write_str_dataset(w, "video", [v for v, _ in warnings])
+            write_str_dataset(w, "message", [m for _, m in warnings])
         f.attrs[CHECKSUMS_ATTR] = json.dumps(_checksums(f), sort_keys=True)
     return final
 
@@ -130,6 +138,7 @@ class _Pending:
     embeddings: list[np.ndarray] = field(default_factory=list)
     timestamps: list[np.ndarray] = field(default_factory=list)
     failures: list[tuple[str, float, float, str, str, float]] = field(default_factory=list)
+    warnings: list[tuple[str, str]] = field(default_factory=list)  # (video, message), see ``add_warning``
     frames: int = 0
 
     def __len__(self) -> int:
@@ -203,6 +212,11 @@ class ShardWriter:
         p.frames += len(timestamps)
         self._maybe_flush()
 
+    def add_warning(self, video: str, message: str) -> None:
+        """Keep ``message`` (what the decoder worked around for ``video``) in the shard that will hold the
+        clips added next: add a clip's warnings before the clip, so they land in one shard."""
+        self.pending.warnings.append((video, message))
+
     def add_failure(self, video: str, start: float | None, end: float | None, stage: str, error: str) -> None:
         self.pending.failures.append((video, nan_if_none(start), nan_if_none(end), stage, error, time.time()))
         self._maybe_flush()
@@ -245,6 +259,7 @@ class ShardWriter:
             fill,
             compression=self.compression,
             compression_level=self.compression_level,
+            warnings=p.warnings,
         )
         self.stored_clips += len(p.videos)
         self.stored_frames += p.frames
