@@ -76,6 +76,18 @@ def build(path: Path, n: int, t: int, d: int, classes: int = 50, seed: int = 0) 
     return time.perf_counter() - t0
 
 
+def reused(path: Path, n: int) -> float | None:
+    """0.0 if ``path`` holds a finished store of ``n`` clips (a ``--keep`` run's), else None (build it)."""
+    from pipeline.store import open_store
+
+    try:
+        store = open_store(path)
+        store.use_cache = False
+        return 0.0 if len(store.index().video) == n and not store.unfinished_paths() else None
+    except Exception:  # no store, or a broken one: build it afresh
+        return None
+
+
 def child(mode: str, path: str) -> None:
     """One read in this (fresh) process; prints one JSON line."""
     from pipeline.probe.pooling import get_pool
@@ -108,6 +120,9 @@ def run_child(mode: str, path: Path) -> dict:
 
 def measure(path: Path, old: bool) -> dict:
     shutil.rmtree(path / "cache", ignore_errors=True)
+    # The deletion's own cost (ext4 mounted with discard trims the freed blocks at the next journal commit, which
+    # the first read's fsync of its new cache would otherwise wait for) is not the read's: settle it first.
+    os.sync()
     r: dict = {"first": run_child("first", path), "cached": run_child("cached", path)}
     if old:
         r["old"] = run_child("old", path)
@@ -154,6 +169,11 @@ def main() -> None:
     )
     ap.add_argument("--workdir", default="/tmp/vidprobe-scale")
     ap.add_argument("--keep", action="store_true", help="keep the stores (default: deleted at the end)")
+    ap.add_argument(
+        "--reuse",
+        action="store_true",
+        help="time the stores a --keep run left in --workdir instead of rebuilding them (implies --keep)",
+    )
     ap.add_argument("--child", nargs=2, metavar=("MODE", "STORE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -179,9 +199,12 @@ def main() -> None:
             plan.append((wide, 8, 512, not args.no_old))
         for n, t, d, old in plan:
             path = work / f"store-{n}x{t}x{d}"
-            made.append(path)
+            if not args.reuse:
+                made.append(path)
             print(f"\n{n} clips x {t} x {d} float16: writing with ShardWriter ...", flush=True)
-            wrote = build(path, n, t, d)
+            wrote = reused(path, n) if args.reuse else None
+            if wrote is None:
+                wrote = build(path, n, t, d)
             size = sum(p.stat().st_size for p in (path / "shards").glob("*.h5"))
             r = measure(path, old)
             r.update(clips=n, frames=t, dim=d, write_s=wrote, disk_gb=size / GB)
