@@ -126,6 +126,18 @@ def test_float16_pooled_is_bit_identical_to_pooling_the_widened_frames(tmp_path,
         open_store(path).pooled(get_pool("mean"))
 
 
+@pytest.mark.parametrize("in_memory", [False, True])
+def test_pooled_cache_checksum_taken_while_pooling_is_the_matrix_s(store_path, in_memory):
+    from pipeline.store.layout import digest
+
+    store = open_store(store_path)
+    if in_memory:
+        store.table()  # the frames already in memory: pooled from them, not streamed
+    X = store.pooled(get_pool("meanmax"))
+    with h5py.File(store_path / "cache" / "pooled-meanmax.h5", "r") as f:
+        assert json.loads(f.attrs["checksums"])["pooled"] == digest(X) == digest(f["pooled"][()])
+
+
 def test_frames_of_one_clip_read_one_shard(store_path):
     store = open_store(store_path)
     ref = open_store(store_path).table()

@@ -232,22 +232,39 @@ def _finish(p: _Prepared) -> Iterator[Block]:
 
 
 def pool_blocks(
-    blocks: Iterator[Block], n_clips: int, pool: Callable[[np.ndarray], np.ndarray], progress: Any = None
+    blocks: Iterator[Block],
+    n_clips: int,
+    pool: Callable[[np.ndarray], np.ndarray],
+    progress: Any = None,
+    digest: Digest | None = None,
 ) -> np.ndarray:
     """(N, D') float32 from streamed blocks: ``pool.batch(frames, offsets)`` per block when the pooling has
-    one (``pipeline.probe.pooling.Pooling``), else ``pool(frames)`` per clip. Only the result is kept."""
+    one (``pipeline.probe.pooling.Pooling``), else ``pool(frames)`` per clip. Only the result is kept.
+
+    ``digest``: fed the result's rows in order, in a helper thread as they are pooled (the pooled cache's
+    checksum, so writing the cache does not hash the whole matrix again afterwards)."""
     batch = getattr(pool, "batch", None)
     out: np.ndarray | None = None
-    for blk in blocks:
-        if batch is not None:
-            rows = np.asarray(batch(blk.frames, blk.offsets), dtype=np.float32)
-        else:
-            rows = np.stack([pool(blk.frames[a:b]) for a, b in zip(blk.offsets[:-1], blk.offsets[1:])]).astype(
-                np.float32, copy=False
-            )
-        if out is None:
-            out = np.empty((n_clips, rows.shape[1]), np.float32)
-        out[blk.lo : blk.lo + len(rows)] = rows
-        if progress is not None:
-            progress.update(len(rows))
+    done = 0  # rows fed to ``digest``
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vidprobe-sha256-pooled") as hasher:
+        jobs: list[Future] = []
+        for blk in blocks:
+            if batch is not None:
+                rows = np.asarray(batch(blk.frames, blk.offsets), dtype=np.float32)
+            else:
+                rows = np.stack([pool(blk.frames[a:b]) for a, b in zip(blk.offsets[:-1], blk.offsets[1:])]).astype(
+                    np.float32, copy=False
+                )
+            if out is None:
+                out = np.empty((n_clips, rows.shape[1]), np.float32)
+            out[blk.lo : blk.lo + len(rows)] = rows
+            if digest is not None and blk.lo == done:  # blocks come in store order, so rows are fed in order
+                jobs.append(hasher.submit(digest.update, out[done : done + len(rows)]))
+                done += len(rows)
+            if progress is not None:
+                progress.update(len(rows))
+        for job in jobs:
+            job.result()
+    if digest is not None and done != n_clips:  # not fed every row in order: the caller must hash the result
+        raise RuntimeError("pool_blocks: rows were not fed to the digest in order")
     return out if out is not None else np.zeros((0, 0), np.float32)
