@@ -74,6 +74,70 @@ def test_blocks_smaller_than_a_compacted_shard_are_hashed_as_they_stream(store_p
         open_store(store_path).pooled(get_pool("mean"))
 
 
+def test_widen_is_numpys_float16_cast_bit_for_bit():
+    every = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16)
+    finite = every[np.isfinite(every)]  # zeros of both signs, subnormals, normals up to 65504
+    for raw in (finite, np.tile(finite, 3), finite.reshape(-1, 31)[:, ::3], every):
+        assert np.array_equal(stream.widen(raw).view(np.uint32), raw.astype(np.float32).view(np.uint32))
+    mixed = np.tile(finite, 4)
+    mixed[100_000], mixed[3] = np.inf, np.nan  # a step with Inf/NaN falls back; the others do not
+    got, want = stream.widen(mixed), mixed.astype(np.float32)
+    assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
+    out = np.empty((8, 5), np.float32)
+    x = np.random.default_rng(0).normal(size=(8, 5)).astype(np.float16)
+    assert stream.widen(x, out) is out and np.array_equal(out, x.astype(np.float32))
+    y = np.ones((3, 2), np.float32)
+    assert stream.widen(y) is y  # float32 is not copied
+
+
+@pytest.mark.parametrize("compacted", [False, True])
+def test_float16_pooled_is_bit_identical_to_pooling_the_widened_frames(tmp_path, monkeypatch, compacted):
+    path = tmp_path / "f16"
+    store = create_or_open(path, {**PROV, "dtype": "float16"})
+    _write(store, 0, 23, seed=3)
+    _write(store, 23, 9, seed=4, dup_of=[2])
+    if compacted:
+        compact_store(path)
+        monkeypatch.setattr(stream, "BLOCK_FRAMES", 10)  # many blocks of one shard, through the recycled buffers
+    store = open_store(path)
+    store.use_cache = False
+    idx = store.index()
+
+    def numpy_cast(raw, out=None):  # how blocks were widened before ``widen``
+        return raw.astype(np.float32) if out is None else np.copyto(out, raw, casting="unsafe") or out
+
+    for name in POOLS:
+        pool = get_pool(name)
+        X = store.pooled(pool)  # recycled buffers, ``widen``
+        with monkeypatch.context() as m:
+            m.setattr(stream, "widen", numpy_cast)
+            ref = stream.pool_blocks(stream.iter_blocks(idx.shards, path), len(store), pool)  # fresh arrays
+        assert np.array_equal(X.view(np.uint32), ref.view(np.uint32)), name
+    parts = []
+    for m in idx.shards:
+        with h5py.File(m.path, "r") as f:
+            parts.append(f["frames/embedding"][()][m.kept_rows()].astype(np.float32))
+    frames = np.concatenate(parts)
+    batches = list(store.iter_batches(4))  # not recycled: every batch stays valid after the next is read
+    assert np.array_equal(np.concatenate([b.frames for b in batches]), frames)
+    with h5py.File(idx.shards[0].path, "r+") as f:  # an edit in the first shard: found before a result
+        f["frames/embedding"][1, 1] += 1.0
+    with pytest.raises(StoreError, match="frames/embedding does not match its checksum"):
+        open_store(path).pooled(get_pool("mean"))
+
+
+@pytest.mark.parametrize("in_memory", [False, True])
+def test_pooled_cache_checksum_taken_while_pooling_is_the_matrix_s(store_path, in_memory):
+    from pipeline.store.layout import digest
+
+    store = open_store(store_path)
+    if in_memory:
+        store.table()  # the frames already in memory: pooled from them, not streamed
+    X = store.pooled(get_pool("meanmax"))
+    with h5py.File(store_path / "cache" / "pooled-meanmax.h5", "r") as f:
+        assert json.loads(f.attrs["checksums"])["pooled"] == digest(X) == digest(f["pooled"][()])
+
+
 def test_frames_of_one_clip_read_one_shard(store_path):
     store = open_store(store_path)
     ref = open_store(store_path).table()

@@ -132,7 +132,15 @@ def _unblob(ds) -> Any:
     return json.loads(ds[()].tobytes().decode("utf-8"))
 
 
-def _write(path: Path, kind: str, key: dict[str, Any], datasets: dict[str, np.ndarray], attrs: dict[str, str]) -> None:
+def _write(
+    path: Path,
+    kind: str,
+    key: dict[str, Any],
+    datasets: dict[str, np.ndarray],
+    attrs: dict[str, str],
+    known: dict[str, str] | None = None,
+) -> None:
+    """One cache file; ``known``: checksums of datasets already hashed while they were computed."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -145,7 +153,7 @@ def _write(path: Path, kind: str, key: dict[str, Any], datasets: dict[str, np.nd
         sums = {}
         for name, values in datasets.items():
             f.create_dataset(name, data=values)
-            sums[name] = digest(values)
+            sums[name] = (known or {}).get(name) or digest(values)
         sums.update({f"attrs/{k}": _text_digest(v) for k, v in attrs.items()})
         f.attrs[CHECKSUMS_ATTR] = json.dumps(sums, sort_keys=True)
 
@@ -302,8 +310,10 @@ def load_index(store: Path, key: dict[str, Any]) -> tuple[list[dict[str, Any]], 
 
 
 # -- pooled features --------------------------------------------------------------------------------
-def save_pooled(store: Path, pool: str, key: dict[str, Any], X: np.ndarray) -> None:
-    _write(pooled_file(store, pool), "pooled", key, {"pooled": np.ascontiguousarray(X, np.float32)}, {})
+def save_pooled(store: Path, pool: str, key: dict[str, Any], X: np.ndarray, checksum: str | None = None) -> None:
+    """``checksum``: ``layout.digest(X)`` when the caller hashed X as it was pooled (``stream.pool_blocks``)."""
+    data = {"pooled": np.ascontiguousarray(X, np.float32)}
+    _write(pooled_file(store, pool), "pooled", key, data, {}, {"pooled": checksum} if checksum else None)
 
 
 def load_pooled(store: Path, pool: str, key: dict[str, Any]) -> np.ndarray | None:

@@ -113,6 +113,9 @@ class Digest:
 
     def update(self, values: Any) -> Digest:
         """Numbers (an array): their bytes; strings (a list, or an array of str/bytes): the JSON list."""
+        if isinstance(values, list) and all(type(x) is str for x in values):  # a clip column as the reader has it
+            self._h.update(json.dumps(values, ensure_ascii=False).encode("utf-8"))
+            return self
         a = np.asarray(values, dtype=object) if isinstance(values, (list, tuple)) else np.asarray(values)
         if a.dtype.kind in "OUS":
             items = [x.decode("utf-8") if isinstance(x, bytes) else str(x) for x in a.tolist()]
