@@ -112,13 +112,14 @@ class HeadConfig:
     templates: tuple[str, ...] = field(default=DEFAULT_TEMPLATES, metadata=rule(nonempty=True))
     # logreg (torch solver), zeroshot (text tower), attn, gru: auto | cpu | cuda[:K]
     device: str = field(default="auto", metadata=rule(device=True))
-    # attn, gru: per frame, its deviation from the clip mean + the clip mean (residual) or the frame itself
-    inputs: str = field(default="residual", metadata=rule(choices=TEMPORAL_INPUTS))
+    # attn, gru: per frame, its deviation from the clip mean + its step from the previous frame + the clip
+    # mean (delta), without the step (residual), or the frame itself (frames)
+    inputs: str = field(default="delta", metadata=rule(choices=TEMPORAL_INPUTS))
     # attn, gru: inputs PCA-whitened onto this many directions (per part; 0 = standardise each dimension)
-    components: int = field(default=128, metadata=rule(min=0))
-    width: int = field(default=128, metadata=rule(min=1))  # attn: embedding width; gru: hidden units
+    components: int = field(default=64, metadata=rule(min=0))
+    width: int = field(default=64, metadata=rule(min=1))  # attn: embedding width; gru: hidden units
     depth: int = field(default=1, metadata=rule(min=1, max=12))  # attn: blocks (depth - 1 self-attention first)
-    queries: int = field(default=4, metadata=rule(min=1, max=64))  # attn: learnable queries
+    queries: int = field(default=1, metadata=rule(min=1, max=64))  # attn: learnable queries
     num_heads: int = field(default=4, metadata=rule(min=1))  # attn: attention heads (must divide width)
     bidirectional: bool = True  # gru: also read the clip backwards
     # attn, gru: learning rates and weight decays swept together on val (one batched model)
