@@ -61,7 +61,9 @@ def main() -> None:
     args = ap.parse_args()
     from pipeline.store import open_store
 
-    print(f"CPU: {cpu_model()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} (shared machines are noisy)")
+    print(
+        f"CPU: {cpu_model()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} (shared machines are noisy)"
+    )
     rows = [(pool, "logreg") for pool in DEMO_POOLS] + [(SEQUENCE_POOL, h) for h in TEMPORAL_DEMO_HEADS]
     top1: dict[str, dict[str, list[float]]] = {t: {f"{h}/{p}": [] for p, h in rows} for t in args.tasks}
     secs: dict[str, dict[str, list[float]]] = {t: {f"{h}/{p}": [] for p, h in rows} for t in args.tasks}
@@ -84,8 +86,10 @@ def main() -> None:
     for task in args.tasks:
         print(f"{task}-task, mean test top-1 over seeds {args.seeds}:")
         for key, accs in top1[task].items():
-            print(f"  {key:14s} {np.mean(accs):.3f}  (each: {', '.join(f'{a:.3f}' for a in accs)}; "
-                  f"fit {np.mean(secs[task][key]):.1f} s)")
+            print(
+                f"  {key:14s} {np.mean(accs):.3f}  (each: {', '.join(f'{a:.3f}' for a in accs)}; "
+                f"fit {np.mean(secs[task][key]):.1f} s)"
+            )
         means = {k: round(float(np.mean(v)), 4) for k, v in top1[task].items()}
         best_pool = max((k for k in means if k.startswith("logreg/")), key=lambda k: means[k])
         out[task] = {"mean_top1": means, "per_seed_top1": top1[task], "best_pooling": best_pool}

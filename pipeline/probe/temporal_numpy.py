@@ -190,7 +190,9 @@ def input_stats(seqs: FrameSequences, inputs: str, components: int = 0) -> dict[
     if inputs == "delta":  # fitted on real steps only (a clip's first frame has none)
         has_prev = np.concatenate([np.zeros_like(seqs.mask[:, :1]), seqs.mask[:, :-1]], axis=1) & seqs.mask
         steps = frame_steps(seqs)[has_prev]
-        stats.update(_fit_part(steps if len(steps) else np.zeros((1, seqs.x.shape[2]), np.float32), "delta", components))
+        stats.update(
+            _fit_part(steps if len(steps) else np.zeros((1, seqs.x.shape[2]), np.float32), "delta", components)
+        )
     return stats
 
 
