@@ -151,9 +151,9 @@ class HeadConfig:
     batch_size: int = field(default=64, metadata=rule(min=1))  # attn, gru: clips per step
     dropout: float = field(default=0.1, metadata=rule(min=0, lt=1))  # attn, gru
     # attn, gru: each cached frame left out of a training clip with this probability (augmentation)
-    frame_dropout: float = field(default=0.25, metadata=rule(min=0, lt=1))
+    frame_dropout: float = field(default=0.1, metadata=rule(min=0, lt=1))
     # attn, gru: random shift of each frame's clip-relative time, in frame spacings (augmentation)
-    time_jitter: float = field(default=0.5, metadata=rule(min=0, max=1))
+    time_jitter: float = field(default=0.25, metadata=rule(min=0, max=1))
     label_smoothing: float = field(default=0.1, metadata=rule(min=0, lt=1))  # attn, gru
     # attn, gru: stop after this many epochs without a better val score for any candidate (0 = never)
     early_stop: int = field(default=10, metadata=rule(min=0))

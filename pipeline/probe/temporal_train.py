@@ -53,8 +53,8 @@ class Recipe:
     batch_size: int = 64
     warmup: float = 0.1  # fraction of the steps
     label_smoothing: float = 0.1
-    frame_dropout: float = 0.25
-    time_jitter: float = 0.5
+    frame_dropout: float = 0.1
+    time_jitter: float = 0.25
     early_stop: int = 10  # epochs without val improvement before a candidate stops counting (0 = never)
     device: str = "auto"
     precision: str = "auto"  # of the training steps' matrix products: auto | fp32 | bf16 (see train_precision)
