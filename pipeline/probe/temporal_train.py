@@ -2,8 +2,8 @@
 
 The recipe (every part a ``HeadConfig`` setting): inputs whitened on the training clips
 (``temporal_numpy.input_features``: by default each frame's deviation from its clip mean, its step from
-the previous frame and the clip mean); dropout; AdamW with decoupled weight decay on the weight matrices, linear warm-up then cosine
-decay; label smoothing; matrix products in bf16 where the hardware has it (``precision``: autocast, fp32
+the previous frame and the clip mean); dropout; AdamW with decoupled weight decay on the weight
+matrices, linear warm-up then cosine decay; label smoothing; matrix products in bf16 where the hardware has it (``precision``: autocast, fp32
 master weights and optimizer state, fp32 loss); augmentation among the cached frames (each frame dropped with
 ``frame_dropout``, the kept ones keep their order and clip-relative times, which are jittered by up to
 ``time_jitter`` of a frame spacing), so nothing is re-extracted; early stopping on val accuracy.
