@@ -1,17 +1,19 @@
 """Training the temporal heads: one recipe from a hundred clips to a million, and a parallel lr x wd sweep.
 
 The recipe (every part a ``HeadConfig`` setting): inputs whitened on the training clips
-(``temporal_numpy.input_features``: by default each frame's deviation from its clip mean, its step from
-the previous frame and the clip mean); dropout; AdamW with decoupled weight decay on the weight
-matrices, linear warm-up then cosine decay; label smoothing; matrix products in bf16 where the hardware has it (``precision``: autocast, fp32
-master weights and optimizer state, fp32 loss); augmentation among the cached frames (each frame dropped with
-``frame_dropout``, the kept ones keep their order and clip-relative times, which are jittered by up to
-``time_jitter`` of a frame spacing), so nothing is re-extracted; early stopping on val accuracy.
+(``temporal_numpy.input_features``: by default each frame's deviation from its clip mean, its step
+from the previous frame and the clip mean); dropout; AdamW with decoupled weight decay on the weight
+matrices, linear warm-up then cosine decay; label smoothing; matrix products in bf16 where the hardware
+has it (``precision``: autocast; fp32 master weights, optimizer state and loss); augmentation among the
+cached frames (each frame dropped with ``frame_dropout``, the kept ones keep their order and
+clip-relative times, which are jittered by up to ``time_jitter`` of a frame spacing), so nothing is
+re-extracted; early stopping on val accuracy.
 
 The sweep trains every (lr, wd) candidate *at once*: the candidates' parameters are stacked
 (``torch.func.stack_module_state``) and one ``torch.func.vmap`` of the module's forward runs them as one
-batched model on the same mini-batches, so a step costs a few large matrix products instead of one
-small fit per candidate. Each candidate keeps the weights of its best validation epoch; the best
+batched model on the same mini-batches, so the per-fit setup and the per-step overhead are paid once
+(on a 2-core CPU, where one small candidate's products already run near the core's throughput, that is
+1.7-1.9x for 9 candidates; docs/performance.md). Each candidate keeps the weights of its best validation epoch; the best
 candidate on val wins (ties: lower val loss, then the earlier listed). As for logreg, the winner is then
 refit on train+val with the same settings for the epochs it needed on val (its schedule unchanged).
 
