@@ -73,6 +73,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=15, help="most epochs per candidate (early stopping on val)")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--precision", default="auto", help="of the training steps: auto (bf16 where native) | fp32 | bf16")
     ap.add_argument("--no-sequential", action="store_true", help="skip the one-after-another comparison")
     ap.add_argument("--quick", action="store_true", help="1000 clips, 4 epochs: a smoke run")
     ap.add_argument("--seed", type=int, default=0)
@@ -112,7 +113,9 @@ def main() -> None:
         out[f"{pool}_logreg_top1"], out[f"{pool}_logreg_seconds"] = round(acc, 4), round(secs, 2)
 
     for kind in ("attn", "gru"):
-        cfg = HeadConfig(kind=kind, epochs=args.epochs, batch_size=args.batch_size, device=args.device)
+        cfg = HeadConfig(
+            kind=kind, epochs=args.epochs, batch_size=args.batch_size, device=args.device, precision=args.precision
+        )
         t0 = time.perf_counter()
         res = fit_head(cfg, seqs[idx["train"]], labels[idx["train"]], seqs[idx["val"]], labels[idx["val"]])
         secs = time.perf_counter() - t0
@@ -134,6 +137,7 @@ def main() -> None:
                 f"{kind}_total_seconds": round(secs, 2),
                 f"{kind}_candidates": info["candidates"],
                 f"{kind}_chosen": res.hparams,
+                f"{kind}_precision": info["precision"],
             }
         )
         if kind == "attn" and not args.no_sequential:
@@ -141,7 +145,11 @@ def main() -> None:
             arch = temporal_arch(cfg, args.dim, 10)
             fields = ("lrs", "wds", "batch_size", "frame_dropout", "time_jitter", "label_smoothing")
             recipe = Recipe(
-                **{k: getattr(cfg, k) for k in fields}, epochs=args.epochs, early_stop=0, device=args.device
+                **{k: getattr(cfg, k) for k in fields},
+                epochs=args.epochs,
+                early_stop=0,
+                device=args.device,
+                precision=args.precision,
             )
             classes = sorted(set(labels))
             yi = np.array([classes.index(c) for c in labels])

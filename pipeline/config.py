@@ -35,7 +35,8 @@ PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 # Choices of the probe stage, here so that `vidprobe --help` builds its parser without importing numpy.
 HEAD_KINDS = ("logreg", "mlp", "knn", "zeroshot", "attn", "gru")
 TEMPORAL_HEADS = ("attn", "gru")  # read every frame of a clip (pool "frames"), not one pooled vector
-TEMPORAL_INPUTS = ("residual", "frames")  # what a temporal head reads per frame (probe.temporal_numpy)
+TEMPORAL_INPUTS = ("delta", "residual", "frames")  # what a temporal head reads per frame (probe.temporal_numpy)
+TEMPORAL_PRECISIONS = ("auto", "fp32", "bf16")  # of a temporal head's training steps (probe.temporal_train)
 SOLVERS = ("torch", "sklearn")  # torch L-BFGS (CPU or CUDA) | scikit-learn's (the reference)
 EVAL_SPLITS = ("test", "val", "train", "all")  # what ``evaluate`` can score
 AUTO = "auto"

@@ -21,7 +21,7 @@ from pipeline.probe.heads import HeadConfig, load_head, temporal_arch
 from pipeline.probe.predict import predict_videos
 from pipeline.probe.sequences import FrameSequences, relative_times
 from pipeline.probe.temporal_models import build_model
-from pipeline.probe.temporal_numpy import TemporalHead, input_features, input_stats
+from pipeline.probe.temporal_numpy import TemporalHead, frame_steps, input_features, input_stats
 from pipeline.probe.temporal_train import Recipe, train_candidates
 from pipeline.probe.train import evaluate_head, train_head
 from pipeline.store import ShardWriter, create_or_open
@@ -71,6 +71,7 @@ def _random_seqs(n: int = 5, T: int = 7, dim: int = D, seed: int = 0) -> FrameSe
         {"kind": "attn", "depth": 2, "queries": 3, "num_heads": 2, "width": 8},
         {"kind": "attn", "inputs": "frames", "queries": 1, "components": 0},
         {"kind": "attn", "components": 6, "width": 8, "num_heads": 2},
+        {"kind": "attn", "inputs": "residual", "queries": 2, "width": 8, "num_heads": 2},
         {"kind": "gru", "width": 8},
         {"kind": "gru", "width": 8, "bidirectional": False, "inputs": "frames"},
     ],
@@ -108,6 +109,19 @@ def test_padding_changes_nothing(kind: str) -> None:
     np.testing.assert_allclose(head.predict_proba(longer), head.predict_proba(seqs), rtol=1e-5, atol=1e-7)
 
 
+def test_frame_steps_change_sign_when_a_clip_is_played_backwards() -> None:
+    seqs = _random_seqs(n=6, T=7)  # clips of 1..7 frames, zero-padded
+    steps = frame_steps(seqs)
+    backwards = FrameSequences.from_clips(
+        [(seqs.x[i, :k][::-1], seqs.times[i, :k]) for i, k in enumerate(seqs.lengths)]
+    )
+    for i, k in enumerate(seqs.lengths):
+        assert (steps[i, 0] == 0).all() and (steps[i, k:] == 0).all()  # no step into the first frame or padding
+        np.testing.assert_allclose(frame_steps(backwards)[i, 1:k], -steps[i, 1:k][::-1], atol=1e-6)
+    stats = input_stats(seqs, "delta", 0)
+    assert input_features(seqs, stats, "delta").shape == (*seqs.x.shape[:2], 3 * D)
+
+
 def test_relative_times_need_no_fixed_frame_count() -> None:
     np.testing.assert_allclose(relative_times(np.array([2.0, 3.0, 6.0])), [0.0, 0.25, 1.0])
     assert relative_times(np.array([5.0])).tolist() == [0.5]
@@ -130,7 +144,10 @@ def test_batched_sweep_equals_the_candidates_fitted_one_by_one(tmp_path: Path) -
     cfg = HeadConfig(kind="attn", width=8, num_heads=2, queries=2)
     arch = temporal_arch(cfg, D, 4)
     arch["dropout"] = 0.0  # randomness is drawn per candidate batch; the arithmetic is what is compared
-    recipe = Recipe(lrs=(3e-3, 1e-3), wds=(0.01, 0.4), epochs=4, batch_size=16, frame_dropout=0, time_jitter=0)
+    # fp32: bf16 rounds a batched product and a single one differently; the arithmetic is what is compared
+    recipe = Recipe(
+        lrs=(3e-3, 1e-3), wds=(0.01, 0.4), epochs=4, batch_size=16, frame_dropout=0, time_jitter=0, precision="fp32"
+    )
     stats = input_stats(S[np.flatnonzero(tr)], cfg.inputs, arch["components"])
     data = (S[np.flatnonzero(tr)], y[tr]), (S[np.flatnonzero(va)], y[va])
     together = train_candidates(arch, recipe, recipe.candidates, *data, stats, seed=0)
@@ -141,13 +158,13 @@ def test_batched_sweep_equals_the_candidates_fitted_one_by_one(tmp_path: Path) -
             np.testing.assert_allclose(together.states[g][name], value, rtol=1e-3, atol=1e-4, err_msg=name)
 
 
-@pytest.mark.parametrize("kind", ["attn", "gru"])
-def test_a_seed_fixes_the_weights(tmp_path: Path, kind: str) -> None:
+@pytest.mark.parametrize(("kind", "precision"), [("attn", "fp32"), ("attn", "bf16"), ("gru", "bf16")])
+def test_a_seed_fixes_the_weights(tmp_path: Path, kind: str, precision: str) -> None:
     S, y, split = _seqs_and_labels(tmp_path)
     tr = np.flatnonzero(split == "train")
     cfg = HeadConfig(kind=kind, width=8, num_heads=2)
     arch = temporal_arch(cfg, D, 4)
-    recipe = Recipe(lrs=(1e-3,), wds=(0.1,), epochs=2, batch_size=16)
+    recipe = Recipe(lrs=(1e-3,), wds=(0.1,), epochs=2, batch_size=16, precision=precision)
     stats = input_stats(S[tr], cfg.inputs, arch["components"])
     runs = [train_candidates(arch, recipe, recipe.candidates, (S[tr], y[tr]), None, stats, seed=s) for s in (0, 0, 1)]
     for name in runs[0].states[0]:

@@ -44,7 +44,16 @@ from typing import Any
 
 import numpy as np
 
-from ..config import HEAD_KINDS, SOLVERS, TEMPORAL_HEADS, TEMPORAL_INPUTS, build, check_settings, rule
+from ..config import (
+    HEAD_KINDS,
+    SOLVERS,
+    TEMPORAL_HEADS,
+    TEMPORAL_INPUTS,
+    TEMPORAL_PRECISIONS,
+    build,
+    check_settings,
+    rule,
+)
 from ..errors import ConfigError, HeadError
 from ..versions import versions
 from .logreg import (
@@ -73,6 +82,7 @@ _KIND_FIELDS = {
 }
 _TRAINING = ("lrs", "wds", "epochs", "batch_size", "dropout", "frame_dropout", "time_jitter", "label_smoothing")
 _KIND_FIELDS["attn"] = (
+    "precision",
     "inputs",
     "components",
     "width",
@@ -83,7 +93,16 @@ _KIND_FIELDS["attn"] = (
     "early_stop",
     "device",
 )
-_KIND_FIELDS["gru"] = ("inputs", "components", "width", "bidirectional", *_TRAINING, "early_stop", "device")
+_KIND_FIELDS["gru"] = (
+    "precision",
+    "inputs",
+    "components",
+    "width",
+    "bidirectional",
+    *_TRAINING,
+    "early_stop",
+    "device",
+)
 
 
 @dataclass
@@ -112,13 +131,17 @@ class HeadConfig:
     templates: tuple[str, ...] = field(default=DEFAULT_TEMPLATES, metadata=rule(nonempty=True))
     # logreg (torch solver), zeroshot (text tower), attn, gru: auto | cpu | cuda[:K]
     device: str = field(default="auto", metadata=rule(device=True))
-    # attn, gru: per frame, its deviation from the clip mean + the clip mean (residual) or the frame itself
-    inputs: str = field(default="residual", metadata=rule(choices=TEMPORAL_INPUTS))
+    # attn, gru: precision of the training steps' matrix products: auto (bf16 autocast on CUDA and on CPUs
+    # with native bf16, else fp32) | fp32 | bf16; weights, optimizer and the saved head stay fp32
+    precision: str = field(default="auto", metadata=rule(choices=TEMPORAL_PRECISIONS))
+    # attn, gru: per frame, its deviation from the clip mean + its step from the previous frame + the clip
+    # mean (delta), without the step (residual), or the frame itself (frames)
+    inputs: str = field(default="delta", metadata=rule(choices=TEMPORAL_INPUTS))
     # attn, gru: inputs PCA-whitened onto this many directions (per part; 0 = standardise each dimension)
-    components: int = field(default=128, metadata=rule(min=0))
-    width: int = field(default=128, metadata=rule(min=1))  # attn: embedding width; gru: hidden units
+    components: int = field(default=64, metadata=rule(min=0))
+    width: int = field(default=64, metadata=rule(min=1))  # attn: embedding width; gru: hidden units
     depth: int = field(default=1, metadata=rule(min=1, max=12))  # attn: blocks (depth - 1 self-attention first)
-    queries: int = field(default=4, metadata=rule(min=1, max=64))  # attn: learnable queries
+    queries: int = field(default=1, metadata=rule(min=1, max=64))  # attn: learnable queries
     num_heads: int = field(default=4, metadata=rule(min=1))  # attn: attention heads (must divide width)
     bidirectional: bool = True  # gru: also read the clip backwards
     # attn, gru: learning rates and weight decays swept together on val (one batched model)
@@ -128,9 +151,9 @@ class HeadConfig:
     batch_size: int = field(default=64, metadata=rule(min=1))  # attn, gru: clips per step
     dropout: float = field(default=0.1, metadata=rule(min=0, lt=1))  # attn, gru
     # attn, gru: each cached frame left out of a training clip with this probability (augmentation)
-    frame_dropout: float = field(default=0.25, metadata=rule(min=0, lt=1))
+    frame_dropout: float = field(default=0.1, metadata=rule(min=0, lt=1))
     # attn, gru: random shift of each frame's clip-relative time, in frame spacings (augmentation)
-    time_jitter: float = field(default=0.5, metadata=rule(min=0, max=1))
+    time_jitter: float = field(default=0.25, metadata=rule(min=0, max=1))
     label_smoothing: float = field(default=0.1, metadata=rule(min=0, lt=1))  # attn, gru
     # attn, gru: stop after this many epochs without a better val score for any candidate (0 = never)
     early_stop: int = field(default=10, metadata=rule(min=0))
@@ -306,7 +329,9 @@ def _fit_temporal(cfg: HeadConfig, classes, S_tr, yi_tr, S_va, yi_va, seed: int,
         raise HeadError(f"{cfg.kind}: reads each clip's frames (FrameSequences), not pooled vectors (pool 'frames')")
     t0 = time.perf_counter()
     fields_ = ("lrs", "wds", "epochs", "batch_size", "frame_dropout", "time_jitter", "label_smoothing")
-    recipe = Recipe(**{k: getattr(cfg, k) for k in fields_}, early_stop=cfg.early_stop, device=cfg.device)
+    recipe = Recipe(
+        **{k: getattr(cfg, k) for k in fields_}, early_stop=cfg.early_stop, device=cfg.device, precision=cfg.precision
+    )
     arch = temporal_arch(cfg, int(S_tr.x.shape[2]), len(classes))
     val = (S_va, yi_va) if S_va is not None else None
     head, hparams, scores, info = fit_temporal(arch, recipe, list(classes), (S_tr, yi_tr), val, seed=seed, refit=refit)

@@ -119,24 +119,41 @@ def _apply(x: np.ndarray, stats: dict[str, np.ndarray], part: str) -> np.ndarray
     return shifted / stats[f"input.{part}.scale"]
 
 
+def frame_steps(seqs: FrameSequences) -> np.ndarray:
+    """(N, T, D) each real frame minus the real frame before it (the first frame of a clip: zero).
+
+    The step between sampled frames is what a motion's direction is made of: played backwards, every
+    step changes sign. Computed on the cached frames before any augmentation, so a dropped frame loses
+    its own step but never turns its neighbours' steps into a jump across it."""
+    prev = np.concatenate([seqs.x[:, :1], seqs.x[:, :-1]], axis=1)
+    has_prev = np.concatenate([np.zeros_like(seqs.mask[:, :1]), seqs.mask[:, :-1]], axis=1) & seqs.mask
+    return np.where(has_prev[..., None], seqs.x - prev, 0).astype(np.float32)
+
+
 def input_features(seqs: FrameSequences, stats: dict[str, np.ndarray], inputs: str) -> np.ndarray:
     """What the module reads per frame (N, T, D'), padding zeroed.
 
-    ``frames``: the standardised embedding. ``residual`` (the default): the frame's deviation from its
-    clip's mean, standardised on its own, next to the standardised clip mean. The deviations are small
-    beside what a clip's frames share (the filmed object), so standardising them apart makes motion as
-    visible to the head as identity; the mean half keeps what mean pooling sees. Standardised means
-    PCA-whitened onto the top ``components`` directions when the head has them (``input_stats``), else
-    per dimension.
+    ``frames``: the standardised embedding. ``residual``: the frame's deviation from its clip's mean,
+    standardised on its own, next to the standardised clip mean. The deviations are small beside what a
+    clip's frames share (the filmed object), so standardising them apart makes motion as visible to the
+    head as identity; the mean half keeps what mean pooling sees. ``delta`` (the default): the residual,
+    the step from the previous frame (``frame_steps``) and the clip mean. A softmax-weighted average of
+    tokens is a convex combination, so without the step an attentive probe can only tell a motion from
+    its reverse through the position embedding; with it, one query averaging the steps already holds the
+    direction (``tdiff`` is that average's telescoped form). Standardised means PCA-whitened onto the top
+    ``components`` directions when the head has them (``input_stats``), else per dimension.
     """
     m = seqs.mask[..., None]
     if inputs == "frames":
         x = _apply(seqs.x, stats, "frame")
     else:
         mu = clip_means(seqs)
-        r = _apply(seqs.x - mu[:, None], stats, "residual")
+        parts = [_apply(seqs.x - mu[:, None], stats, "residual")]
+        if inputs == "delta":
+            parts.append(_apply(frame_steps(seqs), stats, "delta"))
         c = _apply(mu, stats, "mean")
-        x = np.concatenate([r, np.broadcast_to(c[:, None], (*r.shape[:2], c.shape[-1]))], axis=-1)
+        parts.append(np.broadcast_to(c[:, None], (*parts[0].shape[:2], c.shape[-1])))
+        x = np.concatenate(parts, axis=-1)
     return np.where(m, x, 0).astype(np.float32)
 
 
@@ -169,13 +186,20 @@ def input_stats(seqs: FrameSequences, inputs: str, components: int = 0) -> dict[
         return _fit_part(seqs.x[seqs.mask], "frame", components)
     mu = clip_means(seqs)
     r = (seqs.x - mu[:, None])[seqs.mask]
-    return {**_fit_part(r, "residual", components), **_fit_part(mu, "mean", components)}
+    stats = {**_fit_part(r, "residual", components), **_fit_part(mu, "mean", components)}
+    if inputs == "delta":  # fitted on real steps only (a clip's first frame has none)
+        has_prev = np.concatenate([np.zeros_like(seqs.mask[:, :1]), seqs.mask[:, :-1]], axis=1) & seqs.mask
+        steps = frame_steps(seqs)[has_prev]
+        stats.update(
+            _fit_part(steps if len(steps) else np.zeros((1, seqs.x.shape[2]), np.float32), "delta", components)
+        )
+    return stats
 
 
 def input_width(inputs: str, dim: int, components: int) -> int:
     """D' of ``input_features`` for ``dim``-d embeddings."""
     part = components or dim
-    return part * (2 if inputs == "residual" else 1)
+    return part * {"frames": 1, "residual": 2, "delta": 3}[inputs]
 
 
 class TemporalHead:
@@ -250,4 +274,4 @@ def _native(kind: str) -> NativeKind:
 for _kind in _FORWARD:
     register_native_kind(_kind, _native(_kind))
 
-__all__ = ["TemporalHead", "clip_means", "input_features", "input_stats", "input_width"]
+__all__ = ["TemporalHead", "clip_means", "frame_steps", "input_features", "input_stats", "input_width"]

@@ -1,16 +1,19 @@
 """Training the temporal heads: one recipe from a hundred clips to a million, and a parallel lr x wd sweep.
 
-The recipe (every part a ``HeadConfig`` setting): inputs standardised per dimension on the training
-clips (``temporal_numpy.input_features``: by default each frame's deviation from its clip mean beside
-the clip mean); dropout; AdamW with decoupled weight decay on the weight matrices, linear warm-up then cosine
-decay; label smoothing; augmentation among the cached frames (each frame dropped with
-``frame_dropout``, the kept ones keep their order and clip-relative times, which are jittered by up to
-``time_jitter`` of a frame spacing), so nothing is re-extracted; early stopping on val accuracy.
+The recipe (every part a ``HeadConfig`` setting): inputs whitened on the training clips
+(``temporal_numpy.input_features``: by default each frame's deviation from its clip mean, its step
+from the previous frame and the clip mean); dropout; AdamW with decoupled weight decay on the weight
+matrices, linear warm-up then cosine decay; label smoothing; matrix products in bf16 where the hardware
+has it (``precision``: autocast; fp32 master weights, optimizer state and loss); augmentation among the
+cached frames (each frame dropped with ``frame_dropout``, the kept ones keep their order and
+clip-relative times, which are jittered by up to ``time_jitter`` of a frame spacing), so nothing is
+re-extracted; early stopping on val accuracy.
 
 The sweep trains every (lr, wd) candidate *at once*: the candidates' parameters are stacked
 (``torch.func.stack_module_state``) and one ``torch.func.vmap`` of the module's forward runs them as one
-batched model on the same mini-batches, so a step costs a few large matrix products instead of one
-small fit per candidate. Each candidate keeps the weights of its best validation epoch; the best
+batched model on the same mini-batches, so the per-fit setup and the per-step overhead are paid once
+(on a 2-core CPU, where one small candidate's products already run near the core's throughput, that is
+1.7-1.9x for 9 candidates; docs/performance.md). Each candidate keeps the weights of its best validation epoch; the best
 candidate on val wins (ties: lower val loss, then the earlier listed). As for logreg, the winner is then
 refit on train+val with the same settings for the epochs it needed on val (its schedule unchanged).
 
@@ -52,10 +55,11 @@ class Recipe:
     batch_size: int = 64
     warmup: float = 0.1  # fraction of the steps
     label_smoothing: float = 0.1
-    frame_dropout: float = 0.25
-    time_jitter: float = 0.5
+    frame_dropout: float = 0.1
+    time_jitter: float = 0.25
     early_stop: int = 10  # epochs without val improvement before a candidate stops counting (0 = never)
     device: str = "auto"
+    precision: str = "auto"  # of the training steps' matrix products: auto | fp32 | bf16 (see train_precision)
 
     @property
     def candidates(self) -> list[tuple[float, float]]:
@@ -74,6 +78,23 @@ class SweepResult:
     steps: int
     seconds: float
     history: list[list[float]] = field(default_factory=list)  # per epoch: val accuracy per candidate
+    precision: str = "fp32"  # of the training steps' matrix products (train_precision)
+
+
+def train_precision(precision: str, device) -> str:
+    """'auto' -> bf16 autocast on CUDA and on CPUs with native bf16 (AVX512-BF16 / AMX), else fp32.
+
+    Only the training steps' matrix products run in bf16 (``torch.autocast``): weights, optimizer state,
+    loss and the val scoring that picks a candidate stay fp32, and the saved head is fp32 arrays that the
+    numpy predictor runs in fp32. On an AMD EPYC Zen 5 (AVX512-BF16) a bf16 (9, 1024, 192) x (9, 192, 64)
+    batched product is ~5x the fp32 one, and the products are most of a sweep step."""
+    from ..encoders.base import cpu_has_native_bf16
+
+    if precision not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"precision {precision!r}: expected auto, fp32 or bf16")
+    if precision != "auto":
+        return precision
+    return "bf16" if device.type == "cuda" or cpu_has_native_bf16() else "fp32"
 
 
 def _threads(device, work: int):
@@ -121,6 +142,7 @@ def train_candidates(
 
     t0 = time.perf_counter()
     device = resolve_device(recipe.device)
+    precision = train_precision(recipe.precision, device)
     G = len(candidates)
     S_tr, y_tr = train
     n = len(S_tr)
@@ -183,7 +205,9 @@ def train_candidates(
                     mb = torch.where(keep.any(dim=1, keepdim=True), keep, mb)
                 if jitter > 0:
                     tb = (tb + (torch.rand(tb.shape, generator=gen, device=device) * 2 - 1) * jitter).clamp(0, 1)
-                z = vlogits(params, buffers, xb, tb, mb)  # (G, B, K)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                    z = vlogits(params, buffers, xb, tb, mb)  # (G, B, K)
+                z = z.float()
                 loss = (
                     F.cross_entropy(z.reshape(-1, z.shape[-1]), yb.repeat(G), label_smoothing=recipe.label_smoothing)
                     * G
@@ -220,6 +244,7 @@ def train_candidates(
             step,
             time.perf_counter() - t0,
             history,
+            precision,
         )
 
 
@@ -303,6 +328,7 @@ def fit_temporal(
         "sweep_steps": sw.steps,
         "best_epoch": epochs,
         "val_loss": float(sw.val_loss[g]),
+        "precision": sw.precision,
     }
     state = sw.states[g]
     if refit:
@@ -316,4 +342,4 @@ def fit_temporal(
     return head_from_state(arch, state, stats, classes), {"lr": lr, "wd": wd}, scores, info
 
 
-__all__ = ["Recipe", "SweepResult", "fit_temporal", "train_candidates"]
+__all__ = ["Recipe", "SweepResult", "fit_temporal", "train_candidates", "train_precision"]
