@@ -63,9 +63,32 @@ def test_every_dataset_of_a_finished_shard_carries_a_checksum(tmp_path):
     with h5py.File(shards[0], "r") as f:
         sums = json.loads(f.attrs["checksums"])
     assert {"frames/embedding", "frames/timestamp", "clips/offset", "clips/video", "failures/path"} <= set(sums)
-    assert all(v.startswith("sha256:") for v in sums.values())
+    assert all(v.startswith("crc32:") for v in sums.values())
     report = verify_store(tmp_path / "s")
     assert report.ok and not report.notes
+
+
+def test_shards_with_the_older_sha256_checksums_still_check(tmp_path, capsys):
+    """A shard written before CRC-32 (its checksums "sha256:HEX") reads and verifies, and damage still shows."""
+    from pipeline.store.layout import Digest
+
+    store, shards = _store(tmp_path / "s")
+    for shard in shards:
+        with h5py.File(shard, "r+") as f:
+            old = {}
+            f.visititems(lambda name, obj: old.__setitem__(name, obj[()]) if hasattr(obj, "shape") else None)
+            f.attrs["checksums"] = json.dumps({k: Digest("sha256").update(v).hexdigest() for k, v in old.items()})
+    with h5py.File(shards[0], "r") as f:
+        assert json.loads(f.attrs["checksums"])["frames/embedding"].startswith("sha256:")
+    assert verify_store(store.path).ok
+    reopened = open_store(store.path)
+    want = np.stack([reopened.frames(i).mean(0) for i in range(len(reopened))])
+    np.testing.assert_array_equal(open_store(store.path).pooled(lambda x: x.mean(0)), want)
+    _flip_raw_mantissa_bit(shards[1])
+    code, out = _verify_cli(store.path, capsys)
+    assert code == 1 and shards[1].name in out.err and "frames/embedding" in out.err
+    with pytest.raises(StoreError, match=f"{shards[1].name}: frames/embedding does not match its checksum"):
+        open_store(store.path).pooled(lambda x: x.mean(0))
 
 
 def test_a_flipped_mantissa_bit_on_disk_fails_verify_and_the_reader(tmp_path, capsys):

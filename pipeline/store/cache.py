@@ -14,7 +14,7 @@ of the store as it is now —
   adding, removing or compacting a shard changes the list; a rewrite in place changes the time);
 * pooled: the index key, the pooling's name, the store dtype and every live shard's checksums.
 
-Each file also carries SHA-256 checksums of its own datasets (``checksums``, as shards do): a damaged or
+Each file also carries checksums of its own datasets (``checksums``, as shards do): a damaged or
 foreign cache (other key, unreadable, wrong shape, bad checksum) is never trusted — it is rebuilt, and a
 damaged one is reported in one line. ``vidprobe verify`` checks every cache against the shards
 themselves; ``vidprobe compact`` deletes them (the next read rebuilds). A writer adding shards while a
@@ -186,7 +186,7 @@ def _read_checked(path: Path, kind: str | None, key: dict[str, Any] | None, name
         data = {}
         for name in names if names is not None else tuple(f.keys()):
             values = f[name][()]
-            if digest(values) != sums.get(name):
+            if digest(values, like=sums.get(name)) != sums.get(name):
                 raise ValueError(f"{name} does not match its checksum")
             data[name] = values
         for k, v in f.attrs.items():

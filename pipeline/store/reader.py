@@ -69,7 +69,7 @@ class ShardMeta:
     dtype: str
     compression: str
     compacted_from: list[str]
-    checksums: dict[str, str] = field(default_factory=dict)  # dataset -> "sha256:HEX" (none: an old shard)
+    checksums: dict[str, str] = field(default_factory=dict)  # dataset -> "crc32:HEX" (older: "sha256:HEX")
 
     @property
     def all_kept(self) -> bool:
@@ -127,7 +127,7 @@ def _compression_of(ds) -> str:
 
 def _check_sum(meta: ShardMeta, store: Path, dataset: str, values: Any) -> None:
     expected = meta.checksums.get(dataset)
-    if expected is not None and digest(values) != expected:
+    if expected is not None and digest(values, like=expected) != expected:
         raise checksum_mismatch(meta.path, store, dataset)
 
 

@@ -2,7 +2,7 @@
 
 Memory is bounded by a few blocks (``BLOCK_FRAMES`` rows each, about one extraction shard) whatever the
 store's size — also for a compacted store, whose one shard holds every frame. Each shard's
-``frames/embedding`` is read in order, every row (kept or not), into one incremental SHA-256
+``frames/embedding`` is read in order, every row (kept or not), into one incremental checksum
 (``layout.Digest``) that runs in a helper thread, and compared with the shard's checksum when its last
 block has been read: a damaged shard raises ``StoreError`` before a whole-store result (``pooled``) is
 returned. A shard that fits in one block — every shard extraction writes — is checked before any of its
@@ -150,7 +150,7 @@ def _prepare(
         kept[meta.kept] = True
         expected = meta.checksums.get("frames/embedding") if check else None
         expected_t = meta.checksums.get("frames/timestamp") if check and timestamps else None
-        d, dt = Digest(), Digest()
+        d, dt = Digest.like(expected), Digest.like(expected_t)
         pending: list[Future] = []
         ranges = list(_clip_ranges(meta.offset, block))
         with h5py.File(meta.path, "r") as f:
@@ -211,10 +211,10 @@ def iter_blocks(
 
     ``reuse``: a block's arrays are recycled two blocks later, so it is valid only until the next one is
     asked for (``pool_blocks`` keeps nothing of it; the page faults of fresh arrays cost more than the copy)."""
-    # SHA-256 runs in a helper thread (hashlib releases the GIL); one worker keeps the updates in order. The
-    # next block is read, queued for hashing and widened before this one's check is waited for and it is
+    # The checksum runs in a helper thread (zlib and hashlib release the GIL); one worker keeps the updates
+    # in order. The next block is read, queued for hashing and widened before this one's check is waited for and it is
     # handed out, so the hasher always has work while this thread reads, widens and pools.
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vidprobe-sha256") as hasher:
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vidprobe-checksum") as hasher:
         ahead: _Prepared | None = None
         for nxt in _prepare(shards, store, hasher, check, timestamps, block or BLOCK_FRAMES, reuse):
             if ahead is not None:
@@ -246,7 +246,7 @@ def pool_blocks(
     batch = getattr(pool, "batch", None)
     out: np.ndarray | None = None
     done = 0  # rows fed to ``digest``
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vidprobe-sha256-pooled") as hasher:
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vidprobe-checksum-pooled") as hasher:
         jobs: list[Future] = []
         for blk in blocks:
             if batch is not None:

@@ -82,13 +82,14 @@ def frames_per_clip_problem(sampling: dict[str, Any], lengths: np.ndarray) -> st
     return None
 
 
-def _dataset_digest(ds) -> str:
+def _dataset_digest(ds, like: str | None = None) -> str:
+    """``ds``'s checksum with the algorithm of ``like`` (the stored checksum it is compared with)."""
     if ds.ndim and ds.shape[0] > _BLOCK_ROWS:
-        d = Digest()
+        d = Digest.like(like)
         for lo in range(0, ds.shape[0], _BLOCK_ROWS):
             d.update(ds[lo : lo + _BLOCK_ROWS])
         return d.hexdigest()
-    return digest(ds[()])
+    return digest(ds[()], like=like)
 
 
 def _bad_checksums(f, name: str, report: VerifyReport) -> list[str]:
@@ -97,7 +98,7 @@ def _bad_checksums(f, name: str, report: VerifyReport) -> list[str]:
     if not sums:
         report.notes.append(f"{name}: carries no checksums (written before vidprobe stored them); values unchecked")
         return []
-    bad = [ds for ds, expected in sorted(sums.items()) if ds not in f or _dataset_digest(f[ds]) != expected]
+    bad = [ds for ds, expected in sorted(sums.items()) if ds not in f or _dataset_digest(f[ds], expected) != expected]
 
     def visit(path: str, obj) -> None:
         if hasattr(obj, "shape") and path not in sums:
