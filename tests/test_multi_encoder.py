@@ -183,18 +183,17 @@ def test_timm_levels_come_from_one_forward_and_equal_separate_extractions(videos
     assert len(groups) == 1 and sorted(where) == [(0, 0), (0, 1), (0, 2)]
     (group,) = groups
     trunk = group.model.model
-    seen: dict[str, torch.Tensor] = {}
+    seen: dict[str, list[torch.Tensor]] = {"conv1": [], "layer2": [], "layer3": []}
     hooks = [
-        getattr(trunk, name).register_forward_hook(lambda m, i, o, name=name: seen.setdefault(name, o))
-        for name in ("conv1", "layer2", "layer3")
+        getattr(trunk, name).register_forward_hook(lambda m, i, o, name=name: seen[name].append(o)) for name in seen
     ]
     frames = np.random.default_rng(0).integers(0, 256, (3, 224, 224, 3), dtype=np.uint8)
     outs = group.encode(frames)
     for h in hooks:
         h.remove()
-    assert len(seen) == 3  # one pass: each hooked module ran (setdefault keeps the first call only)
-    np.testing.assert_allclose(outs[1], seen["layer2"].mean(dim=(2, 3)).numpy(), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(outs[2], seen["layer3"].mean(dim=(2, 3)).numpy(), rtol=1e-5, atol=1e-6)
+    assert {name: len(calls) for name, calls in seen.items()} == {"conv1": 1, "layer2": 1, "layer3": 1}  # one pass
+    np.testing.assert_allclose(outs[1], seen["layer2"][0].mean(dim=(2, 3)).numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(outs[2], seen["layer3"][0].mean(dim=(2, 3)).numpy(), rtol=1e-5, atol=1e-6)
     alone = [create_encoder(spec, device="cpu") for spec in specs]
     assert [o.dim for o in group.outputs] == [e.dim for e in alone] == [512, 128, 256]
     for o, e in zip(group.outputs, alone):

@@ -119,6 +119,11 @@ def _apply(x: np.ndarray, stats: dict[str, np.ndarray], part: str) -> np.ndarray
     return shifted / stats[f"input.{part}.scale"]
 
 
+def _has_prev(mask: np.ndarray) -> np.ndarray:
+    """(N, T) True where a real frame has a real frame before it (it has a step)."""
+    return np.concatenate([np.zeros_like(mask[:, :1]), mask[:, :-1]], axis=1) & mask
+
+
 def frame_steps(seqs: FrameSequences) -> np.ndarray:
     """(N, T, D) each real frame minus the real frame before it (the first frame of a clip: zero).
 
@@ -126,8 +131,7 @@ def frame_steps(seqs: FrameSequences) -> np.ndarray:
     step changes sign. Computed on the cached frames before any augmentation, so a dropped frame loses
     its own step but never turns its neighbours' steps into a jump across it."""
     prev = np.concatenate([seqs.x[:, :1], seqs.x[:, :-1]], axis=1)
-    has_prev = np.concatenate([np.zeros_like(seqs.mask[:, :1]), seqs.mask[:, :-1]], axis=1) & seqs.mask
-    return np.where(has_prev[..., None], seqs.x - prev, 0).astype(np.float32)
+    return np.where(_has_prev(seqs.mask)[..., None], seqs.x - prev, 0).astype(np.float32)
 
 
 def input_features(seqs: FrameSequences, stats: dict[str, np.ndarray], inputs: str) -> np.ndarray:
@@ -188,8 +192,7 @@ def input_stats(seqs: FrameSequences, inputs: str, components: int = 0) -> dict[
     r = (seqs.x - mu[:, None])[seqs.mask]
     stats = {**_fit_part(r, "residual", components), **_fit_part(mu, "mean", components)}
     if inputs == "delta":  # fitted on real steps only (a clip's first frame has none)
-        has_prev = np.concatenate([np.zeros_like(seqs.mask[:, :1]), seqs.mask[:, :-1]], axis=1) & seqs.mask
-        steps = frame_steps(seqs)[has_prev]
+        steps = frame_steps(seqs)[_has_prev(seqs.mask)]
         stats.update(
             _fit_part(steps if len(steps) else np.zeros((1, seqs.x.shape[2]), np.float32), "delta", components)
         )

@@ -680,13 +680,13 @@ class FeatureStore:
                 if hit is not None:
                     return hit
             # the cache's checksum, taken as the rows are pooled
-            sha = Digest() if key is not None and name and self._caching() else None
+            summed = Digest() if key is not None and name and self._caching() else None
             if self._table is not None:  # every frame is in memory already
                 t = self._table
-                X = pool_blocks(iter([Block(0, t.embedding, t.offset, None, 0)]), len(t), pool, digest=sha)
+                X = pool_blocks(iter([Block(0, t.embedding, t.offset, None, 0)]), len(t), pool, digest=summed)
             else:
                 try:
-                    X = self._pool_stream(pool, len(idx.video), progress, name or "pool", sha)
+                    X = self._pool_stream(pool, len(idx.video), progress, name or "pool", summed)
                 except FileNotFoundError:  # a compaction replaced the shards: list again
                     self.invalidate()
                     if attempt == 4:
@@ -696,20 +696,20 @@ class FeatureStore:
                     continue
             still = cache.index_key(self.provenance, cache.shard_stamps(self.path)) == base if key else False
             if key is not None and name and self._caching() and still:  # no writer added a shard meanwhile
-                checksum = sha.hexdigest() if sha is not None else None
+                checksum = summed.hexdigest() if summed is not None else None
                 self._save_cache(lambda: cache.save_pooled(self.path, name, key, X, checksum))
             return X
         raise AssertionError("unreachable")
 
     def _pool_stream(
-        self, pool: Callable[[np.ndarray], np.ndarray], n: int, progress: bool, name: str, sha: Digest | None
+        self, pool: Callable[[np.ndarray], np.ndarray], n: int, progress: bool, name: str, summed: Digest | None
     ) -> np.ndarray:
         if not progress:
-            return pool_blocks(self._blocks(reuse=True), n, pool, digest=sha)
+            return pool_blocks(self._blocks(reuse=True), n, pool, digest=summed)
         from tqdm import tqdm
 
         with tqdm(total=n, desc=f"pooling ({name})", unit="clip", leave=False) as bar:
-            return pool_blocks(self._blocks(reuse=True), n, pool, bar, digest=sha)
+            return pool_blocks(self._blocks(reuse=True), n, pool, bar, digest=summed)
 
     def caches(self) -> list[dict[str, Any]]:
         """The store's cache files and whether each is current (``vidprobe info`` lists them)."""

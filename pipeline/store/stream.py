@@ -212,8 +212,8 @@ def iter_blocks(
     ``reuse``: a block's arrays are recycled two blocks later, so it is valid only until the next one is
     asked for (``pool_blocks`` keeps nothing of it; the page faults of fresh arrays cost more than the copy)."""
     # The checksum runs in a helper thread (zlib and hashlib release the GIL); one worker keeps the updates
-    # in order. The next block is read, queued for hashing and widened before this one's check is waited for and it is
-    # handed out, so the hasher always has work while this thread reads, widens and pools.
+    # in order. The next block is read, queued for hashing and widened before this one's check is waited
+    # for and it is handed out, so the hasher always has work while this thread reads, widens and pools.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vidprobe-checksum") as hasher:
         ahead: _Prepared | None = None
         for nxt in _prepare(shards, store, hasher, check, timestamps, block or BLOCK_FRAMES, reuse):
