@@ -7,8 +7,9 @@ linear layer on the concatenated queries. Frame positions are learned embeddings
 mask leaves out padding. ``GRUHead`` is the recurrent head of the transfer-learning articles: a GRU over
 the frames (both directions by default), then linear on the last hidden states.
 
-The GRU is written out (not ``nn.GRU``) so that ``torch.func.vmap`` can train many candidates as one
-batched model (``temporal_train``) and so that ``temporal_numpy`` can run the same arithmetic without torch.
+These modules are the reference: ``temporal_numpy`` runs the same arithmetic without torch, and
+``temporal_batched`` (the sweep's training forward for many candidates at once) is tested against them.
+The GRU is written out (not ``nn.GRU``) so that both can follow its equations step by step.
 Every module takes ``(x (B, T, D), t (B, T), mask (B, T) bool)`` and returns logits ``(B, K)``.
 """
 

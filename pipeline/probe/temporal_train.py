@@ -10,10 +10,11 @@ clip-relative times, which are jittered by up to ``time_jitter`` of a frame spac
 re-extracted; early stopping on val accuracy.
 
 The sweep trains every (lr, wd) candidate *at once*: the candidates' parameters are stacked
-(``torch.func.stack_module_state``) and one ``torch.func.vmap`` of the module's forward runs them as one
-batched model on the same mini-batches, so the per-fit setup and the per-step overhead are paid once
-(on a 2-core CPU, where one small candidate's products already run near the core's throughput, that is
-1.7-1.9x for 9 candidates; docs/performance.md). Each candidate keeps the weights of its best validation epoch; the best
+(``torch.func.stack_module_state``, the module's own keys) and ``temporal_batched`` runs them as one
+natively batched model on the same mini-batches: the shared input goes through all candidates' first
+projection as one product, the per-fit setup and the per-step overhead are paid once, and dropout masks
+are shared, so a candidate trains as it would alone (docs/performance.md has the measured gain). Each
+candidate keeps the weights of its best validation epoch; the best
 candidate on val wins (ties: lower val loss, then the earlier listed). As for logreg, the winner is then
 refit on train+val with the same settings for the epochs it needed on val (its schedule unchanged).
 
@@ -129,15 +130,16 @@ def train_candidates(
     seed: int,
     stop_after: int | None = None,
 ) -> SweepResult:
-    """Train ``candidates`` (lr, wd) of the module ``arch`` as one vmapped model; see the module doc.
+    """Train ``candidates`` (lr, wd) of the module ``arch`` as one batched model; see the module doc.
 
     ``stop_after``: train exactly this many epochs (the refit), else up to ``recipe.epochs`` with early
     stopping on ``val``."""
     import torch
     import torch.nn.functional as F
-    from torch.func import functional_call, stack_module_state
+    from torch.func import stack_module_state
 
     from ..encoders.base import resolve_device
+    from .temporal_batched import batched_logits
     from .temporal_models import build_model
 
     t0 = time.perf_counter()
@@ -151,15 +153,7 @@ def train_candidates(
         torch.manual_seed(seed)
         model = build_model(arch)
         models = [copy.deepcopy(model) for _ in range(G)]  # one initialisation for every candidate
-        params, buffers = stack_module_state(models)
-        params = {k: v.detach().to(device).requires_grad_(True) for k, v in params.items()}
-        buffers = {k: v.to(device) for k, v in buffers.items()}
-        base = copy.deepcopy(model).to("meta")
-
-        def logits_of(p, b, x, t, m):
-            return functional_call(base, (p, b), (x, t, m))
-
-        vlogits = torch.vmap(logits_of, in_dims=(0, 0, None, None, None), randomness="different")
+        params = {k: v.detach().to(device).requires_grad_(True) for k, v in stack_module_state(models)[0].items()}
 
         def to_dev(seqs: FrameSequences):
             return (
@@ -195,7 +189,6 @@ def train_candidates(
         T = X.shape[1]
         jitter = recipe.time_jitter / max(T - 1, 1)
         for epoch in range(1, epochs + 1):
-            base.train()
             perm = torch.from_numpy(order_rng.permutation(n)).to(device)
             for i in range(per_epoch):
                 idx = perm[i * bs : (i + 1) * bs]
@@ -206,7 +199,7 @@ def train_candidates(
                 if jitter > 0:
                     tb = (tb + (torch.rand(tb.shape, generator=gen, device=device) * 2 - 1) * jitter).clamp(0, 1)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-                    z = vlogits(params, buffers, xb, tb, mb)  # (G, B, K)
+                    z = batched_logits(arch, params, xb, tb, mb, train=True)  # (G, B, K)
                 z = z.float()
                 loss = (
                     F.cross_entropy(z.reshape(-1, z.shape[-1]), yb.repeat(G), label_smoothing=recipe.label_smoothing)
@@ -220,7 +213,7 @@ def train_candidates(
                 _adamw_step(params, m1, m2, decays, lr * scale, wd, step)
             if val is None:
                 continue
-            acc, vloss = _evaluate(vlogits, base, params, buffers, Xv, Tv, Mv, Yv)
+            acc, vloss = _evaluate(arch, params, Xv, Tv, Mv, Yv)
             history.append(acc.tolist())
             better = (acc > best_acc + 1e-12) | ((acc >= best_acc - 1e-12) & (vloss < best_loss))
             for g in torch.nonzero(better).flatten().tolist():
@@ -255,6 +248,8 @@ def _adamw_step(params, m1, m2, decays, lr, wd, step, b1: float = 0.9, b2: float
     with torch.no_grad():
         for k, p in params.items():
             g = p.grad
+            if g is None:  # unused by the forward (attn's key bias: softmax ignores it), as torch.optim skips it
+                continue
             shape = (-1,) + (1,) * (p.dim() - 1)
             lr_g = lr.view(shape)
             if decays[k]:
@@ -265,18 +260,20 @@ def _adamw_step(params, m1, m2, decays, lr, wd, step, b1: float = 0.9, b2: float
             p.sub_(lr_g * (m1[k] / (1 - b1**step)) / denom)
 
 
-def _evaluate(vlogits, base, params, buffers, X, T, M, Y):
+def _evaluate(arch, params, X, T, M, Y):
     """Val accuracy and mean cross-entropy per candidate (no dropout)."""
     import torch
     import torch.nn.functional as F
 
-    base.eval()
+    from .temporal_batched import batched_logits
+
     correct = torch.zeros(next(iter(params.values())).shape[0], device=X.device)
     loss = torch.zeros_like(correct)
     with torch.no_grad():
         for i in range(0, len(X), _EVAL_CHUNK):
-            z = vlogits(params, buffers, X[i : i + _EVAL_CHUNK], T[i : i + _EVAL_CHUNK], M[i : i + _EVAL_CHUNK])
-            y = Y[i : i + _EVAL_CHUNK]
+            part = slice(i, i + _EVAL_CHUNK)
+            z = batched_logits(arch, params, X[part], T[part], M[part], train=False)
+            y = Y[part]
             correct += (z.argmax(-1) == y).sum(dim=1)
             loss += F.cross_entropy(z.permute(0, 2, 1), y.expand(len(z), -1), reduction="none").sum(dim=1)
     return correct / len(X), loss / len(X)
