@@ -92,41 +92,47 @@ def _attn(arch: dict[str, Any], p: Params, x: torch.Tensor, t: torch.Tensor, mas
     d = W // heads
     table = p["time.table"]  # (G, bins, W)
     bins = table.shape[1]
-    # frame-major rows (t, b): the pooling's softmax over T then runs over a leading axis, with B*Q*heads
-    # contiguous scores per frame (on a CPU ~20x faster than a softmax over a last axis of T ~ 8)
-    x, t, mask = x.transpose(0, 1), t.T, mask.T
     # TimeEmbedding as a product: each frame's weights on its two neighbouring table rows
     u = (t.clamp(0, 1) * (bins - 1)).reshape(-1, 1)
     lo = u.floor().long().clamp(max=bins - 2)
     frac = (u - lo).to(x.dtype)
-    interp = x.new_zeros(T * B, bins).scatter_(1, lo, 1 - frac).scatter_(1, lo + 1, frac)
+    interp = x.new_zeros(B * T, bins).scatter_(1, lo, 1 - frac).scatter_(1, lo + 1, frac)
     w_in = torch.cat([p["embed.weight"], table.transpose(1, 2)], dim=2)  # (G, W, D + bins)
-    h = _shared_linear(torch.cat([x.reshape(T * B, D), interp], dim=1), w_in, p["embed.bias"]).view(T, B, G, W)
+    h = _shared_linear(torch.cat([x.reshape(B * T, D), interp], dim=1), w_in, p["embed.bias"]).view(B, T, G, W)
     if int(arch["depth"]) > 1:
-        hg, mask_bt = h.permute(2, 1, 0, 3), mask.T  # (G, B, T, W)
+        hg = h.permute(2, 0, 1, 3)  # (G, B, T, W)
         for i in range(int(arch["depth"]) - 1):
             blk = f"blocks.{i}"
-            hg = hg + _self_attention(_layer_norm(hg, p, f"{blk}.norm1"), mask_bt, p, f"{blk}.attn", heads)
+            hg = hg + _self_attention(_layer_norm(hg, p, f"{blk}.norm1"), mask, p, f"{blk}.attn", heads)
             hg = hg + _mlp(_layer_norm(hg, p, f"{blk}.norm2"), p, f"{blk}.mlp", dropout, train)
-        h = hg.permute(2, 1, 0, 3)  # (T, B, G, W)
+        h = hg.permute(1, 2, 0, 3)  # (B, T, G, W)
     # the pooling cross-attention on LN(h) = n * gamma + beta, with n the plain normalised frames. Its queries
     # are constants, so they fold into the keys: score = n @ (gamma * W_k^T q) (beta's and k's bias add a
     # constant per query: no effect on the softmax). The attention weights sum to 1, so gamma, beta and the
     # value projection apply after the average, on (G, B, Q, W) instead of every frame.
-    n = F.layer_norm(h, (W,))
-    n = torch.empty((G, T * B, W), dtype=h.dtype, device=h.device).copy_(n.view(T * B, G, W).transpose(0, 1))
+    n = F.layer_norm(h, (W,))  # (B, T, G, W); then candidate-major, in the products' dtype, once
+    n = torch.empty((G, B, T, W), dtype=h.dtype, device=h.device).copy_(n.permute(2, 0, 1, 3))
     gamma, beta = p["pool.norm1.weight"], p["pool.norm1.bias"]  # (G, W)
     queries = p["query_tokens"][:, 0]  # (G, Q, W)
     Q = queries.shape[1]
     qh = _linear(queries, p, "pool.xattn.q").view(G, Q, heads, d)
     w_k, w_v = p["pool.xattn.kv.weight"].view(G, 2, heads, d, W).unbind(1)  # (G, heads, d, W) each
     qk = torch.einsum("gqhd,ghdw->gwqh", qh, w_k) * (gamma[:, :, None, None] / math.sqrt(d))
-    scores = torch.bmm(n, qk.reshape(G, W, Q * heads)).view(G, T, B, Q * heads)
-    attn = scores.masked_fill(~mask[None, :, :, None], NEG).softmax(1)  # over T
-    pooled = torch.einsum("gtbk,gtbw->gbkw", attn, n.view(G, T, B, W)).view(G, B, Q, heads, W)
-    pooled = pooled * gamma[:, None, None, None] + beta[:, None, None, None]
-    y = torch.einsum("gbqhw,ghdw->gbqhd", pooled, w_v).reshape(G, B, Q, W)
-    y = y + p["pool.xattn.kv.bias"][:, None, None, W:]  # v's bias passes the average unchanged
+    scores = torch.bmm(n.view(G, B * T, W), qk.reshape(G, W, Q * heads)).view(G, B, T, Q * heads)
+    scores = scores.masked_fill(~mask[None, :, :, None], NEG)
+    # the softmax over T on frame-major scores, B * Q * heads contiguous per frame: on a CPU ~10x faster
+    # than over a last axis of T ~ 8 (the scores are small; the frames are not moved)
+    attn = scores.transpose(1, 2).contiguous().softmax(1).permute(0, 2, 3, 1)  # (G, B, Q*heads, T)
+    pooled = torch.bmm(attn.reshape(G * B, Q * heads, T), n.view(G * B, T, W)).view(G, B * Q, heads * W)
+    # per head h: y_h = (pooled_h * gamma + beta) @ W_v,h^T + b_v,h, as one product with a block-diagonal
+    # (heads*W, W) matrix per candidate (gamma folded into it, beta into the bias: no pass over `pooled`)
+    w_vg = w_v * gamma[:, None, None, :]  # (G, heads, d, W)
+    blocks = (
+        torch.eye(heads, dtype=w_v.dtype, device=w_v.device)[None, :, None, :, None]
+        * w_vg.transpose(2, 3)[:, :, :, None]
+    )
+    b_v = torch.einsum("ghdw,gw->ghd", w_v, beta).reshape(G, 1, W) + p["pool.xattn.kv.bias"][:, None, W:]
+    y = torch.baddbmm(b_v, pooled, blocks.reshape(G, heads * W, W)).view(G, B, Q, W)
     q = queries[:, None] + _linear(y, p, "pool.xattn.proj")  # (G, B, Q, W)
     q = q + _mlp(_layer_norm(q, p, "pool.norm2"), p, "pool.mlp", dropout, train)
     z = _dropout(_layer_norm(q.reshape(G, B, Q * W), p, "norm"), dropout, train)
