@@ -252,6 +252,52 @@ def test_cache_not_written_when_a_writer_adds_a_shard_meanwhile(store_path):
     assert len(open_store(store_path).pooled(base)) == 29
 
 
+def test_pooled_cache_streamed_while_pooling_is_a_plain_hdf5_file(store_path):
+    X = open_store(store_path).pooled(get_pool("seg4"))
+    with h5py.File(store_path / "cache" / "pooled-seg4.h5", "r") as f:
+        ds = f["pooled"]
+        assert ds.dtype == np.float32 and ds.chunks is None and ds.shape == X.shape
+        assert np.array_equal(ds[()], X)
+    assert [p.name for p in (store_path / "cache").iterdir() if p.suffix == ".tmp"] == []
+    assert not [p for p in verify_store(store_path).problems if "cache" in p]  # verify re-pools and compares
+
+
+def test_a_cache_write_failing_midway_leaves_no_file_and_the_read_goes_on(store_path, monkeypatch):
+    import errno
+    import os
+
+    from pipeline.store import cache
+
+    real = os.pwrite
+    calls = []
+
+    def full_disk(fd, data, offset):  # the second block's write finds the disk full
+        calls.append(offset)
+        if len(calls) > 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd, data, offset)
+
+    monkeypatch.setattr(cache.os, "pwrite", full_disk)
+    store = open_store(store_path)
+    with pytest.warns(RuntimeWarning, match=r"pooled-mean\.h5 \(no space left on the device\).*cache is skipped"):
+        X = store.pooled(get_pool("mean"), progress=False)
+    assert len(calls) > 1
+    assert np.allclose(X, _reference(store_path, get_pool("mean")), rtol=1e-5, atol=1e-6)
+    assert sorted(p.name for p in (store_path / "cache").iterdir()) == ["index.h5"]  # no cache, no tmp file
+    monkeypatch.setattr(cache.os, "pwrite", real)
+    assert np.array_equal(open_store(store_path).pooled(get_pool("mean")), X)  # written now, and right
+    assert (store_path / "cache" / "pooled-mean.h5").exists()
+    assert not [p for p in verify_store(store_path).problems if "cache" in p]
+
+
+def test_prefault_keeps_the_values(monkeypatch):
+    a = np.arange(3 << 20, dtype=np.float32).reshape(-1, 256)
+    monkeypatch.setattr(stream, "_PREFAULT_STEP", 1 << 16)  # several madvise steps, the last one partial
+    before = a.copy()
+    assert stream.prefault(a[1:]) in (True, False)  # False only where the kernel lacks MADV_POPULATE_WRITE
+    assert np.array_equal(a, before)
+
+
 def test_read_only_store_is_read_without_a_cache(store_path):
     (store_path / "cache").mkdir()
     (store_path / "cache").chmod(0o500)

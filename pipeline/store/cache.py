@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import warnings
 from pathlib import Path
@@ -58,6 +59,7 @@ __all__ = [
     "save_index",
     "load_pooled",
     "save_pooled",
+    "PooledWriter",
     "cache_files",
     "check_cache",
     "describe_caches",
@@ -314,6 +316,113 @@ def save_pooled(store: Path, pool: str, key: dict[str, Any], X: np.ndarray, chec
     """``checksum``: ``layout.digest(X)`` when the caller hashed X as it was pooled (``stream.pool_blocks``)."""
     data = {"pooled": np.ascontiguousarray(X, np.float32)}
     _write(pooled_file(store, pool), "pooled", key, data, {}, {"pooled": checksum} if checksum else None)
+
+
+class PooledWriter:
+    """The pooled cache written while its rows are pooled: ``stream.pool_blocks`` calls it (``sink``) with each
+    block's finished rows in its helper thread, so writing the (N, D') matrix overlaps the reading of the
+    shards instead of following it (at 1M x 256 clips that write is a 1 GB copy into the page cache).
+
+    Same file, same ``atomic_h5`` tmp → fsync → rename path and same checksums as ``save_pooled``: the dataset
+    is created contiguous with its space allocated and never filled, and rows go to its place in the file by
+    ``os.pwrite`` (no HDF5 call, so no HDF5 lock shared with the shard reads). The file becomes the cache only
+    by ``commit``; ``abort`` (or a failed write) leaves nothing. A write that fails (full disk, read-only
+    folder) never fails the read: ``commit`` then raises the ``StoreError`` the reader turns into a warning.
+    """
+
+    _SYNC_EVERY = 1 << 28  # bytes between fsyncs while writing, so the final one has little left to flush
+
+    def __init__(self, store: Path, pool: str, key: dict[str, Any], n_clips: int) -> None:
+        self._final = pooled_file(store, pool)
+        self._key, self._n = key, n_clips
+        self._ctx: Any = None  # atomic_h5's context, entered at the first rows (their width sizes the dataset)
+        self._file: Any = None
+        self._fd = -1
+        self._error: BaseException | None = None
+        self._start = self._row_bytes = self._unsynced = 0
+
+    @property
+    def started(self) -> bool:
+        return self._ctx is not None or self._error is not None
+
+    def __call__(self, lo: int, rows: np.ndarray) -> None:
+        if self._error is not None:
+            return
+        try:
+            if self._ctx is None:
+                self._begin(rows.shape[1])
+            data = np.ascontiguousarray(rows, dtype="<f4")
+            if data.shape[1:] != (self._row_bytes // 4,) or lo + len(data) > self._n:
+                raise StoreError(f"{self._final}: rows {lo}:{lo + len(data)} of shape {data.shape} do not fit")
+            view = data.reshape(-1).data.cast("B")
+            pos = self._start + lo * self._row_bytes
+            while view:  # pwrite may write less than asked
+                done = os.pwrite(self._fd, view, pos)
+                view, pos = view[done:], pos + done
+            self._unsynced += data.nbytes
+            if self._unsynced >= self._SYNC_EVERY:
+                os.fsync(self._fd)
+                self._unsynced = 0
+        except Exception as exc:  # noqa: BLE001 - the cache is optional: commit reports it, the read goes on
+            self._error = exc
+
+    def _begin(self, width: int) -> None:
+        import h5py
+
+        try:
+            self._final.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise disk_error(self._final.parent, "create the cache folder", exc) from None
+        ctx = atomic_h5(self._final, f"write cache {self._final.name}", unique_tmp=True)
+        f = self._file = ctx.__enter__()
+        self._ctx = ctx
+        f.attrs["kind"] = "pooled"
+        f.attrs["key"] = json.dumps(self._key, sort_keys=True)
+        dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+        dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+        dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
+        space = h5py.h5s.create_simple((self._n, width))
+        ds = h5py.h5d.create(f.id, b"pooled", h5py.h5t.IEEE_F32LE, space, dcpl=dcpl)
+        self._start = ds.get_offset()
+        if self._start is None:
+            raise StoreError(f"{self._final}: HDF5 gave the pooled dataset no contiguous place")
+        self._row_bytes = 4 * width
+        f.flush()
+        self._fd = os.open(f.filename, os.O_WRONLY)
+
+    def commit(self, checksum: str) -> None:
+        """Make the written file the cache (``checksum``: the rows' ``layout.Digest``, taken as they were pooled)."""
+        if self._error is not None:
+            failed = self._error
+            self.abort()
+            if isinstance(failed, StoreError):
+                raise failed
+            if isinstance(failed, OSError):
+                raise disk_error(self._final.parent, f"write cache {self._final.name}", failed)
+            raise StoreError(f"{self._final}: cache not written ({failed})")
+        self._close_fd()
+        self._file.attrs[CHECKSUMS_ATTR] = json.dumps({"pooled": checksum}, sort_keys=True)
+        ctx, self._ctx = self._ctx, None
+        ctx.__exit__(None, None, None)  # close, fsync, rename, fsync the folder (raises StoreError if it fails)
+
+    def abort(self) -> None:
+        """Drop what was written (no cache file appears); safe to call more than once."""
+        self._close_fd()
+        ctx, self._ctx = self._ctx, None
+        if ctx is not None:
+            try:
+                ctx.__exit__(_Aborted, _Aborted(), None)  # atomic_h5 removes its temporary file
+            except _Aborted:
+                pass
+
+    def _close_fd(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+class _Aborted(Exception):
+    pass
 
 
 def load_pooled(store: Path, pool: str, key: dict[str, Any]) -> np.ndarray | None:

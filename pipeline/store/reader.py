@@ -4,6 +4,7 @@ ignored), ``FeatureStore`` (the read API), ``open_store`` and ``create_or_open``
 from __future__ import annotations
 
 import json
+import sys
 import time
 import warnings
 from collections import Counter
@@ -55,6 +56,8 @@ __all__ = [
     "clip_key",
     "PROVENANCE_FILE",
 ]
+
+_LITTLE_ENDIAN = sys.byteorder == "little"  # the pooled cache is streamed to disk as the native float32 bytes
 
 
 @dataclass
@@ -679,37 +682,60 @@ class FeatureStore:
                 hit = cache.load_pooled(self.path, name, key)
                 if hit is not None:
                     return hit
-            # the cache's checksum, taken as the rows are pooled
-            summed = Digest() if key is not None and name and self._caching() else None
-            if self._table is not None:  # every frame is in memory already
-                t = self._table
-                X = pool_blocks(iter([Block(0, t.embedding, t.offset, None, 0)]), len(t), pool, digest=summed)
-            else:
-                try:
-                    X = self._pool_stream(pool, len(idx.video), progress, name or "pool", summed)
-                except FileNotFoundError:  # a compaction replaced the shards: list again
-                    self.invalidate()
-                    if attempt == 4:
-                        raise StoreError(
-                            f"{self.path}: shards keep disappearing while reading; is a compaction running?"
-                        ) from None
-                    continue
-            still = cache.index_key(self.provenance, cache.shard_stamps(self.path)) == base if key else False
-            if key is not None and name and self._caching() and still:  # no writer added a shard meanwhile
-                checksum = summed.hexdigest() if summed is not None else None
-                self._save_cache(lambda: cache.save_pooled(self.path, name, key, X, checksum))
-            return X
+            # the cache's checksum, taken as the rows are pooled, and its file, written as they are
+            summed: Digest | None = None
+            sink: cache.PooledWriter | None = None
+            if key is not None and name and self._caching():
+                summed = Digest()
+                if _LITTLE_ENDIAN:
+                    sink = cache.PooledWriter(self.path, name, key, len(idx.video))
+            try:
+                if self._table is not None:  # every frame is in memory already
+                    t = self._table
+                    blocks = iter([Block(0, t.embedding, t.offset, None, 0)])
+                    X = pool_blocks(blocks, len(t), pool, digest=summed, sink=sink)
+                else:
+                    try:
+                        X = self._pool_stream(pool, len(idx.video), progress, name or "pool", summed, sink)
+                    except FileNotFoundError:  # a compaction replaced the shards: list again
+                        self.invalidate()
+                        if attempt == 4:
+                            raise StoreError(
+                                f"{self.path}: shards keep disappearing while reading; is a compaction running?"
+                            ) from None
+                        continue
+                still = cache.index_key(self.provenance, cache.shard_stamps(self.path)) == base if key else False
+                if summed is not None and key is not None and name and still:  # no writer added a shard meanwhile
+                    self._store_pooled(name, key, X, summed.hexdigest(), sink)
+                return X
+            finally:
+                if sink is not None:
+                    sink.abort()  # a no-op after commit; otherwise nothing of the unfinished file stays
         raise AssertionError("unreachable")
 
+    def _store_pooled(
+        self, name: str, key: dict[str, Any], X: np.ndarray, checksum: str, sink: cache.PooledWriter | None
+    ) -> None:
+        if sink is not None and sink.started:
+            self._save_cache(lambda: sink.commit(checksum))
+        else:  # nothing was streamed to a file (no clips, or a big-endian machine): written whole
+            self._save_cache(lambda: cache.save_pooled(self.path, name, key, X, checksum))
+
     def _pool_stream(
-        self, pool: Callable[[np.ndarray], np.ndarray], n: int, progress: bool, name: str, summed: Digest | None
+        self,
+        pool: Callable[[np.ndarray], np.ndarray],
+        n: int,
+        progress: bool,
+        name: str,
+        summed: Digest | None,
+        sink: Callable[[int, np.ndarray], None] | None,
     ) -> np.ndarray:
         if not progress:
-            return pool_blocks(self._blocks(reuse=True), n, pool, digest=summed)
+            return pool_blocks(self._blocks(reuse=True), n, pool, digest=summed, sink=sink)
         from tqdm import tqdm
 
         with tqdm(total=n, desc=f"pooling ({name})", unit="clip", leave=False) as bar:
-            return pool_blocks(self._blocks(reuse=True), n, pool, bar, digest=summed)
+            return pool_blocks(self._blocks(reuse=True), n, pool, bar, digest=summed, sink=sink)
 
     def caches(self) -> list[dict[str, Any]]:
         """The store's cache files and whether each is current (``vidprobe info`` lists them)."""
