@@ -304,3 +304,47 @@ def test_info_and_verify_work_on_a_read_only_store(tmp_path, monkeypatch, capsys
     assert main(["verify", str(store.path)]) == 0
     out = capsys.readouterr()
     assert "Traceback" not in out.err and "OK: 3 shards, 6 clips" in out.out
+
+
+def _index_fields(store):
+    idx = store.index()
+    shards = [(m.path.name, m.offset.tolist(), m.kept.tolist(), m.checksums) for m in idx.shards]
+    start = np.nan_to_num(idx.start, nan=-1.0).tolist()  # NaN: an open start
+    return shards, idx.video, start, idx.label, idx.split, idx.offset.tolist(), json.dumps(idx.failures)
+
+
+def test_index_read_with_a_second_process_equals_one_process(tmp_path, monkeypatch):
+    from pipeline.store import clip_tables
+
+    store, shards = _store(tmp_path / "s", n=40, shard_size=3)
+    with ShardWriter(store, shard_size=3) as w:  # a later shard records a failure: the index reports it
+        w.add_failure("broken.mp4", None, None, "decode", "no video stream")
+        w.add("v_last.mp4", None, None, "l0", "train", np.ones((T, 4), np.float32), np.arange(T) / 2)
+    shards += w.written
+    serial = open_store(store.path)
+    serial.use_cache = False
+    expected = _index_fields(serial)
+    started = []
+    real_start = clip_tables._start_child
+    monkeypatch.setattr(clip_tables, "PARALLEL_MIN_SHARDS", 2)
+    monkeypatch.setattr(clip_tables, "_CHILD_START_SHARDS", 0)
+    monkeypatch.setattr(clip_tables, "_start_child", lambda *a: started.append(len(a[2])) or real_start(*a))
+    read_here = []
+    real_read = clip_tables.read_clip_table
+    monkeypatch.setattr(clip_tables, "read_clip_table", lambda p, *a: read_here.append(p) or real_read(p, *a))
+    both = open_store(store.path)
+    both.use_cache = False
+    assert _index_fields(both) == expected and [f["path"] for f in json.loads(expected[-1])] == ["broken.mp4"]
+    half = len(shards) // 2
+    assert started == [len(shards) - half] and read_here == shards[:half]  # a real child read the second half
+
+    # a damaged shard in the child's half: the same one-line refusal as one process reading it
+    with h5py.File(shards[-2], "r+") as f:
+        f["clips/offset"][1] += 1
+    with pytest.raises(StoreError, match=f"{shards[-2].name}: clips/offset does not match its checksum"):
+        len(open_store(store.path))
+
+    # a child that cannot start leaves its shards to this process: same result, same refusal
+    monkeypatch.setattr(clip_tables.sys, "executable", str(tmp_path / "no-such-python"))
+    with pytest.raises(StoreError, match=f"{shards[-2].name}: clips/offset does not match its checksum"):
+        len(open_store(store.path))

@@ -9,7 +9,7 @@ import time
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +18,9 @@ import numpy as np
 from ..config import STORE_DTYPES as DTYPES
 from ..errors import StoreError
 from . import cache, stream
+from .clip_tables import ShardMeta, _check_sum, read_clip_tables
 from .layout import (
     CACHE_DIR,
-    CHECKSUMS_ATTR,
     IDENTITY_DEFAULTS,
     IDENTITY_KEYS,
     PROVENANCE_FILE,
@@ -30,10 +30,8 @@ from .layout import (
     Digest,
     Key,
     atomic_write_text,
-    checksum_mismatch,
     clip_key,
     describe_differences,
-    digest,
     disk_error,
     identity,
     read_provenance_file,
@@ -58,31 +56,6 @@ __all__ = [
 ]
 
 _LITTLE_ENDIAN = sys.byteorder == "little"  # the pooled cache is streamed to disk as the native float32 bytes
-
-
-@dataclass
-class ShardMeta:
-    """One finished shard as the reader sees it: which of its clips count, and where their frames are."""
-
-    path: Path
-    offset: np.ndarray  # local (n+1,) offsets
-    kept: np.ndarray  # local clip rows that are not duplicates of an earlier shard
-    n_clips: int
-    n_frames: int
-    dtype: str
-    compression: str
-    compacted_from: list[str]
-    checksums: dict[str, str] = field(default_factory=dict)  # dataset -> "crc32:HEX" (older: "sha256:HEX")
-
-    @property
-    def all_kept(self) -> bool:
-        return len(self.kept) == self.n_clips
-
-    def kept_rows(self) -> slice | np.ndarray:
-        """Rows of ``frames/*`` that belong to the kept clips, in order: a slice when all are kept."""
-        if self.all_kept:
-            return slice(0, self.n_frames)
-        return np.concatenate([np.arange(self.offset[i], self.offset[i + 1]) for i in self.kept])
 
 
 @dataclass
@@ -124,141 +97,18 @@ class ClipTable(StoreIndex):
         return self.embedding[self.offset[i] : self.offset[i + 1]]
 
 
-def _compression_of(ds) -> str:
-    return ds.compression or "none"
-
-
-def _check_sum(meta: ShardMeta, store: Path, dataset: str, values: Any) -> None:
-    expected = meta.checksums.get(dataset)
-    if expected is not None and digest(values, like=expected) != expected:
-        raise checksum_mismatch(meta.path, store, dataset)
-
-
-def _foreign(shard: Path, store: Path, provenance: dict[str, Any], attrs: Any) -> StoreError | None:
-    """The refusal for a shard whose identity differs from the store's (None when it matches)."""
-    try:
-        theirs = json.loads(attrs["provenance"])
-    except (KeyError, ValueError, TypeError):
-        return StoreError(f"{shard}: no readable provenance; run `vidprobe verify {store}`")
-    diffs = describe_differences(provenance, theirs, names=(PROVENANCE_FILE, "the shard"))
-    if not diffs:
-        return None
-    return StoreError(
-        f"{shard}: written with other settings than {PROVENANCE_FILE} ({'; '.join(diffs)}); a store never mixes "
-        "extractions: move the shard to a store of its own, or restore store.json"
-    )
-
-
-def _dataset_id(f: Any, name: str) -> Any:
-    """The low-level dataset: h5py's ``f[name]`` costs ~8x more, which the index pays ~10 times per shard."""
-    from h5py import h5d
-
-    try:
-        return h5d.open(f.id, name.encode("utf-8"))
-    except KeyError:
-        raise KeyError(f"no dataset {name}") from None
-
-
-def _read(f: Any, name: str) -> np.ndarray:
-    """A whole dataset as a numpy array (strings: an object array of bytes), read at h5py's low level."""
-    from h5py import h5s
-
-    d = _dataset_id(f, name)
-    arr = np.empty(d.shape, dtype=d.dtype)
-    if arr.size:
-        d.read(h5s.ALL, h5s.ALL, arr)
-    return arr
-
-
-def _read_str(f: Any, name: str) -> list[str]:
-    return [x.decode("utf-8") if isinstance(x, bytes) else str(x) for x in _read(f, name).tolist()]
-
-
 def _build_index(path: Path, provenance: dict[str, Any], check: bool = True) -> StoreIndex:
     """Clip metadata of every live shard; refuses a shard of other provenance or with a damaged clip table."""
-    import h5py
-
-    dim = int(provenance["dim"])
-    rows: list[tuple[ShardMeta, list[str], np.ndarray, np.ndarray, list[str], list[str]]] = []
-    replaced: set[str] = set()
-    raw_failures: list[dict[str, Any]] = []
-    matched: set[str] = set()  # provenance texts already compared with store.json and found equal
-    for shard in shard_paths(path):
-        try:
-            with h5py.File(shard, "r") as f:
-                off = _read(f, "clips/offset")
-                v, s, e = _read_str(f, "clips/video"), _read(f, "clips/start"), _read(f, "clips/end")
-                lab, spl = _read_str(f, "clips/label"), _read_str(f, "clips/split")
-                emb = f["frames/embedding"]
-                emb_shape = emb.shape
-                meta = ShardMeta(
-                    shard,
-                    off,
-                    np.arange(len(v)),
-                    len(v),
-                    int(emb.shape[0]),
-                    str(emb.dtype),
-                    _compression_of(emb),
-                    json.loads(f.attrs.get("compacted_from", "[]")),
-                    json.loads(f.attrs.get(CHECKSUMS_ATTR, "{}")),
-                )
-                raw_prov = f.attrs.get("provenance")
-                known = isinstance(raw_prov, str) and raw_prov in matched  # shards of one store share it
-                foreign = None if known else _foreign(shard, path, provenance, f.attrs)
-                if foreign is None and isinstance(raw_prov, str):
-                    matched.add(raw_prov)
-                fpath = _dataset_id(f, "failures/path")
-                fcols = (  # most shards have none: skip reading five empty datasets (the index of 1M clips)
-                    (
-                        _read_str(f, "failures/path"),
-                        _read(f, "failures/start"),
-                        _read(f, "failures/end"),
-                        _read_str(f, "failures/stage"),
-                        _read_str(f, "failures/error"),
-                        _read(f, "failures/time"),
-                    )
-                    if fpath.shape[0]
-                    else ()
-                )
-        except FileNotFoundError:
-            raise  # removed by a compaction after the listing; the caller lists again
-        except (OSError, KeyError, ValueError, TypeError) as exc:
-            raise StoreError(f"{shard}: unreadable shard ({exc}); run `vidprobe verify {path}`") from None
-        if foreign is not None:
-            raise foreign
-        if check:  # the clip table is small: check it whole (a shifted offset would move frames between clips)
-            for name, values in (
-                ("offset", off),
-                ("video", v),
-                ("start", s),
-                ("end", e),
-                ("label", lab),
-                ("split", spl),
-            ):
-                _check_sum(meta, path, f"clips/{name}", values)
-        if len(off) != len(v) + 1 or (len(v) and (off[0] != 0 or off[-1] != meta.n_frames)) or emb_shape[1:] != (dim,):
-            raise StoreError(f"{shard}: inconsistent shard (offsets/frames/dim); run `vidprobe verify {path}`")
-        replaced.update(meta.compacted_from)
-        rows.append((meta, v, s, e, lab, spl))
-        raw_failures += [
-            dict(
-                path=r[0],
-                start=float(r[1]),
-                end=float(r[2]),
-                stage=r[3],
-                error=r[4],
-                time=float(r[5]),
-                shard=shard.name,
-            )
-            for r in zip(*fcols)
-        ]
+    rows = read_clip_tables(path, provenance, shard_paths(path), check)
+    replaced = {name for meta, *_ in rows for name in meta.compacted_from}
+    raw_failures = [fail for *_, fails in rows for fail in fails]
     videos: list[str] = []
     labels: list[str] = []
     splits: list[str] = []
     starts, ends, lengths = [], [], []
     seen: set[Key] = set()
     shards, superseded, duplicates = [], [], 0
-    for meta, v, s, e, lab, spl in rows:
+    for meta, v, s, e, lab, spl, _ in rows:
         if meta.path.name in replaced:
             superseded.append(meta.path)
             continue
