@@ -29,7 +29,7 @@ import numpy as np
 from ..errors import StoreError
 from .layout import CHECKSUMS_ATTR, PROVENANCE_FILE, checksum_mismatch, describe_differences, digest
 
-__all__ = ["ShardMeta", "ClipTableRow", "read_clip_table", "read_clip_tables", "PARALLEL_MIN_SHARDS"]
+__all__ = ["ShardMeta", "ClipTableRow", "check_sum", "read_clip_table", "read_clip_tables", "PARALLEL_MIN_SHARDS"]
 
 PARALLEL_MIN_SHARDS = 512  # below (~1.3 s of reading here), a second process costs more than it saves
 _CHILD_START_SHARDS = 200  # shards this process reads while the child starts and sends its tables back
@@ -68,7 +68,8 @@ def _compression_of(ds) -> str:
     return ds.compression or "none"
 
 
-def _check_sum(meta: ShardMeta, store: Path, dataset: str, values: Any) -> None:
+def check_sum(meta: ShardMeta, store: Path, dataset: str, values: Any) -> None:
+    """Raise the one-line refusal if ``values`` (read whole) do not match the shard's checksum of ``dataset``."""
     expected = meta.checksums.get(dataset)
     if expected is not None and digest(values, like=expected) != expected:
         raise checksum_mismatch(meta.path, store, dataset)
@@ -172,7 +173,7 @@ def read_clip_table(
             ("label", lab),
             ("split", spl),
         ):
-            _check_sum(meta, store, f"clips/{name}", values)
+            check_sum(meta, store, f"clips/{name}", values)
     if len(off) != len(v) + 1 or (len(v) and (off[0] != 0 or off[-1] != meta.n_frames)) or emb_shape[1:] != (dim,):
         raise StoreError(f"{shard}: inconsistent shard (offsets/frames/dim); run `vidprobe verify {store}`")
     failures = [
@@ -258,16 +259,25 @@ def _start_child(store: Path, provenance: dict[str, Any], shards: list[Path], ch
 _SEP = "\0"  # cannot occur in an HDF5 string (they are NUL-terminated)
 
 
+def _join(col: list[str]) -> str | list[str]:
+    text = _SEP.join(col)
+    return text if text.count(_SEP) == len(col) - 1 else col  # a NUL inside a value after all: sent as it is
+
+
+def _split(col: str | list[str], n: int) -> list[str]:
+    return col if isinstance(col, list) else col.split(_SEP) if n else []
+
+
 def _pack(row: ClipTableRow) -> tuple[Any, ...]:
     """A row with its string columns joined: a few long strings pickle ~5x faster than 1.5M short ones."""
     meta, v, s, e, lab, spl, fails = row
-    return meta, _SEP.join(v), s, e, _SEP.join(lab), _SEP.join(spl), fails
+    return meta, _join(v), s, e, _join(lab), _join(spl), fails
 
 
 def _unpack(packed: tuple[Any, ...]) -> ClipTableRow:
     meta, v, s, e, lab, spl, fails = packed
-    cols = [text.split(_SEP) if meta.n_clips else [] for text in (v, lab, spl)]
-    return meta, cols[0], s, e, cols[1], cols[2], fails
+    n = meta.n_clips
+    return meta, _split(v, n), s, e, _split(lab, n), _split(spl, n), fails
 
 
 def _child_main() -> None:

@@ -18,7 +18,7 @@ import numpy as np
 from ..config import STORE_DTYPES as DTYPES
 from ..errors import StoreError
 from . import cache, stream
-from .clip_tables import ShardMeta, _check_sum, read_clip_tables
+from .clip_tables import ShardMeta, check_sum, read_clip_tables
 from .layout import (
     CACHE_DIR,
     IDENTITY_DEFAULTS,
@@ -195,13 +195,13 @@ def _read_frames(index: StoreIndex, dim: int, store: Path, check: bool = True) -
             e.read_direct(emb, dest_sel=np.s_[pos : pos + n])
             t.read_direct(ts, dest_sel=np.s_[pos : pos + n])
             if check:
-                _check_sum(meta, store, "frames/embedding", emb[pos : pos + n])
-                _check_sum(meta, store, "frames/timestamp", ts[pos : pos + n])
+                check_sum(meta, store, "frames/embedding", emb[pos : pos + n])
+                check_sum(meta, store, "frames/timestamp", ts[pos : pos + n])
             continue
         e_all, t_all = e[()], t[()]
         if check:
-            _check_sum(meta, store, "frames/embedding", e_all)
-            _check_sum(meta, store, "frames/timestamp", t_all)
+            check_sum(meta, store, "frames/embedding", e_all)
+            check_sum(meta, store, "frames/timestamp", t_all)
         if isinstance(rows, slice):
             widen(e_all, emb[pos : pos + n])  # much faster than HDF5's conversion or numpy's cast
             ts[pos : pos + n] = t_all
@@ -455,8 +455,8 @@ class FeatureStore:
             except OSError as exc:
                 raise StoreError(f"{meta.path}: unreadable shard ({exc}); run `vidprobe verify {self.path}`") from None
         if self.check_checksums:
-            _check_sum(meta, self.path, "frames/embedding", emb)
-            _check_sum(meta, self.path, "frames/timestamp", ts)
+            check_sum(meta, self.path, "frames/embedding", emb)
+            check_sum(meta, self.path, "frames/timestamp", ts)
         self._shard_frames = (k, widen(emb), ts)
         return self._shard_frames[1][a:b], ts[a:b]
 
