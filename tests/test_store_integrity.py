@@ -344,7 +344,17 @@ def test_index_read_with_a_second_process_equals_one_process(tmp_path, monkeypat
     with pytest.raises(StoreError, match=f"{shards[-2].name}: clips/offset does not match its checksum"):
         len(open_store(store.path))
 
-    # a child that cannot start leaves its shards to this process: same result, same refusal
-    monkeypatch.setattr(clip_tables.sys, "executable", str(tmp_path / "no-such-python"))
-    with pytest.raises(StoreError, match=f"{shards[-2].name}: clips/offset does not match its checksum"):
-        len(open_store(store.path))
+    # a child that cannot start, or dies, leaves its shards to this process: same refusal, same tables
+    dies = tmp_path / "python-that-dies"
+    dies.write_text("#!/bin/sh\nexit 3\n")
+    dies.chmod(0o755)
+    for executable in (tmp_path / "python-missing", dies):
+        monkeypatch.setattr(clip_tables.sys, "executable", str(executable))
+        with pytest.raises(StoreError, match=f"{shards[-2].name}: clips/offset does not match its checksum"):
+            len(open_store(store.path))
+    with h5py.File(shards[-2], "r+") as f:
+        f["clips/offset"][1] -= 1  # mended
+    read_here.clear()
+    fallback = open_store(store.path)
+    fallback.use_cache = False
+    assert _index_fields(fallback) == expected and len(read_here) == len(shards)  # all read here

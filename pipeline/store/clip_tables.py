@@ -9,7 +9,7 @@ the first (sized so both end together, the child's start-up counted), and sends 
 over a pipe, string columns joined (a plain subprocess, not ``multiprocessing``: nothing re-imports the
 caller's ``__main__``).
 The tables and every refusal are exactly what one process reading all shards gives; a child that cannot
-start or dies leaves its shards to this process.
+start, dies, or takes far longer than this process took for its own part leaves its shards to this process.
 """
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ import os
 import pickle
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -203,20 +205,26 @@ def read_clip_tables(
 
     Raises what reading the shards one by one raises first (``StoreError``; ``FileNotFoundError`` for a shard
     a compaction removed meanwhile)."""
-    if len(shards) < PARALLEL_MIN_SHARDS or (os.cpu_count() or 1) < 2:
+    python = Path(sys.executable or "").name.lower().startswith("python")  # not an embedding application
+    if len(shards) < PARALLEL_MIN_SHARDS or (os.cpu_count() or 1) < 2 or not python:
         return _read_all(store, provenance, shards, check)
     cut = (len(shards) + _CHILD_START_SHARDS) // 2
     child = _start_child(store, provenance, shards[cut:], check)
     if child is None:
         return _read_all(store, provenance, shards, check)
     proc, reply = child
+    t0 = time.perf_counter()
     try:
         head = _read_all(store, provenance, shards[:cut], check)
     except BaseException:
         proc.kill()
+        reply.result()
         raise
-    finally:
-        answer = reply.result()
+    try:  # the child has as many shards as this process had: far more than twice its time means it is stuck
+        answer = reply.result(timeout=30 + 2 * (time.perf_counter() - t0))
+    except FutureTimeout:
+        proc.kill()
+        answer = None
     status, tail = answer if answer is not None else ("lost", None)
     if status == "ok" and isinstance(tail, list):
         return head + [_unpack(r) for r in tail]
