@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -38,11 +39,14 @@ def build_stores(out: Path, seed: int) -> dict[str, Path]:
     """The demo's feature stores for one seed (built once, then reused)."""
     from pipeline.config import load_config
     from pipeline.data.manifest import load_manifest
-    from pipeline.demo.videos import build_demo_videos
+    from pipeline.demo.videos import build_demo_videos, build_time
     from pipeline.encoders import create_encoder
     from pipeline.extract.local import extract
 
+    built = build_time(out / "data")
     manifests = build_demo_videos(out / "data", seed=seed, progress=False)
+    if build_time(out / "data") != built:  # new videos: the old ones' features must not be reused
+        shutil.rmtree(out / "features", ignore_errors=True)
     cfg = load_config(None, ["encoder=effnet-lite0"])
     encoder = None
     stores = {}

@@ -18,6 +18,7 @@ from pipeline.demo.videos import (
     MOTIONS,
     MotionParams,
     build_demo_videos,
+    build_time,
     load_photo,
     render_motion,
     sample_motion_params,
@@ -61,14 +62,30 @@ def test_manifests_list_decodable_h264_videos(demo: tuple[Path, dict[str, Path]]
 def test_second_call_is_a_no_op(demo: tuple[Path, dict[str, Path]]) -> None:
     out, csvs = demo
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    built = build_time(out)
     again = build_demo_videos(out, per_class=PER_CLASS, size=SIZE, num_frames=FRAMES, fps=12, progress=False)
-    assert again == csvs
+    assert again == csvs and build_time(out) == built is not None  # nothing rendered: the features stay valid
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
 
 
+def _decoded(path: Path) -> np.ndarray:
+    with av.open(str(path)) as container:
+        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+
+
+def test_a_seed_gives_the_same_videos_every_build(demo: tuple[Path, dict[str, Path]], tmp_path: Path) -> None:
+    out, _ = demo
+    again = build_demo_videos(tmp_path, per_class=PER_CLASS, size=SIZE, num_frames=FRAMES, fps=12, progress=False)
+    for row in _rows(again["how"]) + _rows(again["what"]):
+        assert np.array_equal(_decoded(tmp_path / row["path"]), _decoded(out / row["path"])), row["path"]
+
+
 def test_changed_parameters_rebuild(tmp_path: Path) -> None:
+    assert build_time(tmp_path) is None
     build_demo_videos(tmp_path, per_class=1, size=32, num_frames=4, fps=12, progress=False)
+    first = build_time(tmp_path)
     build_demo_videos(tmp_path, per_class=1, size=32, num_frames=6, fps=12, progress=False)
+    assert build_time(tmp_path) != first  # rendered again: callers drop the old videos' features
     assert json.loads((tmp_path / "demo_stamp.json").read_text())["num_frames"] == 6
     with av.open(str(tmp_path / _rows(tmp_path / "how.csv")[0]["path"])) as container:
         assert sum(1 for _ in container.decode(video=0)) == 6

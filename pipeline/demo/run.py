@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from ..probe.report import markdown_table, plot_accuracy_bars, plot_confusion
 from ..probe.sequences import SEQUENCE_POOL
 from ..probe.train import train_head
 from ..store import open_store
-from .videos import build_demo_videos
+from .videos import build_demo_videos, build_time
 
 DEMO_POOLS = ("center", "mean", "max", "meanmax", "seg2", "tdiff")
 DEMO_HEADS = ("logreg", "mlp")
@@ -44,7 +45,10 @@ def run_demo(
     t0 = time.perf_counter()
     say = print  # quiet only hides progress bars; the table is the point
     say(f"[1/4] rendering demo videos from scikit-image photos into {out / 'data'}")
+    built = build_time(out / "data")
     manifests = build_demo_videos(out / "data", per_class=per_class, seed=seed, progress=not quiet)
+    if build_time(out / "data") != built:  # new videos: the old ones' features must not be reused
+        shutil.rmtree(out / "features", ignore_errors=True)
     cfg = load_config(None, [f"encoder={encoder}"])
     encoder_obj = None
     stores = {}

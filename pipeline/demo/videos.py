@@ -33,6 +33,7 @@ from tqdm import tqdm
 from ..errors import ConfigError
 
 __all__ = [
+    "build_time",
     "DEMO_PHOTOS",
     "MOTIONS",
     "MOTION_FAMILIES",
@@ -66,7 +67,7 @@ _MOTION_SPEC: dict[str, tuple[str, bool]] = {
 _PHOTO_SCALE = 1.6
 
 _STAMP_NAME = "demo_stamp.json"
-_STAMP_VERSION = 1  # bump when rendering changes, so old builds are redone
+_STAMP_VERSION = 2  # bump when rendering changes, so old builds are redone (2: deterministic encoding)
 
 
 @dataclass(frozen=True)
@@ -234,7 +235,10 @@ def _encode_mp4(frames: np.ndarray, path: Path, fps: int) -> None:
     """Write H.264/yuv420p MP4 via a temp file, so an interrupted build never leaves a truncated video."""
     tmp = path.with_name(path.name + ".partial")
     with av.open(str(tmp), mode="w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=fps, options={"crf": "23", "preset": "veryfast"})
+        # mbtree=0: x264's macroblock-tree rate control made the same frames encode differently run to run (so one
+        # demo seed gave other videos, features and scores each build); without it the output is the same
+        options = {"crf": "23", "preset": "veryfast", "x264-params": "mbtree=0"}
+        stream = container.add_stream("libx264", rate=fps, options=options)
         stream.width = frames.shape[2]
         stream.height = frames.shape[1]
         stream.pix_fmt = "yuv420p"
@@ -382,6 +386,16 @@ def build_demo_videos(
         _write_csv(csvs[task], task_videos)
     stamp_path.write_text(json.dumps(stamp, indent=2) + "\n", encoding="utf-8")
     return csvs
+
+
+def build_time(out_dir: str | Path) -> int | None:
+    """When the demo set under ``out_dir`` was last (re)built (its stamp's mtime, ns; None: never). A caller
+    that compares it before and after ``build_demo_videos`` learns whether the videos were rendered again,
+    so features extracted from the previous videos (same paths, other pixels) are not reused."""
+    try:
+        return (Path(out_dir) / _STAMP_NAME).stat().st_mtime_ns
+    except OSError:
+        return None
 
 
 def _is_built(stamp_path: Path, stamp: dict, csvs: dict[str, Path], out: Path, plan: dict[str, list[_Video]]) -> bool:
