@@ -39,15 +39,19 @@ def store_splits(store: FeatureStore, spec: SplitSpec | None = None, *, require_
     src = spec.splits_from
     t = store.index()
     splits = t.split if src is None else resplit(t.keys(), split_assignment(src))
+    # carved on the clips in key order, so a seed gives the same split whatever order extraction wrote them in
+    order = in_clip_order(t, np.arange(len(t.video)))
     sp = make_splits(
-        t.label,
-        splits,
-        t.video,
+        [t.label[i] for i in order],
+        [splits[i] for i in order],
+        [t.video[i] for i in order],
         seed=spec.seed,
         val_fraction=spec.val_fraction,
         test_fraction=spec.test_fraction,
         require_train=require_train,
     )
+    # train and val in key order (what a fit sees, so it does not depend on the store's order); test in store order
+    sp.train, sp.val, sp.test = order[np.sort(sp.train)], order[np.sort(sp.val)], np.sort(order[sp.test])
     if src is not None:
         sp.source = f"{sp.source}:{Path(src.source).name}#{src.split}"
     return sp
@@ -64,6 +68,20 @@ def clip_inputs(store: FeatureStore, pool: str, indices: list[int] | None = None
     if pool == SEQUENCE_POOL:
         return store_sequences(store, indices)
     return store.pooled(get_pool(pool), indices, progress=indices is None)
+
+
+def in_clip_order(index: Any, rows: np.ndarray) -> np.ndarray:
+    """``rows`` sorted by clip key (video, start, end): a head fitted on them does not depend on the order in
+    which extraction happened to finish the clips (decoder workers write shards in completion order, and a
+    fit's sums and mini-batches follow its rows' order)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    video = np.asarray(index.video, dtype=object)[rows]
+    start = np.nan_to_num(np.asarray(index.start, dtype=np.float64)[rows], nan=-1.0)
+    end = np.nan_to_num(np.asarray(index.end, dtype=np.float64)[rows], nan=-1.0)
+    if not len(rows):
+        return rows
+    codes = np.unique(video, return_inverse=True)[1].reshape(-1)  # rank of each video path among them
+    return rows[np.lexsort((end, start, codes))]
 
 
 def head_pool(kind: str, pool: str | None) -> str:
@@ -119,7 +137,7 @@ def fit_on_store(
         encoder = encoder or zeroshot_encoder(prov.get("encoder"), weights_id=prov.get("weights_id"), device=cfg.device)
         result = fit_head(cfg, X_all[:0], [], classes=classes, encoder=encoder)
     else:
-        val = sp.val if len(sp.val) else None
+        val = sp.val if len(sp.val) else None  # both in clip-key order (store_splits)
         result = fit_head(
             cfg,
             X_all[train],
