@@ -401,7 +401,11 @@ class PooledWriter:
                 raise disk_error(self._final.parent, f"write cache {self._final.name}", failed)
             raise StoreError(f"{self._final}: cache not written ({failed})")
         self._close_fd()
-        self._file.attrs[CHECKSUMS_ATTR] = json.dumps({"pooled": checksum}, sort_keys=True)
+        try:
+            self._file.attrs[CHECKSUMS_ATTR] = json.dumps({"pooled": checksum}, sort_keys=True)
+        except OSError as exc:  # a full disk while HDF5 grows the header: one line, the caller warns
+            self.abort()
+            raise disk_error(self._final.parent, f"write cache {self._final.name}", exc) from None
         ctx, self._ctx = self._ctx, None
         ctx.__exit__(None, None, None)  # close, fsync, rename, fsync the folder (raises StoreError if it fails)
 
