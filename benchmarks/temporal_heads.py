@@ -126,11 +126,13 @@ def main() -> None:
             f"  {kind:6s} (frames) test top-1 {acc:.3f}  sweep of {info['candidates']} candidates "
             f"{info['sweep_seconds']:.1f} s ({info['sweep_epochs']} epochs), "
             f"refit {info.get('refit_seconds', 0):.1f} s, "
-            f"total {secs:.1f} s; chose lr={res.hparams['lr']:g} wd={res.hparams['wd']:g}"
+            f"total {secs:.1f} s; chose lr={res.hparams['lr']:g} wd={res.hparams['wd']:g}; "
+            f"components {res.estimator.arch['components']} (0 = every dimension), trend {res.estimator.arch['trend']}"
         )
         out.update(
             {
                 f"{kind}_top1": round(acc, 4),
+                f"{kind}_components": res.estimator.arch["components"],
                 f"{kind}_sweep_seconds": info["sweep_seconds"],
                 f"{kind}_sweep_epochs": info["sweep_epochs"],
                 f"{kind}_refit_seconds": info.get("refit_seconds"),
@@ -142,7 +144,6 @@ def main() -> None:
         )
         if kind == "attn" and not args.no_sequential:
             # the same candidates, recipe, data and epochs, one after another (no early stop, like for like)
-            arch = temporal_arch(cfg, args.dim, 10)
             fields = ("lrs", "wds", "batch_size", "frame_dropout", "time_jitter", "label_smoothing")
             recipe = Recipe(
                 **{k: getattr(cfg, k) for k in fields},
@@ -155,6 +156,7 @@ def main() -> None:
             yi = np.array([classes.index(c) for c in labels])
             train = (seqs[idx["train"]], yi[idx["train"]])
             val = (seqs[idx["val"]], yi[idx["val"]])
+            arch = temporal_arch(cfg, args.dim, 10, (len(train[0]), args.frames))  # as fit_head decides it
             stats = input_stats(train[0], cfg.inputs, arch["components"])
             t0 = time.perf_counter()
             together = train_candidates(arch, recipe, recipe.candidates, train, val, stats, seed=0)

@@ -260,7 +260,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 print(f"  {t['prob']:.3f}  {t['label']}")
             for c in r.get("clips", []):
                 frames = " ".join(f"{f['time']:.2f}s:{f['weight']:.3f}" for f in c["frames"])
-                print(f"  frame weights ({r['explained_by']}, P={c['top_prob']:.3f}): {frames}")
+                split = ""
+                if "logit" in c:  # an attn head: the weights explain its attention part of the winning logit
+                    split = f", logit {c['logit']['attention']:+.2f} attention {c['logit']['trend']:+.2f} trend"
+                print(f"  frame weights ({r['explained_by']}, P={c['top_prob']:.3f}{split}): {frames}")
             if "plot" in r:
                 print(f"  timeline -> {r['plot']}")
     return EXIT_PARTIAL if any("error" in r for r in results) else EXIT_OK

@@ -17,10 +17,10 @@ from media import pattern_frames, write_video
 from pipeline.cli import main
 from pipeline.data.splits import SplitSpec
 from pipeline.errors import ConfigError
-from pipeline.probe.heads import HeadConfig, load_head, temporal_arch
+from pipeline.probe.heads import HeadConfig, load_head, resolve_components, temporal_arch
 from pipeline.probe.predict import predict_videos
 from pipeline.probe.sequences import FrameSequences, relative_times
-from pipeline.probe.temporal_models import build_model
+from pipeline.probe.temporal_models import build_model, clip_trend
 from pipeline.probe.temporal_numpy import TemporalHead, frame_steps, input_features, input_stats
 from pipeline.probe.temporal_train import Recipe, train_candidates
 from pipeline.probe.train import evaluate_head, train_head
@@ -58,6 +58,15 @@ def _order_store(path: Path, n_per_class: int = 40, T: int = 6, seed: int = 0, p
     return path
 
 
+def _randomise_trend(model: torch.nn.Module) -> torch.nn.Module:
+    """The trend readout starts at zero; give it weights, so that the comparisons below see it."""
+    if getattr(model, "trend", None) is not None:
+        with torch.no_grad():
+            model.trend.weight.normal_(0, 0.3)
+            model.trend.bias.normal_(0, 0.3)
+    return model
+
+
 def _random_seqs(n: int = 5, T: int = 7, dim: int = D, seed: int = 0) -> FrameSequences:
     rng = np.random.default_rng(seed)
     lengths = rng.integers(1, T + 1, size=n)
@@ -74,6 +83,8 @@ def _random_seqs(n: int = 5, T: int = 7, dim: int = D, seed: int = 0) -> FrameSe
         {"kind": "attn", "inputs": "residual", "queries": 2, "width": 8, "num_heads": 2},
         {"kind": "gru", "width": 8},
         {"kind": "gru", "width": 8, "bidirectional": False, "inputs": "frames"},
+        {"kind": "attn", "width": 8, "num_heads": 2, "trend": False},
+        {"kind": "gru", "width": 8, "trend": False},
     ],
 )
 def test_numpy_predictor_is_the_torch_module(settings: dict) -> None:
@@ -82,7 +93,8 @@ def test_numpy_predictor_is_the_torch_module(settings: dict) -> None:
     seqs = _random_seqs()
     stats = input_stats(seqs, cfg.inputs, arch["components"])
     torch.manual_seed(0)
-    model = build_model(arch).eval()
+    model = _randomise_trend(build_model(arch).eval())
+    assert (model.trend is not None) == cfg.trend
     head = TemporalHead(
         arch, {**{k: v.detach().numpy() for k, v in model.state_dict().items()}, **stats}, ["a", "b", "c"]
     )
@@ -103,6 +115,7 @@ def test_numpy_predictor_is_the_torch_module(settings: dict) -> None:
         {"kind": "attn", "inputs": "frames", "queries": 1, "components": 0},
         {"kind": "gru", "width": 8},
         {"kind": "gru", "width": 8, "bidirectional": False},
+        {"kind": "gru", "width": 8, "trend": False},
     ],
 )
 def test_batched_forward_is_each_candidates_module(settings: dict) -> None:
@@ -116,7 +129,7 @@ def test_batched_forward_is_each_candidates_module(settings: dict) -> None:
     seqs = _random_seqs(n=6, T=7)  # 1..7 frames: padding is real
     stats = input_stats(seqs, cfg.inputs, arch["components"])
     torch.manual_seed(0)
-    models = [build_model(arch).eval() for _ in range(3)]  # three different initialisations
+    models = [_randomise_trend(build_model(arch).eval()) for _ in range(3)]  # three different initialisations
     params, _ = stack_module_state(models)
     x = torch.from_numpy(input_features(seqs, stats, cfg.inputs))
     t, m = torch.from_numpy(seqs.t), torch.from_numpy(seqs.mask)
@@ -134,7 +147,7 @@ def test_padding_changes_nothing(kind: str) -> None:
     cfg = HeadConfig(kind=kind, width=8, num_heads=2)
     arch = temporal_arch(cfg, D, 2)
     torch.manual_seed(1)
-    weights = {k: v.detach().numpy() for k, v in build_model(arch).state_dict().items()}
+    weights = {k: v.detach().numpy() for k, v in _randomise_trend(build_model(arch)).state_dict().items()}
     head = TemporalHead(arch, {**weights, **input_stats(seqs, cfg.inputs, arch["components"])}, ["a", "b"])
     np.testing.assert_allclose(head.predict_proba(longer), head.predict_proba(seqs), rtol=1e-5, atol=1e-7)
 
@@ -150,6 +163,38 @@ def test_frame_steps_change_sign_when_a_clip_is_played_backwards() -> None:
         np.testing.assert_allclose(frame_steps(backwards)[i, 1:k], -steps[i, 1:k][::-1], atol=1e-6)
     stats = input_stats(seqs, "delta", 0)
     assert input_features(seqs, stats, "delta").shape == (*seqs.x.shape[:2], 3 * D)
+
+
+def test_clip_trend_is_the_mean_and_the_slope_and_flips_with_the_order() -> None:
+    """The trend readout's input: a clip moving linearly from a to b has mean (a + b) / 2 and slope (b - a)
+    (x 1/4), whatever its frame count or padding; played backwards the slope changes sign; one frame: 0."""
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(2, D)).astype(np.float32)
+    clips = []
+    for k in (2, 5, 8):
+        s = np.linspace(0, 1, k, dtype=np.float32)[:, None]
+        clips.append(((1 - s) * a + s * b, np.linspace(1.0, 3.0, k)))
+    clips.append((a[None], np.array([0.0])))
+    seqs = FrameSequences.from_clips(clips)
+    forward = clip_trend(torch.from_numpy(seqs.x), torch.from_numpy(seqs.t), torch.from_numpy(seqs.mask)).numpy()
+    for i in range(3):
+        np.testing.assert_allclose(forward[i, :D], (a + b) / 2, atol=1e-5)
+        np.testing.assert_allclose(forward[i, D:], (b - a) / 4, atol=1e-5)
+    np.testing.assert_allclose(forward[3], np.concatenate([a, np.zeros(D)]), atol=1e-6)
+    back = FrameSequences.from_clips([(x[::-1].copy(), t) for x, t in clips[:3]])
+    backward = clip_trend(torch.from_numpy(back.x), torch.from_numpy(back.t), torch.from_numpy(back.mask)).numpy()
+    np.testing.assert_allclose(backward[:, D:], -forward[:3, D:], atol=1e-5)
+
+
+def test_components_auto_standardises_small_sets_and_whitens_big_ones() -> None:
+    cfg = HeadConfig(kind="attn")
+    assert resolve_components(cfg, 1280, (216, 8)) == 0  # the demo's how-task: 26 MB at full width
+    assert resolve_components(cfg, 1280, (1_000_000, 8)) == 64  # 123 GB at full width
+    assert resolve_components(cfg, 512, (2000, 8)) == 0  # under 4 clips per dimension, 25 MB
+    assert resolve_components(cfg, 512, (6000, 8)) == 64  # enough clips to estimate the whitening
+    assert resolve_components(cfg, 512, (1500, 8 * 64)) == 64  # few clips, but 4.7 GB at full width
+    assert resolve_components(HeadConfig(kind="attn", components=32), 1280, (216, 8)) == 32
+    assert temporal_arch(cfg, D, 3, (1_000_000, 8))["dim"] == 3 * D  # 16-d inputs: 64 directions is all of them
 
 
 def test_relative_times_need_no_fixed_frame_count() -> None:
@@ -267,6 +312,14 @@ def test_damaged_temporal_head_is_one_error_naming_the_file(tmp_path: Path) -> N
         load_head(head)
 
 
+def decoded_frames(effnet, video: Path, prov: dict) -> np.ndarray:
+    from pipeline.config import SamplingConfig
+    from pipeline.extract.local import embed_clips
+
+    ((_, _, decoded),) = embed_clips(effnet, video, SamplingConfig(**prov["sampling"]))
+    return decoded.frames
+
+
 def test_predict_explain_on_a_real_video(tmp_path: Path, effnet) -> None:
     prov = {
         "encoder": "effnet-lite0",
@@ -288,15 +341,18 @@ def test_predict_explain_on_a_real_video(tmp_path: Path, effnet) -> None:
     assert len(times) == 6 and times == sorted(times) and times[0] >= 0 and times[-1] <= 3.0
     assert sum(f["weight"] for f in clip["frames"]) == pytest.approx(1.0, abs=1e-5)
     assert clip["top_prob"] == pytest.approx(out["top"][0]["prob"])
+    # the winning logit, split between the attention part (what the weights explain) and the trend readout
+    head = load_head(attn).estimator
+    seqs = FrameSequences.from_clips([(decoded_frames(effnet, video, prov), np.array(times))])
+    winner = head.classes.index(out["top"][0]["label"])
+    parts = clip["logit"]
+    assert parts["attention"] + parts["trend"] == pytest.approx(head.decision_function(seqs)[0, winner], rel=1e-5)
+    assert parts["trend"] != 0  # the default head has a trend readout, and it was trained
     # logreg on mean pooling: the frames' contributions add up to the winning logit minus its bias
     (lin,) = predict_videos(logreg, [video], encoder=effnet, explain=True)
-    from pipeline.config import SamplingConfig
-    from pipeline.extract.local import embed_clips
-
-    ((_, _, decoded),) = embed_clips(effnet, video, SamplingConfig(**prov["sampling"]))
     est = load_head(logreg).estimator
     winner = est.classes.index(lin["top"][0]["label"])
-    logits = est.decision_function(decoded.frames.mean(axis=0, keepdims=True))[0]
+    logits = est.decision_function(decoded_frames(effnet, video, prov).mean(axis=0, keepdims=True))[0]
     total = sum(f["weight"] for f in lin["clips"][0]["frames"])
     assert total == pytest.approx(logits[winner] - est.b[winner], rel=1e-4, abs=1e-6)
     assert "plot" not in lin

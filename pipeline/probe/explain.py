@@ -1,7 +1,9 @@
 """Which frames drove a prediction: per-frame weights for ``vidprobe predict --explain``.
 
 * ``attn``: the queries' cross-attention over the frames, averaged over heads and queries; each clip's
-  weights sum to 1 (what the head looked at).
+  weights sum to 1 (what the head looked at). A head with a trend readout (``trend``, the default) also has
+  a linear part of its logit that reads every frame alike: each clip says how the winning logit splits
+  between the two (``logit``: ``attention`` + ``trend``), so a weight is never read as the whole story.
 * ``logreg`` on ``mean`` pooling: each frame's contribution to the winning class's logit. The logit of a
   mean-pooled clip is ``sum_t (1/T) w_c . standardise(x_t) + b_c``, so the terms add up exactly to the
   logit minus its bias; they can be negative (a frame that argued against the class). For two classes
@@ -80,18 +82,16 @@ def explain_clips(
         seqs = FrameSequences.from_clips([(f, t) for _, _, f, t in clips])
         weights = estimator.explain(seqs)
         per_clip = [weights[i, : len(c[2])] for i, c in enumerate(clips)]
+        head_part, trend_part = estimator.logit_parts(seqs)
     else:
         per_clip = [frame_contributions(estimator, f, winner) for _, _, f, _ in clips]
     out = []
-    for (start, end, _, ts), w, p in zip(clips, per_clip, proba):
-        out.append(
-            {
-                "start": start,
-                "end": end,
-                "top_prob": float(p[winner]),
-                "frames": [{"time": float(t), "weight": float(v)} for t, v in zip(ts, w)],
-            }
-        )
+    for i, ((start, end, _, ts), w, p) in enumerate(zip(clips, per_clip, proba)):
+        clip: dict[str, Any] = {"start": start, "end": end, "top_prob": float(p[winner])}
+        if how == ATTENTION:
+            clip["logit"] = {"attention": float(head_part[i, winner]), "trend": float(trend_part[i, winner])}
+        clip["frames"] = [{"time": float(t), "weight": float(v)} for t, v in zip(ts, w)]
+        out.append(clip)
     return out
 
 

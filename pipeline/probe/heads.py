@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from ..config import (
+    AUTO,
     HEAD_KINDS,
     SOLVERS,
     TEMPORAL_HEADS,
@@ -89,6 +90,7 @@ _KIND_FIELDS["attn"] = (
     "depth",
     "queries",
     "num_heads",
+    "trend",
     *_TRAINING,
     "early_stop",
     "device",
@@ -99,6 +101,7 @@ _KIND_FIELDS["gru"] = (
     "components",
     "width",
     "bidirectional",
+    "trend",
     *_TRAINING,
     "early_stop",
     "device",
@@ -137,13 +140,17 @@ class HeadConfig:
     # attn, gru: per frame, its deviation from the clip mean + its step from the previous frame + the clip
     # mean (delta), without the step (residual), or the frame itself (frames)
     inputs: str = field(default="delta", metadata=rule(choices=TEMPORAL_INPUTS))
-    # attn, gru: inputs PCA-whitened onto this many directions (per part; 0 = standardise each dimension)
-    components: int = field(default=64, metadata=rule(min=0))
+    # attn, gru: inputs PCA-whitened onto this many directions (per part); 0 = standardise each dimension;
+    # auto = 0 on small sets (fewer than 4 clips per dimension, inputs within 1 GiB), else 64 (resolve_components)
+    components: int | str = field(default=AUTO, metadata=rule(min=0, auto=True))
     width: int = field(default=64, metadata=rule(min=1))  # attn: embedding width; gru: hidden units
     depth: int = field(default=1, metadata=rule(min=1, max=12))  # attn: blocks (depth - 1 self-attention first)
     queries: int = field(default=1, metadata=rule(min=1, max=64))  # attn: learnable queries
     num_heads: int = field(default=4, metadata=rule(min=1))  # attn: attention heads (must divide width)
     bidirectional: bool = True  # gru: also read the clip backwards
+    # attn, gru: add a linear readout of each clip's mean input and its slope over time to the logits (the
+    # tdiff-like linear probe inside the head; on the demo's how-task it lifts attn by ~6 points: docs/performance.md)
+    trend: bool = True
     # attn, gru: learning rates and weight decays swept together on val (one batched model)
     lrs: tuple[float, ...] = field(default=(3e-3, 1e-3, 3e-4), metadata=rule(gt=0, finite=True, nonempty=True))
     wds: tuple[float, ...] = field(default=(0.01, 0.1, 0.4), metadata=rule(min=0, nonempty=True))
@@ -304,9 +311,34 @@ def _fit_logreg(cfg: HeadConfig, classes, X_tr, yi_tr, X_va, yi_va, refit: bool)
     return FitResult(est, list(classes), {"C": float(C)}, val_scores, info)
 
 
-def temporal_arch(cfg: HeadConfig, dim: int, n_classes: int) -> dict[str, Any]:
-    """The architecture record (sidecar ``model``) of an attn / gru head on ``dim``-d frame embeddings."""
-    components = min(cfg.components, dim)
+# components=auto: standardise each dimension on sets of fewer than AUTO_CLIPS_PER_DIM clips per embedding
+# dimension whose full-width inputs (float32) take at most AUTO_FULL_INPUT_BYTES, else PCA-whiten onto
+# AUTO_COMPONENTS directions. On small sets whitening amplifies the directions a few hundred clips cannot
+# estimate (demo how-task, attn: per dimension clearly above whitened onto 64; docs/performance.md); on big ones
+# the covariance is well estimated and full width costs (3 x D) / (3 x 64) times the input product's work,
+# or does not fit at all (1M clips x 8 frames x 3 x 1280 floats = 123 GB).
+AUTO_CLIPS_PER_DIM = 4
+AUTO_FULL_INPUT_BYTES = 1 << 30
+AUTO_COMPONENTS = 64
+
+
+def resolve_components(cfg: HeadConfig, dim: int, train_shape: tuple[int, int] | None = None) -> int:
+    """The number of input directions a fit uses: ``cfg.components``, with ``auto`` decided on the training
+    set's (clips, frames) ``train_shape`` (None: a small set)."""
+    if cfg.components != AUTO:
+        return min(int(cfg.components), dim)
+    n, t = train_shape or (0, 0)
+    full = n * t * input_width(cfg.inputs, dim, 0) * 4
+    small = n < AUTO_CLIPS_PER_DIM * dim and full <= AUTO_FULL_INPUT_BYTES
+    return 0 if small else min(AUTO_COMPONENTS, dim)
+
+
+def temporal_arch(
+    cfg: HeadConfig, dim: int, n_classes: int, train_shape: tuple[int, int] | None = None
+) -> dict[str, Any]:
+    """The architecture record (sidecar ``model``) of an attn / gru head on ``dim``-d frame embeddings
+    (``train_shape``: the training set's (clips, frames), which ``components=auto`` is decided on)."""
+    components = resolve_components(cfg, dim, train_shape)
     arch: dict[str, Any] = {
         "kind": cfg.kind,
         "inputs": cfg.inputs,
@@ -316,6 +348,7 @@ def temporal_arch(cfg: HeadConfig, dim: int, n_classes: int) -> dict[str, Any]:
         "n_classes": n_classes,
         "width": cfg.width,
         "dropout": cfg.dropout,
+        "trend": cfg.trend,
     }
     if cfg.kind == "attn":
         arch.update(depth=cfg.depth, queries=cfg.queries, num_heads=cfg.num_heads, time_bins=16)
@@ -334,7 +367,7 @@ def _fit_temporal(cfg: HeadConfig, classes, S_tr, yi_tr, S_va, yi_va, seed: int,
     recipe = Recipe(
         **{k: getattr(cfg, k) for k in fields_}, early_stop=cfg.early_stop, device=cfg.device, precision=cfg.precision
     )
-    arch = temporal_arch(cfg, int(S_tr.x.shape[2]), len(classes))
+    arch = temporal_arch(cfg, int(S_tr.x.shape[2]), len(classes), (len(S_tr), int(S_tr.x.shape[1])))
     val = (S_va, yi_va) if S_va is not None else None
     head, hparams, scores, info = fit_temporal(arch, recipe, list(classes), (S_tr, yi_tr), val, seed=seed, refit=refit)
     info["seconds"] = time.perf_counter() - t0

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .temporal_models import NEG
+from .temporal_models import NEG, clip_trend
 
 Params = dict[str, torch.Tensor]
 
@@ -72,6 +72,13 @@ def _layer_norm(x: torch.Tensor, p: Params, name: str) -> torch.Tensor:
 def _mlp(x: torch.Tensor, p: Params, name: str, dropout: float, train: bool) -> torch.Tensor:
     h = _dropout(F.gelu(_linear(x, p, f"{name}.0"), approximate="tanh"), dropout, train)
     return _linear(h, p, f"{name}.3")
+
+
+def _trend(arch: dict[str, Any], p: Params, x: torch.Tensor, t: torch.Tensor, mask: torch.Tensor):
+    """The trend readout of every candidate, (G, B, K) (0 without one): one product on the shared input."""
+    if not arch.get("trend"):
+        return 0
+    return _shared_linear(clip_trend(x, t, mask), p["trend.weight"], p["trend.bias"]).permute(1, 0, 2)
 
 
 def _self_attention(n: torch.Tensor, mask: torch.Tensor, p: Params, name: str, heads: int) -> torch.Tensor:
@@ -136,12 +143,13 @@ def _attn(arch: dict[str, Any], p: Params, x: torch.Tensor, t: torch.Tensor, mas
     q = queries[:, None] + _linear(y, p, "pool.xattn.proj")  # (G, B, Q, W)
     q = q + _mlp(_layer_norm(q, p, "pool.norm2"), p, "pool.mlp", dropout, train)
     z = _dropout(_layer_norm(q.reshape(G, B, Q * W), p, "norm"), dropout, train)
-    return _linear(z, p, "linear")
+    return _linear(z, p, "linear") + _trend(arch, p, x, t, mask)
 
 
 def _gru(arch: dict[str, Any], p: Params, x: torch.Tensor, t: torch.Tensor, mask: torch.Tensor, train: bool):
     B, T, D = x.shape
     dropout = float(arch.get("dropout", 0.0))
+    trend = _trend(arch, p, x, t, mask)  # on the frames before dropout, as GRUHead
     x = _dropout(x[None], dropout, train)[0]  # one mask for all candidates: the input stays shared
     dirs = ("fwd", "bwd") if arch["bidirectional"] else ("fwd",)
     nd = len(dirs)
@@ -168,7 +176,7 @@ def _gru(arch: dict[str, Any], p: Params, x: torch.Tensor, t: torch.Tensor, mask
         new = ((1 - z) * torch.tanh(in_ + r * hn) + z * h).view(nd, G, B, H)
         h = (m[s] * new + (1 - m[s]) * h.view(nd, G, B, H)).view(nd * G, B, H)
     h = h.view(nd, G, B, H).permute(1, 2, 0, 3).reshape(G, B, nd * H)  # [forward | backward], as GRUHead
-    return _linear(_dropout(h, dropout, train), p, "linear")
+    return _linear(_dropout(h, dropout, train), p, "linear") + trend
 
 
 _FORWARD: dict[str, Callable[..., torch.Tensor]] = {"attn": _attn, "gru": _gru}

@@ -5,7 +5,10 @@ cross-attention block (+ MLP, ratio 4), after ``depth - 1`` self-attention block
 linear layer on the concatenated queries. Frame positions are learned embeddings of *clip-relative time*
 (``TimeEmbedding``, interpolated between ``bins`` learned vectors), so any T and any sampling work; a
 mask leaves out padding. ``GRUHead`` is the recurrent head of the transfer-learning articles: a GRU over
-the frames (both directions by default), then linear on the last hidden states.
+the frames (both directions by default), then linear on the last hidden states. With ``trend`` (the default
+of ``HeadConfig``) either head adds a linear readout of each clip's mean input and its slope over time
+(``clip_trend``) to its logits: the linear probe that ``tdiff`` + logreg is, inside the head, so the
+attention or the recurrence only has to learn what a linear function of the clip's trend misses.
 
 These modules are the reference: ``temporal_numpy`` runs the same arithmetic without torch, and
 ``temporal_batched`` (the sweep's training forward for many candidates at once) is tested against them.
@@ -21,7 +24,31 @@ from typing import Any
 import torch
 from torch import nn
 
+from .temporal_numpy import TREND_SLOPE_SCALE
+
 NEG = -1e9  # attention score of a padded frame (finite: an all-masked row cannot make NaN)
+
+
+def clip_trend(x: torch.Tensor, t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, 2D) each clip's mean input and the least-squares slope of its inputs over clip-relative time.
+
+    What the ``trend`` readout reads: a linear probe on ``tdiff``-like features inside the head. The slope
+    is scaled by 1/4 (a quarter of the fitted change over the whole clip), which keeps it of the order of
+    the standardised inputs; a clip with one real frame has slope 0."""
+    m = mask[..., None].to(x.dtype)
+    n = m.sum(1).clamp(min=1)
+    tt = t[..., None].to(x.dtype)
+    tc = (tt - (tt * m).sum(1, keepdim=True) / n[:, None]) * m
+    slope = (tc * x).sum(1) / (tc * tc).sum(1).clamp(min=1e-6)
+    return torch.cat([(x * m).sum(1) / n, slope * TREND_SLOPE_SCALE], dim=-1)
+
+
+def _trend_linear(dim: int, n_classes: int) -> nn.Linear:
+    """The trend readout, starting at zero: training begins from the attention / recurrent head alone."""
+    lin = nn.Linear(2 * dim, n_classes)
+    nn.init.zeros_(lin.weight)
+    nn.init.zeros_(lin.bias)
+    return lin
 
 
 class TimeEmbedding(nn.Module):
@@ -111,6 +138,7 @@ class AttentiveProbe(nn.Module):
         num_heads: int = 4,
         time_bins: int = 16,
         dropout: float = 0.1,
+        trend: bool = False,
     ) -> None:
         super().__init__()
         self.embed = nn.Linear(dim, width)
@@ -121,6 +149,7 @@ class AttentiveProbe(nn.Module):
         self.norm = nn.LayerNorm(queries * width)
         self.drop = nn.Dropout(dropout)
         self.linear = nn.Linear(queries * width, n_classes)
+        self.trend = _trend_linear(dim, n_classes) if trend else None
 
     def forward_with_attention(
         self, x: torch.Tensor, t: torch.Tensor, mask: torch.Tensor
@@ -130,7 +159,10 @@ class AttentiveProbe(nn.Module):
         for blk in self.blocks:
             h = blk(h, mask)
         q, attn = self.pool(self.query_tokens.expand(len(x), -1, -1), h, mask)
-        return self.linear(self.drop(self.norm(q.flatten(1)))), attn
+        z = self.linear(self.drop(self.norm(q.flatten(1))))
+        if self.trend is not None:
+            z = z + self.trend(clip_trend(x, t, mask))
+        return z, attn
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.forward_with_attention(x, t, mask)[0]
@@ -166,7 +198,14 @@ class GRUHead(nn.Module):
     """Dropout on the frames, a (bi)GRU over them, linear on the final state(s)."""
 
     def __init__(
-        self, dim: int, n_classes: int, *, width: int = 128, bidirectional: bool = True, dropout: float = 0.1
+        self,
+        dim: int,
+        n_classes: int,
+        *,
+        width: int = 128,
+        bidirectional: bool = True,
+        dropout: float = 0.1,
+        trend: bool = False,
     ) -> None:
         super().__init__()
         self.drop_in = nn.Dropout(dropout)
@@ -174,19 +213,21 @@ class GRUHead(nn.Module):
         self.bwd = GRULayer(dim, width) if bidirectional else None
         self.drop = nn.Dropout(dropout)
         self.linear = nn.Linear(width * (2 if bidirectional else 1), n_classes)
+        self.trend = _trend_linear(dim, n_classes) if trend else None
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        z = self.trend(clip_trend(x, t, mask)) if self.trend is not None else 0  # on the frames before dropout
         x = self.drop_in(x)
         h = self.fwd(x, mask)
         if self.bwd is not None:
             h = torch.cat([h, self.bwd(x, mask, reverse=True)], dim=-1)
-        return self.linear(self.drop(h))
+        return self.linear(self.drop(h)) + z
 
 
 def build_model(arch: dict[str, Any]) -> nn.Module:
     """The module an architecture record (the sidecar's ``model``) describes."""
     kind, a = arch["kind"], dict(arch)
-    common = dict(width=a["width"], dropout=a.get("dropout", 0.0))
+    common = dict(width=a["width"], dropout=a.get("dropout", 0.0), trend=bool(a.get("trend", False)))
     if kind == "attn":
         return AttentiveProbe(
             a["dim"],
@@ -202,4 +243,12 @@ def build_model(arch: dict[str, Any]) -> nn.Module:
     raise ValueError(f"no temporal model {kind!r}")
 
 
-__all__ = ["AttentiveProbe", "GRUHead", "TimeEmbedding", "CrossAttentionBlock", "SelfAttentionBlock", "build_model"]
+__all__ = [
+    "AttentiveProbe",
+    "GRUHead",
+    "TimeEmbedding",
+    "CrossAttentionBlock",
+    "SelfAttentionBlock",
+    "build_model",
+    "clip_trend",
+]

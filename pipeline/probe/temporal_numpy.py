@@ -19,6 +19,7 @@ from .native_heads import NativeKind, register_native_kind
 from .sequences import FrameSequences
 
 NEG = -1e9
+TREND_SLOPE_SCALE = 0.25  # of the trend readout's slope (temporal_models.clip_trend)
 _CHUNK = 512  # clips per forward pass: bounds memory on big evaluation sets
 
 
@@ -81,6 +82,16 @@ def _attn_forward(arch, w, x, t, mask):
     q = q + y
     q = q + _mlp(_layer_norm(q, w, "pool.norm2"), w, "pool.mlp")
     return _linear(_layer_norm(q.reshape(len(x), -1), w, "norm"), w, "linear"), attn
+
+
+def _clip_trend(x: np.ndarray, t: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``temporal_models.clip_trend``: (B, 2D) each clip's mean input and its slope over time (x 1/4)."""
+    m = mask[..., None].astype(np.float32)
+    n = np.maximum(m.sum(1), 1)
+    tt = t[..., None].astype(np.float32)
+    tc = (tt - (tt * m).sum(1, keepdims=True) / n[:, None]) * m
+    slope = (tc * x).sum(1) / np.maximum((tc * tc).sum(1), np.float32(1e-6))
+    return np.concatenate([(x * m).sum(1) / n, slope * np.float32(TREND_SLOPE_SCALE)], axis=-1)
 
 
 def _gru(x, mask, w, name, reverse):
@@ -218,20 +229,30 @@ class TemporalHead:
         self.classes = list(classes)
         self.classes_ = np.array(self.classes)
 
-    def _forward(self, seqs: FrameSequences) -> tuple[np.ndarray, np.ndarray | None]:
+    def _forward(self, seqs: FrameSequences) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Logits of the attention / recurrent part and of the trend readout (zeros without one), attention."""
         w = self.weights
-        logits, attns = [], []
+        parts, trends, attns = [], [], []
         for i in range(0, len(seqs), _CHUNK):
             s = seqs[i : i + _CHUNK]
             x = input_features(s, w, self.arch.get("inputs", "frames"))
-            z, a = _FORWARD[self.arch["kind"]](self.arch, w, x, s.t.astype(np.float32), s.mask)
-            logits.append(z)
+            t = s.t.astype(np.float32)
+            z, a = _FORWARD[self.arch["kind"]](self.arch, w, x, t, s.mask)
+            parts.append(z)
+            trends.append(_linear(_clip_trend(x, t, s.mask), w, "trend") if self.arch.get("trend") else 0 * z)
             if a is not None:
                 attns.append(a.mean(axis=(1, 2)))  # over heads and queries: (B, T), rows sum to 1
-        return np.concatenate(logits), np.concatenate(attns) if attns else None
+        return np.concatenate(parts), np.concatenate(trends), np.concatenate(attns) if attns else None
+
+    def logit_parts(self, seqs: FrameSequences) -> tuple[np.ndarray, np.ndarray]:
+        """(N, K) twice: the logits of the attention (or recurrent) part and of the trend readout; they add up to
+        ``decision_function``. What an attention explanation covers is the first."""
+        head, trend, _ = self._forward(seqs)
+        return head, trend
 
     def decision_function(self, seqs: FrameSequences) -> np.ndarray:
-        return self._forward(seqs)[0]
+        head, trend, _ = self._forward(seqs)
+        return head + trend
 
     def predict_proba(self, seqs: FrameSequences) -> np.ndarray:
         return _softmax(self.decision_function(seqs).astype(np.float64))
@@ -242,7 +263,7 @@ class TemporalHead:
     def explain(self, seqs: FrameSequences) -> np.ndarray:
         """Per-frame weights (N, T): the cross-attention of the queries, averaged over heads and queries
         (each clip's real frames sum to 1, padding gets 0). Only ``attn`` has them."""
-        attn = self._forward(seqs)[1]
+        attn = self._forward(seqs)[2]
         if attn is None:
             raise ValueError(f"a {self.arch['kind']} head has no attention weights")
         return np.where(seqs.mask, attn, 0.0)
