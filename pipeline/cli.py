@@ -601,8 +601,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--pool",
         default=None,
-        help="mean | max | meanmax | meanstd | center | tdiff | segK (e.g. seg4); default mean (attn and gru read "
-        "the frames themselves: pool 'frames')",
+        help="mean | max | meanmax | meanstd | center | tdiff | trend | segK (e.g. seg4); default mean "
+        "(attn and gru read the frames themselves: pool 'frames')",
     )
     t.add_argument(
         "--shots",

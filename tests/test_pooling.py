@@ -7,7 +7,17 @@ from pipeline.probe.pooling import get_pool
 
 @pytest.mark.parametrize(
     "name, width",
-    [("mean", 4), ("max", 4), ("meanmax", 8), ("meanstd", 8), ("center", 4), ("tdiff", 8), ("seg2", 8), ("seg4", 16)],
+    [
+        ("mean", 4),
+        ("max", 4),
+        ("meanmax", 8),
+        ("meanstd", 8),
+        ("center", 4),
+        ("tdiff", 8),
+        ("trend", 8),
+        ("seg2", 8),
+        ("seg4", 16),
+    ],
 )
 def test_shapes(name, width):
     x = np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32)
@@ -19,8 +29,21 @@ def test_order_blind_vs_order_aware():
     rev = x[::-1]
     for name in ("mean", "max", "meanmax", "meanstd"):
         assert np.allclose(get_pool(name)(x), get_pool(name)(rev))
-    for name in ("seg2", "seg4", "tdiff"):
+    for name in ("seg2", "seg4", "tdiff", "trend"):
         assert not np.allclose(get_pool(name)(x), get_pool(name)(rev))
+
+
+def test_trend_is_the_mean_and_the_fitted_change_over_the_clip():
+    """A clip moving linearly from a to b: mean (a + b) / 2 and slope b - a, whatever its frame count;
+    played backwards the slope flips; a single frame has no slope."""
+    rng = np.random.default_rng(2)
+    a, b = rng.normal(size=(2, 4))
+    for k in (2, 3, 8, 13):
+        s = np.linspace(0, 1, k)[:, None]
+        x = (1 - s) * a + s * b
+        np.testing.assert_allclose(get_pool("trend")(x), np.concatenate([(a + b) / 2, b - a]), atol=1e-6)
+        np.testing.assert_allclose(get_pool("trend")(x[::-1])[4:], a - b, atol=1e-6)
+    np.testing.assert_allclose(get_pool("trend")(a[None]), np.concatenate([a, np.zeros(4)]))
 
 
 def test_segments_with_fewer_frames_than_segments():
@@ -33,7 +56,9 @@ def test_unknown_pool_names_allowed_values():
         get_pool("median")
 
 
-@pytest.mark.parametrize("name", ["mean", "max", "meanmax", "meanstd", "center", "tdiff", "seg2", "seg4", "seg7"])
+@pytest.mark.parametrize(
+    "name", ["mean", "max", "meanmax", "meanstd", "center", "tdiff", "trend", "seg2", "seg4", "seg7"]
+)
 def test_batched_pooling_equals_the_per_clip_function(name):
     """``batch`` over clips of mixed lengths (1 frame, fewer frames than segments, many) = one call per clip."""
     rng = np.random.default_rng(3)

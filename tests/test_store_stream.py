@@ -18,7 +18,7 @@ from pipeline.store.tools import compact_store, verify_store
 
 D = 6
 PROV = {"encoder": "test-enc", "weights_id": "w1", "dim": D, "preprocess": {}, "sampling": {"strategy": "fps"}}
-POOLS = ["mean", "max", "meanstd", "center", "tdiff", "seg4"]
+POOLS = ["mean", "max", "meanstd", "center", "tdiff", "trend", "seg4"]
 
 
 def _write(store, start: int, n: int, seed: int, shard_size: int = 4, dup_of: list[int] | None = None):

@@ -25,7 +25,7 @@ from ..probe.train import train_head
 from ..store import open_store
 from .videos import build_demo_videos, build_time
 
-DEMO_POOLS = ("center", "mean", "max", "meanmax", "seg2", "tdiff")
+DEMO_POOLS = ("center", "mean", "max", "meanmax", "seg2", "tdiff", "trend")
 DEMO_HEADS = ("logreg", "mlp")
 TEMPORAL_DEMO_HEADS = ("attn", "gru")  # read each clip's frames (pool "frames")
 ORDER_AWARE = tuple(p for p in DEMO_POOLS if is_order_aware(p))

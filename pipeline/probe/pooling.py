@@ -2,8 +2,9 @@
 
 Pooling is chosen at training time, not extraction time, because the store keeps every frame. The
 order-blind poolings (mean, max, meanmax, meanstd) cannot tell a clip from its reverse; ``segK``
-(means of K consecutive segments, concatenated) and ``tdiff`` (mean plus late-minus-early difference)
-keep temporal order, which is what motion-direction tasks need.
+(means of K consecutive segments, concatenated), ``tdiff`` (mean plus late-minus-early difference) and
+``trend`` (mean plus the least-squares slope over the clip) keep temporal order, which is what
+motion-direction tasks need.
 
 Each pooling is a ``Pooling``: called on one clip's (T, D) frames it returns (D',); its ``batch(frames,
 offsets)`` pools every clip of a block at once — (F, D) frames, clip i owning rows ``offsets[i]:offsets[i+1]``
@@ -157,6 +158,28 @@ def _tdiff_b(f: np.ndarray, off: np.ndarray) -> np.ndarray:
     return np.concatenate([_mean_b(f, off), seg[:, 1] - seg[:, 0]], axis=1)
 
 
+def _slope_weights(lengths: np.ndarray) -> np.ndarray:
+    """Per frame of clips with these frame counts, its weight in the least-squares slope over positions 0..1:
+    ``12 (j - (L - 1) / 2) / (L (L + 1))`` for frame j of L (0 for a one-frame clip)."""
+    L = np.repeat(np.asarray(lengths, dtype=np.int64), lengths)
+    j = np.arange(len(L)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    return (12.0 * (j - (L - 1) / 2) / (L * (L + 1))).astype(np.float32)
+
+
+def trend(x: np.ndarray) -> np.ndarray:
+    """Mean plus the least-squares slope over the clip (frame positions spread over 0..1): the change the
+    whole clip's frames fit, where ``tdiff`` takes the difference of two half means."""
+    slope = (_slope_weights(np.array([len(x)]))[:, None] * x).sum(axis=0)
+    return np.concatenate([x.mean(axis=0), slope])
+
+
+def _trend_b(f: np.ndarray, off: np.ndarray) -> np.ndarray:
+    lengths = _lengths(off)
+    weighted = f[off[0] : off[-1]] * _slope_weights(lengths)[:, None]
+    slope = _segment_means(weighted, off[:-1] - off[0], off[1:] - off[0]) * lengths[:, None].astype(np.float32)
+    return np.concatenate([_mean_b(f, off), slope], axis=1)
+
+
 def segments(k: int) -> Pooling:
     def pool(x: np.ndarray) -> np.ndarray:
         return np.concatenate([s.mean(axis=0) for s in _segments(x, k)])
@@ -171,11 +194,12 @@ POOLS: dict[str, Pooling] = {
     "meanstd": Pooling("meanstd", meanstd, _meanstd_b),
     "center": Pooling("center", center, _center_b),
     "tdiff": Pooling("tdiff", tdiff, _tdiff_b),
+    "trend": Pooling("trend", trend, _trend_b),
 }
 
 
 def get_pool(name: str) -> Pooling:
-    """Pooling by name: mean, max, meanmax, meanstd, center, tdiff, or segK (K = 2..64)."""
+    """Pooling by name: mean, max, meanmax, meanstd, center, tdiff, trend, or segK (K = 2..64)."""
     if name in POOLS:
         return POOLS[name]
     m = re.fullmatch(r"seg(\d+)", name)
@@ -185,8 +209,8 @@ def get_pool(name: str) -> Pooling:
 
 
 def is_order_aware(name: str) -> bool:
-    """True for poolings whose output changes when the clip is played backwards (tdiff, segK)."""
-    return name == "tdiff" or bool(re.fullmatch(r"seg\d+", name))
+    """True for poolings whose output changes when the clip is played backwards (tdiff, trend, segK)."""
+    return name in ("tdiff", "trend") or bool(re.fullmatch(r"seg\d+", name))
 
 
 def pool_names() -> list[str]:
