@@ -149,7 +149,7 @@ class HeadConfig:
     num_heads: int = field(default=4, metadata=rule(min=1))  # attn: attention heads (must divide width)
     bidirectional: bool = True  # gru: also read the clip backwards
     # attn, gru: add a linear readout of each clip's mean input and its slope over time to the logits (the
-    # tdiff-like linear probe inside the head; on the demo's how-task it lifts attn by ~6 points: docs/performance.md)
+    # trend pooling's linear probe inside the head; demo how-task, attn: 0.872 -> 0.925 over 5 seeds, performance.md)
     trend: bool = True
     # attn, gru: learning rates and weight decays swept together on val (one batched model)
     lrs: tuple[float, ...] = field(default=(3e-3, 1e-3, 3e-4), metadata=rule(gt=0, finite=True, nonempty=True))

@@ -7,7 +7,7 @@ linear layer on the concatenated queries. Frame positions are learned embeddings
 mask leaves out padding. ``GRUHead`` is the recurrent head of the transfer-learning articles: a GRU over
 the frames (both directions by default), then linear on the last hidden states. With ``trend`` (the default
 of ``HeadConfig``) either head adds a linear readout of each clip's mean input and its slope over time
-(``clip_trend``) to its logits: the linear probe that ``tdiff`` + logreg is, inside the head, so the
+(``clip_trend``) to its logits: the linear probe that ``trend`` pooling + logreg is, inside the head, so the
 attention or the recurrence only has to learn what a linear function of the clip's trend misses.
 
 These modules are the reference: ``temporal_numpy`` runs the same arithmetic without torch, and
@@ -32,7 +32,7 @@ NEG = -1e9  # attention score of a padded frame (finite: an all-masked row canno
 def clip_trend(x: torch.Tensor, t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """(B, 2D) each clip's mean input and the least-squares slope of its inputs over clip-relative time.
 
-    What the ``trend`` readout reads: a linear probe on ``tdiff``-like features inside the head. The slope
+    What the ``trend`` readout reads (the ``trend`` pooling of the head's inputs). The slope
     is scaled by 1/4 (a quarter of the fitted change over the whole clip), which keeps it of the order of
     the standardised inputs; a clip with one real frame has slope 0."""
     m = mask[..., None].to(x.dtype)
