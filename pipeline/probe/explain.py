@@ -80,9 +80,8 @@ def explain_clips(
         if not isinstance(estimator, TemporalHead):
             raise ConfigError("--explain: attention weights need an attn head")
         seqs = FrameSequences.from_clips([(f, t) for _, _, f, t in clips])
-        weights = estimator.explain(seqs)
+        weights, head_part, trend_part = estimator.explain_parts(seqs)
         per_clip = [weights[i, : len(c[2])] for i, c in enumerate(clips)]
-        head_part, trend_part = estimator.logit_parts(seqs)
     else:
         per_clip = [frame_contributions(estimator, f, winner) for _, _, f, _ in clips]
     out = []

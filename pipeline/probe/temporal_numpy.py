@@ -244,11 +244,13 @@ class TemporalHead:
                 attns.append(a.mean(axis=(1, 2)))  # over heads and queries: (B, T), rows sum to 1
         return np.concatenate(parts), np.concatenate(trends), np.concatenate(attns) if attns else None
 
-    def logit_parts(self, seqs: FrameSequences) -> tuple[np.ndarray, np.ndarray]:
-        """(N, K) twice: the logits of the attention (or recurrent) part and of the trend readout; they add up to
-        ``decision_function``. What an attention explanation covers is the first."""
-        head, trend, _ = self._forward(seqs)
-        return head, trend
+    def explain_parts(self, seqs: FrameSequences) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One forward pass: ``explain``'s per-frame weights (N, T), and the (N, K) logits of the attention part
+        and of the trend readout, which add up to ``decision_function``; the weights explain the first."""
+        head, trend, attn = self._forward(seqs)
+        if attn is None:
+            raise ValueError(f"a {self.arch['kind']} head has no attention weights")
+        return np.where(seqs.mask, attn, 0.0), head, trend
 
     def decision_function(self, seqs: FrameSequences) -> np.ndarray:
         head, trend, _ = self._forward(seqs)
@@ -263,10 +265,7 @@ class TemporalHead:
     def explain(self, seqs: FrameSequences) -> np.ndarray:
         """Per-frame weights (N, T): the cross-attention of the queries, averaged over heads and queries
         (each clip's real frames sum to 1, padding gets 0). Only ``attn`` has them."""
-        attn = self._forward(seqs)[2]
-        if attn is None:
-            raise ValueError(f"a {self.arch['kind']} head has no attention weights")
-        return np.where(seqs.mask, attn, 0.0)
+        return self.explain_parts(seqs)[0]
 
 
 def _native(kind: str) -> NativeKind:
