@@ -114,6 +114,13 @@ def _print_extract_summary(summary: Any) -> None:
             "`--retry-failed` tries them again",
             file=sys.stderr,
         )
+    if summary.changed:
+        first = ", ".join(summary.changed[:3]) + (", …" if len(summary.changed) > 3 else "")
+        print(
+            f"{len(summary.changed)} video file(s) changed since they were extracted (size or content): extracted "
+            f"again, the old features left out ({first})",
+            file=sys.stderr,
+        )
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -331,11 +338,12 @@ def cmd_info(args: argparse.Namespace) -> int:
                 f"{info['unfinished_shards']} *.h5.tmp shard(s) being written or left by a killed job (ignored)",
             )
         )
-    if info["superseded_shards"] or info["duplicates"]:
+    if info["superseded_shards"] or info["duplicates"] or info["replaced"]:
         rows.append(
             (
                 "to tidy",
-                f"{info['superseded_shards']} superseded shard(s), {info['duplicates']} duplicate clip(s); "
+                f"{info['superseded_shards']} superseded shard(s), {info['duplicates']} duplicate clip(s), "
+                f"{info['replaced']} clip(s) of video files since replaced (left out); "
                 "`vidprobe compact` removes them",
             )
         )
@@ -434,7 +442,8 @@ def cmd_compact(args: argparse.Namespace) -> int:
         print(
             f"{out['path']}: {out['shards_before']} shards ({_size(out['size_before'])}) "
             f"-> 1 shard ({_size(out['size_after'])}), "
-            f"{out['clips']} clips, {out['duplicates_dropped']} duplicates dropped, compression {out['compression']}"
+            f"{out['clips']} clips, {out['duplicates_dropped']} duplicates and {out['replaced_dropped']} "
+            f"clips of replaced video files dropped, compression {out['compression']}"
         )
     return EXIT_OK
 

@@ -31,6 +31,8 @@ from ..data.sampling import sampling_identity
 from ..encoders.base import FrameEncoder
 from ..errors import StoreError
 from ..store import FeatureStore, ShardWriter, create_or_open, write_run_record, writer_prefix
+from ..store.layout import UNKNOWN_SOURCE
+from ..store.sources import Source, fingerprint, same_file
 from ..versions import versions
 from .sharding import JobShard
 from .workers import ClipTask
@@ -47,6 +49,9 @@ class ExtractSummary:
     done: int = 0  # clips extracted by this run (windowed strategies: one per window)
     skipped: int = 0  # clips already in the store (or already recorded as failed)
     skipped_failed: int = 0  # of those, clips recorded as failed by an earlier run (see --retry-failed)
+    # videos whose file is another one (size, or sampled bytes) than their features or failure were made from:
+    # extracted again, the old records left out by readers (see pipeline.store.sources)
+    changed: list[str] = field(default_factory=list)
     failed: int = 0  # items that failed in this run (incl. manifest problems)
     frames: int = 0  # frame embeddings stored by this run
     seconds: float = 0.0
@@ -87,6 +92,7 @@ def plan_tasks(
     *,
     shard: JobShard | None = None,
     retry_failed: bool = False,
+    sources: dict[str, Source | None] | None = None,
 ) -> tuple[list[tuple[VideoItem, ClipTask]], list[Problem]]:
     """(item, task) pairs still to do and manifest problems to record; counts go into ``summary``.
 
@@ -94,28 +100,45 @@ def plan_tasks(
     stored (or recorded as failed, unless ``retry_failed``, which then does only those). Windowed
     strategies cannot know a video's windows without opening it, so each task carries the windows of
     that video already stored and the worker decodes only the missing ones (a resume after a kill
-    finishes half-done videos).
+    finishes half-done videos). A video whose file is not the one its stored clips or failure were made
+    from (``store.sources.same_file``) is done again whole, and named in ``summary.changed``.
+    ``sources``: filled with each planned item's fingerprint (its crc may still be unknown: ``ExtractionJob``
+    completes it when the video's first record is written, so planning reads no file it need not).
     """
+    index = store.index()
     stored = store.done_keys(include_failed=False)
     failed_before = store.done_keys(include_failed=True) - stored
+    recorded = index.current_sources()
     windows: dict[str, set[tuple[float, float]]] = defaultdict(set)
     if sampling.windowed:
         for video, start, end in stored:
             windows[video].add((start, end))
     todo: list[tuple[VideoItem, ClipTask]] = []
     seen: set = set()
+    changed: set[str] = set()
     for item in manifest.items:
         key = item.key
         if shard is not None and not shard.owns(key):
             continue
         summary.total += 1
-        if key in seen or (key in failed_before) != retry_failed or (not sampling.windowed and key in stored):
+        if key in seen:
+            summary.skipped += 1
+            continue
+        was = recorded.get(item.path)
+        now = fingerprint(item.abspath, was, complete=False)
+        renewed = was is not None and now is not None and not same_file(now, was)  # the path holds another file
+        if not renewed and ((key in failed_before) != retry_failed or (not sampling.windowed and key in stored)):
             summary.skipped += 1
             summary.skipped_failed += key in failed_before and not retry_failed
             continue
         seen.add(key)
+        if sources is not None:
+            sources[item.path] = now
+        if renewed and item.path not in changed:
+            changed.add(item.path)
+            summary.changed.append(item.path)
         skip: frozenset = frozenset()
-        if sampling.windowed and windows.get(item.path):
+        if sampling.windowed and windows.get(item.path) and not renewed:
             lo = -np.inf if item.start is None else item.start - 1e-6
             hi = np.inf if item.end is None else item.end + 1e-6
             skip = frozenset(w for w in windows[item.path] if w[0] >= lo and w[1] <= hi)
@@ -142,6 +165,7 @@ def note_run(store: FeatureStore, prefix: str, summary: ExtractSummary, state: s
             "done": summary.done,
             "skipped": summary.skipped,
             "failed": summary.failed,
+            "changed": summary.changed[:MAX_RECORDED_WARNINGS],  # video files found replaced, done again
             "warnings": [message for _, message in summary.warnings[:MAX_RECORDED_WARNINGS]],
             "warnings_total": len(summary.warnings),
             "host": socket.gethostname(),
@@ -177,11 +201,20 @@ class ClipSink(Protocol):
         split: str,
         embeddings: np.ndarray,
         timestamps: np.ndarray,
+        source: Source | None = None,
     ) -> None: ...
 
     def add_warning(self, video: str, message: str) -> None: ...
 
-    def add_failure(self, video: str, start: float | None, end: float | None, stage: str, error: str) -> None: ...
+    def add_failure(
+        self,
+        video: str,
+        start: float | None,
+        end: float | None,
+        stage: str,
+        error: str,
+        source: Source | None = None,
+    ) -> None: ...
 
 
 class ExtractionJob:
@@ -224,9 +257,17 @@ class ExtractionJob:
             # The lock comes before reading what is done: a second job on the same work is refused here;
             # other shards of the same job may hold their own shard locks at the same time.
             lock = stack.enter_context(self.store.writer_lock(job_shard=shard.as_tuple() if shard else None))
+            self.sources: dict[str, Source | None] = {}
             self.todo, problems = plan_tasks(
-                self.manifest, self.store, cfg.sampling, self.summary, shard=shard, retry_failed=self.retry_failed
+                self.manifest,
+                self.store,
+                cfg.sampling,
+                self.summary,
+                shard=shard,
+                retry_failed=self.retry_failed,
+                sources=self.sources,
             )
+            self._files = {item.path: item.abspath for item, _ in self.todo}
             stack.enter_context(recorded_run(self.store, self.prefix, self.summary))
             stack.push(self._count_stored)  # runs after the writer's last flush, before the run record
             self.writer = stack.enter_context(
@@ -263,11 +304,25 @@ class ExtractionJob:
             )
         return False
 
+    def _source(self, path: str, complete: bool = True) -> Source | None:
+        """The fingerprint ``path``'s records carry: the planned one, its crc read on the video's first clip.
+
+        A failure keeps the planned one as it is (``complete=False``): the file may be what hangs or fails
+        to read, and this runs in the job's main thread. Without the crc, only the same size and time make
+        the same file, so a failed video that was copied is simply tried again.
+        """
+        src = self.sources.get(path)
+        if complete and src is not None and src[2] == UNKNOWN_SOURCE:
+            src = fingerprint(self._files[path]) or src
+            self.sources[path] = src
+        return src
+
     def add_clip(
         self, item: VideoItem, start: float | None, end: float | None, embeddings: np.ndarray, timestamps: np.ndarray
     ) -> None:
         """Store one finished clip (``item``'s window ``start``..``end``) and count it."""
-        self.sink.add(item.path, start, end, item.label, item.split, embeddings, timestamps)
+        source = self._source(item.path)
+        self.sink.add(item.path, start, end, item.label, item.split, embeddings, timestamps, source)
         self.summary.done += 1
         self.summary.frames += len(timestamps)
 
@@ -279,6 +334,6 @@ class ExtractionJob:
 
     def add_failure(self, path: str, start: float | None, end: float | None, stage: str, error: str) -> None:
         """Record a failed clip (``error`` names the file and what went wrong) and count it."""
-        self.sink.add_failure(path, start, end, stage, error)
+        self.sink.add_failure(path, start, end, stage, error, self._source(path, complete=False))
         self.summary.failed += 1
         self.summary.failures.append((path, error))

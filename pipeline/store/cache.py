@@ -40,6 +40,7 @@ from .layout import (
     CHECKSUMS_ATTR,
     IDENTITY_KEYS,
     SHARD_DIR,
+    SOURCE_COLUMNS,
     atomic_h5,
     digest,
     disk_error,
@@ -67,6 +68,8 @@ __all__ = [
 ]
 
 CACHE_VERSION = 1
+# Of the index cache only (pooled caches keep their keys): 2 added each clip's video file fingerprint.
+INDEX_FORMAT = 2
 INDEX_FILE = "index.h5"
 _SAFE = re.compile(r"^[A-Za-z0-9_.+-]{1,64}$")
 
@@ -108,6 +111,7 @@ def shard_stamps(store: Path) -> list[list[Any]]:
 def index_key(provenance: dict[str, Any], stamps: list[list[Any]]) -> dict[str, Any]:
     return {
         "version": CACHE_VERSION,
+        "index_format": INDEX_FORMAT,
         "identity": _text_digest(json.dumps({k: identity(provenance, k) for k in IDENTITY_KEYS}, sort_keys=True)),
         "shards": stamps,
     }
@@ -115,6 +119,7 @@ def index_key(provenance: dict[str, Any], stamps: list[list[Any]]) -> dict[str, 
 
 def pooled_key(base: dict[str, Any], index: StoreIndex, pool: str, dtype: str) -> dict[str, Any]:
     sums = [[m.path.name, _text_digest(json.dumps(m.checksums, sort_keys=True))] for m in index.shards]
+    base = {k: v for k, v in base.items() if k != "index_format"}  # a new index format keeps pooled caches valid
     return {**base, "pool": pool, "dtype": dtype, "clips": len(index.video), "shard_checksums": sums}
 
 
@@ -224,7 +229,7 @@ def check_cache(path: Path) -> tuple[str | None, dict[str, Any] | None, str | No
 
 
 # -- the clip index --------------------------------------------------------------------------------
-_INDEX_DATA = ("offsets", "kept", "start", "end", "offset", "video", "label", "split")
+_INDEX_DATA = ("offsets", "kept", "start", "end", "offset", "video", "label", "split", "sources", "source")
 
 
 def save_index(store: Path, key: dict[str, Any], index: StoreIndex) -> None:
@@ -245,6 +250,7 @@ def save_index(store: Path, key: dict[str, Any], index: StoreIndex) -> None:
         "shards": shards,
         "superseded": [p.name for p in index.superseded],
         "duplicates": index.duplicates,
+        "replaced": index.replaced,
         "failures": index.failures,
     }
     datasets = {
@@ -260,6 +266,10 @@ def save_index(store: Path, key: dict[str, Any], index: StoreIndex) -> None:
         "video": _blob(index.video),
         "label": _blob(index.label),
         "split": _blob(index.split),
+        "sources": np.concatenate([m.source for m in index.shards]).astype(np.int64)
+        if index.shards
+        else np.zeros((0, len(SOURCE_COLUMNS)), np.int64),
+        "source": np.asarray(index.source, np.int64).reshape(-1, len(SOURCE_COLUMNS)),
     }
     _write(cache_dir(store) / INDEX_FILE, "index", key, datasets, {"meta": json.dumps(meta, sort_keys=True)})
 
@@ -275,7 +285,7 @@ def load_index(store: Path, key: dict[str, Any]) -> tuple[list[dict[str, Any]], 
     try:
         meta = json.loads(attrs["meta"])
         shards: list[dict[str, Any]] = []
-        a = b = 0
+        a = b = c = 0
         for s in meta["shards"]:
             shards.append(
                 {
@@ -288,12 +298,14 @@ def load_index(store: Path, key: dict[str, Any]) -> tuple[list[dict[str, Any]], 
                     "compression": s["compression"],
                     "compacted_from": s["compacted_from"],
                     "checksums": s["checksums"],
+                    "source": d["sources"][c : c + s["n_clips"]],
                 }
             )
-            a, b = a + s["n_clips"] + 1, b + s["n_kept"]
+            a, b, c = a + s["n_clips"] + 1, b + s["n_kept"], c + s["n_clips"]
         video, label, split = (json.loads(d[k].tobytes().decode("utf-8")) for k in ("video", "label", "split"))
         n = len(video)
-        if not (len(label) == len(split) == len(d["start"]) == len(d["end"]) == n == len(d["offset"]) - 1):
+        lengths = {len(label), len(split), len(d["start"]), len(d["end"]), len(d["source"]), len(d["offset"]) - 1}
+        if lengths != {n}:
             raise ValueError("columns differ in length")
         return shards, {
             "video": video,
@@ -305,6 +317,8 @@ def load_index(store: Path, key: dict[str, Any]) -> tuple[list[dict[str, Any]], 
             "failures": meta["failures"],
             "duplicates": int(meta["duplicates"]),
             "superseded": [store / SHARD_DIR / name for name in meta["superseded"]],
+            "source": d["source"],
+            "replaced": int(meta["replaced"]),
         }
     except (KeyError, ValueError, TypeError) as exc:
         _damaged(path, str(exc))

@@ -29,7 +29,15 @@ from typing import Any
 import numpy as np
 
 from ..errors import StoreError
-from .layout import CHECKSUMS_ATTR, PROVENANCE_FILE, checksum_mismatch, describe_differences, digest
+from .layout import (
+    CHECKSUMS_ATTR,
+    PROVENANCE_FILE,
+    SOURCE_COLUMNS,
+    UNKNOWN_SOURCE,
+    checksum_mismatch,
+    describe_differences,
+    digest,
+)
 
 __all__ = ["ShardMeta", "ClipTableRow", "check_sum", "read_clip_table", "read_clip_tables", "PARALLEL_MIN_SHARDS"]
 
@@ -50,6 +58,8 @@ class ShardMeta:
     compression: str
     compacted_from: list[str]
     checksums: dict[str, str] = field(default_factory=dict)  # dataset -> "crc32:HEX" (older: "sha256:HEX")
+    # (n_clips, 3) int64: each clip's video file fingerprint (``sources``), UNKNOWN_SOURCE where not recorded
+    source: np.ndarray = field(default_factory=lambda: np.zeros((0, len(SOURCE_COLUMNS)), np.int64))
 
     @property
     def all_kept(self) -> bool:
@@ -113,6 +123,20 @@ def _read(f: Any, name: str) -> np.ndarray:
     return arr
 
 
+def _read_source(f: Any, group: str, n: int) -> np.ndarray:
+    """(n, 3) int64 fingerprints of a group's rows (``SOURCE_COLUMNS``); unknown in a shard written before them."""
+    out = np.full((n, len(SOURCE_COLUMNS)), UNKNOWN_SOURCE, dtype=np.int64)
+    for j, name in enumerate(SOURCE_COLUMNS):
+        try:
+            col = _read(f, f"{group}/{name}")
+        except KeyError:
+            continue
+        if col.shape != (n,):
+            raise ValueError(f"{group}/{name} has {col.shape[0] if col.ndim else 0} rows for {n}")
+        out[:, j] = col
+    return out
+
+
 def _read_str(f: Any, name: str) -> list[str]:
     return [x.decode("utf-8") if isinstance(x, bytes) else str(x) for x in _read(f, name).tolist()]
 
@@ -141,6 +165,7 @@ def read_clip_table(
                 _compression_of(emb),
                 json.loads(f.attrs.get("compacted_from", "[]")),
                 json.loads(f.attrs.get(CHECKSUMS_ATTR, "{}")),
+                _read_source(f, "clips", len(v)),
             )
             raw_prov = f.attrs.get("provenance")
             known = isinstance(raw_prov, str) and raw_prov in matched  # shards of one store share it
@@ -160,6 +185,7 @@ def read_clip_table(
                 if fpath.shape[0]
                 else ()
             )
+            fsource = _read_source(f, "failures", fpath.shape[0])
     except FileNotFoundError:
         raise  # removed by a compaction after the listing; the caller lists again
     except (OSError, KeyError, ValueError, TypeError) as exc:
@@ -174,8 +200,9 @@ def read_clip_table(
             ("end", e),
             ("label", lab),
             ("split", spl),
+            *((name, meta.source[:, j]) for j, name in enumerate(SOURCE_COLUMNS)),
         ):
-            check_sum(meta, store, f"clips/{name}", values)
+            check_sum(meta, store, f"clips/{name}", values)  # no-op where not recorded (older shards)
     if len(off) != len(v) + 1 or (len(v) and (off[0] != 0 or off[-1] != meta.n_frames)) or emb_shape[1:] != (dim,):
         raise StoreError(f"{shard}: inconsistent shard (offsets/frames/dim); run `vidprobe verify {store}`")
     failures = [
@@ -187,8 +214,9 @@ def read_clip_table(
             error=r[4],
             time=float(r[5]),
             shard=shard.name,
+            **dict(zip(SOURCE_COLUMNS, src.tolist())),
         )
-        for r in zip(*fcols)
+        for *r, src in zip(*fcols, fsource)
     ]
     return meta, v, s, e, lab, spl, failures
 

@@ -20,7 +20,13 @@ Layout of one shard (readable with plain h5py)::
     clips/video (N,) str        path relative to the manifest root (the clip's identity)
     clips/start, clips/end (N,) float64 seconds requested by the manifest (NaN = open end)
     clips/label, clips/split (N,) str
+    clips/source_size, clips/source_mtime_ns, clips/source_crc (N,) int64   the fingerprint of the video file
+                                        the clip was made from: size, modification time, crc32 of its first
+                                        and last 64 KiB (-1: unknown; shards written before these columns
+                                        have none); see ``sources``
     failures/{path,stage,error} (M,) str, failures/{start,end,time} (M,) float64
+    failures/source_size, failures/source_mtime_ns, failures/source_crc (M,) int64   the same for a failed
+                                        attempt (optional)
     warnings/{video,message} (W,) str   only where the decoder worked around something for clips of this
                                         shard (a header that lies about the duration; one decoded frame
                                         for several sampled times): kept with the clips, so every run's
@@ -40,6 +46,10 @@ indexing, the frames when loading them); ``vidprobe verify`` checks every datase
 
 Reading: a clip is identified by (video, start, end); if several finished shards hold it, the
 earliest finished wins (shard names carry a nanosecond time stamp: ``PREFIX-TIME-SCOPE-RANDOM.h5``).
+A video's records (clips and failures) carry its file's fingerprint (``SOURCE_COLUMNS``): the latest
+finished record with a known fingerprint says which file the path holds, and clips or failures made from
+another file (``sources.same_file``) are *replaced* (the video changed and was extracted again): left out,
+counted, and dropped by ``compact``. Records without a fingerprint (older shards) are never replaced.
 A compacted shard lists the shards it replaces in ``compacted_from``; those are ignored even if a crash
 left them on disk. A failure record is shown only while its clip has no stored embeddings (a later fix makes
 it history) and only its latest one.
@@ -90,6 +100,9 @@ __all__ = [
     "read_warnings",
     "disk_error",
     "checksum_mismatch",
+    "FAILURE_COLUMNS",
+    "SOURCE_COLUMNS",
+    "UNKNOWN_SOURCE",
 ]
 
 SCHEMA_VERSION = 1
@@ -105,6 +118,10 @@ IDENTITY_DEFAULTS = {"dtype": "float32", "precision": "fp32"}  # stores written 
 
 
 CHECKSUMS_ATTR = "checksums"
+FAILURE_COLUMNS = ("path", "start", "end", "stage", "error", "time")  # of failures/, in the order records hold them
+# Optional int64 columns of clips/ and failures/: the source file's fingerprint (see the module doc, ``sources``).
+SOURCE_COLUMNS = ("source_size", "source_mtime_ns", "source_crc")
+UNKNOWN_SOURCE = -1  # the value of each where it is unknown
 WARNINGS_GROUP = "warnings"  # optional group of a shard: warnings/video, warnings/message (str)
 
 

@@ -1,5 +1,6 @@
-"""Reading a store: the clip index of all live shards (first finished wins; superseded shards
-ignored), ``FeatureStore`` (the read API), ``open_store`` and ``create_or_open``. See ``layout``."""
+"""Reading a store: the clip index of all live shards (first finished wins; superseded shards and clips
+of a video file since replaced ignored), ``FeatureStore`` (the read API), ``open_store`` and
+``create_or_open``. See ``layout``."""
 
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ from .layout import (
     RUNS_DIR,
     SCHEMA_VERSION,
     SHARD_DIR,
+    SOURCE_COLUMNS,
+    UNKNOWN_SOURCE,
     Digest,
     Key,
     atomic_write_text,
@@ -38,6 +41,7 @@ from .layout import (
     shard_paths,
 )
 from .lock import WriterLock, live_holders, parse_scope
+from .sources import Source, current_sources, is_replaced
 from .stream import Block, iter_blocks, pool_blocks, widen
 from .writer import ShardWriter
 
@@ -72,9 +76,22 @@ class StoreIndex:
     failures: list[dict[str, Any]]
     duplicates: int  # clips held by more than one live shard (read once)
     superseded: list[Path]  # shards a compacted shard replaces, left by a crash during compaction
+    source: np.ndarray  # (N, 3) int64: each clip's video file fingerprint (``sources``; -1 where unknown)
+    replaced: int  # clips left out because their video file was replaced and extracted again
 
     def keys(self) -> list[Key]:
         return [clip_key(v, s, e) for v, s, e in zip(self.video, self.start, self.end)]
+
+    def current_sources(self) -> dict[str, Source]:
+        """The fingerprint of the file each video path held when its clips or its failure were recorded
+        (paths with none recorded are absent): what ``plan_tasks`` compares the files on disk with."""
+        known = np.flatnonzero(self.source[:, 0] != UNKNOWN_SOURCE).tolist()
+        out: dict[str, Source] = dict(zip((self.video[i] for i in known), map(tuple, self.source[known].tolist())))
+        for fail in self.failures:  # shown failures are of clips with no stored embeddings, so no conflict
+            src = tuple(int(fail.get(c, UNKNOWN_SOURCE)) for c in SOURCE_COLUMNS)
+            if src[0] != UNKNOWN_SOURCE:
+                out.setdefault(fail["path"], src)  # type: ignore[arg-type]
+        return out
 
 
 @dataclass
@@ -97,55 +114,76 @@ class ClipTable(StoreIndex):
         return self.embedding[self.offset[i] : self.offset[i + 1]]
 
 
+def _records(row: Any) -> tuple[list[str], np.ndarray]:
+    """(paths, fingerprints) of one clip-table row's clips and failures, for ``sources.current_sources``."""
+    meta, v, *_, fails = row
+    if not fails:
+        return v, meta.source
+    fsrc = np.array([[f[c] for c in SOURCE_COLUMNS] for f in fails], dtype=np.int64)
+    return v + [f["path"] for f in fails], np.concatenate([meta.source, fsrc])
+
+
 def _build_index(path: Path, provenance: dict[str, Any], check: bool = True) -> StoreIndex:
-    """Clip metadata of every live shard; refuses a shard of other provenance or with a damaged clip table."""
+    """Clip metadata of every live shard; refuses a shard of other provenance or with a damaged clip table.
+
+    Per clip key the earliest finished shard wins, except over records of a video file since replaced (see
+    ``layout``): those are left out, counted in ``replaced``.
+    """
     rows = read_clip_tables(path, provenance, shard_paths(path), check)
-    replaced = {name for meta, *_ in rows for name in meta.compacted_from}
-    raw_failures = [fail for *_, fails in rows for fail in fails]
+    replaced_shards = {name for meta, *_ in rows for name in meta.compacted_from}
+    superseded = [meta.path for meta, *_ in rows if meta.path.name in replaced_shards]
+    rows = [row for row in rows if row[0].path.name not in replaced_shards]
+    current, changed = current_sources(map(_records, rows))
     videos: list[str] = []
     labels: list[str] = []
     splits: list[str] = []
-    starts, ends, lengths = [], [], []
+    starts, ends, lengths, sources = [], [], [], []
     seen: set[Key] = set()
-    shards, superseded, duplicates = [], [], 0
+    shards, duplicates, replaced = [], 0, 0
     for meta, v, s, e, lab, spl, _ in rows:
-        if meta.path.name in replaced:
-            superseded.append(meta.path)
-            continue
         # clip_key of every clip at once (NaN, an open end, as -1); the common case has no repeats at all
         keys = list(zip(v, np.where(np.isnan(s), -1.0, s).tolist(), np.where(np.isnan(e), -1.0, e).tolist()))
-        if seen.isdisjoint(keys) and len(set(keys)) == len(keys):
+        stale = (
+            set()
+            if changed.isdisjoint(v)
+            else {i for i, video in enumerate(v) if is_replaced(video, meta.source[i], current, changed)}
+        )
+        if not stale and seen.isdisjoint(keys) and len(set(keys)) == len(keys):
             keep = list(range(meta.n_clips))
             seen.update(keys)
         else:
             keep = []
             for i, key in enumerate(keys):
-                if key in seen:
+                if i in stale:
+                    replaced += 1
+                elif key in seen:
                     duplicates += 1
-                    continue
-                seen.add(key)
-                keep.append(i)
+                else:
+                    seen.add(key)
+                    keep.append(i)
         meta.kept = np.asarray(keep, dtype=np.int64)
         shards.append(meta)
         n_frames = np.diff(meta.offset)
-        if not meta.all_kept:  # leave out the clips an earlier shard holds
+        src = meta.source
+        if not meta.all_kept:  # leave out the clips an earlier shard holds, or of a replaced file
             v, lab, spl = ([x[i] for i in keep] for x in (v, lab, spl))
-            s, e, n_frames = s[meta.kept], e[meta.kept], n_frames[meta.kept]
+            s, e, n_frames, src = s[meta.kept], e[meta.kept], n_frames[meta.kept], src[meta.kept]
         videos += v
         labels += lab
         splits += spl
         starts.append(s)
         ends.append(e)
         lengths.append(n_frames)
-    superseded_names = {p.name for p in superseded}
+        sources.append(src)
     latest: dict[Key, dict[str, Any]] = {}
-    for fail in raw_failures:
-        if fail["shard"] in superseded_names:
-            continue
-        key = clip_key(fail["path"], fail["start"], fail["end"])
-        # A failure that a later run fixed is history, not a current failure; of repeats, the latest counts.
-        if key not in seen and (key not in latest or fail["time"] >= latest[key]["time"]):
-            latest[key] = fail
+    for *_, fails in rows:
+        for fail in fails:
+            if is_replaced(fail["path"], [fail[c] for c in SOURCE_COLUMNS], current, changed):
+                continue  # an attempt on a file since replaced: history
+            key = clip_key(fail["path"], fail["start"], fail["end"])
+            # A failure that a later run fixed is history, not a current failure; of repeats, the latest counts.
+            if key not in seen and (key not in latest or fail["time"] >= latest[key]["time"]):
+                latest[key] = fail
     offset = np.zeros(len(videos) + 1, dtype=np.int64)
     if lengths:
         np.cumsum(np.concatenate(lengths), out=offset[1:])
@@ -160,6 +198,8 @@ def _build_index(path: Path, provenance: dict[str, Any], check: bool = True) -> 
         sorted(latest.values(), key=lambda f: f["time"]),
         duplicates,
         superseded,
+        np.concatenate(sources) if sources else np.zeros((0, len(SOURCE_COLUMNS)), np.int64),
+        replaced,
     )
 
 
@@ -636,6 +676,7 @@ class FeatureStore:
             "unfinished_shards": len(self.unfinished_paths()),
             "superseded_shards": len(idx.superseded),
             "duplicates": idx.duplicates,
+            "replaced": idx.replaced,
             "size_bytes": size,
             "dtype": self.dtype,
             "compression": sorted({m.compression for m in idx.shards}),

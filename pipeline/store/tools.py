@@ -4,11 +4,13 @@ Verify trusts nothing the reader assumes: every finished shard must open, carry 
 match the checksum of every dataset (shards written before checksums existed are noted), have
 consistent offsets and lengths, as many frames per clip as the sampling identity allows (uniform:
 exactly ``num_frames``), timestamps in order within each clip (a shifted offset breaks both), no
-duplicate clip (within or across shards) and only finite values. Compaction runs verify first and
+duplicate clip (within or across shards) and only finite values; it notes clips of a video file since
+replaced and extracted again (readers leave them out, see ``sources``). Compaction runs verify first and
 refuses a store that fails it, so it never launders damage into a clean-looking shard.
 
 Compaction writes all live clips into one new shard by the same tmp → fsync → rename path as
-extraction; that rename is the commit point — the new shard names the shards it replaces
+extraction (dropping those replaced clips, keeping every clip's video file fingerprint); that rename is the
+commit point — the new shard names the shards it replaces
 (``compacted_from``), so readers ignore them even if a crash leaves them behind, and the next
 compaction deletes them.
 """
@@ -28,7 +30,10 @@ from . import cache
 from .layout import (
     CACHE_DIR,
     CHECKSUMS_ATTR,
+    FAILURE_COLUMNS,
     SHARD_DIR,
+    SOURCE_COLUMNS,
+    UNKNOWN_SOURCE,
     Digest,
     clip_key,
     describe_differences,
@@ -40,6 +45,7 @@ from .layout import (
 )
 from .lock import live_holders
 from .reader import FeatureStore, kept_frames, open_store
+from .sources import current_sources, is_replaced
 from .writer import write_shard
 
 _BLOCK_ROWS = 1 << 16  # rows per read when scanning embeddings for NaN/Inf
@@ -108,8 +114,21 @@ def _bad_checksums(f, name: str, report: VerifyReport) -> list[str]:
     return bad
 
 
-def _check_shard(shard: Path, store: FeatureStore, report: VerifyReport) -> list[tuple] | None:
-    """Problems of one shard go into ``report``; returns its clip keys (None if unreadable)."""
+def _source(group: Any, n: int) -> np.ndarray:
+    """(n, 3) fingerprints of a clips/ or failures/ group (``SOURCE_COLUMNS``; unknown where absent or damaged,
+    which is reported apart)."""
+    out = np.full((n, len(SOURCE_COLUMNS)), UNKNOWN_SOURCE, dtype=np.int64)
+    for j, name in enumerate(SOURCE_COLUMNS):
+        if name in group and group[name].shape == (n,):
+            out[:, j] = group[name][()]
+    return out
+
+
+def _check_shard(
+    shard: Path, store: FeatureStore, report: VerifyReport
+) -> tuple[list[tuple], np.ndarray, tuple[list[str], np.ndarray]] | None:
+    """Problems of one shard go into ``report``; returns its clip keys, their video file fingerprints, and
+    its failures' (paths, fingerprints) (None if unreadable)."""
     import h5py
 
     name = shard.name
@@ -158,9 +177,15 @@ def _check_shard(shard: Path, store: FeatureStore, report: VerifyReport) -> list
             for col in ("start", "end", "label", "split"):
                 if len(c[col]) != n:
                     report.problems.append(f"{name}: clips/{col} has {len(c[col])} rows for {n} clips")
+            for col in SOURCE_COLUMNS:
+                if col in c and len(c[col]) != n:
+                    report.problems.append(f"{name}: clips/{col} has {len(c[col])} rows for {n} clips")
             m = len(fl["path"])
-            if any(len(fl[col]) != m for col in ("start", "end", "stage", "error", "time")):
+            optional = [col for col in SOURCE_COLUMNS if col in fl]
+            if any(len(fl[col]) != m for col in ("start", "end", "stage", "error", "time", *optional)):
                 report.problems.append(f"{name}: failures columns differ in length")
+            sources = _source(c, n)
+            failed = (fl["path"].asstr()[()].tolist() if m else [], _source(fl, m))
             for lo in range(0, frames, _BLOCK_ROWS):
                 if not np.all(np.isfinite(emb[lo : lo + _BLOCK_ROWS])):
                     report.problems.append(
@@ -190,7 +215,7 @@ def _check_shard(shard: Path, store: FeatureStore, report: VerifyReport) -> list
     report.shards += 1
     report.clips += len(keys)
     report.frames += frames
-    return keys
+    return keys, sources, failed
 
 
 def verify_store(path: str | Path) -> VerifyReport:
@@ -207,9 +232,8 @@ def verify_store(path: str | Path) -> VerifyReport:
                 replaced.update(json.loads(f.attrs.get("compacted_from", "[]")))
         except (OSError, ValueError):
             pass  # reported below
-    owner: dict[tuple, str] = {}
-    across = 0
-    example = ""
+    checked: list[tuple[str, list[tuple], np.ndarray]] = []
+    records: list[tuple[list[str], np.ndarray]] = []
     for shard in shards:
         if shard.name in replaced:
             report.notes.append(
@@ -217,17 +241,34 @@ def verify_store(path: str | Path) -> VerifyReport:
                 "interrupted compaction); `vidprobe compact` removes it"
             )
             continue
-        keys = _check_shard(shard, store, report)
-        for key in keys or []:
-            if key in owner and owner[key] != shard.name:
+        got = _check_shard(shard, store, report)
+        if got is not None:
+            keys, sources, (fail_paths, fail_sources) = got
+            checked.append((shard.name, keys, sources))
+            records.append(([k[0] for k in keys] + fail_paths, np.concatenate([sources, fail_sources])))
+    current, changed = current_sources(records)
+    owner: dict[tuple, str] = {}
+    across = stale = 0
+    example = ""
+    for name, keys, sources in checked:
+        for key, source in zip(keys, sources):
+            if is_replaced(key[0], source, current, changed):
+                stale += 1  # of a video file since replaced and extracted again: left out by readers
+                continue
+            if key in owner and owner[key] != name:
                 across += 1
-                example = example or f"{key[0]} in {owner[key]} and {shard.name}"
-            owner.setdefault(key, shard.name)
+                example = example or f"{key[0]} in {owner[key]} and {name}"
+            owner.setdefault(key, name)
     if across:
         report.problems.append(
             f"{across} clips are stored in more than one shard (readers keep the first), e.g. {example}"
         )
         report.compactable.append(report.problems[-1])
+    if stale:
+        report.notes.append(
+            f"{stale} clips are of video files that changed and were extracted again (readers leave them out; "
+            "`vidprobe compact` drops them)"
+        )
     tmp = store.unfinished_paths()
     if tmp:
         report.notes.append(
@@ -293,8 +334,9 @@ def _check_caches(store: FeatureStore, report: VerifyReport) -> None:
 def compact_store(path: str | Path, compression: str | None = None, compression_level: int = 4) -> dict[str, Any]:
     """Merge all live shards into one (under the whole-store writer lock); returns what changed.
 
-    ``compression=None`` keeps the compression most live shards use. Duplicates are dropped and
-    failures already fixed are dropped; current failures are kept, and so are the live shards' warnings.
+    ``compression=None`` keeps the compression most live shards use. Duplicates, clips and failures of a
+    video file since replaced, and failures already fixed are dropped; current failures are kept, and so
+    are the live shards' warnings.
     """
     import h5py
 
@@ -327,6 +369,8 @@ def compact_store(path: str | Path, compression: str | None = None, compression_
                 "size_before": size_before,
                 "size_after": size_before,
                 "clips": len(idx.video),
+                "duplicates_dropped": 0,
+                "replaced_dropped": 0,
                 "compression": compression,
             }
 
@@ -353,8 +397,9 @@ def compact_store(path: str | Path, compression: str | None = None, compression_
                 "end": idx.end,
                 "label": idx.label,
                 "split": idx.split,
+                **dict(zip(SOURCE_COLUMNS, idx.source.T)),
             },
-            {col: [f[col] for f in fails] for col in ("path", "start", "end", "stage", "error", "time")},
+            {col: [f[col] for f in fails] for col in (*FAILURE_COLUMNS, *SOURCE_COLUMNS)},
             int(idx.offset[-1]),
             fill,
             compression=compression,
@@ -376,6 +421,7 @@ def compact_store(path: str | Path, compression: str | None = None, compression_
             "size_after": merged.stat().st_size,
             "clips": len(idx.video),
             "duplicates_dropped": idx.duplicates,
+            "replaced_dropped": idx.replaced,
             "compression": compression,
             "shard": str(merged),
         }

@@ -16,8 +16,10 @@ from ..config import STORE_COMPRESSIONS as COMPRESSIONS
 from ..errors import StoreError
 from .layout import (
     CHECKSUMS_ATTR,
+    FAILURE_COLUMNS,
     SCHEMA_VERSION,
     SHARD_DIR,
+    SOURCE_COLUMNS,
     WARNINGS_GROUP,
     Digest,
     atomic_h5,
@@ -28,6 +30,7 @@ from .layout import (
     shard_name,
     write_str_dataset,
 )
+from .sources import UNKNOWN, Source
 
 if TYPE_CHECKING:
     from .reader import FeatureStore
@@ -83,7 +86,8 @@ def write_shard(
 ) -> Path:
     """Write one shard as ``final.tmp``, fsync, rename to ``final``: the only way shards come to be.
 
-    ``clips`` holds offset/video/start/end/label/split, ``failures`` path/start/end/stage/error/time;
+    ``clips`` holds offset/video/start/end/label/split, ``failures`` path/start/end/stage/error/time; both may
+    hold ``SOURCE_COLUMNS`` (each record's video file fingerprint, see ``layout``), written when given;
     ``fill(embedding_ds, timestamp_ds)`` writes the (n_frames, D) frames so a caller can stream them.
     ``warnings`` (video, message) go into ``warnings/video|message`` (only when there are any): what the
     decoder worked around for clips of this shard, kept with them across runs (see ``layout``).
@@ -120,12 +124,21 @@ def write_shard(
             write_str_dataset(fl, name, failures[name])
         for name in ("start", "end", "time"):
             fl.create_dataset(name, data=np.asarray(failures[name], dtype=np.float64))
+        for group, cols in ((c, clips), (fl, failures)):
+            for name in SOURCE_COLUMNS:
+                if name in cols:
+                    group.create_dataset(name, data=np.asarray(cols[name], dtype=np.int64))
         if warnings:
             w = f.create_group(WARNINGS_GROUP)
             write_str_dataset(w, "video", [v for v, _ in warnings])
             write_str_dataset(w, "message", [m for _, m in warnings])
         f.attrs[CHECKSUMS_ATTR] = json.dumps(_checksums(f), sort_keys=True)
     return final
+
+
+def _source_columns(sources: Sequence[tuple[int, ...]]) -> dict[str, np.ndarray]:
+    arr = np.asarray(sources, dtype=np.int64).reshape(-1, len(SOURCE_COLUMNS))
+    return dict(zip(SOURCE_COLUMNS, arr.T))
 
 
 @dataclass
@@ -137,7 +150,9 @@ class _Pending:
     splits: list[str] = field(default_factory=list)
     embeddings: list[np.ndarray] = field(default_factory=list)
     timestamps: list[np.ndarray] = field(default_factory=list)
+    sources: list[Source] = field(default_factory=list)  # each clip's video file fingerprint
     failures: list[tuple[str, float, float, str, str, float]] = field(default_factory=list)
+    failure_sources: list[Source] = field(default_factory=list)
     warnings: list[tuple[str, str]] = field(default_factory=list)  # (video, message), see ``add_warning``
     frames: int = 0
 
@@ -188,7 +203,9 @@ class ShardWriter:
         split: str,
         embeddings: np.ndarray,
         timestamps: np.ndarray,
+        source: Source | None = None,
     ) -> None:
+        """Buffer one clip; ``source``: its video file's fingerprint (``sources``; None: unknown)."""
         if embeddings.ndim != 2 or embeddings.shape[0] != len(timestamps):
             raise StoreError(f"{video}: embeddings {embeddings.shape} do not match {len(timestamps)} timestamps")
         if embeddings.shape[1] != int(self.store.provenance["dim"]):
@@ -209,6 +226,7 @@ class ShardWriter:
         p.splits.append(split)
         p.embeddings.append(np.asarray(embeddings, dtype=self.dtype))
         p.timestamps.append(np.asarray(timestamps, dtype=np.float64))
+        p.sources.append(source or UNKNOWN)
         p.frames += len(timestamps)
         self._maybe_flush()
 
@@ -217,8 +235,17 @@ class ShardWriter:
         clips added next: add a clip's warnings before the clip, so they land in one shard."""
         self.pending.warnings.append((video, message))
 
-    def add_failure(self, video: str, start: float | None, end: float | None, stage: str, error: str) -> None:
+    def add_failure(
+        self,
+        video: str,
+        start: float | None,
+        end: float | None,
+        stage: str,
+        error: str,
+        source: Source | None = None,
+    ) -> None:
         self.pending.failures.append((video, nan_if_none(start), nan_if_none(end), stage, error, time.time()))
+        self.pending.failure_sources.append(source or UNKNOWN)
         self._maybe_flush()
 
     def _maybe_flush(self) -> None:
@@ -243,6 +270,8 @@ class ShardWriter:
             ts_ds[...] = np.concatenate(p.timestamps)
 
         cols: list[Sequence[Any]] = list(zip(*p.failures)) if p.failures else [[]] * 6
+        fails: dict[str, Any] = dict(zip(FAILURE_COLUMNS, cols))
+        fails.update(_source_columns(p.failure_sources))
         final = write_shard(
             shard_dir / shard_name(self.prefix, self.tag),
             self.store.provenance,
@@ -253,8 +282,9 @@ class ShardWriter:
                 "end": p.ends,
                 "label": p.labels,
                 "split": p.splits,
+                **_source_columns(p.sources),
             },
-            dict(zip(("path", "start", "end", "stage", "error", "time"), cols)),
+            fails,
             int(offsets[-1]),
             fill,
             compression=self.compression,

@@ -1,0 +1,90 @@
+"""Which file a video path held: fingerprints of source video files, and the rule that tells a file
+replaced at the same path from the same file copied or touched.
+
+A fingerprint is ``(size, st_mtime_ns, crc)``: the crc32 of the file's first and last ``SAMPLE_BYTES``.
+Resuming stats every video (cheap) and reads the two samples only where the size matches but the
+modification time does not: a store moved with ``cp -r`` or ``rsync`` without ``-t`` is not extracted again,
+while a video re-encoded, re-downloaded or swapped for another is. Records written before fingerprints
+existed carry ``UNKNOWN_SOURCE`` and are never taken for replaced. See ``layout`` for the columns.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import zlib
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+from .layout import UNKNOWN_SOURCE
+
+__all__ = ["Source", "UNKNOWN", "SAMPLE_BYTES", "fingerprint", "same_file", "current_sources", "is_replaced"]
+
+Source = tuple[int, int, int]  # (size in bytes, st_mtime_ns, crc32 of the head and tail samples)
+UNKNOWN: Source = (UNKNOWN_SOURCE, UNKNOWN_SOURCE, UNKNOWN_SOURCE)
+SAMPLE_BYTES = 1 << 16  # read from each end of a file: a container's header and index, and the first frames
+
+
+def _crc(path: Path, size: int) -> int:
+    with open(path, "rb") as f:
+        crc = zlib.crc32(f.read(SAMPLE_BYTES))
+        if size > SAMPLE_BYTES:
+            f.seek(max(SAMPLE_BYTES, size - SAMPLE_BYTES))
+            crc = zlib.crc32(f.read(SAMPLE_BYTES), crc)
+    return crc
+
+
+def fingerprint(path: str | Path, recorded: Source | None = None, *, complete: bool = True) -> Source | None:
+    """The file's fingerprint now (None if it cannot be read or is not a regular file).
+
+    Against a ``recorded`` fingerprint the samples are read only when they decide ``same_file`` (the size
+    matches, the modification time does not); with the same size and time the recorded crc stands.
+    ``complete=False`` leaves the crc ``UNKNOWN_SOURCE`` wherever the comparison does not need it (planning
+    a resume reads no file it need not; the crc is completed when the video's records are written).
+    """
+    try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):  # a FIFO or device: reading it could block, and it has no identity
+            return None
+        size, mtime = int(st.st_size), int(st.st_mtime_ns)
+        known = recorded is not None and recorded[0] != UNKNOWN_SOURCE
+        if known and (size, mtime) == tuple(recorded[:2]):  # type: ignore[index]
+            return size, mtime, int(recorded[2])  # type: ignore[index]
+        if complete or (known and size == recorded[0]):  # type: ignore[index]
+            return size, mtime, _crc(Path(path), size)
+        return size, mtime, UNKNOWN_SOURCE
+    except OSError:
+        return None
+
+
+def same_file(a: Source | tuple, b: Source | tuple) -> bool:
+    """Whether two known fingerprints are of one file: equal size and an equal modification time or samples."""
+    return a[0] == b[0] and (a[1] == b[1] or (a[2] == b[2] and a[2] != UNKNOWN_SOURCE))
+
+
+def current_sources(records: Iterable[tuple[list[str], np.ndarray]]) -> tuple[dict[str, Source], set[str]]:
+    """(the fingerprint each video path holds now, the paths that held another file before).
+
+    ``records``: per live shard in finish order, the video paths of its records (clips and failures) and
+    their (n, 3) fingerprints. A path's current file is that of its latest record with a known fingerprint;
+    only paths seen with two different files can have replaced records (``is_replaced``).
+    """
+    current: dict[str, Source] = {}
+    changed: set[str] = set()
+    for paths, sources in records:
+        known = np.flatnonzero(sources[:, 0] != UNKNOWN_SOURCE)
+        # one file per path within a shard (one run fingerprints a video once; compaction keeps only current)
+        here = dict(zip((paths[i] for i in known.tolist()), map(tuple, sources[known].tolist())))
+        changed.update(p for p in here.keys() & current.keys() if not same_file(here[p], current[p]))
+        current.update(here)
+    return current, changed
+
+
+def is_replaced(path: str, source: Iterable[int], current: dict[str, Source], changed: set[str]) -> bool:
+    """Whether a record of ``path`` made from the file ``source`` is of a file since replaced."""
+    if path not in changed:
+        return False
+    src = tuple(int(x) for x in source)
+    return src[0] != UNKNOWN_SOURCE and not same_file(src, current[path])

@@ -1,0 +1,167 @@
+"""A video file replaced at the same path is extracted again, and its old features are never served.
+
+Real videos (PyAV-encoded), the real offline encoder, real HDF5 stores: each clip and failure carries its
+video file's fingerprint (size, modification time, crc of the first and last 64 KiB), so a resume notices a
+re-encoded or swapped file, while a copied or touched one (same bytes) is not extracted again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import h5py
+import numpy as np
+from media import pattern_frames, write_video
+
+from pipeline.cli import main
+from pipeline.config import load_config
+from pipeline.data.manifest import load_manifest
+from pipeline.extract.local import extract
+from pipeline.store import open_store
+from pipeline.store.layout import CACHE_DIR, CHECKSUMS_ATTR, SOURCE_COLUMNS
+from pipeline.store.sources import fingerprint, same_file
+from pipeline.store.tools import compact_store, verify_store
+
+OPTS = ("sampling.num_frames=4", "extract.num_workers=0")
+
+
+def _videos(root: Path) -> Path:
+    write_video(root / "v0.mp4", pattern_frames(24, kind=0, seed=1), fps=12)
+    write_video(root / "v1.mp4", pattern_frames(24, kind=1, seed=2), fps=12)
+    return root
+
+
+def _replace(path: Path, kind: int, seed: int, n: int = 30) -> None:
+    """Swap in another real video at the same path (as a re-download or re-encode would)."""
+    before = path.stat()
+    tmp = path.with_name("new-" + path.name)
+    write_video(tmp, pattern_frames(n, kind=kind, seed=seed), fps=10)
+    os.replace(tmp, path)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns + 5_000_000_000))  # a later time, whatever the clock
+
+
+def _frames(store: Path) -> dict:
+    t = open_store(store).table()
+    return {k: t.frames(i) for i, k in enumerate(t.keys())}
+
+
+def _run(root: Path, store: Path, effnet, *opts: str):
+    return extract(load_manifest(root), store, load_config(None, [*OPTS, *opts]), encoder=effnet, progress=False)
+
+
+def test_a_replaced_video_is_extracted_again_and_its_old_features_left_out(tmp_path, effnet, capsys):
+    root, store = _videos(tmp_path / "videos"), tmp_path / "store"
+    first = _run(root, store, effnet)
+    assert first.done == 2 and first.changed == []
+    old = _frames(store)
+    _replace(root / "v0.mp4", kind=2, seed=7)
+
+    again = _run(root, store, effnet)
+    assert again.changed == ["v0.mp4"] and again.done == 1 and again.skipped == 1
+    now = _frames(store)
+    assert sorted(now) == sorted(old)  # one clip per video, not the old one beside the new
+    fresh = tmp_path / "fresh"
+    _run(root, fresh, effnet)
+    want = _frames(fresh)
+    key0 = ("v0.mp4", -1.0, -1.0)
+    np.testing.assert_allclose(now[key0], want[key0], rtol=1e-4, atol=1e-4)  # the new file's features
+    assert not np.allclose(now[key0], old[key0], atol=1e-2)
+    np.testing.assert_array_equal(now[("v1.mp4", -1.0, -1.0)], old[("v1.mp4", -1.0, -1.0)])
+
+    # the index says what it left out, from a fresh read and from its cache alike
+    for _ in range(2):
+        s = open_store(store)
+        assert s.index().replaced == 1 and s.info()["replaced"] == 1
+    report = verify_store(store)
+    assert report.ok and any("changed and were extracted again" in n for n in report.notes)
+    assert _run(root, store, effnet).done == 0  # nothing left to do, nothing taken for changed
+
+    out = compact_store(store)
+    assert out["replaced_dropped"] == 1 and out["clips"] == 2
+    assert verify_store(store).ok and open_store(store).index().replaced == 0
+    after = _frames(store)
+    assert sorted(after) == sorted(now)
+    np.testing.assert_array_equal(after[key0], now[key0])
+    with h5py.File(next((store / "shards").glob("*.h5")), "r") as f:  # the compacted shard keeps fingerprints
+        assert all(f[f"clips/{c}"].shape == (2,) and (f[f"clips/{c}"][()] >= 0).all() for c in SOURCE_COLUMNS)
+    assert _run(root, store, effnet).done == 0
+
+    # the CLI says so in one line, and `info` counts what compaction would drop
+    _replace(root / "v1.mp4", kind=3, seed=9)
+    assert main(["extract", str(root), *OPTS, "-o", str(store), "-q"]) == 0
+    err = capsys.readouterr().err
+    assert "1 video file(s) changed since they were extracted" in err and "v1.mp4" in err
+    assert main(["info", str(store), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["replaced"] == 1
+
+
+def test_a_copied_or_touched_video_is_not_extracted_again(tmp_path, effnet):
+    root, store = _videos(tmp_path / "videos"), tmp_path / "store"
+    _run(root, store, effnet)
+    st = (root / "v0.mp4").stat()
+    os.utime(root / "v0.mp4", ns=(st.st_atime_ns, st.st_mtime_ns + 7_000_000_000))  # touched: same bytes
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy, copy_function=shutil.copy)  # copied without the modification times
+    for where in (root, copy):
+        again = _run(where, store, effnet)
+        assert again.done == 0 and again.changed == [], where
+    # the rule itself: a time alone never makes another file; a size or sampled bytes do
+    rec = fingerprint(root / "v1.mp4")
+    assert rec is not None and same_file(fingerprint(copy / "v1.mp4", rec), rec)
+    assert not same_file((rec[0] + 1, rec[1], rec[2]), rec)
+    assert not same_file((rec[0], rec[1] + 1, rec[2] ^ 1), rec)
+
+
+def test_a_replaced_video_that_fails_is_a_failure_and_a_fixed_one_is_retried(tmp_path, effnet):
+    root, store = _videos(tmp_path / "videos"), tmp_path / "store"
+    _run(root, store, effnet)
+    (root / "v0.mp4").write_bytes(b"not a video any more\n" * 40)
+
+    broken = _run(root, store, effnet)
+    assert broken.changed == ["v0.mp4"] and broken.failed == 1 and broken.done == 0
+    s = open_store(store)
+    assert list(s.index().video) == ["v1.mp4"]  # the old features are not served for the new file
+    assert [f["path"] for f in s.failures()] == ["v0.mp4"]
+
+    _replace(root / "v0.mp4", kind=3, seed=4)  # fixed (downloaded again): tried again without --retry-failed
+    fixed = _run(root, store, effnet)
+    assert fixed.changed == ["v0.mp4"] and fixed.done == 1 and fixed.failed == 0
+    s = open_store(store)
+    assert sorted(s.index().video) == ["v0.mp4", "v1.mp4"] and s.failures() == []
+    assert verify_store(store).ok
+
+
+def test_windows_of_a_replaced_video_are_all_redone(tmp_path, effnet):
+    root, store = _videos(tmp_path / "videos"), tmp_path / "store"
+    opts = ("sampling.strategy=sliding", "sampling.clip_length=0.5", "sampling.stride=0.5", "sampling.num_frames=2")
+    first = _run(root, store, effnet, *opts)
+    assert first.done == 8  # 2 s each: windows at 0, 0.5, 1, 1.5
+    _replace(root / "v0.mp4", kind=2, seed=5, n=10)  # 1 s now: windows at 0 and 0.5
+    again = _run(root, store, effnet, *opts)
+    assert again.changed == ["v0.mp4"] and again.done == 2
+    keys = open_store(store).index().keys()
+    assert sorted(k[1] for k in keys if k[0] == "v0.mp4") == [0.0, 0.5]
+    assert open_store(store).index().replaced == 4 and verify_store(store).ok
+
+
+def test_shards_written_before_fingerprints_are_read_and_never_taken_for_replaced(tmp_path, effnet):
+    root, store = _videos(tmp_path / "videos"), tmp_path / "store"
+    _run(root, store, effnet)
+    for shard in (store / "shards").glob("*.h5"):  # as an older vidprobe wrote it: no fingerprint columns
+        with h5py.File(shard, "r+") as f:
+            sums = json.loads(f.attrs[CHECKSUMS_ATTR])
+            for group in ("clips", "failures"):
+                for c in SOURCE_COLUMNS:
+                    if c in f[group]:
+                        del f[f"{group}/{c}"]
+                        sums.pop(f"{group}/{c}", None)
+            f.attrs[CHECKSUMS_ATTR] = json.dumps(sums, sort_keys=True)
+    shutil.rmtree(store / CACHE_DIR, ignore_errors=True)
+    before = _frames(store)
+    _replace(root / "v0.mp4", kind=2, seed=7)
+    again = _run(root, store, effnet)
+    assert again.done == 0 and again.changed == []  # unknown: kept, as before fingerprints existed
+    assert sorted(_frames(store)) == sorted(before) and verify_store(store).ok
