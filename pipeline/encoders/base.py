@@ -197,6 +197,17 @@ def cpu_has_native_bf16(override: bool | None = None) -> bool:
     return bool(cpu_bf16_support())
 
 
+@functools.lru_cache(maxsize=1)
+def cpu_bf16_attention_needs_math() -> bool:
+    """Whether bf16 attention must avoid torch's fused CPU kernel: on a CPU with AMX tiles whose ATen kernels
+    run below AVX-512 (``ATEN_CPU_CAPABILITY=avx2``), that kernel picks the AMX packing its AVX2 build lacks
+    and raises "pack_vnni2 is only supported when avx512 is supported" (torch 2.14, head dim >= 32). The math
+    kernel computes the same attention there."""
+    import torch
+
+    return "AVX512" not in torch.backends.cpu.get_cpu_capability() and "amx_bf16" in cpu_bf16_support()
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
     """'auto' -> fp16 (autocast) on CUDA; on CPU bf16 where it is native (``cpu_has_native_bf16``), else fp32.
 
@@ -396,11 +407,17 @@ class Encoder:
 
     # -- helpers --------------------------------------------------------------------------------
     def _autocast(self):
+        """The precision context of a forward pass: autocast on CUDA; on CPU none (bf16 there means bf16
+        weights, ``_convert``), except the attention kernel where ``cpu_bf16_attention_needs_math``."""
         import torch
 
         if self.device.type == "cuda" and self.precision != "fp32":
             return torch.autocast("cuda", dtype=self.dtype)
-        return contextlib.nullcontext()  # never autocast on CPU: bf16 there means bf16 weights (``_convert``)
+        if self.device.type == "cpu" and self.precision == "bf16" and cpu_bf16_attention_needs_math():
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+
+            return sdpa_kernel(SDPBackend.MATH)
+        return contextlib.nullcontext()
 
     def _run(self, frames: Any, fn: Any, dim_attr: str | None) -> Any:
         """``fn`` on the preprocessed batch: one float32 array, or a list of them if ``fn`` returns a list."""
