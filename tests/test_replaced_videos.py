@@ -20,8 +20,8 @@ from pipeline.cli import main
 from pipeline.config import load_config
 from pipeline.data.manifest import load_manifest
 from pipeline.extract.local import extract
-from pipeline.store import open_store
-from pipeline.store.layout import CACHE_DIR, CHECKSUMS_ATTR, SOURCE_COLUMNS
+from pipeline.store import ShardWriter, create_or_open, open_store
+from pipeline.store.layout import CACHE_DIR, CHECKSUMS_ATTR, SOURCE_COLUMNS, UNKNOWN_SOURCE
 from pipeline.store.sources import fingerprint, same_file
 from pipeline.store.tools import compact_store, verify_store
 
@@ -165,3 +165,22 @@ def test_shards_written_before_fingerprints_are_read_and_never_taken_for_replace
     again = _run(root, store, effnet)
     assert again.done == 0 and again.changed == []  # unknown: kept, as before fingerprints existed
     assert sorted(_frames(store)) == sorted(before) and verify_store(store).ok
+
+
+def test_a_failure_without_crc_does_not_make_a_copied_videos_windows_replaced(tmp_path):
+    """A run's failed window records no crc (its file may hang); after a copy (new times, same bytes) a later
+    run's windows of that video must still sit beside the first run's clips, none taken for replaced."""
+    prov = {"encoder": "e", "weights_id": "w", "dim": 2, "preprocess": {}, "sampling": {"strategy": "sliding"}}
+    store = create_or_open(tmp_path / "s", prov)
+    emb, ts = np.ones((1, 2), np.float32), np.array([0.5])
+    size, mtime, crc = 1000, 10**18, 1234
+    with ShardWriter(store) as w:  # the first run: window 0 stored, window 1 failed
+        w.add("v.mp4", 0.0, 1.0, "a", "train", emb, ts, (size, mtime, crc))
+        w.add_failure("v.mp4", 1.0, 2.0, "decode", "v.mp4: broken window", (size, mtime, UNKNOWN_SOURCE))
+    with ShardWriter(store) as w:  # after the copy: window 2, the same bytes at a new time
+        w.add("v.mp4", 2.0, 3.0, "a", "train", emb, ts + 2, (size, mtime + 7, crc))
+    idx = open_store(tmp_path / "s").index()
+    assert idx.replaced == 0 and sorted(idx.start.tolist()) == [0.0, 2.0]
+    assert [(f["start"], f["stage"]) for f in idx.failures] == [(1.0, "decode")]
+    report = verify_store(tmp_path / "s")
+    assert report.ok and not any("extracted again" in n for n in report.notes)

@@ -120,7 +120,8 @@ def _records(row: Any) -> tuple[list[str], np.ndarray]:
     if not fails:
         return v, meta.source
     fsrc = np.array([[f[c] for c in SOURCE_COLUMNS] for f in fails], dtype=np.int64)
-    return v + [f["path"] for f in fails], np.concatenate([meta.source, fsrc])
+    # failures first: where a path has both, its clips' fingerprint (crc read) is the one that stands
+    return [f["path"] for f in fails] + v, np.concatenate([fsrc, meta.source])
 
 
 def _build_index(path: Path, provenance: dict[str, Any], check: bool = True) -> StoreIndex:

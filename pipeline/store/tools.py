@@ -245,7 +245,8 @@ def verify_store(path: str | Path) -> VerifyReport:
         if got is not None:
             keys, sources, (fail_paths, fail_sources) = got
             checked.append((shard.name, keys, sources))
-            records.append(([k[0] for k in keys] + fail_paths, np.concatenate([sources, fail_sources])))
+            # failures first, as the reader orders them (a clip's fingerprint stands over a failure's)
+            records.append((fail_paths + [k[0] for k in keys], np.concatenate([fail_sources, sources])))
     current, changed = current_sources(records)
     owner: dict[tuple, str] = {}
     across = stale = 0
