@@ -229,7 +229,7 @@ def check_cache(path: Path) -> tuple[str | None, dict[str, Any] | None, str | No
 
 
 # -- the clip index --------------------------------------------------------------------------------
-_INDEX_DATA = ("offsets", "kept", "start", "end", "offset", "video", "label", "split", "sources", "source")
+_INDEX_DATA = ("offsets", "kept", "start", "end", "offset", "video", "label", "split", "sources")
 
 
 def save_index(store: Path, key: dict[str, Any], index: StoreIndex) -> None:
@@ -269,7 +269,6 @@ def save_index(store: Path, key: dict[str, Any], index: StoreIndex) -> None:
         "sources": np.concatenate([m.source for m in index.shards]).astype(np.int64)
         if index.shards
         else np.zeros((0, len(SOURCE_COLUMNS)), np.int64),
-        "source": np.asarray(index.source, np.int64).reshape(-1, len(SOURCE_COLUMNS)),
     }
     _write(cache_dir(store) / INDEX_FILE, "index", key, datasets, {"meta": json.dumps(meta, sort_keys=True)})
 
@@ -304,7 +303,13 @@ def load_index(store: Path, key: dict[str, Any]) -> tuple[list[dict[str, Any]], 
             a, b, c = a + s["n_clips"] + 1, b + s["n_kept"], c + s["n_clips"]
         video, label, split = (json.loads(d[k].tobytes().decode("utf-8")) for k in ("video", "label", "split"))
         n = len(video)
-        lengths = {len(label), len(split), len(d["start"]), len(d["end"]), len(d["source"]), len(d["offset"]) - 1}
+        # the kept clips' fingerprints, in index order: derived from the shards' (stored once)
+        source = (
+            np.concatenate([sh["source"][sh["kept"]] for sh in shards])
+            if shards
+            else np.zeros((0, len(SOURCE_COLUMNS)), np.int64)
+        )
+        lengths = {len(label), len(split), len(d["start"]), len(d["end"]), len(source), len(d["offset"]) - 1}
         if lengths != {n}:
             raise ValueError("columns differ in length")
         return shards, {
@@ -317,7 +322,7 @@ def load_index(store: Path, key: dict[str, Any]) -> tuple[list[dict[str, Any]], 
             "failures": meta["failures"],
             "duplicates": int(meta["duplicates"]),
             "superseded": [store / SHARD_DIR / name for name in meta["superseded"]],
-            "source": d["source"],
+            "source": source,
             "replaced": int(meta["replaced"]),
         }
     except (KeyError, ValueError, TypeError) as exc:

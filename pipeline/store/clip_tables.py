@@ -39,7 +39,15 @@ from .layout import (
     digest,
 )
 
-__all__ = ["ShardMeta", "ClipTableRow", "check_sum", "read_clip_table", "read_clip_tables", "PARALLEL_MIN_SHARDS"]
+__all__ = [
+    "ShardMeta",
+    "ClipTableRow",
+    "check_sum",
+    "read_clip_table",
+    "read_clip_tables",
+    "read_source",
+    "PARALLEL_MIN_SHARDS",
+]
 
 PARALLEL_MIN_SHARDS = 512  # below (~1.3 s of reading here), a second process costs more than it saves
 _CHILD_START_SHARDS = 200  # shards this process reads while the child starts and sends its tables back
@@ -123,17 +131,21 @@ def _read(f: Any, name: str) -> np.ndarray:
     return arr
 
 
-def _read_source(f: Any, group: str, n: int) -> np.ndarray:
-    """(n, 3) int64 fingerprints of a group's rows (``SOURCE_COLUMNS``); unknown in a shard written before them."""
+def read_source(f: Any, group: str, n: int, strict: bool = True) -> np.ndarray:
+    """(n, 3) int64 fingerprints of a group's rows (``SOURCE_COLUMNS``); unknown in a shard written before them.
+
+    A column of another length raises ``ValueError`` (``strict``), else stays unknown (``verify`` reports it).
+    """
     out = np.full((n, len(SOURCE_COLUMNS)), UNKNOWN_SOURCE, dtype=np.int64)
     for j, name in enumerate(SOURCE_COLUMNS):
         try:
             col = _read(f, f"{group}/{name}")
         except KeyError:
             continue
-        if col.shape != (n,):
+        if col.shape == (n,):
+            out[:, j] = col
+        elif strict:
             raise ValueError(f"{group}/{name} has {col.shape[0] if col.ndim else 0} rows for {n}")
-        out[:, j] = col
     return out
 
 
@@ -165,7 +177,7 @@ def read_clip_table(
                 _compression_of(emb),
                 json.loads(f.attrs.get("compacted_from", "[]")),
                 json.loads(f.attrs.get(CHECKSUMS_ATTR, "{}")),
-                _read_source(f, "clips", len(v)),
+                read_source(f, "clips", len(v)),
             )
             raw_prov = f.attrs.get("provenance")
             known = isinstance(raw_prov, str) and raw_prov in matched  # shards of one store share it
@@ -185,7 +197,7 @@ def read_clip_table(
                 if fpath.shape[0]
                 else ()
             )
-            fsource = _read_source(f, "failures", fpath.shape[0])
+            fsource = read_source(f, "failures", fpath.shape[0])
     except FileNotFoundError:
         raise  # removed by a compaction after the listing; the caller lists again
     except (OSError, KeyError, ValueError, TypeError) as exc:

@@ -27,13 +27,13 @@ import numpy as np
 
 from ..errors import StoreError
 from . import cache
+from .clip_tables import read_source
 from .layout import (
     CACHE_DIR,
     CHECKSUMS_ATTR,
     FAILURE_COLUMNS,
     SHARD_DIR,
     SOURCE_COLUMNS,
-    UNKNOWN_SOURCE,
     Digest,
     clip_key,
     describe_differences,
@@ -114,16 +114,6 @@ def _bad_checksums(f, name: str, report: VerifyReport) -> list[str]:
     return bad
 
 
-def _source(group: Any, n: int) -> np.ndarray:
-    """(n, 3) fingerprints of a clips/ or failures/ group (``SOURCE_COLUMNS``; unknown where absent or damaged,
-    which is reported apart)."""
-    out = np.full((n, len(SOURCE_COLUMNS)), UNKNOWN_SOURCE, dtype=np.int64)
-    for j, name in enumerate(SOURCE_COLUMNS):
-        if name in group and group[name].shape == (n,):
-            out[:, j] = group[name][()]
-    return out
-
-
 def _check_shard(
     shard: Path, store: FeatureStore, report: VerifyReport
 ) -> tuple[list[tuple], np.ndarray, tuple[list[str], np.ndarray]] | None:
@@ -184,8 +174,8 @@ def _check_shard(
             optional = [col for col in SOURCE_COLUMNS if col in fl]
             if any(len(fl[col]) != m for col in ("start", "end", "stage", "error", "time", *optional)):
                 report.problems.append(f"{name}: failures columns differ in length")
-            sources = _source(c, n)
-            failed = (fl["path"].asstr()[()].tolist() if m else [], _source(fl, m))
+            sources = read_source(f, "clips", n, strict=False)
+            failed = (fl["path"].asstr()[()].tolist() if m else [], read_source(f, "failures", m, strict=False))
             for lo in range(0, frames, _BLOCK_ROWS):
                 if not np.all(np.isfinite(emb[lo : lo + _BLOCK_ROWS])):
                     report.problems.append(
