@@ -50,8 +50,7 @@ def test_slug_follows_github():
     assert slug("A million clips") == "a-million-clips"
 
 
-@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
-def test_docs_relative_links_resolve(page):
+def broken_links(page: Path) -> list[str]:
     broken = []
     for target in relative_links(page):
         file, _, anchor = target.partition("#")
@@ -60,6 +59,26 @@ def test_docs_relative_links_resolve(page):
             broken.append(f"{target}: no such file")
         elif anchor and dest.suffix == ".md" and anchor not in anchors(dest):
             broken.append(f"{target}: no heading with that anchor in {dest.name}")
+    return broken
+
+
+def test_broken_links_are_found(tmp_path):
+    (tmp_path / "b.md").write_text("# Title\n\n## Two words: `code`\n\n```\n# not a heading\n```\n")
+    page = tmp_path / "a.md"
+    page.write_text(
+        "[ok](b.md) [ok](b.md#two-words-code) [ok](#here) [web](https://example.com/x.md) `[code](none.md)`\n"
+        "[gone](none.md) [bad anchor](b.md#not-a-heading) [bad local](#nowhere)\n\n## Here\n"
+    )
+    assert broken_links(page) == [
+        "none.md: no such file",
+        "b.md#not-a-heading: no heading with that anchor in b.md",
+        "#nowhere: no heading with that anchor in a.md",
+    ]
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_docs_relative_links_resolve(page):
+    broken = broken_links(page)
     assert not broken, f"{page.name}: " + "; ".join(broken)
 
 
