@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.probe.heads import load_head
+from pipeline.probe.heads.files import load_head
 from pipeline.probe.sequences import FrameSequences
 
 OLD = Path(__file__).parent / "fixtures" / "old_heads"
