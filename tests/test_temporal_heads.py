@@ -21,11 +21,11 @@ from pipeline.probe.heads.files import load_head
 from pipeline.probe.heads.settings import HeadConfig
 from pipeline.probe.predict import predict_videos
 from pipeline.probe.sequences import FrameSequences, relative_times
-from pipeline.probe.temporal.arch import resolve_components, temporal_arch
+from pipeline.probe.temporal.arch import TemporalSettings, resolve_components, temporal_arch
 from pipeline.probe.temporal.inputs import frame_steps, input_features, input_stats
 from pipeline.probe.temporal.models import build_model, clip_trend
 from pipeline.probe.temporal.predictor import TemporalHead
-from pipeline.probe.temporal.train import Recipe, train_candidates
+from pipeline.probe.temporal.train import train_candidates
 from pipeline.probe.train import evaluate_head, train_head
 from pipeline.store import ShardWriter, create_or_open
 
@@ -225,7 +225,7 @@ def test_batched_sweep_equals_the_candidates_fitted_one_by_one(tmp_path: Path) -
     arch = temporal_arch(cfg.kind, cfg.settings, D, 4)
     # dropout, frame dropout and time jitter on: their draws are shared by the candidates, so each trains as
     # it would alone. fp32: bf16 rounds a batched product and a single one differently
-    recipe = Recipe(lrs=(3e-3, 1e-3), wds=(0.01, 0.4), epochs=4, batch_size=16, precision="fp32")
+    recipe = TemporalSettings(lrs=(3e-3, 1e-3), wds=(0.01, 0.4), epochs=4, batch_size=16, precision="fp32")
     stats = input_stats(S[np.flatnonzero(tr)], cfg.inputs, arch["components"])
     data = (S[np.flatnonzero(tr)], y[tr]), (S[np.flatnonzero(va)], y[va])
     together = train_candidates(arch, recipe, recipe.candidates, *data, stats, seed=0)
@@ -242,7 +242,7 @@ def test_a_seed_fixes_the_weights(tmp_path: Path, kind: str, precision: str) -> 
     tr = np.flatnonzero(split == "train")
     cfg = HeadConfig(kind=kind, width=8, num_heads=2)
     arch = temporal_arch(cfg.kind, cfg.settings, D, 4)
-    recipe = Recipe(lrs=(1e-3,), wds=(0.1,), epochs=2, batch_size=16, precision=precision)
+    recipe = TemporalSettings(lrs=(1e-3,), wds=(0.1,), epochs=2, batch_size=16, precision=precision)
     stats = input_stats(S[tr], cfg.inputs, arch["components"])
     runs = [train_candidates(arch, recipe, recipe.candidates, (S[tr], y[tr]), None, stats, seed=s) for s in (0, 0, 1)]
     for name in runs[0].states[0]:

@@ -131,7 +131,10 @@ def fit_sklearn(
     with warnings.catch_warnings(), threadpool_limits(limits=1 if X_tr.size < 4_000_000 else None, user_api="blas"):
         warnings.simplefilter("ignore", ConvergenceWarning)
         if X_va is not None and len(candidates) > 1:
-            best, scores = (select or _select_by_fitting(make, name))(candidates, X_tr, y_tr, X_va, y_va)
+            if select is None:
+                best, scores = select_on_val(candidates, make, X_tr, y_tr, X_va, y_va, name)
+            else:
+                best, scores = select(candidates, X_tr, y_tr, X_va, y_va)
         else:
             best = candidates[len(candidates) // 2]
         if data.refit and X_va is not None:
@@ -142,10 +145,3 @@ def fit_sklearn(
             step[1]._optimizer = None
     info = {"fits": len(scores) + 1, "seconds": time.perf_counter() - t0}
     return FitResult(est, list(data.classes), {name: type(candidates[0])(best)}, scores, info)
-
-
-def _select_by_fitting(make: Callable[[Any], Any], name: str) -> Callable:
-    def select(candidates, X_tr, y_tr, X_va, y_va):
-        return select_on_val(candidates, make, X_tr, y_tr, X_va, y_va, name)
-
-    return select

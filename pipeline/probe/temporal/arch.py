@@ -59,6 +59,11 @@ class TemporalSettings:
     early_stop: int = field(default=20, metadata=rule(min=0))
     device: str = field(default="auto", metadata=rule(device=True))  # auto | cpu | cuda[:K]
 
+    @property
+    def candidates(self) -> list[tuple[float, float]]:
+        """The (lr, wd) pairs of the sweep."""
+        return [(lr, wd) for lr in self.lrs for wd in self.wds]
+
     def arch(self) -> dict[str, Any]:
         """The kind's own entries of the architecture record."""
         return {}

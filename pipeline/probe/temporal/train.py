@@ -30,7 +30,7 @@ import math
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -50,25 +50,7 @@ _SINGLE_THREAD_BELOW = 1 << 28
 _EVAL_CHUNK = 1024
 
 
-@dataclass
-class Recipe:
-    """The training settings of one sweep (from ``TemporalSettings``, which says what they mean)."""
-
-    lrs: tuple[float, ...]
-    wds: tuple[float, ...]
-    epochs: int = 30
-    batch_size: int = 64
-    warmup: float = 0.1  # fraction of the steps
-    label_smoothing: float = 0.1
-    frame_dropout: float = 0.1
-    time_jitter: float = 0.25
-    early_stop: int = 10  # epochs without val improvement before a candidate stops counting (0 = never)
-    device: str = "auto"
-    precision: str = "auto"  # of the training steps' matrix products: auto | fp32 | bf16 (see train_precision)
-
-    @property
-    def candidates(self) -> list[tuple[float, float]]:
-        return [(lr, wd) for lr in self.lrs for wd in self.wds]
+WARMUP = 0.1  # linear warm-up over this fraction of the steps, then cosine decay
 
 
 @dataclass
@@ -82,7 +64,6 @@ class SweepResult:
     epochs_run: int
     steps: int
     seconds: float
-    history: list[list[float]] = field(default_factory=list)  # per epoch: val accuracy per candidate
     precision: str = "fp32"  # of the training steps' matrix products (train_precision)
 
 
@@ -125,7 +106,7 @@ def _threads(device, work: int):
 
 def train_candidates(
     arch: dict[str, Any],
-    recipe: Recipe,
+    recipe: TemporalSettings,
     candidates: Sequence[tuple[float, float]],
     train: tuple[FrameSequences, np.ndarray],
     val: tuple[FrameSequences, np.ndarray] | None,
@@ -161,7 +142,7 @@ class _Sweep:
     """The state of one batched training: stacked parameters, AdamW moments, the data on the device, and
     each candidate's best weights so far."""
 
-    def __init__(self, arch, recipe: Recipe, candidates, train, val, stats, seed: int, device) -> None:
+    def __init__(self, arch, recipe: TemporalSettings, candidates, train, val, stats, seed: int, device) -> None:
         import torch
         from torch.func import stack_module_state
 
@@ -184,7 +165,7 @@ class _Sweep:
         n, T = self.data[0].shape[:2]
         self.bs = max(1, min(recipe.batch_size, n))
         self.total = recipe.epochs * math.ceil(n / self.bs)
-        self.warm = max(1, int(recipe.warmup * self.total))
+        self.warm = max(1, int(WARMUP * self.total))
         self.jitter = recipe.time_jitter / max(T - 1, 1)
         self.gen = torch.Generator(device=device).manual_seed(seed)
         self.order_rng = np.random.default_rng(seed)
@@ -192,7 +173,6 @@ class _Sweep:
         self.best_acc = torch.full((self.G,), -1.0, device=device)
         self.best_loss = torch.full((self.G,), math.inf, device=device)
         self.best_epoch = torch.zeros(self.G, dtype=torch.long, device=device)
-        self.history: list[list[float]] = []
         self.step = 0
 
     def _weights(self, g: int) -> dict[str, Any]:
@@ -234,7 +214,6 @@ class _Sweep:
 
         assert self.val is not None
         acc, vloss = _evaluate(self.arch, self.params, *self.val)
-        self.history.append(acc.tolist())
         better = (acc > self.best_acc + 1e-12) | ((acc >= self.best_acc - 1e-12) & (vloss < self.best_loss))
         for g in torch.nonzero(better).flatten().tolist():
             self.best[g] = self._weights(g)
@@ -261,7 +240,6 @@ class _Sweep:
             epoch,
             self.step,
             seconds,
-            self.history,
             self.precision,
         )
 
@@ -325,29 +303,25 @@ def _stats(seqs: FrameSequences, inputs: str, components: int) -> dict[str, np.n
         return input_stats(seqs, inputs, components)
 
 
-_RECIPE = ("lrs", "wds", "epochs", "batch_size", "frame_dropout", "time_jitter", "label_smoothing", "early_stop")
-
-
 def fit_temporal(kind: str, cfg: TemporalSettings, data: TrainingSet) -> FitResult:
     """The fit of every temporal head kind: sweep lr x wd on val, keep the best, refit it on train+val."""
     S_tr = data.X
     if not isinstance(S_tr, FrameSequences):
         raise HeadError(f"{kind}: reads each clip's frames (FrameSequences), not pooled vectors (pool 'frames')")
     t0 = time.perf_counter()
-    recipe = Recipe(**{k: getattr(cfg, k) for k in _RECIPE}, device=cfg.device, precision=cfg.precision)
     arch = temporal_arch(kind, cfg, int(S_tr.x.shape[2]), len(data.classes), (len(S_tr), int(S_tr.x.shape[1])))
-    cands, train = recipe.candidates, (S_tr, data.y)
+    cands, train = cfg.candidates, (S_tr, data.y)
     inputs, components = arch["inputs"], int(arch["components"])
     stats = _stats(S_tr, inputs, components)
     scores: dict[str, float] = {}
     if data.X_val is None or not len(data.X_val):  # nothing to select on: the middle candidate, all epochs
         g = len(cands) // 2
-        sw = train_candidates(arch, recipe, [cands[g]], train, None, stats, seed=data.seed)
+        sw = train_candidates(arch, cfg, [cands[g]], train, None, stats, seed=data.seed)
         state = sw.states[0]
         info: dict[str, Any] = {"fits": 1, "epochs": int(sw.epochs_run), "steps": sw.steps, "sweep_seconds": sw.seconds}
     else:
         val = (data.X_val, data.y_val)
-        sw = train_candidates(arch, recipe, cands, train, val, stats, seed=data.seed)
+        sw = train_candidates(arch, cfg, cands, train, val, stats, seed=data.seed)
         # best val accuracy, then lower val loss, then the earlier listed
         g = min(range(len(cands)), key=lambda i: (-round(float(sw.val_acc[i]), 12), float(sw.val_loss[i]), i))
         epochs, state = int(sw.best_epoch[g]), sw.states[g]
@@ -364,7 +338,7 @@ def fit_temporal(kind: str, cfg: TemporalSettings, data: TrainingSet) -> FitResu
         if data.refit:  # the winner again on train+val, for the epochs it needed on val
             both = (FrameSequences.concat([S_tr, val[0]]), np.concatenate([data.y, val[1]]))
             stats = _stats(both[0], inputs, components)
-            rf = train_candidates(arch, recipe, [cands[g]], both, None, stats, seed=data.seed, stop_after=epochs)
+            rf = train_candidates(arch, cfg, [cands[g]], both, None, stats, seed=data.seed, stop_after=epochs)
             state = rf.states[0]
             info.update(refit_epochs=epochs, refit_seconds=round(rf.seconds, 3))
         info["fits"] = len(cands) + int(data.refit)
@@ -373,4 +347,4 @@ def fit_temporal(kind: str, cfg: TemporalSettings, data: TrainingSet) -> FitResu
     return FitResult(head, list(data.classes), {"lr": cands[g][0], "wd": cands[g][1]}, scores, info)
 
 
-__all__ = ["Recipe", "SweepResult", "fit_temporal", "train_candidates", "train_precision"]
+__all__ = ["SweepResult", "fit_temporal", "train_candidates", "train_precision"]
