@@ -6,7 +6,7 @@ Data: synthetic but shaped like frozen-encoder features — 101 classes, 512-d, 
 80 + val 20 clips per class (10,100 x 512: the sweep's data), test 50 per class. Accuracy lands in the
 70-80% range, so C matters and the task is neither trivial nor chance.
 
-Both main runs go through the product code path, ``pipeline.probe.heads.fit_head``: standardise, the same
+Both main runs go through the product code path, ``pipeline.probe.heads.fitting.fit_head``: standardise, the same
 coarse-to-fine C search on val (same grid, refinement, patience and selection rule), refit on
 train+val. Ours: ``HeadConfig()`` — torch float32 L-BFGS, warm starts along the C path, candidate
 fits to a 10x looser gradient tolerance, the chosen C refit to 1e-4. Baseline: scikit-learn's
@@ -102,7 +102,8 @@ def main(argv: list[str] | None = None) -> dict:
     from sklearn.utils._openmp_helpers import _openmp_effective_n_threads
     from threadpoolctl import threadpool_info, threadpool_limits
 
-    from pipeline.probe.heads import HeadConfig, fit_head
+    from pipeline.probe.heads.fitting import fit_head
+    from pipeline.probe.heads.settings import HeadConfig
     from pipeline.probe.logreg import SklearnSolver, TorchSolver, score, sweep_C
 
     torch.set_num_threads(args.threads)

@@ -41,7 +41,7 @@ t0 = time.perf_counter()
 import numpy as np
 from pipeline import cli  # noqa: F401  (what `vidprobe` imports first)
 from pipeline.config import ExtractConfig, SamplingConfig
-from pipeline.probe.heads import load_head
+from pipeline.probe.heads.files import load_head
 from pipeline.probe.pooling import get_pool
 t1 = time.perf_counter()
 head = load_head(sys.argv[1])

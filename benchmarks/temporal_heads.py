@@ -9,7 +9,7 @@ pooling (mean) can at best name the pair (top-1 <= 0.5); ``tdiff`` (late half mi
 order only when the two events straddle the middle, ``seg4`` only when they fall in different quarters.
 Splits 60/20/20 train/val/test.
 
-Everything runs through the product path, ``pipeline.probe.heads.fit_head``: pooled heads are the
+Everything runs through the product path, ``pipeline.probe.heads.fitting.fit_head``: pooled heads are the
 default logreg (C swept on val, refit on train+val), temporal heads the default recipe with its lr x wd
 grid trained as one batched model, then the winner refit on train+val. The sequential comparison trains
 the very same candidates with the same recipe one at a time (``train_candidates`` with one candidate).
@@ -24,6 +24,7 @@ noisy (say so next to any figure). The last line is one JSON object with every f
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -34,11 +35,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.probe.heads import HeadConfig, fit_head, temporal_arch  # noqa: E402
+from pipeline.probe.heads.fitting import fit_head  # noqa: E402
+from pipeline.probe.heads.settings import HeadConfig  # noqa: E402
 from pipeline.probe.pooling import get_pool  # noqa: E402
 from pipeline.probe.sequences import FrameSequences  # noqa: E402
-from pipeline.probe.temporal_numpy import input_stats  # noqa: E402
-from pipeline.probe.temporal_train import Recipe, train_candidates  # noqa: E402
+from pipeline.probe.temporal.arch import temporal_arch  # noqa: E402
+from pipeline.probe.temporal.inputs import input_stats  # noqa: E402
+from pipeline.probe.temporal.train import train_candidates  # noqa: E402
 from pipeline.versions import cpu_model
 
 N_PAIRS = 5
@@ -144,9 +147,8 @@ def main() -> None:
         )
         if kind == "attn" and not args.no_sequential:
             # the same candidates, recipe, data and epochs, one after another (no early stop, like for like)
-            fields = ("lrs", "wds", "batch_size", "frame_dropout", "time_jitter", "label_smoothing")
-            recipe = Recipe(
-                **{k: getattr(cfg, k) for k in fields},
+            recipe = dataclasses.replace(
+                cfg.settings,
                 epochs=args.epochs,
                 early_stop=0,
                 device=args.device,
@@ -156,7 +158,8 @@ def main() -> None:
             yi = np.array([classes.index(c) for c in labels])
             train = (seqs[idx["train"]], yi[idx["train"]])
             val = (seqs[idx["val"]], yi[idx["val"]])
-            arch = temporal_arch(cfg, args.dim, 10, (len(train[0]), args.frames))  # as fit_head decides it
+            # as fit_head decides it
+            arch = temporal_arch(cfg.kind, cfg.settings, args.dim, 10, (len(train[0]), args.frames))
             stats = input_stats(train[0], cfg.inputs, arch["components"])
             t0 = time.perf_counter()
             together = train_candidates(arch, recipe, recipe.candidates, train, val, stats, seed=0)

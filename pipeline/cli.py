@@ -125,7 +125,7 @@ def _print_extract_summary(summary: Any) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .data.splits import SplitsFrom, SplitSpec
-    from .probe.heads import HeadConfig
+    from .probe.heads.settings import HeadConfig
     from .probe.train import train_head
 
     settings: dict[str, Any] = {"kind": args.head}
@@ -471,8 +471,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
-    from .config import EVAL_SPLITS, HEAD_KINDS, SOLVERS, STORE_COMPRESSIONS
+    from .config import EVAL_SPLITS, SOLVERS, STORE_COMPRESSIONS
     from .data.manifest import DATASET_SPLITS, FORMATS
+    from .probe.heads.registry import head_names
 
     p = argparse.ArgumentParser(
         prog="vidprobe",
@@ -601,7 +602,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--head",
         default="logreg",
-        choices=HEAD_KINDS,
+        choices=head_names(),
         help="logreg (default) | mlp | knn (cosine) | zeroshot (class-name prompts through the store encoder's "
         "open_clip text tower; no training) | attn (attentive probe over the frames) | gru (bidirectional GRU "
         "over the frames); attn and gru read every frame (no --pool), choose lr x weight decay on val in one "

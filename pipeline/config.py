@@ -4,7 +4,7 @@ Settings are plain data so they can be recorded in a store's provenance and comp
 to grow with different sampling or encoder settings. Unknown keys are errors that name the key, so a
 typo never silently falls back to a default.
 
-Every settings dataclass of vidprobe (these, ``HeadConfig``, ``SplitSpec``, the benchmark's entries)
+Every settings dataclass of vidprobe (these, each head kind's settings, ``SplitSpec``, the benchmark's entries)
 declares what each field may hold next to the field (``field(..., metadata=rule(min=1))``), and one
 walker (``check_settings``) coerces and checks them all, naming the dotted key in every message;
 ``build`` makes one from a mapping with the one coercer (``coerce``) and unknown-key check (``check_known``).
@@ -32,11 +32,8 @@ WINDOWED_STRATEGIES = ("multiclip", "sliding")  # several clips (windows) per ma
 SEEK_MODES = ("exact", "keyframe")
 # encoder precision; auto: fp16 on CUDA, bf16 on CPUs with native bf16, else fp32 (encoders.base.resolve_precision)
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
-# Choices of the probe stage, here so that `vidprobe --help` builds its parser without importing numpy.
-HEAD_KINDS = ("logreg", "mlp", "knn", "zeroshot", "attn", "gru")
-TEMPORAL_HEADS = ("attn", "gru")  # read every frame of a clip (pool "frames"), not one pooled vector
-TEMPORAL_INPUTS = ("delta", "residual", "frames")  # what a temporal head reads per frame (probe.temporal_numpy)
-TEMPORAL_PRECISIONS = ("auto", "fp32", "bf16")  # of a temporal head's training steps (probe.temporal_train)
+# Choices of the probe stage, here so that `vidprobe --help` builds its parser without importing numpy
+# (the head kinds: pipeline.probe.heads.registry).
 SOLVERS = ("torch", "sklearn")  # torch L-BFGS (CPU or CUDA) | scikit-learn's (the reference)
 EVAL_SPLITS = ("test", "val", "train", "all")  # what ``evaluate`` can score
 AUTO = "auto"

@@ -142,7 +142,7 @@ def test_plots_and_details(bench) -> None:
 def test_rerunning_a_row_reproduces_it(bench) -> None:
     """A results.csv row has what it takes to re-run that fit and get the same number."""
     from pipeline.data.splits import SplitSpec
-    from pipeline.probe.heads import HeadConfig
+    from pipeline.probe.heads.settings import HeadConfig
     from pipeline.probe.train import fit_on_store
     from pipeline.store import open_store
 

@@ -15,7 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.probe.heads import HeadConfig, fit_head, save_head
+from pipeline.probe.heads.files import save_head
+from pipeline.probe.heads.fitting import fit_head
+from pipeline.probe.heads.settings import HeadConfig
 from pipeline.store import ShardWriter, create_or_open
 
 REPO = Path(__file__).resolve().parents[1]

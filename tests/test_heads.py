@@ -14,7 +14,11 @@ import pytest
 from pipeline.cli import main
 from pipeline.data.splits import SplitSpec
 from pipeline.errors import ConfigError, HeadError
-from pipeline.probe.heads import FitResult, HeadConfig, fit_head, label_to_text, linear_classifier, load_head, save_head
+from pipeline.probe.heads.files import load_head, save_head
+from pipeline.probe.heads.fitting import FitResult, fit_head
+from pipeline.probe.heads.logreg import linear_classifier
+from pipeline.probe.heads.settings import HeadConfig
+from pipeline.probe.heads.zeroshot import label_to_text
 from pipeline.probe.train import train_head
 from pipeline.store import ShardWriter, create_or_open
 
@@ -229,7 +233,7 @@ def test_knn_choice_of_k_equals_scikit_learn_predictions() -> None:
     scikit-learn's brute KNeighborsClassifier predictions do, and picks the same k."""
     from sklearn.neighbors import KNeighborsClassifier
 
-    from pipeline.probe.heads import _select
+    from pipeline.probe.heads.fitting import select_on_val
     from pipeline.probe.knn_topk import cosine_topk, predict_from_neighbours, select_k
 
     rng = np.random.default_rng(4)
@@ -248,7 +252,7 @@ def test_knn_choice_of_k_equals_scikit_learn_predictions() -> None:
     for k in ks:
         ours = classes[predict_from_neighbours(yi, idx, dist, k, len(classes))]
         assert np.array_equal(ours, make(k).fit(X_tr, y_tr).predict(X_va)), k
-    assert select_k(ks, X_tr, y_tr, X_va, y_va) == _select(ks, make, X_tr, y_tr, X_va, y_va, "k")
+    assert select_k(ks, X_tr, y_tr, X_va, y_va) == select_on_val(ks, make, X_tr, y_tr, X_va, y_va, "k")
     # an exact duplicate of a training row: only the exact match votes, as in scikit-learn
     q = X_tr[:3].copy()
     i2, d2 = cosine_topk(X_tr, q, 5)

@@ -11,7 +11,10 @@ import numpy as np
 import pytest
 
 from pipeline.errors import HeadError
-from pipeline.probe.heads import FitResult, HeadConfig, fit_head, linear_classifier, load_head, save_head
+from pipeline.probe.heads.files import load_head, save_head
+from pipeline.probe.heads.fitting import FitResult, fit_head
+from pipeline.probe.heads.logreg import linear_classifier
+from pipeline.probe.heads.settings import HeadConfig
 
 REPO = Path(__file__).resolve().parents[1]
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
@@ -114,7 +117,7 @@ def test_loading_an_npz_head_imports_neither_sklearn_nor_skops(features, tmp_pat
         np.save(tmp_path / f"{kind}-expected.npy", result.estimator.predict_proba(X_te))
     np.save(tmp_path / "X.npy", X_te)
     code = (
-        "import json, sys\nimport numpy as np\nfrom pipeline.probe.heads import load_head\n"
+        "import json, sys\nimport numpy as np\nfrom pipeline.probe.heads.files import load_head\n"
         "X = np.load(sys.argv[1])\nok = []\n"
         "for h in sys.argv[2:]:\n"
         "    p = load_head(h).predict_proba(X)\n"

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.probe.heads import HeadConfig, fit_head, save_head
+from pipeline.probe.heads.files import save_head
+from pipeline.probe.heads.fitting import fit_head
+from pipeline.probe.heads.settings import HeadConfig
 
 REPO = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "open_clip", "timm", "sklearn")
@@ -67,7 +69,7 @@ def test_many_videos_one_model_one_decoder_same_answers(tmp_path, effnet, monkey
     import pipeline.encoders as encoders
     from pipeline.config import SamplingConfig
     from pipeline.extract.local import embed_clips
-    from pipeline.probe.heads import load_head
+    from pipeline.probe.heads.files import load_head
     from pipeline.probe.pooling import get_pool
     from pipeline.probe.predict import predict_videos
 

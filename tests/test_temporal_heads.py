@@ -17,12 +17,15 @@ from media import pattern_frames, write_video
 from pipeline.cli import main
 from pipeline.data.splits import SplitSpec
 from pipeline.errors import ConfigError
-from pipeline.probe.heads import HeadConfig, load_head, resolve_components, temporal_arch
+from pipeline.probe.heads.files import load_head
+from pipeline.probe.heads.settings import HeadConfig
 from pipeline.probe.predict import predict_videos
 from pipeline.probe.sequences import FrameSequences, relative_times
-from pipeline.probe.temporal_models import build_model, clip_trend
-from pipeline.probe.temporal_numpy import TemporalHead, frame_steps, input_features, input_stats
-from pipeline.probe.temporal_train import Recipe, train_candidates
+from pipeline.probe.temporal.arch import TemporalSettings, resolve_components, temporal_arch
+from pipeline.probe.temporal.inputs import frame_steps, input_features, input_stats
+from pipeline.probe.temporal.models import build_model, clip_trend
+from pipeline.probe.temporal.predictor import TemporalHead
+from pipeline.probe.temporal.train import train_candidates
 from pipeline.probe.train import evaluate_head, train_head
 from pipeline.store import ShardWriter, create_or_open
 
@@ -89,7 +92,7 @@ def _random_seqs(n: int = 5, T: int = 7, dim: int = D, seed: int = 0) -> FrameSe
 )
 def test_numpy_predictor_is_the_torch_module(settings: dict) -> None:
     cfg = HeadConfig.from_dict(settings)
-    arch = temporal_arch(cfg, D, 3)
+    arch = temporal_arch(cfg.kind, cfg.settings, D, 3)
     seqs = _random_seqs()
     stats = input_stats(seqs, cfg.inputs, arch["components"])
     torch.manual_seed(0)
@@ -122,10 +125,10 @@ def test_batched_forward_is_each_candidates_module(settings: dict) -> None:
     """The sweep's stacked forward (shared input product, folded queries) computes each module's logits."""
     from torch.func import stack_module_state
 
-    from pipeline.probe.temporal_batched import batched_logits
+    from pipeline.probe.temporal.batched import batched_logits
 
     cfg = HeadConfig.from_dict(settings)
-    arch = temporal_arch(cfg, D, 3)
+    arch = temporal_arch(cfg.kind, cfg.settings, D, 3)
     seqs = _random_seqs(n=6, T=7)  # 1..7 frames: padding is real
     stats = input_stats(seqs, cfg.inputs, arch["components"])
     torch.manual_seed(0)
@@ -145,7 +148,7 @@ def test_padding_changes_nothing(kind: str) -> None:
     longer = FrameSequences.concat([seqs, _random_seqs(n=1, T=9, seed=3)])[:4]  # same clips, padded to 9
     assert longer.x.shape[1] > seqs.x.shape[1]
     cfg = HeadConfig(kind=kind, width=8, num_heads=2)
-    arch = temporal_arch(cfg, D, 2)
+    arch = temporal_arch(cfg.kind, cfg.settings, D, 2)
     torch.manual_seed(1)
     weights = {k: v.detach().numpy() for k, v in _randomise_trend(build_model(arch)).state_dict().items()}
     head = TemporalHead(arch, {**weights, **input_stats(seqs, cfg.inputs, arch["components"])}, ["a", "b"])
@@ -194,7 +197,9 @@ def test_components_auto_standardises_small_sets_and_whitens_big_ones() -> None:
     assert resolve_components(cfg, 512, (6000, 8)) == 64  # enough clips to estimate the whitening
     assert resolve_components(cfg, 512, (1500, 8 * 64)) == 64  # few clips, but 4.7 GB at full width
     assert resolve_components(HeadConfig(kind="attn", components=32), 1280, (216, 8)) == 32
-    assert temporal_arch(cfg, D, 3, (1_000_000, 8))["dim"] == 3 * D  # 16-d inputs: 64 directions is all of them
+    assert (
+        temporal_arch(cfg.kind, cfg.settings, D, 3, (1_000_000, 8))["dim"] == 3 * D
+    )  # 16-d inputs: 64 directions is all of them
 
 
 def test_relative_times_need_no_fixed_frame_count() -> None:
@@ -217,10 +222,10 @@ def test_batched_sweep_equals_the_candidates_fitted_one_by_one(tmp_path: Path) -
     S, y, split = _seqs_and_labels(tmp_path)
     tr, va = split == "train", split == "val"
     cfg = HeadConfig(kind="attn", width=8, num_heads=2, queries=2)
-    arch = temporal_arch(cfg, D, 4)
+    arch = temporal_arch(cfg.kind, cfg.settings, D, 4)
     # dropout, frame dropout and time jitter on: their draws are shared by the candidates, so each trains as
     # it would alone. fp32: bf16 rounds a batched product and a single one differently
-    recipe = Recipe(lrs=(3e-3, 1e-3), wds=(0.01, 0.4), epochs=4, batch_size=16, precision="fp32")
+    recipe = TemporalSettings(lrs=(3e-3, 1e-3), wds=(0.01, 0.4), epochs=4, batch_size=16, precision="fp32")
     stats = input_stats(S[np.flatnonzero(tr)], cfg.inputs, arch["components"])
     data = (S[np.flatnonzero(tr)], y[tr]), (S[np.flatnonzero(va)], y[va])
     together = train_candidates(arch, recipe, recipe.candidates, *data, stats, seed=0)
@@ -236,8 +241,8 @@ def test_a_seed_fixes_the_weights(tmp_path: Path, kind: str, precision: str) -> 
     S, y, split = _seqs_and_labels(tmp_path)
     tr = np.flatnonzero(split == "train")
     cfg = HeadConfig(kind=kind, width=8, num_heads=2)
-    arch = temporal_arch(cfg, D, 4)
-    recipe = Recipe(lrs=(1e-3,), wds=(0.1,), epochs=2, batch_size=16, precision=precision)
+    arch = temporal_arch(cfg.kind, cfg.settings, D, 4)
+    recipe = TemporalSettings(lrs=(1e-3,), wds=(0.1,), epochs=2, batch_size=16, precision=precision)
     stats = input_stats(S[tr], cfg.inputs, arch["components"])
     runs = [train_candidates(arch, recipe, recipe.candidates, (S[tr], y[tr]), None, stats, seed=s) for s in (0, 0, 1)]
     for name in runs[0].states[0]:

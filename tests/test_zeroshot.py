@@ -22,7 +22,7 @@ from pipeline.data.manifest import load_manifest
 from pipeline.encoders import create_encoder
 from pipeline.errors import ConfigError, HeadError
 from pipeline.extract.local import extract
-from pipeline.probe.heads import DEFAULT_TEMPLATES, label_to_text
+from pipeline.probe.heads.zeroshot import DEFAULT_TEMPLATES, label_to_text
 from pipeline.probe.train import train_head
 from pipeline.store import ShardWriter, create_or_open, open_store
 
@@ -89,7 +89,7 @@ def test_zeroshot_head_is_argmax_cosine_to_prompt_embeddings(joint_store: Path, 
     assert images.shape == (9, TINY["embed_dim"])
     cos = (images / np.linalg.norm(images, axis=1, keepdims=True)) @ text.T
 
-    from pipeline.probe.heads import load_head
+    from pipeline.probe.heads.files import load_head
 
     loaded = load_head(head)
     normalizer, linear = loaded.estimator.steps[0][1], loaded.estimator.steps[-1][1]
@@ -120,7 +120,7 @@ def test_zeroshot_head_is_argmax_cosine_to_prompt_embeddings(joint_store: Path, 
 
 
 def test_prompt_ensemble(joint_store: Path, tmp_path: Path) -> None:
-    from pipeline.probe.heads import HeadConfig
+    from pipeline.probe.heads.settings import HeadConfig
 
     out = train_head(
         joint_store,

@@ -39,12 +39,13 @@ from typing import Any
 
 import numpy as np
 
-from ..config import TEMPORAL_HEADS, build, check_known, read_yaml_mapping, rule
+from ..config import build, check_known, read_yaml_mapping, rule
 from ..data.splits import SplitsFrom, SplitSpec
 from ..errors import ConfigError, VidprobeError
 from ..store import PROVENANCE_FILE, open_store
 from ..versions import versions
-from .heads import HeadConfig
+from .heads.registry import head_kind
+from .heads.settings import HeadConfig
 from .pooling import get_pool, is_order_aware
 from .report import markdown_table, plot_accuracy_bars, plot_confusion, plot_fewshot, write_csv
 from .sequences import SEQUENCE_POOL, HeadInput
@@ -212,8 +213,8 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 def head_grid(poolings: list[str], heads: list[HeadConfig]) -> list[tuple[str, HeadConfig]]:
     """(pool, head) fits: every pooling x every pooled head, then each temporal head once on the frames."""
-    grid = [(pool, h) for pool in poolings for h in heads if h.kind not in TEMPORAL_HEADS]
-    return grid + [(SEQUENCE_POOL, h) for h in heads if h.kind in TEMPORAL_HEADS]
+    grid = [(pool, h) for pool in poolings for h in heads if not head_kind(h.kind).temporal]
+    return grid + [(SEQUENCE_POOL, h) for h in heads if head_kind(h.kind).temporal]
 
 
 def run_benchmark(
@@ -263,8 +264,8 @@ def run_benchmark(
         zs_encoder: list[Any] = []  # built once per store, on first use
 
         def fit(head: HeadConfig, pool: str, shots: int | None = None, shot_seed: int = 0) -> dict[str, Any]:
-            if device and head.kind in ("logreg", "zeroshot", *TEMPORAL_HEADS):
-                head = dataclasses.replace(head, device=device)
+            if device and "device" in head.to_dict():
+                head = head.replace(device=device)
             row = {
                 **base,
                 "pool": pool,
@@ -279,7 +280,7 @@ def run_benchmark(
                 if pool not in features:
                     features[pool] = pooled_features(store, pool)
                 if head.kind == "zeroshot" and not zs_encoder:
-                    from .heads import zeroshot_encoder
+                    from .heads.zeroshot import zeroshot_encoder
 
                     zs_encoder.append(
                         zeroshot_encoder(prov.get("encoder"), weights_id=prov.get("weights_id"), device=head.device)

@@ -20,9 +20,10 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError
-from .native_heads import LinearPredictor, to_native
+from .heads.logreg import LinearPredictor
+from .heads.native import to_native
 from .sequences import SEQUENCE_POOL, FrameSequences
-from .temporal_numpy import TemporalHead
+from .temporal.predictor import TemporalHead
 
 ATTENTION = "attention"  # how the weights were made, in the output
 CONTRIBUTION = "logit contribution"

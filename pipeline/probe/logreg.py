@@ -293,7 +293,7 @@ def sweep_C(
 
     ``tol``: gradient tolerance of these candidate fits (default: the solver's). Ranking C values by
     validation accuracy does not need each candidate solved to the last digit; the caller refits the
-    chosen C at full tolerance (``pipeline.probe.heads`` does: 10x looser during the search, then 1e-4).
+    chosen C at full tolerance (``pipeline.probe.heads.logreg`` does: 10x looser during the search, then 1e-4).
     """
     grid = sorted({_check_C(c) for c in coarse})
     if not grid:

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..config import ExtractConfig, SamplingConfig
 from ..errors import HeadError, VidprobeError
-from .heads import load_head, load_head_meta
+from .heads.files import load_head, load_head_meta
 from .pooling import get_pool
 from .sequences import SEQUENCE_POOL, FrameSequences
 

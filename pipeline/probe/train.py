@@ -14,11 +14,15 @@ from typing import Any
 
 import numpy as np
 
-from ..config import EVAL_SPLITS, TEMPORAL_HEADS
+from ..config import EVAL_SPLITS
 from ..data.splits import Splits, SplitsFrom, SplitSpec, few_shot, make_splits, resplit
 from ..errors import ConfigError, HeadError, check_choice
 from ..store import FeatureStore, open_store
-from .heads import FitResult, HeadConfig, fit_head, load_head, save_head, sidecar_path, zeroshot_encoder
+from .heads.files import HEAD_FORMATS, head_format, load_head, save_head, sidecar_path
+from .heads.fitting import FitResult, fit_head
+from .heads.registry import head_kind, temporal_head_names
+from .heads.settings import HeadConfig
+from .heads.zeroshot import zeroshot_encoder
 from .metrics import metrics
 from .pooling import get_pool
 from .sequences import SEQUENCE_POOL, FrameSequences, store_sequences
@@ -86,7 +90,7 @@ def in_clip_order(index: Any, rows: np.ndarray) -> np.ndarray:
 
 def head_pool(kind: str, pool: str | None) -> str:
     """The pooling a head kind reads: temporal heads read the frames themselves; others default to mean."""
-    if kind in TEMPORAL_HEADS:
+    if head_kind(kind).temporal:
         if pool not in (None, SEQUENCE_POOL):
             raise ConfigError(
                 f"pool={pool!r}: head {kind!r} reads every frame of a clip; leave the pooling out (or pool=frames)"
@@ -94,7 +98,7 @@ def head_pool(kind: str, pool: str | None) -> str:
         return SEQUENCE_POOL
     if pool == SEQUENCE_POOL:
         raise ConfigError(
-            f"pool={pool!r}: only the temporal heads ({', '.join(TEMPORAL_HEADS)}) read frames; "
+            f"pool={pool!r}: only the temporal heads ({', '.join(temporal_head_names())}) read frames; "
             f"head {kind!r} needs a pooling"
         )
     pool = pool or "mean"
@@ -190,7 +194,7 @@ def train_head(
     """Fit a head on a store (see ``fit_on_store``), save it with its sidecar, return the record."""
     check_head_output(head_path)  # a bad file name or folder fails before the work
     kind = head if isinstance(head, str) else head.kind
-    if kind in TEMPORAL_HEADS and Path(head_path).suffix != ".npz":
+    if head_kind(kind).temporal and Path(head_path).suffix != ".npz":
         raise ConfigError(f"{head_path}: a {kind} head is saved as plain arrays; name the file NAME.npz")
     store = store or open_store(store_path)
     spec = (split or SplitSpec()).validate()
@@ -218,8 +222,6 @@ def check_head_output(head_path: str | Path) -> None:
     """Refuse, before any work, a head path that cannot be written: a wrong suffix, a folder that cannot be
     created, or the name of another head's sidecar. ``x.npz``, ``x.skops`` and ``x.joblib`` share ``x.json``:
     writing one would break the other's checksum, so the second is refused naming both."""
-    from .heads import HEAD_FORMATS, head_format
-
     p = Path(head_path)
     head_format(p)
     for suffix in HEAD_FORMATS:

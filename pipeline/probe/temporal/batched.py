@@ -15,7 +15,7 @@ with the module's own state-dict keys, so candidate g's weights are ``{k: v[g]}`
 - dropout masks are drawn once per batch without a candidate axis and shared by all candidates, so a
   candidate trains exactly as it would alone (the sweep's result does not depend on its batch mates).
 
-``temporal_models`` stays the reference (the numpy predictor and ``explain`` follow it);
+``models`` stays the reference (the numpy predictor and ``explain`` follow it);
 ``tests/test_temporal_heads.py`` checks this forward against it, candidate by candidate.
 """
 
@@ -28,7 +28,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .temporal_models import NEG, clip_trend
+from .arch import NEG
+from .models import clip_trend
 
 Params = dict[str, torch.Tensor]
 

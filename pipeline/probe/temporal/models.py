@@ -6,12 +6,13 @@ linear layer on the concatenated queries. Frame positions are learned embeddings
 (``TimeEmbedding``, interpolated between ``bins`` learned vectors), so any T and any sampling work; a
 mask leaves out padding. ``GRUHead`` is the recurrent head of the transfer-learning articles: a GRU over
 the frames (both directions by default), then linear on the last hidden states. With ``trend`` (the default
-of ``HeadConfig``) either head adds a linear readout of each clip's mean input and its slope over time
+setting) either head adds a linear readout of each clip's mean input and its slope over time
 (``clip_trend``) to its logits: the linear probe that ``trend`` pooling + logreg is, inside the head, so the
 attention or the recurrence only has to learn what a linear function of the clip's trend misses.
 
-These modules are the reference: ``temporal_numpy`` runs the same arithmetic without torch, and
-``temporal_batched`` (the sweep's training forward for many candidates at once) is tested against them.
+These modules are the reference, and the sweep's initial weights and parameter names: ``predictor`` runs
+the same arithmetic without torch, and ``batched`` (the sweep's training forward for many candidates at
+once, on these modules' stacked parameters) is tested against them.
 The GRU is written out (not ``nn.GRU``) so that both can follow its equations step by step.
 Every module takes ``(x (B, T, D), t (B, T), mask (B, T) bool)`` and returns logits ``(B, K)``.
 """
@@ -24,17 +25,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from .temporal_numpy import TREND_SLOPE_SCALE
-
-NEG = -1e9  # attention score of a padded frame (finite: an all-masked row cannot make NaN)
+from .arch import NEG, TREND_SLOPE_SCALE
 
 
 def clip_trend(x: torch.Tensor, t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """(B, 2D) each clip's mean input and the least-squares slope of its inputs over clip-relative time.
 
-    What the ``trend`` readout reads (the ``trend`` pooling of the head's inputs). The slope
-    is scaled by 1/4 (a quarter of the fitted change over the whole clip), which keeps it of the order of
-    the standardised inputs; a clip with one real frame has slope 0."""
+    What the ``trend`` readout reads (the ``trend`` pooling of the head's inputs). The slope is scaled by
+    ``TREND_SLOPE_SCALE``, which keeps it of the order of the standardised inputs; a clip with one real
+    frame has slope 0."""
     m = mask[..., None].to(x.dtype)
     n = m.sum(1).clamp(min=1)
     tt = t[..., None].to(x.dtype)
