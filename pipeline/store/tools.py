@@ -28,6 +28,7 @@ import numpy as np
 from ..errors import StoreError
 from . import cache
 from .clip_tables import read_source
+from .index import build_index, kept_frames
 from .layout import (
     CACHE_DIR,
     CHECKSUMS_ATTR,
@@ -44,7 +45,7 @@ from .layout import (
     shard_name,
 )
 from .lock import live_holders
-from .reader import FeatureStore, kept_frames, open_store
+from .reader import FeatureStore, open_store
 from .sources import current_sources, is_replaced
 from .writer import write_shard
 
@@ -277,14 +278,12 @@ def verify_store(path: str | Path) -> VerifyReport:
 
 def _check_caches(store: FeatureStore, report: VerifyReport) -> None:
     """Each cache file must be intact, and a current one must match what the shards hold now."""
-    from .reader import _build_index
-
     files = cache.cache_files(store.path)
     if not files:
         return
     key = cache.index_key(store.provenance, cache.shard_stamps(store.path))
     try:
-        fresh = _build_index(store.path, store.provenance, True)
+        fresh = build_index(store.path, store.provenance, True)
     except (StoreError, OSError):
         fresh = None  # the shards' own problems are reported above
     for p in files:
@@ -293,13 +292,12 @@ def _check_caches(store: FeatureStore, report: VerifyReport) -> None:
         if problem is None and stored is not None and stored.get("version") != cache.CACHE_VERSION:
             problem = f"cache version {stored.get('version')!r}, this vidprobe writes {cache.CACHE_VERSION}"
         if problem is None and kind == "index" and stored == key and fresh is not None:
-            parts = cache.load_index(store.path, key)
-            held = parts[1] if parts is not None else None
+            held = cache.load_index(store.path, key)
             if (
                 held is None
-                or (held["video"], held["label"], held["split"]) != (fresh.video, fresh.label, fresh.split)
-                or not np.array_equal(held["offset"], fresh.offset)
-                or [m["path"].name for m in (parts[0] if parts else [])] != [m.path.name for m in fresh.shards]
+                or (held.video, held.label, held.split) != (fresh.video, fresh.label, fresh.split)
+                or not np.array_equal(held.offset, fresh.offset)
+                or [m.path.name for m in held.shards] != [m.path.name for m in fresh.shards]
             ):
                 problem = "its clip table differs from the shards'"
         if problem is None and kind == "pooled" and stored is not None:
@@ -366,7 +364,7 @@ def compact_store(path: str | Path, compression: str | None = None, compression_
             }
 
         def fill(emb_ds, ts_ds) -> None:
-            for e, t, sel, n, pos in kept_frames(idx.shards):
+            for _, e, t, sel, n, pos in kept_frames(idx.shards):
                 for lo in range(0, n, _BLOCK_ROWS):  # bounded memory however big the store
                     hi = min(n, lo + _BLOCK_ROWS)
                     rows = slice(sel.start + lo, sel.start + hi) if isinstance(sel, slice) else sel[lo:hi]
