@@ -7,9 +7,7 @@ For each store, in fresh processes (so peak RSS is the read's own):
 * first read: ``open_store(p).pooled(get_pool("mean"))`` with no cache — time (open + clip index + pooling)
   and peak RSS, against the (N, D') pooled matrix it returns;
 * cached read: the same call again in a new process (clip index and pooled matrix from ``cache/``);
-* ``--old`` stores: the pre-streaming read (all frames as float32, then a Python call per clip), side by side;
-* ``--index-child``: the first read with the clip tables read by two processes (``store/clip_tables.py``'s child)
-  and by this one alone, alternating, ``--repeat`` times each (at least twice), with the load average around it.
+* ``--old`` stores: the pre-streaming read (all frames as float32, then a Python call per clip), side by side.
 
 Targets (issue 11): peak RSS <= 1.5 x pooled + 0.5 GB; time growth <= 12x for 10x the clips; cached read
 >= 5x faster than the first; on 200k x 8 x 512, first read >= 3x faster than 12.3 s and peak RSS <= 1 GB.
@@ -97,10 +95,6 @@ def child(mode: str, path: str) -> None:
 
     pool = get_pool("mean")
     t0 = time.perf_counter()
-    if mode == "first-alone":  # the clip tables read by this process only, however many shards
-        from pipeline.store import clip_tables
-
-        clip_tables.PARALLEL_MIN_SHARDS = sys.maxsize
     store = open_store(path)
     store.use_cache = mode != "old"  # the old read had no cache: it builds the clip index from the shards too
     store.index()
@@ -124,31 +118,12 @@ def run_child(mode: str, path: Path) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def first_read(path: Path, mode: str = "first") -> dict:
+def first_read(path: Path) -> dict:
     shutil.rmtree(path / "cache", ignore_errors=True)
     # The deletion's own cost (ext4 mounted with discard trims the freed blocks at the next journal commit, which
     # the first read's fsync of its new cache would otherwise wait for) is not the read's: settle it first.
     os.sync()
-    return run_child(mode, path)
-
-
-def index_child_saving(path: Path, repeat: int) -> dict:
-    """First reads (no cache) with and without the clip-table child, alternating; the fastest of each."""
-    load_before = os.getloadavg()
-    runs: dict[str, list[dict]] = {"first": [], "first-alone": []}
-    for _ in range(max(2, repeat)):
-        for mode in runs:
-            runs[mode].append(first_read(path, mode))
-    both, alone = (min(r["total_s"] for r in runs[m]) for m in ("first", "first-alone"))
-    return {
-        "with_child_s": both,
-        "alone_s": alone,
-        "with_child_runs": [(round(r["total_s"], 2), round(r["index_s"], 2)) for r in runs["first"]],
-        "alone_runs": [(round(r["total_s"], 2), round(r["index_s"], 2)) for r in runs["first-alone"]],
-        "saving": 1 - both / alone,
-        "load_avg_before": load_before,
-        "load_avg_after": os.getloadavg(),
-    }
+    return run_child("first", path)
 
 
 def measure(path: Path, old: bool, repeat: int = 1) -> dict:
@@ -202,11 +177,6 @@ def main() -> None:
     )
     ap.add_argument(
         "--repeat", type=int, default=1, help="first reads per store, the fastest reported (a busy machine is noisy)"
-    )
-    ap.add_argument(
-        "--index-child",
-        action="store_true",
-        help="also time each 8 x DIM store's first read with and without the clip-table child process",
     )
     ap.add_argument("--workdir", default="/tmp/vidprobe-scale")
     ap.add_argument("--keep", action="store_true", help="keep the stores (default: deleted at the end)")
@@ -270,13 +240,6 @@ def main() -> None:
                     f"  old read    {o['total_s']:7.2f} s, peak RSS {o['peak_rss'] / GB:.2f} GB "
                     f"(streaming is {r['speedup_vs_old']:.1f}x faster; issue 11 measured {OLD_FIGURE['seconds']} s, "
                     f"{OLD_FIGURE['peak_rss_gb']} GB at 200k)"
-                )
-            if args.index_child and d == args.dim:
-                r["index_child"] = ic = index_child_saving(path, args.repeat)
-                print(
-                    f"  index child: first read {ic['with_child_s']:.2f} s with it, {ic['alone_s']:.2f} s without "
-                    f"(saves {100 * ic['saving']:.0f} %; (total, index) runs {ic['with_child_runs']} / "
-                    f"{ic['alone_runs']}); load average {ic['load_avg_before']} -> {ic['load_avg_after']}"
                 )
             if d == 512:
                 r["target_3x_ok"] = f["total_s"] <= OLD_FIGURE["seconds"] / 3

@@ -376,7 +376,7 @@ def test_old_store_still_loads(tmp_path):
     for attempt in ("shards", "cache"):  # the first read builds the index cache, the second reads it
         store = open_store(tmp_path / "old")
         assert (tmp_path / "old" / "cache" / "index.h5").is_file() == (attempt == "cache")
-        keys = store.keys()  # noqa: SIM118 - a FeatureStore is no dict
+        keys = store.keys()
         assert [list(k) for k in keys] == expected["keys"]
         assert (store.videos, store.labels, store.splits) == (
             expected["videos"],
