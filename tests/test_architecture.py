@@ -3,10 +3,8 @@
 Run ``python -m pytest tests/test_architecture.py``; docs/architecture.md states the rule. Imports are read with
 ``ast`` (nothing is imported), so imports inside functions are seen too. Which imports count:
 
-- the stage rule: every import — at module level, inside functions, and under ``if TYPE_CHECKING:`` (a lazy or
-  a type-only import of a later stage is still a dependency on it);
-- cycles: the imports that execute (module level and inside functions). ``TYPE_CHECKING``-only imports never
-  run, so they make no runtime cycle: ``store/writer.py`` names the reader's ``FeatureStore`` type that way;
+- the stage rule and cycles: every import — at module level, inside functions, and under ``if TYPE_CHECKING:``
+  (a lazy or a type-only import is still a dependency: ``TYPE_CHECKING`` only hides a cycle from the interpreter);
 - "torch at import time": module-level imports outside ``TYPE_CHECKING``, followed transitively, with the
   parent packages that Python initialises first.
 
@@ -205,9 +203,9 @@ def test_every_module_belongs_to_a_stage():
 
 
 def test_no_import_cycle_among_pipeline_modules():
-    graph = {m: {i.target for i in internal(IMPORTS[m]) if not i.type_checking} for m in MODULES}
+    graph = {m: {i.target for i in internal(IMPORTS[m])} for m in MODULES}
     cycles = find_cycles(graph)
-    assert not cycles, "import cycles (runtime imports, lazy ones included): " + "; ".join(
+    assert not cycles, "import cycles (lazy and TYPE_CHECKING-only imports included): " + "; ".join(
         " -> ".join(c) for c in cycles
     )
 

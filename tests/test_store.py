@@ -359,3 +359,37 @@ def test_cli_verify_and_info_text(tmp_path, capsys):
     assert main(["verify", str(store.path)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("problem: ") and "timestamp" in err and len(err.strip().splitlines()) == 1
+
+
+def test_old_store_still_loads(tmp_path):
+    """A store written before issue 24's store refactor (tests/fixtures/old_store) reads the same values."""
+    import shutil
+
+    from pipeline.store.tools import verify_store
+
+    fixtures = Path(__file__).parent / "fixtures"
+    shutil.copytree(fixtures / "old_store", tmp_path / "old")  # reading writes cache/ into the store folder
+    expected = json.loads((fixtures / "old_store_expected.json").read_text(encoding="utf-8"))
+    arrays = np.load(fixtures / "old_store_expected.npz")
+    report = verify_store(tmp_path / "old")
+    assert report.ok and (report.shards, report.clips, report.frames, report.failures) == (2, 2, 6, 1), report
+    for attempt in ("shards", "cache"):  # the first read builds the index cache, the second reads it
+        store = open_store(tmp_path / "old")
+        assert (tmp_path / "old" / "cache" / "index.h5").is_file() == (attempt == "cache")
+        keys = store.keys()
+        assert [list(k) for k in keys] == expected["keys"]
+        assert (store.videos, store.labels, store.splits) == (
+            expected["videos"],
+            expected["labels"],
+            expected["splits"],
+        )
+        assert [p.name for p in store.shard_paths()] == expected["shards"]
+        assert json.dumps(store.failures(), sort_keys=True) == json.dumps(expected["failures"], sort_keys=True)
+        assert store.index().current_sources() == {"v0.mp4": (1000, 1700000000000000000, 12345), "bad.mp4": (7, 8, 9)}
+        np.testing.assert_array_equal(store.offsets, arrays["offsets"])
+        np.testing.assert_array_equal(store.starts, arrays["starts"])
+        np.testing.assert_array_equal(store.ends, arrays["ends"])
+        np.testing.assert_array_equal(store.frames(1), arrays["embeddings"][3:6])
+        np.testing.assert_array_equal(store.timestamps(0), arrays["timestamps"][:3])
+        np.testing.assert_array_equal(store.embeddings, arrays["embeddings"])
+    assert verify_store(tmp_path / "old").ok

@@ -3,7 +3,7 @@ every shard's clip table nor every frame again.
 
 Layout under ``STORE/cache/`` (HDF5, written by the shards' tmp → fsync → rename path, ``layout.atomic_h5``)::
 
-    index.h5          the reader's ``StoreIndex`` (clip columns, per-shard offsets and kept rows, failures)
+    index.h5          the ``index.StoreIndex`` (clip columns, per-shard offsets and kept rows, failures)
     pooled-NAME.h5    ``pooled`` (N, D') float32: row i = pooling NAME of live clip i, in index order
 
 Never served stale: each file carries its ``key`` (attrs, JSON) and is used only when that equals the key
@@ -30,11 +30,13 @@ import os
 import re
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from ..errors import StoreError
+from .clip_tables import ShardMeta
+from .index import StoreIndex
 from .layout import (
     CACHE_DIR,
     CHECKSUMS_ATTR,
@@ -47,9 +49,6 @@ from .layout import (
     identity,
     shard_paths,
 )
-
-if TYPE_CHECKING:  # types only: the reader imports this module
-    from .reader import StoreIndex
 
 __all__ = [
     "CACHE_VERSION",
@@ -273,60 +272,58 @@ def save_index(store: Path, key: dict[str, Any], index: StoreIndex) -> None:
     _write(cache_dir(store) / INDEX_FILE, "index", key, datasets, {"meta": json.dumps(meta, sort_keys=True)})
 
 
-def load_index(store: Path, key: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]] | None:
-    """The cached index, if its key is ``key`` and it is intact: the fields of each ``ShardMeta`` and of the
-    ``StoreIndex`` (plain values: the reader builds the objects, so this module never imports it); else None."""
+def load_index(store: Path, key: dict[str, Any]) -> StoreIndex | None:
+    """The cached index, if its key is ``key`` and it is intact; else None."""
     got = _open_checked(cache_dir(store) / INDEX_FILE, "index", key, _INDEX_DATA)
     if got is None:
         return None
     _, d, attrs = got
-    path = cache_dir(store) / INDEX_FILE
     try:
         meta = json.loads(attrs["meta"])
-        shards: list[dict[str, Any]] = []
+        shards: list[ShardMeta] = []
         a = b = c = 0
         for s in meta["shards"]:
+            n = s["n_clips"]
             shards.append(
-                {
-                    "path": store / SHARD_DIR / s["name"],
-                    "offset": d["offsets"][a : a + s["n_clips"] + 1],
-                    "kept": d["kept"][b : b + s["n_kept"]],
-                    "n_clips": s["n_clips"],
-                    "n_frames": s["n_frames"],
-                    "dtype": s["dtype"],
-                    "compression": s["compression"],
-                    "compacted_from": s["compacted_from"],
-                    "checksums": s["checksums"],
-                    "source": d["sources"][c : c + s["n_clips"]],
-                }
+                ShardMeta(
+                    store / SHARD_DIR / s["name"],
+                    offset=d["offsets"][a : a + n + 1],
+                    kept=d["kept"][b : b + s["n_kept"]],
+                    n_clips=n,
+                    n_frames=s["n_frames"],
+                    dtype=s["dtype"],
+                    compression=s["compression"],
+                    compacted_from=s["compacted_from"],
+                    checksums=s["checksums"],
+                    source=d["sources"][c : c + n],
+                )
             )
-            a, b, c = a + s["n_clips"] + 1, b + s["n_kept"], c + s["n_clips"]
+            a, b, c = a + n + 1, b + s["n_kept"], c + n
         video, label, split = (json.loads(d[k].tobytes().decode("utf-8")) for k in ("video", "label", "split"))
-        n = len(video)
         # the kept clips' fingerprints, in index order: derived from the shards' (stored once)
-        source = (
-            np.concatenate([sh["source"][sh["kept"]] for sh in shards])
-            if shards
-            else np.zeros((0, len(SOURCE_COLUMNS)), np.int64)
-        )
+        no_source = np.zeros((0, len(SOURCE_COLUMNS)), np.int64)
+        source = np.concatenate([m.source[m.kept] for m in shards]) if shards else no_source
         lengths = {len(label), len(split), len(d["start"]), len(d["end"]), len(source), len(d["offset"]) - 1}
-        if lengths != {n}:
+        if lengths != {len(video)}:
             raise ValueError("columns differ in length")
-        return shards, {
-            "video": video,
-            "start": d["start"],
-            "end": d["end"],
-            "label": label,
-            "split": split,
-            "offset": d["offset"],
-            "failures": meta["failures"],
-            "duplicates": int(meta["duplicates"]),
-            "superseded": [store / SHARD_DIR / name for name in meta["superseded"]],
-            "source": source,
-            "replaced": int(meta["replaced"]),
-        }
+        superseded = [store / SHARD_DIR / name for name in meta["superseded"]]
+        failures, duplicates, replaced = meta["failures"], int(meta["duplicates"]), int(meta["replaced"])
+        return StoreIndex(
+            shards,
+            video,
+            d["start"],
+            d["end"],
+            label,
+            split,
+            d["offset"],
+            failures,
+            duplicates,
+            superseded,
+            source,
+            replaced,
+        )
     except (KeyError, ValueError, TypeError) as exc:
-        _damaged(path, str(exc))
+        _damaged(cache_dir(store) / INDEX_FILE, str(exc))
         return None
 
 

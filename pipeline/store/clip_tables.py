@@ -1,27 +1,9 @@
-"""Reading the shards' clip tables for the store's index — split with a second process on a big store.
-
-The index (``reader._build_index``) needs every live shard's clip columns, offsets, checksums and failures.
-That costs ~2.6 ms a shard here (HDF5 open, seven small reads, string decoding, the columns' checksums), so
-5 s for the 1954 shards of 1M clips: the largest part of a first read at that size, and HDF5 reads do not run
-in parallel in one process (h5py serialises every call). From ``PARALLEL_MIN_SHARDS`` shards on, a
-``python -m pipeline.store.clip_tables`` child reads the later part of the listing while this process reads
-the first (sized so both end together, the child's start-up counted), and sends its tables back pickled
-over a pipe, string columns joined (a plain subprocess, not ``multiprocessing``: nothing re-imports the
-caller's ``__main__``).
-The tables and every refusal are exactly what one process reading all shards gives; a child that cannot
-start, dies, or takes far longer than this process took for its own part leaves its shards to this process.
-"""
+"""The shards' clip tables, read and checked for the store's index (``index.build_index``): each live shard's
+clip columns, offsets, checksums, video file fingerprints and failures, as ``ShardMeta`` plus columns."""
 
 from __future__ import annotations
 
 import json
-import os
-import pickle
-import subprocess
-import sys
-import time
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,11 +28,7 @@ __all__ = [
     "read_clip_table",
     "read_clip_tables",
     "read_source",
-    "PARALLEL_MIN_SHARDS",
 ]
-
-PARALLEL_MIN_SHARDS = 512  # below (~1.3 s of reading here), a second process costs more than it saves
-_CHILD_START_SHARDS = 200  # shards this process reads while the child starts and sends its tables back
 
 
 @dataclass
@@ -233,108 +211,10 @@ def read_clip_table(
     return meta, v, s, e, lab, spl, failures
 
 
-def _read_all(store: Path, provenance: dict[str, Any], shards: list[Path], check: bool) -> list[ClipTableRow]:
-    matched: set[str] = set()
-    return [read_clip_table(p, store, provenance, check, matched) for p in shards]
-
-
 def read_clip_tables(
     store: Path, provenance: dict[str, Any], shards: list[Path], check: bool = True
 ) -> list[ClipTableRow]:
-    """Every shard's clip table in listing order (see the module doc for when a child process reads a part).
-
-    Raises what reading the shards one by one raises first (``StoreError``; ``FileNotFoundError`` for a shard
-    a compaction removed meanwhile)."""
-    python = Path(sys.executable or "").name.lower().startswith("python")  # not an embedding application
-    if len(shards) < PARALLEL_MIN_SHARDS or (os.cpu_count() or 1) < 2 or not python:
-        return _read_all(store, provenance, shards, check)
-    cut = (len(shards) + _CHILD_START_SHARDS) // 2
-    child = _start_child(store, provenance, shards[cut:], check)
-    if child is None:
-        return _read_all(store, provenance, shards, check)
-    proc, reply = child
-    t0 = time.perf_counter()
-    try:
-        head = _read_all(store, provenance, shards[:cut], check)
-    except BaseException:
-        proc.kill()
-        reply.result()
-        raise
-    try:  # the child has as many shards as this process had: far more than twice its time means it is stuck
-        answer = reply.result(timeout=30 + 2 * (time.perf_counter() - t0))
-    except FutureTimeout:
-        proc.kill()
-        answer = None
-    status, tail = answer if answer is not None else ("lost", None)
-    if status == "ok" and isinstance(tail, list):
-        return head + [_unpack(r) for r in tail]
-    if status == "error" and isinstance(tail, BaseException):
-        raise tail  # what reading those shards here would raise (the child stopped at the first)
-    return head + _read_all(store, provenance, shards[cut:], check)  # the child failed: read its part here
-
-
-def _start_child(store: Path, provenance: dict[str, Any], shards: list[Path], check: bool):
-    """(process, future of its decoded reply) for a child reading ``shards``; None if it cannot start."""
-    import pipeline
-
-    root = str(Path(pipeline.__file__).resolve().parents[1])
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])]))
-    try:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", "from pipeline.store.clip_tables import _child_main; _child_main()"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            env=env,
-        )
-    except OSError:
-        return None
-    job = pickle.dumps((store, provenance, shards, check), protocol=pickle.HIGHEST_PROTOCOL)
-
-    def talk() -> tuple[str, Any] | None:  # in a thread, so the child never blocks on a full pipe
-        try:
-            out, _ = proc.communicate(job)
-            return pickle.loads(out) if proc.returncode == 0 else None
-        except Exception:  # noqa: BLE001 - a broken child: its shards are read here instead
-            return None
-
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vidprobe-index-child")
-    reply = pool.submit(talk)
-    pool.shutdown(wait=False)
-    return proc, reply
-
-
-_SEP = "\0"  # cannot occur in an HDF5 string (they are NUL-terminated)
-
-
-def _join(col: list[str]) -> str | list[str]:
-    text = _SEP.join(col)
-    return text if text.count(_SEP) == len(col) - 1 else col  # a NUL inside a value after all: sent as it is
-
-
-def _split(col: str | list[str], n: int) -> list[str]:
-    return col if isinstance(col, list) else col.split(_SEP) if n else []
-
-
-def _pack(row: ClipTableRow) -> tuple[Any, ...]:
-    """A row with its string columns joined: 977 shards' tables (500k clips) pickled and unpickled in 0.11 s this
-    way against 0.80 s as lists of short strings (joining and splitting them costs 0.11 s; AMD EPYC Zen 5)."""
-    meta, v, s, e, lab, spl, fails = row
-    return meta, _join(v), s, e, _join(lab), _join(spl), fails
-
-
-def _unpack(packed: tuple[Any, ...]) -> ClipTableRow:
-    meta, v, s, e, lab, spl, fails = packed
-    n = meta.n_clips
-    return meta, _split(v, n), s, e, _split(lab, n), _split(spl, n), fails
-
-
-def _child_main() -> None:
-    """The child's side: the job from stdin, ``("ok", packed rows)`` or ``("error", exception)`` to stdout."""
-    store, provenance, shards, check = pickle.loads(sys.stdin.buffer.read())
-    try:
-        answer: tuple[str, Any] = ("ok", [_pack(r) for r in _read_all(store, provenance, shards, check)])
-    except (StoreError, FileNotFoundError) as exc:
-        answer = ("error", exc)
-    sys.stdout.buffer.write(pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL))
-    sys.stdout.buffer.flush()
+    """Every shard's clip table in listing order. Raises ``StoreError`` (the first shard refused), or
+    ``FileNotFoundError`` for a shard a compaction removed meanwhile."""
+    matched: set[str] = set()
+    return [read_clip_table(p, store, provenance, check, matched) for p in shards]

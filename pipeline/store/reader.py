@@ -1,6 +1,5 @@
-"""Reading a store: the clip index of all live shards (first finished wins; superseded shards and clips
-of a video file since replaced ignored), ``FeatureStore`` (the read API), ``open_store`` and
-``create_or_open``. See ``layout``."""
+"""Reading a store: ``FeatureStore`` (the read API over the clip ``index``, the shards and the ``cache``),
+``open_store`` and ``create_or_open``. See ``layout``."""
 
 from __future__ import annotations
 
@@ -10,7 +9,7 @@ import time
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,8 @@ import numpy as np
 from ..config import STORE_DTYPES as DTYPES
 from ..errors import StoreError
 from . import cache, stream
-from .clip_tables import ShardMeta, check_sum, read_clip_tables
+from .clip_tables import ShardMeta, check_sum
+from .index import ClipTable, StoreIndex, build_index
 from .layout import (
     CACHE_DIR,
     IDENTITY_DEFAULTS,
@@ -28,8 +28,6 @@ from .layout import (
     RUNS_DIR,
     SCHEMA_VERSION,
     SHARD_DIR,
-    SOURCE_COLUMNS,
-    UNKNOWN_SOURCE,
     Digest,
     Key,
     atomic_write_text,
@@ -41,215 +39,11 @@ from .layout import (
     shard_paths,
 )
 from .lock import WriterLock, live_holders, parse_scope
-from .sources import Source, current_sources, is_replaced
 from .stream import Block, iter_blocks, pool_blocks, widen
-from .writer import ShardWriter
 
-__all__ = [
-    "FeatureStore",
-    "StoreIndex",
-    "ShardMeta",
-    "ClipTable",
-    "Batch",
-    "kept_frames",
-    "open_store",
-    "create_or_open",
-    "ShardWriter",
-    "clip_key",
-    "PROVENANCE_FILE",
-]
+__all__ = ["FeatureStore", "Batch", "open_store", "create_or_open", "check_appendable"]
 
 _LITTLE_ENDIAN = sys.byteorder == "little"  # the pooled cache is streamed to disk as the native float32 bytes
-
-
-@dataclass
-class StoreIndex:
-    """Clip metadata of all live shards (no embeddings): what resume, ``info`` and readers need first."""
-
-    shards: list[ShardMeta]
-    video: list[str]
-    start: np.ndarray
-    end: np.ndarray
-    label: list[str]
-    split: list[str]
-    offset: np.ndarray  # (N+1,) global offsets into the concatenated frames
-    failures: list[dict[str, Any]]
-    duplicates: int  # clips held by more than one live shard (read once)
-    superseded: list[Path]  # shards a compacted shard replaces, left by a crash during compaction
-    source: np.ndarray  # (N, 3) int64: each clip's video file fingerprint (``sources``; -1 where unknown)
-    replaced: int  # clips left out because their video file was replaced and extracted again
-
-    def keys(self) -> list[Key]:
-        return [clip_key(v, s, e) for v, s, e in zip(self.video, self.start, self.end)]
-
-    def current_sources(self) -> dict[str, Source]:
-        """The fingerprint of the file each video path held when its clips or its failure were recorded
-        (paths with none recorded are absent): what ``plan_tasks`` compares the files on disk with."""
-        known = np.flatnonzero(self.source[:, 0] != UNKNOWN_SOURCE).tolist()
-        out: dict[str, Source] = dict(zip((self.video[i] for i in known), map(tuple, self.source[known].tolist())))
-        for fail in self.failures:  # shown failures are of clips with no stored embeddings, so no conflict
-            src = tuple(int(fail.get(c, UNKNOWN_SOURCE)) for c in SOURCE_COLUMNS)
-            if src[0] != UNKNOWN_SOURCE:
-                out.setdefault(fail["path"], src)  # type: ignore[arg-type]
-        return out
-
-
-@dataclass
-class ClipTable(StoreIndex):
-    """A ``StoreIndex`` with all its clips' frames in memory (de-duplicated: first finished shard wins)."""
-
-    embedding: np.ndarray  # (F, D) float32
-    timestamp: np.ndarray  # (F,)
-
-    @classmethod
-    def of(cls, index: StoreIndex, embedding: np.ndarray, timestamp: np.ndarray) -> ClipTable:
-        return cls(
-            **{f.name: getattr(index, f.name) for f in fields(StoreIndex)}, embedding=embedding, timestamp=timestamp
-        )
-
-    def __len__(self) -> int:
-        return len(self.video)
-
-    def frames(self, i: int) -> np.ndarray:
-        return self.embedding[self.offset[i] : self.offset[i + 1]]
-
-
-def _records(row: Any) -> tuple[list[str], np.ndarray]:
-    """(paths, fingerprints) of one clip-table row's clips and failures, for ``sources.current_sources``."""
-    meta, v, *_, fails = row
-    if not fails:
-        return v, meta.source
-    fsrc = np.array([[f[c] for c in SOURCE_COLUMNS] for f in fails], dtype=np.int64)
-    # failures first: where a path has both, its clips' fingerprint (crc read) is the one that stands
-    return [f["path"] for f in fails] + v, np.concatenate([fsrc, meta.source])
-
-
-def _build_index(path: Path, provenance: dict[str, Any], check: bool = True) -> StoreIndex:
-    """Clip metadata of every live shard; refuses a shard of other provenance or with a damaged clip table.
-
-    Per clip key the earliest finished shard wins, except over records of a video file since replaced (see
-    ``layout``): those are left out, counted in ``replaced``.
-    """
-    rows = read_clip_tables(path, provenance, shard_paths(path), check)
-    replaced_shards = {name for meta, *_ in rows for name in meta.compacted_from}
-    superseded = [meta.path for meta, *_ in rows if meta.path.name in replaced_shards]
-    rows = [row for row in rows if row[0].path.name not in replaced_shards]
-    current, changed = current_sources(map(_records, rows))
-    videos: list[str] = []
-    labels: list[str] = []
-    splits: list[str] = []
-    starts, ends, lengths, sources = [], [], [], []
-    seen: set[Key] = set()
-    shards, duplicates, replaced = [], 0, 0
-    for meta, v, s, e, lab, spl, _ in rows:
-        # clip_key of every clip at once (NaN, an open end, as -1); the common case has no repeats at all
-        keys = list(zip(v, np.where(np.isnan(s), -1.0, s).tolist(), np.where(np.isnan(e), -1.0, e).tolist()))
-        stale = (
-            set()
-            if changed.isdisjoint(v)
-            else {i for i, video in enumerate(v) if is_replaced(video, meta.source[i], current, changed)}
-        )
-        if not stale and seen.isdisjoint(keys) and len(set(keys)) == len(keys):
-            keep = list(range(meta.n_clips))
-            seen.update(keys)
-        else:
-            keep = []
-            for i, key in enumerate(keys):
-                if i in stale:
-                    replaced += 1
-                elif key in seen:
-                    duplicates += 1
-                else:
-                    seen.add(key)
-                    keep.append(i)
-        meta.kept = np.asarray(keep, dtype=np.int64)
-        shards.append(meta)
-        n_frames = np.diff(meta.offset)
-        src = meta.source
-        if not meta.all_kept:  # leave out the clips an earlier shard holds, or of a replaced file
-            v, lab, spl = ([x[i] for i in keep] for x in (v, lab, spl))
-            s, e, n_frames, src = s[meta.kept], e[meta.kept], n_frames[meta.kept], src[meta.kept]
-        videos += v
-        labels += lab
-        splits += spl
-        starts.append(s)
-        ends.append(e)
-        lengths.append(n_frames)
-        sources.append(src)
-    latest: dict[Key, dict[str, Any]] = {}
-    for *_, fails in rows:
-        for fail in fails:
-            if is_replaced(fail["path"], [fail[c] for c in SOURCE_COLUMNS], current, changed):
-                continue  # an attempt on a file since replaced: history
-            key = clip_key(fail["path"], fail["start"], fail["end"])
-            # A failure that a later run fixed is history, not a current failure; of repeats, the latest counts.
-            if key not in seen and (key not in latest or fail["time"] >= latest[key]["time"]):
-                latest[key] = fail
-    offset = np.zeros(len(videos) + 1, dtype=np.int64)
-    if lengths:
-        np.cumsum(np.concatenate(lengths), out=offset[1:])
-    return StoreIndex(
-        shards,
-        videos,
-        np.concatenate(starts) if starts else np.zeros(0),
-        np.concatenate(ends) if ends else np.zeros(0),
-        labels,
-        splits,
-        offset,
-        sorted(latest.values(), key=lambda f: f["time"]),
-        duplicates,
-        superseded,
-        np.concatenate(sources) if sources else np.zeros((0, len(SOURCE_COLUMNS)), np.int64),
-        replaced,
-    )
-
-
-def kept_frames(shards: list[ShardMeta]) -> Iterator[tuple[Any, Any, slice | np.ndarray, int, int]]:
-    """Per live shard with kept clips, opened in turn: its ``frames/embedding`` and ``frames/timestamp``
-    datasets, the kept rows (``ShardMeta.kept_rows``), how many, and where they go in the store's frames."""
-    import h5py
-
-    pos = 0
-    for meta in shards:
-        if not len(meta.kept):
-            continue
-        rows = meta.kept_rows()
-        n = meta.n_frames if isinstance(rows, slice) else len(rows)
-        with h5py.File(meta.path, "r") as f:
-            yield f["frames/embedding"], f["frames/timestamp"], rows, n, pos
-        pos += n
-
-
-def _read_frames(index: StoreIndex, dim: int, store: Path, check: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """All live frames as one float32 (F, D) matrix plus timestamps, read straight into place.
-
-    Each shard's frames are read whole, so with ``check`` their checksums are verified on the way."""
-    total = int(index.offset[-1])
-    emb = np.empty((total, dim), dtype=np.float32)
-    ts = np.empty(total, dtype=np.float64)
-    metas = iter([m for m in index.shards if len(m.kept)])
-    for e, t, rows, n, pos in kept_frames(index.shards):
-        meta = next(metas)
-        if not n:
-            continue
-        if isinstance(rows, slice) and e.dtype == np.float32:
-            e.read_direct(emb, dest_sel=np.s_[pos : pos + n])
-            t.read_direct(ts, dest_sel=np.s_[pos : pos + n])
-            if check:
-                check_sum(meta, store, "frames/embedding", emb[pos : pos + n])
-                check_sum(meta, store, "frames/timestamp", ts[pos : pos + n])
-            continue
-        e_all, t_all = e[()], t[()]
-        if check:
-            check_sum(meta, store, "frames/embedding", e_all)
-            check_sum(meta, store, "frames/timestamp", t_all)
-        if isinstance(rows, slice):
-            widen(e_all, emb[pos : pos + n])  # much faster than HDF5's conversion or numpy's cast
-            ts[pos : pos + n] = t_all
-        else:
-            widen(e_all[rows], emb[pos : pos + n])
-            ts[pos : pos + n] = t_all[rows]
-    return emb, ts
 
 
 @dataclass
@@ -363,13 +157,12 @@ class FeatureStore:
         """The clip index: from ``cache/index.h5`` when its key is the shard listing now, else built and cached."""
         if not self._caching():
             self._index_key = None
-            return _build_index(self.path, self.provenance, self.check_checksums)
+            return build_index(self.path, self.provenance, self.check_checksums)
         key: dict[str, Any] | None = cache.index_key(self.provenance, cache.shard_stamps(self.path))
         assert key is not None
-        parts = cache.load_index(self.path, key)
-        idx = StoreIndex([ShardMeta(**m) for m in parts[0]], **parts[1]) if parts is not None else None
+        idx = cache.load_index(self.path, key)
         if idx is None:
-            idx = _build_index(self.path, self.provenance, self.check_checksums)
+            idx = build_index(self.path, self.provenance, self.check_checksums)
             if cache.index_key(self.provenance, cache.shard_stamps(self.path)) == key:  # no writer in between
                 built, k = idx, key
                 self._save_cache(lambda: cache.save_index(self.path, k, built))
@@ -428,7 +221,7 @@ class FeatureStore:
             for attempt in range(5):
                 idx = self.index()
                 try:
-                    emb, ts = _read_frames(idx, self.dim, self.path, self.check_checksums)
+                    self._table = ClipTable.read(idx, self.dim, self.path, self.check_checksums)
                     break
                 except FileNotFoundError:
                     self._index = None
@@ -436,7 +229,7 @@ class FeatureStore:
                         raise StoreError(
                             f"{self.path}: shards keep disappearing while reading; is a compaction running?"
                         ) from None
-            self._table = ClipTable.of(idx, emb, ts)
+        assert self._table is not None  # the loop either read it or raised
         return self._table
 
     @property

@@ -28,6 +28,7 @@ import numpy as np
 from ..errors import StoreError
 from . import cache
 from .clip_tables import read_source
+from .index import StoreIndex, build_index, kept_frames
 from .layout import (
     CACHE_DIR,
     CHECKSUMS_ATTR,
@@ -44,7 +45,7 @@ from .layout import (
     shard_name,
 )
 from .lock import live_holders
-from .reader import FeatureStore, kept_frames, open_store
+from .reader import FeatureStore, open_store
 from .sources import current_sources, is_replaced
 from .writer import write_shard
 
@@ -114,6 +115,79 @@ def _bad_checksums(f, name: str, report: VerifyReport) -> list[str]:
     return bad
 
 
+def _check_offsets(name: str, off: np.ndarray, ts, sampling: dict[str, Any], report: VerifyReport) -> None:
+    """Consistent offsets against the frames: no clip empty, as many frames per clip as ``sampling`` allows,
+    each clip's timestamps in order (a shifted offset moves frames between clips)."""
+    n, frames = len(off) - 1, int(off[-1])
+    if n and np.any(np.diff(off) == 0):
+        report.problems.append(f"{name}: {int(np.sum(np.diff(off) == 0))} clips own no frames")
+    elif n:
+        wrong = frames_per_clip_problem(sampling, np.diff(off))
+        if wrong:
+            report.problems.append(f"{name}: clips/offset: {wrong}")
+        elif ts.shape == (frames,) and frames and np.all(np.isfinite(t := ts[()])):
+            step = np.diff(t)
+            step[off[1:-1] - 1] = 0  # the step from one clip's last frame to the next clip's first
+            if np.any(step < 0):
+                clip = int(np.searchsorted(off, int(np.argmax(step < 0)), side="right") - 1)
+                report.problems.append(
+                    f"{name}: clips/offset does not match frames/timestamp: clip {clip} "
+                    "has timestamps out of order (its frames belong to another clip?)"
+                )
+
+
+def _check_layout(f, name: str, store: FeatureStore, report: VerifyReport) -> tuple[int, int, int]:
+    """Shapes, dtype, offsets and column lengths of an open shard; returns its clips, failures and frames."""
+    emb, ts = f["frames/embedding"], f["frames/timestamp"]
+    c, fl = f["clips"], f["failures"]
+    off = c["offset"][()]
+    n, frames, dtype = len(c["video"]), emb.shape[0], identity(store.provenance, "dtype")
+    if emb.ndim != 2 or emb.shape[1] != store.dim:
+        report.problems.append(f"{name}: frames/embedding has shape {emb.shape}, expected (F, {store.dim})")
+    if str(emb.dtype) != dtype:
+        report.problems.append(f"{name}: embeddings stored as {emb.dtype}, the store is {dtype}")
+    if ts.shape != (frames,):
+        report.problems.append(f"{name}: frames/timestamp has {ts.shape[0]} rows for {frames} embeddings")
+    if len(off) != n + 1 or off[0] != 0 or off[-1] != frames or np.any(np.diff(off) < 0):
+        report.problems.append(
+            f"{name}: clips/offset inconsistent (len {len(off)} for {n} "
+            f"clips, first {off[:1]}, last {off[-1:]}, {frames} frames)"
+        )
+    else:
+        _check_offsets(name, off, ts, identity(store.provenance, "sampling") or {}, report)
+    for col in ("start", "end", "label", "split", *(col for col in SOURCE_COLUMNS if col in c)):
+        if len(c[col]) != n:
+            report.problems.append(f"{name}: clips/{col} has {len(c[col])} rows for {n} clips")
+    m = len(fl["path"])
+    optional = [col for col in SOURCE_COLUMNS if col in fl]
+    if any(len(fl[col]) != m for col in ("start", "end", "stage", "error", "time", *optional)):
+        report.problems.append(f"{name}: failures columns differ in length")
+    return n, m, frames
+
+
+def _check_finite(f, name: str, frames: int, report: VerifyReport) -> None:
+    emb, ts = f["frames/embedding"], f["frames/timestamp"]
+    for lo in range(0, frames, _BLOCK_ROWS):
+        if not np.all(np.isfinite(emb[lo : lo + _BLOCK_ROWS])):
+            report.problems.append(
+                f"{name}: NaN or Inf in frames/embedding rows {lo}..{min(frames, lo + _BLOCK_ROWS) - 1}"
+            )
+            break
+    if frames and not np.all(np.isfinite(ts[()])):
+        report.problems.append(f"{name}: NaN or Inf in frames/timestamp")
+
+
+def _add_checksum_problems(name: str, bad_sums: list[str], found: int, report: VerifyReport) -> None:
+    """One line per damaged dataset: a problem from ``found`` on already naming it is extended."""
+    what = "does not match its checksum (changed after it was written)"
+    for ds in bad_sums:
+        hit = next((i for i in range(found, len(report.problems)) if ds in report.problems[i]), None)
+        if hit is None:
+            report.problems.append(f"{name}: {ds} {what}")
+        else:
+            report.problems[hit] += f"; {ds} {what}"
+
+
 def _check_shard(
     shard: Path, store: FeatureStore, report: VerifyReport
 ) -> tuple[list[tuple], np.ndarray, tuple[list[str], np.ndarray]] | None:
@@ -122,7 +196,6 @@ def _check_shard(
     import h5py
 
     name = shard.name
-    dim = store.dim
     try:
         with h5py.File(shard, "r") as f:
             prov = json.loads(f.attrs["provenance"])
@@ -131,71 +204,15 @@ def _check_shard(
                 report.problems.append(f"{name}: written with different settings: " + "; ".join(diffs))
             bad_sums = _bad_checksums(f, name, report)
             found = len(report.problems)
-            emb, ts = f["frames/embedding"], f["frames/timestamp"]
-            c, fl = f["clips"], f["failures"]
-            off = c["offset"][()]
-            n, frames = len(c["video"]), emb.shape[0]
-            if emb.ndim != 2 or emb.shape[1] != dim:
-                report.problems.append(f"{name}: frames/embedding has shape {emb.shape}, expected (F, {dim})")
-            if str(emb.dtype) != identity(store.provenance, "dtype"):
-                report.problems.append(
-                    f"{name}: embeddings stored as {emb.dtype}, the store is {identity(store.provenance, 'dtype')}"
-                )
-            if ts.shape != (frames,):
-                report.problems.append(f"{name}: frames/timestamp has {ts.shape[0]} rows for {frames} embeddings")
-            if len(off) != n + 1 or off[0] != 0 or off[-1] != frames or np.any(np.diff(off) < 0):
-                report.problems.append(
-                    f"{name}: clips/offset inconsistent (len {len(off)} for {n} "
-                    f"clips, first {off[:1]}, last {off[-1:]}, {frames} frames)"
-                )
-            elif n and np.any(np.diff(off) == 0):
-                report.problems.append(f"{name}: {int(np.sum(np.diff(off) == 0))} clips own no frames")
-            elif n:
-                lengths = np.diff(off)
-                wrong = frames_per_clip_problem(identity(store.provenance, "sampling") or {}, lengths)
-                if wrong:
-                    report.problems.append(f"{name}: clips/offset: {wrong}")
-                elif ts.shape == (frames,) and frames and np.all(np.isfinite(t := ts[()])):
-                    step = np.diff(t)
-                    step[off[1:-1] - 1] = 0  # the step from one clip's last frame to the next clip's first
-                    if np.any(step < 0):
-                        clip = int(np.searchsorted(off, int(np.argmax(step < 0)), side="right") - 1)
-                        report.problems.append(
-                            f"{name}: clips/offset does not match frames/timestamp: clip {clip} "
-                            "has timestamps out of order (its frames belong to another clip?)"
-                        )
-            for col in ("start", "end", "label", "split"):
-                if len(c[col]) != n:
-                    report.problems.append(f"{name}: clips/{col} has {len(c[col])} rows for {n} clips")
-            for col in SOURCE_COLUMNS:
-                if col in c and len(c[col]) != n:
-                    report.problems.append(f"{name}: clips/{col} has {len(c[col])} rows for {n} clips")
-            m = len(fl["path"])
-            optional = [col for col in SOURCE_COLUMNS if col in fl]
-            if any(len(fl[col]) != m for col in ("start", "end", "stage", "error", "time", *optional)):
-                report.problems.append(f"{name}: failures columns differ in length")
+            n, m, frames = _check_layout(f, name, store, report)
             sources = read_source(f, "clips", n, strict=False)
-            failed = (fl["path"].asstr()[()].tolist() if m else [], read_source(f, "failures", m, strict=False))
-            for lo in range(0, frames, _BLOCK_ROWS):
-                if not np.all(np.isfinite(emb[lo : lo + _BLOCK_ROWS])):
-                    report.problems.append(
-                        f"{name}: NaN or Inf in frames/embedding rows {lo}..{min(frames, lo + _BLOCK_ROWS) - 1}"
-                    )
-                    break
-            if frames and not np.all(np.isfinite(ts[()])):
-                report.problems.append(f"{name}: NaN or Inf in frames/timestamp")
-            keys = [
-                clip_key(v, s, e)
-                for v, s, e in zip(c["video"].asstr()[()].tolist() if n else [], c["start"][()], c["end"][()])
-            ]
+            failed = (f["failures/path"].asstr()[()].tolist() if m else [], read_source(f, "failures", m, strict=False))
+            _check_finite(f, name, frames, report)
+            c = f["clips"]
+            videos = c["video"].asstr()[()].tolist() if n else []
+            keys = [clip_key(v, s, e) for v, s, e in zip(videos, c["start"][()], c["end"][()])]
             report.failures += m
-            for ds in bad_sums:  # one line per damaged dataset: extend a problem already naming it
-                hit = next((i for i in range(found, len(report.problems)) if ds in report.problems[i]), None)
-                what = "does not match its checksum (changed after it was written)"
-                if hit is None:
-                    report.problems.append(f"{name}: {ds} {what}")
-                else:
-                    report.problems[hit] += f"; {ds} {what}"
+            _add_checksum_problems(name, bad_sums, found, report)
     except (OSError, KeyError, ValueError, TypeError) as exc:
         report.problems.append(f"{name}: cannot be read ({exc})")
         return None
@@ -277,14 +294,12 @@ def verify_store(path: str | Path) -> VerifyReport:
 
 def _check_caches(store: FeatureStore, report: VerifyReport) -> None:
     """Each cache file must be intact, and a current one must match what the shards hold now."""
-    from .reader import _build_index
-
     files = cache.cache_files(store.path)
     if not files:
         return
     key = cache.index_key(store.provenance, cache.shard_stamps(store.path))
     try:
-        fresh = _build_index(store.path, store.provenance, True)
+        fresh = build_index(store.path, store.provenance, True)
     except (StoreError, OSError):
         fresh = None  # the shards' own problems are reported above
     for p in files:
@@ -293,13 +308,12 @@ def _check_caches(store: FeatureStore, report: VerifyReport) -> None:
         if problem is None and stored is not None and stored.get("version") != cache.CACHE_VERSION:
             problem = f"cache version {stored.get('version')!r}, this vidprobe writes {cache.CACHE_VERSION}"
         if problem is None and kind == "index" and stored == key and fresh is not None:
-            parts = cache.load_index(store.path, key)
-            held = parts[1] if parts is not None else None
+            held = cache.load_index(store.path, key)
             if (
                 held is None
-                or (held["video"], held["label"], held["split"]) != (fresh.video, fresh.label, fresh.split)
-                or not np.array_equal(held["offset"], fresh.offset)
-                or [m["path"].name for m in (parts[0] if parts else [])] != [m.path.name for m in fresh.shards]
+                or (held.video, held.label, held.split) != (fresh.video, fresh.label, fresh.split)
+                or not np.array_equal(held.offset, fresh.offset)
+                or [m.path.name for m in held.shards] != [m.path.name for m in fresh.shards]
             ):
                 problem = "its clip table differs from the shards'"
         if problem is None and kind == "pooled" and stored is not None:
@@ -322,97 +336,88 @@ def _check_caches(store: FeatureStore, report: VerifyReport) -> None:
             report.compactable.append(report.problems[-1])
 
 
+def _refuse_damage(store: FeatureStore) -> VerifyReport:
+    """``verify``'s report, if all its problems are ones compaction resolves; StoreError otherwise."""
+    # Duplicates across shards are what compaction is for (the first finished is kept, as readers do); any other
+    # problem is damage.
+    report = verify_store(store.path)
+    damage = [p for p in report.problems if p not in report.compactable]
+    if damage:
+        raise StoreError(
+            f"{store.path}: refusing to compact a store that fails verify ({len(damage)} problem(s), "
+            f"first: {damage[0]}); run `vidprobe verify {store.path}`, remove or re-extract the "
+            "damaged shards, then compact"
+        )
+    return report
+
+
+def _write_merged(store: FeatureStore, idx: StoreIndex, before: list[Path], compression: str, level: int) -> Path:
+    """All live clips, current failures and the live shards' warnings as one new shard naming ``before``."""
+    import h5py
+
+    def fill(emb_ds, ts_ds) -> None:
+        for _, e, t, sel, n, pos in kept_frames(idx.shards):
+            for lo in range(0, n, _BLOCK_ROWS):  # bounded memory however big the store
+                hi = min(n, lo + _BLOCK_ROWS)
+                rows = slice(sel.start + lo, sel.start + hi) if isinstance(sel, slice) else sel[lo:hi]
+                emb_ds[pos + lo : pos + hi] = e[rows]
+                ts_ds[pos + lo : pos + hi] = t[rows]
+
+    said: dict[tuple[str, str], None] = {}  # the live shards' warnings, in order, each once
+    for meta in idx.shards:
+        with h5py.File(meta.path, "r") as f:
+            said.update(dict.fromkeys(read_warnings(f)))
+    clips = {"offset": idx.offset, "video": idx.video, "start": idx.start, "end": idx.end, "label": idx.label}
+    return write_shard(
+        store.path / SHARD_DIR / shard_name("compact"),
+        store.provenance,
+        {**clips, "split": idx.split, **dict(zip(SOURCE_COLUMNS, idx.source.T))},
+        {col: [f[col] for f in idx.failures] for col in (*FAILURE_COLUMNS, *SOURCE_COLUMNS)},
+        int(idx.offset[-1]),
+        fill,
+        compression=compression,
+        compression_level=level,
+        attrs={"compacted_from": json.dumps([p.name for p in before])},
+        warnings=list(said),
+    )
+
+
 def compact_store(path: str | Path, compression: str | None = None, compression_level: int = 4) -> dict[str, Any]:
     """Merge all live shards into one (under the whole-store writer lock); returns what changed.
 
     ``compression=None`` keeps the compression most live shards use. Duplicates, clips and failures of a
     video file since replaced, and failures already fixed are dropped; current failures are kept, and so
-    are the live shards' warnings.
+    are the live shards' warnings. A store that fails ``verify`` otherwise is refused.
     """
-    import h5py
-
     store = open_store(path)
-    with store.writer_lock(purpose="compact"):
-        # Under the lock: nothing changes between the check and the merge. Duplicates across shards are
-        # what compaction is for (the first finished is kept, as readers do); any other problem is damage.
-        report = verify_store(store.path)
-        damage = [p for p in report.problems if p not in report.compactable]
-        if damage:
-            raise StoreError(
-                f"{store.path}: refusing to compact a store that fails verify ({len(damage)} problem(s), "
-                f"first: {damage[0]}); run `vidprobe verify {store.path}`, remove or re-extract the "
-                "damaged shards, then compact"
-            )
+    with store.writer_lock(purpose="compact"):  # under the lock: nothing changes between the check and the merge
+        report = _refuse_damage(store)
         idx = store.index()
-        before = [p for p in store.shard_paths()]
+        before = store.shard_paths()
         size_before = sum(p.stat().st_size for p in before)
         if compression is None:
             compression = Counter(m.compression for m in idx.shards).most_common(1)[0][0] if idx.shards else "none"
-        live_compressions = {m.compression for m in idx.shards}
-        if len(before) <= 1 and live_compressions <= {compression}:
+        summary = {
+            "path": str(store.path),
+            "changed": False,
+            "shards_before": len(before),
+            "shards_after": len(before),
+            "size_before": size_before,
+            "size_after": size_before,
+            "clips": len(idx.video),
+            "duplicates_dropped": 0,
+            "replaced_dropped": 0,
+            "compression": compression,
+        }
+        if len(before) <= 1 and {m.compression for m in idx.shards} <= {compression}:
             if any(CACHE_DIR in p for p in report.compactable):
                 cache.remove_caches(store.path)  # a damaged cache: dropped, the next read rebuilds it
-            return {
-                "path": str(store.path),
-                "changed": False,
-                "shards_before": len(before),
-                "shards_after": len(before),
-                "size_before": size_before,
-                "size_after": size_before,
-                "clips": len(idx.video),
-                "duplicates_dropped": 0,
-                "replaced_dropped": 0,
-                "compression": compression,
-            }
-
-        def fill(emb_ds, ts_ds) -> None:
-            for e, t, sel, n, pos in kept_frames(idx.shards):
-                for lo in range(0, n, _BLOCK_ROWS):  # bounded memory however big the store
-                    hi = min(n, lo + _BLOCK_ROWS)
-                    rows = slice(sel.start + lo, sel.start + hi) if isinstance(sel, slice) else sel[lo:hi]
-                    emb_ds[pos + lo : pos + hi] = e[rows]
-                    ts_ds[pos + lo : pos + hi] = t[rows]
-
-        fails = idx.failures
-        said: dict[tuple[str, str], None] = {}  # the live shards' warnings, in order, each once
-        for meta in idx.shards:
-            with h5py.File(meta.path, "r") as f:
-                said.update(dict.fromkeys(read_warnings(f)))
-        merged = write_shard(
-            store.path / SHARD_DIR / shard_name("compact"),
-            store.provenance,
-            {
-                "offset": idx.offset,
-                "video": idx.video,
-                "start": idx.start,
-                "end": idx.end,
-                "label": idx.label,
-                "split": idx.split,
-                **dict(zip(SOURCE_COLUMNS, idx.source.T)),
-            },
-            {col: [f[col] for f in fails] for col in (*FAILURE_COLUMNS, *SOURCE_COLUMNS)},
-            int(idx.offset[-1]),
-            fill,
-            compression=compression,
-            compression_level=compression_level,
-            attrs={"compacted_from": json.dumps([p.name for p in before])},
-            warnings=list(said),
-        )
+            return summary
+        merged = _write_merged(store, idx, before, compression, compression_level)
         for old in before:  # after the commit above these are dead; a crash here leaves them ignored
             old.unlink(missing_ok=True)
         cache.remove_caches(store.path)  # keyed by the old shards: stale now (the next read rebuilds them)
         fsync_dir(merged.parent)
         store.invalidate()
-        return {
-            "path": str(store.path),
-            "changed": True,
-            "shards_before": len(before),
-            "shards_after": 1,
-            "size_before": size_before,
-            "size_after": merged.stat().st_size,
-            "clips": len(idx.video),
-            "duplicates_dropped": idx.duplicates,
-            "replaced_dropped": idx.replaced,
-            "compression": compression,
-            "shard": str(merged),
-        }
+        changed = {"changed": True, "shards_after": 1, "size_after": merged.stat().st_size, "shard": str(merged)}
+        return {**summary, **changed, "duplicates_dropped": idx.duplicates, "replaced_dropped": idx.replaced}

@@ -12,7 +12,7 @@ shuffles shards, then clips within each shard, so an epoch reads each shard once
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -20,8 +20,20 @@ from torch.utils.data import Dataset, Sampler
 
 from ..errors import ConfigError
 
-if TYPE_CHECKING:  # a store is passed in: this module never opens one, so ``reader`` need not import it
-    from .reader import FeatureStore
+
+class FrameSource(Protocol):
+    """What a dataset reads of a store (``FeatureStore`` is one): this module never opens one, so ``reader``
+    imports it (``FeatureStore.torch_dataset``) and not the other way round."""
+
+    @property
+    def labels(self) -> list[str]: ...
+
+    @property
+    def splits(self) -> list[str]: ...
+
+    def frames(self, i: int) -> np.ndarray: ...
+
+    def clip_shards(self) -> np.ndarray: ...
 
 
 class ClipDataset(Dataset):
@@ -29,7 +41,7 @@ class ClipDataset(Dataset):
 
     def __init__(
         self,
-        store: FeatureStore,
+        store: FrameSource,
         *,
         split: str | None = None,
         pool: Callable[[np.ndarray], np.ndarray] | None = None,
