@@ -288,7 +288,7 @@ class ExtractConfig:
     """How the extraction engine runs; none of this changes the embeddings, so it is not provenance.
 
     ``auto`` values are resolved for the machine by ``pipeline.extract.resolve_runtime`` (see there and
-    the README for the measured reasoning).
+    docs/performance.md for the measured reasoning).
     """
 
     # frames per encoder call, packed across clips (auto: 16 on CPU, 128 on CUDA)

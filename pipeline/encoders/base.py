@@ -187,8 +187,9 @@ def cpu_bf16_support() -> tuple[str, ...]:
 
 
 def cpu_has_native_bf16(override: bool | None = None) -> bool:
-    """True where bf16 matmuls run natively (AMX-BF16 or AVX512-BF16): there bf16 weights were 2.4-2.6x
-    faster than fp32; without them 8-18x slower. ``override``, else ``$VIDPROBE_CPU_BF16`` (1/0), wins."""
+    """True where bf16 matmuls run natively (AMX-BF16 or AVX512-BF16): there bf16 weights are
+    faster than fp32, without them several times slower (docs/performance.md#precision).
+    ``override``, else ``$VIDPROBE_CPU_BF16`` (1/0), wins."""
     if override is not None:
         return bool(override)
     env = os.environ.get(BF16_ENV, "").strip().lower()
@@ -211,7 +212,7 @@ def cpu_bf16_attention_needs_math() -> bool:
 def resolve_precision(precision: str, device: torch.device) -> str:
     """'auto' -> fp16 (autocast) on CUDA; on CPU bf16 where it is native (``cpu_has_native_bf16``), else fp32.
 
-    On CPU reduced precision means bf16 weights and inputs, not autocast (0.61x fp32 on an AMX CPU);
+    On CPU reduced precision means bf16 weights and inputs, not autocast (slower than fp32 there);
     fp16 is refused there (conv kernels missing or slow), forced bf16 without native support warns once.
     """
     global _warned_slow_bf16

@@ -37,7 +37,7 @@ DEFAULT_PATIENCE = 2
 DEFAULT_TOL = 1e-4
 DEFAULT_MAX_ITER = 1000
 # Below this many multiply-adds per matmul a CPU fit runs on one thread: for small problems thread
-# start-up and barriers cost more than they save (on a busy 2-core box, 70x more).
+# start-up and barriers cost more than they save (docs/performance.md#small-fits-run-on-one-thread).
 _SINGLE_THREAD_BELOW = 1 << 26
 
 

@@ -78,7 +78,7 @@ def _segment_means(x: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.nd
     if len(starts) and np.all(ends[:-1] == starts[1:]):  # segments tile a range
         lo, hi = int(starts[0]), int(ends[-1])
         n = int(ends[0] - starts[0])
-        if np.all(ends - starts == n):  # equal lengths (uniform sampling): a reshape, 20x faster than reduceat
+        if np.all(ends - starts == n):  # equal lengths (uniform sampling): a reshape, much faster than reduceat
             sums = x[lo:hi].reshape(len(starts), n, x.shape[1]).sum(axis=1)
             return (sums / np.float32(n)).astype(np.float32, copy=False)
         sums = np.add.reduceat(x[lo:hi], starts - lo, axis=0)

@@ -89,7 +89,7 @@ def _foreign(shard: Path, store: Path, provenance: dict[str, Any], attrs: Any) -
 
 
 def _dataset_id(f: Any, name: str) -> Any:
-    """The low-level dataset: h5py's ``f[name]`` costs ~8x more, which the index pays ~10 times per shard."""
+    """The low-level dataset: h5py's ``f[name]`` costs much more, which the index pays ~10 times per shard."""
     from h5py import h5d
 
     try:

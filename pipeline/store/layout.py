@@ -36,10 +36,9 @@ Layout of one shard (readable with plain h5py)::
 
 Checksums: a CRC-32 of each dataset's values (numbers: their little-endian bytes in the stored dtype;
 strings: the JSON list of them), so any edit after writing shows, through h5py or on the raw bytes. CRC-32
-finds every flipped bit and burst up to 32 bits, and reads at 6.9 GB/s where SHA-256 reads at 2.1 (zlib vs
-hashlib, AMD EPYC Zen 5): with SHA-256 a checked pooled read took 2.45x the unchecked one, the hash being
-the slowest part. The checksum lives in the same file as the data, so a cryptographic hash would add no
-protection against a deliberate edit. Shards written before (``sha256:HEX``) are checked with SHA-256.
+finds every flipped bit and burst up to 32 bits, and is several times faster than SHA-256, which was the slowest part
+of a checked read (docs/performance.md). The checksum lives in the same file as the data, so a cryptographic hash
+would add no protection against a deliberate edit. Shards written before (``sha256:HEX``) are checked with SHA-256.
 Chosen over HDF5's Fletcher32 filter, which needs chunked datasets and is recomputed by HDF5 itself when a
 value is rewritten through h5py. Readers check the checksums of what they read whole (the clip columns when
 indexing, the frames when loading them); ``vidprobe verify`` checks every dataset.
@@ -131,7 +130,7 @@ CHECKSUM_ALGORITHM = "crc32"  # what new shards and caches carry; "sha256" (shar
 class Digest:
     """Incremental checksum of one dataset's values (blocks of rows in order give the checksum of the whole).
 
-    ``algorithm``: ``crc32`` (written now: 6.9 GB/s here against SHA-256's 2.1, AMD EPYC Zen 5) or ``sha256``
+    ``algorithm``: ``crc32`` (written now) or ``sha256``
     (what shards written before carry); ``Digest.like(expected)`` checks a stored checksum with its own.
     """
 

@@ -9,7 +9,7 @@ returned. A shard that fits in one block — every shard extraction writes — i
 rows is handed out; the reader works one block ahead so that the hashing of one block overlaps the
 reading and widening of the next.
 
-float16 frames are widened to float32 by ``widen`` (exact, ~2.5x faster than numpy's cast).
+float16 frames are widened to float32 by ``widen`` (exact, and faster than numpy's cast).
 """
 
 from __future__ import annotations
@@ -158,7 +158,7 @@ class _Prepared:
 def _read_rows(ds: Any, a: int, b: int, out: np.ndarray | None) -> np.ndarray:
     """Rows ``a:b`` of ``ds`` in its stored dtype, into ``out`` (a reused buffer) when given.
 
-    Read at h5py's low level: its ``ds[a:b]`` and ``read_direct`` cost ~5x the read itself here."""
+    Read at h5py's low level: its ``ds[a:b]`` and ``read_direct`` cost several times the read itself."""
     from h5py import h5s
 
     shape = (b - a, *ds.shape[1:])

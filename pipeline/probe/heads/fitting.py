@@ -124,7 +124,7 @@ def fit_sklearn(
     X_va, y_va = data.X_val, labels[data.y_val] if data.X_val is not None else None
     scores: dict[str, float] = {}
     # Small problems: multi-threaded BLAS only adds sync cost, and under CPU contention its spinning
-    # threads made a 180 x 2560 fit 70x slower (17 s vs 0.24 s measured). Large ones keep all threads.
+    # threads slow small fits many times over (docs/performance.md). Large ones keep all threads.
     from sklearn.exceptions import ConvergenceWarning
     from threadpoolctl import threadpool_limits
 

@@ -128,8 +128,8 @@ def _attn(arch: dict[str, Any], p: Params, x: torch.Tensor, t: torch.Tensor, mas
     qk = torch.einsum("gqhd,ghdw->gwqh", qh, w_k) * (gamma[:, :, None, None] / math.sqrt(d))
     scores = torch.bmm(n.view(G, B * T, W), qk.reshape(G, W, Q * heads)).view(G, B, T, Q * heads)
     scores = scores.masked_fill(~mask[None, :, :, None], NEG)
-    # the softmax over T on frame-major scores, B * Q * heads contiguous per frame: on a CPU ~10x faster
-    # than over a last axis of T ~ 8 (the scores are small; the frames are not moved)
+    # the softmax over T on frame-major scores, B * Q * heads contiguous per frame: on a CPU much faster
+    # than over a short last axis T (the scores are small; the frames are not moved)
     attn = scores.transpose(1, 2).contiguous().softmax(1).permute(0, 2, 3, 1)  # (G, B, Q*heads, T)
     pooled = torch.bmm(attn.reshape(G * B, Q * heads, T), n.view(G * B, T, W)).view(G, B * Q, heads * W)
     # per head h: y_h = (pooled_h * gamma + beta) @ W_v,h^T + b_v,h, as one product with a block-diagonal

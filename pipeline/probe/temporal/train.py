@@ -44,8 +44,7 @@ from .predictor import TemporalHead
 
 TRAIN_THREADS = max(1, min(8, os.cpu_count() or 1))  # fixed, so a seed gives the same weights run after run
 # Below this many multiply-adds per step (the input projection of all candidates) a CPU sweep runs on one
-# thread, like logreg's small fits: on this busy 2-core box two threads made a 216-clip demo sweep 5x slower
-# and the input PCA 19x slower (measured; spinning OpenMP threads fight the other jobs).
+# thread, like logreg's small fits: spinning OpenMP threads fight other jobs (docs/performance.md).
 _SINGLE_THREAD_BELOW = 1 << 28
 _EVAL_CHUNK = 1024
 
@@ -72,8 +71,8 @@ def train_precision(precision: str, device) -> str:
 
     Only the training steps' matrix products run in bf16 (``torch.autocast``): weights, optimizer state,
     loss and the val scoring that picks a candidate stay fp32, and the saved head is fp32 arrays that the
-    numpy predictor runs in fp32. On an AMD EPYC Zen 5 (AVX512-BF16) a bf16 (9, 1024, 192) x (9, 192, 64)
-    batched product is ~5x the fp32 one, and the products are most of a sweep step."""
+    numpy predictor runs in fp32. The products are most of a sweep step, and bf16 runs them several times
+    faster where the CPU has it natively (docs/performance.md)."""
     from ...encoders.base import cpu_has_native_bf16
 
     if precision not in PRECISIONS:
