@@ -13,6 +13,11 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 13
 EXIT_TERMINATED = 143  # 128 + SIGTERM
 
 
+def pick(args: argparse.Namespace, *names: str) -> dict[str, Any]:
+    """The named options, as keyword arguments for the library call they are passed to."""
+    return {name: getattr(args, name) for name in names}
+
+
 def add_json(p: argparse.ArgumentParser, what: str = "the result", help: str | None = None) -> None:
     """``--json``: the command's result as one JSON document on stdout (``print_json``)."""
     p.add_argument("--json", action="store_true", help=help or f"print {what} as one JSON document")

@@ -18,6 +18,7 @@ from .common import (
     add_json,
     add_store,
     add_trust,
+    pick,
     print_json,
 )
 
@@ -110,23 +111,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ..probe.train import train_head
 
     settings: dict[str, Any] = {"kind": args.head}
+    if args.head in ("logreg", "zeroshot", "attn", "gru"):
+        settings["device"] = args.device
     if args.head == "logreg":
-        settings.update(solver=args.solver, device=args.device)
-    if args.head in ("attn", "gru"):
-        settings["device"] = args.device
-    if args.head == "zeroshot":
-        settings["device"] = args.device
-        if args.prompt:
-            settings["templates"] = args.prompt
+        settings["solver"] = args.solver
+    if args.head == "zeroshot" and args.prompt:
+        settings["templates"] = args.prompt
     _notice_live_writers(args)
     splits_from = SplitsFrom(args.splits_from, split=args.dataset_split) if args.splits_from else None
     split = SplitSpec(
-        seed=args.seed,
-        val_fraction=args.val_fraction,
-        test_fraction=args.test_fraction,
-        shots=args.shots,
-        shot_seed=args.shot_seed,
-        splits_from=splits_from,
+        **pick(args, "seed", "val_fraction", "test_fraction", "shots", "shot_seed"), splits_from=splits_from
     ).validate()
     out = train_head(args.store, args.output, head=HeadConfig.from_dict(settings), pool=args.pool, split=split)
     if args.json:
@@ -269,16 +263,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
             plot_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ConfigError(f"--explain-dir {plot_dir}: cannot create it ({exc.strerror or exc})") from None
-    results = predict_videos(
-        args.head,
-        args.videos,
-        top_k=args.top_k,
-        device=args.device,
-        trust=args.trust,
-        decode_timeout=args.decode_timeout,
-        explain=args.explain,
-        plot_dir=plot_dir,
-    )
+    options = pick(args, "top_k", "device", "trust", "decode_timeout", "explain")
+    results = predict_videos(args.head, args.videos, plot_dir=plot_dir, **options)
     if args.json:
         print_json(results)
     else:

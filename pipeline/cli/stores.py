@@ -73,16 +73,10 @@ def cmd_info(args: argparse.Namespace) -> int:
 def _contents(info: dict[str, Any]) -> list[tuple[str, str]]:
     """What the store holds and how it was made."""
     fpc = info["frames_per_clip"]
-    per_clip = (
-        ""
-        if not fpc
-        else f", {fpc['min']} per clip"
-        if fpc["min"] == fpc["max"]
-        else f", {fpc['min']}..{fpc['max']} per clip"
-    )
-    labels = ", ".join(f"{k} {v}" for k, v in list(info["label_counts"].items())[:8]) + (
-        " ..." if len(info["label_counts"]) > 8 else ""
-    )
+    span = "" if not fpc else str(fpc["min"]) if fpc["min"] == fpc["max"] else f"{fpc['min']}..{fpc['max']}"
+    per_clip = f", {span} per clip" if span else ""
+    counts = list(info["label_counts"].items())
+    labels = ", ".join(f"{k} {v}" for k, v in counts[:8]) + (" ..." if len(counts) > 8 else "")
     return [
         (
             "store",
