@@ -50,10 +50,11 @@ from .report import markdown_table, plot_accuracy_bars, plot_confusion, plot_few
 from .sequences import SEQUENCE_POOL, HeadInput
 from .train import fit_on_store, pooled_features
 
-CSV_COLUMNS = tuple(
-    "benchmark dataset encoder pool order_aware head shots shot_seed seed top1 top5 mean_class_acc val_top1 hparams "
-    "n_train n_val n_test split_source fit_seconds status store encoder_spec weights_id sampling head_settings".split()
-)
+# results.csv: which fit a row is, what it scored and chose, and what it takes to trace and re-run it.
+_WHICH = ("benchmark", "dataset", "encoder", "pool", "order_aware", "head", "shots", "shot_seed", "seed")
+_SCORED = ("top1", "top5", "mean_class_acc", "val_top1", "hparams", "n_train", "n_val", "n_test", "split_source")
+_TRACE = ("fit_seconds", "status", "store", "encoder_spec", "weights_id", "sampling", "head_settings")
+CSV_COLUMNS = (*_WHICH, *_SCORED, *_TRACE)
 _TOP_KEYS = ("name", "output", "seed", "val_fraction", "test_fraction", "stores", "poolings", "heads", "fewshot")
 
 
