@@ -11,6 +11,7 @@ from ..data.manifest import DATASET_SPLITS
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130  # 75: StoreBusyError.exit_code
 EXIT_TERMINATED = 143  # 128 + SIGTERM
+DEVICES = "auto | cpu | cuda | cuda:K"
 
 
 def pick(args: argparse.Namespace, *names: str) -> dict[str, Any]:
@@ -27,7 +28,7 @@ def add_quiet(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help=f"no progress {what}")
 
 
-def add_device(p: argparse.ArgumentParser, help: str = "auto | cpu | cuda | cuda:K", **kwargs: Any) -> None:
+def add_device(p: argparse.ArgumentParser, help: str = DEVICES, **kwargs: Any) -> None:
     p.add_argument("--device", help=help, **kwargs)
 
 

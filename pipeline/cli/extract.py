@@ -8,7 +8,7 @@ from typing import Any
 
 from ..data.manifest import FORMATS
 from ..errors import ConfigError
-from .common import EXIT_OK, EXIT_PARTIAL, add_dataset_split, add_device, add_json, add_quiet, print_json
+from .common import DEVICES, EXIT_OK, EXIT_PARTIAL, add_dataset_split, add_device, add_json, add_quiet, print_json
 
 
 def add_extract(sub: Any) -> None:
@@ -73,7 +73,7 @@ def _add_scale_out(p: argparse.ArgumentParser) -> None:
     """Where it runs: the device, the job shard, the engine."""
     add_device(
         p,
-        "auto | cpu | cuda | cuda:K (same as extract.device=DEV); one process per GPU: "
+        f"{DEVICES} (same as extract.device=DEV); one process per GPU: "
         "--device cuda:K --shard-id K --num-shards NUM_GPUS",
         metavar="DEV",
     )

@@ -10,6 +10,7 @@ from typing import Any
 from ..config import EVAL_SPLITS, HEAD_KINDS, SOLVERS
 from ..errors import ConfigError
 from .common import (
+    DEVICES,
     EXIT_OK,
     EXIT_PARTIAL,
     add_dataset_split,
@@ -72,7 +73,7 @@ def add_train(sub: Any) -> None:
         choices=SOLVERS,
         help="logreg solver: torch L-BFGS (default, CPU or CUDA) or scikit-learn's",
     )
-    add_device(p, "logreg solver / zeroshot text tower: auto | cpu | cuda | cuda:K", default="auto")
+    add_device(p, f"logreg solver / zeroshot text tower: {DEVICES}", default="auto")
     p.add_argument(
         "--prompt",
         action="append",
