@@ -45,8 +45,7 @@ TOP_LEVEL_STAGES = {
     "pipeline.errors": "base",
     "pipeline.config": "base",
     "pipeline.versions": "base",
-    "pipeline.cli": "cli",
-    "pipeline.__main__": "cli",
+    "pipeline.__main__": "cli",  # the package pipeline/cli/ is the cli stage itself
 }
 TORCH_LIKE = {"torch", "torchvision", "open_clip", "timm"}  # the last two import torch themselves
 TORCH_ALLOWED_IN_STORE = {"pipeline.store.torch_dataset"}

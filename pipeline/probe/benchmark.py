@@ -51,33 +51,11 @@ from .report import markdown_table, plot_accuracy_bars, plot_confusion, plot_few
 from .sequences import SEQUENCE_POOL, HeadInput
 from .train import fit_on_store, pooled_features
 
-CSV_COLUMNS = (
-    "benchmark",
-    "dataset",
-    "encoder",
-    "pool",
-    "order_aware",
-    "head",
-    "shots",
-    "shot_seed",
-    "seed",
-    "top1",
-    "top5",
-    "mean_class_acc",
-    "val_top1",
-    "hparams",
-    "n_train",
-    "n_val",
-    "n_test",
-    "split_source",
-    "fit_seconds",
-    "status",
-    "store",
-    "encoder_spec",
-    "weights_id",
-    "sampling",
-    "head_settings",
-)
+# results.csv: which fit a row is, what it scored and chose, and what it takes to trace and re-run it.
+_WHICH = ("benchmark", "dataset", "encoder", "pool", "order_aware", "head", "shots", "shot_seed", "seed")
+_SCORED = ("top1", "top5", "mean_class_acc", "val_top1", "hparams", "n_train", "n_val", "n_test", "split_source")
+_TRACE = ("fit_seconds", "status", "store", "encoder_spec", "weights_id", "sampling", "head_settings")
+CSV_COLUMNS = (*_WHICH, *_SCORED, *_TRACE)
 _TOP_KEYS = ("name", "output", "seed", "val_fraction", "test_fraction", "stores", "poolings", "heads", "fewshot")
 
 
@@ -217,6 +195,11 @@ def head_grid(poolings: list[str], heads: list[HeadConfig]) -> list[tuple[str, H
     return grid + [(SEQUENCE_POOL, h) for h in heads if head_kind(h.kind).temporal]
 
 
+def _order_aware(pool: str) -> bool:
+    """Whether a row's input keeps the frames' order: an order-aware pooling, or the frames themselves."""
+    return pool == SEQUENCE_POOL or is_order_aware(pool)
+
+
 def run_benchmark(
     config: BenchmarkConfig | str | Path,
     output: str | Path | None = None,
@@ -234,137 +217,125 @@ def run_benchmark(
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     cfg = dataclasses.replace(cfg, stores=expand_stores(cfg.stores))
+    grids = len(head_grid(cfg.poolings, cfg.heads)), len(head_grid(cfg.fewshot_poolings, cfg.fewshot_heads))
+    n_fits = len(cfg.stores) * (grids[0] + grids[1] * len(cfg.fewshot_shots) * len(cfg.fewshot_seeds))
+    say(f"benchmark {cfg.name}: {len(cfg.stores)} store(s), {n_fits} fits -> {out}")
+    rows, details = run_grid(cfg, say=say, device=device)
+    summary = write_results(cfg, out, rows, details)
+    summary["seconds"] = time.perf_counter() - t_start
+    record = {"config": cfg.raw, "name": cfg.name, "seconds": summary["seconds"], "versions": versions(*_VERSIONS)}
+    record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    (out / "benchmark.json").write_text(json.dumps(record, indent=2, default=str), encoding="utf-8")
+    say(summary["markdown"])
+    say(f"results: {out}/results.csv, results.md, details.jsonl, plots ({summary['seconds']:.0f} s)")
+    return summary
+
+
+def run_grid(
+    cfg: BenchmarkConfig, *, say: Callable[[str], None] = print, device: str | None = None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Every store's fits, the full-data grid then the few-shot one: the rows of results.csv, and the details
+    (classes, per-class report, confusion matrix) of each fit that scored."""
     rows: list[dict[str, Any]] = []
     details: list[dict[str, Any]] = []
-    grid = head_grid(cfg.poolings, cfg.heads)
-    fewshot_grid = head_grid(cfg.fewshot_poolings, cfg.fewshot_heads)
-    n_jobs = len(cfg.stores) * (len(grid) + len(fewshot_grid) * len(cfg.fewshot_shots) * len(cfg.fewshot_seeds))
-    say(f"benchmark {cfg.name}: {len(cfg.stores)} store(s), {n_jobs} fits -> {out}")
     for entry in cfg.stores:
-        base: dict[str, Any] = {
-            "benchmark": cfg.name,
-            "dataset": entry.dataset,
-            "store": str(Path(entry.path).resolve()),
-            "seed": cfg.split.seed,
-        }
+        path = str(Path(entry.path).resolve())
+        base = {"benchmark": cfg.name, "dataset": entry.dataset, "store": path, "seed": cfg.split.seed}
         try:
-            store = open_store(entry.path)
-            prov = store.provenance
+            fits = _StoreFits(cfg, entry, base, device)
         except VidprobeError as exc:
             say(f"  {entry.dataset}: {exc}")
             rows.append({**base, "encoder": entry.encoder or "?", "status": f"error: {exc}"})
             continue
-        base.update(
-            encoder=entry.encoder or _encoder_name(prov["encoder"]),
-            encoder_spec=prov["encoder"],
-            weights_id=prov["weights_id"],
-            sampling=prov["sampling"],
-        )
-        features: dict[str, HeadInput] = {}
-        zs_encoder: list[Any] = []  # built once per store, on first use
+        rows += fits.run(say)
+        details += fits.details
+    return rows, details
 
-        def fit(head: HeadConfig, pool: str, shots: int | None = None, shot_seed: int = 0) -> dict[str, Any]:
-            if device and "device" in head.to_dict():
-                head = head.replace(device=device)
-            row = {
-                **base,
-                "pool": pool,
-                "order_aware": is_order_aware(pool),
-                "head": head.kind,
-                "head_settings": head.to_dict(),
-                "shots": shots,
-                "shot_seed": shot_seed if shots else None,
-            }
-            t0 = time.perf_counter()
-            try:
-                if pool not in features:
-                    features[pool] = pooled_features(store, pool)
-                if head.kind == "zeroshot" and not zs_encoder:
-                    from .heads.zeroshot import zeroshot_encoder
 
-                    zs_encoder.append(
-                        zeroshot_encoder(prov.get("encoder"), weights_id=prov.get("weights_id"), device=head.device)
-                    )
-                split = dataclasses.replace(cfg.split, shots=shots, shot_seed=shot_seed, splits_from=entry.splits_from)
-                _, rec = fit_on_store(
-                    store,
-                    head,
-                    pool,
-                    split=split,
-                    X_all=features[pool],
-                    encoder=zs_encoder[0] if head.kind == "zeroshot" else None,
-                )
-            except VidprobeError as exc:
-                row.update(
-                    status=f"skipped: {exc}" if head.kind == "zeroshot" else f"error: {exc}",
-                    fit_seconds=round(time.perf_counter() - t0, 3),
-                )
-                return row
-            m = rec.get("test") or {}
-            row.update(
-                top1=m.get("top1", math.nan),
-                top5=math.nan if m.get("top5") is None else m["top5"],  # None: 5 classes or fewer
-                mean_class_acc=m.get("mean_class_acc", math.nan),
-                val_top1=rec["val_top1"],
-                hparams=rec["hparams"],
-                n_train=rec["n_train"],
-                n_val=rec["n_val"],
-                n_test=rec["n_test"],
-                split_source=rec["split_source"],
-                fit_seconds=round(time.perf_counter() - t0, 3),
-                status="ok" if m else "no test split",
-            )
-            details.append(
-                {k: row[k] for k in ("dataset", "encoder", "pool", "head", "shots", "shot_seed")}
-                | {"classes": rec["classes"], "report": m.get("report"), "confusion": m.get("confusion")}
-            )
-            return row
+class _StoreFits:
+    """The fits on one store: they share its pooled features and its zero-shot text tower (built on first use)."""
 
-        for pool, head in grid:
-            row = fit(head, pool)
-            rows.append(row)
-            say(
-                f"  {entry.dataset:12s} {row['encoder'][:24]:24s} {pool:8s} {head.kind:8s} "
-                + (
-                    f"top1={row['top1']:.3f} top5={row['top5']:.3f} "
-                    f"mean-class={row['mean_class_acc']:.3f} ({row['fit_seconds']:.1f} s)"
-                    if row.get("status") == "ok"
-                    else _short(row.get("status", ""))
-                )
-            )
-        for pool, head in fewshot_grid:
+    def __init__(self, cfg: BenchmarkConfig, entry: StoreEntry, base: dict[str, Any], device: str | None) -> None:
+        self.cfg, self.entry, self.device = cfg, entry, device
+        self.store = open_store(entry.path)
+        prov = self.store.provenance
+        self.base = {
+            **base,
+            "encoder": entry.encoder or _encoder_name(prov["encoder"]),
+            "encoder_spec": prov["encoder"],
+            "weights_id": prov["weights_id"],
+            "sampling": prov["sampling"],
+        }
+        self.features: dict[str, HeadInput] = {}
+        self.zs_encoder: Any = None
+        self.details: list[dict[str, Any]] = []
+
+    def run(self, say: Callable[[str], None]) -> list[dict[str, Any]]:
+        """The full-data grid (a line per fit), then the few-shot grid (a line per shots: mean ± std over seeds)."""
+        cfg, name = self.cfg, f"  {self.entry.dataset:12s} {self.base['encoder'][:24]:24s}"
+        rows = []
+        for pool, head in head_grid(cfg.poolings, cfg.heads):
+            rows.append(row := self.fit(head, pool))
+            say(f"{name} {pool:8s} {head.kind:8s} " + _scores(row))
+        for pool, head in head_grid(cfg.fewshot_poolings, cfg.fewshot_heads):
             for k in cfg.fewshot_shots:
-                accs = []
-                for s in cfg.fewshot_seeds:
-                    row = fit(head, pool, shots=k, shot_seed=s)
-                    rows.append(row)
-                    if row.get("status") == "ok":
-                        accs.append(row["top1"])
-                if accs:
+                few = [self.fit(head, pool, shots=k, shot_seed=s) for s in cfg.fewshot_seeds]
+                rows += few
+                if accs := [r["top1"] for r in few if r.get("status") == "ok"]:
                     mean, std = _mean_std(accs)
-                    say(
-                        f"  {entry.dataset:12s} {base['encoder'][:24]:24s} {pool:8s} "
-                        f"{head.kind:8s} {k:3d}-shot top1={mean:.3f} ± {std:.3f} (n={len(accs)})"
-                    )
-    summary = write_results(cfg, out, rows, details)
-    summary["seconds"] = time.perf_counter() - t_start
-    (out / "benchmark.json").write_text(
-        json.dumps(
-            {
-                "config": cfg.raw,
-                "name": cfg.name,
-                "seconds": summary["seconds"],
-                "versions": versions(*_VERSIONS),
-                "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            },
-            indent=2,
-            default=str,
-        ),
-        encoding="utf-8",
+                    say(f"{name} {pool:8s} {head.kind:8s} {k:3d}-shot top1={mean:.3f} ± {std:.3f} (n={len(accs)})")
+        return rows
+
+    def fit(self, head: HeadConfig, pool: str, shots: int | None = None, shot_seed: int = 0) -> dict[str, Any]:
+        """One row of results.csv; a fit that fails is a row with its error as status."""
+        if self.device and "device" in head.to_dict():
+            head = head.replace(device=self.device)
+        row = {**self.base, "pool": pool, "order_aware": _order_aware(pool), "head": head.kind}
+        row.update(head_settings=head.to_dict(), shots=shots, shot_seed=shot_seed if shots else None)
+        t0 = time.perf_counter()
+        try:
+            splits_from = self.entry.splits_from
+            split = dataclasses.replace(self.cfg.split, shots=shots, shot_seed=shot_seed, splits_from=splits_from)
+            rec = self._fit(head, pool, split)
+        except VidprobeError as exc:
+            status = f"skipped: {exc}" if head.kind == "zeroshot" else f"error: {exc}"
+            return {**row, "status": status, "fit_seconds": round(time.perf_counter() - t0, 3)}
+        m = rec.get("test") or {}
+        row.update(
+            top1=m.get("top1", math.nan),
+            top5=math.nan if m.get("top5") is None else m["top5"],  # None: 5 classes or fewer
+            mean_class_acc=m.get("mean_class_acc", math.nan),
+            **{k: rec[k] for k in ("val_top1", "hparams", "n_train", "n_val", "n_test", "split_source")},
+            fit_seconds=round(time.perf_counter() - t0, 3),
+            status="ok" if m else "no test split",
+        )
+        self.details.append(
+            {k: row[k] for k in ("dataset", "encoder", "pool", "head", "shots", "shot_seed")}
+            | {"classes": rec["classes"], "report": m.get("report"), "confusion": m.get("confusion")}
+        )
+        return row
+
+    def _fit(self, head: HeadConfig, pool: str, split: SplitSpec) -> dict[str, Any]:
+        if pool not in self.features:
+            self.features[pool] = pooled_features(self.store, pool)
+        if head.kind == "zeroshot" and self.zs_encoder is None:
+            from .heads.zeroshot import zeroshot_encoder
+
+            prov = self.store.provenance
+            self.zs_encoder = zeroshot_encoder(
+                prov.get("encoder"), weights_id=prov.get("weights_id"), device=head.device
+            )
+        encoder = self.zs_encoder if head.kind == "zeroshot" else None
+        return fit_on_store(self.store, head, pool, split=split, X_all=self.features[pool], encoder=encoder)[1]
+
+
+def _scores(row: dict[str, Any]) -> str:
+    if row.get("status") != "ok":
+        return _short(row.get("status", ""))
+    return (
+        f"top1={row['top1']:.3f} top5={row['top5']:.3f} "
+        f"mean-class={row['mean_class_acc']:.3f} ({row['fit_seconds']:.1f} s)"
     )
-    say(summary["markdown"])
-    say(f"results: {out}/results.csv, results.md, details.jsonl, plots ({summary['seconds']:.0f} s)")
-    return summary
 
 
 def _short(text: str, width: int = 90) -> str:
@@ -386,123 +357,22 @@ def write_results(
     """results.csv, details.jsonl, results.md (full-data table + few-shot table) and the plots."""
     write_csv(rows, out / "results.csv", CSV_COLUMNS)
     with open(out / "details.jsonl", "w", encoding="utf-8") as fh:
-        for d in details:
-            fh.write(json.dumps(d, default=str) + "\n")
+        fh.writelines(json.dumps(d, default=str) + "\n" for d in details)
     full = [r for r in rows if r.get("shots") is None and "pool" in r]
-    few = [r for r in rows if r.get("shots") is not None and r.get("status") == "ok"]
-    heads = list(dict.fromkeys(r["head"] for r in full))
-    # Full-data table: one row per dataset × encoder × pooling, one column per head (test top-1 %).
-    table_rows = []
-    for key in dict.fromkeys((r["dataset"], r["encoder"], r["pool"]) for r in full):
-        cells = {r["head"]: r for r in full if (r["dataset"], r["encoder"], r["pool"]) == key}
-        tr = {
-            "dataset": key[0],
-            "encoder": key[1],
-            "pool": key[2],
-            "order-aware": "yes" if is_order_aware(key[2]) else "",
-        }
-        for h in heads:
-            r = cells.get(h)
-            tr[h] = _fmt(r["top1"]) if r and r.get("status") == "ok" else "—"
-        ok = [c for c in cells.values() if c.get("status") == "ok"]
-        tr["top-5 (best head)"] = _fmt(max(ok, key=lambda c: c["top1"])["top5"]) if ok else "—"
-        table_rows.append(tr)
-    md = [
-        f"## {cfg.name}: test top-1 (%) by pooling and head",
-        "",
-        markdown_table(table_rows, ["dataset", "encoder", "pool", "order-aware", *heads, "top-5 (best head)"]),
-        "",
-    ]
-    # Few-shot table: mean ± std over seeds.
-    groups: dict[tuple, dict[int, list[float]]] = {}
-    for r in few:
-        groups.setdefault((r["dataset"], r["encoder"], r["head"], r["pool"]), {}).setdefault(
-            int(r["shots"]), []
-        ).append(r["top1"])
-    shots = sorted({int(r["shots"]) for r in few})
-    fs_rows: list[dict[str, Any]] = []
-    curves_by_ds: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for (ds, enc, head, pool), by_k in groups.items():
-        fr = {"dataset": ds, "encoder": enc, "head": head, "pool": pool}
-        curve: dict[str, Any] = {"label": f"{head}/{pool}", "shots": [], "mean": [], "std": []}
-        for k in shots:
-            if k in by_k:
-                m, s = _mean_std(by_k[k])
-                fr[f"{k}-shot"] = _fmt(m, s)
-                curve["shots"].append(k)
-                curve["mean"].append(m)
-                curve["std"].append(s)
-            else:
-                fr[f"{k}-shot"] = "—"
-        fs_rows.append(fr)
-        curves_by_ds.setdefault((ds, enc), []).append(curve)
-    if fs_rows:
-        n_seeds = len(cfg.fewshot_seeds)
+    fewshot_rows, shots, curves = _fewshot_summary(
+        [r for r in rows if r.get("shots") is not None and r.get("status") == "ok"]
+    )
+    md = [f"## {cfg.name}: test top-1 (%) by pooling and head", "", _full_table(full), ""]
+    if fewshot_rows:
         md += [
-            f"## {cfg.name}: few-shot test top-1 (%), mean ± std over {n_seeds} seeds",
+            f"## {cfg.name}: few-shot test top-1 (%), mean ± std over {len(cfg.fewshot_seeds)} seeds",
             "",
-            markdown_table(fs_rows, ["dataset", "encoder", "head", "pool", *[f"{k}-shot" for k in shots]]),
+            markdown_table(fewshot_rows, ["dataset", "encoder", "head", "pool", *[f"{k}-shot" for k in shots]]),
             "",
         ]
     markdown = "\n".join(md)
     (out / "results.md").write_text(markdown + "\n", encoding="utf-8")
-    plots = []
-    for ds, enc in dict.fromkeys((r["dataset"], r["encoder"]) for r in full):
-        sel = [r for r in full if r["dataset"] == ds and r["encoder"] == enc and r.get("status") == "ok"]
-        if not sel:
-            continue
-        slug = re.sub(r"[^\w.-]+", "_", f"{ds}-{enc}")
-        plots.append(
-            plot_accuracy_bars(
-                sel,
-                out / f"accuracy-{slug}.png",
-                group="pool",
-                series="head",
-                title=f"{ds} · {enc}: test top-1 by pooling and head",
-            )
-        )
-        best = max(sel, key=lambda r: r["top1"])
-        det = next(
-            (
-                d
-                for d in details
-                if d["dataset"] == ds
-                and d["encoder"] == enc
-                and d["pool"] == best["pool"]
-                and d["head"] == best["head"]
-                and d["shots"] is None
-            ),
-            None,
-        )
-        if det and det["confusion"]:
-            plots.append(
-                plot_confusion(
-                    det["confusion"],
-                    det["classes"],
-                    out / f"confusion-{slug}.png",
-                    title=f"{ds} · {enc}: {best['head']}/{best['pool']} (best)",
-                )
-            )
-        if (ds, enc) in curves_by_ds:
-            zs = [r for r in sel if r["head"] == "zeroshot"]
-            baselines = (
-                [
-                    {
-                        "label": f"zero-shot/{max(zs, key=lambda r: r['top1'])['pool']}",
-                        "value": max(r["top1"] for r in zs),
-                    }
-                ]
-                if zs
-                else []
-            )
-            plots.append(
-                plot_fewshot(
-                    curves_by_ds[(ds, enc)],
-                    out / f"fewshot-{slug}.png",
-                    title=f"{ds} · {enc}: few-shot",
-                    baselines=baselines,
-                )
-            )
+    plots = write_plots(out, full, details, curves)
     errors = [r for r in rows if str(r.get("status", "")).startswith("error")]
     return {
         "rows": len(rows),
@@ -511,3 +381,70 @@ def write_results(
         "plots": [str(p) for p in plots],
         "output": str(out),
     }
+
+
+def _full_table(full: list[dict[str, Any]]) -> str:
+    """One row per dataset × encoder × pooling, one column per head (test top-1 %)."""
+    heads = list(dict.fromkeys(r["head"] for r in full))
+    table = []
+    for key in dict.fromkeys((r["dataset"], r["encoder"], r["pool"]) for r in full):
+        cells = {r["head"]: r for r in full if (r["dataset"], r["encoder"], r["pool"]) == key}
+        ok = [c for c in cells.values() if c.get("status") == "ok"]
+        table.append(
+            dict(zip(("dataset", "encoder", "pool"), key))
+            | {"order-aware": "yes" if _order_aware(key[2]) else ""}
+            | {h: _fmt(cells[h]["top1"]) if cells.get(h, {}).get("status") == "ok" else "—" for h in heads}
+            | {"top-5 (best head)": _fmt(max(ok, key=lambda c: c["top1"])["top5"]) if ok else "—"}
+        )
+    return markdown_table(table, ["dataset", "encoder", "pool", "order-aware", *heads, "top-5 (best head)"])
+
+
+def _fewshot_summary(few: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[int], dict[tuple, list]]:
+    """The few-shot table's rows (mean ± std over seeds per shots), its shots, and the curves per dataset × encoder."""
+    groups: dict[tuple, dict[int, list[float]]] = {}
+    for r in few:
+        key = (r["dataset"], r["encoder"], r["head"], r["pool"])
+        groups.setdefault(key, {}).setdefault(int(r["shots"]), []).append(r["top1"])
+    shots = sorted({int(r["shots"]) for r in few})
+    table: list[dict[str, Any]] = []
+    curves: dict[tuple, list[dict[str, Any]]] = {}
+    for (ds, enc, head, pool), by_k in groups.items():
+        stats = {k: _mean_std(by_k[k]) for k in shots if k in by_k}
+        table.append(
+            {"dataset": ds, "encoder": enc, "head": head, "pool": pool}
+            | {f"{k}-shot": _fmt(*stats[k]) if k in stats else "—" for k in shots}
+        )
+        means, stds = [m for m, _ in stats.values()], [s for _, s in stats.values()]
+        curve = {"label": f"{head}/{pool}", "shots": list(stats), "mean": means, "std": stds}
+        curves.setdefault((ds, enc), []).append(curve)
+    return table, shots, curves
+
+
+def find_details(details: list[dict[str, Any]], **key: Any) -> dict[str, Any] | None:
+    """The details of the full-data fit whose fields equal ``key`` (e.g. dataset, head, pool)."""
+    return next((d for d in details if d["shots"] is None and all(d[k] == v for k, v in key.items())), None)
+
+
+def write_plots(
+    out: Path, full: list[dict[str, Any]], details: list[dict[str, Any]], curves: dict[tuple, list]
+) -> list[Path]:
+    """Per dataset × encoder: accuracy bars by pooling and head, the best fit's confusion matrix, few-shot curves."""
+    plots = []
+    for ds, enc in dict.fromkeys((r["dataset"], r["encoder"]) for r in full):
+        sel = [r for r in full if r["dataset"] == ds and r["encoder"] == enc and r.get("status") == "ok"]
+        if not sel:
+            continue
+        slug, name = re.sub(r"[^\w.-]+", "_", f"{ds}-{enc}"), f"{ds} · {enc}"
+        title = f"{name}: test top-1 by pooling and head"
+        plots.append(plot_accuracy_bars(sel, out / f"accuracy-{slug}.png", group="pool", series="head", title=title))
+        best = max(sel, key=lambda r: r["top1"])
+        det = find_details(details, dataset=ds, encoder=enc, pool=best["pool"], head=best["head"])
+        if det and det["confusion"]:
+            title = f"{name}: {best['head']}/{best['pool']} (best)"
+            plots.append(plot_confusion(det["confusion"], det["classes"], out / f"confusion-{slug}.png", title=title))
+        if (ds, enc) in curves:
+            zs = max((r for r in sel if r["head"] == "zeroshot"), key=lambda r: r["top1"], default=None)
+            baselines = [{"label": f"zero-shot/{zs['pool']}", "value": zs["top1"]}] if zs else []
+            path, title = out / f"fewshot-{slug}.png", f"{name}: few-shot"
+            plots.append(plot_fewshot(curves[(ds, enc)], path, title=title, baselines=baselines))
+    return plots

@@ -23,11 +23,7 @@ def markdown_table(rows: Sequence[dict], columns: Sequence[str], floatfmt: str =
 
 def plot_confusion(cm: np.ndarray | list, classes: Sequence[str], path: str | Path, title: str = "") -> Path:
     """Row-normalised confusion matrix with counts, saved as PNG (rows = true class)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     cm = np.asarray(cm, dtype=float)
     norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
     n = len(classes)
@@ -44,15 +40,8 @@ def plot_confusion(cm: np.ndarray | list, classes: Sequence[str], path: str | Pa
         for i in range(n):
             for j in range(n):
                 if cm[i, j]:
-                    ax.text(
-                        j,
-                        i,
-                        f"{int(cm[i, j])}",
-                        ha="center",
-                        va="center",
-                        color="white" if norm[i, j] > 0.5 else "black",
-                        fontsize=8,
-                    )
+                    color = "white" if norm[i, j] > 0.5 else "black"
+                    ax.text(j, i, f"{int(cm[i, j])}", ha="center", va="center", color=color, fontsize=8)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of true class")
     return _save(fig, path)
 
@@ -66,11 +55,7 @@ def plot_accuracy_bars(
     title: str = "",
 ) -> Path:
     """Grouped bar chart (one group per ``group`` value, one bar per ``series`` value)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     groups = list(dict.fromkeys(r[group] for r in rows))
     names = list(dict.fromkeys(r[series] for r in rows))
     width = 0.8 / max(1, len(names))
@@ -114,11 +99,7 @@ def plot_fewshot(curves: Sequence[dict], path: str | Path, title: str = "", base
     ``curves``: dicts with label, shots, mean, std (lists); ``baselines``: dicts with label, value,
     drawn as dashed horizontal lines (e.g. zero-shot or the full-data probe).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for c in curves:
         k, m, s = np.asarray(c["shots"], float), np.asarray(c["mean"], float), np.asarray(c["std"], float)
@@ -143,11 +124,7 @@ def plot_fewshot(curves: Sequence[dict], path: str | Path, title: str = "", base
 def plot_timeline(explained: dict, path: str | Path, title: str = "") -> Path:
     """One video's explanation over time: each frame's weight (bars, one colour per clip window) and the
     winning class's probability per clip window (steps over the window's sampled span)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     clips = explained["clips"]
     fig, ax = plt.subplots(figsize=(8, 3.2))
     times = np.array([f["time"] for c in clips for f in c["frames"]], float)
@@ -169,13 +146,21 @@ def plot_timeline(explained: dict, path: str | Path, title: str = "") -> Path:
     return _save(fig, path)
 
 
-def _save(fig, path: str | Path) -> Path:
-    """Lay out, write as PNG (folders created) and free the figure."""
+def _pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display needed), imported on first use."""
+    import matplotlib
+
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _save(fig, path: str | Path) -> Path:
+    """Lay out, write as PNG (folders created) and free the figure."""
     fig.tight_layout()
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
-    plt.close(fig)
+    _pyplot().close(fig)
     return out

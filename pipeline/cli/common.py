@@ -1,0 +1,57 @@
+"""What every command shares: exit codes, the flags several commands take (defined once here), and output helpers."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from ..data.manifest import DATASET_SPLITS
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130  # 75: StoreBusyError.exit_code
+EXIT_TERMINATED = 143  # 128 + SIGTERM
+DEVICES = "auto | cpu | cuda | cuda:K"
+
+
+def pick(args: argparse.Namespace, *names: str) -> dict[str, Any]:
+    """The named options, as keyword arguments for the library call they are passed to."""
+    return {name: getattr(args, name) for name in names}
+
+
+def add_json(p: argparse.ArgumentParser, what: str = "the result", help: str | None = None) -> None:
+    """``--json``: the command's result as one JSON document on stdout (``print_json``)."""
+    p.add_argument("--json", action="store_true", help=help or f"print {what} as one JSON document")
+
+
+def add_quiet(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("-q", "--quiet", action="store_true", help=f"no progress {what}")
+
+
+def add_device(p: argparse.ArgumentParser, help: str = DEVICES, **kwargs: Any) -> None:
+    p.add_argument("--device", help=help, **kwargs)
+
+
+def add_store(p: argparse.ArgumentParser, help: str | None = "feature store folder (or one shard file)") -> None:
+    p.add_argument("store", help=help)
+
+
+def add_head_file(p: argparse.ArgumentParser) -> None:
+    p.add_argument("head", help="head file (.npz, .skops or .joblib) written by `vidprobe train`")
+
+
+def add_trust(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--trust",
+        action="store_true",
+        help="allow a .joblib (pickle) head, or types outside skops' trusted list: only for files you trust",
+    )
+
+
+def add_dataset_split(p: argparse.ArgumentParser, help: str) -> None:
+    p.add_argument("--dataset-split", type=int, default=1, choices=DATASET_SPLITS, help=help)
+
+
+def print_json(doc: Any) -> None:
+    json.dump(doc, sys.stdout, indent=2, default=str)
+    sys.stdout.write("\n")

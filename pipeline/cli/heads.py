@@ -1,0 +1,292 @@
+"""``vidprobe train``, ``evaluate`` and ``predict``: the commands that write and use head files."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..config import EVAL_SPLITS, SOLVERS
+from ..errors import ConfigError
+from .common import (
+    DEVICES,
+    EXIT_OK,
+    EXIT_PARTIAL,
+    add_dataset_split,
+    add_device,
+    add_head_file,
+    add_json,
+    add_store,
+    add_trust,
+    pick,
+    print_json,
+)
+
+PLOT_SUFFIXES = (".png", ".pdf", ".svg")
+
+
+def add_train(sub: Any) -> None:
+    from ..probe.heads.registry import head_names
+
+    p = sub.add_parser(
+        "train",
+        help="fit a head on pooled features of a store",
+        description="Pool each clip's frame embeddings, pick the head's hyperparameter on the validation split "
+        "(logreg: a coarse-to-fine C sweep, the CLIP protocol), refit on train+val, report test metrics and save the "
+        "head with a JSON sidecar describing its inputs. Head files: .npz (recommended: plain arrays, loaded without "
+        "pickle or scikit-learn), .skops (audited scikit-learn types) or .joblib (pickle; evaluate/predict then "
+        "need --trust).",
+    )
+    add_store(p, "feature store folder")
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="HEAD",
+        help="head file to write: NAME.npz (recommended), NAME.skops or NAME.joblib (pickle); sidecar NAME.json "
+        "beside it",
+    )
+    p.add_argument(
+        "--head",
+        default="logreg",
+        choices=head_names(),
+        help="logreg (default) | mlp | knn (cosine) | zeroshot (class-name prompts through the store encoder's "
+        "open_clip text tower; no training) | attn (attentive probe over the frames) | gru (bidirectional GRU "
+        "over the frames); attn and gru read every frame (no --pool), choose lr x weight decay on val in one "
+        "batched sweep, and are saved as .npz",
+    )
+    p.add_argument(
+        "--pool",
+        default=None,
+        help="mean | max | meanmax | meanstd | center | tdiff | trend | segK (e.g. seg4); default mean "
+        "(attn and gru read the frames themselves: pool 'frames')",
+    )
+    p.add_argument(
+        "--shots",
+        type=int,
+        metavar="K",
+        help="few-shot: train on K clips per class (drawn with --shot-seed); val picks the hyperparameter, no refit",
+    )
+    p.add_argument("--shot-seed", type=int, default=0, help="seed of the few-shot draw (default 0)")
+    p.add_argument(
+        "--solver",
+        default="torch",
+        choices=SOLVERS,
+        help="logreg solver: torch L-BFGS (default, CPU or CUDA) or scikit-learn's",
+    )
+    add_device(p, f"logreg solver / zeroshot text tower: {DEVICES}", default="auto")
+    p.add_argument(
+        "--prompt",
+        action="append",
+        metavar="TEMPLATE",
+        help="zeroshot prompt template with {label}; repeat to ensemble (default: 'a video of a person {label}.')",
+    )
+    p.add_argument(
+        "--splits-from",
+        metavar="SOURCE",
+        help="take train/test from another manifest or official split folder (e.g. UCF101 split 2 over a store "
+        "extracted with split 1)",
+    )
+    add_dataset_split(p, "with --splits-from: UCF101/HMDB51 split number (default 1)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the split made when the manifest has none, and of the head (default 0)",
+    )
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.2,
+        help="share of train videos held out to choose the hyperparameter when no val split exists",
+    )
+    p.add_argument(
+        "--test-fraction", type=float, default=0.2, help="share held out for testing when the manifest has no splits"
+    )
+    add_json(p, "results")
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from ..data.splits import SplitsFrom, SplitSpec
+    from ..probe.heads.settings import HeadConfig
+    from ..probe.train import train_head
+
+    settings: dict[str, Any] = {"kind": args.head}
+    if args.head in ("logreg", "zeroshot", "attn", "gru"):
+        settings["device"] = args.device
+    if args.head == "logreg":
+        settings["solver"] = args.solver
+    if args.head == "zeroshot" and args.prompt:
+        settings["templates"] = args.prompt
+    _notice_live_writers(args)
+    splits_from = SplitsFrom(args.splits_from, split=args.dataset_split) if args.splits_from else None
+    split = SplitSpec(
+        **pick(args, "seed", "val_fraction", "test_fraction", "shots", "shot_seed"), splits_from=splits_from
+    ).validate()
+    out = train_head(args.store, args.output, head=HeadConfig.from_dict(settings), pool=args.pool, split=split)
+    if args.json:
+        print_json(out)
+        return EXIT_OK
+    chosen = " ".join(
+        f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in out["hparams"].items() if k != "example_prompt"
+    )
+    print(
+        f"head={out['head']} pool={out['pool']} {chosen} split={out['split_source']} "
+        f"train={out['n_train']}{f' ({args.shots}-shot)' if args.shots else ''} val={out['n_val']} "
+        f"test={out['n_test']} classes={len(out['classes'])}"
+    )
+    if "test" in out:
+        m = out["test"]
+        print(f"test: top1={m['top1']:.3f}{_top5(m)} mean-class={m['mean_class_acc']:.3f} (n={m['n']})")
+    sec = out["seconds"]
+    fits = out["fit_info"].get("fits")
+    print(
+        f"time: {sec['total']:.1f} s (index {sec['index']:.1f} s, pooling {sec['pool']:.1f} s, "
+        f"{out['head']} fit {sec['fit']:.1f} s{f' over {fits} fits' if fits else ''}, test {sec['test']:.1f} s)"
+    )
+    print(f"saved {args.output} (+ {Path(args.output).with_suffix('.json').name})")
+    return EXIT_OK
+
+
+def _top5(m: dict[str, Any]) -> str:
+    """`` top5=...``, or nothing where it is omitted (5 classes or fewer: always 1.0)."""
+    return "" if m.get("top5") is None else f" top5={m['top5']:.3f}"
+
+
+def _notice_live_writers(args: argparse.Namespace) -> None:
+    """A notice when a job is extracting into the store right now: training sees only its finished shards."""
+    from ..store.lock import live_holders
+
+    holders = live_holders(args.store) if Path(args.store).is_dir() else []
+    if holders:
+        who = "; ".join(f"{h.purpose} pid {h.pid} on {h.host}" for h in holders)
+        print(
+            f"vidprobe {args.command}: notice: {args.store} is being written now ({who}); "
+            "this uses the shards finished so far",
+            file=sys.stderr,
+        )
+
+
+def add_evaluate(sub: Any) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="score a saved head on a store",
+        description="Score a head on the store's test split (the same split training held out), or another split.",
+    )
+    add_store(p, None)
+    add_head_file(p)
+    add_trust(p)
+    p.add_argument("--split", default="test", choices=EVAL_SPLITS, help="which clips to score (default test)")
+    p.add_argument("--confusion", metavar="PNG", help="also write a confusion-matrix plot")
+    add_json(p, "metrics")
+    p.set_defaults(func=cmd_evaluate)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from ..probe.report import plot_confusion
+    from ..probe.train import evaluate_head
+
+    if args.confusion and Path(args.confusion).suffix.lower() not in PLOT_SUFFIXES:
+        raise ConfigError(
+            f"--confusion {args.confusion}: the plot is written as {', '.join(PLOT_SUFFIXES)}; "
+            f"name the file e.g. {Path(args.confusion).with_suffix('.png').name}"
+        )
+    out = evaluate_head(args.store, args.head, split=args.split, trust=args.trust)
+    if out["unseen_classes"]:
+        names = ", ".join(out["unseen_classes"][:10]) + (" ..." if len(out["unseen_classes"]) > 10 else "")
+        print(
+            f"vidprobe evaluate: warning: {len(out['unseen_classes'])} class(es) of the store were never seen "
+            f"by the head ({names}); their clips count as wrong",
+            file=sys.stderr,
+        )
+    if args.confusion:
+        plot_confusion(
+            out["confusion"], out["classes"], args.confusion, title=f"{Path(args.head).stem} on {args.split}"
+        )
+    if args.json:
+        print_json(out)
+        return EXIT_OK
+    print(f"{args.split}: n={out['n']} top1={out['top1']:.3f}{_top5(out)} mean-class={out['mean_class_acc']:.3f}")
+    print(f"  {'class':30s} {'prec':>6s} {'recall':>6s} {'f1':>6s} {'n':>5s}")
+    for label, r in sorted(out["report"].items()):
+        if r["support"]:
+            print(f"  {label:30s} {r['precision']:6.3f} {r['recall']:6.3f} {r['f1']:6.3f} {r['support']:5d}")
+    if args.confusion:
+        print(f"confusion matrix -> {args.confusion}")
+    return EXIT_OK
+
+
+def add_predict(sub: Any) -> None:
+    p = sub.add_parser(
+        "predict",
+        help="label new videos with a saved head",
+        description="Extract each video the way the head's training store was extracted and print the top-k labels.",
+    )
+    add_head_file(p)
+    add_trust(p)
+    p.add_argument("videos", nargs="+", metavar="VIDEO")
+    p.add_argument("-k", "--top-k", type=int, default=5, help="labels to show per video (default 5)")
+    add_device(p, default="auto")
+    p.add_argument(
+        "--decode-timeout",
+        type=float,
+        metavar="S",
+        help="seconds a video's decoder may go without progress before it is stopped and the video reported "
+        "as failed (default: extract.decode_timeout's default, 120)",
+    )
+    p.add_argument(
+        "--explain",
+        action="store_true",
+        help="per clip, each sampled frame's time and weight: an attn head's attention (sums to 1 per clip) or, "
+        "for logreg on mean pooling, the frame's share of the winning logit; plus a timeline PNG per video",
+    )
+    p.add_argument(
+        "--explain-dir",
+        default=".",
+        metavar="DIR",
+        help="folder for the --explain timelines, VIDEO-explain.png (default: the current folder)",
+    )
+    add_json(p, "predictions")
+    p.set_defaults(func=cmd_predict)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from ..config import check_device
+    from ..probe.predict import predict_videos
+
+    if args.top_k < 1:
+        raise ConfigError(f"-k/--top-k={args.top_k}: must be >= 1 (labels to show per video)")
+    check_device(args.device, "--device")
+    plot_dir = None
+    if args.explain:
+        plot_dir = Path(args.explain_dir)
+        try:
+            plot_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"--explain-dir {plot_dir}: cannot create it ({exc.strerror or exc})") from None
+    options = pick(args, "top_k", "device", "trust", "decode_timeout", "explain")
+    results = predict_videos(args.head, args.videos, plot_dir=plot_dir, **options)
+    if args.json:
+        print_json(results)
+    else:
+        for r in results:
+            if "error" in r:
+                msg = r["error"] if r["path"] in r["error"] else f"{r['path']}: {r['error']}"
+                print(f"vidprobe predict: error: {msg}", file=sys.stderr)
+                continue
+            for message in r.get("warnings", []):
+                print(f"vidprobe predict: warning: {message}", file=sys.stderr)
+            print(r["path"])
+            for t in r["top"]:
+                print(f"  {t['prob']:.3f}  {t['label']}")
+            for c in r.get("clips", []):
+                frames = " ".join(f"{f['time']:.2f}s:{f['weight']:.3f}" for f in c["frames"])
+                split = ""
+                if "logit" in c:  # an attn head: the weights explain its attention part of the winning logit
+                    split = f", logit {c['logit']['attention']:+.2f} attention {c['logit']['trend']:+.2f} trend"
+                print(f"  frame weights ({r['explained_by']}, P={c['top_prob']:.3f}{split}): {frames}")
+            if "plot" in r:
+                print(f"  timeline -> {r['plot']}")
+    return EXIT_PARTIAL if any("error" in r for r in results) else EXIT_OK
