@@ -17,7 +17,7 @@ from typing import Any
 from ..config import load_config
 from ..data.manifest import load_manifest
 from ..data.splits import SplitSpec
-from ..extract.local import extract
+from ..extract.entry import extract
 from ..probe.pooling import is_order_aware
 from ..probe.report import markdown_table, plot_accuracy_bars, plot_confusion
 from ..probe.sequences import SEQUENCE_POOL
@@ -59,8 +59,8 @@ def run_demo(
         encoder_obj = encoder_obj or create_encoder(
             cfg.encoders[0], device=cfg.extract.device, precision=cfg.extract.precision
         )
-        summary = extract(
-            load_manifest(csv_path), out / "features" / task, cfg, encoder=encoder_obj, progress=not quiet
+        (summary,) = extract(
+            load_manifest(csv_path), out / "features" / task, cfg, encoders=[encoder_obj], progress=not quiet
         )
         say(
             f"      {summary.done} extracted, {summary.skipped} already "
