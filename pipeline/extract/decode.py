@@ -411,9 +411,7 @@ class VideoReader:
         wanted = np.unique(np.asarray(times, dtype=np.float64))
         if wanted.size == 0:
             raise DecodeError(f"{self.path}: sampling asked for no frames")
-        table = self._seek_table()
-        self._configure(wanted, table, keyframes_only)
-        walk = _Walk(self, wanted, table, keyframes_only, tuple(views) or ((size, interpolation),), chunk)
+        walk = _Walk(self, wanted, keyframes_only, tuple(views) or ((size, interpolation),), chunk)
         try:
             yield from walk.run()
         except DecodeError:
@@ -448,17 +446,10 @@ class _Walk:
     """One ``iter_frames`` request: the decode position moving through the wanted times, seeking only
     where a keyframe lies between it and the next wanted time, and the frames found on screen."""
 
-    def __init__(
-        self,
-        reader: VideoReader,
-        wanted: np.ndarray,
-        table: tuple[np.ndarray, np.ndarray] | None,
-        keyframes_only: bool,
-        views: tuple[FrameView, ...],
-        chunk: int,
-    ) -> None:
-        self.r, self.wanted, self.table, self.keyframes_only = reader, wanted, table, keyframes_only
-        self.views, self.chunk = views, chunk
+    def __init__(self, reader: VideoReader, wanted: np.ndarray, keyframes_only: bool, views: tuple, chunk: int):
+        self.r, self.wanted, self.keyframes_only, self.views, self.chunk = reader, wanted, keyframes_only, views, chunk
+        self.table = reader._seek_table()  # set to None where a seek fails: decode through from there on
+        reader._configure(wanted, self.table, keyframes_only)
         self.fps = reader.info.fps or 30.0
         s = reader.stream  # frame durations are trusted only where the stream says its rate is constant
         rate_is_constant = s.average_rate and s.base_rate and s.average_rate == s.base_rate

@@ -1,11 +1,6 @@
-"""The one extraction entry: ``extract(source, output, settings, engine=...)`` for one encoder or several.
-
-Each encoder of ``settings.encoder`` (or of ``encoders``) gets a store (``store_paths``: ``output``
-itself for one encoder, ``output/<name>`` for several), each its own job (plan, lock, run record,
-failures, resume), and one decode feeds them all: a clip already in one store is decoded only for the
-others. One encoder is the group of one. The engine decodes and encodes: ``local`` (decoder processes
-and this process's encoder, ``pipeline.extract.local``) or ``ray`` (a Ray Data pipeline on a cluster,
-``pipeline.extract.ray_engine``; Ray is imported only then).
+"""The one extraction entry, ``extract``: one encoder or several (the group of one is no special case),
+into one store each, over one decode, with the local engine (``pipeline.extract.local``) or the Ray
+engine (``pipeline.extract.ray_engine``; Ray is imported only then).
 """
 
 from __future__ import annotations
@@ -19,7 +14,7 @@ from ..config import Config
 from ..data.manifest import Manifest
 from ..encoders.base import FrameEncoder
 from ..errors import ConfigError
-from .job import ExtractSummary
+from .job import ExtractionJob, ExtractSummary
 from .sharding import JobShard
 from .targets import ExtractionJobs, store_paths
 
@@ -41,6 +36,7 @@ def extract(
     num_cpus: int | None = None,
 ) -> list[ExtractSummary]:
     """Extract every clip of ``source`` that a store still lacks; one summary per store, in spec order.
+    The stores: ``output`` itself for one encoder, ``output/<name>`` for several (``store_paths``).
 
     ``encoders``: built ones (e.g. from ``create_encoders``; local engine), instead of building
     ``settings.encoder``'s. With ``shard`` (``pipeline.extract.sharding``) only the clips that job shard
@@ -58,17 +54,13 @@ def extract(
     paths = store_paths(output, settings.encoders if encoders is None else [e.spec for e in encoders])
 
     def jobs(provenances: Sequence[dict[str, Any]]) -> ExtractionJobs:
-        return ExtractionJobs(
-            source,
-            paths,
-            settings,
-            provenances,
-            engine=engine,
-            shard=shard,
-            retry_failed=retry_failed,
-            started=started,
-            progress=progress,
-        )
+        made = [
+            ExtractionJob(
+                source, path, settings, p, engine=engine, shard=shard, retry_failed=retry_failed, started=started
+            )
+            for path, p in zip(paths, provenances, strict=True)
+        ]
+        return ExtractionJobs(source, made, progress=progress)
 
     if engine == "ray":
         from .ray_engine import extract_on_ray

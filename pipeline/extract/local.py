@@ -10,8 +10,8 @@ videos are:
   (one pinned staging buffer on CUDA, so host-to-device copies are non-blocking; the encoder applies
   AMP there; fp32 and channels_last on CPU), encodes each distinct frame once per model, and
   assembles clips as they complete;
-* a writer thread per store hands finished clips to its ``ShardWriter``, so a shard flush never
-  stalls the encoder.
+* a writer thread hands finished clips to each store's ``ShardWriter``, so a shard flush never stalls
+  the encoder.
 
 Several encoders (``vidprobe extract --encoder A --encoder B``) share the decode: a clip is decoded
 once for all the stores that lack it (``pipeline.extract.targets``), and one model's outputs (open_clip
@@ -32,7 +32,7 @@ import queue
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,7 +44,7 @@ from ..encoders.base import FrameEncoder
 from ..store import check_appendable
 from .job import ExtractionJob, Outcome, build_provenance
 from .targets import ExtractionJobs, UnionTask, decode_views
-from .workers import DecodePool, Done, Frames
+from .workers import DecodePool, Done, Frames, Window
 
 if TYPE_CHECKING:
     import torch
@@ -103,41 +103,28 @@ def resolve_runtime(ext: ExtractConfig, device_type: str, cpus: int | None = Non
 # -- batching ---------------------------------------------------------------------------------------
 
 
+@dataclass(eq=False, slots=True)  # eq=False: hashed by identity
 class _TaskState:
     """Main-process state of one task: its frames' embeddings as they are encoded, then its clips.
 
     ``groups`` are the models whose stores need this task; each encodes the task's frames once
     (``encoded[g]``, ``emb[g]``: per batch part, one array per output of that model)."""
 
-    __slots__ = (
-        "unit",
-        "item",
-        "targets",
-        "skips",
-        "groups",
-        "received",
-        "encoded",
-        "emb",
-        "stamps",
-        "clips",
-        "skipped",
-        "error",
-        "failed",
-        "warnings",
-    )
+    unit: UnionTask
+    groups: tuple[int, ...]
+    received: int = 0
+    encoded: dict[int, int] = field(init=False)
+    emb: dict[int, list[list[np.ndarray]]] = field(init=False)
+    stamps: list[np.ndarray] = field(default_factory=list)
+    clips: list[Window] | None = None  # set by the worker's Done
+    skipped: int = 0
+    error: str = ""  # why decoding failed, naming the file (fails every target)
+    failed: dict[int, str] = field(default_factory=dict)  # model -> why its encoding failed (fails its targets)
+    warnings: list[str] = field(default_factory=list)  # the decoder's (kept with the clips; ExtractSummary.warnings)
 
-    def __init__(self, unit: UnionTask, groups: tuple[int, ...]):
-        self.unit, self.item, self.targets, self.skips = unit, unit.item, unit.targets, unit.skips
-        self.groups = groups
-        self.received = 0
-        self.encoded = dict.fromkeys(groups, 0)
-        self.emb: dict[int, list[list[np.ndarray]]] = {g: [] for g in groups}
-        self.stamps: list[np.ndarray] = []
-        self.clips: list | None = None  # set by the worker's "done"
-        self.skipped = 0
-        self.error = ""  # why decoding failed, naming the file (fails every target)
-        self.failed: dict[int, str] = {}  # model -> why its encoding failed (fails that model's targets)
-        self.warnings: list[str] = []  # the decoder's warnings (kept with the clips; see ExtractSummary.warnings)
+    def __post_init__(self) -> None:
+        self.encoded = dict.fromkeys(self.groups, 0)
+        self.emb = {g: [] for g in self.groups}
 
     @property
     def finished(self) -> bool:
@@ -206,7 +193,7 @@ class _Batcher:
         pos = 0
         for state, take in owners:
             if outs is None:
-                state.failed.setdefault(g, f"{state.item.abspath}: {error}")  # once per task
+                state.failed.setdefault(g, f"{state.unit.item.abspath}: {error}")  # once per task
             else:
                 state.emb[g].append([o[pos : pos + take] for o in outs])
                 state.encoded[g] += take
@@ -217,58 +204,38 @@ class _Batcher:
 # -- writing ----------------------------------------------------------------------------------------
 
 
-class _StoreSink:
-    """Runs a job's writer calls in a thread, so shard flushes never stall the encoder (``ExtractionJob.write``)."""
-
-    def __init__(self, maxsize: int = 1024):
-        self.queue: queue.Queue = queue.Queue(maxsize=maxsize)
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, name="vidprobe-store-writer", daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        while True:
-            call = self.queue.get()
-            if call is None:
-                return
-            if self.error is not None:
-                continue
-            try:
-                call()
-            except BaseException as exc:  # disk full, permissions...: fatal, raised in the main thread
-                self.error = exc
-
-    def put(self, call: Callable[[], None]) -> None:
-        if self.error is not None:
-            raise self.error
-        self.queue.put(call)
-
-    def close(self) -> None:
-        self.queue.put(None)
-        self.thread.join()
-        if self.error is not None:
-            raise self.error
-
-
 @contextlib.contextmanager
-def _writer_threads(jobs: list[ExtractionJob]) -> Iterator[None]:
-    """A writer thread in front of each job's writer while the engine runs; every thread is stopped
-    before the first of their errors is raised."""
-    sinks: list[_StoreSink] = []
+def _writer_thread(jobs: list[ExtractionJob]) -> Iterator[None]:
+    """The jobs' writer calls (``ExtractionJob.write``) run in one thread while the engine runs, so shard
+    flushes never stall the encoder; the first error (disk full, permissions...) is raised in this one."""
+    calls: queue.Queue = queue.Queue(maxsize=1024)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        for call in iter(calls.get, None):
+            if not errors:
+                try:
+                    call()
+                except BaseException as exc:  # fatal: raised in the main thread
+                    errors.append(exc)
+
+    def put(call: Callable[[], None]) -> None:
+        if errors:
+            raise errors[0]
+        calls.put(call)
+
+    thread = threading.Thread(target=run, name="vidprobe-store-writer", daemon=True)
+    thread.start()
     direct = [job.write for job in jobs]
+    for job in jobs:
+        job.write = put
     try:
-        for job in jobs:
-            sinks.append(_StoreSink())
-            job.write = sinks[-1].put
         yield
     finally:
-        errors = []
-        for job, sink, write in zip(jobs, sinks, direct):
+        for job, write in zip(jobs, direct):
             job.write = write
-            try:
-                sink.close()
-            except BaseException as exc:
-                errors.append(exc)
+        calls.put(None)
+        thread.join()
         if errors:
             raise errors[0]
 
@@ -295,25 +262,24 @@ def extract_locally(
     device_type = str(getattr(groups[0], "device", "cpu")).split(":")[0]
     rt = resolve_runtime(cfg.extract, device_type)
     with jobs([build_provenance(groups[g].outputs[j], cfg) for g, j in where]) as running:
-        _run_engine(_Engine(groups, where, running, rt), device_type, rt)
+        engine = _Engine(groups, where, running, rt)
+        with _torch_threads(rt.torch_threads if device_type == "cpu" else 0), _writer_thread(running.jobs), engine.pool:
+            engine.run()
     return running
 
 
-def _run_engine(engine: _Engine, device_type: str, rt: Runtime) -> None:
-    """Run ``engine`` with torch's threads set for it and a writer thread per store."""
+@contextlib.contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    """torch runs ``n`` threads meanwhile (0: as many as it has)."""
     import torch
 
-    old_threads = torch.get_num_threads()
-    if device_type == "cpu" and rt.torch_threads:
-        torch.set_num_threads(rt.torch_threads)
+    old = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
     try:
-        with _writer_threads(engine.jobs.jobs):
-            try:
-                engine.run()
-            finally:
-                engine.pool.close()
+        yield
     finally:
-        torch.set_num_threads(old_threads)
+        torch.set_num_threads(old)
 
 
 class _Engine:
@@ -372,9 +338,8 @@ class _Engine:
     def _finish(self, touched: list[_TaskState]) -> None:
         for state in dict.fromkeys(touched):
             if state.finished and self.states.pop(state.unit.task.task, None) is not None:
-                self.jobs.deliver(
-                    state.unit, [self._outcome(state, t, have) for t, have in zip(state.targets, state.skips)]
-                )
+                unit = state.unit
+                self.jobs.deliver(unit, [self._outcome(state, t, have) for t, have in zip(unit.targets, unit.skips)])
 
     def _outcome(self, state: _TaskState, t: int, have: frozenset) -> Outcome:
         """What store ``t`` gets of a finished task: the windows it lacks, or the failure."""

@@ -287,21 +287,6 @@ def extract_on_ray(
             ray.shutdown()
 
 
-def _rows(todo: list[UnionTask]) -> list[dict[str, Any]]:
-    """One row per planned clip: what a decode task needs (not the store), and which stores lack it."""
-    return [
-        {
-            "index": i,
-            "path": u.item.path,
-            "root": u.item.root,
-            "start": math.nan if u.item.start is None else float(u.item.start),
-            "end": math.nan if u.item.end is None else float(u.item.end),
-            "targets": sum(1 << t for t in u.targets),  # the stores that lack this clip
-        }
-        for i, u in enumerate(todo)
-    ]
-
-
 def _dataset(
     ray,
     cfg: Config,
@@ -319,7 +304,17 @@ def _dataset(
     frames_per_clip = cfg.sampling.num_frames if cfg.sampling.strategy == "uniform" else (cfg.sampling.max_frames or 8)
     batch_size = resolve_runtime(cfg.extract, "cuda" if use_gpu else "cpu").batch_size
     clips_per_call = max(1, round(batch_size / frames_per_clip))
-    rows = _rows(todo)
+    rows = [  # what a decode task needs (not the store), and which stores lack the clip
+        {
+            "index": i,
+            "path": u.item.path,
+            "root": u.item.root,
+            "start": math.nan if u.item.start is None else float(u.item.start),
+            "end": math.nan if u.item.end is None else float(u.item.end),
+            "targets": sum(1 << t for t in u.targets),
+        }
+        for i, u in enumerate(todo)
+    ]
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
     blocks = min(len(rows), max(4 * cpus, math.ceil(len(rows) / ROWS_PER_BLOCK)))
     with warnings.catch_warnings():

@@ -21,12 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import Config
 from ..data.manifest import Manifest, VideoItem
 from ..encoders import Preprocess, parse_spec, spec_options
 from ..errors import ConfigError
 from .job import ExtractionJob, Outcome
-from .sharding import JobShard
 from .workers import ClipTask
 
 __all__ = ["ExtractionJobs", "UnionTask", "decode_views", "store_name", "store_paths"]
@@ -86,33 +84,15 @@ class UnionTask:
 
 
 class ExtractionJobs:
-    """One ``ExtractionJob`` per store, entered together (see the module doc); a context manager.
+    """The ``ExtractionJob`` of each store, entered together (see the module doc); a context manager.
 
     Inside the ``with``: ``jobs`` (one per store, in the order given). ``plan(views_of)`` merges their
     plans; ``views_of[t]`` is the decoder geometry store ``t``'s encoder needs (``decode_views``).
     ``deliver`` hands each planned item's outcomes to its stores and counts it on the progress bar.
     """
 
-    def __init__(
-        self,
-        manifest: Manifest,
-        store_paths: Sequence[str | Path],
-        cfg: Config,
-        provenances: Sequence[dict[str, Any]],
-        *,
-        engine: str = "local",
-        shard: JobShard | None = None,
-        retry_failed: bool = False,
-        started: float | None = None,
-        progress: bool = False,
-    ) -> None:
-        self.manifest, self.engine, self.progress = manifest, engine, progress
-        self._jobs = [
-            ExtractionJob(
-                manifest, path, cfg, prov, engine=engine, shard=shard, retry_failed=retry_failed, started=started
-            )
-            for path, prov in zip(store_paths, provenances, strict=True)
-        ]
+    def __init__(self, manifest: Manifest, jobs: Sequence[ExtractionJob], *, progress: bool = False) -> None:
+        self.manifest, self._jobs, self.progress = manifest, list(jobs), progress
         self._stack: contextlib.ExitStack | None = None
         self._bar: Any = None
 
@@ -150,7 +130,8 @@ class ExtractionJobs:
         from tqdm.auto import tqdm
 
         unit = "video" if self.jobs[0].cfg.sampling.windowed else "clip"
-        desc = "extract" if self.engine == "local" else f"extract ({self.engine})"
+        engine = self.jobs[0].engine
+        desc = "extract" if engine == "local" else f"extract ({engine})"
         self._bar = tqdm(total=len(out), unit=unit, desc=desc, disable=not self.progress, dynamic_ncols=True)
         return out
 

@@ -6,18 +6,9 @@ replaced while the job goes on; a DataLoader can do neither (its timeout and a d
 whole iterator). Here each worker owns a pipe; the scheduler thread in the main process hands out
 tasks, reads results, watches every worker, and feeds one bounded queue that the encoder drains.
 
-Protocol (worker -> main), small frozen dataclasses with named fields (cheap to pickle):
-
-* ``Frames(task, frames, timestamps)`` — the next distinct frames of a task, uint8 ``(m, S, S, 3)``, in
-  time order, at most ``chunk`` at a time (memory does not grow with a clip's length). A pool made with a
-  sequence of preprocessings (several encoders sharing one decode) sends a tuple instead: the same frames
-  resized and cropped once per preprocessing, ``None`` for those the task does not need (``ClipTask.views``);
-* ``Done(task, clips, skipped, warnings)`` — ``clips`` lists ``(start, end, frame_index)`` per clip window
-  (``frame_index`` picks, per sampled time, one of the task's frames: overlapping windows and repeated
-  times share one decoded and encoded frame); ``skipped`` counts windows already stored; ``warnings`` says
-  what was worked around (a header that lies about the duration) or is stored as it is (one decoded
-  frame stored for several sampled times of a clip);
-* ``Failed(task, error)`` — the task failed; frames already sent for it must be dropped.
+Protocol (worker -> main), small frozen dataclasses (cheap to pickle): ``Ready`` once, then per task
+its ``Frames`` in time order, at most ``chunk`` frames each (memory does not grow with a clip's length),
+and ``Done`` or ``Failed`` (frames already sent for a failed task must be dropped).
 
 ``num_workers=0`` decodes in a thread of the main process instead (no timeout or crash isolation;
 for debugging, or where processes are not allowed).
@@ -60,17 +51,24 @@ class Ready:
 
 @dataclass(frozen=True, slots=True)
 class Frames:
+    """A task's next distinct frames: uint8 (m, S, S, 3); with several preprocessings (encoders sharing one
+    decode) a tuple, the same frames resized and cropped once per preprocessing (None: ``ClipTask.views``
+    leaves it out)."""
+
     task: int
-    frames: Any  # uint8 (m, S, S, 3), or a tuple of them, one per preprocessing (None: not needed)
+    frames: Any
     timestamps: np.ndarray  # float64 (m,)
 
 
 @dataclass(frozen=True, slots=True)
 class Done:
+    """A task's clip windows, each (start, end, frame index per sampled time): overlapping windows and
+    repeated times share one decoded and encoded frame."""
+
     task: int
     clips: list[Window]
-    skipped: int
-    warnings: list[str]
+    skipped: int  # windows already stored
+    warnings: list[str]  # what was worked around (a header that lies), or stored as it is (a shared frame)
 
 
 @dataclass(frozen=True, slots=True)

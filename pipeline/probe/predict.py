@@ -56,9 +56,8 @@ def predict_videos(
     if len(missing) == len(videos):
         return [{"path": str(v), "error": f"{v}: file not found"} for v in videos]
     head = load_head(head_path, trust=trust, meta=meta)  # .npz: numpy only (a .skops file imports scikit-learn broadly)
-    timeout = ExtractConfig().decode_timeout if decode_timeout is None else decode_timeout
     readable = [str(v) for v in videos if str(v) not in missing]
-    done = _embed_videos(head_path, meta, readable, sampling, encoder, device, timeout)
+    done = _embed_videos(head_path, meta, sampling, readable, encoder, device, decode_timeout)
     results: list[dict[str, Any]] = []
     for video in map(str, videos):
         clips = done.get(video)
@@ -70,13 +69,7 @@ def predict_videos(
 
 
 def _embed_videos(
-    head_path: str | Path,
-    meta: dict[str, Any],
-    videos: list[str],
-    sampling: SamplingConfig,
-    encoder: Any,
-    device: str,
-    timeout: float,
+    head_path: str | Path, meta: dict, sampling: SamplingConfig, videos: list[str], encoder: Any, device: str, timeout
 ) -> dict[str, Clips | DecodeError]:
     """Each video's clips embedded as the head's training store was, or why it failed. Decoding starts
     at once, in a worker process, and runs while torch imports and the model is built."""
@@ -89,6 +82,7 @@ def _embed_videos(
         preprocess = encoder.preprocess_cfg if encoder is not None else Preprocess.from_dict(meta["preprocess"])
     except (TypeError, ValueError) as exc:
         raise HeadError(f"{head_path}: sidecar's preprocess entry is unusable ({exc})") from None
+    timeout = ExtractConfig().decode_timeout if timeout is None else timeout
     with VideoDecoder([(v, None, None) for v in videos], sampling, preprocess, timeout=timeout) as decoder:
         encoder = encoder or _build_encoder(meta, device)
         if encoder.weights_id != meta.get("weights_id"):
