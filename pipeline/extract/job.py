@@ -210,8 +210,8 @@ class ExtractionJob:
     """One run of one extraction into one store (see the module doc); a context manager.
 
     Inside the ``with``: ``store``, ``summary``, ``prefix``, ``writer`` and ``todo`` (the planned (item,
-    task) pairs). ``write`` runs each call of the writer (``add_clip``, ``add_warning``, ``add_failure``):
-    at once, unless an engine puts a writer thread in front of it (then only that thread may touch the
+    task) pairs). ``write`` runs each call of the writer (from ``deliver`` and ``add_failure``): at
+    once, unless an engine puts a writer thread in front of it (then only that thread may touch the
     writer until it is closed).
     ``summary.seconds`` counts from ``started`` (default: when the job was made) to the end of the run.
     """
@@ -307,23 +307,6 @@ class ExtractionJob:
             self.sources[path] = src
         return src
 
-    def add_clip(
-        self, item: VideoItem, start: float | None, end: float | None, embeddings: np.ndarray, timestamps: np.ndarray
-    ) -> None:
-        """Store one finished clip (``item``'s window ``start``..``end``) and count it."""
-        source = self._source(item.path)
-        self.write(
-            partial(self.writer.add, item.path, start, end, item.label, item.split, embeddings, timestamps, source)
-        )
-        self.summary.done += 1
-        self.summary.frames += len(timestamps)
-
-    def add_warning(self, path: str, message: str) -> None:
-        """Record that a clip of ``path`` was worked around (``message`` names the file and how): in the
-        summary and run record, and in the shard that holds the clips added next (call it before them)."""
-        self.write(partial(self.writer.add_warning, path, message))
-        self.summary.warnings.append((path, message))
-
     def add_failure(self, path: str, start: float | None, end: float | None, stage: str, error: str) -> None:
         """Record a failed clip (``error`` names the file and what went wrong) and count it."""
         self.write(partial(self.writer.add_failure, path, start, end, stage, error, self._source(path, complete=False)))
@@ -331,8 +314,8 @@ class ExtractionJob:
         self.summary.failures.append((path, error))
 
     def deliver(self, item: VideoItem, outcome: Outcome) -> None:
-        """Write what an engine made of ``item``: its failure, else the decoder's warnings (first: the shard
-        that takes the clips keeps them) and its clips. Embeddings that are not finite fail the item."""
+        """Write and count what an engine made of ``item``: its failure, else the decoder's warnings (first:
+        the shard that takes the clips keeps them) and its clips. Embeddings that are not finite fail it."""
         error, stage = outcome.error, outcome.stage
         if not error and not all(np.isfinite(emb).all() for _, _, emb, _ in outcome.clips):
             error, stage = f"{item.abspath}: the encoder returned NaN or Inf embeddings; not stored", "encode"
@@ -340,7 +323,11 @@ class ExtractionJob:
         if error:
             self.add_failure(item.path, item.start, item.end, stage, error)
             return
-        for warning in outcome.warnings if outcome.clips else ():
-            self.add_warning(item.path, warning)
-        for start, end, embeddings, timestamps in outcome.clips:
-            self.add_clip(item, start, end, embeddings, timestamps)
+        for message in outcome.warnings if outcome.clips else ():  # each names the file and how
+            self.write(partial(self.writer.add_warning, item.path, message))
+            self.summary.warnings.append((item.path, message))
+        source = self._source(item.path) if outcome.clips else None
+        for start, end, emb, stamps in outcome.clips:
+            self.write(partial(self.writer.add, item.path, start, end, item.label, item.split, emb, stamps, source))
+            self.summary.done += 1
+            self.summary.frames += len(stamps)

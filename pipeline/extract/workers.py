@@ -6,7 +6,7 @@ replaced while the job goes on; a DataLoader can do neither (its timeout and a d
 whole iterator). Here each worker owns a pipe; the scheduler thread in the main process hands out
 tasks, reads results, watches every worker, and feeds one bounded queue that the encoder drains.
 
-Protocol (worker -> main), small frozen dataclasses (cheap to pickle): ``Ready`` once, then per task
+Protocol (worker -> main), small frozen dataclasses with named fields: ``Ready`` once, then per task
 its ``Frames`` in time order, at most ``chunk`` frames each (memory does not grow with a clip's length),
 and ``Done`` or ``Failed`` (frames already sent for a failed task must be dropped).
 
@@ -44,12 +44,12 @@ from .decode import VideoReader, assign_frames
 Window = tuple[float | None, float | None, np.ndarray]  # (start, end, frame index per sampled time)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Ready:
     """A worker process started (a death before this is a broken setup, not a bad file)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Frames:
     """A task's next distinct frames: uint8 (m, S, S, 3); with several preprocessings (encoders sharing one
     decode) a tuple, the same frames resized and cropped once per preprocessing (None: ``ClipTask.views``
@@ -60,7 +60,7 @@ class Frames:
     timestamps: np.ndarray  # float64 (m,)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Done:
     """A task's clip windows, each (start, end, frame index per sampled time): overlapping windows and
     repeated times share one decoded and encoded frame."""
@@ -71,7 +71,7 @@ class Done:
     warnings: list[str]  # what was worked around (a header that lies), or stored as it is (a shared frame)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Failed:
     task: int
     error: str  # names the file
