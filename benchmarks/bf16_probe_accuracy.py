@@ -37,7 +37,7 @@ from pipeline.demo.run import DEMO_POOLS  # noqa: E402
 from pipeline.demo.videos import DEFAULT_PER_CLASS, build_demo_videos  # noqa: E402
 from pipeline.encoders import create_encoder  # noqa: E402
 from pipeline.encoders.base import cpu_bf16_support  # noqa: E402
-from pipeline.extract.local import extract  # noqa: E402
+from pipeline.extract.entry import extract  # noqa: E402
 from pipeline.probe.train import fit_on_store, store_splits  # noqa: E402
 from pipeline.store import open_store  # noqa: E402
 from pipeline.versions import cpu_model  # noqa: E402
@@ -80,7 +80,7 @@ def main() -> None:
             for task, csv_path in manifests.items():
                 path = work / "features" / f"{task}-{precision}"
                 t = time.perf_counter()
-                summary = extract(load_manifest(csv_path), path, cfg, encoder=encoder, progress=False)
+                (summary,) = extract(load_manifest(csv_path), path, cfg, encoders=[encoder], progress=False)
                 seconds += time.perf_counter() - t
                 frames += summary.frames
                 stores[(task, precision)] = path

@@ -41,7 +41,7 @@ def build_stores(out: Path, seed: int) -> dict[str, Path]:
     from pipeline.data.manifest import load_manifest
     from pipeline.demo.videos import build_demo_videos, build_time
     from pipeline.encoders import create_encoder
-    from pipeline.extract.local import extract
+    from pipeline.extract.entry import extract
 
     built = build_time(out / "data")
     manifests = build_demo_videos(out / "data", seed=seed, progress=False)
@@ -52,7 +52,7 @@ def build_stores(out: Path, seed: int) -> dict[str, Path]:
     stores = {}
     for task, csv_path in manifests.items():
         encoder = encoder or create_encoder(cfg.encoders[0], device=cfg.extract.device, precision=cfg.extract.precision)
-        extract(load_manifest(csv_path), out / "features" / task, cfg, encoder=encoder, progress=False)
+        extract(load_manifest(csv_path), out / "features" / task, cfg, encoders=[encoder], progress=False)
         stores[task] = out / "features" / task
     return stores
 

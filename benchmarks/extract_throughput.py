@@ -45,8 +45,9 @@ from pipeline.config import Config, SamplingConfig, load_config  # noqa: E402
 from pipeline.data.manifest import Manifest, VideoItem  # noqa: E402
 from pipeline.data.sampling import snap_to_keyframes, uniform_timestamps  # noqa: E402
 from pipeline.extract.decode import VideoReader  # noqa: E402
-from pipeline.extract.local import cpu_count, extract, resolve_runtime  # noqa: E402
-from pipeline.extract.workers import ClipTask, DecodePool  # noqa: E402
+from pipeline.extract.entry import extract  # noqa: E402
+from pipeline.extract.local import cpu_count, resolve_runtime  # noqa: E402
+from pipeline.extract.workers import ClipTask, DecodePool, Failed, Frames  # noqa: E402
 from pipeline.versions import cpu_model  # noqa: E402
 
 RENDER_VERSION = 1
@@ -170,14 +171,14 @@ def decode_only(
     ) as pool:
         c0 = None
         for msg in pool.messages(tasks):
-            if msg[0] == "frames":
+            if isinstance(msg, Frames):
                 if c0 is None:  # from the first frames on: worker start-up is not a per-frame cost
-                    c0, n0 = _cpu_now(), frames + len(msg[2])
-                frames += len(msg[2])
+                    c0, n0 = _cpu_now(), frames + len(msg.frames)
+                frames += len(msg.frames)
                 if keep:
-                    kept.append(msg[2])
-            elif msg[0] == "error":
-                raise RuntimeError(msg[2])
+                    kept.append(msg.frames)
+            elif isinstance(msg, Failed):
+                raise RuntimeError(msg.error)
         wall, c1 = time.perf_counter() - t0, _cpu_now()  # before the workers exit
     return frames / wall, frames, kept, (c1 - c0) / max(frames - n0, 1) if c0 is not None else float("nan")
 
@@ -240,7 +241,7 @@ def end_to_end(
 ) -> tuple[float, int, dict]:
     shutil.rmtree(store, ignore_errors=True)
     cfg = Config(cfg.encoder, sampling, cfg.extract)
-    summary = extract(manifest, store, cfg, encoder=encoder, progress=False)
+    (summary,) = extract(manifest, store, cfg, encoders=[encoder], progress=False)
     if summary.failed:
         raise RuntimeError(f"end-to-end run had failures: {summary.failures[:3]}")
     return summary.frames / summary.seconds, summary.frames, summary.to_dict()
@@ -339,7 +340,7 @@ def rss_child(n: int, workdir: Path, device: str) -> None:
     store = workdir / f"rss_store_{n}"
     shutil.rmtree(store, ignore_errors=True)
     cfg = load_config(None, ["sampling.num_frames=1", f"extract.device={device}"])
-    summary = extract(manifest, store, cfg, progress=False)
+    (summary,) = extract(manifest, store, cfg, progress=False)
     assert summary.done == n, summary.failures[:3]
     me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB on Linux (exact peak)
     (workdir / f"rss_{n}.json").write_text(json.dumps({"main_peak_mb": me, "seconds": summary.seconds}))

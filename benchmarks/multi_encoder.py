@@ -5,7 +5,7 @@ video whole at 2 sampled frames/s), for each pair of encoders, side by side in o
 interleaved, so drifts of machine load hit both alike):
 
 * separate: ``extract`` once per encoder, each into its own fresh store (every clip decoded twice);
-* one pass: ``extract_all`` with both (each clip decoded once, resized once per distinct input, one
+* one pass: ``extract`` with both (each clip decoded once, resized once per distinct input, one
   forward per model), into two fresh stores.
 
 Pairs: ``effnet+vit`` (effnet-lite0 and open_clip ViT-B-32 with random weights: two different models,
@@ -33,7 +33,8 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from extract_throughput import video_set, workload  # noqa: E402
 
 from pipeline.config import Config, load_config  # noqa: E402
-from pipeline.extract.local import cpu_count, extract_all  # noqa: E402
+from pipeline.extract.entry import extract  # noqa: E402
+from pipeline.extract.local import cpu_count  # noqa: E402
 from pipeline.versions import cpu_model  # noqa: E402
 
 PAIRS = {
@@ -54,7 +55,7 @@ def _run(manifest, sampling, encoders: list, device: str, out: Path) -> tuple[fl
     """Seconds and frames stored of one extraction of ``encoders`` (one pass) into fresh stores."""
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
-    summaries = extract_all(
+    summaries = extract(
         manifest, out, _cfg(tuple(e.spec for e in encoders), device, sampling), encoders=encoders, progress=False
     )
     seconds = time.perf_counter() - t0

@@ -47,7 +47,7 @@ t1 = time.perf_counter()
 head = load_head(sys.argv[1])
 t2 = time.perf_counter()
 from pipeline.encoders.base import Preprocess
-from pipeline.extract.local import VideoDecoder
+from pipeline.extract.clips import VideoDecoder
 meta = head.meta
 sampling = SamplingConfig(**meta["sampling"])
 decoder = VideoDecoder([(sys.argv[2], None, None)], sampling, Preprocess.from_dict(meta["preprocess"]),

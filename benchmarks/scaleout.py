@@ -35,7 +35,7 @@ from pipeline.config import load_config  # noqa: E402
 from pipeline.data.manifest import load_manifest  # noqa: E402
 from pipeline.demo.videos import build_demo_videos  # noqa: E402
 from pipeline.encoders import create_encoder  # noqa: E402
-from pipeline.extract.local import load_clip  # noqa: E402
+from pipeline.extract.clips import load_clip  # noqa: E402
 from pipeline.store import ShardWriter, create_or_open  # noqa: E402
 
 SETTINGS = ["sampling.num_frames=8"]

@@ -28,7 +28,7 @@ from pipeline.cli import main
 from pipeline.config import load_config
 from pipeline.data.manifest import load_manifest
 from pipeline.errors import StoreBusyError
-from pipeline.extract.local import extract
+from pipeline.extract.entry import extract
 from pipeline.store import open_store
 from pipeline.store.tools import verify_store
 
@@ -231,7 +231,7 @@ def test_extraction_killed_at_every_stage_then_resumed_equals_uninterrupted_run(
 
     cfg = load_config(None, [*SETTINGS, "extract.num_workers=0"])
     encoder = create_encoder(cfg.encoder, device="cpu")
-    ref = extract(load_manifest(small_videos), tmp_path / "ref", cfg, encoder=encoder, progress=False)
+    (ref,) = extract(load_manifest(small_videos), tmp_path / "ref", cfg, encoders=[encoder], progress=False)
     assert ref.done == 10 and ref.failed == 0
 
     store = tmp_path / "killed"
@@ -241,7 +241,7 @@ def test_extraction_killed_at_every_stage_then_resumed_equals_uninterrupted_run(
 
     def second_job_is_refused(proc):
         with pytest.raises(StoreBusyError, match=f"pid {proc.pid}"):
-            extract(load_manifest(small_videos), store, cfg, encoder=encoder, progress=False)
+            extract(load_manifest(small_videos), store, cfg, encoders=[encoder], progress=False)
         busy_seen.append(proc.pid)
 
     def after_rename(delay):

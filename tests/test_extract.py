@@ -18,8 +18,9 @@ from media import index_frames, pattern_frames, write_video
 from pipeline.config import load_config
 from pipeline.data.manifest import Manifest, load_manifest
 from pipeline.errors import StoreError
-from pipeline.extract.local import extract, resolve_runtime
-from pipeline.extract.workers import ClipTask, DecodePool
+from pipeline.extract.entry import extract
+from pipeline.extract.local import resolve_runtime
+from pipeline.extract.workers import ClipTask, DecodePool, Done, Failed
 from pipeline.store import open_store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,7 +43,8 @@ def _table(store: Path) -> dict:
 
 def _run(manifest: Manifest, store: Path, encoder, *overrides: str):
     shutil.rmtree(store, ignore_errors=True)
-    return extract(manifest, store, load_config(None, list(overrides)), encoder=encoder, progress=False)
+    (summary,) = extract(manifest, store, load_config(None, list(overrides)), encoders=[encoder], progress=False)
+    return summary
 
 
 def test_embeddings_identical_with_0_or_n_workers_and_any_batch_size(videos, tmp_path, effnet):
@@ -100,14 +102,14 @@ def test_sliding_windows_resume_only_the_missing_windows(videos, tmp_path, effne
     for shard in shards[::2]:
         shard.unlink()
     kept = len(shards) - len(shards[::2])
-    resumed = extract(manifest, store, load_config(None, list(opts)), encoder=effnet, progress=False)
+    (resumed,) = extract(manifest, store, load_config(None, list(opts)), encoders=[effnet], progress=False)
     assert resumed.skipped == kept and resumed.done == 7 - kept
     again = _table(store)
     assert again.keys() == table.keys()
     for key, (emb, _ts) in table.items():
         np.testing.assert_allclose(again[key][0], emb, rtol=1e-4, atol=1e-4)
     # a third run decodes nothing
-    assert extract(manifest, store, load_config(None, list(opts)), encoder=effnet, progress=False).done == 0
+    assert extract(manifest, store, load_config(None, list(opts)), encoders=[effnet], progress=False)[0].done == 0
 
 
 def test_multiclip_every_n_keyframes_and_keyframe_seeking(tmp_path, effnet):
@@ -147,7 +149,9 @@ def test_multiclip_every_n_keyframes_and_keyframe_seeking(tmp_path, effnet):
     np.testing.assert_allclose(ts, [0.5, 1.5, 2.5, 3.5], atol=1e-9)  # centres 0.5, 1.5, .. are keyframes
     assert snapped.frames == 4
     with pytest.raises(StoreError, match="seek_mode"):  # the approximate mode never mixes into an exact store
-        extract(manifest, tmp_path / "s", load_config(None, ["sampling.num_frames=4"]), encoder=effnet, progress=False)
+        extract(
+            manifest, tmp_path / "s", load_config(None, ["sampling.num_frames=4"]), encoders=[effnet], progress=False
+        )
 
 
 def test_stuck_decoder_times_out_and_the_job_goes_on(videos, tmp_path, effnet):
@@ -189,10 +193,10 @@ def test_crashed_decoder_process_fails_only_its_clip(videos, tmp_path, effnet):
         threading.Thread(target=segfault_the_stuck_worker, daemon=True).start()
         messages = list(pool.messages(tasks))
         assert pool.replaced == 1
-    ends = {m[1]: m for m in messages if m[0] in ("done", "error")}
+    ends = {m.task: m for m in messages if isinstance(m, (Done, Failed))}
     assert sorted(ends) == [0, 1, 2, 3]
-    assert ends[1][0] == "error" and "SIGSEGV" in ends[1][2] and str(fifo) in ends[1][2]
-    assert all(ends[i][0] == "done" for i in (0, 2, 3))
+    assert isinstance(ends[1], Failed) and "SIGSEGV" in ends[1].error and str(fifo) in ends[1].error
+    assert all(isinstance(ends[i], Done) for i in (0, 2, 3))
 
 
 def test_runtime_defaults_for_the_machine():

@@ -21,8 +21,9 @@ from media import index_frames, patch_avi_frame_count, patch_mkv_duration, patte
 from pipeline.cli import main
 from pipeline.config import load_config
 from pipeline.data.manifest import load_manifest
+from pipeline.extract.clips import embed_clips
 from pipeline.extract.decode import probe
-from pipeline.extract.local import embed_clips, extract
+from pipeline.extract.entry import extract
 from pipeline.store import open_store
 from pipeline.store.tools import verify_store
 
@@ -70,7 +71,7 @@ def test_patched_header_really_lies(lying_videos, suffix):
 @pytest.mark.parametrize("sampling", [["sampling.num_frames=8"], ["sampling.strategy=fps", "sampling.fps=2"]])
 def test_lying_header_is_sampled_within_the_real_duration(lying_videos, tmp_path, effnet, capsys, sampling, suffix):
     cfg = load_config(None, [*sampling, "extract.num_workers=0"])
-    summary = extract(lying_manifest(lying_videos, suffix), tmp_path / "s", cfg, encoder=effnet, progress=False)
+    (summary,) = extract(lying_manifest(lying_videos, suffix), tmp_path / "s", cfg, encoders=[effnet], progress=False)
     assert summary.done == 3 and summary.failed == 0
     store = open_store(tmp_path / "s")
     by_video = {v: i for i, v in enumerate(store.videos)}
@@ -161,7 +162,7 @@ def test_one_frame_for_several_sampled_times_is_said(tmp_path, effnet):
     root = tmp_path / "v"
     write_video(root / "few.mp4", pattern_frames(3, height=48, width=64), fps=12)  # 3 frames, 8 sampled
     cfg = load_config(None, ["sampling.num_frames=8", "extract.num_workers=0"])
-    summary = extract(load_manifest(root), tmp_path / "s", cfg, encoder=effnet, progress=False)
+    (summary,) = extract(load_manifest(root), tmp_path / "s", cfg, encoders=[effnet], progress=False)
     assert summary.done == 1
     assert len(summary.warnings) == 1 and "5 of 8 sampled times share a decoded frame" in summary.warnings[0][1]
     record = json.loads(next((tmp_path / "s" / "runs").glob("*.json")).read_text())
@@ -178,7 +179,7 @@ def test_link_target_outside_root_appearing_after_planning_is_not_followed(tmp_p
     assert sorted(it.path for it in manifest.items) == ["a/inside.mp4", "a/sneaky.mp4"]  # nothing to see yet
     write_video(outside / "secret.mp4", pattern_frames(12, height=48, width=64, seed=5), fps=12)  # the race
     cfg = load_config(None, ["sampling.num_frames=2", f"extract.num_workers={workers}"])
-    summary = extract(manifest, tmp_path / "s", cfg, encoder=effnet, progress=False)
+    (summary,) = extract(manifest, tmp_path / "s", cfg, encoders=[effnet], progress=False)
     assert summary.done == 1 and summary.failed == 1
     assert open_store(tmp_path / "s").videos == ["a/inside.mp4"]
     ((path, message),) = summary.failures
@@ -242,7 +243,7 @@ def test_sigterm_keeps_finished_clips_and_resume_equals_an_uninterrupted_run(tmp
     for i in range(24):
         write_video(videos / f"c{i % 2}" / f"v{i:02d}.mp4", pattern_frames(12, 48, 64, kind=i % 2, seed=i), fps=12)
     cfg = load_config(None, [*SETTINGS, "extract.num_workers=0"])
-    ref = extract(load_manifest(videos), tmp_path / "ref", cfg, encoder=effnet, progress=False)
+    (ref,) = extract(load_manifest(videos), tmp_path / "ref", cfg, encoders=[effnet], progress=False)
     assert ref.done == 24
 
     store = tmp_path / "s"

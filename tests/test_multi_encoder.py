@@ -28,7 +28,7 @@ from pipeline.config import load_config
 from pipeline.data.manifest import load_manifest
 from pipeline.encoders import create_encoder, create_encoders, group_outputs
 from pipeline.errors import ConfigError
-from pipeline.extract.local import extract, extract_all
+from pipeline.extract.entry import extract
 from pipeline.extract.targets import decode_views, store_name, store_paths
 from pipeline.probe.benchmark import expand_stores, load_benchmark_config
 from pipeline.store import open_store
@@ -82,7 +82,7 @@ def separate(videos, tiny, tmp_path_factory) -> dict[str, Path]:
     stores = {}
     for spec in ("effnet-lite0", tiny, tiny + "#pre"):
         stores[spec] = out / store_name(spec)
-        summary = extract(load_manifest(str(videos)), stores[spec], _cfg(spec), progress=False)
+        (summary,) = extract(load_manifest(str(videos)), stores[spec], _cfg(spec), progress=False)
         assert (summary.done, summary.failed) == (6, 1)
     return stores
 
@@ -157,7 +157,7 @@ def test_joint_and_pre_come_from_one_forward_and_equal_separate_extractions(vide
     np.testing.assert_allclose(outs[1], create_encoder(tiny, device="cpu").encode(frames), rtol=1e-4, atol=1e-5)
 
     out = tmp_path / "pair"
-    summaries = extract_all(load_manifest(str(videos)), out, _cfg(tiny, tiny + "#pre"), progress=False)
+    summaries = extract(load_manifest(str(videos)), out, _cfg(tiny, tiny + "#pre"), progress=False)
     assert [s.done for s in summaries] == [6, 6]
     assert_same_store(out / store_name(tiny), separate[tiny])
     assert_same_store(out / store_name(tiny + "#pre"), separate[tiny + "#pre"])
@@ -202,7 +202,7 @@ def test_timm_levels_come_from_one_forward_and_equal_separate_extractions(videos
 
     out = tmp_path / "levels"
     manifest = load_manifest(str(videos))
-    summaries = extract_all(manifest, out, _cfg(*specs), progress=False)
+    summaries = extract(manifest, out, _cfg(*specs), progress=False)
     assert [(s.done, s.failed) for s in summaries] == [(6, 1)] * 3
     for spec in specs:
         ref = tmp_path / "ref" / store_name(spec)
@@ -219,12 +219,12 @@ def test_a_clip_stored_for_one_encoder_is_decoded_only_for_the_other(videos, tin
     half = [str(p.relative_to(videos)) for p in sorted(videos.rglob("v*.*"))[:3]]
     (tmp_path / "half.csv").write_text("path,label\n" + "".join(f"{p},{p.split('/')[0]}\n" for p in half))
     manifest = load_manifest(str(tmp_path / "half.csv"), root=videos)
-    first = extract(manifest, out / "effnet-lite0", _cfg("effnet-lite0"), progress=False)
+    (first,) = extract(manifest, out / "effnet-lite0", _cfg("effnet-lite0"), progress=False)
     assert first.done == 3
     # an ordinary store grown by the shared run: same provenance, so it is accepted
     calls = count_decodes(monkeypatch)
     cfg = _cfg("effnet-lite0", tiny)
-    a, b = extract_all(load_manifest(str(videos)), out, cfg, progress=False)
+    a, b = extract(load_manifest(str(videos)), out, cfg, progress=False)
     assert (a.done, a.skipped, a.failed, b.done, b.skipped, b.failed) == (3, 3, 1, 6, 0, 1)
     assert len(calls) == 7
     only_b = [c for c in calls if Path(c.path).name in {Path(p).name for p in half}]
@@ -246,7 +246,7 @@ def test_windowed_stores_each_get_the_windows_they_lack(videos, tiny, tmp_path):
     for shard in sorted((out / "effnet-lite0" / "shards").glob("*.h5"))[::2]:
         shard.unlink()
     lost = len(open_store(ref["effnet-lite0"])) - len(open_store(out / "effnet-lite0"))
-    a, b = extract_all(manifest, out, _cfg("effnet-lite0", tiny, extra=opts), progress=False)
+    a, b = extract(manifest, out, _cfg("effnet-lite0", tiny, extra=opts), progress=False)
     assert lost > 0 and a.done == lost and b.done == len(open_store(ref[tiny]))
     assert_same_store(out / "effnet-lite0", ref["effnet-lite0"])
     assert_same_store(out / store_name(tiny), ref[tiny])
@@ -278,8 +278,11 @@ def test_spec_lists_in_config_and_refusals(tmp_path, tiny):
         store_paths(tmp_path, ["timm:resnet18@/a/w.pt", "timm:resnet18@/b/w.pt"])
     with pytest.raises(ConfigError, match="encoder"):
         load_config(None, ["encoder=[effnet-lite0, 3]"])
-    with pytest.raises(ConfigError, match="extract_all"):
-        extract(load_manifest(str(tmp_path)), tmp_path / "s", cfg)
+    # one entry for one encoder or several: what it refuses is an engine it lacks, or built encoders for Ray
+    with pytest.raises(ConfigError, match="engine='spark'"):
+        extract(load_manifest(str(tmp_path)), tmp_path / "s", cfg, engine="spark")
+    with pytest.raises(ConfigError, match="Ray engine builds its encoders"):
+        extract(load_manifest(str(tmp_path)), tmp_path / "s", cfg, engine="ray", encoders=[])
 
 
 def test_cli_bad_spec_among_several_is_one_line(videos, tmp_path):
@@ -298,7 +301,7 @@ def test_cli_bad_spec_among_several_is_one_line(videos, tmp_path):
 
 def test_benchmark_names_the_stores_of_a_shared_run(tmp_path, videos, tiny):
     out = tmp_path / "feats"
-    extract_all(load_manifest(str(videos)), out, _cfg("effnet-lite0", tiny), progress=False)
+    extract(load_manifest(str(videos)), out, _cfg("effnet-lite0", tiny), progress=False)
     (tmp_path / "b.yaml").write_text(
         f"stores: [{{dataset: d, path: {out}}}, {{dataset: e, path: {out / 'effnet-lite0'}, encoder: E}}]\n"
         "poolings: [mean]\nheads: [knn]\n"
@@ -356,12 +359,12 @@ def test_ray_engine_one_decode_stage_feeding_two_models_equals_the_local_stores(
     pytest.importorskip("ray")
     import ray
 
-    from pipeline.extract.ray_engine import extract_ray_all, init_ray
+    from pipeline.extract.ray_engine import init_ray
 
     started = init_ray(num_cpus=2)
     try:
         specs = ("effnet-lite0", tiny, tiny + "#pre")
-        summaries = extract_ray_all(load_manifest(str(videos)), tmp_path / "r", _cfg(*specs), progress=False)
+        summaries = extract(load_manifest(str(videos)), tmp_path / "r", _cfg(*specs), engine="ray", progress=False)
     finally:
         if started:
             ray.shutdown()

@@ -99,7 +99,7 @@ def test_extraction_records_the_precision_used_and_info_shows_it(tiny_json, tmp_
     from pipeline.cli import main
     from pipeline.config import load_config
     from pipeline.data.manifest import load_manifest
-    from pipeline.extract.local import extract
+    from pipeline.extract.entry import extract
 
     write_video(tmp_path / "v" / "a" / "x.mp4", pattern_frames(12, seed=1), fps=12)
     manifest = load_manifest(tmp_path / "v")

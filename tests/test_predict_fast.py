@@ -68,7 +68,7 @@ def test_many_videos_one_model_one_decoder_same_answers(tmp_path, effnet, monkey
 
     import pipeline.encoders as encoders
     from pipeline.config import SamplingConfig
-    from pipeline.extract.local import embed_clips
+    from pipeline.extract.clips import embed_clips
     from pipeline.probe.heads.files import load_head
     from pipeline.probe.pooling import get_pool
     from pipeline.probe.predict import predict_videos

@@ -19,7 +19,7 @@ from media import pattern_frames, write_video
 from pipeline.cli import main
 from pipeline.config import load_config
 from pipeline.data.manifest import load_manifest
-from pipeline.extract.local import extract
+from pipeline.extract.entry import extract
 from pipeline.store import ShardWriter, create_or_open, open_store
 from pipeline.store.layout import CACHE_DIR, CHECKSUMS_ATTR, SOURCE_COLUMNS, UNKNOWN_SOURCE
 from pipeline.store.sources import fingerprint, same_file
@@ -49,7 +49,10 @@ def _frames(store: Path) -> dict:
 
 
 def _run(root: Path, store: Path, effnet, *opts: str):
-    return extract(load_manifest(root), store, load_config(None, [*OPTS, *opts]), encoder=effnet, progress=False)
+    (summary,) = extract(
+        load_manifest(root), store, load_config(None, [*OPTS, *opts]), encoders=[effnet], progress=False
+    )
+    return summary
 
 
 def test_a_replaced_video_is_extracted_again_and_its_old_features_left_out(tmp_path, effnet, capsys):

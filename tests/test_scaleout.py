@@ -20,7 +20,7 @@ from pipeline.cli import main
 from pipeline.config import load_config
 from pipeline.data.manifest import load_manifest
 from pipeline.encoders import create_encoder
-from pipeline.extract.local import extract
+from pipeline.extract.entry import extract
 from pipeline.extract.sharding import JobShard, shard_of
 from pipeline.store import clip_key, open_store, writer_progress
 
@@ -54,7 +54,9 @@ def encoder():
 def reference(videos, encoder, tmp_path_factory) -> Path:
     """The store one process makes."""
     store = tmp_path_factory.mktemp("ref") / "store"
-    summary = extract(load_manifest(str(videos)), store, load_config(None, SETTINGS), encoder=encoder, progress=False)
+    (summary,) = extract(
+        load_manifest(str(videos)), store, load_config(None, SETTINGS), encoders=[encoder], progress=False
+    )
     assert summary.done == 16 and summary.failed == 1
     return store
 
@@ -111,7 +113,9 @@ def test_three_shards_make_the_single_process_store_and_rerunning_is_idempotent(
     videos, encoder, reference, tmp_path, capsys
 ):
     store, cfg, manifest = tmp_path / "store", load_config(None, SETTINGS), load_manifest(str(videos))
-    summaries = [extract(manifest, store, cfg, encoder=encoder, progress=False, shard=JobShard(i, 3)) for i in range(3)]
+    summaries = [
+        extract(manifest, store, cfg, encoders=[encoder], progress=False, shard=JobShard(i, 3))[0] for i in range(3)
+    ]
     assert sum(s.total for s in summaries) == 17 and sum(s.done for s in summaries) == 16
     assert sum(s.failed for s in summaries) == 1  # the corrupt file is recorded once, by the shard that owns it
     assert [s.shard for s in summaries] == ["0/3", "1/3", "2/3"]
@@ -124,7 +128,7 @@ def test_three_shards_make_the_single_process_store_and_rerunning_is_idempotent(
 
     before = shard_files(store)
     for i in (2, 0, 1):
-        again = extract(manifest, store, cfg, encoder=encoder, progress=False, shard=JobShard(i, 3))
+        (again,) = extract(manifest, store, cfg, encoders=[encoder], progress=False, shard=JobShard(i, 3))
         assert again.done == again.failed == 0 and again.skipped == summaries[i].total
     assert shard_files(store) == before  # nothing new written
 
@@ -236,10 +240,8 @@ def ray_cluster():
 
 @pytest.mark.slow
 def test_ray_engine_store_equals_the_single_process_store(ray_cluster, videos, reference, tmp_path, capsys):
-    from pipeline.extract.ray_engine import extract_ray
-
     store = tmp_path / "store"
-    summary = extract_ray(load_manifest(str(videos)), store, load_config(None, SETTINGS), progress=False)
+    (summary,) = extract(load_manifest(str(videos)), store, load_config(None, SETTINGS), engine="ray", progress=False)
     assert (summary.engine, summary.done, summary.failed, summary.total) == ("ray", 16, 1, 17)
     assert "broken.mp4" in summary.failures[0][1]
     assert_same_store(store, reference)
@@ -255,12 +257,10 @@ def test_ray_engine_store_equals_the_single_process_store(ray_cluster, videos, r
 
 @pytest.mark.slow
 def test_ray_engine_samples_a_lying_header_within_the_real_duration_and_says_so(ray_cluster, tmp_path):
-    from pipeline.extract.ray_engine import extract_ray
-
     real = write_video(tmp_path / "v" / "honest.avi", index_frames(100), fps=25, gop=10)  # 4.0 s
     (tmp_path / "v" / "long.avi").write_bytes(patch_avi_frame_count(real.read_bytes(), 1000.0))
     manifest, cfg = load_manifest(str(tmp_path / "v")), load_config(None, SETTINGS)
-    summary = extract_ray(manifest, tmp_path / "s", cfg, progress=False)
+    (summary,) = extract(manifest, tmp_path / "s", cfg, engine="ray", progress=False)
     assert summary.done == 2 and [p for p, _ in summary.warnings] == ["long.avi"]
     store = open_store(tmp_path / "s")
     ts = {v: store.timestamps(i) for i, v in enumerate(store.videos)}
@@ -270,10 +270,8 @@ def test_ray_engine_samples_a_lying_header_within_the_real_duration_and_says_so(
 
 @pytest.mark.slow
 def test_ray_and_local_engines_share_one_store_as_shards(ray_cluster, videos, encoder, reference, tmp_path):
-    from pipeline.extract.ray_engine import extract_ray
-
     store, cfg, manifest = tmp_path / "store", load_config(None, SETTINGS), load_manifest(str(videos))
-    ray_part = extract_ray(manifest, store, cfg, progress=False, shard=JobShard(0, 2))
-    local_part = extract(manifest, store, cfg, encoder=encoder, progress=False, shard=JobShard(1, 2))
+    (ray_part,) = extract(manifest, store, cfg, engine="ray", progress=False, shard=JobShard(0, 2))
+    (local_part,) = extract(manifest, store, cfg, encoders=[encoder], progress=False, shard=JobShard(1, 2))
     assert ray_part.total + local_part.total == 17 and ray_part.done + local_part.done == 16
     assert_same_store(store, reference)

@@ -319,7 +319,7 @@ def test_damaged_temporal_head_is_one_error_naming_the_file(tmp_path: Path) -> N
 
 def decoded_frames(effnet, video: Path, prov: dict) -> np.ndarray:
     from pipeline.config import SamplingConfig
-    from pipeline.extract.local import embed_clips
+    from pipeline.extract.clips import embed_clips
 
     ((_, _, decoded),) = embed_clips(effnet, video, SamplingConfig(**prov["sampling"]))
     return decoded.frames

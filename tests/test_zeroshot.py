@@ -21,7 +21,7 @@ from pipeline.config import load_config
 from pipeline.data.manifest import load_manifest
 from pipeline.encoders import create_encoder
 from pipeline.errors import ConfigError, HeadError
-from pipeline.extract.local import extract
+from pipeline.extract.entry import extract
 from pipeline.probe.heads.zeroshot import DEFAULT_TEMPLATES, label_to_text
 from pipeline.probe.train import train_head
 from pipeline.store import ShardWriter, create_or_open, open_store
@@ -62,7 +62,7 @@ def videos(tmp_path_factory) -> Path:
 
 def _extract(spec: str, manifest: Path, out: Path) -> Path:
     cfg = load_config(None, [f"encoder={spec}", "sampling.num_frames=3", "extract.num_workers=0", "extract.device=cpu"])
-    summary = extract(load_manifest(manifest), out, cfg, progress=False)
+    (summary,) = extract(load_manifest(manifest), out, cfg, progress=False)
     assert summary.failed == 0 and summary.done == 9
     return out
 

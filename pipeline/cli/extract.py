@@ -109,7 +109,7 @@ def _add_scale_out(p: argparse.ArgumentParser) -> None:
 def cmd_extract(args: argparse.Namespace) -> int:
     from ..config import load_config
     from ..data.manifest import load_manifest
-    from ..extract.local import extract_all
+    from ..extract.entry import extract
     from ..extract.sharding import resolve_shard
 
     overrides = list(args.overrides)
@@ -126,23 +126,17 @@ def cmd_extract(args: argparse.Namespace) -> int:
         print(f"vidprobe extract: job shard {shard} (from {shard.source})", file=sys.stderr)
     manifest = load_manifest(args.source, root=args.root, format=args.format, split=args.dataset_split)
     progress = not args.quiet and not args.json
-    if args.engine == "ray":
-        from ..extract.ray_engine import extract_ray_all
-
-        summaries = extract_ray_all(
-            manifest,
-            args.output,
-            cfg,
-            address=args.address,
-            num_encoders=args.ray_encoders,
-            shard=shard,
-            progress=progress,
-            retry_failed=args.retry_failed,
-        )
-    else:
-        summaries = extract_all(
-            manifest, args.output, cfg, progress=progress, retry_failed=args.retry_failed, shard=shard
-        )
+    ray = {"address": args.address, "num_encoders": args.ray_encoders} if args.engine == "ray" else {}
+    summaries = extract(
+        manifest,
+        args.output,
+        cfg,
+        engine=args.engine,
+        shard=shard,
+        progress=progress,
+        retry_failed=args.retry_failed,
+        **ray,
+    )
     if args.json:  # one encoder: its summary; several: a list of them, one per store
         print_json(summaries[0].to_dict() if len(summaries) == 1 else [s.to_dict() for s in summaries])
     else:

@@ -16,7 +16,7 @@ from typing import Any
 from ..config import load_config
 from ..data.manifest import load_manifest
 from ..data.splits import SplitSpec
-from ..extract.local import extract
+from ..extract.entry import extract
 from ..probe.benchmark import BenchmarkConfig, StoreEntry, find_details, run_grid, write_results
 from ..probe.heads.settings import HeadConfig
 from ..probe.pooling import is_order_aware
@@ -82,8 +82,8 @@ def _extract_tasks(out: Path, encoder: str, *, per_class: int | None, seed: int,
         encoder_obj = encoder_obj or create_encoder(
             cfg.encoders[0], device=cfg.extract.device, precision=cfg.extract.precision
         )
-        summary = extract(
-            load_manifest(csv_path), out / "features" / task, cfg, encoder=encoder_obj, progress=not quiet
+        (summary,) = extract(
+            load_manifest(csv_path), out / "features" / task, cfg, encoders=[encoder_obj], progress=not quiet
         )
         print(
             f"      {summary.done} extracted, {summary.skipped} already "

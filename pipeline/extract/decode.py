@@ -408,128 +408,18 @@ class VideoReader:
         """
         import av
 
-        views = tuple(views) or ((size, interpolation),)
-
         wanted = np.unique(np.asarray(times, dtype=np.float64))
         if wanted.size == 0:
             raise DecodeError(f"{self.path}: sampling asked for no frames")
-        table = self._seek_table()
-        self._configure(wanted, table, keyframes_only)
-        fps = self.info.fps or 30.0
-        s = self.stream  # frame durations are trusted only where the stream says its rate is constant
-        cfr_step = (
-            1.0 / float(s.average_rate) if s.average_rate and s.base_rate and s.average_rate == s.base_rate else 0.0
-        )
-        out_f: list[list[np.ndarray]] = []  # per frame, one array per view
-        out_t: list[float] = []
-        last_emitted: list[float] = []
-        gop_seen = 0.0  # largest keyframe interval observed while decoding (used when there is no table)
-        last_key: float | None = None
-
-        def emit(frame, t: float) -> Iterator[FrameChunk]:
-            if last_emitted and abs(t - last_emitted[0]) <= _TOL:
-                return
-            last_emitted[:] = [t]
-            out_f.append([self._to_rgb(frame, s, interp) for s, interp in views])
-            out_t.append(t)
-            self.stats.returned += 1
-            if len(out_f) >= chunk:
-                yield self._chunk(out_f, out_t)
-
-        def seek_target(w: float, cur: float | None) -> int | None:
-            """Raw timestamp to seek to before decoding toward ``w``, or None to decode through."""
-            if table is not None:
-                keys, raws = table
-                j = int(np.searchsorted(keys, w + _TOL, side="right")) - 1
-                if j < 0:
-                    return None
-                base = keys[0] if cur is None else cur
-                if keyframes_only:  # decoding through costs one decode per keyframe in between
-                    worth = np.any((keys > base + _TOL) & (keys < keys[j] - _TOL))
-                else:  # decoding through costs every frame in between
-                    worth = keys[j] > base + 2.0 / fps
-                return int(raws[j]) if worth else None
-            base = 0.0 if cur is None else cur
-            if w - base > (2 * gop_seen if gop_seen else _NO_GOP_GUESS):
-                return int(round(w / self.tb)) + int(self._offset_raw)
-            return None
-
-        prev: tuple[Any, float] | None = None  # (frame, t): the last decoded frame
-        landing: int | None = None  # raw target of the last seek, until its first frame is checked
-        backoff = 0
-        i, n = 0, wanted.size
-        seeked_for = 0
+        walk = _Walk(self, wanted, keyframes_only, tuple(views) or ((size, interpolation),), chunk)
         try:
-            target = seek_target(float(wanted[0]), None)
-            if target is not None and self._seek(target):
-                landing = target
-            elif self._rewind:
-                self.container.seek(int(self._offset_raw), backward=True, stream=self.stream)
-            self._rewind = True
-            frames = self._frames(keyframes_only)
-            while i < n:
-                frame = next(frames, None)
-                t = None if frame is None else float((frame.pts - self._offset_raw) * self.tb)
-                if landing is not None:  # first frame after a seek: must be at or before wanted[i]
-                    if (t is None or (t > wanted[i] + _TOL and t > _TOL)) and backoff < _SEEK_BACKOFF_TRIES:
-                        backoff += 1  # landed after it (index times are decode times, or an inexact
-                        # demuxer): back off further, and finally decode from the start
-                        late = (t if t is not None else float(wanted[i])) - float(wanted[i])
-                        landing = landing - int(max(1.0, 2.0 * late) * 2**backoff / self.tb)
-                        if backoff == _SEEK_BACKOFF_TRIES or not self._seek(landing):
-                            self.container.seek(int(self._offset_raw), backward=True, stream=self.stream)
-                        frames, prev = self._frames(keyframes_only), None
-                        continue
-                    landing, backoff = None, 0
-                if frame is None or t is None:  # end of stream (t is None only then): later times show the last frame
-                    if prev is None:
-                        raise DecodeError(f"{self.path}: no decodable video frames")
-                    self.ended_at = prev[1]
-                    yield from emit(*prev)
-                    break
-                if frame.key_frame and table is None:
-                    if last_key is not None and t > last_key:
-                        gop_seen = max(gop_seen, t - last_key)
-                    last_key = t
-                if t > wanted[i] + _TOL:  # past wanted[i]: the previous frame was on screen then
-                    yield from emit(*(prev if prev is not None else (frame, t)))
-                    while i < n and wanted[i] < t - _TOL:
-                        i += 1
-                    if i == n:
-                        break
-                prev = (frame, t)
-                # Known to be on screen at wanted[i] without decoding the next frame: shown exactly then,
-                # or (constant frame rate only) its duration covers it.
-                dur = float(frame.duration * self.tb) if frame.duration and cfr_step else 0.0
-                covers = t + (dur if abs(dur - cfr_step) <= 1e-3 * cfr_step else 0.0)
-                if abs(t - wanted[i]) <= _TOL or covers > wanted[i] + _TOL:
-                    yield from emit(frame, t)
-                    while i < n and wanted[i] < max(covers, t + _TOL) - _TOL:
-                        i += 1
-                    if i == n:
-                        break
-                target = seek_target(float(wanted[i]), t) if i != seeked_for else None
-                if target is not None:
-                    seeked_for = i  # at most one seek per wanted time: a seek never loops
-                    if self._seek(target):
-                        landing, prev = target, None
-                        frames = self._frames(keyframes_only)
-                    else:  # not seekable: decode through from here on
-                        table, gop_seen = None, float("inf")
+            yield from walk.run()
         except DecodeError:
             raise
         except (av.error.FFmpegError, OSError, ValueError, RuntimeError, MemoryError) as exc:
             raise DecodeError(f"{self.path}: decoding failed ({_reason(exc)})") from None
-        if out_f:
-            yield self._chunk(out_f, out_t)
-
-    @staticmethod
-    def _chunk(out_f: list[list[np.ndarray]], out_t: list[float]) -> FrameChunk:
-        stacked = tuple(np.stack(v) for v in zip(*out_f))
-        c = FrameChunk(stacked[0], np.array(out_t, dtype=np.float64), stacked)
-        out_f.clear()
-        out_t.clear()
-        return c
+        if walk.out_f:
+            yield _chunk(walk.out_f, walk.out_t)
 
     def close(self) -> None:
         try:
@@ -542,6 +432,133 @@ class VideoReader:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _chunk(out_f: list[list[np.ndarray]], out_t: list[float]) -> FrameChunk:
+    stacked = tuple(np.stack(v) for v in zip(*out_f))
+    c = FrameChunk(stacked[0], np.array(out_t, dtype=np.float64), stacked)
+    out_f.clear()
+    out_t.clear()
+    return c
+
+
+class _Walk:
+    """One ``iter_frames`` request: the decode position moving through the wanted times, seeking only
+    where a keyframe lies between it and the next wanted time, and the frames found on screen."""
+
+    def __init__(self, reader: VideoReader, wanted: np.ndarray, keyframes_only: bool, views: tuple, chunk: int):
+        self.r, self.wanted, self.keyframes_only, self.views, self.chunk = reader, wanted, keyframes_only, views, chunk
+        self.table = reader._seek_table()  # set to None where a seek fails: decode through from there on
+        reader._configure(wanted, self.table, keyframes_only)
+        self.fps = reader.info.fps or 30.0
+        s = reader.stream  # frame durations are trusted only where the stream says its rate is constant
+        rate_is_constant = s.average_rate and s.base_rate and s.average_rate == s.base_rate
+        self.cfr_step = 1.0 / float(s.average_rate) if rate_is_constant else 0.0
+        self.out_f: list[list[np.ndarray]] = []  # per frame, one array per view
+        self.out_t: list[float] = []
+        self.last_emitted: float | None = None
+        self.gop_seen = 0.0  # largest keyframe interval observed while decoding (used when there is no table)
+        self.last_key: float | None = None
+
+    def emit(self, frame, t: float) -> Iterator[FrameChunk]:
+        if self.last_emitted is not None and abs(t - self.last_emitted) <= _TOL:
+            return
+        self.last_emitted = t
+        self.out_f.append([self.r._to_rgb(frame, s, interp) for s, interp in self.views])
+        self.out_t.append(t)
+        self.r.stats.returned += 1
+        if len(self.out_f) >= self.chunk:
+            yield _chunk(self.out_f, self.out_t)
+
+    def seek_target(self, w: float, cur: float | None) -> int | None:
+        """Raw timestamp to seek to before decoding toward ``w``, or None to decode through."""
+        if self.table is not None:
+            keys, raws = self.table
+            j = int(np.searchsorted(keys, w + _TOL, side="right")) - 1
+            if j < 0:
+                return None
+            base = keys[0] if cur is None else cur
+            if self.keyframes_only:  # decoding through costs one decode per keyframe in between
+                worth = np.any((keys > base + _TOL) & (keys < keys[j] - _TOL))
+            else:  # decoding through costs every frame in between
+                worth = keys[j] > base + 2.0 / self.fps
+            return int(raws[j]) if worth else None
+        base = 0.0 if cur is None else cur
+        if w - base > (2 * self.gop_seen if self.gop_seen else _NO_GOP_GUESS):
+            return int(round(w / self.r.tb)) + int(self.r._offset_raw)
+        return None
+
+    def _covers(self, frame, t: float) -> float:
+        """Until when ``frame`` (shown at ``t``) is known to be on screen without decoding the next one: its
+        duration where the rate is constant, else only its own instant."""
+        dur = float(frame.duration * self.r.tb) if frame.duration and self.cfr_step else 0.0
+        return t + (dur if abs(dur - self.cfr_step) <= 1e-3 * self.cfr_step else 0.0)
+
+    def _note_keyframe(self, frame, t: float) -> None:
+        if frame.key_frame and self.table is None:
+            if self.last_key is not None and t > self.last_key:
+                self.gop_seen = max(self.gop_seen, t - self.last_key)
+            self.last_key = t
+
+    def run(self) -> Iterator[FrameChunk]:
+        r, wanted = self.r, self.wanted
+        prev: tuple[Any, float] | None = None  # (frame, t): the last decoded frame
+        landing: int | None = None  # raw target of the last seek, until its first frame is checked
+        backoff = 0
+        i, n = 0, wanted.size
+        seeked_for = 0
+        target = self.seek_target(float(wanted[0]), None)
+        if target is not None and r._seek(target):
+            landing = target
+        elif r._rewind:
+            r.container.seek(int(r._offset_raw), backward=True, stream=r.stream)
+        r._rewind = True
+        frames = r._frames(self.keyframes_only)
+        while i < n:
+            frame = next(frames, None)
+            t = None if frame is None else float((frame.pts - r._offset_raw) * r.tb)
+            if landing is not None:  # first frame after a seek: must be at or before wanted[i]
+                if (t is None or (t > wanted[i] + _TOL and t > _TOL)) and backoff < _SEEK_BACKOFF_TRIES:
+                    backoff += 1  # landed after it (index times are decode times, or an inexact
+                    # demuxer): back off further, and finally decode from the start
+                    late = (t if t is not None else float(wanted[i])) - float(wanted[i])
+                    landing = landing - int(max(1.0, 2.0 * late) * 2**backoff / r.tb)
+                    if backoff == _SEEK_BACKOFF_TRIES or not r._seek(landing):
+                        r.container.seek(int(r._offset_raw), backward=True, stream=r.stream)
+                    frames, prev = r._frames(self.keyframes_only), None
+                    continue
+                landing, backoff = None, 0
+            if frame is None or t is None:  # end of stream (t is None only then): later times show the last frame
+                if prev is None:
+                    raise DecodeError(f"{r.path}: no decodable video frames")
+                r.ended_at = prev[1]
+                yield from self.emit(*prev)
+                break
+            self._note_keyframe(frame, t)
+            if t > wanted[i] + _TOL:  # past wanted[i]: the previous frame was on screen then
+                yield from self.emit(*(prev if prev is not None else (frame, t)))
+                while i < n and wanted[i] < t - _TOL:
+                    i += 1
+                if i == n:
+                    break
+            prev = (frame, t)
+            # Known to be on screen at wanted[i] without decoding the next frame: shown exactly then,
+            # or (constant frame rate only) its duration covers it.
+            covers = self._covers(frame, t)
+            if abs(t - wanted[i]) <= _TOL or covers > wanted[i] + _TOL:
+                yield from self.emit(frame, t)
+                while i < n and wanted[i] < max(covers, t + _TOL) - _TOL:
+                    i += 1
+                if i == n:
+                    break
+            target = self.seek_target(float(wanted[i]), t) if i != seeked_for else None
+            if target is not None:
+                seeked_for = i  # at most one seek per wanted time: a seek never loops
+                if r._seek(target):
+                    landing, prev = target, None
+                    frames = r._frames(self.keyframes_only)
+                else:  # not seekable: decode through from here on
+                    self.table, self.gop_seen = None, float("inf")
 
 
 def assign_frames(frame_times: np.ndarray, times: np.ndarray) -> np.ndarray:

@@ -5,8 +5,9 @@ decode and encode.
 encoder's provenance (a mismatch is refused before anything runs), takes the writer lock of its job
 shard (before reading what is done, so a second job on the same work is refused), plans what is left
 (``plan_tasks``), records the run (running, then finished or stopped, under the writer prefix), opens
-the ``ShardWriter`` and records the manifest's problems as failures. Engines hand it finished clips
-(``add_clip``) and failures (``add_failure``), which it writes and counts in its ``ExtractSummary``.
+the ``ShardWriter`` and records the manifest's problems as failures. Engines hand it what they made of
+each item (``deliver`` an ``Outcome``: a failure, else warnings and clips), which it writes and counts in
+its ``ExtractSummary``.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ import os
 import socket
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
@@ -39,7 +41,7 @@ from .workers import ClipTask
 
 MAX_RECORDED_WARNINGS = 200  # warnings kept in a run record (the count is always complete)
 
-__all__ = ["ExtractSummary", "ExtractionJob", "build_provenance", "plan_tasks", "note_run", "recorded_run"]
+__all__ = ["ExtractSummary", "ExtractionJob", "Outcome", "build_provenance", "plan_tasks", "note_run", "recorded_run"]
 
 
 @dataclass
@@ -189,40 +191,28 @@ def recorded_run(store: FeatureStore, prefix: str, summary: ExtractSummary) -> I
     note_run(store, prefix, summary, "finished")
 
 
-class ClipSink(Protocol):
-    """Where finished clips go: the ``ShardWriter`` itself, or a thread in front of it (local engine)."""
+@dataclass(frozen=True)
+class Outcome:
+    """What one store gets of one planned item: its failure, else its clips and the decoder's warnings."""
 
-    def add(
-        self,
-        video: str,
-        start: float | None,
-        end: float | None,
-        label: str,
-        split: str,
-        embeddings: np.ndarray,
-        timestamps: np.ndarray,
-        source: Source | None = None,
-    ) -> None: ...
+    clips: Sequence[tuple[float | None, float | None, np.ndarray, np.ndarray]] = ()  # start, end, emb, timestamps
+    warnings: Sequence[str] = ()
+    error: str = ""  # why it failed, naming the file ("" = it did not)
+    stage: str = ""  # where it failed: decode | encode | worker
+    skipped: int = 0  # its windows this store already has
 
-    def add_warning(self, video: str, message: str) -> None: ...
 
-    def add_failure(
-        self,
-        video: str,
-        start: float | None,
-        end: float | None,
-        stage: str,
-        error: str,
-        source: Source | None = None,
-    ) -> None: ...
+def _now(call: Callable[[], None]) -> None:
+    call()
 
 
 class ExtractionJob:
     """One run of one extraction into one store (see the module doc); a context manager.
 
     Inside the ``with``: ``store``, ``summary``, ``prefix``, ``writer`` and ``todo`` (the planned (item,
-    task) pairs). ``sink`` is where ``add_clip``/``add_failure`` write: the writer, unless an engine
-    puts a writer thread in front of it (then only that thread may touch the writer until it is closed).
+    task) pairs). ``write`` runs each call of the writer (from ``deliver`` and ``add_failure``): at
+    once, unless an engine puts a writer thread in front of it (then only that thread may touch the
+    writer until it is closed).
     ``summary.seconds`` counts from ``started`` (default: when the job was made) to the end of the run.
     """
 
@@ -242,6 +232,7 @@ class ExtractionJob:
         self.engine, self.shard, self.retry_failed = engine, shard, retry_failed
         self.started = time.perf_counter() if started is None else started
         self.prefix = writer_prefix(shard.as_tuple() if shard else None)
+        self.write: Callable[[Callable[[], None]], None] = _now
         self._stack: contextlib.ExitStack | None = None
 
     def __enter__(self) -> ExtractionJob:
@@ -280,7 +271,6 @@ class ExtractionJob:
                     tag=lock.tag,
                 )
             )
-            self.sink: ClipSink = self.writer
             for problem in problems:
                 self.add_failure(problem.path, None, None, "manifest", problem.error)
             self._stack = stack.pop_all()
@@ -317,23 +307,27 @@ class ExtractionJob:
             self.sources[path] = src
         return src
 
-    def add_clip(
-        self, item: VideoItem, start: float | None, end: float | None, embeddings: np.ndarray, timestamps: np.ndarray
-    ) -> None:
-        """Store one finished clip (``item``'s window ``start``..``end``) and count it."""
-        source = self._source(item.path)
-        self.sink.add(item.path, start, end, item.label, item.split, embeddings, timestamps, source)
-        self.summary.done += 1
-        self.summary.frames += len(timestamps)
-
-    def add_warning(self, path: str, message: str) -> None:
-        """Record that a clip of ``path`` was worked around (``message`` names the file and how): in the
-        summary and run record, and in the shard that holds the clips added next (call it before them)."""
-        self.sink.add_warning(path, message)
-        self.summary.warnings.append((path, message))
-
     def add_failure(self, path: str, start: float | None, end: float | None, stage: str, error: str) -> None:
         """Record a failed clip (``error`` names the file and what went wrong) and count it."""
-        self.sink.add_failure(path, start, end, stage, error, self._source(path, complete=False))
+        self.write(partial(self.writer.add_failure, path, start, end, stage, error, self._source(path, complete=False)))
         self.summary.failed += 1
         self.summary.failures.append((path, error))
+
+    def deliver(self, item: VideoItem, outcome: Outcome) -> None:
+        """Write and count what an engine made of ``item``: its failure, else the decoder's warnings (first:
+        the shard that takes the clips keeps them) and its clips. Embeddings that are not finite fail it."""
+        error, stage = outcome.error, outcome.stage
+        if not error and not all(np.isfinite(emb).all() for _, _, emb, _ in outcome.clips):
+            error, stage = f"{item.abspath}: the encoder returned NaN or Inf embeddings; not stored", "encode"
+        self.summary.skipped += outcome.skipped
+        if error:
+            self.add_failure(item.path, item.start, item.end, stage, error)
+            return
+        for message in outcome.warnings if outcome.clips else ():  # each names the file and how
+            self.write(partial(self.writer.add_warning, item.path, message))
+            self.summary.warnings.append((item.path, message))
+        source = self._source(item.path) if outcome.clips else None
+        for start, end, emb, stamps in outcome.clips:
+            self.write(partial(self.writer.add, item.path, start, end, item.label, item.split, emb, stamps, source))
+            self.summary.done += 1
+            self.summary.frames += len(stamps)

@@ -10,44 +10,41 @@ videos are:
   (one pinned staging buffer on CUDA, so host-to-device copies are non-blocking; the encoder applies
   AMP there; fp32 and channels_last on CPU), encodes each distinct frame once per model, and
   assembles clips as they complete;
-* a writer thread per store hands finished clips to its ``ShardWriter``, so a shard flush never
-  stalls the encoder.
+* a writer thread hands finished clips to each store's ``ShardWriter``, so a shard flush never stalls
+  the encoder.
 
-Several encoders (``extract_all``, ``vidprobe extract --encoder A --encoder B``) share the decode: a
-clip is decoded once for all the stores that lack it (``pipeline.extract.targets``), and one model's
-outputs (open_clip joint and ``#pre``) come from one forward (``pipeline.encoders.group``). One
-encoder is the case K=1 of the same loop.
+Several encoders (``vidprobe extract --encoder A --encoder B``) share the decode: a clip is decoded
+once for all the stores that lack it (``pipeline.extract.targets``), and one model's outputs (open_clip
+joint and ``#pre``) come from one forward (``pipeline.encoders.group``). One encoder is the case K=1 of
+the same loop. ``extract`` (``pipeline.extract.entry``) is the way in.
 
 On a CPU the encoder is the bottleneck and shares the cores with decoding; on a GPU the decoders are.
 ``resolve_runtime`` picks worker/thread/batch defaults for either (see its docstring for why). The store
-side (provenance, lock, plan, run record, writer) is one ``ExtractionJob`` per store, as in the Ray engine.
+side (provenance, lock, plan, run record, writer, delivery) is one ``ExtractionJob`` per store, as in the
+Ray engine.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import threading
-import time
 from collections import deque
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..config import AUTO, Config, ExtractConfig, SamplingConfig
-from ..data.manifest import Manifest, VideoItem
+from ..config import AUTO, Config, ExtractConfig
 from ..data.sampling import sampling_identity
 from ..encoders.base import FrameEncoder
-from ..errors import ConfigError, DecodeError
-from ..store import ShardWriter, check_appendable
-from .decode import DecodedClip
-from .job import ExtractionJob, ExtractSummary, build_provenance
-from .sharding import JobShard
-from .targets import ExtractionJobs, UnionTask, decode_views, store_paths
-from .workers import ClipTask, DecodePool, decode_task
+from ..store import check_appendable
+from .job import ExtractionJob, Outcome, build_provenance
+from .targets import ExtractionJobs, UnionTask, decode_views
+from .workers import DecodePool, Done, Frames, Window
 
 if TYPE_CHECKING:
     import torch
@@ -106,43 +103,28 @@ def resolve_runtime(ext: ExtractConfig, device_type: str, cpus: int | None = Non
 # -- batching ---------------------------------------------------------------------------------------
 
 
+@dataclass(eq=False, slots=True)  # eq=False: hashed by identity
 class _TaskState:
     """Main-process state of one task: its frames' embeddings as they are encoded, then its clips.
 
     ``groups`` are the models whose stores need this task; each encodes the task's frames once
     (``encoded[g]``, ``emb[g]``: per batch part, one array per output of that model)."""
 
-    __slots__ = (
-        "tid",
-        "item",
-        "targets",
-        "skips",
-        "groups",
-        "received",
-        "encoded",
-        "emb",
-        "stamps",
-        "clips",
-        "skipped",
-        "error",
-        "stage",
-        "failed",
-        "warnings",
-    )
+    unit: UnionTask
+    groups: tuple[int, ...]
+    received: int = 0
+    encoded: dict[int, int] = field(init=False)
+    emb: dict[int, list[list[np.ndarray]]] = field(init=False)
+    stamps: list[np.ndarray] = field(default_factory=list)
+    clips: list[Window] | None = None  # set by the worker's Done
+    skipped: int = 0
+    error: str = ""  # why decoding failed, naming the file (fails every target)
+    failed: dict[int, str] = field(default_factory=dict)  # model -> why its encoding failed (fails its targets)
+    warnings: list[str] = field(default_factory=list)  # the decoder's (kept with the clips; ExtractSummary.warnings)
 
-    def __init__(self, unit: UnionTask, groups: tuple[int, ...]):
-        self.tid, self.item, self.targets, self.skips = unit.task.task, unit.item, unit.targets, unit.skips
-        self.groups = groups
-        self.received = 0
-        self.encoded = dict.fromkeys(groups, 0)
-        self.emb: dict[int, list[list[np.ndarray]]] = {g: [] for g in groups}
-        self.stamps: list[np.ndarray] = []
-        self.clips: list | None = None  # set by the worker's "done"
-        self.skipped = 0
-        self.error = ""  # why decoding failed, naming the file (fails every target)
-        self.stage = ""  # decode
-        self.failed: dict[int, str] = {}  # model -> why its encoding failed (fails that model's targets)
-        self.warnings: list[str] = []  # the decoder's warnings (kept with the clips; see ExtractSummary.warnings)
+    def __post_init__(self) -> None:
+        self.encoded = dict.fromkeys(self.groups, 0)
+        self.emb = {g: [] for g in self.groups}
 
     @property
     def finished(self) -> bool:
@@ -211,7 +193,7 @@ class _Batcher:
         pos = 0
         for state, take in owners:
             if outs is None:
-                state.failed.setdefault(g, f"{state.item.abspath}: {error}")  # once per task
+                state.failed.setdefault(g, f"{state.unit.item.abspath}: {error}")  # once per task
             else:
                 state.emb[g].append([o[pos : pos + take] for o in outs])
                 state.encoded[g] += take
@@ -222,352 +204,153 @@ class _Batcher:
 # -- writing ----------------------------------------------------------------------------------------
 
 
-class _StoreSink:
-    """Writes finished clips and failures from a thread, so shard flushes never stall the encoder.
+@contextlib.contextmanager
+def _writer_thread(jobs: list[ExtractionJob]) -> Iterator[None]:
+    """The jobs' writer calls (``ExtractionJob.write``) run in one thread while the engine runs, so shard
+    flushes never stall the encoder; the first error (disk full, permissions...) is raised in this one."""
+    calls: queue.Queue = queue.Queue(maxsize=1024)
+    errors: list[BaseException] = []
 
-    A ``ClipSink`` (``pipeline.extract.job``): the job writes through it while it is open."""
+    def run() -> None:
+        for call in iter(calls.get, None):
+            if not errors:
+                try:
+                    call()
+                except BaseException as exc:  # fatal: raised in the main thread
+                    errors.append(exc)
 
-    def __init__(self, writer: ShardWriter, maxsize: int = 1024):
-        self.writer = writer
-        self.queue: queue.Queue = queue.Queue(maxsize=maxsize)
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, name="vidprobe-store-writer", daemon=True)
-        self.thread.start()
+    def put(call: Callable[[], None]) -> None:
+        if errors:
+            raise errors[0]
+        calls.put(call)
 
-    def _run(self) -> None:
-        while True:
-            job = self.queue.get()
-            if job is None:
-                return
-            if self.error is not None:
-                continue
-            method, args = job
-            try:
-                getattr(self.writer, method)(*args)
-            except BaseException as exc:  # disk full, permissions...: fatal, raised in the main thread
-                self.error = exc
-
-    def put(self, method: str, *args: Any) -> None:
-        if self.error is not None:
-            raise self.error
-        self.queue.put((method, args))
-
-    def add(self, *args: Any) -> None:
-        self.put("add", *args)
-
-    def add_warning(self, *args: Any) -> None:
-        self.put("add_warning", *args)
-
-    def add_failure(self, *args: Any) -> None:
-        self.put("add_failure", *args)
-
-    def close(self) -> None:
-        self.queue.put(None)
-        self.thread.join()
-        if self.error is not None:
-            raise self.error
+    thread = threading.Thread(target=run, name="vidprobe-store-writer", daemon=True)
+    thread.start()
+    direct = [job.write for job in jobs]
+    for job in jobs:
+        job.write = put
+    try:
+        yield
+    finally:
+        for job, write in zip(jobs, direct):
+            job.write = write
+        calls.put(None)
+        thread.join()
+        if errors:
+            raise errors[0]
 
 
 # -- the engine -------------------------------------------------------------------------------------
 
 
-def extract(
-    manifest: Manifest,
-    store_path: str | Path,
+def extract_locally(
     cfg: Config,
-    *,
-    encoder: FrameEncoder | None = None,
-    progress: bool = True,
-    retry_failed: bool = False,
-    shard: JobShard | None = None,
-) -> ExtractSummary:
-    """Extract every clip of ``manifest`` not yet in the store at ``store_path``; returns a summary.
-
-    With ``shard`` (see ``pipeline.extract.sharding``) only the clips that job shard owns are extracted, into
-    shard files named after it, under that shard's writer lock, so shard processes can share one store.
-    One encoder (``encoder``, else ``cfg.encoder``); ``extract_all`` runs several over one decode.
-    """
-    if encoder is None and len(cfg.encoders) > 1:
-        raise ConfigError(f"encoder: {len(cfg.encoders)} specs; extract() writes one store, extract_all() several")
-    encoders = None if encoder is None else [encoder]
-    (summary,) = extract_all(
-        manifest, store_path, cfg, encoders=encoders, progress=progress, retry_failed=retry_failed, shard=shard
-    )
-    return summary
-
-
-def extract_all(
-    manifest: Manifest,
-    output: str | Path,
-    cfg: Config,
-    *,
-    encoders: list[FrameEncoder] | None = None,
-    progress: bool = True,
-    retry_failed: bool = False,
-    shard: JobShard | None = None,
-) -> list[ExtractSummary]:
-    """Every encoder of ``cfg.encoder`` (or ``encoders``, e.g. from ``create_encoders``) over one decode of
-    ``manifest``: one store each.
-
-    The stores are ``store_paths(output, specs)`` (``output`` itself for one encoder, ``output/<name>``
-    for several); each is its own job (plan, lock, run record, failures, resume), so a clip already in
-    one store is decoded only for the others. Returns one summary per store, in spec order.
-    """
+    paths: list[Path],
+    encoders: Sequence[FrameEncoder] | None,
+    jobs: Callable[[list[dict[str, Any]]], ExtractionJobs],
+) -> ExtractionJobs:
+    """The local engine of ``extract``: build the encoders (unless given), then run ``jobs(provenances)``."""
     from ..encoders import canonical_spec, create_encoders, group_outputs
 
-    started = time.perf_counter()
-    paths = store_paths(output, cfg.encoders if encoders is None else [e.spec for e in encoders])  # before loading
     if encoders is None:
         # what can be refused without the models is refused before building them (torch costs seconds)
         for path, spec in zip(paths, cfg.encoders):
             identity = {"encoder": canonical_spec(spec), "sampling": sampling_identity(cfg.sampling)}
             check_appendable(path, {**identity, "dtype": cfg.store.dtype})
         encoders = create_encoders(cfg.encoders, device=cfg.extract.device, precision=cfg.extract.precision)
-    groups, where = group_outputs(encoders)  # one forward per model, whatever number of outputs it feeds
-    outputs = [groups[g].outputs[j] for g, j in where]
+    groups, where = group_outputs(list(encoders))  # one forward per model, whatever number of outputs it feeds
     device_type = str(getattr(groups[0], "device", "cpu")).split(":")[0]
     rt = resolve_runtime(cfg.extract, device_type)
-    jobs = ExtractionJobs(
-        manifest,
-        paths,
-        cfg,
-        [build_provenance(o, cfg) for o in outputs],
-        shard=shard,
-        retry_failed=retry_failed,
-        started=started,
-    )
-    with jobs:
-        _run_engine(groups, [g for g, _ in where], [j for _, j in where], jobs, rt, device_type, progress)
-    return [job.summary for job in jobs.jobs]
+    with jobs([build_provenance(groups[g].outputs[j], cfg) for g, j in where]) as running:
+        engine = _Engine(groups, where, running, rt)
+        with _torch_threads(rt.torch_threads if device_type == "cpu" else 0), _writer_thread(running.jobs), engine.pool:
+            engine.run()
+    return running
 
 
-def _run_engine(
-    groups: list[EncoderGroup],
-    group_of: list[int],
-    output_of: list[int],
-    jobs: ExtractionJobs,
-    rt: Runtime,
-    device_type: str,
-    progress: bool,
-) -> None:
-    """Decoder pool → one batcher per model → writer threads, for the jobs' merged plan (module docstring).
-
-    Store ``t`` is output ``output_of[t]`` of model ``group_of[t]``."""
+@contextlib.contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    """torch runs ``n`` threads meanwhile (0: as many as it has)."""
     import torch
-    from tqdm.auto import tqdm
 
-    first = jobs.jobs[0]
-    cfg = first.cfg
-    views, view_of_group = decode_views([g.preprocess_cfg for g in groups])
-    todo = jobs.plan([view_of_group[g] for g in group_of])
-    states = {u.task.task: _TaskState(u, tuple(sorted({group_of[t] for t in u.targets}))) for u in todo}
-    old_threads = torch.get_num_threads()
-    if device_type == "cpu" and rt.torch_threads:
-        torch.set_num_threads(rt.torch_threads)
-    pool = DecodePool(
-        cfg.sampling,
-        views,
-        num_workers=rt.num_workers,
-        threads=rt.decode_threads,
-        timeout=cfg.extract.decode_timeout,
-        chunk=rt.batch_size,
-        max_messages=max(2, rt.prefetch_frames // rt.batch_size),
-    )
-    batchers = [_Batcher(group, i, rt.batch_size) for i, group in enumerate(groups)]
-    bar = tqdm(
-        total=len(todo),
-        unit="video" if cfg.sampling.windowed else "clip",
-        desc="extract",
-        disable=not progress,
-        dynamic_ncols=True,
-    )
-    sinks: list[_StoreSink] = []
+    old = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
     try:
-        for job in jobs.jobs:
-            sinks.append(_StoreSink(job.writer))
-            job.sink = sinks[-1]
-        try:
-
-            def finish(touched: list[_TaskState]) -> None:
-                for state in dict.fromkeys(touched):
-                    if state.finished and states.pop(state.tid, None) is not None:
-                        _store_task(state, jobs.jobs, group_of, output_of)
-                        bar.update(1)
-                elapsed = max(time.perf_counter() - first.started, 1e-9)
-                frames = sum(job.summary.frames for job in jobs.jobs)
-                failed = sum(job.summary.failed for job in jobs.jobs)
-                bar.set_postfix(frames_s=f"{frames / elapsed:.1f}", failed=failed, refresh=False)
-
-            for msg in pool.messages(u.task for u in todo) if todo else ():
-                kind, tid = msg[0], msg[1]
-                state = states.get(tid)
-                if state is None:
-                    continue
-                if kind == "frames":
-                    for g in state.groups:
-                        batchers[g].add(state, msg[2][view_of_group[g]])
-                    state.received += len(msg[3])
-                    state.stamps.append(msg[3])
-                    for batcher in batchers:
-                        while batcher.full:
-                            finish(batcher.encode())
-                elif kind == "done":
-                    state.clips, state.skipped, state.warnings = msg[2], msg[3], msg[4]
-                    finish([state])
-                else:
-                    state.error, state.stage = msg[2], "decode"
-                    finish([state])
-            for batcher in batchers:
-                while batcher.queued:
-                    finish(batcher.encode())
-            for job in jobs.jobs:
-                job.summary.workers_replaced = pool.replaced
-        finally:
-            pool.close()
-            errors = []
-            for job, sink in zip(jobs.jobs, sinks):
-                job.sink = job.writer
-                try:
-                    sink.close()
-                except BaseException as exc:  # every store's writer thread is stopped before one error is raised
-                    errors.append(exc)
-            if errors:
-                raise errors[0]
+        yield
     finally:
-        bar.close()
-        torch.set_num_threads(old_threads)
+        torch.set_num_threads(old)
 
 
-def _store_task(state: _TaskState, jobs: list[ExtractionJob], group_of: list[int], output_of: list[int]) -> None:
-    """Hand a finished task's clips (or its failure) to each job that needs it, which writes and counts them."""
-    item = state.item
-    for t, have in zip(state.targets, state.skips):
-        job, g = jobs[t], group_of[t]
-        clips = [c for c in state.clips or () if (c[0], c[1]) not in have]  # windows this store already has
-        job.summary.skipped += state.skipped + len(state.clips or ()) - len(clips)
-        error, stage = (state.error, state.stage) if state.error else (state.failed.get(g, ""), "encode")
-        if not error and clips:
-            parts = [p[output_of[t]] for p in state.emb[g]]
-            emb = np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
-            if not np.all(np.isfinite(emb)):
-                error, stage = f"{item.abspath}: the encoder returned NaN or Inf embeddings; not stored", "encode"
-        if error:
-            job.add_failure(item.path, item.start, item.end, stage, error)
-            continue
+class _Engine:
+    """Decoder pool → one batcher per model → the jobs, over the jobs' merged plan (module docstring).
+
+    Store ``t`` is output ``where[t][1]`` of model ``where[t][0]``."""
+
+    def __init__(self, groups: list[EncoderGroup], where: list[tuple[int, int]], jobs: ExtractionJobs, rt: Runtime):
+        self.jobs, self.group_of, self.output_of = jobs, [g for g, _ in where], [j for _, j in where]
+        cfg = jobs.jobs[0].cfg
+        views, self.view_of_group = decode_views([g.preprocess_cfg for g in groups])
+        self.todo = jobs.plan([self.view_of_group[g] for g in self.group_of])
+        self.states = {
+            u.task.task: _TaskState(u, tuple(sorted({self.group_of[t] for t in u.targets}))) for u in self.todo
+        }
+        self.batchers = [_Batcher(group, i, rt.batch_size) for i, group in enumerate(groups)]
+        self.pool = DecodePool(
+            cfg.sampling,
+            views,
+            num_workers=rt.num_workers,
+            threads=rt.decode_threads,
+            timeout=cfg.extract.decode_timeout,
+            chunk=rt.batch_size,
+            max_messages=max(2, rt.prefetch_frames // rt.batch_size),
+        )
+
+    def run(self) -> None:
+        for msg in self.pool.messages(u.task for u in self.todo) if self.todo else ():
+            state = self.states.get(msg.task)
+            if state is None:
+                continue
+            if isinstance(msg, Frames):
+                self._add_frames(state, msg)
+            elif isinstance(msg, Done):
+                state.clips, state.skipped, state.warnings = msg.clips, msg.skipped, msg.warnings
+                self._finish([state])
+            else:
+                state.error = msg.error
+                self._finish([state])
+        for batcher in self.batchers:
+            while batcher.queued:
+                self._finish(batcher.encode())
+        for job in self.jobs.jobs:
+            job.summary.workers_replaced = self.pool.replaced
+
+    def _add_frames(self, state: _TaskState, msg: Frames) -> None:
+        """Queue a task's next frames for each model that needs them; encode every batch that is full."""
+        for g in state.groups:
+            self.batchers[g].add(state, msg.frames[self.view_of_group[g]])
+        state.received += len(msg.timestamps)
+        state.stamps.append(msg.timestamps)
+        for batcher in self.batchers:
+            while batcher.full:
+                self._finish(batcher.encode())
+
+    def _finish(self, touched: list[_TaskState]) -> None:
+        for state in dict.fromkeys(touched):
+            if state.finished and self.states.pop(state.unit.task.task, None) is not None:
+                unit = state.unit
+                self.jobs.deliver(unit, [self._outcome(state, t, have) for t, have in zip(unit.targets, unit.skips)])
+
+    def _outcome(self, state: _TaskState, t: int, have: frozenset) -> Outcome:
+        """What store ``t`` gets of a finished task: the windows it lacks, or the failure."""
+        g, clips = self.group_of[t], state.clips or []
+        lacking = [c for c in clips if (c[0], c[1]) not in have]  # windows this store already has are left out
+        skipped = state.skipped + len(clips) - len(lacking)
+        error, stage = (state.error, "decode") if state.error else (state.failed.get(g, ""), "encode")
+        if error or not lacking:
+            return Outcome(error=error, stage=stage, skipped=skipped)
+        parts = [p[self.output_of[t]] for p in state.emb[g]]
+        emb = np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
         stamps = np.concatenate(state.stamps) if state.stamps else np.zeros(0)
-        for warning in state.warnings if clips else ():  # first: they go into the shard that takes the clips
-            job.add_warning(item.path, warning)
-        for start, end, idx in clips:
-            job.add_clip(item, start, end, emb[idx], stamps[idx])
-
-
-def _decode_whole(task: ClipTask, sampling: SamplingConfig, preprocess, threads: int):
-    """Run the engine's per-video decode in this thread: (frames, timestamps, clips, warnings).
-
-    With a sequence of preprocessings the frames are a tuple, one array per preprocessing (None for
-    those ``task.views`` leaves out)."""
-    out, stamps, clips, warnings = [], [], None, []
-    for msg in decode_task(task, sampling, preprocess, threads=threads):
-        if msg[0] == "frames":
-            out.append(msg[2])
-            stamps.append(msg[3])
-        elif msg[0] == "done":
-            clips, warnings = msg[2], msg[4]
-        else:
-            raise DecodeError(msg[2])
-    if isinstance(out[0], tuple):
-        frames: Any = tuple(None if v[0] is None else np.concatenate(v) for v in zip(*out))
-    else:
-        frames = np.concatenate(out)
-    return frames, np.concatenate(stamps), clips, warnings
-
-
-def load_views(
-    item: VideoItem, sampling: SamplingConfig, views: list, need: tuple[int, ...] | None = None, threads: int = 0
-) -> tuple[list[np.ndarray | None], np.ndarray, list[str]]:
-    """One decode of a single-clip item, resized once per preprocessing in ``views`` that ``need`` names:
-    (frames per view, one per sampled time; None where not needed), timestamps, warnings."""
-    task = ClipTask(0, str(item.abspath), item.start, item.end, root=item.root, views=need)
-    frames, stamps, clips, warnings = _decode_whole(task, sampling, list(views), threads)
-    idx = np.concatenate([i for _, _, i in clips]) if clips else np.arange(len(stamps))
-    return [None if f is None else f[idx] for f in frames], stamps[idx], warnings
-
-
-def load_clip(item: VideoItem, sampling: SamplingConfig, preprocess, threads: int = 0) -> DecodedClip:
-    """Decoded, resized and cropped frames of one single-clip item (``load_views`` with one view)."""
-    (frames,), stamps, warnings = load_views(item, sampling, [preprocess], threads=threads)
-    assert frames is not None
-    return DecodedClip(frames, stamps, warnings)
-
-
-Clips = list[tuple[float | None, float | None, DecodedClip]]  # (start, end, clip) per clip window
-
-
-class VideoDecoder:
-    """Decode videos in order, in the background, from the moment it is made (``predict`` decodes while
-    torch imports and the model is built), with the engine's own per-video decode (``decode_task``), so
-    new videos are sampled exactly as a training store was.
-
-    With ``timeout`` (extraction's ``extract.decode_timeout``): one decoder worker process for all the
-    videos, killed and replaced after ``timeout`` s without progress (that video fails, the rest go on);
-    without: a thread of this process. What is decoded ahead is bounded (``DecodePool``'s queue).
-    """
-
-    def __init__(
-        self,
-        videos: Sequence[tuple[str | Path, float | None, float | None]],
-        sampling: SamplingConfig,
-        preprocess: Any,
-        *,
-        timeout: float | None = None,
-    ) -> None:
-        self._tasks = [ClipTask(i, str(Path(p).absolute()), s, e) for i, (p, s, e) in enumerate(videos)]
-        workers = 0 if timeout is None else 1
-        self._pool = DecodePool(sampling, preprocess, num_workers=workers, threads=0, timeout=timeout or 0.0)
-        self._pool.start(self._tasks)
-
-    def embedded(self, transform) -> Iterator[Clips | DecodeError]:
-        """Per video, in order: its clips with frames through ``transform`` (e.g. ``encoder.encode``), or
-        the DecodeError that stopped it (a timeout included)."""
-        out: dict[int, tuple[list, list]] = {}
-        for msg in self._pool.messages():
-            frames, stamps = out.setdefault(msg[1], ([], []))
-            if msg[0] == "frames":
-                frames.append(transform(msg[2]))
-                stamps.append(msg[3])
-                continue
-            del out[msg[1]]
-            if msg[0] == "error":
-                yield DecodeError(msg[2])
-                continue
-            if not frames:  # nothing sampled (every window empty): no clips either
-                yield []
-                continue
-            emb, ts = np.concatenate(frames), np.concatenate(stamps)
-            yield [(s, e, DecodedClip(emb[idx], ts[idx], msg[4])) for s, e, idx in msg[2]]
-
-    def close(self) -> None:
-        self._pool.close()
-
-    def __enter__(self) -> VideoDecoder:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-
-def embed_clips(
-    encoder: FrameEncoder,
-    path: str | Path,
-    sampling: SamplingConfig,
-    start: float | None = None,
-    end: float | None = None,
-    *,
-    timeout: float | None = None,
-) -> Clips:
-    """Frame embeddings of every clip of one video (see ``VideoDecoder``); ``DecodeError`` on failure."""
-    with VideoDecoder([(path, start, end)], sampling, encoder.preprocess_cfg, timeout=timeout) as decoder:
-        (result,) = decoder.embedded(encoder.encode)
-    if isinstance(result, DecodeError):
-        raise result
-    return result
+        windows = [(start, end, emb[idx], stamps[idx]) for start, end, idx in lacking]
+        return Outcome(windows, state.warnings, skipped=skipped)

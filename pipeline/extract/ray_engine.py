@@ -4,22 +4,24 @@
                            ──►  map_batches(EncodeClips)  actors: one per GPU (num_gpus=1), else CPU
                            ──►  driver: iter_batches ──► ShardWriter ──► the same store layout
 
-Several encoders (``extract_ray_all``): the plan is the stores' merged plan (``pipeline.extract.targets``),
-the decode stage resizes each clip once per distinct encoder input, and one encoder actor pool per
-model follows another (each adds its stores' embeddings to the rows; a model's joint and ``#pre``
-outputs come from one forward), so each clip is decoded once for every store that lacks it.
+``extract(..., engine="ray")`` (``pipeline.extract.entry``) runs it. Several encoders: the plan is the
+stores' merged plan (``pipeline.extract.targets``), the decode stage resizes each clip once per distinct
+encoder input, and one encoder actor pool per model follows another (each adds its stores' embeddings to
+the rows; a model's joint and ``#pre`` outputs come from one forward), so each clip is decoded once for
+every store that lacks it.
 
 Ray's streaming executor runs the stages concurrently with back-pressure, so decoding on every CPU of
 every node keeps the encoders busy, and frames never pile up past the object store's budget.
 
 The driver writes the store (not writer actors) because what reaches it is small — a clip's (T, D)
-float32 embeddings are ~1/30 of its decoded frames — so one writer keeps up with many GPUs; because
-then only the driver needs the store path (workers need only the videos); and because the store's
+float32 embeddings are ~1/30 of its decoded frames — so one writer keeps up with many GPUs; because then
+only the driver needs the store path (workers need only the videos); and because the store's
 one-writer-per-job rule, crash safety (tmp → rename shards) and resume work unchanged: it is the same
-``ShardWriter`` the local engine uses, under the same writer prefix, so a shard can be re-run with
-either engine. Per-clip decode/encode errors travel as rows and become failure records; a block whose
-worker died (e.g. a segfault in a decoder) after retries is skipped by Ray and its clips are recorded
-as failed with stage ``worker`` — ``--retry-failed`` tries them again.
+``ShardWriter`` the local engine uses, under the same writer prefix, and the same delivery
+(``ExtractionJobs.deliver``), so a shard can be re-run with either engine. Per-clip decode/encode errors
+travel as rows and become failure records; a block whose worker died (e.g. a segfault in a decoder)
+after retries is skipped by Ray and its clips are recorded as failed with stage ``worker`` —
+``--retry-failed`` tries them again.
 """
 
 from __future__ import annotations
@@ -27,8 +29,8 @@ from __future__ import annotations
 import logging
 import math
 import os
-import time
 import warnings
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -36,14 +38,14 @@ from typing import Any
 import numpy as np
 
 from ..config import Config, SamplingConfig
-from ..data.manifest import Manifest, VideoItem
+from ..data.manifest import VideoItem
 from ..encoders import Preprocess
 from ..encoders.group import group_specs
 from ..errors import ConfigError, VidprobeError
-from .job import ExtractSummary, build_provenance
-from .local import load_views, resolve_runtime
-from .sharding import JobShard
-from .targets import ExtractionJobs, UnionTask, decode_views, store_paths
+from .clips import load_views
+from .job import Outcome, build_provenance
+from .local import resolve_runtime
+from .targets import ExtractionJobs, UnionTask, decode_views
 
 # Quiet, offline Ray: no usage reporting (it would try the internet), de-duplicated worker logs.
 RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_DEDUP_LOGS": "1"}
@@ -238,60 +240,20 @@ def _actor_class(cfg: Config, use_gpu: bool, members: list[int], view: int, keep
     return EncodeClips
 
 
-def extract_ray(
-    manifest: Manifest,
-    store_path: str | Path,
+def extract_on_ray(
     cfg: Config,
+    jobs: Callable[[list[dict[str, Any]]], ExtractionJobs],
     *,
     address: str | None = None,
     num_encoders: int | None = None,
-    shard: JobShard | None = None,
-    progress: bool = True,
-    retry_failed: bool = False,
     num_cpus: int | None = None,
-) -> ExtractSummary:
-    """``extract`` on a Ray cluster (``address``, or a local one of ``num_cpus``): same plan, same store.
-
-    ``num_encoders`` encoder actors (default: one per GPU in the cluster, or one on CPU). One encoder;
-    ``extract_ray_all`` runs several over one decode.
-    """
-    if len(cfg.encoders) > 1:
-        raise ConfigError(
-            f"encoder: {len(cfg.encoders)} specs; extract_ray() writes one store, extract_ray_all() several"
-        )
-    (summary,) = extract_ray_all(
-        manifest,
-        store_path,
-        cfg,
-        address=address,
-        num_encoders=num_encoders,
-        shard=shard,
-        progress=progress,
-        retry_failed=retry_failed,
-        num_cpus=num_cpus,
-    )
-    return summary
-
-
-def extract_ray_all(
-    manifest: Manifest,
-    output: str | Path,
-    cfg: Config,
-    *,
-    address: str | None = None,
-    num_encoders: int | None = None,
-    shard: JobShard | None = None,
-    progress: bool = True,
-    retry_failed: bool = False,
-    num_cpus: int | None = None,
-) -> list[ExtractSummary]:
-    """``extract_all`` on a Ray cluster: one decode stage feeding one encoder actor pool per model.
+) -> ExtractionJobs:
+    """The Ray engine of ``extract``: one decode stage feeding one encoder actor pool per model.
 
     ``num_encoders`` actors per model (default: one per GPU in the cluster, or one on CPU); each actor
     takes 1/K of a CPU (and of a GPU) for K models, so every GPU holds one actor of each model and the
     decode tasks keep the CPUs they had with one model.
     """
-    started = time.perf_counter()
     if num_encoders is not None and num_encoders < 1:
         raise ConfigError(f"--ray-encoders={num_encoders}: must be >= 1")
     if cfg.sampling.windowed:  # the pipeline maps one row to one clip; a windowed video makes several
@@ -299,7 +261,6 @@ def extract_ray_all(
             f"sampling.strategy={cfg.sampling.strategy!r} makes several clips per video; use the local engine for it"
         )
     members = group_specs(cfg.encoders)  # a bad or repeated spec fails here, before a cluster starts
-    paths = store_paths(output, cfg.encoders)
     ray = _import_ray()
     owns_ray = init_ray(address, num_cpus)
     try:
@@ -308,58 +269,49 @@ def extract_ray_all(
         try:  # built where the encoders run, so it records their device and precision
             provenances = ray.get(ray.remote(**actor_resources)(_provenances).remote(cfg, use_gpu))
         except ray.exceptions.RayTaskError as exc:
-            if isinstance(
-                exc.cause, VidprobeError
-            ):  # e.g. weights that cannot be loaded: one line, not a remote traceback
+            if isinstance(exc.cause, VidprobeError):  # e.g. weights that cannot be loaded: one line, not a traceback
                 raise exc.cause from None
             raise
-        jobs = ExtractionJobs(
-            manifest, paths, cfg, provenances, engine="ray", shard=shard, retry_failed=retry_failed, started=started
-        )
-        with jobs:  # the same stores, locks, plans, run records and writers as the local engine
-            pres = [Preprocess.from_dict(job.store.provenance["preprocess"]) for job in jobs.jobs]
+        with jobs(provenances) as running:  # the same stores, locks, plans, run records and writers as local
+            pres = [Preprocess.from_dict(job.store.provenance["preprocess"]) for job in running.jobs]
             views, view_of = decode_views(pres)
-            todo = jobs.plan(view_of)
+            todo = running.plan(view_of)
             if todo:  # K models: each actor takes 1/K of a CPU (and of a GPU), as one model's actor takes one
                 share = {k: v / len(members) for k, v in actor_resources.items()}
-                _run_pipeline(ray, jobs, todo, members, views, view_of, use_gpu, num_encoders, share, progress)
-        return [job.summary for job in jobs.jobs]
+                encoders = num_encoders or (int(ray.cluster_resources().get("GPU", 0)) if use_gpu else 1)
+                ds = _dataset(ray, cfg, todo, members, views, view_of, use_gpu, encoders, share)
+                _deliver(ds, running, todo)
+        return running
     finally:
         if owns_ray:
             ray.shutdown()
 
 
-def _run_pipeline(
+def _dataset(
     ray,
-    jobs: ExtractionJobs,
+    cfg: Config,
     todo: list[UnionTask],
     members: list[list[int]],
     views: list[Any],
     view_of: list[int],
     use_gpu: bool,
-    num_encoders: int | None,
+    encoders: int,
     actor_resources: dict[str, Any],
-    progress: bool,
-) -> None:
-    """Build the Ray Data pipeline over the merged plan; hand what comes out to each store's job, as it comes."""
+):
+    """The Ray Data pipeline over the merged plan: a decode stage, then one encoder actor pool per model."""
     import ray.data
-    from tqdm.auto import tqdm
 
-    first = jobs.jobs[0]
-    cfg = first.cfg
     frames_per_clip = cfg.sampling.num_frames if cfg.sampling.strategy == "uniform" else (cfg.sampling.max_frames or 8)
-    clips_per_call = max(
-        1, round(resolve_runtime(cfg.extract, "cuda" if use_gpu else "cpu").batch_size / frames_per_clip)
-    )
-    encoders = num_encoders or (int(ray.cluster_resources().get("GPU", 0)) if use_gpu else 1)
-    rows = [
+    batch_size = resolve_runtime(cfg.extract, "cuda" if use_gpu else "cpu").batch_size
+    clips_per_call = max(1, round(batch_size / frames_per_clip))
+    rows = [  # what a decode task needs (not the store), and which stores lack the clip
         {
             "index": i,
             "path": u.item.path,
             "root": u.item.root,
             "start": math.nan if u.item.start is None else float(u.item.start),
             "end": math.nan if u.item.end is None else float(u.item.end),
-            "targets": sum(1 << t for t in u.targets),  # the stores that lack this clip
+            "targets": sum(1 << t for t in u.targets),
         }
         for i, u in enumerate(todo)
     ]
@@ -368,7 +320,6 @@ def _run_pipeline(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # max_retries has no named parameter yet; Ray warns about **ray_remote_args
         ds = ray.data.from_items(rows, override_num_blocks=blocks)
-        # one FFmpeg thread per decode task unless set: Ray already runs one task per core
         threads = resolve_runtime(cfg.extract, "cpu").decode_threads or 1  # one FFmpeg thread per decode task
         ds = ds.map_batches(
             partial(_decode_rows, sampling=cfg.sampling, views=views, view_of=view_of, threads=threads),
@@ -385,41 +336,36 @@ def _run_pipeline(
                 **actor_resources,
             )
     ctx = ds.context
-    ctx.max_errored_blocks = -1  # a block whose worker died is skipped; its clips are recorded below
+    ctx.max_errored_blocks = -1  # a block whose worker died is skipped; its clips are recorded in _deliver
     ctx.enable_progress_bars = False
     logging.getLogger("ray.data").setLevel(logging.ERROR)  # per-execution INFO lines and notices; errors still show
+    return ds
+
+
+def _row_outcome(batch: dict[str, np.ndarray], j: int, t: int, item: VideoItem) -> Outcome:
+    """What store ``t`` gets of row ``j``: its error, else the clip and the decoder's warnings."""
+    error = str(batch[f"error_{t}"][j])
+    if error:
+        return Outcome(error=error, stage=str(batch[f"stage_{t}"][j]))
+    emb = np.asarray(batch[f"embedding_{t}"][j], np.float32)
+    stamps = np.asarray(batch["timestamps"][j], np.float64)
+    return Outcome([(item.start, item.end, emb, stamps)], list(filter(None, str(batch["warnings"][j]).split("\n"))))
+
+
+def _deliver(ds, jobs: ExtractionJobs, todo: list[UnionTask]) -> None:
+    """Hand what comes out of the pipeline to the stores as it comes; a clip whose block was lost fails."""
     seen: set[int] = set()
-    bar = tqdm(total=len(todo), unit="clip", desc="extract (ray)", disable=not progress, dynamic_ncols=True)
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
         for j, index in enumerate(batch["index"]):
             if int(index) in seen:  # never store a clip twice, whatever a retry re-delivers
                 continue
-            unit = todo[int(index)]
-            item = unit.item
             seen.add(int(index))
-            for t in unit.targets:
-                job = jobs.jobs[t]
-                error = str(batch[f"error_{t}"][j])
-                if error:
-                    job.add_failure(item.path, item.start, item.end, str(batch[f"stage_{t}"][j]), error)
-                    continue
-                emb = np.asarray(batch[f"embedding_{t}"][j], np.float32)
-                # the warnings first: the shard that takes the clip keeps them
-                for warning in filter(None, str(batch["warnings"][j]).split("\n")):
-                    job.add_warning(item.path, warning)
-                job.add_clip(item, item.start, item.end, emb, np.asarray(batch["timestamps"][j], np.float64))
-            bar.update(1)
-        elapsed = max(time.perf_counter() - first.started, 1e-9)
-        frames = sum(job.summary.frames for job in jobs.jobs)
-        failed = sum(job.summary.failed for job in jobs.jobs)
-        bar.set_postfix(frames_s=f"{frames / elapsed:.1f}", failed=failed, refresh=False)
-    bar.close()
+            unit = todo[int(index)]
+            jobs.deliver(unit, [_row_outcome(batch, j, t, unit.item) for t in unit.targets])
     for i, unit in enumerate(todo):
         if i not in seen:
-            item = unit.item
             error = (
-                f"{item.abspath}: no result from the Ray pipeline (its "
+                f"{unit.item.abspath}: no result from the Ray pipeline (its "
                 "worker died; see the Ray logs); retry with --retry-failed"
             )
-            for t in unit.targets:
-                jobs.jobs[t].add_failure(item.path, item.start, item.end, "worker", error)
+            jobs.deliver(unit, [Outcome(error=error, stage="worker")] * len(unit.targets))

@@ -5,7 +5,8 @@ with one encoder the store *is* ``STORE`` (as always), with several it is ``STOR
 (``store_name``: ``effnet-lite0``, ``openclip-ViT-B-32-openai``, ``openclip-ViT-B-32-openai-pre``, ...).
 Each store has its own ``ExtractionJob`` (provenance, lock, plan, run record, writer, failures);
 ``ExtractionJobs`` enters them together and merges their plans (``UnionTask``): a clip is decoded once
-if any store still lacks it, and handed only to the stores that lack it. Encoders whose inputs are
+if any store still lacks it, and handed only to the stores that lack it (``deliver``, the one way both
+engines hand results to the stores). Encoders whose inputs are
 resized alike (same size, resize and interpolation) share one resize (``decode_views``).
 """
 
@@ -14,17 +15,16 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import Config
 from ..data.manifest import Manifest, VideoItem
 from ..encoders import Preprocess, parse_spec, spec_options
 from ..errors import ConfigError
-from .job import ExtractionJob
-from .sharding import JobShard
+from .job import ExtractionJob, Outcome
 from .workers import ClipTask
 
 __all__ = ["ExtractionJobs", "UnionTask", "decode_views", "store_name", "store_paths"]
@@ -84,32 +84,17 @@ class UnionTask:
 
 
 class ExtractionJobs:
-    """One ``ExtractionJob`` per store, entered together (see the module doc); a context manager.
+    """The ``ExtractionJob`` of each store, entered together (see the module doc); a context manager.
 
     Inside the ``with``: ``jobs`` (one per store, in the order given). ``plan(views_of)`` merges their
     plans; ``views_of[t]`` is the decoder geometry store ``t``'s encoder needs (``decode_views``).
+    ``deliver`` hands each planned item's outcomes to its stores and counts it on the progress bar.
     """
 
-    def __init__(
-        self,
-        manifest: Manifest,
-        store_paths: Sequence[str | Path],
-        cfg: Config,
-        provenances: Sequence[dict[str, Any]],
-        *,
-        engine: str = "local",
-        shard: JobShard | None = None,
-        retry_failed: bool = False,
-        started: float | None = None,
-    ) -> None:
-        self.manifest = manifest
-        self._jobs = [
-            ExtractionJob(
-                manifest, path, cfg, prov, engine=engine, shard=shard, retry_failed=retry_failed, started=started
-            )
-            for path, prov in zip(store_paths, provenances, strict=True)
-        ]
+    def __init__(self, manifest: Manifest, jobs: Sequence[ExtractionJob], *, progress: bool = False) -> None:
+        self.manifest, self._jobs, self.progress = manifest, list(jobs), progress
         self._stack: contextlib.ExitStack | None = None
+        self._bar: Any = None
 
     def __enter__(self) -> ExtractionJobs:
         with contextlib.ExitStack() as stack:
@@ -119,6 +104,8 @@ class ExtractionJobs:
 
     def __exit__(self, *exc: Any) -> bool | None:
         assert self._stack is not None
+        if self._bar is not None:
+            self._bar.close()
         return self._stack.__exit__(*exc)
 
     def plan(self, views_of: Sequence[int]) -> list[UnionTask]:
@@ -140,4 +127,20 @@ class ExtractionJobs:
                 views=tuple(sorted({views_of[t] for t in targets})),
             )
             out.append(UnionTask(item, task, targets, skips))
+        from tqdm.auto import tqdm
+
+        unit = "video" if self.jobs[0].cfg.sampling.windowed else "clip"
+        engine = self.jobs[0].engine
+        desc = "extract" if engine == "local" else f"extract ({engine})"
+        self._bar = tqdm(total=len(out), unit=unit, desc=desc, disable=not self.progress, dynamic_ncols=True)
         return out
+
+    def deliver(self, unit: UnionTask, outcomes: Sequence[Outcome]) -> None:
+        """Hand a planned item to each store that lacked it (``outcomes[i]`` for ``unit.targets[i]``)."""
+        for t, outcome in zip(unit.targets, outcomes, strict=True):
+            self.jobs[t].deliver(unit.item, outcome)
+        elapsed = max(time.perf_counter() - self.jobs[0].started, 1e-9)
+        frames = sum(job.summary.frames for job in self.jobs)
+        failed = sum(job.summary.failed for job in self.jobs)
+        self._bar.update(1)
+        self._bar.set_postfix(frames_s=f"{frames / elapsed:.1f}", failed=failed, refresh=False)

@@ -6,19 +6,9 @@ replaced while the job goes on; a DataLoader can do neither (its timeout and a d
 whole iterator). Here each worker owns a pipe; the scheduler thread in the main process hands out
 tasks, reads results, watches every worker, and feeds one bounded queue that the encoder drains.
 
-Protocol (worker -> main), plain tuples so pickling stays cheap:
-
-* ``("frames", task, frames uint8 (m, S, S, 3), timestamps (m,))`` — the next distinct frames of a task,
-  in time order, at most ``chunk`` at a time (memory does not grow with a clip's length). A pool made
-  with a sequence of preprocessings (several encoders sharing one decode) sends a tuple instead: the
-  same frames resized and cropped once per preprocessing, ``None`` for those the task does not need
-  (``ClipTask.views``);
-* ``("done", task, clips, skipped, warnings)`` — ``clips`` lists ``(start, end, frame_index)`` per clip
-  window (``frame_index`` picks, per sampled time, one of the task's frames: overlapping windows and
-  repeated times share one decoded and encoded frame); ``skipped`` counts windows already stored;
-  ``warnings`` says what was worked around (a header that lies about the duration) or is stored as it
-  is (one decoded frame stored for several sampled times of a clip);
-* ``("error", task, message)`` — the task failed; frames already sent for it must be dropped.
+Protocol (worker -> main), small frozen dataclasses with named fields: ``Ready`` once, then per task
+its ``Frames`` in time order, at most ``chunk`` frames each (memory does not grow with a clip's length),
+and ``Done`` or ``Failed`` (frames already sent for a failed task must be dropped).
 
 ``num_workers=0`` decodes in a thread of the main process instead (no timeout or crash isolation;
 for debugging, or where processes are not allowed).
@@ -51,7 +41,43 @@ from ..data.sampling import (
 from ..errors import DecodeError, VidprobeError
 from .decode import VideoReader, assign_frames
 
-Message = tuple
+Window = tuple[float | None, float | None, np.ndarray]  # (start, end, frame index per sampled time)
+
+
+@dataclass(frozen=True)
+class Ready:
+    """A worker process started (a death before this is a broken setup, not a bad file)."""
+
+
+@dataclass(frozen=True)
+class Frames:
+    """A task's next distinct frames: uint8 (m, S, S, 3); with several preprocessings (encoders sharing one
+    decode) a tuple, the same frames resized and cropped once per preprocessing (None: ``ClipTask.views``
+    leaves it out)."""
+
+    task: int
+    frames: Any
+    timestamps: np.ndarray  # float64 (m,)
+
+
+@dataclass(frozen=True)
+class Done:
+    """A task's clip windows, each (start, end, frame index per sampled time): overlapping windows and
+    repeated times share one decoded and encoded frame."""
+
+    task: int
+    clips: list[Window]
+    skipped: int  # windows already stored
+    warnings: list[str]  # what was worked around (a header that lies), or stored as it is (a shared frame)
+
+
+@dataclass(frozen=True)
+class Failed:
+    task: int
+    error: str  # names the file
+
+
+Message = Frames | Done | Failed
 
 
 @dataclass(frozen=True)
@@ -101,7 +127,7 @@ def decode_task(
     """Decode one task into protocol messages (runs in a worker process, or in-process for 0 workers).
 
     ``preprocess``: one ``Preprocess``, or a sequence of them (one per distinct encoder input): each
-    decoded frame is then resized once per preprocessing the task needs, and "frames" carries a tuple.
+    decoded frame is then resized once per preprocessing the task needs, and ``Frames.frames`` is a tuple.
     """
     many = isinstance(preprocess, (tuple, list))
     views = _views(preprocess, task)
@@ -119,7 +145,7 @@ def decode_task(
                 windows = [clip_window(info.duration, task.start, task.end)]
                 keys, skipped = [(task.start, task.end)], 0
             if not windows:
-                yield ("done", task.task, [], skipped, list(reader.warnings))
+                yield Done(task.task, [], skipped, list(reader.warnings))
                 return
             frame_times = reader.frame_times() if needs_frame_table(sampling) else None
             key_times = reader.keyframe_times() if needs_keyframe_table(sampling) else None
@@ -141,20 +167,16 @@ def decode_task(
                 stamps.append(c.timestamps)
                 made = iter(np.ascontiguousarray(p.center_crop(v)) for p, v in zip(wanted_views, c.views))
                 out = tuple(None if p is None else next(made) for p in views)
-                yield ("frames", task.task, out if many else out[0], c.timestamps)
+                yield Frames(task.task, out if many else out[0], c.timestamps)
             all_ts = np.concatenate(stamps)
             clips = [(k[0], k[1], assign_frames(all_ts, t).astype(np.int32)) for k, t in zip(keys, per_window)]
-            yield (
-                "done",
-                task.task,
-                clips,
-                skipped,
-                reader.warnings + _shared_frames(task, clips, per_window, reader.ended_at),
+            yield Done(
+                task.task, clips, skipped, reader.warnings + _shared_frames(task, clips, per_window, reader.ended_at)
             )
     except VidprobeError as exc:
-        yield ("error", task.task, _with_path(task.path, str(exc)))
+        yield Failed(task.task, _with_path(task.path, str(exc)))
     except Exception as exc:  # a decoder bug on one odd file must not end the job
-        yield ("error", task.task, f"{task.path}: {type(exc).__name__}: {exc}")
+        yield Failed(task.task, f"{task.path}: {type(exc).__name__}: {exc}")
 
 
 def _worker_main(conn, sampling: SamplingConfig, preprocess: Any, threads: int, chunk: int) -> None:
@@ -164,7 +186,7 @@ def _worker_main(conn, sampling: SamplingConfig, preprocess: Any, threads: int, 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
-        conn.send(("ready",))
+        conn.send(Ready())
         while True:
             task = conn.recv()
             if task is None:
@@ -330,7 +352,7 @@ class DecodePool:
             w.kill()
             raise DecodeError(
                 f"a decoder worker process could not start ({_death(w.proc)}); see its error above. When calling "
-                "pipeline.extract.local from a script, put the call under `if __name__ == '__main__':`, or use "
+                "pipeline.extract.entry.extract from a script, put the call under `if __name__ == '__main__':`, or use "
                 "extract.num_workers=0"
             )
         failed = w.assigned.popleft() if w.assigned else None
@@ -340,7 +362,7 @@ class DecodePool:
         self.workers.remove(w)
         self.replaced += 1
         if failed is not None:
-            self._put(("error", failed.task, f"{failed.path}: {reason}"))
+            self._put(Failed(failed.task, f"{failed.path}: {reason}"))
         self._requeue.extendleft(reversed(rest))
         if not self.stop.is_set():
             self._spawn(ctx)
@@ -385,10 +407,10 @@ class DecodePool:
                         self._retire(w, f"decoder process died ({_death(w.proc)}); the file may be corrupt", ctx)
                         continue
                     w.since = time.monotonic()
-                    if msg[0] == "ready":
+                    if isinstance(msg, Ready):
                         w.ready = True
                         continue
-                    if msg[0] in ("done", "error") and w.assigned:
+                    if isinstance(msg, (Done, Failed)) and w.assigned:
                         w.assigned.popleft()
                     if not self._put(msg):
                         return

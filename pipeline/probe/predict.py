@@ -7,15 +7,18 @@ writes one timeline PNG per video."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..config import ExtractConfig, SamplingConfig
-from ..errors import HeadError, VidprobeError
+from ..errors import DecodeError, HeadError, VidprobeError
 from .heads.files import load_head, load_head_meta
 from .pooling import get_pool
 from .sequences import SEQUENCE_POOL, FrameSequences
+
+if TYPE_CHECKING:
+    from ..extract.clips import Clips
 
 
 def predict_videos(
@@ -43,8 +46,7 @@ def predict_videos(
     is built, once, and only if some video exists."""
     meta = load_head_meta(head_path, trust=trust)
     sampling = SamplingConfig(**meta["sampling"])
-    sequences = meta["pool"] == SEQUENCE_POOL
-    pool = None if sequences else get_pool(meta["pool"])
+    pool = None if meta["pool"] == SEQUENCE_POOL else get_pool(meta["pool"])
     how = None
     if explain:
         from .explain import check_explainable
@@ -54,19 +56,34 @@ def predict_videos(
     if len(missing) == len(videos):
         return [{"path": str(v), "error": f"{v}: file not found"} for v in videos]
     head = load_head(head_path, trust=trust, meta=meta)  # .npz: numpy only (a .skops file imports scikit-learn broadly)
-    from ..encoders.base import Preprocess
-    from ..extract.local import VideoDecoder
-
-    timeout = ExtractConfig().decode_timeout if decode_timeout is None else decode_timeout
     readable = [str(v) for v in videos if str(v) not in missing]
+    done = _embed_videos(head_path, meta, sampling, readable, encoder, device, decode_timeout)
+    results: list[dict[str, Any]] = []
+    for video in map(str, videos):
+        clips = done.get(video)
+        if clips is None or isinstance(clips, VidprobeError):
+            results.append({"path": video, "error": str(clips) if clips is not None else f"{video}: file not found"})
+        else:
+            results.append(_video_result(video, clips, head, pool, top_k, how, plot_dir))
+    return results
+
+
+def _embed_videos(
+    head_path: str | Path, meta: dict, sampling: SamplingConfig, videos: list[str], encoder: Any, device: str, timeout
+) -> dict[str, Clips | DecodeError]:
+    """Each video's clips embedded as the head's training store was, or why it failed. Decoding starts
+    at once, in a worker process, and runs while torch imports and the model is built."""
+    from ..encoders.base import Preprocess
+    from ..extract.clips import VideoDecoder
+
     if encoder is None and not meta.get("preprocess"):  # an old sidecar: the encoder says how to prepare frames
         encoder = _build_encoder(meta, device)
     try:
         preprocess = encoder.preprocess_cfg if encoder is not None else Preprocess.from_dict(meta["preprocess"])
     except (TypeError, ValueError) as exc:
         raise HeadError(f"{head_path}: sidecar's preprocess entry is unusable ({exc})") from None
-    # Decoding starts now, in a worker process, and runs while torch imports and the model is built.
-    with VideoDecoder([(v, None, None) for v in readable], sampling, preprocess, timeout=timeout) as decoder:
+    timeout = ExtractConfig().decode_timeout if timeout is None else timeout
+    with VideoDecoder([(v, None, None) for v in videos], sampling, preprocess, timeout=timeout) as decoder:
         encoder = encoder or _build_encoder(meta, device)
         if encoder.weights_id != meta.get("weights_id"):
             raise HeadError(
@@ -78,41 +95,39 @@ def predict_videos(
                 f"{head_path}: head was trained on frames preprocessed as {meta['preprocess']}, but "
                 f"{meta['encoder']} now expects {encoder.preprocess_cfg.to_dict()}"
             )
-        done = dict(zip(readable, decoder.embedded(encoder.encode)))
-    results: list[dict[str, Any]] = []
-    for video in map(str, videos):
-        clips = done.get(video)
-        if clips is None or isinstance(clips, VidprobeError):
-            results.append({"path": video, "error": str(clips) if clips is not None else f"{video}: file not found"})
-            continue
-        # several clips per video (multiclip / sliding sampling): average their probabilities
-        if pool is None:
-            X: Any = FrameSequences.from_clips([(c.frames, c.timestamps) for _, _, c in clips])
-        else:
-            X = np.stack([pool(c.frames) for _, _, c in clips])
-        per_clip = head.predict_proba(X)
-        proba = per_clip.mean(axis=0)
-        order = proba.argsort()[::-1][:top_k]
-        result: dict[str, Any] = {
-            "path": video,
-            "top": [{"label": head.classes[i], "prob": float(proba[i])} for i in order],
-        }
-        said = list(dict.fromkeys(w for _, _, c in clips for w in c.warnings))  # e.g. a header that lies
-        if said:
-            result["warnings"] = said
-        if how is not None:
-            from .explain import explain_clips
+        return dict(zip(videos, decoder.embedded(encoder.encode)))
 
-            result["explained_by"] = how
-            windows = [(s, e, c.frames, c.timestamps) for s, e, c in clips]
-            result["clips"] = explain_clips(head.estimator, how, windows, per_clip, int(order[0]))
-            if plot_dir is not None:
-                from .report import plot_timeline
 
-                png = Path(plot_dir) / f"{Path(video).stem}-explain.png"
-                result["plot"] = str(plot_timeline({**result, "label": head.classes[order[0]]}, png))
-        results.append(result)
-    return results
+def _video_result(
+    video: str, clips: Clips, head: Any, pool: Any, top_k: int, how: str | None, plot_dir: str | Path | None
+) -> dict[str, Any]:
+    """One video's top-k labels (several clips: their probabilities averaged), warnings and explanation."""
+    if pool is None:  # a temporal head reads each clip's frames
+        X: Any = FrameSequences.from_clips([(c.frames, c.timestamps) for _, _, c in clips])
+    else:
+        X = np.stack([pool(c.frames) for _, _, c in clips])
+    per_clip = head.predict_proba(X)
+    proba = per_clip.mean(axis=0)
+    order = proba.argsort()[::-1][:top_k]
+    result: dict[str, Any] = {
+        "path": video,
+        "top": [{"label": head.classes[i], "prob": float(proba[i])} for i in order],
+    }
+    said = list(dict.fromkeys(w for _, _, c in clips for w in c.warnings))  # e.g. a header that lies
+    if said:
+        result["warnings"] = said
+    if how is not None:
+        from .explain import explain_clips
+
+        result["explained_by"] = how
+        windows = [(s, e, c.frames, c.timestamps) for s, e, c in clips]
+        result["clips"] = explain_clips(head.estimator, how, windows, per_clip, int(order[0]))
+        if plot_dir is not None:
+            from .report import plot_timeline
+
+            png = Path(plot_dir) / f"{Path(video).stem}-explain.png"
+            result["plot"] = str(plot_timeline({**result, "label": head.classes[order[0]]}, png))
+    return result
 
 
 def _build_encoder(meta: dict[str, Any], device: str):
