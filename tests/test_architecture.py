@@ -269,3 +269,18 @@ def test_store_import_leaves_torch_unloaded():
 def test_package_init_imports_nothing_heavy():
     imports = IMPORTS["pipeline"]
     assert all(i.target in sys.stdlib_module_names for i in imports), [i.target for i in imports]
+
+
+MAX_FUNCTION_LINES = 80  # issue 24: a function is read at once
+
+
+def test_no_function_is_longer_than_a_screen():
+    """Every function and method in ``pipeline/`` fits in MAX_FUNCTION_LINES lines (decorators excluded)."""
+    long = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    long.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name} ({lines} lines)")
+    assert not long, "split these functions:\n" + "\n".join(long)
