@@ -5,18 +5,11 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .common import EXIT_OK, EXIT_PARTIAL, add_device, add_json, add_quiet, print_json
+from .common import EXIT_OK, EXIT_PARTIAL, add_device, add_json, add_quiet, command, print_json
 
 
 def add_benchmark(sub: Any) -> None:
-    p = sub.add_parser(
-        "benchmark",
-        help="run encoders x poolings x heads (and few-shot curves) over cached stores",
-        description="Fit every head on every pooling of every store named in CONFIG (YAML; see "
-        "configs/demo-bench.yaml), plus few-shot curves (K clips per class, repeated seeds, mean ± std). Writes "
-        "results.csv (one row per fit, with store, encoder, weights, head settings, chosen hyperparameter and seeds), "
-        "results.md, details.jsonl and plots.",
-    )
+    p = command(sub, cmd_benchmark, "run encoders x poolings x heads (and few-shot curves) over cached stores")
     p.add_argument("config", help="benchmark YAML file, e.g. configs/demo-bench.yaml")
     p.add_argument(
         "-o", "--output", metavar="DIR", help="results folder (default: the config's output, else bench-out/NAME)"
@@ -24,10 +17,12 @@ def add_benchmark(sub: Any) -> None:
     add_device(p, "device for the logreg solver and zero-shot text towers (default: each head's setting, auto)")
     add_json(p, "the summary")
     add_quiet(p, "lines")
-    p.set_defaults(func=cmd_benchmark)
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
+    """Fit every head on every pooling of every store named in CONFIG (YAML; see configs/demo-bench.yaml), plus few-shot
+    curves (K clips per class, repeated seeds, mean ± std). Writes results.csv (one row per fit, with store, encoder,
+    weights, head settings, chosen hyperparameter and seeds), results.md, details.jsonl and plots."""
     from ..config import check_device
     from ..probe.benchmark import run_benchmark
 
@@ -42,23 +37,19 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
 
 def add_demo(sub: Any) -> None:
-    p = sub.add_parser(
-        "demo",
-        help="build a small video set from real photos, extract, train and report (offline)",
-        description="Render labeled videos from photographs shipped with scikit-image (two tasks: which photo, which "
-        "camera motion), extract with the offline encoder, train logreg and MLP heads for several poolings, print an "
-        "accuracy table and write plots.",
-    )
+    p = command(sub, cmd_demo, "build a small video set from real photos, extract, train and report (offline)")
     p.add_argument("-o", "--output", default="demo-out", metavar="DIR", help="output folder (default demo-out)")
     p.add_argument(
         "--per-class", type=int, default=None, help="videos per class for both tasks (default: 12 for what, 60 for how)"
     )
     p.add_argument("--seed", type=int, default=0)
     add_quiet(p, "bars")
-    p.set_defaults(func=cmd_demo)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    """Render labeled videos from photographs shipped with scikit-image (two tasks: which photo, which camera motion),
+    extract with the offline encoder, train logreg and MLP heads for several poolings, print an accuracy table and write
+    plots."""
     from ..demo.run import run_demo
 
     rows = run_demo(args.output, per_class=args.per_class, seed=args.seed, quiet=args.quiet)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from ..data.manifest import DATASET_SPLITS
@@ -12,6 +13,14 @@ from ..data.manifest import DATASET_SPLITS
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130  # 75: StoreBusyError.exit_code
 EXIT_TERMINATED = 143  # 128 + SIGTERM
 DEVICES = "auto | cpu | cuda | cuda:K"
+
+
+def command(sub: Any, handler: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
+    """The parser of ``vidprobe NAME``, run by its handler ``cmd_NAME``: ``help`` is its line in ``vidprobe --help``,
+    the handler's docstring its own ``--help`` description (argparse rewraps it)."""
+    p = sub.add_parser(handler.__name__.removeprefix("cmd_"), help=help, description=handler.__doc__)
+    p.set_defaults(func=handler)
+    return p
 
 
 def pick(args: argparse.Namespace, *names: str) -> dict[str, Any]:

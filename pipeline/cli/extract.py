@@ -8,18 +8,21 @@ from typing import Any
 
 from ..data.manifest import FORMATS
 from ..errors import ConfigError
-from .common import DEVICES, EXIT_OK, EXIT_PARTIAL, add_dataset_split, add_device, add_json, add_quiet, print_json
+from .common import (
+    DEVICES,
+    EXIT_OK,
+    EXIT_PARTIAL,
+    add_dataset_split,
+    add_device,
+    add_json,
+    add_quiet,
+    command,
+    print_json,
+)
 
 
 def add_extract(sub: Any) -> None:
-    p = sub.add_parser(
-        "extract",
-        help="embed sampled frames of videos into a feature store (resumable)",
-        description="Decode sampled frames of every video in SOURCE, embed them with a frozen encoder and append them "
-        "to the feature store STORE. Clips already in the store (or already recorded as failed) are skipped, so "
-        "re-running resumes. With several --encoder options each clip is decoded once for all of them and each "
-        "encoder writes its own store, STORE/<name>/.",
-    )
+    p = command(sub, cmd_extract, "embed sampled frames of videos into a feature store (resumable)")
     p.add_argument(
         "source",
         help="a folder (root/<label>/<video>), a .csv/.jsonl manifest (path,label[,split][,start,end]), a video, a "
@@ -66,7 +69,6 @@ def add_extract(sub: Any) -> None:
     _add_scale_out(p)
     add_json(p, "the run summary")
     add_quiet(p, "bar")
-    p.set_defaults(func=cmd_extract)
 
 
 def _add_scale_out(p: argparse.ArgumentParser) -> None:
@@ -107,6 +109,10 @@ def _add_scale_out(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
+    """Decode sampled frames of every video in SOURCE, embed them with a frozen encoder and append them to the feature
+    store STORE. Clips already in the store (or already recorded as failed) are skipped, so re-running resumes. With
+    several --encoder options each clip is decoded once for all of them and each encoder writes its own store,
+    STORE/<name>/."""
     from ..config import load_config
     from ..data.manifest import load_manifest
     from ..extract.entry import extract

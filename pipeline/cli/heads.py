@@ -19,6 +19,7 @@ from .common import (
     add_json,
     add_store,
     add_trust,
+    command,
     pick,
     print_json,
 )
@@ -29,15 +30,7 @@ PLOT_SUFFIXES = (".png", ".pdf", ".svg")
 def add_train(sub: Any) -> None:
     from ..probe.heads.registry import head_names
 
-    p = sub.add_parser(
-        "train",
-        help="fit a head on pooled features of a store",
-        description="Pool each clip's frame embeddings, pick the head's hyperparameter on the validation split "
-        "(logreg: a coarse-to-fine C sweep, the CLIP protocol), refit on train+val, report test metrics and save the "
-        "head with a JSON sidecar describing its inputs. Head files: .npz (recommended: plain arrays, loaded without "
-        "pickle or scikit-learn), .skops (audited scikit-learn types) or .joblib (pickle; evaluate/predict then "
-        "need --trust).",
-    )
+    p = command(sub, cmd_train, "fit a head on pooled features of a store")
     add_store(p, "feature store folder")
     p.add_argument(
         "-o",
@@ -105,10 +98,13 @@ def add_train(sub: Any) -> None:
         "--test-fraction", type=float, default=0.2, help="share held out for testing when the manifest has no splits"
     )
     add_json(p, "results")
-    p.set_defaults(func=cmd_train)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    """Pool each clip's frame embeddings, pick the head's hyperparameter on the validation split (logreg: a
+    coarse-to-fine C sweep, the CLIP protocol), refit on train+val, report test metrics and save the head with a JSON
+    sidecar describing its inputs. Head files: .npz (recommended: plain arrays, loaded without pickle or scikit-learn),
+    .skops (audited scikit-learn types) or .joblib (pickle; evaluate/predict then need --trust)."""
     from ..data.splits import SplitsFrom, SplitSpec
     from ..probe.heads.settings import HeadConfig
     from ..probe.train import train_head
@@ -170,21 +166,17 @@ def _notice_live_writers(args: argparse.Namespace) -> None:
 
 
 def add_evaluate(sub: Any) -> None:
-    p = sub.add_parser(
-        "evaluate",
-        help="score a saved head on a store",
-        description="Score a head on the store's test split (the same split training held out), or another split.",
-    )
+    p = command(sub, cmd_evaluate, "score a saved head on a store")
     add_store(p, None)
     add_head_file(p)
     add_trust(p)
     p.add_argument("--split", default="test", choices=EVAL_SPLITS, help="which clips to score (default test)")
     p.add_argument("--confusion", metavar="PNG", help="also write a confusion-matrix plot")
     add_json(p, "metrics")
-    p.set_defaults(func=cmd_evaluate)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Score a head on the store's test split (the same split training held out), or another split."""
     from ..probe.report import plot_confusion
     from ..probe.train import evaluate_head
 
@@ -219,11 +211,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def add_predict(sub: Any) -> None:
-    p = sub.add_parser(
-        "predict",
-        help="label new videos with a saved head",
-        description="Extract each video the way the head's training store was extracted and print the top-k labels.",
-    )
+    p = command(sub, cmd_predict, "label new videos with a saved head")
     add_head_file(p)
     add_trust(p)
     p.add_argument("videos", nargs="+", metavar="VIDEO")
@@ -249,10 +237,10 @@ def add_predict(sub: Any) -> None:
         help="folder for the --explain timelines, VIDEO-explain.png (default: the current folder)",
     )
     add_json(p, "predictions")
-    p.set_defaults(func=cmd_predict)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    """Extract each video the way the head's training store was extracted and print the top-k labels."""
     from ..config import check_device
     from ..probe.predict import predict_videos
 

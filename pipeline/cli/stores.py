@@ -10,7 +10,7 @@ from typing import Any
 
 from ..config import STORE_COMPRESSIONS
 from ..errors import ConfigError
-from .common import EXIT_ERROR, EXIT_OK, add_json, add_store, print_json
+from .common import EXIT_ERROR, EXIT_OK, add_json, add_store, command, print_json
 
 MAX_WARNINGS_SHOWN = 5  # decoder warnings `info` lists in text mode (--json: all)
 
@@ -24,19 +24,15 @@ def _size(n: float) -> str:
 
 
 def add_info(sub: Any) -> None:
-    p = sub.add_parser(
-        "info",
-        help="describe a feature store",
-        description="Counts (clips, frames, labels, splits), encoder, sampling, "
-        "dtype, compression, size, running writers, leftovers of killed jobs, and the recorded failures of a store.",
-    )
+    p = command(sub, cmd_info, "describe a feature store")
     add_store(p)
     add_json(p, help="one JSON document (includes every failure)")
     p.add_argument("--max-failures", type=int, default=20, help="failures to list in text mode (default 20)")
-    p.set_defaults(func=cmd_info)
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    """Counts (clips, frames, labels, splits), encoder, sampling, dtype, compression, size, running writers, leftovers
+    of killed jobs, and the recorded failures of a store."""
     from ..store import open_store, writer_progress
     from ..store.layout import identity
 
@@ -134,19 +130,15 @@ def _print_writers(writers: dict[str, Any]) -> None:
 
 
 def add_verify(sub: Any) -> None:
-    p = sub.add_parser(
-        "verify",
-        help="check a store: shards open, offsets consistent, no duplicates, no NaN/Inf",
-        description="Open every finished shard and check it against the store's provenance: consistent offsets and "
-        "lengths, expected dim and dtype, no clip stored twice (within or across shards), only finite values. "
-        "Safe while an extraction runs. Exit 0 when all is well, 1 when a problem is found (each printed on stderr).",
-    )
+    p = command(sub, cmd_verify, "check a store: shards open, offsets consistent, no duplicates, no NaN/Inf")
     add_store(p)
     add_json(p, "the report")
-    p.set_defaults(func=cmd_verify)
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    """Open every finished shard and check it against the store's provenance: consistent offsets and lengths, expected
+    dim and dtype, no clip stored twice (within or across shards), only finite values. Safe while an extraction runs.
+    Exit 0 when all is well, 1 when a problem is found (each printed on stderr)."""
     from ..store.tools import verify_store
 
     report = verify_store(args.store)
@@ -166,13 +158,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def add_compact(sub: Any) -> None:
-    p = sub.add_parser(
-        "compact",
-        help="merge all shards of a store into one file, atomically",
-        description="Write every stored clip (duplicates dropped; failures that were later fixed dropped) into one new "
-        "shard (tmp, fsync, atomic rename), then delete the old shards and leftover *.tmp files. Refused while another "
-        "job writes to the store (exit 75). A crash at any point leaves a readable store; re-run to finish.",
-    )
+    p = command(sub, cmd_compact, "merge all shards of a store into one file, atomically")
     add_store(p, "feature store folder")
     p.add_argument(
         "--compression",
@@ -181,10 +167,12 @@ def add_compact(sub: Any) -> None:
     )
     p.add_argument("--level", type=int, default=4, choices=range(1, 10), metavar="1..9", help="gzip level (default 4)")
     add_json(p)
-    p.set_defaults(func=cmd_compact)
 
 
 def cmd_compact(args: argparse.Namespace) -> int:
+    """Write every stored clip (duplicates dropped; failures that were later fixed dropped) into one new shard (tmp,
+    fsync, atomic rename), then delete the old shards and leftover *.tmp files. Refused while another job writes to the
+    store (exit 75). A crash at any point leaves a readable store; re-run to finish."""
     from ..store.tools import compact_store
 
     out = compact_store(args.store, compression=args.compression, compression_level=args.level)
@@ -203,15 +191,8 @@ def cmd_compact(args: argparse.Namespace) -> int:
 
 
 def add_export(sub: Any) -> None:
-    p = sub.add_parser(
-        "export",
-        help="write a store's clips as Parquet (pandas, pyarrow, Hugging Face datasets) or .npy files",
-        description="One row per clip: video, start, end (null: open end), label, split and embedding, a fixed-size "
-        "float32 list: the pooled vector (--pool, default mean; read through the store's pooled cache) or, with "
-        "--frames, the clip's per-frame vectors plus their timestamps. Parquet is written in row groups (bounded "
-        "memory) and opens with pandas.read_parquet, pyarrow and datasets.load_dataset('parquet', data_files=...). "
-        "--format npy writes a folder: one .npy per video and index.json. Written to a temporary name and renamed: "
-        "never a half-written output; an existing output is refused.",
+    p = command(
+        sub, cmd_export, "write a store's clips as Parquet (pandas, pyarrow, Hugging Face datasets) or .npy files"
     )
     add_store(p)
     p.add_argument(
@@ -225,10 +206,14 @@ def add_export(sub: Any) -> None:
         "--row-group", type=int, default=65536, metavar="N", help="clips per Parquet row group (default 65536)"
     )
     add_json(p)
-    p.set_defaults(func=cmd_export)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    """One row per clip: video, start, end (null: open end), label, split and embedding, a fixed-size float32 list: the
+    pooled vector (--pool, default mean; read through the store's pooled cache) or, with --frames, the clip's per-frame
+    vectors plus their timestamps. Parquet is written in row groups (bounded memory) and opens with pandas.read_parquet,
+    pyarrow and datasets.load_dataset('parquet', data_files=...). --format npy writes a folder: one .npy per video and
+    index.json. Written to a temporary name and renamed: never a half-written output; an existing output is refused."""
     from ..probe.pooling import get_pool
     from ..store.export import export_store
 

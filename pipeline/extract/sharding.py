@@ -6,17 +6,9 @@ Unlike ``hash()`` (salted per process) this is the same on every machine, Python
 shard i of n always means the same clips; and because it depends on the clip alone (not its position in
 the manifest), clips added to a manifest later never move the ones already assigned.
 
-Where the shard comes from (first match wins; see ``resolve_shard``):
-
-1. ``--shard-id I --num-shards N`` (both, or neither);
-2. ``RANK`` / ``WORLD_SIZE`` — torchrun, accelerate, most launchers, or set by hand;
-3. ``SLURM_ARRAY_TASK_ID`` / ``SLURM_ARRAY_TASK_COUNT`` — an sbatch array (``--array=0-99`` or any
-   evenly stepped range: the index is ``(ID - SLURM_ARRAY_TASK_MIN) / SLURM_ARRAY_TASK_STEP``); when
-   each array task also runs several ``srun`` tasks, they split the array task's part further:
-   shard ``index * SLURM_NTASKS + SLURM_PROCID`` of ``count * SLURM_NTASKS``;
-4. ``SLURM_PROCID`` / ``SLURM_NTASKS`` — one ``srun`` with several tasks;
-5. none of these: one process does the whole manifest.
-
+Where the shard comes from, first match wins (``resolve_shard``; the list for users is in docs/scale-out.md):
+``--shard-id``/``--num-shards``, ``RANK``/``WORLD_SIZE``, a Slurm array (split further by its ``srun`` tasks),
+``SLURM_PROCID``/``SLURM_NTASKS``, else one process does the whole manifest.
 A count of 1 from any source means "not sharded".
 """
 

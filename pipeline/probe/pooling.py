@@ -25,7 +25,7 @@ from ..errors import ConfigError
 ClipFn = Callable[[np.ndarray], np.ndarray]
 BatchFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
-__all__ = ["Pooling", "Pool", "POOLS", "get_pool", "is_order_aware", "pool_names", "segment_bounds"]
+__all__ = ["Pooling", "Pool", "POOLS", "get_pool", "is_order_aware", "segment_bounds"]
 
 
 class Pooling:
@@ -211,7 +211,3 @@ def get_pool(name: str) -> Pooling:
 def is_order_aware(name: str) -> bool:
     """True for poolings whose output changes when the clip is played backwards (tdiff, trend, segK)."""
     return name in ("tdiff", "trend") or bool(re.fullmatch(r"seg\d+", name))
-
-
-def pool_names() -> list[str]:
-    return [*POOLS, "seg2", "seg4"]

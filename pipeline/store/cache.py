@@ -134,10 +134,6 @@ def _blob(values: Any) -> np.ndarray:
     return np.frombuffer(json.dumps(values, ensure_ascii=False).encode("utf-8"), dtype=np.uint8)
 
 
-def _unblob(ds) -> Any:
-    return json.loads(ds[()].tobytes().decode("utf-8"))
-
-
 def _write(
     path: Path,
     kind: str,

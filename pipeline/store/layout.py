@@ -1,38 +1,12 @@
 """HDF5 feature store: per-frame embeddings in crash-safe shard files under one folder.
 
-Layout of a store folder ``STORE/``::
-
-    store.json          provenance: encoder spec, weights identity, preprocessing, sampling, dim, dtype, versions
-    shards/*.h5         finished shards, each written as *.h5.tmp, fsynced, then renamed atomically
-    shards/*.h5.tmp     a shard being written (or left by a killed job); readers ignore it
-    locks/*.lock        who is writing now (see ``pipeline.store.lock``)
-    runs/PREFIX.json    last run of each writer (job shard): state, clips assigned/done/failed, host, warnings
+The folder (``store.json``, ``shards/``, ``locks/``, ``runs/``, ``cache/``), the datasets and attributes of
+one shard (readable with plain h5py) and the guarantees are described in docs/store-format.md.
 
 The ``shards/`` folder is the index: a shard appears there, by one atomic rename, only when it is
 complete, so a directory listing is always a consistent view. A separate index file would have to be
 kept in step with the shards and could itself be torn by a kill between the two writes; parallel
 writers (issue 6) also need no coordination beyond unique file names.
-
-Layout of one shard (readable with plain h5py)::
-
-    frames/embedding (F, D) float32|float16    frames/timestamp (F,) float64 seconds
-    clips/offset (N+1,) int64   clip i owns frames offset[i]:offset[i+1]
-    clips/video (N,) str        path relative to the manifest root (the clip's identity)
-    clips/start, clips/end (N,) float64 seconds requested by the manifest (NaN = open end)
-    clips/label, clips/split (N,) str
-    clips/source_size, clips/source_mtime_ns, clips/source_crc (N,) int64   the fingerprint of the video file
-                                        the clip was made from: size, modification time, crc32 of its first
-                                        and last 64 KiB (-1: unknown; shards written before these columns
-                                        have none); see ``sources``
-    failures/{path,stage,error} (M,) str, failures/{start,end,time} (M,) float64
-    failures/source_size, failures/source_mtime_ns, failures/source_crc (M,) int64   the same for a failed
-                                        attempt (optional)
-    warnings/{video,message} (W,) str   only where the decoder worked around something for clips of this
-                                        shard (a header that lies about the duration; one decoded frame
-                                        for several sampled times): kept with the clips, so every run's
-                                        warnings outlive the run record the next run replaces
-    attrs: provenance (JSON), schema_version, compacted_from (JSON list; only on a compacted shard),
-           checksums (JSON: dataset path -> "crc32:HEX" of its values; older shards "sha256:HEX" or none)
 
 Checksums: a CRC-32 of each dataset's values (numbers: their little-endian bytes in the stored dtype;
 strings: the JSON list of them), so any edit after writing shows, through h5py or on the raw bytes. CRC-32

@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -43,6 +43,7 @@ from .stream import Block, iter_blocks, pool_blocks, widen
 
 __all__ = ["FeatureStore", "Batch", "open_store", "create_or_open", "check_appendable"]
 
+T = TypeVar("T")
 _LITTLE_ENDIAN = sys.byteorder == "little"  # the pooled cache is streamed to disk as the native float32 bytes
 
 
@@ -171,18 +172,22 @@ class FeatureStore:
         self._index_key = key
         return idx
 
+    def _relisting(self, read: Callable[[], T]) -> T:
+        """``read()``, with the shards listed again (five tries) when a concurrent compaction removed one."""
+        tries = 0
+        while True:
+            try:
+                return read()
+            except FileNotFoundError:
+                self._index, tries = None, tries + 1
+                if tries == 5:
+                    raise StoreError(
+                        f"{self.path}: shards keep disappearing while reading; is a compaction running?"
+                    ) from None
+
     def index(self) -> StoreIndex:
         if self._index is None:
-            for attempt in range(5):
-                try:
-                    self._index = self._indexed()
-                    break
-                except FileNotFoundError:  # a concurrent compaction removed a listed shard: list again
-                    if attempt == 4:
-                        raise StoreError(
-                            f"{self.path}: shards keep disappearing while reading; is a compaction running?"
-                        ) from None
-        assert self._index is not None  # the loop either built it or raised
+            self._index = self._relisting(self._indexed)
         return self._index
 
     # -- reading -------------------------------------------------------------------------------
@@ -218,18 +223,9 @@ class FeatureStore:
 
     def table(self) -> ClipTable:
         if self._table is None:
-            for attempt in range(5):
-                idx = self.index()
-                try:
-                    self._table = ClipTable.read(idx, self.dim, self.path, self.check_checksums)
-                    break
-                except FileNotFoundError:
-                    self._index = None
-                    if attempt == 4:
-                        raise StoreError(
-                            f"{self.path}: shards keep disappearing while reading; is a compaction running?"
-                        ) from None
-        assert self._table is not None  # the loop either read it or raised
+            self._table = self._relisting(
+                lambda: ClipTable.read(self.index(), self.dim, self.path, self.check_checksums)
+            )
         return self._table
 
     @property
