@@ -6,7 +6,7 @@ is over *groups* (videos, ``data.splits.video_group``), never over clips. Where 
 the exact or closed-form method is used instead (Wilson, McNemar): they are right at any n, where a
 bootstrap over 20 clips is not.
 
-Pure functions of numpy arrays (scipy for the binomial tail); seeded; the bootstrap is vectorised.
+Pure functions of numpy arrays; seeded; the bootstrap is vectorised.
 """
 
 from __future__ import annotations
@@ -210,18 +210,24 @@ def mean_class_interval(
     }
 
 
+def _half_binomial_cdf(k: int, m: int) -> float:
+    """P(X <= k) for X ~ binomial(m, 1/2), summed in log space (no scipy; exact to ~1e-12 at any m)."""
+    i = np.arange(k)
+    log_terms = np.concatenate([[0.0], np.cumsum(np.log(m - i) - np.log(i + 1))]) - m * math.log(2)
+    top = log_terms.max()
+    return float(math.exp(top) * np.exp(log_terms - top).sum())
+
+
 def mcnemar_exact(correct_a: np.ndarray, correct_b: np.ndarray) -> float:
     """Two-sided exact McNemar p-value: the binomial(b + c, 1/2) test on the discordant pairs (clips one
     row gets right and the other wrong). Exact at any n, where the chi-square form needs b + c >= 25."""
-    from scipy.stats import binom
-
     a, b = np.asarray(correct_a, bool), np.asarray(correct_b, bool)
     _check_lengths(a, b)
     only_a, only_b = int(np.sum(a & ~b)), int(np.sum(~a & b))
     m = only_a + only_b
     if m == 0:
         return 1.0
-    return float(min(1.0, 2 * binom.cdf(min(only_a, only_b), m, 0.5)))
+    return min(1.0, 2 * _half_binomial_cdf(min(only_a, only_b), m))
 
 
 def paired_bootstrap(
