@@ -52,6 +52,9 @@ def _cpu_name() -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--classes", type=int, default=101)
+    p.add_argument("--dim", type=int, default=512)
+    p.add_argument("--per-class", type=int, nargs=3, default=(80, 20, 50), metavar=("TRAIN", "VAL", "TEST"))
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--tol", type=float, default=1e-3, help="candidate fits' gradient tolerance (product sweep_tol)")
@@ -69,7 +72,7 @@ def main(argv: list[str] | None = None) -> dict:
     from pipeline.probe.stats import grouped_stratified_folds
 
     threadpool_limits(1)
-    (Xtr, ytr), (Xva, yva), (Xte, yte) = make_features(seed=args.seed)
+    (Xtr, ytr), (Xva, yva), (Xte, yte) = make_features(args.classes, args.dim, tuple(args.per_class), seed=args.seed)
     classes = sorted(set(ytr))
     index = {c: i for i, c in enumerate(classes)}
     yi_tr, yi_va, yi_te = (np.array([index[c] for c in y]) for y in (ytr, yva, yte))

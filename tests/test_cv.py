@@ -76,3 +76,25 @@ def test_cv_sweep_needs_two_folds() -> None:
     X, y, g = _videos()
     with pytest.raises(ConfigError, match="2 folds"):
         sweep_C_cv(lambda a, b: TorchSolver(a, b, 4), X, y, grouped_stratified_folds(y, g, 2)[:1])
+
+
+@pytest.mark.slow
+def test_benchmark_runs_small_and_ends_with_one_json_line() -> None:
+    """A tiny run of benchmarks/logreg_cv.py (no timing asserted)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    args = ["--classes", "4", "--dim", "8", "--per-class", "12", "4", "4", "--repeats", "1"]
+    out = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / "logreg_cv.py"), *args],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=root,
+    ).stdout
+    figures = json.loads(out.strip().splitlines()[-1])
+    row = figures["runs"][0]
+    assert row["cv"]["fits"] == 5 * len(row["cv"]["scores"]) and row["cv"]["C"] == row["cv_w2"]["C"]
