@@ -94,9 +94,11 @@ def _unit_sums(values: np.ndarray, unit: np.ndarray, n_units: int) -> tuple[np.n
     return np.bincount(unit, weights=values, minlength=n_units), np.bincount(unit, minlength=n_units).astype(float)
 
 
-def _percentile(draws: np.ndarray, level: float) -> Interval:
-    lo, hi = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2])
-    return (max(0.0, float(lo)), min(1.0, float(hi))) if np.all((draws >= 0) & (draws <= 1)) else (float(lo), float(hi))
+def _percentile(draws: np.ndarray, level: float, unit_range: bool) -> Interval:
+    """The central ``level`` of the draws; kept inside [0, 1] for a statistic that is (the rescaling can
+    push a draw past 1 when nearly every video is right)."""
+    lo, hi = (float(q) for q in np.quantile(draws, [(1 - level) / 2, (1 + level) / 2]))
+    return (max(0.0, lo), min(1.0, hi)) if unit_range else (lo, hi)
 
 
 def _check_lengths(*arrays: Any) -> int:
@@ -141,7 +143,7 @@ def cluster_bootstrap_interval(
     for c in range(K):
         mine = unit_stratum == c
         draws += _ratio_resamples(s[mine], n[mine], n_boot, rng)
-    return _percentile(draws / K, level)
+    return _percentile(draws / K, level, bool(np.all((values >= 0) & (values <= 1))))
 
 
 def _all_singletons(groups: Sequence[Hashable] | np.ndarray | None, n: int) -> bool:
