@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..config import EVAL_SPLITS
-from ..data.splits import Splits, SplitsFrom, SplitSpec, few_shot, make_splits, resplit
+from ..data.splits import Splits, SplitsFrom, SplitSpec, few_shot, make_splits, resplit, short_of_shots, video_group
 from ..errors import ConfigError, HeadError, check_choice
 from ..store import FeatureStore, open_store
 from .heads.files import HEAD_FORMATS, head_format, load_head, save_head, sidecar_path
@@ -56,6 +56,7 @@ def store_splits(store: FeatureStore, spec: SplitSpec | None = None, *, require_
     )
     # train and val in key order (what a fit sees, so it does not depend on the store's order); test in store order
     sp.train, sp.val, sp.test = order[np.sort(sp.train)], order[np.sort(sp.val)], np.sort(order[sp.test])
+    sp.labels = t.label  # the indices are the store's now; so must the labels they look up be
     if src is not None:
         sp.source = f"{sp.source}:{Path(src.source).name}#{src.split}"
     return sp
@@ -114,61 +115,50 @@ def fit_on_store(
     split: SplitSpec | None = None,
     X_all: np.ndarray | FrameSequences | None = None,
     encoder: Any = None,
+    strict: bool = False,
 ) -> tuple[FitResult, dict[str, Any]]:
-    """Fit a head on the store's train split (hyperparameter picked on val, refit on train+val) and
-    score it on test. ``split.shots``: train on that many clips per class (drawn with ``split.shot_seed``),
-    keep val for selection only (no refit). Returns the fit and a JSON-ready record of what was done."""
+    """Fit a head on the store's train split (hyperparameter picked on val, or by CV grouped by video where
+    val is thin; refit on train+val) and score it on test. ``split.shots``: train on that many clips per
+    class (drawn with ``split.shot_seed``), keep val for selection only (no refit); ``strict``: a class with
+    fewer training clips than ``shots`` is a ConfigError, not a warning. Returns the fit and a JSON-ready
+    record of what was done, with ``selection``, ``missing_classes`` and one-line ``warnings``."""
     cfg = HeadConfig.from_dict(head) if isinstance(head, str) else head.validate()
     pool = head_pool(cfg.kind, pool)
     spec = (split or SplitSpec()).validate()
-    seed, shots = spec.seed, spec.shots
     t0 = time.perf_counter()
     sp = store_splits(store, spec, require_train=cfg.kind != "zeroshot")
     t = store.index()
+    warnings = split_warnings(sp, spec, strict)
     t_index = time.perf_counter()
     X_all = pooled_features(store, pool) if X_all is None else X_all
     t_pool = time.perf_counter()
-    labels = np.array(t.label, dtype=object)
-    train = sp.train if shots is None else few_shot(t.label, t.video, sp.train, shots, spec.shot_seed)
-    prov = store.provenance
+    train = sp.train if spec.shots is None else few_shot(t.label, t.video, sp.train, spec.shots, spec.shot_seed)
     if cfg.kind == "zeroshot":
-        classes = sorted({lab for lab in t.label if lab})
-        if X_all.shape[1] != int(prov["dim"]):
-            raise ConfigError(
-                f"zeroshot: pool={pool!r} makes {X_all.shape[1]}-d vectors; prompts need the {prov['dim']}-d "
-                "embedding itself: use mean, max or center"
-            )
-        encoder = encoder or zeroshot_encoder(prov.get("encoder"), weights_id=prov.get("weights_id"), device=cfg.device)
-        result = fit_head(cfg, X_all[:0], [], classes=classes, encoder=encoder)
+        result = _fit_zeroshot(store, cfg, pool, X_all, encoder)
     else:
-        val = sp.val if len(sp.val) else None  # both in clip-key order (store_splits)
-        result = fit_head(
-            cfg,
-            X_all[train],
-            labels[train].tolist(),
-            X_all[val] if val is not None else None,
-            labels[val].tolist() if val is not None else None,
-            seed=seed,
-            refit=shots is None,
-        )
+        result = _fit_trained(cfg, X_all, t, train, sp.val, spec)
     out: dict[str, Any] = {
         "head": cfg.kind,
         "head_settings": cfg.to_dict(),
         "pool": pool,
-        "seed": seed,
-        "shots": shots,
-        "shot_seed": spec.shot_seed if shots is not None else None,
+        "seed": spec.seed,
+        "shots": spec.shots,
+        "shot_seed": spec.shot_seed if spec.shots is not None else None,
         "hparams": result.hparams,
         "C": result.C,
         "val_top1": max(result.val_scores.values()) if result.val_scores else None,
+        "selection": result.selection,
         "split_source": sp.source,
         "n_train": 0 if cfg.kind == "zeroshot" else int(len(train)),
         "n_val": int(len(sp.val)),
         "n_test": int(len(sp.test)),
+        "missing_classes": sp.missing(),
+        "warnings": warnings + result.warnings,
         "fit_info": result.info,
         "classes": result.classes,
     }
     t_fit = time.perf_counter()
+    labels = np.array(t.label, dtype=object)
     if len(sp.test):
         out["test"] = metrics(result.estimator.predict_proba(X_all[sp.test]), labels[sp.test].tolist(), result.classes)
     # where the time went (``vidprobe train`` prints it): index + splits, pooling (or its cache), fit, test scoring
@@ -182,6 +172,57 @@ def fit_on_store(
     return result, out
 
 
+def split_warnings(sp: Splits, spec: SplitSpec, strict: bool = False) -> list[str]:
+    """One line per problem of the split a fit should not hide: classes missing from a split, and classes
+    with fewer training clips than ``spec.shots`` (a ConfigError with ``strict``)."""
+    lines = []
+    missing = sp.missing()
+    if missing:
+        lines.append(
+            "classes missing from a split: " + "; ".join(f"{name} lacks {', '.join(c)}" for name, c in missing.items())
+        )
+    short = short_of_shots(sp.labels, sp.train, spec.shots) if spec.shots is not None else {}
+    if short:
+        line = f"shots={spec.shots}: {len(short)} classes have fewer training clips, all of them used: " + ", ".join(
+            f"{c} ({n})" for c, n in short.items()
+        )
+        if strict:
+            raise ConfigError(line)
+        lines.append(line)
+    return lines
+
+
+def _fit_zeroshot(store: FeatureStore, cfg: HeadConfig, pool: str, X_all, encoder: Any) -> FitResult:
+    prov = store.provenance
+    classes = sorted({lab for lab in store.index().label if lab})
+    if X_all.shape[1] != int(prov["dim"]):
+        raise ConfigError(
+            f"zeroshot: pool={pool!r} makes {X_all.shape[1]}-d vectors; prompts need the {prov['dim']}-d "
+            "embedding itself: use mean, max or center"
+        )
+    encoder = encoder or zeroshot_encoder(prov.get("encoder"), weights_id=prov.get("weights_id"), device=cfg.device)
+    return fit_head(cfg, X_all[:0], [], classes=classes, encoder=encoder)
+
+
+def _fit_trained(cfg: HeadConfig, X_all, t: Any, train: np.ndarray, val: np.ndarray, spec: SplitSpec) -> FitResult:
+    """``fit_head`` on the train rows and val rows (both in clip-key order, ``store_splits``), each clip
+    grouped by its source video (``video_group``) so that CV never splits a video's windows."""
+    labels = np.array(t.label, dtype=object)
+    groups = np.array([video_group(v) for v in t.video], dtype=object)
+    has_val = len(val) > 0
+    return fit_head(
+        cfg,
+        X_all[train],
+        labels[train].tolist(),
+        X_all[val] if has_val else None,
+        labels[val].tolist() if has_val else None,
+        seed=spec.seed,
+        refit=spec.shots is None,
+        groups=groups[train].tolist(),
+        groups_val=groups[val].tolist() if has_val else None,
+    )
+
+
 def train_head(
     store_path: str | Path,
     head_path: str | Path,
@@ -190,6 +231,7 @@ def train_head(
     pool: str | None = None,
     split: SplitSpec | None = None,
     store: FeatureStore | None = None,
+    strict: bool = False,
 ) -> dict[str, Any]:
     """Fit a head on a store (see ``fit_on_store``), save it with its sidecar, return the record."""
     check_head_output(head_path)  # a bad file name or folder fails before the work
@@ -198,7 +240,7 @@ def train_head(
         raise ConfigError(f"{head_path}: a {kind} head is saved as plain arrays; name the file NAME.npz")
     store = store or open_store(store_path)
     spec = (split or SplitSpec()).validate()
-    result, out = fit_on_store(store, head, pool, split=spec)
+    result, out = fit_on_store(store, head, pool, split=spec, strict=strict)
     prov = store.provenance
     meta = {
         **{k: out[k] for k in ("head", "head_settings", "pool", "split_source")},
@@ -283,5 +325,6 @@ __all__ = [
     "split_assignment",
     "store_splits",
     "check_head_output",
+    "split_warnings",
     "train_head",
 ]
