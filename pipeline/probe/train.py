@@ -8,6 +8,7 @@ benchmark runs it over many settings without saving.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..config import EVAL_SPLITS
-from ..data.splits import Splits, SplitsFrom, SplitSpec, few_shot, make_splits, resplit
+from ..data.splits import Splits, SplitsFrom, SplitSpec, few_shot, make_splits, resplit, video_group
 from ..errors import ConfigError, HeadError, check_choice
 from ..store import FeatureStore, open_store
 from .heads.files import HEAD_FORMATS, head_format, load_head, save_head, sidecar_path
@@ -23,8 +24,9 @@ from .heads.fitting import FitResult, fit_head
 from .heads.registry import head_kind, temporal_head_names
 from .heads.settings import HeadConfig
 from .heads.zeroshot import zeroshot_encoder
-from .metrics import metrics
+from .metrics import clip_correct, metrics
 from .pooling import get_pool
+from .repeats import over_seeds, repeat_note, repeat_seeds
 from .sequences import SEQUENCE_POOL, FrameSequences, store_sequences
 
 
@@ -170,7 +172,10 @@ def fit_on_store(
     }
     t_fit = time.perf_counter()
     if len(sp.test):
-        out["test"] = metrics(result.estimator.predict_proba(X_all[sp.test]), labels[sp.test].tolist(), result.classes)
+        proba, y_test = result.estimator.predict_proba(X_all[sp.test]), labels[sp.test].tolist()
+        out["test"] = metrics(proba, y_test, result.classes, [video_group(t.video[i]) for i in sp.test])
+        # per test clip (store row, right or not): what a paired comparison of two fits needs; not saved
+        out["test_clips"] = {"rows": sp.test.tolist(), "correct": clip_correct(proba, y_test, result.classes).tolist()}
     # where the time went (``vidprobe train`` prints it): index + splits, pooling (or its cache), fit, test scoring
     out["seconds"] = {
         "index": t_index - t0,
@@ -190,8 +195,11 @@ def train_head(
     pool: str | None = None,
     split: SplitSpec | None = None,
     store: FeatureStore | None = None,
+    repeats: int = 1,
 ) -> dict[str, Any]:
-    """Fit a head on a store (see ``fit_on_store``), save it with its sidecar, return the record."""
+    """Fit a head on a store (see ``fit_on_store``), save it with its sidecar, return the record.
+    ``repeats``: also refit on the next seeds' splits; the head saved is the first seed's, the record's
+    ``repeats`` holds every seed's test scores (mean ± std)."""
     check_head_output(head_path)  # a bad file name or folder fails before the work
     kind = head if isinstance(head, str) else head.kind
     if head_kind(kind).temporal and Path(head_path).suffix != ".npz":
@@ -199,6 +207,9 @@ def train_head(
     store = store or open_store(store_path)
     spec = (split or SplitSpec()).validate()
     result, out = fit_on_store(store, head, pool, split=spec)
+    out.pop("test_clips", None)
+    if repeats > 1:
+        out["repeats"] = _repeat(store, head, pool, spec, repeats, out)
     prov = store.provenance
     meta = {
         **{k: out[k] for k in ("head", "head_settings", "pool", "split_source")},
@@ -210,12 +221,28 @@ def train_head(
         "sampling": prov["sampling"],
         "preprocess": prov["preprocess"],
         "metrics": {k: v for k, v in out.items() if k == "test"},
+        **{k: v for k, v in out.items() if k == "repeats"},
     }
     try:
         save_head(head_path, result, meta)
     except OSError as exc:
         raise HeadError(f"{head_path}: cannot write the head ({exc.strerror or exc}); choose another -o") from None
     return out
+
+
+def _repeat(
+    store: FeatureStore, head: HeadConfig | str, pool: str | None, spec: SplitSpec, repeats: int, first: dict[str, Any]
+) -> dict[str, Any]:
+    """The test scores of ``repeats`` fits on the split seeds spec.seed, spec.seed+1, … (the first is ``first``)."""
+    X_all = pooled_features(store, first["pool"])
+
+    def fit(seed: int) -> dict[str, Any]:
+        if seed == spec.seed:
+            return first
+        return fit_on_store(store, head, pool, split=dataclasses.replace(spec, seed=seed), X_all=X_all)[1]
+
+    _, summary = over_seeds(fit, repeat_seeds(spec.seed, repeats), lambda rec: rec.get("test"))
+    return summary | {"note": repeat_note(first["split_source"])}
 
 
 def check_head_output(head_path: str | Path) -> None:
@@ -264,10 +291,11 @@ def evaluate_head(
         raise ConfigError(f"{store_path}: no labeled clips in split {split!r}; try --split all")
     X = clip_inputs(store, meta["pool"], idx.tolist())
     y = [t.label[i] for i in idx]
-    out = metrics(head.predict_proba(X), y, head.classes)
+    # labels the head never saw count as wrong and are named in unseen_classes (metrics); the caller warns
+    out = metrics(head.predict_proba(X), y, head.classes, [video_group(t.video[i]) for i in idx])
     out.update({"split": split, "head": meta.get("head"), "pool": meta.get("pool"), "classes": head.classes})
-    # labels the head never saw count as wrong (metrics); the caller warns, naming them
-    out["unseen_classes"] = sorted(set(y) - set(head.classes))
+    if meta.get("repeats"):
+        out["train_repeats"] = meta["repeats"]  # the spread over split seeds that training measured
     return out
 
 
