@@ -53,5 +53,8 @@ def add_dataset_split(p: argparse.ArgumentParser, help: str) -> None:
 
 
 def print_json(doc: Any) -> None:
-    json.dump(doc, sys.stdout, indent=2, default=str)
+    """``doc`` as strict JSON: NaN and infinities become null (``report.finite``)."""
+    from ..probe.report import finite
+
+    json.dump(finite(doc), sys.stdout, indent=2, default=str, allow_nan=False)
     sys.stdout.write("\n")
