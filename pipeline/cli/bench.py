@@ -22,6 +22,13 @@ def add_benchmark(sub: Any) -> None:
         "-o", "--output", metavar="DIR", help="results folder (default: the config's output, else bench-out/NAME)"
     )
     add_device(p, "device for the logreg solver and zero-shot text towers (default: each head's setting, auto)")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        metavar="K",
+        help="refit every full-data row on the split seeds seed .. seed+K-1 and report mean ± std (default: the "
+        "config's repeats, else 1; with a manifest's splits only the head seed changes)",
+    )
     add_json(p, "the summary")
     add_quiet(p, "lines")
     p.set_defaults(func=cmd_benchmark)
@@ -34,7 +41,11 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     if args.device is not None:
         check_device(args.device, "--device")
     summary = run_benchmark(
-        args.config, args.output, say=(lambda _: None) if args.quiet or args.json else print, device=args.device
+        args.config,
+        args.output,
+        say=(lambda _: None) if args.quiet or args.json else print,
+        device=args.device,
+        repeats=args.repeats,
     )
     if args.json:
         print_json(summary)

@@ -227,9 +227,13 @@ def run_benchmark(
     *,
     say: Callable[[str], None] = print,
     device: str | None = None,
+    repeats: int | None = None,
 ) -> dict[str, Any]:
-    """Run every (store × pooling × head) fit and the few-shot grid; write results; return a summary."""
+    """Run every (store × pooling × head) fit and the few-shot grid; write results; return a summary.
+    ``repeats``: overrides the config's."""
     cfg = config if isinstance(config, BenchmarkConfig) else load_benchmark_config(config)
+    if repeats is not None:
+        cfg = dataclasses.replace(cfg, repeats=_repeats(repeats))
     if device:
         from ..encoders.base import resolve_device
 
@@ -440,7 +444,11 @@ def write_results(
         [r for r in rows if r.get("shots") is not None and r.get("status") == "ok"]
     )
     over = f", mean ± std over {cfg.repeats} split seeds" if cfg.repeats > 1 else ""
-    md = [f"## {cfg.name}: test top-1 (%) by pooling and head{over}", "", _full_table(full), "", *_vs_best(cfg, full)]
+    md = [f"## {cfg.name}: test top-1 (%) by pooling and head{over}", "", _full_table(full), ""]
+    fixed = sorted({str(r["dataset"]) for r in full if repeat_note(r.get("split_source") or "random")})
+    if cfg.repeats > 1 and fixed:
+        md += [f"Repeats on {', '.join(fixed)}: {repeat_note('manifest')} (the store's manifest has splits).", ""]
+    md += _vs_best(cfg, full)
     if fewshot_rows:
         md += [
             f"## {cfg.name}: few-shot test top-1 (%), mean ± std over {len(cfg.fewshot_seeds)} seeds",
