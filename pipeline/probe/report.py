@@ -96,7 +96,7 @@ def plot_accuracy_bars(
     ax.set_ylabel(f"{value} (whiskers: 95 % interval)" if whiskers else value)
     ax.legend(fontsize=8, ncol=min(6, len(names)), loc="upper center", bbox_to_anchor=(0.5, -0.1), frameon=False)
     if title or marked:
-        key = "★ best of its task, ≈ not distinguishable from the best (paired test, 95 %)"
+        key = "★ best of the task · ≈ tied with it (paired test, 95 %)"
         ax.set_title("\n".join(t for t in (title, key if marked else "") if t), fontsize=10)
     return _save(fig, path)
 
