@@ -28,6 +28,11 @@ def add_quiet(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help=f"no progress {what}")
 
 
+def add_repeats(p: argparse.ArgumentParser, help: str, default: int | None = 1) -> None:
+    """``--repeats K``: fits over the split seeds seed .. seed+K-1 (``probe/repeats.py``)."""
+    p.add_argument("--repeats", type=int, default=default, metavar="K", help=help)
+
+
 def add_device(p: argparse.ArgumentParser, help: str = DEVICES, **kwargs: Any) -> None:
     p.add_argument("--device", help=help, **kwargs)
 

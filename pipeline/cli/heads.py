@@ -17,6 +17,7 @@ from .common import (
     add_device,
     add_head_file,
     add_json,
+    add_repeats,
     add_store,
     add_trust,
     pick,
@@ -82,6 +83,13 @@ def add_train(sub: Any) -> None:
         metavar="TEMPLATE",
         help="zeroshot prompt template with {label}; repeat to ensemble (default: 'a video of a person {label}.')",
     )
+    _add_split_options(p)
+    add_json(p, "results")
+    p.set_defaults(func=cmd_train)
+
+
+def _add_split_options(p: argparse.ArgumentParser) -> None:
+    """Which clips ``train`` fits and tests on: the split's source and seed, its fractions, and repeats."""
     p.add_argument(
         "--splits-from",
         metavar="SOURCE",
@@ -104,16 +112,11 @@ def add_train(sub: Any) -> None:
     p.add_argument(
         "--test-fraction", type=float, default=0.2, help="share held out for testing when the manifest has no splits"
     )
-    p.add_argument(
-        "--repeats",
-        type=int,
-        default=1,
-        metavar="K",
-        help="also refit on the split seeds seed+1 .. seed+K-1 and report mean ± std of the test scores beside "
-        "the interval (with a manifest's splits only the head seed changes); the head saved is the first seed's",
+    add_repeats(
+        p,
+        "also refit on the split seeds seed+1 .. seed+K-1 and report mean ± std of the test scores beside the "
+        "interval (with a manifest's splits only the head seed changes); the head saved is the first seed's",
     )
-    add_json(p, "results")
-    p.set_defaults(func=cmd_train)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -230,12 +233,9 @@ def add_evaluate(sub: Any) -> None:
     add_trust(p)
     p.add_argument("--split", default="test", choices=EVAL_SPLITS, help="which clips to score (default test)")
     p.add_argument("--confusion", metavar="PNG", help="also write a confusion-matrix plot")
-    p.add_argument(
-        "--repeats",
-        type=int,
-        default=1,
-        metavar="K",
-        help="refused above 1: a saved head is one fit on one split (other seeds' test clips include its training "
+    add_repeats(
+        p,
+        "refused above 1: a saved head is one fit on one split (other seeds' test clips include its training "
         "clips); train with --repeats K, whose spread evaluate then reports",
     )
     add_json(p, "metrics")

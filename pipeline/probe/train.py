@@ -172,10 +172,7 @@ def fit_on_store(
     }
     t_fit = time.perf_counter()
     if len(sp.test):
-        proba, y_test = result.estimator.predict_proba(X_all[sp.test]), labels[sp.test].tolist()
-        out["test"] = metrics(proba, y_test, result.classes, [video_group(t.video[i]) for i in sp.test])
-        # per test clip (store row, right or not): what a paired comparison of two fits needs; not saved
-        out["test_clips"] = {"rows": sp.test.tolist(), "correct": clip_correct(proba, y_test, result.classes).tolist()}
+        out["test"], out["test_clips"] = score_test(result, X_all[sp.test], sp.test, t)
     # where the time went (``vidprobe train`` prints it): index + splits, pooling (or its cache), fit, test scoring
     out["seconds"] = {
         "index": t_index - t0,
@@ -185,6 +182,16 @@ def fit_on_store(
         "total": time.perf_counter() - t0,
     }
     return result, out
+
+
+def score_test(
+    result: FitResult, X: np.ndarray | FrameSequences, rows: np.ndarray, index: Any
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A fit's test metrics (intervals over the clips' source videos), and per test clip its store row and
+    whether the fit got it right: what a paired comparison of two fits needs (not saved with the head)."""
+    proba, y = result.estimator.predict_proba(X), [index.label[i] for i in rows]
+    m = metrics(proba, y, result.classes, [video_group(index.video[i]) for i in rows])
+    return m, {"rows": rows.tolist(), "correct": clip_correct(proba, y, result.classes).tolist()}
 
 
 def train_head(
