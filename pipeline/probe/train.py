@@ -172,7 +172,7 @@ def fit_on_store(
     }
     t_fit = time.perf_counter()
     if len(sp.test):
-        out["test"], out["test_clips"] = score_test(result, X_all[sp.test], sp.test, t)
+        out["test"], out["test_clips"] = _score_test(result, X_all[sp.test], sp.test, t)
     # where the time went (``vidprobe train`` prints it): index + splits, pooling (or its cache), fit, test scoring
     out["seconds"] = {
         "index": t_index - t0,
@@ -184,7 +184,7 @@ def fit_on_store(
     return result, out
 
 
-def score_test(
+def _score_test(
     result: FitResult, X: np.ndarray | FrameSequences, rows: np.ndarray, index: Any
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """A fit's test metrics (intervals over the clips' source videos), and per test clip its store row and
