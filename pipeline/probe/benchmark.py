@@ -39,8 +39,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ..config import build, check_known, read_yaml_mapping, rule
 from ..data.splits import SplitsFrom, SplitSpec
 from ..errors import ConfigError, VidprobeError
@@ -49,10 +47,11 @@ from ..versions import versions
 from .compare import COMPARE_KEY, mark_ties
 from .heads.registry import head_kind
 from .heads.settings import HeadConfig
-from .pooling import get_pool, is_order_aware
-from .repeats import mean_std, over_seeds, repeat_note, repeat_seeds
+from .pooling import get_pool
+from .repeats import over_seeds, repeat_note, repeat_seeds
 from .report import finite, markdown_table, plot_accuracy_bars, plot_confusion, plot_fewshot, write_csv
 from .sequences import SEQUENCE_POOL, HeadInput
+from .tables import fewshot_summary, full_table, order_aware, vs_best_table
 from .train import fit_on_store, pooled_features
 
 # results.csv: which fit a row is, what it scored and chose, and what it takes to trace and re-run it.
@@ -216,11 +215,6 @@ def head_grid(poolings: list[str], heads: list[HeadConfig]) -> list[tuple[str, H
     return grid + [(SEQUENCE_POOL, h) for h in heads if head_kind(h.kind).temporal]
 
 
-def _order_aware(pool: str) -> bool:
-    """Whether a row's input keeps the frames' order: an order-aware pooling, or the frames themselves."""
-    return pool == SEQUENCE_POOL or is_order_aware(pool)
-
-
 def run_benchmark(
     config: BenchmarkConfig | str | Path,
     output: str | Path | None = None,
@@ -328,7 +322,7 @@ class _StoreFits:
         if self.device and "device" in head.to_dict():
             head = head.replace(device=self.device)
         seed = self.cfg.split.seed if seed is None else seed
-        row = {**self.base, "seed": seed, "pool": pool, "order_aware": _order_aware(pool), "head": head.kind}
+        row = {**self.base, "seed": seed, "pool": pool, "order_aware": order_aware(pool), "head": head.kind}
         row.update(head_settings=head.to_dict(), shots=shots, shot_seed=shot_seed if shots else None)
         t0 = time.perf_counter()
         try:
@@ -425,12 +419,6 @@ def _short(text: str, width: int = 90) -> str:
 _VERSIONS = ("vidprobe", "torch", "scikit-learn", "skops", "numpy", "open_clip_torch")  # recorded in benchmark.json
 
 
-def _fmt(mean: float, std: float | None = None) -> str:
-    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
-        return "—"
-    return f"{100 * mean:.1f}" if std is None else f"{100 * mean:.1f} ± {100 * std:.1f}"
-
-
 def write_results(
     cfg: BenchmarkConfig, out: Path, rows: list[dict[str, Any]], details: list[dict[str, Any]]
 ) -> dict[str, Any]:
@@ -440,15 +428,15 @@ def write_results(
     with open(out / "details.jsonl", "w", encoding="utf-8") as fh:
         fh.writelines(json.dumps(finite(d), default=str) + "\n" for d in details)
     full = [r for r in rows if r.get("shots") is None and "pool" in r]
-    fewshot_rows, shots, curves = _fewshot_summary(
+    fewshot_rows, shots, curves = fewshot_summary(
         [r for r in rows if r.get("shots") is not None and r.get("status") == "ok"]
     )
     over = f", mean ± std over {cfg.repeats} split seeds" if cfg.repeats > 1 else ""
-    md = [f"## {cfg.name}: test top-1 (%) by pooling and head{over}", "", _full_table(full), ""]
+    md = [f"## {cfg.name}: test top-1 (%) by pooling and head{over}", "", full_table(full), ""]
     fixed = sorted({str(r["dataset"]) for r in full if repeat_note(r.get("split_source") or "random")})
     if cfg.repeats > 1 and fixed:
         md += [f"Repeats on {', '.join(fixed)}: {repeat_note('manifest')} (the store's manifest has splits).", ""]
-    md += _vs_best(cfg, full)
+    md += vs_best_table(cfg.name, cfg.repeats, full)
     if fewshot_rows:
         md += [
             f"## {cfg.name}: few-shot test top-1 (%), mean ± std over {len(cfg.fewshot_seeds)} seeds",
@@ -467,95 +455,6 @@ def write_results(
         "plots": [str(p) for p in plots],
         "output": str(out),
     }
-
-
-def _mark(row: dict[str, Any]) -> str:
-    """★ the best fit of its task, ≈ one a paired test cannot tell from it at 95 %, else nothing."""
-    return "★" if row.get("best") else "≈" if row.get("tie_best") else ""
-
-
-def _full_table(full: list[dict[str, Any]]) -> str:
-    """One row per dataset × encoder × pooling, one column per head (test top-1 %, mean ± std where the fits
-    repeat over split seeds; the first seed's ★/≈ mark)."""
-    heads = list(dict.fromkeys(r["head"] for r in full))
-    table = []
-    for key in dict.fromkeys((r["dataset"], r["encoder"], r["pool"]) for r in full):
-        mine = [r for r in full if (r["dataset"], r["encoder"], r["pool"]) == key and r.get("status") == "ok"]
-        cells = {h: [r for r in mine if r["head"] == h] for h in heads}
-        table.append(
-            dict(zip(("dataset", "encoder", "pool"), key))
-            | {"order-aware": "yes" if _order_aware(key[2]) else ""}
-            | {h: _cell(cells[h]) for h in heads}
-            | {"top-5 (best head)": _fmt(max(mine, key=lambda c: c["top1"])["top5"]) if mine else "—"}
-        )
-    return markdown_table(table, ["dataset", "encoder", "pool", "order-aware", *heads, "top-5 (best head)"])
-
-
-def _cell(fits: list[dict[str, Any]]) -> str:
-    if not fits:
-        return "—"
-    value = _fmt(fits[0]["top1"]) if len(fits) == 1 else _fmt(*mean_std([r["top1"] for r in fits]))
-    return f"{value} {_mark(fits[0])}".rstrip()
-
-
-def _ci(row: dict[str, Any], key: str, lo: str, hi: str) -> str:
-    if row.get(key) is None or math.isnan(row[key]):
-        return "—"
-    return f"{100 * row[key]:.1f} [{100 * row[lo]:.1f}, {100 * row[hi]:.1f}]"
-
-
-def _vs_best(cfg: BenchmarkConfig, full: list[dict[str, Any]]) -> list[str]:
-    """results.md's second table: every scored full-data fit with n, its 95 % intervals, and the paired
-    test against the best fit on the same test clips."""
-    ok = [r for r in full if r.get("status") == "ok"]
-    if not ok:
-        return []
-    table = [
-        {k: r[k] for k in ("dataset", "encoder", "pool", "head", "seed")}
-        | {
-            "n (videos)": f"{r['n_test']} ({r['test_videos']})",
-            "top-1 % [95 % CI]": _ci(r, "top1", "top1_lo", "top1_hi"),
-            "mean-class % [95 % CI]": _ci(r, "mean_class_acc", "mean_class_lo", "mean_class_hi"),
-            "CI": r["ci_method"],
-            "p vs best": "" if r.get("p_vs_best") is None else f"{r['p_vs_best']:.3f}",
-            "vs best": {"★": "★ best", "≈": "≈ best"}.get(_mark(r), ""),
-        }
-        for r in ok
-    ]
-    columns = ["dataset", "encoder", "pool", "head", *(["seed"] if cfg.repeats > 1 else []), *list(table[0])[5:]]
-    return [
-        f"## {cfg.name}: every fit against the best of its task (same test clips, paired test)",
-        "",
-        "★ best of its task (dataset and split seed); ≈ best: the paired test (exact McNemar where every test "
-        "clip is its own video, else a bootstrap over videos) cannot tell it from the best at 95 % (p >= 0.05). "
-        "Intervals: Wilson over independent clips, else a bootstrap over source videos.",
-        "",
-        markdown_table(table, columns),
-        "",
-    ]
-
-
-def _fewshot_summary(few: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[int], dict[tuple, list]]:
-    """The few-shot table's rows (mean ± std over seeds per shots), its shots, and the curves per dataset ×
-    encoder (with each point's 95 % test interval averaged over the seeds)."""
-    groups: dict[tuple, dict[int, list[dict[str, Any]]]] = {}
-    for r in few:
-        key = (r["dataset"], r["encoder"], r["head"], r["pool"])
-        groups.setdefault(key, {}).setdefault(int(r["shots"]), []).append(r)
-    shots = sorted({int(r["shots"]) for r in few})
-    table: list[dict[str, Any]] = []
-    curves: dict[tuple, list[dict[str, Any]]] = {}
-    for (ds, enc, head, pool), by_k in groups.items():
-        stats = {k: mean_std([r["top1"] for r in by_k[k]]) for k in shots if k in by_k}
-        table.append(
-            {"dataset": ds, "encoder": enc, "head": head, "pool": pool}
-            | {f"{k}-shot": _fmt(*stats[k]) if k in stats else "—" for k in shots}
-        )
-        curve = {"label": f"{head}/{pool}", "shots": list(stats)}
-        curve |= {"mean": [m for m, _ in stats.values()], "std": [s for _, s in stats.values()]}
-        curve |= {end: [float(np.nanmean([r[f"top1_{end}"] for r in by_k[k]])) for k in stats] for end in ("lo", "hi")}
-        curves.setdefault((ds, enc), []).append(curve)
-    return table, shots, curves
 
 
 def find_details(details: list[dict[str, Any]], **key: Any) -> dict[str, Any] | None:
