@@ -200,6 +200,8 @@ def mean_class_interval(
     g, n_groups = _codes(groups)
     per_class_groups = np.array([len(np.unique(g[k == i])) for i in range(K)])
     lo, hi = cluster_bootstrap_interval(c, groups, strata=y_true, level=level, n_boot=n_boot, seed=seed)
+    if n and float(c.mean()) in (0.0, 1.0):  # every clip right (or wrong): no spread; Wilson over videos, as top-1
+        lo, hi = wilson_interval(round(float(c.mean()) * n_groups), n_groups, level)
     return {
         "value": float(recalls.mean()) if n else math.nan,
         "n": n,

@@ -8,6 +8,7 @@ benchmark runs it over many settings without saving.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -23,8 +24,9 @@ from .heads.fitting import FitResult, fit_head
 from .heads.registry import head_kind, temporal_head_names
 from .heads.settings import HeadConfig
 from .heads.zeroshot import zeroshot_encoder
-from .metrics import metrics
+from .metrics import clip_correct, metrics
 from .pooling import get_pool
+from .repeats import over_seeds, repeat_note, repeat_seeds
 from .sequences import SEQUENCE_POOL, FrameSequences, store_sequences
 
 
@@ -158,9 +160,8 @@ def fit_on_store(
         "classes": result.classes,
     }
     t_fit = time.perf_counter()
-    labels = np.array(t.label, dtype=object)
     if len(sp.test):
-        out["test"] = metrics(result.estimator.predict_proba(X_all[sp.test]), labels[sp.test].tolist(), result.classes)
+        out["test"], out["test_clips"] = _score_test(result, X_all[sp.test], sp.test, t)
     # where the time went (``vidprobe train`` prints it): index + splits, pooling (or its cache), fit, test scoring
     out["seconds"] = {
         "index": t_index - t0,
@@ -223,6 +224,16 @@ def _fit_trained(cfg: HeadConfig, X_all, t: Any, train: np.ndarray, val: np.ndar
     )
 
 
+def _score_test(
+    result: FitResult, X: np.ndarray | FrameSequences, rows: np.ndarray, index: Any
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A fit's test metrics (intervals over the clips' source videos), and per test clip its store row and
+    whether the fit got it right: what a paired comparison of two fits needs (not saved with the head)."""
+    proba, y = result.estimator.predict_proba(X), [index.label[i] for i in rows]
+    m = metrics(proba, y, result.classes, [video_group(index.video[i]) for i in rows])
+    return m, {"rows": rows.tolist(), "correct": clip_correct(proba, y, result.classes).tolist()}
+
+
 def train_head(
     store_path: str | Path,
     head_path: str | Path,
@@ -232,8 +243,11 @@ def train_head(
     split: SplitSpec | None = None,
     store: FeatureStore | None = None,
     strict: bool = False,
+    repeats: int = 1,
 ) -> dict[str, Any]:
-    """Fit a head on a store (see ``fit_on_store``), save it with its sidecar, return the record."""
+    """Fit a head on a store (see ``fit_on_store``), save it with its sidecar, return the record.
+    ``repeats``: also refit on the next seeds' splits; the head saved is the first seed's, the record's
+    ``repeats`` holds every seed's test scores (mean ± std)."""
     check_head_output(head_path)  # a bad file name or folder fails before the work
     kind = head if isinstance(head, str) else head.kind
     if head_kind(kind).temporal and Path(head_path).suffix != ".npz":
@@ -241,6 +255,9 @@ def train_head(
     store = store or open_store(store_path)
     spec = (split or SplitSpec()).validate()
     result, out = fit_on_store(store, head, pool, split=spec, strict=strict)
+    out.pop("test_clips", None)
+    if repeats > 1:
+        out["repeats"] = _repeat(store, head, pool, spec, repeats, out)
     prov = store.provenance
     meta = {
         **{k: out[k] for k in ("head", "head_settings", "pool", "split_source")},
@@ -252,12 +269,28 @@ def train_head(
         "sampling": prov["sampling"],
         "preprocess": prov["preprocess"],
         "metrics": {k: v for k, v in out.items() if k == "test"},
+        **{k: v for k, v in out.items() if k == "repeats"},
     }
     try:
         save_head(head_path, result, meta)
     except OSError as exc:
         raise HeadError(f"{head_path}: cannot write the head ({exc.strerror or exc}); choose another -o") from None
     return out
+
+
+def _repeat(
+    store: FeatureStore, head: HeadConfig | str, pool: str | None, spec: SplitSpec, repeats: int, first: dict[str, Any]
+) -> dict[str, Any]:
+    """The test scores of ``repeats`` fits on the split seeds spec.seed, spec.seed+1, … (the first is ``first``)."""
+    X_all = pooled_features(store, first["pool"])
+
+    def fit(seed: int) -> dict[str, Any]:
+        if seed == spec.seed:
+            return first
+        return fit_on_store(store, head, pool, split=dataclasses.replace(spec, seed=seed), X_all=X_all)[1]
+
+    _, summary = over_seeds(fit, repeat_seeds(spec.seed, repeats), lambda rec: rec.get("test"))
+    return summary | {"note": repeat_note(first["split_source"])}
 
 
 def check_head_output(head_path: str | Path) -> None:
@@ -306,10 +339,11 @@ def evaluate_head(
         raise ConfigError(f"{store_path}: no labeled clips in split {split!r}; try --split all")
     X = clip_inputs(store, meta["pool"], idx.tolist())
     y = [t.label[i] for i in idx]
-    out = metrics(head.predict_proba(X), y, head.classes)
+    # labels the head never saw count as wrong and are named in unseen_classes (metrics); the caller warns
+    out = metrics(head.predict_proba(X), y, head.classes, [video_group(t.video[i]) for i in idx])
     out.update({"split": split, "head": meta.get("head"), "pool": meta.get("pool"), "classes": head.classes})
-    # labels the head never saw count as wrong (metrics); the caller warns, naming them
-    out["unseen_classes"] = sorted(set(y) - set(head.classes))
+    if meta.get("repeats"):
+        out["train_repeats"] = meta["repeats"]  # the spread over split seeds that training measured
     return out
 
 
