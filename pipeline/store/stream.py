@@ -36,10 +36,10 @@ def _subnormals_kept() -> bool:
 def widen(raw: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """``raw`` as float32 (into ``out`` when given: same shape), bit for bit what ``raw.astype(np.float32)`` gives.
 
-    numpy casts float16 one value at a time. For float16 this places each value's exponent and mantissa bits in a float32 and scales by 2**112 — exact for
-    normal and subnormal values — in cache-sized steps of whole-array integer operations; a step holding an
-    Inf or NaN, or a thread that flushes subnormals, falls back to numpy's cast. Other dtypes: numpy's cast
-    (float32 without ``out``: ``raw`` itself, no copy).
+    numpy casts float16 one value at a time. This places each value's exponent and mantissa bits in a float32
+    and scales by 2**112 — exact for normal and subnormal values — in cache-sized steps of whole-array integer
+    operations; a step holding an Inf or NaN, or a thread that flushes subnormals, falls back to numpy's cast.
+    Other dtypes: numpy's cast (float32 without ``out``: ``raw`` itself, no copy).
     """
     if out is None:
         if raw.dtype == np.float32:
