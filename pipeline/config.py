@@ -285,11 +285,8 @@ class SamplingConfig:
 
 @dataclass
 class ExtractConfig:
-    """How the extraction engine runs; none of this changes the embeddings, so it is not provenance.
-
-    ``auto`` values are resolved for the machine by ``pipeline.extract.resolve_runtime`` (see there and
-    docs/performance.md for the measured reasoning).
-    """
+    """How the extraction engine runs; none of this changes the embeddings, so it is not provenance
+    (``auto`` values: ``pipeline.extract.resolve_runtime``)."""
 
     # frames per encoder call, packed across clips (auto: 16 on CPU, 128 on CUDA)
     batch_size: int | str = field(default=AUTO, metadata=rule(auto=True, min=1))
@@ -319,18 +316,14 @@ STORE_COMPRESSIONS = ("none", "gzip", "lzf")
 
 @dataclass
 class StoreConfig:
-    """How embeddings are written to shard files.
-
-    ``dtype`` is part of a store's identity (float16 halves the size but rounds every value to ~3
-    significant digits, so one store never mixes the two); ``compression`` is lossless, recorded per
-    shard by HDF5 itself, and may differ between runs appending to one store.
-    """
+    """How embeddings are written to shard files. ``dtype`` is part of a store's identity (one store never
+    mixes the two); ``compression`` is recorded per shard by HDF5 and may differ between appending runs."""
 
     # float32 | float16 (half the size; relative rounding error <= 2**-11)
     dtype: str = field(default="float32", metadata=rule(choices=STORE_DTYPES))
     # none | gzip | lzf (lossless; embeddings compress little, see benchmarks/store_read.py)
     compression: str = field(default="none", metadata=rule(choices=STORE_COMPRESSIONS))
-    compression_level: int = field(default=4, metadata=rule(min=1, max=9, note="(used by gzip)"))  # gzip level 1..9
+    compression_level: int = field(default=4, metadata=rule(min=1, max=9, note="(used by gzip)"))
 
     def validate(self) -> StoreConfig:
         check_settings(self, "store.")

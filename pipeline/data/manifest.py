@@ -302,7 +302,6 @@ def _finish_dataset(manifest: Manifest, listed_in: str, check_files: bool) -> Ma
 def read_ucf101(split_dir: Path, root: Path | None = None, split: int = 1, check_files: bool = True) -> Manifest:
     """UCF101 ``ucfTrainTestlist/``: ``classInd.txt`` ("1 ApplyEyeMakeup"), ``trainlist0N.txt``
     ("ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi 1") and ``testlist0N.txt`` (path only).
-
     ``root`` holds the class folders; default ``split_dir/../UCF-101`` if present, else ``split_dir/..``.
     Train/test come from the lists; ``val`` is carved from train later, keeping UCF101's groups whole.
     """
@@ -345,9 +344,7 @@ def read_ucf101(split_dir: Path, root: Path | None = None, split: int = 1, check
 def read_hmdb51(split_dir: Path, root: Path | None = None, split: int = 1, check_files: bool = True) -> Manifest:
     """HMDB51 ``testTrainMulti_7030_splits/``: one ``<action>_test_split<N>.txt`` per action, lines
     "<video>.avi <code>" with code 1 = train, 2 = test, 0 = not used in this split (left out).
-
-    ``root`` holds the action folders (``<root>/<action>/<video>.avi``); default ``split_dir/..``.
-    """
+    ``root`` holds the action folders (``<root>/<action>/<video>.avi``); default ``split_dir/..``."""
     _check_split(split)
     split_dir = split_dir.resolve()
     root = (root or split_dir.parent).resolve()
@@ -389,13 +386,9 @@ def _video_index(root: Path) -> dict[str, list[str]]:
 
 
 def read_kinetics(path: Path, root: Path | None = None) -> Manifest:
-    """Kinetics CSV ``label,youtube_id,time_start,time_end,split`` (extra columns ignored).
-
-    Each row is found under ``root`` (default: the CSV's folder) either as a trimmed clip
-    ``<id>_<start:06d>_<end:06d>.<ext>`` (the whole file is the clip) or as the full YouTube video
-    ``<id>.<ext>``, in which case the clip is the ``[time_start, time_end]`` window of it. Rows with no
-    file are problems (Kinetics always has missing videos); ``split`` "validate" means ``val``.
-    """
+    """Kinetics CSV ``label,youtube_id,time_start,time_end,split`` (extra columns ignored), each row found
+    under ``root`` (default: the CSV's folder) as docs/extraction.md says. Rows with no file are problems
+    (Kinetics always has missing videos); ``split`` "validate" means ``val``."""
     root = (root or path.parent).resolve()
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
@@ -480,7 +473,6 @@ def load_manifest(
     check_files: bool = True,
 ) -> Manifest:
     """Dispatch on what ``source`` is: a folder, a ``.csv``/``.jsonl`` file, a single video, or a glob.
-
     Official splits: a folder holding ``classInd.txt`` is UCF101's, one holding ``*_test_split1.txt``
     HMDB51's, a CSV with a ``youtube_id`` column Kinetics' (or say so with ``format``); ``split`` picks
     UCF101/HMDB51 split 1, 2 or 3; ``root`` is then the folder holding the videos. ``check_files=False``

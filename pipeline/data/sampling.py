@@ -43,7 +43,6 @@ def _key(x: float) -> float:
 
 def multiclip_windows(start: float, end: float, num_clips: int, clip_length: float = 0.0) -> list[tuple[float, float]]:
     """K windows of ``clip_length`` s spread evenly from the first to the last possible start.
-
     ``clip_length`` 0 means duration / K, i.e. K back-to-back segments. A window longer than the
     video becomes the whole video; identical windows collapse into one (a short video has fewer clips).
     """
@@ -68,10 +67,7 @@ def multiclip_windows(start: float, end: float, num_clips: int, clip_length: flo
 
 def sliding_windows(start: float, end: float, clip_length: float, stride: float = 0.0) -> list[tuple[float, float]]:
     """Windows of ``clip_length`` s every ``stride`` s (0 = ``clip_length``) that fit inside [start, end].
-
-    A tail shorter than a window is not embedded; a video shorter than one window gives one window
-    covering all of it.
-    """
+    A tail shorter than a window is not embedded; a video shorter than one window gives one covering it all."""
     if clip_length < MIN_WINDOW or 0 < stride < MIN_WINDOW:
         raise ConfigError(
             f"clip_length={clip_length}, stride={stride}: must be >= {MIN_WINDOW} s (stride 0 = clip_length)"
@@ -134,7 +130,6 @@ def _in_window(table: np.ndarray, start: float, end: float) -> np.ndarray:
 
 def every_n_timestamps(frame_times: np.ndarray, start: float, end: float, n: int, max_frames: int = 0) -> np.ndarray:
     """Every ``n``-th frame (presentation order) whose time lies in [start, end), from the first one.
-
     ``frame_times`` are the presentation times of all frames (variable frame rate is handled exactly).
     A window holding no frame start gets the frame on screen at ``start``.
     """
@@ -219,7 +214,6 @@ def _sample(
 
 def sampling_identity(cfg: SamplingConfig) -> dict[str, Any]:
     """Exactly the sampling settings that change which frames are embedded (store provenance).
-
     Settings a strategy ignores are left out, and equivalent spellings are normalised (a sliding
     stride of 0 means the clip length), so two configs that embed the same frames compare equal.
     """

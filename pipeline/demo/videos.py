@@ -1,16 +1,10 @@
 """Build the labeled demo video set for `vidprobe demo` from photos that ship inside scikit-image.
 
-No download is possible, so the demo renders its own clips: a virtual camera moves over a real photo
-and every frame is encoded as H.264 MP4 with PyAV, exactly like a user's footage would be.
-
-Two tasks, each with its own videos and CSV manifest (`path,label,split`):
-
-* ``what``: label = which photo. Camera move, crop window, brightness/contrast and noise are random,
-  so only the object identity is shared within a label; any ImageNet encoder should solve it.
-* ``how``: label = camera motion (``MOTIONS``) over a random photo. Each direction pair is an exact
-  time-reversal in distribution: one draw of a trajectory is played forwards for one class and backwards
-  for the other. The *set* of frames therefore says nothing about direction, so order-blind mean pooling
-  stays at chance within a pair while order-aware pooling (first half vs. second half) separates it.
+No download is possible, so a virtual camera moves over a real photo and every frame is encoded as H.264
+MP4, like a user's footage. Tasks ``what`` (which photo) and ``how`` (which camera motion), each with its
+own CSV manifest: docs/benchmarks.md#the-demo. Everything but the label is random; in ``how`` one draw of
+a trajectory is played forwards for one class and backwards for its pair, so the *set* of frames says
+nothing about direction.
 """
 
 from __future__ import annotations
@@ -67,7 +61,7 @@ _MOTION_SPEC: dict[str, tuple[str, bool]] = {
 _PHOTO_SCALE = 1.6
 
 _STAMP_NAME = "demo_stamp.json"
-_STAMP_VERSION = 2  # bump when rendering changes, so old builds are redone (2: deterministic encoding)
+_STAMP_VERSION = 2  # bump when rendering changes, so old builds are redone
 
 
 @dataclass(frozen=True)
@@ -116,9 +110,7 @@ def _motion_spec(motion: str) -> tuple[str, bool]:
 
 def _trajectory(width: int, height: int, params: MotionParams, num_frames: int) -> np.ndarray:
     """Forward camera states (cx, cy, window side, angle in degrees) in photo pixels, one row per frame.
-
-    Every window, rotated or not, stays inside the photo, so no border fill can leak into a frame.
-    """
+    Every window, rotated or not, stays inside the photo, so no border fill can leak into a frame."""
     t = np.linspace(0.0, 1.0, num_frames)
     short = min(width, height)
     side = params.side * short
@@ -155,11 +147,8 @@ def _trajectory(width: int, height: int, params: MotionParams, num_frames: int) 
 def render_motion(
     photo: Image.Image | np.ndarray, motion: str, params: MotionParams, *, size: int = 224, num_frames: int = 48
 ) -> np.ndarray:
-    """Render the clip (T, size, size, 3) uint8 of `motion` along `params` over `photo`.
-
-    The reversed member of a pair renders the forward trajectory's frames in reverse order, so
-    e.g. ``render_motion(p, "zoom_out", q)`` equals ``render_motion(p, "zoom_in", q)[::-1]`` exactly.
-    """
+    """Render the clip (T, size, size, 3) uint8 of `motion` along `params` over `photo`; e.g.
+    ``render_motion(p, "zoom_out", q)`` equals ``render_motion(p, "zoom_in", q)[::-1]`` exactly."""
     family, backwards = _motion_spec(motion)
     if params.family != family:
         raise ConfigError(f"motion {motion!r} needs {family!r} parameters, got {params.family!r}")
@@ -235,8 +224,7 @@ def _encode_mp4(frames: np.ndarray, path: Path, fps: int) -> None:
     """Write H.264/yuv420p MP4 via a temp file, so an interrupted build never leaves a truncated video."""
     tmp = path.with_name(path.name + ".partial")
     with av.open(str(tmp), mode="w", format="mp4") as container:
-        # mbtree=0: x264's macroblock-tree rate control made the same frames encode differently run to run (so one
-        # demo seed gave other videos, features and scores each build); without it the output is the same
+        # mbtree=0: x264's macroblock-tree rate control encodes the same frames differently run to run
         options = {"crf": "23", "preset": "veryfast", "x264-params": "mbtree=0"}
         stream = container.add_stream("libx264", rate=fps, options=options)
         stream.width = frames.shape[2]
@@ -268,8 +256,7 @@ class _Video(NamedTuple):
 _TASKS: dict[str, list[str]] = {"what": DEMO_PHOTOS, "how": MOTIONS}
 
 
-# The how-task needs more examples: direction is a subtler signal than identity, and the heads that learn
-# time from the frames (attn, gru) need enough clips to be a fair comparison.
+# direction is subtler than identity, and the attn/gru heads need clips for a fair comparison
 DEFAULT_PER_CLASS: dict[str, int] = {"what": 12, "how": 60}
 
 
@@ -338,11 +325,8 @@ def build_demo_videos(
     fps: int = 24,
     progress: bool = True,
 ) -> dict[str, Path]:
-    """Write the demo videos and `what.csv` / `how.csv` under `out_dir`; return {task: csv path}.
-
-    A JSON stamp of the parameters is written last; when it matches and every file exists the call
-    returns at once, so `vidprobe demo` can be rerun without re-encoding.
-    """
+    """Write the demo videos and `what.csv` / `how.csv` under `out_dir`; return {task: csv path}. A stamp
+    of the parameters is written last; when it matches and every file exists the call returns at once."""
     counts = _per_task(per_class)
     if size < 16 or size % 2:
         raise ConfigError(f"size must be an even number >= 16 (H.264 4:2:0 needs even sides), got {size}")

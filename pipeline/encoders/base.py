@@ -297,7 +297,6 @@ class Encoder:
         self._versions = versions or library_versions()
         self._extra = extra or {}
 
-        # CPU bf16: weights and inputs converted (autocast there was slower than fp32); CUDA: autocast.
         self._convert = self.device.type == "cpu" and self.precision != "fp32"
         model.eval().requires_grad_(False)
         model.to(self.device, dtype=self.dtype if self._convert else None)
@@ -336,11 +335,7 @@ class Encoder:
     # -- public API ---------------------------------------------------------------------------
     def preprocess(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 (N, H, W, 3) on any device -> normalised float32 (N, 3, size, size) on ``self.device``.
-
-        Frames that have not been resized for this model (neither ``size`` square nor at
-        ``frame_size``) are resized here with antialiasing, so a wrong-sized input cannot silently
-        turn into a tiny centre crop.
-        """
+        Frames not resized for this model are resized here, so a wrong size cannot become a tiny centre crop."""
         import torch
         import torch.nn.functional as F
 
@@ -374,12 +369,8 @@ class Encoder:
         return self._run(frames, self._features, "dim")
 
     def encode_outputs(self, frames: np.ndarray | torch.Tensor, derived: tuple[str, ...] = ()) -> list[np.ndarray]:
-        """[the embeddings, then each ``derived`` output], all from one forward pass.
-
-        How several stores share one model (``pipeline.encoders.group``): a ``#pre`` open_clip encoder
-        derives the joint embedding by applying the projection it detached, as the model itself would; a
-        timm encoder takes its ``#blockK`` levels from the same pass through the trunk.
-        """
+        """[the embeddings, then each ``derived`` output], all from one forward pass: how several stores
+        share one model (``pipeline.encoders.group``)."""
         if not derived:
             return [self.encode(frames)]
         return self._run(frames, lambda x: self._outputs(x, derived), None)

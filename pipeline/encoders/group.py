@@ -79,9 +79,7 @@ class EncoderGroup:
 
 def group_specs(specs: Sequence[str]) -> list[list[int]]:
     """Indices of ``specs`` per model, in first-appearance order; ConfigError for a spec named twice.
-
-    Checks the specs only (no model is built), so a run refuses a bad list before loading anything.
-    """
+    Checks the specs only (no model is built), so a run refuses a bad list before loading anything."""
     if not specs:
         raise ConfigError("encoder: give at least one encoder spec")
     seen: dict[str, int] = {}
@@ -124,11 +122,8 @@ def create_encoders(
 
 
 def _shared_model(specs: Sequence[str], members: list[int]) -> tuple[int, dict[int, str]]:
-    """(the member whose encoder runs the forward, {other member: the output it derives}) for one model's specs.
-
-    open_clip: the ``#pre`` spec runs (the joint embedding is derived from its features). timm: the plain
-    spec runs, else the first ``#blockK`` spec; the other specs are their levels.
-    """
+    """(the member whose encoder runs the forward, {other member: the output it derives}) for one model's
+    specs, as the module doc says."""
     options = {i: spec_options(specs[i])[1] for i in members}
     if parse_spec(specs[members[0]])[0] == "openclip":  # group_specs: at most the joint and the #pre spec
         first = next(i for i in members if "pre" in options[i])

@@ -7,13 +7,10 @@ random init. The embedding is ``model.encode_image`` *un-normalised* (heads norm
 normalising here would throw away the norm for good). ``encode_text`` returns L2-normalised text
 embeddings for zero-shot heads.
 
-``#pre`` (``openclip:ViT-B-32@openai#pre``) embeds with the image tower's output *before* its final
-projection into the joint space — the features the CLIP paper's linear probes used (768-d for
-ViT-B/32 instead of 512). The projection is detached from this encoder's own model copy, so the
-spec (recorded in the store) says which features a store holds. Both kinds from one forward pass:
-name both specs in one extraction (``--encoder openclip:M@W --encoder openclip:M@W#pre``); the
-``#pre`` model then also derives the joint embedding (``encode_outputs(frames, ("joint",))``: its
-features times the detached projection, in the model's own precision), see ``pipeline.encoders.group``.
+``#pre`` embeds with the image tower's output *before* its final projection into the joint space (what
+and why: docs/extraction.md, "Pre-projection features"). The projection is detached from this encoder's own
+model copy, so the spec (recorded in the store) says which features a store holds; sharing a forward, the
+``#pre`` model derives the joint embedding with it (``encode_outputs(frames, ("joint",))``).
 
 Preprocessing is the model's own (``open_clip.get_model_preprocess_cfg``). open_clip only applies a
 tag's preprocessing (mean/std, interpolation, resize mode) when it loads that *tag*; with a local

@@ -79,9 +79,7 @@ def block_option(spec: str) -> int | None:
 
 def parse_spec(spec: str) -> tuple[str, str, str | None]:
     """``spec`` -> (backend, model, weights or None); ConfigError naming the spec and the allowed forms.
-
-    Options (``#pre``) are not part of the result: see ``spec_options``.
-    """
+    Options (``#pre``) are not part of the result: see ``spec_options``."""
     if not isinstance(spec, str) or not spec.strip():
         raise ConfigError(f"encoder spec {spec!r} is empty; allowed forms: {SPEC_FORMS}")
     s, options = spec_options(spec)
@@ -142,9 +140,8 @@ def create_encoder(
 ) -> Encoder:
     """Build a frozen encoder from a spec (see module docstring).
 
-    device: auto (CUDA if available) | cpu | cuda | cuda:K. precision: auto (fp16 autocast on CUDA; on CPU
-    bf16 weights where the CPU computes bf16 natively, else fp32) | fp32 | fp16 (CUDA only) | bf16.
-    channels_last: None = on for convolutional nets. Embeddings are float32 whatever the precision.
+    device: auto (CUDA if available) | cpu | cuda | cuda:K. precision: auto | fp32 | fp16 (CUDA only) | bf16
+    (``base.resolve_precision``). channels_last: None = on for conv nets. Embeddings are float32 whatever the precision.
     """
     backend, model, weights = parse_spec(spec)
     dev = resolve_device(device)  # validate run options before loading any weights

@@ -28,7 +28,6 @@ Clips = list[tuple[float | None, float | None, DecodedClip]]  # (start, end, cli
 
 def _decode_whole(task: ClipTask, sampling: SamplingConfig, preprocess: Any, threads: int):
     """Run the engine's per-video decode in this thread: (frames, timestamps, clips, warnings).
-
     With a sequence of preprocessings the frames are a tuple, one array per preprocessing (None for
     those ``task.views`` leaves out)."""
     out, stamps = [], []
@@ -68,10 +67,7 @@ def load_clip(item: VideoItem, sampling: SamplingConfig, preprocess: Any, thread
 
 
 class VideoDecoder:
-    """Decode videos in order, in the background, from the moment it is made (``predict`` decodes while
-    torch imports and the model is built), with the engine's own per-video decode (``decode_task``), so
-    new videos are sampled exactly as a training store was.
-
+    """Decode videos in order, in the background, from the moment it is made (see the module doc).
     With ``timeout`` (extraction's ``extract.decode_timeout``): one decoder worker process for all the
     videos, killed and replaced after ``timeout`` s without progress (that video fails, the rest go on);
     without: a thread of this process. What is decoded ahead is bounded (``DecodePool``'s queue).

@@ -8,8 +8,7 @@ Cost model (why the decoder looks like this):
   seek; otherwise learned while decoding) and, for each wanted time, **seeks** only when a keyframe lies
   between the current position and that time; otherwise it **decodes through**. It stops right after
   the last wanted frame.
-* ``keyframes_only`` decodes keyframes alone (``skip_frame=NONKEY``): the approximate
-  ``seek_mode: keyframe`` snaps wanted times to keyframes, ~50x cheaper on long GOPs.
+* ``keyframes_only`` decodes keyframes alone: the approximate ``seek_mode: keyframe``.
 * Frames are resized inside FFmpeg's swscale while converting to RGB (one cached context per output
   size), far cheaper than resizing full-size RGB arrays. One decoded frame can be resized to several
   sizes (``iter_frames(views=...)``: several encoders fed by one decode); display rotation (the display-matrix side data
@@ -141,15 +140,10 @@ def _index_len(stream) -> int:
 class VideoReader:
     """One open video: metadata, keyframe/frame tables on demand, and frames at wanted times.
 
-    Use as a context manager. ``threads`` is FFmpeg's thread count for this decoder (0 = FFmpeg
-    decides). Not thread-safe; one reader per worker. With ``root``, the path is re-resolved when
-    it is opened and refused if it leads outside ``root``.
-
-    The header's duration is checked against the frames up front: by the stream's own index where it is
-    complete (AVI, MP4/MOV), by the packets after the last indexed keyframe where the index lists
-    keyframes only (Matroska/WebM cues). A header that lies (too long or too short) is corrected to the
-    real end and said in ``warnings``. ``ended_at`` is set when decoding met the end of the stream
-    before a wanted time (a file without any index, whose duration could not be checked up front).
+    ``threads`` is FFmpeg's thread count (0 = FFmpeg decides). Not thread-safe; one reader per worker.
+    With ``root``, the path is re-resolved when opened and refused outside ``root``. A header duration
+    that lies is corrected up front (``_checked_duration``) and said in ``warnings``; ``ended_at`` is set
+    when decoding met the end of the stream before a wanted time (a file without any index).
     """
 
     def __init__(self, path: str | Path, threads: int = 0, *, root: str | Path | None = None):
@@ -238,8 +232,7 @@ class VideoReader:
     def _checked_duration(self, info: VideoInfo) -> VideoInfo:
         """``info`` with the duration the frames really cover, when the header's is off by more than a few
         frames (a header that lies: its frame count or duration says 1000x, or 1/50, of what the file
-        holds). Where the index is complete (AVI, MP4/MOV) it gives the end; where it lists keyframes only
-        (Matroska/WebM) the packets after the last keyframe do (see ``_demuxed_end``)."""
+        holds), by ``_index_end`` or else ``_demuxed_end``."""
         if info.duration is None or self._scan is not None:  # scanned: exact already
             return info
         real = self._index_end()
@@ -336,10 +329,7 @@ class VideoReader:
 
     def _frames(self, keyframes_only: bool = False) -> Iterator:
         """Decoded frames from the current demuxer position (frames without a timestamp are skipped).
-
-        Keyframes-only: other packets are not even sent to the decoder, and each keyframe is drained
-        at once (a reordering decoder would otherwise hold it back until more frames arrive).
-        """
+        Keyframes-only: each keyframe is drained at once (a reordering decoder would hold it back)."""
         ctx = self.stream.codec_context
         for packet in self.container.demux(self.stream):
             if keyframes_only:
@@ -400,11 +390,9 @@ class VideoReader:
     ) -> Iterator[FrameChunk]:
         """The distinct frames on screen at ``times`` (any order, duplicates allowed), in time order.
 
-        Chunks hold at most ``chunk`` frames so memory does not grow with a clip's length. Map each
-        requested time to its frame with ``assign_frames``. ``keyframes_only`` decodes keyframes alone
-        (use with times snapped to ``keyframe_times()``). ``views`` (default: the one ``(size,
-        interpolation)``) resizes each decoded frame once per view, into ``FrameChunk.views``: encoders
-        with different inputs share one decode.
+        Chunks hold at most ``chunk`` frames so memory does not grow with a clip's length; map each
+        requested time to its frame with ``assign_frames``. ``views`` (default: the one ``(size,
+        interpolation)``) resizes each decoded frame once per view: encoders share one decode.
         """
         import av
 

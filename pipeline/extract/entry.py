@@ -37,7 +37,6 @@ def extract(
 ) -> list[ExtractSummary]:
     """Extract every clip of ``source`` that a store still lacks; one summary per store, in spec order.
     The stores: ``output`` itself for one encoder, ``output/<name>`` for several (``store_paths``).
-
     ``encoders``: built ones (e.g. from ``create_encoders``; local engine), instead of building
     ``settings.encoder``'s. With ``shard`` (``pipeline.extract.sharding``) only the clips that job shard
     owns, into shard files named after it, under its writer lock, so shard processes share a store.

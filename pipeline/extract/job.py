@@ -97,7 +97,6 @@ def plan_tasks(
     sources: dict[str, Source | None] | None = None,
 ) -> tuple[list[tuple[VideoItem, ClipTask]], list[Problem]]:
     """(item, task) pairs still to do and manifest problems to record; counts go into ``summary``.
-
     Only what ``shard`` owns (everything when None). Single-clip strategies skip an item whose key is
     stored (or recorded as failed, unless ``retry_failed``, which then does only those). Windowed
     strategies cannot know a video's windows without opening it, so each task carries the windows of
@@ -208,7 +207,6 @@ def _now(call: Callable[[], None]) -> None:
 
 class ExtractionJob:
     """One run of one extraction into one store (see the module doc); a context manager.
-
     Inside the ``with``: ``store``, ``summary``, ``prefix``, ``writer`` and ``todo`` (the planned (item,
     task) pairs). ``write`` runs each call of the writer (from ``deliver`` and ``add_failure``): at
     once, unless an engine puts a writer thread in front of it (then only that thread may touch the
@@ -245,8 +243,7 @@ class ExtractionJob:
             ignored=list(self.manifest.ignored),
         )
         with contextlib.ExitStack() as stack:
-            # The lock comes before reading what is done: a second job on the same work is refused here;
-            # other shards of the same job may hold their own shard locks at the same time.
+            # before reading what is done (module doc); other shards of the job hold their own shard locks
             lock = stack.enter_context(self.store.writer_lock(job_shard=shard.as_tuple() if shard else None))
             self.sources: dict[str, Source | None] = {}
             self.todo, problems = plan_tasks(
@@ -296,7 +293,6 @@ class ExtractionJob:
 
     def _source(self, path: str, complete: bool = True) -> Source | None:
         """The fingerprint ``path``'s records carry: the planned one, its crc read on the video's first clip.
-
         A failure keeps the planned one as it is (``complete=False``): the file may be what hangs or fails
         to read, and this runs in the job's main thread. Without the crc, only the same size and time make
         the same file, so a failed video that was copied is simply tried again.

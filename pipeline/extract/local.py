@@ -16,12 +16,8 @@ videos are:
 Several encoders (``vidprobe extract --encoder A --encoder B``) share the decode: a clip is decoded
 once for all the stores that lack it (``pipeline.extract.targets``), and one model's outputs (open_clip
 joint and ``#pre``) come from one forward (``pipeline.encoders.group``). One encoder is the case K=1 of
-the same loop. ``extract`` (``pipeline.extract.entry``) is the way in.
-
-On a CPU the encoder is the bottleneck and shares the cores with decoding; on a GPU the decoders are.
-``resolve_runtime`` picks worker/thread/batch defaults for either (see its docstring for why). The store
-side (provenance, lock, plan, run record, writer, delivery) is one ``ExtractionJob`` per store, as in the
-Ray engine.
+the same loop. ``extract`` (``pipeline.extract.entry``) is the way in. The store side (provenance, lock,
+plan, run record, writer, delivery) is one ``ExtractionJob`` per store, as in the Ray engine.
 """
 
 from __future__ import annotations
@@ -52,8 +48,7 @@ if TYPE_CHECKING:
     from ..encoders import EncoderGroup
 
 # torch's OpenMP threads must not spin while waiting: the cores they would burn belong to the decoder
-# processes (measured: under contention spinning made effnet-lite0 several times slower). Read by
-# libgomp when torch is first imported, which the engine does lazily after this; users may override it.
+# processes. Read by libgomp when torch is first imported (lazily, after this); users may override it.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
@@ -79,17 +74,8 @@ def cpu_count() -> int:
 
 
 def resolve_runtime(ext: ExtractConfig, device_type: str, cpus: int | None = None) -> Runtime:
-    """Defaults for the machine (measured with ``benchmarks/extract_throughput.py``; see the README).
-
-    CPU (the encoder is usually the bottleneck and shares the cores with decoding): torch gets every
-    core, one decoder process per core (up to 16) with one FFmpeg thread each, batches of 16. Idle
-    decoders cost nothing (they block on the bounded queue), and where decoding is the heavier stage
-    (sparse samples of long-GOP 720p) they can take the whole machine. OpenMP threads wait passively
-    (``OMP_WAIT_POLICY``, set at import): spinning waits burned the decoders' cores and made the
-    encoder 2x slower end to end. Batches of 16 ran faster than 32 or 64 for effnet-lite0 on a 2-core
-    CPU (activations stay in cache). CUDA (the decoders are the bottleneck): a decoder per core but
-    one (the main process feeds the GPU), batches of 128.
-    """
+    """Defaults for the machine, measured with ``benchmarks/extract_throughput.py``; why each:
+    docs/performance.md#extraction."""
     cpus = cpus or cpu_count()
     cuda = device_type == "cuda"
     batch = ext.batch_size if ext.batch_size != AUTO else (128 if cuda else 16)
@@ -106,7 +92,6 @@ def resolve_runtime(ext: ExtractConfig, device_type: str, cpus: int | None = Non
 @dataclass(eq=False, slots=True)  # eq=False: hashed by identity
 class _TaskState:
     """Main-process state of one task: its frames' embeddings as they are encoded, then its clips.
-
     ``groups`` are the models whose stores need this task; each encodes the task's frames once
     (``encoded[g]``, ``emb[g]``: per batch part, one array per output of that model)."""
 
@@ -284,7 +269,6 @@ def _torch_threads(n: int) -> Iterator[None]:
 
 class _Engine:
     """Decoder pool → one batcher per model → the jobs, over the jobs' merged plan (module docstring).
-
     Store ``t`` is output ``where[t][1]`` of model ``where[t][0]``."""
 
     def __init__(self, groups: list[EncoderGroup], where: list[tuple[int, int]], jobs: ExtractionJobs, rt: Runtime):

@@ -4,24 +4,17 @@
                            ──►  map_batches(EncodeClips)  actors: one per GPU (num_gpus=1), else CPU
                            ──►  driver: iter_batches ──► ShardWriter ──► the same store layout
 
-``extract(..., engine="ray")`` (``pipeline.extract.entry``) runs it. Several encoders: the plan is the
-stores' merged plan (``pipeline.extract.targets``), the decode stage resizes each clip once per distinct
-encoder input, and one encoder actor pool per model follows another (each adds its stores' embeddings to
-the rows; a model's joint and ``#pre`` outputs come from one forward), so each clip is decoded once for
-every store that lacks it.
-
-Ray's streaming executor runs the stages concurrently with back-pressure, so decoding on every CPU of
-every node keeps the encoders busy, and frames never pile up past the object store's budget.
+``extract(..., engine="ray")`` (``pipeline.extract.entry``) runs it; usage, failures (stage ``worker``
+where a block's worker died) and several encoders (one actor pool per model, chained, over the stores'
+merged plan): docs/scale-out.md#ray-data-engine. Ray's streaming executor runs the stages concurrently with
+back-pressure, so decoding on every CPU of every node keeps the encoders busy, and frames never pile up
+past the object store's budget.
 
 The driver writes the store (not writer actors) because what reaches it is small — a clip's (T, D)
 float32 embeddings are ~1/30 of its decoded frames — so one writer keeps up with many GPUs; because then
-only the driver needs the store path (workers need only the videos); and because the store's
-one-writer-per-job rule, crash safety (tmp → rename shards) and resume work unchanged: it is the same
-``ShardWriter`` the local engine uses, under the same writer prefix, and the same delivery
-(``ExtractionJobs.deliver``), so a shard can be re-run with either engine. Per-clip decode/encode errors
-travel as rows and become failure records; a block whose worker died (e.g. a segfault in a decoder)
-after retries is skipped by Ray and its clips are recorded as failed with stage ``worker`` —
-``--retry-failed`` tries them again.
+only the driver needs the store path; and because the store's one-writer-per-job rule, crash safety and
+resume work unchanged: the same ``ShardWriter``, writer prefix and delivery (``ExtractionJobs.deliver``) as
+the local engine, so a shard can be re-run with either engine.
 """
 
 from __future__ import annotations
@@ -66,7 +59,6 @@ def _import_ray():
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
     """Connect to ``address`` or start a local Ray (no dashboard); True if this call started it.
-
     Workers get this very ``pipeline`` package (``py_modules``), so the driver's code runs everywhere
     even where vidprobe is not installed; its dependencies (torch, av, ...) must be on the nodes.
     """
@@ -163,7 +155,6 @@ def _targets(mask: int, count: int) -> list[int]:
 class _EncodeClips:
     """Encoder stage (an actor holding one frozen model): frames of a batch of clips -> embeddings for
     each store that model feeds (``members``: store indices, one forward for all of them).
-
     Frames of all clips in the call are packed into encoder batches of ``extract.batch_size``; if a
     packed batch fails, each clip is encoded alone so only the clips that really fail are recorded.
     Columns this stage does not read pass through, except frames no later stage needs (``keep``).
@@ -249,11 +240,8 @@ def extract_on_ray(
     num_cpus: int | None = None,
 ) -> ExtractionJobs:
     """The Ray engine of ``extract``: one decode stage feeding one encoder actor pool per model.
-
     ``num_encoders`` actors per model (default: one per GPU in the cluster, or one on CPU); each actor
-    takes 1/K of a CPU (and of a GPU) for K models, so every GPU holds one actor of each model and the
-    decode tasks keep the CPUs they had with one model.
-    """
+    takes 1/K of a CPU (and of a GPU) for K models, so the decode tasks keep the CPUs they had with one."""
     if num_encoders is not None and num_encoders < 1:
         raise ConfigError(f"--ray-encoders={num_encoders}: must be >= 1")
     if cfg.sampling.windowed:  # the pipeline maps one row to one clip; a windowed video makes several

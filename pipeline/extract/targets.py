@@ -6,8 +6,8 @@ with one encoder the store *is* ``STORE`` (as always), with several it is ``STOR
 Each store has its own ``ExtractionJob`` (provenance, lock, plan, run record, writer, failures);
 ``ExtractionJobs`` enters them together and merges their plans (``UnionTask``): a clip is decoded once
 if any store still lacks it, and handed only to the stores that lack it (``deliver``, the one way both
-engines hand results to the stores). Encoders whose inputs are
-resized alike (same size, resize and interpolation) share one resize (``decode_views``).
+engines hand results to the stores). Encoders whose inputs are resized alike (same size, resize and
+interpolation) share one resize (``decode_views``).
 """
 
 from __future__ import annotations
@@ -85,7 +85,6 @@ class UnionTask:
 
 class ExtractionJobs:
     """The ``ExtractionJob`` of each store, entered together (see the module doc); a context manager.
-
     Inside the ``with``: ``jobs`` (one per store, in the order given). ``plan(views_of)`` merges their
     plans; ``views_of[t]`` is the decoder geometry store ``t``'s encoder needs (``decode_views``).
     ``deliver`` hands each planned item's outcomes to its stores and counts it on the progress bar.

@@ -125,10 +125,7 @@ def decode_task(
     task: ClipTask, sampling: SamplingConfig, preprocess: Any, threads: int = 0, chunk: int = 32
 ) -> Iterator[Message]:
     """Decode one task into protocol messages (runs in a worker process, or in-process for 0 workers).
-
-    ``preprocess``: one ``Preprocess``, or a sequence of them (one per distinct encoder input): each
-    decoded frame is then resized once per preprocessing the task needs, and ``Frames.frames`` is a tuple.
-    """
+    ``preprocess``: one ``Preprocess``, or one per distinct encoder input (``Frames.frames`` is then a tuple)."""
     many = isinstance(preprocess, (tuple, list))
     views = _views(preprocess, task)
     wanted_views = [p for p in views if p is not None]
@@ -236,7 +233,6 @@ class _Worker:
 
 class DecodePool:
     """Decodes tasks in ``num_workers`` processes (0 = a thread) into one bounded message queue.
-
     Iterate ``messages(tasks)`` from the consuming (encoder) thread. ``max_messages`` bounds what is
     decoded ahead of the consumer (each message holds at most ``chunk`` frames). ``timeout`` is how
     long a worker may go without delivering anything for its current clip before it is killed and

@@ -28,9 +28,7 @@ def cosine_topk(
     train: np.ndarray, queries: np.ndarray, k: int, *, query_block: int = 2048, train_block: int = 65536
 ) -> tuple[np.ndarray, np.ndarray]:
     """(indices, cosine distances) of the ``k`` nearest training rows of each query, nearest first: (Q, k) each.
-
-    Memory: one (query_block, train_block) float32 block of similarities (1 GB at the defaults' worst case
-    is avoided: 2048 x 65536 x 4 bytes = 512 MiB) plus the running top-k."""
+    Memory: one (query_block, train_block) float32 block of similarities plus the running top-k."""
     T, Q = _unit(train), _unit(queries)
     k = min(k, len(T))
     idx = np.empty((len(Q), k), np.int64)

@@ -85,7 +85,6 @@ def _check_C(C: float) -> float:
 
 class TorchSolver:
     """Full-batch L-BFGS (strong-Wolfe line search) on one fixed training set; call ``fit`` per C.
-
     X is moved to ``device`` once; ``init`` warm-starts a fit from an earlier solution.
     """
 
@@ -121,7 +120,6 @@ class TorchSolver:
 
     def _loss_grad(self, W, b, lam: float):
         """Mean cross-entropy + lam/2 ||W||^2 and its gradient by hand: two matmuls, one exp, in place.
-
         Logits are laid out (K, n): W @ X.T and the gradient Z @ X are the fastest matmul shapes here.
         """
         import torch
@@ -188,7 +186,6 @@ class TorchSolver:
 
 class SklearnSolver:
     """scikit-learn's ``LogisticRegression(solver="lbfgs")`` behind the ``Solver`` interface.
-
     ``warm=False`` (default) ignores ``init`` — every fit starts from zero, as the CLIP protocol's
     scikit-learn sweep does; ``warm=True`` starts from ``init`` like ``warm_start=True``.
     """

@@ -21,7 +21,6 @@ SEQUENCE_POOL = "frames"  # what a temporal head's sidecar records as its "pool"
 
 def relative_times(timestamps: np.ndarray) -> np.ndarray:
     """Sampled timestamps mapped to [0, 1] between the clip's first and last sampled frame (one frame: 0.5).
-
     The sampled span, not the clip's start/end, because whole-video clips have no recorded end; uniform
     sampling then puts frame i of T at i / (T - 1) whatever the video's length.
     """

@@ -6,20 +6,11 @@ Layout under ``STORE/cache/`` (HDF5, written by the shards' tmp → fsync → re
     index.h5          the ``index.StoreIndex`` (clip columns, per-shard offsets and kept rows, failures)
     pooled-NAME.h5    ``pooled`` (N, D') float32: row i = pooling NAME of live clip i, in index order
 
-Never served stale: each file carries its ``key`` (attrs, JSON) and is used only when that equals the key
-of the store as it is now —
-
-* index: the store's identity (``IDENTITY_KEYS`` of ``store.json``) and the exact list of finished shard
-  files with their sizes and modification times (shards are immutable once renamed into ``shards/``, so
-  adding, removing or compacting a shard changes the list; a rewrite in place changes the time);
-* pooled: the index key, the pooling's name, the store dtype and every live shard's checksums.
-
-Each file also carries checksums of its own datasets (``checksums``, as shards do): a damaged or
-foreign cache (other key, unreadable, wrong shape, bad checksum) is never trusted — it is rebuilt, and a
-damaged one is reported in one line. ``vidprobe verify`` checks every cache against the shards
-themselves; ``vidprobe compact`` deletes them (the next read rebuilds). A writer adding shards while a
-cache is built only makes the next read rebuild it: the key is taken from the shard list before reading,
-and a cache is written only if the list has not changed meanwhile.
+Never served stale: each file carries its ``key`` (``index_key``, ``pooled_key``) and checksums of its own
+datasets, and is used only while that key equals the store's now; a damaged one is rebuilt with a warning.
+The key is taken from the shard list before reading and a cache is written only if the list has not changed
+meanwhile, so a concurrent writer only makes the next read rebuild it. Why each key holds what it does, and
+what ``verify``/``compact`` do with caches: docs/store-format.md#streaming-reads-and-caches.
 """
 
 from __future__ import annotations
@@ -335,11 +326,10 @@ class PooledWriter:
     block's finished rows in its helper thread, so writing the (N, D') matrix overlaps the reading of the
     shards instead of following it (at 1M x 256 clips that write is a 1 GB copy into the page cache).
 
-    Same file, same ``atomic_h5`` tmp → fsync → rename path and same checksums as ``save_pooled``: the dataset
-    is created contiguous with its space allocated and never filled, and rows go to its place in the file by
-    ``os.pwrite`` (no HDF5 call, so no HDF5 lock shared with the shard reads). The file becomes the cache only
-    by ``commit``; ``abort`` (or a failed write) leaves nothing. A write that fails (full disk, read-only
-    folder) never fails the read: ``commit`` then raises the ``StoreError`` the reader turns into a warning.
+    Same file, path and checksums as ``save_pooled``: the dataset is created contiguous with its space
+    allocated, and rows go to their place by ``os.pwrite`` (no HDF5 call, so no HDF5 lock shared with the
+    shard reads). Only ``commit`` makes it the cache; a failed write never fails the read (``commit`` then
+    raises the ``StoreError`` the reader turns into a warning).
     """
 
     _SYNC_EVERY = 1 << 28  # bytes between fsyncs while writing, so the final one has little left to flush

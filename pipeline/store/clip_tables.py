@@ -111,7 +111,6 @@ def _read(f: Any, name: str) -> np.ndarray:
 
 def read_source(f: Any, group: str, n: int, strict: bool = True) -> np.ndarray:
     """(n, 3) int64 fingerprints of a group's rows (``SOURCE_COLUMNS``); unknown in a shard written before them.
-
     A column of another length raises ``ValueError`` (``strict``), else stays unknown (``verify`` reports it).
     """
     out = np.full((n, len(SOURCE_COLUMNS)), UNKNOWN_SOURCE, dtype=np.int64)

@@ -79,7 +79,6 @@ def export_store(
     progress: bool = False,
 ) -> dict[str, Any]:
     """Write the store's clips to ``out`` (see the module doc); returns what was written.
-
     ``pool``: one pooled vector per clip (cached in the store like any ``pooled`` read); ``frames=True``
     instead: every clip's frames. Exactly one of the two."""
     if format not in EXPORT_FORMATS:

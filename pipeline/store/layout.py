@@ -1,32 +1,19 @@
 """HDF5 feature store: per-frame embeddings in crash-safe shard files under one folder.
 
-The folder (``store.json``, ``shards/``, ``locks/``, ``runs/``, ``cache/``), the datasets and attributes of
-one shard (readable with plain h5py) and the guarantees are described in docs/store-format.md.
+The folder, the datasets and attributes of one shard (readable with plain h5py), the reading rules (the
+earliest finished shard wins a clip stored twice; records of a replaced video file, shards named in a
+``compacted_from`` and fixed failures are left out) and the guarantees: docs/store-format.md.
 
 The ``shards/`` folder is the index: a shard appears there, by one atomic rename, only when it is
 complete, so a directory listing is always a consistent view. A separate index file would have to be
 kept in step with the shards and could itself be torn by a kill between the two writes; parallel
-writers (issue 6) also need no coordination beyond unique file names.
+writers also need no coordination beyond unique file names.
 
-Checksums: a CRC-32 of each dataset's values (numbers: their little-endian bytes in the stored dtype;
-strings: the JSON list of them), so any edit after writing shows, through h5py or on the raw bytes. CRC-32
-finds every flipped bit and burst up to 32 bits, and is several times faster than SHA-256, which was the slowest part
-of a checked read (docs/performance.md). The checksum lives in the same file as the data, so a cryptographic hash
-would add no protection against a deliberate edit. Shards written before (``sha256:HEX``) are checked with SHA-256.
-Chosen over HDF5's Fletcher32 filter, which needs chunked datasets and is recomputed by HDF5 itself when a
-value is rewritten through h5py. Readers check the checksums of what they read whole (the clip columns when
-indexing, the frames when loading them); ``vidprobe verify`` checks every dataset.
-
-Reading: a clip is identified by (video, start, end); if several finished shards hold it, the
-earliest finished wins (shard names carry a nanosecond time stamp: ``PREFIX-TIME-SCOPE-RANDOM.h5``).
-A video's records (clips and failures) carry its file's fingerprint (``SOURCE_COLUMNS``): the latest
-finished record with a known fingerprint says which file the path holds, and clips or failures made from
-another file (``sources.same_file``) are *replaced* (the video changed and was extracted again): left out,
-counted, and dropped by ``compact``. Records without a fingerprint (older shards) are never replaced.
-A compacted shard lists the shards it replaces in ``compacted_from``; those are ignored even if a crash
-left them on disk. A failure record is shown only while its clip has no stored embeddings (a later fix makes
-it history) and only its latest one.
-Nothing here imports torch: the store is readable on any machine with h5py and numpy.
+Checksums (``Digest``): a CRC-32 of each dataset's values, so any edit after writing shows, through h5py or
+on the raw bytes. CRC-32 finds every flipped bit and burst up to 32 bits and costs less than SHA-256 (still
+checked on older shards); it lives in the same file as the data, so a cryptographic hash would add no
+protection against a deliberate edit. HDF5's Fletcher32 filter needs chunked datasets and is recomputed by
+HDF5 itself when a value is rewritten through h5py. Nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -103,10 +90,7 @@ CHECKSUM_ALGORITHM = "crc32"  # what new shards and caches carry; "sha256" (shar
 
 class Digest:
     """Incremental checksum of one dataset's values (blocks of rows in order give the checksum of the whole).
-
-    ``algorithm``: ``crc32`` (written now) or ``sha256``
-    (what shards written before carry); ``Digest.like(expected)`` checks a stored checksum with its own.
-    """
+    ``algorithm``: ``crc32`` (written now) or ``sha256`` (older shards)."""
 
     def __init__(self, algorithm: str = CHECKSUM_ALGORITHM) -> None:
         self.algorithm = algorithm if algorithm in ("crc32", "sha256") else CHECKSUM_ALGORITHM
@@ -200,9 +184,7 @@ def read_warnings(f) -> list[tuple[str, str]]:
 
 def atomic_write_text(path: Path, text: str, exclusive: bool = False) -> bool:
     """Write ``text`` to ``path`` atomically; with ``exclusive`` only if ``path`` does not exist yet.
-
-    A failed write (full disk, read-only filesystem) leaves no temporary file and raises one ``StoreError``.
-    """
+    A failed write (full disk, read-only filesystem) leaves no temporary file and raises one ``StoreError``."""
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
         with open(tmp, "w", encoding="utf-8") as fh:
@@ -236,10 +218,8 @@ def atomic_write_text(path: Path, text: str, exclusive: bool = False) -> bool:
 @contextmanager
 def atomic_h5(final: Path, what: str, *, unique_tmp: bool = False) -> Iterator[Any]:
     """An HDF5 file written as ``final.tmp``, fsynced, then renamed to ``final``: how shards and caches come to be.
-
     ``unique_tmp``: a random temporary name, for files that two processes may write at once (a cache).
-    A failed write (full disk, read-only folder) leaves no temporary file and raises one ``StoreError``.
-    """
+    A failed write leaves no temporary file and raises one ``StoreError``."""
     import h5py
 
     tmp = final.with_name(final.name + (f".{uuid.uuid4().hex[:8]}.tmp" if unique_tmp else ".tmp"))

@@ -95,11 +95,7 @@ def _batches(
 
 
 class FeatureStore:
-    """A store (folder, or one shard file) read as one table of clips; see the module doc for layout.
-
-    Read API: ``len(store)``, ``videos``, ``labels``, ``splits``, ``starts``/``ends``, ``keys()``,
-    ``frames(i)`` → (T, D) float32, ``timestamps(i)``, ``pooled(pool)`` → (N, D'), ``iter_batches(...)``,
-    ``embeddings``/``offsets`` (all frames), ``failures()``, ``info()``, and ``torch_dataset()``.
+    """A store (folder, or one shard file) read as one table of clips (layout: docs/store-format.md).
 
     Reads stream: metadata comes from the clip index (no embeddings; cached in ``cache/index.h5``);
     ``pooled`` reads the shards block by block and keeps only its (N, D') result, cached in
@@ -432,15 +428,11 @@ class FeatureStore:
 
     # -- writing -------------------------------------------------------------------------------
     def writer_lock(self, job_shard: tuple[int, int] | None = None, purpose: str = "extract") -> WriterLock:
-        """The lock a job takes before reading what is done and writing shards (see ``store_lock``).
-
-        ``job_shard=(i, n)``: shard ``i`` of a job split into ``n``; other shards of the same ``n`` may
-        write concurrently. Taking the whole-store lock also removes ``.tmp`` files of dead writers.
-        """
+        """The lock a job takes before reading what is done and writing shards. ``job_shard=(i, n)``:
+        shard ``i`` of a job split into ``n``; other shards of the same ``n`` may write concurrently."""
         if self.path.is_file():
             raise StoreError(f"{self.path}: a single shard file is read-only; write to a store folder")
-        lock = _StoreWriterLock(self, job_shard, purpose)
-        return lock
+        return _StoreWriterLock(self, job_shard, purpose)
 
     def info(self) -> dict[str, Any]:
         idx = self.index()
@@ -540,11 +532,9 @@ def open_store(path: str | Path) -> FeatureStore:
 
 
 def create_or_open(path: str | Path, provenance: dict[str, Any]) -> FeatureStore:
-    """Open ``path`` for appending with ``provenance``, creating it if new; refuse a mismatch.
-
-    Safe when several processes (job shards) create the same new store at once: exactly one writes
-    ``store.json``; the others open it and are refused, naming what differs, if their settings differ.
-    """
+    """Open ``path`` for appending with ``provenance``, creating it if new; refuse a mismatch. Safe when
+    several job shards create the same new store at once: exactly one writes ``store.json``; the others
+    open it and are refused, naming what differs, if their settings differ."""
     p = Path(path)
     provenance = {**IDENTITY_DEFAULTS, **provenance, "schema_version": SCHEMA_VERSION}
     if identity(provenance, "dtype") not in DTYPES:

@@ -38,7 +38,6 @@ def _crc(path: Path, size: int) -> int:
 
 def fingerprint(path: str | Path, recorded: Source | None = None, *, complete: bool = True) -> Source | None:
     """The file's fingerprint now (None if it cannot be read or is not a regular file).
-
     Against a ``recorded`` fingerprint the samples are read only when they decide ``same_file`` (the size
     matches, the modification time does not); with the same size and time the recorded crc stands.
     ``complete=False`` leaves the crc ``UNKNOWN_SOURCE`` wherever the comparison does not need it (planning
@@ -66,7 +65,6 @@ def same_file(a: Source | tuple, b: Source | tuple) -> bool:
 
 def current_sources(records: Iterable[tuple[list[str], np.ndarray]]) -> tuple[dict[str, Source], set[str]]:
     """(the fingerprint each video path holds now, the paths that held another file before).
-
     ``records``: per live shard in finish order, the video paths of its records (clips and failures) and
     their (n, 3) fingerprints. A path's current file is that of its latest record with a known fingerprint;
     only paths seen with two different files can have replaced records (``is_replaced``).

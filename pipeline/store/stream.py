@@ -2,14 +2,10 @@
 
 Memory is bounded by a few blocks (``BLOCK_FRAMES`` rows each, about one extraction shard) whatever the
 store's size — also for a compacted store, whose one shard holds every frame. Each shard's
-``frames/embedding`` is read in order, every row (kept or not), into one incremental checksum
-(``layout.Digest``) that runs in a helper thread, and compared with the shard's checksum when its last
-block has been read: a damaged shard raises ``StoreError`` before a whole-store result (``pooled``) is
-returned. A shard that fits in one block — every shard extraction writes — is checked before any of its
-rows is handed out; the reader works one block ahead so that the hashing of one block overlaps the
-reading and widening of the next.
-
-float16 frames are widened to float32 by ``widen`` (exact, and faster than numpy's cast).
+``frames/embedding`` is hashed in order, every row (kept or not), in a helper thread, and compared with
+the shard's checksum when its last block has been read: a damaged shard raises ``StoreError`` before a
+whole-store result (``pooled``) is returned, and a shard that fits in one block before any of its rows is
+handed out. How reading, hashing and widening overlap: docs/store-format.md#streaming-reads-and-caches.
 """
 
 from __future__ import annotations
@@ -40,11 +36,10 @@ def _subnormals_kept() -> bool:
 def widen(raw: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """``raw`` as float32 (into ``out`` when given: same shape), bit for bit what ``raw.astype(np.float32)`` gives.
 
-    numpy casts float16 one value at a time (~1 ns a value, the largest cost of a streamed pooled read). For
-    float16 this places each value's exponent and mantissa bits in a float32 and scales by 2**112 — exact for
-    normal and subnormal values — in cache-sized steps of whole-array integer operations; a step holding an
-    Inf or NaN, or a thread that flushes subnormals, falls back to numpy's cast. Other dtypes: numpy's cast
-    (float32 without ``out``: ``raw`` itself, no copy).
+    numpy casts float16 one value at a time. This places each value's exponent and mantissa bits in a float32
+    and scales by 2**112 — exact for normal and subnormal values — in cache-sized steps of whole-array integer
+    operations; a step holding an Inf or NaN, or a thread that flushes subnormals, falls back to numpy's cast.
+    Other dtypes: numpy's cast (float32 without ``out``: ``raw`` itself, no copy).
     """
     if out is None:
         if raw.dtype == np.float32:
@@ -80,11 +75,8 @@ _MADV_POPULATE_WRITE = 23  # Linux >= 5.14
 
 def prefault(a: np.ndarray) -> bool:
     """Fault in the pages of ``a`` (C-contiguous) without touching its values; False where the OS cannot.
-
-    A fresh result matrix costs a page fault per 4 KiB at its first write — on this VM about 2 s per GB
-    (the host backs guest memory on first touch), a sixth of a 1M-clip pooled read. ``madvise``'s
-    ``MADV_POPULATE_WRITE`` does that work in a helper thread (ctypes releases the GIL) ahead of the
-    pooling, and writes nothing, so it cannot race the rows being stored."""
+    A fresh matrix costs a page fault per 4 KiB at its first write; ``MADV_POPULATE_WRITE`` does that work in
+    a helper thread (ctypes releases the GIL) and writes nothing, so it cannot race the rows being stored."""
     import ctypes
     import sys
 
@@ -156,9 +148,8 @@ class _Prepared:
 
 
 def _read_rows(ds: Any, a: int, b: int, out: np.ndarray | None) -> np.ndarray:
-    """Rows ``a:b`` of ``ds`` in its stored dtype, into ``out`` (a reused buffer) when given.
-
-    Read at h5py's low level: its ``ds[a:b]`` and ``read_direct`` cost several times the read itself."""
+    """Rows ``a:b`` of ``ds`` in its stored dtype, into ``out`` (a reused buffer) when given; read at h5py's
+    low level, as its ``ds[a:b]`` and ``read_direct`` cost several times the read itself."""
     from h5py import h5s
 
     shape = (b - a, *ds.shape[1:])
@@ -246,12 +237,10 @@ def iter_blocks(
     reuse: bool = False,
 ) -> Iterator[Block]:
     """Blocks of every live shard's kept clips, in the store's clip order (see the module doc).
-
     ``reuse``: a block's arrays are recycled two blocks later, so it is valid only until the next one is
     asked for (``pool_blocks`` keeps nothing of it; the page faults of fresh arrays cost more than the copy)."""
-    # The checksum runs in a helper thread (zlib and hashlib release the GIL); one worker keeps the updates
-    # in order. The next block is read, queued for hashing and widened before this one's check is waited
-    # for and it is handed out, so the hasher always has work while this thread reads, widens and pools.
+    # One hashing worker keeps the updates in order (zlib and hashlib release the GIL). The next block is
+    # read, queued for hashing and widened before this one's check is waited for, so the hasher never idles.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vidprobe-checksum") as hasher:
         ahead: _Prepared | None = None
         for nxt in _prepare(shards, store, hasher, check, timestamps, block or BLOCK_FRAMES, reuse):
@@ -279,7 +268,6 @@ def pool_blocks(
 ) -> np.ndarray:
     """(N, D') float32 from streamed blocks: ``pool.batch(frames, offsets)`` per block when the pooling has
     one (``pipeline.probe.pooling.Pooling``), else ``pool(frames)`` per clip. Only the result is kept.
-
     ``digest``: fed the result's rows in order, in a helper thread as they are pooled (the pooled cache's
     checksum, so writing the cache does not hash the whole matrix again afterwards). ``sink(lo, rows)``: called
     in that thread too with each block's finished rows (``cache.PooledWriter`` writes them to the cache file).

@@ -1,18 +1,12 @@
 """``vidprobe verify`` and ``vidprobe compact``: check a store shard by shard, and merge its shards.
 
-Verify trusts nothing the reader assumes: every finished shard must open, carry the store's identity,
-match the checksum of every dataset (shards written before checksums existed are noted), have
-consistent offsets and lengths, as many frames per clip as the sampling identity allows (uniform:
-exactly ``num_frames``), timestamps in order within each clip (a shifted offset breaks both), no
-duplicate clip (within or across shards) and only finite values; it notes clips of a video file since
-replaced and extracted again (readers leave them out, see ``sources``). Compaction runs verify first and
-refuses a store that fails it, so it never launders damage into a clean-looking shard.
+Verify trusts nothing the reader assumes (what it checks: docs/store-format.md; a shifted offset breaks
+both the frame counts and the timestamp order). Compaction runs verify first and refuses a store that
+fails it, so it never launders damage into a clean-looking shard.
 
-Compaction writes all live clips into one new shard by the same tmp → fsync → rename path as
-extraction (dropping those replaced clips, keeping every clip's video file fingerprint); that rename is the
-commit point — the new shard names the shards it replaces
-(``compacted_from``), so readers ignore them even if a crash leaves them behind, and the next
-compaction deletes them.
+Compaction writes all live clips into one new shard by the same tmp → fsync → rename path as extraction;
+that rename is the commit point — the new shard names the shards it replaces (``compacted_from``), so
+readers ignore them even if a crash leaves them behind, and the next compaction deletes them.
 """
 
 from __future__ import annotations

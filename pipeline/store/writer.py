@@ -87,12 +87,10 @@ def write_shard(
     """Write one shard as ``final.tmp``, fsync, rename to ``final``: the only way shards come to be.
 
     ``clips`` holds offset/video/start/end/label/split, ``failures`` path/start/end/stage/error/time; both may
-    hold ``SOURCE_COLUMNS`` (each record's video file fingerprint, see ``layout``), written when given;
+    hold ``SOURCE_COLUMNS`` (each record's video file fingerprint), written when given;
     ``fill(embedding_ds, timestamp_ds)`` writes the (n_frames, D) frames so a caller can stream them.
-    ``warnings`` (video, message) go into ``warnings/video|message`` (only when there are any): what the
-    decoder worked around for clips of this shard, kept with them across runs (see ``layout``).
-    Every dataset's checksum goes into the ``checksums`` attribute (see ``layout``). A full disk or a
-    read-only folder raises one ``StoreError`` naming the shard and leaves no ``.tmp`` behind.
+    ``warnings`` (video, message): what the decoder worked around for clips of this shard, kept with them
+    across runs. A full disk or a read-only folder raises one ``StoreError`` and leaves no ``.tmp`` behind.
     """
     if compression not in COMPRESSIONS:
         raise StoreError(f"compression={compression!r}: allowed values are {', '.join(COMPRESSIONS)}")
@@ -162,7 +160,6 @@ class _Pending:
 
 class ShardWriter:
     """Buffers finished clips and writes them as whole shard files (tmp → fsync → rename).
-
     Writing a shard in one go keeps a half-written shard impossible to observe, and buffering bounds
     the loss from a kill to ``shard_size`` clips. Embeddings are stored in the store's ``dtype``;
     ``compression`` (none|gzip|lzf) is lossless and chosen per writer. ``tag`` names the lock scope

@@ -14,12 +14,10 @@ NEG = -1e9  # attention score of a padded frame (finite: an all-masked row canno
 TREND_SLOPE_SCALE = 0.25  # of the trend readout's slope: a quarter of the fitted change over the whole clip
 INPUTS = ("delta", "residual", "frames")  # what a temporal head reads per frame (inputs.input_features)
 PRECISIONS = ("auto", "fp32", "bf16")  # of the training steps' matrix products (train.train_precision)
-# components=auto: standardise each dimension on sets of fewer than AUTO_CLIPS_PER_DIM clips per embedding
-# dimension whose full-width inputs (float32) take at most AUTO_FULL_INPUT_BYTES, else PCA-whiten onto
-# AUTO_COMPONENTS directions. On small sets whitening amplifies the directions a few hundred clips cannot
-# estimate (demo how-task, attn: per dimension clearly above whitened onto 64; docs/performance.md); on big ones
-# the covariance is well estimated and full width costs (3 x D) / (3 x 64) times the input product's work,
-# or does not fit at all (1M clips x 8 frames x 3 x 1280 floats = 123 GB).
+# components=auto: standardise each dimension on sets of fewer than AUTO_CLIPS_PER_DIM clips per dimension whose
+# full-width float32 inputs take at most AUTO_FULL_INPUT_BYTES (whitening amplifies the directions a few hundred
+# clips cannot estimate), else PCA-whiten onto AUTO_COMPONENTS directions (full width costs (3 x D) / (3 x 64)
+# times the input product's work, or does not fit at all). Measured: docs/performance.md.
 AUTO_CLIPS_PER_DIM = 4
 AUTO_FULL_INPUT_BYTES = 1 << 30
 AUTO_COMPONENTS = 64
@@ -35,20 +33,17 @@ class TemporalSettings:
     # per frame, its deviation from the clip mean + its step from the previous frame + the clip mean (delta),
     # without the step (residual), or the frame itself (frames)
     inputs: str = field(default="delta", metadata=rule(choices=INPUTS))
-    # inputs PCA-whitened onto this many directions (per part); 0 = standardise each dimension;
-    # auto = 0 on small sets (fewer than 4 clips per dimension, inputs within 1 GiB), else 64 (resolve_components)
+    # inputs PCA-whitened onto this many directions (per part); 0 = standardise each dimension; auto: see above
     components: int | str = field(default=AUTO, metadata=rule(min=0, auto=True))
     width: int = field(default=64, metadata=rule(min=1))  # attn: embedding width; gru: hidden units
-    # add a linear readout of each clip's mean input and its slope over time to the logits (the trend
-    # pooling's linear probe inside the head; demo how-task, attn: 0.872 -> 0.925 over 5 seeds, performance.md)
+    # add a linear readout of each clip's mean input and its slope over time to the logits (``clip_trend``)
     trend: bool = True
     # learning rates and weight decays swept together on val (one batched model)
     lrs: tuple[float, ...] = field(default=(3e-3, 1e-3, 3e-4), metadata=rule(gt=0, finite=True, nonempty=True))
     wds: tuple[float, ...] = field(default=(0.01, 0.1, 0.4), metadata=rule(min=0, nonempty=True))
     epochs: int = field(default=80, metadata=rule(min=1))  # most epochs (early stopping on val)
     batch_size: int = field(default=64, metadata=rule(min=1))  # clips per step
-    # attn: in the MLP and on the pooled queries; gru: on the frames and the final state. 0.3 (with 80 epochs and
-    # early_stop 20) was chosen on demo seeds 0-2 (val and test) and checked on seeds 3-4: docs/performance.md
+    # attn: in the MLP and on the pooled queries; gru: on the frames and the final state (chosen: performance.md)
     dropout: float = field(default=0.3, metadata=rule(min=0, lt=1))
     # each cached frame left out of a training clip with this probability (augmentation)
     frame_dropout: float = field(default=0.1, metadata=rule(min=0, lt=1))

@@ -5,10 +5,8 @@ cross-attention block (+ MLP, ratio 4), after ``depth - 1`` self-attention block
 linear layer on the concatenated queries. Frame positions are learned embeddings of *clip-relative time*
 (``TimeEmbedding``, interpolated between ``bins`` learned vectors), so any T and any sampling work; a
 mask leaves out padding. ``GRUHead`` is the recurrent head of the transfer-learning articles: a GRU over
-the frames (both directions by default), then linear on the last hidden states. With ``trend`` (the default
-setting) either head adds a linear readout of each clip's mean input and its slope over time
-(``clip_trend``) to its logits: the linear probe that ``trend`` pooling + logreg is, inside the head, so the
-attention or the recurrence only has to learn what a linear function of the clip's trend misses.
+the frames (both directions by default), then linear on the last hidden states. Either adds the ``trend``
+readout (``clip_trend``; why: docs/heads.md#heads-that-learn-time).
 
 These modules are the reference, and the sweep's initial weights and parameter names: ``predictor`` runs
 the same arithmetic without torch, and ``batched`` (the sweep's training forward for many candidates at
@@ -29,9 +27,8 @@ from .arch import NEG, TREND_SLOPE_SCALE
 
 
 def clip_trend(x: torch.Tensor, t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """(B, 2D) each clip's mean input and the least-squares slope of its inputs over clip-relative time.
-
-    What the ``trend`` readout reads (the ``trend`` pooling of the head's inputs). The slope is scaled by
+    """(B, 2D) each clip's mean input and the least-squares slope of its inputs over clip-relative time:
+    what the ``trend`` readout reads (the ``trend`` pooling of the head's inputs). The slope is scaled by
     ``TREND_SLOPE_SCALE``, which keeps it of the order of the standardised inputs; a clip with one real
     frame has slope 0."""
     m = mask[..., None].to(x.dtype)
