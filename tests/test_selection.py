@@ -15,7 +15,7 @@ from pipeline.config import load_config
 from pipeline.data.manifest import load_manifest
 from pipeline.data.splits import SplitSpec, video_group
 from pipeline.errors import ConfigError
-from pipeline.extract.local import extract
+from pipeline.extract.entry import extract
 from pipeline.probe.heads import selection
 from pipeline.probe.heads.fitting import fit_head
 from pipeline.probe.heads.settings import HeadConfig
@@ -42,10 +42,10 @@ def stores(tmp_path_factory, effnet) -> dict[str, Path]:
         for j in range(2 if label != "c" else 1):
             _video(videos, label, kind, j)
     cfg = load_config(None, list(WINDOWS))
-    extract(load_manifest(videos), root / "five", cfg, encoder=effnet, progress=False)
+    extract(load_manifest(videos), root / "five", cfg, encoders=[effnet], progress=False)
     shutil.copytree(root / "five", root / "six")
     _video(videos, "c", 2, 1)
-    extract(load_manifest(videos), root / "six", cfg, encoder=effnet, progress=False)  # only the new video
+    extract(load_manifest(videos), root / "six", cfg, encoders=[effnet], progress=False)  # only the new video
     return {"five": root / "five", "six": root / "six"}
 
 
@@ -175,3 +175,24 @@ def test_few_shot_cv_runs_over_the_shots_and_enough_val_still_chooses() -> None:
     assert val.selection is not None and val.selection["how"] == "val" and val.selection["n"] == 27
     one = fit_head(HeadConfig(kind="knn", ks=(3,)), X, y, groups=g)  # one candidate: nothing to choose
     assert one.selection is not None and one.selection["how"] == "fixed" and one.warnings == []
+
+
+def test_train_says_how_it_chose_warns_and_strict_refuses(stores, tmp_path, capsys) -> None:
+    from pipeline.cli import main
+
+    head = tmp_path / "h.npz"
+    args = ["train", str(stores["six"]), "-o", str(head), "--head", "knn", "--val-fraction", "0.25"]
+    assert main([*args, "--test-fraction", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "chosen: by 2-fold cross-validation grouped by video on 36 training clips" in out
+    five = ["train", str(stores["five"]), "--head", "knn", "--val-fraction", "0.25", "--test-fraction", "0"]
+    assert main([*five, "-o", str(tmp_path / "f.npz")]) == 0
+    captured = capsys.readouterr()
+    assert "chosen: not chosen, fixed:" in captured.out
+    (warning,) = [line for line in captured.err.splitlines() if "hyperparameters not chosen" in line]
+    assert warning.startswith("vidprobe train: warning:") and "(c)" in warning
+    shots = [*five, "--shots", "10", "-o", str(tmp_path / "s.npz")]
+    assert main(shots) == 0 and "shots=10" in capsys.readouterr().err
+    assert main([*shots, "--strict"]) == 2
+    err = capsys.readouterr().err
+    assert "shots=10" in err and "Traceback" not in err

@@ -64,6 +64,11 @@ def add_train(sub: Any) -> None:
     )
     p.add_argument("--shot-seed", type=int, default=0, help="seed of the few-shot draw (default 0)")
     p.add_argument(
+        "--strict",
+        action="store_true",
+        help="a class with fewer training clips than --shots is an error, not a warning",
+    )
+    p.add_argument(
         "--solver",
         default="torch",
         choices=SOLVERS,
@@ -135,7 +140,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.repeats < 1:
         raise ConfigError(f"--repeats {args.repeats}: must be >= 1 (fits over consecutive split seeds)")
     head = HeadConfig.from_dict(settings)
-    out = train_head(args.store, args.output, head=head, pool=args.pool, split=split, repeats=args.repeats)
+    out = train_head(
+        args.store, args.output, head=head, pool=args.pool, split=split, repeats=args.repeats, strict=args.strict
+    )
+    for line in out["warnings"]:
+        print(f"vidprobe train: warning: {line}", file=sys.stderr)
     if args.json:
         print_json(out)
         return EXIT_OK
@@ -152,6 +161,8 @@ def _print_train(args: argparse.Namespace, out: dict[str, Any]) -> None:
         f"train={out['n_train']}{f' ({args.shots}-shot)' if args.shots else ''} val={out['n_val']} "
         f"test={out['n_test']} classes={len(out['classes'])}"
     )
+    if out["selection"]:
+        print(f"chosen: {_selection(out['selection'])}")
     if "test" in out:
         m = out["test"]
         print(f"test: {_scores(m)}")
@@ -166,6 +177,16 @@ def _print_train(args: argparse.Namespace, out: dict[str, Any]) -> None:
         f"{out['head']} fit {sec['fit']:.1f} s{f' over {fits} fits' if fits else ''}, test {sec['test']:.1f} s)"
     )
     print(f"saved {args.output} (+ {Path(args.output).with_suffix('.json').name})")
+
+
+def _selection(sel: dict[str, Any]) -> str:
+    """How the hyperparameter was chosen, in words: on val, by grouped k-fold CV, or fixed (and why)."""
+    score = f", top1 {sel['score']:.3f}" if sel.get("score") is not None else ""
+    if sel["how"] == "val":
+        return f"on the validation split ({sel['n']} clips{score})"
+    if sel["how"] == "cv":
+        return f"by {sel['k']}-fold cross-validation grouped by video on {sel['n']} training clips{score}"
+    return f"not chosen, fixed: {sel['reason']}"
 
 
 def _interval(name: str, ci: dict[str, Any] | None) -> str:
