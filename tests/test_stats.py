@@ -125,11 +125,11 @@ def test_compare_to_best_marks_ties_and_clear_losses(grouped: bool) -> None:
     rng = np.random.default_rng(4)
     best, groups = _videos(rng, 1000, 3 if grouped else 1, 0.85)
     rows = {"same": best.copy(), "best": best, "worse": best * (rng.random(len(best)) > 0.2)}
-    out = compare_to_best(rows, groups if grouped else None, n_boot=500)
+    out = compare_to_best(rows, groups if grouped else None)
     assert out["same"]["best"] and out["same"]["tie"]  # the first of equal rows is the best
     assert not out["best"]["best"] and out["best"]["tie"] and out["best"]["diff"] == 0
     assert not out["worse"]["tie"] and out["worse"]["diff"] < 0
-    assert out["worse"]["method"] == ("bootstrap" if grouped else "mcnemar")
+    assert out["worse"]["method"] == ("sign-flip" if grouped else "mcnemar")
 
 
 def _grouped_labels(rng: np.random.Generator, videos_per_class: list[int]):
@@ -181,3 +181,25 @@ def test_plan_selection() -> None:
     lonely_pool = np.concatenate([pool, ["class9"]])
     plan = plan_selection(thin, lonely_pool, np.concatenate([groups, ["only"]]))
     assert plan.how == "fixed" and plan.classes == ("class9",) and "one video" in plan.reason
+
+
+def test_sign_flip_test_is_exact_with_few_videos_and_holds_its_level() -> None:
+    from pipeline.probe.stats import sign_flip_test
+
+    groups = np.repeat(np.arange(6), 4)
+    a = np.ones(24, bool)
+    b = a.copy()
+    b[[0, 4, 8]] = False  # one clip wrong in 3 of 6 videos: 2 of the 2^3 sign patterns are as extreme
+    assert sign_flip_test(a, b, groups) == 0.25
+    assert sign_flip_test(a, a, groups) == 1.0
+    # one clip per video: McNemar's exact test
+    rng = np.random.default_rng(2)
+    x, y = rng.random(40) > 0.3, rng.random(40) > 0.5
+    assert np.isclose(sign_flip_test(x, y, np.arange(40)), mcnemar_exact(x, y))
+    # two equally good rows on correlated clips (12 videos x 5 clips): "not a tie" in <= 7 % of 400 draws
+    rejections = 0
+    for seed in range(400):
+        r = np.random.default_rng(seed)
+        skill = np.repeat(r.uniform(0.3, 0.95, 12), 5)
+        rejections += sign_flip_test(r.random(60) < skill, r.random(60) < skill, np.repeat(np.arange(12), 5)) < 0.05
+    assert rejections <= 28

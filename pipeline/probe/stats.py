@@ -23,6 +23,7 @@ __all__ = [
     "DEFAULT_FOLDS",
     "DEFAULT_LEVEL",
     "DEFAULT_N_BOOT",
+    "EXACT_SIGN_FLIPS",
     "MIN_VAL_CLIPS",
     "MIN_VAL_PER_CLASS",
     "SelectionPlan",
@@ -34,6 +35,7 @@ __all__ = [
     "paired_bootstrap",
     "plan_selection",
     "score_interval",
+    "sign_flip_test",
     "wilson_interval",
 ]
 
@@ -260,22 +262,54 @@ def paired_bootstrap(
     return diff, float(lo), float(hi), p
 
 
+EXACT_SIGN_FLIPS = 16  # up to this many videos that differ, every sign pattern is enumerated (65,536)
+
+
+def sign_flip_test(
+    correct_a: np.ndarray,
+    correct_b: np.ndarray,
+    groups: Sequence[Hashable] | np.ndarray,
+    *,
+    n_perm: int = 20000,
+    seed: int = 0,
+) -> float:
+    """Two-sided p of "a and b are equally accurate", flipping the sign of each video's difference.
+
+    Under the null a video's (a - b) is as likely negative as positive, whatever the correlation of its
+    clips, so the test holds its level with a handful of videos, where a bootstrap's does not. Exact up to
+    EXACT_SIGN_FLIPS videos that differ; beyond, ``n_perm`` random patterns. With one clip per video it is
+    McNemar's exact test.
+    """
+    a, b = np.asarray(correct_a, float), np.asarray(correct_b, float)
+    _check_lengths(a, b, groups)
+    g, G = _codes(groups)
+    d = _unit_sums(a - b, g, G)[0]
+    d = d[np.abs(d) > 1e-12]
+    if not len(d):
+        return 1.0
+    observed = abs(d.sum()) - 1e-9
+    if len(d) <= EXACT_SIGN_FLIPS:
+        bits = (np.arange(1 << len(d))[:, None] >> np.arange(len(d))) & 1
+        return float(np.mean(np.abs((1 - 2 * bits) @ d) >= observed))
+    signs = np.random.default_rng(seed).choice((-1.0, 1.0), size=(n_perm, len(d)))
+    return float((1 + np.sum(np.abs(signs @ d) >= observed)) / (1 + n_perm))
+
+
 def compare_to_best(
     rows: dict[str, np.ndarray],
     groups: Sequence[Hashable] | np.ndarray | None = None,
     *,
     level: float = DEFAULT_LEVEL,
-    n_boot: int = DEFAULT_N_BOOT,
     seed: int = 0,
 ) -> dict[str, dict[str, Any]]:
     """Each row (name -> per-clip 0/1 correct, all on the same test clips) against the most accurate one:
     ``{"diff": acc - best acc, "p", "tie": p >= 1 - level, "best", "method"}``.
 
-    Paired, because both rows score the same clips: clip difficulty cancels, so a paired test sees
-    differences that two separate intervals (which overlap) hide. McNemar's exact test where every clip is
-    its own video; where videos give several clips their results are correlated and McNemar's p would be
-    too small, so the paired bootstrap over videos. No correction for the number of rows, and the best is
-    picked after looking: a "tie" is the honest label, a "not a tie" is a first screen, not proof.
+    Paired, because both rows score the same clips: clip difficulty cancels, so a paired test sees differences that
+    two separate intervals (which overlap) hide. McNemar's exact test where every clip is its own video; where
+    videos give several clips their results are correlated and McNemar's p would be too small, so the sign-flip test
+    over videos (exact for few videos, where a bootstrap's p is too small). No correction for the number of rows,
+    and the best is picked after looking: a "tie" is the honest label, a "not a tie" is a first screen, not proof.
     The first row of the highest accuracy is the best.
     """
     if not rows:
@@ -294,8 +328,7 @@ def compare_to_best(
             p, method = mcnemar_exact(rows[name], rows[best]), "mcnemar"
         else:
             assert groups is not None
-            p = paired_bootstrap(rows[name], rows[best], groups, level=level, n_boot=n_boot, seed=seed)[3]
-            method = "bootstrap"
+            p, method = sign_flip_test(rows[name], rows[best], groups, seed=seed), "sign-flip"
         out[name] = {"diff": acc[name] - acc[best], "p": p, "tie": p >= 1 - level, "best": False, "method": method}
     return out
 
