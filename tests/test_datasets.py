@@ -162,3 +162,25 @@ def test_few_shot_draws() -> None:
     assert np.array_equal(a, few_shot(labels, videos, train, 4, seed=0))
     assert not np.array_equal(a, few_shot(labels, videos, train, 4, seed=1))
     assert len(few_shot(labels, videos, train, 50, seed=0)) == len(videos)  # fewer than k: all of them
+
+
+def test_splits_name_the_classes_a_split_lacks():
+    # class "c" has 2 videos: one goes to test, the other stays in train, so val cannot hold it
+    labels = ["a"] * 10 + ["b"] * 10 + ["c"] * 2
+    videos = [f"{lab}/{i}.mp4" for i, lab in enumerate(labels)]
+    sp = make_splits(labels, [""] * len(labels), videos, seed=0, val_fraction=0.2, test_fraction=0.2)
+    missing = sp.missing()
+    assert missing == {"val": ["c"]}
+    assert {labels[i] for i in sp.test} == {"a", "b", "c"}
+    full = make_splits(["a"] * 10 + ["b"] * 10, [""] * 20, [f"v{i}" for i in range(20)], seed=0)
+    assert full.missing() == {}
+
+
+def test_short_of_shots_names_classes_below_k():
+    from pipeline.data.splits import short_of_shots
+
+    labels = ["a"] * 5 + ["b"] * 2 + ["c"] * 12
+    train = np.arange(len(labels))
+    assert short_of_shots(labels, train, 4) == {"b": 2}
+    assert short_of_shots(labels, train, 6) == {"a": 5, "b": 2}
+    assert short_of_shots(labels, train, 1) == {}

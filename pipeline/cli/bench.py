@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .common import EXIT_OK, EXIT_PARTIAL, add_device, add_json, add_quiet, command, print_json
+from .common import EXIT_OK, EXIT_PARTIAL, add_device, add_json, add_quiet, add_repeats, command, print_json
 
 
 def add_benchmark(sub: Any) -> None:
@@ -15,6 +15,12 @@ def add_benchmark(sub: Any) -> None:
         "-o", "--output", metavar="DIR", help="results folder (default: the config's output, else bench-out/NAME)"
     )
     add_device(p, "device for the logreg solver and zero-shot text towers (default: each head's setting, auto)")
+    add_repeats(
+        p,
+        "refit every full-data row on the split seeds seed .. seed+K-1 and report mean ± std (default: the "
+        "config's repeats, else 1; with a manifest's splits only the head seed changes)",
+        default=None,
+    )
     add_json(p, "the summary")
     add_quiet(p, "lines")
 
@@ -29,7 +35,11 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     if args.device is not None:
         check_device(args.device, "--device")
     summary = run_benchmark(
-        args.config, args.output, say=(lambda _: None) if args.quiet or args.json else print, device=args.device
+        args.config,
+        args.output,
+        say=(lambda _: None) if args.quiet or args.json else print,
+        device=args.device,
+        repeats=args.repeats,
     )
     if args.json:
         print_json(summary)

@@ -37,6 +37,11 @@ def add_quiet(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help=f"no progress {what}")
 
 
+def add_repeats(p: argparse.ArgumentParser, help: str, default: int | None = 1) -> None:
+    """``--repeats K``: fits over the split seeds seed .. seed+K-1 (``probe/repeats.py``)."""
+    p.add_argument("--repeats", type=int, default=default, metavar="K", help=help)
+
+
 def add_device(p: argparse.ArgumentParser, help: str = DEVICES, **kwargs: Any) -> None:
     p.add_argument("--device", help=help, **kwargs)
 
@@ -62,5 +67,8 @@ def add_dataset_split(p: argparse.ArgumentParser, help: str) -> None:
 
 
 def print_json(doc: Any) -> None:
-    json.dump(doc, sys.stdout, indent=2, default=str)
+    """``doc`` as strict JSON: NaN and infinities become null (``report.finite``)."""
+    from ..probe.report import finite
+
+    json.dump(finite(doc), sys.stdout, indent=2, default=str, allow_nan=False)
     sys.stdout.write("\n")

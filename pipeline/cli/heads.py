@@ -17,6 +17,7 @@ from .common import (
     add_device,
     add_head_file,
     add_json,
+    add_repeats,
     add_store,
     add_trust,
     command,
@@ -63,6 +64,11 @@ def add_train(sub: Any) -> None:
     )
     p.add_argument("--shot-seed", type=int, default=0, help="seed of the few-shot draw (default 0)")
     p.add_argument(
+        "--strict",
+        action="store_true",
+        help="a class with fewer training clips than --shots is an error, not a warning",
+    )
+    p.add_argument(
         "--solver",
         default="torch",
         choices=SOLVERS,
@@ -75,6 +81,12 @@ def add_train(sub: Any) -> None:
         metavar="TEMPLATE",
         help="zeroshot prompt template with {label}; repeat to ensemble (default: 'a video of a person {label}.')",
     )
+    _add_split_options(p)
+    add_json(p, "results")
+
+
+def _add_split_options(p: argparse.ArgumentParser) -> None:
+    """Which clips ``train`` fits and tests on: the split's source and seed, its fractions, and repeats."""
     p.add_argument(
         "--splits-from",
         metavar="SOURCE",
@@ -97,7 +109,11 @@ def add_train(sub: Any) -> None:
     p.add_argument(
         "--test-fraction", type=float, default=0.2, help="share held out for testing when the manifest has no splits"
     )
-    add_json(p, "results")
+    add_repeats(
+        p,
+        "also refit on the split seeds seed+1 .. seed+K-1 and report mean ± std of the test scores beside the "
+        "interval (with a manifest's splits only the head seed changes); the head saved is the first seed's",
+    )
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -121,10 +137,22 @@ def cmd_train(args: argparse.Namespace) -> int:
     split = SplitSpec(
         **pick(args, "seed", "val_fraction", "test_fraction", "shots", "shot_seed"), splits_from=splits_from
     ).validate()
-    out = train_head(args.store, args.output, head=HeadConfig.from_dict(settings), pool=args.pool, split=split)
+    if args.repeats < 1:
+        raise ConfigError(f"--repeats {args.repeats}: must be >= 1 (fits over consecutive split seeds)")
+    head = HeadConfig.from_dict(settings)
+    out = train_head(
+        args.store, args.output, head=head, pool=args.pool, split=split, repeats=args.repeats, strict=args.strict
+    )
+    for line in out["warnings"]:
+        print(f"vidprobe train: warning: {line}", file=sys.stderr)
     if args.json:
         print_json(out)
         return EXIT_OK
+    _print_train(args, out)
+    return EXIT_OK
+
+
+def _print_train(args: argparse.Namespace, out: dict[str, Any]) -> None:
     chosen = " ".join(
         f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in out["hparams"].items() if k != "example_prompt"
     )
@@ -133,9 +161,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"train={out['n_train']}{f' ({args.shots}-shot)' if args.shots else ''} val={out['n_val']} "
         f"test={out['n_test']} classes={len(out['classes'])}"
     )
+    if out["selection"]:
+        print(f"chosen: {_selection(out['selection'])}")
     if "test" in out:
         m = out["test"]
-        print(f"test: top1={m['top1']:.3f}{_top5(m)} mean-class={m['mean_class_acc']:.3f} (n={m['n']})")
+        print(f"test: {_scores(m)}")
+        for label in m["absent_classes"]:
+            print(f"note: no test clip of class {label}: its accuracy is not measured")
+    if "repeats" in out:
+        print(_repeats_line(out["repeats"]))
     sec = out["seconds"]
     fits = out["fit_info"].get("fits")
     print(
@@ -143,7 +177,47 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"{out['head']} fit {sec['fit']:.1f} s{f' over {fits} fits' if fits else ''}, test {sec['test']:.1f} s)"
     )
     print(f"saved {args.output} (+ {Path(args.output).with_suffix('.json').name})")
-    return EXIT_OK
+
+
+def _selection(sel: dict[str, Any]) -> str:
+    """How the hyperparameter was chosen, in words: on val, by grouped k-fold CV, or fixed (and why)."""
+    score = f", top1 {sel['score']:.3f}" if sel.get("score") is not None else ""
+    if sel["how"] == "val":
+        return f"on the validation split ({sel['n']} clips{score})"
+    if sel["how"] == "cv":
+        return f"by {sel['k']}-fold cross-validation grouped by video on {sel['n']} training clips{score}"
+    return f"not chosen, fixed: {sel['reason']}"
+
+
+def _interval(name: str, ci: dict[str, Any] | None) -> str:
+    """``top1=0.833 [0.70, 0.92]``: the score and its 95 % interval (no interval where nothing was scored)."""
+    if not ci or ci["value"] is None or ci["value"] != ci["value"]:
+        return f"{name}=—"
+    return f"{name}={ci['value']:.3f} [{ci['lo']:.2f}, {ci['hi']:.2f}]"
+
+
+def _scores(m: dict[str, Any]) -> str:
+    """A metrics record in one line: top-1 and mean-class with their 95 % intervals, top-5, n (videos)."""
+    ci = m["top1_ci"]
+    videos = f" ({ci['groups']} videos)" if ci["groups"] != ci["n"] else ""
+    return (
+        f"{_interval('top1', ci)}{_top5(m)} {_interval('mean-class', m['mean_class_ci'])} "
+        f"n={m['n']}{videos} (95 % interval: {ci['method']})"
+    )
+
+
+def _repeats_line(rep: dict[str, Any]) -> str:
+    """The spread over repeated fits: ``repeats: top1 0.812 ± 0.031 ... over seeds 0-4``."""
+    seeds = rep["seeds"]
+    span = f"{seeds[0]}-{seeds[-1]}" if seeds else "none scored"
+    parts = [
+        f"{k.replace('_acc', '').replace('_', '-')} {rep[k]['mean']:.3f} ± {rep[k]['std']:.3f}"
+        for k in ("top1", "mean_class_acc")
+    ]
+    note = f" ({rep['note']})" if rep.get("note") else ""
+    return (
+        f"repeats: {', '.join(parts)} (mean ± std over {len(seeds)} of {rep['repeats']} fits, split seeds {span}){note}"
+    )
 
 
 def _top5(m: dict[str, Any]) -> str:
@@ -172,6 +246,11 @@ def add_evaluate(sub: Any) -> None:
     add_trust(p)
     p.add_argument("--split", default="test", choices=EVAL_SPLITS, help="which clips to score (default test)")
     p.add_argument("--confusion", metavar="PNG", help="also write a confusion-matrix plot")
+    add_repeats(
+        p,
+        "refused above 1: a saved head is one fit on one split (other seeds' test clips include its training "
+        "clips); train with --repeats K, whose spread evaluate then reports",
+    )
     add_json(p, "metrics")
 
 
@@ -184,6 +263,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"--confusion {args.confusion}: the plot is written as {', '.join(PLOT_SUFFIXES)}; "
             f"name the file e.g. {Path(args.confusion).with_suffix('.png').name}"
+        )
+    if args.repeats != 1:
+        raise ConfigError(
+            f"--repeats {args.repeats}: a saved head is one fit on one split; scoring it on other seeds' splits "
+            "would test it on clips it was trained on. Use `vidprobe train --repeats K` (evaluate reports its spread)"
         )
     out = evaluate_head(args.store, args.head, split=args.split, trust=args.trust)
     if out["unseen_classes"]:
@@ -200,7 +284,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         print_json(out)
         return EXIT_OK
-    print(f"{args.split}: n={out['n']} top1={out['top1']:.3f}{_top5(out)} mean-class={out['mean_class_acc']:.3f}")
+    print(f"{args.split}: {_scores(out)}")
+    for label in out["absent_classes"]:
+        print(f"note: no {args.split} clip of class {label}: its accuracy is not measured")
+    if "train_repeats" in out:
+        print(f"training {_repeats_line(out['train_repeats'])}")
     print(f"  {'class':30s} {'prec':>6s} {'recall':>6s} {'f1':>6s} {'n':>5s}")
     for label, r in sorted(out["report"].items()):
         if r["support"]:

@@ -78,6 +78,18 @@ class Splits:
     val: np.ndarray
     test: np.ndarray
     source: str  # "manifest", "manifest+carved-val" or "random(seed=...)"
+    labels: Sequence[str] = ()  # every clip's label (what ``missing`` is computed from)
+
+    def missing(self) -> dict[str, list[str]]:
+        """Per non-empty split, the classes that have clips elsewhere but none there.
+
+        A class with too few videos cannot be on every side while its videos stay whole; the caller names it.
+        """
+        sides = {"train": self.train, "val": self.val, "test": self.test}
+        present = {name: {self.labels[i] for i in idx} for name, idx in sides.items() if len(idx)}
+        every = set().union(*present.values())
+        gaps = {name: sorted(every - have) for name, have in present.items()}
+        return {name: classes for name, classes in gaps.items() if classes}
 
 
 def _stratified_groups(
@@ -134,18 +146,18 @@ def make_splits(
         if train.size == 0:
             if require_train:
                 raise ConfigError("the manifest's splits name no 'train' clips")
-            return Splits(train, val, test, source)
+            return Splits(train, val, test, source, labels)
         if val.size == 0:
             train, val = _stratified_groups(labels, videos, train, val_fraction, rng)
             source = "manifest+carved-val"
-        return Splits(train, val, test, source)
+        return Splits(train, val, test, source, labels)
     rest, test = (
         _stratified_groups(labels, videos, labeled, test_fraction, rng)
         if test_fraction > 0
         else (labeled, np.array([], int))
     )
     train, val = _stratified_groups(labels, videos, rest, val_fraction / max(1e-9, 1 - test_fraction), rng)
-    return Splits(train, val, test, f"random(seed={seed})")
+    return Splits(train, val, test, f"random(seed={seed})", labels)
 
 
 def few_shot(labels: Sequence[str], videos: Sequence[str], train: np.ndarray, shots: int, seed: int) -> np.ndarray:
@@ -170,6 +182,14 @@ def few_shot(labels: Sequence[str], videos: Sequence[str], train: np.ndarray, sh
         taken = set(first)
         chosen += (first + [int(i) for i in idx if int(i) not in taken])[:shots]
     return np.array(sorted(chosen), dtype=int)
+
+
+def short_of_shots(labels: Sequence[str], train: np.ndarray, shots: int) -> dict[str, int]:
+    """Classes whose training clips number fewer than ``shots``, with how many they have (what ``few_shot`` used)."""
+    counts: dict[str, int] = {}
+    for i in train:
+        counts[labels[i]] = counts.get(labels[i], 0) + 1
+    return {label: n for label, n in sorted(counts.items()) if n < shots}
 
 
 def resplit(keys: Sequence[tuple[str, float, float]], assignment: Mapping[tuple[str, float, float], str]) -> list[str]:

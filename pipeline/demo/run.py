@@ -20,7 +20,7 @@ from ..extract.entry import extract
 from ..probe.benchmark import BenchmarkConfig, StoreEntry, find_details, run_grid, write_results
 from ..probe.heads.settings import HeadConfig
 from ..probe.pooling import is_order_aware
-from ..probe.report import plot_accuracy_bars, plot_confusion
+from ..probe.report import finite, plot_accuracy_bars, plot_confusion
 from ..probe.sequences import SEQUENCE_POOL
 from .videos import build_demo_videos, build_time
 
@@ -61,7 +61,7 @@ def run_demo(
     lesson = _lesson(rows)
     print(lesson)
     record = {"rows": rows, "lesson": lesson, "seconds": time.perf_counter() - t0}
-    (report / "summary.json").write_text(json.dumps(record, indent=2, default=str), encoding="utf-8")
+    (report / "summary.json").write_text(json.dumps(finite(record), indent=2, default=str), encoding="utf-8")
     print(f"report: {report}/results.md, accuracy-*.png, confusion-*.png  ({time.perf_counter() - t0:.0f} s)")
     return rows
 

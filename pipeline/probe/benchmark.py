@@ -3,8 +3,9 @@
 One YAML file names the stores (one per dataset and encoder), the poolings, the heads and the
 few-shot protocol; the run writes ``results.csv`` (one row per fit, with the store, its encoder and
 weights, the head settings, the chosen hyperparameter, the seeds and the split it used: every figure
-can be traced and re-run), ``results.md`` (tables), ``details.jsonl`` (per-class reports and confusion
-matrices), ``benchmark.json`` (the config and versions) and plots (accuracy bars, few-shot curves).
+can be traced and re-run), ``results.md`` (tables; every fit's 95 % interval and whether a paired test can tell it from
+the best fit of its task, ``compare.mark_ties``), ``details.jsonl`` (per-class reports, confusion matrices and
+each test clip's result), ``benchmark.json`` (the config and versions) and plots (accuracy bars, few-shot curves).
 Nothing is extracted here: features come from the stores, so a benchmark re-runs in minutes.
 
 The config keys, with an example of each: ``configs/demo-bench.yaml`` and docs/benchmarks.md.
@@ -22,26 +23,41 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ..config import build, check_known, read_yaml_mapping, rule
 from ..data.splits import SplitsFrom, SplitSpec
 from ..errors import ConfigError, VidprobeError
 from ..store import PROVENANCE_FILE, open_store
 from ..versions import versions
+from .compare import COMPARE_KEY, mark_ties
 from .heads.registry import head_kind
 from .heads.settings import HeadConfig
-from .pooling import get_pool, is_order_aware
-from .report import markdown_table, plot_accuracy_bars, plot_confusion, plot_fewshot, write_csv
+from .pooling import get_pool
+from .repeats import over_seeds, repeat_note, repeat_seeds
+from .report import finite, markdown_table, plot_accuracy_bars, plot_confusion, plot_fewshot, write_csv
 from .sequences import SEQUENCE_POOL, HeadInput
+from .tables import fewshot_summary, full_table, order_aware, vs_best_table
 from .train import fit_on_store, pooled_features
 
 # results.csv: which fit a row is, what it scored and chose, and what it takes to trace and re-run it.
 _WHICH = ("benchmark", "dataset", "encoder", "pool", "order_aware", "head", "shots", "shot_seed", "seed")
 _SCORED = ("top1", "top5", "mean_class_acc", "val_top1", "hparams", "n_train", "n_val", "n_test", "split_source")
+# how far the score could move with other test clips (95 %), and whether a paired test tells it from the best
+_TRUST = ("test_videos", "top1_lo", "top1_hi", "mean_class_lo", "mean_class_hi", "ci_method")
+_VS_BEST = ("best", "p_vs_best", "tie_best")
 _TRACE = ("fit_seconds", "status", "store", "encoder_spec", "weights_id", "sampling", "head_settings")
-CSV_COLUMNS = (*_WHICH, *_SCORED, *_TRACE)
-_TOP_KEYS = ("name", "output", "seed", "val_fraction", "test_fraction", "stores", "poolings", "heads", "fewshot")
+CSV_COLUMNS = (*_WHICH, *_SCORED, *_TRUST, *_VS_BEST, *_TRACE)
+_TOP_KEYS = (
+    "name",
+    "output",
+    "seed",
+    "repeats",
+    "val_fraction",
+    "test_fraction",
+    "stores",
+    "poolings",
+    "heads",
+    "fewshot",
+)
 
 
 @dataclass
@@ -72,6 +88,7 @@ class BenchmarkConfig:
     poolings: list[str]
     heads: list[HeadConfig]
     split: SplitSpec = field(default_factory=SplitSpec)  # seed, val_fraction, test_fraction (top-level keys)
+    repeats: int = 1  # full-data fits per (pool, head): split seeds seed .. seed+repeats-1
     fewshot_shots: list[int] = field(default_factory=list)
     fewshot_seeds: list[int] = field(default_factory=list)
     fewshot_heads: list[HeadConfig] = field(default_factory=list)
@@ -133,6 +150,7 @@ def _parse_benchmark(data: dict[str, Any], stem: str) -> BenchmarkConfig:
         poolings=poolings,
         heads=_heads(_list(data, "heads"), "heads"),
         split=SplitSpec.from_dict(data),
+        repeats=_repeats(data.get("repeats", 1)),
         fewshot_shots=shots,
         fewshot_seeds=list(fs.seeds if fs.seeds is not None else (0, 1, 2) if shots else ()),
         fewshot_heads=_heads(fs.heads if fs.heads is not None else ("logreg",) if shots else (), "fewshot.heads"),
@@ -146,6 +164,12 @@ def _parse_benchmark(data: dict[str, Any], stem: str) -> BenchmarkConfig:
             "fewshot.heads: zeroshot uses no training clips; list it under heads (it is drawn on the few-shot plot)"
         )
     return cfg
+
+
+def _repeats(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"repeats={value!r}: must be an integer >= 1 (fits per row over consecutive split seeds)")
+    return value
 
 
 def expand_stores(entries: list[StoreEntry]) -> list[StoreEntry]:
@@ -169,20 +193,10 @@ def _encoder_name(spec: str) -> str:
     return re.sub(r"(?:[^:@#]*/)+([^:@#/]+)", r"\1", spec)
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    a = np.asarray(values, float)
-    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
-
-
 def head_grid(poolings: list[str], heads: list[HeadConfig]) -> list[tuple[str, HeadConfig]]:
     """(pool, head) fits: every pooling x every pooled head, then each temporal head once on the frames."""
     grid = [(pool, h) for pool in poolings for h in heads if not head_kind(h.kind).temporal]
     return grid + [(SEQUENCE_POOL, h) for h in heads if head_kind(h.kind).temporal]
-
-
-def _order_aware(pool: str) -> bool:
-    """Whether a row's input keeps the frames' order: an order-aware pooling, or the frames themselves."""
-    return pool == SEQUENCE_POOL or is_order_aware(pool)
 
 
 def run_benchmark(
@@ -191,9 +205,13 @@ def run_benchmark(
     *,
     say: Callable[[str], None] = print,
     device: str | None = None,
+    repeats: int | None = None,
 ) -> dict[str, Any]:
-    """Run every (store × pooling × head) fit and the few-shot grid; write results; return a summary."""
+    """Run every (store × pooling × head) fit and the few-shot grid; write results; return a summary.
+    ``repeats``: overrides the config's."""
     cfg = config if isinstance(config, BenchmarkConfig) else load_benchmark_config(config)
+    if repeats is not None:
+        cfg = dataclasses.replace(cfg, repeats=_repeats(repeats))
     if device:
         from ..encoders.base import resolve_device
 
@@ -203,14 +221,14 @@ def run_benchmark(
     t_start = time.perf_counter()
     cfg = dataclasses.replace(cfg, stores=expand_stores(cfg.stores))
     grids = len(head_grid(cfg.poolings, cfg.heads)), len(head_grid(cfg.fewshot_poolings, cfg.fewshot_heads))
-    n_fits = len(cfg.stores) * (grids[0] + grids[1] * len(cfg.fewshot_shots) * len(cfg.fewshot_seeds))
+    n_fits = len(cfg.stores) * (grids[0] * cfg.repeats + grids[1] * len(cfg.fewshot_shots) * len(cfg.fewshot_seeds))
     say(f"benchmark {cfg.name}: {len(cfg.stores)} store(s), {n_fits} fits -> {out}")
     rows, details = run_grid(cfg, say=say, device=device)
     summary = write_results(cfg, out, rows, details)
     summary["seconds"] = time.perf_counter() - t_start
     record = {"config": cfg.raw, "name": cfg.name, "seconds": summary["seconds"], "versions": versions(*_VERSIONS)}
     record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    (out / "benchmark.json").write_text(json.dumps(record, indent=2, default=str), encoding="utf-8")
+    (out / "benchmark.json").write_text(json.dumps(finite(record), indent=2, default=str), encoding="utf-8")
     say(summary["markdown"])
     say(f"results: {out}/results.csv, results.md, details.jsonl, plots ({summary['seconds']:.0f} s)")
     return summary
@@ -219,8 +237,9 @@ def run_benchmark(
 def run_grid(
     cfg: BenchmarkConfig, *, say: Callable[[str], None] = print, device: str | None = None
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Every store's fits, the full-data grid then the few-shot one: the rows of results.csv, and the details
-    (classes, per-class report, confusion matrix) of each fit that scored."""
+    """Every store's fits, the full-data grid then the few-shot one: the rows of results.csv (each full-data
+    row marked against the best of its task, ``compare.mark_ties``), and the details (classes, per-class
+    report, confusion matrix, each test clip's result) of each fit that scored."""
     rows: list[dict[str, Any]] = []
     details: list[dict[str, Any]] = []
     for entry in cfg.stores:
@@ -234,6 +253,7 @@ def run_grid(
             continue
         rows += fits.run(say)
         details += fits.details
+    mark_ties(rows)
     return rows, details
 
 
@@ -256,48 +276,69 @@ class _StoreFits:
         self.details: list[dict[str, Any]] = []
 
     def run(self, say: Callable[[str], None]) -> list[dict[str, Any]]:
-        """The full-data grid (a line per fit), then the few-shot grid (a line per shots: mean ± std over seeds)."""
+        """The full-data grid (a line per fit; mean ± std where it repeats over split seeds), then the few-shot
+        grid (a line per shots: mean ± std over the draws' seeds)."""
         cfg, name = self.cfg, f"  {self.entry.dataset:12s} {self.base['encoder'][:24]:24s}"
-        rows = []
+        rows: list[dict[str, Any]] = []
         for pool, head in head_grid(cfg.poolings, cfg.heads):
-            rows.append(row := self.fit(head, pool))
-            say(f"{name} {pool:8s} {head.kind:8s} " + _scores(row))
+            fits, summary = over_seeds(
+                lambda s: self.fit(head, pool, seed=s), repeat_seeds(cfg.split.seed, cfg.repeats), _ok_scores
+            )
+            rows += fits
+            say(f"{name} {pool:8s} {head.kind:8s} " + _scores(fits[0]))
+            if cfg.repeats > 1:
+                say(f"{name} {pool:8s} {head.kind:8s} " + _spread(summary, fits[0], "repeats"))
         for pool, head in head_grid(cfg.fewshot_poolings, cfg.fewshot_heads):
             for k in cfg.fewshot_shots:
-                few = [self.fit(head, pool, shots=k, shot_seed=s) for s in cfg.fewshot_seeds]
+                few, summary = over_seeds(
+                    lambda s: self.fit(head, pool, shots=k, shot_seed=s), cfg.fewshot_seeds, _ok_scores
+                )
                 rows += few
-                if accs := [r["top1"] for r in few if r.get("status") == "ok"]:
-                    mean, std = _mean_std(accs)
-                    say(f"{name} {pool:8s} {head.kind:8s} {k:3d}-shot top1={mean:.3f} ± {std:.3f} (n={len(accs)})")
+                if summary["seeds"]:
+                    say(f"{name} {pool:8s} {head.kind:8s} {k:3d}-shot " + _spread(summary, few[0], "seeds"))
         return rows
 
-    def fit(self, head: HeadConfig, pool: str, shots: int | None = None, shot_seed: int = 0) -> dict[str, Any]:
-        """One row of results.csv; a fit that fails is a row with its error as status."""
+    def fit(
+        self, head: HeadConfig, pool: str, shots: int | None = None, shot_seed: int = 0, seed: int | None = None
+    ) -> dict[str, Any]:
+        """One row of results.csv (split seed ``seed``, default the config's); a fit that fails is a row with
+        its error as status."""
         if self.device and "device" in head.to_dict():
             head = head.replace(device=self.device)
-        row = {**self.base, "pool": pool, "order_aware": _order_aware(pool), "head": head.kind}
+        seed = self.cfg.split.seed if seed is None else seed
+        row = {**self.base, "seed": seed, "pool": pool, "order_aware": order_aware(pool), "head": head.kind}
         row.update(head_settings=head.to_dict(), shots=shots, shot_seed=shot_seed if shots else None)
         t0 = time.perf_counter()
         try:
             splits_from = self.entry.splits_from
-            split = dataclasses.replace(self.cfg.split, shots=shots, shot_seed=shot_seed, splits_from=splits_from)
+            split = dataclasses.replace(
+                self.cfg.split, seed=seed, shots=shots, shot_seed=shot_seed, splits_from=splits_from
+            )
             rec = self._fit(head, pool, split)
         except VidprobeError as exc:
             status = f"skipped: {exc}" if head.kind == "zeroshot" else f"error: {exc}"
             return {**row, "status": status, "fit_seconds": round(time.perf_counter() - t0, 3)}
         m = rec.get("test") or {}
         row.update(
-            top1=m.get("top1", math.nan),
-            top5=math.nan if m.get("top5") is None else m["top5"],  # None: 5 classes or fewer
-            mean_class_acc=m.get("mean_class_acc", math.nan),
+            **_test_scores(m),
             **{k: rec[k] for k in ("val_top1", "hparams", "n_train", "n_val", "n_test", "split_source")},
             fit_seconds=round(time.perf_counter() - t0, 3),
             status="ok" if m else "no test split",
         )
-        self.details.append(
-            {k: row[k] for k in ("dataset", "encoder", "pool", "head", "shots", "shot_seed")}
-            | {"classes": rec["classes"], "report": m.get("report"), "confusion": m.get("confusion")}
-        )
+        detail = {k: row[k] for k in ("dataset", "encoder", "pool", "head", "shots", "shot_seed", "seed")} | {
+            "classes": rec["classes"],
+            "report": m.get("report"),
+            "confusion": m.get("confusion"),
+        }
+        if "test_clips" in rec:
+            keys = self.store.index().keys()
+            clips = {
+                "test_clips": [keys[i] for i in rec["test_clips"]["rows"]],
+                "correct": rec["test_clips"]["correct"],
+            }
+            detail |= clips
+            row[COMPARE_KEY] = clips  # for compare.mark_ties, which removes it
+        self.details.append(detail)
         return row
 
     def _fit(self, head: HeadConfig, pool: str, split: SplitSpec) -> dict[str, Any]:
@@ -314,12 +355,44 @@ class _StoreFits:
         return fit_on_store(self.store, head, pool, split=split, X_all=self.features[pool], encoder=encoder)[1]
 
 
+def _test_scores(m: dict[str, Any]) -> dict[str, Any]:
+    """A row's test scores from a fit's test metrics: values, n, 95 % intervals (nothing scored: NaN;
+    top-5 None below 6 classes, written as an empty cell)."""
+    top1, mc = m.get("top1_ci") or {}, m.get("mean_class_ci") or {}
+    return {
+        "top1": m.get("top1", math.nan),
+        "top5": m.get("top5"),
+        "mean_class_acc": m.get("mean_class_acc", math.nan),
+        "test_videos": top1.get("groups"),
+        "top1_lo": top1.get("lo", math.nan),
+        "top1_hi": top1.get("hi", math.nan),
+        "mean_class_lo": mc.get("lo", math.nan),
+        "mean_class_hi": mc.get("hi", math.nan),
+        "ci_method": top1.get("method"),
+    }
+
+
+def _ok_scores(row: dict[str, Any]) -> dict[str, Any] | None:
+    return row if row.get("status") == "ok" else None
+
+
 def _scores(row: dict[str, Any]) -> str:
     if row.get("status") != "ok":
         return _short(row.get("status", ""))
+    top5 = "" if row.get("top5") is None else f" top5={row['top5']:.3f}"
     return (
-        f"top1={row['top1']:.3f} top5={row['top5']:.3f} "
-        f"mean-class={row['mean_class_acc']:.3f} ({row['fit_seconds']:.1f} s)"
+        f"top1={row['top1']:.3f} [{row['top1_lo']:.2f}, {row['top1_hi']:.2f}]{top5} "
+        f"mean-class={row['mean_class_acc']:.3f} n={row['n_test']} ({row['fit_seconds']:.1f} s)"
+    )
+
+
+def _spread(summary: dict[str, Any], first: dict[str, Any], what: str) -> str:
+    """``top1=0.812 ± 0.031 mean-class=... (n=5 seeds)``: the scores' spread over repeated fits."""
+    t, mc = summary["top1"], summary["mean_class_acc"]
+    note = repeat_note(first.get("split_source") or "") if what == "repeats" else None
+    return (
+        f"top1={t['mean']:.3f} ± {t['std']:.3f} mean-class={mc['mean']:.3f} ± {mc['std']:.3f} "
+        f"(n={len(summary['seeds'])}{' repeats' if what == 'repeats' else ''})" + (f"; {note}" if note else "")
     )
 
 
@@ -330,24 +403,24 @@ def _short(text: str, width: int = 90) -> str:
 _VERSIONS = ("vidprobe", "torch", "scikit-learn", "skops", "numpy", "open_clip_torch")  # recorded in benchmark.json
 
 
-def _fmt(mean: float, std: float | None = None) -> str:
-    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
-        return "—"
-    return f"{100 * mean:.1f}" if std is None else f"{100 * mean:.1f} ± {100 * std:.1f}"
-
-
 def write_results(
     cfg: BenchmarkConfig, out: Path, rows: list[dict[str, Any]], details: list[dict[str, Any]]
 ) -> dict[str, Any]:
-    """results.csv, details.jsonl, results.md (full-data table + few-shot table) and the plots."""
+    """results.csv, details.jsonl, results.md (full-data table, every fit against the best of its task,
+    few-shot table) and the plots."""
     write_csv(rows, out / "results.csv", CSV_COLUMNS)
     with open(out / "details.jsonl", "w", encoding="utf-8") as fh:
-        fh.writelines(json.dumps(d, default=str) + "\n" for d in details)
+        fh.writelines(json.dumps(finite(d), default=str) + "\n" for d in details)
     full = [r for r in rows if r.get("shots") is None and "pool" in r]
-    fewshot_rows, shots, curves = _fewshot_summary(
+    fewshot_rows, shots, curves = fewshot_summary(
         [r for r in rows if r.get("shots") is not None and r.get("status") == "ok"]
     )
-    md = [f"## {cfg.name}: test top-1 (%) by pooling and head", "", _full_table(full), ""]
+    over = f", mean ± std over {cfg.repeats} split seeds" if cfg.repeats > 1 else ""
+    md = [f"## {cfg.name}: test top-1 (%) by pooling and head{over}", "", full_table(full), ""]
+    fixed = sorted({str(r["dataset"]) for r in full if repeat_note(r.get("split_source") or "random")})
+    if cfg.repeats > 1 and fixed:
+        md += [f"Repeats on {', '.join(fixed)}: {repeat_note('manifest')} (the store's manifest has splits).", ""]
+    md += vs_best_table(cfg.name, cfg.repeats, full)
     if fewshot_rows:
         md += [
             f"## {cfg.name}: few-shot test top-1 (%), mean ± std over {len(cfg.fewshot_seeds)} seeds",
@@ -368,43 +441,6 @@ def write_results(
     }
 
 
-def _full_table(full: list[dict[str, Any]]) -> str:
-    """One row per dataset × encoder × pooling, one column per head (test top-1 %)."""
-    heads = list(dict.fromkeys(r["head"] for r in full))
-    table = []
-    for key in dict.fromkeys((r["dataset"], r["encoder"], r["pool"]) for r in full):
-        cells = {r["head"]: r for r in full if (r["dataset"], r["encoder"], r["pool"]) == key}
-        ok = [c for c in cells.values() if c.get("status") == "ok"]
-        table.append(
-            dict(zip(("dataset", "encoder", "pool"), key))
-            | {"order-aware": "yes" if _order_aware(key[2]) else ""}
-            | {h: _fmt(cells[h]["top1"]) if cells.get(h, {}).get("status") == "ok" else "—" for h in heads}
-            | {"top-5 (best head)": _fmt(max(ok, key=lambda c: c["top1"])["top5"]) if ok else "—"}
-        )
-    return markdown_table(table, ["dataset", "encoder", "pool", "order-aware", *heads, "top-5 (best head)"])
-
-
-def _fewshot_summary(few: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[int], dict[tuple, list]]:
-    """The few-shot table's rows (mean ± std over seeds per shots), its shots, and the curves per dataset × encoder."""
-    groups: dict[tuple, dict[int, list[float]]] = {}
-    for r in few:
-        key = (r["dataset"], r["encoder"], r["head"], r["pool"])
-        groups.setdefault(key, {}).setdefault(int(r["shots"]), []).append(r["top1"])
-    shots = sorted({int(r["shots"]) for r in few})
-    table: list[dict[str, Any]] = []
-    curves: dict[tuple, list[dict[str, Any]]] = {}
-    for (ds, enc, head, pool), by_k in groups.items():
-        stats = {k: _mean_std(by_k[k]) for k in shots if k in by_k}
-        table.append(
-            {"dataset": ds, "encoder": enc, "head": head, "pool": pool}
-            | {f"{k}-shot": _fmt(*stats[k]) if k in stats else "—" for k in shots}
-        )
-        means, stds = [m for m, _ in stats.values()], [s for _, s in stats.values()]
-        curve = {"label": f"{head}/{pool}", "shots": list(stats), "mean": means, "std": stds}
-        curves.setdefault((ds, enc), []).append(curve)
-    return table, shots, curves
-
-
 def find_details(details: list[dict[str, Any]], **key: Any) -> dict[str, Any] | None:
     """The details of the full-data fit whose fields equal ``key`` (e.g. dataset, head, pool)."""
     return next((d for d in details if d["shots"] is None and all(d[k] == v for k, v in key.items())), None)
@@ -420,10 +456,12 @@ def write_plots(
         if not sel:
             continue
         slug, name = re.sub(r"[^\w.-]+", "_", f"{ds}-{enc}"), f"{ds} · {enc}"
-        title = f"{name}: test top-1 by pooling and head"
-        plots.append(plot_accuracy_bars(sel, out / f"accuracy-{slug}.png", group="pool", series="head", title=title))
+        seeds = sorted({r["seed"] for r in sel})
+        title = f"{name}: test top-1 by pooling and head" + (f" (split seed {seeds[0]})" if len(seeds) > 1 else "")
+        first = [r for r in sel if r["seed"] == seeds[0]]  # one bar per fit: the first seed's, with its interval
+        plots.append(plot_accuracy_bars(first, out / f"accuracy-{slug}.png", group="pool", series="head", title=title))
         best = max(sel, key=lambda r: r["top1"])
-        det = find_details(details, dataset=ds, encoder=enc, pool=best["pool"], head=best["head"])
+        det = find_details(details, dataset=ds, encoder=enc, pool=best["pool"], head=best["head"], seed=best["seed"])
         if det and det["confusion"]:
             title = f"{name}: {best['head']}/{best['pool']} (best)"
             plots.append(plot_confusion(det["confusion"], det["classes"], out / f"confusion-{slug}.png", title=title))

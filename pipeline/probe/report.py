@@ -1,11 +1,28 @@
-"""Human-facing output: accuracy tables (Markdown/text) and confusion-matrix plots."""
+"""Human-facing output: accuracy tables (Markdown/text), strict JSON, and plots (accuracy bars with their
+95 % intervals, few-shot curves, confusion matrices)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+
+def finite(doc: Any) -> Any:
+    """``doc`` with every NaN or infinite number as None (JSON null): Python's json writes a bare ``NaN``,
+    which is not JSON and which strict parsers (browsers, jq, other languages) reject."""
+    if isinstance(doc, (float, np.floating)):
+        return float(doc) if math.isfinite(doc) else None
+    if isinstance(doc, np.integer):
+        return int(doc)
+    if isinstance(doc, dict):
+        return {k: finite(v) for k, v in doc.items()}
+    if isinstance(doc, (list, tuple)):
+        return [finite(v) for v in doc]
+    return doc
 
 
 def markdown_table(rows: Sequence[dict], columns: Sequence[str], floatfmt: str = ".3f") -> str:
@@ -21,8 +38,11 @@ def markdown_table(rows: Sequence[dict], columns: Sequence[str], floatfmt: str =
     return "\n".join(lines)
 
 
-def plot_confusion(cm: np.ndarray | list, classes: Sequence[str], path: str | Path, title: str = "") -> Path:
-    """Row-normalised confusion matrix with counts, saved as PNG (rows = true class)."""
+def plot_confusion(
+    cm: np.ndarray | list, classes: Sequence[str], path: str | Path, title: str = "", split: str = "test"
+) -> Path:
+    """Row-normalised confusion matrix with counts, saved as PNG (rows = true class). A class with no clip
+    in the scored ``split`` has an empty row, labelled "(no test clips)": nothing was measured there."""
     plt = _pyplot()
     cm = np.asarray(cm, dtype=float)
     norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
@@ -31,7 +51,8 @@ def plot_confusion(cm: np.ndarray | list, classes: Sequence[str], path: str | Pa
     fig, ax = plt.subplots(figsize=(size + 1, size))
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(n), classes, rotation=45, ha="right")
-    ax.set_yticks(range(n), classes)
+    rows = [f"{c} (no {split} clips)" if not cm[i].sum() else c for i, c in enumerate(classes)]
+    ax.set_yticks(range(n), rows)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     if title:
@@ -54,22 +75,60 @@ def plot_accuracy_bars(
     value: str = "top1",
     title: str = "",
 ) -> Path:
-    """Grouped bar chart (one group per ``group`` value, one bar per ``series`` value)."""
+    """Grouped bar chart (one group per ``group`` value, one bar per ``series`` value). Rows carrying
+    ``{value}_lo``/``{value}_hi`` get whiskers (their 95 % interval); rows with ``tie_best`` are marked
+    above the bar: ★ the best of its task, ≈ not distinguishable from it (paired test at 95 %)."""
     plt = _pyplot()
     groups = list(dict.fromkeys(r[group] for r in rows))
     names = list(dict.fromkeys(r[series] for r in rows))
     width = 0.8 / max(1, len(names))
-    fig, ax = plt.subplots(figsize=(min(12, max(5, 1.8 * len(groups) * max(1, len(names)) / 3)), 4))
+    fig, ax = plt.subplots(figsize=(min(12, max(5, 1.8 * len(groups) * max(1, len(names)) / 3)), 4.4))
+    marked = whiskers = False
     for j, name in enumerate(names):
-        vals = [next((r[value] for r in rows if r[group] == g and r[series] == name), np.nan) for g in groups]
-        ax.bar(np.arange(len(groups)) + (j - (len(names) - 1) / 2) * width, vals, width, label=name)
+        cells = [next((r for r in rows if r[group] == g and r[series] == name), {}) for g in groups]
+        x = np.arange(len(groups)) + (j - (len(names) - 1) / 2) * width
+        vals = np.array([_num(c.get(value)) for c in cells])
+        ax.bar(x, vals, width, label=name)
+        whiskers |= _whiskers(ax, x, vals, cells, value)
+        marked |= _tie_marks(ax, x, vals, cells, value)
     ax.set_xticks(range(len(groups)), groups)
-    ax.set_ylim(0, 1.02)
-    ax.set_ylabel(value)
+    ax.set_ylim(0, 1.1)
+    ax.set_ylabel(f"{value} (whiskers: 95 % interval)" if whiskers else value)
     ax.legend(fontsize=8, ncol=min(6, len(names)), loc="upper center", bbox_to_anchor=(0.5, -0.1), frameon=False)
-    if title:
-        ax.set_title(title)
+    if title or marked:
+        key = "★ best of the task · ≈ tied with it (paired test, 95 %)"
+        ax.set_title("\n".join(t for t in (title, key if marked else "") if t), fontsize=10)
     return _save(fig, path)
+
+
+def _whiskers(ax: Any, x: np.ndarray, vals: np.ndarray, cells: list[dict], value: str) -> bool:
+    """Each bar's 95 % interval (``{value}_lo`` .. ``{value}_hi``) as a whisker; False where none has one."""
+    lo, hi = (np.array([_num(c.get(f"{value}_{end}")) for c in cells]) for end in ("lo", "hi"))
+    if not np.isfinite(lo).any():
+        return False
+    err = np.nan_to_num(np.vstack([vals - lo, hi - vals]).clip(min=0))
+    ax.errorbar(x, vals, yerr=err, fmt="none", ecolor="black", elinewidth=0.8, capsize=2)
+    return True
+
+
+def _tie_marks(ax: Any, x: np.ndarray, vals: np.ndarray, cells: list[dict], value: str) -> bool:
+    """★ above the best bar of a task, ≈ above each bar a paired test cannot tell from it (``tie_best``)."""
+    marked = False
+    for xi, v, c in zip(x, vals, cells):
+        mark = "★" if _true(c.get("best")) else "≈" if _true(c.get("tie_best")) else ""
+        top = _num(c.get(f"{value}_hi"))
+        if mark and np.isfinite(v):
+            ax.text(xi, (top if np.isfinite(top) else v) + 0.01, mark, ha="center", va="bottom", fontsize=8)
+            marked = True
+    return marked
+
+
+def _num(v: Any) -> float:
+    return float("nan") if v is None or v == "" else float(v)
+
+
+def _true(v: Any) -> bool:
+    return v is True or v == "true"
 
 
 def write_csv(rows: Sequence[dict], path: str | Path, columns: Sequence[str] | None = None) -> Path:
@@ -94,17 +153,25 @@ def write_csv(rows: Sequence[dict], path: str | Path, columns: Sequence[str] | N
 
 
 def plot_fewshot(curves: Sequence[dict], path: str | Path, title: str = "", baselines: Sequence[dict] = ()) -> Path:
-    """Few-shot curves: x = shots per class (log2 axis), y = mean test top-1 with a ±1 std band.
+    """Few-shot curves: x = shots per class (log2 axis), y = mean test top-1 over seeds with a ±1 std band
+    (how much the draw of training clips moves it) and, where curves carry ``lo``/``hi``, whiskers of the
+    test score's 95 % interval averaged over seeds (how much other test clips could move it).
 
-    ``curves``: dicts with label, shots, mean, std (lists); ``baselines``: dicts with label, value,
-    drawn as dashed horizontal lines (e.g. zero-shot or the full-data probe).
+    ``curves``: dicts with label, shots, mean, std (lists; lo, hi optional); ``baselines``: dicts with label,
+    value, drawn as dashed horizontal lines (e.g. zero-shot or the full-data probe).
     """
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
+    whiskers = False
     for c in curves:
         k, m, s = np.asarray(c["shots"], float), np.asarray(c["mean"], float), np.asarray(c["std"], float)
         (line,) = ax.plot(k, m, marker="o", label=c["label"])
         ax.fill_between(k, m - s, m + s, alpha=0.2, color=line.get_color())
+        if c.get("lo") is not None:
+            lo, hi = np.asarray(c["lo"], float), np.asarray(c["hi"], float)
+            err = np.nan_to_num(np.vstack([m - lo, hi - m]).clip(min=0))
+            ax.errorbar(k, m, yerr=err, fmt="none", ecolor=line.get_color(), elinewidth=0.8, capsize=3)
+            whiskers = True
     for b in baselines:
         ax.axhline(b["value"], linestyle="--", linewidth=1, color="gray")
         ax.annotate(b["label"], (ax.get_xlim()[0], b["value"]), fontsize=7, va="bottom", color="gray")
@@ -114,7 +181,7 @@ def plot_fewshot(curves: Sequence[dict], path: str | Path, title: str = "", base
         ax.set_xticks(ks, [str(k) for k in ks])
     ax.set_ylim(0, 1)
     ax.set_xlabel("training clips per class")
-    ax.set_ylabel("test top-1 (mean ± std over seeds)")
+    ax.set_ylabel("test top-1: mean over seeds, band ± 1 std" + (",\nwhiskers 95 % test interval" if whiskers else ""))
     ax.legend(fontsize=8)
     if title:
         ax.set_title(title)

@@ -8,6 +8,7 @@ benchmark runs it over many settings without saving.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..config import EVAL_SPLITS
-from ..data.splits import Splits, SplitsFrom, SplitSpec, few_shot, make_splits, resplit
+from ..data.splits import Splits, SplitsFrom, SplitSpec, few_shot, make_splits, resplit, short_of_shots, video_group
 from ..errors import ConfigError, HeadError, check_choice
 from ..store import FeatureStore, open_store
 from .heads.files import HEAD_FORMATS, head_format, load_head, save_head, sidecar_path
@@ -23,8 +24,9 @@ from .heads.fitting import FitResult, fit_head
 from .heads.registry import head_kind, temporal_head_names
 from .heads.settings import HeadConfig
 from .heads.zeroshot import zeroshot_encoder
-from .metrics import metrics
+from .metrics import clip_correct, metrics
 from .pooling import get_pool
+from .repeats import over_seeds, repeat_note, repeat_seeds
 from .sequences import SEQUENCE_POOL, FrameSequences, store_sequences
 
 
@@ -56,6 +58,7 @@ def store_splits(store: FeatureStore, spec: SplitSpec | None = None, *, require_
     )
     # train and val in key order (what a fit sees, so it does not depend on the store's order); test in store order
     sp.train, sp.val, sp.test = order[np.sort(sp.train)], order[np.sort(sp.val)], np.sort(order[sp.test])
+    sp.labels = t.label  # the indices are the store's now; so must the labels they look up be
     if src is not None:
         sp.source = f"{sp.source}:{Path(src.source).name}#{src.split}"
     return sp
@@ -114,63 +117,51 @@ def fit_on_store(
     split: SplitSpec | None = None,
     X_all: np.ndarray | FrameSequences | None = None,
     encoder: Any = None,
+    strict: bool = False,
 ) -> tuple[FitResult, dict[str, Any]]:
-    """Fit a head on the store's train split (hyperparameter picked on val, refit on train+val) and
-    score it on test. ``split.shots``: train on that many clips per class (drawn with ``split.shot_seed``),
-    keep val for selection only (no refit). Returns the fit and a JSON-ready record of what was done."""
+    """Fit a head on the store's train split (hyperparameter picked on val, or by CV grouped by video where
+    val is thin; refit on train+val) and score it on test. ``split.shots``: train on that many clips per
+    class (drawn with ``split.shot_seed``), keep val for selection only (no refit); ``strict``: a class with
+    fewer training clips than ``shots`` is a ConfigError, not a warning. Returns the fit and a JSON-ready
+    record of what was done, with ``selection``, ``missing_classes`` and one-line ``warnings``."""
     cfg = HeadConfig.from_dict(head) if isinstance(head, str) else head.validate()
     pool = head_pool(cfg.kind, pool)
     spec = (split or SplitSpec()).validate()
-    seed, shots = spec.seed, spec.shots
     t0 = time.perf_counter()
     sp = store_splits(store, spec, require_train=cfg.kind != "zeroshot")
     t = store.index()
+    warnings = split_warnings(sp, spec, strict)
     t_index = time.perf_counter()
     X_all = pooled_features(store, pool) if X_all is None else X_all
     t_pool = time.perf_counter()
-    labels = np.array(t.label, dtype=object)
-    train = sp.train if shots is None else few_shot(t.label, t.video, sp.train, shots, spec.shot_seed)
-    prov = store.provenance
+    train = sp.train if spec.shots is None else few_shot(t.label, t.video, sp.train, spec.shots, spec.shot_seed)
     if cfg.kind == "zeroshot":
-        classes = sorted({lab for lab in t.label if lab})
-        if X_all.shape[1] != int(prov["dim"]):
-            raise ConfigError(
-                f"zeroshot: pool={pool!r} makes {X_all.shape[1]}-d vectors; prompts need the {prov['dim']}-d "
-                "embedding itself: use mean, max or center"
-            )
-        encoder = encoder or zeroshot_encoder(prov.get("encoder"), weights_id=prov.get("weights_id"), device=cfg.device)
-        result = fit_head(cfg, X_all[:0], [], classes=classes, encoder=encoder)
+        result = _fit_zeroshot(store, cfg, pool, X_all, encoder)
     else:
-        val = sp.val if len(sp.val) else None  # both in clip-key order (store_splits)
-        result = fit_head(
-            cfg,
-            X_all[train],
-            labels[train].tolist(),
-            X_all[val] if val is not None else None,
-            labels[val].tolist() if val is not None else None,
-            seed=seed,
-            refit=shots is None,
-        )
+        result = _fit_trained(cfg, X_all, t, train, sp.val, spec)
     out: dict[str, Any] = {
         "head": cfg.kind,
         "head_settings": cfg.to_dict(),
         "pool": pool,
-        "seed": seed,
-        "shots": shots,
-        "shot_seed": spec.shot_seed if shots is not None else None,
+        "seed": spec.seed,
+        "shots": spec.shots,
+        "shot_seed": spec.shot_seed if spec.shots is not None else None,
         "hparams": result.hparams,
         "C": result.C,
         "val_top1": max(result.val_scores.values()) if result.val_scores else None,
+        "selection": result.selection,
         "split_source": sp.source,
         "n_train": 0 if cfg.kind == "zeroshot" else int(len(train)),
         "n_val": int(len(sp.val)),
         "n_test": int(len(sp.test)),
+        "missing_classes": sp.missing(),
+        "warnings": warnings + result.warnings,
         "fit_info": result.info,
         "classes": result.classes,
     }
     t_fit = time.perf_counter()
     if len(sp.test):
-        out["test"] = metrics(result.estimator.predict_proba(X_all[sp.test]), labels[sp.test].tolist(), result.classes)
+        out["test"], out["test_clips"] = _score_test(result, X_all[sp.test], sp.test, t)
     # where the time went (``vidprobe train`` prints it): index + splits, pooling (or its cache), fit, test scoring
     out["seconds"] = {
         "index": t_index - t0,
@@ -182,6 +173,67 @@ def fit_on_store(
     return result, out
 
 
+def split_warnings(sp: Splits, spec: SplitSpec, strict: bool = False) -> list[str]:
+    """One line per problem of the split a fit should not hide: classes missing from a split, and classes
+    with fewer training clips than ``spec.shots`` (a ConfigError with ``strict``)."""
+    lines = []
+    missing = sp.missing()
+    if missing:
+        lines.append(
+            "classes missing from a split: " + "; ".join(f"{name} lacks {', '.join(c)}" for name, c in missing.items())
+        )
+    short = short_of_shots(sp.labels, sp.train, spec.shots) if spec.shots is not None else {}
+    if short:
+        line = f"shots={spec.shots}: {len(short)} classes have fewer training clips, all of them used: " + ", ".join(
+            f"{c} ({n})" for c, n in short.items()
+        )
+        if strict:
+            raise ConfigError(line)
+        lines.append(line)
+    return lines
+
+
+def _fit_zeroshot(store: FeatureStore, cfg: HeadConfig, pool: str, X_all, encoder: Any) -> FitResult:
+    prov = store.provenance
+    classes = sorted({lab for lab in store.index().label if lab})
+    if X_all.shape[1] != int(prov["dim"]):
+        raise ConfigError(
+            f"zeroshot: pool={pool!r} makes {X_all.shape[1]}-d vectors; prompts need the {prov['dim']}-d "
+            "embedding itself: use mean, max or center"
+        )
+    encoder = encoder or zeroshot_encoder(prov.get("encoder"), weights_id=prov.get("weights_id"), device=cfg.device)
+    return fit_head(cfg, X_all[:0], [], classes=classes, encoder=encoder)
+
+
+def _fit_trained(cfg: HeadConfig, X_all, t: Any, train: np.ndarray, val: np.ndarray, spec: SplitSpec) -> FitResult:
+    """``fit_head`` on the train rows and val rows (both in clip-key order, ``store_splits``), each clip
+    grouped by its source video (``video_group``) so that CV never splits a video's windows."""
+    labels = np.array(t.label, dtype=object)
+    groups = np.array([video_group(v) for v in t.video], dtype=object)
+    has_val = len(val) > 0
+    return fit_head(
+        cfg,
+        X_all[train],
+        labels[train].tolist(),
+        X_all[val] if has_val else None,
+        labels[val].tolist() if has_val else None,
+        seed=spec.seed,
+        refit=spec.shots is None,
+        groups=groups[train].tolist(),
+        groups_val=groups[val].tolist() if has_val else None,
+    )
+
+
+def _score_test(
+    result: FitResult, X: np.ndarray | FrameSequences, rows: np.ndarray, index: Any
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A fit's test metrics (intervals over the clips' source videos), and per test clip its store row and
+    whether the fit got it right: what a paired comparison of two fits needs (not saved with the head)."""
+    proba, y = result.estimator.predict_proba(X), [index.label[i] for i in rows]
+    m = metrics(proba, y, result.classes, [video_group(index.video[i]) for i in rows])
+    return m, {"rows": rows.tolist(), "correct": clip_correct(proba, y, result.classes).tolist()}
+
+
 def train_head(
     store_path: str | Path,
     head_path: str | Path,
@@ -190,15 +242,22 @@ def train_head(
     pool: str | None = None,
     split: SplitSpec | None = None,
     store: FeatureStore | None = None,
+    strict: bool = False,
+    repeats: int = 1,
 ) -> dict[str, Any]:
-    """Fit a head on a store (see ``fit_on_store``), save it with its sidecar, return the record."""
+    """Fit a head on a store (see ``fit_on_store``), save it with its sidecar, return the record.
+    ``repeats``: also refit on the next seeds' splits; the head saved is the first seed's, the record's
+    ``repeats`` holds every seed's test scores (mean ± std)."""
     check_head_output(head_path)  # a bad file name or folder fails before the work
     kind = head if isinstance(head, str) else head.kind
     if head_kind(kind).temporal and Path(head_path).suffix != ".npz":
         raise ConfigError(f"{head_path}: a {kind} head is saved as plain arrays; name the file NAME.npz")
     store = store or open_store(store_path)
     spec = (split or SplitSpec()).validate()
-    result, out = fit_on_store(store, head, pool, split=spec)
+    result, out = fit_on_store(store, head, pool, split=spec, strict=strict)
+    out.pop("test_clips", None)
+    if repeats > 1:
+        out["repeats"] = _repeat(store, head, pool, spec, repeats, out)
     prov = store.provenance
     meta = {
         **{k: out[k] for k in ("head", "head_settings", "pool", "split_source")},
@@ -210,12 +269,28 @@ def train_head(
         "sampling": prov["sampling"],
         "preprocess": prov["preprocess"],
         "metrics": {k: v for k, v in out.items() if k == "test"},
+        **{k: v for k, v in out.items() if k == "repeats"},
     }
     try:
         save_head(head_path, result, meta)
     except OSError as exc:
         raise HeadError(f"{head_path}: cannot write the head ({exc.strerror or exc}); choose another -o") from None
     return out
+
+
+def _repeat(
+    store: FeatureStore, head: HeadConfig | str, pool: str | None, spec: SplitSpec, repeats: int, first: dict[str, Any]
+) -> dict[str, Any]:
+    """The test scores of ``repeats`` fits on the split seeds spec.seed, spec.seed+1, … (the first is ``first``)."""
+    X_all = pooled_features(store, first["pool"])
+
+    def fit(seed: int) -> dict[str, Any]:
+        if seed == spec.seed:
+            return first
+        return fit_on_store(store, head, pool, split=dataclasses.replace(spec, seed=seed), X_all=X_all)[1]
+
+    _, summary = over_seeds(fit, repeat_seeds(spec.seed, repeats), lambda rec: rec.get("test"))
+    return summary | {"note": repeat_note(first["split_source"])}
 
 
 def check_head_output(head_path: str | Path) -> None:
@@ -264,10 +339,11 @@ def evaluate_head(
         raise ConfigError(f"{store_path}: no labeled clips in split {split!r}; try --split all")
     X = clip_inputs(store, meta["pool"], idx.tolist())
     y = [t.label[i] for i in idx]
-    out = metrics(head.predict_proba(X), y, head.classes)
+    # labels the head never saw count as wrong and are named in unseen_classes (metrics); the caller warns
+    out = metrics(head.predict_proba(X), y, head.classes, [video_group(t.video[i]) for i in idx])
     out.update({"split": split, "head": meta.get("head"), "pool": meta.get("pool"), "classes": head.classes})
-    # labels the head never saw count as wrong (metrics); the caller warns, naming them
-    out["unseen_classes"] = sorted(set(y) - set(head.classes))
+    if meta.get("repeats"):
+        out["train_repeats"] = meta["repeats"]  # the spread over split seeds that training measured
     return out
 
 
@@ -283,5 +359,6 @@ __all__ = [
     "split_assignment",
     "store_splits",
     "check_head_output",
+    "split_warnings",
     "train_head",
 ]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +18,7 @@ import numpy as np
 from ...errors import HeadError
 from ..sequences import FrameSequences, HeadInput
 from .registry import head_kind
+from .selection import Fold, Pool, as_groups, pool_and_plan, pooled_choice, selection_record
 from .settings import HeadConfig
 
 __all__ = ["FitResult", "TrainingSet", "fit_head", "fit_sklearn", "select_on_val"]
@@ -30,6 +31,8 @@ class FitResult:
     hparams: dict[str, Any]  # what selection chose (C, alpha, k) or built (templates)
     val_scores: dict[str, float] = field(default_factory=dict)  # "name=value" -> validation top-1
     info: dict[str, Any] = field(default_factory=dict)  # fits, solver iterations, seconds, device
+    selection: dict[str, Any] | None = None  # how the choice was made (``selection.selection_record``)
+    warnings: list[str] = field(default_factory=list)  # one line each, for the caller to show
 
     @property
     def C(self) -> float | None:
@@ -39,7 +42,10 @@ class FitResult:
 @dataclass
 class TrainingSet:
     """What a kind's ``fit`` reads: the classes, the training rows with their class indices, the validation
-    rows (None: nothing to select on), and for a kind that is not trained (zeroshot) the encoder."""
+    rows (None: nothing to select on), and for a kind that is not trained (zeroshot) the encoder.
+
+    ``folds`` (with no validation rows): choose by cross-validation over these (train, val) index pairs of
+    ``X``, then fit on all of ``X``. Neither val nor folds: use the kind's default (nothing to choose on)."""
 
     classes: list[str]
     X: Any = None  # HeadInput: (N, D) float32 rows, or FrameSequences for a temporal kind
@@ -50,18 +56,20 @@ class TrainingSet:
     refit: bool = True  # False: few-shot, keep the train-only fit
     encoder: Any = None
     encoder_spec: str | None = None
+    folds: list[Fold] | None = None
 
 
-def _val_rows(classes: list[str], X_val, y_val) -> tuple[Any, np.ndarray | None]:
+def _val_rows(classes: list[str], X_val, y_val, groups) -> Pool | None:
     """Validation rows whose label the head can predict (a label absent from train cannot be chosen for)."""
     if X_val is None or y_val is None or not len(y_val):
-        return None, None
+        return None
     index = {c: i for i, c in enumerate(classes)}
     keep = np.array([y in index for y in y_val], bool)
     if not keep.any():
-        return None, None
+        return None
     X_keep = X_val[np.flatnonzero(keep)] if isinstance(X_val, FrameSequences) else np.asarray(X_val)[keep]
-    return X_keep, np.array([index[y] for y, k in zip(y_val, keep) if k])
+    g = as_groups(groups, len(y_val), "val#")[keep]
+    return Pool(X_keep, np.array([index[y] for y, k in zip(y_val, keep) if k]), g)
 
 
 def fit_head(
@@ -76,12 +84,17 @@ def fit_head(
     classes: Sequence[str] | None = None,
     encoder: Any = None,
     encoder_spec: str | None = None,
+    groups: Sequence[Hashable] | None = None,
+    groups_val: Sequence[Hashable] | None = None,
 ) -> FitResult:
-    """Fit one head: hyperparameter chosen on (X_val, y_val) when given, then refit on train+val.
+    """Fit one head: hyperparameter chosen on (X_val, y_val) when it is big enough, else by k-fold CV grouped
+    by ``groups`` (each clip's source video; None: every clip its own), else fixed (``selection``); then
+    refit on train+val.
 
-    ``refit=False`` keeps the train-only fit (few-shot: the k shots are the whole training set).
-    A kind that is not trained (``zeroshot``) needs ``classes`` and the ``encoder`` (or ``encoder_spec``)
-    whose text tower embeds the prompts.
+    ``refit=False`` keeps the train-only fit (few-shot: the k shots are the whole training set; val only
+    chooses). A kind that is not trained (``zeroshot``) needs ``classes`` and the ``encoder`` (or
+    ``encoder_spec``) whose text tower embeds the prompts. ``FitResult.selection`` says how the choice was
+    made, ``FitResult.warnings`` what the caller should show.
     """
     cfg = HeadConfig.from_dict(config) if isinstance(config, str) else config.validate()
     kind = head_kind(cfg.kind)
@@ -93,11 +106,22 @@ def fit_head(
     if len(labels) < 2:
         raise HeadError(f"training needs at least 2 classes; the train split has {labels}")
     index = {c: i for i, c in enumerate(labels)}
-    X_va, yi_va = _val_rows(labels, X_val, [str(y) for y in y_val] if y_val is not None else None)
+    val = _val_rows(labels, X_val, [str(y) for y in y_val] if y_val is not None else None, groups_val)
     if not kind.temporal:
         X_train = np.asarray(X_train, np.float32)
-    data = TrainingSet(labels, X_train, np.array([index[y] for y in y_train]), X_va, yi_va, seed, refit)
-    return kind.fit(cfg.settings, data)
+    train = Pool(X_train, np.array([index[y] for y in y_train]), as_groups(groups, len(y_train), "train#"))
+    pool, plan, folds = pool_and_plan(labels, train, val, refit=refit, seed=seed)
+    if plan.how == "val":
+        assert val is not None
+        data = TrainingSet(labels, train.X, train.y, val.X, val.y, seed, refit)
+    else:  # chosen by CV over the pool (or fixed), then fit on all of it
+        data = TrainingSet(labels, pool.X, pool.y, seed=seed, refit=refit, folds=folds)
+    result = kind.fit(cfg.settings, data)
+    n_val = len(val.y) if val is not None else 0
+    result.selection, result.warnings = selection_record(
+        plan, folds, n_val, len(pool.y), result.val_scores, result.hparams
+    )
+    return result
 
 
 def select_on_val(candidates: Sequence[Any], make, X_tr, y_tr, X_va, y_va, name: str) -> tuple[Any, dict[str, float]]:
@@ -116,8 +140,9 @@ def select_on_val(candidates: Sequence[Any], make, X_tr, y_tr, X_va, y_va, name:
 def fit_sklearn(
     data: TrainingSet, name: str, candidates: list[Any], make: Callable[[Any], Any], select: Callable | None = None
 ) -> FitResult:
-    """A scikit-learn head with one hyperparameter ``name``: each candidate ``make(value)`` scored on val
-    (or ``select(candidates, X_tr, y_tr, X_va, y_va) -> (best, scores)``), the best refit on train+val."""
+    """A scikit-learn head with one hyperparameter ``name``: each candidate ``make(value)`` scored on val, or
+    pooled over ``data.folds`` (a fold scored by ``select(candidates, X_tr, y_tr, X_va, y_va) -> (best,
+    scores)`` when given), the best refit on train+val (or on all the rows the folds cover)."""
     t0 = time.perf_counter()
     labels = np.array(data.classes)
     X_tr, y_tr = np.asarray(data.X), labels[data.y]
@@ -130,11 +155,13 @@ def fit_sklearn(
 
     with warnings.catch_warnings(), threadpool_limits(limits=1 if X_tr.size < 4_000_000 else None, user_api="blas"):
         warnings.simplefilter("ignore", ConvergenceWarning)
-        if X_va is not None and len(candidates) > 1:
-            if select is None:
-                best, scores = select_on_val(candidates, make, X_tr, y_tr, X_va, y_va, name)
-            else:
-                best, scores = select(candidates, X_tr, y_tr, X_va, y_va)
+        score = select or (lambda c, Xt, yt, Xv, yv: select_on_val(c, make, Xt, yt, Xv, yv, name))
+        if len(candidates) < 2:
+            best = candidates[0]
+        elif X_va is not None:
+            best, scores = score(candidates, X_tr, y_tr, X_va, y_va)
+        elif data.folds:
+            best, scores = pooled_choice(candidates, score, X_tr, y_tr, data.folds)
         else:
             best = candidates[len(candidates) // 2]
         if data.refit and X_va is not None:
@@ -143,5 +170,6 @@ def fit_sklearn(
     for step in getattr(est, "steps", [("", est)]):  # optimiser state: not needed to predict, not skops-trusted
         if hasattr(step[1], "_optimizer"):
             step[1]._optimizer = None
-    info = {"fits": len(scores) + 1, "seconds": time.perf_counter() - t0}
+    per_candidate = len(data.folds) if data.folds and X_va is None else 1
+    info = {"fits": len(scores) * per_candidate + 1, "seconds": time.perf_counter() - t0}
     return FitResult(est, list(data.classes), {name: type(candidates[0])(best)}, scores, info)

@@ -1,9 +1,10 @@
 """``logreg``: the CLIP linear-probe protocol, and the ``linear`` file form that zeroshot shares.
 
-Standardise, multinomial logistic regression, C chosen by a coarse-to-fine sweep on the validation split,
-refit on train+val (``pipeline.probe.logreg``: torch L-BFGS with warm starts by default; ``solver="sklearn"``
-runs scikit-learn's L-BFGS instead). The candidate fits of the search stop at a 10x looser gradient
-tolerance (``sweep_tol``); the chosen C is refit to scikit-learn's default tolerance (``tol`` = 1e-4).
+Standardise, multinomial logistic regression, C chosen by a coarse-to-fine sweep on the validation split
+(where it is too thin, the same sweep scored by grouped k-fold CV: ``pipeline.probe.cv``), refit on
+train+val (``pipeline.probe.logreg``: torch L-BFGS with warm starts by default; ``solver="sklearn"`` runs
+scikit-learn's L-BFGS instead). The candidate fits of the search stop at a 10x looser gradient tolerance
+(``sweep_tol``); the chosen C is refit to scikit-learn's default tolerance (``tol`` = 1e-4).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 
 from ...config import SOLVERS, rule
 from ...errors import ConfigError, HeadError
+from ..cv import sweep_C_cv
 from ..logreg import (
     DEFAULT_COARSE_CS,
     DEFAULT_MAX_ITER,
@@ -31,7 +33,7 @@ from .native import NativeKind, prepare, register_native_kind, sigmoid, sklearn_
 from .registry import HeadKind, register_head
 
 __all__ = ["LinearPredictor", "LogregSettings", "linear_classifier"]
-DEFAULT_C = 1.0  # used when there is no validation split to sweep on (scikit-learn's default)
+DEFAULT_C = 1.0  # used when neither validation nor CV can choose (scikit-learn's default)
 
 
 @dataclass
@@ -87,6 +89,10 @@ def fit(cfg: LogregSettings, data: TrainingSet) -> FitResult:
         if data.refit or cfg.sweep_tol > cfg.tol:  # few-shot (no refit): still finish the chosen fit to full tolerance
             fitted = solver.fit(C, fitted)
             info.update(fits=info["fits"] + 1, iterations=info["iterations"] + fitted.n_iter)
+    elif data.folds:
+        C, fitted, val_scores = _choose_by_cv(cfg, data, scaler.transform(X_tr).astype(np.float32), opts, info)
+        fitted = solver.fit(C, fitted)  # every row at the chosen C, warm-started from a fold's fit
+        info.update(fits=info["fits"] + 1, iterations=info["iterations"] + fitted.n_iter)
     else:
         C, val_scores = DEFAULT_C, {}
         fitted = solver.fit(C)
@@ -94,6 +100,24 @@ def fit(cfg: LogregSettings, data: TrainingSet) -> FitResult:
     info.update(converged=bool(fitted.converged), seconds=time.perf_counter() - t0)
     est = make_pipeline(scaler, linear_classifier(fitted.W, fitted.b, data.classes, C))
     return FitResult(est, list(data.classes), {"C": float(C)}, val_scores, info)
+
+
+def _choose_by_cv(cfg: LogregSettings, data: TrainingSet, Z: np.ndarray, opts: dict[str, Any], info: dict[str, Any]):
+    """``cv.sweep_C_cv`` over ``data.folds`` of the standardised rows ``Z``: (C, a fold's fit at C, scores)."""
+    assert data.folds is not None
+    K = len(data.classes)
+    sweep = sweep_C_cv(
+        lambda Xf, yf: make_solver(cfg.solver, Xf, yf, K, **opts),
+        Z,
+        data.y,
+        data.folds,
+        coarse=cfg.Cs,
+        refine=cfg.refine,
+        patience=cfg.patience,
+        tol=cfg.sweep_tol,
+    )
+    info.update(fits=sweep.fits, iterations=sweep.iterations, cv_folds=len(data.folds))
+    return sweep.C, sweep.fit, {f"C={c:.4g}": acc for c, (acc, _) in sweep.scores.items()}
 
 
 def linear_classifier(W: np.ndarray, b: np.ndarray, classes: Sequence[str], C: float = 1.0):

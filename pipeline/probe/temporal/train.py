@@ -16,7 +16,9 @@ projection as one product, the per-fit setup and the per-step overhead are paid 
 are shared, so a candidate trains as it would alone (docs/performance.md has the measured gain). Each
 candidate keeps the weights of its best validation epoch; the best
 candidate on val wins (ties: lower val loss, then the earlier listed). As for logreg, the winner is then
-refit on train+val with the same settings for the epochs it needed on val (its schedule unchanged).
+refit on train+val with the same settings for the epochs it needed on val (its schedule unchanged). Where
+val is too thin to choose (``heads.selection``), the sweep runs once per cross-validation fold and the
+candidate with the best accuracy pooled over the folds is refit on every clip for its folds' mean epochs.
 
 Deterministic for a seed: the initial weights (the same for every candidate), the batch order, the
 augmentation and dropout all come from that seed, and CPU training runs on a fixed number of threads.
@@ -303,47 +305,101 @@ def _stats(seqs: FrameSequences, inputs: str, components: int) -> dict[str, np.n
 
 
 def fit_temporal(kind: str, cfg: TemporalSettings, data: TrainingSet) -> FitResult:
-    """The fit of every temporal head kind: sweep lr x wd on val, keep the best, refit it on train+val."""
+    """The fit of every temporal head kind: sweep lr x wd on val (or over ``data.folds``), keep the best,
+    refit it on train+val; nothing to choose on: the middle candidate for all epochs."""
     S_tr = data.X
     if not isinstance(S_tr, FrameSequences):
         raise HeadError(f"{kind}: reads each clip's frames (FrameSequences), not pooled vectors (pool 'frames')")
     t0 = time.perf_counter()
     arch = temporal_arch(kind, cfg, int(S_tr.x.shape[2]), len(data.classes), (len(S_tr), int(S_tr.x.shape[1])))
-    cands, train = cfg.candidates, (S_tr, data.y)
-    inputs, components = arch["inputs"], int(arch["components"])
-    stats = _stats(S_tr, inputs, components)
-    scores: dict[str, float] = {}
-    if data.X_val is None or not len(data.X_val):  # nothing to select on: the middle candidate, all epochs
-        g = len(cands) // 2
-        sw = train_candidates(arch, cfg, [cands[g]], train, None, stats, seed=data.seed)
+    cands = cfg.candidates
+    if data.X_val is not None and len(data.X_val):
+        g, state, stats, scores, info = _on_val(arch, cfg, data)
+    elif data.folds:
+        g, scores, info = _on_folds(arch, cfg, data)
+        state, stats, refit = _train_all(arch, cfg, data, cands[g], int(info["best_epoch"]))
+        info.update(refit_epochs=info["best_epoch"], refit_seconds=round(refit, 3), fits=info["fits"] + 1)
+    else:  # nothing to select on: the middle candidate, all epochs
+        g, scores = len(cands) // 2, {}
+        stats = _stats(S_tr, arch["inputs"], int(arch["components"]))
+        sw = train_candidates(arch, cfg, [cands[g]], (S_tr, data.y), None, stats, seed=data.seed)
         state = sw.states[0]
-        info: dict[str, Any] = {"fits": 1, "epochs": int(sw.epochs_run), "steps": sw.steps, "sweep_seconds": sw.seconds}
-    else:
-        val = (data.X_val, data.y_val)
-        sw = train_candidates(arch, cfg, cands, train, val, stats, seed=data.seed)
-        # best val accuracy, then lower val loss, then the earlier listed
-        g = min(range(len(cands)), key=lambda i: (-round(float(sw.val_acc[i]), 12), float(sw.val_loss[i]), i))
-        epochs, state = int(sw.best_epoch[g]), sw.states[g]
-        scores = {f"lr={c[0]:g},wd={c[1]:g}": float(a) for c, a in zip(cands, sw.val_acc)}
-        info = {
-            "candidates": len(cands),
-            "sweep_seconds": round(sw.seconds, 3),
-            "sweep_epochs": int(sw.epochs_run),
-            "sweep_steps": sw.steps,
-            "best_epoch": epochs,
-            "val_loss": float(sw.val_loss[g]),
-            "precision": sw.precision,
-        }
-        if data.refit:  # the winner again on train+val, for the epochs it needed on val
-            both = (FrameSequences.concat([S_tr, val[0]]), np.concatenate([data.y, val[1]]))
-            stats = _stats(both[0], inputs, components)
-            rf = train_candidates(arch, cfg, [cands[g]], both, None, stats, seed=data.seed, stop_after=epochs)
-            state = rf.states[0]
-            info.update(refit_epochs=epochs, refit_seconds=round(rf.seconds, 3))
-        info["fits"] = len(cands) + int(data.refit)
+        info = {"fits": 1, "epochs": int(sw.epochs_run), "steps": sw.steps, "sweep_seconds": sw.seconds}
     info["seconds"] = time.perf_counter() - t0
     head = TemporalHead(arch, {**state, **stats}, data.classes)
     return FitResult(head, list(data.classes), {"lr": cands[g][0], "wd": cands[g][1]}, scores, info)
+
+
+def _scores(cands: Sequence[tuple[float, float]], acc: np.ndarray) -> dict[str, float]:
+    return {f"lr={c[0]:g},wd={c[1]:g}": float(a) for c, a in zip(cands, acc)}
+
+
+def _best(acc: np.ndarray, loss: np.ndarray) -> int:
+    """Best accuracy, then lower loss, then the earlier listed."""
+    return min(range(len(acc)), key=lambda i: (-round(float(acc[i]), 12), float(loss[i]), i))
+
+
+def _on_val(arch: dict[str, Any], cfg: TemporalSettings, data: TrainingSet):
+    """Sweep on train, choose on val; refit the winner on train+val for the epochs it needed on val."""
+    S_tr, cands = data.X, cfg.candidates
+    inputs, components = arch["inputs"], int(arch["components"])
+    stats = _stats(S_tr, inputs, components)
+    val = (data.X_val, data.y_val)
+    sw = train_candidates(arch, cfg, cands, (S_tr, data.y), val, stats, seed=data.seed)
+    g = _best(sw.val_acc, sw.val_loss)
+    epochs, state = int(sw.best_epoch[g]), sw.states[g]
+    info: dict[str, Any] = {
+        "candidates": len(cands),
+        "sweep_seconds": round(sw.seconds, 3),
+        "sweep_epochs": int(sw.epochs_run),
+        "sweep_steps": sw.steps,
+        "best_epoch": epochs,
+        "val_loss": float(sw.val_loss[g]),
+        "precision": sw.precision,
+    }
+    if data.refit:  # the winner again on train+val, for the epochs it needed on val
+        both = (FrameSequences.concat([S_tr, val[0]]), np.concatenate([data.y, val[1]]))
+        stats = _stats(both[0], inputs, components)
+        rf = train_candidates(arch, cfg, [cands[g]], both, None, stats, seed=data.seed, stop_after=epochs)
+        state = rf.states[0]
+        info.update(refit_epochs=epochs, refit_seconds=round(rf.seconds, 3))
+    info["fits"] = len(cands) + int(data.refit)
+    return g, state, stats, _scores(cands, sw.val_acc), info
+
+
+def _on_folds(arch: dict[str, Any], cfg: TemporalSettings, data: TrainingSet):
+    """The batched sweep once per fold (early stopping on the fold's held-out clips); a candidate's score is
+    its accuracy pooled over every held-out clip, its epochs the mean of its folds' best epochs."""
+    assert data.folds is not None
+    cands, G = cfg.candidates, len(cfg.candidates)
+    correct, loss, epochs = np.zeros(G), np.zeros(G), []
+    seconds, n = 0.0, 0
+    for tr, va in data.folds:
+        S_f = data.X[tr]
+        stats = _stats(S_f, arch["inputs"], int(arch["components"]))
+        sw = train_candidates(arch, cfg, cands, (S_f, data.y[tr]), (data.X[va], data.y[va]), stats, seed=data.seed)
+        correct += np.round(sw.val_acc * len(va))
+        loss += sw.val_loss * len(va)
+        epochs.append(sw.best_epoch)
+        seconds, n = seconds + sw.seconds, n + len(va)
+    g = _best(correct / n, loss / n)
+    best_epoch = max(1, int(round(float(np.mean([e[g] for e in epochs])))))
+    info = {
+        "candidates": G,
+        "cv_folds": len(data.folds),
+        "sweep_seconds": round(seconds, 3),
+        "best_epoch": best_epoch,
+        "val_loss": float(loss[g] / n),
+        "fits": G * len(data.folds),
+    }
+    return g, _scores(cands, correct / n), info
+
+
+def _train_all(arch: dict[str, Any], cfg: TemporalSettings, data: TrainingSet, cand, epochs: int):
+    """One candidate on every row of ``data`` for ``epochs`` epochs: (weights, input stats, seconds)."""
+    stats = _stats(data.X, arch["inputs"], int(arch["components"]))
+    rf = train_candidates(arch, cfg, [cand], (data.X, data.y), None, stats, seed=data.seed, stop_after=epochs)
+    return rf.states[0], stats, rf.seconds
 
 
 __all__ = ["SweepResult", "fit_temporal", "train_candidates", "train_precision"]
