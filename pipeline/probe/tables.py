@@ -85,7 +85,8 @@ def vs_best_table(name: str, repeats: int, full: list[dict[str, Any]]) -> list[s
         f"## {name}: every fit against the best of its task (same test clips, paired test)",
         "",
         "★ best of its task (dataset and split seed); ≈ best: the paired test (exact McNemar where every test "
-        "clip is its own video, else a bootstrap over videos) cannot tell it from the best at 95 % (p >= 0.05). "
+        "clip is its own video, else an exact sign-flip test over videos) cannot tell it from the best at 95 % "
+        "(p >= 0.05). "
         "Intervals: Wilson over independent clips, else a bootstrap over source videos.",
         "",
         markdown_table(table, columns),

@@ -32,4 +32,6 @@ class AttnSettings(TemporalSettings):
 
 
 register_native_kind("attn", native_kind("attn"))
-register_head(HeadKind("attn", AttnSettings, lambda cfg, data: fit_temporal("attn", cfg, data), temporal=True))
+register_head(
+    HeadKind("attn", AttnSettings, lambda cfg, data: fit_temporal("attn", cfg, data), temporal=True, cv_folds=3)
+)

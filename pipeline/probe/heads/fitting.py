@@ -110,7 +110,7 @@ def fit_head(
     if not kind.temporal:
         X_train = np.asarray(X_train, np.float32)
     train = Pool(X_train, np.array([index[y] for y in y_train]), as_groups(groups, len(y_train), "train#"))
-    pool, plan, folds = pool_and_plan(labels, train, val, refit=refit, seed=seed)
+    pool, plan, folds = pool_and_plan(labels, train, val, refit=refit, seed=seed, k=kind.cv_folds)
     if plan.how == "val":
         assert val is not None
         data = TrainingSet(labels, train.X, train.y, val.X, val.y, seed, refit)

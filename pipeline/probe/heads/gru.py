@@ -22,4 +22,4 @@ class GruSettings(TemporalSettings):
 
 
 register_native_kind("gru", native_kind("gru"))
-register_head(HeadKind("gru", GruSettings, lambda cfg, data: fit_temporal("gru", cfg, data), temporal=True))
+register_head(HeadKind("gru", GruSettings, lambda cfg, data: fit_temporal("gru", cfg, data), temporal=True, cv_folds=3))

@@ -102,4 +102,4 @@ def _mlp_arrays(est: Any) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
 
 
 register_native_kind("mlp", NativeKind(_mlp_accepts, _mlp_arrays, MLPPredictor))
-register_head(HeadKind("mlp", MlpSettings, fit))
+register_head(HeadKind("mlp", MlpSettings, fit, cv_folds=3))

@@ -30,6 +30,7 @@ class HeadKind:
     fit: Callable[..., Any]
     temporal: bool = False  # reads each clip's frames (FrameSequences, pool "frames"), not one pooled vector
     trained: bool = True  # False: built from the class names alone (zeroshot), no training rows
+    cv_folds: int = 5  # k of the grouped CV that chooses where val is thin (fewer where each fold is a costly sweep)
 
 
 # name -> module of pipeline.probe.heads that registers it (imported on first use)
