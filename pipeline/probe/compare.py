@@ -2,7 +2,7 @@
 
 Two fits are paired when they scored the same clips (same dataset, same split seed, same clip keys: stores
 of one dataset made with different encoders hold the same clips): ``stats.compare_to_best`` then tests each
-against the most accurate one (exact McNemar where every clip is its own video, else a paired bootstrap over
+against the most accurate one (exact McNemar where every clip is its own video, else an exact sign-flip test over
 videos). A fit whose p-value is >= 0.05 is "≈ best": these test clips cannot tell it from the best.
 """
 
