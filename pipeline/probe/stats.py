@@ -32,7 +32,6 @@ __all__ = [
     "grouped_stratified_folds",
     "mcnemar_exact",
     "mean_class_interval",
-    "paired_bootstrap",
     "plan_selection",
     "score_interval",
     "sign_flip_test",
@@ -234,32 +233,6 @@ def mcnemar_exact(correct_a: np.ndarray, correct_b: np.ndarray) -> float:
     if m == 0:
         return 1.0
     return min(1.0, 2 * _half_binomial_cdf(min(only_a, only_b), m))
-
-
-def paired_bootstrap(
-    correct_a: np.ndarray,
-    correct_b: np.ndarray,
-    groups: Sequence[Hashable] | np.ndarray,
-    *,
-    level: float = DEFAULT_LEVEL,
-    n_boot: int = DEFAULT_N_BOOT,
-    seed: int = 0,
-) -> tuple[float, float, float, float]:
-    """(accuracy a - accuracy b, lo, hi, two-sided p) resampling videos, both rows on the same resample.
-
-    p: the share of resampled differences, centred on the observed one, at least as far from it as the
-    observed difference is from 0 (the bootstrap null distribution by shifting); identical rows give 1.
-    """
-    a, b = np.asarray(correct_a, float), np.asarray(correct_b, float)
-    _check_lengths(a, b, groups)
-    d = a - b
-    g, G = _codes(groups)
-    s, n = _unit_sums(d, g, G)
-    diff = float(d.mean()) if len(d) else math.nan
-    draws = _ratio_resamples(s, n, n_boot, np.random.default_rng(seed))
-    lo, hi = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2])
-    p = float(np.mean(np.abs(draws - diff) >= abs(diff) - 1e-12)) if diff else 1.0
-    return diff, float(lo), float(hi), p
 
 
 EXACT_SIGN_FLIPS = 16  # up to this many videos that differ, every sign pattern is enumerated (65,536)
