@@ -28,11 +28,18 @@ def confusion(y_idx: np.ndarray, pred_idx: np.ndarray, n_classes: int) -> np.nda
     return cm
 
 
-def clip_correct(proba: np.ndarray, y_true: Sequence[str], classes: Sequence[str]) -> np.ndarray:
-    """Per clip, whether the top-scored class is the true one (a label the head never saw: False)."""
+def _true_and_predicted(
+    proba: np.ndarray, y_true: Sequence[str], classes: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Class index of each label (-1: a label the head never saw) and of each top-scored class."""
     index = {c: i for i, c in enumerate(classes)}
     y_idx = np.array([index.get(y, -1) for y in y_true], dtype=int)
-    pred = np.argmax(proba, axis=1) if len(proba) else np.zeros(0, int)
+    return y_idx, np.argmax(proba, axis=1) if len(proba) else np.zeros(0, int)
+
+
+def clip_correct(proba: np.ndarray, y_true: Sequence[str], classes: Sequence[str]) -> np.ndarray:
+    """Per clip, whether the top-scored class is the true one (a label the head never saw: False)."""
+    y_idx, pred = _true_and_predicted(proba, y_true, classes)
     return pred == y_idx
 
 
@@ -59,9 +66,7 @@ def metrics(
     them). ``groups``: each clip's source video (``data.splits.video_group``); clips of one video are not
     independent, so the intervals resample videos (None: every clip its own video).
     """
-    index = {c: i for i, c in enumerate(classes)}
-    y_idx = np.array([index.get(y, -1) for y in y_true], dtype=int)
-    pred = np.argmax(proba, axis=1) if len(proba) else np.zeros(0, int)
+    y_idx, pred = _true_and_predicted(proba, y_true, classes)
     correct = pred == y_idx
     known = y_idx >= 0
     labels = np.asarray(y_true, dtype=object)
