@@ -6,6 +6,7 @@ spec of theirs is built, so ``import pipeline.encoders`` stays cheap.
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -101,10 +102,8 @@ def parse_spec(spec: str) -> tuple[str, str, str | None]:
     if not sep or backend not in BACKENDS or backend == "effnet-lite0":
         if backend == "effnet-lite0" or s.lower().startswith("effnet-lite0@"):
             why = "effnet-lite0 takes no model or weights"
-        elif not sep:
-            why = f"no backend given (did you mean openclip:{s} or timm:{s}?)"
         else:
-            why = f"unknown backend {backend!r}"
+            why = _unknown(s)
         raise ConfigError(f"encoder spec {spec!r}: {why}; allowed forms: {SPEC_FORMS}")
     model, at, weights = rest.partition("@")
     if not model or (at and not weights):
@@ -112,6 +111,21 @@ def parse_spec(spec: str) -> tuple[str, str, str | None]:
             f"encoder spec {spec!r}: empty {'model' if not model else 'weights'} part; allowed forms: {SPEC_FORMS}"
         )
     return backend, model, weights if at else None
+
+
+def _unknown(s: str) -> str:
+    """Why a spec names no registered encoder, with the closest registered name: ``effnet-lite`` ->
+    effnet-lite0, ``openclp:M`` -> openclip:M; a bare model name is offered under each model backend."""
+    models = [b for b in BACKENDS if b != "effnet-lite0"]
+    backend, sep, rest = s.partition(":")
+    if sep:
+        close = difflib.get_close_matches(backend.lower(), [*models, *_BACKEND_ALIASES], n=1, cutoff=0.6)
+        hint = f"did you mean {_BACKEND_ALIASES.get(close[0], close[0])}:{rest}?" if close else ""
+        return f"unknown backend {backend.lower()!r} ({hint or 'registered: ' + ', '.join(models)})"
+    close = difflib.get_close_matches(s.lower(), _DEFAULT_ALIASES, n=1, cutoff=0.6)
+    if close:
+        return f"no encoder is named {s!r} (did you mean {close[0]}?)"
+    return f"no backend given (did you mean {' or '.join(f'{b}:{s}' for b in models)}?)"
 
 
 def _absolute_if_path(s: str) -> str:
