@@ -137,3 +137,31 @@ def test_a_fit_does_not_depend_on_the_order_extraction_wrote_the_clips(tmp_path,
     (a, pa), (b, pb) = fits
     assert a["hparams"] == b["hparams"] and a["val_top1"] == b["val_top1"]
     assert np.array_equal(pa, pb)  # bit for bit: same rows in the same order, same seed
+
+
+def test_evaluate_scores_a_test_only_store_and_every_clip_with_split_all(store_path, tmp_path, capsys):
+    """A held-out set whose manifest names only test clips is scored whole (no 'train' clips needed to score);
+    ``--split all`` scores every labeled clip of any store."""
+    from pipeline.cli import main
+
+    head = tmp_path / "h.npz"
+    train_head(store_path, head, pool="mean")
+    rng = np.random.default_rng(1)
+    held = create_or_open(tmp_path / "held", PROV)
+    with ShardWriter(held) as w:
+        for c in range(3):
+            for j in range(4):
+                w.add(
+                    f"new/c{c}/v{j}.mp4",
+                    None,
+                    None,
+                    f"class{c}",
+                    "test",
+                    rng.normal(size=(4, 6)).astype(np.float32),
+                    np.arange(4) * 0.5,
+                )
+    assert main(["evaluate", str(tmp_path / "held"), str(head), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["split"], out["n"]) == ("test", 12)
+    assert evaluate_head(tmp_path / "held", head, split="all")["n"] == 12
+    assert evaluate_head(store_path, head, split="all")["n"] == 60
