@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from ..data.manifest import DATASET_SPLITS
+from ..errors import ConfigError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130  # 75: StoreBusyError.exit_code
 EXIT_TERMINATED = 143  # 128 + SIGTERM
@@ -64,6 +67,44 @@ def add_trust(p: argparse.ArgumentParser) -> None:
 
 def add_dataset_split(p: argparse.ArgumentParser, help: str) -> None:
     p.add_argument("--dataset-split", type=int, default=1, choices=DATASET_SPLITS, help=help)
+
+
+HEAD_SUFFIXES = (".npz", ".skops", ".joblib")
+_KINDS = {"store": "a feature store", "head": "a head file"}
+
+
+def path_kind(path: str | Path) -> str | None:
+    """``"store"``, ``"head"`` or None: what a named path is, from its name and its neighbours only (a store folder
+    holds store.json, a shard file ends in .h5; a head file has its JSON sidecar beside it), so a swapped pair of
+    arguments is answered at once, before any file is opened."""
+    p = Path(path)
+    if (p / "store.json").is_file() or (p.suffix == ".h5" and p.is_file()):
+        return "store"
+    if p.suffix.lower() in HEAD_SUFFIXES and p.is_file() and p.with_suffix(".json").is_file():
+        return "head"
+    return None
+
+
+def check_order(args: argparse.Namespace, roles: dict[str, str], usage: str, swapped: str | None = None) -> None:
+    """Refuse a head file where a store belongs, or a store where a head belongs, with the command meant:
+    ``roles`` maps each path argument to what it must be, ``usage`` is the command's form (``vidprobe
+    evaluate STORE HEAD``) and ``swapped`` the fixed command line, formatted with the arguments' quoted values
+    (for when the two paths were given in each other's places)."""
+    found = {name: path_kind(getattr(args, name)) for name in roles}
+    wrong = [name for name, role in roles.items() if found[name] not in (None, role)]
+    if not wrong:
+        return
+    shown = {name: shlex.quote(str(getattr(args, name))) for name in roles}
+    if swapped and len(wrong) == len(roles) == 2:
+        (a, b) = wrong
+        raise ConfigError(
+            f"{getattr(args, a)} is {_KINDS[str(found[a])]} and {getattr(args, b)} {_KINDS[str(found[b])]}: "
+            f"did you mean `{swapped.format(**shown)}`?"
+        )
+    name = wrong[0]
+    raise ConfigError(
+        f"{getattr(args, name)} is {_KINDS[str(found[name])]}, not {_KINDS[roles[name]]}: the command is `{usage}`"
+    )
 
 
 def print_json(doc: Any) -> None:

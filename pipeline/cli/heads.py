@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,9 @@ from .common import (
     add_repeats,
     add_store,
     add_trust,
+    check_order,
     command,
+    path_kind,
     pick,
     print_json,
 )
@@ -125,6 +128,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ..probe.heads.settings import HeadConfig
     from ..probe.train import train_head
 
+    check_order(
+        args, {"store": "store", "output": "head"}, "vidprobe train STORE -o HEAD", "vidprobe train {output} -o {store}"
+    )
     settings: dict[str, Any] = {"kind": args.head}
     if args.head in ("logreg", "zeroshot", "attn", "gru"):
         settings["device"] = args.device
@@ -259,6 +265,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..probe.report import plot_confusion
     from ..probe.train import evaluate_head
 
+    check_order(
+        args, {"store": "store", "head": "head"}, "vidprobe evaluate STORE HEAD", "vidprobe evaluate {head} {store}"
+    )
     if args.confusion and Path(args.confusion).suffix.lower() not in PLOT_SUFFIXES:
         raise ConfigError(
             f"--confusion {args.confusion}: the plot is written as {', '.join(PLOT_SUFFIXES)}; "
@@ -298,6 +307,22 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _check_predict_order(args: argparse.Namespace) -> None:
+    """``predict STORE HEAD`` (evaluate was meant) and ``predict VIDEO HEAD`` (the head comes first) answered with
+    the command meant; then a store given as the head is refused like in the other commands."""
+    heads = [v for v in args.videos if path_kind(v) == "head"]
+    if heads and path_kind(args.head) != "head":
+        rest = [shlex.quote(v) for v in args.videos if v != heads[0]]
+        if path_kind(args.head) == "store":
+            meant, why = f"vidprobe evaluate {shlex.quote(args.head)} {shlex.quote(heads[0])}", "a feature store"
+        else:
+            meant, why = f"vidprobe predict {shlex.quote(heads[0])} {' '.join([shlex.quote(args.head), *rest])}", ""
+        raise ConfigError(
+            f"{args.head} is {why or 'not a head file'} and {heads[0]} a head file: did you mean `{meant}`?"
+        )
+    check_order(args, {"head": "head"}, "vidprobe predict HEAD VIDEO...")
+
+
 def add_predict(sub: Any) -> None:
     p = command(sub, cmd_predict, "label new videos with a saved head")
     add_head_file(p)
@@ -332,6 +357,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from ..config import check_device
     from ..probe.predict import predict_videos
 
+    _check_predict_order(args)
     if args.top_k < 1:
         raise ConfigError(f"-k/--top-k={args.top_k}: must be >= 1 (labels to show per video)")
     check_device(args.device, "--device")

@@ -10,7 +10,7 @@ from typing import Any
 
 from ..config import STORE_COMPRESSIONS
 from ..errors import ConfigError
-from .common import EXIT_ERROR, EXIT_OK, add_json, add_store, command, print_json
+from .common import EXIT_ERROR, EXIT_OK, add_json, add_store, check_order, command, print_json
 
 MAX_WARNINGS_SHOWN = 5  # decoder warnings `info` lists in text mode (--json: all)
 
@@ -33,6 +33,7 @@ def add_info(sub: Any) -> None:
 def cmd_info(args: argparse.Namespace) -> int:
     """Counts (clips, frames, labels, splits), encoder, sampling, dtype, compression, size, running writers, leftovers
     of killed jobs, and the recorded failures of a store."""
+    check_order(args, {"store": "store"}, "vidprobe info STORE")
     from ..store import open_store, writer_progress
     from ..store.layout import identity
 
@@ -139,6 +140,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     """Open every finished shard and check it against the store's provenance: consistent offsets and lengths, expected
     dim and dtype, no clip stored twice (within or across shards), only finite values. Safe while an extraction runs.
     Exit 0 when all is well, 1 when a problem is found (each printed on stderr)."""
+    check_order(args, {"store": "store"}, "vidprobe verify STORE")
     from ..store.tools import verify_store
 
     report = verify_store(args.store)
@@ -173,6 +175,7 @@ def cmd_compact(args: argparse.Namespace) -> int:
     """Write every stored clip (duplicates dropped; failures that were later fixed dropped) into one new shard (tmp,
     fsync, atomic rename), then delete the old shards and leftover *.tmp files. Refused while another job writes to the
     store (exit 75). A crash at any point leaves a readable store; re-run to finish."""
+    check_order(args, {"store": "store"}, "vidprobe compact STORE")
     from ..store.tools import compact_store
 
     out = compact_store(args.store, compression=args.compression, compression_level=args.level)
@@ -214,6 +217,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     vectors plus their timestamps. Parquet is written in row groups (bounded memory) and opens with pandas.read_parquet,
     pyarrow and datasets.load_dataset('parquet', data_files=...). --format npy writes a folder: one .npy per video and
     index.json. Written to a temporary name and renamed: never a half-written output; an existing output is refused."""
+    check_order(args, {"store": "store"}, "vidprobe export STORE -o OUT")
     from ..probe.pooling import get_pool
     from ..store.export import export_store
 
