@@ -245,3 +245,65 @@ def test_temporal_heads_get_one_row_per_store_and_few_shot(tmp_path: Path) -> No
         ("frames", "attn", "2"),
     ]
     assert all(r["status"] == "ok" for r in rows) and json.loads(rows[2]["hparams"]).keys() == {"lr", "wd"}
+
+
+def _small_bench(d: Path) -> Path:
+    """One real store, 2 poolings x 2 heads + a few-shot row: 6 fits."""
+    _store(d / "what", "enc-a", False, 0)
+    cfg = {
+        "name": "resume",
+        "stores": [{"dataset": "what", "path": str(d / "what")}],
+        "poolings": ["mean", "seg2"],
+        "heads": ["logreg", {"kind": "knn", "ks": [1, 3]}],
+        "fewshot": {"shots": [2], "seeds": [0, 1]},
+    }
+    (d / "bench.yaml").write_text(yaml.safe_dump(cfg))
+    return d / "bench.yaml"
+
+
+def _without_seconds(rows: list[dict[str, str]]) -> list[dict[str, str]]:
+    return [{k: v for k, v in r.items() if k != "fit_seconds"} for r in rows]
+
+
+def test_a_finished_results_folder_is_kept_unless_overwrite(tmp_path: Path, capsys) -> None:
+    config, out = _small_bench(tmp_path), tmp_path / "out"
+    assert main(["benchmark", str(config), "-o", str(out), "-q"]) == 0
+    before = (out / "results.csv").read_bytes()
+    capsys.readouterr()
+    assert main(["benchmark", str(config), "-o", str(out), "-q"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(out) in err[0] and "--overwrite" in err[0], err
+    assert (out / "results.csv").read_bytes() == before
+    assert main(["benchmark", str(config), "-o", str(out), "-q", "--overwrite"]) == 0
+    assert _without_seconds(_rows(out)) == _without_seconds(list(csv.DictReader(before.decode().splitlines())))
+
+
+def test_an_interrupted_benchmark_resumes_without_refitting(tmp_path: Path) -> None:
+    """Stopped (KeyboardInterrupt, as Ctrl-C raises it) after its third fit, the run leaves those fits in its
+    log; the re-run fits only the rest and writes the same results as a run never stopped."""
+    from pipeline.probe.benchmark import FIT_LOG, run_benchmark
+
+    config = _small_bench(tmp_path)
+    whole = tmp_path / "whole"
+    run_benchmark(config, whole, say=lambda _: None)
+    seen: list[str] = []
+
+    def stop_after_three(line: str) -> None:
+        seen.append(line)
+        if len(seen) == 4:  # the "benchmark ..." line, then one line per full-data fit
+            raise KeyboardInterrupt
+
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        run_benchmark(config, out, say=stop_after_three)
+    logged = [json.loads(line)["row"] for line in (out / FIT_LOG).read_text().splitlines()]
+    assert len(logged) == 3 and not (out / "results.csv").exists()
+    lines: list[str] = []
+    run_benchmark(config, out, say=lines.append)
+    assert "resuming: 3 fits already done" in lines[0]
+    rows = _rows(out)
+    assert _without_seconds(rows) == _without_seconds(_rows(whole))
+    for old in logged:  # kept as logged, not fitted again
+        row = next(r for r in rows if (r["pool"], r["head"]) == (old["pool"], old["head"]) and not r["shots"])
+        assert float(row["fit_seconds"]) == old["fit_seconds"]
+    assert not (out / FIT_LOG).exists() and json.loads((out / "benchmark.json").read_text())["finished"]

@@ -21,6 +21,12 @@ def add_benchmark(sub: Any) -> None:
         "config's repeats, else 1; with a manifest's splits only the head seed changes)",
         default=None,
     )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="run again into a results folder that holds a finished run (without it, that is refused; an "
+        "interrupted run is resumed: its finished fits are kept)",
+    )
     add_json(p, "the summary")
     add_quiet(p, "lines")
 
@@ -40,6 +46,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         say=(lambda _: None) if args.quiet or args.json else print,
         device=args.device,
         repeats=args.repeats,
+        overwrite=args.overwrite,
     )
     if args.json:
         print_json(summary)

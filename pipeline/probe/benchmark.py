@@ -199,6 +199,66 @@ def head_grid(poolings: list[str], heads: list[HeadConfig]) -> list[tuple[str, H
     return grid + [(SEQUENCE_POOL, h) for h in heads if head_kind(h.kind).temporal]
 
 
+FIT_LOG = "fits.jsonl"  # in the results folder while a run is going: each finished fit's row and details
+_FIT_KEY = ("dataset", "store", "encoder", "pool", "head_settings", "shots", "shot_seed", "seed")
+
+
+class FitLog:
+    """The fits a run has finished, one JSON line each, appended as each ends: a run stopped part-way (Ctrl-C, a
+    time limit, a crash) resumes from them. A fit is known by what it fitted (``_FIT_KEY``), so a changed config
+    re-uses only the fits it still asks for. ``path`` None: nothing is kept (the demo's grid)."""
+
+    def __init__(self, path: Path | None, done: dict[str, dict[str, Any]] | None = None) -> None:
+        self.path = path or Path(FIT_LOG)
+        self.keep = path is not None
+        self.done = done or {}
+
+    @classmethod
+    def open(cls, out: Path, overwrite: bool) -> FitLog:
+        """The log of the results folder ``out``; a folder holding a finished run is refused unless ``overwrite``
+        (then its log starts empty), before any store is opened."""
+        record, path = out / "benchmark.json", out / FIT_LOG
+        if record.is_file() and not overwrite:
+            try:
+                finished = json.loads(record.read_text(encoding="utf-8")).get("finished")
+            except (OSError, ValueError, AttributeError):
+                finished = "at an unknown time"
+            if finished:
+                raise ConfigError(
+                    f"{out}: holds a finished benchmark run ({finished}); pass --overwrite to run it again, "
+                    "or -o another folder"
+                )
+        if overwrite:
+            path.unlink(missing_ok=True)
+            return cls(path)
+        done = {}
+        if path.is_file():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    fit = json.loads(line)
+                    done[cls.key(fit["row"])] = fit
+                except (ValueError, KeyError, TypeError):  # a line cut short by the stop
+                    continue
+        return cls(path, done)
+
+    @staticmethod
+    def key(row: dict[str, Any]) -> str:
+        return json.dumps([row.get(k) for k in _FIT_KEY], sort_keys=True, default=str)
+
+    def get(self, row: dict[str, Any]) -> dict[str, Any] | None:
+        return self.done.get(self.key(row))
+
+    def add(self, row: dict[str, Any], details: list[dict[str, Any]]) -> None:
+        if self.keep:
+            with open(self.path, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps({"row": row, "details": details}, default=_plain) + "\n")
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars and arrays as Python numbers and lists (a logged row reads back as the row it was)."""
+    return value.tolist() if hasattr(value, "tolist") else str(value)
+
+
 def run_benchmark(
     config: BenchmarkConfig | str | Path,
     output: str | Path | None = None,
@@ -206,47 +266,57 @@ def run_benchmark(
     say: Callable[[str], None] = print,
     device: str | None = None,
     repeats: int | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Run every (store × pooling × head) fit and the few-shot grid; write results; return a summary.
-    ``repeats``: overrides the config's."""
+    ``repeats``: overrides the config's. A results folder whose run finished is refused unless ``overwrite``;
+    one whose run was interrupted is resumed: the fits it logged (``FIT_LOG``) are kept, not fitted again."""
     cfg = config if isinstance(config, BenchmarkConfig) else load_benchmark_config(config)
     if repeats is not None:
         cfg = dataclasses.replace(cfg, repeats=_repeats(repeats))
+    out = Path(output or cfg.output)
+    log = FitLog.open(out, overwrite)
     if device:
         from ..encoders.base import resolve_device
 
         resolve_device(device)  # a device that is not there fails here, not once per fit
-    out = Path(output or cfg.output)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     cfg = dataclasses.replace(cfg, stores=expand_stores(cfg.stores))
     grids = len(head_grid(cfg.poolings, cfg.heads)), len(head_grid(cfg.fewshot_poolings, cfg.fewshot_heads))
     n_fits = len(cfg.stores) * (grids[0] * cfg.repeats + grids[1] * len(cfg.fewshot_shots) * len(cfg.fewshot_seeds))
-    say(f"benchmark {cfg.name}: {len(cfg.stores)} store(s), {n_fits} fits -> {out}")
-    rows, details = run_grid(cfg, say=say, device=device)
+    resumed = f" (resuming: {len(log.done)} fits already done)" if log.done else ""
+    say(f"benchmark {cfg.name}: {len(cfg.stores)} store(s), {n_fits} fits -> {out}{resumed}")
+    rows, details = run_grid(cfg, say=say, device=device, log=log)
     summary = write_results(cfg, out, rows, details)
     summary["seconds"] = time.perf_counter() - t_start
     record = {"config": cfg.raw, "name": cfg.name, "seconds": summary["seconds"], "versions": versions(*_VERSIONS)}
     record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     (out / "benchmark.json").write_text(json.dumps(finite(record), indent=2, default=str), encoding="utf-8")
+    log.path.unlink(missing_ok=True)  # benchmark.json's "finished" now says the folder is whole
     say(summary["markdown"])
     say(f"results: {out}/results.csv, results.md, details.jsonl, plots ({summary['seconds']:.0f} s)")
     return summary
 
 
 def run_grid(
-    cfg: BenchmarkConfig, *, say: Callable[[str], None] = print, device: str | None = None
+    cfg: BenchmarkConfig,
+    *,
+    say: Callable[[str], None] = print,
+    device: str | None = None,
+    log: FitLog | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Every store's fits, the full-data grid then the few-shot one: the rows of results.csv (each full-data
     row marked against the best of its task, ``compare.mark_ties``), and the details (classes, per-class
-    report, confusion matrix, each test clip's result) of each fit that scored."""
+    report, confusion matrix, each test clip's result) of each fit that scored. ``log``: fits done by an
+    interrupted run are taken from it, and each new fit is added to it as it ends."""
     rows: list[dict[str, Any]] = []
     details: list[dict[str, Any]] = []
     for entry in cfg.stores:
         path = str(Path(entry.path).resolve())
         base = {"benchmark": cfg.name, "dataset": entry.dataset, "store": path, "seed": cfg.split.seed}
         try:
-            fits = _StoreFits(cfg, entry, base, device)
+            fits = _StoreFits(cfg, entry, base, device, log or FitLog(None))
         except VidprobeError as exc:
             say(f"  {entry.dataset}: {exc}")
             rows.append({**base, "encoder": entry.encoder or "?", "status": f"error: {exc}"})
@@ -260,8 +330,10 @@ def run_grid(
 class _StoreFits:
     """The fits on one store: they share its pooled features and its zero-shot text tower (built on first use)."""
 
-    def __init__(self, cfg: BenchmarkConfig, entry: StoreEntry, base: dict[str, Any], device: str | None) -> None:
-        self.cfg, self.entry, self.device = cfg, entry, device
+    def __init__(
+        self, cfg: BenchmarkConfig, entry: StoreEntry, base: dict[str, Any], device: str | None, log: FitLog
+    ) -> None:
+        self.cfg, self.entry, self.device, self.log = cfg, entry, device, log
         self.store = open_store(entry.path)
         prov = self.store.provenance
         self.base = {
@@ -308,6 +380,18 @@ class _StoreFits:
         seed = self.cfg.split.seed if seed is None else seed
         row = {**self.base, "seed": seed, "pool": pool, "order_aware": order_aware(pool), "head": head.kind}
         row.update(head_settings=head.to_dict(), shots=shots, shot_seed=shot_seed if shots else None)
+        if (done := self.log.get(row)) is not None:
+            self.details += done["details"]
+            return done["row"]
+        row, details = self._fit_row(row, head, pool, shots, shot_seed, seed)
+        self.details += details
+        self.log.add(row, details)
+        return row
+
+    def _fit_row(
+        self, row: dict[str, Any], head: HeadConfig, pool: str, shots: int | None, shot_seed: int, seed: int
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """The fit itself: its row, and its details (none where it failed)."""
         t0 = time.perf_counter()
         try:
             splits_from = self.entry.splits_from
@@ -317,7 +401,7 @@ class _StoreFits:
             rec = self._fit(head, pool, split)
         except VidprobeError as exc:
             status = f"skipped: {exc}" if head.kind == "zeroshot" else f"error: {exc}"
-            return {**row, "status": status, "fit_seconds": round(time.perf_counter() - t0, 3)}
+            return {**row, "status": status, "fit_seconds": round(time.perf_counter() - t0, 3)}, []
         m = rec.get("test") or {}
         row.update(
             **_test_scores(m),
@@ -338,8 +422,7 @@ class _StoreFits:
             }
             detail |= clips
             row[COMPARE_KEY] = clips  # for compare.mark_ties, which removes it
-        self.details.append(detail)
-        return row
+        return row, [detail]
 
     def _fit(self, head: HeadConfig, pool: str, split: SplitSpec) -> dict[str, Any]:
         if pool not in self.features:
