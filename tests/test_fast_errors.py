@@ -1,8 +1,9 @@
 """Every command checks its arguments and inputs before importing the model stack: a mistake costs no torch.
 
 All the mistakes run in ONE fresh interpreter, one after another through ``pipeline.cli.main``; after each,
-the wrapper records the exit code, what reached stderr, and whether torch (or timm/open_clip) has been
-imported by then, so the first command that imports too early is named. No timing is asserted.
+the wrapper records the exit code, what reached stderr, whether torch (or timm/open_clip) has been
+imported by then, so the first command that imports too early is named, and how long the call took. The
+guidance for arguments given in the wrong places (``_guidance``) must also come in under a second.
 """
 
 from __future__ import annotations
@@ -22,18 +23,18 @@ from pipeline.store import ShardWriter, create_or_open
 
 REPO = Path(__file__).resolve().parents[1]
 WRAPPER = """
-import contextlib, io, json, sys
+import contextlib, io, json, sys, time
 from pipeline.cli import main
 out = []
 for argv in json.loads(sys.argv[1]):
-    err = io.StringIO()
+    err, t0 = io.StringIO(), time.perf_counter()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
         try:
             rc = main(argv)
         except SystemExit as exc:  # argparse usage errors
             rc = exc.code
     heavy = [m for m in ("torch", "timm", "open_clip") if m in sys.modules]
-    out.append([argv, rc, err.getvalue().strip().splitlines(), heavy])
+    out.append([argv, rc, err.getvalue().strip().splitlines(), heavy, time.perf_counter() - t0])
 print(json.dumps(out))
 """
 
@@ -59,6 +60,11 @@ def setup(tmp_path_factory) -> dict[str, Path]:
     (base / "videos").mkdir()
     (base / "videos" / "x.mp4").write_bytes(b"not decoded: the command fails before")
     (base / "bench.yaml").write_text("stores:\n  - {dataset: x, path: nope}\npoolings: [nosuch]\n")
+    (base / "bench-ok.yaml").write_text(
+        f"stores:\n  - {{dataset: x, path: {base / 'store'}}}\npoolings: [mean]\nheads: [logreg]\n"
+    )
+    (base / "bench-done").mkdir()  # the record a finished run leaves (tests/test_benchmark.py makes a real one)
+    (base / "bench-done" / "benchmark.json").write_text(json.dumps({"name": "x", "finished": "2026-01-01T00:00:00Z"}))
     return {"base": base, "store": base / "store", "head": base / "h.npz", "videos": base / "videos"}
 
 
@@ -94,8 +100,33 @@ def _mistakes(s: dict[str, Path]) -> list[tuple[list[str], int, str]]:
     ]
 
 
-def test_mistakes_fail_in_one_line_before_torch_is_imported(setup) -> None:
-    cases = _mistakes(setup)
+def _guidance(s: dict[str, Path]) -> list[tuple[list[str], int, str]]:
+    """Arguments in each other's places, a misspelt encoder, a finished benchmark folder: the hint names the
+    command meant."""
+    base, store, head, videos = s["base"], str(s["store"]), str(s["head"]), str(s["videos"])
+    video = videos + "/x.mp4"
+    return [
+        (
+            ["evaluate", head, store],
+            2,
+            f"{head} is a head file and {store} a feature store: did you mean `vidprobe evaluate {store} {head}`?",
+        ),
+        (["train", head, "-o", store], 2, f"did you mean `vidprobe train {store} -o {head}`?"),
+        (["predict", store, head], 2, f"did you mean `vidprobe evaluate {store} {head}`?"),
+        (["predict", video, head], 2, f"did you mean `vidprobe predict {head} {video}`?"),
+        (["evaluate", store, store], 2, f"{store} is a feature store, not a head file"),
+        (["info", head], 2, f"{head} is a head file, not a feature store: the command is `vidprobe info STORE`"),
+        (["verify", head], 2, "`vidprobe verify STORE`"),
+        (["compact", head], 2, "`vidprobe compact STORE`"),
+        (["export", head, "-o", str(base / "e.parquet")], 2, "`vidprobe export STORE -o OUT`"),
+        (["extract", videos, "-o", str(base / "o5"), "--encoder", "effnet-lite"], 2, "did you mean effnet-lite0?"),
+        (["extract", videos, "-o", str(base / "o6"), "--encoder", "openclp:ViT-B-32"], 2, "openclip:ViT-B-32?"),
+        (["benchmark", str(base / "bench-ok.yaml"), "-o", str(base / "bench-done")], 2, "--overwrite"),
+    ]
+
+
+def _run(cases: list[tuple[list[str], int, str]]) -> list[list]:
+    """Each case's [argv, exit code, stderr lines, heavy modules imported, seconds], from one interpreter."""
     proc = subprocess.run(
         [sys.executable, "-c", WRAPPER, json.dumps([argv for argv, _, _ in cases])],
         cwd=REPO,
@@ -104,8 +135,24 @@ def test_mistakes_fail_in_one_line_before_torch_is_imported(setup) -> None:
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
-    results = json.loads(proc.stdout.strip().splitlines()[-1])
-    for (argv, code, needle), (_, rc, err, heavy) in zip(cases, results):
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _check(cases: list[tuple[list[str], int, str]], results: list[list]) -> None:
+    for (argv, code, needle), (_, rc, err, heavy, _) in zip(cases, results):
         assert heavy == [], f"{argv}: imported {heavy} before failing ({err})"
         assert rc == code, (argv, rc, err)
         assert len(err) == 1 and needle in err[0] and "Traceback" not in err[0], (argv, err)
+
+
+def test_mistakes_fail_in_one_line_before_torch_is_imported(setup) -> None:
+    cases = _mistakes(setup)
+    _check(cases, _run(cases))
+
+
+def test_arguments_in_the_wrong_places_are_answered_with_the_command_meant_within_a_second(setup) -> None:
+    cases = _guidance(setup)
+    results = _run(cases)
+    _check(cases, results)
+    slow = [(argv, round(seconds, 2)) for argv, _, _, _, seconds in results if seconds >= 1.0]
+    assert not slow, slow
