@@ -46,6 +46,7 @@ TOP_LEVEL_STAGES = {
     "pipeline.config": "base",
     "pipeline.versions": "base",
     "pipeline.__main__": "cli",  # the package pipeline/cli/ is the cli stage itself
+    "pipeline.api": "cli",  # the Python entry points wire every stage, as the commands do
 }
 TORCH_LIKE = {"torch", "torchvision", "open_clip", "timm"}  # the last two import torch themselves
 TORCH_ALLOWED_IN_STORE = {"pipeline.store.torch_dataset"}
