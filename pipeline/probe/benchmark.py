@@ -209,9 +209,7 @@ class FitLog:
     re-uses only the fits it still asks for. ``path`` None: nothing is kept (the demo's grid)."""
 
     def __init__(self, path: Path | None, done: dict[str, dict[str, Any]] | None = None) -> None:
-        self.path = path or Path(FIT_LOG)
-        self.keep = path is not None
-        self.done = done or {}
+        self.path, self.done = path, done or {}
 
     @classmethod
     def open(cls, out: Path, overwrite: bool) -> FitLog:
@@ -249,7 +247,7 @@ class FitLog:
         return self.done.get(self.key(row))
 
     def add(self, row: dict[str, Any], details: list[dict[str, Any]]) -> None:
-        if self.keep:
+        if self.path is not None:
             with open(self.path, "a", encoding="utf-8") as fh:
                 fh.write(json.dumps({"row": row, "details": details}, default=_plain) + "\n")
 
@@ -293,7 +291,7 @@ def run_benchmark(
     record = {"config": cfg.raw, "name": cfg.name, "seconds": summary["seconds"], "versions": versions(*_VERSIONS)}
     record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     (out / "benchmark.json").write_text(json.dumps(finite(record), indent=2, default=str), encoding="utf-8")
-    log.path.unlink(missing_ok=True)  # benchmark.json's "finished" now says the folder is whole
+    (out / FIT_LOG).unlink(missing_ok=True)  # benchmark.json's "finished" now says the folder is whole
     say(summary["markdown"])
     say(f"results: {out}/results.csv, results.md, details.jsonl, plots ({summary['seconds']:.0f} s)")
     return summary
