@@ -48,7 +48,7 @@ class StoreIndex:
         (paths with none recorded are absent): what ``plan_tasks`` compares the files on disk with."""
         known = np.flatnonzero(self.source[:, 0] != UNKNOWN_SOURCE).tolist()
         out: dict[str, Source] = dict(zip((self.video[i] for i in known), map(tuple, self.source[known].tolist())))
-        for fail in self.failures:  # shown failures are of clips with no stored embeddings, so no conflict
+        for fail in self.failures:  # where a video has stored clips too (outside the failure's window), theirs stands
             src = tuple(int(fail.get(c, UNKNOWN_SOURCE)) for c in SOURCE_COLUMNS)
             if src[0] != UNKNOWN_SOURCE:
                 out.setdefault(fail["path"], src)  # type: ignore[arg-type]
