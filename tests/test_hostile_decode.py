@@ -1,6 +1,6 @@
 """Hostile inputs at decode time, with real files and real processes: a container header that lies about
 its length (AVI frame counts; Matroska/WebM durations) and the warnings kept for it across runs, a dangling
-link whose target outside the root appears after planning, a FIFO given to ``predict``, and SIGTERM (what
+manifest link whose target outside the root appears after planning, a FIFO given to ``predict``, and SIGTERM (what
 Slurm sends) to a real extraction."""
 
 from __future__ import annotations
@@ -171,11 +171,13 @@ def test_one_frame_for_several_sampled_times_is_said(tmp_path, effnet):
 
 @pytest.mark.parametrize("workers", ["0", "1"])
 def test_link_target_outside_root_appearing_after_planning_is_not_followed(tmp_path, effnet, workers):
+    # A manifest's rows stay inside its root (a folder source follows links: test_symlinks.py)
     outside, root = tmp_path / "outside", tmp_path / "root"
     (root / "a").mkdir(parents=True)
     write_video(root / "a" / "inside.mp4", pattern_frames(12, height=48, width=64), fps=12)
     (root / "a" / "sneaky.mp4").symlink_to(outside / "secret.mp4")  # dangling when the manifest is read
-    manifest = load_manifest(root)
+    (root / "m.csv").write_text("path,label\na/inside.mp4,a\na/sneaky.mp4,a\n")
+    manifest = load_manifest(root / "m.csv")
     assert sorted(it.path for it in manifest.items) == ["a/inside.mp4", "a/sneaky.mp4"]  # nothing to see yet
     write_video(outside / "secret.mp4", pattern_frames(12, height=48, width=64, seed=5), fps=12)  # the race
     cfg = load_config(None, ["sampling.num_frames=2", f"extract.num_workers={workers}"])

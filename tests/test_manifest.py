@@ -75,8 +75,29 @@ def test_symlink_out_of_root_is_refused(tmp_path):
     root = tmp_path / "root"
     root.mkdir()
     os.symlink(outside, root / "link.mp4")
-    with pytest.raises(ManifestError, match="outside"):
+    with pytest.raises(ManifestError, match="outside .*pass --root DIR"):
         safe_relpath(root, "link.mp4")
+    (root / "m.csv").write_text("path\nlink.mp4\n")
+    (problem,) = load_manifest(root / "m.csv").problems
+    assert problem.path == "link.mp4" and "--root DIR" in problem.error
+
+
+def test_folder_glob_and_single_video_follow_links(tmp_path):
+    # what the user names is theirs: links lead anywhere, the path is the one laid out, nothing is re-confined
+    target = _touch(tmp_path / "elsewhere" / "deep" / "v.mp4")
+    farm = tmp_path / "farm"
+    _touch(farm / "cat" / "own.mp4")
+    os.symlink(target, farm / "cat" / "link.mp4")
+    os.symlink(target.parent, farm / "dog")
+    for m in (load_manifest(farm), load_manifest(str(farm / "*" / "*.mp4"))):
+        assert sorted(i.path for i in m.items) == ["cat/link.mp4", "cat/own.mp4", "dog/v.mp4"]
+        assert all(i.follow_links and i.confine is None for i in m.items) and not m.problems
+    (single,) = load_manifest(farm / "cat" / "link.mp4").items
+    assert (single.path, single.abspath) == ("link.mp4", farm / "cat" / "link.mp4")
+    assert load_manifest(farm / "cat" / "link.mp4").items[0].abspath.resolve() == target
+    (tmp_path / "m.csv").write_text("path\nfarm/cat/own.mp4\n")
+    (row,) = load_manifest(tmp_path / "m.csv").items
+    assert not row.follow_links and row.confine == str(tmp_path.resolve())
 
 
 def test_missing_source():

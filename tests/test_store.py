@@ -353,7 +353,8 @@ def test_cli_verify_and_info_text(tmp_path, capsys):
     assert capsys.readouterr().out.startswith("OK: 2 shards, 3 clips")
     assert main(["info", str(store.path)]) == 0
     out = capsys.readouterr().out
-    assert "3 (9 frames, 3 per clip)" in out and "failures     1 (decode 1)" in out and "bad.mp4: cannot open" in out
+    assert "3 (9 frames, 3 per clip)" in out and "failures     1 video (decode 1)" in out
+    assert "bad.mp4: cannot open" in out
     with h5py.File(w.written[0], "r+") as f:
         f["frames/timestamp"][0] = np.inf
     assert main(["verify", str(store.path)]) == 1

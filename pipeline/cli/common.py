@@ -113,3 +113,11 @@ def print_json(doc: Any) -> None:
 
     json.dump(finite(doc), sys.stdout, indent=2, default=str, allow_nan=False)
     sys.stdout.write("\n")
+
+
+def failed_videos(by_cause: dict[str, int]) -> str:
+    """``3 videos (decode 2, manifest 1)``: failed videos with one number per cause, as the extract summary and
+    ``info`` both say it (``store.index.failure_counts``)."""
+    n = sum(by_cause.values())
+    causes = ", ".join(f"{cause} {k}" for cause, k in sorted(by_cause.items(), key=lambda kv: (-kv[1], kv[0])))
+    return f"{n} video{'' if n == 1 else 's'}" + (f" ({causes})" if causes else "")

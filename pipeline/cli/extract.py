@@ -17,6 +17,7 @@ from .common import (
     add_json,
     add_quiet,
     command,
+    failed_videos,
     print_json,
 )
 
@@ -25,9 +26,9 @@ def add_extract(sub: Any) -> None:
     p = command(sub, cmd_extract, "embed sampled frames of videos into a feature store (resumable)")
     p.add_argument(
         "source",
-        help="a folder (root/<label>/<video>), a .csv/.jsonl manifest (path,label[,split][,start,end]), a video, a "
-        "quoted glob, or official splits: UCF101's ucfTrainTestlist/ folder, HMDB51's split-file folder, a Kinetics "
-        "CSV (label,youtube_id,time_start,time_end,split)",
+        help="a folder (root/<label>/<video>; symlinks followed), a .csv/.jsonl manifest "
+        "(path,label[,split][,start,end]), a video, a quoted glob, or official splits: UCF101's ucfTrainTestlist/ "
+        "folder, HMDB51's split-file folder, a Kinetics CSV (label,youtube_id,time_start,time_end,split)",
     )
     p.add_argument(
         "overrides",
@@ -54,7 +55,7 @@ def add_extract(sub: Any) -> None:
     p.add_argument(
         "--root",
         metavar="DIR",
-        help="folder that manifest paths are relative to (default: the manifest's folder); "
+        help="folder that manifest paths are relative to and must stay inside (default: the manifest's folder); "
         "for UCF101/HMDB51 the folder holding the class folders",
     )
     p.add_argument(
@@ -169,7 +170,8 @@ def _print_summary(summary: Any) -> None:
     )
     print(
         f"{'shard ' + summary.shard + ': ' if summary.shard else ''}"
-        f"{summary.done} extracted, {summary.skipped} skipped (already stored), {summary.failed} failed; "
+        f"{summary.done} extracted, {summary.skipped} skipped (already stored), "
+        f"{'failed: ' + failed_videos(summary.failed_by_cause) if summary.failed else '0 failed'}; "
         f"{ignored}"
         f"{summary.frames} frames in {summary.seconds:.1f} s ({rate:.1f} frames/s) -> {summary.store}"
     )

@@ -10,7 +10,16 @@ from typing import Any
 
 from ..config import STORE_COMPRESSIONS
 from ..errors import ConfigError
-from .common import EXIT_ERROR, EXIT_OK, add_json, add_store, check_order, command, print_json
+from .common import (
+    EXIT_ERROR,
+    EXIT_OK,
+    add_json,
+    add_store,
+    check_order,
+    command,
+    failed_videos,
+    print_json,
+)
 
 MAX_WARNINGS_SHOWN = 5  # decoder warnings `info` lists in text mode (--json: all)
 
@@ -106,9 +115,8 @@ def _state(info: dict[str, Any], said: list[str]) -> list[tuple[str, str]]:
             else (f"clip index ({c.get('clips')} clips)" if c.get("kind") == "index" else c["file"])
         )
         rows.append(("cache", f"{what}, {_size(c['size_bytes'])}, {c['state']} (cache/{c['file']})"))
-    by_stage = ", ".join(f"{k} {v}" for k, v in info["failures_by_stage"].items())
-    retry = f" ({by_stage}); `vidprobe extract ... --retry-failed` retries them" if by_stage else ""
-    rows.append(("failures", f"{info['failures']}{retry}"))
+    retry = "; `vidprobe extract ... --retry-failed` retries them" if info["failures"] else ""
+    rows.append(("failures", f"{failed_videos(info['failures_by_stage'])}{retry}"))
     if said:
         rows.append(("warnings", f"{len(said)} (what decoding worked around, kept across runs; --json lists all)"))
     return rows

@@ -1,9 +1,12 @@
 """What to extract: a list of ``VideoItem`` read from a folder, a CSV/JSONL manifest, a glob, or the
 official split files of UCF101, HMDB51 and Kinetics.
 
-Every path is resolved against a root and may not escape it (a manifest is data from somewhere else;
-``../../etc/passwd`` or an absolute path elsewhere is refused). Rows that cannot be used are returned
-as ``Problem`` records instead of aborting, so one bad line never costs the rest of a job.
+A manifest's rows are resolved against a root and may not escape it (a manifest is data from somewhere
+else; ``../../etc/passwd``, an absolute path elsewhere or a link out of the root is refused, and the
+message names ``--root``). What the user named on the command line -- a folder, a glob, a video -- is
+theirs: its links, to files or to class folders, are followed wherever they point (a link back to a
+folder above is not walked twice). Rows that cannot be used are returned as ``Problem`` records instead
+of aborting, so one bad line never costs the rest of a job.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import glob
 import json
 import math
 import os
+import stat
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -55,10 +60,17 @@ class VideoItem:
     split: str = ""
     start: float | None = None  # seconds; None = from the beginning
     end: float | None = None  # seconds; None = to the end
+    follow_links: bool = False  # a source the user chose (folder, glob, video): links lead anywhere
 
     @property
     def abspath(self) -> Path:
         return Path(self.root) / self.path
+
+    @property
+    def confine(self) -> str | None:
+        """The folder the file must still resolve inside when it is opened (a manifest row: its root);
+        None where links are followed (a folder, glob or video the user named)."""
+        return None if self.follow_links else self.root
 
     @property
     def key(self) -> Key:
@@ -86,6 +98,9 @@ class Manifest:
         return sorted({it.label for it in self.items if it.label})
 
 
+_ROOT_HINT = "to read videos outside it, pass --root DIR, a folder holding them all (relative rows are read from DIR)"
+
+
 def safe_relpath(root: Path, entry: str) -> str:
     """``entry`` (relative or absolute) as a POSIX path inside ``root``; ManifestError if it escapes."""
     if not entry.strip():
@@ -100,7 +115,7 @@ def safe_relpath(root: Path, entry: str) -> str:
     try:
         rel = lexical.relative_to(root)
     except ValueError:
-        raise ManifestError(f"{entry}: path escapes the manifest root {root}") from None
+        raise ManifestError(f"{entry}: path escapes the manifest root {root}; {_ROOT_HINT}") from None
     try:
         resolved = lexical.resolve()
     except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop (Python < 3.13)
@@ -109,7 +124,9 @@ def safe_relpath(root: Path, entry: str) -> str:
         try:
             resolved.relative_to(root)
         except ValueError:
-            raise ManifestError(f"{entry}: path resolves (through a link) outside the manifest root {root}") from None
+            raise ManifestError(
+                f"{entry}: path resolves (through a link) outside the manifest root {root}; {_ROOT_HINT}"
+            ) from None
     return PurePosixPath(*rel.parts).as_posix()
 
 
@@ -143,6 +160,16 @@ def _item_from_row(root: Path, row: dict, where: str) -> VideoItem:
     return VideoItem(rel, str(root), "" if label is None else str(label).strip(), split, start, end)
 
 
+def _row_path(root: Path, row: dict, where: str) -> str:
+    """What a bad row's failure is filed under: the path it names, as a clip of it is stored (so storing the
+    video once the row is fixed closes the failure); else the row itself (``file:line``)."""
+    path = str(row.get("path") or "").strip()
+    try:
+        return safe_relpath(root, path)
+    except ManifestError:
+        return path if path and "\0" not in path else where
+
+
 def _rows_to_manifest(root: Path, rows: list[tuple[str, dict]]) -> Manifest:
     """Items of the rows; a bad row, or a repeat of a clip with another label (a conflict: the first row
     is kept), becomes a ``Problem``. A conflict's problem is filed under its row (``file:line``), not the
@@ -153,8 +180,7 @@ def _rows_to_manifest(root: Path, rows: list[tuple[str, dict]]) -> Manifest:
         try:
             item = _item_from_row(root, row, where)
         except ManifestError as exc:
-            path = str(row.get("path") or where)
-            manifest.problems.append(Problem(path if "\0" not in path else where, str(exc)))
+            manifest.problems.append(Problem(_row_path(root, row, where), str(exc)))
             continue
         seen = first.setdefault(item.key, (where, item.label))
         if seen[1] != item.label:
@@ -224,23 +250,67 @@ def _is_video(p: Path) -> bool:
     return p.suffix.lower() in VIDEO_EXTENSIONS and not p.name.startswith(".")
 
 
+def _walk(root: Path) -> Iterator[tuple[Path, list[str]]]:
+    """(folder, its file names) under ``root``, both sorted, following links to folders; hidden folders and
+    a link back to a folder above (a loop: walked already) are left out."""
+
+    def ident(path: str | Path) -> tuple[int, int]:
+        st = os.stat(path)
+        return st.st_dev, st.st_ino
+
+    above = {str(root): {ident(p) for p in (root, *root.parents)}}  # per folder: the real folders above it
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        chain = above.pop(dirpath)
+        keep = []
+        for d in sorted(d for d in dirnames if not d.startswith(".")):
+            full = os.path.join(dirpath, d)
+            try:
+                here = ident(full)
+            except OSError:  # gone since listed
+                continue
+            if here not in chain:
+                above[full] = chain | {here}
+                keep.append(d)
+        dirnames[:] = keep
+        yield Path(dirpath), sorted(filenames)
+
+
+def _chosen(root: Path, p: Path, label: str = "") -> VideoItem:
+    """The item of a video the user named (under a folder, a glob or by itself): its path as laid out under
+    ``root`` (a link keeps its own name), its links followed to a regular file; ManifestError if they lead
+    nowhere (a dangling link, a loop) or ``p`` is not under ``root``."""
+    full = Path(os.path.normpath(p.absolute()))
+    try:
+        rel = PurePosixPath(*full.relative_to(root).parts).as_posix()
+    except ValueError:
+        raise ManifestError(f"{p}: not under {root}; pass a --root DIR that holds it") from None
+    if p.is_symlink():
+        try:
+            st = os.stat(p)
+        except (OSError, RuntimeError) as exc:  # ENOENT: dangling; ELOOP: a loop of links
+            why = getattr(exc, "strerror", None) or exc
+            raise ManifestError(f"{p}: cannot follow the link to {os.readlink(p)} ({why})") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise ManifestError(f"{p}: the link leads to {os.path.realpath(p)}, which is not a regular file")
+    return VideoItem(rel, str(root), label, follow_links=True)
+
+
 def read_folder(root: Path) -> Manifest:
-    """``root/<label>/<video>`` (folder per class); videos directly in ``root`` are unlabeled. Other files
-    (audio, text, ...) are listed in ``Manifest.ignored`` so the user sees what was left out."""
+    """``root/<label>/<video>`` (folder per class); videos directly in ``root`` are unlabeled. Links to videos
+    and to class folders are followed wherever they point (``_chosen``). Other files (audio, text, ...) are
+    listed in ``Manifest.ignored`` so the user sees what was left out."""
     root = root.resolve()
     manifest = Manifest(root)
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        here = Path(dirpath)
+    for here, filenames in _walk(root):
         rel_dir = here.relative_to(root)
         label = rel_dir.parts[0] if rel_dir.parts else ""
-        for name in sorted(filenames):
+        for name in filenames:
             p = here / name
             if _is_video(p):
                 try:
-                    manifest.items.append(VideoItem(safe_relpath(root, str(p)), str(root), label))
+                    manifest.items.append(_chosen(root, p, label))
                 except ManifestError as exc:
-                    manifest.problems.append(Problem(str(p), str(exc)))
+                    manifest.problems.append(Problem(PurePosixPath(*p.relative_to(root).parts).as_posix(), str(exc)))
             elif not name.startswith("."):  # hidden files (.DS_Store, ._x.mp4) are left out without a word
                 manifest.ignored.append(PurePosixPath(*p.relative_to(root).parts).as_posix())
     return manifest
@@ -253,13 +323,13 @@ def read_glob(pattern: str) -> Manifest:
         if glob.has_magic(part):
             break
         prefix_parts.append(part)
-    root = Path(*prefix_parts).resolve() if prefix_parts else Path.cwd().resolve()
+    root = Path(os.path.normpath(Path(*prefix_parts).absolute() if prefix_parts else Path.cwd()))
     manifest = Manifest(root)
     for match in sorted(glob.glob(pattern, recursive=True)):
         p = Path(match)
-        if p.is_file():
+        if p.is_file() or (p.is_symlink() and _is_video(p)):
             try:
-                manifest.items.append(VideoItem(safe_relpath(root, str(p.absolute())), str(root)))
+                manifest.items.append(_chosen(root, p))
             except ManifestError as exc:
                 manifest.problems.append(Problem(str(p), str(exc)))
     return manifest
@@ -501,8 +571,8 @@ def load_manifest(
         if kind == "jsonl":
             return read_jsonl(p, r)
         if _is_video(p):
-            base = (r or p.parent).resolve()
-            return Manifest(base, [VideoItem(safe_relpath(base, str(p.absolute())), str(base))])
+            base = Path(os.path.normpath((r or p.parent).absolute()))
+            return Manifest(base, [_chosen(base, p)])
         raise ManifestError(f"{p}: not a folder, .csv/.jsonl manifest or video file")
     if glob.has_magic(text):
         manifest = read_glob(text)

@@ -53,7 +53,7 @@ def load_views(
 ) -> tuple[list[np.ndarray | None], np.ndarray, list[str]]:
     """One decode of a single-clip item, resized once per preprocessing in ``views`` that ``need`` names:
     (frames per view, one per sampled time; None where not needed), timestamps, warnings."""
-    task = ClipTask(0, str(item.abspath), item.start, item.end, root=item.root, views=need)
+    task = ClipTask(0, str(item.abspath), item.start, item.end, root=item.confine, views=need)
     frames, stamps, clips, warnings = _decode_whole(task, sampling, list(views), threads)
     idx = np.concatenate([i for _, _, i in clips]) if clips else np.arange(len(stamps))
     return [None if f is None else f[idx] for f in frames], stamps[idx], warnings

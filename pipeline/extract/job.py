@@ -33,6 +33,7 @@ from ..data.sampling import sampling_identity
 from ..encoders.base import FrameEncoder
 from ..errors import StoreError
 from ..store import FeatureStore, ShardWriter, create_or_open, write_run_record, writer_prefix
+from ..store.index import failure_counts
 from ..store.layout import UNKNOWN_SOURCE
 from ..store.sources import Source, fingerprint, same_file
 from ..versions import versions
@@ -54,7 +55,8 @@ class ExtractSummary:
     # videos whose file is another one (size, or sampled bytes) than their features or failure were made from:
     # extracted again, the old records left out by readers (see pipeline.store.sources)
     changed: list[str] = field(default_factory=list)
-    failed: int = 0  # items that failed in this run (incl. manifest problems)
+    failed: int = 0  # videos that failed in this run (incl. manifest problems), each once, as `info` counts
+    failed_by_cause: dict[str, int] = field(default_factory=dict)  # of those, per stage of the latest failure
     frames: int = 0  # frame embeddings stored by this run
     seconds: float = 0.0
     workers_replaced: int = 0  # decoder processes killed after a timeout or found dead
@@ -143,7 +145,7 @@ def plan_tasks(
             lo = -np.inf if item.start is None else item.start - 1e-6
             hi = np.inf if item.end is None else item.end + 1e-6
             skip = frozenset(w for w in windows[item.path] if w[0] >= lo and w[1] <= hi)
-        todo.append((item, ClipTask(len(todo), str(item.abspath), item.start, item.end, skip, item.root)))
+        todo.append((item, ClipTask(len(todo), str(item.abspath), item.start, item.end, skip, item.confine)))
     known = {f["path"] for f in store.failures() if f["stage"] == "manifest"}
     problems = [
         p
@@ -166,6 +168,7 @@ def note_run(store: FeatureStore, prefix: str, summary: ExtractSummary, state: s
             "done": summary.done,
             "skipped": summary.skipped,
             "failed": summary.failed,
+            "failed_by_cause": summary.failed_by_cause,
             "changed": summary.changed[:MAX_RECORDED_WARNINGS],  # video files found replaced, done again
             "warnings": [message for _, message in summary.warnings[:MAX_RECORDED_WARNINGS]],
             "warnings_total": len(summary.warnings),
@@ -231,6 +234,7 @@ class ExtractionJob:
         self.started = time.perf_counter() if started is None else started
         self.prefix = writer_prefix(shard.as_tuple() if shard else None)
         self.write: Callable[[Callable[[], None]], None] = _now
+        self._failed: dict[str, str] = {}  # video -> stage of its latest failure in this run
         self._stack: contextlib.ExitStack | None = None
 
     def __enter__(self) -> ExtractionJob:
@@ -281,14 +285,13 @@ class ExtractionJob:
             self.summary.seconds = time.perf_counter() - self.started
 
     def _count_stored(self, exc_type: Any, exc: Any, tb: Any) -> bool:
-        """On a stop by an exception, count only what finished shards hold (a full disk loses the buffer)."""
-        w = getattr(self, "writer", None)
+        """Count the failed videos per cause (``failure_counts``, as ``info``); on a stop by an exception, only
+        what finished shards hold (a full disk loses the buffer)."""
+        w, failed = getattr(self, "writer", None), self._failed
         if exc_type is not None and w is not None:
-            self.summary.done, self.summary.frames, self.summary.failed = (
-                w.stored_clips,
-                w.stored_frames,
-                w.stored_failures,
-            )
+            self.summary.done, self.summary.frames, failed = w.stored_clips, w.stored_frames, w.stored_failed
+        self.summary.failed_by_cause = failure_counts(failed.items())
+        self.summary.failed = sum(self.summary.failed_by_cause.values())
         return False
 
     def _source(self, path: str, complete: bool = True) -> Source | None:
@@ -306,7 +309,8 @@ class ExtractionJob:
     def add_failure(self, path: str, start: float | None, end: float | None, stage: str, error: str) -> None:
         """Record a failed clip (``error`` names the file and what went wrong) and count it."""
         self.write(partial(self.writer.add_failure, path, start, end, stage, error, self._source(path, complete=False)))
-        self.summary.failed += 1
+        self.summary.failed += path not in self._failed  # videos, each once (``_count_stored`` has the causes)
+        self._failed[path] = stage
         self.summary.failures.append((path, error))
 
     def deliver(self, item: VideoItem, outcome: Outcome) -> None:

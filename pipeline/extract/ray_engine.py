@@ -110,14 +110,15 @@ def _decode_rows(
     that stopped them (then every store of the row records it)."""
     frames: list[list[np.ndarray]] = [[] for _ in views]
     stamps, errors, warnings = [], [], []
-    for path, root, start, end, mask in zip(
-        batch["path"], batch["root"], batch["start"], batch["end"], batch["targets"]
+    for path, root, follow, start, end, mask in zip(
+        batch["path"], batch["root"], batch["follow_links"], batch["start"], batch["end"], batch["targets"]
     ):
         item = VideoItem(
             str(path),
             str(root),
             start=None if np.isnan(start) else float(start),
             end=None if np.isnan(end) else float(end),
+            follow_links=bool(follow),
         )
         need = tuple(sorted({view_of[t] for t in _targets(int(mask), len(view_of))}))
         try:
@@ -297,6 +298,7 @@ def _dataset(
             "index": i,
             "path": u.item.path,
             "root": u.item.root,
+            "follow_links": u.item.follow_links,
             "start": math.nan if u.item.start is None else float(u.item.start),
             "end": math.nan if u.item.end is None else float(u.item.end),
             "targets": sum(1 << t for t in u.targets),

@@ -58,8 +58,9 @@ __all__ = [
 ]
 
 CACHE_VERSION = 1
-# Of the index cache only (pooled caches keep their keys): 2 added each clip's video file fingerprint.
-INDEX_FORMAT = 2
+# Of the index cache only (pooled caches keep their keys): 2 added each clip's video file fingerprint; 3: a
+# failure closes once any clip of its video inside its window is stored (``index._current_failures``).
+INDEX_FORMAT = 3
 INDEX_FILE = "index.h5"
 _SAFE = re.compile(r"^[A-Za-z0-9_.+-]{1,64}$")
 

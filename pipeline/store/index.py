@@ -7,7 +7,8 @@ of a video file since replaced (``sources``) are left out. ``StoreIndex`` holds 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from .layout import SOURCE_COLUMNS, UNKNOWN_SOURCE, Key, clip_key, shard_paths
 from .sources import Source, current_sources, is_replaced
 from .stream import widen
 
-__all__ = ["StoreIndex", "ClipTable", "build_index", "kept_frames"]
+__all__ = ["StoreIndex", "ClipTable", "build_index", "kept_frames", "failure_counts"]
 
 
 @dataclass
@@ -47,7 +48,7 @@ class StoreIndex:
         (paths with none recorded are absent): what ``plan_tasks`` compares the files on disk with."""
         known = np.flatnonzero(self.source[:, 0] != UNKNOWN_SOURCE).tolist()
         out: dict[str, Source] = dict(zip((self.video[i] for i in known), map(tuple, self.source[known].tolist())))
-        for fail in self.failures:  # shown failures are of clips with no stored embeddings, so no conflict
+        for fail in self.failures:  # where a video has stored clips too (outside the failure's window), theirs stands
             src = tuple(int(fail.get(c, UNKNOWN_SOURCE)) for c in SOURCE_COLUMNS)
             if src[0] != UNKNOWN_SOURCE:
                 out.setdefault(fail["path"], src)  # type: ignore[arg-type]
@@ -138,20 +139,43 @@ def _kept_clips(
     return keep, duplicates
 
 
+def _stored_windows(seen: set[Key], paths: set[str]) -> dict[str, list[tuple[float, float]]]:
+    """The (start, end) of each stored clip of ``paths``; an open end as -inf or +inf."""
+    out: dict[str, list[tuple[float, float]]] = {}
+    for video, start, end in seen:
+        if video in paths:
+            out.setdefault(video, []).append((-np.inf if start < 0 else start, np.inf if end < 0 else end))
+    return out
+
+
 def _current_failures(
     rows: list[ClipTableRow], seen: set[Key], current: dict[str, Source], changed: set[str]
 ) -> list[dict[str, Any]]:
-    """Failures of clips no shard holds, of files not replaced since; of repeats, the latest. Oldest first."""
+    """The open failures, oldest first, each clip's latest: what ``info`` shows, ``--retry-failed`` retries
+    and ``compact`` keeps. A failure is closed once its file was replaced, or once any clip of its video
+    inside its window is stored (the whole video for an open window; windowed sampling stores windows)."""
     latest: dict[Key, dict[str, Any]] = {}
     for *_, fails in rows:
         for fail in fails:
             if is_replaced(fail["path"], [fail[c] for c in SOURCE_COLUMNS], current, changed):
                 continue  # an attempt on a file since replaced: history
             key = clip_key(fail["path"], fail["start"], fail["end"])
-            # A failure that a later run fixed is history, not a current failure; of repeats, the latest counts.
-            if key not in seen and (key not in latest or fail["time"] >= latest[key]["time"]):
+            if key not in latest or fail["time"] >= latest[key]["time"]:
                 latest[key] = fail
-    return sorted(latest.values(), key=lambda f: f["time"])
+    stored = _stored_windows(seen, {key[0] for key in latest}) if latest else {}
+
+    def is_open(key: Key) -> bool:
+        lo = -np.inf if key[1] < 0 else key[1] - 1e-6  # the tolerance plan_tasks skips stored windows with
+        hi = np.inf if key[2] < 0 else key[2] + 1e-6
+        return not any(lo <= s and e <= hi for s, e in stored.get(key[0], ()))
+
+    return sorted((f for key, f in latest.items() if is_open(key)), key=lambda f: f["time"])
+
+
+def failure_counts(failures: Iterable[tuple[str, str]]) -> dict[str, int]:
+    """Failed videos per cause, from (video path, stage) pairs in time order: each video once, under its
+    latest failure's stage. The extract summary and ``info`` both count with it, so they agree."""
+    return dict(sorted(Counter(dict(failures).values()).items()))
 
 
 def build_index(path: Path, provenance: dict[str, Any], check: bool = True) -> StoreIndex:

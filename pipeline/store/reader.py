@@ -19,7 +19,7 @@ from ..config import STORE_DTYPES as DTYPES
 from ..errors import StoreError
 from . import cache, stream
 from .clip_tables import ShardMeta, check_sum
-from .index import ClipTable, StoreIndex, build_index
+from .index import ClipTable, StoreIndex, build_index, failure_counts
 from .layout import (
     CACHE_DIR,
     IDENTITY_DEFAULTS,
@@ -438,7 +438,7 @@ class FeatureStore:
         idx = self.index()
         shards = self.shard_paths()
         lengths = np.diff(idx.offset)
-        by_stage = Counter(f["stage"] for f in idx.failures)
+        by_stage = failure_counts((f["path"], f["stage"]) for f in idx.failures)  # videos, as the extract summary
         size = sum(p.stat().st_size for p in shards if p.exists())
         last = max((p.stat().st_mtime for p in shards if p.exists()), default=None)
         writers = live_holders(self.path) if self.path.is_dir() else []
@@ -452,8 +452,8 @@ class FeatureStore:
             "labels": len({x for x in idx.label if x}),
             "label_counts": dict(sorted(Counter(x or "(none)" for x in idx.label).items())),
             "splits": {s or "(none)": n for s, n in sorted(Counter(idx.split).items())},
-            "failures": len(idx.failures),
-            "failures_by_stage": dict(sorted(by_stage.items())),
+            "failures": sum(by_stage.values()),  # videos with an open failure
+            "failures_by_stage": by_stage,
             "shards": len(idx.shards),
             "unfinished_shards": len(self.unfinished_paths()),
             "superseded_shards": len(idx.superseded),

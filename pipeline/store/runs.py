@@ -14,6 +14,7 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from ..errors import StoreError
+from .index import failure_counts
 from .layout import RUNS_DIR, atomic_write_text, disk_error, read_warnings
 from .lock import scope_name
 
@@ -46,7 +47,7 @@ def write_run_record(store: FeatureStore, writer: str, doc: dict[str, Any]) -> N
 
 
 def writer_progress(store: FeatureStore) -> dict[str, dict[str, Any]]:
-    """Per writer prefix: clips in its finished shard files, its current failures, its shard files, the
+    """Per writer prefix: clips in its finished shard files, its videos with open failures, its shard files, the
     warnings its live shards keep (``warnings``: every run's, oldest first, one per line, repeats once),
     and its last run record (``last_run``, when one exists) — what ``vidprobe info`` shows per shard."""
     import h5py
@@ -72,9 +73,12 @@ def writer_progress(store: FeatureStore) -> dict[str, dict[str, Any]]:
             said_by.setdefault(writer_of(shard.name), {}).update(dict.fromkeys(said))
     for writer, said_once in said_by.items():
         row(writer)["warnings"] = list(said_once)
+    failed: dict[str, list[tuple[str, str]]] = {}  # writer -> (video, stage) of its open failures
     for failure in store.failures():
         if failure.get("shard"):
-            row(writer_of(failure["shard"]))["failures"] += 1
+            failed.setdefault(writer_of(failure["shard"]), []).append((failure["path"], failure["stage"]))
+    for writer, pairs in failed.items():
+        row(writer)["failures"] = sum(failure_counts(pairs).values())
     runs = store.path / RUNS_DIR
     for record in sorted(runs.glob("*.json")) if runs.is_dir() else []:
         try:
