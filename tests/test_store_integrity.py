@@ -304,3 +304,27 @@ def test_info_and_verify_work_on_a_read_only_store(tmp_path, monkeypatch, capsys
     assert main(["verify", str(store.path)]) == 0
     out = capsys.readouterr()
     assert "Traceback" not in out.err and "OK: 3 shards, 6 clips" in out.out
+
+
+@pytest.mark.parametrize(
+    "edit, key",
+    [
+        (lambda p: {"schema_version": 1}, "encoder"),  # every other key gone
+        (lambda p: {k: v for k, v in p.items() if k != "dim"}, "dim"),
+        (lambda p: {**p, "dim": "4"}, "dim"),
+        (lambda p: {**p, "sampling": [1]}, "sampling"),
+        (lambda p: {**p, "preprocess": None}, "preprocess"),
+        (lambda p: {**p, "dtype": 16}, "dtype"),
+    ],
+)
+def test_a_damaged_store_json_is_one_line_naming_the_file_and_key(tmp_path, capsys, edit, key):
+    store, _ = _store(tmp_path / "s")
+    pj = store.path / "store.json"
+    pj.write_text(json.dumps(edit(json.loads(pj.read_text()))))
+    path = str(store.path)
+    for argv in (["info", path], ["verify", path], ["train", path, "-o", str(tmp_path / "h.npz")]):
+        code = main(argv)
+        err = capsys.readouterr().err
+        assert code == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1, (argv, err)
+        assert f"{pj}: provenance" in err and repr(key) in err, (argv, err)
+    assert not (tmp_path / "h.npz").exists()

@@ -53,6 +53,7 @@ __all__ = [
     "CACHE_DIR",
     "fsync_dir",
     "read_provenance_file",
+    "check_provenance",
     "Digest",
     "digest",
     "CHECKSUMS_ATTR",
@@ -302,3 +303,47 @@ def read_provenance_file(p: Path) -> dict[str, Any]:
         return json.loads(prov_file.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise StoreError(f"{prov_file}: unreadable provenance ({exc})") from None
+
+
+# What every reader relies on in a store's provenance (store.json, or a shard's ``provenance`` attribute):
+# key -> (JSON type, required). Checked once when a store is opened, so a hand-edited or truncated file is one
+# line naming the key, never a KeyError deep inside info, verify or train.
+PROVENANCE_SCHEMA: dict[str, tuple[type | tuple[type, ...], bool]] = {
+    "schema_version": (int, True),
+    "encoder": (str, True),
+    "weights_id": (str, True),
+    "dim": (int, True),
+    "preprocess": (dict, True),
+    "sampling": (dict, True),
+    "dtype": (str, False),
+    "precision": (str, False),
+    "created": (str, False),
+    "versions": (dict, False),
+    "encoder_info": (dict, False),
+}
+_JSON_TYPE = {int: "an integer", str: "a string", dict: "an object"}
+
+
+def check_provenance(provenance: Any, where: Path) -> dict[str, Any]:
+    """``provenance`` if it holds every key readers use, with the right JSON type; else one ``StoreError``
+    naming ``where`` (the file it came from) and the first bad key. The schema version is checked first:
+    a store of another version is refused as such, not for its keys."""
+    fix = "restore it from a backup or re-extract the store"
+    if not isinstance(provenance, dict):
+        raise StoreError(f"{where}: provenance is a JSON {type(provenance).__name__}, not an object; {fix}")
+    version = provenance.get("schema_version")
+    if version != SCHEMA_VERSION or isinstance(version, bool):
+        raise StoreError(f"{where}: schema version {version!r} is not supported (this vidprobe reads {SCHEMA_VERSION})")
+    for key, (kind, required) in PROVENANCE_SCHEMA.items():
+        if key not in provenance:
+            if required:
+                raise StoreError(f"{where}: provenance lacks the key {key!r}; {fix}")
+            continue
+        value = provenance[key]
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise StoreError(
+                f"{where}: provenance key {key!r} is {json.dumps(value)[:60]}, expected {_JSON_TYPE[kind]}; {fix}"
+            )
+    if provenance["dim"] < 1:
+        raise StoreError(f"{where}: provenance key 'dim' is {provenance['dim']}, expected at least 1; {fix}")
+    return provenance

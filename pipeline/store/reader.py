@@ -31,6 +31,7 @@ from .layout import (
     Digest,
     Key,
     atomic_write_text,
+    check_provenance,
     clip_key,
     describe_differences,
     disk_error,
@@ -518,17 +519,7 @@ def open_store(path: str | Path) -> FeatureStore:
         raise StoreError(
             f"{p}: no feature store here (missing {PROVENANCE_FILE}); create one with `vidprobe extract SOURCE -o {p}`"
         )
-    if not isinstance(provenance, dict):
-        raise StoreError(
-            f"{p}: provenance is a JSON {type(provenance).__name__}, not an object; the store is damaged "
-            "(restore store.json or re-extract)"
-        )
-    if provenance.get("schema_version") != SCHEMA_VERSION:
-        raise StoreError(
-            f"{p}: schema version {provenance.get('schema_version')} "
-            f"is not supported (this vidprobe reads {SCHEMA_VERSION})"
-        )
-    return FeatureStore(p, provenance)
+    return FeatureStore(p, check_provenance(provenance, p if p.is_file() else p / PROVENANCE_FILE))
 
 
 def create_or_open(path: str | Path, provenance: dict[str, Any]) -> FeatureStore:
