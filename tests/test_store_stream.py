@@ -427,3 +427,40 @@ def test_export_refusals_are_one_line(store_path, tmp_path, capsys):
     assert main(["export", str(store_path), "-o", str(tmp_path / "z.parquet"), "--pool", "median"]) != 0
     assert "pool='median'" in capsys.readouterr().err
     assert not (tmp_path / "z.parquet").exists()
+
+
+def test_verify_and_info_agree_that_a_fresh_pooled_cache_is_current(store_path, capsys):
+    open_store(store_path).pooled(get_pool("seg4"))
+    assert [c["state"] for c in open_store(store_path).info()["caches"]] == ["current", "current"]
+    main(["verify", "--json", str(store_path)])  # (the store holds duplicates, a problem of its own)
+    report = json.loads(capsys.readouterr().out)
+    assert not [n for n in report["notes"] + report["problems"] if "cache" in n], report
+
+
+def _edit_pooled_rows(path, edit):
+    """Change a pooled cache's rows and write the checksum of the new rows: the file is intact, its rows lie."""
+    from pipeline.store.layout import digest
+
+    with h5py.File(path, "r+") as f:
+        X = edit(f["pooled"][()])
+        f["pooled"][...] = X
+        f.attrs["checksums"] = json.dumps({"pooled": digest(X)})
+
+
+def test_a_pooled_cache_whose_rows_were_edited_and_rechecksummed_is_neither_served_nor_passed(store_path, capsys):
+    pool = get_pool("mean")
+    X = open_store(store_path).pooled(pool)
+    cached = store_path / "cache" / "pooled-mean.h5"
+    _edit_pooled_rows(cached, lambda a: np.roll(a, 1, axis=0))  # every row now another clip's
+    with pytest.warns(RuntimeWarning, match="pooled-mean.h5: cache ignored and rebuilt .*rows differ"):
+        assert np.array_equal(open_store(store_path).pooled(pool), X)  # a read checks a few rows and rebuilds
+    with h5py.File(cached, "r") as f:
+        assert np.array_equal(f["pooled"][()], X)
+
+    _edit_pooled_rows(cached, lambda a: a + (np.arange(len(a)) == 11)[:, None])  # one row of 27: verify finds it
+    assert main(["verify", str(store_path)]) == 1
+    err = capsys.readouterr().err
+    assert "cache/pooled-mean.h5: damaged cache (its rows differ from the shards' frames pooled again; removed)" in err
+    assert not cached.exists()
+    assert np.array_equal(open_store(store_path).pooled(pool), X)
+    assert not [p for p in verify_store(store_path, get_pool).problems if "cache" in p]

@@ -49,10 +49,13 @@ __all__ = [
     "load_index",
     "save_index",
     "load_pooled",
+    "rows_agree",
+    "spot_rows",
     "save_pooled",
     "PooledWriter",
     "cache_files",
     "check_cache",
+    "is_current",
     "describe_caches",
     "remove_caches",
 ]
@@ -111,6 +114,21 @@ def pooled_key(base: dict[str, Any], index: StoreIndex, pool: str, dtype: str) -
     sums = [[m.path.name, _text_digest(json.dumps(m.checksums, sort_keys=True))] for m in index.shards]
     base = {k: v for k, v in base.items() if k != "index_format"}  # a new index format keeps pooled caches valid
     return {**base, "pool": pool, "dtype": dtype, "clips": len(index.video), "shard_checksums": sums}
+
+
+def is_current(
+    kind: str, stored: dict[str, Any], current: dict[str, Any] | None, index: StoreIndex | None, dtype: str
+) -> bool:
+    """Whether a cache of ``kind`` keyed ``stored`` is exactly what a read now would use: the one rule the
+    reader, ``info`` and ``verify`` share. ``current``: the store's ``index_key`` now; ``index``: its clip index
+    (a pooled cache is also keyed by the checksums of the shards it was pooled from)."""
+    if current is None:
+        return False
+    if kind == "index":
+        return _same(stored, current)
+    if kind == "pooled" and index is not None:
+        return _same(stored, pooled_key(current, index, str(stored.get("pool")), dtype))
+    return False
 
 
 def _text_digest(text: Any) -> str:
@@ -444,6 +462,26 @@ def load_pooled(store: Path, pool: str, key: dict[str, Any]) -> np.ndarray | Non
     return X
 
 
+SPOT_ROWS = 4  # rows of a pooled cache a read pools again before serving it
+
+
+def spot_rows(n: int) -> np.ndarray:
+    """Which rows a read checks: drawn afresh each time, so an edit to the cache cannot know them."""
+    return np.random.default_rng().choice(n, size=min(n, SPOT_ROWS), replace=False) if n else np.zeros(0, np.int64)
+
+
+def rows_agree(held: np.ndarray, fresh: np.ndarray) -> bool:
+    """Cached rows against the same rows pooled again: equal up to float32 rounding of a different summation
+    order (a block of other clips pools a clip by another path), relative to the rows' magnitude."""
+    scale = max(float(np.max(np.abs(fresh))), 1.0) if fresh.size else 1.0
+    return held.shape == fresh.shape and bool(np.allclose(held, fresh, rtol=1e-4, atol=1e-5 * scale))
+
+
+def rows_differ(path: Path) -> None:
+    """The warning for a pooled cache whose rows are not what pooling the shards gives (then rebuilt)."""
+    _damaged(path, "its rows differ from the shards' frames pooled again")
+
+
 # -- info and verify --------------------------------------------------------------------------------
 def describe_caches(store: Path, current: dict[str, Any] | None, index: StoreIndex | None, dtype: str) -> list[dict]:
     """One entry per cache file: file, kind, pool, shape, size, and ``state`` (current | stale | damaged: WHY).
@@ -464,17 +502,11 @@ def describe_caches(store: Path, current: dict[str, Any] | None, index: StoreInd
                 if kind == "pooled":
                     entry["pool"] = stored.get("pool")
                     entry["shape"] = list(f["pooled"].shape)
-                    want = (
-                        pooled_key(current, index, str(stored.get("pool")), dtype)
-                        if current is not None and index is not None
-                        else None
-                    )
                 elif kind == "index":
                     entry["clips"] = int(f["offset"].shape[0]) - 1
-                    want = current
                 else:
                     raise ValueError(f"unknown cache kind {kind!r}")
-            entry["state"] = "current" if want is not None and _same(stored, want) else "stale"
+            entry["state"] = "current" if is_current(kind, stored, current, index, dtype) else "stale"
         except (OSError, KeyError, ValueError, TypeError) as exc:
             entry["state"] = f"damaged: {exc}"
         out.append(entry)

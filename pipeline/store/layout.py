@@ -308,7 +308,7 @@ def read_provenance_file(p: Path) -> dict[str, Any]:
 # What every reader relies on in a store's provenance (store.json, or a shard's ``provenance`` attribute):
 # key -> (JSON type, required). Checked once when a store is opened, so a hand-edited or truncated file is one
 # line naming the key, never a KeyError deep inside info, verify or train.
-PROVENANCE_SCHEMA: dict[str, tuple[type | tuple[type, ...], bool]] = {
+PROVENANCE_SCHEMA: dict[str, tuple[type, bool]] = {
     "schema_version": (int, True),
     "encoder": (str, True),
     "weights_id": (str, True),
