@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
+import time
 import warnings
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -18,6 +22,7 @@ from pipeline.store.tools import compact_store, verify_store
 
 D = 6
 PROV = {"encoder": "test-enc", "weights_id": "w1", "dim": D, "preprocess": {}, "sampling": {"strategy": "fps"}}
+REPO = Path(__file__).resolve().parents[1]
 POOLS = ["mean", "max", "meanstd", "center", "tdiff", "trend", "seg4"]
 
 
@@ -464,3 +469,56 @@ def test_a_pooled_cache_whose_rows_were_edited_and_rechecksummed_is_neither_serv
     assert not cached.exists()
     assert np.array_equal(open_store(store_path).pooled(pool), X)
     assert not [p for p in verify_store(store_path, get_pool).problems if "cache" in p]
+
+
+def _big_store(path, n=3000):
+    """n one-frame-pair clips in one shard: an export of it in row groups of one clip takes a while."""
+    store = create_or_open(path, PROV)
+    rng = np.random.default_rng(0)
+    with ShardWriter(store, shard_size=n) as w:
+        for j in range(n):
+            w.add(f"v{j}.mp4", None, None, "ab"[j % 2], "train", rng.normal(size=(2, D)).astype(np.float32), [0, 1])
+    return path
+
+
+def _export_running(store, out):
+    """A real ``vidprobe export`` process, returned once its temporary file exists (it is writing row groups)."""
+    cmd = [sys.executable, "-m", "pipeline", "export", str(store), "-o", str(out), "--frames", "--row-group", "1"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        tmp = [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.") and p.suffix == ".tmp"]
+        if tmp:
+            return proc, tmp[0]
+        time.sleep(0.002)
+    proc.kill()
+    raise AssertionError(f"the export never wrote its temporary: {proc.communicate()}")
+
+
+def test_a_file_created_at_the_output_while_a_parquet_export_runs_is_kept(tmp_path):
+    store = _big_store(tmp_path / "s")
+    out = tmp_path / "o" / "x.parquet"
+    out.parent.mkdir()
+    proc, tmp = _export_running(store, out)
+    out.write_text("someone else's file")  # while the export writes its row groups
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1, err
+    line = err.strip().splitlines()[-1]
+    assert f"{out}: appeared while the export ran" in line and "Traceback" not in err
+    assert out.read_text() == "someone else's file"
+    assert sorted(p.name for p in out.parent.iterdir()) == ["x.parquet"]  # the temporary is gone too
+
+
+def test_the_temporary_of_a_killed_export_is_removed_by_the_next(tmp_path, capsys):
+    store = _big_store(tmp_path / "s")
+    out = tmp_path / "o" / "x.parquet"
+    out.parent.mkdir()
+    proc, tmp = _export_running(store, out)
+    proc.kill()  # SIGKILL: no cleanup runs
+    proc.communicate(timeout=60)
+    assert tmp.exists() and not out.exists() and f"-{proc.pid}-" in tmp.name  # named with its writer's pid
+    assert main(["export", str(store), "-o", str(tmp_path / "o" / "y.parquet")]) == 0
+    assert sorted(p.name for p in out.parent.iterdir()) == ["y.parquet"]  # another export into the folder
+    import pyarrow.parquet as pq
+
+    assert pq.read_table(tmp_path / "o" / "y.parquet").num_rows == 3000

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from ..data.keys import Key, clip_key
-from ..errors import StoreError
+from ..errors import ConfigError, StoreError
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -49,6 +49,7 @@ __all__ = [
     "shard_name",
     "shard_paths",
     "atomic_write_text",
+    "publish_new",
     "atomic_h5",
     "CACHE_DIR",
     "fsync_dir",
@@ -60,6 +61,7 @@ __all__ = [
     "WARNINGS_GROUP",
     "read_warnings",
     "disk_error",
+    "check_writable",
     "checksum_mismatch",
     "FAILURE_COLUMNS",
     "SOURCE_COLUMNS",
@@ -146,11 +148,37 @@ _DISK_ERRNOS = {
 }
 
 
-def disk_error(path: Path, what: str, exc: OSError) -> StoreError:
-    """One-line ``StoreError`` for a failed write: names the path, the reason, and what to do."""
+def disk_error(path: Path, what: str, exc: OSError, kept: str = "finished shards are kept") -> StoreError:
+    """One-line ``StoreError`` for a failed write: names the path, the reason, what to do, and what is ``kept``."""
     reason = _DISK_ERRNOS.get(exc.errno or 0) or exc.strerror or str(exc).splitlines()[0]
     hint = "free some space and re-run" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "check the path and re-run"
-    return StoreError(f"{path}: cannot {what} ({reason}); {hint} (finished shards are kept)")
+    return StoreError(f"{path}: cannot {what} ({reason}); {hint} ({kept})")
+
+
+def check_writable(path: str | Path, what: str, *, folder: bool = False) -> None:
+    """Refuse, before any work, an output that cannot be written: one ``ConfigError`` naming ``path``, ``what``
+    was to be written and why. The nearest existing folder on the way must take a new file -- tried by creating
+    and removing one, since permission bits tell nothing of a read-only filesystem, /proc, or what root may do
+    -- and ``path`` must not be a folder where a file goes (``folder=False``) or a file where a folder goes.
+    Creates nothing that stays (missing folders are made by the writer)."""
+    p = Path(path)
+    if p.exists() and p.is_dir() != folder:
+        raise ConfigError(f"{p}: is a {'file' if folder else 'folder'}; cannot {what} there (choose another path)")
+    d = p if folder else p.parent
+    while not d.exists() and d != d.parent:
+        d = d.parent
+    if not d.is_dir():
+        raise ConfigError(f"{p}: {d} is a file, not a folder; cannot {what} there (choose another path)")
+    probe = d / f".vidprobe-write-check-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        os.unlink(probe)
+        if p.is_file() and not os.access(p, os.W_OK):
+            raise PermissionError(errno.EACCES, "permission denied")
+    except OSError as exc:
+        why = "files cannot be created there" if exc.errno == errno.ENOENT else _DISK_ERRNOS.get(exc.errno or 0)
+        where = "" if d == p.parent or d == p else f" in {d}"
+        raise ConfigError(f"{p}: cannot {what} ({why or exc.strerror or exc}{where}); choose another path") from None
 
 
 def checksum_mismatch(shard: Path, store: Path, dataset: str) -> StoreError:
@@ -193,16 +221,8 @@ def atomic_write_text(path: Path, text: str, exclusive: bool = False) -> bool:
             fh.flush()
             os.fsync(fh.fileno())
         if exclusive:
-            try:
-                os.link(tmp, path)  # atomic create-if-absent: two jobs creating one store cannot both win
-            except FileExistsError:
+            if not publish_new(tmp, path):  # two jobs creating one store cannot both win
                 return False
-            except OSError as exc:
-                if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
-                    raise
-                if path.exists():  # no hard links on this filesystem: best effort
-                    return False
-                os.replace(tmp, path)
         else:
             os.replace(tmp, path)
     except OSError as exc:
@@ -213,6 +233,24 @@ def atomic_write_text(path: Path, text: str, exclusive: bool = False) -> bool:
         except OSError:
             pass
     fsync_dir(path.parent)
+    return True
+
+
+def publish_new(tmp: Path, dest: Path) -> bool:
+    """Give the finished file ``tmp`` the name ``dest`` atomically, only if nothing has it; False if something
+    does, even something created a moment ago. A hard link is the atomic create-if-absent (``os.replace``
+    would replace); where the filesystem has none, best effort: a check, then a rename. The caller removes
+    ``tmp`` (still there after a link)."""
+    try:
+        os.link(tmp, dest)
+    except FileExistsError:
+        return False
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+            raise
+        if dest.exists() or dest.is_symlink():
+            return False
+        os.replace(tmp, dest)
     return True
 
 

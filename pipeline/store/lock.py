@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import socket
@@ -115,6 +116,26 @@ class Holder:
         except PermissionError:
             pass
         return self.proc_start is None or _proc_start(self.pid) in (None, self.proc_start)
+
+
+def _host_id() -> str:
+    return hashlib.sha1(socket.gethostname().encode("utf-8")).hexdigest()[:8]
+
+
+def writer_tag() -> str:
+    """``HOST-PID-START`` naming this process (HOST: 8 hex digits of the host name; START: ``_proc_start``),
+    for temporary files that a later run must be able to call a dead writer's leftovers (``tag_is_dead``)."""
+    return f"{_host_id()}-{os.getpid()}-{_proc_start(os.getpid()) or 0}"
+
+
+def tag_is_dead(tag: str) -> bool:
+    """True only when the process ``writer_tag`` named is certainly gone: it ran on this host, and its pid is
+    free or now another process's. Another host's (a shared filesystem) is never judged."""
+    host, pid, start = tag.split("-")
+    if host != _host_id():
+        return False
+    holder = Holder(int(pid), socket.gethostname(), 0.0, "", "", "", None if start == "0" else start)
+    return not holder.alive_by_pid()
 
 
 def _read_holder(path: Path) -> Holder | None:
