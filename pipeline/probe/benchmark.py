@@ -27,6 +27,7 @@ from ..config import build, check_known, read_yaml_mapping, rule
 from ..data.splits import SplitsFrom, SplitSpec
 from ..errors import ConfigError, VidprobeError
 from ..store import PROVENANCE_FILE, open_store
+from ..store.layout import check_writable, write_error
 from ..versions import versions
 from .compare import COMPARE_KEY, mark_ties
 from .heads.registry import head_kind
@@ -217,18 +218,25 @@ def run_benchmark(
 
         resolve_device(device)  # a device that is not there fails here, not once per fit
     out = Path(output or cfg.output)
-    out.mkdir(parents=True, exist_ok=True)
+    check_writable(out, "write the benchmark results", folder=True)  # before any fit
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise write_error(out, "create the results folder", exc) from None
     t_start = time.perf_counter()
     cfg = dataclasses.replace(cfg, stores=expand_stores(cfg.stores))
     grids = len(head_grid(cfg.poolings, cfg.heads)), len(head_grid(cfg.fewshot_poolings, cfg.fewshot_heads))
     n_fits = len(cfg.stores) * (grids[0] * cfg.repeats + grids[1] * len(cfg.fewshot_shots) * len(cfg.fewshot_seeds))
     say(f"benchmark {cfg.name}: {len(cfg.stores)} store(s), {n_fits} fits -> {out}")
     rows, details = run_grid(cfg, say=say, device=device)
-    summary = write_results(cfg, out, rows, details)
-    summary["seconds"] = time.perf_counter() - t_start
-    record = {"config": cfg.raw, "name": cfg.name, "seconds": summary["seconds"], "versions": versions(*_VERSIONS)}
-    record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    (out / "benchmark.json").write_text(json.dumps(finite(record), indent=2, default=str), encoding="utf-8")
+    try:
+        summary = write_results(cfg, out, rows, details)
+        summary["seconds"] = time.perf_counter() - t_start
+        record = {"config": cfg.raw, "name": cfg.name, "seconds": summary["seconds"], "versions": versions(*_VERSIONS)}
+        record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        (out / "benchmark.json").write_text(json.dumps(finite(record), indent=2, default=str), encoding="utf-8")
+    except OSError as exc:  # checked writable before the fits; a full disk or a folder removed since
+        raise write_error(Path(exc.filename or out), "write the benchmark results", exc) from None
     say(summary["markdown"])
     say(f"results: {out}/results.csv, results.md, details.jsonl, plots ({summary['seconds']:.0f} s)")
     return summary

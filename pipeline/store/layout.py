@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from ..data.keys import Key, clip_key
-from ..errors import ConfigError, StoreError
+from ..errors import OutputError, StoreError
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -61,6 +61,7 @@ __all__ = [
     "WARNINGS_GROUP",
     "read_warnings",
     "disk_error",
+    "write_error",
     "check_writable",
     "checksum_mismatch",
     "FAILURE_COLUMNS",
@@ -148,27 +149,36 @@ _DISK_ERRNOS = {
 }
 
 
-def disk_error(path: Path, what: str, exc: OSError, kept: str = "finished shards are kept") -> StoreError:
-    """One-line ``StoreError`` for a failed write: names the path, the reason, what to do, and what is ``kept``."""
+def _failed(path: Path, what: str, exc: OSError) -> str:
     reason = _DISK_ERRNOS.get(exc.errno or 0) or exc.strerror or str(exc).splitlines()[0]
     hint = "free some space and re-run" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "check the path and re-run"
-    return StoreError(f"{path}: cannot {what} ({reason}); {hint} ({kept})")
+    return f"{path}: cannot {what} ({reason}); {hint}"
+
+
+def disk_error(path: Path, what: str, exc: OSError, kept: str = "finished shards are kept") -> StoreError:
+    """One-line ``StoreError`` for a failed write: names the path, the reason, what to do, and what is ``kept``."""
+    return StoreError(f"{_failed(path, what, exc)} ({kept})")
+
+
+def write_error(path: Path, what: str, exc: OSError) -> OutputError:
+    """``disk_error``'s line for an output that is not a store (a plot, a results folder)."""
+    return OutputError(_failed(path, what, exc))
 
 
 def check_writable(path: str | Path, what: str, *, folder: bool = False) -> None:
-    """Refuse, before any work, an output that cannot be written: one ``ConfigError`` naming ``path``, ``what``
+    """Refuse, before any work, an output that cannot be written: one ``OutputError`` naming ``path``, ``what``
     was to be written and why. The nearest existing folder on the way must take a new file -- tried by creating
     and removing one, since permission bits tell nothing of a read-only filesystem, /proc, or what root may do
     -- and ``path`` must not be a folder where a file goes (``folder=False``) or a file where a folder goes.
     Creates nothing that stays (missing folders are made by the writer)."""
     p = Path(path)
     if p.exists() and p.is_dir() != folder:
-        raise ConfigError(f"{p}: is a {'file' if folder else 'folder'}; cannot {what} there (choose another path)")
+        raise OutputError(f"{p}: is a {'file' if folder else 'folder'}; cannot {what} there (choose another path)")
     d = p if folder else p.parent
     while not d.exists() and d != d.parent:
         d = d.parent
     if not d.is_dir():
-        raise ConfigError(f"{p}: {d} is a file, not a folder; cannot {what} there (choose another path)")
+        raise OutputError(f"{p}: cannot create its folder ({d} is a file) to {what}; choose another path")
     probe = d / f".vidprobe-write-check-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
@@ -178,7 +188,7 @@ def check_writable(path: str | Path, what: str, *, folder: bool = False) -> None
     except OSError as exc:
         why = "files cannot be created there" if exc.errno == errno.ENOENT else _DISK_ERRNOS.get(exc.errno or 0)
         where = "" if d == p.parent or d == p else f" in {d}"
-        raise ConfigError(f"{p}: cannot {what} ({why or exc.strerror or exc}{where}); choose another path") from None
+        raise OutputError(f"{p}: cannot {what} ({why or exc.strerror or exc}{where}); choose another path") from None
 
 
 def checksum_mismatch(shard: Path, store: Path, dataset: str) -> StoreError:

@@ -32,6 +32,7 @@ from .layout import (
     Key,
     atomic_write_text,
     check_provenance,
+    check_writable,
     clip_key,
     describe_differences,
     disk_error,
@@ -569,6 +570,8 @@ def check_appendable(path: str | Path, provenance: dict[str, Any]) -> None:
     if _writable_store_path(p):
         keys = tuple(k for k in IDENTITY_KEYS if k in provenance)
         _refuse_differences(open_store(p), {**IDENTITY_DEFAULTS, **provenance}, keys)
+    else:
+        check_writable(p, "create the store", folder=True)
 
 
 def _writable_store_path(p: Path) -> bool:
