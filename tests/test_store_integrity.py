@@ -328,3 +328,23 @@ def test_a_damaged_store_json_is_one_line_naming_the_file_and_key(tmp_path, caps
         assert code == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1, (argv, err)
         assert f"{pj}: provenance" in err and repr(key) in err, (argv, err)
     assert not (tmp_path / "h.npz").exists()
+
+
+def _strict(text):
+    def refuse(token):
+        raise AssertionError(f"{token} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_info_and_verify_json_are_strict_an_open_window_is_null(tmp_path, capsys):
+    store, _ = _store(tmp_path / "s")
+    with ShardWriter(store) as w:
+        w.add_failure("whole.mp4", None, None, "decode", "whole.mp4: broken")  # the whole video
+        w.add_failure("tail.mp4", 4.0, None, "decode", "tail.mp4: broken")  # a window open at its end
+    assert main(["info", "--json", str(store.path)]) == 0
+    info = _strict(capsys.readouterr().out)
+    windows = {f["path"]: (f["start"], f["end"]) for f in info["failure_list"]}
+    assert windows == {"whole.mp4": (None, None), "tail.mp4": (4.0, None)}
+    assert main(["verify", "--json", str(store.path)]) == 0
+    assert _strict(capsys.readouterr().out)["failures"] == 2
