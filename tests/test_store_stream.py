@@ -522,3 +522,23 @@ def test_the_temporary_of_a_killed_export_is_removed_by_the_next(tmp_path, capsy
     import pyarrow.parquet as pq
 
     assert pq.read_table(tmp_path / "o" / "y.parquet").num_rows == 3000
+
+
+def test_a_cache_temporary_left_by_a_dead_writer_is_removed_by_the_next_cache_write(store_path):
+    from pipeline.store.lock import writer_tag
+
+    gone = subprocess.run(  # a process that has exited: its tag names a dead writer
+        [sys.executable, "-c", "from pipeline.store.lock import writer_tag; print(writer_tag())"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    (store_path / "cache").mkdir()
+    dead = store_path / "cache" / f"pooled-mean.h5.{gone}-0badcafe.tmp"
+    live = store_path / "cache" / f"pooled-max.h5.{writer_tag()}-0badcafe.tmp"  # a writer still running: kept
+    for p in (dead, live):
+        p.write_bytes(b"\0" * 4096)
+    open_store(store_path).pooled(get_pool("mean"))
+    assert not dead.exists() and live.exists()
+    assert sorted(p.name for p in (store_path / "cache").glob("*.h5")) == ["index.h5", "pooled-mean.h5"]

@@ -40,6 +40,7 @@ from .layout import (
     identity,
     shard_paths,
 )
+from .lock import TAG_PATTERN, remove_dead_temporaries
 
 __all__ = [
     "CACHE_VERSION",
@@ -75,6 +76,22 @@ def pooled_file(store: Path, pool: str) -> Path:
     if not _SAFE.match(pool):
         raise StoreError(f"pool name {pool!r}: not usable as a cache file name")
     return cache_dir(store) / f"pooled-{pool}.h5"
+
+
+# A cache's temporary while it is written (``layout.atomic_h5`` with ``unique_tmp``).
+_TMP = re.compile(rf"^.+\.h5\.{TAG_PATTERN}-[0-9a-f]{{8}}\.tmp$")
+
+
+def _cache_folder(store: Path) -> Path:
+    """``cache/``, created if need be; the temporaries of killed cache writers there (up to a pooled matrix
+    each) are removed."""
+    d = cache_dir(store)
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise disk_error(d, "create the cache folder", exc) from None
+    remove_dead_temporaries(d, _TMP)
+    return d
 
 
 def cache_files(store: Path) -> list[Path]:
@@ -152,10 +169,7 @@ def _write(
     known: dict[str, str] | None = None,
 ) -> None:
     """One cache file; ``known``: checksums of datasets already hashed while they were computed."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise disk_error(path.parent, "create the cache folder", exc) from None
+    _cache_folder(path.parent.parent)
     with atomic_h5(path, f"write cache {path.name}", unique_tmp=True) as f:
         f.attrs["kind"] = kind
         f.attrs["key"] = json.dumps(key, sort_keys=True)
@@ -389,10 +403,7 @@ class PooledWriter:
     def _begin(self, width: int) -> None:
         import h5py
 
-        try:
-            self._final.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise disk_error(self._final.parent, "create the cache folder", exc) from None
+        _cache_folder(self._final.parent.parent)
         ctx = atomic_h5(self._final, f"write cache {self._final.name}", unique_tmp=True)
         f = self._file = ctx.__enter__()
         self._ctx = ctx

@@ -36,7 +36,7 @@ import numpy as np
 
 from ..errors import StoreError
 from .layout import check_writable, disk_error, fsync_dir, publish_new
-from .lock import tag_is_dead, writer_tag
+from .lock import TAG_PATTERN, remove_dead_temporaries, writer_tag
 from .reader import FeatureStore, open_store
 
 __all__ = ["EXPORT_FORMATS", "export_store"]
@@ -66,23 +66,12 @@ def _ends(x: np.ndarray) -> Any:
 
 # An export's temporary: ``.OUT.export-TAG-RANDOM.tmp`` beside OUT, TAG naming its process (``lock.writer_tag``),
 # so that the next export into that folder removes what a killed one left (up to the whole export's size).
-_TMP = re.compile(r"^\..+\.export-(?P<tag>[0-9a-f]{8}-\d+-\d+)-[0-9a-f]{8}\.tmp$")
+_TMP = re.compile(rf"^\..+\.export-{TAG_PATTERN}-[0-9a-f]{{8}}\.tmp$")
 _NOTHING_KEPT = "nothing is left under that name"
 
 
 def _tmp_path(out: Path) -> Path:
     return out.with_name(f".{out.name}.export-{writer_tag()}-{uuid.uuid4().hex[:8]}.tmp")
-
-
-def _remove_stale(folder: Path) -> None:
-    """Temporaries of exports into ``folder`` whose process is gone (killed mid-way): removed."""
-    for p in folder.iterdir():
-        m = _TMP.match(p.name)
-        if m and tag_is_dead(m["tag"]):
-            try:
-                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
-            except OSError:
-                pass  # not ours to remove after all (permissions): it stays, as before
 
 
 def _exists(out: Path) -> StoreError:
@@ -105,7 +94,7 @@ def _check_output(out: Path) -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise disk_error(out.parent, "create the output folder", exc, _NOTHING_KEPT) from None
-    _remove_stale(out.parent)
+    remove_dead_temporaries(out.parent, _TMP)  # what killed exports into this folder left
 
 
 def _drop(tmp: Path) -> None:

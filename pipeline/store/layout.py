@@ -35,6 +35,7 @@ import numpy as np
 
 from ..data.keys import Key, clip_key
 from ..errors import OutputError, StoreError
+from .lock import writer_tag
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -267,11 +268,13 @@ def publish_new(tmp: Path, dest: Path) -> bool:
 @contextmanager
 def atomic_h5(final: Path, what: str, *, unique_tmp: bool = False) -> Iterator[Any]:
     """An HDF5 file written as ``final.tmp``, fsynced, then renamed to ``final``: how shards and caches come to be.
-    ``unique_tmp``: a random temporary name, for files that two processes may write at once (a cache).
+    ``unique_tmp``: a name of its own, ``final.TAG-RANDOM.tmp`` (TAG: the writer's ``lock.writer_tag``), for
+    files two processes may write at once (a cache), so that a killed writer's can be told and removed.
     A failed write leaves no temporary file and raises one ``StoreError``."""
     import h5py
 
-    tmp = final.with_name(final.name + (f".{uuid.uuid4().hex[:8]}.tmp" if unique_tmp else ".tmp"))
+    unique = f".{writer_tag()}-{uuid.uuid4().hex[:8]}.tmp" if unique_tmp else ".tmp"
+    tmp = final.with_name(final.name + unique)
     try:
         with h5py.File(tmp, "w") as f:
             yield f

@@ -23,6 +23,8 @@ import fcntl
 import hashlib
 import json
 import os
+import re
+import shutil
 import socket
 import sys
 import threading
@@ -136,6 +138,25 @@ def tag_is_dead(tag: str) -> bool:
         return False
     holder = Holder(int(pid), socket.gethostname(), 0.0, "", "", "", None if start == "0" else start)
     return not holder.alive_by_pid()
+
+
+TAG_PATTERN = r"(?P<tag>[0-9a-f]{8}-\d+-\d+)"  # a ``writer_tag`` inside a temporary file's name
+
+
+def remove_dead_temporaries(folder: Path, names: re.Pattern[str]) -> int:
+    """Remove the entries of ``folder`` whose name matches ``names`` (with a ``TAG_PATTERN`` group) and whose
+    writer is dead (``tag_is_dead``): what a killed run left. Returns how many; one that cannot be removed
+    stays."""
+    removed = 0
+    for p in folder.iterdir() if folder.is_dir() else []:
+        m = names.match(p.name)
+        if m and tag_is_dead(m["tag"]):
+            try:
+                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
+                removed += 1
+            except OSError:
+                pass
+    return removed
 
 
 def _read_holder(path: Path) -> Holder | None:
