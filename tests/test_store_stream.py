@@ -542,3 +542,25 @@ def test_a_cache_temporary_left_by_a_dead_writer_is_removed_by_the_next_cache_wr
     open_store(store_path).pooled(get_pool("mean"))
     assert not dead.exists() and live.exists()
     assert sorted(p.name for p in (store_path / "cache").glob("*.h5")) == ["index.h5", "pooled-mean.h5"]
+
+
+def test_verify_recomputing_a_pooled_cache_while_a_writer_adds_a_shard_calls_it_stale_not_wrong(store_path):
+    base = get_pool("mean")
+    open_store(store_path).pooled(base)
+    wrote = []
+
+    class Racing:  # a concurrent extraction finishes a shard while verify pools the store again
+        name = "mean"
+
+        def __call__(self, x):
+            return base(x)
+
+        def batch(self, frames, offsets):
+            if not wrote:
+                wrote.append(_write(open_store(store_path), 300, 2, seed=6))
+            return base.batch(frames, offsets)
+
+    report = verify_store(store_path, lambda name: Racing())
+    assert wrote and not [p for p in report.problems if "cache" in p], report.problems
+    assert any("pooled-mean.h5: stale (the shards changed while verifying)" in n for n in report.notes)
+    assert (store_path / "cache" / "pooled-mean.h5").exists()

@@ -313,9 +313,10 @@ def _check_caches(store: FeatureStore, report: VerifyReport, pools: PoolResolver
             if fresh is None:
                 continue  # nothing to compare with: the shards' problems are reported
             if cache.is_current(kind, stored, key, fresh, dtype):
-                problem = (
-                    _index_problem(store, key, fresh) if kind == "index" else _pooled_problem(store, p, pools, report)
-                )
+                if kind == "index":
+                    problem = _index_problem(store, key, fresh)
+                else:
+                    problem = _pooled_problem(store, p, key, pools, report)
             elif (
                 kind == "pooled" and stored.get("shards") == key["shards"] and stored.get("identity") == key["identity"]
             ):
@@ -343,8 +344,12 @@ def _index_problem(store: FeatureStore, key: dict[str, Any], fresh: StoreIndex) 
     return None
 
 
-def _pooled_problem(store: FeatureStore, path: Path, pools: PoolResolver | None, report: VerifyReport) -> str | None:
-    """Pool the shards' frames again and compare with the cached rows; rows that differ remove the file."""
+def _pooled_problem(
+    store: FeatureStore, path: Path, key: dict[str, Any], pools: PoolResolver | None, report: VerifyReport
+) -> str | None:
+    """Pool the shards' frames again and compare with the cached rows; rows that differ remove the file.
+    ``key``: the store's index key when the cache was judged current (a writer adding a shard meanwhile makes
+    the cache stale, not wrong)."""
     import h5py
 
     with h5py.File(path, "r") as f:
@@ -353,12 +358,20 @@ def _pooled_problem(store: FeatureStore, path: Path, pools: PoolResolver | None,
         pool = pools(str(name)) if pools is not None else None
     except VidprobeError:
         pool = None
+    where = f"{CACHE_DIR}/{path.name}"
     if pool is None:
-        report.notes.append(f"{CACHE_DIR}/{path.name}: rows not recomputed (pooling {name!r} not available)")
+        report.notes.append(f"{where}: rows not recomputed (pooling {name!r} not available)")
         return None
     again = open_store(store.path)
     again.use_cache = False
-    if cache.rows_agree(held, again.pooled(pool)):
+    try:
+        fresh = again.pooled(pool)
+    except StoreError:
+        return None  # a shard that cannot be read: reported above
+    if cache.index_key(store.provenance, cache.shard_stamps(store.path)) != key:
+        report.notes.append(f"{where}: stale (the shards changed while verifying); the next read rebuilds it")
+        return None
+    if cache.rows_agree(held, fresh):
         return None
     try:
         path.unlink()
