@@ -348,3 +348,9 @@ def test_info_and_verify_json_are_strict_an_open_window_is_null(tmp_path, capsys
     assert windows == {"whole.mp4": (None, None), "tail.mp4": (4.0, None)}
     assert main(["verify", "--json", str(store.path)]) == 0
     assert _strict(capsys.readouterr().out)["failures"] == 2
+
+
+def test_a_store_is_never_created_with_a_provenance_it_could_not_open(tmp_path):
+    with pytest.raises(StoreError, match="store.json: provenance key 'sampling' is \\[1\\], expected an object"):
+        create_or_open(tmp_path / "s", {**PROV, "sampling": [1]})
+    assert not (tmp_path / "s").exists()

@@ -549,6 +549,7 @@ def create_or_open(path: str | Path, provenance: dict[str, Any]) -> FeatureStore
     provenance = {**IDENTITY_DEFAULTS, **provenance, "schema_version": SCHEMA_VERSION}
     if identity(provenance, "dtype") not in DTYPES:
         raise StoreError(f"dtype={provenance['dtype']!r}: allowed values are {', '.join(DTYPES)}")
+    check_provenance(provenance, p / PROVENANCE_FILE)  # never write a store.json that could not be opened
     if not _writable_store_path(p):
         try:
             (p / SHARD_DIR).mkdir(parents=True, exist_ok=True)
