@@ -6,7 +6,8 @@ For each store, in fresh processes (so peak RSS is the read's own):
 
 * first read: ``open_store(p).pooled(get_pool("mean"))`` with no cache — time (open + clip index + pooling)
   and peak RSS, against the (N, D') pooled matrix it returns;
-* cached read: the same call again in a new process (clip index and pooled matrix from ``cache/``);
+* cached read: the same call again in a new process (clip index and pooled matrix from ``cache/``), and of it
+  the spot check (``cache.SPOT_ROWS`` random rows pooled again from their frames before the cache is served);
 * ``--old`` stores: the pre-streaming read (all frames as float32, then a Python call per clip), side by side.
 
 Targets (issue 11): peak RSS <= 1.5 x pooled + 0.5 GB; time growth <= 12x for 10x the clips; cached read
@@ -37,6 +38,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from pipeline.store.cache import SPOT_ROWS  # noqa: E402
 from pipeline.versions import cpu_model  # noqa: E402
 
 OLD_FIGURE = {"seconds": 12.3, "peak_rss_gb": 4.1}  # issue 11, 200k x 8 x 512 float16, before streaming
@@ -106,7 +108,17 @@ def child(mode: str, path: str) -> None:
         X = store.pooled(pool)
     t2 = time.perf_counter()
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
-    print(json.dumps({"index_s": t1 - t0, "pool_s": t2 - t1, "total_s": t2 - t0, "peak_rss": rss, "nbytes": X.nbytes}))
+    spot = None
+    if mode == "cached":  # of the cached read, what pooling a few random rows again before serving them costs
+        ts = time.perf_counter()
+        store._spot_check(pool, X)
+        spot = time.perf_counter() - ts
+    print(
+        json.dumps(
+            {"index_s": t1 - t0, "pool_s": t2 - t1, "total_s": t2 - t0, "peak_rss": rss, "nbytes": X.nbytes}
+            | {"spot_check_s": spot}
+        )
+    )
 
 
 def run_child(mode: str, path: Path) -> dict:
@@ -231,7 +243,8 @@ def main() -> None:
                 f"  first read  {f['total_s']:7.2f} s (index {f['index_s']:.2f} s + pooling {f['pool_s']:.2f} s), "
                 f"peak RSS {f['peak_rss'] / GB:.2f} GB for a {r['pooled_gb']:.2f} GB pooled matrix "
                 f"(limit {r['rss_limit_gb']:.2f} GB: {'ok' if r['rss_ok'] else 'OVER'})\n"
-                f"  cached read {c['total_s']:7.2f} s (index {c['index_s']:.2f} s + pooled {c['pool_s']:.2f} s): "
+                f"  cached read {c['total_s']:7.2f} s (index {c['index_s']:.2f} s + pooled {c['pool_s']:.2f} s, of "
+                f"which {1000 * c['spot_check_s']:.1f} ms pool {SPOT_ROWS} random rows again): "
                 f"{r['cached_speedup']:.1f}x faster ({'ok' if r['cached_ok'] else 'below 5x'})"
             )
             if old:

@@ -13,6 +13,7 @@ walker (``check_settings``) coerces and checks them all, naming the dotted key i
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 import types
@@ -364,6 +365,47 @@ class Config:
         return dataclasses.asdict(self)
 
 
+class DuplicateKey(Exception):
+    """A YAML mapping names one key twice (``key``; ``line`` and ``first`` 1-based). PyYAML keeps the last
+    value silently, so a setting written twice would quietly lose one of its values."""
+
+    def __init__(self, key: Any, line: int, first: int) -> None:
+        super().__init__(f"duplicate key {key!r} at line {line} (first at line {first})")
+        self.key, self.line, self.first = key, line, first
+
+
+@functools.lru_cache(maxsize=1)
+def _strict_loader() -> type:
+    """``yaml.SafeLoader`` that refuses a mapping with a duplicate key (merge keys ``<<`` may still be
+    overridden, as YAML means them to be). Built on first use: importing config does not import yaml."""
+    import yaml
+
+    class StrictLoader(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            if isinstance(node, yaml.MappingNode):
+                seen: dict[Any, int] = {}
+                for key_node, _ in node.value:
+                    if key_node.tag == "tag:yaml.org,2002:merge":
+                        continue
+                    key, line = self.construct_object(key_node, deep=True), key_node.start_mark.line + 1
+                    try:
+                        if key in seen:
+                            raise DuplicateKey(key, line, seen[key])
+                        seen[key] = line
+                    except TypeError:  # an unhashable key: SafeLoader refuses it itself
+                        continue
+            return super().construct_mapping(node, deep)
+
+    return StrictLoader
+
+
+def load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` that refuses duplicate mapping keys (``DuplicateKey``): every YAML vidprobe reads."""
+    import yaml
+
+    return yaml.load(text, Loader=_strict_loader())  # noqa: S506 - a SafeLoader subclass
+
+
 def _parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise ConfigError(f"override {text!r}: expected key=value, e.g. sampling.num_frames=16")
@@ -371,7 +413,9 @@ def _parse_override(text: str) -> tuple[list[str], Any]:
     import yaml
 
     try:
-        value = yaml.safe_load(raw) if raw else ""
+        value = load_yaml(raw) if raw else ""
+    except DuplicateKey as exc:
+        raise ConfigError(f"override {key.strip()}: {exc}") from None
     except yaml.YAMLError:
         value = raw
     check_yaml_size(value, f"override {key.strip()}")
@@ -403,7 +447,9 @@ def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
 
     p = Path(path)
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        data = load_yaml(p.read_text(encoding="utf-8")) or {}
+    except DuplicateKey as exc:
+        raise ConfigError(f"{p}: {exc}; YAML would keep only the last value: remove one") from None
     except OSError as exc:
         raise ConfigError(f"{p}: cannot read {what} ({exc.strerror or exc})") from None
     except UnicodeDecodeError as exc:

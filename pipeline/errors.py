@@ -39,6 +39,10 @@ class StoreBusyError(StoreError):
     exit_code = 75
 
 
+class OutputError(VidprobeError):
+    """An output (a head, a plot, an export, a results folder) cannot be written where it was asked to go."""
+
+
 class HeadError(VidprobeError):
     """A trained head cannot be fitted, saved or loaded."""
 

@@ -43,3 +43,21 @@ def test_unreadable_and_non_mapping_yaml(tmp_path):
     bad.write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_config(bad)
+
+
+def test_a_duplicate_yaml_key_is_one_line_naming_file_key_and_line(tmp_path, capsys):
+    from pipeline.cli import main
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("sampling:\n  num_frames: 4\n  strategy: uniform\n  num_frames: 16\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml: duplicate key 'num_frames' at line 4 \(first at line 2\)"):
+        load_config(cfg)
+    bench = tmp_path / "b.yaml"  # the benchmark config goes through the same loader
+    bench.write_text("name: x\nstores: [{dataset: d, path: p}]\npoolings: [mean]\nheads: [{kind: logreg}]\nname: y\n")
+    assert main(["benchmark", str(bench)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "b.yaml: duplicate key 'name' at line 5 (first at line 1)" in err
+    with pytest.raises(ConfigError, match="override sampling: duplicate key 'a'"):
+        load_config(None, ["sampling={a: 1, a: 2}"])
+    # a merge key's values may be overridden: that is what << means
+    assert load_config(None, ["sampling={<<: {num_frames: 4, strategy: fps}, num_frames: 8}"]).sampling.num_frames == 8

@@ -2,13 +2,16 @@
 
 All the mistakes run in ONE fresh interpreter, one after another through ``pipeline.cli.main``; after each,
 the wrapper records the exit code, what reached stderr, whether torch (or timm/open_clip) has been
-imported by then, so the first command that imports too early is named, and how long the call took. The
-guidance for arguments given in the wrong places (``_guidance``) must also come in under a second.
+imported by then, so the first command that imports too early is named, and how long it took. Time is
+asserted for outputs that cannot be written (answered before any work, in under a second; they are also run
+on a real read-only filesystem, a tmpfs mounted read-only in a user namespace) and for the guidance on
+arguments given in the wrong places (``_guidance``).
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -65,7 +68,25 @@ def setup(tmp_path_factory) -> dict[str, Path]:
     )
     (base / "bench-done").mkdir()  # the record a finished run leaves (tests/test_benchmark.py makes a real one)
     (base / "bench-done" / "benchmark.json").write_text(json.dumps({"name": "x", "finished": "2026-01-01T00:00:00Z"}))
+    good = f"stores:\n  - {{dataset: x, path: {base / 'store'}}}\npoolings: [mean]\nheads: [{{kind: knn}}]\n"
+    (base / "bench-proc.yaml").write_text(good + "output: /proc/bench\n")
     return {"base": base, "store": base / "store", "head": base / "h.npz", "videos": base / "videos"}
+
+
+def _unwritable(s: dict[str, Path], out: str) -> list[tuple[list[str], int, str]]:
+    """Every command that writes, told to write under ``out`` (a folder nothing can be created in)."""
+    store, head, video = str(s["store"]), str(s["head"]), str(s["videos"] / "x.mp4")
+    return [
+        (["evaluate", store, head, "--confusion", f"{out}/cm.png"], 1, f"{out}/cm.png"),
+        (["predict", head, video, "--explain", "--explain-dir", out], 1, out),
+        (["predict", head, video, "--explain", "--explain-dir", f"{out}/timelines"], 1, f"{out}/timelines"),
+        (["export", store, "-o", f"{out}/x.parquet"], 1, f"{out}/x.parquet"),
+        (["export", store, "-o", f"{out}/x", "--format", "npy"], 1, f"{out}/x"),
+        (["train", store, "-o", f"{out}/h.npz"], 1, f"{out}/h.npz"),
+        (["extract", str(s["videos"]), "-o", f"{out}/store"], 1, f"{out}/store"),
+        (["benchmark", str(s["base"] / "bench-proc.yaml"), "-o", f"{out}/bench"], 1, f"{out}/bench"),
+        (["demo", "-o", f"{out}/demo"], 1, f"{out}/demo"),
+    ]
 
 
 def _mistakes(s: dict[str, Path]) -> list[tuple[list[str], int, str]]:
@@ -97,6 +118,8 @@ def _mistakes(s: dict[str, Path]) -> list[tuple[list[str], int, str]]:
         (["info", nostore], 1, "nostore"),
         (["verify", nostore], 1, "nostore"),
         (["compact", nostore], 1, "nostore"),
+        (["benchmark", str(base / "bench-proc.yaml")], 1, "/proc/bench"),  # the YAML's output
+        *_unwritable(s, "/proc"),
     ]
 
 
@@ -125,10 +148,11 @@ def _guidance(s: dict[str, Path]) -> list[tuple[list[str], int, str]]:
     ]
 
 
-def _run(cases: list[tuple[list[str], int, str]]) -> list[list]:
-    """Each case's [argv, exit code, stderr lines, heavy modules imported, seconds], from one interpreter."""
+def _run(cases: list[tuple[list[str], int, str]], prefix: list[str] = ()) -> list[list]:
+    """Each case's [argv, exit code, stderr lines, heavy modules imported, seconds], from one fresh interpreter
+    (``prefix``: a command it runs under)."""
     proc = subprocess.run(
-        [sys.executable, "-c", WRAPPER, json.dumps([argv for argv, _, _ in cases])],
+        [*prefix, sys.executable, "-c", WRAPPER, json.dumps([argv for argv, _, _ in cases])],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -138,21 +162,34 @@ def _run(cases: list[tuple[list[str], int, str]]) -> list[list]:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _check(cases: list[tuple[list[str], int, str]], results: list[list]) -> None:
-    for (argv, code, needle), (_, rc, err, heavy, _) in zip(cases, results):
+def _check(cases: list[tuple[list[str], int, str]], results: list[list], timed: set[str]) -> None:
+    for (argv, code, needle), (_, rc, err, heavy, seconds) in zip(cases, results, strict=True):
         assert heavy == [], f"{argv}: imported {heavy} before failing ({err})"
         assert rc == code, (argv, rc, err)
         assert len(err) == 1 and needle in err[0] and "Traceback" not in err[0], (argv, err)
+        if needle in timed:
+            assert seconds < 1.0, f"{argv}: answered after {seconds:.2f} s"
 
 
 def test_mistakes_fail_in_one_line_before_torch_is_imported(setup) -> None:
+    before = sorted(p.relative_to(setup["base"]) for p in setup["base"].rglob("*"))
     cases = _mistakes(setup)
-    _check(cases, _run(cases))
+    _check(cases, _run(cases), {needle for _, _, needle in _unwritable(setup, "/proc")})
+    assert sorted(p.relative_to(setup["base"]) for p in setup["base"].rglob("*")) == before  # nothing written
 
 
 def test_arguments_in_the_wrong_places_are_answered_with_the_command_meant_within_a_second(setup) -> None:
     cases = _guidance(setup)
-    results = _run(cases)
-    _check(cases, results)
-    slow = [(argv, round(seconds, 2)) for argv, _, _, _, seconds in results if seconds >= 1.0]
-    assert not slow, slow
+    _check(cases, _run(cases), {needle for _, _, needle in cases})
+
+
+def test_outputs_on_a_read_only_filesystem_fail_in_one_line_before_any_work(setup, tmp_path) -> None:
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    mount = ["unshare", "-rm", "sh", "-c", f'mount -t tmpfs -o ro tmpfs "{ro}" && exec "$@"', "-"]
+    if shutil.which("unshare") is None or subprocess.run([*mount, "true"], capture_output=True).returncode:
+        pytest.skip("no user namespaces here to mount a read-only filesystem in")
+    cases = _unwritable(setup, str(ro))
+    results = _run(cases, mount)
+    _check(cases, results, {needle for _, _, needle in cases})
+    assert all("(read-only filesystem" in err[0] for _, _, err, _, _ in results), results

@@ -365,7 +365,7 @@ def test_no_cli_command_prints_a_traceback_over_the_hostile_set(hostile, tmp_pat
         (["export", h["store"], "-o", h["a_file"] / "x.parquet"], (1,)),
         (["train", h["store"], "-o", out / "t.skops", "--head", "attn"], (2,)),
         (["train", h["store"], "-o", out / "t.npz", "--head", "gru", "--pool", "seg2"], (2,)),
-        (["predict", h["head"], v0, "--explain", "--explain-dir", h["a_file"] / "plots"], (2,)),
+        (["predict", h["head"], v0, "--explain", "--explain-dir", h["a_file"] / "plots"], (1,)),
     ]
 
     def run(args: list) -> subprocess.CompletedProcess:

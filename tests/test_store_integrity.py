@@ -304,3 +304,53 @@ def test_info_and_verify_work_on_a_read_only_store(tmp_path, monkeypatch, capsys
     assert main(["verify", str(store.path)]) == 0
     out = capsys.readouterr()
     assert "Traceback" not in out.err and "OK: 3 shards, 6 clips" in out.out
+
+
+@pytest.mark.parametrize(
+    "edit, key",
+    [
+        (lambda p: {"schema_version": 1}, "encoder"),  # every other key gone
+        (lambda p: {k: v for k, v in p.items() if k != "dim"}, "dim"),
+        (lambda p: {**p, "dim": "4"}, "dim"),
+        (lambda p: {**p, "sampling": [1]}, "sampling"),
+        (lambda p: {**p, "preprocess": None}, "preprocess"),
+        (lambda p: {**p, "dtype": 16}, "dtype"),
+    ],
+)
+def test_a_damaged_store_json_is_one_line_naming_the_file_and_key(tmp_path, capsys, edit, key):
+    store, _ = _store(tmp_path / "s")
+    pj = store.path / "store.json"
+    pj.write_text(json.dumps(edit(json.loads(pj.read_text()))))
+    path = str(store.path)
+    for argv in (["info", path], ["verify", path], ["train", path, "-o", str(tmp_path / "h.npz")]):
+        code = main(argv)
+        err = capsys.readouterr().err
+        assert code == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1, (argv, err)
+        assert f"{pj}: provenance" in err and repr(key) in err, (argv, err)
+    assert not (tmp_path / "h.npz").exists()
+
+
+def _strict(text):
+    def refuse(token):
+        raise AssertionError(f"{token} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_info_and_verify_json_are_strict_an_open_window_is_null(tmp_path, capsys):
+    store, _ = _store(tmp_path / "s")
+    with ShardWriter(store) as w:
+        w.add_failure("whole.mp4", None, None, "decode", "whole.mp4: broken")  # the whole video
+        w.add_failure("tail.mp4", 4.0, None, "decode", "tail.mp4: broken")  # a window open at its end
+    assert main(["info", "--json", str(store.path)]) == 0
+    info = _strict(capsys.readouterr().out)
+    windows = {f["path"]: (f["start"], f["end"]) for f in info["failure_list"]}
+    assert windows == {"whole.mp4": (None, None), "tail.mp4": (4.0, None)}
+    assert main(["verify", "--json", str(store.path)]) == 0
+    assert _strict(capsys.readouterr().out)["failures"] == 2
+
+
+def test_a_store_is_never_created_with_a_provenance_it_could_not_open(tmp_path):
+    with pytest.raises(StoreError, match="store.json: provenance key 'sampling' is \\[1\\], expected an object"):
+        create_or_open(tmp_path / "s", {**PROV, "sampling": [1]})
+    assert not (tmp_path / "s").exists()

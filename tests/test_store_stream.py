@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
+import time
 import warnings
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -18,6 +22,7 @@ from pipeline.store.tools import compact_store, verify_store
 
 D = 6
 PROV = {"encoder": "test-enc", "weights_id": "w1", "dim": D, "preprocess": {}, "sampling": {"strategy": "fps"}}
+REPO = Path(__file__).resolve().parents[1]
 POOLS = ["mean", "max", "meanstd", "center", "tdiff", "trend", "seg4"]
 
 
@@ -427,3 +432,135 @@ def test_export_refusals_are_one_line(store_path, tmp_path, capsys):
     assert main(["export", str(store_path), "-o", str(tmp_path / "z.parquet"), "--pool", "median"]) != 0
     assert "pool='median'" in capsys.readouterr().err
     assert not (tmp_path / "z.parquet").exists()
+
+
+def test_verify_and_info_agree_that_a_fresh_pooled_cache_is_current(store_path, capsys):
+    open_store(store_path).pooled(get_pool("seg4"))
+    assert [c["state"] for c in open_store(store_path).info()["caches"]] == ["current", "current"]
+    main(["verify", "--json", str(store_path)])  # (the store holds duplicates, a problem of its own)
+    report = json.loads(capsys.readouterr().out)
+    assert not [n for n in report["notes"] + report["problems"] if "cache" in n], report
+
+
+def _edit_pooled_rows(path, edit):
+    """Change a pooled cache's rows and write the checksum of the new rows: the file is intact, its rows lie."""
+    from pipeline.store.layout import digest
+
+    with h5py.File(path, "r+") as f:
+        X = edit(f["pooled"][()])
+        f["pooled"][...] = X
+        f.attrs["checksums"] = json.dumps({"pooled": digest(X)})
+
+
+def test_a_pooled_cache_whose_rows_were_edited_and_rechecksummed_is_neither_served_nor_passed(store_path, capsys):
+    pool = get_pool("mean")
+    X = open_store(store_path).pooled(pool)
+    cached = store_path / "cache" / "pooled-mean.h5"
+    _edit_pooled_rows(cached, lambda a: np.roll(a, 1, axis=0))  # every row now another clip's
+    with pytest.warns(RuntimeWarning, match="pooled-mean.h5: cache ignored and rebuilt .*rows differ"):
+        assert np.array_equal(open_store(store_path).pooled(pool), X)  # a read checks a few rows and rebuilds
+    with h5py.File(cached, "r") as f:
+        assert np.array_equal(f["pooled"][()], X)
+
+    _edit_pooled_rows(cached, lambda a: a + (np.arange(len(a)) == 11)[:, None])  # one row of 27: verify finds it
+    assert main(["verify", str(store_path)]) == 1
+    err = capsys.readouterr().err
+    assert "cache/pooled-mean.h5: damaged cache (its rows differ from the shards' frames pooled again; removed)" in err
+    assert not cached.exists()
+    assert np.array_equal(open_store(store_path).pooled(pool), X)
+    assert not [p for p in verify_store(store_path, get_pool).problems if "cache" in p]
+
+
+def _big_store(path, n=3000):
+    """n one-frame-pair clips in one shard: an export of it in row groups of one clip takes a while."""
+    store = create_or_open(path, PROV)
+    rng = np.random.default_rng(0)
+    with ShardWriter(store, shard_size=n) as w:
+        for j in range(n):
+            w.add(f"v{j}.mp4", None, None, "ab"[j % 2], "train", rng.normal(size=(2, D)).astype(np.float32), [0, 1])
+    return path
+
+
+def _export_running(store, out):
+    """A real ``vidprobe export`` process, returned once its temporary file exists (it is writing row groups)."""
+    cmd = [sys.executable, "-m", "pipeline", "export", str(store), "-o", str(out), "--frames", "--row-group", "1"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        tmp = [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.") and p.suffix == ".tmp"]
+        if tmp:
+            return proc, tmp[0]
+        time.sleep(0.002)
+    proc.kill()
+    raise AssertionError(f"the export never wrote its temporary: {proc.communicate()}")
+
+
+def test_a_file_created_at_the_output_while_a_parquet_export_runs_is_kept(tmp_path):
+    store = _big_store(tmp_path / "s")
+    out = tmp_path / "o" / "x.parquet"
+    out.parent.mkdir()
+    proc, tmp = _export_running(store, out)
+    out.write_text("someone else's file")  # while the export writes its row groups
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1, err
+    line = err.strip().splitlines()[-1]
+    assert f"{out}: appeared while the export ran" in line and "Traceback" not in err
+    assert out.read_text() == "someone else's file"
+    assert sorted(p.name for p in out.parent.iterdir()) == ["x.parquet"]  # the temporary is gone too
+
+
+def test_the_temporary_of_a_killed_export_is_removed_by_the_next(tmp_path, capsys):
+    store = _big_store(tmp_path / "s")
+    out = tmp_path / "o" / "x.parquet"
+    out.parent.mkdir()
+    proc, tmp = _export_running(store, out)
+    proc.kill()  # SIGKILL: no cleanup runs
+    proc.communicate(timeout=60)
+    assert tmp.exists() and not out.exists() and f"-{proc.pid}-" in tmp.name  # named with its writer's pid
+    assert main(["export", str(store), "-o", str(tmp_path / "o" / "y.parquet")]) == 0
+    assert sorted(p.name for p in out.parent.iterdir()) == ["y.parquet"]  # another export into the folder
+    import pyarrow.parquet as pq
+
+    assert pq.read_table(tmp_path / "o" / "y.parquet").num_rows == 3000
+
+
+def test_a_cache_temporary_left_by_a_dead_writer_is_removed_by_the_next_cache_write(store_path):
+    from pipeline.store.lock import writer_tag
+
+    gone = subprocess.run(  # a process that has exited: its tag names a dead writer
+        [sys.executable, "-c", "from pipeline.store.lock import writer_tag; print(writer_tag())"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    (store_path / "cache").mkdir()
+    dead = store_path / "cache" / f"pooled-mean.h5.{gone}-0badcafe.tmp"
+    live = store_path / "cache" / f"pooled-max.h5.{writer_tag()}-0badcafe.tmp"  # a writer still running: kept
+    for p in (dead, live):
+        p.write_bytes(b"\0" * 4096)
+    open_store(store_path).pooled(get_pool("mean"))
+    assert not dead.exists() and live.exists()
+    assert sorted(p.name for p in (store_path / "cache").glob("*.h5")) == ["index.h5", "pooled-mean.h5"]
+
+
+def test_verify_recomputing_a_pooled_cache_while_a_writer_adds_a_shard_calls_it_stale_not_wrong(store_path):
+    base = get_pool("mean")
+    open_store(store_path).pooled(base)
+    wrote = []
+
+    class Racing:  # a concurrent extraction finishes a shard while verify pools the store again
+        name = "mean"
+
+        def __call__(self, x):
+            return base(x)
+
+        def batch(self, frames, offsets):
+            if not wrote:
+                wrote.append(_write(open_store(store_path), 300, 2, seed=6))
+            return base.batch(frames, offsets)
+
+    report = verify_store(store_path, lambda name: Racing())
+    assert wrote and not [p for p in report.problems if "cache" in p], report.problems
+    assert any("pooled-mean.h5: stale (the shards changed while verifying)" in n for n in report.notes)
+    assert (store_path / "cache" / "pooled-mean.h5").exists()

@@ -3,7 +3,8 @@
 One module per group of commands; each command's arguments (``add_NAME``) stand beside its handler
 (``cmd_NAME``), and the flags several commands share are defined once in ``common``.
 
-Exit codes: 0 success; 1 runtime error (unreadable store, head, model); 2 bad usage or settings;
+Exit codes: 0 success; 1 runtime error (unreadable store, head, model; an output that cannot be written,
+refused before any work); 2 bad usage or settings;
 3 extraction finished but some clips failed (they are recorded in the store; see ``vidprobe info``);
 75 the store is busy (another job holds its writer lock; retry later); 130 interrupted by Ctrl-C, 143 by
 SIGTERM (what Slurm sends at a time limit; finished clips are kept; re-run the same command to resume).
@@ -22,7 +23,7 @@ from typing import Any
 
 from ..errors import VidprobeError
 from . import bench, extract, heads, stores
-from .common import EXIT_INTERRUPTED, EXIT_TERMINATED
+from .common import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_TERMINATED
 
 __all__ = ["build_parser", "main", "run"]
 
@@ -105,6 +106,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except VidprobeError as exc:
         print(f"vidprobe {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:  # what no check before the work could foresee (a full disk, a folder removed meanwhile)
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"vidprobe {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return EXIT_ERROR
     except Terminated:
         print(
             f"vidprobe {args.command}: terminated (SIGTERM); finished work is kept, re-run to resume", file=sys.stderr

@@ -68,6 +68,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     extract with the offline encoder, train logreg and MLP heads for several poolings, print an accuracy table and write
     plots."""
     from ..demo.run import run_demo
+    from ..store.layout import check_writable
 
+    check_writable(args.output, "write the demo", folder=True)
     rows = run_demo(args.output, per_class=args.per_class, seed=args.seed, quiet=args.quiet)
     return EXIT_PARTIAL if any(str(r.get("status")).startswith("error") for r in rows) else EXIT_OK

@@ -127,6 +127,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ..data.splits import SplitsFrom, SplitSpec
     from ..probe.heads.settings import HeadConfig
     from ..probe.train import train_head
+    from ..store.layout import check_writable
 
     check_order(
         args, {"store": "store", "output": "head"}, "vidprobe train STORE -o HEAD", "vidprobe train {output} -o {store}"
@@ -146,6 +147,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.repeats < 1:
         raise ConfigError(f"--repeats {args.repeats}: must be >= 1 (fits over consecutive split seeds)")
     head = HeadConfig.from_dict(settings)
+    check_writable(args.output, "write the head")  # and its sidecar, beside it: before any fit
     out = train_head(
         args.store, args.output, head=head, pool=args.pool, split=split, repeats=args.repeats, strict=args.strict
     )
@@ -264,6 +266,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     """Score a head on the store's test split (the same split training held out), or another split."""
     from ..probe.report import plot_confusion
     from ..probe.train import evaluate_head
+    from ..store.layout import check_writable, write_error
 
     check_order(
         args, {"store": "store", "head": "head"}, "vidprobe evaluate STORE HEAD", "vidprobe evaluate {head} {store}"
@@ -273,6 +276,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             f"--confusion {args.confusion}: the plot is written as {', '.join(PLOT_SUFFIXES)}; "
             f"name the file e.g. {Path(args.confusion).with_suffix('.png').name}"
         )
+    if args.confusion:
+        check_writable(args.confusion, "write the --confusion plot")
     if args.repeats != 1:
         raise ConfigError(
             f"--repeats {args.repeats}: a saved head is one fit on one split; scoring it on other seeds' splits "
@@ -287,9 +292,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     if args.confusion:
-        plot_confusion(
-            out["confusion"], out["classes"], args.confusion, title=f"{Path(args.head).stem} on {args.split}"
-        )
+        try:
+            plot_confusion(
+                out["confusion"], out["classes"], args.confusion, title=f"{Path(args.head).stem} on {args.split}"
+            )
+        except OSError as exc:  # checked writable above; a full disk or a folder removed since
+            raise write_error(Path(args.confusion), "write the --confusion plot", exc) from None
     if args.json:
         print_json(out)
         return EXIT_OK
@@ -363,11 +371,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     check_device(args.device, "--device")
     plot_dir = None
     if args.explain:
+        from ..store.layout import check_writable
+
         plot_dir = Path(args.explain_dir)
-        try:
-            plot_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ConfigError(f"--explain-dir {plot_dir}: cannot create it ({exc.strerror or exc})") from None
+        check_writable(plot_dir, "write the --explain timelines", folder=True)
+        plot_dir.mkdir(parents=True, exist_ok=True)
     options = pick(args, "top_k", "device", "trust", "decode_timeout", "explain")
     results = predict_videos(args.head, args.videos, plot_dir=plot_dir, **options)
     if args.json:

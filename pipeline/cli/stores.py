@@ -146,12 +146,14 @@ def add_verify(sub: Any) -> None:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     """Open every finished shard and check it against the store's provenance: consistent offsets and lengths, expected
-    dim and dtype, no clip stored twice (within or across shards), only finite values. Safe while an extraction runs.
+    dim and dtype, no clip stored twice (within or across shards), only finite values; a current pooled cache is pooled
+    again from the shards and compared (removed if its rows differ). Safe while an extraction runs.
     Exit 0 when all is well, 1 when a problem is found (each printed on stderr)."""
     check_order(args, {"store": "store"}, "vidprobe verify STORE")
+    from ..probe.pooling import get_pool
     from ..store.tools import verify_store
 
-    report = verify_store(args.store)
+    report = verify_store(args.store, pools=get_pool)
     if args.json:
         print_json(report.to_dict())
     else:

@@ -27,6 +27,7 @@ from ..config import build, check_known, read_yaml_mapping, rule
 from ..data.splits import SplitsFrom, SplitSpec
 from ..errors import ConfigError, VidprobeError
 from ..store import PROVENANCE_FILE, open_store
+from ..store.layout import check_writable, write_error
 from ..versions import versions
 from .compare import COMPARE_KEY, mark_ties
 from .heads.registry import head_kind
@@ -273,12 +274,16 @@ def run_benchmark(
     if repeats is not None:
         cfg = dataclasses.replace(cfg, repeats=_repeats(repeats))
     out = Path(output or cfg.output)
+    check_writable(out, "write the benchmark results", folder=True)  # before any fit
     log = FitLog.open(out, overwrite)
     if device:
         from ..encoders.base import resolve_device
 
         resolve_device(device)  # a device that is not there fails here, not once per fit
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise write_error(out, "create the results folder", exc) from None
     t_start = time.perf_counter()
     cfg = dataclasses.replace(cfg, stores=expand_stores(cfg.stores))
     grids = len(head_grid(cfg.poolings, cfg.heads)), len(head_grid(cfg.fewshot_poolings, cfg.fewshot_heads))
@@ -286,11 +291,14 @@ def run_benchmark(
     resumed = f" (resuming: {len(log.done)} fits already done)" if log.done else ""
     say(f"benchmark {cfg.name}: {len(cfg.stores)} store(s), {n_fits} fits -> {out}{resumed}")
     rows, details = run_grid(cfg, say=say, device=device, log=log)
-    summary = write_results(cfg, out, rows, details)
-    summary["seconds"] = time.perf_counter() - t_start
-    record = {"config": cfg.raw, "name": cfg.name, "seconds": summary["seconds"], "versions": versions(*_VERSIONS)}
-    record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    (out / "benchmark.json").write_text(json.dumps(finite(record), indent=2, default=str), encoding="utf-8")
+    try:
+        summary = write_results(cfg, out, rows, details)
+        summary["seconds"] = time.perf_counter() - t_start
+        record = {"config": cfg.raw, "name": cfg.name, "seconds": summary["seconds"], "versions": versions(*_VERSIONS)}
+        record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        (out / "benchmark.json").write_text(json.dumps(finite(record), indent=2, default=str), encoding="utf-8")
+    except OSError as exc:  # checked writable before the fits; a full disk or a folder removed since
+        raise write_error(Path(exc.filename or out), "write the benchmark results", exc) from None
     (out / FIT_LOG).unlink(missing_ok=True)  # benchmark.json's "finished" now says the folder is whole
     say(summary["markdown"])
     say(f"results: {out}/results.csv, results.md, details.jsonl, plots ({summary['seconds']:.0f} s)")

@@ -40,6 +40,7 @@ from .layout import (
     identity,
     shard_paths,
 )
+from .lock import TAG_PATTERN, remove_dead_temporaries
 
 __all__ = [
     "CACHE_VERSION",
@@ -49,10 +50,13 @@ __all__ = [
     "load_index",
     "save_index",
     "load_pooled",
+    "rows_agree",
+    "spot_rows",
     "save_pooled",
     "PooledWriter",
     "cache_files",
     "check_cache",
+    "is_current",
     "describe_caches",
     "remove_caches",
 ]
@@ -73,6 +77,22 @@ def pooled_file(store: Path, pool: str) -> Path:
     if not _SAFE.match(pool):
         raise StoreError(f"pool name {pool!r}: not usable as a cache file name")
     return cache_dir(store) / f"pooled-{pool}.h5"
+
+
+# A cache's temporary while it is written (``layout.atomic_h5`` with ``unique_tmp``).
+_TMP = re.compile(rf"^.+\.h5\.{TAG_PATTERN}-[0-9a-f]{{8}}\.tmp$")
+
+
+def _cache_folder(store: Path) -> Path:
+    """``cache/``, created if need be; the temporaries of killed cache writers there (up to a pooled matrix
+    each) are removed."""
+    d = cache_dir(store)
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise disk_error(d, "create the cache folder", exc) from None
+    remove_dead_temporaries(d, _TMP)
+    return d
 
 
 def cache_files(store: Path) -> list[Path]:
@@ -114,6 +134,21 @@ def pooled_key(base: dict[str, Any], index: StoreIndex, pool: str, dtype: str) -
     return {**base, "pool": pool, "dtype": dtype, "clips": len(index.video), "shard_checksums": sums}
 
 
+def is_current(
+    kind: str, stored: dict[str, Any], current: dict[str, Any] | None, index: StoreIndex | None, dtype: str
+) -> bool:
+    """Whether a cache of ``kind`` keyed ``stored`` is exactly what a read now would use: the one rule the
+    reader, ``info`` and ``verify`` share. ``current``: the store's ``index_key`` now; ``index``: its clip index
+    (a pooled cache is also keyed by the checksums of the shards it was pooled from)."""
+    if current is None:
+        return False
+    if kind == "index":
+        return _same(stored, current)
+    if kind == "pooled" and index is not None:
+        return _same(stored, pooled_key(current, index, str(stored.get("pool")), dtype))
+    return False
+
+
 def _text_digest(text: Any) -> str:
     return "sha256:" + hashlib.sha256(str(text).encode("utf-8")).hexdigest()
 
@@ -135,10 +170,7 @@ def _write(
     known: dict[str, str] | None = None,
 ) -> None:
     """One cache file; ``known``: checksums of datasets already hashed while they were computed."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise disk_error(path.parent, "create the cache folder", exc) from None
+    _cache_folder(path.parent.parent)
     with atomic_h5(path, f"write cache {path.name}", unique_tmp=True) as f:
         f.attrs["kind"] = kind
         f.attrs["key"] = json.dumps(key, sort_keys=True)
@@ -372,10 +404,7 @@ class PooledWriter:
     def _begin(self, width: int) -> None:
         import h5py
 
-        try:
-            self._final.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise disk_error(self._final.parent, "create the cache folder", exc) from None
+        _cache_folder(self._final.parent.parent)
         ctx = atomic_h5(self._final, f"write cache {self._final.name}", unique_tmp=True)
         f = self._file = ctx.__enter__()
         self._ctx = ctx
@@ -445,6 +474,26 @@ def load_pooled(store: Path, pool: str, key: dict[str, Any]) -> np.ndarray | Non
     return X
 
 
+SPOT_ROWS = 4  # rows of a pooled cache a read pools again before serving it
+
+
+def spot_rows(n: int) -> np.ndarray:
+    """Which rows a read checks: drawn afresh each time, so an edit to the cache cannot know them."""
+    return np.random.default_rng().choice(n, size=min(n, SPOT_ROWS), replace=False) if n else np.zeros(0, np.int64)
+
+
+def rows_agree(held: np.ndarray, fresh: np.ndarray) -> bool:
+    """Cached rows against the same rows pooled again: equal up to float32 rounding of a different summation
+    order (a block of other clips pools a clip by another path), relative to the rows' magnitude."""
+    scale = max(float(np.max(np.abs(fresh))), 1.0) if fresh.size else 1.0
+    return held.shape == fresh.shape and bool(np.allclose(held, fresh, rtol=1e-4, atol=1e-5 * scale))
+
+
+def rows_differ(path: Path) -> None:
+    """The warning for a pooled cache whose rows are not what pooling the shards gives (then rebuilt)."""
+    _damaged(path, "its rows differ from the shards' frames pooled again")
+
+
 # -- info and verify --------------------------------------------------------------------------------
 def describe_caches(store: Path, current: dict[str, Any] | None, index: StoreIndex | None, dtype: str) -> list[dict]:
     """One entry per cache file: file, kind, pool, shape, size, and ``state`` (current | stale | damaged: WHY).
@@ -465,17 +514,11 @@ def describe_caches(store: Path, current: dict[str, Any] | None, index: StoreInd
                 if kind == "pooled":
                     entry["pool"] = stored.get("pool")
                     entry["shape"] = list(f["pooled"].shape)
-                    want = (
-                        pooled_key(current, index, str(stored.get("pool")), dtype)
-                        if current is not None and index is not None
-                        else None
-                    )
                 elif kind == "index":
                     entry["clips"] = int(f["offset"].shape[0]) - 1
-                    want = current
                 else:
                     raise ValueError(f"unknown cache kind {kind!r}")
-            entry["state"] = "current" if want is not None and _same(stored, want) else "stale"
+            entry["state"] = "current" if is_current(kind, stored, current, index, dtype) else "stale"
         except (OSError, KeyError, ValueError, TypeError) as exc:
             entry["state"] = f"damaged: {exc}"
         out.append(entry)

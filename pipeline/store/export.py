@@ -11,13 +11,17 @@ npy: ``OUT/index.json`` lists the videos, each with its file (``OUT/videos/NAME-
 pooled rows, or (frames, D) frames of all its clips) and its clips (start, end, label, split, rows, and
 timestamps with frames). ``np.load`` opens the files without ``allow_pickle``.
 
-Both are written to a temporary name, fsynced and renamed into place: a failed export leaves nothing
-half-written under the output name. The pooling is passed in (a ``pipeline.probe.pooling.Pooling``; the
+Both are written to a temporary name beside the output (``.OUT.export-TAG-RANDOM.tmp``, TAG naming the
+writing process), fsynced and published only if nothing has the output's name, even something created while
+the export ran (a hard link for Parquet, a rename for npy's folder): a failed export leaves nothing
+half-written under the output name, and never replaces anything. The next export into that folder removes
+the temporaries of exports that were killed. The pooling is passed in (a ``pipeline.probe.pooling.Pooling``; the
 store never imports the probe stage).
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -31,7 +35,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import StoreError
-from .layout import disk_error, fsync_dir
+from .layout import check_writable, disk_error, fsync_dir, publish_new
+from .lock import TAG_PATTERN, remove_dead_temporaries, writer_tag
 from .reader import FeatureStore, open_store
 
 __all__ = ["EXPORT_FORMATS", "export_store"]
@@ -59,13 +64,45 @@ def _ends(x: np.ndarray) -> Any:
     return pa.array(x, type=pa.float64(), mask=np.isnan(x))
 
 
+# An export's temporary: ``.OUT.export-TAG-RANDOM.tmp`` beside OUT, TAG naming its process (``lock.writer_tag``),
+# so that the next export into that folder removes what a killed one left (up to the whole export's size).
+_TMP = re.compile(rf"^\..+\.export-{TAG_PATTERN}-[0-9a-f]{{8}}\.tmp$")
+_NOTHING_KEPT = "nothing is left under that name"
+
+
+def _tmp_path(out: Path) -> Path:
+    return out.with_name(f".{out.name}.export-{writer_tag()}-{uuid.uuid4().hex[:8]}.tmp")
+
+
+def _exists(out: Path) -> StoreError:
+    return StoreError(f"{out}: exists; choose a new output path (an export never overwrites)")
+
+
+def _appeared(out: Path) -> StoreError:
+    return StoreError(
+        f"{out}: appeared while the export ran; it is kept as it is and the export discarded "
+        "(an export never overwrites); choose a new output path"
+    )
+
+
 def _check_output(out: Path) -> None:
+    """Before any work: ``out`` is free and its folder writable; stale temporaries there are removed."""
     if out.exists() and (out.is_file() or any(out.iterdir())):
-        raise StoreError(f"{out}: exists; choose a new output path (an export never overwrites)")
+        raise _exists(out)
+    check_writable(out, "write the export", folder=out.is_dir())  # an empty folder may be given to npy
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise disk_error(out.parent, "create the output folder", exc) from None
+        raise disk_error(out.parent, "create the output folder", exc, _NOTHING_KEPT) from None
+    remove_dead_temporaries(out.parent, _TMP)  # what killed exports into this folder left
+
+
+def _drop(tmp: Path) -> None:
+    """Remove a temporary whatever went wrong (on a read-only filesystem even a missing one cannot be unlinked)."""
+    try:
+        shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+    except OSError:
+        pass
 
 
 def export_store(
@@ -109,7 +146,7 @@ def _parquet(store, out: Path, pool, frames: bool, row_group: int, meta: dict, p
 
     idx = store.index()
     dim = store.dim
-    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp = _tmp_path(out)
     writer = None
     written = 0
 
@@ -158,14 +195,18 @@ def _parquet(store, out: Path, pool, frames: bool, row_group: int, meta: dict, p
         writer = None
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
-        os.replace(tmp, out)
+        if not publish_new(tmp, out):
+            raise _appeared(out)
         fsync_dir(out.parent)
     except OSError as exc:
-        raise disk_error(out, "write the export", exc) from None
+        raise disk_error(out, "write the export", exc, _NOTHING_KEPT) from None
     finally:
         if writer is not None:
-            writer.close()
-        tmp.unlink(missing_ok=True)
+            try:
+                writer.close()
+            except OSError:
+                pass
+        _drop(tmp)
     return written
 
 
@@ -195,7 +236,7 @@ def _npy(store, out: Path, pool, frames: bool, meta: dict, progress: bool) -> in
     by_video: dict[str, list[int]] = {}
     for i, v in enumerate(idx.video):
         by_video.setdefault(v, []).append(i)
-    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp = _tmp_path(out)
     videos: list[dict[str, Any]] = []
     try:
         (tmp / "videos").mkdir(parents=True)
@@ -247,10 +288,17 @@ def _npy(store, out: Path, pool, frames: bool, meta: dict, progress: bool) -> in
             os.fsync(fh.fileno())
         fsync_dir(tmp / "videos")
         fsync_dir(tmp)
-        os.replace(tmp, out)  # onto nothing, or onto the empty folder checked above
+        try:
+            os.rename(tmp, out)  # onto nothing, or an empty folder; a file or a folder with files is refused
+        except (FileExistsError, IsADirectoryError, NotADirectoryError):
+            raise _appeared(out) from None
+        except OSError as exc:
+            if exc.errno != errno.ENOTEMPTY:
+                raise
+            raise _appeared(out) from None
         fsync_dir(out.parent)
     except OSError as exc:
-        raise disk_error(out, "write the export", exc) from None
+        raise disk_error(out, "write the export", exc, _NOTHING_KEPT) from None
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _drop(tmp)
     return len(idx.video)

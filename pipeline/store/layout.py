@@ -34,7 +34,8 @@ from typing import Any
 import numpy as np
 
 from ..data.keys import Key, clip_key
-from ..errors import StoreError
+from ..errors import OutputError, StoreError
+from .lock import writer_tag
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -49,16 +50,20 @@ __all__ = [
     "shard_name",
     "shard_paths",
     "atomic_write_text",
+    "publish_new",
     "atomic_h5",
     "CACHE_DIR",
     "fsync_dir",
     "read_provenance_file",
+    "check_provenance",
     "Digest",
     "digest",
     "CHECKSUMS_ATTR",
     "WARNINGS_GROUP",
     "read_warnings",
     "disk_error",
+    "write_error",
+    "check_writable",
     "checksum_mismatch",
     "FAILURE_COLUMNS",
     "SOURCE_COLUMNS",
@@ -145,11 +150,46 @@ _DISK_ERRNOS = {
 }
 
 
-def disk_error(path: Path, what: str, exc: OSError) -> StoreError:
-    """One-line ``StoreError`` for a failed write: names the path, the reason, and what to do."""
+def _failed(path: Path, what: str, exc: OSError) -> str:
     reason = _DISK_ERRNOS.get(exc.errno or 0) or exc.strerror or str(exc).splitlines()[0]
     hint = "free some space and re-run" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "check the path and re-run"
-    return StoreError(f"{path}: cannot {what} ({reason}); {hint} (finished shards are kept)")
+    return f"{path}: cannot {what} ({reason}); {hint}"
+
+
+def disk_error(path: Path, what: str, exc: OSError, kept: str = "finished shards are kept") -> StoreError:
+    """One-line ``StoreError`` for a failed write: names the path, the reason, what to do, and what is ``kept``."""
+    return StoreError(f"{_failed(path, what, exc)} ({kept})")
+
+
+def write_error(path: Path, what: str, exc: OSError) -> OutputError:
+    """``disk_error``'s line for an output that is not a store (a plot, a results folder)."""
+    return OutputError(_failed(path, what, exc))
+
+
+def check_writable(path: str | Path, what: str, *, folder: bool = False) -> None:
+    """Refuse, before any work, an output that cannot be written: one ``OutputError`` naming ``path``, ``what``
+    was to be written and why. The nearest existing folder on the way must take a new file -- tried by creating
+    and removing one, since permission bits tell nothing of a read-only filesystem, /proc, or what root may do
+    -- and ``path`` must not be a folder where a file goes (``folder=False``) or a file where a folder goes.
+    Creates nothing that stays (missing folders are made by the writer)."""
+    p = Path(path)
+    if p.exists() and p.is_dir() != folder:
+        raise OutputError(f"{p}: is a {'file' if folder else 'folder'}; cannot {what} there (choose another path)")
+    d = p if folder else p.parent
+    while not d.exists() and d != d.parent:
+        d = d.parent
+    if not d.is_dir():
+        raise OutputError(f"{p}: cannot create its folder ({d} is a file) to {what}; choose another path")
+    probe = d / f".vidprobe-write-check-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        os.unlink(probe)
+        if p.is_file() and not os.access(p, os.W_OK):
+            raise PermissionError(errno.EACCES, "permission denied")
+    except OSError as exc:
+        why = "files cannot be created there" if exc.errno == errno.ENOENT else _DISK_ERRNOS.get(exc.errno or 0)
+        where = "" if d == p.parent or d == p else f" in {d}"
+        raise OutputError(f"{p}: cannot {what} ({why or exc.strerror or exc}{where}); choose another path") from None
 
 
 def checksum_mismatch(shard: Path, store: Path, dataset: str) -> StoreError:
@@ -192,16 +232,8 @@ def atomic_write_text(path: Path, text: str, exclusive: bool = False) -> bool:
             fh.flush()
             os.fsync(fh.fileno())
         if exclusive:
-            try:
-                os.link(tmp, path)  # atomic create-if-absent: two jobs creating one store cannot both win
-            except FileExistsError:
+            if not publish_new(tmp, path):  # two jobs creating one store cannot both win
                 return False
-            except OSError as exc:
-                if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
-                    raise
-                if path.exists():  # no hard links on this filesystem: best effort
-                    return False
-                os.replace(tmp, path)
         else:
             os.replace(tmp, path)
     except OSError as exc:
@@ -215,14 +247,34 @@ def atomic_write_text(path: Path, text: str, exclusive: bool = False) -> bool:
     return True
 
 
+def publish_new(tmp: Path, dest: Path) -> bool:
+    """Give the finished file ``tmp`` the name ``dest`` atomically, only if nothing has it; False if something
+    does, even something created a moment ago. A hard link is the atomic create-if-absent (``os.replace``
+    would replace); where the filesystem has none, best effort: a check, then a rename. The caller removes
+    ``tmp`` (still there after a link)."""
+    try:
+        os.link(tmp, dest)
+    except FileExistsError:
+        return False
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+            raise
+        if dest.exists() or dest.is_symlink():
+            return False
+        os.replace(tmp, dest)
+    return True
+
+
 @contextmanager
 def atomic_h5(final: Path, what: str, *, unique_tmp: bool = False) -> Iterator[Any]:
     """An HDF5 file written as ``final.tmp``, fsynced, then renamed to ``final``: how shards and caches come to be.
-    ``unique_tmp``: a random temporary name, for files that two processes may write at once (a cache).
+    ``unique_tmp``: a name of its own, ``final.TAG-RANDOM.tmp`` (TAG: the writer's ``lock.writer_tag``), for
+    files two processes may write at once (a cache), so that a killed writer's can be told and removed.
     A failed write leaves no temporary file and raises one ``StoreError``."""
     import h5py
 
-    tmp = final.with_name(final.name + (f".{uuid.uuid4().hex[:8]}.tmp" if unique_tmp else ".tmp"))
+    unique = f".{writer_tag()}-{uuid.uuid4().hex[:8]}.tmp" if unique_tmp else ".tmp"
+    tmp = final.with_name(final.name + unique)
     try:
         with h5py.File(tmp, "w") as f:
             yield f
@@ -302,3 +354,47 @@ def read_provenance_file(p: Path) -> dict[str, Any]:
         return json.loads(prov_file.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise StoreError(f"{prov_file}: unreadable provenance ({exc})") from None
+
+
+# What every reader relies on in a store's provenance (store.json, or a shard's ``provenance`` attribute):
+# key -> (JSON type, required). Checked once when a store is opened, so a hand-edited or truncated file is one
+# line naming the key, never a KeyError deep inside info, verify or train.
+PROVENANCE_SCHEMA: dict[str, tuple[type, bool]] = {
+    "schema_version": (int, True),
+    "encoder": (str, True),
+    "weights_id": (str, True),
+    "dim": (int, True),
+    "preprocess": (dict, True),
+    "sampling": (dict, True),
+    "dtype": (str, False),
+    "precision": (str, False),
+    "created": (str, False),
+    "versions": (dict, False),
+    "encoder_info": (dict, False),
+}
+_JSON_TYPE = {int: "an integer", str: "a string", dict: "an object"}
+
+
+def check_provenance(provenance: Any, where: Path) -> dict[str, Any]:
+    """``provenance`` if it holds every key readers use, with the right JSON type; else one ``StoreError``
+    naming ``where`` (the file it came from) and the first bad key. The schema version is checked first:
+    a store of another version is refused as such, not for its keys."""
+    fix = "restore it from a backup or re-extract the store"
+    if not isinstance(provenance, dict):
+        raise StoreError(f"{where}: provenance is a JSON {type(provenance).__name__}, not an object; {fix}")
+    version = provenance.get("schema_version")
+    if version != SCHEMA_VERSION or isinstance(version, bool):
+        raise StoreError(f"{where}: schema version {version!r} is not supported (this vidprobe reads {SCHEMA_VERSION})")
+    for key, (kind, required) in PROVENANCE_SCHEMA.items():
+        if key not in provenance:
+            if required:
+                raise StoreError(f"{where}: provenance lacks the key {key!r}; {fix}")
+            continue
+        value = provenance[key]
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise StoreError(
+                f"{where}: provenance key {key!r} is {json.dumps(value)[:60]}, expected {_JSON_TYPE[kind]}; {fix}"
+            )
+    if provenance["dim"] < 1:
+        raise StoreError(f"{where}: provenance key 'dim' is {provenance['dim']}, expected at least 1; {fix}")
+    return provenance

@@ -20,8 +20,11 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import json
 import os
+import re
+import shutil
 import socket
 import sys
 import threading
@@ -115,6 +118,45 @@ class Holder:
         except PermissionError:
             pass
         return self.proc_start is None or _proc_start(self.pid) in (None, self.proc_start)
+
+
+def _host_id() -> str:
+    return hashlib.sha1(socket.gethostname().encode("utf-8")).hexdigest()[:8]
+
+
+def writer_tag() -> str:
+    """``HOST-PID-START`` naming this process (HOST: 8 hex digits of the host name; START: ``_proc_start``),
+    for temporary files that a later run must be able to call a dead writer's leftovers (``tag_is_dead``)."""
+    return f"{_host_id()}-{os.getpid()}-{_proc_start(os.getpid()) or 0}"
+
+
+def tag_is_dead(tag: str) -> bool:
+    """True only when the process ``writer_tag`` named is certainly gone: it ran on this host, and its pid is
+    free or now another process's. Another host's (a shared filesystem) is never judged."""
+    host, pid, start = tag.split("-")
+    if host != _host_id():
+        return False
+    holder = Holder(int(pid), socket.gethostname(), 0.0, "", "", "", None if start == "0" else start)
+    return not holder.alive_by_pid()
+
+
+TAG_PATTERN = r"(?P<tag>[0-9a-f]{8}-\d+-\d+)"  # a ``writer_tag`` inside a temporary file's name
+
+
+def remove_dead_temporaries(folder: Path, names: re.Pattern[str]) -> int:
+    """Remove the entries of ``folder`` whose name matches ``names`` (with a ``TAG_PATTERN`` group) and whose
+    writer is dead (``tag_is_dead``): what a killed run left. Returns how many; one that cannot be removed
+    stays."""
+    removed = 0
+    for p in folder.iterdir() if folder.is_dir() else []:
+        m = names.match(p.name)
+        if m and tag_is_dead(m["tag"]):
+            try:
+                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
+                removed += 1
+            except OSError:
+                pass
+    return removed
 
 
 def _read_holder(path: Path) -> Holder | None:

@@ -31,6 +31,8 @@ from .layout import (
     Digest,
     Key,
     atomic_write_text,
+    check_provenance,
+    check_writable,
     clip_key,
     describe_differences,
     disk_error,
@@ -356,7 +358,7 @@ class FeatureStore:
             key = cache.pooled_key(base, idx, name, self.dtype) if name and base is not None else None
             if key is not None and name:
                 hit = cache.load_pooled(self.path, name, key)
-                if hit is not None:
+                if hit is not None and self._spot_check(pool, hit):
                     return hit
             # the cache's checksum, taken as the rows are pooled, and its file, written as they are
             summed: Digest | None = None
@@ -388,6 +390,24 @@ class FeatureStore:
                 if sink is not None:
                     sink.abort()  # a no-op after commit; otherwise nothing of the unfinished file stays
         raise AssertionError("unreachable")
+
+    def _spot_check(self, pool: Callable[[np.ndarray], np.ndarray], X: np.ndarray) -> bool:
+        """A few cached rows, drawn at random, pooled again from their clips' frames: a cache whose rows were
+        edited and its checksum recomputed is rebuilt, not served (``vidprobe verify`` checks every row).
+        Reads only those clips' rows (unchecked: a damaged shard then fails the rebuild's checked read)."""
+        import h5py
+
+        try:
+            for i in cache.spot_rows(len(X)):
+                meta, _, j = self._locate(int(i))
+                with h5py.File(meta.path, "r") as f:
+                    frames = widen(f["frames/embedding"][int(meta.offset[j]) : int(meta.offset[j + 1])])
+                if not cache.rows_agree(X[int(i)], np.asarray(pool(frames), np.float32)):
+                    cache.rows_differ(cache.pooled_file(self.path, str(getattr(pool, "name", ""))))
+                    return False
+        except OSError:
+            return False  # a shard gone or unreadable: the rebuild reads them checked and says what is wrong
+        return True
 
     def _store_pooled(
         self, name: str, key: dict[str, Any], X: np.ndarray, checksum: str, sink: cache.PooledWriter | None
@@ -518,17 +538,7 @@ def open_store(path: str | Path) -> FeatureStore:
         raise StoreError(
             f"{p}: no feature store here (missing {PROVENANCE_FILE}); create one with `vidprobe extract SOURCE -o {p}`"
         )
-    if not isinstance(provenance, dict):
-        raise StoreError(
-            f"{p}: provenance is a JSON {type(provenance).__name__}, not an object; the store is damaged "
-            "(restore store.json or re-extract)"
-        )
-    if provenance.get("schema_version") != SCHEMA_VERSION:
-        raise StoreError(
-            f"{p}: schema version {provenance.get('schema_version')} "
-            f"is not supported (this vidprobe reads {SCHEMA_VERSION})"
-        )
-    return FeatureStore(p, provenance)
+    return FeatureStore(p, check_provenance(provenance, p if p.is_file() else p / PROVENANCE_FILE))
 
 
 def create_or_open(path: str | Path, provenance: dict[str, Any]) -> FeatureStore:
@@ -539,6 +549,7 @@ def create_or_open(path: str | Path, provenance: dict[str, Any]) -> FeatureStore
     provenance = {**IDENTITY_DEFAULTS, **provenance, "schema_version": SCHEMA_VERSION}
     if identity(provenance, "dtype") not in DTYPES:
         raise StoreError(f"dtype={provenance['dtype']!r}: allowed values are {', '.join(DTYPES)}")
+    check_provenance(provenance, p / PROVENANCE_FILE)  # never write a store.json that could not be opened
     if not _writable_store_path(p):
         try:
             (p / SHARD_DIR).mkdir(parents=True, exist_ok=True)
@@ -560,6 +571,8 @@ def check_appendable(path: str | Path, provenance: dict[str, Any]) -> None:
     if _writable_store_path(p):
         keys = tuple(k for k in IDENTITY_KEYS if k in provenance)
         _refuse_differences(open_store(p), {**IDENTITY_DEFAULTS, **provenance}, keys)
+    else:
+        check_writable(p, "create the store", folder=True)
 
 
 def _writable_store_path(p: Path) -> bool:

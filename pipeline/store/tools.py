@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import StoreError
+from ..errors import StoreError, VidprobeError
 from . import cache
 from .clip_tables import read_source
 from .index import StoreIndex, build_index, kept_frames
@@ -43,6 +44,7 @@ from .reader import FeatureStore, open_store
 from .sources import current_sources, is_replaced
 from .writer import write_shard
 
+PoolResolver = Callable[[str], Callable[[np.ndarray], np.ndarray]]  # a pooling's name -> the pooling
 _BLOCK_ROWS = 1 << 16  # rows per read when scanning embeddings for NaN/Inf
 
 
@@ -219,8 +221,10 @@ def _check_shard(
     return keys, sources, failed
 
 
-def verify_store(path: str | Path) -> VerifyReport:
-    """Check every finished shard of the store at ``path``; the report's ``problems`` say what is wrong."""
+def verify_store(path: str | Path, pools: PoolResolver | None = None) -> VerifyReport:
+    """Check every finished shard of the store at ``path``; the report's ``problems`` say what is wrong.
+    ``pools``: pooling by name (``pipeline.probe.pooling.get_pool``; the store never imports the probe stage),
+    to recompute what a pooled cache holds; without it those rows are not checked (a note says so)."""
     store = open_store(path)
     report = VerifyReport(str(store.path))
     shards = store.shard_paths()
@@ -282,12 +286,15 @@ def verify_store(path: str | Path) -> VerifyReport:
     if not shards:
         report.notes.append("no finished shards yet")
     if store.path.is_dir():
-        _check_caches(store, report)
+        _check_caches(store, report, pools)
     return report
 
 
-def _check_caches(store: FeatureStore, report: VerifyReport) -> None:
-    """Each cache file must be intact, and a current one must match what the shards hold now."""
+def _check_caches(store: FeatureStore, report: VerifyReport, pools: PoolResolver | None) -> None:
+    """Each cache file must be intact, and a current one (``cache.is_current``, the rule ``info`` uses too) must
+    match what the shards hold now: the clip index is compared with one built from the shards, a pooled cache's
+    rows with the shards' frames pooled again (``pools``). A pooled cache whose rows differ is removed: a read
+    would otherwise serve it, its key and checksum being right."""
     files = cache.cache_files(store.path)
     if not files:
         return
@@ -296,38 +303,82 @@ def _check_caches(store: FeatureStore, report: VerifyReport) -> None:
         fresh = build_index(store.path, store.provenance, True)
     except (StoreError, OSError):
         fresh = None  # the shards' own problems are reported above
+    dtype = identity(store.provenance, "dtype")
     for p in files:
         where = f"{CACHE_DIR}/{p.name}"
         kind, stored, problem = cache.check_cache(p)
         if problem is None and stored is not None and stored.get("version") != cache.CACHE_VERSION:
             problem = f"cache version {stored.get('version')!r}, this vidprobe writes {cache.CACHE_VERSION}"
-        if problem is None and kind == "index" and stored == key and fresh is not None:
-            held = cache.load_index(store.path, key)
-            if (
-                held is None
-                or (held.video, held.label, held.split) != (fresh.video, fresh.label, fresh.split)
-                or not np.array_equal(held.offset, fresh.offset)
-                or [m.path.name for m in held.shards] != [m.path.name for m in fresh.shards]
+        if problem is None and kind is not None and stored is not None:
+            if fresh is None:
+                continue  # nothing to compare with: the shards' problems are reported
+            if cache.is_current(kind, stored, key, fresh, dtype):
+                if kind == "index":
+                    problem = _index_problem(store, key, fresh)
+                else:
+                    problem = _pooled_problem(store, p, key, pools, report)
+            elif (
+                kind == "pooled" and stored.get("shards") == key["shards"] and stored.get("identity") == key["identity"]
             ):
-                problem = "its clip table differs from the shards'"
-        if problem is None and kind == "pooled" and stored is not None:
-            base = {k: stored.get(k) for k in ("version", "identity", "shards")}
-            if base == key and fresh is not None:
-                want = cache.pooled_key(key, fresh, str(stored.get("pool")), identity(store.provenance, "dtype"))
-                if json.dumps(want, sort_keys=True) != json.dumps(stored, sort_keys=True):
-                    problem = "built from shards whose checksums differ from the shards on disk"
-            elif base != key:
+                problem = "built from shards whose checksums differ from the shards on disk"
+            else:
                 report.notes.append(f"{where}: stale (the shards changed since); the next read rebuilds it")
                 continue
-        if problem is None and kind == "index" and stored != key:
-            report.notes.append(f"{where}: stale (the shards changed since); the next read rebuilds it")
-            continue
         if problem is not None:
             report.problems.append(
                 f"{where}: damaged cache ({problem}); it is never used as it is: delete it or run "
                 f"`vidprobe compact {store.path}` (the next read rebuilds it)"
             )
             report.compactable.append(report.problems[-1])
+
+
+def _index_problem(store: FeatureStore, key: dict[str, Any], fresh: StoreIndex) -> str | None:
+    held = cache.load_index(store.path, key)
+    if (
+        held is None
+        or (held.video, held.label, held.split) != (fresh.video, fresh.label, fresh.split)
+        or not np.array_equal(held.offset, fresh.offset)
+        or [m.path.name for m in held.shards] != [m.path.name for m in fresh.shards]
+    ):
+        return "its clip table differs from the shards'"
+    return None
+
+
+def _pooled_problem(
+    store: FeatureStore, path: Path, key: dict[str, Any], pools: PoolResolver | None, report: VerifyReport
+) -> str | None:
+    """Pool the shards' frames again and compare with the cached rows; rows that differ remove the file.
+    ``key``: the store's index key when the cache was judged current (a writer adding a shard meanwhile makes
+    the cache stale, not wrong)."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        name, held = json.loads(f.attrs["key"]).get("pool"), f["pooled"][()]
+    try:
+        pool = pools(str(name)) if pools is not None else None
+    except VidprobeError:
+        pool = None
+    where = f"{CACHE_DIR}/{path.name}"
+    if pool is None:
+        report.notes.append(f"{where}: rows not recomputed (pooling {name!r} not available)")
+        return None
+    again = open_store(store.path)
+    again.use_cache = False
+    try:
+        fresh = again.pooled(pool)
+    except StoreError:
+        return None  # a shard that cannot be read: reported above
+    if cache.index_key(store.provenance, cache.shard_stamps(store.path)) != key:
+        report.notes.append(f"{where}: stale (the shards changed while verifying); the next read rebuilds it")
+        return None
+    if cache.rows_agree(held, fresh):
+        return None
+    try:
+        path.unlink()
+        gone = "removed"
+    except OSError as exc:
+        gone = f"could not be removed ({exc.strerror})"
+    return f"its rows differ from the shards' frames pooled again; {gone}"
 
 
 def _refuse_damage(store: FeatureStore) -> VerifyReport:
