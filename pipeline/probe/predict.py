@@ -50,6 +50,9 @@ def read_sources(
         if not os.path.lexists(source) and not glob.has_magic(source):
             entries.append((source, f"{source}: file not found"))
             continue
+        if os.path.exists(source) and not os.path.isdir(source) and not os.path.isfile(source):
+            entries.append((source, _item(source)))  # a FIFO or device: the decoder's timeout covers it
+            continue
         try:
             manifest = load_manifest(source, root, format=format)
         except ManifestError as exc:
@@ -69,6 +72,10 @@ def read_sources(
     return entries
 
 
+def _item(path: str | Path) -> VideoItem:
+    return VideoItem(Path(path).name, str(Path(path).absolute().parent))
+
+
 def _shown(path: Path) -> str:
     """A path as rows name it: relative to the current folder when under it, else absolute."""
     rel = os.path.relpath(path)
@@ -77,7 +84,7 @@ def _shown(path: Path) -> str:
 
 def predict_videos(head_path: str | Path, videos: Sequence[str | Path], **options: Any) -> list[dict[str, Any]]:
     """Top-k (label, probability) per video path, in their order (``predict_iter``'s results)."""
-    named = [(str(v), VideoItem(Path(v).name, str(Path(v).absolute().parent))) for v in videos]
+    named = [(str(v), _item(v)) for v in videos]
     out: list[Any] = [None] * len(named)
     for i, rows in predict_iter(head_path, named, **options):
         out[i] = rows[0]
