@@ -412,7 +412,7 @@ def _print_predictions(rows: list[dict[str, Any]]) -> None:
     if len(rows) > 1 or any("clip" in r for r in done):
         width = max((len(r["path"]) for r in done), default=0)
         for r in done:
-            window = f" {r['start']:.2f}-{r['end']:.2f}s" if "clip" in r else ""
+            window = f" {r['start']:.2f}-{r['end']:.2f}s" if "start" in r and "end" in r else ""
             tops = "  ".join(f"{t['label']} {t['prob']:.3f}" for t in r["top"])
             print(f"{r['path']:<{width}}{window}  {tops}")
         return

@@ -2,8 +2,10 @@
 
 ``predict`` and the engines share it, so a new video is sampled exactly as a training store was:
 ``load_views``/``load_clip`` decode one item in this thread (the Ray engine's decode stage);
-``VideoDecoder`` decodes a list of videos in the background (``predict`` decodes while torch imports),
-and ``embed_clips`` embeds one video's clips. All run the engine's per-video decode (``decode_task``).
+``VideoDecoder`` decodes a list of videos in the background, in the local engine's decoder processes,
+and packs their frames into full encoder batches (``predict`` decodes while torch imports, then runs at
+extraction's speed); ``embed_clips`` embeds one video's clips. All run the engine's per-video decode
+(``decode_task``).
 """
 
 from __future__ import annotations

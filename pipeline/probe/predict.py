@@ -45,7 +45,7 @@ def read_sources(
     folder holds that is not a video by its extension (what extract leaves out) are entries with their
     cause, so a run goes on with the rest. ``leave_out``: files to pass over silently (the output file)."""
     entries: list[Entry] = []
-    skip = {os.path.abspath(p) for p in leave_out}
+    skip = {os.path.realpath(p) for p in leave_out}
     for source in map(str, sources):
         if not os.path.lexists(source) and not glob.has_magic(source):
             entries.append((source, f"{source}: file not found"))
@@ -58,15 +58,15 @@ def read_sources(
         except ManifestError as exc:
             entries.append((source, str(exc)))
             continue
-        single = Path(source).is_file() and len(manifest.items) == 1 and not manifest.problems
         for item in manifest.items:
-            if str(item.abspath) not in skip:
-                entries.append((source if single and item.start is None else _shown(item.abspath), item))
+            real = os.path.realpath(item.abspath)
+            if real not in skip:  # the source itself, when it is one video, keeps the name it was given
+                entries.append((source if real == os.path.realpath(source) else _shown(item.abspath), item))
         for problem in manifest.problems:
             entries.append((_shown(Path(manifest.root) / problem.path), problem.error))
         for name in manifest.ignored:
             path = Path(manifest.root) / name
-            if str(path) not in skip:
+            if os.path.realpath(path) not in skip:
                 why = f"{_shown(path)}: not a video by its extension ({path.suffix or 'none'}); extract leaves it out"
                 entries.append((_shown(path), why))
     return entries
@@ -152,12 +152,12 @@ def predict_iter(
 def _failed(name: str, item: VideoItem, error: str) -> dict[str, Any]:
     """A failure row; its cause names the video as the row does."""
     error = error.replace(str(item.abspath), name)
-    return {"path": name, **_window(item), "error": error if name in error else f"{name}: {error}"}
+    return {"path": name, **_window(item.start, item.end), "error": error if name in error else f"{name}: {error}"}
 
 
-def _window(item: VideoItem) -> dict[str, float]:
-    """The manifest's window of the video, where it names one."""
-    return {k: v for k, v in (("start", item.start), ("end", item.end)) if v is not None}
+def _window(start: float | None, end: float | None) -> dict[str, float]:
+    """A row's window (the clip's, or the manifest row's), where there is one."""
+    return {k: v for k, v in (("start", start), ("end", end)) if v is not None}
 
 
 def _embedded(
@@ -233,12 +233,17 @@ def _rows(
     extra = {"warnings": said} if said else {}
     if per_clip:
         return [
-            {"path": name, "clip": i, "start": s, "end": e, "windows": len(clips), "top": _top(p, head.classes, top_k)}
+            {"path": name, "clip": i, **_window(s, e), "windows": len(clips), "top": _top(p, head.classes, top_k)}
             | extra
             for i, ((s, e, _), p) in enumerate(zip(clips, per_window))
         ]
     proba = per_window.mean(axis=0)
-    result = {"path": name, **_window(item), "windows": len(clips), "top": _top(proba, head.classes, top_k)} | extra
+    result = {
+        "path": name,
+        **_window(item.start, item.end),
+        "windows": len(clips),
+        "top": _top(proba, head.classes, top_k),
+    } | extra
     if how is not None:
         from .explain import explain_clips
 
