@@ -72,11 +72,11 @@ def load_clip(item: VideoItem, sampling: SamplingConfig, preprocess: Any, thread
 
 class VideoDecoder:
     """Decode videos in the background, from the moment it is made (see the module doc), as the local
-    engine does: ``workers`` decoder processes (extraction's ``extract.num_workers``), each killed and
-    replaced after ``timeout`` s without progress (that video fails, the rest go on); without ``timeout``:
-    a thread of this process. What is decoded ahead is bounded (``DecodePool``'s queue). A video is a
-    path, a ``(path, start, end)`` window, or a manifest ``VideoItem`` (re-checked against its root at
-    open time, as extraction does).
+    engine does: ``workers`` decoder processes (extraction's ``extract.num_workers``; ``threads``: FFmpeg's
+    threads in each, 0 = FFmpeg decides), each killed and replaced after ``timeout`` s without progress
+    (that video fails, the rest go on); without ``timeout``: a thread of this process. What is decoded
+    ahead is bounded (``DecodePool``'s queue). A video is a path, a ``(path, start, end)`` window, or a
+    manifest ``VideoItem`` (re-checked against its root at open time, as extraction does).
     """
 
     def __init__(
@@ -87,6 +87,7 @@ class VideoDecoder:
         *,
         timeout: float | None = None,
         workers: int = 1,
+        threads: int = 0,
         chunk: int = 32,
         prefetch: int = 8,
     ) -> None:
@@ -96,7 +97,7 @@ class VideoDecoder:
             sampling,
             preprocess,
             num_workers=workers,
-            threads=0,
+            threads=threads,
             timeout=timeout or 0.0,
             chunk=chunk,
             max_messages=prefetch,

@@ -186,8 +186,17 @@ def _embedded(
     rt = resolve_runtime(ext, "cuda" if str(device).startswith("cuda") else "cpu")
     timeout = ext.decode_timeout if timeout is None else timeout
     prefetch = max(2, rt.prefetch_frames // rt.batch_size)
-    workers = rt.num_workers
-    with VideoDecoder(items, sampling, preprocess, timeout=timeout, workers=workers, prefetch=prefetch) as decoder:
+    threads = 0 if len(items) == 1 else rt.decode_threads  # one video: FFmpeg's threads use the idle cores
+    with VideoDecoder(
+        items,
+        sampling,
+        preprocess,
+        timeout=timeout,
+        workers=rt.num_workers,
+        threads=threads,
+        chunk=rt.batch_size,
+        prefetch=prefetch,
+    ) as decoder:
         encoder = encoder or _build_encoder(meta, device)
         _check_encoder(head_path, meta, encoder, preprocess)
         device_type = str(getattr(encoder, "device", "cpu")).split(":")[0]
