@@ -96,6 +96,18 @@ def test_a_killed_run_resumes_where_it_stopped(head, folder, tmp_path, capsys):
     assert f"{len(videos) - 3} predicted, 0 failed, 3 skipped" in capsys.readouterr().out
 
 
+def test_an_output_inside_the_source_folder_is_no_input(head, folder, tmp_path, capsys):
+    inside = tmp_path / "videos"
+    for name in ("v00.mp4", "v02.mp4"):
+        inside.mkdir(exist_ok=True)
+        (inside / name).write_bytes((folder / "stripes_h" / name).read_bytes())
+    out = inside / "preds.csv"
+    for _ in range(2):
+        assert main(["predict", str(head), str(inside), "-o", str(out), "-q"]) == 0
+    assert sorted(Path(r["path"]).name for r in _csv(out)) == ["v00.mp4", "v02.mp4"]
+    assert "0 predicted, 0 failed, 2 skipped" in capsys.readouterr().out
+
+
 def test_quoted_glob_and_jsonl_output(head, folder, tmp_path, capsys):
     out = tmp_path / "preds.jsonl"
     assert main(["predict", str(head), str(folder / "stripes_v" / "v*.mp4"), "-o", str(out), "-q"]) == 0

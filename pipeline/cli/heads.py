@@ -403,6 +403,8 @@ def _print_predict_run(args: argparse.Namespace, out: dict[str, Any]) -> None:
 
 def _print_predictions(rows: list[dict[str, Any]]) -> None:
     """One video: its top-k labels under its path (and --explain's weights); several: one line per row."""
+    if not rows:
+        print("vidprobe predict: nothing to predict: the sources hold no file", file=sys.stderr)
     for r in rows:
         if "error" in r:
             print(f"vidprobe predict: error: {r['error']}", file=sys.stderr)
