@@ -77,12 +77,20 @@ def evaluate(store: str | Path, head_path: str | Path, *, split: str = "test", t
 
 
 def predict(
-    head_path: str | Path, videos: str | Path | Sequence[str | Path], *, top_k: int = 5, **options: Any
-) -> list[dict[str, Any]]:
-    """``vidprobe predict HEAD_PATH VIDEO... --json``: each video extracted as the head's store was, then its top-k
-    labels; one record per video (a failed one has ``error`` instead of ``top``). ``options``: ``device``,
-    ``trust``, ``decode_timeout``, ``explain``, ``plot_dir``, ``encoder`` (``pipeline.probe.predict``)."""
-    from .probe.predict import predict_videos
+    head_path: str | Path,
+    sources: str | Path | Sequence[str | Path],
+    *,
+    top_k: int = 5,
+    output: str | Path | None = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """``vidprobe predict HEAD_PATH SOURCE... [-o OUT] --json``: every video of ``sources`` (files, folders, globs,
+    CSV/JSONL manifests, as ``extract`` reads them) extracted as the head's store was, then its top-k labels.
+    Returns ``rows`` (one per video; a failed one has ``error`` instead of ``top``) and the counts ``predicted``,
+    ``failed``, ``skipped``. With ``output`` (.csv/.jsonl) rows are appended there and a re-run skips the videos
+    it holds. ``options``: ``device``, ``trust``, ``decode_timeout``, ``per_clip``, ``root``, ``explain``,
+    ``plot_dir`` (``pipeline.probe.predict.predict_sources``)."""
+    from .probe.predict import predict_sources
 
-    paths = [videos] if isinstance(videos, (str, Path)) else list(videos)
-    return predict_videos(head_path, paths, top_k=top_k, **options)
+    paths = [sources] if isinstance(sources, (str, Path)) else list(sources)
+    return predict_sources(head_path, paths, top_k=top_k, output=output, **options)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import EVAL_SPLITS, SOLVERS
+from ..data.manifest import FORMATS
 from ..errors import ConfigError
 from .common import (
     DEVICES,
@@ -18,6 +19,7 @@ from .common import (
     add_device,
     add_head_file,
     add_json,
+    add_quiet,
     add_repeats,
     add_store,
     add_trust,
@@ -335,8 +337,25 @@ def add_predict(sub: Any) -> None:
     p = command(sub, cmd_predict, "label new videos with a saved head")
     add_head_file(p)
     add_trust(p)
-    p.add_argument("videos", nargs="+", metavar="VIDEO")
+    p.add_argument(
+        "videos",
+        nargs="+",
+        metavar="SOURCE",
+        help="what to label, as extract reads it: a video, a folder, a quoted glob, a .csv/.jsonl manifest",
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        metavar="PREDS",
+        help="write one row per video to PREDS.csv or PREDS.jsonl as each finishes; a re-run with the same file "
+        "skips the videos it holds (resumes)",
+    )
     p.add_argument("-k", "--top-k", type=int, default=5, help="labels to show per video (default 5)")
+    p.add_argument(
+        "--per-clip", action="store_true", help="one row per clip window (windowed sampling) instead of per video"
+    )
+    p.add_argument("--root", metavar="DIR", help="folder that manifest paths are relative to (as for extract)")
+    p.add_argument("--format", default="auto", choices=FORMATS, help="how to read SOURCE (as for extract)")
     add_device(p, default="auto")
     p.add_argument(
         "--decode-timeout",
@@ -357,46 +376,94 @@ def add_predict(sub: Any) -> None:
         metavar="DIR",
         help="folder for the --explain timelines, VIDEO-explain.png (default: the current folder)",
     )
-    add_json(p, "predictions")
+    add_json(p, "predictions (with -o: the run's counts)")
+    add_quiet(p, "bar")
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    """Extract each video the way the head's training store was extracted and print the top-k labels."""
+    """Extract each video the way the head's training store was extracted (with extract's decoder processes and
+    batches) and give its top-k labels: printed, or written to a .csv/.jsonl file (-o) that a re-run resumes. A
+    video that cannot be predicted (missing, not a video, broken) is a row with its cause, and the run goes on."""
     from ..config import check_device
-    from ..probe.predict import predict_videos
+    from ..probe.predict import predict_sources
+    from ..probe.predictions import check_output
+    from ..store.layout import check_writable
 
     _check_predict_order(args)
     if args.top_k < 1:
         raise ConfigError(f"-k/--top-k={args.top_k}: must be >= 1 (labels to show per video)")
     check_device(args.device, "--device")
+    if args.output:
+        check_output(args.output)
+        check_writable(args.output, "write the predictions")
+        if args.explain:
+            raise ConfigError("--explain prints each frame's weight; it is not written to -o (drop one of them)")
     plot_dir = None
     if args.explain:
-        from ..store.layout import check_writable
-
         plot_dir = Path(args.explain_dir)
         check_writable(plot_dir, "write the --explain timelines", folder=True)
-        plot_dir.mkdir(parents=True, exist_ok=True)
-    options = pick(args, "top_k", "device", "trust", "decode_timeout", "explain")
-    results = predict_videos(args.head, args.videos, plot_dir=plot_dir, **options)
-    if args.json:
-        print_json(results)
+        try:
+            plot_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"--explain-dir {plot_dir}: cannot create it ({exc.strerror or exc})") from None
+    options = pick(args, "top_k", "device", "trust", "decode_timeout", "explain", "per_clip", "root", "format")
+    out = predict_sources(
+        args.head,
+        args.videos,
+        output=args.output,
+        plot_dir=plot_dir,
+        progress=not args.quiet and not args.json,
+        **options,
+    )
+    if args.output:
+        _print_predict_run(args, out)
+    elif args.json:
+        print_json(out["rows"])
     else:
-        for r in results:
-            if "error" in r:
-                msg = r["error"] if r["path"] in r["error"] else f"{r['path']}: {r['error']}"
-                print(f"vidprobe predict: error: {msg}", file=sys.stderr)
-                continue
-            for message in r.get("warnings", []):
-                print(f"vidprobe predict: warning: {message}", file=sys.stderr)
-            print(r["path"])
-            for t in r["top"]:
-                print(f"  {t['prob']:.3f}  {t['label']}")
-            for c in r.get("clips", []):
-                frames = " ".join(f"{f['time']:.2f}s:{f['weight']:.3f}" for f in c["frames"])
-                split = ""
-                if "logit" in c:  # an attn head: the weights explain its attention part of the winning logit
-                    split = f", logit {c['logit']['attention']:+.2f} attention {c['logit']['trend']:+.2f} trend"
-                print(f"  frame weights ({r['explained_by']}, P={c['top_prob']:.3f}{split}): {frames}")
-            if "plot" in r:
-                print(f"  timeline -> {r['plot']}")
-    return EXIT_PARTIAL if any("error" in r for r in results) else EXIT_OK
+        _print_predictions(out["rows"])
+    return EXIT_PARTIAL if out["failed"] else EXIT_OK
+
+
+def _print_predict_run(args: argparse.Namespace, out: dict[str, Any]) -> None:
+    """With -o: this run's failures (stderr) and its counts."""
+    counts = {k: out[k] for k in ("predicted", "failed", "skipped", "seconds")}
+    if args.json:
+        print_json({"output": args.output, **counts})
+        return
+    for r in out["rows"]:
+        print(f"vidprobe predict: error: {r['error']}", file=sys.stderr)
+    print(
+        f"{out['predicted']} predicted, {out['failed']} failed, {out['skipped']} skipped (already in {args.output}) "
+        f"in {out['seconds']:.1f} s -> {args.output}"
+    )
+
+
+def _print_predictions(rows: list[dict[str, Any]]) -> None:
+    """One video: its top-k labels under its path (and --explain's weights); several: one line per row."""
+    if not rows:
+        print("vidprobe predict: nothing to predict: the sources hold no file", file=sys.stderr)
+    for r in rows:
+        if "error" in r:
+            print(f"vidprobe predict: error: {r['error']}", file=sys.stderr)
+        for message in r.get("warnings", []):
+            print(f"vidprobe predict: warning: {message}", file=sys.stderr)
+    done = [r for r in rows if "error" not in r]
+    if len(rows) > 1 or any("clip" in r for r in done):
+        width = max((len(r["path"]) for r in done), default=0)
+        for r in done:
+            window = f" {r['start']:.2f}-{r['end']:.2f}s" if "start" in r and "end" in r else ""
+            tops = "  ".join(f"{t['label']} {t['prob']:.3f}" for t in r["top"])
+            print(f"{r['path']:<{width}}{window}  {tops}")
+        return
+    for r in done:
+        print(r["path"])
+        for t in r["top"]:
+            print(f"  {t['prob']:.3f}  {t['label']}")
+        for c in r.get("clips", []):
+            frames = " ".join(f"{f['time']:.2f}s:{f['weight']:.3f}" for f in c["frames"])
+            split = ""
+            if "logit" in c:  # an attn head: the weights explain its attention part of the winning logit
+                split = f", logit {c['logit']['attention']:+.2f} attention {c['logit']['trend']:+.2f} trend"
+            print(f"  frame weights ({r['explained_by']}, P={c['top_prob']:.3f}{split}): {frames}")
+        if "plot" in r:
+            print(f"  timeline -> {r['plot']}")

@@ -2,13 +2,17 @@
 
 ``predict`` and the engines share it, so a new video is sampled exactly as a training store was:
 ``load_views``/``load_clip`` decode one item in this thread (the Ray engine's decode stage);
-``VideoDecoder`` decodes a list of videos in the background (``predict`` decodes while torch imports),
-and ``embed_clips`` embeds one video's clips. All run the engine's per-video decode (``decode_task``).
+``VideoDecoder`` decodes a list of videos in the background, in the local engine's decoder processes,
+and packs their frames into full encoder batches (``predict`` decodes while torch imports, then runs at
+extraction's speed); ``embed_clips`` embeds one video's clips. All run the engine's per-video decode
+(``decode_task``).
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -67,43 +71,68 @@ def load_clip(item: VideoItem, sampling: SamplingConfig, preprocess: Any, thread
 
 
 class VideoDecoder:
-    """Decode videos in order, in the background, from the moment it is made (see the module doc).
-    With ``timeout`` (extraction's ``extract.decode_timeout``): one decoder worker process for all the
-    videos, killed and replaced after ``timeout`` s without progress (that video fails, the rest go on);
-    without: a thread of this process. What is decoded ahead is bounded (``DecodePool``'s queue).
+    """Decode videos in the background, from the moment it is made (see the module doc), as the local
+    engine does: ``workers`` decoder processes (extraction's ``extract.num_workers``; ``threads``: FFmpeg's
+    threads in each, 0 = FFmpeg decides), each killed and replaced after ``timeout`` s without progress
+    (that video fails, the rest go on); without ``timeout``: a thread of this process. What is decoded
+    ahead is bounded (``DecodePool``'s queue). A video is a path, a ``(path, start, end)`` window, or a
+    manifest ``VideoItem`` (re-checked against its root at open time, as extraction does).
     """
 
     def __init__(
         self,
-        videos: Sequence[tuple[str | Path, float | None, float | None]],
+        videos: Sequence[VideoItem | str | Path | tuple[str | Path, float | None, float | None]],
         sampling: SamplingConfig,
         preprocess: Any,
         *,
         timeout: float | None = None,
+        workers: int = 1,
+        threads: int = 0,
+        chunk: int = 32,
+        prefetch: int = 8,
     ) -> None:
-        self._tasks = [ClipTask(i, str(Path(p).absolute()), s, e) for i, (p, s, e) in enumerate(videos)]
-        workers = 0 if timeout is None else 1
-        self._pool = DecodePool(sampling, preprocess, num_workers=workers, threads=0, timeout=timeout or 0.0)
+        self._tasks = [_task(i, v) for i, v in enumerate(videos)]
+        workers = 0 if timeout is None else max(1, min(workers, len(self._tasks)))
+        self._pool = DecodePool(
+            sampling,
+            preprocess,
+            num_workers=workers,
+            threads=threads,
+            timeout=timeout or 0.0,
+            chunk=chunk,
+            max_messages=prefetch,
+        )
         self._pool.start(self._tasks)
 
-    def embedded(self, transform: Callable[[np.ndarray], np.ndarray]) -> Iterator[Clips | DecodeError]:
-        """Per video, in order: its clips with frames through ``transform`` (e.g. ``encoder.encode``), or
-        the DecodeError that stopped it (a timeout included)."""
-        out: dict[int, tuple[list, list]] = {}
+    @property
+    def replaced(self) -> int:
+        """Decoder processes killed after a timeout or found dead so far."""
+        return self._pool.replaced
+
+    def embedded(
+        self, transform: Callable[[np.ndarray], np.ndarray], batch_size: int = 32
+    ) -> Iterator[tuple[int, Clips | DecodeError]]:
+        """(index in ``videos``, its clips with frames through ``transform``, e.g. ``encoder.encode``), or the
+        DecodeError that stopped it (a timeout, or ``transform`` raising, included), as each video finishes.
+        Frames of many videos are packed into batches of ``batch_size`` for ``transform``, as the local
+        engine packs them (short videos still fill the encoder's batches)."""
+        videos: dict[int, _Video] = {}
+        gone: set[int] = set()  # videos already answered (a batch that failed ends a video early)
+        batches = _Batches(transform, batch_size)
         for msg in self._pool.messages():
-            frames, stamps = out.setdefault(msg.task, ([], []))
-            if isinstance(msg, Frames):
-                frames.append(transform(msg.frames))
-                stamps.append(msg.timestamps)
+            if msg.task in gone:
                 continue
-            del out[msg.task]
-            if isinstance(msg, Failed):
-                yield DecodeError(msg.error)
-            elif not frames:  # nothing sampled (every window empty): no clips either
-                yield []
+            video = videos.setdefault(msg.task, _Video())
+            if isinstance(msg, Frames):
+                video.stamps.append(msg.timestamps)
+                batches.add(video, msg.frames)
+            elif isinstance(msg, Failed):
+                video.error = msg.error
             else:
-                emb, ts = np.concatenate(frames), np.concatenate(stamps)
-                yield [(s, e, DecodedClip(emb[idx], ts[idx], msg.warnings)) for s, e, idx in msg.clips]
+                video.done = msg
+            yield from _finished(videos, gone)
+        batches.flush()
+        yield from _finished(videos, gone)
 
     def close(self) -> None:
         self._pool.close()
@@ -115,12 +144,94 @@ class VideoDecoder:
         self.close()
 
 
+def _task(index: int, video: Any) -> ClipTask:
+    if isinstance(video, VideoItem):
+        return ClipTask(index, str(video.abspath), video.start, video.end, root=video.root)
+    path, start, end = (video, None, None) if isinstance(video, (str, Path)) else video
+    return ClipTask(index, str(Path(path).absolute()), start, end)
+
+
+@dataclass(eq=False)
+class _Video:
+    """One video's embeddings as its batches are encoded, until its ``Done`` (or failure) and all its frames."""
+
+    emb: list[np.ndarray] = field(default_factory=list)
+    stamps: list[np.ndarray] = field(default_factory=list)
+    queued: int = 0  # frames waiting in a batch
+    done: Done | None = None
+    error: str = ""
+
+    def result(self) -> Clips | DecodeError:
+        if self.error:
+            return DecodeError(self.error)
+        assert self.done is not None
+        if not self.emb:  # nothing sampled (every window empty): no clips either
+            return []
+        emb, ts = np.concatenate(self.emb), np.concatenate(self.stamps)
+        return [(s, e, DecodedClip(emb[idx], ts[idx], self.done.warnings)) for s, e, idx in self.done.clips]
+
+
+def _finished(videos: dict[int, _Video], gone: set[int]) -> Iterator[tuple[int, Clips | DecodeError]]:
+    """The videos that failed, or are done with every frame encoded (their frames still queued are dropped)."""
+    for task in [t for t, v in videos.items() if v.error or (v.done and not v.queued)]:
+        gone.add(task)
+        yield task, videos.pop(task).result()
+
+
+class _Batches:
+    """Frames of many videos packed into batches of ``size`` for ``transform``: a batch is encoded once full
+    (``flush``: the rest); a video that failed meanwhile has its frames dropped, one whose batch fails fails."""
+
+    def __init__(self, transform: Callable[[np.ndarray], np.ndarray], size: int) -> None:
+        self.transform, self.size = transform, max(1, size)
+        self.pending: deque[tuple[_Video, np.ndarray]] = deque()
+        self.queued = 0
+
+    def add(self, video: _Video, frames: np.ndarray) -> None:
+        self.pending.append((video, frames))
+        self.queued += len(frames)
+        video.queued += len(frames)
+        while self.queued >= self.size:
+            self._encode()
+
+    def flush(self) -> None:
+        while self.queued:
+            self._encode()
+
+    def _encode(self) -> None:
+        parts: list[tuple[_Video, np.ndarray]] = []
+        n = 0
+        while self.pending and n < self.size:
+            video, frames = self.pending.popleft()
+            take = min(self.size - n, len(frames))
+            if take < len(frames):
+                self.pending.appendleft((video, frames[take:]))
+            parts.append((video, frames[:take]))
+            n += take
+        self.queued -= n
+        for video, frames in parts:
+            video.queued -= len(frames)
+        live = [(v, f) for v, f in parts if not v.error]
+        if not live:
+            return
+        try:
+            emb = self.transform(np.concatenate([f for _, f in live]) if len(live) > 1 else live[0][1])
+        except Exception as exc:  # one bad batch fails its videos, not the run
+            for video, _ in live:
+                video.error = video.error or f"encoding failed ({type(exc).__name__}: {exc})"
+            return
+        pos = 0
+        for video, frames in live:
+            video.emb.append(emb[pos : pos + len(frames)])
+            pos += len(frames)
+
+
 def embed_clips(
     encoder: FrameEncoder, path: str | Path, sampling: SamplingConfig, *, timeout: float | None = None
 ) -> Clips:
     """Frame embeddings of every clip of one video, whole (see ``VideoDecoder``); ``DecodeError`` on failure."""
-    with VideoDecoder([(path, None, None)], sampling, encoder.preprocess_cfg, timeout=timeout) as decoder:
-        (result,) = decoder.embedded(encoder.encode)
+    with VideoDecoder([path], sampling, encoder.preprocess_cfg, timeout=timeout) as decoder:
+        ((_, result),) = decoder.embedded(encoder.encode)
     if isinstance(result, DecodeError):
         raise result
     return result

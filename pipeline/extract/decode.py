@@ -123,6 +123,10 @@ def _open(path: Path, root: str | Path | None = None):
     if not container.streams.video:
         container.close()
         raise DecodeError(f"{path}: no video stream (audio-only or not a video file)")
+    kind = container.format.name
+    if kind == "image2" or kind.endswith("_pipe"):  # FFmpeg reads a PNG or JPEG (whatever its name) as 1 frame
+        container.close()
+        raise DecodeError(f"{path}: a still image ({kind.removesuffix('_pipe')}), not a video")
     return container
 
 
