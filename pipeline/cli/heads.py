@@ -17,6 +17,7 @@ from .common import (
     add_device,
     add_head_file,
     add_json,
+    add_quiet,
     add_repeats,
     add_store,
     add_trust,
@@ -83,6 +84,7 @@ def add_train(sub: Any) -> None:
     )
     _add_split_options(p)
     add_json(p, "results")
+    add_quiet(p, "bar (a fit shows one on a terminal once it has run a few seconds)")
 
 
 def _add_split_options(p: argparse.ArgumentParser) -> None:
@@ -122,6 +124,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     sidecar describing its inputs. Head files: .npz (recommended: plain arrays, loaded without pickle or scikit-learn),
     .skops (audited scikit-learn types) or .joblib (pickle; evaluate/predict then need --trust)."""
     from ..data.splits import SplitsFrom, SplitSpec
+    from ..probe.heads.fitting import quiet_fits
     from ..probe.heads.settings import HeadConfig
     from ..probe.train import train_head
 
@@ -140,9 +143,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.repeats < 1:
         raise ConfigError(f"--repeats {args.repeats}: must be >= 1 (fits over consecutive split seeds)")
     head = HeadConfig.from_dict(settings)
-    out = train_head(
-        args.store, args.output, head=head, pool=args.pool, split=split, repeats=args.repeats, strict=args.strict
-    )
+    with quiet_fits(args.quiet or args.json):
+        out = train_head(
+            args.store, args.output, head=head, pool=args.pool, split=split, repeats=args.repeats, strict=args.strict
+        )
     for line in out["warnings"]:
         print(f"vidprobe train: warning: {line}", file=sys.stderr)
     if args.json:
@@ -322,7 +326,8 @@ def add_predict(sub: Any) -> None:
         "--explain-dir",
         default=".",
         metavar="DIR",
-        help="folder for the --explain timelines, VIDEO-explain.png (default: the current folder)",
+        help="folder for the --explain timelines, VIDEO-HASH-explain.png, HASH from the video's absolute path so "
+        "that videos named alike in different folders never share one (default: the current folder)",
     )
     add_json(p, "predictions")
 

@@ -38,7 +38,7 @@ def predict_videos(
     ``trust`` allows pickle (.joblib) heads: see ``heads.load_head``. ``decode_timeout``: seconds a video's
     decoder may go without progress (default: extraction's ``extract.decode_timeout``). ``explain``: also
     ``explained_by`` and ``clips`` (window, the top label's probability, each frame's time and weight),
-    and with ``plot_dir`` a ``<video>-explain.png`` timeline per video (its path under ``plot``).
+    and with ``plot_dir`` a timeline PNG per video (``explain.explanation_png``; its path under ``plot``).
 
     Everything that can be checked without the model is checked first (head, sidecar, its sampling and
     pooling, that the videos exist; an .npz head is loaded in full), so a mistake costs no torch import.
@@ -117,7 +117,7 @@ def _video_result(
     if said:
         result["warnings"] = said
     if how is not None:
-        from .explain import explain_clips
+        from .explain import explain_clips, explanation_png
 
         result["explained_by"] = how
         windows = [(s, e, c.frames, c.timestamps) for s, e, c in clips]
@@ -125,7 +125,7 @@ def _video_result(
         if plot_dir is not None:
             from .report import plot_timeline
 
-            png = Path(plot_dir) / f"{Path(video).stem}-explain.png"
+            png = explanation_png(plot_dir, video)
             result["plot"] = str(plot_timeline({**result, "label": head.classes[order[0]]}, png))
     return result
 
