@@ -71,8 +71,8 @@ def plot_confusion(
     plt = _pyplot()
     keep, note = _plotted_classes(cells, len(classes))
     index = {c: i for i, c in enumerate(keep)}
-    cm = confusion_matrix([(index[t], index[p], c) for t, p, c in cells if t in index and p in index], len(keep))
-    cm = cm.astype(float)
+    shown = [(index[t], index[p], c) for t, p, c in cells if t in index and p in index]
+    cm = confusion_matrix(shown, len(keep)).astype(float)
     classes = [classes[i] for i in keep]
     norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
     n = len(classes)

@@ -8,10 +8,10 @@
 
 The sidecar records the encoder, sampling, pooling, labels, settings, metrics and the head file's
 sha256, so ``predict`` can rebuild the extraction and a swapped file is caught; a sidecar without that
-checksum is refused unless the caller trusts the pair (``trust``). Its size follows the number of test
-clips, not classes squared: the test metrics are recorded without the confusion matrix, which ``evaluate``
-recomputes. The arrays of a head are checked against its kind's schema (``native.check_arrays``: dtypes,
-shapes, finite values) when it is saved and when it is loaded, whatever its format.
+checksum is refused unless the caller trusts the pair (``trust``). Its size follows the classes and the
+test clips, never classes squared (the test metrics hold the confusion matrix's nonzero cells). The arrays
+of a head are checked against its kind's schema (``native.check_arrays``: dtypes, shapes, finite values)
+when it is saved and when it is loaded, whatever its format.
 """
 
 from __future__ import annotations

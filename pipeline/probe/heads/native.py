@@ -201,12 +201,12 @@ def _shown(shape: tuple[int | str, ...], sizes: dict[str, tuple[int, str]]) -> s
     )
 
 
-def check_classes(classes: np.ndarray, fewest: int = 1) -> str | None:
+def check_classes(classes: np.ndarray) -> str | None:
     """Why a head file's ``classes`` array is unusable (not distinct text names), or None."""
     if classes.dtype.kind != "U" or classes.ndim != 1:
         return f"array 'classes' must be a list of class names, got {classes.dtype} values of shape {classes.shape}"
-    if len(classes) < fewest:
-        return f"array 'classes' holds {len(classes)} class name(s); a head needs at least {fewest}"
+    if not len(classes):
+        return "array 'classes' holds no class name"
     if len(set(classes.tolist())) != len(classes):
         return "array 'classes' names a class twice"
     return None
