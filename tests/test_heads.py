@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from media import pattern_frames, write_video
 
 from pipeline.cli import main
 from pipeline.data.splits import SplitSpec
@@ -320,11 +321,14 @@ def test_impossible_head_arrays_are_one_line_naming_file_and_array(
         arrays = dict(z)
     _resign(head, _with(arrays, name, damage))
     capsys.readouterr()
-    assert main(["evaluate", str(store_path), str(head), "--json"]) == 1
-    captured = capsys.readouterr()
-    lines = [line for line in captured.err.splitlines() if line.strip()]
-    assert len(lines) == 1 and "Traceback" not in captured.err and captured.out == "", captured.err
-    assert str(head) in lines[0] and re.search(needle, lines[0]), lines[0]
+    video = tmp_path / "v.mp4"
+    write_video(video, pattern_frames(12), fps=12)
+    for argv in (["evaluate", str(store_path), str(head), "--json"], ["predict", str(head), str(video), "--json"]):
+        assert main(argv) == 1  # never NaN probabilities with exit 0
+        captured = capsys.readouterr()
+        lines = [line for line in captured.err.splitlines() if line.strip()]
+        assert len(lines) == 1 and "Traceback" not in captured.err and captured.out == "", captured.err
+        assert str(head) in lines[0] and re.search(needle, lines[0]), lines[0]
 
 
 def test_weights_that_overflow_are_refused_not_scored_as_nan(store_path: Path, tmp_path: Path, capsys) -> None:
