@@ -72,6 +72,7 @@ class Rule:
     auto: bool = False  # "auto" is also allowed (int | str fields)
     finite: bool = False
     nonempty: bool = False  # sequences: at least one value
+    most: int | None = None  # sequences: at most this many values (each one is a fit, a pass, a prompt...)
     device: bool = False  # a device name (auto | cpu | cuda | cuda:K), checked without torch
     key: str | None = None  # name in messages where it is not the field's name
     note: str = ""  # said after the range, e.g. "(0 = no cap)" or "seconds"
@@ -122,6 +123,8 @@ class Rule:
         if isinstance(value, tuple):
             if self.nonempty and not value:
                 return "need one or more values"
+            if self.most is not None and len(value) > self.most:
+                return f"need at most {self.most} values (got {len(value)})"
             bad = [v for v in value if not self._ok(v)]
             return None if not bad else allowed_values(self.choices) if self.choices else f"each value {self._range()}"
         if self._ok(value):
@@ -137,8 +140,13 @@ def rule(**kw: Any) -> dict[str, Rule]:
     return {"rule": Rule(**kw)}
 
 
-def _shown(value: Any) -> Any:
-    return list(value) if isinstance(value, tuple) else value
+def _shown(value: Any) -> str:
+    """A value as messages show it: a tuple as a list, a long one cut short (one line, whatever its length)."""
+    if not isinstance(value, tuple):
+        return repr(value)
+    if len(value) <= 8:
+        return repr(list(value))
+    return "[" + ", ".join(map(repr, value[:3])) + f", ... ({len(value)} values)]"
 
 
 def check_device(value: Any, key: str = "device") -> None:
@@ -163,7 +171,7 @@ def check_settings(obj: Any, prefix: str = "") -> None:
         setattr(obj, f.name, value)
         problem = r.problem(value)
         if problem:
-            raise ConfigError(f"{key}={_shown(value)!r}: {problem}")
+            raise ConfigError(f"{key}={_shown(value)}: {problem}")
     if hasattr(obj, "_check"):
         obj._check(prefix)
 

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import pickle
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from media import pattern_frames, write_video
 
 from pipeline.cli import main
 from pipeline.data.splits import SplitSpec
@@ -78,7 +81,7 @@ def test_heads_reproduce_recorded_metrics_in_a_fresh_process(store_path: Path, t
     for head, fresh in zip(heads, _fresh_process_metrics(store_path, heads)):
         recorded = json.loads(head.with_suffix(".json").read_text())
         assert recorded["format"] == head.suffix[1:]
-        for key in ("top1", "top5", "mean_class_acc", "per_class", "report", "confusion", "n"):
+        for key in ("top1", "top5", "mean_class_acc", "per_class", "report", "n"):
             assert fresh[key] == recorded["metrics"]["test"][key], (head.name, key)
 
 
@@ -151,14 +154,15 @@ def test_pickle_payload_never_runs_without_trust(tmp_path: Path) -> None:
 
     head = tmp_path / "evil.joblib"
     head.write_bytes(pickle.dumps({"estimator": Payload(), "classes": ["a"]}))
-    head.with_suffix(".json").write_text(json.dumps({"encoder": "x"}))
-    with pytest.raises(HeadError, match="--trust"):
+    signed = {"encoder": "x", "head_sha256": hashlib.sha256(head.read_bytes()).hexdigest()}
+    head.with_suffix(".json").write_text(json.dumps(signed))
+    with pytest.raises(HeadError, match="pickle.*--trust"):
         load_head(head)
     assert not marker.exists()
     # the same bytes renamed .skops are not a skops file: refused as damaged, nothing runs
     fake = tmp_path / "evil.skops"
     fake.write_bytes(head.read_bytes())
-    fake.with_suffix(".json").write_text("{}")
+    fake.with_suffix(".json").write_text(json.dumps(signed))
     with pytest.raises(HeadError, match="cannot load head"):
         load_head(fake)
     assert not marker.exists()
@@ -259,3 +263,143 @@ def test_knn_choice_of_k_equals_scikit_learn_predictions() -> None:
     assert np.array_equal(
         classes[predict_from_neighbours(yi, i2, d2, 5, len(classes))], make(5).fit(X_tr, y_tr).predict(q)
     )
+
+
+# -- head files holding impossible values ----------------------------------------------------------
+
+
+def _resign(head: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Rewrite an .npz head with ``arrays`` and recompute its sidecar's sha256 (the checksum then passes)."""
+    with open(head, "wb") as f:
+        np.savez(f, **arrays)
+    side = head.with_suffix(".json")
+    meta = json.loads(side.read_text())
+    meta["head_sha256"] = hashlib.sha256(head.read_bytes()).hexdigest()
+    side.write_text(json.dumps(meta))
+
+
+def _with(arrays: dict[str, np.ndarray], name: str, fn) -> dict[str, np.ndarray]:
+    return {**arrays, name: fn(arrays[name].copy())}
+
+
+def _nan_at_0(a: np.ndarray) -> np.ndarray:
+    a.flat[0] = np.nan
+    return a
+
+
+def _zero_at_3(a: np.ndarray) -> np.ndarray:
+    a[3] = 0.0
+    return a
+
+
+ATTN = {"kind": "attn", "width": 8, "num_heads": 2, "epochs": 1, "lrs": [1e-3], "wds": [0.1]}
+
+
+@pytest.mark.parametrize(
+    "kind, name, damage, needle",
+    [
+        ("logreg", "W", _nan_at_0, r"array 'W' holds 1 NaN or infinite"),
+        ("logreg", "scale", _zero_at_3, r"array 'scale' holds 1 value\(s\) <= 0"),
+        ("logreg", "mean", lambda a: a[:3], r"array 'mean' has shape \(3,\), expected \(8,\) \(D = 8 from array 'W'\)"),
+        ("logreg", "W", lambda a: a.astype("S8"), r"array 'W' holds \|S8 values, expected floats"),
+        ("logreg", "b", lambda a: np.full_like(a, np.inf), r"array 'b' holds 4 NaN or infinite"),
+        ("logreg", "classes", lambda a: a.astype("S8"), r"array 'classes' must be a list of class names"),
+        ("logreg", "classes", lambda a: np.array(["c"] * len(a)), r"array 'classes' names a class twice"),
+        ("mlp", "W1", _nan_at_0, r"mlp head: array 'W1' holds 1 NaN"),
+        ("mlp", "b0", lambda a: a[:-1], r"array 'b0' has shape \(255,\), expected \(256,\) \(H1 = 256"),
+        ("knn", "y", lambda a: a.astype(np.float64), r"array 'y' holds float64 values, expected integers"),
+        ("knn", "X", lambda a: a.astype(np.complex64), r"array 'X' holds complex64 values"),
+        ("attn", "linear.weight", _nan_at_0, r"attn head: array 'linear.weight' holds 1 NaN"),
+    ],
+)
+def test_impossible_head_arrays_are_one_line_naming_file_and_array(
+    store_path: Path, tmp_path: Path, capsys, kind: str, name: str, damage, needle: str
+) -> None:
+    head = tmp_path / f"{kind}.npz"
+    train_head(store_path, head, head=HeadConfig.from_dict(ATTN if kind == "attn" else {"kind": kind}))
+    with np.load(head) as z:
+        arrays = dict(z)
+    _resign(head, _with(arrays, name, damage))
+    capsys.readouterr()
+    video = tmp_path / "v.mp4"
+    write_video(video, pattern_frames(12), fps=12)
+    for argv in (["evaluate", str(store_path), str(head), "--json"], ["predict", str(head), str(video), "--json"]):
+        assert main(argv) == 1  # never NaN probabilities with exit 0
+        captured = capsys.readouterr()
+        lines = [line for line in captured.err.splitlines() if line.strip()]
+        assert len(lines) == 1 and "Traceback" not in captured.err and captured.out == "", captured.err
+        assert str(head) in lines[0] and re.search(needle, lines[0]), lines[0]
+
+
+def test_weights_that_overflow_are_refused_not_scored_as_nan(store_path: Path, tmp_path: Path, capsys) -> None:
+    head = tmp_path / "h.npz"
+    train_head(store_path, head, head="logreg")
+    with np.load(head) as z:
+        arrays = dict(z)
+    _resign(head, _with(arrays, "W", lambda a: np.full_like(a, 1e308)))  # finite; the logits overflow
+    capsys.readouterr()
+    assert main(["evaluate", str(store_path), str(head), "--json"]) == 1
+    captured = capsys.readouterr()
+    assert "non-finite probabilities" in captured.err and str(head) in captured.err and captured.out == ""
+
+
+def test_skops_head_with_nan_weights_is_refused_at_load(store_path: Path, tmp_path: Path) -> None:
+    import skops.io as sio
+
+    head = tmp_path / "h.skops"
+    train_head(store_path, head, head="logreg")
+    blob = sio.load(head, trusted=sio.get_untrusted_types(file=head))
+    blob["estimator"].steps[-1][1].coef_[0, 0] = np.nan
+    sio.dump(blob, head)
+    side = head.with_suffix(".json")
+    side.write_text(
+        json.dumps({**json.loads(side.read_text()), "head_sha256": hashlib.sha256(head.read_bytes()).hexdigest()})
+    )
+    with pytest.raises(HeadError, match=r"h\.skops: linear head: array 'W' holds 1 NaN"):
+        load_head(head)
+
+
+def test_a_fit_with_nan_weights_is_not_written(tmp_path: Path) -> None:
+    W = np.array([[np.nan, 1.0], [0.0, 1.0], [1.0, 0.0]])
+    est = linear_classifier(W, np.zeros(3), ["a", "b", "c"])
+    with pytest.raises(HeadError, match=r"h\.npz: not written: linear head: array 'W' holds 1 NaN"):
+        save_head(tmp_path / "h.npz", FitResult(est, ["a", "b", "c"], {}), {})
+    assert not (tmp_path / "h.npz").exists() and not (tmp_path / "h.json").exists()
+
+
+def test_a_sidecar_without_a_checksum_needs_trust(store_path: Path, tmp_path: Path, capsys) -> None:
+    head = tmp_path / "h.npz"
+    train_head(store_path, head, head="logreg")
+    side = head.with_suffix(".json")
+    meta = json.loads(side.read_text())
+    del meta["head_sha256"]
+    side.write_text(json.dumps(meta))
+    capsys.readouterr()
+    assert main(["evaluate", str(store_path), str(head)]) == 1
+    err = capsys.readouterr().err
+    assert "h.json: no head_sha256" in err and "--trust" in err and len(err.strip().splitlines()) == 1
+    assert main(["evaluate", str(store_path), str(head), "--trust", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["n"] == 24
+
+
+def test_a_many_class_heads_sidecar_is_sized_by_its_clips(tmp_path: Path, capsys) -> None:
+    """2000 classes x 2 clips: the sidecar holds no classes x classes matrix (it was 4 million cells), and
+    evaluate still draws the confusion plot (of the classes that occur)."""
+    path, K = tmp_path / "many", 2000
+    rng = np.random.default_rng(0)
+    store = create_or_open(path, PROV)
+    with ShardWriter(store) as w:
+        for c in range(K):
+            for j, split in enumerate(("train", "test")):
+                frames = rng.normal(size=(1, 8)).astype(np.float32)
+                w.add(f"c{c}/v{j}.mp4", None, None, f"class{c:04d}", split, frames, np.zeros(1))
+    head = tmp_path / "many.npz"
+    out = train_head(path, head, head="logreg")
+    side = head.with_suffix(".json")
+    recorded = json.loads(side.read_text())["metrics"]["test"]
+    assert side.stat().st_size < 1_000_000, side.stat().st_size  # ~240 bytes a class: names and the class report
+    assert out["n_test"] == K and sum(n for _, _, n in recorded["confusion"]) == K  # one cell count per clip
+    png = tmp_path / "cm.png"
+    capsys.readouterr()
+    assert main(["evaluate", str(path), str(head), "--confusion", str(png), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["confusion"] == recorded["confusion"] and png.stat().st_size > 5000

@@ -4,9 +4,11 @@ saved heads reproduce their metrics in a fresh process without torch, and explan
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -303,6 +305,51 @@ def test_temporal_settings_are_checked_before_any_work(tmp_path: Path) -> None:
         HeadConfig.from_dict({"kind": "attn", "frame_dropout": 1.0})
 
 
+@pytest.mark.parametrize(
+    "head, needle",
+    [
+        ("{kind: attn, epochs: 1e9}", "epochs=1000000000: must be 1..10000"),
+        ("{kind: gru, width: 100000}", "width=100000: must be 1..4096"),
+        (
+            "{kind: attn, lrs: [1, 2, 3, 4, 5, 6, 7, 8, 9], wds: [1, 2, 3, 4, 5, 6, 7, 8]}",
+            "72 candidates, must be <= 64",
+        ),
+        ("{kind: mlp, hidden: 1e9}", "hidden=1000000000: must be 1..8192"),
+        ("{kind: logreg, max_iter: 1e12}", "max_iter=1000000000000: must be 1..100000"),
+        ("{kind: knn, ks: [" + ", ".join(map(str, range(1, 101))) + "]}", "need at most 64 values (got 100)"),
+    ],
+)
+def test_unbounded_settings_are_refused_in_under_a_second(tmp_path: Path, capsys, head: str, needle: str) -> None:
+    store = _order_store(tmp_path / "s", n_per_class=5)
+    config = tmp_path / "bench.yaml"
+    config.write_text(f"stores:\n  - {{dataset: x, path: {store}}}\npoolings: [mean]\nheads:\n  - {head}\n")
+    t = time.perf_counter()
+    assert main(["benchmark", str(config), "-o", str(tmp_path / "out")]) == 2
+    assert time.perf_counter() - t < 1.0  # refused before any fit (epochs: 1e9 used to run until killed)
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert needle in line and len(line) < 300, line
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:  # what tqdm checks before it draws
+        return True
+
+
+def test_a_fit_shows_its_progress_on_a_terminal_unless_quiet(tmp_path: Path, monkeypatch) -> None:
+    from pipeline.probe.heads import fitting
+
+    store = _order_store(tmp_path / "s", n_per_class=5)
+    head = HeadConfig(kind="gru", width=4, epochs=3, lrs=(1e-3,), wds=(0.1,))
+    monkeypatch.setattr(fitting, "PROGRESS_DELAY_S", 0.0)  # the bar shows at once, not after 3 s
+    for quiet in (False, True):
+        err = _Terminal()
+        monkeypatch.setattr(sys, "stderr", err)
+        with fitting.quiet_fits(quiet):
+            train_head(store, tmp_path / "g.npz", head=head)
+        text = err.getvalue()
+        assert ("gru fit (1 candidates)" in text and "epoch" in text) != quiet, text
+
+
 def test_damaged_temporal_head_is_one_error_naming_the_file(tmp_path: Path) -> None:
     from pipeline.errors import HeadError
 
@@ -367,3 +414,29 @@ def test_predict_explain_on_a_real_video(tmp_path: Path, effnet) -> None:
     with pytest.raises(ConfigError, match="no per-frame explanation"):
         predict_videos(gru, [video], encoder=effnet, explain=True)
     assert main(["predict", str(gru), str(video), "--explain"]) == 2
+
+
+def test_explanations_of_two_videos_named_alike_never_share_a_file(tmp_path: Path, effnet) -> None:
+    prov = {
+        "encoder": "effnet-lite0",
+        "weights_id": effnet.weights_id,
+        "dim": 1280,
+        "preprocess": {},
+        "sampling": {"strategy": "uniform", "num_frames": 4},
+    }
+    store = _order_store(tmp_path / "s", n_per_class=5, prov=prov)
+    head = tmp_path / "mean.npz"
+    train_head(store, head, head="logreg", pool="mean")
+    videos = [tmp_path / folder / "clip.mp4" for folder in ("a", "b")]
+    for kind, video in enumerate(videos):
+        write_video(video, pattern_frames(24, kind=kind), fps=12)
+    plots = tmp_path / "plots"
+    out = predict_videos(head, videos, encoder=effnet, explain=True, plot_dir=plots)
+    pngs = [Path(r["plot"]) for r in out]
+    assert pngs[0] != pngs[1] and sorted(plots.iterdir()) == sorted(pngs)
+    assert all(p.name.startswith("clip-") and p.name.endswith("-explain.png") for p in pngs)
+    # the same file named another way gets the same name (one video, one timeline)
+    (again,) = predict_videos(
+        head, [tmp_path / "a" / ".." / "a" / "clip.mp4"], encoder=effnet, explain=True, plot_dir=plots
+    )
+    assert Path(again["plot"]) == pngs[0]

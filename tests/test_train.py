@@ -8,6 +8,7 @@ import pytest
 from pipeline.data.splits import make_splits
 from pipeline.errors import HeadError
 from pipeline.probe.metrics import metrics, topk_accuracy
+from pipeline.probe.report import confusion_matrix
 from pipeline.probe.train import evaluate_head, train_head
 from pipeline.store import ShardWriter, create_or_open
 
@@ -95,7 +96,8 @@ def test_metrics_topk_and_mean_class():
     assert m["top1"] == pytest.approx(0.5)
     assert m["mean_class_acc"] == pytest.approx((1.0 + 1 / 3) / 2)
     assert topk_accuracy(proba, np.array([0, 1, 1, 1]), 2) == pytest.approx(1.0)
-    assert m["confusion"] == [[1, 0, 0], [1, 1, 1], [0, 0, 0]]
+    assert m["confusion"] == [[0, 0, 1], [1, 0, 1], [1, 1, 1], [1, 2, 1]]  # the nonzero [true, predicted, count]
+    assert confusion_matrix(m["confusion"], 3).tolist() == [[1, 0, 0], [1, 1, 1], [0, 0, 0]]
 
 
 def _clips(seed=0):

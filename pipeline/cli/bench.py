@@ -37,17 +37,19 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     weights, head settings, chosen hyperparameter and seeds), results.md, details.jsonl and plots."""
     from ..config import check_device
     from ..probe.benchmark import run_benchmark
+    from ..probe.heads.fitting import quiet_fits
 
     if args.device is not None:
         check_device(args.device, "--device")
-    summary = run_benchmark(
-        args.config,
-        args.output,
-        say=(lambda _: None) if args.quiet or args.json else print,
-        device=args.device,
-        repeats=args.repeats,
-        overwrite=args.overwrite,
-    )
+    with quiet_fits(args.quiet or args.json):  # no fit progress bars either
+        summary = run_benchmark(
+            args.config,
+            args.output,
+            say=(lambda _: None) if args.quiet or args.json else print,
+            device=args.device,
+            repeats=args.repeats,
+            overwrite=args.overwrite,
+        )
     if args.json:
         print_json(summary)
     return EXIT_PARTIAL if summary["errors"] else EXIT_OK

@@ -61,7 +61,8 @@ def add_trust(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--trust",
         action="store_true",
-        help="allow a .joblib (pickle) head, or types outside skops' trusted list: only for files you trust",
+        help="allow a .joblib (pickle) head, types outside skops' trusted list, or a sidecar without the head's "
+        "sha256: only for files you trust",
     )
 
 

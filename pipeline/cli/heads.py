@@ -88,6 +88,7 @@ def add_train(sub: Any) -> None:
     )
     _add_split_options(p)
     add_json(p, "results")
+    add_quiet(p, "bar (a fit shows one on a terminal once it has run a few seconds)")
 
 
 def _add_split_options(p: argparse.ArgumentParser) -> None:
@@ -127,6 +128,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     sidecar describing its inputs. Head files: .npz (recommended: plain arrays, loaded without pickle or scikit-learn),
     .skops (audited scikit-learn types) or .joblib (pickle; evaluate/predict then need --trust)."""
     from ..data.splits import SplitsFrom, SplitSpec
+    from ..probe.heads.fitting import quiet_fits
     from ..probe.heads.settings import HeadConfig
     from ..probe.train import train_head
     from ..store.layout import check_writable
@@ -150,9 +152,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ConfigError(f"--repeats {args.repeats}: must be >= 1 (fits over consecutive split seeds)")
     head = HeadConfig.from_dict(settings)
     check_writable(args.output, "write the head")  # and its sidecar, beside it: before any fit
-    out = train_head(
-        args.store, args.output, head=head, pool=args.pool, split=split, repeats=args.repeats, strict=args.strict
-    )
+    with quiet_fits(args.quiet or args.json):
+        out = train_head(
+            args.store, args.output, head=head, pool=args.pool, split=split, repeats=args.repeats, strict=args.strict
+        )
     for line in out["warnings"]:
         print(f"vidprobe train: warning: {line}", file=sys.stderr)
     if args.json:
@@ -374,7 +377,8 @@ def add_predict(sub: Any) -> None:
         "--explain-dir",
         default=".",
         metavar="DIR",
-        help="folder for the --explain timelines, VIDEO-explain.png (default: the current folder)",
+        help="folder for the --explain timelines, VIDEO-HASH-explain.png, HASH from the video's absolute path so "
+        "that videos named alike in different folders never share one (default: the current folder)",
     )
     add_json(p, "predictions (with -o: the run's counts)")
     add_quiet(p, "bar")

@@ -18,6 +18,7 @@ from ..data.manifest import load_manifest
 from ..data.splits import SplitSpec
 from ..extract.entry import extract
 from ..probe.benchmark import BenchmarkConfig, StoreEntry, find_details, run_grid, write_results
+from ..probe.heads.fitting import quiet_fits
 from ..probe.heads.settings import HeadConfig
 from ..probe.pooling import is_order_aware
 from ..probe.report import finite, plot_accuracy_bars, plot_confusion
@@ -53,7 +54,8 @@ def run_demo(
         heads=[HeadConfig.from_dict(kind) for kind in (*DEMO_HEADS, *TEMPORAL_DEMO_HEADS)],
         split=SplitSpec(seed=seed),
     )
-    rows, details = run_grid(cfg)
+    with quiet_fits(quiet):
+        rows, details = run_grid(cfg)
     print("[4/4] results")
     report.mkdir(parents=True, exist_ok=True)
     print(write_results(cfg, report, rows, details)["markdown"])

@@ -15,6 +15,8 @@ one is a ConfigError before any video is decoded (``check_explainable``).
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,6 +29,14 @@ from .temporal.predictor import TemporalHead
 
 ATTENTION = "attention"  # how the weights were made, in the output
 CONTRIBUTION = "logit contribution"
+
+
+def explanation_png(plot_dir: str | Path, video: str | Path) -> Path:
+    """Where a video's timeline goes: ``STEM-HASH-explain.png`` in ``plot_dir``, HASH the first 8 hex digits of
+    the SHA-1 of the video's absolute path. Two videos named alike in different folders get different files;
+    the same video, however it is named on the command line, the same one."""
+    digest = hashlib.sha1(str(Path(video).resolve()).encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    return Path(plot_dir) / f"{Path(video).stem}-{digest}-explain.png"
 
 
 def check_explainable(meta: dict[str, Any]) -> str:
@@ -95,4 +105,4 @@ def explain_clips(
     return out
 
 
-__all__ = ["ATTENTION", "CONTRIBUTION", "check_explainable", "explain_clips", "frame_contributions"]
+__all__ = ["ATTENTION", "CONTRIBUTION", "check_explainable", "explain_clips", "explanation_png", "frame_contributions"]

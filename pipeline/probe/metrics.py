@@ -1,7 +1,8 @@
 """Classification metrics on pooled clip features: top-1, top-5 (None for 5 classes or fewer, where it
 is 1.0 by construction), mean per-class accuracy, a per-class report (precision, recall, F1, support),
-the confusion matrix (rows = true class), and a 95 % interval on top-1 and on mean-class accuracy
-(``stats.score_interval``, ``stats.mean_class_interval``: over source videos when ``groups`` is given)."""
+the confusion matrix (its nonzero cells ``[true, predicted, count]``), and a 95 % interval on top-1 and on
+mean-class accuracy (``stats.score_interval``, ``stats.mean_class_interval``: over source videos when
+``groups`` is given)."""
 
 from __future__ import annotations
 
@@ -22,10 +23,13 @@ def topk_accuracy(proba: np.ndarray, y_idx: np.ndarray, k: int) -> float:
     return float(np.mean(np.any(top == y_idx[:, None], axis=1)))
 
 
-def confusion(y_idx: np.ndarray, pred_idx: np.ndarray, n_classes: int) -> np.ndarray:
-    cm = np.zeros((n_classes, n_classes), dtype=np.int64)
-    np.add.at(cm, (y_idx, pred_idx), 1)
-    return cm
+def confusion(y_idx: np.ndarray, pred_idx: np.ndarray) -> list[list[int]]:
+    """The confusion matrix's nonzero cells, ``[true, predicted, count]`` (indices into the head's classes),
+    sorted: sized by the clips scored, never classes x classes (10,000 classes would be 10^8 cells)."""
+    if not len(y_idx):
+        return []
+    cells, counts = np.unique(np.stack([y_idx, pred_idx], axis=1), axis=0, return_counts=True)
+    return [[int(t), int(p), int(n)] for (t, p), n in zip(cells, counts)]
 
 
 def _true_and_predicted(
@@ -83,7 +87,7 @@ def metrics(
         "unseen_classes": sorted(set(y_true) - set(classes)),
         "absent_classes": [c for c in classes if c not in per_class],  # the head's classes with no clip here
         "report": _class_report(pred, y_idx, classes),
-        "confusion": confusion(y_idx[known], pred[known], len(classes)).tolist(),
+        "confusion": confusion(y_idx[known], pred[known]),
         "top1_ci": score_interval(correct, groups),
         "mean_class_ci": mean_class,
     }

@@ -111,7 +111,7 @@ def predict_iter(
     ``trust`` allows pickle (.joblib) heads: see ``heads.load_head``. ``decode_timeout``: seconds a video's
     decoder may go without progress (default: extraction's ``extract.decode_timeout``). ``explain``: also
     ``explained_by`` and ``clips`` (window, the top label's probability, each frame's time and weight),
-    and with ``plot_dir`` a ``<video>-explain.png`` timeline per video (its path under ``plot``).
+    and with ``plot_dir`` a timeline PNG per video (``explain.explanation_png``; its path under ``plot``).
     ``progress``: a bar on stderr (where it is a terminal).
 
     Everything that can be checked without the model is checked first (head, sidecar, its sampling and
@@ -254,7 +254,7 @@ def _rows(
         "top": _top(proba, head.classes, top_k),
     } | extra
     if how is not None:
-        from .explain import explain_clips
+        from .explain import explain_clips, explanation_png
 
         result["explained_by"] = how
         windows = [(s, e, c.frames, c.timestamps) for s, e, c in clips]
@@ -262,7 +262,7 @@ def _rows(
         if plot_dir is not None:
             from .report import plot_timeline
 
-            png = Path(plot_dir) / f"{Path(name).stem}-explain.png"
+            png = explanation_png(plot_dir, item.abspath)
             label = head.classes[int(proba.argmax())]
             result["plot"] = str(plot_timeline({**result, "label": label}, png))
     return [result]

@@ -38,13 +38,42 @@ def markdown_table(rows: Sequence[dict], columns: Sequence[str], floatfmt: str =
     return "\n".join(lines)
 
 
+MAX_PLOTTED_CLASSES = 60  # a confusion plot shows at most this many classes (more cannot be read)
+
+
+def confusion_matrix(cells: Sequence[Sequence[int]], n_classes: int) -> np.ndarray:
+    """The dense (n, n) matrix of ``metrics.confusion``'s nonzero ``[true, predicted, count]`` cells."""
+    cm = np.zeros((n_classes, n_classes), dtype=np.int64)
+    for t, p, n in cells:
+        cm[t, p] += n
+    return cm
+
+
+def _plotted_classes(cells: Sequence[Sequence[int]], n: int) -> tuple[list[int], str]:
+    """Which classes a confusion plot shows: all of a few; of many, those with the most scored clips or
+    predictions (MAX_PLOTTED_CLASSES), and a note saying so."""
+    if n <= MAX_PLOTTED_CLASSES:
+        return list(range(n)), ""
+    seen: dict[int, int] = {}
+    for t, p, c in cells:
+        seen[t] = seen.get(t, 0) + c
+        seen[p] = seen.get(p, 0) + c
+    keep = sorted(sorted(seen, key=lambda i: -seen[i])[:MAX_PLOTTED_CLASSES])
+    return keep, f"{len(keep)} of {n} classes (those with the most clips or predictions)"
+
+
 def plot_confusion(
-    cm: np.ndarray | list, classes: Sequence[str], path: str | Path, title: str = "", split: str = "test"
+    cells: Sequence[Sequence[int]], classes: Sequence[str], path: str | Path, title: str = "", split: str = "test"
 ) -> Path:
-    """Row-normalised confusion matrix with counts, saved as PNG (rows = true class). A class with no clip
-    in the scored ``split`` has an empty row, labelled "(no test clips)": nothing was measured there."""
+    """Row-normalised confusion matrix with counts, saved as PNG (rows = true class), from ``metrics``'
+    nonzero cells. A class with no clip in the scored ``split`` has an empty row, labelled "(no test clips)":
+    nothing was measured there. Of many classes, only the most frequent are drawn (the title says so)."""
     plt = _pyplot()
-    cm = np.asarray(cm, dtype=float)
+    keep, note = _plotted_classes(cells, len(classes))
+    index = {c: i for i, c in enumerate(keep)}
+    shown = [(index[t], index[p], c) for t, p, c in cells if t in index and p in index]
+    cm = confusion_matrix(shown, len(keep)).astype(float)
+    classes = [classes[i] for i in keep]
     norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
     n = len(classes)
     size = max(4.0, 0.5 * n + 2)
@@ -55,8 +84,8 @@ def plot_confusion(
     ax.set_yticks(range(n), rows)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    if title:
-        ax.set_title(title)
+    if title or note:
+        ax.set_title("\n".join(t for t in (title, note) if t))
     if n <= 30:
         for i in range(n):
             for j in range(n):

@@ -20,7 +20,7 @@ from ..data.splits import Splits, SplitsFrom, SplitSpec, few_shot, make_splits, 
 from ..errors import ConfigError, HeadError, check_choice
 from ..store import FeatureStore, open_store
 from .heads.files import HEAD_FORMATS, head_format, load_head, save_head, sidecar_path
-from .heads.fitting import FitResult, fit_head
+from .heads.fitting import FitResult, fit_head, progress_shown
 from .heads.registry import head_kind, temporal_head_names
 from .heads.settings import HeadConfig
 from .heads.zeroshot import zeroshot_encoder
@@ -74,7 +74,7 @@ def clip_inputs(store: FeatureStore, pool: str, indices: list[int] | None = None
     """What a head reads for the store's clips (all, or ``indices``): pooled rows, or frame sequences."""
     if pool == SEQUENCE_POOL:
         return store_sequences(store, indices)
-    return store.pooled(get_pool(pool), indices, progress=indices is None)
+    return store.pooled(get_pool(pool), indices, progress=indices is None and progress_shown())
 
 
 def in_clip_order(index: Any, rows: np.ndarray) -> np.ndarray:

@@ -24,6 +24,7 @@ class AttnSettings(TemporalSettings):
     num_heads: int = field(default=4, metadata=rule(min=1))  # attention heads (must divide width)
 
     def _check(self, prefix: str) -> None:
+        super()._check(prefix)
         if self.width % self.num_heads:
             raise ConfigError(f"num_heads={self.num_heads}: must divide width={self.width}")
 

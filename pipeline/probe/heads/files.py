@@ -7,7 +7,11 @@
 * ``.joblib`` (pickle): written only when asked for, loaded only with ``trust=True``.
 
 The sidecar records the encoder, sampling, pooling, labels, settings, metrics and the head file's
-sha256, so ``predict`` can rebuild the extraction and a swapped file is caught.
+sha256, so ``predict`` can rebuild the extraction and a swapped file is caught; a sidecar without that
+checksum is refused unless the caller trusts the pair (``trust``). Its size follows the classes and the
+test clips, never classes squared (the test metrics hold the confusion matrix's nonzero cells). The arrays
+of a head are checked against its kind's schema (``native.check_arrays``: dtypes, shapes, finite values)
+when it is saved and when it is loaded, whatever its format.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from ...versions import versions
 from ..sequences import HeadInput
 from ..temporal.predictor import TemporalHead
 from .fitting import FitResult
-from .native import predictor_from_arrays, to_native
+from .native import check_classes, check_native, native_kind_of, predictor_from_arrays, to_native
 
 __all__ = ["HEAD_FORMATS", "LoadedHead", "head_format", "load_head", "load_head_meta", "save_head", "sidecar_path"]
 HEAD_FORMATS = {".npz": "npz", ".skops": "skops", ".joblib": "joblib"}
@@ -59,6 +63,7 @@ def save_head(path: str | Path, result: FitResult, meta: dict[str, Any]) -> Path
     blob = {"estimator": result.estimator, "classes": list(result.classes)}
     if isinstance(result.estimator, TemporalHead) and fmt != "npz":
         raise HeadError(f"{p}: a {result.estimator.arch['kind']} head is saved as plain arrays; name the file NAME.npz")
+    _check_estimator(p, result.estimator, result.classes, "not written: ")  # a fit that diverged to NaN
     model = None
     if fmt == "npz":
         arrays, model = to_native(result.estimator)
@@ -89,14 +94,39 @@ def save_head(path: str | Path, result: FitResult, meta: dict[str, Any]) -> Path
     return sidecar_path(p)
 
 
+def _check_arrays(p: Path, arrays: dict[str, np.ndarray], model: dict[str, Any], classes: list, prefix: str) -> None:
+    """``native.check_native`` naming the file: a head that diverged to NaN is not written, a damaged one
+    not loaded."""
+    try:
+        check_native(arrays, model, [str(c) for c in classes])
+    except HeadError as exc:
+        raise HeadError(f"{p}: {prefix}{exc}") from None
+
+
+def _check_estimator(p: Path, estimator: Any, classes: list, prefix: str = "") -> None:
+    """The schema check of a scikit-learn head (.skops, .joblib) through its native form, where it has one."""
+    if native_kind_of(estimator) is not None:
+        _check_arrays(p, *to_native(estimator), classes, prefix)
+
+
 @dataclass
 class LoadedHead:
     estimator: Any
     classes: list[str]
     meta: dict[str, Any]
+    path: Path | None = None
 
     def predict_proba(self, X: HeadInput) -> np.ndarray:
-        return self.estimator.predict_proba(X)
+        """The estimator's probabilities; HeadError where any is not finite (weights that overflow, or
+        inputs that are not finite), never NaN passed on as a score."""
+        proba = self.estimator.predict_proba(X)
+        bad = ~np.isfinite(proba).all(axis=1)
+        if bad.any():
+            raise HeadError(
+                f"{self.path or 'head'}: gives non-finite probabilities for {int(bad.sum())} of {len(bad)} clip(s) "
+                "(weights that overflow, or inputs that are NaN or infinite); retrain it or check the inputs"
+            )
+        return proba
 
 
 def load_head_meta(path: str | Path, *, trust: bool = False) -> dict[str, Any]:
@@ -113,7 +143,14 @@ def load_head_meta(path: str | Path, *, trust: bool = False) -> dict[str, Any]:
         meta = json.loads(side.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise HeadError(f"{side}: unreadable sidecar ({exc})") from None
+    if not isinstance(meta, dict):
+        raise HeadError(f"{side}: the sidecar must be a JSON object; retrain the head or restore the pair")
     recorded = meta.get("head_sha256")
+    if not recorded and not trust:
+        raise HeadError(
+            f"{side}: no head_sha256, so {p.name} cannot be checked against it (every sidecar `vidprobe train` "
+            "writes has one); retrain, or load the pair only if you trust where it came from, with --trust"
+        )
     if recorded and recorded != _sha256(p):
         raise HeadError(
             f"{p}: file does not match its sidecar's sha256 (replaced or damaged); retrain or restore the pair"
@@ -142,7 +179,7 @@ def load_head(path: str | Path, *, trust: bool = False, meta: dict[str, Any] | N
     fmt = head_format(p)
     if fmt == "npz":
         predictor = _load_npz(p, meta)
-        return LoadedHead(predictor, list(predictor.classes), meta)
+        return LoadedHead(predictor, list(predictor.classes), meta, p)
     try:
         if fmt == "skops":
             import skops.io as sio
@@ -168,7 +205,8 @@ def load_head(path: str | Path, *, trust: bool = False, meta: dict[str, Any] | N
             f"{p}: holds a {type(estimator).__name__}, not a classifier with predict_proba; "
             "retrain it with `vidprobe train`"
         )
-    return LoadedHead(estimator, classes, meta)
+    _check_estimator(p, estimator, classes)
+    return LoadedHead(estimator, classes, meta, p)
 
 
 def _load_npz(p: Path, meta: dict[str, Any]):
@@ -182,6 +220,9 @@ def _load_npz(p: Path, meta: dict[str, Any]):
         with np.load(p, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
         classes = arrays.pop("classes")
+        problem = check_classes(classes)
+        if problem:
+            raise HeadError(problem)
         return predictor_from_arrays(arrays, model, classes.tolist())
     except HeadError as exc:
         raise HeadError(f"{p}: {exc}") from None

@@ -7,9 +7,11 @@ zero-shot head *is* a linear classifier on L2-normalised features).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import time
 import warnings
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +23,43 @@ from .registry import head_kind
 from .selection import Fold, Pool, as_groups, pool_and_plan, pooled_choice, selection_record
 from .settings import HeadConfig
 
-__all__ = ["FitResult", "TrainingSet", "fit_head", "fit_sklearn", "select_on_val"]
+__all__ = [
+    "FitResult",
+    "TrainingSet",
+    "fit_head",
+    "fit_progress",
+    "fit_sklearn",
+    "progress_shown",
+    "quiet_fits",
+    "select_on_val",
+]
+PROGRESS_DELAY_S = 3.0  # a fit shows its progress bar once it has run this long (short fits stay silent)
+_QUIET = contextvars.ContextVar("vidprobe_quiet_fits", default=False)
+
+
+@contextlib.contextmanager
+def quiet_fits(quiet: bool = True) -> Iterator[None]:
+    """No fit progress bars inside (``-q``, ``--json``): the CLI sets it around a command's fits."""
+    token = _QUIET.set(quiet)
+    try:
+        yield
+    finally:
+        _QUIET.reset(token)
+
+
+def progress_shown() -> bool:
+    """False inside ``quiet_fits``: the pooling before a fit stays quiet too."""
+    return not _QUIET.get()
+
+
+def fit_progress(total: int, desc: str, unit: str):
+    """A progress bar on stderr for a fit that may run long (a temporal sweep's epochs, an sklearn sweep's
+    fits): shown only after ``PROGRESS_DELAY_S``, and like the project's other bars not when stderr is not a
+    terminal, nor inside ``quiet_fits``. Call ``update``; ``close`` (or ``with``) when done."""
+    from tqdm.auto import tqdm
+
+    disable = True if _QUIET.get() else None  # None: tqdm disables itself when stderr is not a TTY
+    return tqdm(total=total, desc=desc, unit=unit, delay=PROGRESS_DELAY_S, leave=False, disable=disable)
 
 
 @dataclass
@@ -153,9 +191,21 @@ def fit_sklearn(
     from sklearn.exceptions import ConvergenceWarning
     from threadpoolctl import threadpool_limits
 
-    with warnings.catch_warnings(), threadpool_limits(limits=1 if X_tr.size < 4_000_000 else None, user_api="blas"):
+    rounds = 0 if len(candidates) < 2 else 1 if X_va is not None else len(data.folds or [])
+    bar = fit_progress(rounds * len(candidates) + 1, f"{name} sweep", "fit")
+    chooser = select or (lambda c, Xt, yt, Xv, yv: select_on_val(c, make, Xt, yt, Xv, yv, name))
+
+    def score(c, *rows):  # one round of candidates: on val, or on one fold
+        out = chooser(c, *rows)
+        bar.update(len(c))
+        return out
+
+    with (
+        bar,
+        warnings.catch_warnings(),
+        threadpool_limits(limits=1 if X_tr.size < 4_000_000 else None, user_api="blas"),
+    ):
         warnings.simplefilter("ignore", ConvergenceWarning)
-        score = select or (lambda c, Xt, yt, Xv, yv: select_on_val(c, make, Xt, yt, Xv, yv, name))
         if len(candidates) < 2:
             best = candidates[0]
         elif X_va is not None:
@@ -167,6 +217,7 @@ def fit_sklearn(
         if data.refit and X_va is not None:
             X_tr, y_tr = np.concatenate([X_tr, X_va]), np.concatenate([y_tr, y_va])
         est = make(best).fit(X_tr, y_tr)
+        bar.update(1)
     for step in getattr(est, "steps", [("", est)]):  # optimiser state: not needed to predict, not skops-trusted
         if hasattr(step[1], "_optimizer"):
             step[1]._optimizer = None

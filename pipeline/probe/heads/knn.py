@@ -11,7 +11,7 @@ import numpy as np
 from ...config import rule
 from ...errors import HeadError
 from .fitting import FitResult, TrainingSet, fit_sklearn
-from .native import NativeKind, as_float, register_native_kind
+from .native import ArraySpec, NativeKind, as_float, register_native_kind
 from .registry import HeadKind, register_head
 
 __all__ = ["KNNPredictor", "KnnSettings"]
@@ -20,7 +20,7 @@ __all__ = ["KNNPredictor", "KnnSettings"]
 @dataclass
 class KnnSettings:
     # neighbour counts tried on val
-    ks: tuple[int, ...] = field(default=(1, 3, 5, 10, 20, 50), metadata=rule(min=1, nonempty=True))
+    ks: tuple[int, ...] = field(default=(1, 3, 5, 10, 20, 50), metadata=rule(min=1, nonempty=True, most=64))
 
 
 def _knn(k: int):
@@ -52,8 +52,8 @@ class KNNPredictor:
         self.classes = classes
         self.X, self.y = np.asarray(arrays["X"]), np.asarray(arrays["y"]).astype(np.intp)
         self.k = int(model["k"])
-        if self.X.ndim != 2 or self.y.shape != (len(self.X),) or not 1 <= self.k <= len(self.X):
-            raise HeadError(f"knn head: {self.X.shape} training rows, {self.y.shape} labels, k={self.k}")
+        if not 1 <= self.k <= len(self.X):  # shapes and values: _knn_schema, checked on load
+            raise HeadError(f"knn head: k={self.k} for {len(self.X)} training rows")
         if model.get("weights") != "distance" or self.y.min() < 0 or self.y.max() >= len(classes):
             raise HeadError(f"knn head: weights={model.get('weights')!r} or labels outside the {len(classes)} classes")
         self._Xn = self._normalise(self.X.astype(self.X.dtype if self.X.dtype == np.float32 else np.float64))
@@ -102,5 +102,9 @@ def _knn_arrays(est: Any) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     return arrays, {"k": int(est.n_neighbors), "metric": "cosine", "weights": "distance"}
 
 
-register_native_kind("knn", NativeKind(_knn_accepts, _knn_arrays, KNNPredictor))
+def _knn_schema(model: Mapping[str, Any], classes: list[str]) -> dict[str, ArraySpec]:
+    return {"X": ArraySpec(("N", "D")), "y": ArraySpec(("N",), dtype="iu")}
+
+
+register_native_kind("knn", NativeKind(_knn_accepts, _knn_arrays, KNNPredictor, _knn_schema))
 register_head(HeadKind("knn", KnnSettings, fit))

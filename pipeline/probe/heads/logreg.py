@@ -29,7 +29,18 @@ from ..logreg import (
     sweep_C,
 )
 from .fitting import FitResult, TrainingSet
-from .native import NativeKind, prepare, register_native_kind, sigmoid, sklearn_parts, softmax, split_head, two_column
+from .native import (
+    ArraySpec,
+    NativeKind,
+    input_schema,
+    prepare,
+    register_native_kind,
+    sigmoid,
+    sklearn_parts,
+    softmax,
+    split_head,
+    two_column,
+)
 from .registry import HeadKind, register_head
 
 __all__ = ["LinearPredictor", "LogregSettings", "linear_classifier"]
@@ -39,14 +50,15 @@ DEFAULT_C = 1.0  # used when neither validation nor CV can choose (scikit-learn'
 @dataclass
 class LogregSettings:
     # coarse grid of C (scikit-learn's convention)
-    Cs: tuple[float, ...] = field(default=DEFAULT_COARSE_CS, metadata=rule(gt=0, finite=True, nonempty=True))
-    refine: tuple[float, ...] = field(default=DEFAULT_REFINE, metadata=rule(gt=0))  # log10 steps of the fine search
+    Cs: tuple[float, ...] = field(default=DEFAULT_COARSE_CS, metadata=rule(gt=0, finite=True, nonempty=True, most=64))
+    # log10 steps of the fine search
+    refine: tuple[float, ...] = field(default=DEFAULT_REFINE, metadata=rule(gt=0, most=8))
     # stop climbing C after this many worse values (0 = all)
     patience: int = field(default=DEFAULT_PATIENCE, metadata=rule(min=0, note="(0 = try every C)"))
     solver: str = field(default="torch", metadata=rule(choices=SOLVERS))  # torch (CPU/CUDA) | sklearn
     tol: float = field(default=DEFAULT_TOL, metadata=rule(gt=0))  # gradient tolerance of the final fit
     sweep_tol: float = field(default=10 * DEFAULT_TOL, metadata=rule(gt=0))  # looser, for the C search's fits
-    max_iter: int = field(default=DEFAULT_MAX_ITER, metadata=rule(min=1))
+    max_iter: int = field(default=DEFAULT_MAX_ITER, metadata=rule(min=1, max=100_000))
     device: str = field(default="auto", metadata=rule(device=True))  # of the torch solver: auto | cpu | cuda[:K]
 
     def _check(self, prefix: str) -> None:
@@ -150,10 +162,7 @@ class LinearPredictor:
         self.classes = classes
         self.W, self.b = np.asarray(arrays["W"]), np.asarray(arrays["b"])
         self.input = str(model.get("input", "none"))
-        self._arrays = dict(arrays)
-        rows = self.W.shape[0] if self.W.ndim == 2 else -1
-        if rows != (1 if len(classes) == 2 else len(classes)) or self.b.shape != (rows,):
-            raise HeadError(f"linear head: weights {self.W.shape} and bias {self.b.shape} for {len(classes)} classes")
+        self._arrays = dict(arrays)  # shapes and values checked against _linear_schema on load
 
     def decision_function(self, X: np.ndarray) -> np.ndarray:
         return prepare(X, self._arrays, self.input, self.W.shape[1]) @ self.W.T + self.b
@@ -177,5 +186,10 @@ def _linear_arrays(est: Any) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     return arrays, {"input": how}
 
 
-register_native_kind("linear", NativeKind(_linear_accepts, _linear_arrays, LinearPredictor))
+def _linear_schema(model: Mapping[str, Any], classes: list[str]) -> dict[str, ArraySpec]:
+    rows = 1 if len(classes) == 2 else len(classes)  # two classes: scikit-learn's one row
+    return {"W": ArraySpec((rows, "D")), "b": ArraySpec((rows,)), **input_schema(model)}
+
+
+register_native_kind("linear", NativeKind(_linear_accepts, _linear_arrays, LinearPredictor, _linear_schema))
 register_head(HeadKind("logreg", LogregSettings, fit))

@@ -11,7 +11,18 @@ import numpy as np
 from ...config import rule
 from ...errors import HeadError
 from .fitting import FitResult, TrainingSet, fit_sklearn
-from .native import NativeKind, prepare, register_native_kind, sigmoid, sklearn_parts, softmax, split_head, two_column
+from .native import (
+    ArraySpec,
+    NativeKind,
+    input_schema,
+    prepare,
+    register_native_kind,
+    sigmoid,
+    sklearn_parts,
+    softmax,
+    split_head,
+    two_column,
+)
 from .registry import HeadKind, register_head
 
 __all__ = ["MLPPredictor", "MlpSettings"]
@@ -19,10 +30,10 @@ __all__ = ["MLPPredictor", "MlpSettings"]
 
 @dataclass
 class MlpSettings:
-    hidden: int = field(default=256, metadata=rule(min=1))  # hidden units
-    # weight decays tried on val
-    alphas: tuple[float, ...] = field(default=(1.0, 1e-2, 1e-4), metadata=rule(min=0, nonempty=True))
-    max_iter: int = field(default=1000, metadata=rule(min=1))
+    hidden: int = field(default=256, metadata=rule(min=1, max=8192))  # hidden units
+    # weight decays tried on val (each a fit, per CV fold)
+    alphas: tuple[float, ...] = field(default=(1.0, 1e-2, 1e-4), metadata=rule(min=0, nonempty=True, most=16))
+    max_iter: int = field(default=1000, metadata=rule(min=1, max=10_000))
 
 
 def fit(cfg: MlpSettings, data: TrainingSet) -> FitResult:
@@ -101,5 +112,15 @@ def _mlp_arrays(est: Any) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     return arrays, settings
 
 
-register_native_kind("mlp", NativeKind(_mlp_accepts, _mlp_arrays, MLPPredictor))
+def _mlp_schema(model: Mapping[str, Any], classes: list[str]) -> dict[str, ArraySpec]:
+    """``W0 (D, H1), b0 (H1,), W1 (H1, H2), ...``, the last layer with one output per class (one for two)."""
+    n = int(model["layers"])
+    dims: list[int | str] = ["D", *(f"H{i}" for i in range(1, n)), 1 if len(classes) == 2 else len(classes)]
+    schema = {}
+    for i in range(n):
+        schema[f"W{i}"], schema[f"b{i}"] = ArraySpec((dims[i], dims[i + 1])), ArraySpec((dims[i + 1],))
+    return {**schema, **input_schema(model)}
+
+
+register_native_kind("mlp", NativeKind(_mlp_accepts, _mlp_arrays, MLPPredictor, _mlp_schema))
 register_head(HeadKind("mlp", MlpSettings, fit, cv_folds=3))

@@ -8,10 +8,16 @@ running code and without scikit-learn. The predictors repeat scikit-learn's arit
 dtypes, same order of operations), so a saved head gives the probabilities of the estimator it came from.
 
 A model kind is one entry of ``NATIVE_KINDS``: ``accepts`` (is this fitted estimator mine?),
-``to_arrays`` (estimator -> arrays and JSON settings) and ``from_arrays`` (arrays and settings -> a
-predictor with ``classes`` and ``predict_proba(X) -> (N, K)``). Each head kind's module registers its own
+``to_arrays`` (estimator -> arrays and JSON settings), ``from_arrays`` (arrays and settings -> a
+predictor with ``classes`` and ``predict_proba(X) -> (N, K)``) and ``schema`` (the arrays it reads, as
+``ArraySpec``s: dtype kind, shape relations, finite values). Each head kind's module registers its own
 with ``register_native_kind`` (``linear`` serves logreg and zeroshot); a kind not registered yet is
 looked for among the head kinds. This module imports nothing beyond numpy.
+
+Why a schema: a head file whose checksum matches can still hold NaN weights, a zero scale or a
+wrong-shaped array (written by another tool, or damaged before it was signed). ``check_arrays`` refuses
+it when it is loaded or saved, naming the array and the cause, instead of predicting NaN or failing in
+the middle of a product.
 """
 
 from __future__ import annotations
@@ -26,9 +32,14 @@ from ...errors import HeadError
 
 __all__ = [
     "NATIVE_KINDS",
+    "ArraySpec",
     "NativeKind",
     "NativePredictor",
     "as_float",
+    "check_arrays",
+    "check_classes",
+    "check_native",
+    "input_schema",
     "native_kind_of",
     "predictor_from_arrays",
     "prepare",
@@ -49,12 +60,33 @@ class NativePredictor(Protocol):
 
 
 @dataclass(frozen=True)
+class ArraySpec:
+    """What one saved array must be. ``shape``: one entry per axis, an int or a name that must be the same
+    length wherever it appears (``"D"``: the feature width; None: any shape); ``dtype``: the numpy dtype
+    kinds allowed (``"f"`` floats, ``"iu"`` integers); floats must be finite; ``positive``: every value > 0
+    (a divisor, such as a standardisation's scale)."""
+
+    shape: tuple[int | str, ...] | None = None
+    dtype: str = "f"
+    positive: bool = False
+
+
+Schema = dict[str, ArraySpec]  # array name -> its spec; "*": every array not named
+
+
+def _numeric_arrays(model: Mapping[str, Any], classes: list[str]) -> Schema:
+    """The default schema (a kind that declares none): any number of numeric arrays, floats finite."""
+    return {"*": ArraySpec(dtype="fiub")}
+
+
+@dataclass(frozen=True)
 class NativeKind:
-    """How one model kind becomes arrays and comes back as a predictor."""
+    """How one model kind becomes arrays and comes back as a predictor, and which arrays it reads."""
 
     accepts: Callable[[Any], bool]  # fitted estimator -> is it this kind
     to_arrays: Callable[[Any], tuple[dict[str, np.ndarray], dict[str, Any]]]  # -> (arrays, JSON settings)
     from_arrays: Callable[[Mapping[str, np.ndarray], Mapping[str, Any], list[str]], NativePredictor]
+    schema: Callable[[Mapping[str, Any], list[str]], Schema] = _numeric_arrays  # (model, classes) -> specs
 
 
 NATIVE_KINDS: dict[str, NativeKind] = {}
@@ -94,15 +126,100 @@ def to_native(estimator: Any) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
 
 
 def predictor_from_arrays(arrays: Mapping[str, np.ndarray], model: Mapping[str, Any], classes: Sequence[str]):
-    """The predictor a sidecar's ``model`` entry describes, built from the file's arrays."""
+    """The predictor a sidecar's ``model`` entry describes, built from the file's arrays (checked first)."""
     kind = model.get("kind") if isinstance(model, Mapping) else None
     _load_head_kinds()
     if kind not in NATIVE_KINDS:
         raise HeadError(f"unknown model kind {kind!r} (known: {', '.join(NATIVE_KINDS)})")
+    names = [str(c) for c in classes]
+    check_native(arrays, model, names)
     try:
-        return NATIVE_KINDS[kind].from_arrays(arrays, model, [str(c) for c in classes])
+        return NATIVE_KINDS[kind].from_arrays(arrays, model, names)
     except KeyError as exc:
         raise HeadError(f"{kind} head: array {exc.args[0]!r} missing") from None
+
+
+def check_native(arrays: Mapping[str, np.ndarray], model: Mapping[str, Any], classes: list[str]) -> None:
+    """``check_arrays`` against the schema of the kind ``model`` names; HeadError naming the kind and array."""
+    kind = str(model.get("kind"))
+    try:
+        schema = NATIVE_KINDS[kind].schema(model, classes)
+    except (KeyError, TypeError, ValueError) as exc:  # the sidecar's model entry lacks what the schema reads
+        raise HeadError(f"{kind} head: the sidecar's model entry is unusable ({type(exc).__name__}: {exc})") from None
+    problem = check_arrays(arrays, schema)
+    if problem:
+        raise HeadError(f"{kind} head: {problem}; retrain it or restore the file")
+
+
+def check_arrays(arrays: Mapping[str, np.ndarray], schema: Schema) -> str | None:
+    """Why ``arrays`` break ``schema`` (the first problem, naming the array), or None."""
+    sizes: dict[str, tuple[int, str]] = {}  # dimension name -> (length, the array that fixed it)
+    for name in [n for n in schema if n != "*"] + [n for n in arrays if n not in schema]:
+        spec = schema.get(name, schema.get("*"))
+        if spec is None:
+            continue  # an array the kind does not read
+        if name not in arrays:
+            return f"array {name!r} missing"
+        problem = _array_problem(name, np.asarray(arrays[name]), spec, sizes)
+        if problem:
+            return problem
+    return None
+
+
+_DTYPE_WORDS = {"f": "floats", "i": "integers", "u": "integers", "b": "booleans"}
+
+
+def _array_problem(name: str, a: np.ndarray, spec: ArraySpec, sizes: dict[str, tuple[int, str]]) -> str | None:
+    if a.dtype.kind not in spec.dtype:
+        words = " or ".join(dict.fromkeys(_DTYPE_WORDS[k] for k in spec.dtype))
+        return f"array {name!r} holds {a.dtype} values, expected {words}"
+    if spec.shape is not None:
+        if a.ndim != len(spec.shape):
+            return f"array {name!r} has shape {a.shape}, expected {_shown(spec.shape, sizes)}"
+        for n, want in zip(a.shape, spec.shape):
+            if isinstance(want, str) and want not in sizes:
+                sizes[want] = (n, name)
+            expected = sizes[want][0] if isinstance(want, str) else want
+            if n != expected:
+                why = f" ({want} = {expected} from array {sizes[want][1]!r})" if isinstance(want, str) else ""
+                return f"array {name!r} has shape {a.shape}, expected {_shown(spec.shape, sizes)}{why}"
+    if a.dtype.kind == "f":
+        bad = int((~np.isfinite(a)).sum())
+        if bad:
+            return f"array {name!r} holds {bad} NaN or infinite value(s)"
+    if spec.positive and a.size and not (a > 0).all():
+        return f"array {name!r} holds {int((a <= 0).sum())} value(s) <= 0 (it divides the inputs)"
+    return None
+
+
+def _shown(shape: tuple[int | str, ...], sizes: dict[str, tuple[int, str]]) -> str:
+    """``(4, 8)``: a named axis shown by its length once it is known."""
+    return (
+        "("
+        + ", ".join(str(sizes[d][0] if isinstance(d, str) and d in sizes else d) for d in shape)
+        + (",)" if len(shape) == 1 else ")")
+    )
+
+
+def check_classes(classes: np.ndarray) -> str | None:
+    """Why a head file's ``classes`` array is unusable (not distinct text names), or None."""
+    if classes.dtype.kind != "U" or classes.ndim != 1:
+        return f"array 'classes' must be a list of class names, got {classes.dtype} values of shape {classes.shape}"
+    if not len(classes):
+        return "array 'classes' holds no class name"
+    if len(set(classes.tolist())) != len(classes):
+        return "array 'classes' names a class twice"
+    return None
+
+
+def input_schema(model: Mapping[str, Any]) -> Schema:
+    """The arrays of a head's input transform (``prepare``): a standardisation's mean and scale over ``D``."""
+    how = model.get("input", "none")
+    if how == "standardize":
+        return {"mean": ArraySpec(("D",)), "scale": ArraySpec(("D",), positive=True)}
+    if how in ("l2", "none"):
+        return {}
+    raise HeadError(f"unknown input transform {how!r}")
 
 
 # -- shared arithmetic (scikit-learn's, step by step) ----------------------------------------------

@@ -23,7 +23,9 @@ DEFAULT_TEMPLATES: tuple[str, ...] = ("a video of a person {label}.",)
 
 @dataclass
 class ZeroshotSettings:
-    templates: tuple[str, ...] = field(default=DEFAULT_TEMPLATES, metadata=rule(nonempty=True))  # each with {label}
+    templates: tuple[str, ...] = field(
+        default=DEFAULT_TEMPLATES, metadata=rule(nonempty=True, most=256)
+    )  # each with {label}
     device: str = field(default="auto", metadata=rule(device=True))  # of the text tower: auto | cpu | cuda[:K]
 
     def _check(self, prefix: str) -> None:

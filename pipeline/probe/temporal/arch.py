@@ -8,8 +8,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ...config import AUTO, rule
+from ...errors import ConfigError
 
-__all__ = ["INPUTS", "NEG", "PRECISIONS", "TREND_SLOPE_SCALE", "TemporalSettings", "input_width", "temporal_arch"]
+__all__ = [
+    "INPUTS",
+    "MAX_CANDIDATES",
+    "MAX_EPOCHS",
+    "MAX_WIDTH",
+    "NEG",
+    "PRECISIONS",
+    "TREND_SLOPE_SCALE",
+    "TemporalSettings",
+    "input_width",
+    "temporal_arch",
+]
 NEG = -1e9  # attention score of a padded frame (finite: an all-masked row cannot make NaN)
 TREND_SLOPE_SCALE = 0.25  # of the trend readout's slope: a quarter of the fitted change over the whole clip
 INPUTS = ("delta", "residual", "frames")  # what a temporal head reads per frame (inputs.input_features)
@@ -21,6 +33,11 @@ PRECISIONS = ("auto", "fp32", "bf16")  # of the training steps' matrix products 
 AUTO_CLIPS_PER_DIM = 4
 AUTO_FULL_INPUT_BYTES = 1 << 30
 AUTO_COMPONENTS = 64
+# Bounds on the settings that make a fit's work grow without limit (a typo such as epochs: 1e9 would run until
+# killed): far above any value the recipe needs, low enough that the work stays finite.
+MAX_EPOCHS = 10_000
+MAX_WIDTH = 4096
+MAX_CANDIDATES = 64  # lr x wd pairs, trained at once as one batched model (memory grows with their number)
 
 
 @dataclass
@@ -35,14 +52,16 @@ class TemporalSettings:
     inputs: str = field(default="delta", metadata=rule(choices=INPUTS))
     # inputs PCA-whitened onto this many directions (per part); 0 = standardise each dimension; auto: see above
     components: int | str = field(default=AUTO, metadata=rule(min=0, auto=True))
-    width: int = field(default=64, metadata=rule(min=1))  # attn: embedding width; gru: hidden units
+    width: int = field(default=64, metadata=rule(min=1, max=MAX_WIDTH))  # attn: embedding width; gru: hidden units
     # add a linear readout of each clip's mean input and its slope over time to the logits (``clip_trend``)
     trend: bool = True
     # learning rates and weight decays swept together on val (one batched model)
-    lrs: tuple[float, ...] = field(default=(3e-3, 1e-3, 3e-4), metadata=rule(gt=0, finite=True, nonempty=True))
-    wds: tuple[float, ...] = field(default=(0.01, 0.1, 0.4), metadata=rule(min=0, nonempty=True))
-    epochs: int = field(default=80, metadata=rule(min=1))  # most epochs (early stopping on val)
-    batch_size: int = field(default=64, metadata=rule(min=1))  # clips per step
+    lrs: tuple[float, ...] = field(
+        default=(3e-3, 1e-3, 3e-4), metadata=rule(gt=0, finite=True, nonempty=True, most=MAX_CANDIDATES)
+    )
+    wds: tuple[float, ...] = field(default=(0.01, 0.1, 0.4), metadata=rule(min=0, nonempty=True, most=MAX_CANDIDATES))
+    epochs: int = field(default=80, metadata=rule(min=1, max=MAX_EPOCHS))  # most epochs (early stopping on val)
+    batch_size: int = field(default=64, metadata=rule(min=1, max=1 << 16))  # clips per step
     # attn: in the MLP and on the pooled queries; gru: on the frames and the final state (chosen: performance.md)
     dropout: float = field(default=0.3, metadata=rule(min=0, lt=1))
     # each cached frame left out of a training clip with this probability (augmentation)
@@ -51,8 +70,16 @@ class TemporalSettings:
     time_jitter: float = field(default=0.25, metadata=rule(min=0, max=1))
     label_smoothing: float = field(default=0.1, metadata=rule(min=0, lt=1))
     # stop after this many epochs without a better val score for any candidate (0 = never)
-    early_stop: int = field(default=20, metadata=rule(min=0))
+    early_stop: int = field(default=20, metadata=rule(min=0, max=MAX_EPOCHS))
     device: str = field(default="auto", metadata=rule(device=True))  # auto | cpu | cuda[:K]
+
+    def _check(self, prefix: str) -> None:
+        n = len(self.lrs) * len(self.wds)
+        if n > MAX_CANDIDATES:
+            raise ConfigError(
+                f"{prefix}lrs x {prefix}wds: {len(self.lrs)} x {len(self.wds)} = {n} candidates, must be <= "
+                f"{MAX_CANDIDATES} (they train at once as one batched model)"
+            )
 
     @property
     def candidates(self) -> list[tuple[float, float]]:

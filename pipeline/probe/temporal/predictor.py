@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import HeadError
-from ..heads.native import NativeKind
+from ..heads.native import ArraySpec, NativeKind
 from ..sequences import FrameSequences
 from .arch import NEG, TREND_SLOPE_SCALE
 from .inputs import input_features
@@ -193,4 +193,7 @@ def native_kind(kind: str) -> NativeKind:
             raise HeadError(f"{kind} head: {n_out} outputs for {len(classes)} classes")
         return head
 
-    return NativeKind(accepts, to_arrays, from_arrays)
+    def schema(model, classes: list[str]) -> dict[str, ArraySpec]:  # shapes: the probe forward above checks them
+        return {"*": ArraySpec()}
+
+    return NativeKind(accepts, to_arrays, from_arrays, schema)

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import HeadError
-from ..heads.fitting import FitResult, TrainingSet
+from ..heads.fitting import FitResult, TrainingSet, fit_progress
 from ..sequences import FrameSequences
 from .arch import PRECISIONS, TemporalSettings, temporal_arch
 from .inputs import input_features, input_stats
@@ -115,11 +115,13 @@ def train_candidates(
     *,
     seed: int,
     stop_after: int | None = None,
+    progress: Any = None,
 ) -> SweepResult:
     """Train ``candidates`` (lr, wd) of the module ``arch`` as one batched model; see the module doc.
 
     ``stop_after``: train exactly this many epochs (the refit), else up to ``recipe.epochs`` with early
-    stopping on ``val``."""
+    stopping on ``val``. ``progress``: a bar (``fit_progress``) counting epochs, ``recipe.epochs`` of its total
+    for this training; the ones it does not run come off the total."""
     import torch
 
     from ...encoders.base import resolve_device
@@ -131,11 +133,16 @@ def train_candidates(
     with _threads(device, work), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         sweep = _Sweep(arch, recipe, candidates, train, val, stats, seed, device)
-        epoch = 0
-        for epoch in range(1, (stop_after if stop_after is not None else recipe.epochs) + 1):
+        epoch, planned = 0, stop_after if stop_after is not None else recipe.epochs
+        for epoch in range(1, planned + 1):
             sweep.train_epoch()
+            if progress is not None:
+                progress.update(1)
             if val is not None and sweep.score(epoch) and stop_after is None:
                 break
+        if progress is not None and epoch < recipe.epochs:
+            progress.total -= recipe.epochs - epoch
+            progress.refresh()
         return sweep.result(epoch, time.perf_counter() - t0)
 
 
@@ -313,18 +320,21 @@ def fit_temporal(kind: str, cfg: TemporalSettings, data: TrainingSet) -> FitResu
     t0 = time.perf_counter()
     arch = temporal_arch(kind, cfg, int(S_tr.x.shape[2]), len(data.classes), (len(S_tr), int(S_tr.x.shape[1])))
     cands = cfg.candidates
-    if data.X_val is not None and len(data.X_val):
-        g, state, stats, scores, info = _on_val(arch, cfg, data)
-    elif data.folds:
-        g, scores, info = _on_folds(arch, cfg, data)
-        state, stats, refit = _train_all(arch, cfg, data, cands[g], int(info["best_epoch"]))
-        info.update(refit_epochs=info["best_epoch"], refit_seconds=round(refit, 3), fits=info["fits"] + 1)
-    else:  # nothing to select on: the middle candidate, all epochs
-        g, scores = len(cands) // 2, {}
-        stats = _stats(S_tr, arch["inputs"], int(arch["components"]))
-        sw = train_candidates(arch, cfg, [cands[g]], (S_tr, data.y), None, stats, seed=data.seed)
-        state = sw.states[0]
-        info = {"fits": 1, "epochs": int(sw.epochs_run), "steps": sw.steps, "sweep_seconds": sw.seconds}
+    on_val = data.X_val is not None and len(data.X_val) > 0
+    trainings = (1 + int(data.refit)) if on_val else len(data.folds) + 1 if data.folds else 1
+    with fit_progress(trainings * cfg.epochs, f"{kind} fit ({len(cands)} candidates)", "epoch") as bar:
+        if on_val:
+            g, state, stats, scores, info = _on_val(arch, cfg, data, bar)
+        elif data.folds:
+            g, scores, info = _on_folds(arch, cfg, data, bar)
+            state, stats, refit = _train_all(arch, cfg, data, cands[g], int(info["best_epoch"]), bar)
+            info.update(refit_epochs=info["best_epoch"], refit_seconds=round(refit, 3), fits=info["fits"] + 1)
+        else:  # nothing to select on: the middle candidate, all epochs
+            g, scores = len(cands) // 2, {}
+            stats = _stats(S_tr, arch["inputs"], int(arch["components"]))
+            sw = train_candidates(arch, cfg, [cands[g]], (S_tr, data.y), None, stats, seed=data.seed, progress=bar)
+            state = sw.states[0]
+            info = {"fits": 1, "epochs": int(sw.epochs_run), "steps": sw.steps, "sweep_seconds": sw.seconds}
     info["seconds"] = time.perf_counter() - t0
     head = TemporalHead(arch, {**state, **stats}, data.classes)
     return FitResult(head, list(data.classes), {"lr": cands[g][0], "wd": cands[g][1]}, scores, info)
@@ -339,13 +349,13 @@ def _best(acc: np.ndarray, loss: np.ndarray) -> int:
     return min(range(len(acc)), key=lambda i: (-round(float(acc[i]), 12), float(loss[i]), i))
 
 
-def _on_val(arch: dict[str, Any], cfg: TemporalSettings, data: TrainingSet):
+def _on_val(arch: dict[str, Any], cfg: TemporalSettings, data: TrainingSet, bar: Any = None):
     """Sweep on train, choose on val; refit the winner on train+val for the epochs it needed on val."""
     S_tr, cands = data.X, cfg.candidates
     inputs, components = arch["inputs"], int(arch["components"])
     stats = _stats(S_tr, inputs, components)
     val = (data.X_val, data.y_val)
-    sw = train_candidates(arch, cfg, cands, (S_tr, data.y), val, stats, seed=data.seed)
+    sw = train_candidates(arch, cfg, cands, (S_tr, data.y), val, stats, seed=data.seed, progress=bar)
     g = _best(sw.val_acc, sw.val_loss)
     epochs, state = int(sw.best_epoch[g]), sw.states[g]
     info: dict[str, Any] = {
@@ -360,14 +370,14 @@ def _on_val(arch: dict[str, Any], cfg: TemporalSettings, data: TrainingSet):
     if data.refit:  # the winner again on train+val, for the epochs it needed on val
         both = (FrameSequences.concat([S_tr, val[0]]), np.concatenate([data.y, val[1]]))
         stats = _stats(both[0], inputs, components)
-        rf = train_candidates(arch, cfg, [cands[g]], both, None, stats, seed=data.seed, stop_after=epochs)
+        rf = train_candidates(arch, cfg, [cands[g]], both, None, stats, seed=data.seed, stop_after=epochs, progress=bar)
         state = rf.states[0]
         info.update(refit_epochs=epochs, refit_seconds=round(rf.seconds, 3))
     info["fits"] = len(cands) + int(data.refit)
     return g, state, stats, _scores(cands, sw.val_acc), info
 
 
-def _on_folds(arch: dict[str, Any], cfg: TemporalSettings, data: TrainingSet):
+def _on_folds(arch: dict[str, Any], cfg: TemporalSettings, data: TrainingSet, bar: Any = None):
     """The batched sweep once per fold (early stopping on the fold's held-out clips); a candidate's score is
     its accuracy pooled over every held-out clip, its epochs the mean of its folds' best epochs."""
     assert data.folds is not None
@@ -377,7 +387,8 @@ def _on_folds(arch: dict[str, Any], cfg: TemporalSettings, data: TrainingSet):
     for tr, va in data.folds:
         S_f = data.X[tr]
         stats = _stats(S_f, arch["inputs"], int(arch["components"]))
-        sw = train_candidates(arch, cfg, cands, (S_f, data.y[tr]), (data.X[va], data.y[va]), stats, seed=data.seed)
+        val = (data.X[va], data.y[va])
+        sw = train_candidates(arch, cfg, cands, (S_f, data.y[tr]), val, stats, seed=data.seed, progress=bar)
         correct += np.round(sw.val_acc * len(va))
         loss += sw.val_loss * len(va)
         epochs.append(sw.best_epoch)
@@ -395,10 +406,12 @@ def _on_folds(arch: dict[str, Any], cfg: TemporalSettings, data: TrainingSet):
     return g, _scores(cands, correct / n), info
 
 
-def _train_all(arch: dict[str, Any], cfg: TemporalSettings, data: TrainingSet, cand, epochs: int):
+def _train_all(arch: dict[str, Any], cfg: TemporalSettings, data: TrainingSet, cand, epochs: int, bar: Any = None):
     """One candidate on every row of ``data`` for ``epochs`` epochs: (weights, input stats, seconds)."""
     stats = _stats(data.X, arch["inputs"], int(arch["components"]))
-    rf = train_candidates(arch, cfg, [cand], (data.X, data.y), None, stats, seed=data.seed, stop_after=epochs)
+    rf = train_candidates(
+        arch, cfg, [cand], (data.X, data.y), None, stats, seed=data.seed, stop_after=epochs, progress=bar
+    )
     return rf.states[0], stats, rf.seconds
 
 
