@@ -255,6 +255,9 @@ def test_evaluate_warns_about_classes_the_head_never_saw(hostile, capsys) -> Non
     assert code == 0 and "never seen by the head (zebra)" in one_line(captured.err)
     out = json.loads(captured.out)
     assert out["unseen_classes"] == ["zebra"] and out["n"] == 3
+    # mean-class accuracy averages over all 3 classes of the clips scored, zebra's counting 0 (never 1.0 over a, b)
+    per_class = [out["report"][c]["recall"] for c in ("a", "b")] + [0.0]
+    assert out["mean_class_acc"] == pytest.approx(sum(per_class) / 3) and out["mean_class_acc"] <= 2 / 3 + 1e-9
 
 
 def test_top5_is_omitted_for_five_classes_or_fewer(hostile, capsys) -> None:
