@@ -112,6 +112,24 @@ def test_sliding_windows_resume_only_the_missing_windows(videos, tmp_path, effne
     assert extract(manifest, store, load_config(None, list(opts)), encoders=[effnet], progress=False)[0].done == 0
 
 
+def test_sliding_windows_embed_whole_windows_only(tmp_path, effnet):
+    """As docs/extraction.md promises, a tail shorter than a window is dropped, so a video shorter than one
+    window makes no clip: it is recorded as failed in one line naming it and the setting, not stored as a
+    shorter clip, and a re-run does not try it again."""
+    root = tmp_path / "v"
+    write_video(root / "long.mp4", pattern_frames(30, kind=0, seed=1), fps=10)  # 3 s: [0, 2], tail [2, 3]
+    write_video(root / "short.mp4", pattern_frames(10, kind=1, seed=2), fps=10)  # 1 s: shorter than a window
+    opts = ("sampling.strategy=sliding", "sampling.clip_length=2", "sampling.num_frames=2", "extract.num_workers=0")
+    manifest, store = load_manifest(root), tmp_path / "s"
+    summary = _run(manifest, store, effnet, *opts)
+    assert summary.done == 1 and open_store(store).index().keys() == [("long.mp4", 0.0, 2.0)]
+    ((path, message),) = summary.failures
+    assert path == "short.mp4" and "short.mp4" in message and "sampling.clip_length=2" in message
+    assert "shorter than one window" in message and "\n" not in message
+    (again,) = extract(manifest, store, load_config(None, list(opts)), encoders=[effnet], progress=False)
+    assert (again.done, again.failed, again.skipped_failed) == (0, 0, 1)
+
+
 def test_multiclip_every_n_keyframes_and_keyframe_seeking(tmp_path, effnet):
     root = tmp_path / "v"
     write_video(root / "ramp.mp4", index_frames(96), fps=24, gop=12, bframes=2)  # 4 s, keyframes every 0.5 s

@@ -31,7 +31,7 @@ from pipeline.errors import ConfigError
 from pipeline.extract.entry import extract
 from pipeline.extract.targets import decode_views, store_name, store_paths
 from pipeline.probe.benchmark import expand_stores, load_benchmark_config
-from pipeline.store import open_store
+from pipeline.store import create_or_open, open_store
 from pipeline.store.tools import verify_store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -297,6 +297,43 @@ def test_cli_bad_spec_among_several_is_one_line(videos, tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "no-such-model-xyz" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "o" / "effnet-lite0").exists()  # refused before any store was made
+
+
+def test_no_store_is_made_inside_another_through_the_cli(tmp_path, videos, capsys):
+    """docs/extraction.md: several encoders write FOLDER/<name>/, one encoder writes -o itself. An -o that
+    would put a store inside an existing one (several encoders at a store, any -o inside a store), or one
+    encoder's store over a folder of several, is refused in one line naming the store and what to pass
+    instead, before any model is built; nothing is written."""
+    prov = {"encoder": "effnet-lite0", "weights_id": "w", "dim": 2, "preprocess": {}, "sampling": {}}
+    one, several = tmp_path / "one", tmp_path / "several"
+    create_or_open(one, prov)
+    create_or_open(several / "effnet-lite0", prov)
+    create_or_open(several / "openclip-ViT-B-32-openai", {**prov, "encoder": "openclip:ViT-B-32@openai"})
+    listing = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    two = ["--encoder", "effnet-lite0", "--encoder", "openclip:ViT-B-32@openai"]
+    cases = [
+        (
+            one,
+            two,
+            f"-o {one}: is the feature store of effnet-lite0; with several encoders",
+            "--encoder effnet-lite0 alone",
+        ),
+        (one / "sub", two, f"-o {one / 'sub'}: lies inside the feature store {one}", "pass a path outside it"),
+        (one / "sub", two[:2], f"lies inside the feature store {one}", "outside"),
+        (
+            several,
+            two[:2],
+            f"-o {several}: holds the stores of a several-encoder run",
+            f"-o {several / 'effnet-lite0'}",
+        ),
+    ]
+    for out, encoders, needle, instead in cases:
+        code = main(["extract", str(videos), "-o", str(out), *encoders, *SETTINGS])
+        err = capsys.readouterr().err
+        assert code == 1 and needle in err and instead in err, err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == listing
+    assert store_paths(several, ["effnet-lite0", "openclip:ViT-B-32@openai"])[0] == several / "effnet-lite0"
 
 
 def test_benchmark_names_the_stores_of_a_shared_run(tmp_path, videos, tiny):

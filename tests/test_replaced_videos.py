@@ -14,6 +14,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import pytest
 from media import pattern_frames, write_video
 
 from pipeline.cli import main
@@ -187,3 +188,142 @@ def test_a_failure_without_crc_does_not_make_a_copied_videos_windows_replaced(tm
     assert [(f["start"], f["stage"]) for f in idx.failures] == [(1.0, "decode")]
     report = verify_store(tmp_path / "s")
     assert report.ok and not any("extracted again" in n for n in report.notes)
+
+
+# -- a video replaced while it is being extracted --------------------------------------------------------
+# The engine encodes a clip's frames as they arrive, batch by batch, while the decoder is at most a bounded
+# queue ahead (batch 2, prefetch 4 frames: a queue of two 2-frame chunks). ``_Replacing`` is the real encoder
+# handing each batch on, which renames another real video over a file once it has been given ``after``
+# frames: a real ``os.replace`` at a known point of the decode, with the real decoder and the real store.
+
+DURING = (
+    "sampling.num_frames=16",
+    "extract.batch_size=2",
+    "extract.prefetch_frames=4",
+)
+
+
+class _Replacing:
+    """``encoder``, which runs ``replace()`` once it has encoded ``after`` frames."""
+
+    def __init__(self, encoder, after: int, replace) -> None:
+        self._encoder, self.after, self.replace, self.seen, self.replaced = encoder, after, replace, 0, False
+
+    def __getattr__(self, name: str):
+        return getattr(self._encoder, name)
+
+    def encode(self, frames):
+        out = self._encoder.encode(frames)
+        before, self.seen = self.seen, self.seen + len(frames)
+        if before < self.after <= self.seen:
+            self.replace()
+            self.replaced = True
+        return out
+
+
+def _shard_clips(store: Path) -> list[tuple[str, tuple[int, ...], np.ndarray]]:
+    """Every clip every shard holds (those readers leave out included): (video, fingerprint, embeddings)."""
+    out = []
+    for shard in sorted((store / "shards").glob("*.h5")):
+        with h5py.File(shard, "r") as f:
+            offset, emb = f["clips/offset"][()], f["frames/embedding"][()]
+            src = np.stack([f[f"clips/{c}"][()] for c in SOURCE_COLUMNS], axis=1)
+            for i, video in enumerate(f["clips/video"].asstr()[()]):
+                out.append((video, tuple(int(x) for x in src[i]), emb[offset[i] : offset[i + 1]]))
+    return out
+
+
+def _assert_true_to_the_files(store: Path, root: Path, fresh: dict) -> None:
+    """No clip is stored under the fingerprint of a file other than the one it was computed from: each
+    clip carrying a file's fingerprint as the path holds it now equals a fresh extraction of that file."""
+    for video, src, emb in _shard_clips(store):
+        now = fingerprint(root / video)
+        assert now is not None and same_file(src, now), f"{video}: a clip of a file no longer there"
+        np.testing.assert_allclose(emb, fresh[(video, -1.0, -1.0)], rtol=1e-4, atol=1e-4, err_msg=video)
+
+
+def _two_videos(root: Path) -> Path:
+    write_video(root / "a.mp4", pattern_frames(24, kind=0, seed=1), fps=12)
+    write_video(root / "b.mp4", pattern_frames(24, kind=1, seed=2), fps=12)
+    return root
+
+
+@pytest.mark.parametrize(
+    ("moment", "victim", "after", "workers"),
+    [
+        ("before its first frame", "b.mp4", 2, 0),  # b is replaced while a is decoded: b not opened yet
+        ("mid-way", "a.mp4", 2, 0),  # 2 of a's 16 frames encoded, at most 8 decoded (10 by a process)
+        ("mid-way, in a decoder process", "a.mp4", 2, 1),
+        ("after its last frame", "a.mp4", 16, 0),  # every frame decoded and encoded, not yet stored
+    ],
+)
+def test_a_video_replaced_while_it_is_extracted_is_never_stored_under_the_new_file(
+    tmp_path, effnet, moment, victim, after, workers
+):
+    root, store = _two_videos(tmp_path / "videos"), tmp_path / "store"
+    opts = (*DURING, f"extract.num_workers={workers}")
+    keys = [(v, -1.0, -1.0) for v in ("a.mp4", "b.mp4")]
+    encoder = _Replacing(effnet, after, lambda: _replace(root / victim, kind=2, seed=7, n=24))
+    cfg = load_config(None, [*OPTS, *opts])
+    (summary,) = extract(load_manifest(root), store, cfg, encoders=[encoder], progress=False)
+    assert encoder.replaced, moment
+
+    fresh_store = tmp_path / "fresh"
+    _run(root, fresh_store, effnet, *opts, "extract.batch_size=16")  # the batch size changes no embedding
+    fresh = _frames(fresh_store)
+    _assert_true_to_the_files(store, root, fresh)
+    stored = sorted(v for v, _, _ in _shard_clips(store))
+    if moment == "before its first frame":  # the decoder opened the new file: its features, nothing failed
+        assert stored == ["a.mp4", "b.mp4"] and summary.failed == 0
+    else:  # frames of the old file were decoded: dropped, recorded as changed, named in one line
+        assert stored == ["b.mp4"] and summary.failed == 1
+        ((path, message),) = summary.failures
+        assert path == "a.mp4" and "changed during extraction" in message and "\n" not in message
+        assert [(f["path"], f["stage"]) for f in open_store(store).failures()] == [("a.mp4", "changed")]
+        assert verify_store(store).ok
+
+    again = _run(root, store, effnet, *opts)  # a re-run stores the new file's features, without --retry-failed
+    assert again.done == (0 if moment == "before its first frame" else 1) and again.failed == 0
+    _assert_true_to_the_files(store, root, fresh)
+    assert sorted(_frames(store)) == keys and open_store(store).failures() == []
+    assert verify_store(store).ok and _run(root, store, effnet, *opts).done == 0
+
+
+@pytest.mark.slow
+def test_under_the_ray_engine_a_video_replaced_before_it_is_stored_is_dropped_then_redone(tmp_path, effnet):
+    """The Ray engine end to end: the fingerprint travels through Ray Data's stages to the driver, which
+    drops the clip of a file replaced after its decode (``deliver`` runs just after the replacement), and a
+    re-run stores the new file's features."""
+    pytest.importorskip("ray")
+    import ray
+
+    from pipeline.extract.job import ExtractionJob
+    from pipeline.extract.ray_engine import extract_on_ray, init_ray
+    from pipeline.extract.targets import ExtractionJobs
+
+    root, store = _two_videos(tmp_path / "videos"), tmp_path / "store"
+    manifest, cfg = load_manifest(root), load_config(None, list(OPTS))
+
+    class ReplacingFirst(ExtractionJobs):
+        def deliver(self, unit, outcomes):
+            if unit.item.path == "a.mp4":
+                _replace(root / "a.mp4", kind=2, seed=7, n=24)
+            super().deliver(unit, outcomes)
+
+    started = init_ray(num_cpus=2)
+    try:
+        running = extract_on_ray(
+            cfg, lambda provs: ReplacingFirst(manifest, [ExtractionJob(manifest, store, cfg, provs[0], engine="ray")])
+        )
+        (summary,) = [job.summary for job in running.jobs]
+        assert summary.done == 1 and [p for p, _ in summary.failures] == ["a.mp4"]
+        assert "changed during extraction" in summary.failures[0][1]
+        (again,) = extract(load_manifest(root), store, cfg, engine="ray", progress=False)
+        assert again.done == 1 and again.changed == ["a.mp4"]
+    finally:
+        if started:
+            ray.shutdown()
+    fresh = tmp_path / "fresh"
+    _run(root, fresh, effnet)
+    _assert_true_to_the_files(store, root, _frames(fresh))
+    assert sorted(v for v, _, _ in _shard_clips(store)) == ["a.mp4", "b.mp4"]

@@ -56,6 +56,7 @@ from pipeline.data.sampling import (  # noqa: E402
     sliding_windows,
     snap_to_keyframes,
 )
+from pipeline.errors import ConfigError  # noqa: E402
 
 frame_tables = st.lists(st.floats(0.001, 0.5), min_size=1, max_size=200).map(lambda gaps: np.cumsum([0.0] + gaps))
 
@@ -92,14 +93,14 @@ def test_sliding_windows_cover_with_stride(window, length, stride):
     ws = sliding_windows(start, end, length, stride)
     step = stride if stride > 0 else length
     tol = 10.0**-KEY_DECIMALS
-    if end - start < length:
-        assert ws == [(round(start, KEY_DECIMALS), round(end, KEY_DECIMALS))]
+    if end - start < length - tol:  # the whole span is a tail shorter than a window: dropped
+        assert ws == []
         return
     assert len(ws) == int(np.floor((end - start - length) / step + 1e-9)) + 1
     for i, (s, e) in enumerate(ws):
         assert s == pytest.approx(start + i * step, abs=tol) and e - s == pytest.approx(length, abs=2 * tol)
         assert e <= end + tol
-    assert end - ws[-1][1] < step + tol  # the uncovered tail is shorter than one stride
+    assert not ws or end - ws[-1][1] < step + tol  # the uncovered tail is shorter than one stride
 
 
 def test_clip_windows_per_strategy():
@@ -109,6 +110,16 @@ def test_clip_windows_per_strategy():
         (4.0, 8.0),
     ]
     assert len(clip_windows(SamplingConfig(strategy="multiclip", num_clips=5, clip_length=2), 10.0)) == 5
+
+
+def test_sliding_drops_a_tail_shorter_than_a_window_and_a_span_shorter_than_one_is_refused():
+    sliding = SamplingConfig(strategy="sliding", clip_length=4, stride=4)
+    assert clip_windows(sliding, 10.0) == [(0.0, 4.0), (4.0, 8.0)]  # [8, 10] is shorter than a window
+    assert clip_windows(sliding, 4.0) == [(0.0, 4.0)]
+    with pytest.raises(ConfigError, match=r"its 3\.000 s are shorter than one window of sampling.clip_length=4 s"):
+        clip_windows(sliding, 3.0)  # the whole video is such a tail: no clip, said in one line
+    with pytest.raises(ConfigError, match="no clip"):
+        clip_windows(sliding, 10.0, 7.0, None)  # so is a manifest window of 3 s
 
 
 @given(frame_tables, st.integers(1, 10), st.integers(0, 20))

@@ -67,15 +67,13 @@ def multiclip_windows(start: float, end: float, num_clips: int, clip_length: flo
 
 def sliding_windows(start: float, end: float, clip_length: float, stride: float = 0.0) -> list[tuple[float, float]]:
     """Windows of ``clip_length`` s every ``stride`` s (0 = ``clip_length``) that fit inside [start, end].
-    A tail shorter than a window is not embedded; a video shorter than one window gives one covering it all."""
+    A tail shorter than a window is not embedded, so a span shorter than one window gives none."""
     if clip_length < MIN_WINDOW or 0 < stride < MIN_WINDOW:
         raise ConfigError(
             f"clip_length={clip_length}, stride={stride}: must be >= {MIN_WINDOW} s (stride 0 = clip_length)"
         )
     step = float(stride) if stride > 0 else float(clip_length)
     count = int(np.floor((end - start - clip_length) / step + 1e-9)) + 1
-    if count < 1:
-        return [(_key(start), _key(end))]
     return [(_key(start + i * step), _key(start + i * step + clip_length)) for i in range(count)]
 
 
@@ -83,12 +81,19 @@ def clip_windows(
     cfg: SamplingConfig, duration: float | None, start: float | None = None, end: float | None = None
 ) -> list[tuple[float, float]]:
     """The clip windows of one manifest item (its requested [start, end], open ends from ``duration``);
-    more than ``MAX_WINDOWS_PER_VIDEO`` is refused (the video fails, naming the setting)."""
+    more than ``MAX_WINDOWS_PER_VIDEO``, or no sliding window at all, is refused (the video fails, naming
+    the setting)."""
     s, e = clip_window(duration, start, end)
     if cfg.strategy == "multiclip":
         return multiclip_windows(s, e, cfg.num_clips, cfg.clip_length)
     if cfg.strategy == "sliding":
         windows = sliding_windows(s, e, cfg.clip_length, cfg.stride)
+        if not windows:
+            raise ConfigError(
+                f"sampling.strategy=sliding: its {e - s:.3f} s are shorter than one window of "
+                f"sampling.clip_length={cfg.clip_length:g} s, and a tail shorter than a window is dropped: "
+                "no clip; lower sampling.clip_length to include it"
+            )
         if len(windows) > MAX_WINDOWS_PER_VIDEO:
             raise ConfigError(
                 f"sampling.strategy=sliding: {len(windows)} windows of {cfg.clip_length:g} s in this {e - s:.1f} s "

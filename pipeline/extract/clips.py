@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -22,16 +22,17 @@ from ..config import SamplingConfig
 from ..data.manifest import VideoItem
 from ..encoders.base import FrameEncoder
 from ..errors import DecodeError
+from ..store.sources import Source
 from .decode import DecodedClip
 from .workers import ClipTask, DecodePool, Done, Failed, Frames, decode_task
 
-__all__ = ["Clips", "VideoDecoder", "embed_clips", "load_clip", "load_views"]
+__all__ = ["Clips", "VideoDecoder", "Views", "embed_clips", "load_clip", "load_views"]
 
 Clips = list[tuple[float | None, float | None, DecodedClip]]  # (start, end, clip) per clip window
 
 
 def _decode_whole(task: ClipTask, sampling: SamplingConfig, preprocess: Any, threads: int):
-    """Run the engine's per-video decode in this thread: (frames, timestamps, clips, warnings).
+    """Run the engine's per-video decode in this thread: (frames, timestamps, its ``Done``).
     With a sequence of preprocessings the frames are a tuple, one array per preprocessing (None for
     those ``task.views`` leaves out)."""
     out, stamps = [], []
@@ -49,25 +50,33 @@ def _decode_whole(task: ClipTask, sampling: SamplingConfig, preprocess: Any, thr
         frames: Any = tuple(None if v[0] is None else np.concatenate(v) for v in zip(*out))
     else:
         frames = np.concatenate(out)
-    return frames, np.concatenate(stamps), done.clips, done.warnings
+    return frames, np.concatenate(stamps), done
+
+
+class Views(NamedTuple):
+    """One decode of a single-clip item (``load_views``)."""
+
+    frames: list[np.ndarray | None]  # per view, one frame per sampled time (None where not needed)
+    timestamps: np.ndarray
+    warnings: list[str]
+    source: Source | None  # fingerprint of the file decoded (``ExtractionJob.deliver`` checks it before storing)
 
 
 def load_views(
     item: VideoItem, sampling: SamplingConfig, views: list, need: tuple[int, ...] | None = None, threads: int = 0
-) -> tuple[list[np.ndarray | None], np.ndarray, list[str]]:
-    """One decode of a single-clip item, resized once per preprocessing in ``views`` that ``need`` names:
-    (frames per view, one per sampled time; None where not needed), timestamps, warnings."""
+) -> Views:
+    """One decode of a single-clip item, resized once per preprocessing in ``views`` that ``need`` names."""
     task = ClipTask(0, str(item.abspath), item.start, item.end, root=item.confine, views=need)
-    frames, stamps, clips, warnings = _decode_whole(task, sampling, list(views), threads)
-    idx = np.concatenate([i for _, _, i in clips]) if clips else np.arange(len(stamps))
-    return [None if f is None else f[idx] for f in frames], stamps[idx], warnings
+    frames, stamps, done = _decode_whole(task, sampling, list(views), threads)
+    idx = np.concatenate([i for _, _, i in done.clips]) if done.clips else np.arange(len(stamps))
+    return Views([None if f is None else f[idx] for f in frames], stamps[idx], done.warnings, done.source)
 
 
 def load_clip(item: VideoItem, sampling: SamplingConfig, preprocess: Any, threads: int = 0) -> DecodedClip:
     """Decoded, resized and cropped frames of one single-clip item (``load_views`` with one view)."""
-    (frames,), stamps, warnings = load_views(item, sampling, [preprocess], threads=threads)
-    assert frames is not None
-    return DecodedClip(frames, stamps, warnings)
+    got = load_views(item, sampling, [preprocess], threads=threads)
+    assert got.frames[0] is not None
+    return DecodedClip(got.frames[0], got.timestamps, got.warnings)
 
 
 class VideoDecoder:
@@ -146,7 +155,7 @@ class VideoDecoder:
 
 def _task(index: int, video: Any) -> ClipTask:
     if isinstance(video, VideoItem):
-        return ClipTask(index, str(video.abspath), video.start, video.end, root=video.root)
+        return ClipTask(index, str(video.abspath), video.start, video.end, root=video.confine)
     path, start, end = (video, None, None) if isinstance(video, (str, Path)) else video
     return ClipTask(index, str(Path(path).absolute()), start, end)
 

@@ -28,11 +28,12 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
 from ..errors import DecodeError
+from ..store.sources import Source, opened_fingerprint
 
 if TYPE_CHECKING:
     from av.video.reformatter import VideoReformatter
@@ -108,26 +109,40 @@ def _contained(path: Path, root: str | Path | None) -> Path:
     return real
 
 
-def _open(path: Path, root: str | Path | None = None):
+def _open(path: Path, root: str | Path | None = None) -> tuple[Any, BinaryIO, Source | None]:
+    """(container, the file it reads, that file's fingerprint): FFmpeg reads the file object opened here,
+    so the fingerprint is of the very file decoded, even if another is renamed over ``path`` meanwhile."""
     import av
 
     if not path.exists():
         raise DecodeError(f"{path}: file not found")
     real = _contained(path, root)
+    file: BinaryIO | None = None
     try:
-        container = av.open(str(real), mode="r", metadata_errors="ignore")
+        file = open(real, "rb")  # noqa: SIM115 - closed by VideoReader.close, after the container
+        source = opened_fingerprint(file)
+        container = av.open(file, mode="r", metadata_errors="ignore")
     except PermissionError:
+        _close(file)
         raise DecodeError(f"{path}: permission denied") from None
     except (av.error.FFmpegError, OSError, ValueError) as exc:
+        _close(file)
         raise DecodeError(f"{path}: cannot open as a video ({_reason(exc)})") from None
     if not container.streams.video:
         container.close()
+        file.close()
         raise DecodeError(f"{path}: no video stream (audio-only or not a video file)")
     kind = container.format.name
     if kind == "image2" or kind.endswith("_pipe"):  # FFmpeg reads a PNG or JPEG (whatever its name) as 1 frame
         container.close()
+        file.close()
         raise DecodeError(f"{path}: a still image ({kind.removesuffix('_pipe')}), not a video")
-    return container
+    return container, file, source
+
+
+def _close(file: BinaryIO | None) -> None:
+    if file is not None:
+        file.close()
 
 
 def _quarter_turns(rotation: float) -> int:
@@ -152,7 +167,8 @@ class VideoReader:
 
     def __init__(self, path: str | Path, threads: int = 0, *, root: str | Path | None = None):
         self.path = Path(path)
-        self.container = _open(self.path, root)
+        # ``source``: the fingerprint of the file opened (``pipeline.store.sources``), carried to the store
+        self.container, self._file, self.source = _open(self.path, root)
         self.stream = self.container.streams.video[0]
         self.threads = int(threads)
         self.tb = float(self.stream.time_base) if self.stream.time_base else 1e-6
@@ -418,6 +434,7 @@ class VideoReader:
             self.container.close()
         except Exception:  # pragma: no cover - closing a broken container must not mask the real error
             pass
+        self._file.close()
 
     def __enter__(self) -> VideoReader:
         return self

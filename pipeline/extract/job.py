@@ -34,7 +34,6 @@ from ..encoders.base import FrameEncoder
 from ..errors import StoreError
 from ..store import FeatureStore, ShardWriter, create_or_open, write_run_record, writer_prefix
 from ..store.index import failure_counts
-from ..store.layout import UNKNOWN_SOURCE
 from ..store.sources import Source, fingerprint, same_file
 from ..versions import versions
 from .sharding import JobShard
@@ -42,7 +41,16 @@ from .workers import ClipTask
 
 MAX_RECORDED_WARNINGS = 200  # warnings kept in a run record (the count is always complete)
 
-__all__ = ["ExtractSummary", "ExtractionJob", "Outcome", "build_provenance", "plan_tasks", "note_run", "recorded_run"]
+__all__ = [
+    "ExtractSummary",
+    "ExtractionJob",
+    "Outcome",
+    "build_provenance",
+    "changed_since",
+    "plan_tasks",
+    "note_run",
+    "recorded_run",
+]
 
 
 @dataclass
@@ -105,8 +113,8 @@ def plan_tasks(
     that video already stored and the worker decodes only the missing ones (a resume after a kill
     finishes half-done videos). A video whose file is not the one its stored clips or failure were made
     from (``store.sources.same_file``) is done again whole, and named in ``summary.changed``.
-    ``sources``: filled with each planned item's fingerprint (its crc may still be unknown: ``ExtractionJob``
-    completes it when the video's first record is written, so planning reads no file it need not).
+    ``sources``: filled with each planned item's fingerprint, its crc unknown where planning did not need it
+    (planning reads no file it need not): what a failure without a decoder's fingerprint records.
     """
     index = store.index()
     stored = store.done_keys(include_failed=False)
@@ -200,8 +208,27 @@ class Outcome:
     clips: Sequence[tuple[float | None, float | None, np.ndarray, np.ndarray]] = ()  # start, end, emb, timestamps
     warnings: Sequence[str] = ()
     error: str = ""  # why it failed, naming the file ("" = it did not)
-    stage: str = ""  # where it failed: decode | encode | worker
+    stage: str = ""  # where it failed: decode | encode | worker (| changed, set by ``deliver``)
     skipped: int = 0  # its windows this store already has
+    # fingerprint of the file the clips were made from, taken by the decoder through the file it read;
+    # None: unknown (not a regular file, or the decoder could not open it)
+    source: Source | None = None
+
+
+def changed_since(path: str | Path, decoded: Source | None) -> str:
+    """Why clips made from the file ``decoded`` names must not be stored as ``path``'s: it holds another
+    file now (replaced or rewritten while it was decoded), or none; "" while it holds that file (or the
+    decoder knew no fingerprint). Stats ``path``; reads its samples only if its time changed."""
+    if decoded is None:
+        return ""
+    now = fingerprint(path, decoded)
+    if now is not None and same_file(now, decoded):
+        return ""
+    why = "it is gone" if now is None else "another file is at its path"
+    return (
+        f"{path}: changed during extraction ({why}: the file was replaced or rewritten while it was decoded); "
+        "its clips were not stored; extract again to store the new file's"
+    )
 
 
 def _now(call: Callable[[], None]) -> None:
@@ -259,7 +286,6 @@ class ExtractionJob:
                 retry_failed=self.retry_failed,
                 sources=self.sources,
             )
-            self._files = {item.path: item.abspath for item, _ in self.todo}
             stack.enter_context(recorded_run(self.store, self.prefix, self.summary))
             stack.push(self._count_stored)  # runs after the writer's last flush, before the run record
             self.writer = stack.enter_context(
@@ -294,39 +320,38 @@ class ExtractionJob:
         self.summary.failed = sum(self.summary.failed_by_cause.values())
         return False
 
-    def _source(self, path: str, complete: bool = True) -> Source | None:
-        """The fingerprint ``path``'s records carry: the planned one, its crc read on the video's first clip.
-        A failure keeps the planned one as it is (``complete=False``): the file may be what hangs or fails
-        to read, and this runs in the job's main thread. Without the crc, only the same size and time make
-        the same file, so a failed video that was copied is simply tried again.
+    def add_failure(
+        self, path: str, start: float | None, end: float | None, stage: str, error: str, source: Source | None = None
+    ) -> None:
+        """Record a failed clip (``error`` names the file and what went wrong) and count it. ``source``: the
+        fingerprint of the file that failed, else the planned one (its crc unread where planning did not
+        need it: the file may be what hangs, and this runs in the job's main thread; without the crc only
+        the same size and time make the same file, so a failed video that was copied is simply tried again).
         """
-        src = self.sources.get(path)
-        if complete and src is not None and src[2] == UNKNOWN_SOURCE:
-            src = fingerprint(self._files[path]) or src
-            self.sources[path] = src
-        return src
-
-    def add_failure(self, path: str, start: float | None, end: float | None, stage: str, error: str) -> None:
-        """Record a failed clip (``error`` names the file and what went wrong) and count it."""
-        self.write(partial(self.writer.add_failure, path, start, end, stage, error, self._source(path, complete=False)))
+        src = source if source is not None else self.sources.get(path)
+        self.write(partial(self.writer.add_failure, path, start, end, stage, error, src))
         self.summary.failed += path not in self._failed  # videos, each once (``_count_stored`` has the causes)
         self._failed[path] = stage
         self.summary.failures.append((path, error))
 
     def deliver(self, item: VideoItem, outcome: Outcome) -> None:
         """Write and count what an engine made of ``item``: its failure, else the decoder's warnings (first:
-        the shard that takes the clips keeps them) and its clips. Embeddings that are not finite fail it."""
+        the shard that takes the clips keeps them) and its clips, under the fingerprint of the file they
+        were made from. Embeddings that are not finite fail it, and so does a file that is not the one
+        decoded any more (``changed_since``): its clips are never stored under another file's fingerprint."""
         error, stage = outcome.error, outcome.stage
         if not error and not all(np.isfinite(emb).all() for _, _, emb, _ in outcome.clips):
             error, stage = f"{item.abspath}: the encoder returned NaN or Inf embeddings; not stored", "encode"
+        if not error and outcome.clips:
+            error, stage = changed_since(item.abspath, outcome.source), "changed"
         self.summary.skipped += outcome.skipped
-        if error:
-            self.add_failure(item.path, item.start, item.end, stage, error)
+        if error:  # recorded with the decoded file's fingerprint: a re-run sees the path changed and redoes it
+            self.add_failure(item.path, item.start, item.end, stage, error, outcome.source)
             return
         for message in outcome.warnings if outcome.clips else ():  # each names the file and how
             self.write(partial(self.writer.add_warning, item.path, message))
             self.summary.warnings.append((item.path, message))
-        source = self._source(item.path) if outcome.clips else None
+        source = outcome.source
         for start, end, emb, stamps in outcome.clips:
             self.write(partial(self.writer.add, item.path, start, end, item.label, item.split, emb, stamps, source))
             self.summary.done += 1

@@ -38,6 +38,7 @@ from ..config import AUTO, Config, ExtractConfig
 from ..data.sampling import sampling_identity
 from ..encoders.base import FrameEncoder
 from ..store import check_appendable
+from ..store.sources import Source
 from .job import ExtractionJob, Outcome, build_provenance
 from .targets import ExtractionJobs, UnionTask, decode_views
 from .workers import DecodePool, Done, Frames, Window
@@ -106,6 +107,7 @@ class _TaskState:
     error: str = ""  # why decoding failed, naming the file (fails every target)
     failed: dict[int, str] = field(default_factory=dict)  # model -> why its encoding failed (fails its targets)
     warnings: list[str] = field(default_factory=list)  # the decoder's (kept with the clips; ExtractSummary.warnings)
+    source: Source | None = None  # fingerprint of the file the worker decoded (its Done or Failed)
 
     def __post_init__(self) -> None:
         self.encoded = dict.fromkeys(self.groups, 0)
@@ -299,9 +301,10 @@ class _Engine:
                 self._add_frames(state, msg)
             elif isinstance(msg, Done):
                 state.clips, state.skipped, state.warnings = msg.clips, msg.skipped, msg.warnings
+                state.source = msg.source
                 self._finish([state])
             else:
-                state.error = msg.error
+                state.error, state.source = msg.error, msg.source
                 self._finish([state])
         for batcher in self.batchers:
             while batcher.queued:
@@ -332,9 +335,9 @@ class _Engine:
         skipped = state.skipped + len(clips) - len(lacking)
         error, stage = (state.error, "decode") if state.error else (state.failed.get(g, ""), "encode")
         if error or not lacking:
-            return Outcome(error=error, stage=stage, skipped=skipped)
+            return Outcome(error=error, stage=stage, skipped=skipped, source=state.source)
         parts = [p[self.output_of[t]] for p in state.emb[g]]
         emb = np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
         stamps = np.concatenate(state.stamps) if state.stamps else np.zeros(0)
         windows = [(start, end, emb[idx], stamps[idx]) for start, end, idx in lacking]
-        return Outcome(windows, state.warnings, skipped=skipped)
+        return Outcome(windows, state.warnings, skipped=skipped, source=state.source)

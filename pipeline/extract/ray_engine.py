@@ -35,6 +35,7 @@ from ..data.manifest import VideoItem
 from ..encoders import Preprocess
 from ..encoders.group import group_specs
 from ..errors import ConfigError, VidprobeError
+from ..store.sources import UNKNOWN
 from .clips import load_views
 from .job import Outcome, build_provenance
 from .local import resolve_runtime
@@ -109,7 +110,7 @@ def _decode_rows(
     """Decode stage (a CPU task): each row's sampled frames once per view its stores need, or the error
     that stopped them (then every store of the row records it)."""
     frames: list[list[np.ndarray]] = [[] for _ in views]
-    stamps, errors, warnings = [], [], []
+    stamps, errors, warnings, sources = [], [], [], []
     for path, root, follow, start, end, mask in zip(
         batch["path"], batch["root"], batch["follow_links"], batch["start"], batch["end"], batch["targets"]
     ):
@@ -122,14 +123,15 @@ def _decode_rows(
         )
         need = tuple(sorted({view_of[t] for t in _targets(int(mask), len(view_of))}))
         try:
-            got, ts, warned = load_views(item, sampling, views, need, threads)
+            got, ts, warned, source = load_views(item, sampling, views, need, threads)
             errors.append("")
             warnings.append("\n".join(warned))
         except Exception as exc:  # a decoder bug on one odd file must not end the job
             msg = str(exc) if isinstance(exc, VidprobeError) else f"{item.abspath}: {type(exc).__name__}: {exc}"
-            got, ts = [None] * len(views), np.zeros(0, np.float64)
+            got, ts, source = [None] * len(views), np.zeros(0, np.float64), None
             errors.append(msg)
             warnings.append("")
+        sources.append(source or UNKNOWN)
         stamps.append(np.asarray(ts, np.float64))
         for v, f in enumerate(got):
             size = views[v].size
@@ -140,6 +142,7 @@ def _decode_rows(
         "targets": batch["targets"],
         "timestamps": _objects(stamps),
         "warnings": np.array(warnings, dtype=object),  # the decoder's warnings, one per line
+        "source": np.array(sources, np.int64).reshape(-1, 3),  # fingerprint of the file decoded (UNKNOWN: none)
     }
     for v, per_view in enumerate(frames):
         out[f"frames_{v}"] = _objects(per_view)
@@ -333,13 +336,17 @@ def _dataset(
 
 
 def _row_outcome(batch: dict[str, np.ndarray], j: int, t: int, item: VideoItem) -> Outcome:
-    """What store ``t`` gets of row ``j``: its error, else the clip and the decoder's warnings."""
+    """What store ``t`` gets of row ``j``: its error, else the clip and the decoder's warnings; with the
+    fingerprint of the file decoded, which ``deliver`` checks against the path before storing."""
+    size, mtime, crc = (int(x) for x in batch["source"][j])
+    source = None if (size, mtime, crc) == UNKNOWN else (size, mtime, crc)
     error = str(batch[f"error_{t}"][j])
     if error:
-        return Outcome(error=error, stage=str(batch[f"stage_{t}"][j]))
+        return Outcome(error=error, stage=str(batch[f"stage_{t}"][j]), source=source)
     emb = np.asarray(batch[f"embedding_{t}"][j], np.float32)
     stamps = np.asarray(batch["timestamps"][j], np.float64)
-    return Outcome([(item.start, item.end, emb, stamps)], list(filter(None, str(batch["warnings"][j]).split("\n"))))
+    warned = list(filter(None, str(batch["warnings"][j]).split("\n")))
+    return Outcome([(item.start, item.end, emb, stamps)], warned, source=source)
 
 
 def _deliver(ds, jobs: ExtractionJobs, todo: list[UnionTask]) -> None:

@@ -3,6 +3,7 @@
 ``vidprobe extract SOURCE -o STORE --encoder A --encoder B`` writes one ordinary store per encoder:
 with one encoder the store *is* ``STORE`` (as always), with several it is ``STORE/<name>/``
 (``store_name``: ``effnet-lite0``, ``openclip-ViT-B-32-openai``, ``openclip-ViT-B-32-openai-pre``, ...).
+A store is never made inside another store's folder (``store_paths`` refuses, naming it).
 Each store has its own ``ExtractionJob`` (provenance, lock, plan, run record, writer, failures);
 ``ExtractionJobs`` enters them together and merges their plans (``UnionTask``): a clip is decoded once
 if any store still lacks it, and handed only to the stores that lack it (``deliver``, the one way both
@@ -14,6 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
+import os
 import re
 import time
 from collections.abc import Sequence
@@ -23,7 +26,8 @@ from typing import Any
 
 from ..data.manifest import Manifest, VideoItem
 from ..encoders import Preprocess, parse_spec, spec_options
-from ..errors import ConfigError
+from ..errors import ConfigError, StoreError
+from ..store.layout import PROVENANCE_FILE
 from .job import ExtractionJob, Outcome
 from .workers import ClipTask
 
@@ -43,7 +47,9 @@ def store_name(spec: str) -> str:
 
 
 def store_paths(output: str | Path, specs: Sequence[str]) -> list[Path]:
-    """The store of each spec: ``output`` itself for one encoder, ``output/<store_name>`` for several."""
+    """The store of each spec: ``output`` itself for one encoder, ``output/<store_name>`` for several;
+    ``StoreError`` where that would put a store inside another (``_refuse_nesting``)."""
+    _refuse_nesting(Path(output), specs)
     if len(specs) == 1:
         return [Path(output)]
     names: dict[str, str] = {}
@@ -56,6 +62,50 @@ def store_paths(output: str | Path, specs: Sequence[str]) -> list[Path]:
             )
         names[name] = spec
     return [Path(output) / name for name in names]
+
+
+def _refuse_nesting(output: Path, specs: Sequence[str]) -> None:
+    """A new store inside an existing store's folder would be hidden in it (the outer store's readers never
+    see it; copying or deleting the outer one takes it along), and one encoder's store over a folder of
+    several would hold them: refuse, naming the store(s) and what to pass instead."""
+    where = Path(os.path.abspath(output))
+    inner = [] if (where / PROVENANCE_FILE).exists() or not where.is_dir() else _stores_in(where)
+    if len(specs) == 1 and inner:
+        mine = store_name(specs[0])
+        hint = f"-o {output / mine} to grow that store" if mine in inner else f"-o {output}/<name> to grow one"
+        raise StoreError(
+            f"-o {output}: holds the stores of a several-encoder run ({', '.join(inner)}); with one encoder -o "
+            f"is the store itself: pass {hint}, or a new folder"
+        )
+    if len(specs) > 1 and (where / PROVENANCE_FILE).is_file():
+        encoder = _encoder_of(where)
+        raise StoreError(
+            f"-o {output}: is the feature store of {encoder or 'one encoder'}; with several encoders -o names a "
+            "folder that holds one store per encoder (FOLDER/<name>/): pass a new folder, or "
+            f"{'--encoder ' + encoder if encoder else 'its encoder'} alone to grow this store"
+        )
+    for parent in where.parents:
+        if (parent / PROVENANCE_FILE).is_file():
+            raise StoreError(
+                f"-o {output}: lies inside the feature store {parent}; a store cannot hold another: "
+                "pass a path outside it"
+            )
+
+
+def _stores_in(folder: Path) -> list[str]:
+    """Names of the stores directly inside ``folder`` (a several-encoder run's output)."""
+    try:
+        return sorted(p.name for p in folder.iterdir() if (p / PROVENANCE_FILE).is_file())
+    except OSError:
+        return []
+
+
+def _encoder_of(store: Path) -> str:
+    """The encoder spec ``store`` records ("" if its provenance cannot be read)."""
+    try:
+        return str(json.loads((store / PROVENANCE_FILE).read_text())["encoder"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
 
 
 def decode_views(preprocesses: Sequence[Preprocess]) -> tuple[list[Preprocess], list[int]]:

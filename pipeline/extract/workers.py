@@ -8,7 +8,9 @@ tasks, reads results, watches every worker, and feeds one bounded queue that the
 
 Protocol (worker -> main), small frozen dataclasses with named fields: ``Ready`` once, then per task
 its ``Frames`` in time order, at most ``chunk`` frames each (memory does not grow with a clip's length),
-and ``Done`` or ``Failed`` (frames already sent for a failed task must be dropped).
+and ``Done`` or ``Failed`` (frames already sent for a failed task must be dropped). ``Done`` and ``Failed``
+carry the fingerprint of the file the worker opened (``Done.source``): the store checks it against the
+path before storing, so a file replaced while it was decoded is never stored under the new file's name.
 
 ``num_workers=0`` decodes in a thread of the main process instead (no timeout or crash isolation;
 for debugging, or where processes are not allowed).
@@ -39,6 +41,7 @@ from ..data.sampling import (
     snap_to_keyframes,
 )
 from ..errors import DecodeError, VidprobeError
+from ..store.sources import Source
 from .decode import VideoReader, assign_frames
 
 Window = tuple[float | None, float | None, np.ndarray]  # (start, end, frame index per sampled time)
@@ -69,12 +72,14 @@ class Done:
     clips: list[Window]
     skipped: int  # windows already stored
     warnings: list[str]  # what was worked around (a header that lies), or stored as it is (a shared frame)
+    source: Source | None = None  # fingerprint of the file decoded, taken through the file the decoder read
 
 
 @dataclass(frozen=True)
 class Failed:
     task: int
     error: str  # names the file
+    source: Source | None = None  # of the file that failed, where it was opened
 
 
 Message = Frames | Done | Failed
@@ -129,9 +134,10 @@ def decode_task(
     many = isinstance(preprocess, (tuple, list))
     views = _views(preprocess, task)
     wanted_views = [p for p in views if p is not None]
+    source: Source | None = None
     try:
         with VideoReader(task.path, threads=threads, root=task.root) as reader:
-            info = reader.info
+            info, source = reader.info, reader.source
             keys: Sequence[tuple[float | None, float | None]]  # the clips' store keys
             if sampling.windowed:  # windows are the clips' keys; resume skips the stored ones
                 every = clip_windows(sampling, info.duration, task.start, task.end)
@@ -142,7 +148,7 @@ def decode_task(
                 windows = [clip_window(info.duration, task.start, task.end)]
                 keys, skipped = [(task.start, task.end)], 0
             if not windows:
-                yield Done(task.task, [], skipped, list(reader.warnings))
+                yield Done(task.task, [], skipped, list(reader.warnings), source)
                 return
             frame_times = reader.frame_times() if needs_frame_table(sampling) else None
             key_times = reader.keyframe_times() if needs_keyframe_table(sampling) else None
@@ -167,13 +173,12 @@ def decode_task(
                 yield Frames(task.task, out if many else out[0], c.timestamps)
             all_ts = np.concatenate(stamps)
             clips = [(k[0], k[1], assign_frames(all_ts, t).astype(np.int32)) for k, t in zip(keys, per_window)]
-            yield Done(
-                task.task, clips, skipped, reader.warnings + _shared_frames(task, clips, per_window, reader.ended_at)
-            )
+            warnings = reader.warnings + _shared_frames(task, clips, per_window, reader.ended_at)
+            yield Done(task.task, clips, skipped, warnings, source)
     except VidprobeError as exc:
-        yield Failed(task.task, _with_path(task.path, str(exc)))
+        yield Failed(task.task, _with_path(task.path, str(exc)), source)
     except Exception as exc:  # a decoder bug on one odd file must not end the job
-        yield Failed(task.task, f"{task.path}: {type(exc).__name__}: {exc}")
+        yield Failed(task.task, f"{task.path}: {type(exc).__name__}: {exc}", source)
 
 
 def _worker_main(conn, sampling: SamplingConfig, preprocess: Any, threads: int, chunk: int) -> None:

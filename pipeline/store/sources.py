@@ -15,25 +15,53 @@ import stat
 import zlib
 from collections.abc import Iterable
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
 from .layout import UNKNOWN_SOURCE
 
-__all__ = ["Source", "UNKNOWN", "SAMPLE_BYTES", "fingerprint", "same_file", "current_sources", "is_replaced"]
+__all__ = [
+    "Source",
+    "UNKNOWN",
+    "SAMPLE_BYTES",
+    "fingerprint",
+    "opened_fingerprint",
+    "same_file",
+    "current_sources",
+    "is_replaced",
+]
 
 Source = tuple[int, int, int]  # (size in bytes, st_mtime_ns, crc32 of the head and tail samples)
 UNKNOWN: Source = (UNKNOWN_SOURCE, UNKNOWN_SOURCE, UNKNOWN_SOURCE)
 SAMPLE_BYTES = 1 << 16  # read from each end of a file: a container's header and index, and the first frames
 
 
+def _crc_of(f: BinaryIO, size: int) -> int:
+    f.seek(0)
+    crc = zlib.crc32(f.read(SAMPLE_BYTES))
+    if size > SAMPLE_BYTES:
+        f.seek(max(SAMPLE_BYTES, size - SAMPLE_BYTES))
+        crc = zlib.crc32(f.read(SAMPLE_BYTES), crc)
+    return crc
+
+
 def _crc(path: Path, size: int) -> int:
     with open(path, "rb") as f:
-        crc = zlib.crc32(f.read(SAMPLE_BYTES))
-        if size > SAMPLE_BYTES:
-            f.seek(max(SAMPLE_BYTES, size - SAMPLE_BYTES))
-            crc = zlib.crc32(f.read(SAMPLE_BYTES), crc)
-    return crc
+        return _crc_of(f, size)
+
+
+def opened_fingerprint(f: BinaryIO) -> Source | None:
+    """The fingerprint of the file ``f`` has open (None if it is not a regular file), read through ``f``
+    and left at its start: a decoder given ``f`` reads exactly the file this names, whatever is renamed
+    over its path meanwhile (the path's fingerprint at storing time then tells the change)."""
+    st = os.fstat(f.fileno())
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    size = int(st.st_size)
+    crc = _crc_of(f, size)
+    f.seek(0)
+    return size, int(st.st_mtime_ns), crc
 
 
 def fingerprint(path: str | Path, recorded: Source | None = None, *, complete: bool = True) -> Source | None:
