@@ -6,9 +6,11 @@ Sets itself up first (not timed): renders 2 short H.264 clips of real photograph
 alternating, median of ``--repeats`` runs:
 
 * ``build``: ``import pipeline.encoders; create_encoder(SPEC)`` -- the interpreter, torch, open_clip and the
-  model with its checkpoint, nothing else;
+  model with its checkpoint, nothing else (it then ends with ``os._exit``, as ``extract`` does: the
+  interpreter's teardown with torch loaded is no part of building);
 * ``extract``: ``vidprobe extract videos/ -o NEW_STORE --encoder SPEC -q``, end to end (manifest, store,
-  decoder start, decode, encode, shard write, exit).
+  decoder start, decode, encode, shard write, exit);
+* with ``--before REPO``: the same ``extract`` run from another checkout (e.g. the code before a change).
 
 Target: ``extract`` <= 1.3 x ``build``: the decoding runs while the encoder is built, so a small job costs
 little more than its model. Timings depend on the load: the JSON records the load average and the CPU model.
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -35,7 +38,7 @@ from predict_latency import _render  # noqa: E402  (this folder: the same real c
 from pipeline.versions import cpu_model  # noqa: E402
 
 TARGET = 1.3
-BUILD = "import sys; from pipeline.encoders import create_encoder; create_encoder(sys.argv[1])"
+BUILD = "import os, sys; from pipeline.encoders import create_encoder; create_encoder(sys.argv[1]); os._exit(0)"
 
 
 def setup(work: Path) -> str:
@@ -50,10 +53,17 @@ def setup(work: Path) -> str:
     return f"openclip:ViT-B-32@{ckpt}"
 
 
-def _wall(cmd: list[str]) -> float:
-    t = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+def _children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def _wall(cmd: list[str], cpu: list[float], repo: Path = REPO) -> float:
+    """Wall seconds of ``cmd`` in a new process; its CPU seconds (with its decoder processes) go to ``cpu``."""
+    c, t = _children_cpu(), time.perf_counter()
+    proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(repo)})
     wall = time.perf_counter() - t
+    cpu.append(_children_cpu() - c)
     if proc.returncode:
         raise SystemExit(f"{' '.join(cmd)}: exit {proc.returncode}: {proc.stderr.strip()[-800:]}")
     return wall
@@ -62,6 +72,7 @@ def _wall(cmd: list[str]) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeats", type=int, default=3, help="runs of each (median reported; default 3)")
+    ap.add_argument("--before", type=Path, metavar="REPO", help="also time extract from this checkout")
     args = ap.parse_args()
     repeats = max(1, args.repeats)
     py = sys.executable
@@ -70,22 +81,31 @@ def main() -> None:
         print("setting up (render 2 clips, save a random ViT-B-32 checkpoint) ...", flush=True)
         spec = setup(work)
         load_before = os.getloadavg()
-        runs: dict[str, list[float]] = {"build": [], "extract": []}
+        runs: dict[str, list[float]] = {"build": [], "extract": [], **({"before": []} if args.before else {})}
+        cpu: dict[str, list[float]] = {k: [] for k in runs}
+        extract = [py, "-m", "pipeline", "extract", str(work / "videos"), "--encoder", spec, "-q", "-o"]
         for i in range(repeats):
-            runs["build"].append(_wall([py, "-c", BUILD, spec]))
-            out = work / f"store{i}"
-            runs["extract"].append(
-                _wall([py, "-m", "pipeline", "extract", str(work / "videos"), "-o", str(out), "--encoder", spec, "-q"])
-            )
+            runs["build"].append(_wall([py, "-c", BUILD, spec], cpu["build"]))
+            runs["extract"].append(_wall([*extract, str(work / f"store{i}")], cpu["extract"]))
+            if args.before:
+                runs["before"].append(_wall([*extract, str(work / f"before{i}")], cpu["before"], args.before.resolve()))
         load_after = os.getloadavg()
     med = {k: statistics.median(v) for k, v in runs.items()}
+    med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
     ratio = med["extract"] / med["build"]
     cpu = cpu_model()
     print(f"CPU: {cpu}, {os.cpu_count()} cores; load average {load_before[0]:.1f} before, {load_after[0]:.1f} after")
-    print(f"median of {repeats} fresh-process run(s), wall s:")
-    print(f"  build the encoder alone ({spec.split('@')[0]}, local checkpoint)  {med['build']:6.2f}")
-    print(f"  vidprobe extract, 2 short videos (8 frames each)          {med['extract']:6.2f}")
+    print(f"median of {repeats} fresh-process run(s): wall s, CPU s (the process and its decoder processes)")
+    print(f"  build the encoder alone (ViT-B-32, local checkpoint)      {med['build']:6.2f} {med_cpu['build']:6.2f}")
+    print(
+        f"  vidprobe extract, 2 short videos (8 frames each)          {med['extract']:6.2f} {med_cpu['extract']:6.2f}"
+    )
     print(f"  ratio extract / build                                     {ratio:6.2f}   (target <= {TARGET})")
+    if args.before:
+        print(
+            f"  extract from {args.before} (before): {med['before']:.2f} {med_cpu['before']:.2f}, "
+            f"ratio {med['before'] / med['build']:.2f}"
+        )
     print(
         json.dumps(
             {
@@ -98,7 +118,13 @@ def main() -> None:
                 "build_s": round(med["build"], 3),
                 "extract_s": round(med["extract"], 3),
                 "runs_s": {k: [round(x, 3) for x in v] for k, v in runs.items()},
+                "cpu_s": {k: round(v, 3) for k, v in med_cpu.items()},
                 "ratio": round(ratio, 3),
+                **(
+                    {"before_s": round(med["before"], 3), "before_ratio": round(med["before"] / med["build"], 3)}
+                    if args.before
+                    else {}
+                ),
                 "target_ratio_le_1_3": ratio <= TARGET,
             }
         )
