@@ -12,8 +12,10 @@ alternating, median of ``--repeats`` runs:
   decoder start, decode, encode, shard write, exit);
 * with ``--before REPO``: the same ``extract`` run from another checkout (e.g. the code before a change).
 
-Target: ``extract`` <= 1.3 x ``build``: the decoding runs while the encoder is built, so a small job costs
-little more than its model. Timings depend on the load: the JSON records the load average and the CPU model.
+Beside the wall time, the CPU seconds of each main process (the decoder processes are forked by a server
+that is not the benchmark's child, so they are not counted). Target: ``extract`` <= 1.3 x ``build``: the
+decoder processes start while the encoder is built and the process skips torch's teardown, so a small job
+costs little more than its model. Timings depend on the load: the JSON records the load average and the CPU.
 The last line printed is one JSON object with every figure.
 """
 
@@ -95,7 +97,7 @@ def main() -> None:
     ratio = med["extract"] / med["build"]
     cpu = cpu_model()
     print(f"CPU: {cpu}, {os.cpu_count()} cores; load average {load_before[0]:.1f} before, {load_after[0]:.1f} after")
-    print(f"median of {repeats} fresh-process run(s): wall s, CPU s (the process and its decoder processes)")
+    print(f"median of {repeats} fresh-process run(s): wall s, CPU s of the main process (not its decoders)")
     print(f"  build the encoder alone (ViT-B-32, local checkpoint)      {med['build']:6.2f} {med_cpu['build']:6.2f}")
     print(
         f"  vidprobe extract, 2 short videos (8 frames each)          {med['extract']:6.2f} {med_cpu['extract']:6.2f}"

@@ -257,7 +257,8 @@ def check(spec: str, model_ref: str, weights: str | None) -> None:
     cache = Path(constants.HF_HUB_CACHE)
     wanted = f"models--{model_ref[len('hf-hub:') :].replace('/', '--')}" if hub else "models--*"
     if not any(cache.glob(wanted)):
-        raise _no_download(spec, model_ref.replace("/", "-"), hub, f"{why}; not in the Hugging Face cache {cache}")
+        what = f"{why}; not in the Hugging Face cache {cache}" + ("" if hub else f"; {weights!r} is not a file")
+        raise _no_download(spec, model_ref.replace("/", "-"), hub, what)
     os.environ["HF_HUB_OFFLINE"] = "1"
     constants.HF_HUB_OFFLINE = True
 
@@ -267,7 +268,6 @@ def build(spec: str, model_ref: str, weights: str | None, **options: Any) -> Ope
 
     extra: dict[str, Any] = {}
     hub = model_ref.startswith("hf-hub:")
-
     if model_ref.lower().endswith(".json"):
         path = Path(model_ref).expanduser().resolve()
         if not path.is_file():
