@@ -95,10 +95,11 @@ def _run_cli(cases: list, base: Path, **env: str) -> list:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _check(cases: list, results: list, limit_s: float = 1.0) -> None:
-    """Each refusal: its exit code, one line naming the cause, no traceback, no torch, within ``limit_s``."""
+def _check(cases: list, results: list, limit_s: float = 1.0, torch: bool = False) -> None:
+    """Each refusal: its exit code, one line naming the cause, no traceback, no torch (unless ``torch``: then
+    torch only), within ``limit_s``."""
     for (argv, code, needle), (_, rc, err, heavy, wall) in zip(cases, results, strict=True):
-        assert heavy == [], f"{argv}: imported {heavy} before failing ({err})"
+        assert heavy == (["torch"] if torch else []), f"{argv}: imported {heavy} before failing ({err})"
         assert rc == code, (argv, rc, err)
         assert len(err) == 1 and needle in err[0] and "Traceback" not in err[0], (argv, err)
         assert wall < limit_s, f"{argv}: answered in {wall:.2f} s ({err})"
@@ -134,6 +135,8 @@ def _mistakes(s: dict[str, Path]) -> list[tuple[list[str], int, str]]:
         (["verify", nostore], 1, "nostore"),
         (["compact", nostore], 1, "nostore"),
         (["benchmark", str(base / "bench2.yaml")], 1, "nope"),  # every store checked before the first fit
+        (["train", store, "-o", str(base / "t.npz"), "--device", "mps"], 2, "mps"),  # not a device vidprobe runs on
+        (["extract", videos, "-o", str(base / "o4"), "--device", "mps"], 2, "mps"),
         (["extract", videos, "-o", str(base / "o5"), "--encoder", HUB_TAG], 1, "local checkpoint"),
         (["extract", videos, "-o", str(base / "o6"), "--encoder", "openclip:hf-hub:org/model"], 1, "local checkpoint"),
     ]
@@ -149,6 +152,14 @@ def _no_cuda(s: dict[str, Path]) -> list[tuple[list[str], int, str]]:
         (["extract", videos, "-o", str(base / "o7"), "--device", "cuda"], 2, "CUDA"),
         (["extract", videos, "-o", str(base / "o8"), "extract.device=cuda:0"], 2, "CUDA"),
     ]
+
+
+@pytest.mark.skipif(no_cuda_driver(), reason="without an NVIDIA driver CUDA is refused without torch (above)")
+def test_cuda_device_that_is_not_there_is_refused_within_3_s(setup) -> None:
+    """Where a driver exists only torch can say which CUDA devices work: imported for that check alone."""
+    base, store = setup["base"], str(setup["store"])
+    cases = [(["train", store, "-o", str(base / "t.npz"), "--device", "cuda:99"], 2, "cuda:99")]
+    _check(cases, _run_cli(cases, base), limit_s=3.0, torch=True)
 
 
 def test_mistakes_fail_in_one_line_before_torch_is_imported(setup) -> None:
