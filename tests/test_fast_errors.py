@@ -249,3 +249,28 @@ print(json.dumps([rc, seen]))
     assert rc == 0 and seen == [["sklearn", "torch"]]
     (line,) = [x for x in lines if x.startswith("time:")]
     assert "start-up" in line and "logreg fit" in line, line
+
+
+def test_offline_hub_reads_the_cache_instead_of_refusing(tmp_path, monkeypatch) -> None:
+    """Offline, weights the Hugging Face cache may hold are not refused: the hub is put in offline mode so
+    loading reads the cache at once. An hf-hub repo is looked up exactly; a tag's repo only open_clip knows."""
+    from huggingface_hub import constants
+
+    from pipeline.encoders.openclip_backend import check
+    from pipeline.errors import EncoderError
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # restored after the test: check sets it
+    for model, weights in (("ViT-B-32", "laion2b_s34b_b79k"), ("hf-hub:org/repo", None)):
+        with pytest.raises(EncoderError, match="not in the Hugging Face cache"):
+            check("openclip:spec", model, weights)
+    (tmp_path / "models--timm--some-other-model").mkdir()
+    check("openclip:spec", "ViT-B-32", "laion2b_s34b_b79k")  # the cache may hold it: loading will tell
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
+    with pytest.raises(EncoderError):
+        check("openclip:spec", "hf-hub:org/repo", None)  # another repo's files are not this one's
+    (tmp_path / "models--org--repo").mkdir()
+    check("openclip:spec", "hf-hub:org/repo", None)
+    check("openclip:spec", "ViT-B-32", None)  # random init and local files never need the hub
+    check("openclip:spec", "ViT-B-32", str(tmp_path / "ckpt.pt"))
