@@ -7,7 +7,9 @@ Exit codes: 0 success; 1 runtime error (unreadable store, head, model; an output
 refused before any work); 2 bad usage or settings;
 3 extraction finished but some clips failed (they are recorded in the store; see ``vidprobe info``);
 75 the store is busy (another job holds its writer lock; retry later); 130 interrupted by Ctrl-C, 143 by
-SIGTERM (what Slurm sends at a time limit; finished clips are kept; re-run the same command to resume).
+SIGTERM (what Slurm sends at a time limit; finished clips are kept; re-run the same command to resume);
+141 stdout was closed before all of the output was written (``vidprobe info --json | head -c 10``): the
+command ends quietly, with the code of a process that SIGPIPE ended, as ``yes | head`` does.
 ``vidprobe verify`` exits 1 when it finds a problem.
 """
 
@@ -23,7 +25,7 @@ from typing import Any
 
 from ..errors import VidprobeError
 from . import bench, extract, heads, stores
-from .common import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_TERMINATED
+from .common import EXIT_BROKEN_PIPE, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_TERMINATED
 
 __all__ = ["build_parser", "main", "run"]
 
@@ -41,9 +43,11 @@ COMMANDS = (
     bench.add_demo,
 )
 # Commands whose process ends without the interpreter's teardown once their output is out: tearing down
-# torch's modules is a good share of a one-clip `predict` (docs/performance.md), and by then predict holds
-# no open file and its decoder pool is closed.
-QUICK_EXIT_COMMANDS = frozenset({"predict"})
+# torch's modules is a good share of a one-clip `predict` or a small `extract` (docs/performance.md), and
+# by then they hold no open file, their decoder pool is closed and their store locks are released. Not
+# `extract --engine ray`: Ray's own exit handlers must run.
+QUICK_EXIT_COMMANDS = frozenset({"predict", "extract"})
+_quick_exit = False  # set by ``main`` for ``run``: the command that ran may skip the teardown
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Typical flow: vidprobe extract videos/ -o features/mine; vidprobe train features/mine -o "
         "heads/mine.npz; vidprobe predict heads/mine.npz new.mp4.  Exit codes: 0 ok, 1 error (or verify found a "
         "problem), 2 bad usage/settings, 3 some clips (or benchmark fits) failed, 75 store busy, 130 interrupted, "
-        "143 terminated (SIGTERM).",
+        "141 stdout closed (e.g. `| head`), 143 terminated (SIGTERM).",
     )
     p.add_argument("--version", action="version", version=f"vidprobe {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -96,6 +100,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(bad)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
+    global _quick_exit
+    _quick_exit = args.command in QUICK_EXIT_COMMANDS and getattr(args, "engine", "local") == "local"
     import warnings
 
     shown = _one_line_warnings(args.command)
@@ -106,6 +112,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except VidprobeError as exc:
         print(f"vidprobe {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:  # a closed stdout (`| head`): ``run`` ends quietly with EXIT_BROKEN_PIPE
+        raise
     except OSError as exc:  # what no check before the work could foresee (a full disk, a folder removed meanwhile)
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"vidprobe {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
@@ -126,9 +134,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run() -> None:
     """The ``vidprobe`` console script and ``python -m pipeline``: ``main`` on ``sys.argv``, then exit."""
-    code = main()
-    if sys.argv[1:2] and sys.argv[1] in QUICK_EXIT_COMMANDS:
-        sys.stdout.flush()
+    try:
+        code = main()
+        sys.stdout.flush()  # a closed stdout shows here at the latest, not in the interpreter's teardown
+    except BrokenPipeError:
+        _stdout_closed()
+        code = EXIT_BROKEN_PIPE
+    if _quick_exit:
         sys.stderr.flush()
         os._exit(int(code or 0))
     sys.exit(code)
+
+
+def _stdout_closed() -> None:
+    """The reader of stdout went away (``| head``): what is still buffered goes to /dev/null, so neither
+    this process nor the interpreter's last flush prints a BrokenPipeError traceback."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)

@@ -35,7 +35,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     """Fit every head on every pooling of every store named in CONFIG (YAML; see configs/demo-bench.yaml), plus few-shot
     curves (K clips per class, repeated seeds, mean ± std). Writes results.csv (one row per fit, with store, encoder,
     weights, head settings, chosen hyperparameter and seeds), results.md, details.jsonl and plots."""
-    from ..config import check_device
+    from ..encoders.base import check_device
     from ..probe.benchmark import run_benchmark
     from ..probe.heads.fitting import quiet_fits
 

@@ -15,6 +15,7 @@ from ..errors import ConfigError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130  # 75: StoreBusyError.exit_code
 EXIT_TERMINATED = 143  # 128 + SIGTERM
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: stdout's reader went away (`| head`)
 DEVICES = "auto | cpu | cuda | cuda:K"
 
 

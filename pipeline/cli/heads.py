@@ -128,6 +128,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     sidecar describing its inputs. Head files: .npz (recommended: plain arrays, loaded without pickle or scikit-learn),
     .skops (audited scikit-learn types) or .joblib (pickle; evaluate/predict then need --trust)."""
     from ..data.splits import SplitsFrom, SplitSpec
+    from ..encoders.base import check_device
     from ..probe.heads.fitting import quiet_fits
     from ..probe.heads.settings import HeadConfig
     from ..probe.train import train_head
@@ -138,6 +139,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     settings: dict[str, Any] = {"kind": args.head}
     if args.head in ("logreg", "zeroshot", "attn", "gru"):
+        check_device(args.device, "--device")  # a CUDA device this machine lacks, before any work
         settings["device"] = args.device
     if args.head == "logreg":
         settings["solver"] = args.solver
@@ -186,7 +188,8 @@ def _print_train(args: argparse.Namespace, out: dict[str, Any]) -> None:
     sec = out["seconds"]
     fits = out["fit_info"].get("fits")
     print(
-        f"time: {sec['total']:.1f} s (index {sec['index']:.1f} s, pooling {sec['pool']:.1f} s, "
+        f"time: {sec['total']:.1f} s (start-up {sec['startup']:.1f} s: imports; index {sec['index']:.1f} s, "
+        f"pooling {sec['pool']:.1f} s, "
         f"{out['head']} fit {sec['fit']:.1f} s{f' over {fits} fits' if fits else ''}, test {sec['test']:.1f} s)"
     )
     print(f"saved {args.output} (+ {Path(args.output).with_suffix('.json').name})")
@@ -388,7 +391,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     """Extract each video the way the head's training store was extracted (with extract's decoder processes and
     batches) and give its top-k labels: printed, or written to a .csv/.jsonl file (-o) that a re-run resumes. A
     video that cannot be predicted (missing, not a video, broken) is a row with its cause, and the run goes on."""
-    from ..config import check_device
+    from ..encoders.base import check_device
     from ..probe.predict import predict_sources
     from ..probe.predictions import check_output
     from ..store.layout import check_writable

@@ -16,6 +16,7 @@ import contextlib
 import functools
 import hashlib
 import os
+import sys
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -134,6 +135,30 @@ def sha256_file(path: str | os.PathLike) -> str:
 def library_versions(*dists: str) -> dict[str, str]:
     """Versions an encoder's provenance records: torch, torchvision and its backend's ``dists``."""
     return versions("torch", "torchvision", *dists)
+
+
+def no_cuda_driver() -> bool:
+    """True where this machine certainly has no NVIDIA driver (Linux without /proc/driver/nvidia, libcuda or
+    nvidia-smi): there ``cuda`` is refused without importing torch (seconds). False where one may exist."""
+    if not sys.platform.startswith("linux") or os.path.exists("/proc/driver/nvidia/version"):
+        return False
+    import ctypes.util
+    import shutil
+
+    return ctypes.util.find_library("cuda") is None and shutil.which("nvidia-smi") is None
+
+
+def check_device(device: Any, key: str = "device") -> None:
+    """Refuse a device name that is wrong, or a CUDA device this machine lacks, before any work: without torch
+    where there is no NVIDIA driver at all, else by ``resolve_device`` (imports torch). None, auto and cpu pass."""
+    from ..config import check_device as check_name
+
+    check_name(device, key)
+    if device in (None, "auto", "cpu"):
+        return
+    if no_cuda_driver():
+        raise ConfigError(f"{key}={device!r} but CUDA is not available here (no NVIDIA driver); use auto or cpu")
+    resolve_device(device)
 
 
 def resolve_device(device: Any = "auto") -> torch.device:

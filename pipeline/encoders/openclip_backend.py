@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -36,6 +37,7 @@ from .base import Encoder, Preprocess, library_versions, sha256_file
 _TAG_KEYS = ("mean", "std", "interpolation", "resize_mode")
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 _REGISTERED: dict[str, str] = {}  # config stem -> JSON path we registered it from
+HUB_CONNECT_S = 2.0  # how long a tag's download may take to reach the hub before it counts as offline
 
 
 class OpenClipEncoder(Encoder):
@@ -188,6 +190,79 @@ def _preprocess_from_model(model: Any, spec: str) -> Preprocess:
     )
 
 
+def _no_download(spec: str, name: str, hub: bool, why: str) -> EncoderError:
+    """The error of pretrained weights that cannot be fetched, with the local-checkpoint form to use instead."""
+    local = (
+        "openclip:MODEL_OR_CONFIG.json@/path/to/weights"
+        if hub
+        else f"openclip:{name}@/path/to/open_clip_model.safetensors"
+    )
+    return EncoderError(
+        f"encoder spec {spec!r}: pretrained weights could not be downloaded ({why}); without network give a local "
+        f"checkpoint: '{local}'"
+    )
+
+
+def _hub_unreachable(timeout: float = HUB_CONNECT_S) -> str | None:
+    """Why the Hugging Face hub cannot be reached now (offline mode, or no TCP connection to it or to the https
+    proxy within ``timeout`` s), None when it can: a download attempt there spends a minute in retries."""
+    import socket
+    import threading
+    import urllib.request
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    url = urlsplit(constants.ENDPOINT)
+    host = url.hostname or "huggingface.co"
+    proxy = urllib.request.getproxies().get(url.scheme or "https")
+    target = (
+        urlsplit(proxy if "//" in proxy else f"http://{proxy}")
+        if proxy and not urllib.request.proxy_bypass(host)
+        else url
+    )
+    where = (target.hostname or host, target.port or (443 if target.scheme == "https" else 80))
+    done, failed = threading.Event(), []
+
+    def connect() -> None:  # in a thread: a name lookup can hang past any socket timeout
+        try:
+            socket.create_connection(where, timeout=timeout).close()
+        except OSError as exc:
+            failed.append(exc.strerror or type(exc).__name__)
+        done.set()
+
+    threading.Thread(target=connect, name="vidprobe-hub-check", daemon=True).start()
+    if done.wait(timeout) and not failed:
+        return None
+    return f"no connection to {where[0]}:{where[1]} ({failed[0] if failed else f'none within {timeout:g} s'})"
+
+
+def check(spec: str, model_ref: str, weights: str | None) -> None:
+    """What is refused before torch and open_clip are imported (seconds): pretrained weights (a tag, an hf-hub
+    model) that cannot be downloaded, unless the Hugging Face cache may hold them; then the hub is put in
+    offline mode, so loading reads the cache without retrying the network for a minute (hf-hub:ORG/REPO is
+    looked up exactly; a tag's repo only open_clip knows)."""
+    hub = model_ref.startswith("hf-hub:")
+    if not hub and (weights is None or _looks_like_path(weights) or Path(weights).expanduser().is_file()):
+        return
+    try:
+        from huggingface_hub import constants
+    except ImportError:  # open_clip's own import error says what is missing
+        return
+    why = _hub_unreachable()
+    if why is None:
+        return
+    cache = Path(constants.HF_HUB_CACHE)
+    wanted = f"models--{model_ref[len('hf-hub:') :].replace('/', '--')}" if hub else "models--*"
+    if not any(cache.glob(wanted)):
+        what = f"{why}; not in the Hugging Face cache {cache}" + ("" if hub else f"; {weights!r} is not a file")
+        raise _no_download(spec, model_ref.replace("/", "-"), hub, what)
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    constants.HF_HUB_OFFLINE = True
+
+
 def build(spec: str, model_ref: str, weights: str | None, **options: Any) -> OpenClipEncoder:
     import open_clip
 
@@ -243,15 +318,7 @@ def build(spec: str, model_ref: str, weights: str | None, **options: Any) -> Ope
         )
     except Exception as exc:
         if tag is not None or hub:
-            local = (
-                "openclip:MODEL_OR_CONFIG.json@/path/to/weights"
-                if hub
-                else f"openclip:{name}@/path/to/open_clip_model.safetensors"
-            )
-            raise EncoderError(
-                f"encoder spec {spec!r}: pretrained weights could not be downloaded ({type(exc).__name__}); "
-                f"without network give a local checkpoint: '{local}'"
-            ) from exc
+            raise _no_download(spec, name, hub, type(exc).__name__) from exc
         detail = " ".join(str(exc).split())[:300]
         raise EncoderError(
             f"encoder spec {spec!r}: cannot build the model or load "

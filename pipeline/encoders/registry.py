@@ -49,12 +49,23 @@ def _timm(*args: Any, **kwargs: Any) -> Encoder:
     return build(*args, **kwargs)
 
 
+def _openclip_check(*args: Any) -> None:
+    from .openclip_backend import check
+
+    check(*args)
+
+
 BACKENDS: dict[str, Factory] = {"effnet-lite0": _effnet, "openclip": _openclip, "timm": _timm}
+# backend -> check(spec, model, weights): what it refuses before torch is imported (e.g. weights it cannot fetch)
+CHECKS: dict[str, Callable[[str, str, str | None], None]] = {"openclip": _openclip_check}
 
 
-def register_backend(name: str, factory: Factory) -> None:
-    """Add a backend reachable as ``name:MODEL[@WEIGHTS]``."""
+def register_backend(name: str, factory: Factory, check: Callable[[str, str, str | None], None] | None = None) -> None:
+    """Add a backend reachable as ``name:MODEL[@WEIGHTS]``; ``check(spec, model, weights)``, if given, runs before
+    torch is imported and raises for what can be refused without it."""
     BACKENDS[name.lower()] = factory
+    if check is not None:
+        CHECKS[name.lower()] = check
 
 
 def spec_options(spec: str) -> tuple[str, frozenset[str]]:
@@ -158,6 +169,8 @@ def create_encoder(
     (``base.resolve_precision``). channels_last: None = on for conv nets. Embeddings are float32 whatever the precision.
     """
     backend, model, weights = parse_spec(spec)
+    if backend in CHECKS:  # before torch: seconds
+        CHECKS[backend](canonical_spec(spec), model, weights)
     dev = resolve_device(device)  # validate run options before loading any weights
     resolve_precision(precision, dev)
     extra: dict[str, Any] = {"features": "pre"} if "pre" in spec_options(spec)[1] else {}

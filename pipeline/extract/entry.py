@@ -12,8 +12,11 @@ from typing import Any, Literal
 
 from ..config import Config
 from ..data.manifest import Manifest
+from ..data.sampling import sampling_identity
 from ..encoders.base import FrameEncoder
 from ..errors import ConfigError
+from ..store import check_appendable
+from ..store.lock import WriterLock
 from .job import ExtractionJob, ExtractSummary
 from .sharding import JobShard
 from .targets import ExtractionJobs, store_paths
@@ -51,6 +54,8 @@ def extract(
     if engine == "local" and (address, num_encoders, num_cpus) != (None, None, None):
         raise ConfigError("address, num_encoders and num_cpus are for engine='ray'")
     paths = store_paths(output, settings.encoders if encoders is None else [e.spec for e in encoders])
+    if encoders is None:
+        _refuse_early(settings, paths, shard)
 
     def jobs(provenances: Sequence[dict[str, Any]]) -> ExtractionJobs:
         made = [
@@ -70,3 +75,14 @@ def extract(
 
         done = extract_locally(settings, paths, encoders, jobs)
     return [job.summary for job in done.jobs]
+
+
+def _refuse_early(settings: Config, paths: list[Path], shard: JobShard | None) -> None:
+    """What the jobs would refuse, refused before the models are built (torch costs seconds): a store made
+    with other settings, or one another job is writing to."""
+    from ..encoders import canonical_spec
+
+    for path, spec in zip(paths, settings.encoders):
+        identity = {"encoder": canonical_spec(spec), "sampling": sampling_identity(settings.sampling)}
+        check_appendable(path, {**identity, "dtype": settings.store.dtype})
+        WriterLock(path, shard.as_tuple() if shard else None).check_free()

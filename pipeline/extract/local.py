@@ -35,13 +35,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..config import AUTO, Config, ExtractConfig
-from ..data.sampling import sampling_identity
-from ..encoders.base import FrameEncoder
-from ..store import check_appendable
+from ..encoders.base import FrameEncoder, check_device
 from ..store.sources import Source
 from .job import ExtractionJob, Outcome, build_provenance
 from .targets import ExtractionJobs, UnionTask, decode_views
-from .workers import DecodePool, Done, Frames, Window
+from .workers import DecodePool, Done, Frames, Window, start_decoder_server
 
 if TYPE_CHECKING:
     import torch
@@ -236,14 +234,14 @@ def extract_locally(
     encoders: Sequence[FrameEncoder] | None,
     jobs: Callable[[list[dict[str, Any]]], ExtractionJobs],
 ) -> ExtractionJobs:
-    """The local engine of ``extract``: build the encoders (unless given), then run ``jobs(provenances)``."""
-    from ..encoders import canonical_spec, create_encoders, group_outputs
+    """The local engine of ``extract``: build the encoders (unless given), then run ``jobs(provenances)``.
+    The decoder workers' server starts before the build, so its imports run meanwhile on another core."""
+    from ..encoders import create_encoders, group_outputs
 
     if encoders is None:
-        # what can be refused without the models is refused before building them (torch costs seconds)
-        for path, spec in zip(paths, cfg.encoders):
-            identity = {"encoder": canonical_spec(spec), "sampling": sampling_identity(cfg.sampling)}
-            check_appendable(path, {**identity, "dtype": cfg.store.dtype})
+        check_device(cfg.extract.device, "extract.device")  # without torch where there is no NVIDIA driver
+        if cfg.extract.num_workers != 0:
+            start_decoder_server()
         encoders = create_encoders(cfg.encoders, device=cfg.extract.device, precision=cfg.extract.precision)
     groups, where = group_outputs(list(encoders))  # one forward per model, whatever number of outputs it feeds
     device_type = str(getattr(groups[0], "device", "cpu")).split(":")[0]

@@ -208,6 +208,16 @@ def _context():
     return mp.get_context("spawn")
 
 
+def start_decoder_server() -> None:
+    """Start now, without waiting, the process decoder workers are forked from (it imports av and numpy, a
+    second or so): ``extract`` calls this before it builds its model, so that runs meanwhile on another core
+    and the first worker starts at once."""
+    if _context().get_start_method() == "forkserver":
+        from multiprocessing import forkserver
+
+        forkserver.ensure_running()
+
+
 def _death(proc) -> str:
     code = proc.exitcode
     if code is not None and code < 0:

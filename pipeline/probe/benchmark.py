@@ -25,9 +25,10 @@ from typing import Any
 
 from ..config import build, check_known, read_yaml_mapping, rule
 from ..data.splits import SplitsFrom, SplitSpec
-from ..errors import ConfigError, VidprobeError
+from ..errors import ConfigError, StoreBusyError, StoreError, VidprobeError
 from ..store import PROVENANCE_FILE, open_store
 from ..store.layout import check_writable, write_error
+from ..store.lock import live_holders
 from ..versions import versions
 from .compare import COMPARE_KEY, mark_ties
 from .heads.registry import head_kind
@@ -189,6 +190,26 @@ def expand_stores(entries: list[StoreEntry]) -> list[StoreEntry]:
     return out
 
 
+def check_stores(entries: list[StoreEntry]) -> None:
+    """Every store is there, is a store and is not being written, before the first fit: one error naming each
+    that is not (StoreBusyError where all of them are only busy: retrying later can succeed)."""
+    problems: list[VidprobeError] = []
+    for entry in entries:
+        try:
+            open_store(entry.path)
+            holders = live_holders(entry.path) if Path(entry.path).is_dir() else []
+        except VidprobeError as exc:
+            problems.append(exc)
+            continue
+        if holders:
+            who = "; ".join(h.describe() for h in holders)
+            problems.append(StoreBusyError(f"{entry.path}: being written now ({who}); benchmark it once that ends"))
+    if problems:
+        busy = all(isinstance(p, StoreBusyError) for p in problems)
+        named = f"{len(problems)} stores cannot be benchmarked: " if len(problems) > 1 else ""
+        raise (StoreBusyError if busy else StoreError)(named + "; ".join(map(str, problems)))
+
+
 def _encoder_name(spec: str) -> str:
     """A readable encoder name: file paths inside a spec shortened to their file names."""
     return re.sub(r"(?:[^:@#]*/)+([^:@#/]+)", r"\1", spec)
@@ -280,12 +301,13 @@ def run_benchmark(
         from ..encoders.base import resolve_device
 
         resolve_device(device)  # a device that is not there fails here, not once per fit
+    cfg = dataclasses.replace(cfg, stores=expand_stores(cfg.stores))
+    check_stores(cfg.stores)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise write_error(out, "create the results folder", exc) from None
     t_start = time.perf_counter()
-    cfg = dataclasses.replace(cfg, stores=expand_stores(cfg.stores))
     grids = len(head_grid(cfg.poolings, cfg.heads)), len(head_grid(cfg.fewshot_poolings, cfg.fewshot_heads))
     n_fits = len(cfg.stores) * (grids[0] * cfg.repeats + grids[1] * len(cfg.fewshot_shots) * len(cfg.fewshot_seeds))
     resumed = f" (resuming: {len(log.done)} fits already done)" if log.done else ""

@@ -237,6 +237,22 @@ class WriterLock:
             return f"shard {theirs[0]} of {theirs[1]} is already being written"
         return None
 
+    def _refuse_busy(self, holders: list[Holder]) -> None:
+        """StoreBusyError naming the first live holder that stops this lock."""
+        for other in holders:
+            why = self.conflict(other)
+            if why:
+                raise StoreBusyError(
+                    f"{self.store_path}: {why} ({other.describe()}); wait for it to finish, or run declared shards "
+                    "of one job with --shard-id/--num-shards. If that process is certainly gone, delete "
+                    f"{self.path.parent / (other.scope + '.lock')}"
+                )
+
+    def check_free(self) -> None:
+        """Refuse now, taking nothing, what ``acquire`` would refuse as busy: a job checks this before it
+        builds its model (seconds), and takes the lock itself later."""
+        self._refuse_busy(live_holders(self.store_path))
+
     def acquire(self) -> WriterLock:
         if self.held:
             raise StoreError(f"{self.path}: this lock object is already held")
@@ -249,14 +265,7 @@ class WriterLock:
                 f"{self.store_path}: cannot write its lock folder ({exc.strerror or exc}); is the store read-only?"
             ) from None
         with _MUTEX, _guard(lock_dir):
-            for other in _live_holders(self.store_path, remove_stale=True):
-                why = self.conflict(other)
-                if why:
-                    raise StoreBusyError(
-                        f"{self.store_path}: {why} ({other.describe()}); wait for it to finish, or run declared shards "
-                        "of one job with --shard-id/--num-shards. If that process is certainly gone, delete "
-                        f"{lock_dir / (other.scope + '.lock')}"
-                    )
+            self._refuse_busy(_live_holders(self.store_path, remove_stale=True))
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
             except FileExistsError:
