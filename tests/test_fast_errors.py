@@ -2,7 +2,7 @@
 and is answered in well under a second (the README's promise; issue 26).
 
 All the mistakes run in ONE fresh interpreter, one after another through ``pipeline.cli.main``; after each,
-the wrapper records the exit code, what reached stderr, its wall time, and whether torch (or timm/open_clip)
+the wrapper records the exit code, what reached stderr, its CPU and wall time, and whether torch (or timm/open_clip)
 has been imported by then, so the first command that imports too early is named. The interpreter runs with
 the Hugging Face hub offline and an empty hub cache, as on a machine without network. Outputs that cannot be
 written are refused under /proc and again on a real read-only filesystem (a tmpfs mounted read-only in a user
@@ -40,17 +40,20 @@ import time
 out = []
 for argv in json.loads(sys.argv[1]):
     err = io.StringIO()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
         try:
             rc = main(argv)
         except SystemExit as exc:  # argparse usage errors
             rc = exc.code
-    wall = time.perf_counter() - start
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     heavy = [m for m in ("torch", "timm", "open_clip") if m in sys.modules]
-    out.append([argv, rc, err.getvalue().strip().splitlines(), heavy, wall])
+    out.append([argv, rc, err.getvalue().strip().splitlines(), heavy, wall, cpu])
 print(json.dumps(out))
 """
+# The bound holds for the command's own CPU time; its wall time may stretch this much more while other work shares
+# the two cores (a full suite next to other jobs measured 1.15 s wall for a 0.23 s answer).
+LOADED = 3
 HUB_TAG = "openclip:ViT-B-32@laion2b_s34b_b79k"  # pretrained weights only the hub has
 
 
@@ -109,7 +112,7 @@ def _unwritable(s: dict[str, Path], out: str) -> list[tuple[list[str], int, str]
 def _run_cli(cases: list, base: Path, prefix: Sequence[str] = (), **env: str) -> list:
     """Run the argv of each case through ``main`` in one fresh interpreter (``WRAPPER``; ``prefix``: a command it
     runs under): the hub offline, its cache empty (``env`` adds to that); returns [argv, rc, stderr lines, heavy
-    modules, wall s] per case."""
+    modules, wall s, CPU s] per case."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(base / "hub-cache"), **env}
     proc = subprocess.run(
         [*prefix, sys.executable, "-c", WRAPPER, json.dumps([argv for argv, *_ in cases])],
@@ -125,12 +128,12 @@ def _run_cli(cases: list, base: Path, prefix: Sequence[str] = (), **env: str) ->
 
 def _check(cases: list, results: list, limit_s: float = 1.0, torch: bool = False) -> None:
     """Each refusal: its exit code, one line naming the cause, no traceback, no torch (unless ``torch``: then
-    torch only), within ``limit_s``."""
-    for (argv, code, needle), (_, rc, err, heavy, wall) in zip(cases, results, strict=True):
+    torch only), within ``limit_s`` of CPU time (``LOADED`` times that of wall time)."""
+    for (argv, code, needle), (_, rc, err, heavy, wall, cpu) in zip(cases, results, strict=True):
         assert heavy == (["torch"] if torch else []), f"{argv}: imported {heavy} before failing ({err})"
         assert rc == code, (argv, rc, err)
         assert len(err) == 1 and needle in err[0] and "Traceback" not in err[0], (argv, err)
-        assert wall < limit_s, f"{argv}: answered in {wall:.2f} s ({err})"
+        assert cpu < limit_s and wall < LOADED * limit_s, f"{argv}: answered in {wall:.2f} s, {cpu:.2f} s CPU ({err})"
 
 
 def _mistakes(s: dict[str, Path]) -> list[tuple[list[str], int, str]]:
@@ -234,7 +237,7 @@ def test_unreachable_hub_is_refused_at_once(setup) -> None:
     cases = [(["extract", str(setup["videos"]), "-o", out, "--encoder", HUB_TAG], 1, "local checkpoint")]
     results = _run_cli(cases, setup["base"], HF_HUB_OFFLINE="0", HF_ENDPOINT=f"http://127.0.0.1:{port}")
     _check(cases, results, limit_s=5.0)
-    assert f"127.0.0.1:{port}" in results[0][2][0]
+    assert f"127.0.0.1:{port}" in results[0][2][0] and results[0][4] < 5.0  # no waiting on the network
 
 
 def test_busy_store_is_refused_before_the_model_is_built(setup, tmp_path) -> None:
@@ -347,4 +350,4 @@ def test_outputs_on_a_read_only_filesystem_fail_in_one_line_before_any_work(setu
     cases = _unwritable(setup, str(ro))
     results = _run_cli(cases, setup["base"], mount)
     _check(cases, results)
-    assert all("(read-only filesystem" in err[0] for _, _, err, _, _ in results), results
+    assert all("(read-only filesystem" in err[0] for _, _, err, *_ in results), results

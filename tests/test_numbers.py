@@ -108,7 +108,7 @@ def test_confusion_plot_labels_a_class_without_test_clips(tmp_path: Path, monkey
         return real(self, ticks, labels_, **kw)
 
     monkeypatch.setattr(matplotlib.axes.Axes, "set_yticks", spy)
-    plot_confusion([[2, 0], [0, 0]], ["a", "b"], tmp_path / "cm.png")
+    plot_confusion([[0, 0, 2]], ["a", "b"], tmp_path / "cm.png")  # nonzero cells: a -> a twice
     assert labels == ["a", "b (no test clips)"]
 
 
