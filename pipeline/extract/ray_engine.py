@@ -111,15 +111,15 @@ def _decode_rows(
     that stopped them (then every store of the row records it)."""
     frames: list[list[np.ndarray]] = [[] for _ in views]
     stamps, errors, warnings, sources = [], [], [], []
-    for path, root, follow, start, end, mask in zip(
-        batch["path"], batch["root"], batch["follow_links"], batch["start"], batch["end"], batch["targets"]
-    ):
+    columns = ("path", "root", "follow_links", "url", "start", "end", "targets")
+    for path, root, follow, url, start, end, mask in zip(*(batch[c] for c in columns)):
         item = VideoItem(
             str(path),
             str(root),
             start=None if np.isnan(start) else float(start),
             end=None if np.isnan(end) else float(end),
             follow_links=bool(follow),
+            url=str(url),
         )
         need = tuple(sorted({view_of[t] for t in _targets(int(mask), len(view_of))}))
         try:
@@ -127,7 +127,7 @@ def _decode_rows(
             errors.append("")
             warnings.append("\n".join(warned))
         except Exception as exc:  # a decoder bug on one odd file must not end the job
-            msg = str(exc) if isinstance(exc, VidprobeError) else f"{item.abspath}: {type(exc).__name__}: {exc}"
+            msg = str(exc) if isinstance(exc, VidprobeError) else f"{item.shown}: {type(exc).__name__}: {exc}"
             got, ts, source = [None] * len(views), np.zeros(0, np.float64), None
             errors.append(msg)
             warnings.append("")
@@ -302,6 +302,7 @@ def _dataset(
             "path": u.item.path,
             "root": u.item.root,
             "follow_links": u.item.follow_links,
+            "url": u.item.url,  # a remote video's URL, secrets included: read by the decode task, never written
             "start": math.nan if u.item.start is None else float(u.item.start),
             "end": math.nan if u.item.end is None else float(u.item.end),
             "targets": sum(1 << t for t in u.targets),
@@ -362,7 +363,7 @@ def _deliver(ds, jobs: ExtractionJobs, todo: list[UnionTask]) -> None:
     for i, unit in enumerate(todo):
         if i not in seen:
             error = (
-                f"{unit.item.abspath}: no result from the Ray pipeline (its "
+                f"{unit.item.shown}: no result from the Ray pipeline (its "
                 "worker died; see the Ray logs); retry with --retry-failed"
             )
             jobs.deliver(unit, [Outcome(error=error, stage="worker")] * len(unit.targets))
