@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
+from ..config import ExtractConfig
 from ..errors import DecodeError, ManifestError
 
 __all__ = ["RemoteOptions", "is_url", "redact", "open_url", "remote_source", "list_urls"]
@@ -43,6 +44,11 @@ class RemoteOptions:
     timeout: float = 30.0  # seconds a connection or a read may wait for the server
     block_size: int = 1 << 18  # bytes fetched per request: the read-ahead
     backoff: float = 0.25  # seconds before the first retry, doubled at each
+
+    @classmethod
+    def of(cls, extract: ExtractConfig) -> RemoteOptions:
+        """The options the ``extract.remote_*`` settings ask for."""
+        return cls(extract.remote_retries, extract.remote_timeout, extract.remote_block_size)
 
 
 def is_url(text: str) -> bool:

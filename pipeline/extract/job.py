@@ -268,7 +268,7 @@ class ExtractionJob:
         self._stack: contextlib.ExitStack | None = None
 
     def __enter__(self) -> ExtractionJob:
-        cfg, shard, e = self.cfg, self.shard, self.cfg.extract
+        cfg, shard = self.cfg, self.shard
         self.store: FeatureStore = create_or_open(self.store_path, self.provenance)
         self.summary = ExtractSummary(
             store=str(self.store.path),
@@ -288,7 +288,7 @@ class ExtractionJob:
                 shard=shard,
                 retry_failed=self.retry_failed,
                 sources=self.sources,
-                remote=RemoteOptions(e.remote_retries, e.remote_timeout, e.remote_block_size),
+                remote=RemoteOptions.of(cfg.extract),
             )
             stack.enter_context(recorded_run(self.store, self.prefix, self.summary))
             stack.push(self._count_stored)  # runs after the writer's last flush, before the run record

@@ -32,6 +32,7 @@ import numpy as np
 
 from ..config import Config, SamplingConfig
 from ..data.manifest import VideoItem
+from ..data.remote import RemoteOptions
 from ..encoders import Preprocess
 from ..encoders.group import group_specs
 from ..errors import ConfigError, VidprobeError
@@ -105,7 +106,12 @@ def _objects(values: list) -> np.ndarray:
 
 
 def _decode_rows(
-    batch: dict[str, np.ndarray], sampling: SamplingConfig, views: list[Any], view_of: list[int], threads: int
+    batch: dict[str, np.ndarray],
+    sampling: SamplingConfig,
+    views: list[Any],
+    view_of: list[int],
+    threads: int,
+    remote: RemoteOptions | None = None,
 ) -> dict[str, np.ndarray]:
     """Decode stage (a CPU task): each row's sampled frames once per view its stores need, or the error
     that stopped them (then every store of the row records it)."""
@@ -123,7 +129,7 @@ def _decode_rows(
         )
         need = tuple(sorted({view_of[t] for t in _targets(int(mask), len(view_of))}))
         try:
-            got, ts, warned, source = load_views(item, sampling, views, need, threads)
+            got, ts, warned, source = load_views(item, sampling, views, need, threads, remote)
             errors.append("")
             warnings.append("\n".join(warned))
         except Exception as exc:  # a decoder bug on one odd file must not end the job
@@ -316,7 +322,14 @@ def _dataset(
         ds = ray.data.from_items(rows, override_num_blocks=blocks)
         threads = resolve_runtime(cfg.extract, "cpu").decode_threads or 1  # one FFmpeg thread per decode task
         ds = ds.map_batches(
-            partial(_decode_rows, sampling=cfg.sampling, views=views, view_of=view_of, threads=threads),
+            partial(
+                _decode_rows,
+                sampling=cfg.sampling,
+                views=views,
+                view_of=view_of,
+                threads=threads,
+                remote=RemoteOptions.of(cfg.extract),
+            ),
             batch_size=1,
             num_cpus=1,
             max_retries=DECODE_RETRIES,
