@@ -109,18 +109,23 @@ def _contained(path: Path, root: str | Path | None) -> Path:
     return real
 
 
-def _open(path: Path, root: str | Path | None = None) -> tuple[Any, BinaryIO, Source | None]:
-    """(container, the file it reads, that file's fingerprint): FFmpeg reads the file object opened here,
-    so the fingerprint is of the very file decoded, even if another is renamed over ``path`` meanwhile."""
+def _open(
+    path: Path, root: str | Path | None = None, opened: tuple[BinaryIO, Source | None] | None = None
+) -> tuple[Any, BinaryIO, Source | None]:
+    """(container, the file it reads, that file's fingerprint): FFmpeg reads the file object opened here
+    (or ``opened``: one a source opened, e.g. a WebDataset member), so the fingerprint is of the very file
+    decoded, even if another is renamed over ``path`` meanwhile."""
     import av
 
-    if not path.exists():
+    if opened is None and not path.exists():
         raise DecodeError(f"{path}: file not found")
-    real = _contained(path, root)
     file: BinaryIO | None = None
     try:
-        file = open(real, "rb")  # noqa: SIM115 - closed by VideoReader.close, after the container
-        source = opened_fingerprint(file)
+        if opened is None:
+            file = open(_contained(path, root), "rb")  # noqa: SIM115 - closed by VideoReader.close, after the container
+            source = opened_fingerprint(file)
+        else:
+            file, source = opened
         container = av.open(file, mode="r", metadata_errors="ignore")
     except PermissionError:
         _close(file)
@@ -165,10 +170,17 @@ class VideoReader:
     when decoding met the end of the stream before a wanted time (a file without any index).
     """
 
-    def __init__(self, path: str | Path, threads: int = 0, *, root: str | Path | None = None):
+    def __init__(
+        self,
+        path: str | Path,
+        threads: int = 0,
+        *,
+        root: str | Path | None = None,
+        opened: tuple[BinaryIO, Source | None] | None = None,
+    ):
         self.path = Path(path)
         # ``source``: the fingerprint of the file opened (``pipeline.store.sources``), carried to the store
-        self.container, self._file, self.source = _open(self.path, root)
+        self.container, self._file, self.source = _open(self.path, root, opened)
         self.stream = self.container.streams.video[0]
         self.threads = int(threads)
         self.tb = float(self.stream.time_base) if self.stream.time_base else 1e-6
