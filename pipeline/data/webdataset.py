@@ -31,13 +31,14 @@ __all__ = [
     "Listing",
     "list_samples",
     "split_member",
+    "shard_of_sample",
     "member_fingerprint",
     "open_member",
     "MemberView",
 ]
 
 WDS_VIDEO = ("mp4", "webm", "mkv", "avi", "mov", "m4v")
-LABEL_FROM = "auto"  # .cls, else .txt, else the "label" key of .json
+LABEL_FROM = "auto"  # .cls, else the "label" key of .json (video2dataset's .txt is a caption, not a class)
 _SAMPLE_BYTES = 1 << 16
 
 
@@ -73,6 +74,16 @@ def shard_table(shard: str | Path) -> dict[str, dict[str, Member]]:
             _tables.clear()
         _tables[ident] = table
     return table
+
+
+def shard_of_sample(path: str) -> str | None:
+    """The shard part of a sample's clip path (``a/00000.tar`` of ``a/00000.tar/00000003``), else None;
+    from the text alone (job sharding plans without touching files)."""
+    parts = PurePosixPath(path).parts
+    for i, part in enumerate(parts[:-1]):
+        if part.lower().endswith(".tar"):
+            return PurePosixPath(*parts[: i + 1]).as_posix()
+    return None
 
 
 def split_member(path: str | Path) -> tuple[Path, str] | None:
@@ -166,8 +177,8 @@ def is_shard_list(text: str) -> bool:
 
 def _label(f, members: dict[str, Member], label_from: str) -> str:
     """The sample's label from the member ``label_from`` names (``cls``, ``txt``, ``json:KEY``; ``auto``:
-    the first of those present); "" where it has none."""
-    order = ["cls", "txt", "json:label"] if label_from == "auto" else [label_from]
+    ``cls``, else ``json:label``); "" where it has none."""
+    order = ["cls", "json:label"] if label_from == "auto" else [label_from]
     for choice in order:
         ext, _, field = choice.partition(":")
         member = members.get(ext)
