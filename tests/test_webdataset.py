@@ -143,3 +143,29 @@ def test_a_shard_is_one_unit_of_work_for_job_sharding():
             by_shard.setdefault(key[0].rsplit("/", 1)[0], set()).add(shard_of(key, n))
         assert all(len(owners) == 1 for owners in by_shard.values())
         assert len(set().union(*by_shard.values())) > 1  # and the shards spread over the jobs
+
+
+@pytest.mark.slow
+def test_the_ray_engine_extracts_shards_like_the_local_engine(videos, tmp_path, effnet):
+    pytest.importorskip("ray")
+    import ray
+
+    from pipeline.extract.ray_engine import init_ray
+
+    write_shards(videos, tmp_path / "shards", corrupt="00000001")
+    spec = str(tmp_path / "shards" / "{00000..00001}.tar")
+    local = _run(spec, tmp_path / "local", effnet)
+    assert init_ray(num_cpus=2)
+    try:
+        cfg = load_config(None, list(OPTS))
+        (summary,) = extract(load_manifest(spec), tmp_path / "ray", cfg, engine="ray", progress=False)
+    finally:
+        ray.shutdown()
+    assert (summary.engine, summary.done, summary.failed) == ("ray", 5, 1) and (local.done, local.failed) == (5, 1)
+    want, got = _embeddings(tmp_path / "local"), _embeddings(tmp_path / "ray")
+    assert sorted(got) == sorted(want)
+    for key, (emb, stamps, label) in got.items():
+        np.testing.assert_array_equal(stamps, want[key][1])
+        np.testing.assert_allclose(emb, want[key][0], rtol=1e-4, atol=1e-4)  # batch packing differs, nothing else
+        assert label == want[key][2]
+    assert "00000.tar/00000001" in open_store(tmp_path / "ray").failures()[0]["error"]
