@@ -173,3 +173,30 @@ def test_a_frame_folder_with_an_unreadable_frame_is_a_failure_naming_it_and_the_
     assert summary.done == 3 and summary.failed == 1
     (failure,) = open_store(tmp_path / "store").failures()
     assert failure["path"] == "stripes_h/clip0" and "img_00001.png" in failure["error"]
+
+
+def test_a_folder_source_finds_frame_folders_and_a_manifest_may_name_them(sources, tmp_path, effnet):
+    root = tmp_path / "mixed"
+    for folder in sorted(sources["jpg"].glob("*/*")):
+        target = root / folder.parent.name / folder.name
+        target.mkdir(parents=True)
+        for f in folder.iterdir():
+            os.link(f, target / f.name)
+    (root / "stripes_h" / "cover.jpg").write_bytes(b"x")  # an image beside the videos of a class: not a video
+    (root / "stripes_v" / "nested" / "deeper").mkdir(parents=True)  # a folder with a folder: not a leaf
+    (root / "stripes_v" / "nested" / "a.png").write_bytes(b"x")
+    m = load_manifest(root)
+    assert [(it.path, it.label) for it in m.items] == [
+        ("stripes_h/clip0", "stripes_h"),
+        ("stripes_h/clip1", "stripes_h"),
+        ("stripes_v/clip0", "stripes_v"),
+        ("stripes_v/clip1", "stripes_v"),
+    ]
+    assert sorted(m.ignored) == ["stripes_h/cover.jpg", "stripes_v/nested/a.png"]
+
+    csv = root / "list.csv"
+    csv.write_text("path,label,split\nstripes_h/clip1,h,train\nstripes_v/clip0,v,test\n")
+    store = tmp_path / "store"
+    (summary,) = extract(load_manifest(csv), store, load_config(None, list(OPTS)), encoders=[effnet], progress=False)
+    assert summary.done == 2 and summary.failed == 0
+    assert sorted(open_store(store).keys()) == [("stripes_h/clip1", -1.0, -1.0), ("stripes_v/clip0", -1.0, -1.0)]
