@@ -318,6 +318,12 @@ class ExtractConfig:
     decode_timeout: float = field(default=120.0, metadata=rule(gt=0, note="seconds"))
     # decoded frames buffered ahead of the encoder (0 = 4 batches)
     prefetch_frames: int = field(default=0, metadata=rule(min=0, note="(0 = 4 batches)"))
+    # a video at a URL: further tries of a read that failed transiently (timeout, reset, truncated, 5xx)
+    remote_retries: int = field(default=3, metadata=rule(min=0, max=10))
+    # seconds a connection or read of a URL may wait for the server before it counts as failed
+    remote_timeout: float = field(default=30.0, metadata=rule(gt=0, note="seconds"))
+    # bytes fetched per ranged request at least: the read-ahead of a URL's decoder
+    remote_block_size: int = field(default=1 << 18, metadata=rule(min=4096, max=1 << 30, note="bytes"))
 
     def validate(self) -> ExtractConfig:
         check_settings(self, "extract.")

@@ -24,6 +24,7 @@ from pathlib import Path, PurePosixPath
 from ..errors import ManifestError, check_choice
 from .frames import IMAGE_EXTENSIONS, is_frame_folder
 from .keys import Key, clip_key
+from .remote import is_url, list_urls, redact
 from .webdataset import list_samples
 
 VIDEO_EXTENSIONS = frozenset(
@@ -63,16 +64,27 @@ class VideoItem:
     start: float | None = None  # seconds; None = from the beginning
     end: float | None = None  # seconds; None = to the end
     follow_links: bool = False  # a source the user chose (folder, glob, video): links lead anywhere
+    url: str = ""  # a remote video: the URL to fetch, secrets included (``path`` is it redacted); never written
 
     @property
     def abspath(self) -> Path:
         return Path(self.root) / self.path
 
     @property
+    def location(self) -> str:
+        """What the decoder opens: the URL, or the absolute path."""
+        return self.url or str(self.abspath)
+
+    @property
+    def shown(self) -> str:
+        """How messages name the video: the redacted URL, or the absolute path."""
+        return self.path if self.url else str(self.abspath)
+
+    @property
     def confine(self) -> str | None:
         """The folder the file must still resolve inside when it is opened (a manifest row: its root);
-        None where links are followed (a folder, glob or video the user named)."""
-        return None if self.follow_links else self.root
+        None where links are followed (a folder, glob or video the user named) and for a URL."""
+        return None if self.follow_links or self.url else self.root
 
     @property
     def key(self) -> Key:
@@ -150,7 +162,8 @@ def _item_from_row(root: Path, row: dict, where: str) -> VideoItem:
     path = str(row.get("path") or "").strip()
     if not path:
         raise ManifestError(f"{where}: missing 'path'")
-    rel = safe_relpath(root, path)
+    url = path if is_url(path) else ""
+    rel = redact(path) if url else safe_relpath(root, path)
     split = str(row.get("split") or "").strip().lower()
     if split not in SPLITS:
         raise ManifestError(f"{where}: split={split!r}; allowed: train, val, test or empty")
@@ -159,13 +172,15 @@ def _item_from_row(root: Path, row: dict, where: str) -> VideoItem:
     if start is not None and end is not None and end <= start:
         raise ManifestError(f"{where}: end ({end}) must be after start ({start})")
     label = row.get("label")
-    return VideoItem(rel, str(root), "" if label is None else str(label).strip(), split, start, end)
+    return VideoItem(rel, str(root), "" if label is None else str(label).strip(), split, start, end, url=url)
 
 
 def _row_path(root: Path, row: dict, where: str) -> str:
     """What a bad row's failure is filed under: the path it names, as a clip of it is stored (so storing the
     video once the row is fixed closes the failure); else the row itself (``file:line``)."""
     path = str(row.get("path") or "").strip()
+    if is_url(path):
+        return redact(path)
     try:
         return safe_relpath(root, path)
     except ManifestError:
@@ -354,6 +369,15 @@ def read_glob(pattern: str) -> Manifest:
             except ManifestError as exc:
                 manifest.problems.append(Problem(str(p), str(exc)))
     return manifest
+
+
+def read_urls(text: str) -> Manifest:
+    """A video at a URL, or those a URL glob matches (``s3://bucket/videos/*.mp4``): unlabeled, each keyed by
+    its URL redacted of secrets (``data.remote``)."""
+    urls = list_urls(text) if glob.has_magic(text.partition("?")[0]) else [text]
+    if not urls:
+        raise ManifestError(f"{redact(text)}: the pattern matches no objects")
+    return Manifest(Path.cwd(), [VideoItem(redact(u), "", follow_links=True, url=u) for u in urls])
 
 
 # -- official dataset splits ---------------------------------------------------------------------
@@ -575,7 +599,13 @@ def load_manifest(
     check_choice(format, FORMATS, "format", ManifestError)
     text = str(source)
     if format == "webdataset" or (format == "auto" and text.lower().endswith(".tar")):
+        if is_url(text):
+            raise ManifestError(
+                f"{redact(text)}: WebDataset shards at URLs are not read yet; copy them to a local folder"
+            )
         return read_webdataset(text, label_from)
+    if is_url(text):
+        return read_urls(text)
     p = Path(text)
     r = Path(root) if root else None
     kind = _detect(p) if format == "auto" and p.exists() else format

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..config import SamplingConfig
 from ..data.manifest import VideoItem
+from ..data.remote import RemoteOptions
 from ..encoders.base import FrameEncoder
 from ..errors import DecodeError
 from ..store.sources import Source
@@ -63,10 +64,16 @@ class Views(NamedTuple):
 
 
 def load_views(
-    item: VideoItem, sampling: SamplingConfig, views: list, need: tuple[int, ...] | None = None, threads: int = 0
+    item: VideoItem,
+    sampling: SamplingConfig,
+    views: list,
+    need: tuple[int, ...] | None = None,
+    threads: int = 0,
+    remote: RemoteOptions | None = None,
 ) -> Views:
-    """One decode of a single-clip item, resized once per preprocessing in ``views`` that ``need`` names."""
-    task = ClipTask(0, str(item.abspath), item.start, item.end, root=item.confine, views=need)
+    """One decode of a single-clip item, resized once per preprocessing in ``views`` that ``need`` names
+    (``remote``: how a URL is read)."""
+    task = ClipTask(0, item.location, item.start, item.end, root=item.confine, views=need, remote=remote)
     frames, stamps, done = _decode_whole(task, sampling, list(views), threads)
     idx = np.concatenate([i for _, _, i in done.clips]) if done.clips else np.arange(len(stamps))
     return Views([None if f is None else f[idx] for f in frames], stamps[idx], done.warnings, done.source)
@@ -155,7 +162,7 @@ class VideoDecoder:
 
 def _task(index: int, video: Any) -> ClipTask:
     if isinstance(video, VideoItem):
-        return ClipTask(index, str(video.abspath), video.start, video.end, root=video.confine)
+        return ClipTask(index, video.location, video.start, video.end, root=video.confine)
     path, start, end = (video, None, None) if isinstance(video, (str, Path)) else video
     return ClipTask(index, str(Path(path).absolute()), start, end)
 

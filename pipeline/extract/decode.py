@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
+from ..data.remote import RemoteOptions, is_url, open_url, redact
 from ..errors import DecodeError
 from ..store.sources import Source, opened_fingerprint
 
@@ -109,39 +110,56 @@ def _contained(path: Path, root: str | Path | None) -> Path:
     return real
 
 
+def _open_file(path: str | Path, root: str | Path | None, remote: RemoteOptions | None) -> tuple[Any, Source | None]:
+    """(the file object FFmpeg will read, its fingerprint): a local file, or a URL read in byte ranges
+    with a bounded read-ahead (``data.remote``)."""
+    if is_url(str(path)):
+        return open_url(str(path), remote)
+    path = Path(path)
+    if not path.exists():
+        raise DecodeError(f"{path}: file not found")
+    file = open(_contained(path, root), "rb")  # noqa: SIM115 - closed by VideoReader.close, after the container
+    try:
+        return file, opened_fingerprint(file)
+    except OSError:
+        file.close()
+        raise
+
+
 def _open(
-    path: Path, root: str | Path | None = None, opened: tuple[BinaryIO, Source | None] | None = None
+    path: str | Path,
+    root: str | Path | None = None,
+    remote: RemoteOptions | None = None,
+    opened: tuple[BinaryIO, Source | None] | None = None,
 ) -> tuple[Any, BinaryIO, Source | None]:
     """(container, the file it reads, that file's fingerprint): FFmpeg reads the file object opened here
     (or ``opened``: one a source opened, e.g. a WebDataset member), so the fingerprint is of the very file
     decoded, even if another is renamed over ``path`` meanwhile."""
     import av
 
-    if opened is None and not path.exists():
-        raise DecodeError(f"{path}: file not found")
     file: BinaryIO | None = None
+    shown = redact(str(path))  # a URL's secrets stay out of every message
     try:
-        if opened is None:
-            file = open(_contained(path, root), "rb")  # noqa: SIM115 - closed by VideoReader.close, after the container
-            source = opened_fingerprint(file)
-        else:
-            file, source = opened
+        file, source = opened if opened is not None else _open_file(path, root, remote)
         container = av.open(file, mode="r", metadata_errors="ignore")
+    except DecodeError:
+        _close(file)
+        raise
     except PermissionError:
         _close(file)
-        raise DecodeError(f"{path}: permission denied") from None
+        raise DecodeError(f"{shown}: permission denied") from None
     except (av.error.FFmpegError, OSError, ValueError) as exc:
         _close(file)
-        raise DecodeError(f"{path}: cannot open as a video ({_reason(exc)})") from None
+        raise DecodeError(f"{shown}: cannot open as a video ({_reason(exc)})") from None
     if not container.streams.video:
         container.close()
         file.close()
-        raise DecodeError(f"{path}: no video stream (audio-only or not a video file)")
+        raise DecodeError(f"{shown}: no video stream (audio-only or not a video file)")
     kind = container.format.name
     if kind == "image2" or kind.endswith("_pipe"):  # FFmpeg reads a PNG or JPEG (whatever its name) as 1 frame
         container.close()
         file.close()
-        raise DecodeError(f"{path}: a still image ({kind.removesuffix('_pipe')}), not a video")
+        raise DecodeError(f"{shown}: a still image ({kind.removesuffix('_pipe')}), not a video")
     return container, file, source
 
 
@@ -176,11 +194,13 @@ class VideoReader:
         threads: int = 0,
         *,
         root: str | Path | None = None,
+        remote: RemoteOptions | None = None,
         opened: tuple[BinaryIO, Source | None] | None = None,
     ):
-        self.path = Path(path)
+        # how messages name it: a URL (``remote``: how it is read) redacted of its secrets
+        self.path: str | Path = redact(str(path)) if is_url(str(path)) else Path(path)
         # ``source``: the fingerprint of the file opened (``pipeline.store.sources``), carried to the store
-        self.container, self._file, self.source = _open(self.path, root, opened)
+        self.container, self._file, self.source = _open(path, root, remote, opened)
         self.stream = self.container.streams.video[0]
         self.threads = int(threads)
         self.tb = float(self.stream.time_base) if self.stream.time_base else 1e-6

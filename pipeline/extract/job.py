@@ -29,6 +29,7 @@ import numpy as np
 from ..config import Config, SamplingConfig
 from ..data.keys import clip_key
 from ..data.manifest import Manifest, Problem, VideoItem
+from ..data.remote import RemoteOptions, redact
 from ..data.sampling import sampling_identity
 from ..encoders.base import FrameEncoder
 from ..errors import StoreError
@@ -105,6 +106,7 @@ def plan_tasks(
     shard: JobShard | None = None,
     retry_failed: bool = False,
     sources: dict[str, Source | None] | None = None,
+    remote: RemoteOptions | None = None,
 ) -> tuple[list[tuple[VideoItem, ClipTask]], list[Problem]]:
     """(item, task) pairs still to do and manifest problems to record; counts go into ``summary``.
     Only what ``shard`` owns (everything when None). Single-clip strategies skip an item whose key is
@@ -136,7 +138,7 @@ def plan_tasks(
             summary.skipped += 1
             continue
         was = recorded.get(item.path)
-        now = fingerprint(item.abspath, was, complete=False)
+        now = fingerprint(item.location, was, complete=False)
         renewed = was is not None and now is not None and not same_file(now, was)  # the path holds another file
         if not renewed and ((key in failed_before) != retry_failed or (not sampling.windowed and key in stored)):
             summary.skipped += 1
@@ -153,7 +155,7 @@ def plan_tasks(
             lo = -np.inf if item.start is None else item.start - 1e-6
             hi = np.inf if item.end is None else item.end + 1e-6
             skip = frozenset(w for w in windows[item.path] if w[0] >= lo and w[1] <= hi)
-        todo.append((item, ClipTask(len(todo), str(item.abspath), item.start, item.end, skip, item.confine)))
+        todo.append((item, ClipTask(len(todo), item.location, item.start, item.end, skip, item.confine, remote=remote)))
     known = {f["path"] for f in store.failures() if f["stage"] == "manifest"}
     problems = [
         p
@@ -226,7 +228,8 @@ def changed_since(path: str | Path, decoded: Source | None) -> str:
         return ""
     why = "it is gone" if now is None else "another file is at its path"
     return (
-        f"{path}: changed during extraction ({why}: the file was replaced or rewritten while it was decoded); "
+        f"{redact(str(path))}: changed during extraction ({why}: the file was replaced or rewritten while it was "
+        "decoded); "
         "its clips were not stored; extract again to store the new file's"
     )
 
@@ -285,6 +288,7 @@ class ExtractionJob:
                 shard=shard,
                 retry_failed=self.retry_failed,
                 sources=self.sources,
+                remote=RemoteOptions.of(cfg.extract),
             )
             stack.enter_context(recorded_run(self.store, self.prefix, self.summary))
             stack.push(self._count_stored)  # runs after the writer's last flush, before the run record
@@ -341,9 +345,9 @@ class ExtractionJob:
         decoded any more (``changed_since``): its clips are never stored under another file's fingerprint."""
         error, stage = outcome.error, outcome.stage
         if not error and not all(np.isfinite(emb).all() for _, _, emb, _ in outcome.clips):
-            error, stage = f"{item.abspath}: the encoder returned NaN or Inf embeddings; not stored", "encode"
+            error, stage = f"{item.shown}: the encoder returned NaN or Inf embeddings; not stored", "encode"
         if not error and outcome.clips:
-            error, stage = changed_since(item.abspath, outcome.source), "changed"
+            error, stage = changed_since(item.location, outcome.source), "changed"
         self.summary.skipped += outcome.skipped
         if error:  # recorded with the decoded file's fingerprint: a re-run sees the path changed and redoes it
             self.add_failure(item.path, item.start, item.end, stage, error, outcome.source)

@@ -180,7 +180,7 @@ class _Batcher:
         pos = 0
         for state, take in owners:
             if outs is None:
-                state.failed.setdefault(g, f"{state.unit.item.abspath}: {error}")  # once per task
+                state.failed.setdefault(g, f"{state.unit.item.shown}: {error}")  # once per task
             else:
                 state.emb[g].append([o[pos : pos + take] for o in outs])
                 state.encoded[g] += take

@@ -32,6 +32,7 @@ import numpy as np
 
 from ..config import Config, SamplingConfig
 from ..data.manifest import VideoItem
+from ..data.remote import RemoteOptions
 from ..encoders import Preprocess
 from ..encoders.group import group_specs
 from ..errors import ConfigError, VidprobeError
@@ -105,29 +106,34 @@ def _objects(values: list) -> np.ndarray:
 
 
 def _decode_rows(
-    batch: dict[str, np.ndarray], sampling: SamplingConfig, views: list[Any], view_of: list[int], threads: int
+    batch: dict[str, np.ndarray],
+    sampling: SamplingConfig,
+    views: list[Any],
+    view_of: list[int],
+    threads: int,
+    remote: RemoteOptions | None = None,
 ) -> dict[str, np.ndarray]:
     """Decode stage (a CPU task): each row's sampled frames once per view its stores need, or the error
     that stopped them (then every store of the row records it)."""
     frames: list[list[np.ndarray]] = [[] for _ in views]
     stamps, errors, warnings, sources = [], [], [], []
-    for path, root, follow, start, end, mask in zip(
-        batch["path"], batch["root"], batch["follow_links"], batch["start"], batch["end"], batch["targets"]
-    ):
+    columns = ("path", "root", "follow_links", "url", "start", "end", "targets")
+    for path, root, follow, url, start, end, mask in zip(*(batch[c] for c in columns)):
         item = VideoItem(
             str(path),
             str(root),
             start=None if np.isnan(start) else float(start),
             end=None if np.isnan(end) else float(end),
             follow_links=bool(follow),
+            url=str(url),
         )
         need = tuple(sorted({view_of[t] for t in _targets(int(mask), len(view_of))}))
         try:
-            got, ts, warned, source = load_views(item, sampling, views, need, threads)
+            got, ts, warned, source = load_views(item, sampling, views, need, threads, remote)
             errors.append("")
             warnings.append("\n".join(warned))
         except Exception as exc:  # a decoder bug on one odd file must not end the job
-            msg = str(exc) if isinstance(exc, VidprobeError) else f"{item.abspath}: {type(exc).__name__}: {exc}"
+            msg = str(exc) if isinstance(exc, VidprobeError) else f"{item.shown}: {type(exc).__name__}: {exc}"
             got, ts, source = [None] * len(views), np.zeros(0, np.float64), None
             errors.append(msg)
             warnings.append("")
@@ -302,6 +308,7 @@ def _dataset(
             "path": u.item.path,
             "root": u.item.root,
             "follow_links": u.item.follow_links,
+            "url": u.item.url,  # a remote video's URL, secrets included: read by the decode task, never written
             "start": math.nan if u.item.start is None else float(u.item.start),
             "end": math.nan if u.item.end is None else float(u.item.end),
             "targets": sum(1 << t for t in u.targets),
@@ -315,7 +322,14 @@ def _dataset(
         ds = ray.data.from_items(rows, override_num_blocks=blocks)
         threads = resolve_runtime(cfg.extract, "cpu").decode_threads or 1  # one FFmpeg thread per decode task
         ds = ds.map_batches(
-            partial(_decode_rows, sampling=cfg.sampling, views=views, view_of=view_of, threads=threads),
+            partial(
+                _decode_rows,
+                sampling=cfg.sampling,
+                views=views,
+                view_of=view_of,
+                threads=threads,
+                remote=RemoteOptions.of(cfg.extract),
+            ),
             batch_size=1,
             num_cpus=1,
             max_retries=DECODE_RETRIES,
@@ -362,7 +376,7 @@ def _deliver(ds, jobs: ExtractionJobs, todo: list[UnionTask]) -> None:
     for i, unit in enumerate(todo):
         if i not in seen:
             error = (
-                f"{unit.item.abspath}: no result from the Ray pipeline (its "
+                f"{unit.item.shown}: no result from the Ray pipeline (its "
                 "worker died; see the Ray logs); retry with --retry-failed"
             )
             jobs.deliver(unit, [Outcome(error=error, stage="worker")] * len(unit.targets))

@@ -2,9 +2,10 @@
 
 ``open_reader`` is the one dispatch: a folder is a frame folder (``FrameFolderReader``), a path inside a
 ``.tar`` shard a WebDataset sample (a ``VideoReader`` over a seekable view of the member, nothing
-unpacked), anything else a video file. Every reader has ``VideoReader``'s reading surface (``info``,
-``source``, ``warnings``, ``ended_at``, ``frame_times``, ``keyframe_times``, ``iter_frames``), so the
-workers and the sampling functions never ask which one they hold.
+unpacked), anything else a video file (local, or at a URL: ``data.remote``). Every reader has
+``VideoReader``'s reading surface (``info``, ``source``, ``warnings``, ``ended_at``, ``frame_times``,
+``keyframe_times``, ``iter_frames``), so the workers and the sampling functions never ask which one they
+hold.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any, BinaryIO, cast
 import numpy as np
 
 from ..data.frames import folder_fingerprint, frame_files
+from ..data.remote import RemoteOptions, is_url
 from ..data.webdataset import open_member, split_member
 from ..errors import DecodeError, ManifestError
 from .decode import _TOL, DecodeStats, FrameChunk, FrameSize, FrameView, VideoInfo, VideoReader, _contained, _reason
@@ -25,9 +27,16 @@ __all__ = ["open_reader", "FrameFolderReader"]
 
 
 def open_reader(
-    path: str | Path, *, threads: int = 0, root: str | Path | None = None, frame_rate: float = 25.0
+    path: str | Path,
+    *,
+    threads: int = 0,
+    root: str | Path | None = None,
+    frame_rate: float = 25.0,
+    remote: RemoteOptions | None = None,
 ) -> VideoReader | FrameFolderReader:
-    """The reader of ``path``; ``frame_rate``: a frame folder's frames per second."""
+    """The reader of ``path``; ``frame_rate``: a frame folder's frames per second; ``remote``: how a URL is read."""
+    if is_url(str(path)):
+        return VideoReader(path, threads=threads, root=root, remote=remote)
     p = Path(path)
     if p.is_dir():
         return FrameFolderReader(p, frame_rate, root=root)

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from ..config import SamplingConfig
+from ..data.remote import RemoteOptions, redact
 from ..data.sampling import (
     clip_window,
     clip_windows,
@@ -97,6 +98,7 @@ class ClipTask:
     skip: frozenset = field(default_factory=frozenset)  # (start, end) windows already stored
     root: str | None = None  # the manifest root: the path is re-checked against it when the file is opened
     views: tuple[int, ...] | None = None  # which of the pool's preprocessings this task needs (None: all)
+    remote: RemoteOptions | None = None  # how a URL is read (``extract.remote_*``; None: the defaults)
 
 
 def _with_path(path: str, message: str) -> str:
@@ -114,7 +116,7 @@ def _shared_frames(task: ClipTask, clips: list, per_window: list, ended_at: floa
             where = "" if start is None and end is None else f" (window {start}..{end} s)"
             why = f"; the stream ended at {ended_at:.3f} s" if ended_at is not None else ""
             out.append(
-                f"{task.path}{where}: {asked - distinct} of {len(idx)} sampled times share a decoded frame "
+                f"{redact(task.path)}{where}: {asked - distinct} of {len(idx)} sampled times share a decoded frame "
                 f"with another (fewer frames than sampled{why}); stored as they are"
             )
     return out
@@ -137,7 +139,9 @@ def decode_task(
     wanted_views = [p for p in views if p is not None]
     source: Source | None = None
     try:
-        with open_reader(task.path, threads=threads, root=task.root, frame_rate=sampling.frame_rate) as reader:
+        with open_reader(
+            task.path, threads=threads, root=task.root, frame_rate=sampling.frame_rate, remote=task.remote
+        ) as reader:
             info, source = reader.info, reader.source
             keys: Sequence[tuple[float | None, float | None]]  # the clips' store keys
             if sampling.windowed:  # windows are the clips' keys; resume skips the stored ones
@@ -177,9 +181,9 @@ def decode_task(
             warnings = reader.warnings + _shared_frames(task, clips, per_window, reader.ended_at)
             yield Done(task.task, clips, skipped, warnings, source)
     except VidprobeError as exc:
-        yield Failed(task.task, _with_path(task.path, str(exc)), source)
+        yield Failed(task.task, _with_path(redact(task.path), str(exc)), source)
     except Exception as exc:  # a decoder bug on one odd file must not end the job
-        yield Failed(task.task, f"{task.path}: {type(exc).__name__}: {exc}", source)
+        yield Failed(task.task, f"{redact(task.path)}: {type(exc).__name__}: {exc}", source)
 
 
 def _worker_main(conn, sampling: SamplingConfig, preprocess: Any, threads: int, chunk: int) -> None:

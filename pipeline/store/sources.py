@@ -5,7 +5,8 @@ A fingerprint is ``(size, st_mtime_ns, crc)``: the crc32 of the file's first and
 Resuming stats every video (cheap) and reads the two samples only where the size matches but the
 modification time does not: a store moved with ``cp -r`` or ``rsync`` without ``-t`` is not extracted again,
 while a video re-encoded, re-downloaded or swapped for another is. Records written before fingerprints
-existed carry ``UNKNOWN_SOURCE`` and are never taken for replaced. See ``layout`` for the columns.
+existed carry ``UNKNOWN_SOURCE`` and are never taken for replaced. A URL's fingerprint is its size and
+ETag (``pipeline.data.remote.remote_source``). See ``layout`` for the columns.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import BinaryIO
 
 import numpy as np
 
+from ..data.remote import fingerprint_url, is_url
 from .layout import UNKNOWN_SOURCE
 
 __all__ = [
@@ -84,9 +86,12 @@ def fingerprint(path: str | Path, recorded: Source | None = None, *, complete: b
     matches, the modification time does not); with the same size and time the recorded crc stands.
     ``complete=False`` leaves the crc ``UNKNOWN_SOURCE`` wherever the comparison does not need it (planning
     a resume reads no file it need not; the crc is completed when the video's records are written).
+    A URL's fingerprint is its size and ETag (``pipeline.data.remote.remote_source``): one metadata request.
     A frame folder's is ``data.frames.folder_fingerprint``, a WebDataset sample's
     ``data.webdataset.member_fingerprint`` (both always complete).
     """
+    if is_url(str(path)):
+        return fingerprint_url(str(path))
     other = _other_source(path)
     if other is not None:
         return other()

@@ -1,0 +1,114 @@
+"""Real servers on localhost for remote-source tests and benchmarks: an HTTP server honouring Range
+requests that counts what it serves and injects failures per path, and moto's S3 server."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+
+class RangeServer:
+    """Serves the files under ``root`` at ``http://127.0.0.1:PORT/<relative path>``, with ETag, HEAD and
+    single-range GETs. ``requests``/``bytes`` count per path; ``fail[path]`` injects a failure:
+    ``404``, ``403``, ``reset`` (the connection closes halfway through a body), ``truncate`` (the body
+    ends short of its Content-Length), ``stall`` (the server says nothing for ``stall_s`` seconds)."""
+
+    def __init__(self, root: Path, stall_s: float = 30.0):
+        self.root, self.stall_s = Path(root), stall_s
+        self.requests: Counter[str] = Counter()
+        self.bytes: Counter[str] = Counter()
+        self.fail: dict[str, str] = {}
+        self.lock = threading.Lock()
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def url(self, rel: str | Path) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/{Path(rel).as_posix()}"
+
+    def __enter__(self) -> RangeServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def _handler(server: RangeServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args) -> None:  # quiet
+            pass
+
+        def do_HEAD(self) -> None:
+            self._serve(body=False)
+
+        def do_GET(self) -> None:
+            self._serve(body=True)
+
+        def _serve(self, body: bool) -> None:
+            rel = self.path.split("?")[0].lstrip("/")
+            with server.lock:
+                server.requests[rel] += 1
+            fault = server.fail.get(rel, "")
+            if fault == "stall":
+                time.sleep(server.stall_s)
+            if fault in ("404", "403"):
+                self.send_response(int(fault))
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            path = server.root / rel
+            if not path.is_file():
+                self.send_response(404)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            data = path.read_bytes()
+            st = os.stat(path)
+            start, end = 0, len(data) - 1
+            rng = self.headers.get("Range")
+            if rng and rng.startswith("bytes="):
+                a, _, b = rng[6:].partition("-")
+                start, end = int(a or 0), min(int(b) if b else len(data) - 1, len(data) - 1)
+                self.send_response(206)
+                self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
+            else:
+                self.send_response(200)
+            self.send_header("Content-Length", str(end - start + 1))
+            self.send_header("Accept-Ranges", "bytes")
+            self.send_header("ETag", f'"{st.st_size:x}-{st.st_mtime_ns:x}"')
+            self.send_header("Content-Type", "video/mp4")
+            self.end_headers()
+            if not body:
+                return
+            chunk = data[start : end + 1]
+            if fault in ("reset", "truncate") and self.command == "GET":
+                chunk = chunk[: len(chunk) // 2]
+            try:
+                self.wfile.write(chunk)
+            except (BrokenPipeError, ConnectionResetError):  # the client gave up (a timeout): nothing to do
+                return
+            with server.lock:
+                server.bytes[rel] += len(chunk)
+            if fault == "reset":
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            if fault in ("reset", "truncate"):
+                self.close_connection = True
+                self.wfile.flush()
+                self.connection.close()
+
+    return Handler
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

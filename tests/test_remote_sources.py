@@ -1,0 +1,188 @@
+"""Videos at URLs (issue 27): real servers on localhost -- an HTTP server honouring Range requests that
+counts what it serves and fails on demand, and moto's S3 server with a bucket the test fills."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from media import pattern_frames, write_video
+from servers import RangeServer, free_port
+
+from pipeline.cli import main
+from pipeline.config import load_config
+from pipeline.data.manifest import load_manifest
+from pipeline.data.remote import redact
+from pipeline.extract.entry import extract
+from pipeline.store import open_store
+
+SETTINGS = ["sampling.num_frames=3", "extract.batch_size=12", "extract.num_workers=0"]
+FAST_FAIL = ["extract.remote_retries=1", "extract.remote_timeout=1"]  # a stall fails in ~2 s, not 2 min
+ATOL = 1e-4  # the same frames, packed into encoder batches differently: float summation order only
+NAMES = [f"{label}/v{j}.mp4" for label in ("stripes_h", "stripes_v") for j in range(2)]
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory) -> Path:
+    """2 labels x 2 small H.264 videos under a folder (GOP of 12: a sampled frame needs one GOP)."""
+    root = tmp_path_factory.mktemp("remote_videos")
+    for rel in NAMES:
+        kind, seed = int("_v" in rel), int(rel[-5])
+        write_video(root / rel, pattern_frames(36, height=72, width=96, kind=kind, seed=seed), fps=12, gop=12)
+    return root
+
+
+@pytest.fixture
+def http(videos):
+    with RangeServer(videos, stall_s=4.0) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def s3(videos):
+    """moto's S3 server on a free port, found by botocore through AWS_ENDPOINT_URL, dummy credentials."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    import boto3
+
+    client = boto3.client("s3")
+    client.create_bucket(Bucket="videos")
+    for rel in NAMES:
+        client.upload_file(str(videos / rel), "videos", f"clips/{rel}")
+    yield client
+    server.stop()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def _csv(path: Path, rows: list[tuple[str, str]]) -> Path:
+    path.write_text("path,label\n" + "".join(f"{u},{label}\n" for u, label in rows))
+    return path
+
+
+def _by_name(store: Path) -> dict[str, np.ndarray]:
+    """Each stored clip's embeddings under its video's last two path parts (label/name)."""
+    t = open_store(store).table()
+    return {"/".join(k[0].split("/")[-2:]): t.frames(i) for i, k in enumerate(t.keys())}
+
+
+def _run(source, store: Path, effnet, *extra: str):
+    (summary,) = extract(source, store, load_config(None, [*SETTINGS, *extra]), encoders=[effnet], progress=False)
+    return summary
+
+
+def test_local_http_and_s3_sources_make_equal_stores(videos, http, s3, effnet, tmp_path):
+    local = _run(load_manifest(str(videos)), tmp_path / "local", effnet)
+    rows = [(http.url(rel), rel.split("/")[0]) for rel in NAMES]
+    over_http = _run(load_manifest(_csv(tmp_path / "urls.csv", rows)), tmp_path / "http", effnet)
+    over_s3 = _run(load_manifest("s3://videos/clips/*/*.mp4"), tmp_path / "s3", effnet)
+    assert local.done == over_http.done == over_s3.done == len(NAMES)
+    want = _by_name(tmp_path / "local")
+    for store in ("http", "s3"):
+        got = _by_name(tmp_path / store)
+        assert sorted(got) == sorted(want) == sorted(NAMES)
+        for name in NAMES:
+            np.testing.assert_allclose(got[name], want[name], atol=ATOL, rtol=1e-4, err_msg=f"{store}: {name}")
+    t = open_store(tmp_path / "http").table()
+    keys, s3_keys = t.keys(), open_store(tmp_path / "s3").table().keys()
+    assert sorted(k[0] for k in keys) == sorted(http.url(rel) for rel in NAMES)  # the clip key is the URL
+    assert sorted(t.label) == sorted(r[1] for r in rows)
+    assert {k[0] for k in s3_keys} == {f"s3://videos/clips/{n}" for n in NAMES}
+
+
+def test_sparse_sampling_fetches_ranges_not_whole_files(videos, http, effnet, tmp_path):
+    # small blocks so a 72x96 test video spans many: 1 frame of 36 needs its GOP, not the file
+    url = http.url(NAMES[0])
+    _run(load_manifest(url), tmp_path / "s", effnet, "sampling.num_frames=1", "extract.remote_block_size=4096")
+    size = (videos / NAMES[0]).stat().st_size
+    assert 0 < http.bytes[NAMES[0]] < 0.75 * size, (http.bytes, size)
+
+
+def test_network_failures_are_recorded_with_their_cause_and_the_job_goes_on(http, tmp_path, capsys):
+    faults = {NAMES[0]: "404", NAMES[1]: "reset", NAMES[2]: "stall"}
+    http.fail.update(faults)
+    http.fail["stripes_v/missing_too.mp4"] = "403"
+    rows = [(http.url(rel), "x") for rel in [*NAMES, "stripes_v/missing_too.mp4"]]
+    store = tmp_path / "store"
+    manifest = _csv(tmp_path / "m.csv", rows)
+    code = main(["extract", str(manifest), "-o", str(store), "--json", "--device", "cpu", *SETTINGS, *FAST_FAIL])
+    out = capsys.readouterr()
+    assert code == 3 and "Traceback" not in out.err + out.out  # 3: some videos failed, the rest stored
+    summary = json.loads(out.out)
+    assert summary["done"] == 1 and summary["failed"] == 4
+    errors = {f["path"]: f["error"] for f in open_store(store).failures()}
+    cause = {"404": "404", "403": "HTTP 403", "reset": "the body ended early", "stall": "timed out"}
+    for rel, fault in {**faults, "stripes_v/missing_too.mp4": "403"}.items():
+        assert errors[http.url(rel)].startswith(f"{http.url(rel)}: ") and cause[fault] in errors[http.url(rel)]
+    assert list(_by_name(store)) == [NAMES[3]]
+
+
+def test_a_truncated_object_is_a_recorded_failure(http, effnet, tmp_path):
+    http.fail[NAMES[1]] = "truncate"
+    rows = [(http.url(rel), "x") for rel in NAMES[:2]]
+    summary = _run(load_manifest(_csv(tmp_path / "m.csv", rows)), tmp_path / "s", effnet, *FAST_FAIL)
+    assert summary.done == 1 and summary.failed == 1
+    (failure,) = open_store(tmp_path / "s").failures()
+    assert failure["path"] == http.url(NAMES[1]) and "ended early" in failure["error"]
+    assert http.requests[NAMES[1]] >= 3  # retried (remote_retries=1) before it was recorded
+
+
+def test_a_stall_past_decode_timeout_is_a_recorded_failure(http, effnet, tmp_path):
+    """A server slower than ``decode_timeout`` (its reads within ``remote_timeout``): the worker is replaced."""
+    http.fail[NAMES[0]] = "stall"
+    rows = [(http.url(rel), "x") for rel in NAMES[:2]]
+    extra = ("extract.num_workers=1", "extract.decode_timeout=2", "extract.remote_timeout=30")
+    summary = _run(load_manifest(_csv(tmp_path / "m.csv", rows)), tmp_path / "s", effnet, *extra)
+    assert summary.done == 1 and summary.failed == 1
+    (failure,) = open_store(tmp_path / "s").failures()
+    assert failure["path"] == http.url(NAMES[0]) and "timeout" in failure["error"].lower()
+
+
+def test_resume_fetches_nothing_stored_and_a_replaced_object_is_extracted_again(videos, http, effnet, tmp_path):
+    rows = [(http.url(rel), rel.split("/")[0]) for rel in NAMES]
+    store = tmp_path / "store"
+    first = _run(load_manifest(_csv(tmp_path / "half.csv", rows[:2])), store, effnet)
+    assert first.done == 2
+    http.requests.clear()
+    http.bytes.clear()
+    again = _run(load_manifest(_csv(tmp_path / "all.csv", rows)), store, effnet)
+    assert again.done == 2 and again.skipped == 2
+    for rel in NAMES[:2]:  # stored: one HEAD for its fingerprint (size + ETag), not a byte of it
+        assert http.requests[rel] == 1 and http.bytes[rel] == 0, (rel, http.requests, http.bytes)
+    assert all(http.bytes[rel] > 0 for rel in NAMES[2:])
+    # the object at a URL replaced (new ETag): extracted again
+    write_video(videos / NAMES[0], pattern_frames(36, height=72, width=96, kind=1, seed=9), fps=12, gop=12)
+    third = _run(load_manifest(_csv(tmp_path / "all.csv", rows)), store, effnet)
+    assert third.done == 1 and third.changed == [http.url(NAMES[0])]
+
+
+def test_secrets_in_urls_are_never_stored_or_shown(http, effnet, tmp_path):
+    secret = "AKIA-SECRET-SIG"
+    url = http.url(NAMES[0]).replace("http://", "http://user:pw@") + f"?X-Amz-Signature={secret}&X-Amz-Expires=60"
+    http.fail[NAMES[1]] = "404"
+    bad = http.url(NAMES[1]) + f"?token={secret}"
+    summary = _run(load_manifest(_csv(tmp_path / "m.csv", [(url, "a"), (bad, "b")])), tmp_path / "s", effnet)
+    assert summary.done == 1 and summary.failed == 1
+    assert redact(url) == http.url(NAMES[0]) and redact(bad) == http.url(NAMES[1])
+    for f in (tmp_path / "s").rglob("*"):
+        if f.is_file():
+            data = f.read_bytes()
+            assert secret.encode() not in data and b"user:pw" not in data, f
+    assert all(secret not in e for _, e in summary.failures)
