@@ -169,3 +169,26 @@ def test_the_ray_engine_extracts_shards_like_the_local_engine(videos, tmp_path, 
         np.testing.assert_allclose(emb, want[key][0], rtol=1e-4, atol=1e-4)  # batch packing differs, nothing else
         assert label == want[key][2]
     assert "00000.tar/00000001" in open_store(tmp_path / "ray").failures()[0]["error"]
+
+
+def test_shards_served_over_http_give_the_embeddings_of_the_local_shards(videos, tmp_path, effnet):
+    from servers import RangeServer
+
+    write_shards(videos, tmp_path / "shards", corrupt="00000004")
+    local = _run(tmp_path / "shards" / "{00000..00001}.tar", tmp_path / "local", effnet)
+    with RangeServer(tmp_path) as server:
+        spec = server.url("shards/{00000..00001}.tar")
+        remote = _run(spec, tmp_path / "http", effnet)
+        assert (remote.done, remote.failed) == (local.done, local.failed) == (5, 1)
+        want, got = _embeddings(tmp_path / "local"), _embeddings(tmp_path / "http")
+        prefix = server.url("shards") + "/"
+        assert sorted(k.removeprefix(prefix) for k in got) == sorted(want)
+        for key, (emb, stamps, label) in got.items():
+            np.testing.assert_array_equal(stamps, want[key.removeprefix(prefix)][1])
+            np.testing.assert_allclose(emb, want[key.removeprefix(prefix)][0], rtol=1e-5, atol=1e-5)
+            assert label == want[key.removeprefix(prefix)][2]
+        (failure,) = open_store(tmp_path / "http").failures()
+        assert failure["path"] == prefix + "00001.tar/00000004"
+        served = sum(server.bytes.values())
+        again = _run(spec, tmp_path / "http", effnet)  # a re-run fetches no sample's video again
+        assert again.done == 0 and sum(server.bytes.values()) - served < served / 4

@@ -343,11 +343,16 @@ def read_folder(root: Path) -> Manifest:
 
 def read_webdataset(spec: str, label_from: str = "auto") -> Manifest:
     """The video samples of WebDataset shards (``data.webdataset``): one item per sample, keyed
-    ``<shard>/<sample key>`` under the shards' common folder."""
+    ``<shard>/<sample key>`` under the shards' common folder (remote shards: ``<shard URL>/<sample key>``)."""
     listing = list_samples(spec, label_from)
     root = str(listing.root)
     manifest = Manifest(listing.root, ignored=listing.ignored)
-    manifest.items = [VideoItem(path, root, label, follow_links=True) for path, label in listing.samples]
+    manifest.items = [
+        VideoItem(redact(path), "", label, follow_links=True, url=path)
+        if is_url(path)
+        else VideoItem(path, root, label, follow_links=True)
+        for path, label in listing.samples
+    ]
     manifest.problems = [Problem(path, error) for path, error in listing.problems]
     return manifest
 
@@ -599,10 +604,6 @@ def load_manifest(
     check_choice(format, FORMATS, "format", ManifestError)
     text = str(source)
     if format == "webdataset" or (format == "auto" and text.lower().endswith(".tar")):
-        if is_url(text):
-            raise ManifestError(
-                f"{redact(text)}: WebDataset shards at URLs are not read yet; copy them to a local folder"
-            )
         return read_webdataset(text, label_from)
     if is_url(text):
         return read_urls(text)

@@ -21,8 +21,10 @@ import tarfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO, cast
 
-from ..errors import ManifestError
+from ..errors import DecodeError, ManifestError
+from .remote import RemoteOptions, fingerprint_url, is_url, open_url, redact
 
 __all__ = [
     "WDS_VIDEO",
@@ -48,7 +50,8 @@ class Member:
     size: int
 
 
-_tables: dict[tuple[str, int, int], dict[str, dict[str, Member]]] = {}  # (shard, size, mtime) -> key -> ext -> member
+Shard = Path | str  # a local shard file, or a shard's URL (``data.remote``)
+_tables: dict[tuple, dict[str, dict[str, Member]]] = {}  # (shard, its identity) -> key -> ext -> member
 
 
 def _split_name(name: str) -> tuple[str, str]:
@@ -58,14 +61,29 @@ def _split_name(name: str) -> tuple[str, str]:
     return str(path.parent / stem) if str(path.parent) != "." else stem, ext.lower()
 
 
-def shard_table(shard: str | Path) -> dict[str, dict[str, Member]]:
-    """The shard's samples: key -> extension -> where its data lies (read from the headers once per process)."""
+def _identity(shard: Shard) -> tuple:
+    """What tells one version of a shard from another: size and time (a file), size and ETag (a URL)."""
+    if is_url(str(shard)):
+        return (str(shard), fingerprint_url(str(shard)))
     st = os.stat(shard)
-    ident = (str(shard), int(st.st_size), int(st.st_mtime_ns))
+    return (str(shard), int(st.st_size), int(st.st_mtime_ns))
+
+
+def _open_shard(shard: Shard, remote: RemoteOptions | None = None) -> BinaryIO:
+    """The shard as a seekable file: the local file, or the URL read in ranges (``data.remote``)."""
+    if is_url(str(shard)):
+        return cast(BinaryIO, open_url(str(shard), remote)[0])
+    return open(shard, "rb")  # noqa: SIM115 - the caller closes it
+
+
+def shard_table(shard: Shard) -> dict[str, dict[str, Member]]:
+    """The shard's samples: key -> extension -> where its data lies (read from the headers once per process;
+    over a URL one ranged read per header, the data between them skipped)."""
+    ident = _identity(shard)
     table = _tables.get(ident)
     if table is None:
         table = {}
-        with tarfile.open(shard, "r:") as tar:  # headers only: the data of each member is seeked over
+        with _open_shard(shard) as f, tarfile.open(fileobj=f, mode="r:") as tar:  # headers only: data is seeked over
             for info in tar:
                 if info.isfile():
                     key, ext = _split_name(info.name)
@@ -86,19 +104,22 @@ def shard_of_sample(path: str) -> str | None:
     return None
 
 
-def split_member(path: str | Path) -> tuple[Path, str] | None:
-    """(shard file, sample key) of a sample path ``.../00000.tar/00000003``; None for any other path."""
+def split_member(path: str | Path) -> tuple[Shard, str] | None:
+    """(shard file or URL, sample key) of a sample path ``.../00000.tar/00000003``; None for any other path."""
+    if is_url(str(path)):
+        head, dot, key = str(path).partition(".tar/")
+        return (head + ".tar", key) if dot and key and "?" not in str(path) else None
     p = Path(path)
     for i, part in enumerate(p.parts[:-1]):
         if part.lower().endswith(".tar"):
-            shard = Path(*p.parts[: i + 1])
-            if shard.is_file():
-                return shard, PurePosixPath(*p.parts[i + 1 :]).as_posix()
+            file = Path(*p.parts[: i + 1])
+            if file.is_file():
+                return file, PurePosixPath(*p.parts[i + 1 :]).as_posix()
             return None
     return None
 
 
-def _video_member(shard: Path, key: str) -> Member:
+def _video_member(shard: Shard, key: str) -> Member:
     members = shard_table(shard).get(key)
     if members is None:
         raise ManifestError(f"{shard}/{key}: no sample {key!r} in the shard")
@@ -108,17 +129,23 @@ def _video_member(shard: Path, key: str) -> Member:
     raise ManifestError(f"{shard}/{key}: the sample has no video member (.{', .'.join(WDS_VIDEO)})")
 
 
-def member_fingerprint(shard: Path, key: str) -> tuple[int, int, int] | None:
-    """The ``store.sources`` fingerprint of one sample (None when it cannot be read)."""
+def member_fingerprint(shard: Shard, key: str) -> tuple[int, int, int] | None:
+    """The ``store.sources`` fingerprint of one sample (None when it cannot be read). A remote shard's:
+    the member's size and offset with the shard's ETag (no byte of the member read)."""
     try:
         member = _video_member(shard, key)
+        if is_url(str(shard)):
+            tagged = fingerprint_url(str(shard))
+            if tagged is None:
+                return None
+            return member.size, tagged[1], zlib.crc32(f"{member.offset}:{tagged[2]}".encode())
         with open(shard, "rb") as f:
             f.seek(member.offset)
             crc = zlib.crc32(f.read(min(member.size, _SAMPLE_BYTES)), zlib.crc32(str(member.offset).encode()))
             f.seek(member.offset + max(0, member.size - _SAMPLE_BYTES))
             crc = zlib.crc32(f.read(min(member.size, _SAMPLE_BYTES)), crc)
         return member.size, int(os.stat(shard).st_mtime_ns), crc
-    except (OSError, tarfile.TarError, ManifestError):
+    except (OSError, tarfile.TarError, ManifestError, DecodeError):
         return None
 
 
@@ -160,11 +187,14 @@ class MemberView(io.RawIOBase):
         super().close()
 
 
-def open_member(shard: Path, key: str) -> tuple[MemberView, tuple[int, int, int] | None]:
-    """(a seekable view of the sample's video, its fingerprint); ManifestError or OSError if it has none."""
+def open_member(
+    shard: Shard, key: str, remote: RemoteOptions | None = None
+) -> tuple[MemberView, tuple[int, int, int] | None]:
+    """(a seekable view of the sample's video, its fingerprint); ManifestError, DecodeError or OSError if
+    it has none."""
     member = _video_member(shard, key)
     source = member_fingerprint(shard, key)
-    return MemberView(open(shard, "rb"), member.offset, member.size), source  # noqa: SIM115 - the view closes it
+    return MemberView(_open_shard(shard, remote), member.offset, member.size), source
 
 
 # -- the manifest ---------------------------------------------------------------------------------
@@ -210,14 +240,16 @@ class Listing:
     ignored: list[str] = field(default_factory=list)  # samples without a video member
 
 
-def _read_shard(listing: Listing, shard: Path, label_from: str) -> None:
-    rel = PurePosixPath(*shard.relative_to(listing.root).parts).as_posix()
+def _read_shard(listing: Listing, shard: Shard, label_from: str) -> None:
+    remote = isinstance(shard, str)  # its samples are named by URL: "<shard URL>/<key>"
+    rel = shard if isinstance(shard, str) else PurePosixPath(*shard.relative_to(listing.root).parts).as_posix()
+    shown = redact(rel) if remote else str(shard)
     try:
         table = shard_table(shard)
-    except (OSError, tarfile.TarError) as exc:
-        listing.problems.append((rel, f"{shard}: not a readable tar shard ({exc})"))
+    except (OSError, tarfile.TarError, DecodeError) as exc:
+        listing.problems.append((rel, f"{shown}: not a readable tar shard ({exc})"))
         return
-    with open(shard, "rb") as f:
+    with _open_shard(shard) as f:
         for key in sorted(table):
             members = table[key]
             if not any(ext in members for ext in WDS_VIDEO):
@@ -226,7 +258,7 @@ def _read_shard(listing: Listing, shard: Path, label_from: str) -> None:
             try:
                 label = "" if label_from == "none" else _label(f, members, label_from)
             except (UnicodeDecodeError, json.JSONDecodeError, AttributeError) as exc:
-                listing.problems.append((f"{rel}/{key}", f"{shard}/{key}: unreadable label ({exc})"))
+                listing.problems.append((f"{rel}/{key}", f"{shown}/{key}: unreadable label ({exc})"))
                 continue
             listing.samples.append((f"{rel}/{key}", label))
 
@@ -237,6 +269,11 @@ def list_samples(spec: str, label_from: str = LABEL_FROM) -> Listing:
     from braceexpand import braceexpand
 
     _check_label_from(label_from)
+    if is_url(spec):  # samples named by URL; the root is unused
+        listing = Listing(Path.cwd())
+        for url in braceexpand(spec):
+            _read_shard(listing, url, label_from)
+        return _some(listing, spec)
     shards = [Path(os.path.abspath(s)) for s in braceexpand(spec)]
     listing = Listing(Path(os.path.commonpath([str(s.parent) for s in shards])))
     for shard in shards:
@@ -244,6 +281,10 @@ def list_samples(spec: str, label_from: str = LABEL_FROM) -> Listing:
             listing.problems.append((shard.name, f"{shard}: shard not found"))
             continue
         _read_shard(listing, shard, label_from)
+    return _some(listing, spec)
+
+
+def _some(listing: Listing, spec: str) -> Listing:
     if not listing.samples and not listing.problems:
-        raise ManifestError(f"{spec}: the shards hold no video samples (.{', .'.join(WDS_VIDEO)})")
+        raise ManifestError(f"{redact(spec)}: the shards hold no video samples (.{', .'.join(WDS_VIDEO)})")
     return listing

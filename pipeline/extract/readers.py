@@ -18,7 +18,7 @@ from typing import Any, BinaryIO, cast
 import numpy as np
 
 from ..data.frames import folder_fingerprint, frame_files
-from ..data.remote import RemoteOptions, is_url
+from ..data.remote import RemoteOptions, is_url, redact
 from ..data.webdataset import open_member, split_member
 from ..errors import DecodeError, ManifestError
 from .decode import _TOL, DecodeStats, FrameChunk, FrameSize, FrameView, VideoInfo, VideoReader, _contained, _reason
@@ -35,21 +35,19 @@ def open_reader(
     remote: RemoteOptions | None = None,
 ) -> VideoReader | FrameFolderReader:
     """The reader of ``path``; ``frame_rate``: a frame folder's frames per second; ``remote``: how a URL is read."""
-    if is_url(str(path)):
-        return VideoReader(path, threads=threads, root=root, remote=remote)
-    p = Path(path)
-    if p.is_dir():
-        return FrameFolderReader(p, frame_rate, root=root)
-    member = split_member(p)
+    member = split_member(path)
     if member is None:
-        return VideoReader(p, threads=threads, root=root)
+        if not is_url(str(path)) and Path(path).is_dir():
+            return FrameFolderReader(path, frame_rate, root=root)
+        return VideoReader(path, threads=threads, root=root, remote=remote)
     shard, key = member
-    _contained(shard, root)
+    if isinstance(shard, Path):
+        _contained(shard, root)
     try:
-        view, source = open_member(shard, key)
+        view, source = open_member(shard, key, remote)
     except (OSError, tarfile.TarError, ManifestError) as exc:
-        raise DecodeError(f"{p}: cannot read the sample from its shard ({_reason(exc)})") from None
-    return VideoReader(p, threads=threads, opened=(cast(BinaryIO, view), source))
+        raise DecodeError(f"{redact(str(path))}: cannot read the sample from its shard ({_reason(exc)})") from None
+    return VideoReader(path, threads=threads, opened=(cast(BinaryIO, view), source))
 
 
 class FrameFolderReader:

@@ -72,7 +72,7 @@ def _other_source(path: str | Path):
     from ..data.frames import folder_fingerprint
     from ..data.webdataset import member_fingerprint, split_member
 
-    if os.path.isdir(path):
+    if not is_url(str(path)) and os.path.isdir(path):
         return lambda: folder_fingerprint(path)
     member = split_member(path)
     if member is not None:
@@ -90,11 +90,11 @@ def fingerprint(path: str | Path, recorded: Source | None = None, *, complete: b
     A frame folder's is ``data.frames.folder_fingerprint``, a WebDataset sample's
     ``data.webdataset.member_fingerprint`` (both always complete).
     """
-    if is_url(str(path)):
-        return fingerprint_url(str(path))
     other = _other_source(path)
     if other is not None:
         return other()
+    if is_url(str(path)):
+        return fingerprint_url(str(path))
     try:
         st = os.stat(path)
         if not stat.S_ISREG(st.st_mode):  # a FIFO or device: reading it could block, and it has no identity
