@@ -193,6 +193,8 @@ def test_a_folder_source_finds_frame_folders_and_a_manifest_may_name_them(source
         ("stripes_v/clip1", "stripes_v"),
     ]
     assert sorted(m.ignored) == ["stripes_h/cover.jpg", "stripes_v/nested/a.png"]
+    (alone,) = load_manifest(root / "stripes_v" / "clip1").items  # a frame folder named by itself
+    assert (alone.path, alone.label, alone.abspath) == ("clip1", "", root / "stripes_v" / "clip1")
 
     csv = root / "list.csv"
     csv.write_text("path,label,split\nstripes_h/clip1,h,train\nstripes_v/clip0,v,test\n")

@@ -621,6 +621,9 @@ def load_manifest(
     if format != "auto" and p.exists():
         _check_format(p, format)
     if p.is_dir():
+        if is_frame_folder(p, os.listdir(p)):  # one frame folder named by itself: one unlabeled video
+            base = Path(os.path.normpath(p.absolute())).parent
+            return Manifest(base, [VideoItem(p.name, str(base), follow_links=True)])
         return read_folder(p)
     if p.is_file():
         if kind == "csv":
@@ -628,8 +631,8 @@ def load_manifest(
         if kind == "jsonl":
             return read_jsonl(p, r)
         if _is_video(p):
-            base = Path(os.path.normpath((r or p.parent).absolute()))
-            return Manifest(base, [_chosen(base, p)])
+            base = Path(os.path.normpath(p.absolute())).parent
+            return Manifest(base, [VideoItem(p.name, str(base), follow_links=True)])
         raise ManifestError(f"{p}: not a folder, .csv/.jsonl manifest or video file")
     if glob.has_magic(text):
         manifest = read_glob(text)
