@@ -202,3 +202,26 @@ def test_a_folder_source_finds_frame_folders_and_a_manifest_may_name_them(source
     (summary,) = extract(load_manifest(csv), store, load_config(None, list(OPTS)), encoders=[effnet], progress=False)
     assert summary.done == 2 and summary.failed == 0
     assert sorted(open_store(store).keys()) == [("stripes_h/clip1", -1.0, -1.0), ("stripes_v/clip0", -1.0, -1.0)]
+
+
+@pytest.mark.slow
+def test_the_ray_engine_extracts_frame_folders_like_the_local_engine(sources, tmp_path, effnet):
+    pytest.importorskip("ray")
+    import ray
+
+    from pipeline.extract.ray_engine import init_ray
+
+    local = _run(sources["png"], tmp_path / "local", effnet)
+    assert init_ray(num_cpus=2)
+    try:
+        cfg = load_config(None, list(OPTS))
+        (summary,) = extract(load_manifest(sources["png"]), tmp_path / "ray", cfg, engine="ray", progress=False)
+    finally:
+        ray.shutdown()
+    assert (summary.engine, summary.done, local.done) == ("ray", 4, 4)
+    want, got = _by_video(tmp_path / "local"), _by_video(tmp_path / "ray")
+    assert sorted(got) == sorted(want)
+    for key, (emb, stamps, label) in got.items():
+        np.testing.assert_array_equal(stamps, want[key][1])  # frame_rate reaches the Ray workers
+        np.testing.assert_allclose(emb, want[key][0], rtol=1e-4, atol=1e-4)
+        assert label == want[key][2]
