@@ -1,16 +1,18 @@
 """Extraction throughput by source kind, side by side on the same videos: local files, local WebDataset
-shards (written with the ``webdataset`` package in video2dataset's layout) and JPEG frame folders (every
+shards (written with the ``webdataset`` package in video2dataset's layout), the same shards served over
+localhost HTTP (``tests/servers.py``: a server honouring Range requests) and JPEG frame folders (every
 frame of each video dumped with PyAV).
 
 ``python benchmarks/source_throughput.py`` encodes ``--videos N`` real H.264 videos (``--seconds`` s,
-``--size WxH``, 25 fps, GOP 25), writes them as the three sources, and for each measures two things, best
-of ``--rounds`` runs, the sources interleaved within each round so the machine's drift hits all alike:
+``--size WxH``, 25 fps, GOP 25), writes them as the four sources, and for each measures two things, best
+of ``--rounds`` runs, the sources interleaved within each round and each round starting at the next source,
+so the machine's drift and the first run's warm-up hit all alike:
 
 * decode: the frames sampling asks for (``--num-frames`` uniform), read by ``extract.readers.open_reader``
   and resized to 224 px, in one process (the reader's own cost, no encoder);
 * extract: a whole extraction with the offline encoder (``effnet-lite0``) into a fresh store.
 
-It prints per source frames/s and the ratio to local files (issue 27's target for shards: >= 0.9x); the
+It prints per source frames/s and the ratio to local files (issue 27's target for local and HTTP shards: >= 0.9x); the
 last line printed is one JSON object with every figure.
 """
 
@@ -30,6 +32,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
 from media import pattern_frames, write_video  # noqa: E402
+from servers import RangeServer  # noqa: E402
 
 from pipeline.config import load_config  # noqa: E402
 from pipeline.data.manifest import load_manifest  # noqa: E402
@@ -87,7 +90,7 @@ def decode_rate(source: str, cfg) -> float:
     manifest = load_manifest(source)
     start, frames = time.perf_counter(), 0
     for item in manifest.items:
-        with open_reader(item.abspath, frame_rate=FPS) as reader:
+        with open_reader(item.location, frame_rate=FPS) as reader:
             times = sample_timestamps(cfg.sampling, 0.0, reader.info.duration)
             for chunk in reader.iter_frames(times, size=lambda h, w: (224, 224)):
                 frames += len(chunk.timestamps)
@@ -106,7 +109,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=4.0)
     ap.add_argument("--size", default="320x240")
     ap.add_argument("--num-frames", type=int, default=8)
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=4)
     args = ap.parse_args()
     width, height = map(int, args.size.split("x"))
     cfg = load_config(None, [f"sampling.num_frames={args.num_frames}", f"sampling.frame_rate={FPS}"])
@@ -114,14 +117,25 @@ def main() -> None:
     best: dict[str, dict[str, float]] = {"decode": {}, "extract": {}}
     with tempfile.TemporaryDirectory() as tmp:
         sources = make_sources(Path(tmp), args.videos, args.seconds, width, height)
-        for r in range(args.rounds):
-            for name, source in sources.items():
+        server = RangeServer(Path(tmp)).__enter__()
+        shards = Path(sources["shards"]).relative_to(tmp).as_posix()
+        sources = {
+            "files": sources["files"],
+            "shards": sources["shards"],
+            "http-shards": server.url(shards),
+            "frames": sources["frames"],
+        }
+        names = list(sources)
+        for r in range(args.rounds):  # each round starts at another source: warm-up hits all alike
+            for name in names[r % len(names) :] + names[: r % len(names)]:
+                source = sources[name]
                 rates = {
                     "decode": decode_rate(source, cfg),
                     "extract": extract_rate(source, Path(tmp) / f"store-{name}-{r}", cfg, encoder),
                 }
                 for what, rate in rates.items():
                     best[what][name] = max(best[what].get(name, 0.0), rate)
+        server.__exit__()
     print(
         f"{args.videos} videos {width}x{height}, {args.seconds:g} s at {FPS} fps, {args.num_frames} uniform frames; "
         f"CPU: {cpu_model()}; best of {args.rounds}"
@@ -140,6 +154,7 @@ def main() -> None:
                 "frames_per_s": best,
                 "ratio_to_files": ratios,
                 "shards_extract_ratio": round(ratios["extract"]["shards"], 3),
+                "http_shards_extract_ratio": round(ratios["extract"]["http-shards"], 3),
             }
         )
     )

@@ -190,5 +190,7 @@ def test_shards_served_over_http_give_the_embeddings_of_the_local_shards(videos,
         (failure,) = open_store(tmp_path / "http").failures()
         assert failure["path"] == prefix + "00001.tar/00000004"
         served = sum(server.bytes.values())
-        again = _run(spec, tmp_path / "http", effnet)  # a re-run fetches no sample's video again
-        assert again.done == 0 and sum(server.bytes.values()) - served < served / 4
+        # a re-run lists the shards again (their headers; a whole small shard is one 256 KiB block) but
+        # opens no sample: the first run read each shard once more per sample it decoded
+        again = _run(spec, tmp_path / "http", effnet)
+        assert again.done == 0 and sum(server.bytes.values()) - served < served / 3
