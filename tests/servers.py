@@ -71,15 +71,14 @@ def _handler(server: RangeServer) -> type[BaseHTTPRequestHandler]:
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 return
-            data = path.read_bytes()
             st = os.stat(path)
-            start, end = 0, len(data) - 1
+            start, end = 0, st.st_size - 1
             rng = self.headers.get("Range")
             if rng and rng.startswith("bytes="):
                 a, _, b = rng[6:].partition("-")
-                start, end = int(a or 0), min(int(b) if b else len(data) - 1, len(data) - 1)
+                start, end = int(a or 0), min(int(b) if b else st.st_size - 1, st.st_size - 1)
                 self.send_response(206)
-                self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
+                self.send_header("Content-Range", f"bytes {start}-{end}/{st.st_size}")
             else:
                 self.send_response(200)
             self.send_header("Content-Length", str(end - start + 1))
@@ -89,7 +88,9 @@ def _handler(server: RangeServer) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             if not body:
                 return
-            chunk = data[start : end + 1]
+            with open(path, "rb") as f:  # only the range: a server does not read what it does not send
+                f.seek(start)
+                chunk = f.read(end - start + 1)
             if fault in ("reset", "truncate") and self.command == "GET":
                 chunk = chunk[: len(chunk) // 2]
             try:
@@ -112,3 +113,11 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+if __name__ == "__main__":  # a server in its own process (benchmarks): ``python tests/servers.py ROOT``
+    import sys
+
+    with RangeServer(Path(sys.argv[1])) as srv:
+        print(srv.url("x")[:-1], flush=True)  # the base URL
+        srv.thread.join()

@@ -186,3 +186,31 @@ def test_secrets_in_urls_are_never_stored_or_shown(http, effnet, tmp_path):
             data = f.read_bytes()
             assert secret.encode() not in data and b"user:pw" not in data, f
     assert all(secret not in e for _, e in summary.failures)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    pytest.importorskip("ray")
+    import ray
+
+    from pipeline.extract.ray_engine import init_ray
+
+    assert init_ray(num_cpus=2)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.mark.slow
+def test_ray_engine_reads_a_url_manifest_like_the_local_engine(ray_cluster, http, effnet, tmp_path):
+    http.fail[NAMES[3]] = "404"
+    manifest = load_manifest(_csv(tmp_path / "m.csv", [(http.url(rel), rel.split("/")[0]) for rel in NAMES]))
+    cfg = load_config(None, SETTINGS)
+    (on_ray,) = extract(manifest, tmp_path / "ray", cfg, engine="ray", progress=False)
+    local = _run(manifest, tmp_path / "local", effnet)
+    assert (on_ray.done, on_ray.failed) == (local.done, local.failed) == (3, 1)
+    got, want = _by_name(tmp_path / "ray"), _by_name(tmp_path / "local")
+    assert sorted(got) == sorted(want) == sorted(NAMES[:3])
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], atol=ATOL, rtol=1e-4, err_msg=name)
+    (failure,) = open_store(tmp_path / "ray").failures()
+    assert failure["path"] == http.url(NAMES[3]) and "404" in failure["error"]

@@ -138,7 +138,8 @@ def plan_tasks(
             summary.skipped += 1
             continue
         was = recorded.get(item.path)
-        now = fingerprint(item.location, was, complete=False)
+        # a URL never stored: no request now (a million HEADs one by one); the decoder fingerprints it
+        now = None if item.url and was is None else fingerprint(item.location, was, complete=False)
         renewed = was is not None and now is not None and not same_file(now, was)  # the path holds another file
         if not renewed and ((key in failed_before) != retry_failed or (not sampling.windowed and key in stored)):
             summary.skipped += 1
