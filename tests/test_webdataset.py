@@ -194,3 +194,41 @@ def test_shards_served_over_http_give_the_embeddings_of_the_local_shards(videos,
         # opens no sample: the first run read each shard once more per sample it decoded
         again = _run(spec, tmp_path / "http", effnet)
         assert again.done == 0 and sum(server.bytes.values()) - served < served / 3
+
+
+def test_shards_in_s3_give_the_embeddings_of_the_local_shards(videos, tmp_path, effnet, monkeypatch):
+    """moto's S3 server on localhost (found by botocore through AWS_ENDPOINT_URL), a bucket the test fills."""
+    pytest.importorskip("moto")
+    from moto.server import ThreadedMotoServer
+    from servers import free_port
+
+    write_shards(videos, tmp_path / "shards")
+    local = _run(tmp_path / "shards" / "{00000..00001}.tar", tmp_path / "local", effnet)
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}.items():
+            monkeypatch.setenv(k, v)
+        monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+        import boto3
+        import s3fs
+
+        s3fs.S3FileSystem.clear_instance_cache()  # fsspec keeps one per arguments: another test's endpoint
+        client = boto3.client("s3")
+        client.create_bucket(Bucket="data")
+        for shard in ("00000.tar", "00001.tar"):
+            client.upload_file(str(tmp_path / "shards" / shard), "data", f"wds/{shard}")
+        remote = _run("s3://data/wds/{00000..00001}.tar", tmp_path / "s3", effnet)
+    finally:
+        server.stop()
+        import s3fs
+
+        s3fs.S3FileSystem.clear_instance_cache()  # nor may a later test meet this one's endpoint
+    assert remote.done == local.done == 6 and remote.failed == 0
+    want, got = _embeddings(tmp_path / "local"), _embeddings(tmp_path / "s3")
+    assert sorted(k.removeprefix("s3://data/wds/") for k in got) == sorted(want)
+    for key, (emb, _, label) in got.items():
+        np.testing.assert_allclose(emb, want[key.removeprefix("s3://data/wds/")][0], rtol=1e-5, atol=1e-5)
+        assert label == want[key.removeprefix("s3://data/wds/")][2]
