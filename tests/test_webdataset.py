@@ -232,3 +232,12 @@ def test_shards_in_s3_give_the_embeddings_of_the_local_shards(videos, tmp_path, 
     for key, (emb, _, label) in got.items():
         np.testing.assert_allclose(emb, want[key.removeprefix("s3://data/wds/")][0], rtol=1e-5, atol=1e-5)
         assert label == want[key.removeprefix("s3://data/wds/")][2]
+
+
+def test_a_missing_or_unreadable_shard_is_a_problem_and_the_other_shards_are_listed(videos, tmp_path):
+    write_shards(videos, tmp_path / "shards")
+    (tmp_path / "shards" / "00003.tar").write_bytes(b"\x00\x01 not a tar archive " * 40)
+    m = load_manifest(str(tmp_path / "shards" / "{00000..00003}.tar"))
+    assert len(m.items) == 6
+    assert [(p.path, "shard not found" in p.error) for p in m.problems] == [("00002.tar", True), ("00003.tar", False)]
+    assert "00003.tar: not a readable tar shard" in m.problems[1].error
