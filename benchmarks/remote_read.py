@@ -97,7 +97,7 @@ def throughput(root: Path, rels: list[str], work: Path, repeats: int) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "vidprobe-bench"), help="video cache folder")
-    ap.add_argument("--videos", type=int, default=6, help="videos in the throughput comparison (10 s, 360p)")
+    ap.add_argument("--videos", type=int, default=16, help="videos in the throughput comparison (10 s, 360p)")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--block-size", type=int, default=RemoteOptions().block_size)
     args = ap.parse_args(argv)

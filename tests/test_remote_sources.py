@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +23,7 @@ from pipeline.data.remote import redact
 from pipeline.extract.entry import extract
 from pipeline.store import open_store
 
+REPO = Path(__file__).resolve().parents[1]
 SETTINGS = ["sampling.num_frames=3", "extract.batch_size=12", "extract.num_workers=0"]
 FAST_FAIL = ["extract.remote_retries=1", "extract.remote_timeout=1"]  # a stall fails in ~2 s, not 2 min
 ATOL = 1e-4  # the same frames, packed into encoder batches differently: float summation order only
@@ -171,6 +176,34 @@ def test_resume_fetches_nothing_stored_and_a_replaced_object_is_extracted_again(
     write_video(videos / NAMES[0], pattern_frames(36, height=72, width=96, kind=1, seed=9), fps=12, gop=12)
     third = _run(load_manifest(_csv(tmp_path / "all.csv", rows)), store, effnet)
     assert third.done == 1 and third.changed == [http.url(NAMES[0])]
+
+
+@pytest.mark.slow
+def test_after_kill_9_a_resumed_job_fetches_nothing_stored(videos, http, effnet, tmp_path):
+    """A CLI job killed (SIGKILL) while the server is slow on the last videos; the re-run sends one ``HEAD``
+    per stored video (its fingerprint) and fetches none of its bytes."""
+    http.stall_s = 3.0  # "stall" below the timeout: each request of these answers, 3 s late
+    http.fail.update({NAMES[2]: "stall", NAMES[3]: "stall"})
+    manifest = _csv(tmp_path / "m.csv", [(http.url(rel), rel.split("/")[0]) for rel in NAMES])
+    store = tmp_path / "store"
+    cmd = [sys.executable, "-m", "pipeline", "extract", str(manifest), "-o", str(store), "-q", "--device", "cpu",
+           *SETTINGS, "extract.shard_size=1"]  # fmt: skip
+    job = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    while len(list((store / "shards").glob("*.h5"))) < 2:  # the two fast videos stored, one shard file each
+        assert job.poll() is None and time.monotonic() < deadline, job.stderr.read() if job.stderr else ""
+        time.sleep(0.05)
+    job.send_signal(signal.SIGKILL)
+    job.communicate(timeout=60)
+    stored = sorted(_by_name(store))
+    assert stored == NAMES[:2]
+    http.fail.clear()
+    http.requests.clear()
+    http.bytes.clear()
+    summary = _run(load_manifest(manifest), store, effnet)
+    assert summary.done == 2 and summary.skipped == 2 and sorted(_by_name(store)) == sorted(NAMES)
+    for rel in stored:
+        assert http.requests[rel] == 1 and http.bytes[rel] == 0, (rel, http.requests, http.bytes)
 
 
 def test_secrets_in_urls_are_never_stored_or_shown(http, effnet, tmp_path):
