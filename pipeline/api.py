@@ -29,11 +29,13 @@ def extract(
     overrides: Sequence[str] = (),
     root: str | Path | None = None,
     format: str = "auto",
+    label_from: str = "auto",
     progress: bool = False,
     **options: Any,
 ) -> list[ExtractSummary]:
-    """``vidprobe extract SOURCE -o OUTPUT``: embed every clip of ``source`` (folder, manifest, video or glob)
-    that the store at ``output`` still lacks; one summary per store (several encoders: ``output/<name>``).
+    """``vidprobe extract SOURCE -o OUTPUT``: embed every clip of ``source`` (folder, manifest, video, glob,
+    URL or WebDataset shards; ``label_from``: a shard sample's label member, ``--label-from``) that the
+    store at ``output`` still lacks; one summary per store (several encoders: ``output/<name>``).
     ``config``/``overrides``: a settings file and ``key=value`` strings; ``encoder`` wins over both.
     ``options``: the rest of ``pipeline.extract.entry.extract`` (``engine``, ``retry_failed``, ``shard``, ...)."""
     from .config import load_config
@@ -44,7 +46,7 @@ def extract(
     if encoder is not None:
         cfg.encoder = encoder if isinstance(encoder, str) else tuple(encoder)
         cfg.validate()
-    manifest = load_manifest(source, root=root, format=format)
+    manifest = load_manifest(source, root=root, format=format, label_from=label_from)
     return run(manifest, output, cfg, progress=progress, **options)
 
 

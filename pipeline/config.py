@@ -256,6 +256,9 @@ def build(cls: type[T], data: Any, *, prefix: str = "", what: str = "setting") -
 # -- extraction settings ------------------------------------------------------------------------------
 
 
+DEFAULT_FRAME_RATE = 25.0  # frame folders: the PAL rate UCF101/HMDB51 frame dumps are mostly made at
+
+
 @dataclass
 class SamplingConfig:
     """Which frames of a clip are embedded (see ``pipeline.data.sampling``); all of it is store provenance."""
@@ -275,6 +278,8 @@ class SamplingConfig:
     stride: float = field(default=0.0, metadata=rule(zero_or_min=0.01, note="seconds"))
     # exact | keyframe (snap to the nearest keyframe, decode keyframes only)
     seek_mode: str = field(default="exact", metadata=rule(choices=SEEK_MODES))
+    # frames per second of a frame folder (frame i is shown at i / frame_rate s); videos carry their own
+    frame_rate: float = field(default=DEFAULT_FRAME_RATE, metadata=rule(gt=0, max=1000))
 
     def validate(self) -> SamplingConfig:
         check_settings(self, "sampling.")

@@ -160,6 +160,8 @@ def test_sampling_identity_holds_exactly_what_changes_frames():
         "multiclip": {"num_frames", "num_clips", "clip_length", "seek_mode"},
         "sliding": {"num_frames", "clip_length", "stride", "seek_mode"},
     }
+    for used in uses.values():  # a frame folder's frame rate sets its frames' times, whatever the strategy
+        used.add("frame_rate")
     changed = {
         "num_frames": 3,
         "fps": 7.0,
@@ -169,6 +171,7 @@ def test_sampling_identity_holds_exactly_what_changes_frames():
         "clip_length": 1.5,
         "stride": 0.5,
         "seek_mode": "keyframe",
+        "frame_rate": 12.0,
     }
     assert set(changed) | {"strategy"} == {f.name for f in dataclasses.fields(SamplingConfig)}
     for strategy, used in uses.items():

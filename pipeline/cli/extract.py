@@ -66,6 +66,13 @@ def add_extract(sub: Any) -> None:
         "CSV with youtube_id Kinetics)",
     )
     add_dataset_split(p, "UCF101/HMDB51 official split to read (default 1)")
+    p.add_argument(
+        "--label-from",
+        metavar="MEMBER",
+        default="auto",
+        help="WebDataset shards: the member holding a sample's label: cls | txt | json:KEY | none (default auto: "
+        ".cls, else the 'label' key of .json)",
+    )
     p.add_argument("--retry-failed", action="store_true", help="only retry clips recorded as failed in the store")
     _add_scale_out(p)
     add_json(p, "the run summary")
@@ -131,7 +138,9 @@ def cmd_extract(args: argparse.Namespace) -> int:
     shard = resolve_shard(args.shard_id, args.num_shards)
     if shard is not None:
         print(f"vidprobe extract: job shard {shard} (from {shard.source})", file=sys.stderr)
-    manifest = load_manifest(args.source, root=args.root, format=args.format, split=args.dataset_split)
+    manifest = load_manifest(
+        args.source, root=args.root, format=args.format, split=args.dataset_split, label_from=args.label_from
+    )
     progress = not args.quiet and not args.json
     ray = {"address": args.address, "num_encoders": args.ray_encoders} if args.engine == "ray" else {}
     summaries = extract(

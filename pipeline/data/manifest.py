@@ -22,8 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from ..errors import ManifestError, check_choice
+from .frames import IMAGE_EXTENSIONS, is_frame_folder
 from .keys import Key, clip_key
 from .remote import is_url, list_urls, redact
+from .webdataset import list_samples
 
 VIDEO_EXTENSIONS = frozenset(
     [
@@ -46,7 +48,7 @@ VIDEO_EXTENSIONS = frozenset(
     ]
 )
 SPLITS = ("train", "val", "test", "")
-FORMATS = ("auto", "folder", "csv", "jsonl", "ucf101", "hmdb51", "kinetics")
+FORMATS = ("auto", "folder", "csv", "jsonl", "ucf101", "hmdb51", "kinetics", "webdataset")
 DATASET_SPLITS = (1, 2, 3)  # UCF101 and HMDB51 each define three train/test splits
 KINETICS_COLUMNS = ("label", "youtube_id", "time_start", "time_end", "split")
 
@@ -311,7 +313,9 @@ def _chosen(root: Path, p: Path, label: str = "") -> VideoItem:
 
 
 def read_folder(root: Path) -> Manifest:
-    """``root/<label>/<video>`` (folder per class); videos directly in ``root`` are unlabeled. Links to videos
+    """``root/<label>/<video>`` (folder per class); videos directly in ``root`` are unlabeled. A leaf folder
+    of images below a class folder (``root/<label>/<video>/<frames>.jpg``) is one video: a frame folder
+    (``data.frames``). Links to videos
     and to class folders are followed wherever they point (``_chosen``). Other files (audio, text, ...) are
     listed in ``Manifest.ignored`` so the user sees what was left out."""
     root = root.resolve()
@@ -319,8 +323,14 @@ def read_folder(root: Path) -> Manifest:
     for here, filenames in _walk(root):
         rel_dir = here.relative_to(root)
         label = rel_dir.parts[0] if rel_dir.parts else ""
+        frames = len(rel_dir.parts) >= 2 and is_frame_folder(here, filenames)
+        if frames:
+            folder = PurePosixPath(*rel_dir.parts).as_posix()
+            manifest.items.append(VideoItem(folder, str(root), label, follow_links=True))
         for name in filenames:
             p = here / name
+            if frames and Path(name).suffix.lower() in IMAGE_EXTENSIONS:
+                continue
             if _is_video(p):
                 try:
                     manifest.items.append(_chosen(root, p, label))
@@ -328,6 +338,22 @@ def read_folder(root: Path) -> Manifest:
                     manifest.problems.append(Problem(PurePosixPath(*p.relative_to(root).parts).as_posix(), str(exc)))
             elif not name.startswith("."):  # hidden files (.DS_Store, ._x.mp4) are left out without a word
                 manifest.ignored.append(PurePosixPath(*p.relative_to(root).parts).as_posix())
+    return manifest
+
+
+def read_webdataset(spec: str, label_from: str = "auto") -> Manifest:
+    """The video samples of WebDataset shards (``data.webdataset``): one item per sample, keyed
+    ``<shard>/<sample key>`` under the shards' common folder (remote shards: ``<shard URL>/<sample key>``)."""
+    listing = list_samples(spec, label_from)
+    root = str(listing.root)
+    manifest = Manifest(listing.root, ignored=listing.ignored)
+    manifest.items = [
+        VideoItem(redact(path), "", label, follow_links=True, url=path)
+        if is_url(path)
+        else VideoItem(path, root, label, follow_links=True)
+        for path, label in listing.samples
+    ]
+    manifest.problems = [Problem(path, error) for path, error in listing.problems]
     return manifest
 
 
@@ -565,8 +591,11 @@ def load_manifest(
     format: str = "auto",
     split: int = 1,
     check_files: bool = True,
+    label_from: str = "auto",
 ) -> Manifest:
-    """Dispatch on what ``source`` is: a folder, a ``.csv``/``.jsonl`` file, a single video, or a glob.
+    """Dispatch on what ``source`` is: a folder, a ``.csv``/``.jsonl`` file, a single video, a glob, or
+    WebDataset ``.tar`` shards (a brace list ``shards/{00000..00009}.tar``; ``label_from``: which member
+    holds the label, see ``data.webdataset``).
     Official splits: a folder holding ``classInd.txt`` is UCF101's, one holding ``*_test_split1.txt``
     HMDB51's, a CSV with a ``youtube_id`` column Kinetics' (or say so with ``format``); ``split`` picks
     UCF101/HMDB51 split 1, 2 or 3; ``root`` is then the folder holding the videos. ``check_files=False``
@@ -574,6 +603,8 @@ def load_manifest(
     """
     check_choice(format, FORMATS, "format", ManifestError)
     text = str(source)
+    if format == "webdataset" or (format == "auto" and text.lower().endswith(".tar")):
+        return read_webdataset(text, label_from)
     if is_url(text):
         return read_urls(text)
     p = Path(text)
@@ -590,6 +621,9 @@ def load_manifest(
     if format != "auto" and p.exists():
         _check_format(p, format)
     if p.is_dir():
+        if is_frame_folder(p, os.listdir(p)):  # one frame folder named by itself: one unlabeled video
+            base = Path(os.path.normpath(p.absolute())).parent
+            return Manifest(base, [VideoItem(p.name, str(base), follow_links=True)])
         return read_folder(p)
     if p.is_file():
         if kind == "csv":
@@ -597,8 +631,8 @@ def load_manifest(
         if kind == "jsonl":
             return read_jsonl(p, r)
         if _is_video(p):
-            base = Path(os.path.normpath((r or p.parent).absolute()))
-            return Manifest(base, [_chosen(base, p)])
+            base = Path(os.path.normpath(p.absolute())).parent
+            return Manifest(base, [VideoItem(p.name, str(base), follow_links=True)])
         raise ManifestError(f"{p}: not a folder, .csv/.jsonl manifest or video file")
     if glob.has_magic(text):
         manifest = read_glob(text)

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import MAX_FRAMES_PER_CLIP, MAX_WINDOWS_PER_VIDEO, SAMPLING_STRATEGIES, SamplingConfig
+from ..config import DEFAULT_FRAME_RATE, MAX_FRAMES_PER_CLIP, MAX_WINDOWS_PER_VIDEO, SAMPLING_STRATEGIES, SamplingConfig
 from ..errors import ConfigError, allowed_values
 
 KEY_DECIMALS = 6  # window bounds in the store are rounded to microseconds (stable resume keys)
@@ -238,4 +238,6 @@ def sampling_identity(cfg: SamplingConfig) -> dict[str, Any]:
         out.update(clip_length=cfg.clip_length, stride=cfg.stride if cfg.stride > 0 else cfg.clip_length)
     if s != "keyframes":  # keyframe sampling decodes keyframes whatever the seek mode
         out["seek_mode"] = cfg.seek_mode
+    if cfg.frame_rate != DEFAULT_FRAME_RATE:  # frame folders' times (left out at its default: older stores)
+        out["frame_rate"] = cfg.frame_rate
     return out

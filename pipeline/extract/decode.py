@@ -127,16 +127,20 @@ def _open_file(path: str | Path, root: str | Path | None, remote: RemoteOptions 
 
 
 def _open(
-    path: str | Path, root: str | Path | None = None, remote: RemoteOptions | None = None
+    path: str | Path,
+    root: str | Path | None = None,
+    remote: RemoteOptions | None = None,
+    opened: tuple[BinaryIO, Source | None] | None = None,
 ) -> tuple[Any, BinaryIO, Source | None]:
-    """(container, the file it reads, that file's fingerprint): FFmpeg reads the file object opened here,
-    so the fingerprint is of the very file decoded, even if another is renamed over ``path`` meanwhile."""
+    """(container, the file it reads, that file's fingerprint): FFmpeg reads the file object opened here
+    (or ``opened``: one a source opened, e.g. a WebDataset member), so the fingerprint is of the very file
+    decoded, even if another is renamed over ``path`` meanwhile."""
     import av
 
     file: BinaryIO | None = None
     shown = redact(str(path))  # a URL's secrets stay out of every message
     try:
-        file, source = _open_file(path, root, remote)
+        file, source = opened if opened is not None else _open_file(path, root, remote)
         container = av.open(file, mode="r", metadata_errors="ignore")
     except DecodeError:
         _close(file)
@@ -185,12 +189,18 @@ class VideoReader:
     """
 
     def __init__(
-        self, path: str | Path, threads: int = 0, *, root: str | Path | None = None, remote: RemoteOptions | None = None
+        self,
+        path: str | Path,
+        threads: int = 0,
+        *,
+        root: str | Path | None = None,
+        remote: RemoteOptions | None = None,
+        opened: tuple[BinaryIO, Source | None] | None = None,
     ):
         # how messages name it: a URL (``remote``: how it is read) redacted of its secrets
         self.path: str | Path = redact(str(path)) if is_url(str(path)) else Path(path)
         # ``source``: the fingerprint of the file opened (``pipeline.store.sources``), carried to the store
-        self.container, self._file, self.source = _open(path, root, remote)
+        self.container, self._file, self.source = _open(path, root, remote, opened)
         self.stream = self.container.streams.video[0]
         self.threads = int(threads)
         self.tb = float(self.stream.time_base) if self.stream.time_base else 1e-6

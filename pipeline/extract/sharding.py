@@ -4,7 +4,8 @@ A clip belongs to shard ``shard_of(key, n)``: the first 8 bytes of SHA-1 over it
 ``path \\0 start \\0 end`` (start/end as Python float reprs, -1.0 for an open end), big-endian, mod n.
 Unlike ``hash()`` (salted per process) this is the same on every machine, Python version and run, so
 shard i of n always means the same clips; and because it depends on the clip alone (not its position in
-the manifest), clips added to a manifest later never move the ones already assigned.
+the manifest), clips added to a manifest later never move the ones already assigned. A WebDataset
+sample (``00000.tar/00000003``) is hashed by its shard's path alone: one job shard reads a tar shard whole.
 
 Where the shard comes from, first match wins (``resolve_shard``; the list for users is in docs/scale-out.md):
 ``--shard-id``/``--num-shards``, ``RANK``/``WORLD_SIZE``, a Slurm array (split further by its ``srun`` tasks),
@@ -20,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ..data.keys import Key
+from ..data.webdataset import shard_of_sample
 from ..errors import ConfigError
 from ..store.runs import writer_prefix
 
@@ -29,7 +31,8 @@ def shard_of(key: Key, num_shards: int) -> int:
     if num_shards < 1:
         raise ConfigError(f"num_shards={num_shards}: must be >= 1")
     path, start, end = key
-    text = f"{path}\0{float(start)!r}\0{float(end)!r}"
+    shard = shard_of_sample(path)  # a WebDataset shard is one unit of work: its samples stay together
+    text = shard if shard is not None else f"{path}\0{float(start)!r}\0{float(end)!r}"
     digest = hashlib.sha1(text.encode("utf-8")).digest()
     return int.from_bytes(digest[:8], "big") % num_shards
 

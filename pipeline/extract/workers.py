@@ -43,7 +43,8 @@ from ..data.sampling import (
 )
 from ..errors import DecodeError, VidprobeError
 from ..store.sources import Source
-from .decode import VideoReader, assign_frames
+from .decode import assign_frames
+from .readers import open_reader
 
 Window = tuple[float | None, float | None, np.ndarray]  # (start, end, frame index per sampled time)
 
@@ -138,7 +139,9 @@ def decode_task(
     wanted_views = [p for p in views if p is not None]
     source: Source | None = None
     try:
-        with VideoReader(task.path, threads=threads, root=task.root, remote=task.remote) as reader:
+        with open_reader(
+            task.path, threads=threads, root=task.root, frame_rate=sampling.frame_rate, remote=task.remote
+        ) as reader:
             info, source = reader.info, reader.source
             keys: Sequence[tuple[float | None, float | None]]  # the clips' store keys
             if sampling.windowed:  # windows are the clips' keys; resume skips the stored ones

@@ -66,6 +66,20 @@ def opened_fingerprint(f: BinaryIO) -> Source | None:
     return size, int(st.st_mtime_ns), crc
 
 
+def _other_source(path: str | Path):
+    """The fingerprint of a source that is not one file (a frame folder, a WebDataset sample), as a
+    call; None for a file (or nothing at all)."""
+    from ..data.frames import folder_fingerprint
+    from ..data.webdataset import member_fingerprint, split_member
+
+    if not is_url(str(path)) and os.path.isdir(path):
+        return lambda: folder_fingerprint(path)
+    member = split_member(path)
+    if member is not None:
+        return lambda: member_fingerprint(*member)
+    return None
+
+
 def fingerprint(path: str | Path, recorded: Source | None = None, *, complete: bool = True) -> Source | None:
     """The file's fingerprint now (None if it cannot be read or is not a regular file).
     Against a ``recorded`` fingerprint the samples are read only when they decide ``same_file`` (the size
@@ -73,7 +87,12 @@ def fingerprint(path: str | Path, recorded: Source | None = None, *, complete: b
     ``complete=False`` leaves the crc ``UNKNOWN_SOURCE`` wherever the comparison does not need it (planning
     a resume reads no file it need not; the crc is completed when the video's records are written).
     A URL's fingerprint is its size and ETag (``pipeline.data.remote.remote_source``): one metadata request.
+    A frame folder's is ``data.frames.folder_fingerprint``, a WebDataset sample's
+    ``data.webdataset.member_fingerprint`` (both always complete).
     """
+    other = _other_source(path)
+    if other is not None:
+        return other()
     if is_url(str(path)):
         return fingerprint_url(str(path))
     try:
