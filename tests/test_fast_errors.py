@@ -90,6 +90,7 @@ def setup(tmp_path_factory) -> dict[str, Path]:
         "poolings: [mean]\nheads: [logreg]\n"
     )
     (base / "hub-cache").mkdir()
+    (base / "empty.parquet").mkdir()
     return {"base": base, "store": base / "store", "head": base / "h.npz", "videos": base / "videos"}
 
 
@@ -159,6 +160,8 @@ def _mistakes(s: dict[str, Path]) -> list[tuple[list[str], int, str]]:
         (["predict", head, str(base / "missing.mp4")], 3, "missing.mp4"),
         (["predict", head, videos + "/x.mp4", "-k", "0"], 2, "top-k"),
         (["predict", head, videos + "/x.mp4", "--device", "tpu"], 2, "tpu"),
+        (["predict", head, videos + "/x.mp4", "--explain", "--per-clip"], 2, "--per-clip"),
+        (["export", store, "-o", str(base / "empty.parquet")], 1, "is a folder"),  # a Parquet file goes there
         (["benchmark", str(base / "nobench.yaml")], 2, "nobench.yaml"),
         (["benchmark", str(base / "bench.yaml")], 2, "nosuch"),
         (["benchmark", str(base / "bench.yaml"), "--device", "tpu"], 2, "tpu"),

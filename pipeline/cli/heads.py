@@ -405,6 +405,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         check_writable(args.output, "write the predictions")
         if args.explain:
             raise ConfigError("--explain prints each frame's weight; it is not written to -o (drop one of them)")
+    if args.explain and args.per_clip:
+        raise ConfigError("--explain explains each video's prediction; --per-clip gives one per window (drop one)")
     plot_dir = None
     if args.explain:
         plot_dir = Path(args.explain_dir)
@@ -455,7 +457,8 @@ def _print_predictions(rows: list[dict[str, Any]]) -> None:
         for message in r.get("warnings", []):
             print(f"vidprobe predict: warning: {message}", file=sys.stderr)
     done = [r for r in rows if "error" not in r]
-    if len(rows) > 1 or any("clip" in r for r in done):
+    explained = any("clips" in r for r in done)  # --explain: each video with its frame weights, as below
+    if not explained and (len(rows) > 1 or any("clip" in r for r in done)):
         width = max((len(r["path"]) for r in done), default=0)
         for r in done:
             window = f" {r['start']:.2f}-{r['end']:.2f}s" if "start" in r and "end" in r else ""

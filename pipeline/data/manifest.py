@@ -25,7 +25,7 @@ from ..errors import ManifestError, check_choice
 from .frames import IMAGE_EXTENSIONS, is_frame_folder
 from .keys import Key, clip_key
 from .remote import is_url, list_urls, redact
-from .webdataset import list_samples
+from .webdataset import is_shard_list, list_samples
 
 VIDEO_EXTENSIONS = frozenset(
     [
@@ -603,7 +603,7 @@ def load_manifest(
     """
     check_choice(format, FORMATS, "format", ManifestError)
     text = str(source)
-    if format == "webdataset" or (format == "auto" and text.lower().endswith(".tar")):
+    if format == "webdataset" or (format == "auto" and is_shard_list(text)):
         return read_webdataset(text, label_from)
     if is_url(text):
         return read_urls(text)

@@ -72,7 +72,8 @@ def _identity(shard: Shard) -> tuple:
 def _open_shard(shard: Shard, remote: RemoteOptions | None = None) -> BinaryIO:
     """The shard as a seekable file: the local file, or the URL read in ranges (``data.remote``)."""
     if is_url(str(shard)):
-        return cast(BinaryIO, open_url(str(shard), remote)[0])
+        # buffered: a raw read() stops at a block's end, and a label member may straddle one
+        return cast(BinaryIO, io.BufferedReader(open_url(str(shard), remote)[0]))
     return open(shard, "rb")  # noqa: SIM115 - the caller closes it
 
 

@@ -120,11 +120,6 @@ class VideoDecoder:
         )
         self._pool.start(self._tasks)
 
-    @property
-    def replaced(self) -> int:
-        """Decoder processes killed after a timeout or found dead so far."""
-        return self._pool.replaced
-
     def embedded(
         self, transform: Callable[[np.ndarray], np.ndarray], batch_size: int = 32
     ) -> Iterator[tuple[int, Clips | DecodeError]]:

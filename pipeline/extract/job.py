@@ -29,7 +29,7 @@ import numpy as np
 from ..config import Config, SamplingConfig
 from ..data.keys import clip_key
 from ..data.manifest import Manifest, Problem, VideoItem
-from ..data.remote import RemoteOptions, redact
+from ..data.remote import RemoteOptions, is_url, redact
 from ..data.sampling import sampling_identity
 from ..encoders.base import FrameEncoder
 from ..errors import StoreError
@@ -225,6 +225,8 @@ def changed_since(path: str | Path, decoded: Source | None) -> str:
     if decoded is None:
         return ""
     now = fingerprint(path, decoded)
+    if now is None and is_url(str(path)):  # no answer now (a timeout, a 5xx) is not a replaced object
+        return ""
     if now is not None and same_file(now, decoded):
         return ""
     why = "it is gone" if now is None else "another file is at its path"

@@ -222,7 +222,7 @@ def head_grid(poolings: list[str], heads: list[HeadConfig]) -> list[tuple[str, H
 
 
 FIT_LOG = "fits.jsonl"  # in the results folder while a run is going: each finished fit's row and details
-_FIT_KEY = ("dataset", "store", "encoder", "pool", "head_settings", "shots", "shot_seed", "seed")
+_FIT_KEY = ("dataset", "store", "encoder", "weights_id", "split", "pool", "head_settings", "shots", "shot_seed", "seed")
 
 
 class FitLog:
@@ -248,15 +248,16 @@ class FitLog:
                     f"{out}: holds a finished benchmark run ({finished}); pass --overwrite to run it again, "
                     "or -o another folder"
                 )
-        if overwrite:
+        if overwrite:  # the old record too: this run, if stopped, resumes without --overwrite
             path.unlink(missing_ok=True)
+            record.unlink(missing_ok=True)
             return cls(path)
         done = {}
         if path.is_file():
             for line in path.read_text(encoding="utf-8").splitlines():
                 try:
                     fit = json.loads(line)
-                    done[cls.key(fit["row"])] = fit
+                    done[fit["key"]] = fit
                 except (ValueError, KeyError, TypeError):  # a line cut short by the stop
                     continue
         return cls(path, done)
@@ -268,10 +269,11 @@ class FitLog:
     def get(self, row: dict[str, Any]) -> dict[str, Any] | None:
         return self.done.get(self.key(row))
 
-    def add(self, row: dict[str, Any], details: list[dict[str, Any]]) -> None:
+    def add(self, ident: dict[str, Any], row: dict[str, Any], details: list[dict[str, Any]]) -> None:
+        """Log a finished fit under what it fitted (``ident``: its row before the fit, with the split)."""
         if self.path is not None:
             with open(self.path, "a", encoding="utf-8") as fh:
-                fh.write(json.dumps({"row": row, "details": details}, default=_plain) + "\n")
+                fh.write(json.dumps({"key": self.key(ident), "row": row, "details": details}, default=_plain) + "\n")
 
 
 def _plain(value: Any) -> Any:
@@ -408,12 +410,14 @@ class _StoreFits:
         seed = self.cfg.split.seed if seed is None else seed
         row = {**self.base, "seed": seed, "pool": pool, "order_aware": order_aware(pool), "head": head.kind}
         row.update(head_settings=head.to_dict(), shots=shots, shot_seed=shot_seed if shots else None)
-        if (done := self.log.get(row)) is not None:
+        split = self.cfg.split
+        ident = {**row, "split": [split.val_fraction, split.test_fraction, str(self.entry.splits_from)]}
+        if (done := self.log.get(ident)) is not None:
             self.details += done["details"]
             return done["row"]
         row, details = self._fit_row(row, head, pool, shots, shot_seed, seed)
         self.details += details
-        self.log.add(row, details)
+        self.log.add(ident, row, details)
         return row
 
     def _fit_row(

@@ -144,7 +144,10 @@ def predict_iter(
             elif not clips:
                 rows = [_failed(name, item, f"{name}: no clip window of the head's sampling fits in the video")]
             else:
-                rows = _rows(name, item, clips, head, pool, top_k, per_clip, how, plot_dir)
+                try:
+                    rows = _rows(name, item, clips, head, pool, top_k, per_clip, how, plot_dir)
+                except HeadError as exc:  # e.g. probabilities that overflow on this video's features: its row
+                    rows = [_failed(name, item, str(exc))]
             bar.count(rows, clips)
             yield present[j], rows
 

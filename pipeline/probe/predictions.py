@@ -72,7 +72,6 @@ class PredictionFile:
         self.path, self.format, self.per_clip = Path(path), check_output(path), per_clip
         self.header = columns(k, per_clip)
         self.done: set[Key] = set()
-        self.rows_before = 0
         self._fh: BinaryIO | None = None
         if self.path.exists():
             self._resume()
@@ -127,11 +126,9 @@ class PredictionFile:
                     group = (key, offset, 0, windows)
                 group = (group[0], group[1], group[2] + 1, group[3])
                 self.done.add(key)
-                self.rows_before += 1
             offset += len(line) + 1
         if self.per_clip and group is not None and group[3] is not None and group[2] < group[3]:
             self.done.discard(group[0])  # killed between this video's rows: it is predicted again
-            self.rows_before -= group[2]
             keep = group[1]
         if keep < len(data):
             os.truncate(self.path, keep)

@@ -137,8 +137,9 @@ def pooled_key(base: dict[str, Any], index: StoreIndex, pool: str, dtype: str) -
 def is_current(
     kind: str, stored: dict[str, Any], current: dict[str, Any] | None, index: StoreIndex | None, dtype: str
 ) -> bool:
-    """Whether a cache of ``kind`` keyed ``stored`` is exactly what a read now would use: the one rule the
-    reader, ``info`` and ``verify`` share. ``current``: the store's ``index_key`` now; ``index``: its clip index
+    """Whether a cache of ``kind`` keyed ``stored`` is exactly what a read now would use: the rule ``info`` and
+    ``verify`` share (the reader's ``_open_checked`` compares the same keys). ``current``: the store's
+    ``index_key`` now; ``index``: its clip index
     (a pooled cache is also keyed by the checksums of the shards it was pooled from)."""
     if current is None:
         return False

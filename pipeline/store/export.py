@@ -85,11 +85,11 @@ def _appeared(out: Path) -> StoreError:
     )
 
 
-def _check_output(out: Path) -> None:
+def _check_output(out: Path, format: str) -> None:
     """Before any work: ``out`` is free and its folder writable; stale temporaries there are removed."""
     if out.exists() and (out.is_file() or any(out.iterdir())):
         raise _exists(out)
-    check_writable(out, "write the export", folder=out.is_dir())  # an empty folder may be given to npy
+    check_writable(out, "write the export", folder=format == "npy")  # an empty folder may be given to npy only
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -126,7 +126,7 @@ def export_store(
         raise StoreError(f"row_group={row_group}: must be at least 1")
     store = open_store(store_path)
     out = Path(out)
-    _check_output(out)
+    _check_output(out, format)
     name = getattr(pool, "name", None) if pool is not None else None
     meta = _metadata(store, name, frames)
     if format == "parquet":

@@ -189,7 +189,7 @@ class ShardWriter:
         self.written: list[Path] = []
         # What finished shards hold (a run record counts these, not what was handed in: a full disk
         # loses the buffered clips, and the record must not claim them).
-        self.stored_clips = self.stored_frames = self.stored_failures = 0
+        self.stored_clips = self.stored_frames = 0
         self.stored_failed: dict[str, str] = {}  # video -> stage of its latest failure in a finished shard
 
     def add(
@@ -291,7 +291,6 @@ class ShardWriter:
         )
         self.stored_clips += len(p.videos)
         self.stored_frames += p.frames
-        self.stored_failures += len(p.failures)
         self.stored_failed.update((f[0], f[3]) for f in p.failures)
         self.pending = _Pending()
         self.written.append(final)
