@@ -14,14 +14,16 @@ from pathlib import Path
 
 class RangeServer:
     """Serves the files under ``root`` at ``http://127.0.0.1:PORT/<relative path>``, with ETag, HEAD and
-    single-range GETs. ``requests``/``bytes`` count per path; ``fail[path]`` injects a failure:
-    ``404``, ``403``, ``reset`` (the connection closes halfway through a body), ``truncate`` (the body
-    ends short of its Content-Length), ``stall`` (the server says nothing for ``stall_s`` seconds)."""
+    single-range GETs. ``requests``/``bytes`` count per path (``heads``: the requests that were HEADs);
+    ``fail[path]`` injects a failure: ``404``, ``403``, ``reset`` (the connection closes halfway through a
+    body), ``truncate`` (the body ends short of its Content-Length), ``stall`` (the server says nothing for
+    ``stall_s`` seconds)."""
 
     def __init__(self, root: Path, stall_s: float = 30.0):
         self.root, self.stall_s = Path(root), stall_s
         self.requests: Counter[str] = Counter()
         self.bytes: Counter[str] = Counter()
+        self.heads: Counter[str] = Counter()
         self.fail: dict[str, str] = {}
         self.lock = threading.Lock()
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
@@ -57,6 +59,7 @@ def _handler(server: RangeServer) -> type[BaseHTTPRequestHandler]:
             rel = self.path.split("?")[0].lstrip("/")
             with server.lock:
                 server.requests[rel] += 1
+                server.heads[rel] += self.command == "HEAD"
             fault = server.fail.get(rel, "")
             if fault == "stall":
                 time.sleep(server.stall_s)

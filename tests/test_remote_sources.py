@@ -28,6 +28,11 @@ SETTINGS = ["sampling.num_frames=3", "extract.batch_size=12", "extract.num_worke
 FAST_FAIL = ["extract.remote_retries=1", "extract.remote_timeout=1"]  # a stall fails in ~2 s, not 2 min
 ATOL = 1e-4  # the same frames, packed into encoder batches differently: float summation order only
 NAMES = [f"{label}/v{j}.mp4" for label in ("stripes_h", "stripes_v") for j in range(2)]
+TINY_CLIP = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 64, "layers": 1, "width": 48, "head_width": 16, "patch_size": 16},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
 
 
 @pytest.fixture(scope="module")
@@ -160,50 +165,149 @@ def test_a_stall_past_decode_timeout_is_a_recorded_failure(http, effnet, tmp_pat
     assert failure["path"] == http.url(NAMES[0]) and "timeout" in failure["error"].lower()
 
 
-def test_resume_fetches_nothing_stored_and_a_replaced_object_is_extracted_again(videos, http, effnet, tmp_path):
-    rows = [(http.url(rel), rel.split("/")[0]) for rel in NAMES]
-    store = tmp_path / "store"
-    first = _run(load_manifest(_csv(tmp_path / "half.csv", rows[:2])), store, effnet)
-    assert first.done == 2
+def test_a_rerun_after_a_finished_run_checks_each_stored_url_once_and_extracts_a_replaced_object_again(
+    videos, tmp_path, effnet
+):
+    """After a finished run nothing is taken as recorded (``store.runs.resumed_records``): one ``HEAD`` per
+    stored URL (its size + ETag), no byte of it; an object replaced at its URL is extracted again."""
+    served = _copy(videos, tmp_path / "served")
+    with RangeServer(served) as http:
+        rows = [(http.url(rel), rel.split("/")[0]) for rel in NAMES]
+        store = tmp_path / "store"
+        first = _run(load_manifest(_csv(tmp_path / "half.csv", rows[:2])), store, effnet)
+        assert first.done == 2
+        _clear(http)
+        again = _run(load_manifest(_csv(tmp_path / "all.csv", rows)), store, effnet)
+        assert again.done == 2 and again.skipped == 2
+        for rel in NAMES[:2]:  # stored: one HEAD for its fingerprint (size + ETag), not a byte of it
+            assert http.requests[rel] == http.heads[rel] == 1 and http.bytes[rel] == 0, (rel, http.requests)
+        assert all(http.bytes[rel] > 0 for rel in NAMES[2:])
+        # the object at a URL replaced (new bytes, new ETag): extracted again; each other one: one HEAD
+        write_video(served / NAMES[0], pattern_frames(36, height=72, width=96, kind=1, seed=9), fps=12, gop=12)
+        _clear(http)
+        third = _run(load_manifest(_csv(tmp_path / "all.csv", rows)), store, effnet)
+        assert third.done == 1 and third.changed == [http.url(NAMES[0])]
+        for rel in NAMES[1:]:
+            assert http.requests[rel] == http.heads[rel] == 1 and http.bytes[rel] == 0, (rel, http.requests)
+        assert http.bytes[NAMES[0]] > 0
+
+
+def _copy(videos: Path, to: Path) -> Path:
+    """The test videos in a folder of their own: a test may replace one without touching the others' tests."""
+    for rel in NAMES:
+        (to / rel).parent.mkdir(parents=True, exist_ok=True)
+        (to / rel).write_bytes((videos / rel).read_bytes())
+    return to
+
+
+def _clear(http: RangeServer) -> None:
     http.requests.clear()
     http.bytes.clear()
-    again = _run(load_manifest(_csv(tmp_path / "all.csv", rows)), store, effnet)
-    assert again.done == 2 and again.skipped == 2
-    for rel in NAMES[:2]:  # stored: one HEAD for its fingerprint (size + ETag), not a byte of it
-        assert http.requests[rel] == 1 and http.bytes[rel] == 0, (rel, http.requests, http.bytes)
-    assert all(http.bytes[rel] > 0 for rel in NAMES[2:])
-    # the object at a URL replaced (new ETag): extracted again
-    write_video(videos / NAMES[0], pattern_frames(36, height=72, width=96, kind=1, seed=9), fps=12, gop=12)
-    third = _run(load_manifest(_csv(tmp_path / "all.csv", rows)), store, effnet)
-    assert third.done == 1 and third.changed == [http.url(NAMES[0])]
+    http.heads.clear()
 
 
-@pytest.mark.slow
-def test_after_kill_9_a_resumed_job_fetches_nothing_stored(videos, http, effnet, tmp_path):
-    """A CLI job killed (SIGKILL) while the server is slow on the last videos; the re-run sends one ``HEAD``
-    per stored video (its fingerprint) and fetches none of its bytes."""
-    http.stall_s = 3.0  # "stall" below the timeout: each request of these answers, 3 s late
-    http.fail.update({NAMES[2]: "stall", NAMES[3]: "stall"})
-    manifest = _csv(tmp_path / "m.csv", [(http.url(rel), rel.split("/")[0]) for rel in NAMES])
-    store = tmp_path / "store"
-    cmd = [sys.executable, "-m", "pipeline", "extract", str(manifest), "-o", str(store), "-q", "--device", "cpu",
-           *SETTINGS, "extract.shard_size=1"]  # fmt: skip
+def _kill_when_stored(cmd: list[str], store: Path, shards: int) -> None:
+    """Run ``cmd`` (a CLI job) and SIGKILL it as soon as ``store`` holds ``shards`` shard files."""
     job = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 240
-    while len(list((store / "shards").glob("*.h5"))) < 2:  # the two fast videos stored, one shard file each
+    while len(list((store / "shards").glob("*.h5"))) < shards:
         assert job.poll() is None and time.monotonic() < deadline, job.stderr.read() if job.stderr else ""
         time.sleep(0.05)
     job.send_signal(signal.SIGKILL)
     job.communicate(timeout=60)
-    stored = sorted(_by_name(store))
-    assert stored == NAMES[:2]
+
+
+def _cli(manifest: Path, store: Path) -> list[str]:
+    return [sys.executable, "-m", "pipeline", "extract", str(manifest), "-o", str(store), "-q", "--device", "cpu",
+            *SETTINGS, "extract.shard_size=1"]  # fmt: skip
+
+
+def _assert_equal_stores(store: Path, want: Path) -> None:
+    got, expected = _by_name(store), _by_name(want)
+    assert sorted(got) == sorted(expected) == sorted(NAMES) and open_store(store).failures() == []
+    for name in NAMES:
+        np.testing.assert_allclose(got[name], expected[name], atol=ATOL, rtol=1e-4, err_msg=name)
+
+
+@pytest.mark.slow
+def test_after_kill_9_a_resumed_job_sends_no_request_for_stored_videos(videos, http, effnet, tmp_path):
+    """A CLI job killed (SIGKILL) while the server is slow on the last videos; the resume continues it: no
+    request at all for the videos it stored, the rest extracted, the store equal to an uninterrupted one."""
+    http.stall_s = 3.0  # "stall" below the timeout: each request of these answers, 3 s late
+    http.fail.update({NAMES[2]: "stall", NAMES[3]: "stall"})
+    manifest = _csv(tmp_path / "m.csv", [(http.url(rel), rel.split("/")[0]) for rel in NAMES])
+    store = tmp_path / "store"
+    _kill_when_stored(_cli(manifest, store), store, 2)  # the two fast videos stored, one shard file each
+    assert sorted(_by_name(store)) == NAMES[:2]
+    assert json.loads((store / "runs" / "shard.json").read_text())["state"] == "running"
     http.fail.clear()
-    http.requests.clear()
-    http.bytes.clear()
+    _clear(http)
     summary = _run(load_manifest(manifest), store, effnet)
-    assert summary.done == 2 and summary.skipped == 2 and sorted(_by_name(store)) == sorted(NAMES)
-    for rel in stored:
-        assert http.requests[rel] == 1 and http.bytes[rel] == 0, (rel, http.requests, http.bytes)
+    assert summary.done == 2 and summary.skipped == 2
+    assert [http.requests[rel] for rel in NAMES[:2]] == [0, 0], http.requests
+    assert all(http.bytes[rel] > 0 for rel in NAMES[2:])
+    _assert_equal_stores(store, _uninterrupted(manifest, tmp_path / "whole", effnet))
+
+
+def _uninterrupted(manifest: Path, store: Path, effnet) -> Path:
+    assert _run(load_manifest(manifest), store, effnet).done == len(NAMES)
+    return store
+
+
+@pytest.mark.slow
+def test_a_resume_killed_too_is_resumed_without_requests_and_a_finished_run_ends_the_trust(videos, effnet, tmp_path):
+    """kill -9, a resume killed as well, a second resume: no request for what either killed run stored (the
+    record keeps the first interrupted run's mark). Once a run finished, the next checks every stored URL
+    again (one ``HEAD`` each) and extracts an object replaced meanwhile."""
+    served = _copy(videos, tmp_path / "served")
+    with RangeServer(served, stall_s=3.0) as http:
+        manifest = _csv(tmp_path / "m.csv", [(http.url(rel), rel.split("/")[0]) for rel in NAMES])
+        store = tmp_path / "store"
+        http.fail.update({NAMES[2]: "stall", NAMES[3]: "stall"})
+        _kill_when_stored(_cli(manifest, store), store, 2)
+        assert sorted(_by_name(store)) == NAMES[:2]
+        del http.fail[NAMES[2]]
+        _clear(http)
+        _kill_when_stored(_cli(manifest, store), store, 3)  # the resume stores one more, then is killed too
+        assert sorted(_by_name(store)) == NAMES[:3]
+        assert [http.requests[rel] for rel in NAMES[:2]] == [0, 0], http.requests
+        http.fail.clear()
+        _clear(http)
+        summary = _run(load_manifest(manifest), store, effnet)
+        assert summary.done == 1 and summary.skipped == 3
+        assert [http.requests[rel] for rel in NAMES[:3]] == [0, 0, 0], http.requests
+        assert json.loads((store / "runs" / "shard.json").read_text())["state"] == "finished"
+        _assert_equal_stores(store, _uninterrupted(manifest, tmp_path / "whole", effnet))
+        write_video(served / NAMES[1], pattern_frames(36, height=72, width=96, kind=0, seed=7), fps=12, gop=12)
+        _clear(http)
+        again = _run(load_manifest(manifest), store, effnet)
+        assert again.done == 1 and again.changed == [http.url(NAMES[1])]
+        for rel in (NAMES[0], *NAMES[2:]):
+            assert http.requests[rel] == http.heads[rel] == 1 and http.bytes[rel] == 0, (rel, http.requests)
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory):
+    """A second real encoder, small: an open_clip ViT with random weights (from a model config file)."""
+    from pipeline.encoders import create_encoder
+
+    cfg = tmp_path_factory.mktemp("tinyclip") / "tiny-remote-vit.json"
+    cfg.write_text(json.dumps(TINY_CLIP))
+    return create_encoder(f"openclip:{cfg}", device="cpu")
+
+
+def test_several_encoders_ask_once_per_decoded_url_whether_it_was_replaced(http, effnet, tiny_clip, tmp_path):
+    """One decode for two stores: the object is checked once after decoding (``changed_since``), not per store."""
+    rows = [(http.url(rel), rel.split("/")[0]) for rel in NAMES[:2]]
+    manifest = load_manifest(_csv(tmp_path / "m.csv", rows))
+    (one,) = extract(manifest, tmp_path / "one", load_config(None, SETTINGS), encoders=[effnet], progress=False)
+    heads_one = {rel: http.heads[rel] for rel in NAMES[:2]}
+    _clear(http)
+    cfg = load_config(None, SETTINGS)
+    both = extract(manifest, tmp_path / "both", cfg, encoders=[effnet, tiny_clip], progress=False)
+    assert one.done == 2 and [s.done for s in both] == [2, 2]
+    # one HEAD when the decoder opens the URL (its size and ETag), one after decoding: as with one store
+    assert {rel: http.heads[rel] for rel in NAMES[:2]} == heads_one == {rel: 2 for rel in NAMES[:2]}
 
 
 def test_secrets_in_urls_are_never_stored_or_shown(http, effnet, tmp_path):

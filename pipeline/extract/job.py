@@ -4,7 +4,8 @@ decode and encode.
 ``ExtractionJob`` is a context manager that, in this order, creates or opens the store with the
 encoder's provenance (a mismatch is refused before anything runs), takes the writer lock of its job
 shard (before reading what is done, so a second job on the same work is refused), plans what is left
-(``plan_tasks``), records the run (running, then finished or stopped, under the writer prefix), opens
+(``plan_tasks``; a resume of an interrupted run takes what that run stored as recorded:
+``store.runs.resumed_records``), records the run (running, then finished or stopped, under the writer prefix), opens
 the ``ShardWriter`` and records the manifest's problems as failures. Engines hand it what they made of
 each item (``deliver`` an ``Outcome``: a failure, else warnings and clips), which it writes and counts in
 its ``ExtractSummary``.
@@ -35,6 +36,7 @@ from ..encoders.base import FrameEncoder
 from ..errors import StoreError
 from ..store import FeatureStore, ShardWriter, create_or_open, write_run_record, writer_prefix
 from ..store.index import failure_counts
+from ..store.runs import resumed_records
 from ..store.sources import Source, fingerprint, same_file
 from ..versions import versions
 from .sharding import JobShard
@@ -107,6 +109,7 @@ def plan_tasks(
     retry_failed: bool = False,
     sources: dict[str, Source | None] | None = None,
     remote: RemoteOptions | None = None,
+    resumed: set[str] | frozenset[str] = frozenset(),
 ) -> tuple[list[tuple[VideoItem, ClipTask]], list[Problem]]:
     """(item, task) pairs still to do and manifest problems to record; counts go into ``summary``.
     Only what ``shard`` owns (everything when None). Single-clip strategies skip an item whose key is
@@ -117,6 +120,8 @@ def plan_tasks(
     from (``store.sources.same_file``) is done again whole, and named in ``summary.changed``.
     ``sources``: filled with each planned item's fingerprint, its crc unknown where planning did not need it
     (planning reads no file it need not): what a failure without a decoder's fingerprint records.
+    ``resumed``: video paths a resume takes as recorded (``store.runs.resumed_records``): their URLs get no
+    request (a local file is still stat'ed: that is free).
     """
     index = store.index()
     stored = store.done_keys(include_failed=False)
@@ -138,8 +143,8 @@ def plan_tasks(
             summary.skipped += 1
             continue
         was = recorded.get(item.path)
-        # a URL never stored: no request now (a million HEADs one by one); the decoder fingerprints it
-        now = None if item.url and was is None else fingerprint(item.location, was, complete=False)
+        # a URL never stored: no request now (a million HEADs one by one; ``fingerprint``); the decoder fingerprints it
+        now = was if item.url and item.path in resumed else fingerprint(item.location, was, complete=False)
         renewed = was is not None and now is not None and not same_file(now, was)  # the path holds another file
         if not renewed and ((key in failed_before) != retry_failed or (not sampling.windowed and key in stored)):
             summary.skipped += 1
@@ -166,13 +171,15 @@ def plan_tasks(
     return todo, problems
 
 
-def note_run(store: FeatureStore, prefix: str, summary: ExtractSummary, state: str) -> None:
-    """Record this run's state and counts under its writer prefix (what ``vidprobe info`` shows per shard)."""
+def note_run(store: FeatureStore, prefix: str, summary: ExtractSummary, state: str, after_shard: str = "") -> None:
+    """Record this run's state and counts under its writer prefix (what ``vidprobe info`` shows per shard);
+    ``after_shard``: see ``store.runs.resumed_records``."""
     write_run_record(
         store,
         prefix,
         {
             "state": state,
+            "after_shard": after_shard,
             "shard": summary.shard,
             "engine": summary.engine,
             "assigned": summary.total,
@@ -191,17 +198,18 @@ def note_run(store: FeatureStore, prefix: str, summary: ExtractSummary, state: s
 
 
 @contextlib.contextmanager
-def recorded_run(store: FeatureStore, prefix: str, summary: ExtractSummary) -> Iterator[None]:
+def recorded_run(store: FeatureStore, prefix: str, summary: ExtractSummary, after_shard: str = "") -> Iterator[None]:
     """Record the run under its writer prefix: running, then finished — or stopped if it ends by an
     exception (Ctrl-C, a store error), which is re-raised. A SIGKILLed run stays "running"."""
-    note_run(store, prefix, summary, "running")
+    note = partial(note_run, store, prefix, summary, after_shard=after_shard)
+    note("running")
     try:
         yield
     except BaseException:
         with contextlib.suppress(OSError, StoreError):  # e.g. the disk is full: the error says so
-            note_run(store, prefix, summary, "stopped")
+            note("stopped")
         raise
-    note_run(store, prefix, summary, "finished")
+    note("finished")
 
 
 @dataclass(frozen=True)
@@ -283,6 +291,7 @@ class ExtractionJob:
             # before reading what is done (module doc); other shards of the job hold their own shard locks
             lock = stack.enter_context(self.store.writer_lock(job_shard=shard.as_tuple() if shard else None))
             self.sources: dict[str, Source | None] = {}
+            after_shard, resumed = resumed_records(self.store, self.prefix)
             self.todo, problems = plan_tasks(
                 self.manifest,
                 self.store,
@@ -292,8 +301,9 @@ class ExtractionJob:
                 retry_failed=self.retry_failed,
                 sources=self.sources,
                 remote=RemoteOptions.of(cfg.extract),
+                resumed=resumed,
             )
-            stack.enter_context(recorded_run(self.store, self.prefix, self.summary))
+            stack.enter_context(recorded_run(self.store, self.prefix, self.summary, after_shard))
             stack.push(self._count_stored)  # runs after the writer's last flush, before the run record
             self.writer = stack.enter_context(
                 ShardWriter(
@@ -341,16 +351,18 @@ class ExtractionJob:
         self._failed[path] = stage
         self.summary.failures.append((path, error))
 
-    def deliver(self, item: VideoItem, outcome: Outcome) -> None:
+    def deliver(self, item: VideoItem, outcome: Outcome, changed: Callable[[Source | None], str] | None = None) -> None:
         """Write and count what an engine made of ``item``: its failure, else the decoder's warnings (first:
         the shard that takes the clips keeps them) and its clips, under the fingerprint of the file they
         were made from. Embeddings that are not finite fail it, and so does a file that is not the one
-        decoded any more (``changed_since``): its clips are never stored under another file's fingerprint."""
+        decoded any more (``changed_since``): its clips are never stored under another file's fingerprint.
+        ``changed``: ``changed_since`` of ``item`` as the caller has it (``ExtractionJobs.deliver`` asks once
+        for all its stores: one ``HEAD`` per decoded URL, not one per store)."""
         error, stage = outcome.error, outcome.stage
         if not error and not all(np.isfinite(emb).all() for _, _, emb, _ in outcome.clips):
             error, stage = f"{item.shown}: the encoder returned NaN or Inf embeddings; not stored", "encode"
         if not error and outcome.clips:
-            error, stage = changed_since(item.location, outcome.source), "changed"
+            error, stage = (changed or partial(changed_since, item.location))(outcome.source), "changed"
         self.summary.skipped += outcome.skipped
         if error:  # recorded with the decoded file's fingerprint: a re-run sees the path changed and redoes it
             self.add_failure(item.path, item.start, item.end, stage, error, outcome.source)

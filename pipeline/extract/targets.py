@@ -28,7 +28,8 @@ from ..data.manifest import Manifest, VideoItem
 from ..encoders import Preprocess, parse_spec, spec_options
 from ..errors import ConfigError, StoreError
 from ..store.layout import PROVENANCE_FILE
-from .job import ExtractionJob, Outcome
+from ..store.sources import Source
+from .job import ExtractionJob, Outcome, changed_since
 from .workers import ClipTask
 
 __all__ = ["ExtractionJobs", "UnionTask", "decode_views", "store_name", "store_paths"]
@@ -185,9 +186,18 @@ class ExtractionJobs:
         return out
 
     def deliver(self, unit: UnionTask, outcomes: Sequence[Outcome]) -> None:
-        """Hand a planned item to each store that lacked it (``outcomes[i]`` for ``unit.targets[i]``)."""
+        """Hand a planned item to each store that lacked it (``outcomes[i]`` for ``unit.targets[i]``). Whether
+        its file is still the one decoded (``changed_since``) is asked once, whatever the number of stores."""
+        verdicts: dict[tuple[int, ...] | None, str] = {}  # per decoded file (stores share one decode)
+
+        def changed(source: Source | None) -> str:
+            key = None if source is None else tuple(source)
+            if key not in verdicts:
+                verdicts[key] = changed_since(unit.item.location, source)
+            return verdicts[key]
+
         for t, outcome in zip(unit.targets, outcomes, strict=True):
-            self.jobs[t].deliver(unit.item, outcome)
+            self.jobs[t].deliver(unit.item, outcome, changed)
         elapsed = max(time.perf_counter() - self.jobs[0].started, 1e-9)
         frames = sum(job.summary.frames for job in self.jobs)
         failed = sum(job.summary.failed for job in self.jobs)

@@ -2,9 +2,10 @@
 
 Each extraction run writes shard files named ``PREFIX-<time>-<tag>-<id>.h5`` (PREFIX ``shard`` or, for job
 shard i of n, ``shardIIIIofNNNN``) and keeps a small record of its last run in ``runs/PREFIX.json``
-(state running/finished/stopped, clips assigned/done/skipped/failed, host, pid, time). A run killed
-with SIGKILL stays "running" in its record until it is re-run. The next run replaces the record, so the
-decoder's warnings are kept in the shards with their clips (``warnings/*``, see ``layout``), not only here.
+(state running/finished/stopped, clips assigned/done/skipped/failed, host, pid, time, and ``after_shard``:
+see ``resumed_records``). A run killed with SIGKILL stays "running" in its record until it is re-run. The
+next run replaces the record, so the decoder's warnings are kept in the shards with their clips
+(``warnings/*``, see ``layout``), not only here.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import json
 import re
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from ..errors import StoreError
 from .index import failure_counts
@@ -21,7 +24,7 @@ from .lock import scope_name
 if TYPE_CHECKING:
     from .reader import FeatureStore
 
-__all__ = ["writer_prefix", "writer_of", "write_run_record", "writer_progress"]
+__all__ = ["writer_prefix", "writer_of", "write_run_record", "writer_progress", "last_run", "resumed_records"]
 
 
 def writer_prefix(job_shard: tuple[int, int] | None) -> str:
@@ -44,6 +47,45 @@ def write_run_record(store: FeatureStore, writer: str, doc: dict[str, Any]) -> N
     except OSError as exc:
         raise disk_error(d, "create the run records folder", exc) from None
     atomic_write_text(d / f"{writer}.json", json.dumps(doc, indent=1, sort_keys=True))
+
+
+def last_run(store: FeatureStore, writer: str) -> dict[str, Any] | None:
+    """The last-run record of ``writer`` (None when there is none, or it cannot be read)."""
+    try:
+        doc = json.loads((store.path / RUNS_DIR / f"{writer}.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def resumed_records(store: FeatureStore, writer: str) -> tuple[str, set[str]]:
+    """A resume continues the interrupted run: (this run's ``after_shard``, the video paths it takes as
+    recorded). Call it holding ``writer``'s lock, before this run's record replaces the last one.
+
+    Every run records ``after_shard``: the newest shard file of ``writer`` when it began ("" for none). When
+    ``writer``'s last run did not finish (its record says "running": it was killed, since we now hold its
+    lock; or "stopped"), this run is a resume: it keeps that run's ``after_shard`` (so a resume that is
+    interrupted too is continued alike, back to the last finished run), and the paths of the clips and open
+    failures in ``writer``'s shard files named after it, which only the interrupted runs wrote, are returned:
+    their fingerprints were taken by those runs' decoders, and ``plan_tasks`` sends no request to check
+    their URLs again. After a finished run (or with no record) nothing is taken as recorded: every stored
+    URL is checked (one ``HEAD``) and a replaced object extracted again. Shard names sort by finish time
+    (``layout.shard_name``), and every shard finished before the run began sorts at or before its
+    ``after_shard``, so no older record is trusted (a clock set back only makes a resume check more).
+    """
+    last = last_run(store, writer)
+    mine = sorted(p.name for p in store.shard_paths() if writer_of(p.name) == writer)
+    if last is None or last.get("state") not in ("running", "stopped") or not isinstance(last.get("after_shard"), str):
+        return (mine[-1] if mine else ""), set()
+    after = last["after_shard"]
+    index = store.index()
+    trusted = {name for name in mine if name > after}
+    paths = {f["path"] for f in index.failures if f.get("shard") in trusted}
+    ends = np.cumsum([len(meta.kept) for meta in index.shards])
+    for meta, end in zip(index.shards, ends.tolist()):
+        if meta.path.name in trusted:
+            paths.update(index.video[end - len(meta.kept) : end])
+    return after, paths
 
 
 def writer_progress(store: FeatureStore) -> dict[str, dict[str, Any]]:

@@ -84,13 +84,17 @@ def fingerprint(path: str | Path, recorded: Source | None = None, *, complete: b
     """The file's fingerprint now (None if it cannot be read or is not a regular file).
     Against a ``recorded`` fingerprint the samples are read only when they decide ``same_file`` (the size
     matches, the modification time does not); with the same size and time the recorded crc stands.
-    ``complete=False`` leaves the crc ``UNKNOWN_SOURCE`` wherever the comparison does not need it (planning
-    a resume reads no file it need not; the crc is completed when the video's records are written).
+    ``complete=False`` (planning: it reads no file it need not) leaves the crc ``UNKNOWN_SOURCE`` wherever the
+    comparison does not need it, and with nothing recorded looks at no source that is not one local file: a
+    URL, a frame folder or a WebDataset sample is then None, unread (its decoder fingerprints what it opens).
     A URL's fingerprint is its size and ETag (``pipeline.data.remote.remote_source``): one metadata request.
     A frame folder's is ``data.frames.folder_fingerprint``, a WebDataset sample's
     ``data.webdataset.member_fingerprint`` (both always complete).
     """
+    known = recorded is not None and recorded[0] != UNKNOWN_SOURCE
     other = _other_source(path)
+    if not complete and not known and (other is not None or is_url(str(path))):
+        return None
     if other is not None:
         return other()
     if is_url(str(path)):
@@ -100,7 +104,6 @@ def fingerprint(path: str | Path, recorded: Source | None = None, *, complete: b
         if not stat.S_ISREG(st.st_mode):  # a FIFO or device: reading it could block, and it has no identity
             return None
         size, mtime = int(st.st_size), int(st.st_mtime_ns)
-        known = recorded is not None and recorded[0] != UNKNOWN_SOURCE
         if known and (size, mtime) == tuple(recorded[:2]):  # type: ignore[index]
             return size, mtime, int(recorded[2])  # type: ignore[index]
         if complete or (known and size == recorded[0]):  # type: ignore[index]

@@ -1,0 +1,87 @@
+"""Planning a fresh store reads no source it need not: a local WebDataset sample and a frame folder with
+nothing recorded are not fingerprinted while planning (as a URL gets no request); their decoder fingerprints
+what it opens, so the store still records a complete fingerprint. Once something is recorded the comparison
+decides (a rewritten sample or frame is extracted again: tests/test_webdataset.py, tests/test_frame_folders.py).
+Real parts: real encoded videos in a tar shard written by ``webdataset``, PNG frames, real stores."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import webdataset as wds
+from media import pattern_frames, write_video
+from PIL import Image
+
+from pipeline.config import load_config
+from pipeline.data.frames import folder_fingerprint
+from pipeline.data.manifest import load_manifest
+from pipeline.data.webdataset import member_fingerprint
+from pipeline.extract.entry import extract
+from pipeline.extract.job import ExtractSummary, build_provenance, plan_tasks
+from pipeline.store import create_or_open, open_store
+
+OPTS = ("sampling.num_frames=3", "extract.num_workers=0", "sampling.frame_rate=12")
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory) -> dict[str, Path]:
+    """4 real videos as one local WebDataset shard, and 2 of them as folders of PNG frames."""
+    base = tmp_path_factory.mktemp("planning")
+    (base / "shards").mkdir()
+    with wds.TarWriter(str(base / "shards" / "00000.tar")) as sink:
+        for i in range(4):
+            video = write_video(base / "videos" / f"v{i}.mp4", pattern_frames(24, kind=i % 2, seed=i), fps=12)
+            sink.write({"__key__": f"{i:08d}", "mp4": video.read_bytes(), "cls": str(i % 2).encode()})
+    for i in range(2):
+        folder = base / "frames" / f"c{i}" / f"v{i}"
+        folder.mkdir(parents=True)
+        for n, frame in enumerate(pattern_frames(24, height=48, width=64, kind=i, seed=i), start=1):
+            Image.fromarray(frame).save(folder / f"img_{n:05d}.png")
+    return {"shard": base / "shards" / "00000.tar", "frames": base / "frames", "videos": base / "videos"}
+
+
+def _plan(source: str, store: Path, effnet) -> tuple[int, dict]:
+    """(tasks planned, the fingerprint planning took of each) for ``source`` into a fresh ``store``."""
+    cfg = load_config(None, list(OPTS))
+    manifest = load_manifest(source)  # listing: a shard's member table is read here, not by planning
+    fresh = create_or_open(store, build_provenance(effnet, cfg))
+    sources: dict = {}
+    todo, _ = plan_tasks(manifest, fresh, cfg.sampling, ExtractSummary(str(store)), sources=sources)
+    return len(todo), sources
+
+
+def _bytes_read() -> int:
+    """Bytes this process has read through ``read`` calls so far (Linux ``/proc/self/io``)."""
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("rchar:"):
+            return int(line.split()[1])
+    raise AssertionError("no rchar in /proc/self/io")
+
+
+@pytest.mark.skipif(not Path("/proc/self/io").exists(), reason="counts reads with Linux /proc/self/io")
+def test_planning_a_fresh_store_reads_no_webdataset_sample(sources, effnet, tmp_path):
+    _plan(str(sources["shard"]), tmp_path / "warm", effnet)  # imports, the store's first files: not measured
+    before = _bytes_read()
+    planned, fingerprints = _plan(str(sources["shard"]), tmp_path / "store", effnet)
+    read = _bytes_read() - before
+    members = sum(p.stat().st_size for p in sources["videos"].iterdir())
+    assert planned == 4 and list(fingerprints.values()) == [None] * 4
+    assert read < members / 4, (read, members)  # fingerprinting them read every member (up to 128 KiB each)
+    (summary,) = extract(load_manifest(str(sources["shard"])), tmp_path / "store", load_config(None, list(OPTS)),
+                         encoders=[effnet], progress=False)  # fmt: skip
+    assert summary.done == 4
+    recorded = open_store(tmp_path / "store").index().current_sources()  # the decoder's, complete
+    assert recorded == {f"00000.tar/{i:08d}": member_fingerprint(sources["shard"], f"{i:08d}") for i in range(4)}
+
+
+def test_planning_a_fresh_store_fingerprints_no_frame_folder(sources, effnet, tmp_path):
+    planned, fingerprints = _plan(str(sources["frames"]), tmp_path / "store", effnet)
+    assert planned == 2 and fingerprints == {"c0/v0": None, "c1/v1": None}
+    (summary,) = extract(load_manifest(str(sources["frames"])), tmp_path / "store", load_config(None, list(OPTS)),
+                         encoders=[effnet], progress=False)  # fmt: skip
+    assert summary.done == 2
+    recorded = open_store(tmp_path / "store").index().current_sources()  # the decoder's, complete
+    assert recorded == {f"c{i}/v{i}": folder_fingerprint(sources["frames"] / f"c{i}" / f"v{i}") for i in range(2)}
+    planned, fingerprints = _plan(str(sources["frames"]), tmp_path / "store", effnet)  # recorded: compared
+    assert planned == 0
