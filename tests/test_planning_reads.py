@@ -15,7 +15,7 @@ from PIL import Image
 
 from pipeline.config import load_config
 from pipeline.data.frames import folder_fingerprint
-from pipeline.data.manifest import load_manifest
+from pipeline.data.manifest import Manifest, load_manifest
 from pipeline.data.webdataset import member_fingerprint
 from pipeline.extract.entry import extract
 from pipeline.extract.job import ExtractSummary, build_provenance, plan_tasks
@@ -41,14 +41,15 @@ def sources(tmp_path_factory) -> dict[str, Path]:
     return {"shard": base / "shards" / "00000.tar", "frames": base / "frames", "videos": base / "videos"}
 
 
-def _plan(source: str, store: Path, effnet) -> tuple[int, dict]:
-    """(tasks planned, the fingerprint planning took of each) for ``source`` into a fresh ``store``."""
+def _plan(manifest: Manifest, store: Path, effnet) -> tuple[int, dict, int]:
+    """(tasks planned, the fingerprint planning took of each, bytes planning read) for ``manifest`` into
+    ``store`` (made if new)."""
     cfg = load_config(None, list(OPTS))
-    manifest = load_manifest(source)  # listing: a shard's member table is read here, not by planning
-    fresh = create_or_open(store, build_provenance(effnet, cfg))
+    made = create_or_open(store, build_provenance(effnet, cfg))
     sources: dict = {}
-    todo, _ = plan_tasks(manifest, fresh, cfg.sampling, ExtractSummary(str(store)), sources=sources)
-    return len(todo), sources
+    before = _bytes_read()
+    todo, _ = plan_tasks(manifest, made, cfg.sampling, ExtractSummary(str(store)), sources=sources)
+    return len(todo), sources, _bytes_read() - before
 
 
 def _bytes_read() -> int:
@@ -61,27 +62,24 @@ def _bytes_read() -> int:
 
 @pytest.mark.skipif(not Path("/proc/self/io").exists(), reason="counts reads with Linux /proc/self/io")
 def test_planning_a_fresh_store_reads_no_webdataset_sample(sources, effnet, tmp_path):
-    _plan(str(sources["shard"]), tmp_path / "warm", effnet)  # imports, the store's first files: not measured
-    before = _bytes_read()
-    planned, fingerprints = _plan(str(sources["shard"]), tmp_path / "store", effnet)
-    read = _bytes_read() - before
+    manifest = load_manifest(str(sources["shard"]))  # listing reads the shard's member table; planning, nothing
+    _plan(manifest, tmp_path / "warm", effnet)  # imports: not measured
+    planned, fingerprints, read = _plan(manifest, tmp_path / "store", effnet)
     members = sum(p.stat().st_size for p in sources["videos"].iterdir())
+    assert read < members / 10, (read, members)  # fingerprinting them read every member (up to 128 KiB each)
     assert planned == 4 and list(fingerprints.values()) == [None] * 4
-    assert read < members / 4, (read, members)  # fingerprinting them read every member (up to 128 KiB each)
-    (summary,) = extract(load_manifest(str(sources["shard"])), tmp_path / "store", load_config(None, list(OPTS)),
-                         encoders=[effnet], progress=False)  # fmt: skip
+    (summary,) = extract(manifest, tmp_path / "store", load_config(None, list(OPTS)), encoders=[effnet], progress=False)
     assert summary.done == 4
     recorded = open_store(tmp_path / "store").index().current_sources()  # the decoder's, complete
     assert recorded == {f"00000.tar/{i:08d}": member_fingerprint(sources["shard"], f"{i:08d}") for i in range(4)}
 
 
 def test_planning_a_fresh_store_fingerprints_no_frame_folder(sources, effnet, tmp_path):
-    planned, fingerprints = _plan(str(sources["frames"]), tmp_path / "store", effnet)
+    manifest = load_manifest(str(sources["frames"]))
+    planned, fingerprints, _ = _plan(manifest, tmp_path / "store", effnet)
     assert planned == 2 and fingerprints == {"c0/v0": None, "c1/v1": None}
-    (summary,) = extract(load_manifest(str(sources["frames"])), tmp_path / "store", load_config(None, list(OPTS)),
-                         encoders=[effnet], progress=False)  # fmt: skip
+    (summary,) = extract(manifest, tmp_path / "store", load_config(None, list(OPTS)), encoders=[effnet], progress=False)
     assert summary.done == 2
     recorded = open_store(tmp_path / "store").index().current_sources()  # the decoder's, complete
     assert recorded == {f"c{i}/v{i}": folder_fingerprint(sources["frames"] / f"c{i}" / f"v{i}") for i in range(2)}
-    planned, fingerprints = _plan(str(sources["frames"]), tmp_path / "store", effnet)  # recorded: compared
-    assert planned == 0
+    assert _plan(manifest, tmp_path / "store", effnet)[0] == 0  # recorded: compared, the same folders
