@@ -21,6 +21,9 @@ from pipeline.config import load_config
 from pipeline.data.manifest import load_manifest
 from pipeline.data.remote import redact
 from pipeline.extract.entry import extract
+from pipeline.extract.job import ExtractionJob
+from pipeline.extract.local import extract_locally
+from pipeline.extract.targets import ExtractionJobs
 from pipeline.store import open_store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -284,6 +287,37 @@ def test_a_resume_killed_too_is_resumed_without_requests_and_a_finished_run_ends
         assert again.done == 1 and again.changed == [http.url(NAMES[1])]
         for rel in (NAMES[0], *NAMES[2:]):
             assert http.requests[rel] == http.heads[rel] == 1 and http.bytes[rel] == 0, (rel, http.requests)
+
+
+def test_a_resume_checks_an_object_its_interrupted_run_found_replaced(videos, effnet, tmp_path):
+    """A run finds one object replaced while it was decoded (a "changed" failure), stores another, and is
+    stopped (Ctrl-C): the resume sends no request for the stored one, but checks the replaced one and
+    extracts it again, without ``--retry-failed``."""
+    served = _copy(videos, tmp_path / "served")
+    with RangeServer(served) as http:
+        manifest = load_manifest(_csv(tmp_path / "m.csv", [(http.url(rel), "x") for rel in NAMES[:3]]))
+        store, cfg = tmp_path / "store", load_config(None, SETTINGS)
+
+        class Interrupted(ExtractionJobs):
+            def deliver(self, unit, outcomes):
+                if unit.item.path == http.url(NAMES[0]):  # replaced after its decode, before its clips are stored
+                    write_video(served / NAMES[0], pattern_frames(36, height=72, width=96, seed=5), fps=12, gop=12)
+                super().deliver(unit, outcomes)
+                if unit.item.path == http.url(NAMES[1]):
+                    raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            extract_locally(
+                cfg, [store], [effnet], lambda p: Interrupted(manifest, [ExtractionJob(manifest, store, cfg, p[0])])
+            )
+        assert json.loads((store / "runs" / "shard.json").read_text())["state"] == "stopped"
+        assert [(f["path"], f["stage"]) for f in open_store(store).failures()] == [(http.url(NAMES[0]), "changed")]
+        assert sorted(_by_name(store)) == [NAMES[1]]
+        _clear(http)
+        summary = _run(manifest, store, effnet)
+        assert summary.done == 2 and summary.changed == [http.url(NAMES[0])] and summary.failed == 0
+        assert http.requests[NAMES[1]] == 0 and http.bytes[NAMES[0]] > 0
+        assert sorted(_by_name(store)) == NAMES[:3] and open_store(store).failures() == []
 
 
 @pytest.fixture(scope="module")

@@ -4,9 +4,9 @@ decode and encode.
 ``ExtractionJob`` is a context manager that, in this order, creates or opens the store with the
 encoder's provenance (a mismatch is refused before anything runs), takes the writer lock of its job
 shard (before reading what is done, so a second job on the same work is refused), plans what is left
-(``plan_tasks``; a resume of an interrupted run takes what that run stored as recorded:
-``store.runs.resumed_records``), records the run (running, then finished or stopped, under the writer prefix), opens
-the ``ShardWriter`` and records the manifest's problems as failures. Engines hand it what they made of
+(``plan_tasks``; a resume takes what the interrupted run stored as recorded: ``store.runs.resumed_records``),
+records the run (running, then finished or stopped, under the writer prefix), opens the ``ShardWriter``
+and records the manifest's problems as failures. Engines hand it what they made of
 each item (``deliver`` an ``Outcome``: a failure, else warnings and clips), which it writes and counts in
 its ``ExtractSummary``.
 """
@@ -143,7 +143,7 @@ def plan_tasks(
             summary.skipped += 1
             continue
         was = recorded.get(item.path)
-        # a URL never stored: no request now (a million HEADs one by one; ``fingerprint``); the decoder fingerprints it
+        # a URL never stored gets no request (``fingerprint``: a million HEADs one by one), nor one a resume trusts
         now = was if item.url and item.path in resumed else fingerprint(item.location, was, complete=False)
         renewed = was is not None and now is not None and not same_file(now, was)  # the path holds another file
         if not renewed and ((key in failed_before) != retry_failed or (not sampling.windowed and key in stored)):

@@ -24,7 +24,7 @@ from .lock import scope_name
 if TYPE_CHECKING:
     from .reader import FeatureStore
 
-__all__ = ["writer_prefix", "writer_of", "write_run_record", "writer_progress", "last_run", "resumed_records"]
+__all__ = ["writer_prefix", "writer_of", "write_run_record", "writer_progress", "resumed_records"]
 
 
 def writer_prefix(job_shard: tuple[int, int] | None) -> str:
@@ -49,7 +49,7 @@ def write_run_record(store: FeatureStore, writer: str, doc: dict[str, Any]) -> N
     atomic_write_text(d / f"{writer}.json", json.dumps(doc, indent=1, sort_keys=True))
 
 
-def last_run(store: FeatureStore, writer: str) -> dict[str, Any] | None:
+def _last_run(store: FeatureStore, writer: str) -> dict[str, Any] | None:
     """The last-run record of ``writer`` (None when there is none, or it cannot be read)."""
     try:
         doc = json.loads((store.path / RUNS_DIR / f"{writer}.json").read_text(encoding="utf-8"))
@@ -65,15 +65,16 @@ def resumed_records(store: FeatureStore, writer: str) -> tuple[str, set[str]]:
     Every run records ``after_shard``: the newest shard file of ``writer`` when it began ("" for none). When
     ``writer``'s last run did not finish (its record says "running": it was killed, since we now hold its
     lock; or "stopped"), this run is a resume: it keeps that run's ``after_shard`` (so a resume that is
-    interrupted too is continued alike, back to the last finished run), and the paths of the clips and open
-    failures in ``writer``'s shard files named after it, which only the interrupted runs wrote, are returned:
+    interrupted too is continued alike, back to the last finished run), and returns the paths of the clips
+    and open failures in ``writer``'s shard files named after it, which only the interrupted runs wrote:
     their fingerprints were taken by those runs' decoders, and ``plan_tasks`` sends no request to check
-    their URLs again. After a finished run (or with no record) nothing is taken as recorded: every stored
-    URL is checked (one ``HEAD``) and a replaced object extracted again. Shard names sort by finish time
-    (``layout.shard_name``), and every shard finished before the run began sorts at or before its
-    ``after_shard``, so no older record is trusted (a clock set back only makes a resume check more).
+    their URLs again (except a video found replaced while it was decoded: a failure of stage "changed").
+    After a finished run (or with no record) nothing is taken as recorded: every stored URL is checked (one
+    ``HEAD``) and a replaced object extracted again. Shard names sort by finish time (``layout.shard_name``)
+    and every shard finished before the run began sorts at or before its ``after_shard``, so no older
+    record is trusted (a clock set back only makes a resume check more).
     """
-    last = last_run(store, writer)
+    last = _last_run(store, writer)
     mine = sorted(p.name for p in store.shard_paths() if writer_of(p.name) == writer)
     if last is None or last.get("state") not in ("running", "stopped") or not isinstance(last.get("after_shard"), str):
         return (mine[-1] if mine else ""), set()
@@ -85,7 +86,7 @@ def resumed_records(store: FeatureStore, writer: str) -> tuple[str, set[str]]:
     for meta, end in zip(index.shards, ends.tolist()):
         if meta.path.name in trusted:
             paths.update(index.video[end - len(meta.kept) : end])
-    return after, paths
+    return after, paths - {f["path"] for f in index.failures if f["stage"] == "changed"}
 
 
 def writer_progress(store: FeatureStore) -> dict[str, dict[str, Any]]:
