@@ -42,7 +42,7 @@ from ..data.webdataset import shard_of_sample, shards_kept_open
 from ..encoders import Preprocess
 from ..encoders.group import group_specs
 from ..errors import ConfigError, VidprobeError
-from ..store.sources import UNKNOWN
+from ..store.sources import UNKNOWN, Source
 from .clips import DecodeFailed, load_views
 from .job import Outcome, build_provenance
 from .local import resolve_runtime
@@ -140,7 +140,9 @@ def _decode_clip(
     keys = ("path", "root", "start", "end", "follow_links", "url")
     item = VideoItem(**{k: clip[k] for k in keys})
     need = tuple(sorted({view_of[t] for t in _targets(clip["targets"], len(view_of))}))
-    error, warned, source = "", list[str](), None
+    error = ""
+    warned: list[str] = []
+    source: Source | None = None
     try:
         got, ts, warned, source = load_views(item, sampling, views, need, threads, remote)
     except Exception as exc:  # a decoder bug on one odd file must not end the job
