@@ -9,7 +9,9 @@ of ``--rounds`` runs, the sources interleaved within each round and each round s
 so the machine's drift and the first run's warm-up hit all alike:
 
 * decode: the frames sampling asks for (``--num-frames`` uniform), read by ``extract.readers.open_reader``
-  and resized to 224 px, in one process (the reader's own cost, no encoder);
+  and resized to 224 px, in one process as a decoder process reads them (inside
+  ``data.webdataset.shards_kept_open``: a shard opened once for its samples), the reader's own cost, no
+  encoder; for the HTTP shards also the server's requests per sample;
 * extract: a whole extraction with the offline encoder (``effnet-lite0``) into a fresh store.
 
 It prints per source frames/s and the ratio to local files (issue 27's target for local and HTTP shards: >= 0.9x); the
@@ -37,6 +39,7 @@ from servers import RangeServer  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.data.manifest import load_manifest  # noqa: E402
 from pipeline.data.sampling import sample_timestamps  # noqa: E402
+from pipeline.data.webdataset import shards_kept_open  # noqa: E402
 from pipeline.encoders import create_encoder  # noqa: E402
 from pipeline.extract.entry import extract  # noqa: E402
 from pipeline.extract.readers import open_reader  # noqa: E402
@@ -85,16 +88,18 @@ def _save_jpeg(frame, path: Path) -> None:
             out.mux(packet)
 
 
-def decode_rate(source: str, cfg) -> float:
-    """Frames/s of reading the sampled frames of every item of ``source``, resized to 224 px."""
+def decode_rate(source: str, cfg, served=lambda: 0) -> tuple[float, int]:
+    """(frames/s of reading the sampled frames of every item of ``source``, resized to 224 px, the requests
+    ``served()`` counts meanwhile)."""
     manifest = load_manifest(source)
-    start, frames = time.perf_counter(), 0
-    for item in manifest.items:
-        with open_reader(item.location, frame_rate=FPS) as reader:
-            times = sample_timestamps(cfg.sampling, 0.0, reader.info.duration)
-            for chunk in reader.iter_frames(times, size=lambda h, w: (224, 224)):
-                frames += len(chunk.timestamps)
-    return frames / (time.perf_counter() - start)
+    start, frames, before = time.perf_counter(), 0, served()
+    with shards_kept_open():  # as a decoder process reads a shard's samples, one after another
+        for item in manifest.items:
+            with open_reader(item.location, frame_rate=FPS) as reader:
+                times = sample_timestamps(cfg.sampling, 0.0, reader.info.duration)
+                for chunk in reader.iter_frames(times, size=lambda h, w: (224, 224)):
+                    frames += len(chunk.timestamps)
+    return frames / (time.perf_counter() - start), served() - before
 
 
 def extract_rate(source: str, store: Path, cfg, encoder) -> float:
@@ -126,11 +131,15 @@ def main() -> None:
             "frames": sources["frames"],
         }
         names = list(sources)
+        requests: list[float] = []  # the HTTP server's requests per sample while the HTTP shards decode
         for r in range(args.rounds):  # each round starts at another source: warm-up hits all alike
             for name in names[r % len(names) :] + names[: r % len(names)]:
                 source = sources[name]
+                decoded, served = decode_rate(source, cfg, lambda: sum(server.requests.values()))
+                if name == "http-shards":
+                    requests.append(served / args.videos)
                 rates = {
-                    "decode": decode_rate(source, cfg),
+                    "decode": decoded,
                     "extract": extract_rate(source, Path(tmp) / f"store-{name}-{r}", cfg, encoder),
                 }
                 for what, rate in rates.items():
@@ -144,6 +153,7 @@ def main() -> None:
     for what, rates in best.items():
         line = " | ".join(f"{k} {v:.1f} frames/s ({ratios[what][k]:.2f}x)" for k, v in rates.items())
         print(f"{what:8s} {line}")
+    print(f"http-shards decode: {min(requests):.2f} requests per sample (a HEAD per shard, then ranged GETs)")
     print(
         json.dumps(
             {
@@ -155,6 +165,8 @@ def main() -> None:
                 "ratio_to_files": ratios,
                 "shards_extract_ratio": round(ratios["extract"]["shards"], 3),
                 "http_shards_extract_ratio": round(ratios["extract"]["http-shards"], 3),
+                "http_shards_decode_ratio": round(ratios["decode"]["http-shards"], 3),
+                "http_shards_decode_requests_per_sample": round(min(requests), 3),
             }
         )
     )

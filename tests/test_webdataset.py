@@ -5,6 +5,8 @@ encoded videos, and extracted as they are (nothing unpacked)."""
 from __future__ import annotations
 
 import json
+import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -145,30 +147,117 @@ def test_a_shard_is_one_unit_of_work_for_job_sharding():
         assert len(set().union(*by_shard.values())) > 1  # and the shards spread over the jobs
 
 
-@pytest.mark.slow
-def test_the_ray_engine_extracts_shards_like_the_local_engine(videos, tmp_path, effnet):
+@pytest.fixture(scope="module")
+def ray_cluster():
     pytest.importorskip("ray")
     import ray
 
     from pipeline.extract.ray_engine import init_ray
 
+    assert init_ray(num_cpus=2)
+    yield ray
+    ray.shutdown()
+
+
+def _assert_same_stores(got: dict, want: dict, prefix: str = "") -> None:
+    assert sorted(k.removeprefix(prefix) for k in got) == sorted(want)
+    for key, (emb, stamps, label) in got.items():
+        np.testing.assert_array_equal(stamps, want[key.removeprefix(prefix)][1])
+        np.testing.assert_allclose(emb, want[key.removeprefix(prefix)][0], rtol=1e-4, atol=1e-4)  # batch packing only
+        assert label == want[key.removeprefix(prefix)][2]
+
+
+@pytest.mark.slow
+def test_the_ray_engine_extracts_shards_local_and_over_http_like_the_local_engine(
+    ray_cluster, videos, tmp_path, effnet
+):
+    """A shard is the Ray engine's unit of work: one decode task reads a shard's samples through one open
+    shard, so over HTTP a shard costs one metadata request and its blocks once in the decoder (the driver's
+    check before storing adds one request per sample), where a task per sample opened it per sample."""
+    from servers import RangeServer
+
+    from pipeline.data.remote import RemoteOptions
+
     write_shards(videos, tmp_path / "shards", corrupt="00000001")
     spec = str(tmp_path / "shards" / "{00000..00001}.tar")
     local = _run(spec, tmp_path / "local", effnet)
-    assert init_ray(num_cpus=2)
-    try:
-        cfg = load_config(None, list(OPTS))
-        (summary,) = extract(load_manifest(spec), tmp_path / "ray", cfg, engine="ray", progress=False)
-    finally:
-        ray.shutdown()
+    cfg = load_config(None, list(OPTS))
+    (summary,) = extract(load_manifest(spec), tmp_path / "ray", cfg, engine="ray", progress=False)
     assert (summary.engine, summary.done, summary.failed) == ("ray", 5, 1) and (local.done, local.failed) == (5, 1)
-    want, got = _embeddings(tmp_path / "local"), _embeddings(tmp_path / "ray")
-    assert sorted(got) == sorted(want)
-    for key, (emb, stamps, label) in got.items():
-        np.testing.assert_array_equal(stamps, want[key][1])
-        np.testing.assert_allclose(emb, want[key][0], rtol=1e-4, atol=1e-4)  # batch packing differs, nothing else
-        assert label == want[key][2]
+    want = _embeddings(tmp_path / "local")
+    _assert_same_stores(_embeddings(tmp_path / "ray"), want)
     assert "00000.tar/00000001" in open_store(tmp_path / "ray").failures()[0]["error"]
+
+    with RangeServer(tmp_path) as server:
+        manifest = load_manifest(server.url("shards/{00000..00001}.tar"))
+        server.requests.clear()
+        (remote,) = extract(manifest, tmp_path / "http", cfg, engine="ray", progress=False)
+        assert (remote.done, remote.failed) == (5, 1)
+        _assert_same_stores(_embeddings(tmp_path / "http"), want, server.url("shards") + "/")
+        for shard in ("00000.tar", "00001.tar"):
+            blocks = math.ceil((tmp_path / "shards" / shard).stat().st_size / RemoteOptions().block_size)
+            assert server.requests[f"shards/{shard}"] <= 1 + blocks + 3, server.requests  # 3 samples a shard
+
+
+@pytest.mark.slow
+def test_the_ray_engine_records_the_fingerprint_of_the_file_whose_decode_failed(ray_cluster, videos, tmp_path, effnet):
+    """A clip that fails after its file was opened (a window past the video's end) is recorded with the
+    fingerprint the decoder took through that file (its crc read), by the Ray engine as by the local one."""
+    from pipeline.store.layout import UNKNOWN_SOURCE
+    from pipeline.store.sources import fingerprint
+
+    root = tmp_path / "v"
+    root.mkdir()
+    shutil.copy(videos / "stripes_h" / "clip0.mp4", root / "a.mp4")
+    (root / "m.csv").write_text("path,label,start,end\na.mp4,x,100,200\n")
+    cfg = load_config(None, list(OPTS))
+    (local,) = extract(load_manifest(str(root / "m.csv")), tmp_path / "local", cfg, encoders=[effnet], progress=False)
+    (ray,) = extract(load_manifest(str(root / "m.csv")), tmp_path / "ray", cfg, engine="ray", progress=False)
+    assert local.failed == ray.failed == 1 and "empty" in ray.failures[0][1]
+    want = fingerprint(root / "a.mp4")
+    assert want is not None and want[2] != UNKNOWN_SOURCE
+    for store in ("local", "ray"):
+        assert open_store(tmp_path / store).index().current_sources()["a.mp4"] == want, store
+
+
+def test_a_decoder_opens_a_remote_shard_once_for_all_its_samples(videos, tmp_path):
+    """Samples of one shard read as a decoder process reads them (one after another, inside
+    ``shards_kept_open``): over HTTP one metadata request for the shard and each of its blocks once, where
+    every sample opened the shard again (~4 metadata requests each). Each sample's fingerprint, taken
+    through the handle decoded, is the one the driver computes before storing; a kept local shard that is
+    rewritten meanwhile is opened again."""
+    from servers import RangeServer
+
+    from pipeline.data.remote import RemoteOptions
+    from pipeline.data.webdataset import member_fingerprint, shards_kept_open
+    from pipeline.extract.readers import open_reader
+
+    write_shards(videos, tmp_path / "shards", per_shard=6)
+    shard = tmp_path / "shards" / "00000.tar"
+    size = shard.stat().st_size
+    keys = [f"{i:08d}" for i in range(6)]
+    with RangeServer(tmp_path) as server:
+        url = server.url("shards/00000.tar")
+        sources = []
+        with shards_kept_open():
+            for key in keys:
+                with open_reader(f"{url}/{key}") as reader:
+                    assert sum(len(c.timestamps) for c in reader.iter_frames(np.array([0.1, 1.0]))) == 2
+                    sources.append(reader.source)
+        blocks = math.ceil(size / RemoteOptions().block_size)
+        assert server.requests["shards/00000.tar"] == 1 + blocks and server.bytes["shards/00000.tar"] == size
+        assert sources == [member_fingerprint(url, key) for key in keys]
+        assert len(set(sources)) == len(keys)
+
+    write_shards(videos / "stripes_v", tmp_path / "other")  # other videos under the same keys
+    local = tmp_path / "shards" / "00000.tar"
+    before = member_fingerprint(local, keys[1])
+    with shards_kept_open():
+        with open_reader(f"{local}/{keys[0]}") as reader:
+            assert reader.source == member_fingerprint(local, keys[0])
+        (tmp_path / "other" / "00000.tar").replace(local)
+        with open_reader(f"{local}/{keys[1]}") as reader:
+            assert reader.source == member_fingerprint(local, keys[1]) != before
 
 
 def test_shards_served_over_http_give_the_embeddings_of_the_local_shards(videos, tmp_path, effnet):
@@ -189,11 +278,12 @@ def test_shards_served_over_http_give_the_embeddings_of_the_local_shards(videos,
             assert label == want[key.removeprefix(prefix)][2]
         (failure,) = open_store(tmp_path / "http").failures()
         assert failure["path"] == prefix + "00001.tar/00000004"
-        served = sum(server.bytes.values())
-        # a re-run lists the shards again (their headers; a whole small shard is one 256 KiB block) but
-        # opens no sample: the first run read each shard once more per sample it decoded
-        again = _run(spec, tmp_path / "http", effnet)
-        assert again.done == 0 and sum(server.bytes.values()) - served < served / 3
+        served, size = sum(server.bytes.values()), sum(f.stat().st_size for f in (tmp_path / "shards").glob("*.tar"))
+        # the listing reads each shard's headers (every block of these small shards) once, and the decoder
+        # each shard's bytes once more, for all its samples (not once per sample)
+        assert served <= 2 * size
+        again = _run(spec, tmp_path / "http", effnet)  # a re-run lists the shards again but opens no sample
+        assert again.done == 0 and sum(server.bytes.values()) - served <= size
 
 
 def test_shards_in_s3_give_the_embeddings_of_the_local_shards(videos, tmp_path, effnet, monkeypatch):
@@ -241,3 +331,34 @@ def test_a_missing_or_unreadable_shard_is_a_problem_and_the_other_shards_are_lis
     assert len(m.items) == 6
     assert [(p.path, "shard not found" in p.error) for p in m.problems] == [("00002.tar", True), ("00003.tar", False)]
     assert "00003.tar: not a readable tar shard" in m.problems[1].error
+
+
+def test_the_local_engine_hands_a_shard_s_samples_to_one_decoder_one_after_another():
+    """The scheduler's feed (``extract.workers._Feed``) over a plan of 3 shards and 2 videos, two workers
+    asking in turn: a shard is read by one worker, in order (it keeps the shard open), until nothing else
+    is left to do (then the last shard is shared, so no worker idles); every task is handed out once."""
+    from pipeline.data.webdataset import shard_of_sample
+    from pipeline.extract.workers import ClipTask, _Feed
+
+    def hand_out(paths: list[str]) -> list[list[str]]:
+        feed = _Feed(iter([ClipTask(i, p) for i, p in enumerate(paths)]))
+        got: list[list[str]] = [[], []]
+        on: list = [None, None]
+        w = 0
+        while (task := feed.take(on[w], {on[1 - w]})) is not None:
+            got[w].append(task.path)
+            on[w] = shard_of_sample(task.path)
+            w = 1 - w
+        assert feed.empty and sorted(got[0] + got[1]) == sorted(paths)
+        return got
+
+    shards = [f"/d/{s:05d}.tar/{i:08d}" for s in range(3) for i in range(4)]
+    got = hand_out([*shards, "/d/a.mp4", "/d/b.mp4"])
+    for s in range(3):
+        mine = [[p for p in got[w] if f"/{s:05d}.tar/" in p] for w in (0, 1)]
+        assert all(m == sorted(m) for m in mine)  # in order
+        if s < 2:  # then the videos, and the last shard shared
+            assert sorted([mine[0], mine[1]]) == [[], shards[4 * s : 4 * s + 4]], got
+    assert got[0][:4] == shards[:4] and got[1][:4] == shards[4:8]
+    one = hand_out(shards[:4])
+    assert one[0] and one[1] and sorted(one[0] + one[1]) == shards[:4]

@@ -9,22 +9,32 @@ Nothing is unpacked: a shard's member table (name -> offset and size of its data
 process from the tar headers, and the decoder reads a member through ``MemberView``, a seekable window
 onto the shard file, so sparse sampling reads only the bytes it decodes. A sample's fingerprint is the
 member's size, the shard's modification time and a crc of the member's offset and its first and last
-bytes: a rewritten shard is extracted again, a copied one is not.
+bytes (a remote shard's: the member's size and offset with the shard's ETag): a rewritten shard is
+extracted again, a copied one is not.
+
+A shard is opened once per decoder process, not once per sample: inside ``shards_kept_open()`` (a decoder
+process's life, a Ray decode task's shard) the last ``KEEP_OPEN`` shards stay open (``OpenShard``), and
+each sample is read, and fingerprinted, through the very handle it is decoded from: a remote shard costs
+one metadata request per process, then only the ranges read. Outside it a sample opens its shard alone.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import tarfile
+import threading
 import zlib
+from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, cast
 
 from ..errors import DecodeError, ManifestError
-from .remote import RemoteOptions, fingerprint_url, is_url, open_url, redact
+from .remote import RemoteOptions, is_url, open_url, redact
 
 __all__ = [
     "WDS_VIDEO",
@@ -37,11 +47,14 @@ __all__ = [
     "member_fingerprint",
     "open_member",
     "MemberView",
+    "OpenShard",
+    "shards_kept_open",
 ]
 
 WDS_VIDEO = ("mp4", "webm", "mkv", "avi", "mov", "m4v")
 LABEL_FROM = "auto"  # .cls, else the "label" key of .json (video2dataset's .txt is a caption, not a class)
 _SAMPLE_BYTES = 1 << 16
+KEEP_OPEN = 2  # shards a process keeps open inside ``shards_kept_open`` (the one it reads, and one more)
 
 
 @dataclass(frozen=True)
@@ -61,38 +74,158 @@ def _split_name(name: str) -> tuple[str, str]:
     return str(path.parent / stem) if str(path.parent) != "." else stem, ext.lower()
 
 
-def _identity(shard: Shard) -> tuple:
-    """What tells one version of a shard from another: size and time (a file), size and ETag (a URL)."""
-    if is_url(str(shard)):
-        return (str(shard), fingerprint_url(str(shard)))
-    st = os.stat(shard)
-    return (str(shard), int(st.st_size), int(st.st_mtime_ns))
+class OpenShard:
+    """One shard opened once: its file (the local file, or the URL read in ranges), the identity of the
+    version opened (size and time of a file, size and ETag of a URL, from the open handle), and its member
+    table. Samples are read through it under ``lock`` (a read is a seek then a read)."""
+
+    def __init__(self, shard: Shard, remote: RemoteOptions | None = None):
+        self.shard = shard
+        if is_url(str(shard)):
+            raw, tag = open_url(str(shard), remote)
+            # buffered: a raw read() stops at a block's end, and a label member may straddle one
+            self.file: BinaryIO = cast(BinaryIO, io.BufferedReader(raw))
+            self.identity: tuple = (str(shard), tag)
+            self.stat: tuple | None = None
+        else:
+            self.file = open(shard, "rb")  # noqa: SIM115 - closed by ``close``
+            st = os.fstat(self.file.fileno())
+            self.stat = (int(st.st_size), int(st.st_mtime_ns), int(st.st_ino), int(st.st_dev))
+            self.identity = (str(shard), self.stat[0], self.stat[1])
+        self.lock = threading.Lock()
+        self.users = 0  # open ``MemberView``s
+        self.kept = False  # in the process's cache (closed when evicted and unused)
+        try:
+            self.table = self._table()
+        except BaseException:
+            self.file.close()
+            raise
+
+    def _table(self) -> dict[str, dict[str, Member]]:
+        """The member table of this version (read from the headers once per process and version; over a
+        URL one ranged read per header, the data between them skipped)."""
+        table = _tables.get(self.identity)
+        if table is None:
+            table = {}
+            with tarfile.open(fileobj=self.file, mode="r:") as tar:  # headers only: data is seeked over
+                for info in tar:
+                    if info.isfile():
+                        key, ext = _split_name(info.name)
+                        table.setdefault(key, {})[ext] = Member(info.offset_data, info.size)
+            if len(_tables) > 64:
+                _tables.clear()
+            _tables[self.identity] = table
+        return table
+
+    def current(self) -> bool:
+        """Whether the shard's path still names the file open here (a local ``stat``; a URL is not asked
+        again: the driver's check before storing, ``store.sources``, tells a replaced object)."""
+        if self.stat is None:
+            return True
+        try:
+            st = os.stat(self.shard)
+        except OSError:
+            return False
+        return (int(st.st_size), int(st.st_mtime_ns), int(st.st_ino), int(st.st_dev)) == self.stat
+
+    def video_member(self, key: str) -> Member:
+        members = self.table.get(key)
+        if members is None:
+            raise ManifestError(f"{redact(str(self.shard))}/{key}: no sample {key!r} in the shard")
+        for ext in WDS_VIDEO:
+            if ext in members:
+                return members[ext]
+        raise ManifestError(
+            f"{redact(str(self.shard))}/{key}: the sample has no video member (.{', .'.join(WDS_VIDEO)})"
+        )
+
+    def fingerprint(self, member: Member) -> tuple[int, int, int]:
+        """The ``store.sources`` fingerprint of a sample of this version of the shard: a remote one's from the
+        ETag the shard was opened with (no byte read), a local one's from its first and last bytes."""
+        if self.stat is None:
+            tag = self.identity[1]
+            return member.size, tag[1], zlib.crc32(f"{member.offset}:{tag[2]}".encode())
+        with self.lock:
+            f = self.file
+            f.seek(member.offset)
+            crc = zlib.crc32(f.read(min(member.size, _SAMPLE_BYTES)), zlib.crc32(str(member.offset).encode()))
+            f.seek(member.offset + max(0, member.size - _SAMPLE_BYTES))
+            crc = zlib.crc32(f.read(min(member.size, _SAMPLE_BYTES)), crc)
+        return member.size, self.stat[1], crc
+
+    def read(self, offset: int, n: int) -> bytes:
+        with self.lock:
+            self.file.seek(offset)
+            return self.file.read(n)
+
+    def release(self) -> None:
+        """A view of it closed: close the file if no one else reads it and the cache does not keep it."""
+        with _cache_lock:
+            self.users -= 1
+            done = self.users <= 0 and not self.kept
+        if done:
+            self.file.close()
+
+    def close(self) -> None:
+        self.file.close()
 
 
-def _open_shard(shard: Shard, remote: RemoteOptions | None = None) -> BinaryIO:
-    """The shard as a seekable file: the local file, or the URL read in ranges (``data.remote``)."""
-    if is_url(str(shard)):
-        # buffered: a raw read() stops at a block's end, and a label member may straddle one
-        return cast(BinaryIO, io.BufferedReader(open_url(str(shard), remote)[0]))
-    return open(shard, "rb")  # noqa: SIM115 - the caller closes it
+_cache_lock = threading.Lock()
+_kept: OrderedDict[tuple[str, RemoteOptions | None], OpenShard] = OrderedDict()  # most recent last
+_keeping = 0  # depth of ``shards_kept_open``
 
 
-def shard_table(shard: Shard) -> dict[str, dict[str, Member]]:
-    """The shard's samples: key -> extension -> where its data lies (read from the headers once per process;
-    over a URL one ranged read per header, the data between them skipped)."""
-    ident = _identity(shard)
-    table = _tables.get(ident)
-    if table is None:
-        table = {}
-        with _open_shard(shard) as f, tarfile.open(fileobj=f, mode="r:") as tar:  # headers only: data is seeked over
-            for info in tar:
-                if info.isfile():
-                    key, ext = _split_name(info.name)
-                    table.setdefault(key, {})[ext] = Member(info.offset_data, info.size)
-        if len(_tables) > 64:
-            _tables.clear()
-        _tables[ident] = table
-    return table
+@contextlib.contextmanager
+def shards_kept_open() -> Iterator[None]:
+    """While inside, ``open_member`` keeps the last ``KEEP_OPEN`` shards open and reads each sample
+    through its shard's one handle (a decoder process wraps its life in it; a Ray decode task its shard);
+    on leaving they are closed. Samples of one shard decoded one after another then cost one open."""
+    global _keeping
+    with _cache_lock:
+        _keeping += 1
+    try:
+        yield
+    finally:
+        with _cache_lock:
+            _keeping -= 1
+            gone = list(_kept.values()) if _keeping == 0 else []
+            if gone:
+                _kept.clear()
+        for opened in gone:
+            _drop(opened)
+
+
+def _drop(opened: OpenShard) -> None:
+    """``opened`` left the cache: close it now, or when its last view closes."""
+    with _cache_lock:
+        opened.kept = False
+        done = opened.users <= 0
+    if done:
+        opened.close()
+
+
+def _acquire(shard: Shard, remote: RemoteOptions | None) -> OpenShard:
+    """The open shard to read a sample through (one more user): the kept one while it is current, else
+    a new one (kept inside ``shards_kept_open``, the least recent evicted)."""
+    key = (str(shard), remote)
+    with _cache_lock:
+        opened = _kept.pop(key, None)
+    if opened is not None and not opened.current():
+        _drop(opened)
+        opened = None
+    if opened is None:
+        opened = OpenShard(shard, remote)
+    evicted = []
+    with _cache_lock:
+        opened.users += 1
+        if _keeping:
+            opened.kept = True
+            _kept[key] = opened
+            while len(_kept) > KEEP_OPEN:
+                evicted.append(_kept.popitem(last=False)[1])
+    for old in evicted:
+        _drop(old)
+    return opened
 
 
 def shard_of_sample(path: str) -> str | None:
@@ -120,43 +253,28 @@ def split_member(path: str | Path) -> tuple[Shard, str] | None:
     return None
 
 
-def _video_member(shard: Shard, key: str) -> Member:
-    members = shard_table(shard).get(key)
-    if members is None:
-        raise ManifestError(f"{shard}/{key}: no sample {key!r} in the shard")
-    for ext in WDS_VIDEO:
-        if ext in members:
-            return members[ext]
-    raise ManifestError(f"{shard}/{key}: the sample has no video member (.{', .'.join(WDS_VIDEO)})")
-
-
 def member_fingerprint(shard: Shard, key: str) -> tuple[int, int, int] | None:
-    """The ``store.sources`` fingerprint of one sample (None when it cannot be read). A remote shard's:
-    the member's size and offset with the shard's ETag (no byte of the member read)."""
+    """The ``store.sources`` fingerprint of one sample now (None when it cannot be read): the shard opened
+    afresh (a remote one: one metadata request, its table known), as ``OpenShard.fingerprint``."""
     try:
-        member = _video_member(shard, key)
-        if is_url(str(shard)):
-            tagged = fingerprint_url(str(shard))
-            if tagged is None:
-                return None
-            return member.size, tagged[1], zlib.crc32(f"{member.offset}:{tagged[2]}".encode())
-        with open(shard, "rb") as f:
-            f.seek(member.offset)
-            crc = zlib.crc32(f.read(min(member.size, _SAMPLE_BYTES)), zlib.crc32(str(member.offset).encode()))
-            f.seek(member.offset + max(0, member.size - _SAMPLE_BYTES))
-            crc = zlib.crc32(f.read(min(member.size, _SAMPLE_BYTES)), crc)
-        return member.size, int(os.stat(shard).st_mtime_ns), crc
-    except (OSError, tarfile.TarError, ManifestError, DecodeError):
+        opened = OpenShard(shard, RemoteOptions(retries=1))
+    except (OSError, tarfile.TarError, DecodeError):
         return None
+    try:
+        return opened.fingerprint(opened.video_member(key))
+    except (OSError, ManifestError):
+        return None
+    finally:
+        opened.close()
 
 
 class MemberView(io.RawIOBase):
-    """A read-only, seekable window ``[offset, offset + size)`` onto an open shard file: what FFmpeg reads
-    a sample's video through (no copy of the member to disk or to memory)."""
+    """A read-only, seekable window ``[offset, offset + size)`` onto an open shard: what FFmpeg reads a
+    sample's video through (no copy of the member to disk or to memory). Closing it releases the shard."""
 
-    def __init__(self, file, offset: int, size: int):
+    def __init__(self, shard: OpenShard, offset: int, size: int):
         super().__init__()
-        self._f, self._start, self._size, self._pos = file, offset, size, 0
+        self._shard, self._start, self._size, self._pos = shard, offset, size, 0
 
     def readable(self) -> bool:
         return True
@@ -176,26 +294,29 @@ class MemberView(io.RawIOBase):
         n = max(0, min(len(buffer), self._size - self._pos))
         if n == 0:
             return 0
-        self._f.seek(self._start + self._pos)
-        data = self._f.read(n)
+        data = self._shard.read(self._start + self._pos, n)
         buffer[: len(data)] = data
         self._pos += len(data)
         return len(data)
 
     def close(self) -> None:
         if not self.closed:
-            self._f.close()
+            self._shard.release()
         super().close()
 
 
-def open_member(
-    shard: Shard, key: str, remote: RemoteOptions | None = None
-) -> tuple[MemberView, tuple[int, int, int] | None]:
-    """(a seekable view of the sample's video, its fingerprint); ManifestError, DecodeError or OSError if
-    it has none."""
-    member = _video_member(shard, key)
-    source = member_fingerprint(shard, key)
-    return MemberView(_open_shard(shard, remote), member.offset, member.size), source
+def open_member(shard: Shard, key: str, remote: RemoteOptions | None = None) -> tuple[MemberView, tuple[int, int, int]]:
+    """(a seekable view of the sample's video, its fingerprint taken through the handle the view reads);
+    ManifestError, DecodeError or OSError if it has none. Inside ``shards_kept_open`` the shard's handle
+    is shared with the samples before and after it."""
+    opened = _acquire(shard, remote)
+    try:
+        member = opened.video_member(key)
+        source = opened.fingerprint(member)
+    except BaseException:
+        opened.release()
+        raise
+    return MemberView(opened, member.offset, member.size), source
 
 
 # -- the manifest ---------------------------------------------------------------------------------
@@ -246,11 +367,12 @@ def _read_shard(listing: Listing, shard: Shard, label_from: str) -> None:
     rel = shard if isinstance(shard, str) else PurePosixPath(*shard.relative_to(listing.root).parts).as_posix()
     shown = redact(rel) if remote else str(shard)
     try:
-        table = shard_table(shard)
+        opened = OpenShard(shard)  # one open (a URL: one metadata request) for the table and the labels
     except (OSError, tarfile.TarError, DecodeError) as exc:
         listing.problems.append((rel, f"{shown}: not a readable tar shard ({exc})"))
         return
-    with _open_shard(shard) as f:
+    table = opened.table
+    with opened.file as f:
         for key in sorted(table):
             members = table[key]
             if not any(ext in members for ext in WDS_VIDEO):

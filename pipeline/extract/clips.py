@@ -27,9 +27,18 @@ from ..store.sources import Source
 from .decode import DecodedClip
 from .workers import ClipTask, DecodePool, Done, Failed, Frames, decode_task
 
-__all__ = ["Clips", "VideoDecoder", "Views", "embed_clips", "load_clip", "load_views"]
+__all__ = ["Clips", "DecodeFailed", "VideoDecoder", "Views", "embed_clips", "load_clip", "load_views"]
 
 Clips = list[tuple[float | None, float | None, DecodedClip]]  # (start, end, clip) per clip window
+
+
+class DecodeFailed(DecodeError):
+    """A decode that failed, with the fingerprint of the file the decoder had opened (None: it opened
+    none): a failure record names the file that failed, as the local engine's ``Failed`` does."""
+
+    def __init__(self, message: str, source: Source | None = None):
+        super().__init__(message)
+        self.source = source
 
 
 def _decode_whole(task: ClipTask, sampling: SamplingConfig, preprocess: Any, threads: int):
@@ -40,7 +49,7 @@ def _decode_whole(task: ClipTask, sampling: SamplingConfig, preprocess: Any, thr
     done: Done | None = None
     for msg in decode_task(task, sampling, preprocess, threads=threads):
         if isinstance(msg, Failed):
-            raise DecodeError(msg.error)
+            raise DecodeFailed(msg.error, msg.source)
         if isinstance(msg, Frames):
             out.append(msg.frames)
             stamps.append(msg.timestamps)
@@ -72,7 +81,7 @@ def load_views(
     remote: RemoteOptions | None = None,
 ) -> Views:
     """One decode of a single-clip item, resized once per preprocessing in ``views`` that ``need`` names
-    (``remote``: how a URL is read)."""
+    (``remote``: how a URL is read); ``DecodeFailed`` if it fails."""
     task = ClipTask(0, item.location, item.start, item.end, root=item.confine, views=need, remote=remote)
     frames, stamps, done = _decode_whole(task, sampling, list(views), threads)
     idx = np.concatenate([i for _, _, i in done.clips]) if done.clips else np.arange(len(stamps))

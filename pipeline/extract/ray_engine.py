@@ -1,8 +1,12 @@
 """Ray Data engine: CPU decode tasks stream frames to encoder actors (one per GPU), the driver writes.
 
-    clips (from the plan)  ──►  map_batches(decode)       CPU tasks, our PyAV ``load_views``, 1 clip per call
+    units (from the plan)  ──►  map_batches(decode)       CPU tasks, our PyAV ``load_views``, 1 unit per call,
+                                                          one row out per clip
                            ──►  map_batches(EncodeClips)  actors: one per GPU (num_gpus=1), else CPU
                            ──►  driver: iter_batches ──► ShardWriter ──► the same store layout
+
+A unit of work is one clip, except for WebDataset samples: a shard's planned samples are one unit, read in
+order through one open shard (``data.webdataset.shards_kept_open``), so a remote shard is opened once.
 
 ``extract(..., engine="ray")`` (``pipeline.extract.entry``) runs it; usage, failures (stage ``worker``
 where a block's worker died) and several encoders (one actor pool per model, chained, over the stores'
@@ -19,11 +23,12 @@ the local engine, so a shard can be re-run with either engine.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -33,18 +38,19 @@ import numpy as np
 from ..config import Config, SamplingConfig
 from ..data.manifest import VideoItem
 from ..data.remote import RemoteOptions
+from ..data.webdataset import shard_of_sample, shards_kept_open
 from ..encoders import Preprocess
 from ..encoders.group import group_specs
 from ..errors import ConfigError, VidprobeError
-from ..store.sources import UNKNOWN
-from .clips import load_views
+from ..store.sources import UNKNOWN, Source
+from .clips import DecodeFailed, load_views
 from .job import Outcome, build_provenance
 from .local import resolve_runtime
 from .targets import ExtractionJobs, UnionTask, decode_views
 
 # Quiet, offline Ray: no usage reporting (it would try the internet), de-duplicated worker logs.
 RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_DEDUP_LOGS": "1"}
-ROWS_PER_BLOCK = 8  # clips per Ray block: a worker that dies loses the results of at most one block
+ROWS_PER_BLOCK = 8  # clips per Ray block (a shard's, when more): a worker that dies loses at most one block
 DECODE_RETRIES = 2  # retries of a decode task whose worker died (node lost) before its block is skipped
 
 
@@ -105,57 +111,78 @@ def _objects(values: list) -> np.ndarray:
     return out
 
 
-def _decode_rows(
+def _decode_units(
     batch: dict[str, np.ndarray],
     sampling: SamplingConfig,
     views: list[Any],
     view_of: list[int],
     threads: int,
     remote: RemoteOptions | None = None,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Decode stage (a CPU task): each unit's clips in order (a WebDataset shard's through one open shard),
+    one output row per clip: its sampled frames once per view its stores need, or the error that stopped
+    them (then every store of the row records it), with the fingerprint of the file the decoder opened."""
+    with shards_kept_open():
+        for unit in batch["clips"]:
+            for clip in json.loads(str(unit)):
+                yield _decode_clip(clip, sampling, views, view_of, threads, remote)
+
+
+def _decode_clip(
+    clip: dict[str, Any],
+    sampling: SamplingConfig,
+    views: list[Any],
+    view_of: list[int],
+    threads: int,
+    remote: RemoteOptions | None,
 ) -> dict[str, np.ndarray]:
-    """Decode stage (a CPU task): each row's sampled frames once per view its stores need, or the error
-    that stopped them (then every store of the row records it)."""
-    frames: list[list[np.ndarray]] = [[] for _ in views]
-    stamps, errors, warnings, sources = [], [], [], []
-    columns = ("path", "root", "follow_links", "url", "start", "end", "targets")
-    for path, root, follow, url, start, end, mask in zip(*(batch[c] for c in columns)):
-        item = VideoItem(
-            str(path),
-            str(root),
-            start=None if np.isnan(start) else float(start),
-            end=None if np.isnan(end) else float(end),
-            follow_links=bool(follow),
-            url=str(url),
-        )
-        need = tuple(sorted({view_of[t] for t in _targets(int(mask), len(view_of))}))
-        try:
-            got, ts, warned, source = load_views(item, sampling, views, need, threads, remote)
-            errors.append("")
-            warnings.append("\n".join(warned))
-        except Exception as exc:  # a decoder bug on one odd file must not end the job
-            msg = str(exc) if isinstance(exc, VidprobeError) else f"{item.shown}: {type(exc).__name__}: {exc}"
-            got, ts, source = [None] * len(views), np.zeros(0, np.float64), None
-            errors.append(msg)
-            warnings.append("")
-        sources.append(source or UNKNOWN)
-        stamps.append(np.asarray(ts, np.float64))
-        for v, f in enumerate(got):
-            size = views[v].size
-            frames[v].append(f if f is not None else np.zeros((0, size, size, 3), np.uint8))
+    """One clip of a unit, decoded into a one-row batch of the decode stage's columns."""
+    keys = ("path", "root", "start", "end", "follow_links", "url")
+    item = VideoItem(**{k: clip[k] for k in keys})
+    need = tuple(sorted({view_of[t] for t in _targets(clip["targets"], len(view_of))}))
+    error = ""
+    warned: list[str] = []
+    source: Source | None = None
+    try:
+        got, ts, warned, source = load_views(item, sampling, views, need, threads, remote)
+    except Exception as exc:  # a decoder bug on one odd file must not end the job
+        error = str(exc) if isinstance(exc, VidprobeError) else f"{item.shown}: {type(exc).__name__}: {exc}"
+        got, ts = [None] * len(views), np.zeros(0, np.float64)
+        source = exc.source if isinstance(exc, DecodeFailed) else None  # the file that failed, where it was opened
     out = {
-        "index": batch["index"],
-        "path": batch["path"],
-        "targets": batch["targets"],
-        "timestamps": _objects(stamps),
-        "warnings": np.array(warnings, dtype=object),  # the decoder's warnings, one per line
-        "source": np.array(sources, np.int64).reshape(-1, 3),  # fingerprint of the file decoded (UNKNOWN: none)
+        "index": np.array([clip["index"]], np.int64),
+        "path": np.array([clip["path"]], dtype=object),
+        "targets": np.array([clip["targets"]], np.int64),
+        "timestamps": _objects([np.asarray(ts, np.float64)]),
+        "warnings": np.array(["\n".join(warned)], dtype=object),  # the decoder's warnings, one per line
+        "source": np.array([source or UNKNOWN], np.int64).reshape(-1, 3),  # fingerprint of the file decoded
     }
-    for v, per_view in enumerate(frames):
-        out[f"frames_{v}"] = _objects(per_view)
+    for v, f in enumerate(got):
+        size = views[v].size
+        out[f"frames_{v}"] = _objects([f if f is not None else np.zeros((0, size, size, 3), np.uint8)])
     for t in range(len(view_of)):  # per store: why its clip failed ("" = not failed)
-        out[f"error_{t}"] = np.array(errors, dtype=object)
-        out[f"stage_{t}"] = np.array(["decode" if e else "" for e in errors], dtype=object)
+        out[f"error_{t}"] = np.array([error], dtype=object)
+        out[f"stage_{t}"] = np.array(["decode" if error else ""], dtype=object)
     return out
+
+
+def _units(todo: list[UnionTask]) -> list[str]:
+    """The plan as units of work, each a JSON list of its clips (what a decode task needs, not the store,
+    and which stores lack the clip): a WebDataset shard's samples together in plan order, else one clip."""
+    units: dict[Any, list[dict[str, Any]]] = {}
+    for i, u in enumerate(todo):
+        clip = {
+            "index": i,
+            "path": u.item.path,
+            "root": u.item.root,
+            "follow_links": u.item.follow_links,
+            "url": u.item.url,  # a remote video's URL, secrets included: read by the decode task, never written
+            "start": u.item.start,
+            "end": u.item.end,
+            "targets": sum(1 << t for t in u.targets),
+        }
+        units.setdefault(shard_of_sample(u.item.path) or i, []).append(clip)
+    return [json.dumps(clips) for clips in units.values()]
 
 
 def _targets(mask: int, count: int) -> list[int]:
@@ -302,28 +329,16 @@ def _dataset(
     frames_per_clip = cfg.sampling.num_frames if cfg.sampling.strategy == "uniform" else (cfg.sampling.max_frames or 8)
     batch_size = resolve_runtime(cfg.extract, "cuda" if use_gpu else "cpu").batch_size
     clips_per_call = max(1, round(batch_size / frames_per_clip))
-    rows = [  # what a decode task needs (not the store), and which stores lack the clip
-        {
-            "index": i,
-            "path": u.item.path,
-            "root": u.item.root,
-            "follow_links": u.item.follow_links,
-            "url": u.item.url,  # a remote video's URL, secrets included: read by the decode task, never written
-            "start": math.nan if u.item.start is None else float(u.item.start),
-            "end": math.nan if u.item.end is None else float(u.item.end),
-            "targets": sum(1 << t for t in u.targets),
-        }
-        for i, u in enumerate(todo)
-    ]
+    units = _units(todo)
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    blocks = min(len(rows), max(4 * cpus, math.ceil(len(rows) / ROWS_PER_BLOCK)))
+    blocks = min(len(units), max(4 * cpus, math.ceil(len(todo) / ROWS_PER_BLOCK)))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # max_retries has no named parameter yet; Ray warns about **ray_remote_args
-        ds = ray.data.from_items(rows, override_num_blocks=blocks)
+        ds = ray.data.from_items([{"clips": u} for u in units], override_num_blocks=blocks)
         threads = resolve_runtime(cfg.extract, "cpu").decode_threads or 1  # one FFmpeg thread per decode task
         ds = ds.map_batches(
             partial(
-                _decode_rows,
+                _decode_units,
                 sampling=cfg.sampling,
                 views=views,
                 view_of=view_of,

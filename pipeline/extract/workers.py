@@ -12,6 +12,10 @@ and ``Done`` or ``Failed`` (frames already sent for a failed task must be droppe
 carry the fingerprint of the file the worker opened (``Done.source``): the store checks it against the
 path before storing, so a file replaced while it was decoded is never stored under the new file's name.
 
+Samples of one WebDataset shard go to one worker one after another where that is cheap (``_Feed``): a
+worker keeps its last shards open (``data.webdataset.shards_kept_open``), so a shard is opened once per
+worker that reads it, not once per sample.
+
 ``num_workers=0`` decodes in a thread of the main process instead (no timeout or crash isolation;
 for debugging, or where processes are not allowed).
 """
@@ -23,8 +27,8 @@ import queue
 import signal
 import threading
 import time
-from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections import OrderedDict, deque
+from collections.abc import Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait as wait_ready
 from typing import Any
@@ -41,6 +45,7 @@ from ..data.sampling import (
     sample_timestamps,
     snap_to_keyframes,
 )
+from ..data.webdataset import shard_of_sample, shards_kept_open
 from ..errors import DecodeError, VidprobeError
 from ..store.sources import Source
 from .decode import assign_frames
@@ -194,12 +199,13 @@ def _worker_main(conn, sampling: SamplingConfig, preprocess: Any, threads: int, 
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
         conn.send(Ready())
-        while True:
-            task = conn.recv()
-            if task is None:
-                return
-            for message in decode_task(task, sampling, preprocess, threads, chunk):
-                conn.send(message)
+        with shards_kept_open():  # a shard's samples, sent one after another, share one open shard
+            while True:
+                task = conn.recv()
+                if task is None:
+                    return
+                for message in decode_task(task, sampling, preprocess, threads, chunk):
+                    conn.send(message)
     except (EOFError, BrokenPipeError, KeyboardInterrupt):
         return
 
@@ -243,12 +249,80 @@ class _Worker:
         self.assigned: deque[ClipTask] = deque()
         self.ready = False  # said hello: a death before that is a broken setup, not a bad file
         self.since = time.monotonic()  # last sign of progress on the task at the head of ``assigned``
+        self.on: Hashable = None  # the WebDataset shard of its last task (None: not a sample)
 
     def kill(self) -> None:
         if self.proc.is_alive():
             self.proc.kill()
         self.proc.join(5)
         self.conn.close()
+
+
+def _unit_of(task: ClipTask) -> Hashable:
+    """What a worker keeps open across tasks: a WebDataset sample's shard (None for any other source)."""
+    return shard_of_sample(task.path)
+
+
+class _Feed:
+    """The tasks, read ahead in plan order and handed out so that a WebDataset shard's samples go to one
+    worker one after another (it reads them through one open shard): a worker takes the next sample of its
+    shard, else the first task that is not of another worker's shard, else (every shard read ahead is
+    taken) a sample of the shard with the most left, so no worker idles while samples wait. Tasks of other
+    sources come in plan order."""
+
+    def __init__(self, tasks: Iterator[ClipTask], lookahead: int = 4096):
+        self.tasks, self.lookahead = tasks, lookahead
+        self.runs: OrderedDict[Hashable, deque[ClipTask]] = OrderedDict()  # read ahead, by shard (else by task)
+        self.ahead = 0
+        self.last: Hashable = None  # the unit of the last task read
+        self.exhausted = False
+        self.requeued: deque[ClipTask] = deque()  # a dead worker's queued tasks: first
+
+    @property
+    def empty(self) -> bool:
+        return self.exhausted and not self.runs and not self.requeued
+
+    def _pull(self) -> Hashable | None:
+        """Read one more task; the key of its run (None when there are no more, or enough are read ahead)."""
+        if self.exhausted or self.ahead >= self.lookahead:
+            return None
+        task = next(self.tasks, None)
+        if task is None:
+            self.exhausted = True
+            return None
+        unit = _unit_of(task)
+        key = unit if unit is not None else ("task", task.task)
+        self.runs.setdefault(key, deque()).append(task)
+        self.ahead += 1
+        self.last = unit
+        return key
+
+    def _pop(self, key: Hashable) -> ClipTask:
+        run = self.runs[key]
+        task = run.popleft()
+        if not run:
+            del self.runs[key]
+        self.ahead -= 1
+        return task
+
+    def take(self, on: Hashable, others: set) -> ClipTask | None:
+        """The next task for a worker on shard ``on`` while other workers are on ``others``."""
+        if self.requeued:
+            return self.requeued.popleft()
+        if on is not None:
+            while on not in self.runs and self.last == on and self._pull() is not None:
+                pass  # the plan may go on with this shard's samples
+            if on in self.runs:
+                return self._pop(on)
+        for key in self.runs:
+            if key not in others:
+                return self._pop(key)
+        while (key := self._pull()) is not None:
+            if key not in others:
+                return self._pop(key)
+        if self.runs:  # every shard read ahead has a worker: share the one with the most samples left
+            return self._pop(max(self.runs, key=lambda k: len(self.runs[k])))
+        return None
 
 
 class DecodePool:
@@ -293,7 +367,8 @@ class DecodePool:
 
     def messages(self, tasks: Iterable[ClipTask] | None = None) -> Iterator[Message]:
         """Messages for ``tasks`` (or those given to ``start``) as they are decoded (tasks interleave; each
-        task's frames stay in order; with one worker, tasks come one after another in order)."""
+        task's frames stay in order; with one worker, tasks come one after another in plan order, a WebDataset
+        shard's samples together)."""
         if self._thread is None:
             self.start(tasks or ())
         assert self._thread is not None
@@ -352,10 +427,11 @@ class DecodePool:
             self._put(None)
 
     def _run_inline(self, tasks: Iterator[ClipTask]) -> None:
-        for task in tasks:
-            for msg in decode_task(task, self.sampling, self.preprocess, self.threads, self.chunk):
-                if not self._put(msg):
-                    return
+        with shards_kept_open():
+            for task in tasks:
+                for msg in decode_task(task, self.sampling, self.preprocess, self.threads, self.chunk):
+                    if not self._put(msg):
+                        return
 
     def _spawn(self, ctx) -> _Worker:
         w = _Worker(ctx, (self.sampling, self.preprocess, self.threads, self.chunk))
@@ -379,7 +455,7 @@ class DecodePool:
         self.replaced += 1
         if failed is not None:
             self._put(Failed(failed.task, f"{failed.path}: {reason}"))
-        self._requeue.extendleft(reversed(rest))
+        self._feed.requeued.extendleft(reversed(rest))
         if not self.stop.is_set():
             self._spawn(ctx)
 
@@ -387,28 +463,27 @@ class DecodePool:
         ctx = _context()
         for _ in range(self.num_workers):
             self._spawn(ctx)
-        self._requeue: deque[ClipTask] = deque()
-        exhausted = False
+        self._feed = feed = _Feed(tasks)
         while not self.stop.is_set():
             # 1. keep every worker supplied (one task running, one queued, so it never idles)
             for w in list(self.workers):
                 while len(w.assigned) < self.tasks_per_worker:
-                    task = self._requeue.popleft() if self._requeue else (None if exhausted else next(tasks, None))
+                    task = feed.take(w.on, {o.on for o in self.workers if o is not w})
                     if task is None:
-                        exhausted = True
                         break
                     try:
                         w.conn.send(task)
                     except (OSError, ValueError):  # died before we noticed (e.g. killed while idle)
-                        self._requeue.appendleft(task)
+                        feed.requeued.appendleft(task)
                         w.proc.join(1)
                         self._retire(w, f"decoder process died ({_death(w.proc)}); the file may be corrupt", ctx)
                         break
                     if not w.assigned:
                         w.since = time.monotonic()
                     w.assigned.append(task)
+                    w.on = _unit_of(task)
             busy = [w for w in self.workers if w.assigned]
-            if not busy and exhausted and not self._requeue:
+            if not busy and feed.empty:
                 return
             # 2. wait for output or a death, but never past the earliest timeout
             now = time.monotonic()
