@@ -323,3 +323,27 @@ def test_the_predict_command_reads_a_url(http, head, effnet, monkeypatch, capsys
     assert code == 0 and "Traceback" not in out.err, out.err
     (row,) = json.loads(out.out)
     assert row["path"] == url and row["top"][0]["label"] == "VerticalStripes"
+
+
+def test_a_store_of_urls_is_resplit_by_split_files_at_a_url(http, tmp_path):
+    """``splits_from`` with the split folder and root at URLs: the store's clips (keyed by URL) take the
+    splits the files give; the videos themselves are not asked for (``check_files=False``)."""
+    from pipeline.data.splits import SplitsFrom, SplitSpec
+    from pipeline.probe.train import store_splits
+    from pipeline.store import ShardWriter, create_or_open
+
+    root = http.url("UCF101/UCF-101")
+    store = create_or_open(
+        tmp_path / "s", {"encoder": "e", "weights_id": "w", "dim": 2, "preprocess": {}, "sampling": {}}
+    )
+    with ShardWriter(store) as w:
+        for v in VIDEOS:
+            w.add(f"{root}/{v}", None, None, v.split("/")[0], "", np.zeros((1, 2), np.float32), np.zeros(1))
+    http.requests.clear()
+    t = open_store(tmp_path / "s").table()
+    sp = store_splits(
+        open_store(tmp_path / "s"), SplitSpec(splits_from=SplitsFrom(http.url("UCF101/ucfTrainTestlist"), root=root))
+    )
+    assert sorted(t.video[i] for i in sp.test) == sorted(f"{root}/{v}" for v in VIDEOS if "_g02_" in v)
+    assert sorted(t.video[i] for i in [*sp.train, *sp.val]) == sorted(f"{root}/{v}" for v in VIDEOS if "_g01_" in v)
+    assert not [p for p in http.requests if p.startswith("UCF101/UCF-101/")]  # no video fetched

@@ -742,7 +742,7 @@ def _detect_url(url: str) -> str:
     suffix = _suffix(url)
     if suffix in (".csv", ".tsv", ".jsonl", ".ndjson"):
         return {".csv": "csv", ".tsv": "csv"}.get(suffix, "jsonl")
-    if suffix in VIDEO_EXTENSIONS:
+    if suffix in VIDEO_EXTENSIONS or urlsplit(url).query:  # a query: an object (a presigned video), not a folder
         return ""
     folder = url.rstrip("/")
     if exists(f"{folder}/classInd.txt"):
