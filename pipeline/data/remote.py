@@ -138,7 +138,15 @@ def _one_try_gcs() -> type:
     request = getattr(GCSFileSystem._request, "__wrapped__", None)
     if request is None:  # another gcsfs layout: keep its own retries
         return GCSFileSystem
-    return type("OneTryGCSFileSystem", (GCSFileSystem,), {"_request": retry_request(retries=1)(request)})
+    body = {"_request": retry_request(retries=1)(request), "__module__": __name__}
+    return type("OneTryGCSFileSystem", (GCSFileSystem,), body)
+
+
+def __getattr__(name: str) -> Any:
+    """``OneTryGCSFileSystem`` by name, so a pickled filesystem (fsspec pickles its class) loads elsewhere."""
+    if name == "OneTryGCSFileSystem":
+        return _one_try_gcs()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _first_line(exc: BaseException) -> str:
