@@ -157,6 +157,9 @@ def moto_s3() -> Iterator:
         "AWS_DEFAULT_REGION": "us-east-1",
         "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
     }
+    from s3fs import S3FileSystem
+
+    S3FileSystem.clear_instance_cache()  # fsspec keeps filesystems by arguments: one made for another server's port
     try:
         with _environ(env):
             import boto3
@@ -164,6 +167,7 @@ def moto_s3() -> Iterator:
             yield boto3.client("s3")
     finally:
         server.stop()
+        S3FileSystem.clear_instance_cache()
 
 
 @contextmanager
@@ -177,6 +181,9 @@ def gcs_emulator(bucket: str) -> Iterator:
     port = free_port()
     server = create_server("127.0.0.1", port, in_memory=True, default_bucket=bucket)
     server.start()
+    from pipeline.data.remote import _one_try_gcs
+
+    _one_try_gcs().clear_instance_cache()  # as for S3: one made for another server's port is not reused
     saved = fsspec.config.conf.get("gs")
     fsspec.config.conf["gs"] = {"token": "anon"}
     try:
@@ -190,6 +197,7 @@ def gcs_emulator(bucket: str) -> Iterator:
         else:
             fsspec.config.conf["gs"] = saved
         server.stop()
+        _one_try_gcs().clear_instance_cache()
 
 
 if __name__ == "__main__":  # a server in its own process (benchmarks): ``python tests/servers.py ROOT``

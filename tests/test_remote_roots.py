@@ -16,7 +16,7 @@ from servers import RangeServer, gcs_emulator, moto_s3
 from pipeline.cli import main
 from pipeline.config import load_config
 from pipeline.data.manifest import load_manifest
-from pipeline.data.remote import list_urls, open_url, remote_source
+from pipeline.data.remote import RemoteOptions, list_urls, open_url, remote_source
 from pipeline.errors import ManifestError
 from pipeline.extract.entry import extract
 from pipeline.store import open_store
@@ -241,6 +241,10 @@ def test_the_gcs_emulator_answers_ranges_listings_and_fingerprints(data, gcs):
     fs = open_url(f"gs://videos/ucf/{VIDEOS[0]}")[0].fs
     assert fs.cat_file(f"videos/ucf/{VIDEOS[0]}", start=100, end=300) == raw[100:300]
     assert list_urls("gs://videos/ucf/*/*.mp4") == sorted(f"gs://videos/ucf/{v}" for v in VIDEOS)
+    # gcsfs's JSON-API filesystem, as the S3 one: reads wait remote_timeout at most, and no gRPC lookup of the
+    # bucket's layout precedes each (gcsfs's default for gs:// does one, which an emulator or an anonymous
+    # reader answers only when its retries time out: a minute a read)
+    assert not hasattr(fs, "_lookup_bucket_type") and fs.requests_timeout.sock_read == RemoteOptions().timeout
     info = fs.info(f"videos/ucf/{VIDEOS[0]}")
     size, tag, _ = remote_source(info)
     assert size == len(raw) and tag != -1 and info.get("etag")
