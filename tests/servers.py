@@ -1,5 +1,5 @@
 """Real servers on localhost for remote-source tests and benchmarks: an HTTP server honouring Range
-requests that counts what it serves and injects failures per path, and moto's S3 server."""
+requests that counts what it serves and injects failures per path, moto's S3 server and a GCS emulator."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import socket
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -26,7 +28,7 @@ class RangeServer:
         self.heads: Counter[str] = Counter()
         self.fail: dict[str, str] = {}
         self.lock = threading.Lock()
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        self.httpd = _QuietServer(("127.0.0.1", 0), _handler(self))
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
@@ -40,6 +42,17 @@ class RangeServer:
     def __exit__(self, *exc) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+class _QuietServer(ThreadingHTTPServer):
+    """A client that hangs up mid-request (a probe done with it, a timeout) is not an error worth a traceback
+    on stderr, where the tests look for the CLI's own."""
+
+    def handle_error(self, request, client_address) -> None:
+        import sys
+
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 def _handler(server: RangeServer) -> type[BaseHTTPRequestHandler]:
@@ -116,6 +129,78 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@contextmanager
+def _environ(env: dict[str, str]) -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@contextmanager
+def moto_s3() -> Iterator:
+    """moto's S3 server on a free port, found by botocore through ``AWS_ENDPOINT_URL`` with dummy
+    credentials; yields a boto3 client (``create_bucket``, ``upload_file``)."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+    }
+    from s3fs import S3FileSystem
+
+    S3FileSystem.clear_instance_cache()  # fsspec keeps filesystems by arguments: one made for another server's port
+    try:
+        with _environ(env):
+            import boto3
+
+            yield boto3.client("s3")
+    finally:
+        server.stop()
+        S3FileSystem.clear_instance_cache()
+
+
+@contextmanager
+def gcs_emulator(bucket: str) -> Iterator:
+    """gcp-storage-emulator (a GCS JSON-API server, in memory) on a free port with ``bucket``, found by gcsfs
+    through ``STORAGE_EMULATOR_HOST``, read anonymously (fsspec's config: ``token="anon"``); yields a
+    filesystem writing to it (``fs.put_file(local, "bucket/key")``)."""
+    import fsspec.config
+    from gcp_storage_emulator.server import create_server
+
+    port = free_port()
+    server = create_server("127.0.0.1", port, in_memory=True, default_bucket=bucket)
+    server.start()
+    from pipeline.data.remote import _one_try_gcs
+
+    _one_try_gcs().clear_instance_cache()  # as for S3: one made for another server's port is not reused
+    saved = fsspec.config.conf.get("gs")
+    fsspec.config.conf["gs"] = {"token": "anon"}
+    try:
+        with _environ({"STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{port}"}):
+            from gcsfs.core import GCSFileSystem
+
+            yield GCSFileSystem(token="anon", endpoint_url=f"http://127.0.0.1:{port}")
+    finally:
+        if saved is None:
+            fsspec.config.conf.pop("gs", None)
+        else:
+            fsspec.config.conf["gs"] = saved
+        server.stop()
+        _one_try_gcs().clear_instance_cache()
 
 
 if __name__ == "__main__":  # a server in its own process (benchmarks): ``python tests/servers.py ROOT``

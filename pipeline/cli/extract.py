@@ -28,7 +28,8 @@ def add_extract(sub: Any) -> None:
         "source",
         help="a folder (root/<label>/<video>; symlinks followed), a .csv/.jsonl manifest "
         "(path,label[,split][,start,end]), a video, a quoted glob, or official splits: UCF101's ucfTrainTestlist/ "
-        "folder, HMDB51's split-file folder, a Kinetics CSV (label,youtube_id,time_start,time_end,split)",
+        "folder, HMDB51's split-file folder, a Kinetics CSV (label,youtube_id,time_start,time_end,split); each "
+        "local or at an http(s)://, s3:// or gs:// URL",
     )
     p.add_argument(
         "overrides",
@@ -55,8 +56,8 @@ def add_extract(sub: Any) -> None:
     p.add_argument(
         "--root",
         metavar="DIR",
-        help="folder that manifest paths are relative to and must stay inside (default: the manifest's folder); "
-        "for UCF101/HMDB51 the folder holding the class folders",
+        help="folder (or folder URL) that manifest paths are relative to and must stay inside (default: the "
+        "manifest's folder); for UCF101/HMDB51 the folder holding the class folders",
     )
     p.add_argument(
         "--format",

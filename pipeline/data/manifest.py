@@ -1,5 +1,5 @@
 """What to extract: a list of ``VideoItem`` read from a folder, a CSV/JSONL manifest, a glob, or the
-official split files of UCF101, HMDB51 and Kinetics.
+official split files of UCF101, HMDB51 and Kinetics -- each local or at a URL (``data.remote``).
 
 A manifest's rows are resolved against a root and may not escape it (a manifest is data from somewhere
 else; ``../../etc/passwd``, an absolute path elsewhere or a link out of the root is refused, and the
@@ -7,24 +7,32 @@ message names ``--root``). What the user named on the command line -- a folder, 
 theirs: its links, to files or to class folders, are followed wherever they point (a link back to a
 folder above is not walked twice). Rows that cannot be used are returned as ``Problem`` records instead
 of aborting, so one bad line never costs the rest of a job.
+
+A manifest or split folder at a URL is read through fsspec, and its relative rows resolve against its
+URL's folder (or a ``--root`` URL) under the same rule: a row that leaves that folder is refused
+(``safe_url``), and each video is a URL keyed by its redacted form. A local manifest may name videos
+under a ``--root`` URL too.
 """
 
 from __future__ import annotations
 
 import csv
 import glob
+import io
 import json
 import math
 import os
+import posixpath
 import stat
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
+from urllib.parse import unquote, urlsplit, urlunsplit
 
-from ..errors import ManifestError, check_choice
+from ..errors import DecodeError, ManifestError, check_choice
 from .frames import IMAGE_EXTENSIONS, is_frame_folder
 from .keys import Key, clip_key
-from .remote import is_url, list_urls, redact
+from .remote import can_list, exists, is_url, list_under, list_urls, read_bytes, redact
 from .webdataset import is_shard_list, list_samples
 
 VIDEO_EXTENSIONS = frozenset(
@@ -100,9 +108,12 @@ class Problem:
     error: str
 
 
+Where = Path | str  # a local path, or a URL (``data.remote``)
+
+
 @dataclass
 class Manifest:
-    root: Path
+    root: Where  # the folder rows resolve against: a path, or a URL (a manifest or dataset at a URL)
     items: list[VideoItem] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)  # files of a source folder left out: not videos by extension
@@ -113,6 +124,7 @@ class Manifest:
 
 
 _ROOT_HINT = "to read videos outside it, pass --root DIR, a folder holding them all (relative rows are read from DIR)"
+_URL_ROOT_HINT = "to read videos outside it, pass --root URL, a folder holding them all (rows are read from URL)"
 
 
 def safe_relpath(root: Path, entry: str) -> str:
@@ -144,6 +156,81 @@ def safe_relpath(root: Path, entry: str) -> str:
     return PurePosixPath(*rel.parts).as_posix()
 
 
+def safe_url(root: str, entry: str) -> str:
+    """``entry`` (relative to the folder URL ``root``, or absolute on its server) as a URL inside ``root``;
+    ManifestError if it escapes, as ``safe_relpath`` (percent-escapes decoded first: a server would). A URL
+    entry is taken as it is. The result keeps ``root``'s credentials (``user:pass@``), not its query."""
+    if not entry.strip():
+        raise ManifestError("empty path")
+    if "\0" in entry:
+        raise ManifestError(f"{entry!r}: a path cannot contain a NUL byte")
+    if is_url(entry):
+        return entry
+    parts = urlsplit(root)
+
+    def inside(folder: str, path: str) -> tuple[str, bool]:
+        base = posixpath.normpath("/" + folder.strip("/"))
+        full = posixpath.normpath(path if path.startswith("/") else f"{base}/{path}")
+        return full, full == base or full.startswith(base.rstrip("/") + "/")
+
+    full, ok = inside(parts.path, entry)
+    if not (ok and inside(unquote(parts.path), unquote(entry))[1]):
+        raise ManifestError(f"{entry}: path escapes the manifest root {redact(root)}; {_URL_ROOT_HINT}")
+    return urlunsplit((parts.scheme, parts.netloc, full, "", ""))
+
+
+def _video_at(root: Where, entry: str, label: str = "", split: str = "") -> VideoItem:
+    """The item of a manifest row's or a split file's ``entry`` under ``root`` (a folder, or a folder URL:
+    the video is then a URL keyed redacted); ManifestError if it escapes ``root``."""
+    if isinstance(root, str):
+        url = safe_url(root, entry)
+        return VideoItem(redact(url), "", label, split, url=url)
+    return VideoItem(safe_relpath(root, entry), str(root), label, split)
+
+
+def _shown(where: Where) -> str:
+    """How messages name a manifest or split file: its path, or its URL redacted."""
+    return redact(str(where)) if is_url(str(where)) else str(where)
+
+
+def _join(folder: Where, name: str) -> Where:
+    """``folder/name``, for a folder URL as for a path."""
+    return f"{folder.rstrip('/')}/{name}" if isinstance(folder, str) else folder / name
+
+
+def _parent(where: Where) -> Where:
+    """The folder holding ``where`` (a URL's without its query: a signature is for its own object)."""
+    if isinstance(where, str):
+        parts = urlsplit(where)
+        return urlunsplit((parts.scheme, parts.netloc, posixpath.dirname(parts.path.rstrip("/")), "", ""))
+    return where.parent
+
+
+def _suffix(where: Where) -> str:
+    return PurePosixPath(urlsplit(where).path if isinstance(where, str) else where.name).suffix.lower()
+
+
+def _as_root(root: str | Path | None) -> Where | None:
+    """``--root`` as given: a folder URL kept as text, a folder resolved."""
+    if root is None or str(root) == "":
+        return None
+    return str(root) if is_url(str(root)) else Path(root).resolve()
+
+
+def _read_text(where: Where, what: str) -> str:
+    """The text of a manifest or split file, local or at a URL; ManifestError naming it and the cause."""
+    try:
+        data = read_bytes(str(where)) if isinstance(where, str) else where.read_bytes()
+        return data.decode("utf-8-sig")
+    except DecodeError as exc:
+        cause = str(exc).removeprefix(f"{_shown(where)}: ")
+        raise ManifestError(f"{_shown(where)}: cannot read {what} ({cause})") from None
+    except OSError as exc:
+        raise ManifestError(f"{where}: cannot read {what} ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"{_shown(where)}: cannot read {what} ({exc})") from None
+
+
 def _float_or_none(value: object, what: str) -> float | None:
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
@@ -158,12 +245,16 @@ def _float_or_none(value: object, what: str) -> float | None:
     return number
 
 
-def _item_from_row(root: Path, row: dict, where: str) -> VideoItem:
+def _item_from_row(root: Where, row: dict, where: str) -> VideoItem:
     path = str(row.get("path") or "").strip()
     if not path:
         raise ManifestError(f"{where}: missing 'path'")
-    url = path if is_url(path) else ""
-    rel = redact(path) if url else safe_relpath(root, path)
+    if isinstance(root, str):
+        url = safe_url(root, path)
+        rel, root = redact(url), ""
+    else:
+        url = path if is_url(path) else ""
+        rel = redact(path) if url else safe_relpath(root, path)
     split = str(row.get("split") or "").strip().lower()
     if split not in SPLITS:
         raise ManifestError(f"{where}: split={split!r}; allowed: train, val, test or empty")
@@ -175,19 +266,19 @@ def _item_from_row(root: Path, row: dict, where: str) -> VideoItem:
     return VideoItem(rel, str(root), "" if label is None else str(label).strip(), split, start, end, url=url)
 
 
-def _row_path(root: Path, row: dict, where: str) -> str:
+def _row_path(root: Where, row: dict, where: str) -> str:
     """What a bad row's failure is filed under: the path it names, as a clip of it is stored (so storing the
     video once the row is fixed closes the failure); else the row itself (``file:line``)."""
     path = str(row.get("path") or "").strip()
     if is_url(path):
         return redact(path)
     try:
-        return safe_relpath(root, path)
+        return redact(safe_url(root, path)) if isinstance(root, str) else safe_relpath(root, path)
     except ManifestError:
         return path if path and "\0" not in path else where
 
 
-def _rows_to_manifest(root: Path, rows: list[tuple[str, dict]]) -> Manifest:
+def _rows_to_manifest(root: Where, rows: list[tuple[str, dict]]) -> Manifest:
     """Items of the rows; a bad row, or a repeat of a clip with another label (a conflict: the first row
     is kept), becomes a ``Problem``. A conflict's problem is filed under its row (``file:line``), not the
     clip's path, so it never marks the kept clip as failed."""
@@ -211,40 +302,47 @@ def _rows_to_manifest(root: Path, rows: list[tuple[str, dict]]) -> Manifest:
     return manifest
 
 
-def read_csv(path: Path, root: Path | None = None) -> Manifest:
-    """CSV with a header containing at least ``path``; optional ``label, split, start, end``.
-    A ``.tsv`` file is the same with tab-separated columns."""
-    root = (root or path.parent).resolve()
+def _table(path: Where) -> tuple[list[str], list[tuple[str, dict]]]:
+    """A CSV (``.tsv``: tab-separated) file's column names and its rows (``file:line``, its cells by
+    stripped column name); ManifestError if it cannot be read."""
+    text = _read_text(path, "manifest")
     try:
-        with open(path, newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
-            fields = [f.strip() for f in reader.fieldnames or []]
-            if "youtube_id" in fields and "path" not in fields:
-                return read_kinetics(path, root)
-            if not reader.fieldnames or "path" not in fields:
-                raise ManifestError(
-                    f"{path}: CSV manifest needs a header row with a 'path' column (path,label[,split][,start,end])"
-                )
-            rows = [
-                (f"{path}:{i}", {(k or "").strip(): v for k, v in row.items()}) for i, row in enumerate(reader, start=2)
-            ]
-    except OSError as exc:
-        raise ManifestError(f"{path}: cannot read manifest ({exc.strerror or exc})") from None
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise ManifestError(f"{path}: not a readable CSV file ({exc})") from None
-    return _rows_to_manifest(root, rows)
+        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if _suffix(path) == ".tsv" else ",")
+        fields = [(f or "").strip() for f in reader.fieldnames or []]
+        shown = _shown(path)
+        rows = [(f"{shown}:{i}", {(k or "").strip(): v for k, v in r.items()}) for i, r in enumerate(reader, start=2)]
+    except csv.Error as exc:
+        raise ManifestError(f"{_shown(path)}: not a readable CSV file ({exc})") from None
+    return fields, rows
 
 
-def read_jsonl(path: Path, root: Path | None = None) -> Manifest:
-    """One JSON object per line with the same keys as the CSV form."""
-    root = (root or path.parent).resolve()
+def _manifest_root(path: Where, root: str | Path | None) -> Where:
+    """Where a manifest's relative rows are read from: ``root``, else the manifest's folder (or folder URL)."""
+    given = _as_root(root)
+    if given is not None:
+        return given
+    return _parent(path) if isinstance(path, str) else path.parent.resolve()
+
+
+def read_csv(path: Where, root: str | Path | None = None) -> Manifest:
+    """CSV with a header containing at least ``path``; optional ``label, split, start, end``.
+    A ``.tsv`` file is the same with tab-separated columns. ``path``: a file, or a URL."""
+    fields, rows = _table(path)
+    if "youtube_id" in fields and "path" not in fields:
+        return read_kinetics(path, root, table=(fields, rows))
+    if "path" not in fields:
+        raise ManifestError(
+            f"{_shown(path)}: CSV manifest needs a header row with a 'path' column (path,label[,split][,start,end])"
+        )
+    return _rows_to_manifest(_manifest_root(path, root), rows)
+
+
+def read_jsonl(path: Where, root: str | Path | None = None) -> Manifest:
+    """One JSON object per line with the same keys as the CSV form. ``path``: a file, or a URL."""
     rows: list[tuple[str, dict]] = []
     problems: list[Problem] = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ManifestError(f"{path}: cannot read manifest ({exc})") from None
-    for i, line in enumerate(lines, start=1):
+    shown = _shown(path)
+    for i, line in enumerate(_read_text(path, "manifest").splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -252,13 +350,13 @@ def read_jsonl(path: Path, root: Path | None = None) -> Manifest:
             if not isinstance(row, dict):
                 raise ValueError("not an object")
         except ValueError as exc:
-            problems.append(Problem(f"{path}:{i}", f"{path}:{i}: not a JSON object ({exc})"))
+            problems.append(Problem(f"{shown}:{i}", f"{shown}:{i}: not a JSON object ({exc})"))
             continue
         except RecursionError:
-            problems.append(Problem(f"{path}:{i}", f"{path}:{i}: JSON nested too deeply to be a manifest row"))
+            problems.append(Problem(f"{shown}:{i}", f"{shown}:{i}: JSON nested too deeply to be a manifest row"))
             continue
-        rows.append((f"{path}:{i}", row))
-    manifest = _rows_to_manifest(root, rows)
+        rows.append((f"{shown}:{i}", row))
+    manifest = _rows_to_manifest(_manifest_root(path, root), rows)
     manifest.problems[:0] = problems
     return manifest
 
@@ -388,12 +486,9 @@ def read_urls(text: str) -> Manifest:
 # -- official dataset splits ---------------------------------------------------------------------
 
 
-def _lines(path: Path) -> list[tuple[int, str]]:
-    """Non-empty stripped lines with their numbers; ManifestError naming the file if unreadable."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ManifestError(f"{path}: cannot read split file ({getattr(exc, 'strerror', None) or exc})") from None
+def _lines(path: Where) -> list[tuple[int, str]]:
+    """Non-empty stripped lines with their numbers; ManifestError naming the file (or URL) if unreadable."""
+    text = _read_text(path, "split file")
     return [(i, line.strip()) for i, line in enumerate(text.splitlines(), start=1) if line.strip()]
 
 
@@ -402,82 +497,141 @@ def _check_split(split: int) -> None:
         raise ManifestError(f"split={split!r}: UCF101 and HMDB51 define splits 1, 2 and 3")
 
 
+_PROBED = 3  # listed videos asked for at a root URL that cannot be listed (HTTP), to tell a wrong root
+
+
+def _present(manifest: Manifest) -> list[bool]:
+    """Whether each listed video is there: a file under a folder; an object under a root URL (one listing),
+    or, where the protocol cannot list, True for all but a probe of the first few (all missing: False)."""
+    root = manifest.root
+    if not isinstance(root, str):
+        return [it.abspath.is_file() for it in manifest.items]
+    if can_list(root):
+        try:
+            there = set(list_under(root))
+        except DecodeError as exc:
+            raise ManifestError(f"cannot list the videos' root: {exc}") from None
+        return [it.path in there for it in manifest.items]
+    if any(exists(it.url) for it in manifest.items[:_PROBED]):
+        return [True] * len(manifest.items)  # the rest are found (or fail, with the cause) when decoded
+    return [False] * len(manifest.items)
+
+
 def _finish_dataset(manifest: Manifest, listed_in: str, check_files: bool) -> Manifest:
     """Listed videos missing on disk become problems; none present at all means the root is wrong."""
     if not check_files:
         return manifest
-    present = [it for it in manifest.items if it.abspath.is_file()]
-    if manifest.items and not present:
-        example = manifest.items[0]
+    present = _present(manifest)
+    if manifest.items and not any(present):
+        example, root = manifest.items[0], _shown(manifest.root)
+        probed = "" if can_list(str(root)) else f" (the first {min(_PROBED, len(manifest.items))} asked for)"
         raise ManifestError(
-            f"none of the {len(manifest.items)} videos listed in {listed_in} is under {manifest.root} "
+            f"none of the {len(manifest.items)} videos listed in {listed_in} is under {root}{probed} "
             f"(e.g. {example.path}); pass --root FOLDER, the folder that holds the class folders"
         )
-    missing = [it for it in manifest.items if not it.abspath.is_file()]
-    manifest.problems += [Problem(it.path, f"{it.abspath}: listed in {listed_in} but not found") for it in missing]
-    manifest.items = present
+    manifest.problems += [
+        Problem(it.path, f"{it.shown}: listed in {listed_in} but not found")
+        for it, there in zip(manifest.items, present)
+        if not there
+    ]
+    manifest.items = [it for it, there in zip(manifest.items, present) if there]
     return manifest
 
 
-def read_ucf101(split_dir: Path, root: Path | None = None, split: int = 1, check_files: bool = True) -> Manifest:
+def _split_folder(split_dir: str | Path) -> Where:
+    return str(split_dir).rstrip("/") if is_url(str(split_dir)) else Path(split_dir).resolve()
+
+
+def _is_folder(where: Where) -> bool:
+    """Whether ``where`` holds anything (a folder URL: an object under it; cannot list: False)."""
+    if isinstance(where, Path):
+        return where.is_dir()
+    try:
+        return can_list(where) and bool(list_urls(f"{where}/*"))
+    except ManifestError:
+        return False
+
+
+def read_ucf101(
+    split_dir: str | Path, root: str | Path | None = None, split: int = 1, check_files: bool = True
+) -> Manifest:
     """UCF101 ``ucfTrainTestlist/``: ``classInd.txt`` ("1 ApplyEyeMakeup"), ``trainlist0N.txt``
     ("ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi 1") and ``testlist0N.txt`` (path only).
     ``root`` holds the class folders; default ``split_dir/../UCF-101`` if present, else ``split_dir/..``.
+    Either may be a URL (the split files read through fsspec; videos under a root URL are URLs).
     Train/test come from the lists; ``val`` is carved from train later, keeping UCF101's groups whole.
     """
     _check_split(split)
-    split_dir = split_dir.resolve()
-    if root is None:
-        root = split_dir.parent / "UCF-101" if (split_dir.parent / "UCF-101").is_dir() else split_dir.parent
-    root = root.resolve()
-    class_file = split_dir / "classInd.txt"
+    folder = _split_folder(split_dir)
+    base = _as_root(root)
+    if base is None:
+        above = _parent(folder)
+        base = _join(above, "UCF-101") if _is_folder(_join(above, "UCF-101")) else above
+    class_file = _join(folder, "classInd.txt")
     classes: dict[int, str] = {}
     for i, line in _lines(class_file):
         parts = line.split()
         if len(parts) != 2 or not parts[0].isdigit():
-            raise ManifestError(f"{class_file}:{i}: expected 'INDEX ClassName', got {line!r}")
+            raise ManifestError(f"{_shown(class_file)}:{i}: expected 'INDEX ClassName', got {line!r}")
         classes[int(parts[0])] = parts[1]
     by_name = {name.lower(): name for name in classes.values()}  # folder names differ in case in places
-    manifest = Manifest(root)
+    manifest = Manifest(base)
     for split_name, name in (("train", f"trainlist0{split}.txt"), ("test", f"testlist0{split}.txt")):
-        list_file = split_dir / name
+        list_file = _join(folder, name)
         for i, line in _lines(list_file):
-            where = f"{list_file}:{i}"
+            where = f"{_shown(list_file)}:{i}"
             parts = line.split()
             path = parts[0] if parts else ""
-            folder = PurePosixPath(path.replace("\\", "/")).parts[0] if "/" in path or "\\" in path else ""
+            sub = PurePosixPath(path.replace("\\", "/")).parts[0] if "/" in path or "\\" in path else ""
             try:
                 if len(parts) > 1:
                     if not parts[1].isdigit() or int(parts[1]) not in classes:
-                        raise ManifestError(f"{where}: class index {parts[1]!r} is not in {class_file.name}")
+                        raise ManifestError(f"{where}: class index {parts[1]!r} is not in classInd.txt")
                     label = classes[int(parts[1])]
-                elif folder.lower() in by_name:
-                    label = by_name[folder.lower()]
+                elif sub.lower() in by_name:
+                    label = by_name[sub.lower()]
                 else:
-                    raise ManifestError(f"{where}: class folder {folder!r} of {path!r} is not in {class_file.name}")
-                manifest.items.append(VideoItem(safe_relpath(root, path), str(root), label, split_name))
+                    raise ManifestError(f"{where}: class folder {sub!r} of {path!r} is not in classInd.txt")
+                manifest.items.append(_video_at(base, path, label, split_name))
             except ManifestError as exc:
                 manifest.problems.append(Problem(path or where, str(exc) if where in str(exc) else f"{where}: {exc}"))
-    return _finish_dataset(manifest, f"{split_dir} split {split}", check_files)
+    return _finish_dataset(manifest, f"{_shown(folder)} split {split}", check_files)
 
 
-def read_hmdb51(split_dir: Path, root: Path | None = None, split: int = 1, check_files: bool = True) -> Manifest:
+def _hmdb_files(folder: Where, split: int) -> list[Where]:
+    """HMDB51's split files of ``split`` in ``folder`` (a folder URL: listed, where the protocol can)."""
+    pattern = f"*_test_split{split}.txt"
+    if isinstance(folder, Path):
+        files: list[Where] = list(sorted(folder.glob(pattern)))
+    elif not can_list(folder):
+        raise ManifestError(
+            f"{_shown(folder)}: HMDB51's split files ({pattern}) are found by listing the folder, which "
+            f"{folder.partition('://')[0]}:// cannot; copy the split folder here and pass --root {_shown(folder)}/.."
+        )
+    else:
+        files = list(list_urls(f"{folder}/{pattern}"))
+    if not files:
+        raise ManifestError(f"{_shown(folder)}: no HMDB51 split files ({pattern})")
+    return files
+
+
+def read_hmdb51(
+    split_dir: str | Path, root: str | Path | None = None, split: int = 1, check_files: bool = True
+) -> Manifest:
     """HMDB51 ``testTrainMulti_7030_splits/``: one ``<action>_test_split<N>.txt`` per action, lines
     "<video>.avi <code>" with code 1 = train, 2 = test, 0 = not used in this split (left out).
-    ``root`` holds the action folders (``<root>/<action>/<video>.avi``); default ``split_dir/..``."""
+    ``root`` holds the action folders (``<root>/<action>/<video>.avi``); default ``split_dir/..``. Either
+    may be a URL (the split folder's URL must list: ``s3://``, ``gs://``)."""
     _check_split(split)
-    split_dir = split_dir.resolve()
-    root = (root or split_dir.parent).resolve()
-    files = sorted(split_dir.glob(f"*_test_split{split}.txt"))
-    if not files:
-        raise ManifestError(f"{split_dir}: no HMDB51 split files (*_test_split{split}.txt)")
-    manifest = Manifest(root)
+    folder = _split_folder(split_dir)
+    base = _as_root(root) or _parent(folder)
+    manifest = Manifest(base)
     codes = {"1": "train", "2": "test", "0": None}
-    for f in files:
-        action = f.name[: -len(f"_test_split{split}.txt")]
+    for f in _hmdb_files(folder, split):
+        action = PurePosixPath(str(f)).name[: -len(f"_test_split{split}.txt")]
         for i, line in _lines(f):
             parts = line.split()
-            where = f"{f}:{i}"
+            where = f"{_shown(f)}:{i}"
             if len(parts) != 2 or parts[1] not in codes:
                 manifest.problems.append(Problem(where, f"{where}: expected '<video>.avi <0|1|2>', got {line!r}"))
                 continue
@@ -485,50 +639,60 @@ def read_hmdb51(split_dir: Path, root: Path | None = None, split: int = 1, check
             if split_name is None:
                 continue
             try:
-                manifest.items.append(
-                    VideoItem(safe_relpath(root, f"{action}/{parts[0]}"), str(root), action, split_name)
-                )
+                manifest.items.append(_video_at(base, f"{action}/{parts[0]}", action, split_name))
             except ManifestError as exc:
                 manifest.problems.append(Problem(parts[0], f"{where}: {exc}"))
-    return _finish_dataset(manifest, f"{split_dir} split {split}", check_files)
+    return _finish_dataset(manifest, f"{_shown(folder)} split {split}", check_files)
 
 
-def _video_index(root: Path) -> dict[str, list[str]]:
-    """Video files under ``root`` by file stem (relative POSIX paths), for locating Kinetics clips."""
-    index: dict[str, list[str]] = {}
+def _video_index(root: Where) -> dict[str, list[str]]:
+    """Video files under ``root`` by file stem (paths relative to it), for locating Kinetics clips; a root
+    URL is listed (where its protocol can: Kinetics names videos by id, so they must be found)."""
+    if isinstance(root, str):
+        if not can_list(root):
+            raise ManifestError(
+                f"{_shown(root)}: Kinetics rows are found by listing --root, which {root.partition('://')[0]}:// "
+                "cannot; give a CSV manifest with a path column instead"
+            )
+        try:
+            found = list_under(root)
+        except DecodeError as exc:
+            raise ManifestError(f"cannot list the videos' root: {exc}") from None
+        prefix = redact(root).rstrip("/") + "/"
+        paths = [u[len(prefix) :] for u in found if u.startswith(prefix)]
+        index: dict[str, list[str]] = {}
+        for rel in paths:
+            p = PurePosixPath(rel)
+            if p.suffix.lower() in VIDEO_EXTENSIONS and not p.name.startswith("."):
+                index.setdefault(p.stem, []).append(rel)
+        return index
+    index = {}
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
-            p = Path(dirpath) / name
-            if _is_video(p):
-                index.setdefault(p.stem, []).append(PurePosixPath(*p.relative_to(root).parts).as_posix())
+            f = Path(dirpath) / name
+            if _is_video(f):
+                index.setdefault(f.stem, []).append(PurePosixPath(*f.relative_to(root).parts).as_posix())
     return index
 
 
-def read_kinetics(path: Path, root: Path | None = None) -> Manifest:
+def read_kinetics(
+    path: Where, root: str | Path | None = None, *, table: tuple[list[str], list[tuple[str, dict]]] | None = None
+) -> Manifest:
     """Kinetics CSV ``label,youtube_id,time_start,time_end,split`` (extra columns ignored), each row found
     under ``root`` (default: the CSV's folder) as docs/extraction.md says. Rows with no file are problems
-    (Kinetics always has missing videos); ``split`` "validate" means ``val``."""
-    root = (root or path.parent).resolve()
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
-            fields = [(f or "").strip() for f in reader.fieldnames or []]
-            missing = [c for c in KINETICS_COLUMNS if c not in fields and c != "split"]
-            if missing:
-                raise ManifestError(
-                    f"{path}: Kinetics CSV lacks column(s) {', '.join(missing)} (expected {','.join(KINETICS_COLUMNS)})"
-                )
-            rows = [
-                (f"{path}:{i}", {(k or "").strip(): (v or "").strip() for k, v in row.items()})
-                for i, row in enumerate(reader, start=2)
-            ]
-    except OSError as exc:
-        raise ManifestError(f"{path}: cannot read manifest ({exc.strerror or exc})") from None
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise ManifestError(f"{path}: not a readable CSV file ({exc})") from None
-    index = _video_index(root)
-    manifest = Manifest(root)
+    (Kinetics always has missing videos); ``split`` "validate" means ``val``. The CSV and the root may be
+    URLs (a root URL must list: ``s3://``, ``gs://``). ``table``: the CSV already read (``read_csv``)."""
+    base = _manifest_root(path, root)
+    fields, raw = table or _table(path)
+    missing = [c for c in KINETICS_COLUMNS if c not in fields and c != "split"]
+    if missing:
+        raise ManifestError(
+            f"{_shown(path)}: Kinetics CSV lacks column(s) {', '.join(missing)} (expected {','.join(KINETICS_COLUMNS)})"
+        )
+    rows = [(where, {k: (v or "").strip() for k, v in row.items()}) for where, row in raw]
+    index = _video_index(base)
+    manifest = Manifest(base)
     split_names = {"train": "train", "val": "val", "validate": "val", "validation": "val", "test": "test", "": ""}
     for where, row in rows:
         yid = row.get("youtube_id", "")
@@ -553,11 +717,10 @@ def read_kinetics(path: Path, root: Path | None = None) -> Manifest:
                 rel, window = index[yid][0], (start, end)
             else:
                 raise ManifestError(
-                    f"{where}: no video for youtube_id {yid} under {root} (looked for {trimmed}.* and {yid}.*)"
+                    f"{where}: no video for youtube_id {yid} under {_shown(base)} (looked for {trimmed}.* and {yid}.*)"
                 )
-            manifest.items.append(
-                VideoItem(safe_relpath(root, rel), str(root), row.get("label", ""), split_names[split], *window)
-            )
+            item = _video_at(base, rel, row.get("label", ""), split_names[split])
+            manifest.items.append(replace(item, start=window[0], end=window[1]))
         except ManifestError as exc:
             manifest.problems.append(Problem(yid or where, str(exc)))
     return manifest
@@ -571,6 +734,45 @@ def _detect(p: Path) -> str:
             return "hmdb51"
         return "folder"
     return {".csv": "csv", ".tsv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}.get(p.suffix.lower(), "")
+
+
+def _detect_url(url: str) -> str:
+    """What a URL names: a manifest by its suffix, a video by its own, else a UCF101 or HMDB51 split folder
+    where it holds their files ("" : a video)."""
+    suffix = _suffix(url)
+    if suffix in (".csv", ".tsv", ".jsonl", ".ndjson"):
+        return {".csv": "csv", ".tsv": "csv"}.get(suffix, "jsonl")
+    if suffix in VIDEO_EXTENSIONS or urlsplit(url).query:  # a query: an object (a presigned video), not a folder
+        return ""
+    folder = url.rstrip("/")
+    if exists(f"{folder}/classInd.txt"):
+        return "ucf101"
+    try:
+        if can_list(folder) and list_urls(f"{folder}/*_test_split1.txt"):
+            return "hmdb51"
+    except ManifestError:
+        pass
+    return ""
+
+
+def _load_url(url: str, root: str | Path | None, format: str, split: int, check_files: bool) -> Manifest:
+    """``load_manifest`` of a URL: a manifest, a split folder, a video, or a URL glob."""
+    if glob.has_magic(url.partition("?")[0]) and format in ("auto", "folder"):
+        return read_urls(url)
+    kind = _detect_url(url) if format == "auto" else format
+    if kind in ("ucf101", "hmdb51"):
+        return (read_ucf101 if kind == "ucf101" else read_hmdb51)(url, root, split, check_files)
+    if kind == "kinetics":
+        return read_kinetics(url, root)
+    if kind == "csv":
+        return read_csv(url, root)
+    if kind == "jsonl":
+        return read_jsonl(url, root)
+    if kind == "folder":
+        raise ManifestError(
+            f"{redact(url)}: a folder URL is not read as class folders; give a CSV/JSONL manifest or a quoted glob"
+        )
+    return read_urls(url)
 
 
 def _check_format(p: Path, format: str) -> None:
@@ -606,9 +808,9 @@ def load_manifest(
     if format == "webdataset" or (format == "auto" and is_shard_list(text)):
         return read_webdataset(text, label_from)
     if is_url(text):
-        return read_urls(text)
+        return _load_url(text, root, format, split, check_files)
     p = Path(text)
-    r = Path(root) if root else None
+    r = str(root) if root and is_url(str(root)) else (Path(root) if root else None)
     kind = _detect(p) if format == "auto" and p.exists() else format
     if kind in ("ucf101", "hmdb51"):
         if not p.is_dir():

@@ -18,6 +18,7 @@ time) from ``info()``: an object replaced at the same URL is extracted again.
 
 from __future__ import annotations
 
+import functools
 import io
 import re
 import time
@@ -30,7 +31,18 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 from ..config import ExtractConfig
 from ..errors import DecodeError, ManifestError
 
-__all__ = ["RemoteOptions", "is_url", "redact", "open_url", "remote_source", "list_urls"]
+__all__ = [
+    "RemoteOptions",
+    "is_url",
+    "redact",
+    "open_url",
+    "remote_source",
+    "list_urls",
+    "read_bytes",
+    "exists",
+    "can_list",
+    "list_under",
+]
 
 # query parameters that are secrets (presigned S3/GCS/Azure URLs, API tokens): a query holding one is dropped
 _SECRET_PARAMS = ("signature", "credential", "token", "sig", "key", "secret", "password", "auth", "expires")
@@ -83,18 +95,58 @@ def _filesystem(url: str, opts: RemoteOptions) -> tuple[Any, str]:
         storage = {"client_kwargs": {"timeout": timeout}}
     elif protocol in ("s3", "s3a"):
         storage = {
+            "use_listings_cache": False,  # a listing kept would hide an object added or replaced since
             "config_kwargs": {
                 "connect_timeout": opts.timeout,
                 "read_timeout": opts.timeout,
                 "retries": {"max_attempts": 1},
             },
         }
+    elif protocol in ("gs", "gcs"):
+        import aiohttp
+
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=opts.timeout, sock_read=opts.timeout)
+        storage = {"requests_timeout": timeout, "use_listings_cache": False}
     try:
+        if protocol in ("gs", "gcs"):
+            return _gcs(url, storage)
         return url_to_fs(url, **storage)
     except (ImportError, ValueError) as exc:
         extra = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs", "http": "http", "https": "http"}.get(protocol)
         hint = f"; install vidprobe[{extra}]" if extra else ""
         raise DecodeError(f"{redact(url)}: cannot read {protocol}:// URLs ({_first_line(exc)}{hint})") from None
+
+
+def _gcs(url: str, storage: dict[str, Any]) -> tuple[Any, str]:
+    """gcsfs's JSON-API filesystem with one try per request (``_retrying`` retries). Not the class fsspec
+    registers for ``gs://``: gcsfs 2026's default subclass asks the gRPC storage-control API for the bucket's
+    layout before every read (``ExtendedGcsFileSystem``, for zonal buckets) and, where that API does not
+    answer (an anonymous reader, an emulator), waits out its own retries each time. Settings from fsspec's
+    config (``FSSPEC_GS_TOKEN``, ``~/.config/fsspec/gs.json``) apply as through ``url_to_fs``."""
+    from fsspec.config import apply_config
+
+    cls = _one_try_gcs()
+    fs = cls(**apply_config(cls, storage))
+    return fs, fs._strip_protocol(url)
+
+
+@functools.cache
+def _one_try_gcs() -> type:
+    from gcsfs.core import GCSFileSystem
+    from gcsfs.retry import retry_request
+
+    request = getattr(GCSFileSystem._request, "__wrapped__", None)
+    if request is None:  # another gcsfs layout: keep its own retries
+        return GCSFileSystem
+    body = {"_request": retry_request(retries=1)(request), "__module__": __name__}
+    return type("OneTryGCSFileSystem", (GCSFileSystem,), body)
+
+
+def __getattr__(name: str) -> Any:
+    """``OneTryGCSFileSystem`` by name, so a pickled filesystem (fsspec pickles its class) loads elsewhere."""
+    if name == "OneTryGCSFileSystem":
+        return _one_try_gcs()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -108,9 +160,9 @@ def _cause(exc: BaseException) -> tuple[bool, str]:
         return _cause(exc.__cause__)  # fsspec's HTTP info() says "not found" whatever its GET met
     if isinstance(exc, FileNotFoundError):
         return False, "not found (404)"
-    if isinstance(exc, PermissionError):
+    if isinstance(exc, PermissionError) or (type(exc) is OSError and str(exc).startswith("Forbidden")):  # gcsfs
         return False, "access denied (403)"
-    status = getattr(exc, "status", None)  # aiohttp's ClientResponseError
+    status = getattr(exc, "status", None) or getattr(exc, "code", None)  # aiohttp's ClientResponseError; gcsfs
     if isinstance(status, int) and status >= 400:
         return status >= 500 or status == 429, f"HTTP {status} {getattr(exc, 'message', '')}".strip()
     if isinstance(exc, TimeoutError) or "timeout" in type(exc).__name__.lower():
@@ -245,4 +297,36 @@ def list_urls(pattern: str) -> list[str]:
         found = _retrying(pattern, opts, lambda: fs.glob(pattern))
     except DecodeError as exc:
         raise ManifestError(str(exc)) from None
+    return sorted(fs.unstrip_protocol(p) for p in found)
+
+
+def read_bytes(url: str, opts: RemoteOptions | None = None) -> bytes:
+    """The whole object at ``url`` (a manifest, a split file), retried as a block is; ``DecodeError`` naming
+    the redacted URL and the cause."""
+    opts = opts or RemoteOptions()
+    fs, path = _filesystem(url, opts)
+    return bytes(_retrying(url, opts, lambda: fs.cat_file(path)))
+
+
+def exists(url: str) -> bool:
+    """Whether an object is at ``url`` (one metadata request; a failure to ask is False)."""
+    opts = RemoteOptions(retries=1)
+    try:
+        fs, path = _filesystem(url, opts)
+        return bool(_retrying(url, opts, lambda: fs.isfile(path)))
+    except DecodeError:
+        return False
+
+
+def can_list(url: str) -> bool:
+    """Whether the protocol lists a folder's objects (object stores do; an HTTP server answers with a page)."""
+    return url.partition("://")[0].lower() not in ("http", "https")
+
+
+def list_under(url: str) -> list[str]:
+    """Every object under the folder or prefix ``url``, as URLs (``can_list`` protocols); ``DecodeError``
+    naming it when it cannot be listed."""
+    opts = RemoteOptions()
+    fs, path = _filesystem(url, opts)
+    found = _retrying(url, opts, lambda: fs.find(path.rstrip("/")))
     return sorted(fs.unstrip_protocol(p) for p in found)

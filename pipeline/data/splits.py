@@ -31,7 +31,7 @@ class SplitsFrom:
     source: str
     split: int = field(default=1, metadata=rule(choices=DATASET_SPLITS))  # UCF101/HMDB51 split number
     format: str = field(default="auto", metadata=rule(choices=FORMATS))
-    root: str | None = None  # the folder the store's paths are relative to
+    root: str | None = None  # the folder (or folder URL) the store's paths are relative to
 
 
 @dataclass

@@ -1,11 +1,11 @@
 """Label new videos with a saved head: rebuild the head's extraction from its sidecar, pool, predict.
 
-The videos come from the sources ``extract`` reads (a file, a folder, a glob, a CSV/JSONL manifest:
-``read_sources``) and are decoded and encoded by extraction's own front (``extract.clips.VideoDecoder``:
-decoder worker processes, frames of many videos packed into full encoder batches), so a video is sampled
-exactly as the training store was, at extraction's speed. Each video's result comes as it finishes
-(``predict_iter``); ``predict_sources`` writes them to a resumable file (``probe.predictions``).
-Temporal heads (pool ``frames``) read each clip's frame sequence instead of a pooled vector.
+The videos come from the sources ``extract`` reads (a file, a folder, a glob, a CSV/JSONL manifest, each
+local or at a URL: ``read_sources``) and are decoded and encoded by extraction's own front
+(``extract.clips.VideoDecoder``: decoder worker processes, frames of many videos packed into full encoder
+batches), so a video is sampled exactly as the training store was, at extraction's speed. Each video's
+result comes as it finishes (``predict_iter``); ``predict_sources`` writes them to a resumable file
+(``probe.predictions``). Temporal heads (pool ``frames``) read each clip's frame sequence instead of a pooled vector.
 ``explain=True`` adds per-clip, per-frame weights (``pipeline.probe.explain``) and, with ``plot_dir``,
 writes one timeline PNG per video."""
 
@@ -23,6 +23,7 @@ import numpy as np
 
 from ..config import ExtractConfig, SamplingConfig
 from ..data.manifest import VideoItem, load_manifest
+from ..data.remote import is_url
 from ..errors import HeadError, ManifestError, VidprobeError
 from .heads.files import load_head, load_head_meta
 from .pooling import get_pool
@@ -43,11 +44,12 @@ def read_sources(
     """Each video of ``sources``, read as ``extract`` reads them (``data.manifest.load_manifest``), or why
     an entry is none: a source that is missing or no video, a manifest row it cannot use, and a file a
     folder holds that is not a video by its extension (what extract leaves out) are entries with their
-    cause, so a run goes on with the rest. ``leave_out``: files to pass over silently (the output file)."""
+    cause, so a run goes on with the rest. ``leave_out``: files to pass over silently (the output file).
+    A video at a URL is named by its URL redacted of secrets (``data.remote.redact``), as extract keys it."""
     entries: list[Entry] = []
     skip = {os.path.realpath(p) for p in leave_out}
     for source in map(str, sources):
-        if not os.path.lexists(source) and not glob.has_magic(source):
+        if not is_url(source) and not os.path.lexists(source) and not glob.has_magic(source):
             entries.append((source, f"{source}: file not found"))
             continue
         if os.path.exists(source) and not os.path.isdir(source) and not os.path.isfile(source):
@@ -59,11 +61,15 @@ def read_sources(
             entries.append((source, str(exc)))
             continue
         for item in manifest.items:
+            if item.url:
+                entries.append((item.path, item))
+                continue
             real = os.path.realpath(item.abspath)
             if real not in skip:  # the source itself, when it is one video, keeps the name it was given
                 entries.append((source if real == os.path.realpath(source) else _shown(item.abspath), item))
         for problem in manifest.problems:
-            entries.append((_shown(Path(manifest.root) / problem.path), problem.error))
+            remote = isinstance(manifest.root, str) or is_url(problem.path)
+            entries.append((problem.path if remote else _shown(Path(manifest.root) / problem.path), problem.error))
         for name in manifest.ignored:
             path = Path(manifest.root) / name
             if os.path.realpath(path) not in skip:
@@ -128,7 +134,7 @@ def predict_iter(
         how = check_explainable(meta)
     present = []
     for i, (name, item) in enumerate(videos):  # a FIFO goes on: the decode timeout covers it
-        if os.path.lexists(item.abspath):
+        if item.url or os.path.lexists(item.abspath):  # a URL's fetch failing is its decoder's failure
             present.append(i)
         else:
             yield i, [_failed(name, item, f"{name}: file not found")]
@@ -265,7 +271,7 @@ def _rows(
         if plot_dir is not None:
             from .report import plot_timeline
 
-            png = explanation_png(plot_dir, item.abspath)
+            png = explanation_png(plot_dir, item.path if item.url else item.abspath)
             label = head.classes[int(proba.argmax())]
             result["plot"] = str(plot_timeline({**result, "label": label}, png))
     return [result]
