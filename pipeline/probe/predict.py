@@ -202,8 +202,9 @@ def _embedded(
     ) as decoder:
         encoder = encoder or _build_encoder(meta, device)
         _check_encoder(head_path, meta, encoder, preprocess)
-        device_type = str(getattr(encoder, "device", "cpu")).split(":")[0]
-        yield from decoder.embedded(encoder.encode, resolve_runtime(ext, device_type).batch_size)
+        where = getattr(encoder, "device", "cpu")
+        batch_size = resolve_runtime(ext, str(where).split(":")[0]).batch_size
+        yield from decoder.embedded(encoder.encode, batch_size, device=where)
 
 
 def _check_encoder(head_path: str | Path, meta: dict, encoder: Any, preprocess: Any) -> None:
