@@ -95,7 +95,8 @@ class VideoDecoder:
     threads in each, 0 = FFmpeg decides), each killed and replaced after ``timeout`` s without progress
     (that video fails, the rest go on); without ``timeout``: a thread of this process. What is decoded
     ahead is bounded (``DecodePool``'s queue). A video is a path, a ``(path, start, end)`` window, or a
-    manifest ``VideoItem`` (re-checked against its root at open time, as extraction does).
+    manifest ``VideoItem`` (re-checked against its root at open time, as extraction does). ``skip``: per
+    video, clip windows a windowed sampling leaves out (done already; a video with all of them has no clips).
     """
 
     def __init__(
@@ -109,8 +110,9 @@ class VideoDecoder:
         threads: int = 0,
         chunk: int = 32,
         prefetch: int = 8,
+        skip: Sequence[frozenset] | None = None,
     ) -> None:
-        self._tasks = [_task(i, v) for i, v in enumerate(videos)]
+        self._tasks = [_task(i, v, skip[i] if skip else frozenset()) for i, v in enumerate(videos)]
         workers = 0 if timeout is None else max(1, min(workers, len(self._tasks)))
         self._pool = DecodePool(
             sampling,
@@ -165,11 +167,11 @@ class VideoDecoder:
         self.close()
 
 
-def _task(index: int, video: Any) -> ClipTask:
+def _task(index: int, video: Any, skip: frozenset) -> ClipTask:
     if isinstance(video, VideoItem):
-        return ClipTask(index, video.location, video.start, video.end, root=video.confine)
+        return ClipTask(index, video.location, video.start, video.end, skip, root=video.confine)
     path, start, end = (video, None, None) if isinstance(video, (str, Path)) else video
-    return ClipTask(index, str(Path(path).absolute()), start, end)
+    return ClipTask(index, str(Path(path).absolute()), start, end, skip)
 
 
 @dataclass(eq=False)
