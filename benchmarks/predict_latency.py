@@ -65,14 +65,14 @@ def encode(frames):
     out = encoder.encode(frames)
     encode_s += time.perf_counter() - s
     return out
-(clips,) = decoder.embedded(encode)
+((_, clips),) = decoder.embedded(encode)
 decoder.close()
 t6 = time.perf_counter()
 proba = head.predict_proba(np.stack([get_pool(meta["pool"])(c.frames) for _, _, c in clips]))
 t7 = time.perf_counter()
 s = time.perf_counter()
 reference = VideoDecoder([(sys.argv[2], None, None)], sampling, encoder.preprocess_cfg, timeout=None)
-list(reference.embedded(lambda f: f))
+list(reference.embedded(lambda f: f.numpy().copy()))  # a copy: the batch is in a reused buffer
 reference.close()
 decode_alone = time.perf_counter() - s
 print(json.dumps({

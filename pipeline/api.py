@@ -90,8 +90,8 @@ def predict(
     CSV/JSONL manifests, as ``extract`` reads them) extracted as the head's store was, then its top-k labels.
     Returns ``rows`` (one per video; a failed one has ``error`` instead of ``top``) and the counts ``predicted``,
     ``failed``, ``skipped``. With ``output`` (.csv/.jsonl) rows are appended there and a re-run skips the videos
-    it holds. ``options``: ``device``, ``trust``, ``decode_timeout``, ``per_clip``, ``root``, ``explain``,
-    ``plot_dir`` (``pipeline.probe.predict.predict_sources``)."""
+    it holds (``per_clip``: the clip windows it holds). ``options``: ``device``, ``trust``, ``decode_timeout``,
+    ``per_clip``, ``root``, ``explain``, ``plot_dir`` (``pipeline.probe.predict.predict_sources``)."""
     from .probe.predict import predict_sources
 
     paths = [sources] if isinstance(sources, (str, Path)) else list(sources)

@@ -20,6 +20,7 @@ from pipeline.errors import ConfigError, HeadError
 from pipeline.probe.heads.files import load_head, save_head
 from pipeline.probe.heads.fitting import FitResult, fit_head
 from pipeline.probe.heads.logreg import linear_classifier
+from pipeline.probe.heads.native import NativeKind, register_native_kind
 from pipeline.probe.heads.settings import HeadConfig
 from pipeline.probe.heads.zeroshot import label_to_text
 from pipeline.probe.train import train_head
@@ -365,6 +366,41 @@ def test_a_fit_with_nan_weights_is_not_written(tmp_path: Path) -> None:
     with pytest.raises(HeadError, match=r"h\.npz: not written: linear head: array 'W' holds 1 NaN"):
         save_head(tmp_path / "h.npz", FitResult(est, ["a", "b", "c"], {}), {})
     assert not (tmp_path / "h.npz").exists() and not (tmp_path / "h.json").exists()
+
+
+class _Counted:
+    """A head whose native form counts how often it is built (``save_head`` builds it once per save)."""
+
+    def __init__(self, W: np.ndarray) -> None:
+        self.W, self.classes, self.conversions = W, ["a", "b"], 0
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        return np.full((len(X), 2), 0.5)
+
+    def to_arrays(self) -> tuple[dict[str, np.ndarray], dict]:
+        self.conversions += 1
+        return {"W": self.W}, {}
+
+
+register_native_kind(
+    "counted_test_kind",
+    NativeKind(
+        accepts=lambda est: isinstance(est, _Counted),
+        to_arrays=lambda est: est.to_arrays(),
+        from_arrays=lambda arrays, model, classes: _Counted(arrays["W"]),
+    ),
+)
+
+
+@pytest.mark.parametrize("name", ["h.npz", "h.joblib"])
+def test_save_head_builds_the_native_form_once_and_checks_it_first(tmp_path: Path, name: str) -> None:
+    good = _Counted(np.ones((2, 3)))
+    save_head(tmp_path / name, FitResult(good, ["a", "b"], {}), {})
+    assert good.conversions == 1 and (tmp_path / name).is_file()
+    bad = _Counted(np.array([[np.inf, 1.0, 0.0]]))
+    with pytest.raises(HeadError, match=rf"{name}: not written: counted_test_kind head: array 'W' holds 1 "):
+        save_head(tmp_path / f"bad{name}", FitResult(bad, ["a", "b"], {}), {})
+    assert bad.conversions == 1 and not (tmp_path / f"bad{name}").exists()
 
 
 def test_a_sidecar_without_a_checksum_needs_trust(store_path: Path, tmp_path: Path, capsys) -> None:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -14,9 +17,11 @@ from pipeline.cli import main
 from pipeline.config import Config
 from pipeline.data.manifest import load_manifest
 from pipeline.extract.entry import extract
+from pipeline.probe.predictions import PredictionFile
 from pipeline.probe.train import train_head
 
 CLASSES = ("stripes_h", "stripes_v")
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -151,3 +156,64 @@ def test_an_output_of_another_kind_is_refused_untouched(head, folder, tmp_path, 
     assert main(["predict", str(head), str(folder / "stripes_h" / "v00.mp4"), "-o", str(out), "-q"]) == 2
     assert out.read_text() == "path,label\nx.mp4,a\n" and "--top-k" in capsys.readouterr().err
     assert main(["predict", str(head), str(folder), "-o", str(tmp_path / "preds.txt")]) == 2
+
+
+def _keys(path: Path, whole: bool = False) -> list[tuple[str, float | None, float | None]]:
+    """Each row's (path, start, end); ``whole``: of the lines written in full so far (none if no file yet)."""
+    data = path.read_bytes() if path.exists() else b""
+    lines = data[: data.rfind(b"\n") + 1] if whole else data
+    return [(r["path"], r.get("start"), r.get("end")) for r in map(json.loads, lines.splitlines())]
+
+
+def test_per_clip_output_resumes_by_window_after_a_kill(head, folder, tmp_path, capsys):
+    """``--per-clip -o`` is keyed by clip: a manifest naming two windows of one file, the run SIGKILLed once the
+    first window's rows are on disk, then re-run (and run again): every clip window in the file exactly once."""
+    v00 = folder / "stripes_h" / "v00.mp4"
+    others = sorted(p for p in folder.rglob("v*.mp4") if p != v00)[:12]
+    manifest = tmp_path / "todo.csv"
+    manifest.write_text("\n".join(["path,start,end", f"{v00},0,0.5", *(f"{p},," for p in others), f"{v00},0.5,1"]))
+    out = tmp_path / "clips.jsonl"
+    args = ["predict", str(head), str(manifest), "--root", str(folder), "-o", str(out), "-q", "--per-clip"]
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", *args], cwd=REPO, stderr=subprocess.DEVNULL)
+    try:
+        while proc.poll() is None and sum(k[0] == str(v00) for k in _keys(out, whole=True)) < 2:
+            time.sleep(0.001)
+    finally:
+        proc.kill()  # SIGKILL: no cleanup
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, "the run ended before the kill"
+    before = out.read_bytes()
+    assert [k for k in _keys(out) if k[0] == str(v00)][:2] == [(str(v00), 0.0, 0.25), (str(v00), 0.25, 0.5)]
+
+    assert main(args) == 0
+    keys = _keys(out)
+    assert out.read_bytes().startswith(before[: before.rfind(b"\n") + 1])  # what the killed run wrote is kept
+    assert len(keys) == len(set(keys)) == 2 * 14  # two clip windows per manifest row, each once
+    assert sorted(k[1:] for k in keys if k[0] == str(v00)) == [(0.0, 0.25), (0.25, 0.5), (0.5, 0.75), (0.75, 1.0)]
+    capsys.readouterr()
+
+    whole = out.read_bytes()
+    assert main([*args, "--json"]) == 0
+    run = json.loads(capsys.readouterr().out)
+    assert (run["predicted"], run["failed"], run["skipped"]) == (0, 0, 14) and out.read_bytes() == whole
+
+
+def test_a_clip_that_overlapping_rows_share_is_written_once(tmp_path):
+    """Per clip, ``PredictionFile`` holds each clip window once (manifest rows of one file that overlap share
+    windows under a sliding sampling) and numbers each video's rows as the group it writes."""
+    out = tmp_path / "clips.csv"
+
+    def row(clip: int, start: float, end: float, windows: int) -> dict:
+        return {"path": "a.mp4", "clip": clip, "start": start, "end": end, "windows": windows, "top": []}
+
+    with PredictionFile(out, k=1, per_clip=True) as f:
+        f.write([row(0, 0.0, 2.0, 2), row(1, 2.0, 4.0, 2)])  # the row (0, 4)
+        f.write([row(0, 2.0, 4.0, 2), row(1, 4.0, 6.0, 2)])  # the row (2, 6): (2, 4) is there already
+        f.write([row(0, 2.0, 4.0, 1)])  # the row (2, 4): nothing new
+    cells = [(r["clip"], r["start"], r["end"], r["windows"]) for r in _csv(out)]
+    assert cells == [("0", "0.0", "2.0", "2"), ("1", "2.0", "4.0", "2"), ("0", "4.0", "6.0", "1")]
+    with PredictionFile(out, k=1, per_clip=True) as f:  # reopened: each window held, the last group whole
+        assert f.holds(("a.mp4", 4.0, 6.0)) and not f.holds(("a.mp4", None, None))
+        assert f.windows("a.mp4", 0.0, 6.0) == {(0.0, 2.0), (2.0, 4.0), (4.0, 6.0)}
+        assert f.windows("a.mp4", 1.0, 6.0) == {(2.0, 4.0), (4.0, 6.0)} and f.windows("b.mp4", None, None) == set()
+    assert [(r["clip"], r["start"]) for r in _csv(out)] == [("0", "0.0"), ("1", "2.0"), ("0", "4.0")]

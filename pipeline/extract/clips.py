@@ -3,18 +3,17 @@
 ``predict`` and the engines share it, so a new video is sampled exactly as a training store was:
 ``load_views``/``load_clip`` decode one item in this thread (the Ray engine's decode stage);
 ``VideoDecoder`` decodes a list of videos in the background, in the local engine's decoder processes,
-and packs their frames into full encoder batches (``predict`` decodes while torch imports, then runs at
-extraction's speed); ``embed_clips`` embeds one video's clips. All run the engine's per-video decode
-(``decode_task``).
+and packs their frames into full encoder batches with the local engine's ``Batcher`` (``predict`` decodes
+while torch imports, then runs at extraction's speed); ``embed_clips`` embeds one video's clips. All run
+the engine's per-video decode (``decode_task``).
 """
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -24,8 +23,12 @@ from ..data.remote import RemoteOptions
 from ..encoders.base import FrameEncoder
 from ..errors import DecodeError
 from ..store.sources import Source
+from .batching import Batcher, Part
 from .decode import DecodedClip
 from .workers import ClipTask, DecodePool, Done, Failed, Frames, decode_task
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["Clips", "DecodeFailed", "VideoDecoder", "Views", "embed_clips", "load_clip", "load_views"]
 
@@ -101,7 +104,8 @@ class VideoDecoder:
     threads in each, 0 = FFmpeg decides), each killed and replaced after ``timeout`` s without progress
     (that video fails, the rest go on); without ``timeout``: a thread of this process. What is decoded
     ahead is bounded (``DecodePool``'s queue). A video is a path, a ``(path, start, end)`` window, or a
-    manifest ``VideoItem`` (re-checked against its root at open time, as extraction does).
+    manifest ``VideoItem`` (re-checked against its root at open time, as extraction does). ``skip``: per
+    video, clip windows a windowed sampling leaves out (done already; a video with all of them has no clips).
     """
 
     def __init__(
@@ -115,8 +119,9 @@ class VideoDecoder:
         threads: int = 0,
         chunk: int = 32,
         prefetch: int = 8,
+        skip: Sequence[frozenset] | None = None,
     ) -> None:
-        self._tasks = [_task(i, v) for i, v in enumerate(videos)]
+        self._tasks = [_task(i, v, skip[i] if skip else frozenset()) for i, v in enumerate(videos)]
         workers = 0 if timeout is None else max(1, min(workers, len(self._tasks)))
         self._pool = DecodePool(
             sampling,
@@ -130,28 +135,35 @@ class VideoDecoder:
         self._pool.start(self._tasks)
 
     def embedded(
-        self, transform: Callable[[np.ndarray], np.ndarray], batch_size: int = 32
+        self, transform: Callable[[torch.Tensor], np.ndarray], batch_size: int = 32, *, device: Any = "cpu"
     ) -> Iterator[tuple[int, Clips | DecodeError]]:
         """(index in ``videos``, its clips with frames through ``transform``, e.g. ``encoder.encode``), or the
         DecodeError that stopped it (a timeout, or ``transform`` raising, included), as each video finishes.
-        Frames of many videos are packed into batches of ``batch_size`` for ``transform``, as the local
-        engine packs them (short videos still fill the encoder's batches)."""
+        Frames of many videos are packed into batches of ``batch_size`` by the local engine's ``Batcher``
+        (short videos still fill the encoder's batches): ``transform`` gets a uint8 ``(N, H, W, 3)`` tensor
+        in its staging buffer (pinned where ``device``, the encoder's, is CUDA), which it must not return."""
         videos: dict[int, _Video] = {}
         gone: set[int] = set()  # videos already answered (a batch that failed ends a video early)
-        batches = _Batches(transform, batch_size)
+        batcher: Batcher[_Video] = Batcher(
+            lambda frames: [transform(frames)], batch_size, device=device, dropped=lambda video: bool(video.error)
+        )
         for msg in self._pool.messages():
             if msg.task in gone:
                 continue
             video = videos.setdefault(msg.task, _Video())
             if isinstance(msg, Frames):
                 video.stamps.append(msg.timestamps)
-                batches.add(video, msg.frames)
+                video.queued += len(msg.timestamps)
+                batcher.add(video, msg.frames)
+                while batcher.full:
+                    _encoded(batcher.encode())
             elif isinstance(msg, Failed):
                 video.error = msg.error
             else:
                 video.done = msg
             yield from _finished(videos, gone)
-        batches.flush()
+        while batcher.queued:
+            _encoded(batcher.encode())
         yield from _finished(videos, gone)
 
     def close(self) -> None:
@@ -164,11 +176,11 @@ class VideoDecoder:
         self.close()
 
 
-def _task(index: int, video: Any) -> ClipTask:
+def _task(index: int, video: Any, skip: frozenset) -> ClipTask:
     if isinstance(video, VideoItem):
-        return ClipTask(index, video.location, video.start, video.end, root=video.confine)
+        return ClipTask(index, video.location, video.start, video.end, skip, root=video.confine)
     path, start, end = (video, None, None) if isinstance(video, (str, Path)) else video
-    return ClipTask(index, str(Path(path).absolute()), start, end)
+    return ClipTask(index, str(Path(path).absolute()), start, end, skip)
 
 
 @dataclass(eq=False)
@@ -191,6 +203,17 @@ class _Video:
         return [(s, e, DecodedClip(emb[idx], ts[idx], self.done.warnings)) for s, e, idx in self.done.clips]
 
 
+def _encoded(parts: list[Part[_Video]]) -> None:
+    """A batch's rows to their videos; a batch that failed fails its videos."""
+    for part in parts:
+        video = part.owner
+        video.queued -= part.frames
+        if part.outputs is None:
+            video.error = video.error or part.error
+        else:
+            video.emb.append(part.outputs[0])
+
+
 def _finished(videos: dict[int, _Video], gone: set[int]) -> Iterator[tuple[int, Clips | DecodeError]]:
     """The videos that failed, or are done with every frame encoded (their frames still queued are dropped)."""
     for task in [t for t, v in videos.items() if v.error or (v.done and not v.queued)]:
@@ -198,60 +221,12 @@ def _finished(videos: dict[int, _Video], gone: set[int]) -> Iterator[tuple[int, 
         yield task, videos.pop(task).result()
 
 
-class _Batches:
-    """Frames of many videos packed into batches of ``size`` for ``transform``: a batch is encoded once full
-    (``flush``: the rest); a video that failed meanwhile has its frames dropped, one whose batch fails fails."""
-
-    def __init__(self, transform: Callable[[np.ndarray], np.ndarray], size: int) -> None:
-        self.transform, self.size = transform, max(1, size)
-        self.pending: deque[tuple[_Video, np.ndarray]] = deque()
-        self.queued = 0
-
-    def add(self, video: _Video, frames: np.ndarray) -> None:
-        self.pending.append((video, frames))
-        self.queued += len(frames)
-        video.queued += len(frames)
-        while self.queued >= self.size:
-            self._encode()
-
-    def flush(self) -> None:
-        while self.queued:
-            self._encode()
-
-    def _encode(self) -> None:
-        parts: list[tuple[_Video, np.ndarray]] = []
-        n = 0
-        while self.pending and n < self.size:
-            video, frames = self.pending.popleft()
-            take = min(self.size - n, len(frames))
-            if take < len(frames):
-                self.pending.appendleft((video, frames[take:]))
-            parts.append((video, frames[:take]))
-            n += take
-        self.queued -= n
-        for video, frames in parts:
-            video.queued -= len(frames)
-        live = [(v, f) for v, f in parts if not v.error]
-        if not live:
-            return
-        try:
-            emb = self.transform(np.concatenate([f for _, f in live]) if len(live) > 1 else live[0][1])
-        except Exception as exc:  # one bad batch fails its videos, not the run
-            for video, _ in live:
-                video.error = video.error or f"encoding failed ({type(exc).__name__}: {exc})"
-            return
-        pos = 0
-        for video, frames in live:
-            video.emb.append(emb[pos : pos + len(frames)])
-            pos += len(frames)
-
-
 def embed_clips(
     encoder: FrameEncoder, path: str | Path, sampling: SamplingConfig, *, timeout: float | None = None
 ) -> Clips:
     """Frame embeddings of every clip of one video, whole (see ``VideoDecoder``); ``DecodeError`` on failure."""
     with VideoDecoder([path], sampling, encoder.preprocess_cfg, timeout=timeout) as decoder:
-        ((_, result),) = decoder.embedded(encoder.encode)
+        ((_, result),) = decoder.embedded(encoder.encode, device=getattr(encoder, "device", "cpu"))
     if isinstance(result, DecodeError):
         raise result
     return result

@@ -6,8 +6,9 @@ videos are:
 * ``DecodePool`` (``pipeline.extract.workers``): worker processes decode each manifest item's sampled
   frames, resized and cropped to each distinct encoder input, in chunks; a stuck or crashed worker
   costs one clip.
-* this module's main loop packs frames of many clips into full encoder batches, one batcher per model
-  (one pinned staging buffer on CUDA, so host-to-device copies are non-blocking; the encoder applies
+* this module's main loop packs frames of many clips into full encoder batches, one ``Batcher`` per model
+  (``pipeline.extract.batching``: one staging buffer, pinned on CUDA, so host-to-device copies are
+  non-blocking; the encoder applies
   AMP there; fp32 and channels_last on CPU), encodes each distinct frame once per model, and
   assembles clips as they complete;
 * a writer thread hands finished clips to each store's ``ShardWriter``, so a shard flush never stalls
@@ -26,7 +27,6 @@ import contextlib
 import os
 import queue
 import threading
-from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,13 +37,12 @@ import numpy as np
 from ..config import AUTO, Config, ExtractConfig
 from ..encoders.base import FrameEncoder, check_device
 from ..store.sources import Source
+from .batching import Batcher
 from .job import ExtractionJob, Outcome, build_provenance
 from .targets import ExtractionJobs, UnionTask, decode_views
 from .workers import DecodePool, Done, Frames, Window, start_decoder_server
 
 if TYPE_CHECKING:
-    import torch
-
     from ..encoders import EncoderGroup
 
 # torch's OpenMP threads must not spin while waiting: the cores they would burn belong to the decoder
@@ -118,72 +117,9 @@ class _TaskState:
         return self.clips is not None and all(g in self.failed or self.encoded[g] == self.received for g in self.groups)
 
 
-class _Batcher:
-    """Packs frames of many tasks into full batches for one model, through one staging buffer (pinned on CUDA)."""
-
-    def __init__(self, group: EncoderGroup, index: int, batch_size: int):
-        self.group, self.index, self.batch_size = group, index, batch_size
-        self.pending: deque[list] = deque()  # [state, frames, first frame not yet taken]
-        self.queued = 0
-        self.staging: torch.Tensor | None = None  # made on first use (torch is imported lazily)
-        self.cuda = str(getattr(group, "device", "cpu")).startswith("cuda")
-        self.batches = 0
-
-    def add(self, state: _TaskState, frames: np.ndarray) -> None:
-        self.pending.append([state, frames, 0])
-        self.queued += len(frames)
-
-    @property
-    def full(self) -> bool:
-        return self.queued >= self.batch_size
-
-    def encode(self) -> list[_TaskState]:
-        """Encode one batch (full if enough frames are queued); returns the tasks it touched."""
-        import torch
-
-        g = self.index
-        parts, owners, n = [], [], 0
-        while self.pending and n < self.batch_size:
-            entry = self.pending[0]
-            state, frames, pos = entry
-            if state.error or g in state.failed:  # its task failed meanwhile: drop its frames
-                self.queued -= len(frames) - pos
-                self.pending.popleft()
-                continue
-            take = min(self.batch_size - n, len(frames) - pos)
-            parts.append(frames[pos : pos + take])
-            owners.append((state, take))
-            n += take
-            entry[2] += take
-            if entry[2] == len(frames):
-                self.pending.popleft()
-        self.queued -= n
-        if not n:
-            return []
-        staging = self.staging
-        if staging is None:
-            shape = (self.batch_size, *parts[0].shape[1:])
-            staging = self.staging = torch.empty(shape, dtype=torch.uint8, pin_memory=self.cuda)
-        view = staging.numpy()
-        pos = 0
-        for p in parts:
-            view[pos : pos + len(p)] = p
-            pos += len(p)
-        try:
-            outs: list[np.ndarray] | None = self.group.encode(staging[:n])
-            error = ""
-        except Exception as exc:  # one bad batch fails its clips, not the job
-            outs, error = None, f"encoding failed ({type(exc).__name__}: {exc})"
-        self.batches += 1
-        pos = 0
-        for state, take in owners:
-            if outs is None:
-                state.failed.setdefault(g, f"{state.unit.item.shown}: {error}")  # once per task
-            else:
-                state.emb[g].append([o[pos : pos + take] for o in outs])
-                state.encoded[g] += take
-            pos += take
-        return [s for s, _ in owners]
+def _dropped(g: int) -> Callable[[_TaskState], bool]:
+    """Whether a task's frames queued for model ``g`` are left out: it failed meanwhile."""
+    return lambda state: bool(state.error) or g in state.failed
 
 
 # -- writing ----------------------------------------------------------------------------------------
@@ -279,7 +215,10 @@ class _Engine:
         self.states = {
             u.task.task: _TaskState(u, tuple(sorted({self.group_of[t] for t in u.targets}))) for u in self.todo
         }
-        self.batchers = [_Batcher(group, i, rt.batch_size) for i, group in enumerate(groups)]
+        self.batchers = [
+            Batcher(group.encode, rt.batch_size, device=getattr(group, "device", "cpu"), dropped=_dropped(g))
+            for g, group in enumerate(groups)
+        ]
         self.pool = DecodePool(
             cfg.sampling,
             views,
@@ -304,9 +243,9 @@ class _Engine:
             else:
                 state.error, state.source = msg.error, msg.source
                 self._finish([state])
-        for batcher in self.batchers:
+        for g, batcher in enumerate(self.batchers):
             while batcher.queued:
-                self._finish(batcher.encode())
+                self._encode(g)
         for job in self.jobs.jobs:
             job.summary.workers_replaced = self.pool.replaced
 
@@ -316,9 +255,22 @@ class _Engine:
             self.batchers[g].add(state, msg.frames[self.view_of_group[g]])
         state.received += len(msg.timestamps)
         state.stamps.append(msg.timestamps)
-        for batcher in self.batchers:
+        for g, batcher in enumerate(self.batchers):
             while batcher.full:
-                self._finish(batcher.encode())
+                self._encode(g)
+
+    def _encode(self, g: int) -> None:
+        """Encode one batch of model ``g``: its rows to their tasks, or its failure to their targets of ``g``."""
+        touched = []
+        for part in self.batchers[g].encode():
+            state = part.owner
+            if part.outputs is None:
+                state.failed.setdefault(g, f"{state.unit.item.shown}: {part.error}")  # once per task
+            else:
+                state.emb[g].append(part.outputs)
+                state.encoded[g] += part.frames
+            touched.append(state)
+        self._finish(touched)
 
     def _finish(self, touched: list[_TaskState]) -> None:
         for state in dict.fromkeys(touched):

@@ -110,6 +110,7 @@ def predict_iter(
     explain: bool = False,
     plot_dir: str | Path | None = None,
     progress: bool = False,
+    skip: Sequence[frozenset] | None = None,
 ) -> Iterator[tuple[int, list[dict[str, Any]]]]:
     """(index in ``videos``, its rows) per video as it finishes: one row of top-k (label, probability), its
     clips' probabilities averaged (``per_clip``: one per clip window), or one with the ``error`` that stopped
@@ -118,7 +119,8 @@ def predict_iter(
     decoder may go without progress (default: extraction's ``extract.decode_timeout``). ``explain``: also
     ``explained_by`` and ``clips`` (window, the top label's probability, each frame's time and weight),
     and with ``plot_dir`` a timeline PNG per video (``explain.explanation_png``; its path under ``plot``).
-    ``progress``: a bar on stderr (where it is a terminal).
+    ``progress``: a bar on stderr (where it is a terminal). ``skip``: per video, the clip windows a windowed
+    sampling leaves out (``per_clip`` rows written already); a video left with none yields no rows.
 
     Everything that can be checked without the model is checked first (head, sidecar, its sampling and
     pooling, that the videos exist; an .npz head is loaded in full), so a mistake costs no torch import.
@@ -141,12 +143,16 @@ def predict_iter(
     if not present:
         return
     head = load_head(head_path, trust=trust, meta=meta)  # .npz: numpy only (a .skops file imports scikit-learn broadly)
-    done = _embedded(head_path, meta, sampling, [videos[i][1] for i in present], encoder, device, decode_timeout)
+    skips = [skip[i] if skip and sampling.windowed else frozenset() for i in present]
+    items = [videos[i][1] for i in present]
+    done = _embedded(head_path, meta, sampling, items, skips, encoder, device, decode_timeout)
     with _Bar(len(present), progress) as bar:
         for j, clips in done:
             name, item = videos[present[j]]
             if isinstance(clips, VidprobeError):
                 rows = [_failed(name, item, str(clips))]
+            elif not clips and skips[j]:  # every window of it done already
+                rows = []
             elif not clips:
                 rows = [_failed(name, item, f"{name}: no clip window of the head's sampling fits in the video")]
             else:
@@ -174,6 +180,7 @@ def _embedded(
     meta: dict,
     sampling: SamplingConfig,
     items: list[VideoItem],
+    skip: list[frozenset],
     encoder: Any,
     device: str,
     timeout: float | None,
@@ -205,11 +212,13 @@ def _embedded(
         threads=threads,
         chunk=rt.batch_size,
         prefetch=prefetch,
+        skip=skip,
     ) as decoder:
         encoder = encoder or _build_encoder(meta, device)
         _check_encoder(head_path, meta, encoder, preprocess)
-        device_type = str(getattr(encoder, "device", "cpu")).split(":")[0]
-        yield from decoder.embedded(encoder.encode, resolve_runtime(ext, device_type).batch_size)
+        where = getattr(encoder, "device", "cpu")
+        batch_size = resolve_runtime(ext, str(where).split(":")[0]).batch_size
+        yield from decoder.embedded(encoder.encode, batch_size, device=where)
 
 
 def _check_encoder(head_path: str | Path, meta: dict, encoder: Any, preprocess: Any) -> None:
@@ -288,7 +297,7 @@ class _Bar:
         self.started, self.frames, self.failed = time.perf_counter(), 0, 0
 
     def count(self, rows: list[dict[str, Any]], clips: Any) -> None:
-        self.failed += "error" in rows[0]
+        self.failed += bool(rows) and "error" in rows[0]
         if isinstance(clips, list):
             self.frames += sum(len(c.timestamps) for _, _, c in clips)
         rate = self.frames / max(time.perf_counter() - self.started, 1e-9)
@@ -313,8 +322,9 @@ def predict_sources(
 ) -> dict[str, Any]:
     """Predict every video of ``sources`` (``read_sources``; ``options``: ``predict_iter``'s), each once.
     Without ``output``: ``rows``, all of them in the sources' order. With it (``.csv`` / ``.jsonl``,
-    ``probe.predictions``): each video's rows appended as it finishes, the videos it holds already skipped,
-    and ``rows`` only this run's failures. Counts of videos: ``predicted`` and ``failed`` by this run,
+    ``probe.predictions``): each video's rows appended as it finishes, the videos it holds already skipped
+    (``per_clip``: the clips it holds; under a windowed sampling a video is opened to know its windows), and
+    ``rows`` only this run's failures. Counts of videos: ``predicted`` and ``failed`` by this run,
     ``skipped`` (already in ``output``); ``seconds``."""
     from .predictions import PredictionFile, check_output
 
@@ -330,17 +340,21 @@ def predict_sources(
             for got in slots:
                 if got:
                     out.write(got)
+        if out is not None and out.per_clip:  # a windowed sampling decodes only the windows not in the file
+            options["skip"] = [out.windows(name, item.start, item.end) for _, (name, item) in todo]
+        held = 0  # videos whose every window the file held
         for i, rows in predict_iter(head_path, [v for _, v in todo], **options) if todo else ():
             if out is not None:
                 out.write(rows)
-            slots[todo[i][0]] = rows if out is None or "error" in rows[0] else []
+            held += not rows
+            slots[todo[i][0]] = rows if out is None or (rows and "error" in rows[0]) else []
     rows = [r for got in slots if got for r in got]
     failed = sum(1 for got in slots if got and "error" in got[0])
     return {
         "rows": rows,
-        "predicted": len(todo) - sum(1 for i, _ in todo if slots[i] and "error" in slots[i][0]),
+        "predicted": len(todo) - held - sum(1 for i, _ in todo if slots[i] and "error" in slots[i][0]),
         "failed": failed,
-        "skipped": skipped,
+        "skipped": skipped + held,
         "seconds": time.perf_counter() - started,
     }
 

@@ -1,9 +1,12 @@
 """Prediction rows on disk: ``preds.csv`` or ``preds.jsonl``, one row per video (``--per-clip``: per clip window).
 
 Each video's rows are appended in one write and flushed as the video finishes, so a killed run loses at most
-the video in flight, and a re-run with the same file skips every video it holds (failures included). On
-reopening, a torn last line (the kill came mid-write) and an incomplete last video of a per-clip file are cut
-off; anything else that is not this writer's rows is refused, never rewritten. Rows (docs/heads.md):
+the video in flight, and a re-run with the same file skips every row it holds (failures included). A row's
+key is (path, start, end): a video's (the manifest row's window), or with ``--per-clip`` a clip's (its
+window; a failure: its video's), so several windows of one file (manifest rows, windowed sampling) are each
+written exactly once, as extraction stores each clip once. On reopening, a torn last line (the kill came
+mid-write) and an incomplete last video of a per-clip file are cut off; anything else that is not this
+writer's rows is refused, never rewritten. Rows (docs/heads.md):
 ``{"path", ["clip",] "start", "end", "windows", "top": [{"label", "prob"}], "warnings", "error"}``, as JSON
 objects (only the keys that apply) or CSV columns (``label_1, prob_1, ...``; empty where not applicable).
 """
@@ -24,7 +27,8 @@ from .report import finite
 __all__ = ["OUTPUT_SUFFIXES", "PredictionFile", "check_output", "columns"]
 
 OUTPUT_SUFFIXES = {".csv": "csv", ".jsonl": "jsonl"}
-Key = tuple[str, float | None, float | None]  # (path, the manifest's start, end): a video's identity in a file
+Key = tuple[str, float | None, float | None]  # (path, start, end): a row's identity in a file (module doc)
+Window = tuple[float, float]
 
 
 def check_output(path: str | Path) -> str:
@@ -72,6 +76,7 @@ class PredictionFile:
         self.path, self.format, self.per_clip = Path(path), check_output(path), per_clip
         self.header = columns(k, per_clip)
         self.done: set[Key] = set()
+        self.clips: dict[str, set[Window]] = {}  # per clip: each path's clip windows held
         self._fh: BinaryIO | None = None
         if self.path.exists():
             self._resume()
@@ -83,16 +88,44 @@ class PredictionFile:
             self._append(",".join(self.header) + "\n")
 
     def holds(self, key: Key) -> bool:
-        """Whether the file has this video's rows already (a per-clip file: any window of its path)."""
-        return (key[0], None, None) in self.done if self.per_clip else key in self.done
+        """Whether the file has this video's rows already (a per-clip file: the clip of this window, which is
+        the video's one clip under a single-clip sampling, or the video's failure)."""
+        return key in self.done
+
+    def windows(self, path: str, start: float | None, end: float | None) -> frozenset[Window]:
+        """The clip windows a per-clip file holds for ``path`` within [start, end] (None: open): what a
+        windowed sampling of that video leaves out (as extraction's plan leaves out the stored ones)."""
+        lo = -float("inf") if start is None else start - 1e-6
+        hi = float("inf") if end is None else end + 1e-6
+        return frozenset(w for w in self.clips.get(path, ()) if w[0] >= lo and w[1] <= hi)
 
     def write(self, rows: Iterable[dict[str, Any]]) -> None:
-        """One video's rows, in one write, flushed."""
+        """One video's rows, in one write, flushed. Per clip: a clip the file holds already (a window that
+        overlapping manifest rows of one file share) is left out, and the rest numbered ``clip`` 0.. of
+        ``windows``, so each clip is in the file once and each write is one whole group of rows."""
+        rows = list(rows)
+        if self.per_clip:
+            rows = self._new_clips(rows)
+        if not rows:
+            return
         if self.format == "csv":
             text = "".join(_csv_line(r, self.header) for r in rows)
         else:
             text = "".join(json.dumps(finite(r), allow_nan=False) + "\n" for r in rows)
         self._append(text)
+
+    def _new_clips(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        fresh = [r for r in rows if _key(r) not in self.done]
+        if len(fresh) < len(rows):
+            fresh = [r if "clip" not in r else {**r, "clip": i, "windows": len(fresh)} for i, r in enumerate(fresh)]
+        for r in fresh:
+            self._hold(_key(r), "clip" in r)
+        return fresh
+
+    def _hold(self, key: Key, clip: bool) -> None:
+        self.done.add(key)
+        if clip and key[1] is not None and key[2] is not None:
+            self.clips.setdefault(key[0], set()).add((key[1], key[2]))
 
     def close(self) -> None:
         if self._fh is not None:
@@ -118,23 +151,26 @@ class PredictionFile:
         except OSError as exc:
             raise ConfigError(f"-o {self.path}: cannot read it to resume ({exc.strerror or exc})") from None
         keep = data.rfind(b"\n") + 1  # bytes up to the last whole line
-        offset, group = 0, None  # group: (key, first byte, rows seen, windows) of the last video read
+        rows: list[tuple[Key, int | None]] = []  # (key, clip index) per row
+        offset, first, at, windows = 0, 0, 0, None  # the last video's rows: rows[first:], from byte at, of windows
         for number, line in enumerate(data[:keep].split(b"\n")[:-1], start=1):
-            key, windows = self._parse(line, number)
-            if key is not None:  # not the CSV header
-                if group is None or group[0] != key or not self.per_clip:
-                    group = (key, offset, 0, windows)
-                group = (group[0], group[1], group[2] + 1, group[3])
-                self.done.add(key)
+            parsed = self._parse(line, number)
+            if parsed is not None:  # not the CSV header
+                key, clip, count = parsed
+                if not rows or not self.per_clip or not clip or key[0] != rows[-1][0][0]:  # a video's first row
+                    first, at, windows = len(rows), offset, count
+                rows.append((key, clip))
             offset += len(line) + 1
-        if self.per_clip and group is not None and group[3] is not None and group[2] < group[3]:
-            self.done.discard(group[0])  # killed between this video's rows: it is predicted again
-            keep = group[1]
+        if self.per_clip and windows is not None and len(rows) - first < windows:
+            del rows[first:]  # killed between this video's rows: it is predicted again
+            keep = at
+        for key, clip in rows:
+            self._hold(key, clip is not None)
         if keep < len(data):
             os.truncate(self.path, keep)
 
-    def _parse(self, line: bytes, number: int) -> tuple[Key | None, int | None]:
-        """(the row's video key, its windows) or (None, None) for the header; ConfigError if not ours."""
+    def _parse(self, line: bytes, number: int) -> tuple[Key, int | None, int | None] | None:
+        """(the row's key, its clip index, its windows) or None for the header; ConfigError if not ours."""
         where = f"-o {self.path}: line {number}"
         try:
             text = line.decode("utf-8")
@@ -146,23 +182,29 @@ class PredictionFile:
                     or ("clip" in row) != (self.per_clip and "error" not in row)
                 ):
                     raise ValueError("not a prediction row of this kind")
-                start, end, windows = row.get("start"), row.get("end"), row.get("windows")
+                start, end, windows, clip = row.get("start"), row.get("end"), row.get("windows"), row.get("clip")
             else:
                 cells = next(csv.reader([text]))
                 if number == 1:
                     if cells != self.header:
                         raise ValueError(f"its columns are {','.join(cells)}, this run writes {','.join(self.header)}")
-                    return None, None
+                    return None
                 if len(cells) != len(self.header):
                     raise ValueError(f"{len(cells)} columns, the header has {len(self.header)}")
                 row = dict(zip(self.header, cells))
                 start, end = _number(row["start"]), _number(row["end"])
                 windows = int(row["windows"]) if row["windows"] else None
+                clip = int(row["clip"]) if row.get("clip") else None
         except (ValueError, UnicodeDecodeError, StopIteration) as exc:
             raise ConfigError(
                 f"{where} is not a prediction row this run can resume ({exc}); predict with the same --top-k and "
                 "--per-clip as the run that wrote it, or choose another -o"
             ) from None
-        if self.per_clip:
-            return (str(row["path"]), None, None), windows
-        return (str(row["path"]), start, end), windows
+        if clip is not None and not isinstance(clip, int):
+            raise ConfigError(f"{where}: its clip is {clip!r}, not an index; choose another -o")
+        return (str(row["path"]), start, end), clip, windows
+
+
+def _key(row: dict[str, Any]) -> Key:
+    """A row's key, as ``_parse`` reads it back."""
+    return str(row["path"]), row.get("start"), row.get("end")

@@ -63,10 +63,11 @@ def save_head(path: str | Path, result: FitResult, meta: dict[str, Any]) -> Path
     blob = {"estimator": result.estimator, "classes": list(result.classes)}
     if isinstance(result.estimator, TemporalHead) and fmt != "npz":
         raise HeadError(f"{p}: a {result.estimator.arch['kind']} head is saved as plain arrays; name the file NAME.npz")
-    _check_estimator(p, result.estimator, result.classes, "not written: ")  # a fit that diverged to NaN
+    native = _native_form(p, result.estimator, result.classes, fmt)  # checked: a fit that diverged to NaN
     model = None
     if fmt == "npz":
-        arrays, model = to_native(result.estimator)
+        assert native is not None
+        arrays, model = native
         with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a name
             np.savez(f, **arrays, classes=np.array([str(c) for c in result.classes]))  # type: ignore[arg-type]
     elif fmt == "skops":
@@ -103,10 +104,22 @@ def _check_arrays(p: Path, arrays: dict[str, np.ndarray], model: dict[str, Any],
         raise HeadError(f"{p}: {prefix}{exc}") from None
 
 
-def _check_estimator(p: Path, estimator: Any, classes: list, prefix: str = "") -> None:
+def _native_form(
+    p: Path, estimator: Any, classes: list, fmt: str
+) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
+    """The head's native arrays and ``model`` entry, built once and checked against its kind's schema before
+    anything is written (None: a scikit-learn head of no native kind, saved as .skops/.joblib unchecked)."""
+    if fmt != "npz" and native_kind_of(estimator) is None:
+        return None
+    arrays, model = to_native(estimator)  # .npz of no native kind: HeadError naming the formats to use
+    _check_arrays(p, arrays, model, classes, "not written: ")
+    return arrays, model
+
+
+def _check_estimator(p: Path, estimator: Any, classes: list) -> None:
     """The schema check of a scikit-learn head (.skops, .joblib) through its native form, where it has one."""
     if native_kind_of(estimator) is not None:
-        _check_arrays(p, *to_native(estimator), classes, prefix)
+        _check_arrays(p, *to_native(estimator), classes, "")
 
 
 @dataclass
