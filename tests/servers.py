@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import unquote
 
 
 class RangeServer:
@@ -69,7 +70,7 @@ def _handler(server: RangeServer) -> type[BaseHTTPRequestHandler]:
             self._serve(body=True)
 
         def _serve(self, body: bool) -> None:
-            rel = self.path.split("?")[0].lstrip("/")
+            rel = unquote(self.path.split("?")[0]).lstrip("/")  # a file name's escapes (%23: #) decoded
             with server.lock:
                 server.requests[rel] += 1
                 server.heads[rel] += self.command == "HEAD"

@@ -20,7 +20,7 @@ from pipeline.errors import ConfigError, HeadError
 from pipeline.probe.heads.files import load_head, save_head
 from pipeline.probe.heads.fitting import FitResult, fit_head
 from pipeline.probe.heads.logreg import linear_classifier
-from pipeline.probe.heads.native import NativeKind, register_native_kind
+from pipeline.probe.heads.native import NATIVE_KINDS, NativeKind
 from pipeline.probe.heads.settings import HeadConfig
 from pipeline.probe.heads.zeroshot import label_to_text
 from pipeline.probe.train import train_head
@@ -382,17 +382,19 @@ class _Counted:
         return {"W": self.W}, {}
 
 
-register_native_kind(
-    "counted_test_kind",
-    NativeKind(
+@pytest.fixture
+def counted_kind(monkeypatch):
+    """``_Counted`` as a native kind for one test only (removed from ``NATIVE_KINDS`` after it)."""
+    kind = NativeKind(
         accepts=lambda est: isinstance(est, _Counted),
         to_arrays=lambda est: est.to_arrays(),
         from_arrays=lambda arrays, model, classes: _Counted(arrays["W"]),
-    ),
-)
+    )
+    monkeypatch.setitem(NATIVE_KINDS, "counted_test_kind", kind)
 
 
 @pytest.mark.parametrize("name", ["h.npz", "h.joblib"])
+@pytest.mark.usefixtures("counted_kind")
 def test_save_head_builds_the_native_form_once_and_checks_it_first(tmp_path: Path, name: str) -> None:
     good = _Counted(np.ones((2, 3)))
     save_head(tmp_path / name, FitResult(good, ["a", "b"], {}), {})

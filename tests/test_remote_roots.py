@@ -6,17 +6,20 @@ URLs. Every server is a real one on 127.0.0.1."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from media import pattern_frames, write_video
-from servers import RangeServer, gcs_emulator, moto_s3
+from servers import RangeServer, free_port, gcs_emulator, moto_s3
 
 from pipeline.cli import main
 from pipeline.config import load_config
 from pipeline.data.manifest import load_manifest
-from pipeline.data.remote import RemoteOptions, list_urls, open_url, remote_source
+from pipeline.data.remote import RemoteOptions, list_under, open_url, remote_source
 from pipeline.errors import ManifestError
 from pipeline.extract.entry import extract
 from pipeline.store import open_store
@@ -141,7 +144,7 @@ def test_ucf101_at_an_http_root_extracts_like_local_and_a_404_is_a_failure(data,
     (failure,) = open_store(store).failures()
     assert failure["path"] == f"{root}/{VIDEOS[3]}" and "404" in failure["error"]
     t = open_store(store).table()
-    assert sorted(k[0] for k in t.keys())  # noqa: SIM118 == sorted(f"{root}/{v}" for v in VIDEOS[:3])
+    assert sorted(k[0] for k in t.keys()) == sorted(f"{root}/{v}" for v in VIDEOS[:3])  # noqa: SIM118
     assert sorted(zip(t.label, t.split)) == [("HorizontalStripes", "test"), ("HorizontalStripes", "train"),
                                              ("VerticalStripes", "train")]  # fmt: skip
     _assert_equal_embeddings(_by_name(store), local, VIDEOS[:3])
@@ -198,7 +201,8 @@ def test_a_manifest_at_a_url_resolves_its_rows_against_its_folder(data, http, lo
         (ucf / "list.csv").unlink()
     assert code == 3 and summary["done"] == 3 and summary["failed"] == 3, err
     base = http.url("UCF101/UCF-101")
-    assert sorted(k[0] for k in open_store(store).table().keys())  # noqa: SIM118 == sorted(f"{base}/{v}" for v in VIDEOS[:3])
+    keys = sorted(k[0] for k in open_store(store).table().keys())  # noqa: SIM118
+    assert keys == sorted(f"{base}/{v}" for v in VIDEOS[:3])
     errors = sorted(f["error"] for f in open_store(store).failures())
     assert all("escapes the manifest root" in e and base in e and "--root URL" in e for e in errors), errors
     assert not any("secret" in e.lower() for e in errors)
@@ -240,7 +244,7 @@ def test_the_gcs_emulator_answers_ranges_listings_and_fingerprints(data, gcs):
     raw = (data / "UCF101" / "UCF-101" / VIDEOS[0]).read_bytes()
     fs = open_url(f"gs://videos/ucf/{VIDEOS[0]}")[0].fs
     assert fs.cat_file(f"videos/ucf/{VIDEOS[0]}", start=100, end=300) == raw[100:300]
-    assert list_urls("gs://videos/ucf/*/*.mp4") == sorted(f"gs://videos/ucf/{v}" for v in VIDEOS)
+    assert list_under("gs://videos/ucf/*/*.mp4") == sorted(f"gs://videos/ucf/{v}" for v in VIDEOS)
     # gcsfs's JSON-API filesystem, as the S3 one: reads wait remote_timeout at most, and no gRPC lookup of the
     # bucket's layout precedes each (gcsfs's default for gs:// does one, which an emulator or an anonymous
     # reader answers only when its retries time out: a minute a read)
@@ -351,3 +355,116 @@ def test_a_store_of_urls_is_resplit_by_split_files_at_a_url(http, tmp_path):
     assert sorted(t.video[i] for i in sp.test) == sorted(f"{root}/{v}" for v in VIDEOS if "_g02_" in v)
     assert sorted(t.video[i] for i in [*sp.train, *sp.val]) == sorted(f"{root}/{v}" for v in VIDEOS if "_g01_" in v)
     assert not [p for p in http.requests if p.startswith("UCF101/UCF-101/")]  # no video fetched
+
+
+# -- URL rows and roots: the top of a bucket, names with # and ?, scheme aliases, confinement --------------------
+
+
+def test_a_manifest_at_the_top_of_a_bucket_extracts_its_relative_rows(data, s3, local, effnet, tmp_path):
+    """A manifest (or --root) at a bucket's top: rows are ``s3://top/a/v.mp4``, never ``s3://top//a/v.mp4``."""
+    s3.create_bucket(Bucket="top")
+    for v in (VIDEOS[0], VIDEOS[2]):
+        s3.upload_file(str(data / "UCF101" / "UCF-101" / v), "top", v)
+    s3.put_object(Bucket="top", Key="list.csv", Body=f"path,label\n{VIDEOS[0]},a\n/{VIDEOS[2]},b\n".encode())
+    m = load_manifest("s3://top/list.csv")
+    assert not m.problems and sorted(it.url for it in m.items) == [f"s3://top/{VIDEOS[0]}", f"s3://top/{VIDEOS[2]}"]
+    summary = _run(m, tmp_path / "s", effnet)
+    assert summary.done == 2 and summary.failed == 0
+    _assert_equal_embeddings(_by_name(tmp_path / "s"), local, [VIDEOS[0], VIDEOS[2]])
+    (tmp_path / "l.csv").write_text(f"path\n{VIDEOS[0]}\n")
+    assert [it.url for it in load_manifest(tmp_path / "l.csv", root="s3://top").items] == [f"s3://top/{VIDEOS[0]}"]
+
+
+def test_s3a_roots_list_and_key_as_s3(data, s3):
+    """``s3a://`` is S3 by another name: a split folder and a Kinetics root given so find their videos (the
+    listing names objects ``s3://``), and every clip is keyed ``s3://`` however the URL was typed."""
+    there = load_manifest("s3a://data/UCF101/ucfTrainTestlist")
+    assert not there.problems and len(there.items) == len(VIDEOS)
+    assert all(it.path.startswith("s3://data/UCF101/UCF-101/") for it in there.items)
+    kinetics = load_manifest("s3a://data/kinetics.csv", root="s3a://data/UCF101/UCF-101")
+    assert len(kinetics.items) == 2 and all(it.url.startswith("s3://") for it in kinetics.items)
+
+
+def test_a_url_manifest_names_only_urls_under_its_root_a_local_one_any(data, http, s3, tmp_path):
+    """A manifest fetched from a URL must not make vidprobe fetch, with the user's credentials, whatever it
+    names: its URL rows must be on its server, under its folder. A local manifest's URL rows stand."""
+    ucf = data / "UCF101" / "UCF-101"
+    inside = http.url(f"UCF101/UCF-101/{VIDEOS[0]}")
+    outside = [http.url("kinetics.csv"), "s3://data/kinetics.csv", f"http://127.0.0.1:1/UCF101/UCF-101/{VIDEOS[0]}"]
+    (ucf / "urls.csv").write_text("path\n" + "".join(f"{u}\n" for u in [inside, *outside]))
+    try:
+        m = load_manifest(http.url("UCF101/UCF-101/urls.csv"))
+    finally:
+        (ucf / "urls.csv").unlink()
+    assert [it.url for it in m.items] == [inside]
+    assert sorted(p.path for p in m.problems) == sorted(outside)
+    root = http.url("UCF101/UCF-101")
+    for p in m.problems:
+        assert f"may only name URLs under its root {root}" in p.error and "local manifest" in p.error, p.error
+    (tmp_path / "urls.csv").write_text("path\n" + "".join(f"{u}\n" for u in [inside, *outside]))
+    for r in (None, root):
+        mine = load_manifest(tmp_path / "urls.csv", root=r)
+        assert not mine.problems and sorted(it.url for it in mine.items) == sorted([inside, *outside])
+
+
+def test_a_file_name_with_hash_and_question_mark_is_read_over_http(data, http, local, effnet, tmp_path):
+    """``clap/#20_Rhythm_clap.avi`` (HMDB51 has such names): a row is a file name, percent-encoded in the URL
+    fetched; the clip is keyed by that URL, as when the URL is given by itself."""
+    ucf = data / "UCF101" / "UCF-101"
+    name = "HorizontalStripes/#20 clap?.mp4"
+    (ucf / name).write_bytes((ucf / VIDEOS[0]).read_bytes())
+    (ucf / "odd.csv").write_text(f"path,label\n{name},a\n")
+    try:
+        m = load_manifest(http.url("UCF101/UCF-101/odd.csv"))
+        summary = _run(m, tmp_path / "s", effnet)
+    finally:
+        (ucf / name).unlink()
+        (ucf / "odd.csv").unlink()
+    key = http.url("UCF101/UCF-101/HorizontalStripes/%2320%20clap%3F.mp4")
+    assert [it.path for it in m.items] == [key] and summary.done == 1, summary
+    got = _by_name(tmp_path / "s")
+    np.testing.assert_allclose(got["HorizontalStripes/%2320%20clap%3F.mp4"], local[VIDEOS[0]], atol=ATOL, rtol=1e-4)
+
+
+# -- one line, no traceback, no secret ------------------------------------------------------------------------
+
+
+def _cli(args: list[str], tmp_path: Path, env: dict[str, str], first: str = "") -> subprocess.CompletedProcess:
+    """The CLI in a process of its own (``first``: Python run before it), as a user runs it."""
+    code = f"import sys\n{first}\nfrom pipeline.cli import main\nsys.exit(main(sys.argv[1:]))"
+    return subprocess.run(
+        [sys.executable, "-c", code, *args, "--device", "cpu", "extract.num_workers=0", "extract.remote_retries=0"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_a_gs_url_whose_server_is_down_fails_in_one_line(tmp_path):
+    """gcsfs logs each request it gives up on with its traceback; ours is one try and logs nothing."""
+    env = {"STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{free_port()}", "FSSPEC_GS_TOKEN": "anon"}
+    done = _cli(["extract", "gs://videos/v.mp4", "-o", "s"], tmp_path, env)
+    assert "Traceback" not in done.stderr and "network error" in done.stderr, done.stderr
+    done = _cli(["extract", "gs://videos/list.csv", "-o", "s"], tmp_path, env)
+    assert "Traceback" not in done.stderr and done.returncode != 0, done.stderr
+    assert "gs://videos/list.csv: cannot read manifest" in done.stderr
+
+
+@pytest.mark.parametrize(("url", "extra"), [("http://127.0.0.1:9/list.csv", "http"), ("gs://b/list.csv", "gcs")])
+def test_a_missing_protocol_package_names_the_extra(url, extra, tmp_path):
+    done = _cli(["extract", url, "-o", "s"], tmp_path, {"FSSPEC_GS_TOKEN": "anon"}, "sys.modules['aiohttp'] = None")
+    assert "Traceback" not in done.stderr and f"install vidprobe[{extra}]" in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_the_lock_file_names_the_command_without_its_secrets(monkeypatch):
+    from pipeline.store.lock import Holder
+
+    argv = ["vidprobe", "extract", "https://user:PW1@h/l.csv?X-Amz-Signature=SIG2&a=1", "--root=s3://k:PW3@b/r",
+            "-o", "s", "--x", "a,gs://u:PW4@b/v.mp4?token=TOK5"]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", argv)
+    command = Holder.me("extract", "all").command
+    assert not [s for s in ("PW1", "SIG2", "PW3", "PW4", "TOK5", "user") if s in command], command
+    assert command == "vidprobe extract https://h/l.csv --root=s3://b/r -o s --x a,gs://b/v.mp4"

@@ -347,20 +347,23 @@ def add_predict(sub: Any) -> None:
         "videos",
         nargs="+",
         metavar="SOURCE",
-        help="what to label, as extract reads it: a video, a folder, a quoted glob, a .csv/.jsonl manifest",
+        help="what to label, as extract reads it: a video, a folder, a quoted glob, a .csv/.jsonl manifest, each "
+        "local or at a URL (http(s)://, s3://, gs://)",
     )
     p.add_argument(
         "-o",
         "--output",
         metavar="PREDS",
         help="write one row per video to PREDS.csv or PREDS.jsonl as each finishes; a re-run with the same file "
-        "skips the videos it holds (resumes)",
+        "skips the videos it holds (resumes); with --per-clip, the clips (path, start, end) it holds",
     )
     p.add_argument("-k", "--top-k", type=int, default=5, help="labels to show per video (default 5)")
     p.add_argument(
         "--per-clip", action="store_true", help="one row per clip window (windowed sampling) instead of per video"
     )
-    p.add_argument("--root", metavar="DIR", help="folder that manifest paths are relative to (as for extract)")
+    p.add_argument(
+        "--root", metavar="DIR", help="folder or folder URL that manifest paths are relative to (as for extract)"
+    )
     p.add_argument("--format", default="auto", choices=FORMATS, help="how to read SOURCE (as for extract)")
     add_device(p, default="auto")
     p.add_argument(

@@ -10,8 +10,9 @@ of aborting, so one bad line never costs the rest of a job.
 
 A manifest or split folder at a URL is read through fsspec, and its relative rows resolve against its
 URL's folder (or a ``--root`` URL) under the same rule: a row that leaves that folder is refused
-(``safe_url``), and each video is a URL keyed by its redacted form. A local manifest may name videos
-under a ``--root`` URL too.
+(``safe_url``), as is a URL row that is not under it (a local manifest's URL rows stand: the user wrote
+them), and each video is a URL keyed by its redacted form. A local manifest may name videos under a
+``--root`` URL too.
 """
 
 from __future__ import annotations
@@ -27,12 +28,12 @@ import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import SplitResult, quote, unquote, urlsplit, urlunsplit
 
 from ..errors import DecodeError, ManifestError, check_choice
 from .frames import IMAGE_EXTENSIONS, is_frame_folder
 from .keys import Key, clip_key
-from .remote import can_list, exists, is_url, list_under, list_urls, read_bytes, redact
+from .remote import can_list, canonical, exists, is_url, list_under, read_bytes, redact
 from .webdataset import is_shard_list, list_samples
 
 VIDEO_EXTENSIONS = frozenset(
@@ -156,27 +157,53 @@ def safe_relpath(root: Path, entry: str) -> str:
     return PurePosixPath(*rel.parts).as_posix()
 
 
-def safe_url(root: str, entry: str) -> str:
+def safe_url(root: str, entry: str, *, any_url: bool = False) -> str:
     """``entry`` (relative to the folder URL ``root``, or absolute on its server) as a URL inside ``root``;
     ManifestError if it escapes, as ``safe_relpath`` (percent-escapes decoded first: a server would). A URL
-    entry is taken as it is. The result keeps ``root``'s credentials (``user:pass@``), not its query."""
+    entry must be on ``root``'s server (bucket) and inside it too, unless ``any_url`` (a row of a local
+    manifest: the user wrote it) -- a manifest fetched from a URL must not make vidprobe fetch, with the
+    user's credentials, whatever it names. A row is a file name: over HTTP its path is percent-encoded
+    (``#``, ``?``, spaces are characters of the name). The result keeps ``root``'s credentials
+    (``user:pass@``), not its query."""
     if not entry.strip():
         raise ManifestError("empty path")
     if "\0" in entry:
         raise ManifestError(f"{entry!r}: a path cannot contain a NUL byte")
-    if is_url(entry):
-        return entry
     parts = urlsplit(root)
-
-    def inside(folder: str, path: str) -> tuple[str, bool]:
-        base = posixpath.normpath("/" + folder.strip("/"))
-        full = posixpath.normpath(path if path.startswith("/") else f"{base}/{path}")
-        return full, full == base or full.startswith(base.rstrip("/") + "/")
-
-    full, ok = inside(parts.path, entry)
-    if not (ok and inside(unquote(parts.path), unquote(entry))[1]):
+    http = parts.scheme.lower() in ("http", "https")
+    if is_url(entry):
+        return entry if any_url else _url_row(parts, entry)
+    folder = unquote(parts.path) if http else parts.path  # the names themselves, encoded once below
+    full, ok = _inside(folder, entry)
+    if not (ok and _inside(unquote(folder), unquote(entry))[1]):
         raise ManifestError(f"{entry}: path escapes the manifest root {redact(root)}; {_URL_ROOT_HINT}")
-    return urlunsplit((parts.scheme, parts.netloc, full, "", ""))
+    return urlunsplit((parts.scheme, parts.netloc, quote(full, safe="/") if http else full, "", ""))
+
+
+def _inside(folder: str, path: str) -> tuple[str, bool]:
+    """(``path`` resolved against ``folder``, lexically, whether it stays inside it); a folder at the top of a
+    bucket or host is ``/`` and every path is inside it (no ``//`` joined in)."""
+    base = posixpath.normpath("/" + folder.strip("/"))
+    full = "/" + posixpath.normpath(posixpath.join(base, path)).lstrip("/")
+    return full, full == base or full.startswith(base.rstrip("/") + "/")
+
+
+def _host(parts: SplitResult) -> str:
+    return parts.netloc.rpartition("@")[2].lower()
+
+
+def _url_row(root: SplitResult, entry: str) -> str:
+    """A URL row of a manifest at a URL: kept when it is an object under ``root`` (same scheme, same host or
+    bucket, its path inside), else ManifestError naming the row and the rule."""
+    row = urlsplit(canonical(entry))
+    same = row.scheme.lower() == root.scheme.lower() and _host(row) == _host(root)
+    if not (same and _inside(unquote(root.path), unquote(row.path))[1]):
+        where = urlunsplit((root.scheme, _host(root), root.path, "", ""))
+        raise ManifestError(
+            f"{redact(entry)}: a manifest at a URL may only name URLs under its root {where}; "
+            "to read videos elsewhere, list such rows in a local manifest"
+        )
+    return entry
 
 
 def _video_at(root: Where, entry: str, label: str = "", split: str = "") -> VideoItem:
@@ -186,11 +213,6 @@ def _video_at(root: Where, entry: str, label: str = "", split: str = "") -> Vide
         url = safe_url(root, entry)
         return VideoItem(redact(url), "", label, split, url=url)
     return VideoItem(safe_relpath(root, entry), str(root), label, split)
-
-
-def _shown(where: Where) -> str:
-    """How messages name a manifest or split file: its path, or its URL redacted."""
-    return redact(str(where)) if is_url(str(where)) else str(where)
 
 
 def _join(folder: Where, name: str) -> Where:
@@ -214,7 +236,7 @@ def _as_root(root: str | Path | None) -> Where | None:
     """``--root`` as given: a folder URL kept as text, a folder resolved."""
     if root is None or str(root) == "":
         return None
-    return str(root) if is_url(str(root)) else Path(root).resolve()
+    return canonical(str(root)) if is_url(str(root)) else Path(root).resolve()
 
 
 def _read_text(where: Where, what: str) -> str:
@@ -223,12 +245,12 @@ def _read_text(where: Where, what: str) -> str:
         data = read_bytes(str(where)) if isinstance(where, str) else where.read_bytes()
         return data.decode("utf-8-sig")
     except DecodeError as exc:
-        cause = str(exc).removeprefix(f"{_shown(where)}: ")
-        raise ManifestError(f"{_shown(where)}: cannot read {what} ({cause})") from None
+        cause = str(exc).removeprefix(f"{redact(str(where))}: ")
+        raise ManifestError(f"{redact(str(where))}: cannot read {what} ({cause})") from None
     except OSError as exc:
         raise ManifestError(f"{where}: cannot read {what} ({exc.strerror or exc})") from None
     except UnicodeDecodeError as exc:
-        raise ManifestError(f"{_shown(where)}: cannot read {what} ({exc})") from None
+        raise ManifestError(f"{redact(str(where))}: cannot read {what} ({exc})") from None
 
 
 def _float_or_none(value: object, what: str) -> float | None:
@@ -245,16 +267,17 @@ def _float_or_none(value: object, what: str) -> float | None:
     return number
 
 
-def _item_from_row(root: Where, row: dict, where: str) -> VideoItem:
+def _item_from_row(root: Where, row: dict, where: str, local: bool) -> VideoItem:
+    """The item of a manifest row; ``local``: the manifest is a local file (its URL rows stand as written)."""
     path = str(row.get("path") or "").strip()
     if not path:
         raise ManifestError(f"{where}: missing 'path'")
-    if isinstance(root, str):
-        url = safe_url(root, path)
+    if isinstance(root, str) or (is_url(path) and not local):  # a URL manifest's URL row under a local root: refused
+        url = canonical(safe_url(str(root), path, any_url=local))
         rel, root = redact(url), ""
     else:
-        url = path if is_url(path) else ""
-        rel = redact(path) if url else safe_relpath(root, path)
+        url = canonical(path) if is_url(path) else ""
+        rel = redact(url) if url else safe_relpath(root, path)
     split = str(row.get("split") or "").strip().lower()
     if split not in SPLITS:
         raise ManifestError(f"{where}: split={split!r}; allowed: train, val, test or empty")
@@ -271,22 +294,22 @@ def _row_path(root: Where, row: dict, where: str) -> str:
     video once the row is fixed closes the failure); else the row itself (``file:line``)."""
     path = str(row.get("path") or "").strip()
     if is_url(path):
-        return redact(path)
+        return redact(canonical(path))
     try:
         return redact(safe_url(root, path)) if isinstance(root, str) else safe_relpath(root, path)
     except ManifestError:
         return path if path and "\0" not in path else where
 
 
-def _rows_to_manifest(root: Where, rows: list[tuple[str, dict]]) -> Manifest:
+def _rows_to_manifest(root: Where, rows: list[tuple[str, dict]], local: bool) -> Manifest:
     """Items of the rows; a bad row, or a repeat of a clip with another label (a conflict: the first row
     is kept), becomes a ``Problem``. A conflict's problem is filed under its row (``file:line``), not the
-    clip's path, so it never marks the kept clip as failed."""
+    clip's path, so it never marks the kept clip as failed. ``local``: the manifest is a local file."""
     manifest = Manifest(root)
     first: dict[Key, tuple[str, str]] = {}  # clip key -> (where, label) of its first row
     for where, row in rows:
         try:
-            item = _item_from_row(root, row, where)
+            item = _item_from_row(root, row, where, local)
         except ManifestError as exc:
             manifest.problems.append(Problem(_row_path(root, row, where), str(exc)))
             continue
@@ -309,10 +332,10 @@ def _table(path: Where) -> tuple[list[str], list[tuple[str, dict]]]:
     try:
         reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if _suffix(path) == ".tsv" else ",")
         fields = [(f or "").strip() for f in reader.fieldnames or []]
-        shown = _shown(path)
+        shown = redact(str(path))
         rows = [(f"{shown}:{i}", {(k or "").strip(): v for k, v in r.items()}) for i, r in enumerate(reader, start=2)]
     except csv.Error as exc:
-        raise ManifestError(f"{_shown(path)}: not a readable CSV file ({exc})") from None
+        raise ManifestError(f"{redact(str(path))}: not a readable CSV file ({exc})") from None
     return fields, rows
 
 
@@ -332,16 +355,17 @@ def read_csv(path: Where, root: str | Path | None = None) -> Manifest:
         return read_kinetics(path, root, table=(fields, rows))
     if "path" not in fields:
         raise ManifestError(
-            f"{_shown(path)}: CSV manifest needs a header row with a 'path' column (path,label[,split][,start,end])"
+            f"{redact(str(path))}: CSV manifest needs a header row with a 'path' column "
+            "(path,label[,split][,start,end])"
         )
-    return _rows_to_manifest(_manifest_root(path, root), rows)
+    return _rows_to_manifest(_manifest_root(path, root), rows, not isinstance(path, str))
 
 
 def read_jsonl(path: Where, root: str | Path | None = None) -> Manifest:
     """One JSON object per line with the same keys as the CSV form. ``path``: a file, or a URL."""
     rows: list[tuple[str, dict]] = []
     problems: list[Problem] = []
-    shown = _shown(path)
+    shown = redact(str(path))
     for i, line in enumerate(_read_text(path, "manifest").splitlines(), start=1):
         if not line.strip():
             continue
@@ -356,7 +380,7 @@ def read_jsonl(path: Where, root: str | Path | None = None) -> Manifest:
             problems.append(Problem(f"{shown}:{i}", f"{shown}:{i}: JSON nested too deeply to be a manifest row"))
             continue
         rows.append((f"{shown}:{i}", row))
-    manifest = _rows_to_manifest(_manifest_root(path, root), rows)
+    manifest = _rows_to_manifest(_manifest_root(path, root), rows, not isinstance(path, str))
     manifest.problems[:0] = problems
     return manifest
 
@@ -477,7 +501,7 @@ def read_glob(pattern: str) -> Manifest:
 def read_urls(text: str) -> Manifest:
     """A video at a URL, or those a URL glob matches (``s3://bucket/videos/*.mp4``): unlabeled, each keyed by
     its URL redacted of secrets (``data.remote``)."""
-    urls = list_urls(text) if glob.has_magic(text.partition("?")[0]) else [text]
+    urls = _listed(text, "the pattern's objects") if glob.has_magic(text.partition("?")[0]) else [text]
     if not urls:
         raise ManifestError(f"{redact(text)}: the pattern matches no objects")
     return Manifest(Path.cwd(), [VideoItem(redact(u), "", follow_links=True, url=u) for u in urls])
@@ -497,6 +521,19 @@ def _check_split(split: int) -> None:
         raise ManifestError(f"split={split!r}: UCF101 and HMDB51 define splits 1, 2 and 3")
 
 
+def _listed(url: str, what: str, why: str = "", instead: str = "") -> list[str]:
+    """``list_under(url)``; ManifestError where the listing fails (``what`` was listed) or, given ``why`` it
+    had to be listed, where the protocol cannot list (with what to do ``instead``)."""
+    if why and not can_list(url):
+        raise ManifestError(
+            f"{redact(url)}: {why} by listing {what}, which {url.partition('://')[0]}:// cannot; {instead}"
+        )
+    try:
+        return list_under(url)
+    except DecodeError as exc:
+        raise ManifestError(f"cannot list {what}: {exc}") from None
+
+
 _PROBED = 3  # listed videos asked for at a root URL that cannot be listed (HTTP), to tell a wrong root
 
 
@@ -507,10 +544,7 @@ def _present(manifest: Manifest) -> list[bool]:
     if not isinstance(root, str):
         return [it.abspath.is_file() for it in manifest.items]
     if can_list(root):
-        try:
-            there = set(list_under(root))
-        except DecodeError as exc:
-            raise ManifestError(f"cannot list the videos' root: {exc}") from None
+        there = set(_listed(root, "the videos' root"))
         return [it.path in there for it in manifest.items]
     if any(exists(it.url) for it in manifest.items[:_PROBED]):
         return [True] * len(manifest.items)  # the rest are found (or fail, with the cause) when decoded
@@ -523,7 +557,7 @@ def _finish_dataset(manifest: Manifest, listed_in: str, check_files: bool) -> Ma
         return manifest
     present = _present(manifest)
     if manifest.items and not any(present):
-        example, root = manifest.items[0], _shown(manifest.root)
+        example, root = manifest.items[0], redact(str(manifest.root))
         probed = "" if can_list(str(root)) else f" (the first {min(_PROBED, len(manifest.items))} asked for)"
         raise ManifestError(
             f"none of the {len(manifest.items)} videos listed in {listed_in} is under {root}{probed} "
@@ -539,7 +573,7 @@ def _finish_dataset(manifest: Manifest, listed_in: str, check_files: bool) -> Ma
 
 
 def _split_folder(split_dir: str | Path) -> Where:
-    return str(split_dir).rstrip("/") if is_url(str(split_dir)) else Path(split_dir).resolve()
+    return canonical(str(split_dir)).rstrip("/") if is_url(str(split_dir)) else Path(split_dir).resolve()
 
 
 def _is_folder(where: Where) -> bool:
@@ -547,8 +581,8 @@ def _is_folder(where: Where) -> bool:
     if isinstance(where, Path):
         return where.is_dir()
     try:
-        return can_list(where) and bool(list_urls(f"{where}/*"))
-    except ManifestError:
+        return can_list(where) and bool(list_under(f"{where}/*"))
+    except DecodeError:
         return False
 
 
@@ -572,14 +606,14 @@ def read_ucf101(
     for i, line in _lines(class_file):
         parts = line.split()
         if len(parts) != 2 or not parts[0].isdigit():
-            raise ManifestError(f"{_shown(class_file)}:{i}: expected 'INDEX ClassName', got {line!r}")
+            raise ManifestError(f"{redact(str(class_file))}:{i}: expected 'INDEX ClassName', got {line!r}")
         classes[int(parts[0])] = parts[1]
     by_name = {name.lower(): name for name in classes.values()}  # folder names differ in case in places
     manifest = Manifest(base)
     for split_name, name in (("train", f"trainlist0{split}.txt"), ("test", f"testlist0{split}.txt")):
         list_file = _join(folder, name)
         for i, line in _lines(list_file):
-            where = f"{_shown(list_file)}:{i}"
+            where = f"{redact(str(list_file))}:{i}"
             parts = line.split()
             path = parts[0] if parts else ""
             sub = PurePosixPath(path.replace("\\", "/")).parts[0] if "/" in path or "\\" in path else ""
@@ -595,7 +629,7 @@ def read_ucf101(
                 manifest.items.append(_video_at(base, path, label, split_name))
             except ManifestError as exc:
                 manifest.problems.append(Problem(path or where, str(exc) if where in str(exc) else f"{where}: {exc}"))
-    return _finish_dataset(manifest, f"{_shown(folder)} split {split}", check_files)
+    return _finish_dataset(manifest, f"{redact(str(folder))} split {split}", check_files)
 
 
 def _hmdb_files(folder: Where, split: int) -> list[Where]:
@@ -603,15 +637,11 @@ def _hmdb_files(folder: Where, split: int) -> list[Where]:
     pattern = f"*_test_split{split}.txt"
     if isinstance(folder, Path):
         files: list[Where] = list(sorted(folder.glob(pattern)))
-    elif not can_list(folder):
-        raise ManifestError(
-            f"{_shown(folder)}: HMDB51's split files ({pattern}) are found by listing the folder, which "
-            f"{folder.partition('://')[0]}:// cannot; copy the split folder here and pass --root {_shown(folder)}/.."
-        )
     else:
-        files = list(list_urls(f"{folder}/{pattern}"))
+        how = f"copy the split folder here and pass --root {redact(folder)}/.."
+        files = list(_listed(f"{folder}/{pattern}", "the folder", f"HMDB51's split files ({pattern}) are found", how))
     if not files:
-        raise ManifestError(f"{_shown(folder)}: no HMDB51 split files ({pattern})")
+        raise ManifestError(f"{redact(str(folder))}: no HMDB51 split files ({pattern})")
     return files
 
 
@@ -631,7 +661,7 @@ def read_hmdb51(
         action = PurePosixPath(str(f)).name[: -len(f"_test_split{split}.txt")]
         for i, line in _lines(f):
             parts = line.split()
-            where = f"{_shown(f)}:{i}"
+            where = f"{redact(str(f))}:{i}"
             if len(parts) != 2 or parts[1] not in codes:
                 manifest.problems.append(Problem(where, f"{where}: expected '<video>.avi <0|1|2>', got {line!r}"))
                 continue
@@ -642,22 +672,14 @@ def read_hmdb51(
                 manifest.items.append(_video_at(base, f"{action}/{parts[0]}", action, split_name))
             except ManifestError as exc:
                 manifest.problems.append(Problem(parts[0], f"{where}: {exc}"))
-    return _finish_dataset(manifest, f"{_shown(folder)} split {split}", check_files)
+    return _finish_dataset(manifest, f"{redact(str(folder))} split {split}", check_files)
 
 
 def _video_index(root: Where) -> dict[str, list[str]]:
     """Video files under ``root`` by file stem (paths relative to it), for locating Kinetics clips; a root
     URL is listed (where its protocol can: Kinetics names videos by id, so they must be found)."""
     if isinstance(root, str):
-        if not can_list(root):
-            raise ManifestError(
-                f"{_shown(root)}: Kinetics rows are found by listing --root, which {root.partition('://')[0]}:// "
-                "cannot; give a CSV manifest with a path column instead"
-            )
-        try:
-            found = list_under(root)
-        except DecodeError as exc:
-            raise ManifestError(f"cannot list the videos' root: {exc}") from None
+        found = _listed(root, "--root", "Kinetics rows are found", "give a CSV manifest with a path column instead")
         prefix = redact(root).rstrip("/") + "/"
         paths = [u[len(prefix) :] for u in found if u.startswith(prefix)]
         index: dict[str, list[str]] = {}
@@ -688,7 +710,8 @@ def read_kinetics(
     missing = [c for c in KINETICS_COLUMNS if c not in fields and c != "split"]
     if missing:
         raise ManifestError(
-            f"{_shown(path)}: Kinetics CSV lacks column(s) {', '.join(missing)} (expected {','.join(KINETICS_COLUMNS)})"
+            f"{redact(str(path))}: Kinetics CSV lacks column(s) {', '.join(missing)} "
+            f"(expected {','.join(KINETICS_COLUMNS)})"
         )
     rows = [(where, {k: (v or "").strip() for k, v in row.items()}) for where, row in raw]
     index = _video_index(base)
@@ -717,7 +740,8 @@ def read_kinetics(
                 rel, window = index[yid][0], (start, end)
             else:
                 raise ManifestError(
-                    f"{where}: no video for youtube_id {yid} under {_shown(base)} (looked for {trimmed}.* and {yid}.*)"
+                    f"{where}: no video for youtube_id {yid} under {redact(str(base))} "
+                    f"(looked for {trimmed}.* and {yid}.*)"
                 )
             item = _video_at(base, rel, row.get("label", ""), split_names[split])
             manifest.items.append(replace(item, start=window[0], end=window[1]))
@@ -748,9 +772,9 @@ def _detect_url(url: str) -> str:
     if exists(f"{folder}/classInd.txt"):
         return "ucf101"
     try:
-        if can_list(folder) and list_urls(f"{folder}/*_test_split1.txt"):
+        if can_list(folder) and list_under(f"{folder}/*_test_split1.txt"):
             return "hmdb51"
-    except ManifestError:
+    except DecodeError:
         pass
     return ""
 
@@ -808,7 +832,7 @@ def load_manifest(
     if format == "webdataset" or (format == "auto" and is_shard_list(text)):
         return read_webdataset(text, label_from)
     if is_url(text):
-        return _load_url(text, root, format, split, check_files)
+        return _load_url(canonical(text), root, format, split, check_files)
     p = Path(text)
     r = str(root) if root and is_url(str(root)) else (Path(root) if root else None)
     kind = _detect(p) if format == "auto" and p.exists() else format

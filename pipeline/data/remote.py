@@ -19,6 +19,7 @@ time) from ``info()``: an object replaced at the same URL is extracted again.
 from __future__ import annotations
 
 import functools
+import glob
 import io
 import re
 import time
@@ -29,7 +30,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from ..config import ExtractConfig
-from ..errors import DecodeError, ManifestError
+from ..errors import DecodeError
 
 __all__ = [
     "RemoteOptions",
@@ -37,15 +38,16 @@ __all__ = [
     "redact",
     "open_url",
     "remote_source",
-    "list_urls",
     "read_bytes",
     "exists",
     "can_list",
     "list_under",
+    "canonical",
 ]
 
 # query parameters that are secrets (presigned S3/GCS/Azure URLs, API tokens): a query holding one is dropped
 _SECRET_PARAMS = ("signature", "credential", "token", "sig", "key", "secret", "password", "auth", "expires")
+_ALIASES = {"s3a": "s3", "gcs": "gs"}  # other names fsspec's S3 and GCS filesystems answer to
 
 
 @dataclass(frozen=True)
@@ -84,32 +86,27 @@ def redact(url: str) -> str:
 def _filesystem(url: str, opts: RemoteOptions) -> tuple[Any, str]:
     """(the fsspec filesystem for ``url``, the path it names there), timeouts set per protocol and the
     protocol's own retries off (``RangeFile`` retries, bounded, and says why it gave up)."""
-    from fsspec.core import url_to_fs
-
     protocol = url.partition("://")[0].lower()
-    storage: dict[str, Any] = {}
-    if protocol in ("http", "https"):
-        import aiohttp
+    try:  # every import in here: a protocol's package missing is "install vidprobe[...]", not a traceback
+        from fsspec.core import url_to_fs
 
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=opts.timeout, sock_read=opts.timeout)
-        storage = {"client_kwargs": {"timeout": timeout}}
-    elif protocol in ("s3", "s3a"):
-        storage = {
-            "use_listings_cache": False,  # a listing kept would hide an object added or replaced since
-            "config_kwargs": {
-                "connect_timeout": opts.timeout,
-                "read_timeout": opts.timeout,
-                "retries": {"max_attempts": 1},
-            },
-        }
-    elif protocol in ("gs", "gcs"):
-        import aiohttp
+        storage: dict[str, Any] = {}
+        if protocol in ("http", "https", "gs", "gcs"):
+            import aiohttp
 
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=opts.timeout, sock_read=opts.timeout)
-        storage = {"requests_timeout": timeout, "use_listings_cache": False}
-    try:
-        if protocol in ("gs", "gcs"):
-            return _gcs(url, storage)
+            timeout = aiohttp.ClientTimeout(total=None, sock_connect=opts.timeout, sock_read=opts.timeout)
+            if protocol in ("gs", "gcs"):
+                return _gcs(url, {"requests_timeout": timeout, "use_listings_cache": False})
+            storage = {"client_kwargs": {"timeout": timeout}}
+        elif protocol in ("s3", "s3a"):
+            storage = {
+                "use_listings_cache": False,  # a listing kept would hide an object added or replaced since
+                "config_kwargs": {
+                    "connect_timeout": opts.timeout,
+                    "read_timeout": opts.timeout,
+                    "retries": {"max_attempts": 1},
+                },
+            }
         return url_to_fs(url, **storage)
     except (ImportError, ValueError) as exc:
         extra = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs", "http": "http", "https": "http"}.get(protocol)
@@ -132,13 +129,14 @@ def _gcs(url: str, storage: dict[str, Any]) -> tuple[Any, str]:
 
 @functools.cache
 def _one_try_gcs() -> type:
+    """gcsfs's filesystem with its request unwrapped from ``retry_request``: one try needs no retry loop,
+    and that loop logs each failure it gives up on with its traceback (``logger.exception``) on stderr."""
     from gcsfs.core import GCSFileSystem
-    from gcsfs.retry import retry_request
 
     request = getattr(GCSFileSystem._request, "__wrapped__", None)
     if request is None:  # another gcsfs layout: keep its own retries
         return GCSFileSystem
-    body = {"_request": retry_request(retries=1)(request), "__module__": __name__}
+    body = {"_request": request, "__module__": __name__}
     return type("OneTryGCSFileSystem", (GCSFileSystem,), body)
 
 
@@ -289,17 +287,6 @@ def fingerprint_url(url: str) -> tuple[int, int, int] | None:
         return None
 
 
-def list_urls(pattern: str) -> list[str]:
-    """The objects a URL glob matches (``s3://bucket/videos/*.mp4``), where the protocol can list."""
-    opts = RemoteOptions()
-    try:
-        fs, _ = _filesystem(pattern, opts)
-        found = _retrying(pattern, opts, lambda: fs.glob(pattern))
-    except DecodeError as exc:
-        raise ManifestError(str(exc)) from None
-    return sorted(fs.unstrip_protocol(p) for p in found)
-
-
 def read_bytes(url: str, opts: RemoteOptions | None = None) -> bytes:
     """The whole object at ``url`` (a manifest, a split file), retried as a block is; ``DecodeError`` naming
     the redacted URL and the cause."""
@@ -324,9 +311,18 @@ def can_list(url: str) -> bool:
 
 
 def list_under(url: str) -> list[str]:
-    """Every object under the folder or prefix ``url``, as URLs (``can_list`` protocols); ``DecodeError``
-    naming it when it cannot be listed."""
+    """Every object under the folder or prefix ``url``, or that the glob ``url`` matches
+    (``s3://bucket/videos/*.mp4``), as URLs (``can_list`` protocols); ``DecodeError`` naming it when it
+    cannot be listed."""
     opts = RemoteOptions()
     fs, path = _filesystem(url, opts)
-    found = _retrying(url, opts, lambda: fs.find(path.rstrip("/")))
+    pattern = glob.has_magic(url.partition("?")[0])
+    found = _retrying(url, opts, lambda: fs.glob(url) if pattern else fs.find(path.rstrip("/")))
     return sorted(fs.unstrip_protocol(p) for p in found)
+
+
+def canonical(url: str) -> str:
+    """``url`` with its scheme's usual name (``s3a://`` is ``s3://``, ``gcs://`` is ``gs://``): what
+    ``list_under`` names objects by, and so the one key an object has however it was typed."""
+    scheme, sep, rest = url.partition("://")
+    return f"{_ALIASES.get(scheme.lower(), scheme)}{sep}{rest}" if sep else url

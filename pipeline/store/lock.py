@@ -34,6 +34,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ..data.remote import redact
 from ..errors import ConfigError, StoreBusyError, StoreError
 
 LOCK_DIR = "locks"
@@ -84,6 +85,15 @@ def _proc_start(pid: int) -> str | None:
         return None
 
 
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s,;'\"]+")
+
+
+def _scrubbed(arg: str) -> str:
+    """A command-line argument as the lock file may show it: each URL in it (``--root=https://u:p@h/x``
+    too) without its secrets (``data.remote.redact``); the lock file is readable by whoever shares the store."""
+    return _URL.sub(lambda m: redact(m.group()), arg)
+
+
 @dataclass
 class Holder:
     """Who holds a lock; written into the lock file as JSON."""
@@ -99,7 +109,8 @@ class Holder:
     @classmethod
     def me(cls, purpose: str, scope: str) -> Holder:
         pid = os.getpid()
-        return cls(pid, socket.gethostname(), time.time(), " ".join(sys.argv)[:300], purpose, scope, _proc_start(pid))
+        command = " ".join(map(_scrubbed, sys.argv))[:300]
+        return cls(pid, socket.gethostname(), time.time(), command, purpose, scope, _proc_start(pid))
 
     def describe(self) -> str:
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.started))
