@@ -4,7 +4,6 @@ counts what it serves and fails on demand, and moto's S3 server with a bucket th
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -14,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from media import pattern_frames, write_video
-from servers import RangeServer, free_port
+from servers import RangeServer, moto_s3
 
 from pipeline.cli import main
 from pipeline.config import load_config
@@ -56,33 +55,12 @@ def http(videos):
 
 @pytest.fixture(scope="module")
 def s3(videos):
-    """moto's S3 server on a free port, found by botocore through AWS_ENDPOINT_URL, dummy credentials."""
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    env = {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-    }
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    import boto3
-
-    client = boto3.client("s3")
-    client.create_bucket(Bucket="videos")
-    for rel in NAMES:
-        client.upload_file(str(videos / rel), "videos", f"clips/{rel}")
-    yield client
-    server.stop()
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    """moto's S3 server (``servers.moto_s3``) with the videos under ``s3://videos/clips/``."""
+    with moto_s3() as client:
+        client.create_bucket(Bucket="videos")
+        for rel in NAMES:
+            client.upload_file(str(videos / rel), "videos", f"clips/{rel}")
+        yield client
 
 
 def _csv(path: Path, rows: list[tuple[str, str]]) -> Path:
