@@ -199,6 +199,48 @@ def test_the_ray_engine_extracts_shards_local_and_over_http_like_the_local_engin
             assert server.requests[f"shards/{shard}"] <= 1 + blocks + 3, server.requests  # 3 samples a shard
 
 
+def test_the_ray_engine_cuts_a_big_shard_into_units_of_consecutive_samples():
+    """A shard of many samples is several decode units (every CPU busy, a dead worker redoes one chunk), each
+    of one shard's consecutive samples; every planned clip is in one unit, in plan order."""
+    from pipeline.data.manifest import VideoItem
+    from pipeline.data.webdataset import shard_of_sample
+    from pipeline.extract.ray_engine import ROWS_PER_BLOCK, SHARD_UNIT_MAX, _units
+    from pipeline.extract.targets import UnionTask
+    from pipeline.extract.workers import ClipTask
+
+    items = [VideoItem(f"shards/{s:05d}.tar/{i:08d}", "/data") for s in range(2) for i in range(1000)]
+    items.append(VideoItem("a.mp4", "/data"))
+    todo = [UnionTask(it, ClipTask(i, it.location), (0,), (frozenset(),)) for i, it in enumerate(items)]
+    for cpus, chunk in ((1, SHARD_UNIT_MAX), (16, 32), (1000, ROWS_PER_BLOCK)):  # 2001 clips / (4 x cpus)
+        units = [json.loads(u) for u in _units(todo, cpus)]
+        assert [c["index"] for u in units for c in u] == list(range(len(todo)))
+        assert all(len({shard_of_sample(c["path"]) for c in u}) == 1 for u in units)
+        assert max(len(u) for u in units) == chunk and len(units) == 2 * math.ceil(1000 / chunk) + 1
+
+
+def test_decoder_processes_open_a_remote_shard_once_each_and_store_what_one_process_stores(videos, tmp_path, effnet):
+    """The multi-process scheduler (``workers._Feed``) over HTTP shards: a shard's samples go to one decoder
+    process one after another (the other joins in only when nothing else is left), so a shard costs one
+    ``HEAD`` per decoder process that reads it (1 or 2 here) and one per sample from the driver's check
+    before storing (``changed_since``; planning a fresh store sends none); the store is the in-process one's."""
+    from servers import RangeServer
+
+    write_shards(videos, tmp_path / "shards")  # 2 shards of 3 samples
+    with RangeServer(tmp_path) as server:
+        manifest = load_manifest(server.url("shards/{00000..00001}.tar"))  # the listing: not counted
+        stores = {}
+        for workers in (0, 2):
+            server.heads.clear()
+            cfg = load_config(None, [*OPTS, f"extract.num_workers={workers}"])
+            (summary,) = extract(manifest, tmp_path / f"w{workers}", cfg, encoders=[effnet], progress=False)
+            assert (summary.done, summary.failed) == (6, 0)
+            stores[workers] = _embeddings(tmp_path / f"w{workers}")
+            for shard in ("00000.tar", "00001.tar"):
+                heads = server.heads[f"shards/{shard}"]
+                assert 3 + 1 <= heads <= 3 + max(1, workers), (workers, server.heads)
+    _assert_same_stores(stores[2], stores[0])
+
+
 @pytest.mark.slow
 def test_the_ray_engine_records_the_fingerprint_of_the_file_whose_decode_failed(ray_cluster, videos, tmp_path, effnet):
     """A clip that fails after its file was opened (a window past the video's end) is recorded with the
