@@ -194,9 +194,9 @@ def test_the_ray_engine_extracts_shards_local_and_over_http_like_the_local_engin
         (remote,) = extract(manifest, tmp_path / "http", cfg, engine="ray", progress=False)
         assert (remote.done, remote.failed) == (5, 1)
         _assert_same_stores(_embeddings(tmp_path / "http"), want, server.url("shards") + "/")
-        for shard in ("00000.tar", "00001.tar"):
+        for shard, opens in (("00000.tar", 2), ("00001.tar", 1)):  # a failed sample reopens its shard (00000001)
             blocks = math.ceil((tmp_path / "shards" / shard).stat().st_size / RemoteOptions().block_size)
-            assert server.requests[f"shards/{shard}"] <= 1 + blocks + 3, server.requests  # 3 samples a shard
+            assert server.requests[f"shards/{shard}"] <= opens * (1 + blocks) + 3, server.requests  # 3 samples a shard
 
 
 def test_the_ray_engine_cuts_a_big_shard_into_units_of_consecutive_samples():
@@ -322,8 +322,9 @@ def test_shards_served_over_http_give_the_embeddings_of_the_local_shards(videos,
         assert failure["path"] == prefix + "00001.tar/00000004"
         served, size = sum(server.bytes.values()), sum(f.stat().st_size for f in (tmp_path / "shards").glob("*.tar"))
         # the listing reads each shard's headers (every block of these small shards) once, and the decoder
-        # each shard's bytes once more, for all its samples (not once per sample)
-        assert served <= 2 * size
+        # each shard's bytes once more, for all its samples (not once per sample); after a sample fails
+        # (00000004) its shard is reopened for the next one (it may have been re-uploaded), read once more
+        assert served <= 2 * size + (tmp_path / "shards" / "00001.tar").stat().st_size
         again = _run(spec, tmp_path / "http", effnet)  # a re-run lists the shards again but opens no sample
         assert again.done == 0 and sum(server.bytes.values()) - served <= size
 

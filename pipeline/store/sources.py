@@ -88,7 +88,7 @@ def _member_stat(path: str | Path) -> tuple[int, int] | None:
     member = split_member(path)
     if member is None or not isinstance(member[0], Path):
         return None
-    return member_stat(*member)
+    return member_stat(member[0], member[1])
 
 
 def quick_fingerprint(path: str | Path) -> Source | None:
