@@ -171,7 +171,7 @@ def _assert_same_stores(got: dict, want: dict, prefix: str = "") -> None:
 def test_the_ray_engine_extracts_shards_local_and_over_http_like_the_local_engine(
     ray_cluster, videos, tmp_path, effnet
 ):
-    """A shard is the Ray engine's unit of work: one decode task reads a shard's samples through one open
+    """A small shard is one Ray unit of work (``_units``): one decode task reads its samples through one open
     shard, so over HTTP a shard costs one metadata request and its blocks once in the decoder (the driver's
     check before storing adds one request per sample), where a task per sample opened it per sample."""
     from servers import RangeServer
