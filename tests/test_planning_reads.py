@@ -1,7 +1,8 @@
 """Planning a fresh store reads no source it need not: a local WebDataset sample and a frame folder with
 nothing recorded are not fingerprinted while planning (as a URL gets no request); their decoder fingerprints
 what it opens, so the store still records a complete fingerprint. Once something is recorded the comparison
-decides (a rewritten sample or frame is extracted again: tests/test_webdataset.py, tests/test_frame_folders.py).
+decides, from stats and the member table while the shard's time is unchanged (a rewritten sample or frame
+is extracted again: tests/test_webdataset.py, tests/test_frame_folders.py).
 Real parts: real encoded videos in a tar shard written by ``webdataset``, PNG frames, real stores."""
 
 from __future__ import annotations
@@ -72,6 +73,29 @@ def test_planning_a_fresh_store_reads_no_webdataset_sample(sources, effnet, tmp_
     assert summary.done == 4
     recorded = open_store(tmp_path / "store").index().current_sources()  # the decoder's, complete
     assert recorded == {f"00000.tar/{i:08d}": member_fingerprint(sources["shard"], f"{i:08d}") for i in range(4)}
+    # re-planning the stored samples compares each as a file (member size, shard time): no member is read
+    planned, _, read = _plan(manifest, tmp_path / "store", effnet)
+    assert planned == 0 and read < members / 10, (read, members)  # each sample's first and last 64 KiB were read
+
+
+@pytest.mark.skipif(not Path("/proc/self/io").exists(), reason="counts reads with Linux /proc/self/io")
+def test_a_failure_without_a_decoder_fingerprint_records_the_samples_size_and_time(sources):
+    """What ``ExtractionJob.deliver`` records for a failure whose decoder took no fingerprint (a decode timeout):
+    a local sample's member size and shard time, a frame folder's stats; no member byte read. A shard fixed
+    since (rewritten: another time) then makes the failed sample another file, tried again."""
+    from pipeline.store.layout import UNKNOWN_SOURCE
+    from pipeline.store.sources import fingerprint, quick_fingerprint, same_file
+
+    sample = f"{sources['shard']}/00000002"
+    quick_fingerprint(sample)  # imports and the member table: not measured
+    before = _bytes_read()
+    quick = quick_fingerprint(sample)
+    assert _bytes_read() - before < 4096
+    full = member_fingerprint(sources["shard"], "00000002")
+    assert quick is not None and full is not None and quick == (full[0], full[1], UNKNOWN_SOURCE)
+    assert same_file(quick, full) and fingerprint(sample, quick, complete=False) == quick
+    folder = sources["frames"] / "c0" / "v0"
+    assert quick_fingerprint(folder) == folder_fingerprint(folder)
 
 
 def test_planning_a_fresh_store_fingerprints_no_frame_folder(sources, effnet, tmp_path):

@@ -322,6 +322,21 @@ def test_several_encoders_ask_once_per_decoded_url_whether_it_was_replaced(http,
     assert {rel: http.heads[rel] for rel in NAMES[:2]} == heads_one == {rel: 2 for rel in NAMES[:2]}
 
 
+def test_a_rerun_with_several_encoders_checks_each_stored_url_once_while_planning(http, effnet, tiny_clip, tmp_path):
+    """Two stores re-run after a finished run: their plans share one fingerprint per stored URL (one ``HEAD``,
+    not one per store), and nothing else is sent: everything is stored, so nothing is decoded."""
+    rows = [(http.url(rel), rel.split("/")[0]) for rel in NAMES[:2]]
+    manifest = load_manifest(_csv(tmp_path / "m.csv", rows))
+    stores = tmp_path / "both"  # one store per encoder under it
+    first = extract(manifest, stores, load_config(None, SETTINGS), encoders=[effnet, tiny_clip], progress=False)
+    assert [s.done for s in first] == [2, 2]
+    _clear(http)
+    again = extract(manifest, stores, load_config(None, SETTINGS), encoders=[effnet, tiny_clip], progress=False)
+    assert [(s.done, s.skipped) for s in again] == [(0, 2), (0, 2)]
+    for rel in NAMES[:2]:  # one store each: this was 2 HEADs per URL
+        assert http.requests[rel] == http.heads[rel] == 1 and http.bytes[rel] == 0, (rel, http.requests)
+
+
 def test_secrets_in_urls_are_never_stored_or_shown(http, effnet, tmp_path):
     secret = "AKIA-SECRET-SIG"
     url = http.url(NAMES[0]).replace("http://", "http://user:pw@") + f"?X-Amz-Signature={secret}&X-Amz-Expires=60"

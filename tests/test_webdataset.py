@@ -171,7 +171,7 @@ def _assert_same_stores(got: dict, want: dict, prefix: str = "") -> None:
 def test_the_ray_engine_extracts_shards_local_and_over_http_like_the_local_engine(
     ray_cluster, videos, tmp_path, effnet
 ):
-    """A shard is the Ray engine's unit of work: one decode task reads a shard's samples through one open
+    """A small shard is one Ray unit of work (``_units``): one decode task reads its samples through one open
     shard, so over HTTP a shard costs one metadata request and its blocks once in the decoder (the driver's
     check before storing adds one request per sample), where a task per sample opened it per sample."""
     from servers import RangeServer
@@ -194,9 +194,51 @@ def test_the_ray_engine_extracts_shards_local_and_over_http_like_the_local_engin
         (remote,) = extract(manifest, tmp_path / "http", cfg, engine="ray", progress=False)
         assert (remote.done, remote.failed) == (5, 1)
         _assert_same_stores(_embeddings(tmp_path / "http"), want, server.url("shards") + "/")
-        for shard in ("00000.tar", "00001.tar"):
+        for shard, opens in (("00000.tar", 2), ("00001.tar", 1)):  # a failed sample reopens its shard (00000001)
             blocks = math.ceil((tmp_path / "shards" / shard).stat().st_size / RemoteOptions().block_size)
-            assert server.requests[f"shards/{shard}"] <= 1 + blocks + 3, server.requests  # 3 samples a shard
+            assert server.requests[f"shards/{shard}"] <= opens * (1 + blocks) + 3, server.requests  # 3 samples a shard
+
+
+def test_the_ray_engine_cuts_a_big_shard_into_units_of_consecutive_samples():
+    """A shard of many samples is several decode units (every CPU busy, a dead worker redoes one chunk), each
+    of one shard's consecutive samples; every planned clip is in one unit, in plan order."""
+    from pipeline.data.manifest import VideoItem
+    from pipeline.data.webdataset import shard_of_sample
+    from pipeline.extract.ray_engine import ROWS_PER_BLOCK, SHARD_UNIT_MAX, _units
+    from pipeline.extract.targets import UnionTask
+    from pipeline.extract.workers import ClipTask
+
+    items = [VideoItem(f"shards/{s:05d}.tar/{i:08d}", "/data") for s in range(2) for i in range(1000)]
+    items.append(VideoItem("a.mp4", "/data"))
+    todo = [UnionTask(it, ClipTask(i, it.location), (0,), (frozenset(),)) for i, it in enumerate(items)]
+    for cpus, chunk in ((1, SHARD_UNIT_MAX), (16, 32), (1000, ROWS_PER_BLOCK)):  # 2001 clips / (4 x cpus)
+        units = [json.loads(u) for u in _units(todo, cpus)]
+        assert [c["index"] for u in units for c in u] == list(range(len(todo)))
+        assert all(len({shard_of_sample(c["path"]) for c in u}) == 1 for u in units)
+        assert max(len(u) for u in units) == chunk and len(units) == 2 * math.ceil(1000 / chunk) + 1
+
+
+def test_decoder_processes_open_a_remote_shard_once_each_and_store_what_one_process_stores(videos, tmp_path, effnet):
+    """The multi-process scheduler (``workers._Feed``) over HTTP shards: a shard's samples go to one decoder
+    process one after another (the other joins in only when nothing else is left), so a shard costs one
+    ``HEAD`` per decoder process that reads it (1 or 2 here) and one per sample from the driver's check
+    before storing (``changed_since``; planning a fresh store sends none); the store is the in-process one's."""
+    from servers import RangeServer
+
+    write_shards(videos, tmp_path / "shards")  # 2 shards of 3 samples
+    with RangeServer(tmp_path) as server:
+        manifest = load_manifest(server.url("shards/{00000..00001}.tar"))  # the listing: not counted
+        stores = {}
+        for workers in (0, 2):
+            server.heads.clear()
+            cfg = load_config(None, [*OPTS, f"extract.num_workers={workers}"])
+            (summary,) = extract(manifest, tmp_path / f"w{workers}", cfg, encoders=[effnet], progress=False)
+            assert (summary.done, summary.failed) == (6, 0)
+            stores[workers] = _embeddings(tmp_path / f"w{workers}")
+            for shard in ("00000.tar", "00001.tar"):
+                heads = server.heads[f"shards/{shard}"]
+                assert 3 + 1 <= heads <= 3 + max(1, workers), (workers, server.heads)
+    _assert_same_stores(stores[2], stores[0])
 
 
 @pytest.mark.slow
@@ -280,8 +322,9 @@ def test_shards_served_over_http_give_the_embeddings_of_the_local_shards(videos,
         assert failure["path"] == prefix + "00001.tar/00000004"
         served, size = sum(server.bytes.values()), sum(f.stat().st_size for f in (tmp_path / "shards").glob("*.tar"))
         # the listing reads each shard's headers (every block of these small shards) once, and the decoder
-        # each shard's bytes once more, for all its samples (not once per sample)
-        assert served <= 2 * size
+        # each shard's bytes once more, for all its samples (not once per sample); after a sample fails
+        # (00000004) its shard is reopened for the next one (it may have been re-uploaded), read once more
+        assert served <= 2 * size + (tmp_path / "shards" / "00001.tar").stat().st_size
         again = _run(spec, tmp_path / "http", effnet)  # a re-run lists the shards again but opens no sample
         assert again.done == 0 and sum(server.bytes.values()) - served <= size
 

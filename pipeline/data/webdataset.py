@@ -13,9 +13,10 @@ bytes (a remote shard's: the member's size and offset with the shard's ETag): a 
 extracted again, a copied one is not.
 
 A shard is opened once per decoder process, not once per sample: inside ``shards_kept_open()`` (a decoder
-process's life, a Ray decode task's shard) the last ``KEEP_OPEN`` shards stay open (``OpenShard``), and
+process's life, a Ray decode task's unit) the last ``KEEP_OPEN`` shards stay open (``OpenShard``), and
 each sample is read, and fingerprinted, through the very handle it is decoded from: a remote shard costs
-one metadata request per process, then only the ranges read. Outside it a sample opens its shard alone.
+one metadata request per process, then only the ranges read (a sample that fails reopens it:
+``forget_shard``). Outside it a sample opens its shard alone.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ __all__ = [
     "split_member",
     "shard_of_sample",
     "member_fingerprint",
+    "member_stat",
+    "forget_shard",
     "open_member",
     "MemberView",
     "OpenShard",
@@ -64,7 +67,10 @@ class Member:
 
 
 Shard = Path | str  # a local shard file, or a shard's URL (``data.remote``)
-_tables: dict[tuple, dict[str, dict[str, Member]]] = {}  # (shard, its identity) -> key -> ext -> member
+# (shard, its identity) -> key -> ext -> member; least recently used first
+_tables: OrderedDict[tuple, dict[str, dict[str, Member]]] = OrderedDict()
+_TABLES = 64  # member tables a process keeps
+_tables_lock = threading.Lock()
 
 
 def _split_name(name: str) -> tuple[str, str]:
@@ -104,7 +110,10 @@ class OpenShard:
     def _table(self) -> dict[str, dict[str, Member]]:
         """The member table of this version (read from the headers once per process and version; over a
         URL one ranged read per header, the data between them skipped)."""
-        table = _tables.get(self.identity)
+        with _tables_lock:
+            table = _tables.get(self.identity)
+            if table is not None:
+                _tables.move_to_end(self.identity)
         if table is None:
             table = {}
             with tarfile.open(fileobj=self.file, mode="r:") as tar:  # headers only: data is seeked over
@@ -112,14 +121,16 @@ class OpenShard:
                     if info.isfile():
                         key, ext = _split_name(info.name)
                         table.setdefault(key, {})[ext] = Member(info.offset_data, info.size)
-            if len(_tables) > 64:
-                _tables.clear()
-            _tables[self.identity] = table
+            with _tables_lock:
+                _tables[self.identity] = table
+                while len(_tables) > _TABLES:
+                    _tables.popitem(last=False)
         return table
 
     def current(self) -> bool:
         """Whether the shard's path still names the file open here (a local ``stat``; a URL is not asked
-        again: the driver's check before storing, ``store.sources``, tells a replaced object)."""
+        again: the driver's check before storing, ``store.sources``, tells a replaced object, and a sample
+        that fails reopens it: ``forget_shard``)."""
         if self.stat is None:
             return True
         try:
@@ -178,7 +189,7 @@ _keeping = 0  # depth of ``shards_kept_open``
 @contextlib.contextmanager
 def shards_kept_open() -> Iterator[None]:
     """While inside, ``open_member`` keeps the last ``KEEP_OPEN`` shards open and reads each sample
-    through its shard's one handle (a decoder process wraps its life in it; a Ray decode task its shard);
+    through its shard's one handle (a decoder process wraps its life in it; a Ray decode task its unit);
     on leaving they are closed. Samples of one shard decoded one after another then cost one open."""
     global _keeping
     with _cache_lock:
@@ -215,17 +226,56 @@ def _acquire(shard: Shard, remote: RemoteOptions | None) -> OpenShard:
         opened = None
     if opened is None:
         opened = OpenShard(shard, remote)
-    evicted = []
+    evicted: list[OpenShard] = []
     with _cache_lock:
+        other = _kept.get(key) if _keeping else None
+        if other is not None:  # another thread opened it meanwhile: read through theirs, close this one
+            evicted.append(opened)
+            opened = other
         opened.users += 1
         if _keeping:
             opened.kept = True
             _kept[key] = opened
+            _kept.move_to_end(key)
             while len(_kept) > KEEP_OPEN:
                 evicted.append(_kept.popitem(last=False)[1])
     for old in evicted:
         _drop(old)
     return opened
+
+
+def forget_shard(path: str) -> None:
+    """A sample of ``path``'s remote shard failed: the kept handle may read a shard since replaced (a URL is
+    not asked again while kept), so the shard's next sample reopens it."""
+    member = split_member(path) if is_url(path) else None
+    if member is None:
+        return
+    with _cache_lock:
+        gone = [_kept.pop(k) for k in [k for k in _kept if k[0] == member[0]]]
+    for opened in gone:
+        _drop(opened)
+
+
+def member_stat(shard: Path, key: str) -> tuple[int, int] | None:
+    """(the sample's video member size, the local shard's ``st_mtime_ns``) from a stat and the member table
+    (cached per process; else the tar headers are read, no member data): what planning compares with a
+    recorded fingerprint before reading any sample byte. None if it cannot be read."""
+    try:
+        st = os.stat(shard)
+        with _tables_lock:
+            table = _tables.get((str(shard), int(st.st_size), int(st.st_mtime_ns)))
+        if table is None:
+            opened = OpenShard(shard)
+            opened.close()
+            table = opened.table
+            st_mtime = opened.identity[2]
+        else:
+            st_mtime = int(st.st_mtime_ns)
+    except (OSError, tarfile.TarError, DecodeError):
+        return None
+    members = table.get(key, {})
+    video = next((members[ext] for ext in WDS_VIDEO if ext in members), None)
+    return None if video is None else (video.size, st_mtime)
 
 
 def shard_of_sample(path: str) -> str | None:

@@ -37,7 +37,7 @@ from ..errors import StoreError
 from ..store import FeatureStore, ShardWriter, create_or_open, write_run_record, writer_prefix
 from ..store.index import failure_counts
 from ..store.runs import resumed_records
-from ..store.sources import Source, fingerprint, same_file
+from ..store.sources import Source, fingerprint, quick_fingerprint, same_file
 from ..versions import versions
 from .sharding import JobShard
 from .workers import ClipTask
@@ -110,6 +110,7 @@ def plan_tasks(
     sources: dict[str, Source | None] | None = None,
     remote: RemoteOptions | None = None,
     resumed: set[str] | frozenset[str] = frozenset(),
+    checked: dict[tuple, Source | None] | None = None,
 ) -> tuple[list[tuple[VideoItem, ClipTask]], list[Problem]]:
     """(item, task) pairs still to do and manifest problems to record; counts go into ``summary``.
     Only what ``shard`` owns (everything when None). Single-clip strategies skip an item whose key is
@@ -121,7 +122,9 @@ def plan_tasks(
     ``sources``: filled with each planned item's fingerprint, its crc unknown where planning did not need it
     (planning reads no file it need not): what a failure without a decoder's fingerprint records.
     ``resumed``: video paths a resume takes as recorded (``store.runs.resumed_records``): their URLs get no
-    request (a local file is still stat'ed: that is free).
+    request (a local file or sample is still stat'ed: that is free).
+    ``checked``: fingerprints by (location, recorded), shared by the plans of one run's stores
+    (``ExtractionJobs``), so a stored URL gets one ``HEAD`` however many encoders there are.
     """
     index = store.index()
     stored = store.done_keys(include_failed=False)
@@ -144,7 +147,7 @@ def plan_tasks(
             continue
         was = recorded.get(item.path)
         # a URL never stored gets no request (``fingerprint``: a million HEADs one by one), nor one a resume trusts
-        now = was if item.url and item.path in resumed else fingerprint(item.location, was, complete=False)
+        now = was if item.url and item.path in resumed else _checked(checked, item.location, was)
         renewed = was is not None and now is not None and not same_file(now, was)  # the path holds another file
         if not renewed and ((key in failed_before) != retry_failed or (not sampling.windowed and key in stored)):
             summary.skipped += 1
@@ -169,6 +172,17 @@ def plan_tasks(
         if p.path not in known and (shard is None or shard.owns(clip_key(p.path, None, None)))
     ]
     return todo, problems
+
+
+def _checked(memo: dict[tuple, Source | None] | None, location: str, was: Source | None) -> Source | None:
+    """Planning's ``fingerprint`` of ``location`` against what its store recorded, asked once per ``memo``."""
+    key = (location, None if was is None else tuple(was))
+    if memo is None or key not in memo:
+        now = fingerprint(location, was, complete=False)
+        if memo is None:
+            return now
+        memo[key] = now
+    return memo[key]
 
 
 def note_run(store: FeatureStore, prefix: str, summary: ExtractSummary, state: str, after_shard: str = "") -> None:
@@ -277,6 +291,7 @@ class ExtractionJob:
         self.write: Callable[[Callable[[], None]], None] = _now
         self._failed: dict[str, str] = {}  # video -> stage of its latest failure in this run
         self._stack: contextlib.ExitStack | None = None
+        self.checked: dict[tuple, Source | None] | None = None  # ``plan_tasks``'s, shared by ``ExtractionJobs``
 
     def __enter__(self) -> ExtractionJob:
         cfg, shard = self.cfg, self.shard
@@ -302,6 +317,7 @@ class ExtractionJob:
                 sources=self.sources,
                 remote=RemoteOptions.of(cfg.extract),
                 resumed=resumed,
+                checked=self.checked,
             )
             stack.enter_context(recorded_run(self.store, self.prefix, self.summary, after_shard))
             stack.push(self._count_stored)  # runs after the writer's last flush, before the run record
@@ -365,7 +381,10 @@ class ExtractionJob:
             error, stage = (changed or partial(changed_since, item.location))(outcome.source), "changed"
         self.summary.skipped += outcome.skipped
         if error:  # recorded with the decoded file's fingerprint: a re-run sees the path changed and redoes it
-            self.add_failure(item.path, item.start, item.end, stage, error, outcome.source)
+            source = outcome.source
+            if source is None and self.sources.get(item.path) is None:  # e.g. a decode timeout: stats only
+                source = quick_fingerprint(item.location)
+            self.add_failure(item.path, item.start, item.end, stage, error, source)
             return
         for message in outcome.warnings if outcome.clips else ():  # each names the file and how
             self.write(partial(self.writer.add_warning, item.path, message))

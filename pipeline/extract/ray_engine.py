@@ -5,8 +5,9 @@
                            ──►  map_batches(EncodeClips)  actors: one per GPU (num_gpus=1), else CPU
                            ──►  driver: iter_batches ──► ShardWriter ──► the same store layout
 
-A unit of work is one clip, except for WebDataset samples: a shard's planned samples are one unit, read in
-order through one open shard (``data.webdataset.shards_kept_open``), so a remote shard is opened once.
+A unit of work is one clip, except for WebDataset samples: a shard's planned samples are cut into units of
+consecutive samples (``_units``), each read in order through one open shard
+(``data.webdataset.shards_kept_open``), so a remote shard is opened once per unit.
 
 ``extract(..., engine="ray")`` (``pipeline.extract.entry``) runs it; usage, failures (stage ``worker``
 where a block's worker died) and several encoders (one actor pool per model, chained, over the stores'
@@ -38,7 +39,7 @@ import numpy as np
 from ..config import Config, SamplingConfig
 from ..data.manifest import VideoItem
 from ..data.remote import RemoteOptions
-from ..data.webdataset import shard_of_sample, shards_kept_open
+from ..data.webdataset import forget_shard, shard_of_sample, shards_kept_open
 from ..encoders import Preprocess
 from ..encoders.group import group_specs
 from ..errors import ConfigError, VidprobeError
@@ -50,7 +51,8 @@ from .targets import ExtractionJobs, UnionTask, decode_views
 
 # Quiet, offline Ray: no usage reporting (it would try the internet), de-duplicated worker logs.
 RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_DEDUP_LOGS": "1"}
-ROWS_PER_BLOCK = 8  # clips per Ray block (a shard's, when more): a worker that dies loses at most one block
+ROWS_PER_BLOCK = 8  # clips per Ray block (a shard's unit's, when more): a worker that dies loses one block
+SHARD_UNIT_MAX = 256  # most samples of a WebDataset shard in one decode unit (``_units``)
 DECODE_RETRIES = 2  # retries of a decode task whose worker died (node lost) before its block is skipped
 
 
@@ -146,6 +148,7 @@ def _decode_clip(
     try:
         got, ts, warned, source = load_views(item, sampling, views, need, threads, remote)
     except Exception as exc:  # a decoder bug on one odd file must not end the job
+        forget_shard(item.location)  # a remote shard re-uploaded under its kept handle: the next sample reopens it
         error = str(exc) if isinstance(exc, VidprobeError) else f"{item.shown}: {type(exc).__name__}: {exc}"
         got, ts = [None] * len(views), np.zeros(0, np.float64)
         source = exc.source if isinstance(exc, DecodeFailed) else None  # the file that failed, where it was opened
@@ -166,9 +169,13 @@ def _decode_clip(
     return out
 
 
-def _units(todo: list[UnionTask]) -> list[str]:
+def _units(todo: list[UnionTask], cpus: int = 1) -> list[str]:
     """The plan as units of work, each a JSON list of its clips (what a decode task needs, not the store,
-    and which stores lack the clip): a WebDataset shard's samples together in plan order, else one clip."""
+    and which stores lack the clip): a WebDataset shard's samples in plan order, in chunks, else one clip."""
+    # a chunk: about 4 units per CPU over the whole plan (few big shards still fill every CPU), at least a
+    # block's rows (each chunk opens its shard: one metadata request per remote shard and chunk), at most
+    # SHARD_UNIT_MAX (what a dead worker decodes again, and what one task emits ahead of the encoders)
+    chunk = min(SHARD_UNIT_MAX, max(ROWS_PER_BLOCK, math.ceil(len(todo) / (4 * max(1, cpus)))))
     units: dict[Any, list[dict[str, Any]]] = {}
     for i, u in enumerate(todo):
         clip = {
@@ -182,7 +189,7 @@ def _units(todo: list[UnionTask]) -> list[str]:
             "targets": sum(1 << t for t in u.targets),
         }
         units.setdefault(shard_of_sample(u.item.path) or i, []).append(clip)
-    return [json.dumps(clips) for clips in units.values()]
+    return [json.dumps(clips[k : k + chunk]) for clips in units.values() for k in range(0, len(clips), chunk)]
 
 
 def _targets(mask: int, count: int) -> list[int]:
@@ -329,8 +336,8 @@ def _dataset(
     frames_per_clip = cfg.sampling.num_frames if cfg.sampling.strategy == "uniform" else (cfg.sampling.max_frames or 8)
     batch_size = resolve_runtime(cfg.extract, "cuda" if use_gpu else "cpu").batch_size
     clips_per_call = max(1, round(batch_size / frames_per_clip))
-    units = _units(todo)
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    units = _units(todo, cpus)
     blocks = min(len(units), max(4 * cpus, math.ceil(len(todo) / ROWS_PER_BLOCK)))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # max_retries has no named parameter yet; Ray warns about **ray_remote_args

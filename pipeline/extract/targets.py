@@ -147,6 +147,9 @@ class ExtractionJobs:
         self._bar: Any = None
 
     def __enter__(self) -> ExtractionJobs:
+        checked: dict = {}  # planning's fingerprints, asked once for all the stores (``plan_tasks``)
+        for job in self._jobs:
+            job.checked = checked
         with contextlib.ExitStack() as stack:
             self.jobs = [stack.enter_context(job) for job in self._jobs]
             self._stack = stack.pop_all()

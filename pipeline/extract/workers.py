@@ -45,7 +45,7 @@ from ..data.sampling import (
     sample_timestamps,
     snap_to_keyframes,
 )
-from ..data.webdataset import shard_of_sample, shards_kept_open
+from ..data.webdataset import forget_shard, shard_of_sample, shards_kept_open
 from ..errors import DecodeError, VidprobeError
 from ..store.sources import Source
 from .decode import assign_frames
@@ -186,8 +186,10 @@ def decode_task(
             warnings = reader.warnings + _shared_frames(task, clips, per_window, reader.ended_at)
             yield Done(task.task, clips, skipped, warnings, source)
     except VidprobeError as exc:
+        forget_shard(task.path)  # a remote shard re-uploaded under its kept handle: the next sample reopens it
         yield Failed(task.task, _with_path(redact(task.path), str(exc)), source)
     except Exception as exc:  # a decoder bug on one odd file must not end the job
+        forget_shard(task.path)
         yield Failed(task.task, f"{redact(task.path)}: {type(exc).__name__}: {exc}", source)
 
 

@@ -28,6 +28,7 @@ __all__ = [
     "UNKNOWN",
     "SAMPLE_BYTES",
     "fingerprint",
+    "quick_fingerprint",
     "opened_fingerprint",
     "same_file",
     "current_sources",
@@ -80,6 +81,32 @@ def _other_source(path: str | Path):
     return None
 
 
+def _member_stat(path: str | Path) -> tuple[int, int] | None:
+    """(video member size, shard ``st_mtime_ns``) of a local WebDataset sample; None for anything else."""
+    from ..data.webdataset import member_stat, split_member
+
+    member = split_member(path)
+    if member is None or not isinstance(member[0], Path):
+        return None
+    return member_stat(member[0], member[1])
+
+
+def quick_fingerprint(path: str | Path) -> Source | None:
+    """A fingerprint that reads no video byte, its crc ``UNKNOWN_SOURCE`` where it would need one: a file's
+    or a local WebDataset sample's size and time, a frame folder's (stats only); None for a URL. What a
+    failure without a decoder's fingerprint records (the source may be what hangs)."""
+    if is_url(str(path)):
+        return None
+    quick = _member_stat(path)
+    if quick is not None:
+        return quick[0], quick[1], UNKNOWN_SOURCE
+    if os.path.isdir(path):
+        from ..data.frames import folder_fingerprint
+
+        return folder_fingerprint(path)
+    return fingerprint(path, complete=False)
+
+
 def fingerprint(path: str | Path, recorded: Source | None = None, *, complete: bool = True) -> Source | None:
     """The file's fingerprint now (None if it cannot be read or is not a regular file).
     Against a ``recorded`` fingerprint the samples are read only when they decide ``same_file`` (the size
@@ -88,13 +115,21 @@ def fingerprint(path: str | Path, recorded: Source | None = None, *, complete: b
     comparison does not need it, and with nothing recorded looks at no source that is not one local file: a
     URL, a frame folder or a WebDataset sample is then None, unread (its decoder fingerprints what it opens).
     A URL's fingerprint is its size and ETag (``pipeline.data.remote.remote_source``): one metadata request.
-    A frame folder's is ``data.frames.folder_fingerprint``, a WebDataset sample's
-    ``data.webdataset.member_fingerprint`` (both always complete).
+    A frame folder's is ``data.frames.folder_fingerprint`` (stats only), a WebDataset sample's
+    ``data.webdataset.member_fingerprint``; with ``complete=False`` a local sample is first compared as a file
+    is (its member's size from the cached member table, the shard's time from a stat), and its first and
+    last bytes read only when the size matches and the time does not.
     """
     known = recorded is not None and recorded[0] != UNKNOWN_SOURCE
     other = _other_source(path)
     if not complete and not known and (other is not None or is_url(str(path))):
         return None
+    if other is not None and not complete and known:
+        quick = _member_stat(path)  # None: not a local sample (or unreadable: ``other`` tells)
+        if quick is not None and quick == tuple(recorded[:2]):  # type: ignore[index]
+            return quick[0], quick[1], int(recorded[2])  # type: ignore[index]
+        if quick is not None and quick[0] != recorded[0]:  # type: ignore[index]
+            return quick[0], quick[1], UNKNOWN_SOURCE
     if other is not None:
         return other()
     if is_url(str(path)):
