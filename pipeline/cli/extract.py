@@ -26,7 +26,8 @@ def add_extract(sub: Any) -> None:
     p = command(sub, cmd_extract, "embed sampled frames of videos into a feature store (resumable)")
     p.add_argument(
         "source",
-        help="a folder (root/<label>/<video>; symlinks followed), a .csv/.jsonl manifest "
+        help="a folder (root/<label>/<video>, a video being a file or a folder of frames; symlinks followed), "
+        "WebDataset shards ('shards/{00000..00099}.tar'), a .csv/.jsonl manifest "
         "(path,label[,split][,start,end]), a video, a quoted glob, or official splits: UCF101's ucfTrainTestlist/ "
         "folder, HMDB51's split-file folder, a Kinetics CSV (label,youtube_id,time_start,time_end,split); each "
         "local or at an http(s)://, s3:// or gs:// URL",
