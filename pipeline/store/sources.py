@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import stat
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -124,12 +124,9 @@ def fingerprint(path: str | Path, recorded: Source | None = None, *, complete: b
     other = _other_source(path)
     if not complete and not known and (other is not None or is_url(str(path))):
         return None
-    if other is not None and not complete and known:
-        quick = _member_stat(path)  # None: not a local sample (or unreadable: ``other`` tells)
-        if quick is not None and quick == tuple(recorded[:2]):  # type: ignore[index]
-            return quick[0], quick[1], int(recorded[2])  # type: ignore[index]
-        if quick is not None and quick[0] != recorded[0]:  # type: ignore[index]
-            return quick[0], quick[1], UNKNOWN_SOURCE
+    quick = _member_stat(path) if other is not None and not complete else None  # a local sample, compared as a file
+    if quick is not None:
+        return _against(*quick, recorded, complete, lambda: (other() or UNKNOWN)[2])
     if other is not None:
         return other()
     if is_url(str(path)):
@@ -138,14 +135,23 @@ def fingerprint(path: str | Path, recorded: Source | None = None, *, complete: b
         st = os.stat(path)
         if not stat.S_ISREG(st.st_mode):  # a FIFO or device: reading it could block, and it has no identity
             return None
-        size, mtime = int(st.st_size), int(st.st_mtime_ns)
-        if known and (size, mtime) == tuple(recorded[:2]):  # type: ignore[index]
-            return size, mtime, int(recorded[2])  # type: ignore[index]
-        if complete or (known and size == recorded[0]):  # type: ignore[index]
-            return size, mtime, _crc(Path(path), size)
-        return size, mtime, UNKNOWN_SOURCE
+        size = int(st.st_size)
+        return _against(size, int(st.st_mtime_ns), recorded, complete, lambda: _crc(Path(path), size))
     except OSError:
         return None
+
+
+def _against(size: int, mtime: int, recorded: Source | None, complete: bool, crc: Callable[[], int]) -> Source | None:
+    """The fingerprint of a source of ``size`` bytes modified at ``mtime``, compared with ``recorded``: the
+    recorded crc where size and time match, ``crc()`` where it decides (the size matches, the time does
+    not) or ``complete`` asks for it, else ``UNKNOWN_SOURCE``; None where ``crc()`` finds it unreadable."""
+    known = recorded is not None and recorded[0] != UNKNOWN_SOURCE
+    if known and (size, mtime) == tuple(recorded[:2]):  # type: ignore[index]
+        return size, mtime, int(recorded[2])  # type: ignore[index]
+    if complete or (known and size == recorded[0]):  # type: ignore[index]
+        value = crc()
+        return None if value == UNKNOWN_SOURCE else (size, mtime, value)
+    return size, mtime, UNKNOWN_SOURCE
 
 
 def same_file(a: Source | tuple, b: Source | tuple) -> bool:
