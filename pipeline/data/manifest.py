@@ -23,17 +23,28 @@ import io
 import json
 import math
 import os
-import posixpath
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
-from urllib.parse import SplitResult, quote, unquote, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from ..errors import DecodeError, ManifestError, check_choice
 from .frames import IMAGE_EXTENSIONS, is_frame_folder
 from .keys import Key, clip_key
-from .remote import can_list, canonical, exists, is_url, list_under, read_bytes, redact
+from .locations import (
+    Where,
+    as_root,
+    is_folder,
+    join_to,
+    parent_of,
+    read_text,
+    safe_relpath,
+    safe_url,
+    split_folder,
+    suffix_of,
+)
+from .remote import can_list, canonical, exists, is_url, list_under, redact
 from .webdataset import is_shard_list, list_samples
 
 VIDEO_EXTENSIONS = frozenset(
@@ -109,9 +120,6 @@ class Problem:
     error: str
 
 
-Where = Path | str  # a local path, or a URL (``data.remote``)
-
-
 @dataclass
 class Manifest:
     root: Where  # the folder rows resolve against: a path, or a URL (a manifest or dataset at a URL)
@@ -124,88 +132,6 @@ class Manifest:
         return sorted({it.label for it in self.items if it.label})
 
 
-_ROOT_HINT = "to read videos outside it, pass --root DIR, a folder holding them all (relative rows are read from DIR)"
-_URL_ROOT_HINT = "to read videos outside it, pass --root URL, a folder holding them all (rows are read from URL)"
-
-
-def safe_relpath(root: Path, entry: str) -> str:
-    """``entry`` (relative or absolute) as a POSIX path inside ``root``; ManifestError if it escapes."""
-    if not entry.strip():
-        raise ManifestError("empty path")
-    if "\0" in entry:
-        raise ManifestError(f"{entry!r}: a path cannot contain a NUL byte")
-    root = root.resolve()
-    candidate = Path(entry)
-    full = candidate if candidate.is_absolute() else root / candidate
-    # Normalise without following links, then check containment on both the lexical and resolved form.
-    lexical = Path(os.path.normpath(full))
-    try:
-        rel = lexical.relative_to(root)
-    except ValueError:
-        raise ManifestError(f"{entry}: path escapes the manifest root {root}; {_ROOT_HINT}") from None
-    try:
-        resolved = lexical.resolve()
-    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop (Python < 3.13)
-        raise ManifestError(f"{entry}: cannot resolve the path ({getattr(exc, 'strerror', None) or exc})") from None
-    if resolved.exists():
-        try:
-            resolved.relative_to(root)
-        except ValueError:
-            raise ManifestError(
-                f"{entry}: path resolves (through a link) outside the manifest root {root}; {_ROOT_HINT}"
-            ) from None
-    return PurePosixPath(*rel.parts).as_posix()
-
-
-def safe_url(root: str, entry: str, *, any_url: bool = False) -> str:
-    """``entry`` (relative to the folder URL ``root``, or absolute on its server) as a URL inside ``root``;
-    ManifestError if it escapes, as ``safe_relpath`` (percent-escapes decoded first: a server would). A URL
-    entry must be on ``root``'s server (bucket) and inside it too, unless ``any_url`` (a row of a local
-    manifest: the user wrote it) -- a manifest fetched from a URL must not make vidprobe fetch, with the
-    user's credentials, whatever it names. A row is a file name: over HTTP its path is percent-encoded
-    (``#``, ``?``, spaces are characters of the name). The result keeps ``root``'s credentials
-    (``user:pass@``), not its query."""
-    if not entry.strip():
-        raise ManifestError("empty path")
-    if "\0" in entry:
-        raise ManifestError(f"{entry!r}: a path cannot contain a NUL byte")
-    parts = urlsplit(root)
-    http = parts.scheme.lower() in ("http", "https")
-    if is_url(entry):
-        return entry if any_url else _url_row(parts, entry)
-    folder = unquote(parts.path) if http else parts.path  # the names themselves, encoded once below
-    full, ok = _inside(folder, entry)
-    if not (ok and _inside(unquote(folder), unquote(entry))[1]):
-        raise ManifestError(f"{entry}: path escapes the manifest root {redact(root)}; {_URL_ROOT_HINT}")
-    return urlunsplit((parts.scheme, parts.netloc, quote(full, safe="/") if http else full, "", ""))
-
-
-def _inside(folder: str, path: str) -> tuple[str, bool]:
-    """(``path`` resolved against ``folder``, lexically, whether it stays inside it); a folder at the top of a
-    bucket or host is ``/`` and every path is inside it (no ``//`` joined in)."""
-    base = posixpath.normpath("/" + folder.strip("/"))
-    full = "/" + posixpath.normpath(posixpath.join(base, path)).lstrip("/")
-    return full, full == base or full.startswith(base.rstrip("/") + "/")
-
-
-def _host(parts: SplitResult) -> str:
-    return parts.netloc.rpartition("@")[2].lower()
-
-
-def _url_row(root: SplitResult, entry: str) -> str:
-    """A URL row of a manifest at a URL: kept when it is an object under ``root`` (same scheme, same host or
-    bucket, its path inside), else ManifestError naming the row and the rule."""
-    row = urlsplit(canonical(entry))
-    same = row.scheme.lower() == root.scheme.lower() and _host(row) == _host(root)
-    if not (same and _inside(unquote(root.path), unquote(row.path))[1]):
-        where = urlunsplit((root.scheme, _host(root), root.path, "", ""))
-        raise ManifestError(
-            f"{redact(entry)}: a manifest at a URL may only name URLs under its root {where}; "
-            "to read videos elsewhere, list such rows in a local manifest"
-        )
-    return entry
-
-
 def _video_at(root: Where, entry: str, label: str = "", split: str = "") -> VideoItem:
     """The item of a manifest row's or a split file's ``entry`` under ``root`` (a folder, or a folder URL:
     the video is then a URL keyed redacted); ManifestError if it escapes ``root``."""
@@ -213,44 +139,6 @@ def _video_at(root: Where, entry: str, label: str = "", split: str = "") -> Vide
         url = safe_url(root, entry)
         return VideoItem(redact(url), "", label, split, url=url)
     return VideoItem(safe_relpath(root, entry), str(root), label, split)
-
-
-def _join(folder: Where, name: str) -> Where:
-    """``folder/name``, for a folder URL as for a path."""
-    return f"{folder.rstrip('/')}/{name}" if isinstance(folder, str) else folder / name
-
-
-def _parent(where: Where) -> Where:
-    """The folder holding ``where`` (a URL's without its query: a signature is for its own object)."""
-    if isinstance(where, str):
-        parts = urlsplit(where)
-        return urlunsplit((parts.scheme, parts.netloc, posixpath.dirname(parts.path.rstrip("/")), "", ""))
-    return where.parent
-
-
-def _suffix(where: Where) -> str:
-    return PurePosixPath(urlsplit(where).path if isinstance(where, str) else where.name).suffix.lower()
-
-
-def _as_root(root: str | Path | None) -> Where | None:
-    """``--root`` as given: a folder URL kept as text, a folder resolved."""
-    if root is None or str(root) == "":
-        return None
-    return canonical(str(root)) if is_url(str(root)) else Path(root).resolve()
-
-
-def _read_text(where: Where, what: str) -> str:
-    """The text of a manifest or split file, local or at a URL; ManifestError naming it and the cause."""
-    try:
-        data = read_bytes(str(where)) if isinstance(where, str) else where.read_bytes()
-        return data.decode("utf-8-sig")
-    except DecodeError as exc:
-        cause = str(exc).removeprefix(f"{redact(str(where))}: ")
-        raise ManifestError(f"{redact(str(where))}: cannot read {what} ({cause})") from None
-    except OSError as exc:
-        raise ManifestError(f"{where}: cannot read {what} ({exc.strerror or exc})") from None
-    except UnicodeDecodeError as exc:
-        raise ManifestError(f"{redact(str(where))}: cannot read {what} ({exc})") from None
 
 
 def _float_or_none(value: object, what: str) -> float | None:
@@ -328,9 +216,9 @@ def _rows_to_manifest(root: Where, rows: list[tuple[str, dict]], local: bool) ->
 def _table(path: Where) -> tuple[list[str], list[tuple[str, dict]]]:
     """A CSV (``.tsv``: tab-separated) file's column names and its rows (``file:line``, its cells by
     stripped column name); ManifestError if it cannot be read."""
-    text = _read_text(path, "manifest")
+    text = read_text(path, "manifest")
     try:
-        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if _suffix(path) == ".tsv" else ",")
+        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if suffix_of(path) == ".tsv" else ",")
         fields = [(f or "").strip() for f in reader.fieldnames or []]
         shown = redact(str(path))
         rows = [(f"{shown}:{i}", {(k or "").strip(): v for k, v in r.items()}) for i, r in enumerate(reader, start=2)]
@@ -341,10 +229,10 @@ def _table(path: Where) -> tuple[list[str], list[tuple[str, dict]]]:
 
 def _manifest_root(path: Where, root: str | Path | None) -> Where:
     """Where a manifest's relative rows are read from: ``root``, else the manifest's folder (or folder URL)."""
-    given = _as_root(root)
+    given = as_root(root)
     if given is not None:
         return given
-    return _parent(path) if isinstance(path, str) else path.parent.resolve()
+    return parent_of(path) if isinstance(path, str) else path.parent.resolve()
 
 
 def read_csv(path: Where, root: str | Path | None = None) -> Manifest:
@@ -366,7 +254,7 @@ def read_jsonl(path: Where, root: str | Path | None = None) -> Manifest:
     rows: list[tuple[str, dict]] = []
     problems: list[Problem] = []
     shown = redact(str(path))
-    for i, line in enumerate(_read_text(path, "manifest").splitlines(), start=1):
+    for i, line in enumerate(read_text(path, "manifest").splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -512,7 +400,7 @@ def read_urls(text: str) -> Manifest:
 
 def _lines(path: Where) -> list[tuple[int, str]]:
     """Non-empty stripped lines with their numbers; ManifestError naming the file (or URL) if unreadable."""
-    text = _read_text(path, "split file")
+    text = read_text(path, "split file")
     return [(i, line.strip()) for i, line in enumerate(text.splitlines(), start=1) if line.strip()]
 
 
@@ -572,20 +460,6 @@ def _finish_dataset(manifest: Manifest, listed_in: str, check_files: bool) -> Ma
     return manifest
 
 
-def _split_folder(split_dir: str | Path) -> Where:
-    return canonical(str(split_dir)).rstrip("/") if is_url(str(split_dir)) else Path(split_dir).resolve()
-
-
-def _is_folder(where: Where) -> bool:
-    """Whether ``where`` holds anything (a folder URL: an object under it; cannot list: False)."""
-    if isinstance(where, Path):
-        return where.is_dir()
-    try:
-        return can_list(where) and bool(list_under(f"{where}/*"))
-    except DecodeError:
-        return False
-
-
 def read_ucf101(
     split_dir: str | Path, root: str | Path | None = None, split: int = 1, check_files: bool = True
 ) -> Manifest:
@@ -596,12 +470,12 @@ def read_ucf101(
     Train/test come from the lists; ``val`` is carved from train later, keeping UCF101's groups whole.
     """
     _check_split(split)
-    folder = _split_folder(split_dir)
-    base = _as_root(root)
+    folder = split_folder(split_dir)
+    base = as_root(root)
     if base is None:
-        above = _parent(folder)
-        base = _join(above, "UCF-101") if _is_folder(_join(above, "UCF-101")) else above
-    class_file = _join(folder, "classInd.txt")
+        above = parent_of(folder)
+        base = join_to(above, "UCF-101") if is_folder(join_to(above, "UCF-101")) else above
+    class_file = join_to(folder, "classInd.txt")
     classes: dict[int, str] = {}
     for i, line in _lines(class_file):
         parts = line.split()
@@ -611,7 +485,7 @@ def read_ucf101(
     by_name = {name.lower(): name for name in classes.values()}  # folder names differ in case in places
     manifest = Manifest(base)
     for split_name, name in (("train", f"trainlist0{split}.txt"), ("test", f"testlist0{split}.txt")):
-        list_file = _join(folder, name)
+        list_file = join_to(folder, name)
         for i, line in _lines(list_file):
             where = f"{redact(str(list_file))}:{i}"
             parts = line.split()
@@ -653,8 +527,8 @@ def read_hmdb51(
     ``root`` holds the action folders (``<root>/<action>/<video>.avi``); default ``split_dir/..``. Either
     may be a URL (the split folder's URL must list: ``s3://``, ``gs://``)."""
     _check_split(split)
-    folder = _split_folder(split_dir)
-    base = _as_root(root) or _parent(folder)
+    folder = split_folder(split_dir)
+    base = as_root(root) or parent_of(folder)
     manifest = Manifest(base)
     codes = {"1": "train", "2": "test", "0": None}
     for f in _hmdb_files(folder, split):
@@ -763,7 +637,7 @@ def _detect(p: Path) -> str:
 def _detect_url(url: str) -> str:
     """What a URL names: a manifest by its suffix, a video by its own, else a UCF101 or HMDB51 split folder
     where it holds their files ("" : a video)."""
-    suffix = _suffix(url)
+    suffix = suffix_of(url)
     if suffix in (".csv", ".tsv", ".jsonl", ".ndjson"):
         return {".csv": "csv", ".tsv": "csv"}.get(suffix, "jsonl")
     if suffix in VIDEO_EXTENSIONS or urlsplit(url).query:  # a query: an object (a presigned video), not a folder

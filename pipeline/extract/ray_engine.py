@@ -39,7 +39,7 @@ import numpy as np
 from ..config import Config, SamplingConfig
 from ..data.manifest import VideoItem
 from ..data.remote import RemoteOptions
-from ..data.webdataset import forget_shard, shard_of_sample, shards_kept_open
+from ..data.webdataset import shard_of_sample, shards_kept_open
 from ..encoders import Preprocess
 from ..encoders.group import group_specs
 from ..errors import ConfigError, VidprobeError
@@ -148,7 +148,6 @@ def _decode_clip(
     try:
         got, ts, warned, source = load_views(item, sampling, views, need, threads, remote)
     except Exception as exc:  # a decoder bug on one odd file must not end the job
-        forget_shard(item.location)  # a remote shard re-uploaded under its kept handle: the next sample reopens it
         error = str(exc) if isinstance(exc, VidprobeError) else f"{item.shown}: {type(exc).__name__}: {exc}"
         got, ts = [None] * len(views), np.zeros(0, np.float64)
         source = exc.source if isinstance(exc, DecodeFailed) else None  # the file that failed, where it was opened
