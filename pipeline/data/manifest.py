@@ -1,16 +1,16 @@
 """What to extract: a list of ``VideoItem`` read from a folder, a CSV/JSONL manifest, a glob, or the
 official split files of UCF101, HMDB51 and Kinetics -- each local or at a URL (``data.remote``).
 
-A manifest's rows are resolved against a root and may not escape it (a manifest is data from somewhere
-else; ``../../etc/passwd``, an absolute path elsewhere or a link out of the root is refused, and the
-message names ``--root``). What the user named on the command line -- a folder, a glob, a video -- is
+A manifest's rows are resolved against a root and may not escape it (``data.locations``: a manifest is
+data from somewhere else; ``../../etc/passwd``, an absolute path elsewhere or a link out of the root is
+refused, and the message names ``--root``). What the user named on the command line -- a folder, a glob, a video -- is
 theirs: its links, to files or to class folders, are followed wherever they point (a link back to a
 folder above is not walked twice). Rows that cannot be used are returned as ``Problem`` records instead
 of aborting, so one bad line never costs the rest of a job.
 
 A manifest or split folder at a URL is read through fsspec, and its relative rows resolve against its
 URL's folder (or a ``--root`` URL) under the same rule: a row that leaves that folder is refused
-(``safe_url``), as is a URL row that is not under it (a local manifest's URL rows stand: the user wrote
+(``locations.safe_url``), as is a URL row that is not under it (a local manifest's URL rows stand: the user wrote
 them), and each video is a URL keyed by its redacted form. A local manifest may name videos under a
 ``--root`` URL too.
 """
